@@ -1,0 +1,305 @@
+"""Readers of RTDOSE, RTSTRUCT and RTPLAN: validate, then return plain model objects.
+
+This package is the only place that touches pydicom. Every problem is an :class:`~isodose.errors.IsodoseError`
+naming the file, the object and the problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from os import PathLike
+
+import numpy as np
+
+from ..errors import DicomReadError, DoseGridError, DoseUnitsError, PlanError, StructureError
+from ..geometry import PLANE_TOLERANCE_MM
+from ..model import Contour, DoseGrid, DoseReference, Plan, Structure, StructureSet
+
+log = logging.getLogger(__name__)
+
+PathType = str | PathLike[str]
+
+#: Direction cosines closer than this to a unit axis count as axis-aligned.
+ORIENTATION_TOLERANCE = 1e-4
+#: Frame spacings may differ by this fraction of the mean spacing (rounding in the file).
+FRAME_SPACING_TOLERANCE = 1e-3
+
+
+def read_dataset(path: PathType, modality: str | None = None, *, stop_before_pixels: bool = False):
+    """Read one DICOM file, checking its modality. Not DICOM, unreadable or truncated files are errors."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not os.path.exists(path):
+        raise DicomReadError("no such file", path=path)
+    if os.path.isdir(path):
+        raise DicomReadError("is a folder, not a DICOM file", path=path)
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        try:  # files without the 128-byte preamble are common in RT exports
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        except Exception as exc:
+            raise DicomReadError(f"not a DICOM file ({exc})", path=path) from exc
+        if "SOPClassUID" not in ds and "Modality" not in ds:
+            raise DicomReadError("not a DICOM file", path=path) from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise DicomReadError(f"unreadable or truncated DICOM ({type(exc).__name__}: {exc})", path=path) from exc
+    if modality is not None:
+        found = str(ds.get("Modality", "") or "")
+        if found != modality:
+            raise DicomReadError(f"modality is {found or 'missing'}, expected {modality}", path=path)
+    return ds
+
+
+def _required(ds, keyword: str, path: PathType, obj: str | None = None):
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:  # a malformed value that pydicom cannot decode
+        raise DicomReadError(f"tag {keyword} cannot be decoded ({exc})", path=path, obj=obj) from exc
+    empty_sequence = hasattr(value, "__len__") and not isinstance(value, str) and len(value) == 0
+    if value is None or empty_sequence or value == "":
+        raise DicomReadError(f"required tag {keyword} is missing", path=path, obj=obj)
+    return value
+
+
+def _floats(value, keyword: str, count: int | None, path: PathType, obj: str | None = None) -> np.ndarray:
+    items = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    try:
+        values = np.array([float(v) for v in items])
+    except (TypeError, ValueError) as exc:
+        raise DicomReadError(f"{keyword} is not numeric ({value!r})", path=path, obj=obj) from exc
+    if count is not None and len(values) != count:
+        raise DicomReadError(f"{keyword} has {len(values)} values, expected {count}", path=path, obj=obj)
+    if not np.all(np.isfinite(values)):
+        raise DicomReadError(f"{keyword} holds non-finite values", path=path, obj=obj)
+    return values
+
+
+def _axis_of(direction: np.ndarray, name: str, path: PathType) -> tuple[int, int]:
+    """(patient axis, sign) of a direction cosine vector that must be a signed unit axis."""
+    axis = int(np.argmax(np.abs(direction)))
+    sign = 1 if direction[axis] > 0 else -1
+    expected = np.zeros(3)
+    expected[axis] = sign
+    if np.max(np.abs(direction - expected)) > ORIENTATION_TOLERANCE:
+        raise DoseGridError(
+            f"ImageOrientationPatient {name} direction {np.round(direction, 6).tolist()} is oblique; only "
+            "axis-aligned dose grids are supported",
+            path=path,
+        )
+    return axis, sign
+
+
+# --------------------------------------------------------------------------------------------------------
+# RTDOSE
+# --------------------------------------------------------------------------------------------------------
+def read_dose(path: PathType) -> DoseGrid:
+    """Read an RTDOSE file into a :class:`DoseGrid` in Gy, re-ordered so that indices increase along x, y
+    and z. Handles DoseGridScaling, 16- and 32-bit pixels, relative or absolute GridFrameOffsetVector in
+    either direction and any axis-aligned orientation (HFS, HFP, FFS, FFP, and the rest). Oblique grids,
+    non-uniform frame spacing and dose not in Gy are errors."""
+    ds = read_dataset(path, "RTDOSE")
+    units = str(_required(ds, "DoseUnits", path)).strip().upper()
+    if units != "GY":
+        raise DoseUnitsError(
+            f"DoseUnits is {units}, not GY; isodose computes absolute dose metrics and will not read "
+            f"{units} dose as Gy",
+            path=path,
+        )
+    rows = int(_required(ds, "Rows", path))
+    columns = int(_required(ds, "Columns", path))
+    pixel_spacing = _floats(_required(ds, "PixelSpacing", path), "PixelSpacing", 2, path)
+    position = _floats(_required(ds, "ImagePositionPatient", path), "ImagePositionPatient", 3, path)
+    orientation = _floats(_required(ds, "ImageOrientationPatient", path), "ImageOrientationPatient", 6, path)
+    scaling = _floats(_required(ds, "DoseGridScaling", path), "DoseGridScaling", 1, path)[0]
+    if not scaling > 0:
+        raise DoseGridError(f"DoseGridScaling must be positive, not {scaling}", path=path)
+    if np.any(pixel_spacing <= 0):
+        raise DoseGridError(f"PixelSpacing must be positive, not {pixel_spacing.tolist()}", path=path)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise DicomReadError("the RTDOSE holds no pixel data", path=path)
+
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames < 2 or rows < 2 or columns < 2:
+        raise DoseGridError(
+            f"dose grid of {frames} x {rows} x {columns} voxels; a 3D grid of at least 2 voxels along each "
+            "axis is needed", path=path,
+        )
+    offsets = _floats(_required(ds, "GridFrameOffsetVector", path), "GridFrameOffsetVector", frames, path)
+
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise DicomReadError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})", path=path) from exc
+    expected_shape = (frames, rows, columns)
+    if pixels.shape != expected_shape:
+        raise DicomReadError(f"pixel data has shape {pixels.shape}, expected {expected_shape}", path=path)
+    dose = pixels.astype(np.float64) * scaling
+    if not np.all(np.isfinite(dose)):
+        raise DoseGridError("dose holds NaN or infinite values", path=path)
+    if dose.min() < 0:
+        raise DoseGridError(f"dose holds negative values (down to {dose.min():.4g} Gy)", path=path)
+
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    row_axis = _axis_of(row_dir, "row", path)
+    col_axis = _axis_of(col_dir, "column", path)
+    normal_axis = _axis_of(normal, "normal", path)
+    if len({row_axis[0], col_axis[0], normal_axis[0]}) != 3:
+        raise DoseGridError("ImageOrientationPatient row and column directions are parallel", path=path)
+
+    # Frame positions along the normal: relative offsets (first value 0) or, for the identity orientation
+    # only, absolute patient z (first value equal to ImagePositionPatient z). See DICOM PS3.3 C.8.8.3.2.
+    identity = np.allclose(orientation, [1, 0, 0, 0, 1, 0], atol=ORIENTATION_TOLERANCE)
+    if abs(offsets[0]) < 1e-6:
+        along_normal = offsets
+    elif identity and abs(offsets[0] - position[2]) < 1e-3:
+        along_normal = offsets - offsets[0]
+    else:
+        raise DoseGridError(
+            f"GridFrameOffsetVector starts at {offsets[0]:g}, neither 0 (relative) nor ImagePositionPatient z "
+            f"{position[2]:g} (absolute, identity orientation only)",
+            path=path,
+        )
+    steps = np.diff(along_normal)
+    frame_step = float(np.mean(steps))
+    if np.any(steps == 0) or not (np.all(steps > 0) or np.all(steps < 0)):
+        raise DoseGridError("GridFrameOffsetVector is not strictly monotonic", path=path)
+    if np.max(np.abs(steps - frame_step)) > FRAME_SPACING_TOLERANCE * abs(frame_step):
+        raise DoseGridError(
+            f"GridFrameOffsetVector spacing is not uniform ({steps.min():g} to {steps.max():g} mm); "
+            "non-uniform dose grids are not supported",
+            path=path,
+        )
+
+    # Array axes (frame, row, column) and, for each, the patient axis, direction sign and spacing.
+    array_axes = [
+        (normal_axis[0], normal_axis[1] * (1 if frame_step > 0 else -1), abs(frame_step)),
+        (col_axis[0], col_axis[1], float(pixel_spacing[0])),  # between rows: along the column direction
+        (row_axis[0], row_axis[1], float(pixel_spacing[1])),  # between columns: along the row direction
+    ]
+    origin = np.array(position, dtype=np.float64)
+    spacing = np.zeros(3)
+    for a, (patient_axis, sign, step) in enumerate(array_axes):
+        spacing[patient_axis] = step
+        if sign < 0:
+            dose = np.flip(dose, axis=a)
+            origin[patient_axis] -= step * (dose.shape[a] - 1)
+    # Put the array in (z, y, x) order: array axis for patient axis 2 first, then 1, then 0.
+    order = [next(a for a, (axis, _, _) in enumerate(array_axes) if axis == target) for target in (2, 1, 0)]
+    dose = np.ascontiguousarray(np.transpose(dose, order), dtype=np.float32)
+    return DoseGrid(
+        dose_gy=dose,
+        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+        source=str(path),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# RTSTRUCT
+# --------------------------------------------------------------------------------------------------------
+def _contour(item, path: PathType, roi: str, index: int) -> Contour | None:
+    kind = str(item.get("ContourGeometricType", "") or "").strip().upper()
+    obj = f"ROI {roi!r} contour {index}"
+    if kind != "CLOSED_PLANAR":
+        log.warning("%s: %s: %s contour skipped (only CLOSED_PLANAR contours enclose a volume)", path, obj,
+                    kind or "untyped")
+        return None
+    data = _floats(_required(item, "ContourData", path, obj), "ContourData", None, path, obj)
+    if len(data) % 3:
+        raise StructureError(f"ContourData has {len(data)} values, not a multiple of 3", path=path, obj=obj)
+    points = data.reshape(-1, 3)
+    if len(points) < 3:
+        log.warning("%s: %s: %d point(s) enclose no area; skipped", path, obj, len(points))
+        return None
+    z = points[:, 2]
+    if z.max() - z.min() > PLANE_TOLERANCE_MM:
+        raise StructureError(
+            f"points are not in one axial plane (z from {z.min():g} to {z.max():g} mm)", path=path, obj=obj
+        )
+    return Contour(points_mm=np.ascontiguousarray(points[:, :2]), z_mm=float(z.mean()))
+
+
+def read_structures(path: PathType) -> StructureSet:
+    """Read an RTSTRUCT: every ROI by name and number, with its CLOSED_PLANAR contours. POINT and OPEN
+    contours are skipped with a warning; ROIs without contours are kept, empty."""
+    ds = read_dataset(path, "RTSTRUCT")
+    rois = ds.get("StructureSetROISequence") or []
+    if not rois:
+        raise StructureError("StructureSetROISequence is missing or empty", path=path)
+    names: dict[int, str] = {}
+    frames: dict[int, str] = {}
+    for item in rois:
+        number = int(_required(item, "ROINumber", path, "StructureSetROISequence item"))
+        names[number] = str(item.get("ROIName", "") or f"ROI {number}").strip()
+        frames[number] = str(item.get("ReferencedFrameOfReferenceUID", "") or "")
+    contours: dict[int, list[Contour]] = {number: [] for number in names}
+    for item in ds.get("ROIContourSequence") or []:
+        number = int(_required(item, "ReferencedROINumber", path, "ROIContourSequence item"))
+        if number not in names:
+            raise StructureError(f"ROIContourSequence refers to ROI number {number}, which is not defined",
+                                 path=path)
+        for index, contour_item in enumerate(item.get("ContourSequence") or []):
+            contour = _contour(contour_item, path, names[number], index)
+            if contour is not None:
+                contours[number].append(contour)
+    frame_uid = ""
+    referenced = ds.get("ReferencedFrameOfReferenceSequence") or []
+    if referenced:
+        frame_uid = str(referenced[0].get("FrameOfReferenceUID", "") or "")
+    structures = tuple(
+        Structure(name=names[n], number=n, contours=tuple(contours[n]),
+                  frame_of_reference_uid=frames[n] or frame_uid, source=str(path))
+        for n in names
+    )
+    if not frame_uid:
+        frame_uid = next((s.frame_of_reference_uid for s in structures if s.frame_of_reference_uid), "")
+    return StructureSet(
+        structures=structures,
+        frame_of_reference_uid=frame_uid,
+        source=str(path),
+        patient_id=str(ds.get("PatientID", "") or ""),
+        study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# RTPLAN
+# --------------------------------------------------------------------------------------------------------
+def read_plan(path: PathType) -> Plan:
+    """Read the prescription (the highest TargetPrescriptionDose of the dose references, in Gy) and the
+    number of fractions planned (of the first fraction group) from an RTPLAN, where present."""
+    ds = read_dataset(path, "RTPLAN", stop_before_pixels=True)
+    references = []
+    for item in ds.get("DoseReferenceSequence") or []:
+        dose = item.get("TargetPrescriptionDose")
+        value = None
+        if dose not in (None, ""):
+            value = float(dose)
+            if not (math.isfinite(value) and value > 0):
+                raise PlanError(f"TargetPrescriptionDose {dose!r} is not a positive dose", path=path)
+        references.append(DoseReference(
+            description=str(item.get("DoseReferenceDescription", "") or ""),
+            reference_type=str(item.get("DoseReferenceType", "") or ""),
+            prescription_gy=value,
+        ))
+    fractions = None
+    groups = ds.get("FractionGroupSequence") or []
+    if groups and groups[0].get("NumberOfFractionsPlanned") not in (None, ""):
+        fractions = int(groups[0].NumberOfFractionsPlanned)
+        if fractions < 1:
+            raise PlanError(f"NumberOfFractionsPlanned is {fractions}", path=path)
+    doses = [r.prescription_gy for r in references if r.prescription_gy is not None]
+    return Plan(
+        prescription_gy=max(doses) if doses else None,
+        number_of_fractions=fractions,
+        dose_references=tuple(references),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+        source=str(path),
+    )

@@ -1,0 +1,245 @@
+"""Writers of RTDOSE, RTSTRUCT and RTPLAN for synthetic phantoms and demo cohorts.
+
+They write what the readers must handle: any axis-aligned orientation, relative or absolute frame offsets
+in either direction, 16- or 32-bit pixels. They are not meant to round-trip clinical data.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IsodoseError
+from ..model import DoseGrid, Structure, StructureSet
+
+RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
+
+#: Patient positions and the ImageOrientationPatient a planning system writes for them.
+ORIENTATIONS = {
+    "HFS": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "FFS": (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    "HFP": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+    "FFP": (1.0, 0.0, 0.0, 0.0, -1.0, 0.0),
+}
+
+
+def _ds(value: float) -> str:
+    """A decimal string of at most 16 characters."""
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    if text in ("-0", ""):
+        text = "0"
+    if len(text) > 16:
+        text = f"{value:.9e}"
+    return text
+
+
+def _base_dataset(path: str | PathLike[str], sop_class: str, modality: str, patient_id: str, study_uid: str | None,
+                  frame_of_reference_uid: str):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    now = _dt.datetime.now()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientID = patient_id
+    ds.PatientName = patient_id
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = frame_of_reference_uid
+    ds.StudyDate = ds.SeriesDate = now.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = now.strftime("%H%M%S")
+    ds.Manufacturer = "isodose"
+    return ds
+
+
+def _save(ds, path: str | PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_dose(
+    grid: DoseGrid,
+    path: str | PathLike[str],
+    *,
+    orientation: str | Sequence[float] = "HFS",
+    offsets: str = "relative",
+    reverse_frames: bool = False,
+    bits: int = 32,
+    patient_id: str = "PHANTOM",
+    study_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    dose_units: str = "GY",
+) -> Path:
+    """Write ``grid`` as an RTDOSE.
+
+    ``orientation`` is a patient position (HFS, FFS, HFP, FFP) or any axis-aligned ImageOrientationPatient;
+    ``offsets`` is "relative" (first value 0) or "absolute" (patient z; identity orientation only);
+    ``reverse_frames`` stores the frames against the normal, so that the offsets decrease.
+    """
+    from pydicom.uid import generate_uid
+
+    iop = np.array(ORIENTATIONS[orientation] if isinstance(orientation, str) else orientation, dtype=float)
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir) * (-1.0 if reverse_frames else 1.0)
+    if offsets not in ("relative", "absolute"):
+        raise IsodoseError(f"offsets must be 'relative' or 'absolute', not {offsets!r}")
+    if offsets == "absolute" and not np.allclose(iop, ORIENTATIONS["HFS"]):
+        raise IsodoseError("absolute GridFrameOffsetVector needs the identity orientation (HFS)")
+    if bits not in (16, 32):
+        raise IsodoseError(f"bits must be 16 or 32, not {bits}")
+
+    # File axes (frame, row, column) run along (normal, column direction, row direction).
+    dose = grid.dose_gy.astype(np.float64)
+    file_axes = []
+    for direction in (normal, col_dir, row_dir):
+        patient_axis = int(np.argmax(np.abs(direction)))
+        file_axes.append((patient_axis, 1 if direction[patient_axis] > 0 else -1))
+    dose = np.transpose(dose, [2 - axis for axis, _ in file_axes])
+    position = np.zeros(3)
+    for a, (axis, sign) in enumerate(file_axes):
+        n = grid.dose_gy.shape[2 - axis]
+        if sign < 0:
+            dose = np.flip(dose, axis=a)
+            position[axis] = grid.origin_mm[axis] + grid.spacing_mm[axis] * (n - 1)
+        else:
+            position[axis] = grid.origin_mm[axis]
+    frames, rows, columns = dose.shape
+    frame_step = grid.spacing_mm[file_axes[0][0]]
+    relative = frame_step * np.arange(frames) * (-1.0 if reverse_frames else 1.0)
+    frame_offsets = relative + position[2] if offsets == "absolute" else relative
+
+    top = float(dose.max())
+    levels = 2**bits - 1
+    scaling = top / levels if top > 0 else 1.0
+    pixels = np.rint(dose / scaling).astype(np.uint16 if bits == 16 else np.uint32)
+
+    ds = _base_dataset(path, RT_DOSE_STORAGE, "RTDOSE", patient_id, study_uid,
+                       frame_of_reference_uid or grid.frame_of_reference_uid or generate_uid())
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.NumberOfFrames = frames
+    ds.FrameIncrementPointer = 0x3004000C
+    ds.PixelSpacing = [_ds(grid.spacing_mm[file_axes[1][0]]), _ds(grid.spacing_mm[file_axes[2][0]])]
+    ds.ImagePositionPatient = [_ds(v) for v in position]
+    ds.ImageOrientationPatient = [_ds(v) for v in iop]
+    ds.SliceThickness = _ds(frame_step)
+    ds.GridFrameOffsetVector = [_ds(v) for v in frame_offsets]
+    ds.DoseGridScaling = f"{scaling:.9e}"
+    ds.DoseUnits = dose_units
+    ds.DoseType = "PHYSICAL"
+    ds.DoseSummationType = "PLAN"
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    return _save(ds, path)
+
+
+def write_structures(
+    structures: StructureSet | Sequence[Structure],
+    path: str | PathLike[str],
+    *,
+    patient_id: str = "PHANTOM",
+    study_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    interpreted_types: dict[str, str] | None = None,
+) -> Path:
+    """Write structures as an RTSTRUCT with one CLOSED_PLANAR contour item per ring."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    items = structures.structures if isinstance(structures, StructureSet) else tuple(structures)
+    frame_uid = frame_of_reference_uid or (
+        structures.frame_of_reference_uid if isinstance(structures, StructureSet) else ""
+    ) or generate_uid()
+    ds = _base_dataset(path, RT_STRUCTURE_SET_STORAGE, "RTSTRUCT", patient_id, study_uid, frame_uid)
+    ds.StructureSetLabel = "isodose"
+    ds.StructureSetDate = ds.StudyDate
+    ds.StructureSetTime = ds.StudyTime
+    referenced = Dataset()
+    referenced.FrameOfReferenceUID = frame_uid
+    ds.ReferencedFrameOfReferenceSequence = [referenced]
+    roi_items, contour_items, observations = [], [], []
+    for index, structure in enumerate(items):
+        roi = Dataset()
+        roi.ROINumber = structure.number
+        roi.ReferencedFrameOfReferenceUID = frame_uid
+        roi.ROIName = structure.name
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        roi_items.append(roi)
+        roi_contour = Dataset()
+        roi_contour.ReferencedROINumber = structure.number
+        roi_contour.ROIDisplayColor = [(97 * index) % 256, (53 * index + 80) % 256, (151 * index + 40) % 256]
+        sequence = []
+        for contour in structure.contours:
+            item = Dataset()
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(contour.points_mm)
+            points = np.column_stack([contour.points_mm, np.full(len(contour.points_mm), contour.z_mm)])
+            item.ContourData = [_ds(v) for v in points.ravel()]
+            sequence.append(item)
+        roi_contour.ContourSequence = sequence
+        contour_items.append(roi_contour)
+        observation = Dataset()
+        observation.ObservationNumber = structure.number
+        observation.ReferencedROINumber = structure.number
+        observation.RTROIInterpretedType = (interpreted_types or {}).get(structure.name, "ORGAN")
+        observation.ROIInterpreter = ""
+        observations.append(observation)
+    ds.StructureSetROISequence = roi_items
+    ds.ROIContourSequence = contour_items
+    ds.RTROIObservationsSequence = observations
+    return _save(ds, path)
+
+
+def write_plan(
+    path: str | PathLike[str],
+    *,
+    prescription_gy: float | None,
+    number_of_fractions: int | None,
+    patient_id: str = "PHANTOM",
+    study_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+    target_name: str = "PTV",
+) -> Path:
+    """Write a minimal RTPLAN holding a prescription (target dose reference) and the fractions planned."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    ds = _base_dataset(path, RT_PLAN_STORAGE, "RTPLAN", patient_id, study_uid,
+                       frame_of_reference_uid or generate_uid())
+    ds.RTPlanLabel = "isodose"
+    ds.RTPlanGeometry = "PATIENT"
+    if prescription_gy is not None:
+        reference = Dataset()
+        reference.DoseReferenceNumber = 1
+        reference.DoseReferenceStructureType = "VOLUME"
+        reference.DoseReferenceDescription = target_name
+        reference.DoseReferenceType = "TARGET"
+        reference.TargetPrescriptionDose = _ds(prescription_gy)
+        ds.DoseReferenceSequence = [reference]
+    if number_of_fractions is not None:
+        group = Dataset()
+        group.FractionGroupNumber = 1
+        group.NumberOfFractionsPlanned = number_of_fractions
+        group.NumberOfBeams = 0
+        group.NumberOfBrachyApplicationSetups = 0
+        ds.FractionGroupSequence = [group]
+    return _save(ds, path)

@@ -1,0 +1,62 @@
+"""One exception family for everything a user can get wrong.
+
+Every message names the file (when there is one), the object inside it (an ROI, a tag, a frame) and the
+problem, so that the command line can print it as a single line.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class IsodoseError(Exception):
+    """Base class of every error isodose raises on purpose.
+
+    ``str(error)`` is ``"<file>: <object>: <problem>"``, leaving out the parts that are unknown.
+    """
+
+    def __init__(self, problem: str, *, path: str | PathLike[str] | None = None, obj: str | None = None):
+        self.problem = problem
+        self.path = None if path is None else str(path)
+        self.obj = obj
+        super().__init__(": ".join(part for part in (self.path, self.obj, problem) if part))
+
+
+class DicomReadError(IsodoseError):
+    """A file that is not DICOM, is truncated, has the wrong modality or lacks a required tag."""
+
+
+class DoseGridError(IsodoseError):
+    """A dose grid whose geometry or values isodose cannot use without guessing."""
+
+
+class DoseUnitsError(DoseGridError):
+    """Dose that is not in Gy (for example RELATIVE), which must not be mistaken for Gy."""
+
+
+class StructureError(IsodoseError):
+    """A structure set, ROI or contour that cannot be turned into a volume."""
+
+
+class RoiNotFoundError(StructureError):
+    """An ROI asked for by name or number that the structure set does not hold."""
+
+
+class FrameOfReferenceError(IsodoseError):
+    """Dose and structures (or two datasets) that live in different frames of reference."""
+
+
+class PlanError(IsodoseError):
+    """An RT plan from which a required value (prescription, fractions) cannot be read."""
+
+
+class MetricError(IsodoseError):
+    """A metric string outside the grammar, or one that needs a value that is missing."""
+
+
+class BackendError(IsodoseError):
+    """A compute backend that was asked for but cannot run on this machine."""
+
+
+class ValidationDataError(IsodoseError):
+    """Reference data (such as the Nelms set) that is missing or malformed."""

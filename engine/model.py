@@ -1,0 +1,122 @@
+"""Plain data: dose grids, structures and plans, with units in the field names.
+
+Arrays are indexed ``(z, y, x)``; coordinates are DICOM patient coordinates in mm. A :class:`DoseGrid` is
+always stored with index increasing along each patient axis, whatever the orientation of the file it came
+from, so that every kernel can assume positive spacing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import RoiNotFoundError
+
+
+@dataclass(frozen=True, eq=False)
+class DoseGrid:
+    """A dose distribution on a regular, axis-aligned grid.
+
+    ``dose_gy[k, j, i]`` is the dose at the voxel centre
+    ``(origin_mm[0] + i * spacing_mm[0], origin_mm[1] + j * spacing_mm[1], origin_mm[2] + k * spacing_mm[2])``.
+    """
+
+    dose_gy: np.ndarray
+    origin_mm: tuple[float, float, float]
+    spacing_mm: tuple[float, float, float]
+    frame_of_reference_uid: str = ""
+    source: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.dose_gy.shape)  # type: ignore[return-value]
+
+    @property
+    def max_gy(self) -> float:
+        return float(self.dose_gy.max()) if self.dose_gy.size else 0.0
+
+    def axis_mm(self, axis: int) -> np.ndarray:
+        """Voxel-centre coordinates along patient axis 0 (x), 1 (y) or 2 (z)."""
+        n = self.dose_gy.shape[2 - axis]
+        return self.origin_mm[axis] + self.spacing_mm[axis] * np.arange(n, dtype=np.float64)
+
+    @property
+    def extent_mm(self) -> tuple[tuple[float, float], ...]:
+        """(low, high) of the voxel centres along x, y and z: the region where dose is defined."""
+        return tuple(
+            (self.origin_mm[a], self.origin_mm[a] + self.spacing_mm[a] * (self.dose_gy.shape[2 - a] - 1))
+            for a in range(3)
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Contour:
+    """One closed planar polygon: ``points_mm`` is ``(n, 2)`` of (x, y), lying in the plane ``z_mm``."""
+
+    points_mm: np.ndarray
+    z_mm: float
+
+
+@dataclass(frozen=True, eq=False)
+class Structure:
+    """An ROI: its closed planar contours (holes and islands by the even-odd rule within a plane)."""
+
+    name: str
+    number: int
+    contours: tuple[Contour, ...] = ()
+    frame_of_reference_uid: str = ""
+    source: str = ""
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self.contours) == 0
+
+
+@dataclass(frozen=True, eq=False)
+class StructureSet:
+    structures: tuple[Structure, ...]
+    frame_of_reference_uid: str = ""
+    source: str = ""
+    patient_id: str = ""
+    study_uid: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.structures]
+
+    def get(self, key: str | int) -> Structure:
+        """The ROI named ``key`` (exact, then case-insensitive) or numbered ``key``."""
+        if isinstance(key, int):
+            for s in self.structures:
+                if s.number == key:
+                    return s
+        else:
+            for s in self.structures:
+                if s.name == key:
+                    return s
+            folded = [s for s in self.structures if s.name.casefold() == key.casefold()]
+            if len(folded) == 1:
+                return folded[0]
+        raise RoiNotFoundError(
+            f"no ROI {key!r}; the structure set has: {', '.join(self.names) or 'none'}",
+            path=self.source or None,
+        )
+
+
+@dataclass(frozen=True)
+class DoseReference:
+    description: str
+    reference_type: str
+    prescription_gy: float | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What isodose reads from an RT plan: the prescription and the number of fractions."""
+
+    prescription_gy: float | None
+    number_of_fractions: int | None
+    dose_references: tuple[DoseReference, ...] = field(default_factory=tuple)
+    frame_of_reference_uid: str = ""
+    source: str = ""
