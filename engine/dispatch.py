@@ -1,0 +1,103 @@
+"""Picks the compute backend: the one place in the engine that knows the backends exist.
+
+Order of precedence: an explicit ``backend=`` argument, else the ``ISODOSE_BACKEND`` environment variable,
+else ``auto``, which takes CuPy when a CUDA device is usable, else Numba, else NumPy. Asking for a backend
+that cannot run here is a :class:`~isodose.errors.BackendError`, never a crash, and ``auto`` never fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+from .errors import BackendError
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "ISODOSE_BACKEND"
+BACKENDS = ("cupy", "numba", "numpy")
+CHOICES = ("auto", *BACKENDS)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A usable backend: its name, the device it runs on (for the record) and its kernel module."""
+
+    name: str
+    device: str
+    kernels: ModuleType
+
+
+def _load_numpy() -> Backend:
+    from isodose.kernels import numpy_ref
+
+    return Backend("numpy", "cpu (1 thread)", numpy_ref)
+
+
+def _load_numba() -> Backend:
+    try:
+        import numba
+        from isodose.kernels import numba_cpu
+    except ImportError as exc:  # pragma: no cover - numba is a dependency
+        raise BackendError(f"the numba backend is not available: {exc}") from exc
+    return Backend("numba", f"cpu ({numba.get_num_threads()} threads)", numba_cpu)
+
+
+def _load_cupy() -> Backend:
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA installation
+        raise BackendError(f"the cupy backend needs CuPy, which cannot be imported here ({exc})") from exc
+    try:
+        usable = bool(cupy.is_available())
+    except Exception:  # pragma: no cover - driver errors
+        usable = False
+    if not usable:
+        raise BackendError("the cupy backend needs a CUDA device, and none is usable on this machine")
+    try:
+        kernels = importlib.import_module("isodose.kernels.cupy_gpu")
+    except ImportError as exc:
+        raise BackendError(f"the cupy backend is not available in this version of isodose ({exc})") from exc
+    return Backend("cupy", kernels.device_name(), kernels)
+
+
+_LOADERS = {"numpy": _load_numpy, "numba": _load_numba, "cupy": _load_cupy}
+
+
+@functools.cache
+def _load(name: str) -> Backend:
+    return _LOADERS[name]()
+
+
+def select_backend(name: str | None = None) -> Backend:
+    """The backend to compute with; see the module docstring for the order of precedence."""
+    requested = (name or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if requested not in CHOICES:
+        source = "backend" if name else ENV_VAR
+        raise BackendError(f"{source} must be one of {', '.join(CHOICES)}, not {requested!r}")
+    if requested != "auto":
+        return _load(requested)
+    for candidate in BACKENDS:
+        try:
+            backend = _load(candidate)
+        except BackendError as exc:
+            log.debug("auto backend: skipping %s: %s", candidate, exc)
+            continue
+        log.debug("auto backend: %s on %s", backend.name, backend.device)
+        return backend
+    raise BackendError("no backend can run on this machine")  # pragma: no cover - numpy always can
+
+
+def available_backends() -> dict[str, str]:
+    """Each backend's device, or the reason it cannot run here."""
+    report = {}
+    for candidate in BACKENDS:
+        try:
+            report[candidate] = _load(candidate).device
+        except BackendError as exc:
+            report[candidate] = f"unavailable: {exc.problem}"
+    return report

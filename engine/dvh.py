@@ -1,0 +1,303 @@
+"""Dose-volume histograms and their metrics.
+
+A :class:`DVH` holds the cumulative curve exactly as it was accumulated: a piecewise-linear function of
+dose, knotted at the histogram's bin edges and at Dmin and Dmax. Metrics are read off that curve by
+linear interpolation, never from the nearest bin.
+
+Metric grammar (one parser for the API, the CLI and cohorts; letters are case-insensitive):
+
+==============  ====================================================================  ======
+``D95``         dose (Gy) received by the hottest 95% of the volume (``D95%`` too)    Gy
+``D2cc``        dose (Gy) received by the hottest 2 cc (``D0.03cc``...)               Gy
+``V20Gy``       share of the volume receiving at least 20 Gy                          %
+``V20Gy_cc``    volume receiving at least 20 Gy                                       cc
+``V95%``        share of the volume receiving at least 95% of the prescription        %
+``V95%_cc``     volume receiving at least 95% of the prescription                     cc
+``Dmean``       mean dose; ``Dmin`` and ``Dmax`` likewise                             Gy
+``HI``          homogeneity index (D2 - D98) / D50 (ICRU 83)
+==============  ====================================================================  ======
+
+Relative volumes are relative to the part of the structure inside the dose grid; the part outside is
+reported as ``volume_outside_dose_cc`` and takes no part in any dose statistic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dispatch import Backend, select_backend
+from .errors import FrameOfReferenceError, MetricError
+from .geometry import common_plane_spacing_mm
+from .model import DoseGrid, Structure, StructureSet
+from .sampling import StructureSamples, sample_structures
+from .voxelize import SamplingOptions, plan_sampling
+
+log = logging.getLogger(__name__)
+
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DOSE_AT_VOLUME = re.compile(rf"^D{_NUMBER}(%|CC)?$", re.IGNORECASE)
+_VOLUME_AT_DOSE = re.compile(rf"^V{_NUMBER}(GY|%)(_CC)?$", re.IGNORECASE)
+_STATISTICS = {"DMEAN": "mean", "DMIN": "min", "DMAX": "max"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A parsed metric. ``kind`` is ``dose_at_volume``, ``volume_at_dose``, ``statistic`` or ``hi``."""
+
+    text: str
+    kind: str
+    value: float = math.nan
+    #: For dose_at_volume: "pct" or "cc". For volume_at_dose: the dose unit, "gy" or "pct_rx".
+    unit: str = ""
+    #: For volume_at_dose: report "pct" of the volume or "cc".
+    result_unit: str = ""
+
+    @property
+    def needs_prescription(self) -> bool:
+        return self.kind == "volume_at_dose" and self.unit == "pct_rx"
+
+
+def parse_metric(text: str) -> Metric:
+    """Parse one metric string of the grammar in the module docstring; anything else is a MetricError."""
+    spec = text.strip()
+    upper = spec.upper()
+    if upper in _STATISTICS:
+        return Metric(spec, "statistic", unit=_STATISTICS[upper])
+    if upper == "HI":
+        return Metric(spec, "hi")
+    match = _DOSE_AT_VOLUME.match(spec)
+    if match:
+        value = float(match.group(1))
+        unit = "cc" if (match.group(2) or "").upper() == "CC" else "pct"
+        if unit == "pct" and not 0.0 <= value <= 100.0:
+            raise MetricError(f"{spec}: a volume percentage must lie between 0 and 100", obj="metric")
+        return Metric(spec, "dose_at_volume", value, unit)
+    match = _VOLUME_AT_DOSE.match(spec)
+    if match:
+        unit = "gy" if match.group(2).upper() == "GY" else "pct_rx"
+        result = "cc" if match.group(3) else "pct"
+        return Metric(spec, "volume_at_dose", float(match.group(1)), unit, result)
+    raise MetricError(
+        f"unknown metric {text!r}; expected D95, D95%, D2cc, V20Gy, V20Gy_cc, V95%, V95%_cc, Dmean, Dmin, "
+        "Dmax or HI",
+        obj="metric",
+    )
+
+
+def parse_metrics(texts: Iterable[str]) -> list[Metric]:
+    return [parse_metric(t) for t in texts]
+
+
+@dataclass(frozen=True, eq=False)
+class DVH:
+    """The dose-volume histogram of one structure.
+
+    ``dose_gy`` (increasing, from Dmin to Dmax) and ``cumulative_cc`` (volume receiving at least that
+    dose, non-increasing) are the knots of the piecewise-linear cumulative DVH.
+    """
+
+    name: str
+    volume_cc: float
+    volume_outside_dose_cc: float
+    dmin_gy: float
+    dmean_gy: float
+    dmax_gy: float
+    dose_gy: np.ndarray
+    cumulative_cc: np.ndarray
+    backend: str = ""
+    number: int | None = None
+
+    @property
+    def dose_volume_cc(self) -> float:
+        """The volume inside the dose grid: the 100% of every relative metric."""
+        return float(self.cumulative_cc[0]) if len(self.cumulative_cc) else 0.0
+
+    @property
+    def has_dose(self) -> bool:
+        return self.dose_volume_cc > 0
+
+    # -- the curve ------------------------------------------------------------------------------------
+    def volume_at_dose_cc(self, dose_gy: float | np.ndarray) -> float | np.ndarray:
+        """Volume (cc) receiving at least ``dose_gy``."""
+        d = np.asarray(dose_gy, dtype=np.float64)
+        if not self.has_dose:
+            return np.full(d.shape, np.nan)[()] if d.ndim else math.nan
+        total = self.dose_volume_cc
+        if self.dmax_gy - self.dmin_gy <= 0:
+            out = np.where(d <= self.dmax_gy, total, 0.0)
+        else:
+            out = np.interp(d, self.dose_gy, self.cumulative_cc, left=total, right=0.0)
+            out = np.where(d > self.dmax_gy, 0.0, out)
+        return float(out) if out.ndim == 0 else out
+
+    def dose_at_volume_cc(self, volume_cc: float) -> float:
+        """Minimum dose (Gy) of the hottest ``volume_cc``; NaN when the structure is smaller than that."""
+        if not self.has_dose:
+            return math.nan
+        if volume_cc <= 0:
+            return self.dmax_gy
+        if volume_cc > self.dose_volume_cc * (1 + 1e-12):
+            return math.nan
+        c = self.cumulative_cc
+        # The last knot still receiving at least volume_cc: where the curve crosses it, at its hottest.
+        i = int(np.searchsorted(-c, -volume_cc, side="right")) - 1
+        i = max(i, 0)
+        if i >= len(c) - 1:
+            return float(self.dose_gy[-1])
+        drop = c[i] - c[i + 1]
+        fraction = (c[i] - volume_cc) / drop if drop > 0 else 0.0
+        return float(self.dose_gy[i] + fraction * (self.dose_gy[i + 1] - self.dose_gy[i]))
+
+    def dose_at_percent(self, percent: float) -> float:
+        return self.dose_at_volume_cc(percent / 100.0 * self.dose_volume_cc)
+
+    def cumulative(self, dose_gy: np.ndarray, relative: bool = False) -> np.ndarray:
+        """Cumulative DVH at the given doses, in cc or (``relative``) in % of the volume inside the grid."""
+        v = np.asarray(self.volume_at_dose_cc(np.asarray(dose_gy, dtype=np.float64)), dtype=np.float64)
+        return 100.0 * v / self.dose_volume_cc if relative else v
+
+    def differential(self, bin_edges_gy: np.ndarray, relative: bool = False) -> np.ndarray:
+        """Volume (cc, or %) receiving a dose in each bin ``[edge_i, edge_i+1)``."""
+        c = self.cumulative(bin_edges_gy, relative)
+        return c[:-1] - c[1:]
+
+    # -- metrics ----------------------------------------------------------------------------------------
+    def metric(self, metric: Metric | str, prescription_gy: float | None = None) -> float:
+        """The value of one metric (Gy, % or cc as the grammar says; NaN when undefined)."""
+        m = parse_metric(metric) if isinstance(metric, str) else metric
+        if m.needs_prescription and not (prescription_gy and prescription_gy > 0):
+            raise MetricError(f"{m.text} needs a prescription dose, and none was given", obj=self.name)
+        if not self.has_dose:
+            return math.nan
+        if m.kind == "statistic":
+            return {"mean": self.dmean_gy, "min": self.dmin_gy, "max": self.dmax_gy}[m.unit]
+        if m.kind == "hi":
+            d50 = self.dose_at_percent(50.0)
+            return (self.dose_at_percent(2.0) - self.dose_at_percent(98.0)) / d50 if d50 > 0 else math.nan
+        if m.kind == "dose_at_volume":
+            return self.dose_at_percent(m.value) if m.unit == "pct" else self.dose_at_volume_cc(m.value)
+        threshold = m.value if m.unit == "gy" else m.value / 100.0 * prescription_gy
+        volume = float(self.volume_at_dose_cc(threshold))
+        return volume if m.result_unit == "cc" else 100.0 * volume / self.dose_volume_cc
+
+    def metrics(self, metrics: Iterable[Metric | str], prescription_gy: float | None = None) -> dict[str, float]:
+        parsed = [parse_metric(m) if isinstance(m, str) else m for m in metrics]
+        return {m.text: self.metric(m, prescription_gy) for m in parsed}
+
+
+def _empty_dvh(name: str, number: int | None, volume_cc: float, outside_cc: float, backend: str) -> DVH:
+    return DVH(name, volume_cc, outside_cc, math.nan, math.nan, math.nan, np.zeros(0), np.zeros(0), backend,
+               number)
+
+
+def dvh_from_histogram(
+    name: str,
+    hist_mm3: np.ndarray,
+    bin_width_gy: float,
+    inside_mm3: float,
+    outside_mm3: float,
+    dose_volume_sum: float,
+    dmin_gy: float,
+    dmax_gy: float,
+    backend: str = "",
+    number: int | None = None,
+) -> DVH:
+    """Build a DVH from an accumulated histogram and the exact sums of its samples.
+
+    The histogram's mass outside [Dmin, Dmax] (the spread of samples at the extremes) is folded into the
+    bins holding Dmin and Dmax, and the bins holding them are cut at Dmin and Dmax, so that the curve
+    starts at exactly Dmin and ends at exactly Dmax.
+    """
+    volume_cc = (inside_mm3 + outside_mm3) / 1000.0
+    outside_cc = outside_mm3 / 1000.0
+    if not inside_mm3 > 0 or not math.isfinite(dmin_gy) or not math.isfinite(dmax_gy):
+        return _empty_dvh(name, number, volume_cc, outside_cc, backend)
+    n_bins = len(hist_mm3)
+    mass = np.clip(np.asarray(hist_mm3, dtype=np.float64), 0.0, None)
+    k_lo = min(int(dmin_gy / bin_width_gy), n_bins - 1)
+    k_hi = min(int(dmax_gy / bin_width_gy), n_bins - 1)
+    folded = mass[k_lo : k_hi + 1].copy()
+    folded[0] += mass[:k_lo].sum()
+    folded[-1] += mass[k_hi + 1 :].sum()
+    total = folded.sum()
+    scale = inside_mm3 / total if total > 0 else 0.0
+    inner_edges = bin_width_gy * np.arange(k_lo + 1, k_hi + 1)
+    dose = np.concatenate([[dmin_gy], inner_edges, [dmax_gy]])
+    below = np.concatenate([[0.0], np.cumsum(folded) * scale])
+    below[-1] = inside_mm3
+    cumulative_cc = (inside_mm3 - below) / 1000.0
+    cumulative_cc[-1] = 0.0
+    dmean = min(max(dose_volume_sum / inside_mm3, dmin_gy), dmax_gy)
+    return DVH(name, volume_cc, outside_cc, float(dmin_gy), float(dmean), float(dmax_gy), dose, cumulative_cc,
+               backend, number)
+
+
+def check_frame_of_reference(dose: DoseGrid, structures: StructureSet) -> None:
+    """Dose and structures must share their frame of reference (when both files name one)."""
+    a, b = dose.frame_of_reference_uid, structures.frame_of_reference_uid
+    if a and b and a != b:
+        raise FrameOfReferenceError(
+            f"frame of reference {b} differs from the dose's {a} ({dose.source or 'dose'}); "
+            "map the structures with a registration first",
+            path=structures.source or None,
+        )
+
+
+def _select_structures(
+    structures: StructureSet | Sequence[Structure], rois: Sequence[str | int] | None
+) -> list[Structure]:
+    structure_set = structures if isinstance(structures, StructureSet) else StructureSet(tuple(structures))
+    if rois is None:
+        return list(structure_set.structures)
+    return [structure_set.get(r) for r in rois]
+
+
+def compute_dvhs(
+    dose: DoseGrid,
+    structures: StructureSet | Sequence[Structure],
+    rois: Sequence[str | int] | None = None,
+    *,
+    options: SamplingOptions | None = None,
+    backend: str | Backend | None = None,
+    check_frame: bool = True,
+) -> list[DVH]:
+    """DVHs of the chosen ROIs (all by default), in the order asked for.
+
+    >>> dvhs = compute_dvhs(read_dose("RD.dcm"), read_structures("RS.dcm"), ["PTV70"])  # doctest: +SKIP
+    >>> dvhs[0].metric("D95")  # doctest: +SKIP
+    """
+    options = options or SamplingOptions()
+    chosen_backend = backend if isinstance(backend, Backend) else select_backend(backend)
+    if isinstance(structures, StructureSet) and check_frame:
+        check_frame_of_reference(dose, structures)
+    selected = _select_structures(structures, rois)
+    all_structures = structures.structures if isinstance(structures, StructureSet) else structures
+    plan = plan_sampling(selected, dose, options, common_plane_spacing_mm(all_structures))
+    samples = sample_structures(plan, dose, chosen_backend, options)
+    return dvhs_from_samples(selected, samples)
+
+
+def dvhs_from_samples(structures: Sequence[Structure], samples: StructureSamples) -> list[DVH]:
+    dvhs = []
+    for s, structure in enumerate(structures):
+        dvh = dvh_from_histogram(
+            structure.name, samples.hist_mm3[s], samples.bin_width_gy, samples.inside_mm3[s],
+            samples.outside_mm3[s], samples.dose_volume_sum[s], samples.dmin_gy[s], samples.dmax_gy[s],
+            samples.backend, structure.number,
+        )
+        if structure.is_empty:
+            log.warning("ROI %s has no contours: reported as empty", structure.name)
+        elif not dvh.has_dose:
+            log.warning("ROI %s lies wholly outside the dose grid", structure.name)
+        elif dvh.volume_outside_dose_cc > 0:
+            log.warning("ROI %s: %.3f cc lie outside the dose grid and are left out of its dose statistics",
+                        structure.name, dvh.volume_outside_dose_cc)
+        dvhs.append(dvh)
+    return dvhs
+

@@ -1,0 +1,37 @@
+"""Array kernels, one module per backend, each with the same functions, signatures and meaning.
+
+- ``numpy_ref``: the readable float64 reference every other backend is tested against.
+- ``numba_cpu``: parallel, compiled once and cached on disk.
+
+The kernels know nothing of DICOM, files or the engine's classes: arrays and scalars in, arrays out.
+Coordinates are in mm, doses in Gy, arrays indexed ``(z, y, x)``, points given as ``(x, y, z)``.
+
+Kernels
+-------
+``trilinear(dose, origin, spacing, points) -> values``
+    Dose at each point by trilinear interpolation; NaN outside the box spanned by the voxel centres.
+``polygon_coverage(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
+plane_nx, plane_ny, plane_hx, plane_hy, scanlines) -> cells``
+    For each plane, the area of the even-odd interior of its rings inside each cell of its lattice window
+    (``plane_nx`` by ``plane_ny`` cells of ``plane_hx`` by ``plane_hy`` mm from ``(plane_x0, plane_y0)``,
+    row by row), exact along x and sampled by ``scanlines`` lines per row along y, with the centroid and
+    covariance of the covered part (see ``CELL_COLUMNS``).
+``accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks) -> hist``
+    Histogram in which each value spreads its weight uniformly over ``[value - width/2, value + width/2]``.
+``cell_histograms(dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,
+structure_plane_start, bin_width, n_bins, n_chunks) -> (hist, stats)``
+    Samples every covered cell through its plane's slab ``[plane_z_lo, plane_z_hi]``, split at the dose
+    grid's planes, interpolates the dose and its gradient at each piece, spreads each sample over a
+    uniform distribution with the variance of the (locally linear) dose over its region, and accumulates
+    per structure a dose histogram (mm^3 per bin) and the statistics in ``STAT_COLUMNS``.
+"""
+
+#: Columns of the ``cells`` array made by ``polygon_coverage``.
+CELL_COLUMNS = ("area_mm2", "centroid_x_mm", "centroid_y_mm", "var_xx_mm2", "var_xy_mm2", "var_yy_mm2")
+#: Columns of the ``stats`` array made by ``cell_histograms``.
+STAT_COLUMNS = ("inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy")
+#: Points within this fraction of a voxel outside the grid still count as inside (rounding of coordinates).
+GRID_EPSILON = 1e-6
+#: Each chunk of a structure's cells holds at least this many cells; the chunking (and so the summation
+#: order) depends only on the input, never on the number of threads.
+MIN_CELLS_PER_CHUNK = 2048

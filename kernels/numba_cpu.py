@@ -1,0 +1,366 @@
+"""Numba CPU backend: the reference kernels compiled, parallel over planes, points and chunks of cells.
+
+Compiled functions are cached on disk (``cache=True``), so only the first run on a machine pays for
+compilation. Results do not depend on the number of threads: every parallel loop writes disjoint outputs
+or its own partial sums, and partial sums are combined in a fixed order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from . import GRID_EPSILON, MIN_CELLS_PER_CHUNK
+
+NAME = "numba"
+
+
+def _float_array(a):
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a)
+
+
+def _f64(a):
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _i64(a):
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Trilinear interpolation
+# --------------------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _trilinear_point(dose, ox, oy, oz, sx, sy, sz, px, py, pz):
+    """(value, gx, gy, gz, inside) at one point; see numpy_ref.trilinear_with_gradient."""
+    nz, ny, nx = dose.shape
+    fx = (px - ox) / sx
+    fy = (py - oy) / sy
+    fz = (pz - oz) / sz
+    if (
+        fx < -GRID_EPSILON or fx > nx - 1 + GRID_EPSILON
+        or fy < -GRID_EPSILON or fy > ny - 1 + GRID_EPSILON
+        or fz < -GRID_EPSILON or fz > nz - 1 + GRID_EPSILON
+    ):
+        return np.nan, 0.0, 0.0, 0.0, False
+    fx = min(max(fx, 0.0), nx - 1.0)
+    fy = min(max(fy, 0.0), ny - 1.0)
+    fz = min(max(fz, 0.0), nz - 1.0)
+    i = min(int(fx), nx - 2)
+    j = min(int(fy), ny - 2)
+    k = min(int(fz), nz - 2)
+    tx = fx - i
+    ty = fy - j
+    tz = fz - k
+    c000 = float(dose[k, j, i])
+    c001 = float(dose[k, j, i + 1])
+    c010 = float(dose[k, j + 1, i])
+    c011 = float(dose[k, j + 1, i + 1])
+    c100 = float(dose[k + 1, j, i])
+    c101 = float(dose[k + 1, j, i + 1])
+    c110 = float(dose[k + 1, j + 1, i])
+    c111 = float(dose[k + 1, j + 1, i + 1])
+    c00 = c000 + tx * (c001 - c000)
+    c01 = c010 + tx * (c011 - c010)
+    c10 = c100 + tx * (c101 - c100)
+    c11 = c110 + tx * (c111 - c110)
+    c0 = c00 + ty * (c01 - c00)
+    c1 = c10 + ty * (c11 - c10)
+    value = c0 + tz * (c1 - c0)
+    dx0 = (1 - ty) * (c001 - c000) + ty * (c011 - c010)
+    dx1 = (1 - ty) * (c101 - c100) + ty * (c111 - c110)
+    gx = ((1 - tz) * dx0 + tz * dx1) / sx
+    gy = ((1 - tz) * (c01 - c00) + tz * (c11 - c10)) / sy
+    gz = (c1 - c0) / sz
+    return value, gx, gy, gz, True
+
+
+@njit(parallel=True, cache=True)
+def _trilinear(dose, origin, spacing, points, out):
+    for n in prange(points.shape[0]):
+        value, _, _, _, _ = _trilinear_point(
+            dose, origin[0], origin[1], origin[2], spacing[0], spacing[1], spacing[2],
+            points[n, 0], points[n, 1], points[n, 2],
+        )
+        out[n] = value
+
+
+def trilinear(dose, origin, spacing, points):
+    points = _f64(points).reshape(-1, 3)
+    out = np.empty(points.shape[0])
+    _trilinear(_float_array(dose), _f64(origin), _f64(spacing), points, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Polygon coverage
+# --------------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _plane_moments(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, hx, hy, scanlines, moments):
+    n_edges = ring_start[end_ring] - ring_start[first_ring]
+    xs = np.empty(max(n_edges, 1))
+    band = hy / scanlines
+    for j in range(ny):
+        row_centre = y0 + (j + 0.5) * hy
+        for t in range(scanlines):
+            y = y0 + j * hy + (t + 0.5) * band
+            n = 0
+            for r in range(first_ring, end_ring):
+                a0 = ring_start[r]
+                a1 = ring_start[r + 1]
+                for e in range(a0, a1):
+                    f = e + 1 if e + 1 < a1 else a0
+                    ya = vertices[e, 1]
+                    yb = vertices[f, 1]
+                    if (ya <= y and y < yb) or (yb <= y and y < ya):
+                        xa = vertices[e, 0]
+                        xs[n] = xa + (y - ya) * (vertices[f, 0] - xa) / (yb - ya)
+                        n += 1
+            for a in range(1, n):  # insertion sort: a scanline crosses few edges
+                v = xs[a]
+                b = a - 1
+                while b >= 0 and xs[b] > v:
+                    xs[b + 1] = xs[b]
+                    b -= 1
+                xs[b + 1] = v
+            dy = y - row_centre
+            for q in range(0, n - 1, 2):
+                span_lo = xs[q]
+                span_hi = xs[q + 1]
+                ia = max(int(math.floor((span_lo - x0) / hx)), 0)
+                ib = min(int(math.floor((span_hi - x0) / hx)), nx - 1)
+                for i in range(ia, ib + 1):
+                    left = x0 + hx * i
+                    lo = max(span_lo, left)
+                    hi = min(span_hi, left + hx)
+                    if hi <= lo:
+                        continue
+                    length = hi - lo
+                    xm = 0.5 * (lo + hi) - (left + 0.5 * hx)
+                    c = j * nx + i
+                    moments[c, 0] += length
+                    moments[c, 1] += length * xm
+                    moments[c, 2] += length * dy
+                    moments[c, 3] += length * (xm * xm + length * length / 12.0)
+                    moments[c, 4] += length * xm * dy
+                    moments[c, 5] += length * (dy * dy + band * band / 12.0)
+
+
+@njit(cache=True)
+def _finish_moments(moments, x0, y0, nx, hx, hy, band, cells):
+    for c in range(moments.shape[0]):
+        centre_x = x0 + (c % nx + 0.5) * hx
+        centre_y = y0 + (c // nx + 0.5) * hy
+        length = moments[c, 0]
+        if length > 0:
+            mx = moments[c, 1] / length
+            my = moments[c, 2] / length
+            cells[c, 0] = length * band
+            cells[c, 1] = centre_x + mx
+            cells[c, 2] = centre_y + my
+            cells[c, 3] = max(moments[c, 3] / length - mx * mx, 0.0)
+            cells[c, 4] = moments[c, 4] / length - mx * my
+            cells[c, 5] = max(moments[c, 5] / length - my * my, 0.0)
+        else:
+            cells[c, 0] = 0.0
+            cells[c, 1] = centre_x
+            cells[c, 2] = centre_y
+            cells[c, 3] = 0.0
+            cells[c, 4] = 0.0
+            cells[c, 5] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def _polygon_coverage(
+    vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
+    plane_hx, plane_hy, scanlines, cells,
+):
+    for p in prange(plane_nx.shape[0]):
+        nx = plane_nx[p]
+        ny = plane_ny[p]
+        hx = plane_hx[p]
+        hy = plane_hy[p]
+        moments = np.zeros((nx * ny, 6))
+        _plane_moments(
+            vertices, ring_start, plane_ring_start[p], plane_ring_start[p + 1], plane_x0[p], plane_y0[p],
+            nx, ny, hx, hy, scanlines, moments,
+        )
+        c0 = plane_cell_start[p]
+        _finish_moments(
+            moments, plane_x0[p], plane_y0[p], nx, hx, hy, hy / scanlines, cells[c0 : c0 + nx * ny]
+        )
+
+
+def polygon_coverage(
+    vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
+    plane_hx, plane_hy, scanlines,
+):
+    plane_cell_start = _i64(plane_cell_start)
+    cells = np.zeros((int(plane_cell_start[-1]), 6))
+    if len(plane_cell_start) > 1:
+        with numba.parallel_chunksize(1):  # planes differ in size: hand them out one at a time
+            _polygon_coverage(
+                _f64(vertices).reshape(-1, 2), _i64(ring_start), _i64(plane_ring_start), plane_cell_start,
+                _f64(plane_x0), _f64(plane_y0), _i64(plane_nx), _i64(plane_ny), _f64(plane_hx),
+                _f64(plane_hy), int(scanlines), cells,
+            )
+    return cells
+
+
+# --------------------------------------------------------------------------------------------------------
+# Histogram accumulation
+# --------------------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _deposit(delta, value, width, weight, bin_width, n_bins):
+    """Uniform deposit of ``weight`` over [value - width/2, value + width/2]; see numpy_ref."""
+    half = 0.5 * width / bin_width
+    centre = value / bin_width
+    lo = centre - half
+    hi = centre + half
+    if lo < 0.0:
+        hi -= lo
+        lo = 0.0
+    if hi > n_bins:
+        lo = max(lo - (hi - n_bins), 0.0)
+        hi = float(n_bins)
+    ka = min(int(lo), n_bins - 1)
+    kb = min(int(hi), n_bins - 1)
+    if hi - lo < 1e-12:
+        delta[ka] += weight
+        delta[ka + 1] -= weight
+        return
+    s = weight / (hi - lo)
+    delta[ka] += s * (ka + 1 - lo)
+    delta[ka + 1] += s * (lo - ka)
+    delta[kb] -= s * (kb + 1 - hi)
+    delta[kb + 1] -= s * (hi - kb)
+
+
+@njit(cache=True)
+def _chunk_count(n_items, n_chunks):
+    return max(1, min(n_chunks, n_items // MIN_CELLS_PER_CHUNK))
+
+
+@njit(parallel=True, cache=True)
+def _accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks):
+    n = values.shape[0]
+    k_total = _chunk_count(n, n_chunks)
+    partial = np.zeros((k_total, n_bins + 1))
+    for k in prange(k_total):
+        for m in range(n * k // k_total, n * (k + 1) // k_total):
+            _deposit(partial[k], values[m], widths[m], weights[m], bin_width, n_bins)
+    delta = np.zeros(n_bins + 1)
+    for k in range(k_total):
+        delta += partial[k]
+    return np.cumsum(delta)[:n_bins]
+
+
+def accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks=64):
+    return _accumulate_histogram(_f64(values), _f64(weights), _f64(widths), float(bin_width), int(n_bins),
+                                 int(n_chunks))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sampling slabs and accumulating DVHs
+# --------------------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _next_grid_plane(z, grid_z0, grid_dz):
+    """The first dose plane above z (see numpy_ref.slab_pieces)."""
+    return grid_z0 + (math.floor((z - grid_z0) / grid_dz + 1e-9) + 1.0) * grid_dz
+
+
+@njit(parallel=True, cache=True)
+def _cell_histograms(
+    dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
+    bin_width, n_bins, n_chunks,
+):
+    n_structures = structure_plane_start.shape[0] - 1
+    hist = np.zeros((n_structures, n_bins))
+    stats = np.zeros((n_structures, 5))
+    ox, oy, oz = origin[0], origin[1], origin[2]
+    sx, sy, sz = spacing[0], spacing[1], spacing[2]
+    for s in range(n_structures):
+        p_first = structure_plane_start[s]
+        p_end = structure_plane_start[s + 1]
+        c_first = plane_cell_start[p_first]
+        n_cells = plane_cell_start[p_end] - c_first
+        if n_cells == 0:
+            stats[s, 3] = np.nan
+            stats[s, 4] = np.nan
+            continue
+        k_total = _chunk_count(n_cells, n_chunks)
+        partial = np.zeros((k_total, n_bins + 1))
+        part_stats = np.zeros((k_total, 5))
+        for k in prange(k_total):
+            a = c_first + n_cells * k // k_total
+            b = c_first + n_cells * (k + 1) // k_total
+            p = p_first
+            inside_sum = 0.0
+            outside_sum = 0.0
+            dose_sum = 0.0
+            dmin = np.inf
+            dmax = -np.inf
+            for c in range(a, b):
+                while plane_cell_start[p + 1] <= c:
+                    p += 1
+                area = cells[c, 0]
+                if area <= 0.0:
+                    continue
+                z_a = plane_z_lo[p]
+                while z_a < plane_z_hi[p]:
+                    z_b = min(_next_grid_plane(z_a, oz, sz), plane_z_hi[p])
+                    dz = z_b - z_a
+                    weight = area * dz
+                    value, gx, gy, gz, inside = _trilinear_point(
+                        dose, ox, oy, oz, sx, sy, sz, cells[c, 1], cells[c, 2], 0.5 * (z_a + z_b)
+                    )
+                    z_a = z_b
+                    if not inside:
+                        outside_sum += weight
+                        continue
+                    variance = (
+                        gx * gx * cells[c, 3] + 2.0 * gx * gy * cells[c, 4] + gy * gy * cells[c, 5]
+                        + gz * gz * dz * dz / 12.0
+                    )
+                    width = math.sqrt(12.0 * max(variance, 0.0))
+                    _deposit(partial[k], value, width, weight, bin_width, n_bins)
+                    inside_sum += weight
+                    dose_sum += weight * value
+                    dmin = min(dmin, value)
+                    dmax = max(dmax, value)
+            part_stats[k, 0] = inside_sum
+            part_stats[k, 1] = outside_sum
+            part_stats[k, 2] = dose_sum
+            part_stats[k, 3] = dmin
+            part_stats[k, 4] = dmax
+        delta = np.zeros(n_bins + 1)
+        dmin = np.inf
+        dmax = -np.inf
+        for k in range(k_total):
+            delta += partial[k]
+            stats[s, 0] += part_stats[k, 0]
+            stats[s, 1] += part_stats[k, 1]
+            stats[s, 2] += part_stats[k, 2]
+            dmin = min(dmin, part_stats[k, 3])
+            dmax = max(dmax, part_stats[k, 4])
+        hist[s] = np.cumsum(delta)[:n_bins]
+        stats[s, 3] = dmin if dmin < np.inf else np.nan
+        stats[s, 4] = dmax if dmax > -np.inf else np.nan
+    return hist, stats
+
+
+def cell_histograms(
+    dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
+    bin_width, n_bins, n_chunks,
+):
+    return _cell_histograms(
+        _float_array(dose), _f64(origin), _f64(spacing), _f64(cells).reshape(-1, 6), _i64(plane_cell_start),
+        _f64(plane_z_lo), _f64(plane_z_hi), _i64(structure_plane_start), float(bin_width), int(n_bins),
+        int(n_chunks),
+    )

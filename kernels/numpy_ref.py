@@ -1,0 +1,252 @@
+"""Readable float64 reference of every kernel. Slow on purpose: clarity first, loops where they explain.
+
+See the package docstring for the meaning of each kernel and its arguments.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import GRID_EPSILON
+
+NAME = "numpy"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Trilinear interpolation
+# --------------------------------------------------------------------------------------------------------
+def trilinear_with_gradient(dose, origin, spacing, points):
+    """Dose, its gradient (Gy/mm, as x, y, z) and an inside mask at each ``(x, y, z)`` point."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    dose = np.asarray(dose)
+    shape_xyz = np.array(dose.shape[::-1])
+    index = (points - np.asarray(origin, dtype=np.float64)) / np.asarray(spacing, dtype=np.float64)
+    inside = np.all((index >= -GRID_EPSILON) & (index <= shape_xyz - 1 + GRID_EPSILON), axis=1)
+    index = np.clip(index, 0.0, shape_xyz - 1)
+    lower = np.minimum(np.floor(index).astype(np.int64), shape_xyz - 2)
+    t = index - lower
+    i, j, k = lower[:, 0], lower[:, 1], lower[:, 2]
+    tx, ty, tz = t[:, 0], t[:, 1], t[:, 2]
+
+    def corner(dk, dj, di):
+        return dose[k + dk, j + dj, i + di].astype(np.float64)
+
+    c000, c001, c010, c011 = corner(0, 0, 0), corner(0, 0, 1), corner(0, 1, 0), corner(0, 1, 1)
+    c100, c101, c110, c111 = corner(1, 0, 0), corner(1, 0, 1), corner(1, 1, 0), corner(1, 1, 1)
+    # Interpolate along x, then y, then z, keeping the partial derivatives.
+    c00 = c000 + tx * (c001 - c000)
+    c01 = c010 + tx * (c011 - c010)
+    c10 = c100 + tx * (c101 - c100)
+    c11 = c110 + tx * (c111 - c110)
+    c0 = c00 + ty * (c01 - c00)
+    c1 = c10 + ty * (c11 - c10)
+    value = c0 + tz * (c1 - c0)
+
+    dx0 = (1 - ty) * (c001 - c000) + ty * (c011 - c010)
+    dx1 = (1 - ty) * (c101 - c100) + ty * (c111 - c110)
+    gradient = np.empty_like(points)
+    gradient[:, 0] = ((1 - tz) * dx0 + tz * dx1) / spacing[0]
+    gradient[:, 1] = ((1 - tz) * (c01 - c00) + tz * (c11 - c10)) / spacing[1]
+    gradient[:, 2] = (c1 - c0) / spacing[2]
+    return value, gradient, inside
+
+
+def trilinear(dose, origin, spacing, points):
+    value, _, inside = trilinear_with_gradient(dose, origin, spacing, points)
+    return np.where(inside, value, np.nan)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Polygon coverage
+# --------------------------------------------------------------------------------------------------------
+def _plane_edges(vertices, ring_start, first_ring, end_ring):
+    """Edges (xa, ya, xb, yb) of all closed rings of one plane."""
+    edges = []
+    for r in range(first_ring, end_ring):
+        ring = vertices[ring_start[r] : ring_start[r + 1]]
+        edges.append(np.hstack([ring, np.roll(ring, -1, axis=0)]))
+    return np.vstack(edges) if edges else np.empty((0, 4))
+
+
+def _crossings(edges, y):
+    """Sorted x where the horizontal line at ``y`` crosses the edges. Each edge is half-open in y, so a
+    line through a vertex counts it once and every closed ring is crossed an even number of times."""
+    xa, ya, xb, yb = edges.T
+    crosses = ((ya <= y) & (y < yb)) | ((yb <= y) & (y < ya))
+    xa, ya, xb, yb = xa[crosses], ya[crosses], xb[crosses], yb[crosses]
+    return np.sort(xa + (y - ya) * (xb - xa) / (yb - ya))
+
+
+def finish_moments(moments, centre_x, centre_y, band):
+    """Turn per-cell sums over scanline pieces into (area, centroid, covariance).
+
+    ``moments`` columns: sum of piece lengths L, of L*x, of L*y, of second moments in xx, xy, yy, all with
+    x and y measured from the cell centre; each scanline stands for a band of height ``band``.
+    """
+    cells = np.zeros((len(moments), 6))
+    length = moments[:, 0]
+    covered = length > 0
+    safe = np.where(covered, length, 1.0)
+    mx, my = moments[:, 1] / safe, moments[:, 2] / safe
+    cells[:, 0] = length * band
+    cells[:, 1] = centre_x + np.where(covered, mx, 0.0)
+    cells[:, 2] = centre_y + np.where(covered, my, 0.0)
+    cells[:, 3] = np.where(covered, np.maximum(moments[:, 3] / safe - mx * mx, 0.0), 0.0)
+    cells[:, 4] = np.where(covered, moments[:, 4] / safe - mx * my, 0.0)
+    cells[:, 5] = np.where(covered, np.maximum(moments[:, 5] / safe - my * my, 0.0), 0.0)
+    return cells
+
+
+def polygon_coverage(
+    vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
+    plane_hx, plane_hy, scanlines,
+):
+    vertices = np.asarray(vertices, dtype=np.float64)
+    cells = np.zeros((int(plane_cell_start[-1]), 6))
+    for p in range(len(plane_nx)):
+        nx, ny = int(plane_nx[p]), int(plane_ny[p])
+        hx, hy = float(plane_hx[p]), float(plane_hy[p])
+        x0, y0 = float(plane_x0[p]), float(plane_y0[p])
+        edges = _plane_edges(vertices, ring_start, plane_ring_start[p], plane_ring_start[p + 1])
+        band = hy / scanlines
+        cell_left = x0 + hx * np.arange(nx)
+        cell_centre_x = cell_left + 0.5 * hx
+        moments = np.zeros((ny, nx, 6))
+        for j in range(ny):
+            row_centre = y0 + (j + 0.5) * hy
+            for t in range(scanlines):
+                y = y0 + j * hy + (t + 0.5) * band
+                xs = _crossings(edges, y)
+                spans = xs[: len(xs) // 2 * 2].reshape(-1, 2)
+                if len(spans) == 0:
+                    continue
+                # Exact overlap of every inside span with every cell of the row.
+                lo = np.maximum(spans[:, :1], cell_left[None, :])
+                hi = np.minimum(spans[:, 1:], cell_left[None, :] + hx)
+                length = np.clip(hi - lo, 0.0, None)
+                xm = 0.5 * (lo + hi) - cell_centre_x[None, :]
+                dy = y - row_centre
+                total = length.sum(axis=0)
+                first = (length * xm).sum(axis=0)
+                moments[j, :, 0] += total
+                moments[j, :, 1] += first
+                moments[j, :, 2] += total * dy
+                moments[j, :, 3] += (length * (xm * xm + length * length / 12.0)).sum(axis=0)
+                moments[j, :, 4] += first * dy
+                moments[j, :, 5] += total * (dy * dy + band * band / 12.0)
+        centre_y = y0 + (np.arange(ny) + 0.5) * hy
+        centre_x_grid, centre_y_grid = np.meshgrid(cell_centre_x, centre_y)
+        cells[plane_cell_start[p] : plane_cell_start[p + 1]] = finish_moments(
+            moments.reshape(-1, 6), centre_x_grid.ravel(), centre_y_grid.ravel(), band
+        )
+    return cells
+
+
+# --------------------------------------------------------------------------------------------------------
+# Histogram accumulation
+# --------------------------------------------------------------------------------------------------------
+def _deposit_intervals(values, widths, bin_width, n_bins):
+    """Each value's interval [value - width/2, value + width/2] in bin units, moved (never shrunk) to lie
+    inside the histogram range [0, n_bins]."""
+    half = 0.5 * np.asarray(widths, dtype=np.float64) / bin_width
+    centre = np.asarray(values, dtype=np.float64) / bin_width
+    lo, hi = centre - half, centre + half
+    shift_up = np.maximum(-lo, 0.0)
+    lo, hi = lo + shift_up, hi + shift_up
+    shift_down = np.maximum(hi - n_bins, 0.0)
+    lo, hi = np.maximum(lo - shift_down, 0.0), hi - shift_down
+    return lo, hi
+
+
+def deposit_differences(delta, values, weights, widths, bin_width, n_bins):
+    """Add uniform deposits to ``delta`` (length n_bins + 1), whose running sum is the histogram.
+
+    A uniform density on [a, b] (bin units) changes the per-bin mass only in the bins holding a and b, so
+    each deposit is four additions whatever its width: exact bin masses, O(1) per sample.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    lo, hi = _deposit_intervals(values, widths, bin_width, n_bins)
+    ka = np.minimum(np.floor(lo).astype(np.int64), n_bins - 1)
+    kb = np.minimum(np.floor(hi).astype(np.int64), n_bins - 1)
+    point = (hi - lo) < 1e-12
+    # Point masses: all weight in one bin.
+    np.add.at(delta, ka[point], weights[point])
+    np.add.at(delta, ka[point] + 1, -weights[point])
+    # Spread masses: slope s (mass per bin) from a to b.
+    spread = ~point
+    ka, kb, lo, hi, w = ka[spread], kb[spread], lo[spread], hi[spread], weights[spread]
+    s = w / (hi - lo)
+    np.add.at(delta, ka, s * (ka + 1 - lo))
+    np.add.at(delta, ka + 1, s * (lo - ka))
+    np.add.at(delta, kb, -s * (kb + 1 - hi))
+    np.add.at(delta, kb + 1, -s * (hi - kb))
+
+
+def accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks=64):
+    del n_chunks  # one ordered pass
+    delta = np.zeros(n_bins + 1)
+    deposit_differences(delta, values, weights, widths, bin_width, n_bins)
+    return np.cumsum(delta)[:n_bins]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sampling slabs and accumulating DVHs
+# --------------------------------------------------------------------------------------------------------
+def spread_width(gradient, var_xx, var_xy, var_yy, dz):
+    """Width of the uniform distribution with the same variance as the linear dose over a sample's region:
+    the covered part of its cell (covariance from the coverage kernel) times a slice of thickness dz."""
+    gx, gy, gz = gradient[:, 0], gradient[:, 1], gradient[:, 2]
+    variance = gx * gx * var_xx + 2.0 * gx * gy * var_xy + gy * gy * var_yy + gz * gz * dz * dz / 12.0
+    return np.sqrt(12.0 * np.maximum(variance, 0.0))
+
+
+def slab_pieces(z_lo, z_hi, grid_z0, grid_dz):
+    """Split the slab [z_lo, z_hi] at the dose grid's planes. Within each piece the trilinear dose is
+    exactly linear in z, so one sample per piece, spread over its thickness, integrates the z profile."""
+    pieces = []
+    z = z_lo
+    while z < z_hi:
+        next_plane = grid_z0 + (np.floor((z - grid_z0) / grid_dz + 1e-9) + 1.0) * grid_dz
+        end = min(next_plane, z_hi)
+        pieces.append((z, end))
+        z = end
+    return pieces
+
+
+def cell_histograms(
+    dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
+    bin_width, n_bins, n_chunks,
+):
+    # n_chunks fixes the summation order of the compiled backends; one ordered pass needs none here.
+    del n_chunks
+    n_structures = len(structure_plane_start) - 1
+    hist = np.zeros((n_structures, n_bins))
+    stats = np.zeros((n_structures, 5))
+    for s in range(n_structures):
+        delta = np.zeros(n_bins + 1)
+        dmin, dmax = np.inf, -np.inf
+        for p in range(structure_plane_start[s], structure_plane_start[s + 1]):
+            plane_cells = cells[plane_cell_start[p] : plane_cell_start[p + 1]]
+            plane_cells = plane_cells[plane_cells[:, 0] > 0]
+            if len(plane_cells) == 0:
+                continue
+            for z_a, z_b in slab_pieces(plane_z_lo[p], plane_z_hi[p], origin[2], spacing[2]):
+                dz = z_b - z_a
+                z = np.full(len(plane_cells), 0.5 * (z_a + z_b))
+                points = np.column_stack([plane_cells[:, 1], plane_cells[:, 2], z])
+                value, gradient, inside = trilinear_with_gradient(dose, origin, spacing, points)
+                weight = plane_cells[:, 0] * dz
+                stats[s, 1] += weight[~inside].sum()
+                if not inside.any():
+                    continue
+                value, gradient, weight = value[inside], gradient[inside], weight[inside]
+                covered = plane_cells[inside]
+                width = spread_width(gradient, covered[:, 3], covered[:, 4], covered[:, 5], dz)
+                deposit_differences(delta, value, weight, width, bin_width, n_bins)
+                stats[s, 0] += weight.sum()
+                stats[s, 2] += (weight * value).sum()
+                dmin, dmax = min(dmin, value.min()), max(dmax, value.max())
+        hist[s] = np.cumsum(delta)[:n_bins]
+        stats[s, 3] = dmin if np.isfinite(dmin) else np.nan
+        stats[s, 4] = dmax if np.isfinite(dmax) else np.nan
+    return hist, stats
