@@ -34,4 +34,4 @@ STAT_COLUMNS = ("inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax
 GRID_EPSILON = 1e-6
 #: Each chunk of a structure's cells holds at least this many cells; the chunking (and so the summation
 #: order) depends only on the input, never on the number of threads.
-MIN_CELLS_PER_CHUNK = 2048
+MIN_CELLS_PER_CHUNK = 8192

@@ -36,36 +36,28 @@ def _i64(a):
 # --------------------------------------------------------------------------------------------------------
 # Trilinear interpolation
 # --------------------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
-def _trilinear_point(dose, ox, oy, oz, sx, sy, sz, px, py, pz):
-    """(value, gx, gy, gz, inside) at one point; see numpy_ref.trilinear_with_gradient."""
-    nz, ny, nx = dose.shape
-    fx = (px - ox) / sx
-    fy = (py - oy) / sy
-    fz = (pz - oz) / sz
-    if (
-        fx < -GRID_EPSILON or fx > nx - 1 + GRID_EPSILON
-        or fy < -GRID_EPSILON or fy > ny - 1 + GRID_EPSILON
-        or fz < -GRID_EPSILON or fz > nz - 1 + GRID_EPSILON
-    ):
-        return np.nan, 0.0, 0.0, 0.0, False
-    fx = min(max(fx, 0.0), nx - 1.0)
-    fy = min(max(fy, 0.0), ny - 1.0)
-    fz = min(max(fz, 0.0), nz - 1.0)
-    i = min(int(fx), nx - 2)
-    j = min(int(fy), ny - 2)
-    k = min(int(fz), nz - 2)
-    tx = fx - i
-    ty = fy - j
-    tz = fz - k
-    c000 = float(dose[k, j, i])
-    c001 = float(dose[k, j, i + 1])
-    c010 = float(dose[k, j + 1, i])
-    c011 = float(dose[k, j + 1, i + 1])
-    c100 = float(dose[k + 1, j, i])
-    c101 = float(dose[k + 1, j, i + 1])
-    c110 = float(dose[k + 1, j + 1, i])
-    c111 = float(dose[k + 1, j + 1, i + 1])
+@njit(cache=True, inline="always", error_model="numpy")
+def _grid_coordinate(p, origin, step, n):
+    """(lower voxel index, fraction, inside) of coordinate p along one grid axis of n voxel centres."""
+    f = (p - origin) / step
+    if f < -GRID_EPSILON or f > n - 1 + GRID_EPSILON:
+        return 0, 0.0, False
+    f = min(max(f, 0.0), n - 1.0)
+    i = min(int(f), n - 2)
+    return i, f - i, True
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _interpolate(dose, i, j, k, tx, ty, tz, sx, sy, sz):
+    """(value, gx, gy, gz) of the trilinear interpolant in voxel cell (i, j, k) at fractions (tx, ty, tz)."""
+    c000 = np.float64(dose[k, j, i])
+    c001 = np.float64(dose[k, j, i + 1])
+    c010 = np.float64(dose[k, j + 1, i])
+    c011 = np.float64(dose[k, j + 1, i + 1])
+    c100 = np.float64(dose[k + 1, j, i])
+    c101 = np.float64(dose[k + 1, j, i + 1])
+    c110 = np.float64(dose[k + 1, j + 1, i])
+    c111 = np.float64(dose[k + 1, j + 1, i + 1])
     c00 = c000 + tx * (c001 - c000)
     c01 = c010 + tx * (c011 - c010)
     c10 = c100 + tx * (c101 - c100)
@@ -78,10 +70,23 @@ def _trilinear_point(dose, ox, oy, oz, sx, sy, sz, px, py, pz):
     gx = ((1 - tz) * dx0 + tz * dx1) / sx
     gy = ((1 - tz) * (c01 - c00) + tz * (c11 - c10)) / sy
     gz = (c1 - c0) / sz
+    return value, gx, gy, gz
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _trilinear_point(dose, ox, oy, oz, sx, sy, sz, px, py, pz):
+    """(value, gx, gy, gz, inside) at one point; see numpy_ref.trilinear_with_gradient."""
+    nz, ny, nx = dose.shape
+    i, tx, inside_x = _grid_coordinate(px, ox, sx, nx)
+    j, ty, inside_y = _grid_coordinate(py, oy, sy, ny)
+    k, tz, inside_z = _grid_coordinate(pz, oz, sz, nz)
+    if not (inside_x and inside_y and inside_z):
+        return np.nan, 0.0, 0.0, 0.0, False
+    value, gx, gy, gz = _interpolate(dose, i, j, k, tx, ty, tz, sx, sy, sz)
     return value, gx, gy, gz, True
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _trilinear(dose, origin, spacing, points, out):
     for n in prange(points.shape[0]):
         value, _, _, _, _ = _trilinear_point(
@@ -101,7 +106,7 @@ def trilinear(dose, origin, spacing, points):
 # --------------------------------------------------------------------------------------------------------
 # Polygon coverage
 # --------------------------------------------------------------------------------------------------------
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _plane_moments(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, hx, hy, scanlines, moments):
     n_edges = ring_start[end_ring] - ring_start[first_ring]
     xs = np.empty(max(n_edges, 1))
@@ -152,7 +157,7 @@ def _plane_moments(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, h
                     moments[c, 5] += length * (dy * dy + band * band / 12.0)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _finish_moments(moments, x0, y0, nx, hx, hy, band, cells):
     for c in range(moments.shape[0]):
         centre_x = x0 + (c % nx + 0.5) * hx
@@ -176,7 +181,7 @@ def _finish_moments(moments, x0, y0, nx, hx, hy, band, cells):
             cells[c, 5] = 0.0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _polygon_coverage(
     vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
     plane_hx, plane_hy, scanlines, cells,
@@ -202,7 +207,7 @@ def polygon_coverage(
     plane_hx, plane_hy, scanlines,
 ):
     plane_cell_start = _i64(plane_cell_start)
-    cells = np.zeros((int(plane_cell_start[-1]), 6))
+    cells = np.empty((int(plane_cell_start[-1]), 6))  # every cell of every window is written
     if len(plane_cell_start) > 1:
         with numba.parallel_chunksize(1):  # planes differ in size: hand them out one at a time
             _polygon_coverage(
@@ -216,11 +221,12 @@ def polygon_coverage(
 # --------------------------------------------------------------------------------------------------------
 # Histogram accumulation
 # --------------------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
-def _deposit(delta, value, width, weight, bin_width, n_bins):
-    """Uniform deposit of ``weight`` over [value - width/2, value + width/2]; see numpy_ref."""
-    half = 0.5 * width / bin_width
-    centre = value / bin_width
+@njit(cache=True, inline="always", error_model="numpy")
+def _deposit(delta, row, value, width, weight, inverse_bin_width, n_bins):
+    """Uniform deposit of ``weight`` over [value - width/2, value + width/2] into ``delta[row]``; see
+    numpy_ref.deposit_differences (which divides by the bin width where this multiplies by its inverse)."""
+    half = 0.5 * width * inverse_bin_width
+    centre = value * inverse_bin_width
     lo = centre - half
     hi = centre + half
     if lo < 0.0:
@@ -231,30 +237,30 @@ def _deposit(delta, value, width, weight, bin_width, n_bins):
         hi = float(n_bins)
     ka = min(int(lo), n_bins - 1)
     kb = min(int(hi), n_bins - 1)
-    if hi - lo < 1e-12:
-        delta[ka] += weight
-        delta[ka + 1] -= weight
+    if ka == kb:  # within one bin: all of it there, whatever the spread
+        delta[row, ka] += weight
+        delta[row, ka + 1] -= weight
         return
     s = weight / (hi - lo)
-    delta[ka] += s * (ka + 1 - lo)
-    delta[ka + 1] += s * (lo - ka)
-    delta[kb] -= s * (kb + 1 - hi)
-    delta[kb + 1] -= s * (hi - kb)
+    delta[row, ka] += s * (ka + 1 - lo)
+    delta[row, ka + 1] += s * (lo - ka)
+    delta[row, kb] -= s * (kb + 1 - hi)
+    delta[row, kb + 1] -= s * (hi - kb)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _chunk_count(n_items, n_chunks):
     return max(1, min(n_chunks, n_items // MIN_CELLS_PER_CHUNK))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks):
     n = values.shape[0]
     k_total = _chunk_count(n, n_chunks)
     partial = np.zeros((k_total, n_bins + 1))
     for k in prange(k_total):
         for m in range(n * k // k_total, n * (k + 1) // k_total):
-            _deposit(partial[k], values[m], widths[m], weights[m], bin_width, n_bins)
+            _deposit(partial, k, values[m], widths[m], weights[m], 1.0 / bin_width, n_bins)
     delta = np.zeros(n_bins + 1)
     for k in range(k_total):
         delta += partial[k]
@@ -269,87 +275,108 @@ def accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks=64
 # --------------------------------------------------------------------------------------------------------
 # Sampling slabs and accumulating DVHs
 # --------------------------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _next_grid_plane(z, grid_z0, grid_dz):
     """The first dose plane above z (see numpy_ref.slab_pieces)."""
     return grid_z0 + (math.floor((z - grid_z0) / grid_dz + 1e-9) + 1.0) * grid_dz
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _cell_histograms(
     dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
     bin_width, n_bins, n_chunks,
 ):
     n_structures = structure_plane_start.shape[0] - 1
-    hist = np.zeros((n_structures, n_bins))
-    stats = np.zeros((n_structures, 5))
+    inverse_bin_width = 1.0 / bin_width
+    nz, ny, nx = dose.shape
     ox, oy, oz = origin[0], origin[1], origin[2]
     sx, sy, sz = spacing[0], spacing[1], spacing[2]
+    # Work items: each structure's cells split into a fixed number of chunks (a function of the input).
+    chunk_counts = np.zeros(n_structures, dtype=np.int64)
     for s in range(n_structures):
+        n_cells = plane_cell_start[structure_plane_start[s + 1]] - plane_cell_start[structure_plane_start[s]]
+        if n_cells > 0:
+            chunk_counts[s] = _chunk_count(n_cells, n_chunks)
+    item_start = np.zeros(n_structures + 1, dtype=np.int64)
+    item_start[1:] = np.cumsum(chunk_counts)
+    n_items = item_start[-1]
+    partial = np.zeros((n_items, n_bins + 1))
+    part_stats = np.zeros((n_items, 5))
+    for item in prange(n_items):
+        s = np.searchsorted(item_start, item, side="right") - 1
+        k = item - item_start[s]
+        k_total = chunk_counts[s]
         p_first = structure_plane_start[s]
         p_end = structure_plane_start[s + 1]
         c_first = plane_cell_start[p_first]
         n_cells = plane_cell_start[p_end] - c_first
-        if n_cells == 0:
-            stats[s, 3] = np.nan
-            stats[s, 4] = np.nan
-            continue
-        k_total = _chunk_count(n_cells, n_chunks)
-        partial = np.zeros((k_total, n_bins + 1))
-        part_stats = np.zeros((k_total, 5))
-        for k in prange(k_total):
-            a = c_first + n_cells * k // k_total
-            b = c_first + n_cells * (k + 1) // k_total
-            p = p_first
-            inside_sum = 0.0
-            outside_sum = 0.0
-            dose_sum = 0.0
-            dmin = np.inf
-            dmax = -np.inf
-            for c in range(a, b):
-                while plane_cell_start[p + 1] <= c:
-                    p += 1
-                area = cells[c, 0]
-                if area <= 0.0:
-                    continue
-                z_a = plane_z_lo[p]
-                while z_a < plane_z_hi[p]:
-                    z_b = min(_next_grid_plane(z_a, oz, sz), plane_z_hi[p])
-                    dz = z_b - z_a
+        a = c_first + n_cells * k // k_total
+        b = c_first + n_cells * (k + 1) // k_total
+        p = p_first
+        while plane_cell_start[p + 1] <= a:
+            p += 1
+        inside_sum = 0.0
+        outside_sum = 0.0
+        dose_sum = 0.0
+        dmin = np.inf
+        dmax = -np.inf
+        # Plane by plane, piece by piece through the slab, cell by cell: the z part of the interpolation is
+        # shared by every cell of a piece.
+        while p < p_end and plane_cell_start[p] < b:
+            c_lo = max(a, plane_cell_start[p])
+            c_hi = min(b, plane_cell_start[p + 1])
+            z_end = plane_z_hi[p]
+            z_a = plane_z_lo[p]
+            while z_a < z_end:
+                z_b = min(_next_grid_plane(z_a, oz, sz), z_end)
+                dz = z_b - z_a
+                kz, tz, inside_z = _grid_coordinate(0.5 * (z_a + z_b), oz, sz, nz)
+                z_a = z_b
+                for c in range(c_lo, c_hi):
+                    area = cells[c, 0]
+                    if area <= 0.0:
+                        continue
                     weight = area * dz
-                    value, gx, gy, gz, inside = _trilinear_point(
-                        dose, ox, oy, oz, sx, sy, sz, cells[c, 1], cells[c, 2], 0.5 * (z_a + z_b)
-                    )
-                    z_a = z_b
-                    if not inside:
+                    i, tx, inside_x = _grid_coordinate(cells[c, 1], ox, sx, nx)
+                    j, ty, inside_y = _grid_coordinate(cells[c, 2], oy, sy, ny)
+                    if not (inside_x and inside_y and inside_z):
                         outside_sum += weight
                         continue
+                    value, gx, gy, gz = _interpolate(dose, i, j, kz, tx, ty, tz, sx, sy, sz)
                     variance = (
                         gx * gx * cells[c, 3] + 2.0 * gx * gy * cells[c, 4] + gy * gy * cells[c, 5]
                         + gz * gz * dz * dz / 12.0
                     )
                     width = math.sqrt(12.0 * max(variance, 0.0))
-                    _deposit(partial[k], value, width, weight, bin_width, n_bins)
+                    _deposit(partial, item, value, width, weight, inverse_bin_width, n_bins)
                     inside_sum += weight
                     dose_sum += weight * value
                     dmin = min(dmin, value)
                     dmax = max(dmax, value)
-            part_stats[k, 0] = inside_sum
-            part_stats[k, 1] = outside_sum
-            part_stats[k, 2] = dose_sum
-            part_stats[k, 3] = dmin
-            part_stats[k, 4] = dmax
+            p += 1
+        part_stats[item, 0] = inside_sum
+        part_stats[item, 1] = outside_sum
+        part_stats[item, 2] = dose_sum
+        part_stats[item, 3] = dmin
+        part_stats[item, 4] = dmax
+    # Combine each structure's chunks in their fixed order.
+    hist = np.zeros((n_structures, n_bins))
+    stats = np.zeros((n_structures, 5))
+    for s in prange(n_structures):
         delta = np.zeros(n_bins + 1)
         dmin = np.inf
         dmax = -np.inf
-        for k in range(k_total):
-            delta += partial[k]
-            stats[s, 0] += part_stats[k, 0]
-            stats[s, 1] += part_stats[k, 1]
-            stats[s, 2] += part_stats[k, 2]
-            dmin = min(dmin, part_stats[k, 3])
-            dmax = max(dmax, part_stats[k, 4])
-        hist[s] = np.cumsum(delta)[:n_bins]
+        for item in range(item_start[s], item_start[s + 1]):
+            delta += partial[item]
+            stats[s, 0] += part_stats[item, 0]
+            stats[s, 1] += part_stats[item, 1]
+            stats[s, 2] += part_stats[item, 2]
+            dmin = min(dmin, part_stats[item, 3])
+            dmax = max(dmax, part_stats[item, 4])
+        running = 0.0
+        for j in range(n_bins):
+            running += delta[j]
+            hist[s, j] = running
         stats[s, 3] = dmin if dmin < np.inf else np.nan
         stats[s, 4] = dmax if dmax > -np.inf else np.nan
     return hist, stats

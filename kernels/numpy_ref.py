@@ -168,8 +168,8 @@ def deposit_differences(delta, values, weights, widths, bin_width, n_bins):
     lo, hi = _deposit_intervals(values, widths, bin_width, n_bins)
     ka = np.minimum(np.floor(lo).astype(np.int64), n_bins - 1)
     kb = np.minimum(np.floor(hi).astype(np.int64), n_bins - 1)
-    point = (hi - lo) < 1e-12
-    # Point masses: all weight in one bin.
+    point = ka == kb
+    # Deposits within one bin: all their weight in that bin.
     np.add.at(delta, ka[point], weights[point])
     np.add.at(delta, ka[point] + 1, -weights[point])
     # Spread masses: slope s (mass per bin) from a to b.
