@@ -35,16 +35,17 @@ class Backend:
 def _load_numpy() -> Backend:
     from isodose.kernels import numpy_ref
 
-    return Backend("numpy", "cpu (1 thread)", numpy_ref)
+    return Backend("numpy", "cpu, 1 thread", numpy_ref)
 
 
 def _load_numba() -> Backend:
     try:
         import numba
+
         from isodose.kernels import numba_cpu
     except ImportError as exc:  # pragma: no cover - numba is a dependency
         raise BackendError(f"the numba backend is not available: {exc}") from exc
-    return Backend("numba", f"cpu ({numba.get_num_threads()} threads)", numba_cpu)
+    return Backend("numba", f"cpu, {numba.get_num_threads()} threads", numba_cpu)
 
 
 def _load_cupy() -> Backend:

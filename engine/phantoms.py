@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Contour, DoseGrid, Structure
+from .model import Contour, DoseGrid, Structure, StructureSet
 
 # --------------------------------------------------------------------------------------------------------
 # Shapes
@@ -210,58 +210,55 @@ class SlabTruth:
     """Exact DVH of a stack of disc slabs (holes subtracted) in a linear field."""
 
     def __init__(self, slabs: Sequence[Slab], field: LinearField, centre_xy: tuple[float, float]):
-        self.slabs = [s for s in slabs if s.radius > 0 and s.z_hi > s.z_lo]
-        self.field = field
+        kept = [s for s in slabs if s.radius > 0 and s.z_hi > s.z_lo]
+        self.z_lo = np.array([s.z_lo for s in kept])
+        self.z_hi = np.array([s.z_hi for s in kept])
+        self.radius = np.array([s.radius for s in kept])
+        self.sign = np.array([s.sign for s in kept])
         g = field.gradient_gy_per_mm
         self.g_perp = math.hypot(g[0], g[1])
         self.g_z = g[2]
-        # Dose at the shape's axis, at z: d_axis(z) = base + g_z z.
-        cx, cy = centre_xy
-        self.base = field(cx, cy, 0.0)
+        # Dose on the shape's axis at z: base + g_z z; in-plane, it changes by g_perp per mm across it.
+        self.base = field(centre_xy[0], centre_xy[1], 0.0)
 
     @property
     def volume_mm3(self) -> float:
-        return sum(s.sign * math.pi * s.radius**2 * (s.z_hi - s.z_lo) for s in self.slabs)
-
-    def _slab_below(self, slab: Slab, dose: np.ndarray) -> np.ndarray:
-        r, a, b = slab.radius, slab.z_lo, slab.z_hi
-        if self.g_perp == 0.0:
-            if self.g_z == 0.0:
-                return np.where(dose >= self.base, math.pi * r * r * (b - a), 0.0)
-            z_cut = (dose - self.base) / self.g_z
-            lo, hi = (a, b) if self.g_z > 0 else (b, a)
-            frac = np.clip((z_cut - lo) / (hi - lo), 0.0, 1.0)
-            return math.pi * r * r * (b - a) * frac
-        t_a = (dose - self.base - self.g_z * a) / self.g_perp
-        if self.g_z == 0.0:
-            return (b - a) * _area_below(t_a, r)
-        t_b = (dose - self.base - self.g_z * b) / self.g_perp
-        return (self.g_perp / self.g_z) * (_area_below_integral(t_a, r) - _area_below_integral(t_b, r))
+        return float(np.sum(self.sign * math.pi * self.radius**2 * (self.z_hi - self.z_lo)))
 
     def volume_below(self, dose) -> np.ndarray:
-        dose = np.asarray(dose, dtype=np.float64)
-        return sum(s.sign * self._slab_below(s, dose) for s in self.slabs)
+        """Volume (mm^3) receiving less than ``dose``: the sum of every slab's closed form."""
+        d = np.asarray(dose, dtype=np.float64)[..., None]
+        r, a, b = self.radius, self.z_lo, self.z_hi
+        if self.g_perp == 0.0:
+            if self.g_z == 0.0:
+                below = np.where(d >= self.base, math.pi * r * r * (b - a), 0.0)
+            else:
+                z_cut = (d - self.base) / self.g_z
+                inside = (z_cut - a) / (b - a) if self.g_z > 0 else (b - z_cut) / (b - a)
+                below = math.pi * r * r * (b - a) * np.clip(inside, 0.0, 1.0)
+        else:
+            t_a = (d - self.base - self.g_z * a) / self.g_perp
+            if self.g_z == 0.0:
+                below = (b - a) * _area_below(t_a, r)
+            else:
+                t_b = (d - self.base - self.g_z * b) / self.g_perp
+                below = (self.g_perp / self.g_z) * (_area_below_integral(t_a, r) - _area_below_integral(t_b, r))
+        return np.sum(self.sign * below, axis=-1)
 
     def volume_above(self, dose) -> np.ndarray:
         return self.volume_mm3 - self.volume_below(dose)
 
     @property
     def dmean_gy(self) -> float:
-        total = sum(
-            s.sign * math.pi * s.radius**2 * (s.z_hi - s.z_lo) * (self.base + self.g_z * 0.5 * (s.z_lo + s.z_hi))
-            for s in self.slabs
-        )
-        return total / self.volume_mm3
+        volume = self.sign * math.pi * self.radius**2 * (self.z_hi - self.z_lo)
+        centre_dose = self.base + self.g_z * 0.5 * (self.z_lo + self.z_hi)
+        return float(np.sum(volume * centre_dose) / np.sum(volume))
 
     def _extremes(self) -> tuple[float, float]:
-        values = []
-        for s in self.slabs:
-            if s.sign < 0:
-                continue
-            for z in (s.z_lo, s.z_hi):
-                centre = self.base + self.g_z * z
-                values += [centre - self.g_perp * s.radius, centre + self.g_perp * s.radius]
-        return min(values), max(values)
+        solid = self.sign > 0
+        axis = self.base + self.g_z * np.concatenate([self.z_lo[solid], self.z_hi[solid]])
+        reach = self.g_perp * np.concatenate([self.radius[solid], self.radius[solid]])
+        return float(np.min(axis - reach)), float(np.max(axis + reach))
 
     @property
     def dmin_gy(self) -> float:
@@ -273,8 +270,8 @@ class SlabTruth:
 
     def dose_at_volume_mm3(self, volume_mm3: float) -> float:
         """The dose received by the hottest ``volume_mm3``, by bisection on the closed form."""
-        lo, hi = self.dmin_gy, self.dmax_gy
-        for _ in range(200):
+        lo, hi = self._extremes()
+        for _ in range(64):
             mid = 0.5 * (lo + hi)
             if self.volume_above(mid) > volume_mm3:
                 lo = mid
@@ -317,3 +314,145 @@ def shape_truth(structure_shape: Shape, field: LinearField, n_slabs: int = 4000)
         if inner > 0:
             slabs.append(Slab(a, b, inner, -1.0))
     return SlabTruth(slabs, field, structure_shape.centre_mm[:2])
+
+
+# --------------------------------------------------------------------------------------------------------
+# A head-and-neck-sized case
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ellipsoid:
+    centre_mm: tuple[float, float, float]
+    semi_axes_mm: tuple[float, float, float]
+
+    @property
+    def z_range(self) -> tuple[float, float]:
+        return self.centre_mm[2] - self.semi_axes_mm[2], self.centre_mm[2] + self.semi_axes_mm[2]
+
+    def ellipse(self, z: float) -> tuple[float, float]:
+        """Semi-axes (x, y) of the cross-section at z."""
+        t = (z - self.centre_mm[2]) / self.semi_axes_mm[2]
+        scale = math.sqrt(max(1.0 - t * t, 0.0))
+        return self.semi_axes_mm[0] * scale, self.semi_axes_mm[1] * scale
+
+    @property
+    def volume_mm3(self) -> float:
+        a, b, c = self.semi_axes_mm
+        return 4.0 / 3.0 * math.pi * a * b * c
+
+    def normalised_radius(self, x, y, z):
+        """1 on the surface, below 1 inside."""
+        (cx, cy, cz), (a, b, c) = self.centre_mm, self.semi_axes_mm
+        return np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((z - cz) / c) ** 2)
+
+
+@dataclass(frozen=True)
+class EllipticCylinder:
+    centre_mm: tuple[float, float, float]
+    semi_axes_mm: tuple[float, float]
+    height_mm: float
+
+    @property
+    def z_range(self) -> tuple[float, float]:
+        return self.centre_mm[2] - self.height_mm / 2, self.centre_mm[2] + self.height_mm / 2
+
+    def ellipse(self, z: float) -> tuple[float, float]:
+        lo, hi = self.z_range
+        return self.semi_axes_mm if lo - 1e-9 <= z <= hi + 1e-9 else (0.0, 0.0)
+
+    @property
+    def volume_mm3(self) -> float:
+        return math.pi * self.semi_axes_mm[0] * self.semi_axes_mm[1] * self.height_mm
+
+    def normalised_radius(self, x, y, z):
+        (cx, cy, cz), (a, b) = self.centre_mm, self.semi_axes_mm
+        radial = np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2)
+        axial = np.abs(z - cz) / (self.height_mm / 2)
+        return np.maximum(radial, axial)
+
+
+def contour_ellipses(
+    shape: Ellipsoid | EllipticCylinder, name: str, number: int, plane_z_mm: np.ndarray, n_vertices: int = 96
+) -> Structure:
+    """Contour an elliptical solid on the given axial planes."""
+    cx, cy, _ = shape.centre_mm
+    angle = 2.0 * math.pi * np.arange(n_vertices) / n_vertices
+    contours = []
+    for z in plane_z_mm:
+        a, b = shape.ellipse(float(z))
+        if min(a, b) < 0.05:
+            continue
+        ring = np.column_stack([cx + a * np.cos(angle), cy + b * np.sin(angle)])
+        contours.append(Contour(ring, float(z)))
+    return Structure(name=name, number=number, contours=tuple(contours))
+
+
+#: name: (centre (x, y, z) mm, semi-axes mm, prescription level Gy or None). Volumes run from 1 cc to 3 l.
+HEAD_NECK_STRUCTURES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], float | None]] = {
+    "GTV": ((0.0, -10.0, 20.0), (14.0, 12.0, 15.0), None),
+    "PTV70": ((0.0, -10.0, 20.0), (26.0, 22.0, 27.0), 70.0),
+    "CTV60": ((0.0, -5.0, 10.0), (38.0, 32.0, 42.0), None),
+    "PTV60_L": ((38.0, 5.0, -5.0), (16.0, 16.0, 32.0), 60.0),
+    "PTV60_R": ((-38.0, 5.0, -5.0), (16.0, 16.0, 32.0), 60.0),
+    "CTV54": ((0.0, 0.0, -10.0), (52.0, 42.0, 60.0), None),
+    "PTV54": ((0.0, 0.0, -10.0), (56.0, 46.0, 64.0), 54.0),
+    "BrainStem": ((0.0, 30.0, 55.0), (11.0, 11.0, 18.0), None),
+    "SpinalCord": ((0.0, 52.0, -20.0), (5.0, 5.0, 50.0), None),
+    "Parotid_L": ((48.0, 15.0, 30.0), (14.0, 16.0, 22.0), None),
+    "Parotid_R": ((-48.0, 15.0, 30.0), (14.0, 16.0, 22.0), None),
+    "OralCavity": ((0.0, -45.0, 5.0), (30.0, 22.0, 18.0), None),
+    "Larynx": ((0.0, -30.0, -55.0), (13.0, 12.0, 16.0), None),
+    "Eye_L": ((32.0, -50.0, 62.0), (12.0, 12.0, 12.0), None),
+    "Eye_R": ((-32.0, -50.0, 62.0), (12.0, 12.0, 12.0), None),
+    "OpticNerve_L": ((18.0, -28.0, 62.0), (4.5, 14.0, 4.5), None),
+    "OpticNerve_R": ((-18.0, -28.0, 62.0), (4.5, 14.0, 4.5), None),
+    "Chiasm": ((0.0, -12.0, 62.0), (10.0, 7.0, 4.0), None),
+    "Cochlea_L": ((40.0, 20.0, 60.0), (6.2, 6.2, 6.2), None),
+}
+BODY = EllipticCylinder((0.0, 0.0, 0.0), (70.0, 85.0), 160.0)
+
+
+def head_neck_dose(
+    grid_origin_mm: Sequence[float], grid_spacing_mm: Sequence[float], grid_shape_zyx: Sequence[int],
+    targets: Sequence[tuple[Ellipsoid, float]], body: EllipticCylinder = BODY, falloff_mm: float = 2.5,
+    frame_of_reference_uid: str = "",
+) -> DoseGrid:
+    """An IMRT-like dose: plateaus at each target's level (about 97% of it on the target's surface) with a
+    steep sigmoid fall-off (80% to 20% over about 7 mm), a low bath inside the body, no dose outside it."""
+    z, y, x = (grid_origin_mm[a] + grid_spacing_mm[a] * np.arange(grid_shape_zyx[2 - a]) for a in (2, 1, 0))
+    zz, yy, xx = z[:, None, None], y[None, :, None], x[None, None, :]
+    dose = np.zeros(tuple(grid_shape_zyx), dtype=np.float32)
+    for shape, level in targets:
+        mean_axis = float(np.mean(shape.semi_axes_mm))
+        # Signed distance-like coordinate: mm outside the surface (negative inside).
+        outside = (shape.normalised_radius(xx, yy, zz) - 1.0) * mean_axis
+        np.maximum(dose, (level * 1.02 / (1.0 + np.exp((outside - 3.0 * falloff_mm) / falloff_mm))).astype(np.float32),
+                   out=dose)
+    inside_body = body.normalised_radius(xx, yy, zz) <= 1.0
+    body_centre = np.asarray(body.centre_mm)
+    distance = np.sqrt((xx - body_centre[0]) ** 2 + (yy - body_centre[1]) ** 2 + (zz - body_centre[2]) ** 2)
+    bath = (8.0 * np.exp(-distance / 60.0)).astype(np.float32)
+    dose = np.where(inside_body, np.maximum(dose, bath), np.float32(0.0)).astype(np.float32)
+    return DoseGrid(np.ascontiguousarray(dose), tuple(map(float, grid_origin_mm)), tuple(map(float, grid_spacing_mm)),
+                    frame_of_reference_uid)
+
+
+def head_neck_case(
+    grid_shape_zyx: tuple[int, int, int] = (120, 200, 200), spacing_mm: float = 2.5, plane_spacing_mm: float = 2.5,
+    frame_of_reference_uid: str = "1.2.826.0.1.3680043.10.1457.1",
+) -> tuple[DoseGrid, StructureSet]:
+    """A head-and-neck-sized case: 20 structures from about 1 cc to 3000 cc (BODY) on a dose grid of
+    ``grid_shape_zyx`` voxels of ``spacing_mm`` (200 x 200 x 120 at 2.5 mm by default)."""
+    nz, ny, nx = grid_shape_zyx
+    origin = (-spacing_mm * (nx - 1) / 2, -spacing_mm * (ny - 1) / 2, -spacing_mm * (nz - 1) / 2)
+    shapes = {name: Ellipsoid(c, a) for name, (c, a, _) in HEAD_NECK_STRUCTURES.items()}
+    targets = [(shapes[name], level) for name, (_, _, level) in HEAD_NECK_STRUCTURES.items() if level]
+    grid = head_neck_dose(origin, (spacing_mm,) * 3, grid_shape_zyx, targets,
+                          frame_of_reference_uid=frame_of_reference_uid)
+    lo, hi = BODY.z_range
+    planes = np.arange(lo, hi + 1e-9, plane_spacing_mm)
+    structures = [contour_ellipses(BODY, "BODY", 1, planes, n_vertices=256)]
+    for number, (name, shape) in enumerate(shapes.items(), start=2):
+        structures.append(contour_ellipses(shape, name, number, planes))
+    return grid, StructureSet(tuple(structures), frame_of_reference_uid=frame_of_reference_uid)

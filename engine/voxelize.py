@@ -31,7 +31,7 @@ class SamplingOptions:
     #: Cells per dose-voxel side in-plane; None adapts it to each structure's size.
     supersampling: int | None = None
     #: With adaptive supersampling, the number of in-plane cells (over all planes) to aim for.
-    target_cells: int = 200_000
+    target_cells: int = 100_000
     min_supersampling: int = 2
     max_supersampling: int = 200
     #: Scanlines per row of cells: coverage is exact along x and sampled at this many lines along y.
@@ -43,7 +43,7 @@ class SamplingOptions:
     #: Cells processed per kernel launch at most (bounds memory: 48 bytes per cell).
     max_cells_per_batch: int = 4_000_000
     #: Fixed number of partial sums per structure, independent of the number of threads.
-    chunks: int = 64
+    chunks: int = 16
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -1,0 +1,370 @@
+"""The ``isodose`` command line.
+
+Every user error is one line on stderr and a non-zero exit code (2); unexpected failures are one line too
+(exit 3) unless ``--debug`` asks for the traceback. Imports are lazy so that the command starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import IsodoseError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+DEFAULT_NELMS = Path(__file__).resolve().parent.parent.parent / "shared" / "validation" / "nelms2015"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Formatting helpers
+# --------------------------------------------------------------------------------------------------------
+def _number(value: float, digits: int = 6) -> float | None:
+    """A JSON-safe number: None for NaN."""
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+
+def _cell(value: object, digits: int = 2) -> str:
+    if isinstance(value, float):
+        return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 2) -> str:
+    text = [[str(h) for h in header]] + [[_cell(v, digits) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in text) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(text):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _csv(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if isinstance(v, float) and not math.isfinite(v) else v for v in row])
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------------
+# isodose dvh
+# --------------------------------------------------------------------------------------------------------
+def _sampling_options(args: argparse.Namespace):
+    from .voxelize import SamplingOptions
+
+    return SamplingOptions(supersampling=args.supersampling, end_cap=args.end_cap)
+
+
+def _prescription(args: argparse.Namespace) -> float | None:
+    if args.prescription is not None:
+        if not args.prescription > 0:
+            raise IsodoseError(f"--prescription must be a positive dose in Gy, not {args.prescription}")
+        return args.prescription
+    if getattr(args, "plan", None):
+        from .dicom.read import read_plan
+
+        plan = read_plan(args.plan)
+        if plan.prescription_gy is None:
+            raise IsodoseError("the plan holds no TargetPrescriptionDose; give --prescription", path=args.plan)
+        return plan.prescription_gy
+    return None
+
+
+def dvh_report(dvhs, metrics, prescription_gy, backend) -> dict:
+    """The JSON document of ``isodose dvh``: keys carry their units."""
+    return {
+        "isodose_version": __version__,
+        "backend": backend.name,
+        "device": backend.device,
+        "prescription_gy": prescription_gy,
+        "structures": [
+            {
+                "name": d.name,
+                "number": d.number,
+                "volume_cc": _number(d.volume_cc),
+                "volume_outside_dose_cc": _number(d.volume_outside_dose_cc),
+                "dmin_gy": _number(d.dmin_gy),
+                "dmean_gy": _number(d.dmean_gy),
+                "dmax_gy": _number(d.dmax_gy),
+                "metrics": {m.text: _number(d.metric(m, prescription_gy)) for m in metrics},
+            }
+            for d in dvhs
+        ],
+    }
+
+
+def write_dvh_curves(dvhs, path: str | Path, step_gy: float) -> Path:
+    """Cumulative and differential DVHs of every structure, one row per structure and dose step."""
+    import numpy as np
+
+    top = max((d.dmax_gy for d in dvhs if d.has_dose), default=0.0)
+    doses = step_gy * np.arange(int(math.floor(top / step_gy)) + 2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["structure", "dose_gy", "cumulative_cc", "cumulative_pct", "differential_cc"])
+        for d in dvhs:
+            if not d.has_dose:
+                continue
+            cumulative = d.cumulative(doses)
+            relative = 100.0 * cumulative / d.dose_volume_cc
+            differential = np.append(cumulative[:-1] - cumulative[1:], 0.0)
+            for row in zip(doses, cumulative, relative, differential):
+                writer.writerow([d.name] + [f"{v:.6g}" for v in row])
+    return path
+
+
+def _print_dvh_report(report: dict, metrics, fmt: str, out) -> None:
+    if fmt == "json":
+        out.write(json.dumps(report, indent=2) + "\n")
+        return
+    header = ["structure", "volume_cc", "volume_outside_dose_cc", "dmin_gy", "dmean_gy", "dmax_gy"]
+    header += [m.text for m in metrics]
+    rows = []
+    for s in report["structures"]:
+        values = [s[k] for k in header[1:6]] + [s["metrics"][m.text] for m in metrics]
+        rows.append([s["name"]] + [math.nan if v is None else v for v in values])
+    if fmt == "csv":
+        out.write(_csv(header, rows))
+        return
+    out.write(f"backend: {report['backend']} ({report['device']})")
+    if report["prescription_gy"]:
+        out.write(f"   prescription: {report['prescription_gy']:g} Gy")
+    out.write("\n")
+    pretty = ["ROI", "Volume cc", "Outside cc", "Dmin Gy", "Dmean Gy", "Dmax Gy"] + [m.text for m in metrics]
+    out.write(_table(pretty, rows) + "\n")
+
+
+def cmd_dvh(args: argparse.Namespace) -> int:
+    from .dicom.read import read_dose, read_structures
+    from .dispatch import select_backend
+    from .dvh import compute_dvhs, parse_metrics
+
+    metrics = parse_metrics(args.metric or [])
+    prescription = _prescription(args)
+    for m in metrics:
+        if m.needs_prescription and prescription is None:
+            raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
+    backend = select_backend(args.backend)
+    options = _sampling_options(args)
+    dose = read_dose(args.dose)
+    structures = read_structures(args.structures)
+    rois = args.roi or None
+    dvhs = compute_dvhs(dose, structures, rois, options=options, backend=backend)
+    report = dvh_report(dvhs, metrics, prescription, backend)
+    report["dose_file"] = str(args.dose)
+    report["structure_file"] = str(args.structures)
+    _print_dvh_report(report, metrics, args.format, sys.stdout)
+    if args.dvh_out:
+        write_dvh_curves(dvhs, args.dvh_out, args.dvh_step)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# isodose validate nelms
+# --------------------------------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .dispatch import select_backend
+    from .validation import NELMS_METRICS, NelmsSummary, run_nelms
+
+    backend = select_backend(args.backend)
+    started = time.perf_counter()
+    values = run_nelms(args.path, backend=backend, options=_sampling_options(args))
+    elapsed = time.perf_counter() - started
+    names = [name for name, _, _ in NELMS_METRICS]
+    rows, case_values = [], {}
+    for v in values:
+        case_values.setdefault(v.case, []).append(v)
+    for case, items in case_values.items():
+        errors = {v.metric: v.error_pct for v in items}
+        rows.append([case.structure, case.gradient, case.voxel_mm] + [errors[n] for n in names])
+    summary = NelmsSummary.of(values)
+    by_spacing = {}
+    for v in values:
+        by_spacing.setdefault(v.case.plane_spacing, []).append(v)
+    if args.format == "json":
+        document = json.dumps({
+            "backend": backend.name,
+            "device": backend.device,
+            "seconds": round(elapsed, 3),
+            "summary": summary.__dict__,
+            "by_plane_spacing": {k: NelmsSummary.of(v).__dict__ for k, v in by_spacing.items()},
+            "values": [
+                {"structure": v.case.structure, "gradient": v.case.gradient, "dose_voxel_mm": v.case.voxel_mm,
+                 "metric": v.metric, "isodose": _number(v.isodose), "analytical": _number(v.analytical),
+                 "error_pct": _number(v.error_pct, 4)}
+                for v in values
+            ],
+        }, indent=2)
+        sys.stdout.write(document + "\n")
+        return 0
+    header = ["structure", "gradient", "dose_voxel_mm"] + [f"{n} err %" for n in names]
+    if args.format == "csv":
+        sys.stdout.write(_csv(header, rows))
+        return 0
+    print(f"Nelms 2015 analytical set: {args.path}")
+    print(f"backend: {backend.name} ({backend.device}), {elapsed:.1f} s; error of isodose against the analytical "
+          "value, % of it")
+    print(_table(["structure", "gradient", "grid mm"] + names, rows))
+    print()
+    spacing_rows = [[k, s.values, s.over_3pct, s.over_2pct, s.over_1pct, s.max_abs_error_pct]
+                    for k, s in ((k, NelmsSummary.of(v)) for k, v in sorted(by_spacing.items()))]
+    spacing_rows.append(["all", summary.values, summary.over_3pct, summary.over_2pct, summary.over_1pct,
+                         summary.max_abs_error_pct])
+    print(_table(["contour spacing", "values", "> 3%", "> 2%", "> 1%", "max |error| %"], spacing_rows))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# isodose demo
+# --------------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .dicom.read import read_dose, read_plan, read_structures
+    from .dicom.write import write_dose, write_plan, write_structures
+    from .dispatch import select_backend
+    from .dvh import compute_dvhs, parse_metrics
+    from .phantoms import head_neck_case
+
+    out = Path(args.out)
+    print(f"Writing a generated head-and-neck phantom (200 x 200 x 120 dose grid, 20 ROIs) to {out}/")
+    grid, structures = head_neck_case()
+    write_dose(grid, out / "RD.phantom.dcm")
+    write_structures(structures, out / "RS.phantom.dcm")
+    write_plan(out / "RP.phantom.dcm", prescription_gy=70.0, number_of_fractions=35,
+               frame_of_reference_uid=grid.frame_of_reference_uid, target_name="PTV70")
+    backend = select_backend(args.backend)
+    started = time.perf_counter()
+    dose = read_dose(out / "RD.phantom.dcm")
+    rs = read_structures(out / "RS.phantom.dcm")
+    plan = read_plan(out / "RP.phantom.dcm")
+    read_done = time.perf_counter()
+    dvhs = compute_dvhs(dose, rs, backend=backend)
+    computed = time.perf_counter()
+    metrics = parse_metrics(["D98", "D95", "D50", "D2", "V95%", "D0.03cc"])
+    report = dvh_report(dvhs, metrics, plan.prescription_gy, backend)
+    _print_dvh_report(report, metrics, "table", sys.stdout)
+    curves = write_dvh_curves(dvhs, out / "dvh.csv", 0.1)
+    with (out / "dvh.json").open("w") as handle:
+        json.dump(report, handle, indent=2)
+    print(f"\nread DICOM in {read_done - started:.2f} s, computed {len(dvhs)} DVHs in {computed - read_done:.2f} s "
+          f"(first run includes compiling the kernels)")
+    print(f"DVH curves: {curves}; metrics: {out / 'dvh.json'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# isodose backends
+# --------------------------------------------------------------------------------------------------------
+def cmd_backends(args: argparse.Namespace) -> int:
+    from .dispatch import available_backends, select_backend
+
+    for name, device in available_backends().items():
+        print(f"{name:6s} {device}")
+    print(f"auto   -> {select_backend('auto').name}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parser and entry point
+# --------------------------------------------------------------------------------------------------------
+def _add_sampling(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default=None, choices=("auto", "numpy", "numba", "cupy"),
+                        help="compute backend (default: $ISODOSE_BACKEND, else auto)")
+    parser.add_argument("--supersampling", type=int, default=None, metavar="N",
+                        help="in-plane cells per dose voxel side (default: adapted to each structure's size)")
+    parser.add_argument("--end-cap", default="half", choices=("half", "none"),
+                        help="extent beyond the first and last contour planes (default: half a plane spacing)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isodose", description="Dose-volume engine for radiotherapy research.")
+    parser.add_argument("--version", action="version", version=f"isodose {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    dvh = commands.add_parser("dvh", help="DVHs and metrics of ROIs from RTDOSE + RTSTRUCT")
+    dvh.add_argument("--dose", required=True, help="RTDOSE file")
+    dvh.add_argument("--structures", required=True, help="RTSTRUCT file")
+    dvh.add_argument("--roi", action="append", metavar="NAME", help="ROI to compute (repeat; default: all)")
+    dvh.add_argument("--metric", action="append", metavar="M",
+                     help="metric to report (repeat): D95, D2cc, V20Gy, V20Gy_cc, V95%%, Dmean, Dmin, Dmax, HI")
+    rx = dvh.add_mutually_exclusive_group()
+    rx.add_argument("--prescription", type=float, metavar="GY", help="prescription dose for V..%% metrics")
+    rx.add_argument("--plan", metavar="RP.dcm", help="RTPLAN to read the prescription from")
+    dvh.add_argument("--format", default="table", choices=("table", "json", "csv"))
+    dvh.add_argument("--dvh-out", metavar="FILE", help="write cumulative and differential DVH curves as CSV")
+    dvh.add_argument("--dvh-step", type=float, default=0.01, metavar="GY", help="dose step of --dvh-out (0.01 Gy)")
+    _add_sampling(dvh)
+    dvh.set_defaults(func=cmd_dvh)
+
+    validate = commands.add_parser("validate", help="compare with reference data sets")
+    sets = validate.add_subparsers(dest="dataset", metavar="DATASET")
+    sets.required = True
+    nelms = sets.add_parser("nelms", help="the Nelms 2015 analytical DVH set")
+    nelms.add_argument("path", nargs="?", default=str(DEFAULT_NELMS), help="folder with analytical.csv")
+    nelms.add_argument("--format", default="table", choices=("table", "json", "csv"))
+    _add_sampling(nelms)
+    nelms.set_defaults(func=cmd_validate)
+
+    demo = commands.add_parser("demo", help="generate a phantom case and compute its DVHs")
+    demo.add_argument("--out", default="out/demo", help="folder for the generated DICOM and results")
+    demo.add_argument("--backend", default=None, choices=("auto", "numpy", "numba", "cupy"))
+    demo.set_defaults(func=cmd_demo)
+
+    backends = commands.add_parser("backends", help="list the compute backends usable on this machine")
+    backends.set_defaults(func=cmd_backends)
+    return parser
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("isodose: %(levelname)s: %(message)s"))
+    root = logging.getLogger("isodose")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        return args.func(args)
+    except IsodoseError as exc:
+        print(f"isodose: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("isodose: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into head, say
+        return 0
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"isodose: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
