@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from isodose.dicom.write import write_dose, write_structures
+from isodose.phantoms import LinearField, contour_shape
+
+NELMS = Path(os.environ.get("ISODOSE_NELMS", Path(__file__).resolve().parents[2] / "shared/validation/nelms2015"))
+
+
+def _cuda_usable() -> bool:
+    try:
+        import cupy
+
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_usable():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device and CuPy")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def nelms_path() -> Path:
+    if not (NELMS / "analytical.csv").is_file():
+        pytest.skip(f"Nelms 2015 set not found at {NELMS}")
+    return NELMS
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20151)
+
+
+def linear_grid(gradient=(0.0, -1.0, 0.0), dose_gy=100.0, origin=(-40.0, -40.0, -40.0), spacing=(2.5, 2.5, 2.5),
+                shape=(33, 33, 33), frame_uid="1.2.3.4"):
+    field = LinearField(dose_gy, gradient, (0.0, 0.0, 0.0))
+    return field, field.grid(origin, spacing, shape, frame_uid)
+
+
+@pytest.fixture
+def write_phantom(tmp_path):
+    """Write a shape in a linear field as RTDOSE + RTSTRUCT; returns (dose path, structure path, field)."""
+
+    def write(shape, *, gradient=(0.0, -1.0, 0.0), spacing_mm=2.0, name="Target", dose_kwargs=None, grid=None):
+        field, dose_grid = linear_grid(gradient)
+        if grid is not None:
+            dose_grid = grid
+        structure = contour_shape(shape, name, 1, spacing_mm)
+        rd = write_dose(dose_grid, tmp_path / "RD.dcm", frame_of_reference_uid="1.2.3.4", **(dose_kwargs or {}))
+        rs = write_structures([structure], tmp_path / "RS.dcm", frame_of_reference_uid="1.2.3.4")
+        return rd, rs, field
+
+    return write

@@ -1,0 +1,134 @@
+"""The command line, end to end on generated DICOM."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from isodose.cli import main
+from isodose.dicom.read import read_dose, read_structures
+from isodose.dicom.write import write_dose, write_plan, write_structures
+from isodose.dvh import compute_dvhs
+from isodose.phantoms import Cylinder, Sphere, contour_shape
+
+from .conftest import linear_grid
+
+
+@pytest.fixture
+def case(tmp_path):
+    _, grid = linear_grid(gradient=(0.3, -0.8, 0.5), frame_uid="1.2.3")
+    structures = [
+        contour_shape(Sphere((0.0, 0.0, 0.0), 12.0), "PTV", 1, 2.0),
+        contour_shape(Cylinder((5.0, 5.0, 0.0), 4.0, 20.0), "Cord", 2, 2.0),
+    ]
+    rd = write_dose(grid, tmp_path / "RD.dcm")
+    rs = write_structures(structures, tmp_path / "RS.dcm", frame_of_reference_uid="1.2.3")
+    rp = write_plan(tmp_path / "RP.dcm", prescription_gy=100.0, number_of_fractions=30)
+    return rd, rs, rp
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_dvh_json_has_the_documented_keys(case, capsys):
+    rd, rs, _ = case
+    code, out, err = run(capsys, "dvh", "--dose", rd, "--structures", rs, "--metric", "D95", "--metric", "V95%",
+                         "--metric", "D0.03cc", "--prescription", "100", "--format", "json", "--backend", "numba")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["backend"] == "numba" and report["prescription_gy"] == 100.0
+    [ptv, cord] = report["structures"]
+    assert set(ptv) >= {"name", "volume_cc", "volume_outside_dose_cc", "dmin_gy", "dmean_gy", "dmax_gy", "metrics"}
+    assert list(ptv["metrics"]) == ["D95", "V95%", "D0.03cc"]
+    [dvh] = compute_dvhs(read_dose(rd), read_structures(rs), ["PTV"])
+    assert ptv["volume_cc"] == pytest.approx(dvh.volume_cc, abs=1e-6)
+    assert ptv["metrics"]["D95"] == pytest.approx(dvh.metric("D95"), abs=1e-6)
+    assert ptv["metrics"]["V95%"] == pytest.approx(dvh.metric("V95Gy"), abs=1e-6)
+    assert cord["name"] == "Cord"
+
+
+def test_dvh_roi_selection_plan_and_formats(case, capsys, tmp_path):
+    rd, rs, rp = case
+    code, out, _ = run(capsys, "dvh", "--dose", rd, "--structures", rs, "--roi", "Cord", "--metric", "V95%",
+                       "--plan", rp, "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["structure"] for r in rows] == ["Cord"]
+    assert float(rows[0]["V95%"]) >= 0 and float(rows[0]["volume_cc"]) > 0
+    curves = tmp_path / "curves.csv"
+    code, out, _ = run(capsys, "dvh", "--dose", rd, "--structures", rs, "--format", "table", "--dvh-out", curves,
+                       "--dvh-step", "0.5")
+    assert code == 0 and "PTV" in out and "backend:" in out
+    table = list(csv.DictReader(curves.open()))
+    assert set(table[0]) == {"structure", "dose_gy", "cumulative_cc", "cumulative_pct", "differential_cc"}
+    ptv = [r for r in table if r["structure"] == "PTV"]
+    assert float(ptv[0]["cumulative_pct"]) == pytest.approx(100.0)
+    assert sum(float(r["differential_cc"]) for r in ptv) == pytest.approx(float(ptv[0]["cumulative_cc"]), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--roi", "GTV"], "no ROI 'GTV'"),
+        (["--metric", "D95x"], "unknown metric 'D95x'"),
+        (["--metric", "V95%"], "needs a prescription"),
+        (["--prescription", "-3"], "--prescription must be a positive dose"),
+    ],
+)
+def test_user_errors_are_one_line(case, capsys, extra, message):
+    rd, rs, _ = case
+    code, out, err = run(capsys, "dvh", "--dose", rd, "--structures", rs, *extra)
+    assert code == 2 and out == ""
+    assert message in err and err.count("\n") == 1 and err.startswith("isodose: error:")
+
+
+def test_bad_files_are_one_line_without_traceback(case, tmp_path):
+    rd, rs, _ = case
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x00" * 50)
+    for dose, structures, message in [(junk, rs, "junk.dcm"), (rs, rs, "expected RTDOSE"),
+                                      (tmp_path / "none.dcm", rs, "no such file"), (rd, rd, "expected RTSTRUCT")]:
+        result = subprocess.run([sys.executable, "-m", "isodose.cli", "dvh", "--dose", str(dose), "--structures",
+                                 str(structures)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert result.stderr.count("\n") == 1
+
+
+def test_validate_needs_the_data(tmp_path, capsys):
+    code, _, err = run(capsys, "validate", "nelms", tmp_path)
+    assert code == 2 and "analytical.csv not found" in err
+
+
+def test_backends_and_version(capsys):
+    code, out, _ = run(capsys, "backends")
+    assert code == 0 and "numba" in out and "auto" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+
+
+def test_demo_runs(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--out", tmp_path / "demo")
+    assert code == 0, err
+    assert "PTV70" in out and "BODY" in out
+    report = json.loads((tmp_path / "demo" / "dvh.json").read_text())
+    assert len(report["structures"]) == 20
+    volumes = {s["name"]: s["volume_cc"] for s in report["structures"]}
+    assert 2900 < volumes["BODY"] < 3100 and min(volumes.values()) > 0.9
+    assert (tmp_path / "demo" / "RD.phantom.dcm").is_file()
+
+
+def test_console_script_is_installed():
+    script = ("import importlib.metadata as m; "
+              "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'isodose'])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "isodose.cli:main" in result.stdout

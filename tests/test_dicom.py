@@ -1,0 +1,237 @@
+"""Reading DICOM RT: every supported encoding gives the same grid; every unsupported one a clear error."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from isodose.dicom.read import read_dose, read_plan, read_structures
+from isodose.dicom.write import write_dose, write_plan, write_structures
+from isodose.dvh import compute_dvhs
+from isodose.errors import (
+    DicomReadError,
+    DoseGridError,
+    DoseUnitsError,
+    FrameOfReferenceError,
+    IsodoseError,
+    RoiNotFoundError,
+    StructureError,
+)
+from isodose.model import Contour, DoseGrid, Structure
+from isodose.phantoms import Cylinder, Shell, Sphere, contour_shape
+
+from .conftest import linear_grid
+
+ORIENTATIONS = ["HFS", "FFS", "HFP", "FFP", (0.0, 1.0, 0.0, 1.0, 0.0, 0.0), (0.0, 0.0, -1.0, 1.0, 0.0, 0.0)]
+
+
+@pytest.fixture
+def random_grid(rng):
+    dose = rng.uniform(0, 60, (6, 7, 8)).astype(np.float32)
+    return DoseGrid(dose, (-10.0, -20.5, 3.25), (2.0, 2.5, 3.0), "1.2.3")
+
+
+def _edit(path, **changes):
+    ds = pydicom.dcmread(path)
+    for key, value in changes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("orientation", ORIENTATIONS, ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["increasing", "decreasing"])
+@pytest.mark.parametrize("bits", [16, 32])
+def test_orientations_and_frame_orders_read_back_identically(tmp_path, random_grid, orientation, reverse, bits):
+    path = write_dose(random_grid, tmp_path / "rd.dcm", orientation=orientation, reverse_frames=reverse, bits=bits)
+    grid = read_dose(path)
+    assert grid.origin_mm == pytest.approx(random_grid.origin_mm)
+    assert grid.spacing_mm == pytest.approx(random_grid.spacing_mm)
+    assert grid.frame_of_reference_uid == "1.2.3"
+    quantum = 60.0 / (2**bits - 1)
+    np.testing.assert_allclose(grid.dose_gy, random_grid.dose_gy, atol=quantum)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_absolute_frame_offsets(tmp_path, random_grid, reverse):
+    path = write_dose(random_grid, tmp_path / "rd.dcm", offsets="absolute", reverse_frames=reverse)
+    offsets = [float(v) for v in pydicom.dcmread(path).GridFrameOffsetVector]
+    assert offsets[0] != 0.0
+    grid = read_dose(path)
+    assert grid.origin_mm == pytest.approx(random_grid.origin_mm)
+    np.testing.assert_allclose(grid.dose_gy, random_grid.dose_gy, atol=1e-6)
+
+
+def test_dose_grid_scaling_is_applied(tmp_path, random_grid):
+    path = write_dose(random_grid, tmp_path / "rd.dcm", bits=16)
+    ds = pydicom.dcmread(path)
+    scaling = float(ds.DoseGridScaling)
+    assert ds.pixel_array.max() == 65535
+    assert read_dose(path).max_gy == pytest.approx(65535 * scaling, rel=1e-6)
+
+
+def test_dvhs_do_not_depend_on_how_the_dose_was_stored(tmp_path):
+    _, grid = linear_grid(gradient=(0.5, -0.8, 0.9))
+    structure = contour_shape(Sphere((2.0, -3.0, 1.0), 14.0), "s", 1, 2.0)
+    reference = None
+    for n, orientation in enumerate(ORIENTATIONS[:4]):
+        for reverse in (False, True):
+            path = write_dose(grid, tmp_path / f"rd{n}{reverse}.dcm", orientation=orientation, reverse_frames=reverse)
+            [dvh] = compute_dvhs(read_dose(path), [structure])
+            values = dvh.metrics(["D99", "D50", "D1", "Dmean", "Dmin", "Dmax"])
+            if reference is None:
+                reference = values
+            assert values == pytest.approx(reference, abs=1e-4)
+
+
+# --- RTDOSE errors ---------------------------------------------------------------------------------------
+def test_not_dicom_names_the_file(tmp_path):
+    path = tmp_path / "notes.dcm"
+    path.write_text("this is not a DICOM file\n" * 20)
+    with pytest.raises(DicomReadError, match="notes.dcm.*not a DICOM file"):
+        read_dose(path)
+    with pytest.raises(DicomReadError, match="no such file"):
+        read_dose(tmp_path / "missing.dcm")
+
+
+def test_truncated_file(tmp_path, random_grid):
+    path = write_dose(random_grid, tmp_path / "rd.dcm")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 300])
+    with pytest.raises(DicomReadError, match="rd.dcm"):
+        read_dose(path)
+
+
+def test_wrong_modality(tmp_path):
+    path = write_structures([contour_shape(Sphere((0, 0, 0), 5), "s", 1, 2.0)], tmp_path / "rs.dcm")
+    with pytest.raises(DicomReadError, match="modality is RTSTRUCT, expected RTDOSE"):
+        read_dose(path)
+    with pytest.raises(DicomReadError, match="expected RTPLAN"):
+        read_plan(path)
+
+
+@pytest.mark.parametrize(
+    "changes, error, message",
+    [
+        ({"ImageOrientationPatient": [0.9962, 0.0872, 0, -0.0872, 0.9962, 0]}, DoseGridError, "oblique"),
+        ({"GridFrameOffsetVector": [0, 3, 6, 9, 13, 16]}, DoseGridError, "not uniform"),
+        ({"GridFrameOffsetVector": [0, 3, 6, 3, 12, 15]}, DoseGridError, "monotonic"),
+        ({"GridFrameOffsetVector": [7, 10, 13, 16, 19, 22]}, DoseGridError, "neither 0"),
+        ({"DoseUnits": "RELATIVE"}, DoseUnitsError, "RELATIVE, not GY"),
+        ({"DoseGridScaling": None}, DicomReadError, "DoseGridScaling is missing"),
+        ({"PixelSpacing": [0, 2.5]}, DoseGridError, "PixelSpacing must be positive"),
+        ({"GridFrameOffsetVector": [0, 3, 6]}, DicomReadError, "GridFrameOffsetVector has 3 values"),
+    ],
+)
+def test_unsupported_dose_grids_are_clear_errors(tmp_path, random_grid, changes, error, message):
+    path = _edit(write_dose(random_grid, tmp_path / "rd.dcm"), **changes)
+    with pytest.raises(error, match=message) as info:
+        read_dose(path)
+    assert "rd.dcm" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_single_frame_dose_is_refused(tmp_path):
+    grid = DoseGrid(np.ones((1, 4, 4), np.float32), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    path = write_dose(grid, tmp_path / "rd.dcm")
+    with pytest.raises(DoseGridError, match="at least 2 voxels"):
+        read_dose(path)
+
+
+# --- RTSTRUCT --------------------------------------------------------------------------------------------
+def _structure_file(tmp_path):
+    structures = [
+        contour_shape(Shell((0, 0, 0), 10.0, 5.0), "Shell", 3, 2.0),
+        contour_shape(Cylinder((0, 0, 0), 4.0, 8.0), "Cord", 7, 2.0),
+        Structure("Empty", 9, ()),
+    ]
+    return write_structures(structures, tmp_path / "rs.dcm", frame_of_reference_uid="1.2.3")
+
+
+def test_structures_by_name_and_number(tmp_path):
+    rs = read_structures(_structure_file(tmp_path))
+    assert rs.names == ["Shell", "Cord", "Empty"]
+    assert rs.frame_of_reference_uid == "1.2.3"
+    assert rs.get(7).name == "Cord" and rs.get("cord").number == 7
+    assert rs.get("Empty").is_empty
+    shell = rs.get("Shell")
+    zs = [c.z_mm for c in shell.contours]
+    assert zs.count(0.0) == 2  # outer ring and hole in one plane
+    with pytest.raises(RoiNotFoundError, match="no ROI 'PTV'.*Shell, Cord, Empty"):
+        rs.get("PTV")
+
+
+def test_point_and_open_contours_are_skipped_with_a_warning(tmp_path, caplog):
+    path = _structure_file(tmp_path)
+    ds = pydicom.dcmread(path)
+    sequence = ds.ROIContourSequence[1].ContourSequence
+    for kind in ("POINT", "OPEN_PLANAR"):
+        item = Dataset()
+        item.ContourGeometricType = kind
+        item.NumberOfContourPoints = 1 if kind == "POINT" else 2
+        item.ContourData = [1.0, 2.0, 0.0] if kind == "POINT" else [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+        sequence.append(item)
+    ds.save_as(path)
+    with caplog.at_level(logging.WARNING, logger="isodose"):
+        rs = read_structures(path)
+    assert len(rs.get("Cord").contours) == 5
+    assert "POINT contour skipped" in caplog.text and "OPEN_PLANAR contour skipped" in caplog.text
+
+
+def test_contour_off_its_plane_is_an_error(tmp_path):
+    path = _structure_file(tmp_path)
+    ds = pydicom.dcmread(path)
+    item = ds.ROIContourSequence[1].ContourSequence[0]
+    data = [float(v) for v in item.ContourData]
+    data[2] += 1.0  # the first point's z
+    item.ContourData = data
+    ds.save_as(path)
+    with pytest.raises(StructureError, match="ROI 'Cord' contour 0: points are not in one axial plane"):
+        read_structures(path)
+
+
+def test_frames_of_reference_must_match(tmp_path):
+    _, grid = linear_grid(frame_uid="1.2.3")
+    rs = read_structures(_structure_file(tmp_path))
+    compute_dvhs(grid, rs, ["Cord"])
+    other = DoseGrid(grid.dose_gy, grid.origin_mm, grid.spacing_mm, "9.9.9", "rd.dcm")
+    with pytest.raises(FrameOfReferenceError, match="rs.dcm.*differs from the dose's 9.9.9"):
+        compute_dvhs(other, rs, ["Cord"])
+
+
+# --- RTPLAN ----------------------------------------------------------------------------------------------
+def test_plan_prescription_and_fractions(tmp_path):
+    plan = read_plan(write_plan(tmp_path / "rp.dcm", prescription_gy=70.0, number_of_fractions=33))
+    assert (plan.prescription_gy, plan.number_of_fractions) == (70.0, 33)
+    bare = read_plan(write_plan(tmp_path / "rp2.dcm", prescription_gy=None, number_of_fractions=None))
+    assert bare.prescription_gy is None and bare.number_of_fractions is None
+
+
+def test_nelms_files_read_as_published(nelms_path):
+    grid = read_dose(nelms_path / "dose_grids" / "Linear_SupInf_2mm_Aligned.dcm")
+    assert grid.shape == (25, 25, 25) and grid.origin_mm == (-24.0, -24.0, -24.0)
+    # 1 Gy/mm along z: the dose rises by 2 Gy per frame where it is above zero.
+    assert grid.dose_gy[20, 12, 12] - grid.dose_gy[19, 12, 12] == pytest.approx(2.0, abs=1e-5)
+    rs = read_structures(nelms_path / "structures" / "Sphere_10_0.dcm")
+    assert [s.is_empty for s in rs.structures] == [True, False]
+
+
+def test_errors_are_isodose_errors():
+    assert issubclass(DicomReadError, IsodoseError) and issubclass(DoseUnitsError, DoseGridError)
+
+
+def test_contours_need_three_points(tmp_path, caplog):
+    degenerate = Structure("Line", 1, (Contour(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]]), 0.0),))
+    path = write_structures([degenerate], tmp_path / "rs.dcm")
+    ds = pydicom.dcmread(path)
+    ds.ROIContourSequence[0].ContourSequence[0].ContourData = [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
+    ds.save_as(path)
+    with caplog.at_level(logging.WARNING, logger="isodose"):
+        assert read_structures(path).get("Line").is_empty
+    assert "enclose no area" in caplog.text

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from isodose.errors import IsodoseError, StructureError
+from isodose.geometry import common_plane_spacing_mm, group_planes, polygon_area_mm2, slab_bounds
+from isodose.model import Contour, Structure
+from isodose.voxelize import SamplingOptions, plan_sampling
+
+from .conftest import linear_grid
+
+SQUARE = np.array([[0.0, 0.0], [2.0, 0.0], [2.0, 3.0], [0.0, 3.0]])
+
+
+def test_polygon_area_is_signed_by_orientation():
+    assert polygon_area_mm2(SQUARE) == pytest.approx(6.0)
+    assert polygon_area_mm2(SQUARE[::-1]) == pytest.approx(-6.0)
+
+
+def test_group_planes_clusters_by_value_not_by_string():
+    contours = [Contour(SQUARE, z) for z in (2.5, 0.0, 2.5000001, 5.0, -0.000004)]
+    planes = group_planes(contours)
+    assert [len(p.rings) for p in planes] == [2, 2, 1]
+    np.testing.assert_allclose([p.z_mm for p in planes], [0.0, 2.5, 5.0], atol=1e-5)
+
+
+def test_slabs_reach_halfway_with_half_end_caps():
+    lo, hi = slab_bounds(np.array([0.0, 2.0, 4.0, 7.0]))
+    np.testing.assert_allclose(lo, [-1.0, 1.0, 3.0, 5.5])
+    np.testing.assert_allclose(hi, [1.0, 3.0, 5.5, 8.0])
+    lo, hi = slab_bounds(np.array([0.0, 2.0, 4.0]), end_cap="none")
+    np.testing.assert_allclose(lo, [0.0, 1.0, 3.0])
+    np.testing.assert_allclose(hi, [1.0, 3.0, 4.0])
+
+
+def test_gaps_split_a_structure_into_capped_pieces():
+    lo, hi = slab_bounds(np.array([0.0, 2.0, 4.0, 20.0, 22.0]))
+    np.testing.assert_allclose(lo, [-1.0, 1.0, 3.0, 19.0, 21.0])
+    np.testing.assert_allclose(hi, [1.0, 3.0, 5.0, 21.0, 23.0])
+
+
+def test_single_plane_structures_take_the_fallback_spacing():
+    lo, hi = slab_bounds(np.array([3.0]), fallback_spacing_mm=2.5)
+    assert (lo[0], hi[0]) == (1.75, 4.25)
+    with pytest.raises(StructureError):
+        slab_bounds(np.array([3.0]))
+    with pytest.raises(StructureError):
+        slab_bounds(np.array([0.0, 1.0]), end_cap="full")
+
+
+def test_common_plane_spacing_is_the_structure_sets():
+    a = Structure("a", 1, tuple(Contour(SQUARE, z) for z in (0.0, 3.0, 6.0)))
+    b = Structure("b", 2, (Contour(SQUARE, 1.0),))
+    assert common_plane_spacing_mm([a, b]) == 3.0
+    assert common_plane_spacing_mm([b]) is None
+
+
+def test_lattice_is_aligned_with_the_dose_grid_and_adapts_to_size():
+    _, grid = linear_grid(origin=(-40.3, -40.1, -40.0), spacing=(2.5, 2.0, 2.5))
+    small = Structure("small", 1, tuple(Contour(SQUARE * 0.5, z) for z in (0.0, 1.0)))
+    large = Structure("large", 2, tuple(Contour(SQUARE * 15, z) for z in np.arange(0, 40, 2.5)))
+    plan = plan_sampling([small, large], grid)
+    assert plan.supersampling[0] > plan.supersampling[1] >= SamplingOptions().min_supersampling
+    for p in range(len(plan.plane_nx)):
+        x_axis = (plan.plane_x0[p], plan.plane_hx[p], 2.5, -40.3)
+        y_axis = (plan.plane_y0[p], plan.plane_hy[p], 2.0, -40.1)
+        for origin, step, spacing, grid_origin in (x_axis, y_axis):
+            assert ((origin - grid_origin) / step) == pytest.approx(round((origin - grid_origin) / step), abs=1e-6)
+            assert (spacing / step) == pytest.approx(round(spacing / step))
+    fixed = plan_sampling([small, large], grid, SamplingOptions(supersampling=3))
+    assert list(fixed.supersampling) == [3, 3]
+
+
+def test_batches_cover_every_plane_once():
+    _, grid = linear_grid()
+    structures = [Structure(f"s{i}", i, tuple(Contour(SQUARE * (1 + i), z) for z in np.arange(0, 10, 1.0)))
+                  for i in range(1, 5)]
+    plan = plan_sampling(structures, grid)
+    batches = list(plan.batches(max_cells=plan.n_cells // 7))
+    assert batches[0][0] == 0 and batches[-1][1] == len(plan.plane_nx)
+    assert all(a[1] == b[0] for a, b in zip(batches, batches[1:]))
+    assert len(batches) >= 7
+
+
+def test_sampling_options_are_checked():
+    with pytest.raises(IsodoseError):
+        SamplingOptions(supersampling=0)
+    with pytest.raises(IsodoseError):
+        SamplingOptions(end_cap="full")
+    with pytest.raises(IsodoseError):
+        SamplingOptions(min_supersampling=10, max_supersampling=5)

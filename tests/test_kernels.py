@@ -1,0 +1,218 @@
+"""Kernels: every backend against the NumPy reference, and the reference against exact answers."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import pytest
+
+from isodose.kernels import numba_cpu, numpy_ref
+from isodose.model import Contour, Structure
+from isodose.phantoms import Cone, Shell, Sphere, contour_shape
+from isodose.voxelize import SamplingOptions, plan_sampling
+
+from .conftest import linear_grid
+
+COMPILED = [numba_cpu]
+
+
+def _coverage(kernels, plan):
+    return kernels.polygon_coverage(
+        plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start, plan.plane_x0,
+        plan.plane_y0, plan.plane_nx, plan.plane_ny, plan.plane_hx, plan.plane_hy, plan.scanlines,
+    )
+
+
+def _histograms(kernels, plan, grid, cells, n_bins=4096, chunks=64):
+    bin_width = grid.max_gy * 1.000001 / n_bins
+    return kernels.cell_histograms(
+        grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
+        plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, bin_width, n_bins, chunks,
+    )
+
+
+def _star(rng, centre, n=40, r=(4.0, 11.0)):
+    angle = np.sort(rng.uniform(0, 2 * np.pi, n))
+    radius = rng.uniform(*r, n)
+    return np.column_stack([centre[0] + radius * np.cos(angle), centre[1] + radius * np.sin(angle)])
+
+
+def _awkward_structures(rng):
+    """Star polygons, a polygon with a hole, a self-intersecting bow-tie and two islands in one plane."""
+    contours = []
+    for z in np.arange(-6.0, 6.1, 1.5):
+        contours.append(Contour(_star(rng, (rng.uniform(-2, 2), rng.uniform(-2, 2))), float(z)))
+    star = Structure("star", 1, tuple(contours))
+    ring = Structure("ring", 2, (
+        Contour(_star(rng, (0, 0), r=(9, 12)), 0.0),
+        Contour(_star(rng, (0, 0), r=(3, 5))[::-1].copy(), 0.0),
+        Contour(_star(rng, (1, 0), r=(9, 12)), 2.0),
+    ))
+    bowtie = Structure("bowtie", 3, (Contour(np.array([[-8.0, -6.0], [8.0, 6.0], [8.0, -6.0], [-8.0, 6.0]]), 1.0),))
+    islands = Structure("islands", 4, (
+        Contour(_star(rng, (-12, 0), r=(2, 4)), 0.0), Contour(_star(rng, (12, 3), r=(2, 4)), 0.0),
+    ))
+    return [star, ring, bowtie, islands]
+
+
+# --- trilinear -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernels", COMPILED)
+def test_trilinear_matches_reference(kernels, rng):
+    dose = rng.uniform(0, 70, (7, 8, 9)).astype(np.float32)
+    origin, spacing = np.array([-5.0, 3.0, 10.0]), np.array([2.0, 2.5, 3.0])
+    points = rng.uniform([-8, 0, 6], [25, 25, 35], (5000, 3))
+    expected = numpy_ref.trilinear(dose, origin, spacing, points)
+    got = kernels.trilinear(dose, origin, spacing, points)
+    assert np.array_equal(np.isnan(expected), np.isnan(got))
+    assert np.isnan(expected).any() and (~np.isnan(expected)).any()
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-12, atol=1e-10)
+
+
+def test_trilinear_reproduces_linear_fields_and_voxel_values(rng):
+    field, grid = linear_grid(gradient=(0.3, -0.7, 1.1))
+    lo = np.array([e[0] for e in grid.extent_mm])
+    hi = np.array([e[1] for e in grid.extent_mm])
+    points = rng.uniform(lo, hi, (2000, 3))
+    for kernels in [numpy_ref, *COMPILED]:
+        values = kernels.trilinear(grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), points)
+        np.testing.assert_allclose(values, field(*points.T), atol=2e-4)  # float32 grid
+        corner = np.array([[hi[0], hi[1], hi[2]], [lo[0], lo[1], lo[2]]])
+        at_corner = kernels.trilinear(grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), corner)
+        assert at_corner[0] == pytest.approx(grid.dose_gy[-1, -1, -1])
+        assert at_corner[1] == pytest.approx(grid.dose_gy[0, 0, 0])
+        outside = kernels.trilinear(grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm),
+                                    corner + np.array([[0.01, 0, 0], [0, -0.01, 0]]))
+        assert np.isnan(outside).all()
+
+
+# --- coverage --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernels", COMPILED)
+def test_coverage_matches_reference_on_awkward_polygons(kernels, rng):
+    _, grid = linear_grid()
+    plan = plan_sampling(_awkward_structures(rng), grid, SamplingOptions(supersampling=5, scanlines=3))
+    expected = _coverage(numpy_ref, plan)
+    got = _coverage(kernels, plan)
+    assert expected[:, 0].sum() > 0
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_coverage_area_equals_polygon_area(rng):
+    _, grid = linear_grid()
+    for scanlines in (1, 2, 4):
+        polygon = _star(rng, (0.3, -0.2), n=60)
+        x, y = polygon[:, 0], polygon[:, 1]
+        area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+        centroid = np.array([
+            np.sum((x + np.roll(x, -1)) * (x * np.roll(y, -1) - np.roll(x, -1) * y)),
+            np.sum((y + np.roll(y, -1)) * (x * np.roll(y, -1) - np.roll(x, -1) * y)),
+        ]) / (6 * 0.5 * (np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+        plan = plan_sampling([Structure("s", 1, (Contour(polygon, 0.0),))], grid,
+                             SamplingOptions(supersampling=25, scanlines=scanlines))
+        for kernels in [numpy_ref, *COMPILED]:
+            cells = _coverage(kernels, plan)
+            assert cells[:, 0].sum() == pytest.approx(area, rel=2e-4)
+            covered_centroid = (cells[:, 0:1] * cells[:, 1:3]).sum(axis=0) / cells[:, 0].sum()
+            np.testing.assert_allclose(covered_centroid, centroid, atol=2e-3)
+
+
+def test_coverage_of_full_cells_is_exact():
+    """A rectangle aligned with the scanline bands: every inside cell is fully covered, with the centroid at
+    its centre and the covariance of a uniform rectangle."""
+    _, grid = linear_grid(origin=(0.0, 0.0, 0.0), spacing=(2.0, 2.0, 2.0))
+    rect = np.array([[0.3, 2.0], [9.7, 2.0], [9.7, 8.0], [0.3, 8.0]])
+    plan = plan_sampling([Structure("r", 1, (Contour(rect, 4.0),))], grid, SamplingOptions(supersampling=4))
+    for kernels in [numpy_ref, *COMPILED]:
+        cells = _coverage(kernels, plan)
+        assert cells[:, 0].sum() == pytest.approx(9.4 * 6.0, rel=1e-12)
+        full = cells[np.isclose(cells[:, 0], 0.25)]
+        assert len(full) > 50
+        np.testing.assert_allclose(full[:, 3], 0.5**2 / 12, rtol=1e-9)
+        np.testing.assert_allclose(full[:, 5], 0.5**2 / 12, rtol=1e-9)
+        np.testing.assert_allclose(full[:, 4], 0.0, atol=1e-12)
+        np.testing.assert_allclose((full[:, 1] - grid.origin_mm[0]) / 0.5 % 1.0, 0.5, atol=1e-9)
+
+
+def test_even_odd_rule_removes_holes_and_crossings():
+    _, grid = linear_grid()
+    outer = np.array([[-10.0, -10.0], [10.0, -10.0], [10.0, 10.0], [-10.0, 10.0]])
+    hole = np.array([[-5.0, -5.0], [5.0, -5.0], [5.0, 5.0], [-5.0, 5.0]])
+    for hole_points in (hole, hole[::-1]):  # the hole's orientation does not matter
+        plan = plan_sampling([Structure("s", 1, (Contour(outer, 0.0), Contour(hole_points.copy(), 0.0)))], grid,
+                             SamplingOptions(supersampling=4))
+        for kernels in [numpy_ref, *COMPILED]:
+            assert _coverage(kernels, plan)[:, 0].sum() == pytest.approx(400 - 100, rel=1e-9)
+    # A bow-tie: two triangles of 48 mm^2 each, whatever the winding of each lobe.
+    bowtie = np.array([[-8.0, -6.0], [8.0, 6.0], [8.0, -6.0], [-8.0, 6.0]])
+    plan = plan_sampling([Structure("b", 1, (Contour(bowtie, 0.0),))], grid, SamplingOptions(supersampling=20))
+    for kernels in [numpy_ref, *COMPILED]:
+        assert _coverage(kernels, plan)[:, 0].sum() == pytest.approx(96.0, rel=2e-3)
+
+
+# --- histograms ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernels", COMPILED)
+def test_accumulate_histogram_matches_reference(kernels, rng):
+    n = 20000
+    values = rng.uniform(0, 60, n)
+    weights = rng.uniform(0.1, 2, n)
+    widths = rng.choice([0.0, 0.001, 0.3, 5.0], n)
+    expected = numpy_ref.accumulate_histogram(values, weights, widths, 0.05, 1300)
+    got = kernels.accumulate_histogram(values, weights, widths, 0.05, 1300)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    assert got.sum() == pytest.approx(weights.sum(), rel=1e-12)
+
+
+def test_uniform_deposit_gives_exact_bin_masses():
+    for kernels in [numpy_ref, *COMPILED]:
+        hist = kernels.accumulate_histogram(np.array([2.35]), np.array([3.0]), np.array([1.5]), 0.5, 10)
+        # Density 2 per Gy over [1.6, 3.1]: bins [1.5,2) [2,2.5) [2.5,3) [3,3.5) hold 0.8, 1, 1, 0.2.
+        np.testing.assert_allclose(hist, [0, 0, 0, 0.8, 1.0, 1.0, 0.2, 0, 0, 0], atol=1e-12)
+        point = kernels.accumulate_histogram(np.array([0.7]), np.array([2.0]), np.array([0.0]), 0.5, 4)
+        np.testing.assert_allclose(point, [0, 2.0, 0, 0])
+        # Spreads reaching past either end are moved inside, keeping their mass.
+        ends = kernels.accumulate_histogram(np.array([0.1, 1.95]), np.array([1.0, 1.0]), np.array([0.6, 0.6]), 0.5, 4)
+        np.testing.assert_allclose(ends, [5 / 6, 1 / 6, 1 / 6, 5 / 6], atol=1e-12)
+
+
+@pytest.mark.parametrize("kernels", COMPILED)
+def test_cell_histograms_match_reference(kernels, rng):
+    _, grid = linear_grid(gradient=(0.4, -0.9, 0.7))
+    structures = _awkward_structures(rng) + [
+        contour_shape(Sphere((1, 2, 3), 9.0), "sphere", 5, 2.5),
+        contour_shape(Shell((0, 0, 0), 14.0, 6.0), "shell", 6, 3.0),
+        Structure("empty", 7, ()),
+        contour_shape(Cone((30, 30, 30), 10.0, 20.0), "partly outside", 8, 2.0),
+    ]
+    plan = plan_sampling(structures, grid, SamplingOptions(target_cells=20000))
+    cells = _coverage(numpy_ref, plan)
+    expected_hist, expected_stats = _histograms(numpy_ref, plan, grid, cells)
+    hist, stats = _histograms(kernels, plan, grid, cells)
+    np.testing.assert_allclose(hist, expected_hist, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(stats, expected_stats, rtol=1e-9, equal_nan=True)
+    assert np.isnan(stats[6, 3]) and stats[6, 0] == 0  # empty
+    assert stats[7, 1] > 0 and stats[7, 0] > 0  # partly outside the grid
+    np.testing.assert_allclose(hist.sum(axis=1), stats[:, 0], rtol=1e-9)
+
+
+def test_numba_results_do_not_depend_on_thread_count(rng):
+    _, grid = linear_grid(gradient=(0.4, -0.9, 0.7))
+    structures = [contour_shape(Sphere((1, 2, 3), 15.0), "sphere", 1, 2.5), *_awkward_structures(rng)]
+    plan = plan_sampling(structures, grid, SamplingOptions(target_cells=300000))
+    threads = numba.get_num_threads()
+    try:
+        results = []
+        for n in sorted({1, max(2, threads)}):
+            numba.set_num_threads(n)
+            cells = _coverage(numba_cpu, plan)
+            results.append((cells, *_histograms(numba_cpu, plan, grid, cells)))
+    finally:
+        numba.set_num_threads(threads)
+    for a, b in zip(results[0], results[-1]):
+        assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_slab_pieces_split_at_dose_planes():
+    pieces = numpy_ref.slab_pieces(-1.25, 4.0, grid_z0=-10.0, grid_dz=2.5)
+    assert pieces == [(-1.25, 0.0), (0.0, 2.5), (2.5, 4.0)]
+    assert math.isclose(sum(b - a for a, b in numpy_ref.slab_pieces(0.1, 0.2, 0.0, 3.0)), 0.1)
