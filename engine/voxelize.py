@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from .errors import IsodoseError
+from .errors import IsodoseError, StructureError
 from .geometry import END_CAPS, common_plane_spacing_mm, group_planes, polygon_area_mm2, slab_bounds
 from .model import DoseGrid, Structure
 
@@ -173,7 +173,15 @@ def plan_sampling(
             ix1 = math.ceil((points[:, 0].max() - gx0) / hx)
             iy0 = math.floor((points[:, 1].min() - gy0) / hy)
             iy1 = math.ceil((points[:, 1].max() - gy0) / hy)
-            windows.append((gx0 + ix0 * hx, gy0 + iy0 * hy, max(ix1 - ix0, 1), max(iy1 - iy0, 1), hx, hy))
+            nx, ny = max(ix1 - ix0, 1), max(iy1 - iy0, 1)
+            if nx * ny > options.max_cells_per_batch:
+                raise StructureError(
+                    f"a contour at z = {plane.z_mm:g} mm spans {nx * hx:.0f} x {ny * hy:.0f} mm, which needs "
+                    f"{nx * ny:,} cells at supersampling {m} (at most {options.max_cells_per_batch:,}); check the "
+                    "contour for stray points, or lower the supersampling",
+                    path=structure.source or None, obj=f"ROI {structure.name!r}",
+                )
+            windows.append((gx0 + ix0 * hx, gy0 + iy0 * hy, nx, ny, hx, hy))
             rings.extend(plane.rings)
             plane_ring_counts.append(len(plane.rings))
             n = len(points)

@@ -57,6 +57,20 @@ def test_contoured_phantoms_match_their_exact_dvh(tmp_path, write_phantom, shape
     _compare(dvh, slab_truth(shape, field, spacing), volume_rtol=2e-4, dose_atol=0.02)
 
 
+@pytest.mark.parametrize("voxel_mm", [1.0, 4.0, 5.0])
+@pytest.mark.parametrize("shape_name", ["sphere", "cone", "shell", "small sphere (0.1 cc)"])
+def test_dose_grid_resolutions(tmp_path, write_phantom, shape_name, voxel_mm):
+    """The same phantoms on finer and coarser dose grids, in an oblique field (the grid is offset from the
+    shapes so that no voxel plane is special)."""
+    n = int(round(80 / voxel_mm)) + 1
+    field, grid = linear_grid(gradient=FIELDS["oblique"], origin=(-40.3, -39.7, -40.1), spacing=(voxel_mm,) * 3,
+                              shape=(n, n, n))
+    shape = SHAPES[shape_name]
+    rd, rs, _ = write_phantom(shape, spacing_mm=2.0, grid=grid)
+    [dvh] = compute_dvhs(read_dose(rd), read_structures(rs), backend="numba")
+    _compare(dvh, slab_truth(shape, field, 2.0), volume_rtol=2e-4, dose_atol=0.02)
+
+
 @pytest.mark.parametrize("shape_name", ["sphere", "cone", "shell"])
 def test_fine_contours_approach_the_smooth_solid(tmp_path, write_phantom, shape_name):
     shape = SHAPES[shape_name]
