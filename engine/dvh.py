@@ -33,7 +33,7 @@ import numpy as np
 
 from .dispatch import Backend, select_backend
 from .errors import FrameOfReferenceError, MetricError
-from .geometry import common_plane_spacing_mm
+from .geometry import check_rigid, common_plane_spacing_mm
 from .model import DoseGrid, Structure, StructureSet
 from .sampling import StructureSamples, sample_structures
 from .voxelize import SamplingOptions, plan_sampling
@@ -112,6 +112,8 @@ class DVH:
     cumulative_cc: np.ndarray
     backend: str = ""
     number: int | None = None
+    #: Volume centroid (x, y, z) in the dose grid's frame, mm; None when the structure is empty.
+    centroid_mm: tuple[float, float, float] | None = None
 
     @property
     def dose_volume_cc(self) -> float:
@@ -191,9 +193,10 @@ class DVH:
         return {m.text: self.metric(m, prescription_gy) for m in parsed}
 
 
-def _empty_dvh(name: str, number: int | None, volume_cc: float, outside_cc: float, backend: str) -> DVH:
+def _empty_dvh(name: str, number: int | None, volume_cc: float, outside_cc: float, backend: str,
+               centroid_mm: tuple[float, float, float] | None) -> DVH:
     return DVH(name, volume_cc, outside_cc, math.nan, math.nan, math.nan, np.zeros(0), np.zeros(0), backend,
-               number)
+               number, centroid_mm)
 
 
 def dvh_from_histogram(
@@ -207,6 +210,7 @@ def dvh_from_histogram(
     dmax_gy: float,
     backend: str = "",
     number: int | None = None,
+    centroid_mm: tuple[float, float, float] | None = None,
 ) -> DVH:
     """Build a DVH from an accumulated histogram and the exact sums of its samples.
 
@@ -217,7 +221,7 @@ def dvh_from_histogram(
     volume_cc = (inside_mm3 + outside_mm3) / 1000.0
     outside_cc = outside_mm3 / 1000.0
     if not inside_mm3 > 0 or not math.isfinite(dmin_gy) or not math.isfinite(dmax_gy):
-        return _empty_dvh(name, number, volume_cc, outside_cc, backend)
+        return _empty_dvh(name, number, volume_cc, outside_cc, backend, centroid_mm)
     n_bins = len(hist_mm3)
     mass = np.clip(np.asarray(hist_mm3, dtype=np.float64), 0.0, None)
     k_lo = min(int(dmin_gy / bin_width_gy), n_bins - 1)
@@ -235,7 +239,7 @@ def dvh_from_histogram(
     cumulative_cc[-1] = 0.0
     dmean = min(max(dose_volume_sum / inside_mm3, dmin_gy), dmax_gy)
     return DVH(name, volume_cc, outside_cc, float(dmin_gy), float(dmean), float(dmax_gy), dose, cumulative_cc,
-               backend, number)
+               backend, number, centroid_mm)
 
 
 def check_frame_of_reference(dose: DoseGrid, structures: StructureSet) -> None:
@@ -266,30 +270,41 @@ def compute_dvhs(
     options: SamplingOptions | None = None,
     backend: str | Backend | None = None,
     check_frame: bool = True,
+    transform: np.ndarray | None = None,
 ) -> list[DVH]:
     """DVHs of the chosen ROIs (all by default), in the order asked for.
+
+    ``transform`` is a rigid 4x4 matrix mapping the structures' coordinates into the dose grid's frame (from
+    a spatial registration); the structures are then sampled in their own frame and the samples moved, so
+    no contour is re-sliced. Without it, the frames of reference must match.
 
     >>> dvhs = compute_dvhs(read_dose("RD.dcm"), read_structures("RS.dcm"), ["PTV70"])  # doctest: +SKIP
     >>> dvhs[0].metric("D95")  # doctest: +SKIP
     """
     options = options or SamplingOptions()
     chosen_backend = backend if isinstance(backend, Backend) else select_backend(backend)
-    if isinstance(structures, StructureSet) and check_frame:
+    if isinstance(structures, StructureSet) and check_frame and transform is None:
         check_frame_of_reference(dose, structures)
     selected = _select_structures(structures, rois)
     all_structures = structures.structures if isinstance(structures, StructureSet) else structures
     plan = plan_sampling(selected, dose, options, common_plane_spacing_mm(all_structures))
-    samples = sample_structures(plan, dose, chosen_backend, options)
+    transforms = None
+    if transform is not None:
+        matrix = check_rigid(transform, "the structures' transform")
+        transforms = np.broadcast_to(matrix, (len(selected), 4, 4))
+    samples = sample_structures(plan, dose, chosen_backend, options, transforms)
     return dvhs_from_samples(selected, samples)
 
 
 def dvhs_from_samples(structures: Sequence[Structure], samples: StructureSamples) -> list[DVH]:
     dvhs = []
     for s, structure in enumerate(structures):
+        centroid = samples.centroid_mm[s]
         dvh = dvh_from_histogram(
             structure.name, samples.hist_mm3[s], samples.bin_width_gy, samples.inside_mm3[s],
             samples.outside_mm3[s], samples.dose_volume_sum[s], samples.dmin_gy[s], samples.dmax_gy[s],
             samples.backend, structure.number,
+            tuple(float(v) for v in centroid) if np.all(np.isfinite(centroid)) else None,
         )
         if structure.is_empty:
             log.warning("ROI %s has no contours: reported as empty", structure.name)

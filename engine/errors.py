@@ -46,6 +46,10 @@ class FrameOfReferenceError(IsodoseError):
     """Dose and structures (or two datasets) that live in different frames of reference."""
 
 
+class RegistrationError(IsodoseError):
+    """A spatial registration that is missing, not rigid, or does not relate the frames at hand."""
+
+
 class PlanError(IsodoseError):
     """An RT plan from which a required value (prescription, fractions) cannot be read."""
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import StructureError
-from .model import Contour, Structure
+from .errors import RegistrationError, StructureError
+from .model import Contour, Registration, Structure
 
 #: Contours whose z differ by less than this (mm) lie in the same plane.
 PLANE_TOLERANCE_MM = 0.01
@@ -112,3 +112,94 @@ def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
     if not spacings:
         return None
     return float(np.median(np.concatenate(spacings)))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Points in structures
+# --------------------------------------------------------------------------------------------------------
+def points_in_rings(rings: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Even-odd test of points against all rings of one plane (half-open edges, as the coverage kernel)."""
+    inside = np.zeros(np.shape(x), dtype=bool)
+    for ring in rings:
+        xa, ya = ring[:, 0], ring[:, 1]
+        xb, yb = np.roll(xa, -1), np.roll(ya, -1)
+        for x1, y1, x2, y2 in zip(xa, ya, xb, yb):
+            if y1 == y2:
+                continue
+            crosses = ((y1 <= y) & (y < y2)) | ((y2 <= y) & (y < y1))
+            x_cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+            inside ^= crosses & (x < x_cross)
+    return inside
+
+
+def structure_contains(
+    structure: Structure, points_mm: np.ndarray, end_cap: str = "half", fallback_spacing_mm: float | None = None
+) -> np.ndarray:
+    """Which ``(x, y, z)`` points lie inside the structure as isodose models it (slabs, even-odd rings)."""
+    points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+    inside = np.zeros(len(points), dtype=bool)
+    planes = group_planes(structure.contours)
+    if not planes:
+        return inside
+    lo, hi = slab_bounds(np.array([p.z_mm for p in planes]), end_cap, fallback_spacing_mm)
+    for plane, z_lo, z_hi in zip(planes, lo, hi):
+        in_slab = (points[:, 2] >= z_lo) & (points[:, 2] < z_hi)
+        if in_slab.any():
+            inside[in_slab] = points_in_rings(plane.rings, points[in_slab, 0], points[in_slab, 1])
+    return inside
+
+
+# --------------------------------------------------------------------------------------------------------
+# Rigid transforms
+# --------------------------------------------------------------------------------------------------------
+#: Tolerance on the orthonormality of a rigid rotation (matrices are stored as rounded decimal strings).
+RIGID_TOLERANCE = 1e-4
+
+
+def check_rigid(matrix: np.ndarray, what: str = "matrix") -> np.ndarray:
+    """Return ``matrix`` as a 4x4 float array if it is a rigid transform (rotation and translation)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise RegistrationError(f"{what} is not a finite 4x4 matrix")
+    if np.max(np.abs(m[3] - [0, 0, 0, 1])) > RIGID_TOLERANCE:
+        raise RegistrationError(f"{what} has last row {np.round(m[3], 6).tolist()}, not (0, 0, 0, 1)")
+    rotation = m[:3, :3]
+    error = np.max(np.abs(rotation.T @ rotation - np.eye(3)))
+    if error > RIGID_TOLERANCE or np.linalg.det(rotation) < 0:
+        raise RegistrationError(
+            f"{what} is not rigid (its 3x3 part departs from a rotation by {error:.2g}"
+            f"{', and mirrors' if np.linalg.det(rotation) < 0 else ''}); only rigid registrations are supported"
+        )
+    return m
+
+
+def invert_rigid(matrix: np.ndarray) -> np.ndarray:
+    inverse = np.eye(4)
+    inverse[:3, :3] = matrix[:3, :3].T
+    inverse[:3, 3] = -matrix[:3, :3].T @ matrix[:3, 3]
+    return inverse
+
+
+def transform_points(matrix: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
+    points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def registration_matrix(registration: Registration, from_uid: str, to_uid: str) -> np.ndarray:
+    """The rigid matrix taking points of frame ``from_uid`` to frame ``to_uid`` through ``registration``."""
+    if from_uid == to_uid:
+        return np.eye(4)
+    registered = registration.frame_of_reference_uid
+    matrices = registration.matrices
+    path = registration.source or None
+    if to_uid == registered and from_uid in matrices:
+        return matrices[from_uid]
+    if from_uid == registered and to_uid in matrices:
+        return invert_rigid(matrices[to_uid])
+    if from_uid in matrices and to_uid in matrices:  # both registered to a third frame
+        return invert_rigid(matrices[to_uid]) @ matrices[from_uid]
+    raise RegistrationError(
+        f"the registration (frame {registered}, sources {', '.join(matrices) or 'none'}) does not map frame "
+        f"{from_uid} to frame {to_uid}",
+        path=path,
+    )

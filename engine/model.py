@@ -67,10 +67,19 @@ class Structure:
     contours: tuple[Contour, ...] = ()
     frame_of_reference_uid: str = ""
     source: str = ""
+    #: RTROIInterpretedType (GTV, CTV, PTV, ORGAN, ...), upper case; empty when the file gives none.
+    interpreted_type: str = ""
 
     @property
     def is_empty(self) -> bool:
         return len(self.contours) == 0
+
+    @property
+    def is_target(self) -> bool:
+        """A GTV, CTV or PTV: by its interpreted type, else by the prefix of its name."""
+        if self.interpreted_type:
+            return self.interpreted_type in ("GTV", "CTV", "PTV", "ITV")
+        return self.name.strip().upper().startswith(("GTV", "CTV", "PTV", "ITV"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,4 +128,14 @@ class Plan:
     number_of_fractions: int | None
     dose_references: tuple[DoseReference, ...] = field(default_factory=tuple)
     frame_of_reference_uid: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class Registration:
+    """A spatial registration: rigid 4x4 matrices mapping points of each source frame of reference into the
+    registered frame ``frame_of_reference_uid`` (``p_registered = matrix @ [x, y, z, 1]``)."""
+
+    frame_of_reference_uid: str
+    matrices: dict[str, np.ndarray]
     source: str = ""

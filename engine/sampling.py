@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dispatch import Backend
+from .geometry import transform_points
 from .model import DoseGrid
 from .voxelize import SamplingOptions, SamplingPlan
 
@@ -28,6 +29,8 @@ class StructureSamples:
     dose_volume_sum: np.ndarray
     dmin_gy: np.ndarray
     dmax_gy: np.ndarray
+    #: Volume centroid of each structure (all of it, inside and outside the grid) in the dose grid's frame.
+    centroid_mm: np.ndarray
     backend: str
     device: str
 
@@ -39,8 +42,11 @@ def histogram_range(grid: DoseGrid, n_bins: int) -> float:
 
 
 def sample_structures(
-    plan: SamplingPlan, grid: DoseGrid, backend: Backend, options: SamplingOptions
+    plan: SamplingPlan, grid: DoseGrid, backend: Backend, options: SamplingOptions,
+    transforms: np.ndarray | None = None,
 ) -> StructureSamples:
+    """Sample every structure of ``plan``; ``transforms`` (one rigid 4x4 per structure, identity by default)
+    maps each structure's coordinates into the dose grid's frame."""
     kernels = backend.kernels
     n_structures = plan.n_structures
     n_bins = options.dose_bins
@@ -49,8 +55,11 @@ def sample_structures(
     spacing = np.asarray(grid.spacing_mm, dtype=np.float64)
     dose = grid.dose_gy
 
+    if transforms is None:
+        transforms = np.broadcast_to(np.eye(4), (n_structures, 4, 4))
+    transforms = np.ascontiguousarray(transforms, dtype=np.float64).reshape(n_structures, 4, 4)
     hist = np.zeros((n_structures, n_bins))
-    stats = np.zeros((n_structures, 3))
+    sums = np.zeros((n_structures, 6))  # inside, outside, dose x volume, x, y, z x volume
     dmin = np.full(n_structures, np.inf)
     dmax = np.full(n_structures, -np.inf)
     plane_structure = plan.plane_structure()
@@ -78,35 +87,43 @@ def sample_structures(
         structure_start = np.append(first_plane, end - first)
         batch_hist, batch_stats = kernels.cell_histograms(
             dose, origin, spacing, cells, cell_start - cell_start[0],
-            plan.plane_z_lo[first:end], plan.plane_z_hi[first:end], structure_start,
+            plan.plane_z_lo[first:end], plan.plane_z_hi[first:end], structure_start, transforms[present],
             bin_width, n_bins, options.chunks,
         )
         batch_hist = np.asarray(batch_hist)
         batch_stats = np.asarray(batch_stats)
         hist[present] += batch_hist
-        stats[present] += batch_stats[:, :3]
+        sums[present] += batch_stats[:, [0, 1, 2, 5, 6, 7]]
         dmin[present] = np.fmin(dmin[present], batch_stats[:, 3])
         dmax[present] = np.fmax(dmax[present], batch_stats[:, 4])
 
     if len(plan.vertex_points):
-        vertex_dose = np.asarray(kernels.trilinear(dose, origin, spacing, plan.vertex_points))
+        vertices = plan.vertex_points.copy()
+        for s in range(n_structures):
+            segment = slice(plan.vertex_structure_start[s], plan.vertex_structure_start[s + 1])
+            vertices[segment] = transform_points(transforms[s], vertices[segment])
+        vertex_dose = np.asarray(kernels.trilinear(dose, origin, spacing, vertices))
         for s in range(n_structures):
             values = vertex_dose[plan.vertex_structure_start[s] : plan.vertex_structure_start[s + 1]]
             values = values[np.isfinite(values)]
-            if len(values) and stats[s, 0] > 0:
+            if len(values) and sums[s, 0] > 0:
                 dmin[s] = min(dmin[s], values.min())
                 dmax[s] = max(dmax[s], values.max())
 
     dmin[~np.isfinite(dmin)] = np.nan
     dmax[~np.isfinite(dmax)] = np.nan
+    volume = sums[:, 0] + sums[:, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroid = np.where(volume[:, None] > 0, sums[:, 3:6] / volume[:, None], np.nan)
     return StructureSamples(
         hist_mm3=hist,
         bin_width_gy=bin_width,
-        inside_mm3=stats[:, 0],
-        outside_mm3=stats[:, 1],
-        dose_volume_sum=stats[:, 2],
+        inside_mm3=sums[:, 0],
+        outside_mm3=sums[:, 1],
+        dose_volume_sum=sums[:, 2],
         dmin_gy=dmin,
         dmax_gy=dmax,
+        centroid_mm=centroid,
         backend=backend.name,
         device=backend.device,
     )

@@ -40,8 +40,10 @@ class SamplingOptions:
     end_cap: str = "half"
     #: Bins of the dose histogram, spanning 0 to the grid's maximum dose.
     dose_bins: int = 16384
-    #: Cells processed per kernel launch at most (bounds memory: 48 bytes per cell).
+    #: Cells processed per kernel launch at most (bounds memory: 48 bytes per cell); a larger plane stands alone.
     max_cells_per_batch: int = 4_000_000
+    #: Cells one contour plane may need at most; beyond it the structure is refused (a stray point, usually).
+    max_cells_per_plane: int = 16_000_000
     #: Fixed number of partial sums per structure, independent of the number of threads.
     chunks: int = 16
 
@@ -174,10 +176,10 @@ def plan_sampling(
             iy0 = math.floor((points[:, 1].min() - gy0) / hy)
             iy1 = math.ceil((points[:, 1].max() - gy0) / hy)
             nx, ny = max(ix1 - ix0, 1), max(iy1 - iy0, 1)
-            if nx * ny > options.max_cells_per_batch:
+            if nx * ny > options.max_cells_per_plane:
                 raise StructureError(
                     f"a contour at z = {plane.z_mm:g} mm spans {nx * hx:.0f} x {ny * hy:.0f} mm, which needs "
-                    f"{nx * ny:,} cells at supersampling {m} (at most {options.max_cells_per_batch:,}); check the "
+                    f"{nx * ny:,} cells at supersampling {m} (at most {options.max_cells_per_plane:,}); check the "
                     "contour for stray points, or lower the supersampling",
                     path=structure.source or None, obj=f"ROI {structure.name!r}",
                 )

@@ -19,17 +19,20 @@ plane_nx, plane_ny, plane_hx, plane_hy, scanlines) -> cells``
 ``accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks) -> hist``
     Histogram in which each value spreads its weight uniformly over ``[value - width/2, value + width/2]``.
 ``cell_histograms(dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,
-structure_plane_start, bin_width, n_bins, n_chunks) -> (hist, stats)``
+structure_plane_start, structure_transform, bin_width, n_bins, n_chunks) -> (hist, stats)``
     Samples every covered cell through its plane's slab ``[plane_z_lo, plane_z_hi]``, split at the dose
-    grid's planes, interpolates the dose and its gradient at each piece, spreads each sample over a
+    grid's planes, maps each sample into the dose grid's frame by its structure's rigid 4x4
+    ``structure_transform``, interpolates the dose and its gradient there, spreads each sample over a
     uniform distribution with the variance of the (locally linear) dose over its region, and accumulates
-    per structure a dose histogram (mm^3 per bin) and the statistics in ``STAT_COLUMNS``.
+    per structure a dose histogram (mm^3 per bin) and the statistics in ``STAT_COLUMNS``. When a transform
+    tilts the z axis, slabs are cut into pieces no thicker than half the smallest voxel side instead.
 """
 
 #: Columns of the ``cells`` array made by ``polygon_coverage``.
 CELL_COLUMNS = ("area_mm2", "centroid_x_mm", "centroid_y_mm", "var_xx_mm2", "var_xy_mm2", "var_yy_mm2")
 #: Columns of the ``stats`` array made by ``cell_histograms``.
-STAT_COLUMNS = ("inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy")
+STAT_COLUMNS = ("inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy", "x_volume_sum",
+                "y_volume_sum", "z_volume_sum")
 #: Points within this fraction of a voxel outside the grid still count as inside (rounding of coordinates).
 GRID_EPSILON = 1e-6
 #: Each chunk of a structure's cells holds at least this many cells; the chunking (and so the summation

@@ -281,16 +281,35 @@ def _next_grid_plane(z, grid_z0, grid_dz):
     return grid_z0 + (math.floor((z - grid_z0) / grid_dz + 1e-9) + 1.0) * grid_dz
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _accumulate_sample(
+    dose, partial, item, i, j, k, tx, ty, tz, sx, sy, sz, rotation, vxx, vxy, vyy, dz, weight, inverse_bin_width,
+    n_bins,
+):
+    """Interpolate at one sample, spread it (variance of the linear dose over its region, taken in the
+    structure's own frame) and deposit it. Returns the dose."""
+    value, gx, gy, gz = _interpolate(dose, i, j, k, tx, ty, tz, sx, sy, sz)
+    # Gradient in the structure's frame: R^T g.
+    lx = rotation[0, 0] * gx + rotation[1, 0] * gy + rotation[2, 0] * gz
+    ly = rotation[0, 1] * gx + rotation[1, 1] * gy + rotation[2, 1] * gz
+    lz = rotation[0, 2] * gx + rotation[1, 2] * gy + rotation[2, 2] * gz
+    variance = lx * lx * vxx + 2.0 * lx * ly * vxy + ly * ly * vyy + lz * lz * dz * dz / 12.0
+    width = math.sqrt(12.0 * max(variance, 0.0))
+    _deposit(partial, item, value, width, weight, inverse_bin_width, n_bins)
+    return value
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _cell_histograms(
     dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-    bin_width, n_bins, n_chunks,
+    structure_transform, bin_width, n_bins, n_chunks,
 ):
     n_structures = structure_plane_start.shape[0] - 1
     inverse_bin_width = 1.0 / bin_width
     nz, ny, nx = dose.shape
     ox, oy, oz = origin[0], origin[1], origin[2]
     sx, sy, sz = spacing[0], spacing[1], spacing[2]
+    uniform_piece = 0.5 * min(sx, min(sy, sz))
     # Work items: each structure's cells split into a fixed number of chunks (a function of the input).
     chunk_counts = np.zeros(n_structures, dtype=np.int64)
     for s in range(n_structures):
@@ -301,7 +320,7 @@ def _cell_histograms(
     item_start[1:] = np.cumsum(chunk_counts)
     n_items = item_start[-1]
     partial = np.zeros((n_items, n_bins + 1))
-    part_stats = np.zeros((n_items, 5))
+    part_stats = np.zeros((n_items, 8))
     for item in prange(n_items):
         s = np.searchsorted(item_start, item, side="right") - 1
         k = item - item_start[s]
@@ -312,43 +331,67 @@ def _cell_histograms(
         n_cells = plane_cell_start[p_end] - c_first
         a = c_first + n_cells * k // k_total
         b = c_first + n_cells * (k + 1) // k_total
+        rotation = structure_transform[s, :3, :3]
+        t0 = structure_transform[s, 0, 3]
+        t1 = structure_transform[s, 1, 3]
+        t2 = structure_transform[s, 2, 3]
+        axial = rotation[2, 0] == 0.0 and rotation[2, 1] == 0.0 and rotation[2, 2] == 1.0
         p = p_first
         while plane_cell_start[p + 1] <= a:
             p += 1
         inside_sum = 0.0
         outside_sum = 0.0
         dose_sum = 0.0
+        x_sum = 0.0
+        y_sum = 0.0
+        z_sum = 0.0
         dmin = np.inf
         dmax = -np.inf
-        # Plane by plane, piece by piece through the slab, cell by cell: the z part of the interpolation is
-        # shared by every cell of a piece.
+        # Plane by plane, piece by piece through the slab, cell by cell: for axial transforms the z part of
+        # the interpolation is shared by every cell of a piece.
         while p < p_end and plane_cell_start[p] < b:
             c_lo = max(a, plane_cell_start[p])
             c_hi = min(b, plane_cell_start[p + 1])
             z_end = plane_z_hi[p]
             z_a = plane_z_lo[p]
+            n_uniform = max(1, int(math.ceil((z_end - z_a) / uniform_piece - 1e-9)))
+            uniform_dz = (z_end - z_a) / n_uniform
             while z_a < z_end:
-                z_b = min(_next_grid_plane(z_a, oz, sz), z_end)
+                if axial:
+                    z_b = min(_next_grid_plane(z_a + t2, oz, sz) - t2, z_end)
+                else:
+                    z_b = min(z_a + uniform_dz, z_end)
+                    if z_end - z_b < 1e-9 * uniform_dz:
+                        z_b = z_end
                 dz = z_b - z_a
-                kz, tz, inside_z = _grid_coordinate(0.5 * (z_a + z_b), oz, sz, nz)
+                z_local = 0.5 * (z_a + z_b)
                 z_a = z_b
+                kz, tz, inside_z = _grid_coordinate(z_local + t2, oz, sz, nz)
                 for c in range(c_lo, c_hi):
                     area = cells[c, 0]
                     if area <= 0.0:
                         continue
                     weight = area * dz
-                    i, tx, inside_x = _grid_coordinate(cells[c, 1], ox, sx, nx)
-                    j, ty, inside_y = _grid_coordinate(cells[c, 2], oy, sy, ny)
+                    px = rotation[0, 0] * cells[c, 1] + rotation[0, 1] * cells[c, 2] + rotation[0, 2] * z_local + t0
+                    py = rotation[1, 0] * cells[c, 1] + rotation[1, 1] * cells[c, 2] + rotation[1, 2] * z_local + t1
+                    if axial:
+                        pz = z_local + t2
+                    else:
+                        pz = (rotation[2, 0] * cells[c, 1] + rotation[2, 1] * cells[c, 2] + rotation[2, 2] * z_local
+                              + t2)
+                        kz, tz, inside_z = _grid_coordinate(pz, oz, sz, nz)
+                    x_sum += weight * px
+                    y_sum += weight * py
+                    z_sum += weight * pz
+                    i, tx, inside_x = _grid_coordinate(px, ox, sx, nx)
+                    j, ty, inside_y = _grid_coordinate(py, oy, sy, ny)
                     if not (inside_x and inside_y and inside_z):
                         outside_sum += weight
                         continue
-                    value, gx, gy, gz = _interpolate(dose, i, j, kz, tx, ty, tz, sx, sy, sz)
-                    variance = (
-                        gx * gx * cells[c, 3] + 2.0 * gx * gy * cells[c, 4] + gy * gy * cells[c, 5]
-                        + gz * gz * dz * dz / 12.0
+                    value = _accumulate_sample(
+                        dose, partial, item, i, j, kz, tx, ty, tz, sx, sy, sz, rotation, cells[c, 3], cells[c, 4],
+                        cells[c, 5], dz, weight, inverse_bin_width, n_bins,
                     )
-                    width = math.sqrt(12.0 * max(variance, 0.0))
-                    _deposit(partial, item, value, width, weight, inverse_bin_width, n_bins)
                     inside_sum += weight
                     dose_sum += weight * value
                     dmin = min(dmin, value)
@@ -359,18 +402,20 @@ def _cell_histograms(
         part_stats[item, 2] = dose_sum
         part_stats[item, 3] = dmin
         part_stats[item, 4] = dmax
+        part_stats[item, 5] = x_sum
+        part_stats[item, 6] = y_sum
+        part_stats[item, 7] = z_sum
     # Combine each structure's chunks in their fixed order.
     hist = np.zeros((n_structures, n_bins))
-    stats = np.zeros((n_structures, 5))
+    stats = np.zeros((n_structures, 8))
     for s in prange(n_structures):
         delta = np.zeros(n_bins + 1)
         dmin = np.inf
         dmax = -np.inf
         for item in range(item_start[s], item_start[s + 1]):
             delta += partial[item]
-            stats[s, 0] += part_stats[item, 0]
-            stats[s, 1] += part_stats[item, 1]
-            stats[s, 2] += part_stats[item, 2]
+            for column in (0, 1, 2, 5, 6, 7):
+                stats[s, column] += part_stats[item, column]
             dmin = min(dmin, part_stats[item, 3])
             dmax = max(dmax, part_stats[item, 4])
         running = 0.0
@@ -384,10 +429,10 @@ def _cell_histograms(
 
 def cell_histograms(
     dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-    bin_width, n_bins, n_chunks,
+    structure_transform, bin_width, n_bins, n_chunks,
 ):
     return _cell_histograms(
         _float_array(dose), _f64(origin), _f64(spacing), _f64(cells).reshape(-1, 6), _i64(plane_cell_start),
-        _f64(plane_z_lo), _f64(plane_z_hi), _i64(structure_plane_start), float(bin_width), int(n_bins),
-        int(n_chunks),
+        _f64(plane_z_lo), _f64(plane_z_hi), _i64(structure_plane_start),
+        _f64(structure_transform).reshape(-1, 4, 4), float(bin_width), int(n_bins), int(n_chunks),
     )

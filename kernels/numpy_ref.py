@@ -213,16 +213,35 @@ def slab_pieces(z_lo, z_hi, grid_z0, grid_dz):
     return pieces
 
 
+def is_axial(transform):
+    """Does the transform keep z axes parallel (a rotation about z at most, any translation)?"""
+    return transform[2, 0] == 0.0 and transform[2, 1] == 0.0 and transform[2, 2] == 1.0
+
+
+def structure_pieces(z_lo, z_hi, transform, origin, spacing):
+    """The pieces of a slab, in the structure's own z. When the transform keeps z axial, the slab is split at
+    the dose planes (shifted by the translation); otherwise into pieces no thicker than half the smallest
+    voxel side."""
+    if is_axial(transform):
+        shift = transform[2, 3]
+        return [(a - shift, b - shift) for a, b in slab_pieces(z_lo + shift, z_hi + shift, origin[2], spacing[2])]
+    n = max(1, int(np.ceil((z_hi - z_lo) / (0.5 * min(spacing)) - 1e-9)))
+    edges = z_lo + (z_hi - z_lo) * np.arange(n + 1) / n
+    return list(zip(edges[:-1], edges[1:]))
+
+
 def cell_histograms(
     dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-    bin_width, n_bins, n_chunks,
+    structure_transform, bin_width, n_bins, n_chunks,
 ):
     # n_chunks fixes the summation order of the compiled backends; one ordered pass needs none here.
     del n_chunks
     n_structures = len(structure_plane_start) - 1
     hist = np.zeros((n_structures, n_bins))
-    stats = np.zeros((n_structures, 5))
+    stats = np.zeros((n_structures, 8))
     for s in range(n_structures):
+        transform = np.asarray(structure_transform[s], dtype=np.float64)
+        rotation, translation = transform[:3, :3], transform[:3, 3]
         delta = np.zeros(n_bins + 1)
         dmin, dmax = np.inf, -np.inf
         for p in range(structure_plane_start[s], structure_plane_start[s + 1]):
@@ -230,18 +249,21 @@ def cell_histograms(
             plane_cells = plane_cells[plane_cells[:, 0] > 0]
             if len(plane_cells) == 0:
                 continue
-            for z_a, z_b in slab_pieces(plane_z_lo[p], plane_z_hi[p], origin[2], spacing[2]):
+            for z_a, z_b in structure_pieces(plane_z_lo[p], plane_z_hi[p], transform, origin, spacing):
                 dz = z_b - z_a
-                z = np.full(len(plane_cells), 0.5 * (z_a + z_b))
-                points = np.column_stack([plane_cells[:, 1], plane_cells[:, 2], z])
+                depth = np.full(len(plane_cells), 0.5 * (z_a + z_b))
+                local = np.column_stack([plane_cells[:, 1], plane_cells[:, 2], depth])
+                points = local @ rotation.T + translation
                 value, gradient, inside = trilinear_with_gradient(dose, origin, spacing, points)
                 weight = plane_cells[:, 0] * dz
+                stats[s, 5:8] += (weight[:, None] * points).sum(axis=0)
                 stats[s, 1] += weight[~inside].sum()
                 if not inside.any():
                     continue
-                value, gradient, weight = value[inside], gradient[inside], weight[inside]
+                value, weight = value[inside], weight[inside]
+                local_gradient = gradient[inside] @ rotation  # = (R^T g) for each row
                 covered = plane_cells[inside]
-                width = spread_width(gradient, covered[:, 3], covered[:, 4], covered[:, 5], dz)
+                width = spread_width(local_gradient, covered[:, 3], covered[:, 4], covered[:, 5], dz)
                 deposit_differences(delta, value, weight, width, bin_width, n_bins)
                 stats[s, 0] += weight.sum()
                 stats[s, 2] += (weight * value).sum()

@@ -25,12 +25,26 @@ def _coverage(kernels, plan):
     )
 
 
-def _histograms(kernels, plan, grid, cells, n_bins=4096, chunks=64):
+def _histograms(kernels, plan, grid, cells, n_bins=4096, chunks=64, transforms=None):
     bin_width = grid.max_gy * 1.000001 / n_bins
+    if transforms is None:
+        transforms = np.broadcast_to(np.eye(4), (plan.n_structures, 4, 4))
     return kernels.cell_histograms(
         grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
-        plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, bin_width, n_bins, chunks,
+        plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, transforms, bin_width, n_bins, chunks,
     )
+
+
+def rigid(rng, tilt: bool, shift=(5.0, -7.0, 3.0)):
+    """A random rotation about z (tilt=False) or about a random axis, with a translation."""
+    axis = rng.normal(size=3) if tilt else np.array([0.0, 0.0, 1.0])
+    axis /= np.linalg.norm(axis)
+    angle = rng.uniform(0.05, 0.4)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+    matrix[:3, 3] = shift
+    return matrix
 
 
 def _star(rng, centre, n=40, r=(4.0, 11.0)):
@@ -189,10 +203,32 @@ def test_cell_histograms_match_reference(kernels, rng):
     expected_hist, expected_stats = _histograms(numpy_ref, plan, grid, cells)
     hist, stats = _histograms(kernels, plan, grid, cells)
     np.testing.assert_allclose(hist, expected_hist, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(stats, expected_stats, rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(stats, expected_stats, rtol=1e-9, atol=1e-6, equal_nan=True)
     assert np.isnan(stats[6, 3]) and stats[6, 0] == 0  # empty
     assert stats[7, 1] > 0 and stats[7, 0] > 0  # partly outside the grid
     np.testing.assert_allclose(hist.sum(axis=1), stats[:, 0], rtol=1e-9)
+
+
+@pytest.mark.parametrize("kernels", COMPILED)
+@pytest.mark.parametrize("tilt", [False, True], ids=["rotation about z", "tilted"])
+def test_transformed_structures_match_reference(kernels, rng, tilt):
+    _, grid = linear_grid(gradient=(0.4, -0.9, 0.7))
+    structures = [contour_shape(Sphere((1, 2, 3), 9.0), "sphere", 1, 2.5),
+                  contour_shape(Shell((0, 0, 0), 14.0, 6.0), "shell", 2, 3.0), *_awkward_structures(rng)[:2]]
+    plan = plan_sampling(structures, grid, SamplingOptions(target_cells=20000))
+    transforms = np.stack([rigid(rng, tilt) for _ in structures])
+    cells = _coverage(numpy_ref, plan)
+    expected_hist, expected_stats = _histograms(numpy_ref, plan, grid, cells, transforms=transforms)
+    hist, stats = _histograms(kernels, plan, grid, cells, transforms=transforms)
+    np.testing.assert_allclose(hist, expected_hist, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(stats, expected_stats, rtol=1e-9, atol=1e-6, equal_nan=True)
+    # Moving a structure keeps its volume and moves its centroid with it.
+    _, untransformed = _histograms(numpy_ref, plan, grid, cells)
+    volume = stats[:, 0] + stats[:, 1]
+    np.testing.assert_allclose(volume, untransformed[:, 0] + untransformed[:, 1], rtol=1e-9)
+    centroid = untransformed[:, 5:8] / volume[:, None]
+    moved = np.einsum("sij,sj->si", transforms[:, :3, :3], centroid) + transforms[:, :3, 3]
+    np.testing.assert_allclose(stats[:, 5:8] / volume[:, None], moved, atol=0.02)
 
 
 def test_numba_results_do_not_depend_on_thread_count(rng):

@@ -14,9 +14,9 @@ from os import PathLike
 
 import numpy as np
 
-from ..errors import DicomReadError, DoseGridError, DoseUnitsError, PlanError, StructureError
-from ..geometry import PLANE_TOLERANCE_MM
-from ..model import Contour, DoseGrid, DoseReference, Plan, Structure, StructureSet
+from ..errors import DicomReadError, DoseGridError, DoseUnitsError, PlanError, RegistrationError, StructureError
+from ..geometry import PLANE_TOLERANCE_MM, check_rigid
+from ..model import Contour, DoseGrid, DoseReference, Plan, Registration, Structure, StructureSet
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,11 @@ def read_structures(path: PathType) -> StructureSet:
         number = int(_required(item, "ROINumber", path, "StructureSetROISequence item"))
         names[number] = str(item.get("ROIName", "") or f"ROI {number}").strip()
         frames[number] = str(item.get("ReferencedFrameOfReferenceUID", "") or "")
+    interpreted: dict[int, str] = {}
+    for item in ds.get("RTROIObservationsSequence") or []:
+        number = item.get("ReferencedROINumber")
+        if number not in (None, ""):
+            interpreted[int(number)] = str(item.get("RTROIInterpretedType", "") or "").strip().upper()
     contours: dict[int, list[Contour]] = {number: [] for number in names}
     for item in ds.get("ROIContourSequence") or []:
         number = int(_required(item, "ReferencedROINumber", path, "ROIContourSequence item"))
@@ -255,7 +260,8 @@ def read_structures(path: PathType) -> StructureSet:
         frame_uid = str(referenced[0].get("FrameOfReferenceUID", "") or "")
     structures = tuple(
         Structure(name=names[n], number=n, contours=tuple(contours[n]),
-                  frame_of_reference_uid=frames[n] or frame_uid, source=str(path))
+                  frame_of_reference_uid=frames[n] or frame_uid, source=str(path),
+                  interpreted_type=interpreted.get(n, ""))
         for n in names
     )
     if not frame_uid:
@@ -303,3 +309,46 @@ def read_plan(path: PathType) -> Plan:
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
         source=str(path),
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Spatial registration
+# --------------------------------------------------------------------------------------------------------
+DEFORMABLE_REGISTRATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.3"
+
+
+def read_registration(path: PathType) -> Registration:
+    """Read a DICOM Spatial Registration (modality REG): for each source frame of reference, the rigid
+    matrix mapping its points into the registration's own (registered) frame. Deformable, scaled and affine
+    registrations are errors."""
+    ds = read_dataset(path, "REG", stop_before_pixels=True)
+    if str(ds.get("SOPClassUID", "")) == DEFORMABLE_REGISTRATION_STORAGE:
+        raise RegistrationError("a deformable registration; only rigid registrations are supported", path=path)
+    registered = str(_required(ds, "FrameOfReferenceUID", path))
+    matrices: dict[str, np.ndarray] = {}
+    items = ds.get("RegistrationSequence") or []
+    if not items:
+        raise RegistrationError("RegistrationSequence is missing or empty", path=path)
+    for index, item in enumerate(items):
+        obj = f"registration item {index}"
+        source = str(item.get("FrameOfReferenceUID", "") or "")
+        if not source:
+            raise RegistrationError("names no FrameOfReferenceUID", path=path, obj=obj)
+        registrations = item.get("MatrixRegistrationSequence") or []
+        if len(registrations) != 1:
+            raise RegistrationError(f"has {len(registrations)} matrix registrations, expected 1", path=path, obj=obj)
+        steps = registrations[0].get("MatrixSequence") or []
+        if len(steps) != 1:
+            raise RegistrationError(
+                f"has {len(steps)} matrices; a single matrix per registration is supported", path=path, obj=obj
+            )
+        kind = str(steps[0].get("FrameOfReferenceTransformationMatrixType", "") or "").strip().upper()
+        if kind != "RIGID":
+            raise RegistrationError(f"matrix type is {kind or 'missing'}, not RIGID", path=path, obj=obj)
+        values = _floats(_required(steps[0], "FrameOfReferenceTransformationMatrix", path, obj),
+                         "FrameOfReferenceTransformationMatrix", 16, path, obj)
+        try:
+            matrices[source] = check_rigid(values.reshape(4, 4), "the matrix")
+        except RegistrationError as exc:
+            raise RegistrationError(exc.problem, path=path, obj=obj) from None
+    return Registration(frame_of_reference_uid=registered, matrices=matrices, source=str(path))

@@ -19,6 +19,7 @@ from ..model import DoseGrid, Structure, StructureSet
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
+SPATIAL_REGISTRATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.1"
 
 #: Patient positions and the ImageOrientationPatient a planning system writes for them.
 ORIENTATIONS = {
@@ -200,7 +201,9 @@ def write_structures(
         observation = Dataset()
         observation.ObservationNumber = structure.number
         observation.ReferencedROINumber = structure.number
-        observation.RTROIInterpretedType = (interpreted_types or {}).get(structure.name, "ORGAN")
+        observation.RTROIInterpretedType = (
+            (interpreted_types or {}).get(structure.name) or structure.interpreted_type or "ORGAN"
+        )
         observation.ROIInterpreter = ""
         observations.append(observation)
     ds.StructureSetROISequence = roi_items
@@ -242,4 +245,38 @@ def write_plan(
         group.NumberOfBeams = 0
         group.NumberOfBrachyApplicationSetups = 0
         ds.FractionGroupSequence = [group]
+    return _save(ds, path)
+
+
+def write_registration(
+    path: str | PathLike[str],
+    *,
+    registered_frame_uid: str,
+    source_frame_uid: str,
+    matrix: np.ndarray,
+    patient_id: str = "PHANTOM",
+    study_uid: str | None = None,
+    matrix_type: str = "RIGID",
+) -> Path:
+    """Write a Spatial Registration whose ``matrix`` maps points of ``source_frame_uid`` into
+    ``registered_frame_uid`` (the registration's own frame), with the identity item for the latter."""
+    from pydicom.dataset import Dataset
+
+    ds = _base_dataset(path, SPATIAL_REGISTRATION_STORAGE, "REG", patient_id, study_uid, registered_frame_uid)
+    ds.ContentDate = ds.StudyDate
+    ds.ContentTime = ds.StudyTime
+    ds.InstanceNumber = 1
+    ds.ContentLabel = "REGISTRATION"
+    items = []
+    for frame, m in ((registered_frame_uid, np.eye(4)), (source_frame_uid, np.asarray(matrix, dtype=float))):
+        step = Dataset()
+        step.FrameOfReferenceTransformationMatrixType = matrix_type
+        step.FrameOfReferenceTransformationMatrix = [f"{v:.10g}"[:16] for v in m.ravel()]
+        registration = Dataset()
+        registration.MatrixSequence = [step]
+        item = Dataset()
+        item.FrameOfReferenceUID = frame
+        item.MatrixRegistrationSequence = [registration]
+        items.append(item)
+    ds.RegistrationSequence = items
     return _save(ds, path)
