@@ -347,6 +347,58 @@ class Ellipsoid:
         return np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 + ((z - cz) / c) ** 2)
 
 
+@dataclass(frozen=True, eq=False)
+class OrientedEllipsoid:
+    """An ellipsoid with semi-axes ``semi_axes_mm`` along the columns of ``rotation``; every axial section is
+    an ellipse, computed exactly."""
+
+    centre_mm: tuple[float, float, float]
+    semi_axes_mm: tuple[float, float, float]
+    rotation: np.ndarray
+
+    @property
+    def _form(self) -> np.ndarray:
+        return self.rotation @ np.diag(1.0 / np.asarray(self.semi_axes_mm, float) ** 2) @ self.rotation.T
+
+    @property
+    def z_range(self) -> tuple[float, float]:
+        half = math.sqrt(np.linalg.inv(self._form)[2, 2])
+        return self.centre_mm[2] - half, self.centre_mm[2] + half
+
+    @property
+    def volume_mm3(self) -> float:
+        a, b, c = self.semi_axes_mm
+        return 4.0 / 3.0 * math.pi * a * b * c
+
+    def contains(self, points_mm: np.ndarray) -> np.ndarray:
+        d = np.asarray(points_mm, float).reshape(-1, 3) - np.asarray(self.centre_mm)
+        return np.einsum("ni,ij,nj->n", d, self._form, d) <= 1.0
+
+    def section(self, z: float, n_vertices: int) -> np.ndarray | None:
+        """The ellipse where the plane at z cuts the ellipsoid, as a polygon (None if it misses)."""
+        q = self._form
+        d = z - self.centre_mm[2]
+        q_xy, q_z = q[:2, :2], q[:2, 2]
+        inverse = np.linalg.inv(q_xy)
+        shift = -d * inverse @ q_z
+        r2 = 1.0 - d * d * q[2, 2] + d * d * q_z @ inverse @ q_z
+        if r2 <= 1e-6:
+            return None
+        eigenvalues, eigenvectors = np.linalg.eigh(q_xy)
+        angle = 2.0 * math.pi * np.arange(n_vertices) / n_vertices
+        unit = np.stack([np.cos(angle), np.sin(angle)])
+        points = eigenvectors @ (np.sqrt(r2 / eigenvalues)[:, None] * unit)
+        return (points + (np.asarray(self.centre_mm[:2]) + shift)[:, None]).T
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` points uniformly distributed inside."""
+        direction = rng.normal(size=(n, 3))
+        direction /= np.linalg.norm(direction, axis=1)[:, None]
+        radius = rng.random(n) ** (1.0 / 3.0)
+        local = direction * radius[:, None] * np.asarray(self.semi_axes_mm)
+        return local @ self.rotation.T + np.asarray(self.centre_mm)
+
+
 @dataclass(frozen=True)
 class EllipticCylinder:
     centre_mm: tuple[float, float, float]
@@ -413,29 +465,39 @@ HEAD_NECK_STRUCTURES: dict[str, tuple[tuple[float, float, float], tuple[float, f
 BODY = EllipticCylinder((0.0, 0.0, 0.0), (70.0, 85.0), 160.0)
 
 
-def head_neck_dose(
-    grid_origin_mm: Sequence[float], grid_spacing_mm: Sequence[float], grid_shape_zyx: Sequence[int],
-    targets: Sequence[tuple[Ellipsoid, float]], body: EllipticCylinder = BODY, falloff_mm: float = 2.5,
-    frame_of_reference_uid: str = "",
-) -> DoseGrid:
-    """An IMRT-like dose: plateaus at each target's level (about 97% of it on the target's surface) with a
-    steep sigmoid fall-off (80% to 20% over about 7 mm), a low bath inside the body, no dose outside it."""
-    z, y, x = (grid_origin_mm[a] + grid_spacing_mm[a] * np.arange(grid_shape_zyx[2 - a]) for a in (2, 1, 0))
-    zz, yy, xx = z[:, None, None], y[None, :, None], x[None, None, :]
-    dose = np.zeros(tuple(grid_shape_zyx), dtype=np.float32)
-    for shape, level in targets:
-        mean_axis = float(np.mean(shape.semi_axes_mm))
-        # Signed distance-like coordinate: mm outside the surface (negative inside).
-        outside = (shape.normalised_radius(xx, yy, zz) - 1.0) * mean_axis
-        np.maximum(dose, (level * 1.02 / (1.0 + np.exp((outside - 3.0 * falloff_mm) / falloff_mm))).astype(np.float32),
-                   out=dose)
-    inside_body = body.normalised_radius(xx, yy, zz) <= 1.0
-    body_centre = np.asarray(body.centre_mm)
-    distance = np.sqrt((xx - body_centre[0]) ** 2 + (yy - body_centre[1]) ** 2 + (zz - body_centre[2]) ** 2)
-    bath = (8.0 * np.exp(-distance / 60.0)).astype(np.float32)
-    dose = np.where(inside_body, np.maximum(dose, bath), np.float32(0.0)).astype(np.float32)
-    return DoseGrid(np.ascontiguousarray(dose), tuple(map(float, grid_origin_mm)), tuple(map(float, grid_spacing_mm)),
-                    frame_of_reference_uid)
+@dataclass(frozen=True)
+class ImrtDose:
+    """An IMRT-like dose, defined everywhere: plateaus at each target's level (about 97% of it on the
+    target's surface) with a steep sigmoid fall-off (80% to 20% over about 7 mm), a low bath inside the body,
+    no dose outside it."""
+
+    targets: tuple[tuple[Ellipsoid, float], ...]
+    body: EllipticCylinder = None  # type: ignore[assignment]
+    falloff_mm: float = 2.5
+    bath_gy: float = 8.0
+
+    def __call__(self, x, y, z) -> np.ndarray:
+        x, y, z = np.broadcast_arrays(np.asarray(x, float), np.asarray(y, float), np.asarray(z, float))
+        dose = np.zeros(x.shape)
+        w = self.falloff_mm
+        for shape, level in self.targets:
+            mean_axis = float(np.mean(shape.semi_axes_mm))
+            # Signed distance-like coordinate: mm outside the surface (negative inside).
+            outside = (shape.normalised_radius(x, y, z) - 1.0) * mean_axis
+            np.maximum(dose, level * 1.02 / (1.0 + np.exp(np.clip((outside - 3.0 * w) / w, -60, 60))), out=dose)
+        body = self.body or BODY
+        centre = np.asarray(body.centre_mm)
+        distance = np.sqrt((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2)
+        inside_body = body.normalised_radius(x, y, z) <= 1.0
+        return np.where(inside_body, np.maximum(dose, self.bath_gy * np.exp(-distance / 60.0)), 0.0)
+
+    def grid(self, origin_mm: Sequence[float], spacing_mm: Sequence[float], shape_zyx: Sequence[int],
+             frame_of_reference_uid: str = "") -> DoseGrid:
+        z, y, x = (origin_mm[a] + spacing_mm[a] * np.arange(shape_zyx[2 - a]) for a in (2, 1, 0))
+        dose = np.empty(tuple(shape_zyx), dtype=np.float32)
+        for k, zk in enumerate(z):  # a slice at a time keeps the temporaries small
+            dose[k] = self(x[None, :], y[:, None], zk)
+        return DoseGrid(dose, tuple(map(float, origin_mm)), tuple(map(float, spacing_mm)), frame_of_reference_uid)
 
 
 def head_neck_case(
@@ -448,8 +510,7 @@ def head_neck_case(
     origin = (-spacing_mm * (nx - 1) / 2, -spacing_mm * (ny - 1) / 2, -spacing_mm * (nz - 1) / 2)
     shapes = {name: Ellipsoid(c, a) for name, (c, a, _) in HEAD_NECK_STRUCTURES.items()}
     targets = [(shapes[name], level) for name, (_, _, level) in HEAD_NECK_STRUCTURES.items() if level]
-    grid = head_neck_dose(origin, (spacing_mm,) * 3, grid_shape_zyx, targets,
-                          frame_of_reference_uid=frame_of_reference_uid)
+    grid = ImrtDose(tuple(targets), BODY).grid(origin, (spacing_mm,) * 3, grid_shape_zyx, frame_of_reference_uid)
     lo, hi = BODY.z_range
     planes = np.arange(lo, hi + 1e-9, plane_spacing_mm)
     structures = [contour_ellipses(BODY, "BODY", 1, planes, n_vertices=256)]

@@ -204,6 +204,25 @@ def read_dose(path: PathType) -> DoseGrid:
 # --------------------------------------------------------------------------------------------------------
 # RTSTRUCT
 # --------------------------------------------------------------------------------------------------------
+def _contour_data(item, path: PathType, obj: str) -> np.ndarray:
+    """ContourData as floats, parsed from the element's bytes when pydicom has not converted it yet (a
+    structure set holds hundreds of thousands of coordinates, and converting each one by one is slow)."""
+    from pydicom.dataelem import RawDataElement
+
+    element = item.get_item("ContourData") if "ContourData" in item else None
+    if element is None or element.value in (None, b"", ""):
+        raise DicomReadError("required tag ContourData is missing", path=path, obj=obj)
+    if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
+        try:
+            values = np.array(element.value.split(b"\\"), dtype=np.float64)
+        except ValueError as exc:
+            raise DicomReadError(f"ContourData is not numeric ({exc})", path=path, obj=obj) from exc
+        if not np.all(np.isfinite(values)):
+            raise DicomReadError("ContourData holds non-finite values", path=path, obj=obj)
+        return values
+    return _floats(element.value, "ContourData", None, path, obj)
+
+
 def _contour(item, path: PathType, roi: str, index: int) -> Contour | None:
     kind = str(item.get("ContourGeometricType", "") or "").strip().upper()
     obj = f"ROI {roi!r} contour {index}"
@@ -211,7 +230,7 @@ def _contour(item, path: PathType, roi: str, index: int) -> Contour | None:
         log.warning("%s: %s: %s contour skipped (only CLOSED_PLANAR contours enclose a volume)", path, obj,
                     kind or "untyped")
         return None
-    data = _floats(_required(item, "ContourData", path, obj), "ContourData", None, path, obj)
+    data = _contour_data(item, path, obj)
     if len(data) % 3:
         raise StructureError(f"ContourData has {len(data)} values, not a multiple of 3", path=path, obj=obj)
     points = data.reshape(-1, 3)

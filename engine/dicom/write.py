@@ -40,6 +40,24 @@ def _ds(value: float) -> str:
     return text
 
 
+def _decimal_strings(values: np.ndarray) -> bytes:
+    """A multi-valued DS element's bytes (backslash-separated, even length), written without pydicom
+    converting and validating every number: contours hold hundreds of thousands of them."""
+    text = "\\".join(_ds(float(v)) for v in values)
+    if len(text) % 2:
+        text += " "
+    return text.encode("ascii")
+
+
+def _raw_decimal_element(keyword: str, values: np.ndarray):
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    data = _decimal_strings(values)
+    return RawDataElement(Tag(tag_for_keyword(keyword)), "DS", len(data), data, 0, False, True, True, False)
+
+
 def _base_dataset(path: str | PathLike[str], sop_class: str, modality: str, patient_id: str, study_uid: str | None,
                   frame_of_reference_uid: str):
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -194,7 +212,10 @@ def write_structures(
             item.ContourGeometricType = "CLOSED_PLANAR"
             item.NumberOfContourPoints = len(contour.points_mm)
             points = np.column_stack([contour.points_mm, np.full(len(contour.points_mm), contour.z_mm)])
-            item.ContourData = [_ds(v) for v in points.ravel()]
+            raw = _raw_decimal_element("ContourData", points.ravel())
+            item[raw.tag] = raw
+            # Declared in the file's own encoding, the raw bytes are written as they are, not re-encoded.
+            item.set_original_encoding(False, True, item._character_set)
             sequence.append(item)
         roi_contour.ContourSequence = sequence
         contour_items.append(roi_contour)
