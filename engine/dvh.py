@@ -15,7 +15,11 @@ Metric grammar (one parser for the API, the CLI and cohorts; letters are case-in
 ``V95%_cc``     volume receiving at least 95% of the prescription                     cc
 ``Dmean``       mean dose; ``Dmin`` and ``Dmax`` likewise                             Gy
 ``HI``          homogeneity index (D2 - D98) / D50 (ICRU 83)
+``volume``      the structure's whole volume                                          cc
 ==============  ====================================================================  ======
+
+Where a metric belongs to a named ROI (the target metrics of a recurrence study), it is written
+``ROI:METRIC``, for example ``CTV60:D98`` or ``GTV:volume`` (:func:`parse_roi_metric`).
 
 Relative volumes are relative to the part of the structure inside the dose grid; the part outside is
 reported as ``volume_outside_dose_cc`` and takes no part in any dose statistic.
@@ -43,7 +47,7 @@ log = logging.getLogger(__name__)
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
 _DOSE_AT_VOLUME = re.compile(rf"^D{_NUMBER}(%|CC)?$", re.IGNORECASE)
 _VOLUME_AT_DOSE = re.compile(rf"^V{_NUMBER}(GY|%)(_CC)?$", re.IGNORECASE)
-_STATISTICS = {"DMEAN": "mean", "DMIN": "min", "DMAX": "max"}
+_STATISTICS = {"DMEAN": "mean", "DMIN": "min", "DMAX": "max", "VOLUME": "volume"}
 
 
 @dataclass(frozen=True)
@@ -85,13 +89,30 @@ def parse_metric(text: str) -> Metric:
         return Metric(spec, "volume_at_dose", float(match.group(1)), unit, result)
     raise MetricError(
         f"unknown metric {text!r}; expected D95, D95%, D2cc, V20Gy, V20Gy_cc, V95%, V95%_cc, Dmean, Dmin, "
-        "Dmax or HI",
+        "Dmax, HI or volume",
         obj="metric",
     )
 
 
 def parse_metrics(texts: Iterable[str]) -> list[Metric]:
     return [parse_metric(t) for t in texts]
+
+
+@dataclass(frozen=True)
+class RoiMetric:
+    """A metric of a named ROI: ``text`` is ``ROI:METRIC`` as given."""
+
+    text: str
+    roi: str
+    metric: Metric
+
+
+def parse_roi_metric(text: str) -> RoiMetric:
+    """Parse ``ROI:METRIC`` (the ROI name may itself hold colons; the metric follows the last one)."""
+    roi, colon, metric = text.strip().rpartition(":")
+    if not colon or not roi.strip():
+        raise MetricError(f"{text!r} is not ROI:METRIC (for example CTV60:D98 or GTV:volume)", obj="metric")
+    return RoiMetric(text.strip(), roi.strip(), parse_metric(metric))
 
 
 @dataclass(frozen=True, eq=False)
@@ -175,6 +196,8 @@ class DVH:
         m = parse_metric(metric) if isinstance(metric, str) else metric
         if m.needs_prescription and not (prescription_gy and prescription_gy > 0):
             raise MetricError(f"{m.text} needs a prescription dose, and none was given", obj=self.name)
+        if m.kind == "statistic" and m.unit == "volume":
+            return self.volume_cc
         if not self.has_dose:
             return math.nan
         if m.kind == "statistic":

@@ -1,0 +1,213 @@
+"""Failure patterns: where a recurrence lay in the dose of the original plan.
+
+Two published methods classify a recurrence volume Vr (mapped onto the planning CT):
+
+- **Volume method.** The share of Vr inside the reference isodose (default 95% of the prescription):
+  *in-field* when at least 95% of Vr is inside, *marginal* from 20% up to 95%, *out-field* under 20%. Parts
+  of Vr outside the dose grid count as outside the isodose (they are reported as well).
+- **Point-of-origin method.** The volume centroid of Vr, the dose there and the target structures holding
+  it: *in-field* when the centroid dose is at least 95% of the prescription, *marginal* when it is lower but
+  the centroid lies inside a target, *out-field* otherwise.
+
+Thresholds, the isodose level and the prescription are all settings (:class:`Criteria`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .dispatch import Backend, select_backend
+from .dvh import DVH, Metric, RoiMetric, check_frame_of_reference, compute_dvhs, parse_metric, parse_roi_metric
+from .errors import IsodoseError, RegistrationError, StructureError
+from .geometry import common_plane_spacing_mm, registration_matrix, structure_contains
+from .model import DoseGrid, Registration, StructureSet
+from .voxelize import SamplingOptions
+
+CLASSES = ("in-field", "marginal", "out-field")
+#: Metrics of Vr always reported: V95% (of the prescription), D95, D98, D100 (= Dmin), Dmean and Dmax.
+RECURRENCE_METRICS = ("V95%", "D95", "D98", "D100", "Dmean", "Dmax")
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """Classification thresholds, in % (of the prescription for doses, of Vr for volumes)."""
+
+    isodose_pct: float = 95.0
+    in_field_pct: float = 95.0
+    marginal_pct: float = 20.0
+    centroid_isodose_pct: float = 95.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.isodose_pct <= 200 or not 0 < self.centroid_isodose_pct <= 200:
+            raise IsodoseError("isodose levels must lie between 0 and 200% of the prescription")
+        if not 0 <= self.marginal_pct <= self.in_field_pct <= 100:
+            raise IsodoseError("thresholds must satisfy 0 <= marginal <= in-field <= 100 (% of Vr)")
+
+    def volume_class(self, inside_pct: float) -> str:
+        if inside_pct >= self.in_field_pct:
+            return "in-field"
+        return "marginal" if inside_pct >= self.marginal_pct else "out-field"
+
+    def centroid_class(self, centroid_dose_gy: float, prescription_gy: float, in_target: bool) -> str:
+        if math.isfinite(centroid_dose_gy) and centroid_dose_gy >= self.centroid_isodose_pct / 100 * prescription_gy:
+            return "in-field"
+        return "marginal" if in_target else "out-field"
+
+
+@dataclass(frozen=True, eq=False)
+class RecurrenceResult:
+    recurrence_roi: str
+    prescription_gy: float
+    isodose_gy: float
+    registered: bool
+    recurrence_volume_cc: float
+    recurrence_outside_dose_cc: float
+    inside_isodose_pct: float
+    class_volume: str
+    centroid_mm: tuple[float, float, float]
+    centroid_dose_gy: float
+    centroid_targets: tuple[str, ...]
+    class_centroid: str
+    metrics: dict[str, float]
+    target_metrics: dict[str, float]
+    recurrence_dvh: DVH = field(repr=False)
+    #: DVHs of the planning ROIs named in the target metrics.
+    roi_dvhs: dict[str, DVH] = field(repr=False, default_factory=dict)
+    backend: str = ""
+    device: str = ""
+
+    def record(self) -> dict[str, object]:
+        """The flat record of the ``classify`` JSON and of each row of a cohort's table (units in keys)."""
+        x, y, z = self.centroid_mm
+        out: dict[str, object] = {
+            "recurrence_roi": self.recurrence_roi,
+            "recurrence_registered": self.registered,
+            "prescription_gy": self.prescription_gy,
+            "isodose_gy": self.isodose_gy,
+            "recurrence_volume_cc": self.recurrence_volume_cc,
+            "recurrence_outside_dose_cc": self.recurrence_outside_dose_cc,
+            "inside_isodose_pct": self.inside_isodose_pct,
+            "class_volume": self.class_volume,
+            "centroid_x_mm": x,
+            "centroid_y_mm": y,
+            "centroid_z_mm": z,
+            "centroid_dose_gy": self.centroid_dose_gy,
+            "centroid_targets": list(self.centroid_targets),
+            "class_centroid": self.class_centroid,
+        }
+        out.update(self.metrics)
+        out.update(self.target_metrics)
+        out["backend"] = self.backend
+        out["device"] = self.device
+        return out
+
+
+def _recurrence_transform(
+    dose: DoseGrid, recurrence_structures: StructureSet, registration: Registration | None
+) -> np.ndarray | None:
+    """The matrix from the recurrence's frame to the dose's, or None when they are the same frame."""
+    source, target = recurrence_structures.frame_of_reference_uid, dose.frame_of_reference_uid
+    if not source or not target or source == target:
+        return None
+    if registration is None:
+        raise RegistrationError(
+            f"the recurrence structures are in frame of reference {source} and the dose in {target}: a spatial "
+            "registration between them is needed",
+            path=recurrence_structures.source or None,
+        )
+    return registration_matrix(registration, source, target)
+
+
+def classify_recurrence(
+    dose: DoseGrid,
+    structures: StructureSet,
+    recurrence_roi: str,
+    prescription_gy: float,
+    *,
+    recurrence_structures: StructureSet | None = None,
+    registration: Registration | None = None,
+    targets: Sequence[str] | None = None,
+    metrics: Sequence[str | Metric] = (),
+    target_metrics: Sequence[str | RoiMetric] = (),
+    criteria: Criteria | None = None,
+    options: SamplingOptions | None = None,
+    backend: str | Backend | None = None,
+) -> RecurrenceResult:
+    """Classify one recurrence by both methods and report its metrics.
+
+    ``recurrence_roi`` is read from ``recurrence_structures`` (a structure set drawn on follow-up imaging,
+    mapped through ``registration``) when given, else from the planning ``structures``. ``targets`` are
+    the ROIs tested for holding the centroid (default: every GTV, CTV and PTV of the planning set).
+    ``metrics`` are extra metrics of Vr; ``target_metrics`` are ``ROI:METRIC`` of planning ROIs.
+    """
+    if not (prescription_gy and prescription_gy > 0 and math.isfinite(prescription_gy)):
+        raise IsodoseError(f"the prescription must be a positive dose in Gy, not {prescription_gy!r}")
+    criteria = criteria or Criteria()
+    options = options or SamplingOptions()
+    chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    check_frame_of_reference(dose, structures)
+
+    source = recurrence_structures if recurrence_structures is not None else structures
+    transform = _recurrence_transform(dose, source, registration) if recurrence_structures is not None else None
+    vr_structure = source.get(recurrence_roi)
+    if vr_structure.is_empty:
+        raise StructureError("the recurrence ROI has no contours", path=source.source or None,
+                             obj=f"ROI {vr_structure.name!r}")
+    [vr] = compute_dvhs(dose, source, [vr_structure.name], options=options, backend=chosen,
+                        check_frame=transform is None, transform=transform)
+
+    isodose_gy = criteria.isodose_pct / 100.0 * prescription_gy
+    inside_cc = float(vr.volume_at_dose_cc(isodose_gy)) if vr.has_dose else 0.0
+    inside_pct = 100.0 * inside_cc / vr.volume_cc if vr.volume_cc > 0 else 0.0
+
+    centroid = np.array(vr.centroid_mm, dtype=np.float64)
+    centroid_dose = float(chosen.kernels.trilinear(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
+                                                   np.asarray(dose.spacing_mm, dtype=np.float64),
+                                                   centroid.reshape(1, 3))[0])
+    if targets is None:
+        target_structures = [s for s in structures.structures
+                             if s.is_target and not s.is_empty and s is not vr_structure]
+    else:
+        target_structures = [structures.get(name) for name in targets]
+    spacing = common_plane_spacing_mm(structures.structures)
+    holding = tuple(s.name for s in target_structures
+                    if structure_contains(s, centroid, options.end_cap, spacing)[0])
+
+    vr_metrics = [parse_metric(m) for m in RECURRENCE_METRICS]
+    extra = [parse_metric(m) if isinstance(m, str) else m for m in metrics]
+    known = {m.text for m in vr_metrics}
+    vr_metrics += [m for m in extra if m.text not in known]
+    metric_values = {m.text: float(vr.metric(m, prescription_gy)) for m in vr_metrics}
+
+    roi_metrics = [parse_roi_metric(m) if isinstance(m, str) else m for m in target_metrics]
+    roi_names = list(dict.fromkeys(structures.get(m.roi).name for m in roi_metrics))
+    roi_dvhs = {d.name: d for d in compute_dvhs(dose, structures, roi_names, options=options, backend=chosen)} \
+        if roi_names else {}
+    target_values = {
+        m.text: float(roi_dvhs[structures.get(m.roi).name].metric(m.metric, prescription_gy)) for m in roi_metrics
+    }
+
+    return RecurrenceResult(
+        recurrence_roi=vr.name,
+        prescription_gy=float(prescription_gy),
+        isodose_gy=isodose_gy,
+        registered=transform is not None,
+        recurrence_volume_cc=vr.volume_cc,
+        recurrence_outside_dose_cc=vr.volume_outside_dose_cc,
+        inside_isodose_pct=inside_pct,
+        class_volume=criteria.volume_class(inside_pct),
+        centroid_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+        centroid_dose_gy=centroid_dose,
+        centroid_targets=holding,
+        class_centroid=criteria.centroid_class(centroid_dose, prescription_gy, bool(holding)),
+        metrics=metric_values,
+        target_metrics=target_values,
+        recurrence_dvh=vr,
+        roi_dvhs=roi_dvhs,
+        backend=chosen.name,
+        device=chosen.device,
+    )

@@ -1,0 +1,171 @@
+"""Classifying recurrences, against closed forms: a spherical Vr cut by the 95% isodose plane of a linear
+field, in the planning frame or drawn on a follow-up frame and mapped by a rigid registration."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from isodose.dicom.read import read_registration, read_structures
+from isodose.dicom.write import write_registration, write_structures
+from isodose.errors import IsodoseError, RegistrationError, RoiNotFoundError, StructureError
+from isodose.geometry import invert_rigid, transform_points
+from isodose.model import Structure, StructureSet
+from isodose.phantoms import LinearField, Sphere, contour_shape, shape_truth, slab_truth
+from isodose.recurrence import Criteria, classify_recurrence
+
+from .test_kernels import rigid
+
+FRAME = "1.2.826.0.1.3680043.10.1457.100"
+FOLLOW_UP = "1.2.826.0.1.3680043.10.1457.200"
+RX = 70.0
+#: dose = 70 + x (Gy): the 95% isodose (66.5 Gy) is the plane x = -3.5 mm.
+FIELD = LinearField(RX, (1.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+GRID = FIELD.grid((-40.0, -40.0, -40.0), (2.0, 2.0, 2.0), (41, 41, 41), FRAME)
+
+
+def planning_set(vr_centre, radius=8.0, spacing=1.0, extra=()):
+    vr = contour_shape(Sphere(vr_centre, radius), "Vr", 1, spacing)
+    ptv = contour_shape(Sphere((0.0, 0.0, 0.0), 30.0), "PTV", 2, 2.0)
+    structures = [Structure(vr.name, vr.number, vr.contours, interpreted_type="GTV"),
+                  Structure(ptv.name, ptv.number, ptv.contours, interpreted_type="PTV"), *extra]
+    return StructureSet(tuple(structures), FRAME)
+
+
+def expected_inside_pct(centre, radius=8.0, spacing=1.0):
+    truth = slab_truth(Sphere(centre, radius), FIELD, spacing)
+    return 100.0 * float(truth.volume_above(0.95 * RX)) / truth.volume_mm3
+
+
+@pytest.mark.parametrize(
+    "centre_x, volume_class, centroid_class",
+    [(20.0, "in-field", "in-field"), (0.5, "marginal", "in-field"), (-10.0, "out-field", "marginal"),
+     (-2.0, "marginal", "in-field")],
+)
+def test_both_methods_on_a_sphere_cut_by_the_isodose(centre_x, volume_class, centroid_class):
+    centre = (centre_x, 1.3, -0.7)
+    result = classify_recurrence(GRID, planning_set(centre), "Vr", RX, backend="numba")
+    assert result.inside_isodose_pct == pytest.approx(expected_inside_pct(centre), abs=0.05)
+    assert result.class_volume == volume_class
+    assert result.class_centroid == centroid_class
+    assert result.centroid_mm == pytest.approx(centre, abs=0.02)
+    assert result.centroid_dose_gy == pytest.approx(RX + centre_x, abs=1e-3)
+    assert result.centroid_targets == ("PTV",)  # Vr itself is a GTV but is not its own target
+    truth = slab_truth(Sphere(centre, 8.0), FIELD, 1.0)
+    assert result.recurrence_volume_cc == pytest.approx(truth.volume_mm3 / 1000, rel=2e-4)
+    assert result.metrics["D100"] == pytest.approx(truth.dmin_gy, abs=0.02)
+    assert result.metrics["D95"] == pytest.approx(truth.dose_at_percent(95), abs=0.02)
+    assert result.metrics["V95%"] == pytest.approx(result.inside_isodose_pct, abs=1e-9)
+    assert set(result.metrics) == {"V95%", "D95", "D98", "D100", "Dmean", "Dmax"}
+
+
+def test_point_of_origin_outside_every_target():
+    result = classify_recurrence(GRID, planning_set((-10.0, 0.0, 0.0)), "Vr", RX, targets=[], backend="numba")
+    assert result.centroid_targets == () and result.class_centroid == "out-field"
+
+
+def test_thresholds_isodose_and_prescription_are_settings():
+    centre = (0.5, 0.0, 0.0)
+    structures = planning_set(centre)
+    inside = classify_recurrence(GRID, structures, "Vr", RX).inside_isodose_pct
+    assert 80 < inside < 90
+    assert classify_recurrence(GRID, structures, "Vr", RX, criteria=Criteria(in_field_pct=80)).class_volume == \
+        "in-field"
+    assert classify_recurrence(GRID, structures, "Vr", RX,
+                               criteria=Criteria(marginal_pct=90, in_field_pct=95)).class_volume == "out-field"
+    # A lower isodose level (90% of 70 Gy: x = -7) puts all of Vr above it.
+    lower = classify_recurrence(GRID, structures, "Vr", RX, criteria=Criteria(isodose_pct=85.0))
+    assert lower.inside_isodose_pct == pytest.approx(100.0) and lower.isodose_gy == pytest.approx(59.5)
+    higher_rx = classify_recurrence(GRID, structures, "Vr", 80.0)
+    assert higher_rx.isodose_gy == 76.0 and higher_rx.inside_isodose_pct == pytest.approx(
+        100 * float(slab_truth(Sphere(centre, 8.0), FIELD, 1.0).volume_above(76.0))
+        / slab_truth(Sphere(centre, 8.0), FIELD, 1.0).volume_mm3, abs=0.05)
+    with pytest.raises(IsodoseError):
+        Criteria(marginal_pct=96)
+    with pytest.raises(IsodoseError, match="prescription"):
+        classify_recurrence(GRID, structures, "Vr", 0.0)
+
+
+def test_target_metrics_and_extra_metrics():
+    result = classify_recurrence(GRID, planning_set((0.5, 0.0, 0.0)), "Vr", RX, metrics=["D2cc", "V60Gy_cc"],
+                                 target_metrics=["PTV:D98", "PTV:volume", "Vr:Dmean"])
+    ptv_truth = slab_truth(Sphere((0.0, 0.0, 0.0), 30.0), FIELD, 2.0)
+    assert result.target_metrics["PTV:D98"] == pytest.approx(ptv_truth.dose_at_percent(98), abs=0.02)
+    assert result.target_metrics["PTV:volume"] == pytest.approx(ptv_truth.volume_mm3 / 1000, rel=2e-4)
+    assert result.target_metrics["Vr:Dmean"] == pytest.approx(result.metrics["Dmean"], abs=1e-9)
+    assert {"D2cc", "V60Gy_cc"} <= set(result.metrics)
+    record = result.record()
+    for key in ("recurrence_volume_cc", "inside_isodose_pct", "class_volume", "class_centroid", "centroid_dose_gy",
+                "V95%", "D95", "D98", "D100", "Dmean", "Dmax", "PTV:D98", "backend"):
+        assert key in record
+    with pytest.raises(RoiNotFoundError):
+        classify_recurrence(GRID, planning_set((0.5, 0.0, 0.0)), "Vr", RX, target_metrics=["CTV:D98"])
+
+
+def test_recurrence_drawn_on_a_follow_up_frame(tmp_path, rng):
+    """The same sphere, contoured on a follow-up frame moved by a rigid transform, mapped back by a DICOM
+    registration: the classification is that of the sphere in the planning frame."""
+    centre = np.array([0.5, 2.0, -1.0])
+    matrix = rigid(rng, tilt=True, shift=(6.0, -4.0, 9.0))  # follow-up -> planning
+    centre_follow = transform_points(invert_rigid(matrix), centre)[0]
+    vr_follow = contour_shape(Sphere(tuple(centre_follow), 8.0), "Vr", 1, 0.5)
+    rs2 = read_structures(write_structures([vr_follow], tmp_path / "rs2.dcm", frame_of_reference_uid=FOLLOW_UP))
+    reg = read_registration(write_registration(tmp_path / "reg.dcm", registered_frame_uid=FRAME,
+                                               source_frame_uid=FOLLOW_UP, matrix=matrix))
+    planning = planning_set((30.0, 30.0, 30.0))  # its own Vr is elsewhere; the follow-up one is used
+    result = classify_recurrence(GRID, planning, "Vr", RX, recurrence_structures=rs2, registration=reg)
+    smooth = shape_truth(Sphere(tuple(centre), 8.0), FIELD)
+    assert result.registered
+    assert result.centroid_mm == pytest.approx(tuple(centre), abs=0.02)
+    assert result.inside_isodose_pct == pytest.approx(100 * float(smooth.volume_above(0.95 * RX)) / smooth.volume_mm3,
+                                                      abs=0.3)
+    assert result.recurrence_volume_cc == pytest.approx(smooth.volume_mm3 / 1000, rel=3e-3)
+    assert result.metrics["Dmean"] == pytest.approx(RX + centre[0], abs=0.02)
+    assert result.class_volume == "marginal" and result.class_centroid == "in-field"
+    # A registration relating other frames, and none at all, are errors.
+    other = read_registration(write_registration(tmp_path / "other.dcm", registered_frame_uid=FRAME,
+                                                 source_frame_uid="9.9.9", matrix=matrix))
+    with pytest.raises(RegistrationError, match="does not map frame"):
+        classify_recurrence(GRID, planning, "Vr", RX, recurrence_structures=rs2, registration=other)
+    with pytest.raises(RegistrationError, match="a spatial registration between them is needed"):
+        classify_recurrence(GRID, planning, "Vr", RX, recurrence_structures=rs2)
+
+
+def test_follow_up_set_in_the_planning_frame_needs_no_registration(tmp_path):
+    centre = (0.5, 0.0, 0.0)
+    vr = contour_shape(Sphere(centre, 8.0), "Vr", 1, 1.0)
+    rs2 = read_structures(write_structures([vr], tmp_path / "rs2.dcm", frame_of_reference_uid=FRAME))
+    result = classify_recurrence(GRID, planning_set((30.0, 30.0, 30.0)), "Vr", RX, recurrence_structures=rs2)
+    assert not result.registered
+    assert result.inside_isodose_pct == pytest.approx(expected_inside_pct(centre), abs=0.05)
+
+
+def test_registrations_that_are_not_rigid_are_refused(tmp_path):
+    scaled = np.diag([1.1, 1.0, 1.0, 1.0])
+    path = write_registration(tmp_path / "reg.dcm", registered_frame_uid=FRAME, source_frame_uid=FOLLOW_UP,
+                              matrix=scaled)
+    with pytest.raises(RegistrationError, match="registration item 1: the matrix is not rigid"):
+        read_registration(path)
+    affine = write_registration(tmp_path / "affine.dcm", registered_frame_uid=FRAME, source_frame_uid=FOLLOW_UP,
+                                matrix=np.eye(4), matrix_type="AFFINE")
+    with pytest.raises(RegistrationError, match="matrix type is AFFINE, not RIGID"):
+        read_registration(affine)
+
+
+def test_part_of_vr_outside_the_dose_grid_counts_as_outside_the_isodose():
+    centre = (20.0, 0.0, 40.0)  # high dose, but half of it beyond the grid's last plane (z = 40)
+    result = classify_recurrence(GRID, planning_set(centre), "Vr", RX)
+    assert result.recurrence_outside_dose_cc == pytest.approx(result.recurrence_volume_cc / 2, rel=0.02)
+    assert result.inside_isodose_pct == pytest.approx(50.0, abs=1.0)
+    assert result.metrics["V95%"] == pytest.approx(100.0)
+
+
+def test_empty_or_missing_recurrence_roi():
+    structures = planning_set((0.0, 0.0, 0.0), extra=(Structure("Empty", 9, ()),))
+    with pytest.raises(StructureError, match="ROI 'Empty': the recurrence ROI has no contours"):
+        classify_recurrence(GRID, structures, "Empty", RX)
+    with pytest.raises(RoiNotFoundError):
+        classify_recurrence(GRID, structures, "Recurrence", RX)
+    assert math.isfinite(classify_recurrence(GRID, structures, "vr", RX).inside_isodose_pct)  # case-insensitive
