@@ -231,39 +231,180 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
-# isodose demo
+# isodose phantom
 # --------------------------------------------------------------------------------------------------------
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .dicom.read import read_dose, read_plan, read_structures
+def cmd_phantom(args: argparse.Namespace) -> int:
     from .dicom.write import write_dose, write_plan, write_structures
-    from .dispatch import select_backend
-    from .dvh import compute_dvhs, parse_metrics
     from .phantoms import head_neck_case
 
     out = Path(args.out)
-    print(f"Writing a generated head-and-neck phantom (200 x 200 x 120 dose grid, 20 ROIs) to {out}/")
     grid, structures = head_neck_case()
-    write_dose(grid, out / "RD.phantom.dcm")
-    write_structures(structures, out / "RS.phantom.dcm")
-    write_plan(out / "RP.phantom.dcm", prescription_gy=70.0, number_of_fractions=35,
-               frame_of_reference_uid=grid.frame_of_reference_uid, target_name="PTV70")
-    backend = select_backend(args.backend)
+    rd = write_dose(grid, out / "RD.phantom.dcm")
+    rs = write_structures(structures, out / "RS.phantom.dcm")
+    rp = write_plan(out / "RP.phantom.dcm", prescription_gy=70.0, number_of_fractions=35,
+                    frame_of_reference_uid=grid.frame_of_reference_uid, target_name="PTV70")
+    print(f"head-and-neck phantom (dose grid 200 x 200 x 120 at 2.5 mm, 20 ROIs): {rd}, {rs}, {rp}")
+    print(f"try: isodose dvh --dose {rd} --structures {rs} --plan {rp} --metric D95 --metric V95%")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# isodose classify
+# --------------------------------------------------------------------------------------------------------
+def _split_metrics(texts: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """Metrics of Vr, and ROI:METRIC metrics of planning ROIs; both checked now."""
+    from .dvh import parse_metric, parse_roi_metric
+
+    plain, of_roi = [], []
+    for text in texts or []:
+        if ":" in text:
+            parse_roi_metric(text)
+            of_roi.append(text)
+        else:
+            parse_metric(text)
+            plain.append(text)
+    return plain, of_roi
+
+
+def _criteria(args: argparse.Namespace):
+    from .recurrence import Criteria
+
+    return Criteria(isodose_pct=args.isodose, in_field_pct=args.in_field, marginal_pct=args.marginal,
+                    centroid_isodose_pct=args.isodose)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .dicom.read import read_dose, read_registration, read_structures
+    from .recurrence import classify_recurrence
+
+    if args.registration and not args.recurrence_structures:
+        raise IsodoseError("--registration maps --recurrence-structures; give both")
+    vr_metrics, roi_metrics = _split_metrics(args.metric)
+    criteria = _criteria(args)
+    prescription = _prescription(args)
+    if prescription is None:
+        raise IsodoseError("classification needs the prescription: give --prescription GY or --plan RP.dcm")
+    dose = read_dose(args.dose)
+    structures = read_structures(args.structures)
+    follow_up = read_structures(args.recurrence_structures) if args.recurrence_structures else None
+    registration = read_registration(args.registration) if args.registration else None
+    result = classify_recurrence(
+        dose, structures, args.recurrence, prescription, recurrence_structures=follow_up, registration=registration,
+        targets=args.target, metrics=vr_metrics, target_metrics=roi_metrics, criteria=criteria,
+        options=_sampling_options(args), backend=args.backend,
+    )
+    record = {key: (_number(v) if isinstance(v, float) else v) for key, v in result.record().items()}
+    if args.format == "json":
+        sys.stdout.write(json.dumps(record, indent=2) + "\n")
+        return 0
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        shown = ", ".join(value) if isinstance(value, list) else ("-" if value is None else value)
+        print(f"{key.ljust(width)}  {shown}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# isodose cohort run | report
+# --------------------------------------------------------------------------------------------------------
+def _run_settings(args: argparse.Namespace):
+    from .cohort.runner import RunSettings
+
+    vr_metrics, roi_metrics = _split_metrics(args.metric)
+    if not args.dvh_step > 0:
+        raise IsodoseError(f"--dvh-step must be a positive dose in Gy, not {args.dvh_step}")
+    return RunSettings(metrics=tuple(vr_metrics), target_metrics=tuple(roi_metrics),
+                       targets=tuple(args.target) if args.target else None, criteria=_criteria(args),
+                       options=_sampling_options(args), dvh_step_gy=args.dvh_step)
+
+
+def _print_run(summary) -> None:
+    rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
+    print(f"{summary.cases} cases: {summary.processed} processed ({summary.failed} failed), {summary.skipped} already "
+          f"done; {summary.seconds:.1f} s ({rate:.1f} cases/s)")
+    print(f"results: {summary.store}; table: {summary.table}")
+
+
+def cmd_cohort_run(args: argparse.Namespace) -> int:
+    from .cohort.runner import run_cohort
+
+    if args.prescription is not None and not args.prescription > 0:
+        raise IsodoseError(f"--prescription must be a positive dose in Gy, not {args.prescription}")
+    settings = _run_settings(args)
+    summary = run_cohort(args.input, args.out, settings=settings, workers=args.workers, backend=args.backend,
+                         recurrence_roi=args.recurrence_roi, prescription_gy=args.prescription,
+                         progress=not args.no_progress)
+    _print_run(summary)
+    return 0
+
+
+def cmd_cohort_report(args: argparse.Namespace) -> int:
+    from .cohort.report import build_report, format_text, write_html
+    from .cohort.store import ResultStore
+
+    store = ResultStore.open(args.results, create=False)
+    report = build_report(store)
+    if args.format == "json":
+        document = {
+            "store": str(report.store), "cases": report.n_ok + len(report.failed), "classified": report.n_ok,
+            "failed": [{"case_id": c, "error": e} for c, e in report.failed],
+            "patterns": report.patterns,
+            "summaries": [s.__dict__ for s in report.summaries],
+        }
+        sys.stdout.write(json.dumps(document, indent=2, default=lambda v: None) + "\n")
+    else:
+        print(format_text(report))
+    html_path = Path(args.html) if args.html else Path(args.results).with_suffix(".html")
+    write_html(report, store, html_path)
+    print(f"HTML report: {html_path}", file=sys.stderr if args.format == "json" else sys.stdout)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# isodose demo
+# --------------------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from .cohort.report import build_report, format_text, write_html
+    from .cohort.runner import RunSettings, run_cohort
+    from .cohort.store import ResultStore
+    from .cohort.synthetic import generate_cohort, read_truth
+
+    if args.cases < 1:
+        raise IsodoseError(f"--cases must be at least 1, not {args.cases}")
+    out = Path(args.out)
+    workers = args.workers or os.cpu_count() or 1
+    cohort = out / "cohort"
+    results = out / "results.h5"
+    if (cohort / "manifest.csv").exists():
+        shutil.rmtree(cohort)  # a cohort this command wrote before: start afresh
+    for stale in (results, results.with_name("results.h5.journal"), results.with_suffix(".csv")):
+        stale.unlink(missing_ok=True)
     started = time.perf_counter()
-    dose = read_dose(out / "RD.phantom.dcm")
-    rs = read_structures(out / "RS.phantom.dcm")
-    plan = read_plan(out / "RP.phantom.dcm")
-    read_done = time.perf_counter()
-    dvhs = compute_dvhs(dose, rs, backend=backend)
-    computed = time.perf_counter()
-    metrics = parse_metrics(["D98", "D95", "D50", "D2", "V95%", "D0.03cc"])
-    report = dvh_report(dvhs, metrics, plan.prescription_gy, backend)
-    _print_dvh_report(report, metrics, "table", sys.stdout)
-    curves = write_dvh_curves(dvhs, out / "dvh.csv", 0.1)
-    with (out / "dvh.json").open("w") as handle:
-        json.dump(report, handle, indent=2)
-    print(f"\nread DICOM in {read_done - started:.2f} s, computed {len(dvhs)} DVHs in {computed - read_done:.2f} s "
-          f"(first run includes compiling the kernels)")
-    print(f"DVH curves: {curves}; metrics: {out / 'dvh.json'}")
+    print(f"Generating {args.cases} head-and-neck recurrence cases as DICOM in {cohort}/ ...")
+    manifest = generate_cohort(cohort, args.cases, seed=args.seed, workers=workers)
+    generated = time.perf_counter()
+    print(f"  {generated - started:.1f} s. Classifying them with {workers} worker(s):")
+    settings = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
+    summary = run_cohort(manifest, results, settings=settings, workers=workers, backend=args.backend)
+    _print_run(summary)
+    store = ResultStore.open(results, create=False)
+    report = build_report(store)
+    print()
+    print(format_text(report))
+    html_path = write_html(report, store, out / "report.html")
+    truth = read_truth(cohort / "truth.csv")
+    agree = {"class_volume": 0, "class_centroid": 0}
+    for entry in report.cases:
+        expected = truth[entry["case_id"]]
+        for key in agree:
+            agree[key] += entry["record"][key] == expected[f"true_{key}"]
+    print()
+    print(f"Against the truth of the generator: volume method {agree['class_volume']}/{len(truth)}, "
+          f"point of origin {agree['class_centroid']}/{len(truth)} cases classified as constructed.")
+    print(f"HTML report: {html_path}; total {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -289,6 +430,15 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
                         help="in-plane cells per dose voxel side (default: adapted to each structure's size)")
     parser.add_argument("--end-cap", default="half", choices=("half", "none"),
                         help="extent beyond the first and last contour planes (default: half a plane spacing)")
+
+
+def _add_criteria(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--isodose", type=float, default=95.0, metavar="PCT",
+                        help="reference isodose, %% of the prescription (default 95)")
+    parser.add_argument("--in-field", type=float, default=95.0, metavar="PCT",
+                        help="share of Vr inside the isodose for in-field (default 95)")
+    parser.add_argument("--marginal", type=float, default=20.0, metavar="PCT",
+                        help="share of Vr inside the isodose for marginal; below it out-field (default 20)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,10 +474,62 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(nelms)
     nelms.set_defaults(func=cmd_validate)
 
-    demo = commands.add_parser("demo", help="generate a phantom case and compute its DVHs")
-    demo.add_argument("--out", default="out/demo", help="folder for the generated DICOM and results")
+    classify = commands.add_parser("classify", help="classify one recurrence by the volume and point-of-origin methods")
+    classify.add_argument("--dose", required=True, help="planning RTDOSE")
+    classify.add_argument("--structures", required=True, help="planning RTSTRUCT")
+    classify.add_argument("--recurrence", required=True, metavar="ROI", help="the recurrence ROI (Vr)")
+    classify.add_argument("--recurrence-structures", metavar="RS2.dcm",
+                          help="RTSTRUCT drawn on follow-up imaging holding the recurrence ROI")
+    classify.add_argument("--registration", metavar="REG.dcm",
+                          help="spatial registration mapping the follow-up frame onto the planning frame")
+    rx = classify.add_mutually_exclusive_group()
+    rx.add_argument("--prescription", type=float, metavar="GY")
+    rx.add_argument("--plan", metavar="RP.dcm", help="RTPLAN to read the prescription from")
+    classify.add_argument("--target", action="append", metavar="ROI",
+                          help="target tested for holding the centroid (repeat; default: every GTV, CTV and PTV)")
+    classify.add_argument("--metric", action="append", metavar="M",
+                          help="extra metric of Vr (D2cc...) or of a planning ROI as ROI:METRIC (CTV60:D98)")
+    _add_criteria(classify)
+    classify.add_argument("--format", default="table", choices=("table", "json"))
+    _add_sampling(classify)
+    classify.set_defaults(func=cmd_classify)
+
+    cohort = commands.add_parser("cohort", help="run and report whole cohorts")
+    cohort_commands = cohort.add_subparsers(dest="cohort_command", metavar="ACTION")
+    cohort_commands.required = True
+    run = cohort_commands.add_parser("run", help="classify every case of a manifest or folder (resumable)")
+    run.add_argument("input", help="manifest CSV, or a folder of DICOM exports")
+    run.add_argument("--out", required=True, metavar="RESULTS.h5", help="results store (RESULTS.csv is written beside)")
+    run.add_argument("--workers", type=int, default=None, metavar="N", help="processes (default: one per CPU core)")
+    run.add_argument("--metric", action="append", metavar="M",
+                     help="extra metric of Vr, or of a planning ROI as ROI:METRIC (repeat)")
+    run.add_argument("--target", action="append", metavar="ROI", help="targets for the point-of-origin method")
+    run.add_argument("--recurrence-roi", default="Recurrence", metavar="NAME",
+                     help="recurrence ROI name when the input is a folder (default: Recurrence)")
+    run.add_argument("--prescription", type=float, metavar="GY",
+                     help="prescription for cases of a folder without an RTPLAN")
+    run.add_argument("--dvh-step", type=float, default=0.1, metavar="GY", help="dose step of stored DVHs (0.1 Gy)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_criteria(run)
+    _add_sampling(run)
+    run.set_defaults(func=cmd_cohort_run)
+    report = cohort_commands.add_parser("report", help="failure-pattern table, metric summaries and HTML report")
+    report.add_argument("results", metavar="RESULTS.h5")
+    report.add_argument("--html", metavar="FILE", help="HTML report (default: RESULTS.html)")
+    report.add_argument("--format", default="table", choices=("table", "json"))
+    report.set_defaults(func=cmd_cohort_report)
+
+    demo = commands.add_parser("demo", help="generate a synthetic recurrence cohort, run it and report it")
+    demo.add_argument("--cases", type=int, default=200, help="number of cases (default 200)")
+    demo.add_argument("--out", default="out/demo", help="folder for the cohort, results and report")
+    demo.add_argument("--workers", type=int, default=None, metavar="N")
+    demo.add_argument("--seed", type=int, default=2024)
     demo.add_argument("--backend", default=None, choices=("auto", "numpy", "numba", "cupy"))
     demo.set_defaults(func=cmd_demo)
+
+    phantom = commands.add_parser("phantom", help="write a head-and-neck-sized phantom case as DICOM")
+    phantom.add_argument("--out", default="out/phantom")
+    phantom.set_defaults(func=cmd_phantom)
 
     backends = commands.add_parser("backends", help="list the compute backends usable on this machine")
     backends.set_defaults(func=cmd_backends)

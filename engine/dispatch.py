@@ -45,7 +45,8 @@ def _load_numba() -> Backend:
         from isodose.kernels import numba_cpu
     except ImportError as exc:  # pragma: no cover - numba is a dependency
         raise BackendError(f"the numba backend is not available: {exc}") from exc
-    return Backend("numba", f"cpu, {numba.get_num_threads()} threads", numba_cpu)
+    threads = numba.get_num_threads()
+    return Backend("numba", f"cpu, {threads} thread{'s' if threads > 1 else ''}", numba_cpu)
 
 
 def _load_cupy() -> Backend:

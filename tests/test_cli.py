@@ -116,15 +116,17 @@ def test_backends_and_version(capsys):
     assert exit_info.value.code == 0
 
 
-def test_demo_runs(tmp_path, capsys):
-    code, out, err = run(capsys, "demo", "--out", tmp_path / "demo")
+def test_phantom_writes_a_case_the_dvh_command_reads(tmp_path, capsys):
+    code, out, err = run(capsys, "phantom", "--out", tmp_path / "ph")
     assert code == 0, err
-    assert "PTV70" in out and "BODY" in out
-    report = json.loads((tmp_path / "demo" / "dvh.json").read_text())
-    assert len(report["structures"]) == 20
+    code, out, err = run(capsys, "dvh", "--dose", tmp_path / "ph" / "RD.phantom.dcm", "--structures",
+                         tmp_path / "ph" / "RS.phantom.dcm", "--plan", tmp_path / "ph" / "RP.phantom.dcm",
+                         "--metric", "V95%", "--format", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert len(report["structures"]) == 20 and report["prescription_gy"] == 70.0
     volumes = {s["name"]: s["volume_cc"] for s in report["structures"]}
     assert 2900 < volumes["BODY"] < 3100 and min(volumes.values()) > 0.9
-    assert (tmp_path / "demo" / "RD.phantom.dcm").is_file()
 
 
 def test_console_script_is_installed():

@@ -1,0 +1,246 @@
+"""The cases of a cohort: from a manifest, or sorted out of a folder of DICOM exports.
+
+Manifest: a CSV with a header and one row per case, columns
+``case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration``; paths are
+relative to the manifest's folder; ``plan``, ``prescription_gy``, ``recurrence_structures`` and
+``registration`` may be empty, and one of ``plan`` and ``prescription_gy`` must be given (when both are, the
+manifest's prescription wins).
+
+Folder: every DICOM file under it is read (headers only) and sorted by patient and frame of reference. Each
+frame of reference holding an RTDOSE is a planning frame, hence a case, with the RTSTRUCT and RTPLAN of the
+same frame. The recurrence ROI is taken from the planning RTSTRUCT, or else from an RTSTRUCT of another frame
+of the same patient together with a spatial registration (REG) relating the two frames. A case that cannot
+be assembled unambiguously is kept, with the reason, so that the run records it as failed.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import IsodoseError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("case_id", "dose", "structures", "plan", "prescription_gy", "recurrence_roi",
+                    "recurrence_structures", "registration")
+
+
+class ManifestError(IsodoseError):
+    """A manifest or input folder that cannot describe a cohort."""
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    dose: Path | None
+    structures: Path | None
+    recurrence_roi: str
+    plan: Path | None = None
+    prescription_gy: float | None = None
+    recurrence_structures: Path | None = None
+    registration: Path | None = None
+    #: Why the case could not be assembled (folder input); the run records it as a failed case.
+    problem: str = ""
+    files: tuple[Path, ...] = field(default=(), compare=False)
+
+
+def read_manifest(path: str | Path) -> list[Case]:
+    path = Path(path)
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise ManifestError(f"cannot be read ({exc.strerror})", path=path) from exc
+    with handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in MANIFEST_COLUMNS if c not in header]
+        if missing:
+            raise ManifestError(f"missing column(s) {', '.join(missing)}; expected {','.join(MANIFEST_COLUMNS)}",
+                                path=path)
+        base = path.parent
+        cases: list[Case] = []
+        seen: dict[str, int] = {}
+        for line, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            if not any(row.values()):
+                continue
+            obj = f"line {line}"
+            case_id = row["case_id"]
+            if not case_id:
+                raise ManifestError("case_id is empty", path=path, obj=obj)
+            if case_id in seen:
+                raise ManifestError(f"case_id {case_id!r} repeats line {seen[case_id]}", path=path, obj=obj)
+            seen[case_id] = line
+            for column in ("dose", "structures", "recurrence_roi"):
+                if not row[column]:
+                    raise ManifestError(f"{column} is empty", path=path, obj=f"{obj} ({case_id})")
+            prescription = None
+            if row["prescription_gy"]:
+                try:
+                    prescription = float(row["prescription_gy"])
+                except ValueError:
+                    prescription = math.nan
+                if not (math.isfinite(prescription) and prescription > 0):
+                    raise ManifestError(f"prescription_gy {row['prescription_gy']!r} is not a positive dose",
+                                        path=path, obj=f"{obj} ({case_id})")
+            if prescription is None and not row["plan"]:
+                raise ManifestError("give a plan or a prescription_gy", path=path, obj=f"{obj} ({case_id})")
+            if row["registration"] and not row["recurrence_structures"]:
+                raise ManifestError("a registration needs recurrence_structures", path=path,
+                                    obj=f"{obj} ({case_id})")
+
+            def resolve(value: str) -> Path | None:
+                return (base / value) if value else None
+
+            cases.append(Case(
+                case_id=case_id, dose=resolve(row["dose"]), structures=resolve(row["structures"]),
+                recurrence_roi=row["recurrence_roi"], plan=resolve(row["plan"]), prescription_gy=prescription,
+                recurrence_structures=resolve(row["recurrence_structures"]),
+                registration=resolve(row["registration"]),
+            ))
+    if not cases:
+        raise ManifestError("holds no cases", path=path)
+    return cases
+
+
+# --------------------------------------------------------------------------------------------------------
+# Folder discovery
+# --------------------------------------------------------------------------------------------------------
+_HEADER_TAGS = ["Modality", "PatientID", "StudyInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID",
+                "DoseSummationType", "ReferencedRTPlanSequence", "StructureSetROISequence",
+                "ReferencedFrameOfReferenceSequence", "RegistrationSequence", "DoseReferenceSequence"]
+
+
+@dataclass
+class _Header:
+    path: Path
+    modality: str
+    patient: str
+    frame: str
+    sop: str
+    summation: str = ""
+    referenced_plan: str = ""
+    rois: tuple[str, ...] = ()
+    registered_frames: tuple[str, ...] = ()
+
+
+def _read_header(path: Path) -> _Header | None:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    modality = str(ds.get("Modality", "") or "")
+    if modality not in ("RTDOSE", "RTSTRUCT", "RTPLAN", "REG"):
+        return None
+    frame = str(ds.get("FrameOfReferenceUID", "") or "")
+    if modality == "RTSTRUCT" and not frame:
+        referenced = ds.get("ReferencedFrameOfReferenceSequence") or []
+        frame = str(referenced[0].get("FrameOfReferenceUID", "")) if referenced else ""
+    header = _Header(path, modality, str(ds.get("PatientID", "") or ""), frame, str(ds.get("SOPInstanceUID", "")))
+    if modality == "RTDOSE":
+        header.summation = str(ds.get("DoseSummationType", "") or "")
+        plans = ds.get("ReferencedRTPlanSequence") or []
+        header.referenced_plan = str(plans[0].get("ReferencedSOPInstanceUID", "")) if plans else ""
+    elif modality == "RTSTRUCT":
+        header.rois = tuple(str(r.get("ROIName", "")).strip() for r in ds.get("StructureSetROISequence") or [])
+    elif modality == "REG":
+        header.registered_frames = tuple(str(r.get("FrameOfReferenceUID", "")) for r in
+                                         ds.get("RegistrationSequence") or [])
+    return header
+
+
+def _has_roi(header: _Header, roi: str) -> bool:
+    return any(name == roi or name.casefold() == roi.casefold() for name in header.rois)
+
+
+def discover_cases(folder: str | Path, recurrence_roi: str, prescription_gy: float | None = None) -> list[Case]:
+    """Sort the DICOM files under ``folder`` into cases (see the module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError("is not a folder", path=folder)
+    headers = [h for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")
+               for h in [_read_header(p)] if h is not None]
+    if not any(h.modality == "RTDOSE" for h in headers):
+        raise ManifestError("holds no RTDOSE file, so no case", path=folder)
+    by_patient: dict[str, list[_Header]] = defaultdict(list)
+    for h in headers:
+        by_patient[h.patient].append(h)
+    cases = []
+    for patient, items in sorted(by_patient.items()):
+        planning_frames = sorted({h.frame for h in items if h.modality == "RTDOSE"})
+        for n, frame in enumerate(planning_frames):
+            case_id = patient or "unnamed"
+            if len(planning_frames) > 1:
+                case_id = f"{case_id}_{n + 1}"
+            cases.append(_assemble(case_id, frame, items, recurrence_roi, prescription_gy))
+    return cases
+
+
+def _pick(candidates: list[_Header], what: str, frame: str) -> tuple[_Header | None, str]:
+    if len(candidates) == 1:
+        return candidates[0], ""
+    if not candidates:
+        return None, f"no {what} in frame of reference {frame}"
+    names = ", ".join(h.path.name for h in candidates)
+    return None, f"{len(candidates)} {what} files in frame of reference {frame} ({names}); use a manifest"
+
+
+def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescription_gy: float | None) -> Case:
+    in_frame = [h for h in items if h.frame == frame]
+    doses = [h for h in in_frame if h.modality == "RTDOSE"]
+    if len(doses) > 1:
+        doses = [h for h in doses if h.summation.upper() == "PLAN"] or doses
+    dose, problem = _pick(doses, "RTDOSE", frame)
+    plans = [h for h in in_frame if h.modality == "RTPLAN"]
+    if dose is not None and dose.referenced_plan and len(plans) > 1:
+        plans = [h for h in plans if h.sop == dose.referenced_plan] or plans
+    plan = plans[0] if len(plans) == 1 else None
+    if plan is None and prescription_gy is None and not problem:
+        problem = (f"{len(plans)} RTPLAN files in frame of reference {frame}; give --prescription"
+                   if plans else f"no RTPLAN in frame of reference {frame}; give --prescription")
+    structure_sets = [h for h in in_frame if h.modality == "RTSTRUCT"]
+    holding = [h for h in structure_sets if _has_roi(h, roi)]
+    structures, structure_problem = _pick(holding or structure_sets, "RTSTRUCT", frame)
+    problem = problem or structure_problem
+    recurrence_structures = registration = None
+    if not holding and not problem:
+        follow_up = [h for h in items if h.modality == "RTSTRUCT" and h.frame != frame and _has_roi(h, roi)]
+        if not follow_up:
+            problem = f"no ROI named {roi!r} in any structure set of patient {items[0].patient!r}"
+        elif len(follow_up) > 1:
+            problem = f"{len(follow_up)} structure sets hold ROI {roi!r}; use a manifest"
+        else:
+            recurrence_structures = follow_up[0]
+            registrations = [h for h in items if h.modality == "REG"
+                             and {frame, recurrence_structures.frame} <= set(h.registered_frames) | {h.frame}]
+            registration, problem = _pick(registrations, "REG relating it to " + recurrence_structures.frame, frame)
+    return Case(
+        case_id=case_id,
+        dose=dose.path if dose else None,
+        structures=structures.path if structures else None,
+        recurrence_roi=roi,
+        plan=plan.path if plan else None,
+        prescription_gy=prescription_gy,
+        recurrence_structures=recurrence_structures.path if recurrence_structures else None,
+        registration=registration.path if registration else None,
+        problem=problem,
+    )
+
+
+def load_cases(source: str | Path, recurrence_roi: str = "Recurrence",
+               prescription_gy: float | None = None) -> list[Case]:
+    """The cases of a manifest (a file) or of a folder of DICOM exports."""
+    source = Path(source)
+    if source.is_dir():
+        return discover_cases(source, recurrence_roi, prescription_gy)
+    if not source.exists():
+        raise ManifestError("no such manifest or folder", path=source)
+    return read_manifest(source)

@@ -1,0 +1,274 @@
+"""Reports of a cohort run: the failure-pattern table, metric summaries and a self-contained HTML report.
+
+The HTML report embeds its figures (matplotlib, PNG in base64) and needs no other file: cohort DVH bands per
+structure, the distribution of the share of Vr inside the reference isodose with the class thresholds, and a
+per-case table like the published ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..recurrence import CLASSES, RECURRENCE_METRICS
+from .store import ResultStore
+
+METHODS = (("class_volume", "volume method"), ("class_centroid", "point of origin"))
+#: Record keys summarised for the recurrence, besides its metrics.
+RECURRENCE_KEYS = ("recurrence_volume_cc", "inside_isodose_pct", "centroid_dose_gy")
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    structure: str
+    metric: str
+    n: int
+    mean: float
+    sd: float
+    minimum: float
+    maximum: float
+
+
+@dataclass(frozen=True)
+class CohortReport:
+    store: Path
+    settings: dict
+    cases: list[dict]
+    failed: list[tuple[str, str]]
+    patterns: dict[str, dict[str, int]]
+    summaries: list[MetricSummary]
+    recurrence_roi: str
+    table_columns: list[str]
+
+    @property
+    def n_ok(self) -> int:
+        return len(self.cases)
+
+
+def _numeric(value) -> float:
+    if isinstance(value, bool) or value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _summary(structure: str, metric: str, values: list[float]) -> MetricSummary | None:
+    data = np.array([v for v in values if math.isfinite(v)])
+    if not len(data):
+        return None
+    sd = float(np.std(data, ddof=1)) if len(data) > 1 else math.nan
+    return MetricSummary(structure, metric, len(data), float(data.mean()), sd, float(data.min()), float(data.max()))
+
+
+def build_report(store: ResultStore) -> CohortReport:
+    entries = store.cases()
+    ok = [e for e in entries if e["status"] == "ok"]
+    failed = [(e["case_id"], e.get("error", "")) for e in entries if e["status"] != "ok"]
+    patterns = {key: {c: sum(e["record"].get(key) == c for e in ok) for c in CLASSES} for key, _ in METHODS}
+    settings = store.settings
+    roi_metrics = list(settings.get("target_metrics", []))
+    vr_metrics = list(RECURRENCE_METRICS) + [m for m in settings.get("metrics", []) if m not in RECURRENCE_METRICS]
+    recurrence_roi = ok[0]["record"].get("recurrence_roi", "Recurrence") if ok else "Recurrence"
+    summaries = []
+    for key in (*RECURRENCE_KEYS, *vr_metrics):
+        s = _summary(f"{recurrence_roi} (Vr)", key, [_numeric(e["record"].get(key)) for e in ok])
+        if s:
+            summaries.append(s)
+    for key in roi_metrics:
+        roi, _, metric = key.rpartition(":")
+        s = _summary(roi, metric, [_numeric(e["record"].get(key)) for e in ok])
+        if s:
+            summaries.append(s)
+    columns = ["case_id", *roi_metrics, "recurrence_volume_cc", "V95%", "D100", "inside_isodose_pct", "class_volume",
+               "class_centroid"]
+    return CohortReport(store.path, settings, ok, failed, patterns, summaries, recurrence_roi, columns)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------------------
+def _fmt(value: float, digits: int = 2) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join([header[0].ljust(widths[0])] + [h.rjust(w) for h, w in zip(header[1:], widths[1:])]),
+             "  ".join("-" * w for w in widths)]
+    for row in rows:
+        lines.append("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
+    return "\n".join(lines)
+
+
+def pattern_rows(report: CohortReport) -> list[list[str]]:
+    n = report.n_ok
+    rows = []
+    for c in CLASSES:
+        row = [c]
+        for key, _ in METHODS:
+            count = report.patterns[key][c]
+            row.append(f"{count} ({100 * count / n:.1f}%)" if n else "0")
+        rows.append(row)
+    return rows
+
+
+def format_text(report: CohortReport) -> str:
+    parts = [f"{report.store}: {report.n_ok + len(report.failed)} cases, {report.n_ok} classified, "
+             f"{len(report.failed)} failed", ""]
+    parts.append("Failure patterns")
+    parts.append(_text_table(["class", *(label for _, label in METHODS)], pattern_rows(report)))
+    parts += ["", "Metric summaries (mean, SD, range over the classified cases)"]
+    parts.append(_text_table(
+        ["structure", "metric", "n", "mean", "SD", "min", "max"],
+        [[s.structure, s.metric, str(s.n), _fmt(s.mean), _fmt(s.sd), _fmt(s.minimum), _fmt(s.maximum)]
+         for s in report.summaries],
+    ))
+    if report.failed:
+        parts += ["", "Failed cases"]
+        parts += [f"  {case_id}: {error}" for case_id, error in report.failed]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------------------
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _dvh_band_figure(curves: list[dict], roi: str):
+    import matplotlib.pyplot as plt
+
+    step = min(c["step_gy"] for c in curves)
+    top = max(c["step_gy"] * (len(c["cumulative_cc"]) - 1) for c in curves)
+    doses = np.arange(0.0, top + step, step)
+    relative = []
+    for c in curves:
+        values = np.asarray(c["cumulative_cc"], dtype=np.float64)
+        if not len(values) or values[0] <= 0:
+            continue
+        own = c["step_gy"] * np.arange(len(values))
+        relative.append(100.0 * np.interp(doses, own, values, right=0.0) / values[0])
+    curves_pct = np.array(relative)
+    figure, axis = plt.subplots(figsize=(6.2, 3.4))
+    p5, p25, p50, p75, p95 = np.percentile(curves_pct, [5, 25, 50, 75, 95], axis=0)
+    axis.fill_between(doses, p5, p95, color="#9ecae1", alpha=0.6, label="5th-95th percentile")
+    axis.fill_between(doses, p25, p75, color="#4292c6", alpha=0.7, label="25th-75th percentile")
+    axis.plot(doses, p50, color="#08306b", lw=1.5, label="median")
+    axis.set(xlabel="dose (Gy)", ylabel="volume (%)", title=f"{roi}: {len(curves_pct)} cases", ylim=(0, 102))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="lower left")
+    return figure
+
+
+def _inside_figure(values: list[float], criteria: dict):
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.2, 3.2))
+    axis.hist([v for v in values if math.isfinite(v)], bins=np.linspace(0, 100, 41), color="#6a51a3",
+              edgecolor="white")
+    top = axis.get_ylim()[1] * 0.95
+    for threshold, text, align in ((criteria["marginal_pct"], " marginal from {:g}%", "left"),
+                                   (criteria["in_field_pct"], "in-field from {:g}% ", "right")):
+        axis.axvline(threshold, color="#cb181d", ls="--", lw=1.2)
+        axis.text(threshold, top, text.format(threshold), color="#cb181d", fontsize=8, va="top", ha=align)
+    axis.set(xlabel=f"share of Vr inside the {criteria['isodose_pct']:g}% isodose (%)", ylabel="cases",
+             title="Where recurrences lay in the planned dose")
+    axis.grid(alpha=0.3, axis="y")
+    return figure
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return _fmt(value)
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def write_html(report: CohortReport, store: ResultStore, path: str | Path) -> Path:
+    """Write the self-contained HTML report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    criteria = report.settings.get("criteria", {"isodose_pct": 95.0, "in_field_pct": 95.0, "marginal_pct": 20.0})
+    sections = []
+    figure = _inside_figure([_numeric(e["record"].get("inside_isodose_pct")) for e in report.cases], criteria)
+    sections.append(f'<img alt="distribution of Vr inside the isodose" src="data:image/png;base64,{_png(figure)}">')
+    plt.close(figure)
+    by_roi: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    ok_ids = {e["case_id"] for e in report.cases}
+    for curve in store.dvh_curves():
+        if curve["case_id"] in ok_ids:
+            by_roi[(curve["role"], curve["roi"])].append(curve)
+    dvh_images = []
+    for (role, roi), curves in sorted(by_roi.items(), key=lambda item: (item[0][0] != "recurrence", item[0][1])):
+        figure = _dvh_band_figure(curves, f"{roi} (Vr)" if role == "recurrence" else roi)
+        dvh_images.append(f'<img alt="DVH band of {html.escape(roi)}" src="data:image/png;base64,{_png(figure)}">')
+        plt.close(figure)
+    pattern_table = _html_table(["class", *(label for _, label in METHODS)], pattern_rows(report))
+    summary_table = _html_table(
+        ["structure", "metric", "n", "mean", "SD", "min", "max"],
+        [[s.structure, s.metric, str(s.n), _fmt(s.mean), _fmt(s.sd), _fmt(s.minimum), _fmt(s.maximum)]
+         for s in report.summaries])
+    case_rows = [[_cell(e["record"].get(c, e["case_id"] if c == "case_id" else None)) for c in report.table_columns]
+                 for e in report.cases]
+    headers = [{"recurrence_volume_cc": "Vr volume (cc)", "V95%": "V95% of Vr (%)", "D100": "D100 of Vr (Gy)",
+                "inside_isodose_pct": "Vr inside isodose (%)", "class_volume": "class (volume)",
+                "class_centroid": "class (point of origin)", "case_id": "case"}.get(c, c) for c in report.table_columns]
+    failed = _html_table(["case", "error"], [[c, e] for c, e in report.failed]) if report.failed else "<p>None.</p>"
+    settings = html.escape(", ".join(f"{k}: {v}" for k, v in report.settings.items() if k != "sampling"))
+    document = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>isodose cohort report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.85em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+th {{ background: #f0f0f0; }}
+img {{ max-width: 100%; margin: 0.3em; }}
+.small {{ color: #666; font-size: 0.85em; }}
+</style></head><body>
+<h1>Recurrence failure patterns</h1>
+<p class="small">{html.escape(str(report.store))}: {report.n_ok + len(report.failed)} cases, {report.n_ok} classified,
+{len(report.failed)} failed. isodose {__version__}, {time.strftime("%Y-%m-%d %H:%M")}. Settings: {settings}.</p>
+<h2>Failure patterns</h2>
+{pattern_table}
+{sections[0]}
+<h2>Cohort DVHs</h2>
+<p class="small">Cumulative DVHs (% of each structure's volume inside the dose grid): median, 25th-75th and
+5th-95th percentiles over the classified cases.</p>
+{''.join(dvh_images)}
+<h2>Metric summaries</h2>
+{summary_table}
+<h2>Cases</h2>
+{_html_table(headers, case_rows)}
+<h2>Failed cases</h2>
+{failed}
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document, encoding="utf-8")
+    return path

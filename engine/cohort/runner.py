@@ -1,0 +1,266 @@
+"""Running a cohort: one task per case, in a pool of local processes, results written by one writer.
+
+A case is the unit of work, of failure and of resumption. A case that fails (a bad file, a missing ROI, a
+missing prescription) is recorded with its error and the run goes on; running the same command again skips
+the cases already finished and retries the failed ones. Tasks are submitted as work is consumed (at most two
+per worker in flight), so a very large cohort never builds a large queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IsodoseError
+from ..recurrence import Criteria
+from ..voxelize import SamplingOptions
+from .cases import Case, load_cases
+from .store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a cohort's results depend on; a store is only resumed with the same settings."""
+
+    metrics: tuple[str, ...] = ()
+    target_metrics: tuple[str, ...] = ()
+    targets: tuple[str, ...] | None = None
+    criteria: Criteria = field(default_factory=Criteria)
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    dvh_step_gy: float = 0.1
+
+    def as_dict(self) -> dict:
+        return {
+            "metrics": list(self.metrics),
+            "target_metrics": list(self.target_metrics),
+            "targets": None if self.targets is None else list(self.targets),
+            "criteria": asdict(self.criteria),
+            "sampling": asdict(self.options),
+            "dvh_step_gy": self.dvh_step_gy,
+        }
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    cases: int
+    skipped: int
+    processed: int
+    failed: int
+    seconds: float
+    store: Path
+    table: Path
+
+
+class _CaseLog(logging.Handler):
+    """Collects the warnings logged while one case is processed, to keep them with its result."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _curve(dvh, step_gy: float) -> list[float]:
+    doses = step_gy * np.arange(int(math.floor(dvh.dmax_gy / step_gy)) + 2)
+    return [round(float(v), 5) for v in dvh.cumulative(doses)]
+
+
+def process_case(case: Case, settings: RunSettings, backend: str | None = None) -> dict:
+    """Classify one case; never raises for a bad case (the error goes into the returned entry)."""
+    from ..dicom.read import read_dose, read_plan, read_registration, read_structures
+    from ..recurrence import classify_recurrence
+
+    started = time.perf_counter()
+    entry: dict = {"case_id": case.case_id, "status": "error", "error": "", "record": {}, "timings": {}, "dvhs": {},
+                   "warnings": []}
+    collector = _CaseLog()
+    logger = logging.getLogger("isodose")
+    logger.addHandler(collector)
+    try:
+        if case.problem:
+            raise IsodoseError(case.problem)
+        dose = read_dose(case.dose)
+        structures = read_structures(case.structures)
+        prescription = case.prescription_gy
+        if prescription is None:
+            prescription = read_plan(case.plan).prescription_gy
+            if prescription is None:
+                raise IsodoseError("the plan holds no prescription; give prescription_gy", path=case.plan)
+        follow_up = read_structures(case.recurrence_structures) if case.recurrence_structures else None
+        registration = read_registration(case.registration) if case.registration else None
+        read_done = time.perf_counter()
+        result = classify_recurrence(
+            dose, structures, case.recurrence_roi, prescription, recurrence_structures=follow_up,
+            registration=registration, targets=settings.targets, metrics=settings.metrics,
+            target_metrics=settings.target_metrics, criteria=settings.criteria, options=settings.options,
+            backend=backend,
+        )
+        computed = time.perf_counter()
+        entry.update(status="ok", record=result.record())
+        dvhs = {result.recurrence_dvh.name: ("recurrence", result.recurrence_dvh)}
+        dvhs.update({name: ("roi", d) for name, d in result.roi_dvhs.items() if name not in dvhs})
+        entry["dvhs"] = {name: {"role": role, "step_gy": settings.dvh_step_gy,
+                                "cumulative_cc": _curve(d, settings.dvh_step_gy)}
+                         for name, (role, d) in dvhs.items() if d.has_dose}
+        entry["timings"] = {"read_s": read_done - started, "compute_s": computed - read_done}
+    except IsodoseError as exc:
+        entry["error"] = str(exc)
+    except MemoryError:
+        entry["error"] = "out of memory"
+    except Exception as exc:  # a case must never stop the cohort
+        entry["error"] = f"internal error: {type(exc).__name__}: {exc}"
+        log.debug("case %s failed", case.case_id, exc_info=True)
+    finally:
+        logger.removeHandler(collector)
+    entry["timings"]["total_s"] = time.perf_counter() - started
+    entry["warnings"] = collector.messages
+    return entry
+
+
+def _init_worker(threads: int, log_level: int) -> None:
+    logging.getLogger("isodose").setLevel(log_level)
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
+
+
+class Progress:
+    """A one-line progress report on stderr: rewritten in place on a terminal, every 10% otherwise."""
+
+    def __init__(self, total: int, done: int, enabled: bool = True, stream=None):
+        self.total, self.done, self.failed = total, done, 0
+        self.started = time.perf_counter()
+        self.start_done = done
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = 0.0
+        self._last_decile = -1
+
+    def update(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += 0 if ok else 1
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        decile = int(10 * self.done / self.total)
+        if (self.tty and now - self._last > 0.2) or (not self.tty and decile != self._last_decile) \
+                or self.done == self.total:
+            self._last, self._last_decile = now, decile
+            self._write()
+
+    def _write(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        remaining = (self.total - self.done) / rate if rate > 0 else math.nan
+        width = 24
+        filled = int(width * self.done / self.total)
+        eta = f"{int(remaining // 60)}:{int(remaining % 60):02d}" if math.isfinite(remaining) else "-"
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} cases, {self.failed} failed, "
+                f"{rate:.1f} cases/s, ETA {eta}")
+        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _run_in_pool(todo: list[Case], settings: RunSettings, backend: str | None, workers: int,
+                 on_result: Callable[[dict], None]) -> None:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    level = logging.getLogger("isodose").getEffectiveLevel()
+    context = multiprocessing.get_context("spawn")  # no fork after threads (OpenMP) have started
+    queue = list(reversed(todo))
+    while queue:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(threads, level)) as pool:
+            in_flight: dict[Future, Case] = {}
+            try:
+                while queue or in_flight:
+                    while queue and len(in_flight) < 2 * workers:
+                        case = queue.pop()
+                        in_flight[pool.submit(process_case, case, settings, backend)] = case
+                    finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        case = in_flight.pop(future)
+                        on_result(future.result())
+            except BrokenProcessPool:
+                # A worker died (killed, out of memory): the cases in flight are recorded as failed and the
+                # rest go on in a fresh pool.
+                for future, case in in_flight.items():
+                    if future.done() and not future.exception():
+                        on_result(future.result())
+                    else:
+                        on_result({"case_id": case.case_id, "status": "error", "record": {}, "dvhs": {},
+                                   "timings": {}, "warnings": [],
+                                   "error": "the worker process died while this case was in flight"})
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+
+
+def run_cohort(
+    source: str | Path,
+    out: str | Path,
+    *,
+    settings: RunSettings | None = None,
+    workers: int | None = None,
+    backend: str | None = None,
+    recurrence_roi: str = "Recurrence",
+    prescription_gy: float | None = None,
+    progress: bool = True,
+    cases: Iterable[Case] | None = None,
+) -> RunSummary:
+    """Run (or resume) a cohort from a manifest or a folder into the store ``out`` (and its CSV beside)."""
+    settings = settings or RunSettings()
+    started = time.perf_counter()
+    all_cases = list(cases) if cases is not None else load_cases(source, recurrence_roi, prescription_gy)
+    store = ResultStore.open(out, settings.as_dict())
+    finished = store.finished()
+    todo = [c for c in all_cases if c.case_id not in finished]
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    if backend == "cupy" and workers > 1:
+        log.info("one worker per GPU: running the cupy backend with 1 worker")
+        workers = 1
+    bar = Progress(len(all_cases), len(all_cases) - len(todo), progress)
+    failed = 0
+
+    def record(entry: dict) -> None:
+        nonlocal failed
+        store.append(entry)
+        failed += entry["status"] != "ok"
+        bar.update(entry["status"] == "ok")
+
+    try:
+        if workers == 1 or len(todo) <= 1:
+            for case in todo:
+                record(process_case(case, settings, backend))
+        else:
+            _run_in_pool(todo, settings, backend, min(workers, len(todo)), record)
+    finally:
+        bar.finish()
+        if len(store):
+            store.consolidate()
+    table = store.write_table()
+    return RunSummary(len(all_cases), len(all_cases) - len(todo), len(todo), failed,
+                      time.perf_counter() - started, Path(out), table)

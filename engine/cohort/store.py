@@ -1,0 +1,354 @@
+"""The results of a cohort run: one HDF5 file that never holds half-written data, and a journal.
+
+A finished case is appended at once to ``RESULTS.h5.journal`` (one JSON line, flushed and synced), so a crash
+at any moment loses at most the cases in flight; a line cut short by a crash is ignored. From time to time,
+and at the end of a run, the journal is consolidated: a new HDF5 file holding the old one's cases and the
+journal's is written beside the old one, synced, and renamed over it (atomic), then the journal is emptied.
+Readers merge the HDF5 file and the journal, the last record of a case winning, so no case is ever lost or
+counted twice. Consolidations happen when the journal holds a quarter of the store (at least
+``MIN_CONSOLIDATE`` cases), which keeps the total copying linear in the cohort's size.
+
+HDF5 layout (format ``isodose-cohort-1``)::
+
+    /                    attrs: format, isodose_version, settings (JSON), updated
+    /cases/case_id       one row per case (string); also status ("ok" or "error"), error (string),
+    /cases/record        the flat result record (JSON), read_s, compute_s, total_s (float64)
+    /cases/columns/<key> the record's keys as typed columns: float64 (NaN where missing) or string
+    /dvh/case, roi, role cumulative DVHs: case index, ROI name, role ("recurrence" or "roi")
+    /dvh/step_gy, start, count  dose step, and the curve's slice of /dvh/cumulative_cc
+    /dvh/cumulative_cc   volume (cc) receiving at least k * step_gy, all curves end to end (float32)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import IsodoseError
+
+FORMAT = "isodose-cohort-1"
+MIN_CONSOLIDATE = 200
+
+
+class StoreError(IsodoseError):
+    """A results store that cannot be opened, resumed or written."""
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _clean(value):
+    """JSON-safe scalars: NaN and infinities become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _strings(values: Iterable[str]):
+    import h5py
+
+    return np.array(list(values), dtype=h5py.string_dtype())
+
+
+class ResultStore:
+    """A cohort's results: ``path`` (HDF5) plus ``path.journal``. Use :meth:`open`.
+
+    In memory it keeps each case's small entry (status, error, record, timings); DVH curves stay on disk, in
+    the HDF5 file or the journal, and are read back by :meth:`dvh_curves`.
+    """
+
+    def __init__(self, path: Path, settings: dict, records: dict[str, dict], journal_ids: set[str]):
+        self.path = path
+        self.journal = path.with_name(path.name + ".journal")
+        self.settings = settings
+        self._records = records
+        self._journal_ids = journal_ids
+
+    # -- opening --------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, settings: dict | None = None, *, create: bool = True) -> ResultStore:
+        """Open (or, with ``create``, start) the store at ``path``. ``settings`` must equal those the store was
+        started with, so that one store never mixes results computed differently."""
+        path = Path(path)
+        records: dict[str, dict] = {}
+        stored_settings = None
+        if path.exists():
+            stored_settings, records = cls._read_hdf5_records(path)
+        journal = path.with_name(path.name + ".journal")
+        journal_settings, journal_entries = cls._read_journal(journal)
+        stored_settings = stored_settings or journal_settings
+        for case_id, entry in journal_entries.items():
+            records[case_id] = _light(entry)
+        if stored_settings is None:
+            if not create:
+                raise StoreError("no results store here", path=path)
+            if settings is None:
+                raise StoreError("a new store needs its settings", path=path)
+            stored_settings = settings
+        elif settings is not None and _canonical(settings) != _canonical(stored_settings):
+            raise StoreError(
+                "was made with other settings (metrics, targets, thresholds or sampling); resume it with the same "
+                "options, or write to another --out",
+                path=path,
+            )
+        store = cls(path, stored_settings, records, set(journal_entries))
+        if create:
+            cls._check_writable(path)
+            if not journal.exists():
+                store._start_journal("a")
+        return store
+
+    @staticmethod
+    def _check_writable(path: Path) -> None:
+        folder = path.parent
+        if not folder.exists():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the output folder ({exc.strerror})", path=folder) from exc
+        if not os.access(folder, os.W_OK):
+            raise StoreError("the output folder is not writable", path=folder)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise StoreError("the results file is not writable", path=path)
+
+    @staticmethod
+    def _read_hdf5_records(path: Path) -> tuple[dict, dict[str, dict]]:
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") != FORMAT:
+                    raise StoreError(f"is not an isodose results store (format {f.attrs.get('format')!r})", path=path)
+                settings = json.loads(f.attrs["settings"])
+                cases = f["cases"]
+                ids = _decoded(cases["case_id"][()])
+                status = _decoded(cases["status"][()])
+                error = _decoded(cases["error"][()])
+                payload = [json.loads(v) for v in _decoded(cases["record"][()])]
+                timings = {k: cases[k][()] for k in ("read_s", "compute_s", "total_s")}
+        except StoreError:
+            raise
+        except (OSError, KeyError, ValueError) as exc:
+            raise StoreError(f"cannot be read as an isodose results store ({exc})", path=path) from exc
+        records = {
+            case_id: {"case_id": case_id, "status": status[i], "error": error[i], "record": payload[i],
+                      "timings": {k: _number(v[i]) for k, v in timings.items()}}
+            for i, case_id in enumerate(ids)
+        }
+        return settings, records
+
+    @staticmethod
+    def _read_journal(journal: Path) -> tuple[dict | None, dict[str, dict]]:
+        settings, entries = None, {}
+        if not journal.exists():
+            return None, entries
+        with journal.open("r", encoding="utf-8") as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break  # cut short by a crash: that case will be redone
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "case_id" in entry:
+                    entries[entry["case_id"]] = entry
+                elif "settings" in entry:
+                    settings = entry["settings"]
+        return settings, entries
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def cases(self) -> list[dict]:
+        """Every case's entry (``case_id``, ``status``, ``error``, ``record``, ``timings``), by case id."""
+        return sorted(self._records.values(), key=lambda e: e["case_id"])
+
+    def finished(self) -> set[str]:
+        """Cases finished without error: a resumed run skips them."""
+        return {k for k, v in self._records.items() if v["status"] == "ok"}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def dvh_curves(self) -> list[dict]:
+        """Every stored DVH: dicts of ``case_id``, ``roi``, ``role``, ``step_gy`` and ``cumulative_cc``."""
+        curves = [c for c in self._hdf5_curves() if c["case_id"] not in self._journal_ids]
+        _, journal_entries = self._read_journal(self.journal)
+        for case_id, entry in journal_entries.items():
+            for roi, curve in entry.get("dvhs", {}).items():
+                curves.append({"case_id": case_id, "roi": roi, "role": curve.get("role", "roi"),
+                               "step_gy": float(curve["step_gy"]),
+                               "cumulative_cc": np.asarray(curve["cumulative_cc"], dtype=np.float32)})
+        return curves
+
+    def _hdf5_curves(self) -> list[dict]:
+        import h5py
+
+        if not self.path.exists():
+            return []
+        with h5py.File(self.path, "r") as f:
+            ids = _decoded(f["cases/case_id"][()])
+            dvh = f["dvh"]
+            values = dvh["cumulative_cc"][()]
+            rois, roles = _decoded(dvh["roi"][()]), _decoded(dvh["role"][()])
+            step, start, count = dvh["step_gy"][()], dvh["start"][()], dvh["count"][()]
+            return [
+                {"case_id": ids[c], "roi": rois[j], "role": roles[j], "step_gy": float(step[j]),
+                 "cumulative_cc": values[start[j] : start[j] + count[j]]}
+                for j, c in enumerate(dvh["case"][()])
+            ]
+
+    # -- writing --------------------------------------------------------------------------------------------
+    def _start_journal(self, mode: str) -> None:
+        with self.journal.open(mode, encoding="utf-8") as handle:
+            handle.write(json.dumps({"settings": self.settings, "isodose_version": __version__}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def append(self, entry: dict) -> None:
+        """Record one finished case, durably, before anything else happens."""
+        line = json.dumps(_clean(entry), default=_json_default, allow_nan=False) + "\n"
+        try:
+            with self.journal.open("a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise StoreError(f"cannot append to the journal ({exc.strerror or exc})", path=self.journal) from exc
+        self._records[entry["case_id"]] = _light(json.loads(line))
+        self._journal_ids.add(entry["case_id"])
+        if len(self._journal_ids) >= max(MIN_CONSOLIDATE, len(self._records) // 4):
+            self.consolidate()
+
+    def consolidate(self) -> None:
+        """Write every case into a new HDF5 file, rename it over the old one, then empty the journal."""
+        import h5py
+
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        entries = self.cases()
+        curves = self.dvh_curves()
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = FORMAT
+                f.attrs["isodose_version"] = __version__
+                f.attrs["settings"] = json.dumps(self.settings)
+                f.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+                self._write_cases(f, entries)
+                self._write_dvhs(f, entries, curves)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write the results ({exc.strerror or exc}); the journal keeps every finished "
+                             "case", path=self.path) from exc
+        # The new file holds everything the journal held: start a fresh journal.
+        self._start_journal("w")
+        self._journal_ids = set()
+
+    @staticmethod
+    def _write_cases(f, entries: list[dict]) -> None:
+        cases = f.create_group("cases")
+        cases["case_id"] = _strings(e["case_id"] for e in entries)
+        cases["status"] = _strings(e["status"] for e in entries)
+        cases["error"] = _strings(e.get("error", "") for e in entries)
+        cases["record"] = _strings(json.dumps(e.get("record", {})) for e in entries)
+        for key in ("read_s", "compute_s", "total_s"):
+            cases[key] = np.array([_number(e.get("timings", {}).get(key)) for e in entries], dtype=np.float64)
+        columns = cases.create_group("columns")
+        for key in record_keys(entries):
+            values = [e.get("record", {}).get(key) for e in entries]
+            present = [v for v in values if v is not None]
+            name = key.replace("/", "_")
+            if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+                columns[name] = np.array([_number(v) for v in values], dtype=np.float64)
+            else:
+                columns[name] = _strings(_cell(v) for v in values)
+
+    @staticmethod
+    def _write_dvhs(f, entries: list[dict], curves: list[dict]) -> None:
+        index = {e["case_id"]: i for i, e in enumerate(entries)}
+        curves = [c for c in curves if c["case_id"] in index]
+        counts = np.array([len(c["cumulative_cc"]) for c in curves], dtype=np.int64)
+        dvh = f.create_group("dvh")
+        dvh["case"] = np.array([index[c["case_id"]] for c in curves], dtype=np.int64)
+        dvh["roi"] = _strings(c["roi"] for c in curves)
+        dvh["role"] = _strings(c["role"] for c in curves)
+        dvh["step_gy"] = np.array([c["step_gy"] for c in curves], dtype=np.float64)
+        dvh["start"] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else counts
+        dvh["count"] = counts
+        values = np.concatenate([np.asarray(c["cumulative_cc"], np.float32) for c in curves]) if curves else \
+            np.zeros(0, np.float32)
+        dvh.create_dataset("cumulative_cc", data=values, compression="gzip", compression_opts=4, shuffle=True)
+
+    def write_table(self, path: str | Path | None = None) -> Path:
+        """The flat table beside the store (``RESULTS.csv`` for ``RESULTS.h5``): one row per case, with
+        ``case_id``, ``error`` and the record's keys."""
+        path = Path(path) if path else self.path.with_suffix(".csv")
+        entries = self.cases()
+        keys = record_keys(entries)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with tmp.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(["case_id", "error", *keys])
+                for e in entries:
+                    record = e.get("record", {})
+                    writer.writerow([e["case_id"], e.get("error", ""), *(_cell(record.get(k)) for k in keys)])
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StoreError(f"cannot write the table ({exc.strerror or exc})", path=path) from exc
+        return path
+
+
+def _light(entry: dict) -> dict:
+    """An entry without its DVH curves."""
+    return {k: v for k, v in entry.items() if k != "dvhs"}
+
+
+def _decoded(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ";".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def record_keys(entries: Iterable[dict]) -> list[str]:
+    """Every key of the records, in the order first met."""
+    keys: dict[str, None] = {}
+    for e in entries:
+        for k in e.get("record", {}):
+            keys.setdefault(k, None)
+    return list(keys)
+
+
+def _canonical(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True)

@@ -1,0 +1,247 @@
+"""Cohorts end to end on a generated cohort: classes against the generator's truth, the HDF5 store and its
+table, resumption, failed cases, folder input, the reports and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from isodose.cli import main
+from isodose.cohort.cases import ManifestError, discover_cases, read_manifest
+from isodose.cohort.report import build_report, format_text, write_html
+from isodose.cohort.runner import RunSettings, run_cohort
+from isodose.cohort.store import ResultStore, StoreError
+from isodose.cohort.synthetic import generate_cohort, read_truth
+
+SETTINGS = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
+N_CASES = 30
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    manifest = generate_cohort(root / "data", N_CASES, seed=7, workers=2)
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def results(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results") / "results.h5"
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=2, progress=False)
+    return out, summary
+
+
+def test_generated_cohort_has_every_class_and_registered_cases(cohort):
+    truth = read_truth(cohort.parent / "truth.csv")
+    assert len(truth) == N_CASES
+    assert {t["true_class_volume"] for t in truth.values()} == {"in-field", "marginal", "out-field"}
+    assert any(t["registered"] == "True" for t in truth.values())
+    rows = list(csv.DictReader(cohort.open()))
+    assert any(r["registration"] for r in rows) and any(not r["plan"] for r in rows)
+
+
+def test_every_case_gets_its_true_class(cohort, results):
+    out, summary = results
+    assert (summary.cases, summary.processed, summary.failed, summary.skipped) == (N_CASES, N_CASES, 0, 0)
+    truth = read_truth(cohort.parent / "truth.csv")
+    store = ResultStore.open(out, create=False)
+    for entry in store.cases():
+        expected = truth[entry["case_id"]]
+        record = entry["record"]
+        assert record["class_volume"] == expected["true_class_volume"], entry["case_id"]
+        assert record["class_centroid"] == expected["true_class_centroid"], entry["case_id"]
+        assert record["recurrence_registered"] == (expected["registered"] == "True")
+        assert abs(record["inside_isodose_pct"] - float(expected["true_inside_pct"])) < 8.0
+        assert record["centroid_dose_gy"] == pytest.approx(float(expected["true_centroid_dose_gy"]), abs=1.5)
+
+
+def test_store_layout_and_flat_table(results):
+    out, _ = results
+    with h5py.File(out, "r") as f:
+        assert f.attrs["format"] == "isodose-cohort-1"
+        assert json.loads(f.attrs["settings"])["target_metrics"] == list(SETTINGS.target_metrics)
+        assert len(f["cases/case_id"]) == N_CASES
+        assert set(f["cases"]) >= {"case_id", "status", "error", "record", "read_s", "compute_s", "total_s", "columns"}
+        assert f["cases/columns/inside_isodose_pct"].dtype == np.float64
+        roles = {v.decode() for v in f["dvh/role"][()]}
+        assert roles == {"recurrence", "roi"}
+        assert len(f["dvh/case"]) == N_CASES * 4  # Vr, GTV, CTV60, CTV54
+        assert np.all(f["cases/compute_s"][()] > 0)
+    table = out.with_suffix(".csv")
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == N_CASES
+    assert list(rows[0])[:2] == ["case_id", "error"]
+    for key in ("recurrence_volume_cc", "inside_isodose_pct", "class_volume", "class_centroid", "centroid_dose_gy",
+                "V95%", "D95", "D98", "D100", "Dmean", "Dmax", "GTV:volume", "CTV60:D98", "CTV54:D95", "backend"):
+        assert key in rows[0], key
+    assert not out.with_name(out.name + ".tmp").exists()
+
+
+def test_running_again_resumes_without_redoing_or_duplicating(cohort, results):
+    out, _ = results
+    before = out.read_bytes()
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=2, progress=False)
+    assert (summary.processed, summary.skipped) == (0, N_CASES)
+    assert out.read_bytes() == before  # nothing to do, nothing rewritten
+    assert len(ResultStore.open(out, create=False)) == N_CASES
+
+
+def test_other_settings_do_not_resume_a_store(cohort, results):
+    out, _ = results
+    with pytest.raises(StoreError, match="other settings"):
+        run_cohort(cohort, out, settings=RunSettings(target_metrics=("GTV:volume",)), progress=False)
+
+
+def test_failed_cases_are_recorded_and_the_run_goes_on(cohort, tmp_path):
+    rows = list(csv.DictReader(cohort.open()))[:3]
+    manifest = tmp_path / "manifest.csv"
+    data = cohort.parent
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi")
+                                 else v) for k, v in row.items()})
+        bad = dict(rows[0], case_id="missing-file", dose=str(tmp_path / "nope.dcm"))
+        writer.writerow({k: (str(data / v) if v and k in ("structures", "plan", "recurrence_structures",
+                                                          "registration") else v) for k, v in bad.items()})
+        wrong_roi = dict(rows[1], case_id="missing-roi", recurrence_roi="NoSuchROI")
+        writer.writerow({k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi")
+                             else v) for k, v in wrong_roi.items()})
+    out = tmp_path / "r.h5"
+    summary = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False)
+    assert (summary.cases, summary.failed) == (5, 2)
+    entries = {e["case_id"]: e for e in ResultStore.open(out, create=False).cases()}
+    assert "nope.dcm: no such file" in entries["missing-file"]["error"]
+    assert "no ROI 'NoSuchROI'" in entries["missing-roi"]["error"]
+    table = {r["case_id"]: r for r in csv.DictReader(out.with_suffix(".csv").open())}
+    assert table["missing-roi"]["error"] and not table[rows[0]["case_id"]]["error"]
+    # A second run retries the failed cases only, and records each case once.
+    again = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False)
+    assert (again.processed, again.skipped, again.failed) == (2, 3, 2)
+    assert len(ResultStore.open(out, create=False)) == 5
+
+
+def test_a_crash_mid_write_loses_only_the_case_in_flight(cohort, tmp_path):
+    """Simulate a kill during a journal write: the cut line is ignored, the store opens, a rerun completes."""
+    out = tmp_path / "r.h5"
+    cases = read_manifest(cohort)[:4]
+    store = ResultStore.open(out, SETTINGS.as_dict())
+    from isodose.cohort.runner import process_case
+
+    for case in cases[:2]:
+        store.append(process_case(case, SETTINGS))
+    with store.journal.open("a") as handle:
+        handle.write('{"case_id": "' + cases[2].case_id + '", "status": "ok", "rec')  # cut short
+    reopened = ResultStore.open(out, SETTINGS.as_dict())
+    assert reopened.finished() == {cases[0].case_id, cases[1].case_id}
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    assert (summary.processed, summary.skipped) == (2, 2)
+    assert len(ResultStore.open(out, create=False)) == 4
+
+
+def test_folder_input_gives_the_same_cases(cohort, results, tmp_path):
+    manifest_cases = {c.case_id: c for c in read_manifest(cohort)}
+    found = discover_cases(cohort.parent / "cases", "Recurrence", prescription_gy=70.0)
+    assert {c.case_id for c in found} == set(manifest_cases)
+    for case in found:
+        expected = manifest_cases[case.case_id]
+        assert not case.problem
+        assert (case.dose, case.structures, case.registration) == (expected.dose, expected.structures,
+                                                                   expected.registration)
+    without_rx = discover_cases(cohort.parent / "cases", "Recurrence")
+    assert all(("no RTPLAN" in c.problem) == (manifest_cases[c.case_id].plan is None) for c in without_rx)
+    out = tmp_path / "folder.h5"
+    summary = run_cohort(cohort.parent / "cases", out, settings=SETTINGS, workers=1, prescription_gy=70.0,
+                         progress=False)
+    assert summary.failed == 0
+    by_folder = {e["case_id"]: e["record"]["class_volume"] for e in ResultStore.open(out, create=False).cases()}
+    by_manifest = {e["case_id"]: e["record"]["class_volume"]
+                   for e in ResultStore.open(results[0], create=False).cases()}
+    assert by_folder == by_manifest
+
+
+def test_reports(results, tmp_path):
+    out, _ = results
+    store = ResultStore.open(out, create=False)
+    report = build_report(store)
+    text = format_text(report)
+    assert "Failure patterns" in text and "volume method" in text and "point of origin" in text
+    assert sum(report.patterns["class_volume"].values()) == N_CASES
+    metrics = {(s.structure, s.metric) for s in report.summaries}
+    assert ("CTV60", "D98") in metrics and ("Recurrence (Vr)", "D100") in metrics
+    page = write_html(report, store, tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 + 4  # V95% distribution, DVH bands of Vr and 3 ROIs
+    assert "marginal" in page and "CTV60:D98" in page and "<table>" in page
+
+
+def test_cli_cohort_run_and_report(cohort, tmp_path, capsys):
+    out = tmp_path / "cli.h5"
+    code = main(["cohort", "run", str(cohort), "--out", str(out), "--workers", "1", "--metric", "CTV60:D98",
+                 "--metric", "D2cc", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"{N_CASES} cases: {N_CASES} processed (0 failed)" in captured.out
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert "D2cc" in rows[0] and "CTV60:D98" in rows[0]
+    code = main(["cohort", "report", str(out), "--format", "json", "--html", str(tmp_path / "r.html")])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert sum(json.loads(captured.out)["patterns"]["class_volume"].values()) == N_CASES
+    assert (tmp_path / "r.html").is_file()
+    assert main(["cohort", "report", str(tmp_path / "none.h5")]) == 2
+
+
+def test_cli_classify_json(cohort, capsys):
+    row = next(r for r in csv.DictReader(cohort.open()) if r["registration"])
+    base = cohort.parent
+    argv = ["classify", "--dose", str(base / row["dose"]), "--structures", str(base / row["structures"]),
+            "--recurrence", row["recurrence_roi"], "--recurrence-structures", str(base / row["recurrence_structures"]),
+            "--registration", str(base / row["registration"]), "--prescription", "70", "--format", "json",
+            "--metric", "CTV54:D95"]
+    assert main(argv) == 0
+    record = json.loads(capsys.readouterr().out)
+    for key in ("recurrence_volume_cc", "inside_isodose_pct", "class_volume", "class_centroid", "centroid_dose_gy",
+                "V95%", "D95", "D98", "D100", "Dmean", "Dmax", "CTV54:D95"):
+        assert key in record
+    assert record["recurrence_registered"] is True
+    without_structures = argv[:7] + argv[9:11] + ["--prescription", "70"]
+    assert main(without_structures) == 2  # a registration without the structures it maps
+    assert "--registration maps --recurrence-structures" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("case_id,dose,structures\nA,rd.dcm,rs.dcm\n", "missing column"),
+        ("case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+         "A,rd.dcm,rs.dcm,,70,Vr,,\nA,rd.dcm,rs.dcm,,70,Vr,,\n", "line 3: case_id 'A' repeats line 2"),
+        ("case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+         "A,rd.dcm,rs.dcm,,seventy,Vr,,\n", "not a positive dose"),
+        ("case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+         "A,rd.dcm,rs.dcm,,,Vr,,\n", "give a plan or a prescription_gy"),
+        ("case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+         "A,rd.dcm,rs.dcm,,70,Vr,,reg.dcm\n", "a registration needs recurrence_structures"),
+    ],
+)
+def test_manifest_errors(tmp_path, content, message):
+    path = tmp_path / "manifest.csv"
+    path.write_text(content)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(path)
+
+
+def test_demo_command(tmp_path, capsys):
+    assert main(["demo", "--cases", "6", "--out", str(tmp_path / "demo"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "volume method 6/6, point of origin 6/6" in out
+    assert (tmp_path / "demo" / "report.html").is_file()
+    # Running it again starts afresh rather than resuming a stale cohort.
+    shutil.rmtree(tmp_path / "demo" / "cohort" / "cases" / "NPC0001")
+    assert main(["demo", "--cases", "6", "--out", str(tmp_path / "demo"), "--workers", "1"]) == 0
+    assert "6/6" in capsys.readouterr().out
