@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_cohort_report)
 
     demo = commands.add_parser("demo", help="generate a synthetic recurrence cohort, run it and report it")
-    demo.add_argument("--cases", type=int, default=200, help="number of cases (default 200)")
+    demo.add_argument("--cases", type=int, default=300, help="number of cases (default 300)")
     demo.add_argument("--out", default="out/demo", help="folder for the cohort, results and report")
     demo.add_argument("--workers", type=int, default=None, metavar="N")
     demo.add_argument("--seed", type=int, default=2024)

@@ -205,6 +205,21 @@ def _cell(value) -> str:
     return str(value)
 
 
+def describe_settings(settings: dict) -> str:
+    criteria = settings.get("criteria", {})
+    parts = [
+        f"reference isodose {criteria.get('isodose_pct', 95):g}% of the prescription",
+        f"in-field from {criteria.get('in_field_pct', 95):g}% of Vr inside it, marginal from "
+        f"{criteria.get('marginal_pct', 20):g}%",
+        "targets: " + (", ".join(settings["targets"]) if settings.get("targets") else "every GTV, CTV and PTV"),
+    ]
+    if settings.get("target_metrics"):
+        parts.append("target metrics: " + ", ".join(settings["target_metrics"]))
+    if settings.get("metrics"):
+        parts.append("extra Vr metrics: " + ", ".join(settings["metrics"]))
+    return "; ".join(parts)
+
+
 def write_html(report: CohortReport, store: ResultStore, path: str | Path) -> Path:
     """Write the self-contained HTML report."""
     import matplotlib
@@ -239,7 +254,7 @@ def write_html(report: CohortReport, store: ResultStore, path: str | Path) -> Pa
                 "inside_isodose_pct": "Vr inside isodose (%)", "class_volume": "class (volume)",
                 "class_centroid": "class (point of origin)", "case_id": "case"}.get(c, c) for c in report.table_columns]
     failed = _html_table(["case", "error"], [[c, e] for c, e in report.failed]) if report.failed else "<p>None.</p>"
-    settings = html.escape(", ".join(f"{k}: {v}" for k, v in report.settings.items() if k != "sampling"))
+    settings = html.escape(describe_settings(report.settings))
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>isodose cohort report</title>
 <style>
@@ -249,6 +264,8 @@ th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
 th {{ background: #f0f0f0; }}
 img {{ max-width: 100%; margin: 0.3em; }}
+.grid {{ display: flex; flex-wrap: wrap; }}
+.grid img {{ width: 48%; }}
 .small {{ color: #666; font-size: 0.85em; }}
 </style></head><body>
 <h1>Recurrence failure patterns</h1>
@@ -260,7 +277,7 @@ img {{ max-width: 100%; margin: 0.3em; }}
 <h2>Cohort DVHs</h2>
 <p class="small">Cumulative DVHs (% of each structure's volume inside the dose grid): median, 25th-75th and
 5th-95th percentiles over the classified cases.</p>
-{''.join(dvh_images)}
+<div class="grid">{''.join(dvh_images)}</div>
 <h2>Metric summaries</h2>
 {summary_table}
 <h2>Cases</h2>

@@ -259,7 +259,7 @@ def run_cohort(
             _run_in_pool(todo, settings, backend, min(workers, len(todo)), record)
     finally:
         bar.finish()
-        if len(store):
+        if store.pending:
             store.consolidate()
     table = store.write_table()
     return RunSummary(len(all_cases), len(all_cases) - len(todo), len(todo), failed,

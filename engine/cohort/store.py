@@ -3,7 +3,7 @@
 A finished case is appended at once to ``RESULTS.h5.journal`` (one JSON line, flushed and synced), so a crash
 at any moment loses at most the cases in flight; a line cut short by a crash is ignored. From time to time,
 and at the end of a run, the journal is consolidated: a new HDF5 file holding the old one's cases and the
-journal's is written beside the old one, synced, and renamed over it (atomic), then the journal is emptied.
+journal's is written beside the old one, synced, and renamed over it (atomic), then the journal is removed.
 Readers merge the HDF5 file and the journal, the last record of a case winning, so no case is ever lost or
 counted twice. Consolidations happen when the journal holds a quarter of the store (at least
 ``MIN_CONSOLIDATE`` cases), which keeps the total copying linear in the cohort's size.
@@ -111,8 +111,8 @@ class ResultStore:
         store = cls(path, stored_settings, records, set(journal_entries))
         if create:
             cls._check_writable(path)
-            if not journal.exists():
-                store._start_journal("a")
+            if not path.exists() and not journal.exists():
+                store._start_journal()  # a new store keeps its settings in the journal until consolidated
         return store
 
     @staticmethod
@@ -214,8 +214,8 @@ class ResultStore:
             ]
 
     # -- writing --------------------------------------------------------------------------------------------
-    def _start_journal(self, mode: str) -> None:
-        with self.journal.open(mode, encoding="utf-8") as handle:
+    def _start_journal(self) -> None:
+        with self.journal.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"settings": self.settings, "isodose_version": __version__}) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -257,9 +257,15 @@ class ResultStore:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write the results ({exc.strerror or exc}); the journal keeps every finished "
                              "case", path=self.path) from exc
-        # The new file holds everything the journal held: start a fresh journal.
-        self._start_journal("w")
+        # The new file holds everything the journal held (a crash before this line only leaves duplicates of
+        # cases already in the file, which readers collapse).
+        self.journal.unlink(missing_ok=True)
         self._journal_ids = set()
+
+    @property
+    def pending(self) -> int:
+        """Cases in the journal, not yet in the HDF5 file."""
+        return len(self._journal_ids)
 
     @staticmethod
     def _write_cases(f, entries: list[dict]) -> None:

@@ -1,0 +1,50 @@
+"""A cohort run on N generated cases (N = 100, 1000), from DICOM on disk to the HDF5 store: cases per
+second, and the share of each case's time spent reading DICOM against computing. Run with ``make bench``."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from isodose.cohort.runner import RunSettings, run_cohort
+from isodose.cohort.store import ResultStore
+from isodose.cohort.synthetic import generate_cohort
+
+SETTINGS = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
+WORKERS = os.cpu_count() or 1
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-cohorts")
+    return {n: generate_cohort(root / f"n{n}", n, seed=11, workers=WORKERS) for n in (100, 1000)}
+
+
+@pytest.mark.parametrize("n_cases", [100, 1000])
+def test_cohort_run(benchmark, cohorts, tmp_path, n_cases):
+    counter = itertools.count()
+
+    def fresh_store():
+        return (cohorts[n_cases], tmp_path / f"run{next(counter)}.h5"), {}
+
+    def run(manifest, out):
+        return run_cohort(manifest, out, settings=SETTINGS, workers=WORKERS, progress=False), out
+
+    benchmark.group = "cohort run from DICOM"
+    summary, out = benchmark.pedantic(run, setup=fresh_store, rounds=3 if n_cases == 100 else 1, iterations=1)
+    assert summary.failed == 0 and summary.processed == n_cases
+    entries = ResultStore.open(out, create=False).cases()
+    read = np.sum([e["timings"]["read_s"] for e in entries])
+    compute = np.sum([e["timings"]["compute_s"] for e in entries])
+    total = np.sum([e["timings"]["total_s"] for e in entries])
+    benchmark.extra_info.update(
+        workers=WORKERS,
+        cases_per_second=round(n_cases / benchmark.stats.stats.median, 2),
+        read_share=round(float(read / total), 3),
+        compute_share=round(float(compute / total), 3),
+        median_case_read_ms=round(1000 * float(np.median([e["timings"]["read_s"] for e in entries])), 1),
+        median_case_compute_ms=round(1000 * float(np.median([e["timings"]["compute_s"] for e in entries])), 1),
+    )
