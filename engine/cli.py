@@ -40,15 +40,9 @@ def _cell(value: object, digits: int = 2) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 2) -> str:
-    text = [[str(h) for h in header]] + [[_cell(v, digits) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in text) for i in range(len(header))]
-    lines = []
-    for n, row in enumerate(text):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    from .text import text_table
+
+    return text_table(header, [[_cell(v, digits) for v in row] for row in rows])
 
 
 def _csv(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -432,6 +426,13 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
                         help="extent beyond the first and last contour planes (default: half a plane spacing)")
 
 
+def _add_prescription(parser: argparse.ArgumentParser) -> None:
+    prescription = parser.add_mutually_exclusive_group()
+    prescription.add_argument("--prescription", type=float, metavar="GY",
+                              help="prescription dose (Gy), for V..%% metrics and the isodose")
+    prescription.add_argument("--plan", metavar="RP.dcm", help="RTPLAN to read the prescription from")
+
+
 def _add_criteria(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isodose", type=float, default=95.0, metavar="PCT",
                         help="reference isodose, %% of the prescription (default 95)")
@@ -456,9 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     dvh.add_argument("--roi", action="append", metavar="NAME", help="ROI to compute (repeat; default: all)")
     dvh.add_argument("--metric", action="append", metavar="M",
                      help="metric to report (repeat): D95, D2cc, V20Gy, V20Gy_cc, V95%%, Dmean, Dmin, Dmax, HI")
-    rx = dvh.add_mutually_exclusive_group()
-    rx.add_argument("--prescription", type=float, metavar="GY", help="prescription dose for V..%% metrics")
-    rx.add_argument("--plan", metavar="RP.dcm", help="RTPLAN to read the prescription from")
+    _add_prescription(dvh)
     dvh.add_argument("--format", default="table", choices=("table", "json", "csv"))
     dvh.add_argument("--dvh-out", metavar="FILE", help="write cumulative and differential DVH curves as CSV")
     dvh.add_argument("--dvh-step", type=float, default=0.01, metavar="GY", help="dose step of --dvh-out (0.01 Gy)")
@@ -482,9 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="RTSTRUCT drawn on follow-up imaging holding the recurrence ROI")
     classify.add_argument("--registration", metavar="REG.dcm",
                           help="spatial registration mapping the follow-up frame onto the planning frame")
-    rx = classify.add_mutually_exclusive_group()
-    rx.add_argument("--prescription", type=float, metavar="GY")
-    rx.add_argument("--plan", metavar="RP.dcm", help="RTPLAN to read the prescription from")
+    _add_prescription(classify)
     classify.add_argument("--target", action="append", metavar="ROI",
                           help="target tested for holding the centroid (repeat; default: every GTV, CTV and PTV)")
     classify.add_argument("--metric", action="append", metavar="M",

@@ -71,8 +71,8 @@ class Shell:
 
 
 @dataclass(frozen=True)
-class Cylinder:
-    """Axis along z through ``centre_mm``, from ``centre z - height/2`` to ``centre z + height/2``."""
+class _Upright:
+    """A solid of height ``height_mm`` along z, centred on ``centre_mm``, of radius ``radius_mm`` at most."""
 
     centre_mm: tuple[float, float, float]
     radius_mm: float
@@ -82,9 +82,20 @@ class Cylinder:
     def z_range(self) -> tuple[float, float]:
         return self.centre_mm[2] - self.height_mm / 2, self.centre_mm[2] + self.height_mm / 2
 
-    def radii(self, z: float) -> tuple[float, float]:
+    def height_fraction(self, z: float) -> float | None:
+        """How far up the solid z lies (0 at the bottom, 1 at the top), or None outside it."""
         lo, hi = self.z_range
-        return (self.radius_mm if lo - 1e-9 <= z <= hi + 1e-9 else 0.0), 0.0
+        if not lo - 1e-9 <= z <= hi + 1e-9:
+            return None
+        return min(max((z - lo) / self.height_mm, 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class Cylinder(_Upright):
+    """Axis along z through ``centre_mm``, from ``centre z - height/2`` to ``centre z + height/2``."""
+
+    def radii(self, z: float) -> tuple[float, float]:
+        return (0.0 if self.height_fraction(z) is None else self.radius_mm), 0.0
 
     @property
     def volume_mm3(self) -> float:
@@ -92,22 +103,12 @@ class Cylinder:
 
 
 @dataclass(frozen=True)
-class Cone:
+class Cone(_Upright):
     """Apex at ``centre z - height/2``, base of ``radius_mm`` at ``centre z + height/2``."""
 
-    centre_mm: tuple[float, float, float]
-    radius_mm: float
-    height_mm: float
-
-    @property
-    def z_range(self) -> tuple[float, float]:
-        return self.centre_mm[2] - self.height_mm / 2, self.centre_mm[2] + self.height_mm / 2
-
     def radii(self, z: float) -> tuple[float, float]:
-        lo, hi = self.z_range
-        if not lo - 1e-9 <= z <= hi + 1e-9:
-            return 0.0, 0.0
-        return self.radius_mm * min(max((z - lo) / self.height_mm, 0.0), 1.0), 0.0
+        fraction = self.height_fraction(z)
+        return (0.0 if fraction is None else self.radius_mm * fraction), 0.0
 
     @property
     def volume_mm3(self) -> float:

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..recurrence import CLASSES, RECURRENCE_METRICS
+from ..text import text_table
 from .store import ResultStore
 
 METHODS = (("class_volume", "volume method"), ("class_centroid", "point of origin"))
@@ -102,15 +103,6 @@ def _fmt(value: float, digits: int = 2) -> str:
     return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join([header[0].ljust(widths[0])] + [h.rjust(w) for h, w in zip(header[1:], widths[1:])]),
-             "  ".join("-" * w for w in widths)]
-    for row in rows:
-        lines.append("  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
-    return "\n".join(lines)
-
-
 def pattern_rows(report: CohortReport) -> list[list[str]]:
     n = report.n_ok
     rows = []
@@ -127,9 +119,9 @@ def format_text(report: CohortReport) -> str:
     parts = [f"{report.store}: {report.n_ok + len(report.failed)} cases, {report.n_ok} classified, "
              f"{len(report.failed)} failed", ""]
     parts.append("Failure patterns")
-    parts.append(_text_table(["class", *(label for _, label in METHODS)], pattern_rows(report)))
+    parts.append(text_table(["class", *(label for _, label in METHODS)], pattern_rows(report)))
     parts += ["", "Metric summaries (mean, SD, range over the classified cases)"]
-    parts.append(_text_table(
+    parts.append(text_table(
         ["structure", "metric", "n", "mean", "SD", "min", "max"],
         [[s.structure, s.metric, str(s.n), _fmt(s.mean), _fmt(s.sd), _fmt(s.minimum), _fmt(s.maximum)]
          for s in report.summaries],
