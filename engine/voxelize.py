@@ -116,6 +116,13 @@ class SamplingPlan:
         return np.repeat(np.arange(self.n_structures), counts)
 
 
+def _area_estimate_mm2(ring: np.ndarray) -> float:
+    """A ring's area for choosing the cell size: the shoelace area, but at least a quarter of its bounding box,
+    since the signed lobes of a self-intersecting ring can cancel (a bow-tie has a shoelace area of zero)."""
+    extent = ring.max(axis=0) - ring.min(axis=0)
+    return max(abs(polygon_area_mm2(ring)), 0.25 * float(extent[0] * extent[1]))
+
+
 def _supersampling(total_area_mm2: float, grid: DoseGrid, options: SamplingOptions) -> int:
     if options.supersampling is not None:
         return options.supersampling
@@ -164,7 +171,7 @@ def plan_sampling(
         z_lo, z_hi = slab_bounds(np.array([p.z_mm for p in planes]), options.end_cap, fallback_spacing_mm)
         z_lo_all.append(z_lo)
         z_hi_all.append(z_hi)
-        total_area = sum(abs(polygon_area_mm2(ring)) for plane in planes for ring in plane.rings)
+        total_area = sum(_area_estimate_mm2(ring) for plane in planes for ring in plane.rings)
         m = _supersampling(total_area, grid, options)
         supersampling.append(m)
         hx, hy = dx / m, dy / m
