@@ -1,8 +1,9 @@
 """Picks the compute backend: the one place in the engine that knows the backends exist.
 
 Order of precedence: an explicit ``backend=`` argument, else the ``ISODOSE_BACKEND`` environment variable,
-else ``auto``, which takes CuPy when a CUDA device is usable, else Numba, else NumPy. Asking for a backend
-that cannot run here is a :class:`~isodose.errors.BackendError`, never a crash, and ``auto`` never fails.
+else ``auto``, which takes CuPy when a CUDA device is usable and a test launch on it gives the reference's
+answers, else Numba, else NumPy. Asking for a backend that cannot run here is a
+:class:`~isodose.errors.BackendError`, never a crash, and ``auto`` never fails.
 """
 
 from __future__ import annotations
@@ -64,7 +65,21 @@ def _load_cupy() -> Backend:
         kernels = importlib.import_module("isodose.kernels.cupy_gpu")
     except ImportError as exc:
         raise BackendError(f"the cupy backend is not available in this version of isodose ({exc})") from exc
-    return Backend("cupy", kernels.device_name(), kernels)
+    return Backend("cupy", _tested(kernels, "cupy"), kernels)
+
+
+def _tested(kernels: ModuleType, name: str) -> str:
+    """The device name, once a small problem has been solved on it as the NumPy reference solves it."""
+    from isodose.kernels import selftest
+
+    try:
+        device = kernels.device_name()
+        selftest.check(kernels)
+    except AssertionError as exc:
+        raise BackendError(f"the {name} backend disagrees with the reference on its test launch ({exc})") from exc
+    except Exception as exc:  # compiler, driver or memory failures
+        raise BackendError(f"the {name} backend failed its test launch ({type(exc).__name__}: {exc})") from exc
+    return device
 
 
 _LOADERS = {"numpy": _load_numpy, "numba": _load_numba, "cupy": _load_cupy}

@@ -1,9 +1,11 @@
 """Dose at the weighted samples of a sampling plan, accumulated per structure by the chosen backend.
 
-The plan is processed in batches of planes bounded by ``max_cells_per_batch`` cells, so that memory stays
-bounded for any structure; batches and chunks depend only on the input, so results do not depend on the
-machine's thread count. Dmin and Dmax also take the dose at every contour vertex on both faces of its
-slab, so that extremes on the surface are not missed between interior samples.
+The plan is processed in batches of planes bounded by ``max_cells_per_batch`` cells (and, on a device, by
+half of its free memory), so that memory stays bounded for any structure; a batch that still runs out of
+memory is split in two and retried, never left partial. Batches and chunks depend only on the input (and
+the memory at hand), so results do not depend on the machine's thread count. Dmin and Dmax also take the dose
+at every contour vertex on both faces of its slab, so that extremes on the surface are not missed between
+interior samples.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dispatch import Backend
+from .errors import IsodoseError
 from .geometry import transform_points
 from .model import DoseGrid
 from .voxelize import SamplingOptions, SamplingPlan
@@ -64,38 +67,61 @@ def sample_structures(
     dmax = np.full(n_structures, -np.inf)
     plane_structure = plan.plane_structure()
 
-    for first, end in plan.batches(options.max_cells_per_batch):
+    out_of_memory = getattr(kernels, "out_of_memory_errors", lambda: (MemoryError,))()
+    max_cells = options.max_cells_per_batch
+    free = getattr(kernels, "free_memory_bytes", lambda: None)()
+    if free:  # a device's memory: use at most half of what is free now
+        max_cells = max(1, min(max_cells, int(0.5 * free / getattr(kernels, "BYTES_PER_CELL", 64))))
+
+    def run_batch(first: int, end: int) -> None:
         cell_start = plan.plane_cell_start[first : end + 1]
         ring_start = plan.plane_ring_start[first : end + 1]
         vertex_start = plan.ring_start[ring_start[0] : ring_start[-1] + 1]
-        cells = kernels.polygon_coverage(
-            plan.vertices[vertex_start[0] : vertex_start[-1]],
-            vertex_start - vertex_start[0],
-            ring_start - ring_start[0],
-            cell_start - cell_start[0],
-            plan.plane_x0[first:end],
-            plan.plane_y0[first:end],
-            plan.plane_nx[first:end],
-            plan.plane_ny[first:end],
-            plan.plane_hx[first:end],
-            plan.plane_hy[first:end],
-            plan.scanlines,
-        )
         # The structures present in this batch, and where each one's planes start within it.
         owners = plane_structure[first:end]
         present, first_plane = np.unique(owners, return_index=True)
         structure_start = np.append(first_plane, end - first)
-        batch_hist, batch_stats = kernels.cell_histograms(
-            dose, origin, spacing, cells, cell_start - cell_start[0],
-            plan.plane_z_lo[first:end], plan.plane_z_hi[first:end], structure_start, transforms[present],
-            bin_width, n_bins, options.chunks,
-        )
+        try:
+            cells = kernels.polygon_coverage(
+                plan.vertices[vertex_start[0] : vertex_start[-1]],
+                vertex_start - vertex_start[0],
+                ring_start - ring_start[0],
+                cell_start - cell_start[0],
+                plan.plane_x0[first:end],
+                plan.plane_y0[first:end],
+                plan.plane_nx[first:end],
+                plan.plane_ny[first:end],
+                plan.plane_hx[first:end],
+                plan.plane_hy[first:end],
+                plan.scanlines,
+            )
+            batch_hist, batch_stats = kernels.cell_histograms(
+                dose, origin, spacing, cells, cell_start - cell_start[0],
+                plan.plane_z_lo[first:end], plan.plane_z_hi[first:end], structure_start, transforms[present],
+                bin_width, n_bins, options.chunks,
+            )
+            del cells
+        except out_of_memory as exc:
+            # Not enough memory for this batch: split it and try again; a single plane cannot be split.
+            if end - first == 1:
+                name = plan.names[int(owners[0])]
+                raise IsodoseError(
+                    f"not enough memory for one contour plane ({int(cell_start[-1] - cell_start[0]):,} cells on "
+                    f"{backend.name}); lower the supersampling", obj=f"ROI {name!r}",
+                ) from exc
+            middle = (first + end) // 2
+            run_batch(first, middle)
+            run_batch(middle, end)
+            return
         batch_hist = np.asarray(batch_hist)
         batch_stats = np.asarray(batch_stats)
         hist[present] += batch_hist
         sums[present] += batch_stats[:, [0, 1, 2, 5, 6, 7]]
         dmin[present] = np.fmin(dmin[present], batch_stats[:, 3])
         dmax[present] = np.fmax(dmax[present], batch_stats[:, 4])
+
+    for first, end in plan.batches(max_cells):
+        run_batch(first, end)
 
     if len(plan.vertex_points):
         vertices = plan.vertex_points.copy()

@@ -1,0 +1,323 @@
+// isodose GPU kernels: the same functions as kernels/numpy_ref.py, one thread per point, row or cell.
+//
+// Sums are accumulated in fixed point (64-bit integers) with integer atomics, so that results do not depend
+// on the order in which threads run: every launch of the same input gives the same bits.
+//   volumes and histogram masses: units of 2^-32 mm^3          (VOLUME_SCALE)
+//   dose x volume:                 units of 2^-24 Gy mm^3       (DOSE_VOLUME_SCALE)
+//   position x volume:             units of 2^-20 mm mm^3       (POSITION_VOLUME_SCALE)
+// Doses are non-negative, so Dmin and Dmax use integer atomics on the bits of the double.
+//
+// The file is plain C++ apart from the CUDA qualifiers and atomics, so that it also compiles on a CPU
+// against a small emulation header (tests/cuda_emulation.h) and can be tested without a GPU.
+
+#define VOLUME_SCALE 4294967296.0
+#define DOSE_VOLUME_SCALE 16777216.0
+#define POSITION_VOLUME_SCALE 1048576.0
+#define GRID_EPSILON 1e-6
+#define MAX_CROSSINGS 128
+#define ISODOSE_NAN __longlong_as_double(0x7ff8000000000000LL)
+#define ISODOSE_INF __longlong_as_double(0x7ff0000000000000LL)
+
+typedef long long i64;
+typedef unsigned long long u64;
+
+__device__ __forceinline__ void add_fixed(i64* target, double value, double scale) {
+    atomicAdd((u64*)target, (u64)(i64)llrint(value * scale));
+}
+
+__device__ __forceinline__ bool grid_coordinate(double p, double origin, double step, int n, int* index,
+                                                double* fraction) {
+    double f = (p - origin) / step;
+    if (f < -GRID_EPSILON || f > n - 1 + GRID_EPSILON) return false;
+    f = fmin(fmax(f, 0.0), n - 1.0);
+    int i = (int)f;
+    if (i > n - 2) i = n - 2;
+    *index = i;
+    *fraction = f - i;
+    return true;
+}
+
+// Value and gradient of the trilinear interpolant in voxel cell (i, j, k) at fractions (tx, ty, tz).
+__device__ __forceinline__ double interpolate(const float* __restrict__ dose, int nx, int ny, int i, int j, int k,
+                                              double tx, double ty, double tz, double sx, double sy, double sz,
+                                              double* gx, double* gy, double* gz) {
+    long long plane = (long long)nx * ny;
+    long long base = k * plane + (long long)j * nx + i;
+    double c000 = dose[base], c001 = dose[base + 1];
+    double c010 = dose[base + nx], c011 = dose[base + nx + 1];
+    double c100 = dose[base + plane], c101 = dose[base + plane + 1];
+    double c110 = dose[base + plane + nx], c111 = dose[base + plane + nx + 1];
+    double c00 = c000 + tx * (c001 - c000);
+    double c01 = c010 + tx * (c011 - c010);
+    double c10 = c100 + tx * (c101 - c100);
+    double c11 = c110 + tx * (c111 - c110);
+    double c0 = c00 + ty * (c01 - c00);
+    double c1 = c10 + ty * (c11 - c10);
+    double dx0 = (1 - ty) * (c001 - c000) + ty * (c011 - c010);
+    double dx1 = (1 - ty) * (c101 - c100) + ty * (c111 - c110);
+    *gx = ((1 - tz) * dx0 + tz * dx1) / sx;
+    *gy = ((1 - tz) * (c01 - c00) + tz * (c11 - c10)) / sy;
+    *gz = (c1 - c0) / sz;
+    return c0 + tz * (c1 - c0);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// trilinear: one thread per point; NaN outside the grid.
+// ------------------------------------------------------------------------------------------------------
+extern "C" __global__ void trilinear_kernel(const float* __restrict__ dose, int nz, int ny, int nx, double ox,
+                                            double oy, double oz, double sx, double sy, double sz,
+                                            const double* __restrict__ points, long long n_points,
+                                            double* __restrict__ out) {
+    long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= n_points) return;
+    int i, j, k;
+    double tx, ty, tz, gx, gy, gz;
+    bool inside = grid_coordinate(points[3 * n], ox, sx, nx, &i, &tx) &&
+                  grid_coordinate(points[3 * n + 1], oy, sy, ny, &j, &ty) &&
+                  grid_coordinate(points[3 * n + 2], oz, sz, nz, &k, &tz);
+    out[n] = inside ? interpolate(dose, nx, ny, i, j, k, tx, ty, tz, sx, sy, sz, &gx, &gy, &gz) : ISODOSE_NAN;
+}
+
+// ------------------------------------------------------------------------------------------------------
+// polygon_coverage: one thread per row of cells of one plane. It finds the crossings of each scanline with
+// the plane's edges, sorts them, and adds the exact overlap of every inside span with every cell of the
+// row (area, first and second moments about the cell centre), then turns the sums into area, centroid and
+// covariance. Rows are disjoint, so no atomics. A scanline crossing more than MAX_CROSSINGS edges sets the
+// row's overflow flag, and the host computes that plane another way.
+// ------------------------------------------------------------------------------------------------------
+extern "C" __global__ void coverage_kernel(const double* __restrict__ vertices, const long long* __restrict__ ring_start,
+                                           const long long* __restrict__ plane_ring_start,
+                                           const long long* __restrict__ plane_cell_start,
+                                           const double* __restrict__ plane_x0, const double* __restrict__ plane_y0,
+                                           const long long* __restrict__ plane_nx,
+                                           const double* __restrict__ plane_hx, const double* __restrict__ plane_hy,
+                                           const long long* __restrict__ row_plane,
+                                           const long long* __restrict__ row_in_plane, long long n_rows,
+                                           int scanlines, double* __restrict__ cells, int* __restrict__ overflow) {
+    long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= n_rows) return;
+    long long p = row_plane[row];
+    long long j = row_in_plane[row];
+    long long nx = plane_nx[p];
+    double x0 = plane_x0[p], y0 = plane_y0[p], hx = plane_hx[p], hy = plane_hy[p];
+    double band = hy / scanlines;
+    double row_centre = y0 + (j + 0.5) * hy;
+    double* out = cells + 6 * (plane_cell_start[p] + j * nx);
+    for (long long i = 0; i < 6 * nx; ++i) out[i] = 0.0;
+    double xs[MAX_CROSSINGS];
+    for (int t = 0; t < scanlines; ++t) {
+        double y = y0 + j * hy + (t + 0.5) * band;
+        int n = 0;
+        for (long long r = plane_ring_start[p]; r < plane_ring_start[p + 1]; ++r) {
+            long long a0 = ring_start[r], a1 = ring_start[r + 1];
+            for (long long e = a0; e < a1; ++e) {
+                long long f = e + 1 < a1 ? e + 1 : a0;
+                double ya = vertices[2 * e + 1], yb = vertices[2 * f + 1];
+                if ((ya <= y && y < yb) || (yb <= y && y < ya)) {
+                    if (n == MAX_CROSSINGS) {
+                        overflow[row] = 1;
+                        return;
+                    }
+                    double xa = vertices[2 * e];
+                    xs[n++] = xa + (y - ya) * (vertices[2 * f] - xa) / (yb - ya);
+                }
+            }
+        }
+        for (int a = 1; a < n; ++a) {  // insertion sort: a scanline crosses few edges
+            double v = xs[a];
+            int b = a - 1;
+            while (b >= 0 && xs[b] > v) {
+                xs[b + 1] = xs[b];
+                --b;
+            }
+            xs[b + 1] = v;
+        }
+        double dy = y - row_centre;
+        for (int q = 0; q + 1 < n; q += 2) {
+            double span_lo = xs[q], span_hi = xs[q + 1];
+            long long ia = (long long)floor((span_lo - x0) / hx);
+            long long ib = (long long)floor((span_hi - x0) / hx);
+            if (ia < 0) ia = 0;
+            if (ib > nx - 1) ib = nx - 1;
+            for (long long i = ia; i <= ib; ++i) {
+                double left = x0 + hx * i;
+                double lo = fmax(span_lo, left), hi = fmin(span_hi, left + hx);
+                if (hi <= lo) continue;
+                double length = hi - lo;
+                double xm = 0.5 * (lo + hi) - (left + 0.5 * hx);
+                double* c = out + 6 * i;
+                c[0] += length;
+                c[1] += length * xm;
+                c[2] += length * dy;
+                c[3] += length * (xm * xm + length * length / 12.0);
+                c[4] += length * xm * dy;
+                c[5] += length * (dy * dy + band * band / 12.0);
+            }
+        }
+    }
+    for (long long i = 0; i < nx; ++i) {
+        double* c = out + 6 * i;
+        double centre_x = x0 + (i + 0.5) * hx;
+        double length = c[0];
+        if (length > 0) {
+            double mx = c[1] / length, my = c[2] / length;
+            double vxx = fmax(c[3] / length - mx * mx, 0.0);
+            double vxy = c[4] / length - mx * my;
+            double vyy = fmax(c[5] / length - my * my, 0.0);
+            c[0] = length * band;
+            c[1] = centre_x + mx;
+            c[2] = row_centre + my;
+            c[3] = vxx;
+            c[4] = vxy;
+            c[5] = vyy;
+        } else {
+            c[0] = 0.0;
+            c[1] = centre_x;
+            c[2] = row_centre;
+            c[3] = 0.0;
+            c[4] = 0.0;
+            c[5] = 0.0;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Uniform deposit of `weight` over [value - width/2, value + width/2] into a histogram of differences (see
+// numpy_ref.deposit_differences), in fixed point: the four parts sum to exactly zero, so the density comes
+// back to zero after every deposit whatever the rounding.
+// ------------------------------------------------------------------------------------------------------
+__device__ __forceinline__ void deposit(i64* __restrict__ delta, double value, double width, double weight,
+                                        double inverse_bin_width, int n_bins) {
+    double half = 0.5 * width * inverse_bin_width;
+    double centre = value * inverse_bin_width;
+    double lo = centre - half, hi = centre + half;
+    if (lo < 0.0) {
+        hi -= lo;
+        lo = 0.0;
+    }
+    if (hi > n_bins) {
+        lo = fmax(lo - (hi - n_bins), 0.0);
+        hi = (double)n_bins;
+    }
+    int ka = (int)lo, kb = (int)hi;
+    if (ka > n_bins - 1) ka = n_bins - 1;
+    if (kb > n_bins - 1) kb = n_bins - 1;
+    i64 total = (i64)llrint(weight * VOLUME_SCALE);
+    if (ka == kb) {
+        atomicAdd((u64*)&delta[ka], (u64)total);
+        atomicAdd((u64*)&delta[ka + 1], (u64)(-total));
+        return;
+    }
+    double s = weight / (hi - lo) * VOLUME_SCALE;
+    i64 a1 = (i64)llrint(s * (ka + 1 - lo));
+    i64 a2 = (i64)llrint(s * (lo - ka));
+    i64 b1 = (i64)llrint(s * (kb + 1 - hi));
+    i64 b2 = a1 + a2 - b1;
+    atomicAdd((u64*)&delta[ka], (u64)a1);
+    atomicAdd((u64*)&delta[ka + 1], (u64)a2);
+    atomicAdd((u64*)&delta[kb], (u64)(-b1));
+    atomicAdd((u64*)&delta[kb + 1], (u64)(-b2));
+}
+
+extern "C" __global__ void histogram_kernel(const double* __restrict__ values, const double* __restrict__ weights,
+                                            const double* __restrict__ widths, long long n, double inverse_bin_width,
+                                            int n_bins, i64* __restrict__ delta) {
+    long long m = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (m >= n) return;
+    deposit(delta, values[m], widths[m], weights[m], inverse_bin_width, n_bins);
+}
+
+__device__ __forceinline__ long long upper_bound(const long long* __restrict__ starts, long long count, long long x) {
+    // The last index i in [0, count) with starts[i] <= x.
+    long long lo = 0, hi = count;
+    while (hi - lo > 1) {
+        long long mid = (lo + hi) / 2;
+        if (starts[mid] <= x) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+// ------------------------------------------------------------------------------------------------------
+// cell_histograms: one thread per cell. It walks the cell's slab in pieces (split at the dose planes when
+// the structure's transform keeps z axial, else in pieces of at most half a voxel), moves each sample into
+// the dose grid by the structure's rigid transform, interpolates there and deposits the sample's spread
+// into its structure's histogram of differences. Statistics per structure (fixed point, see the top):
+//   stats_fixed[s, 0..5]: inside volume, outside volume, dose x volume, x, y, z x volume
+//   extremes[s, 0..1]:    bits of Dmin and Dmax
+// ------------------------------------------------------------------------------------------------------
+extern "C" __global__ void cell_histograms_kernel(
+    const float* __restrict__ dose, int nz, int ny, int nx, double ox, double oy, double oz, double sx, double sy,
+    double sz, const double* __restrict__ cells, long long n_cells, const long long* __restrict__ plane_cell_start,
+    long long n_planes, const double* __restrict__ plane_z_lo, const double* __restrict__ plane_z_hi,
+    const long long* __restrict__ structure_plane_start, long long n_structures,
+    const double* __restrict__ structure_transform, double inverse_bin_width, int n_bins, i64* __restrict__ delta,
+    i64* __restrict__ stats_fixed, u64* __restrict__ extremes) {
+    long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= n_cells) return;
+    double area = cells[6 * c];
+    if (area <= 0.0) return;
+    long long p = upper_bound(plane_cell_start, n_planes, c);
+    long long s = upper_bound(structure_plane_start, n_structures, p);
+    const double* m = structure_transform + 16 * s;
+    bool axial = m[8] == 0.0 && m[9] == 0.0 && m[10] == 1.0;
+    double cx = cells[6 * c + 1], cy = cells[6 * c + 2];
+    double vxx = cells[6 * c + 3], vxy = cells[6 * c + 4], vyy = cells[6 * c + 5];
+    double z_end = plane_z_hi[p], z_a = plane_z_lo[p];
+    double uniform_piece = 0.5 * fmin(sx, fmin(sy, sz));
+    long long n_uniform = (long long)ceil((z_end - z_a) / uniform_piece - 1e-9);
+    if (n_uniform < 1) n_uniform = 1;
+    double uniform_dz = (z_end - z_a) / n_uniform;
+    i64* structure_delta = delta + s * (long long)(n_bins + 1);
+    double inside_sum = 0, outside_sum = 0, dose_sum = 0, x_sum = 0, y_sum = 0, z_sum = 0;
+    double dmin = ISODOSE_INF, dmax = -ISODOSE_INF;
+    while (z_a < z_end) {
+        double z_b;
+        if (axial) {
+            double shifted = z_a + m[11];
+            z_b = fmin(oz + (floor((shifted - oz) / sz + 1e-9) + 1.0) * sz - m[11], z_end);
+        } else {
+            z_b = fmin(z_a + uniform_dz, z_end);
+            if (z_end - z_b < 1e-9 * uniform_dz) z_b = z_end;
+        }
+        double dz = z_b - z_a;
+        double z_local = 0.5 * (z_a + z_b);
+        z_a = z_b;
+        double weight = area * dz;
+        double px = m[0] * cx + m[1] * cy + m[2] * z_local + m[3];
+        double py = m[4] * cx + m[5] * cy + m[6] * z_local + m[7];
+        double pz = axial ? z_local + m[11] : m[8] * cx + m[9] * cy + m[10] * z_local + m[11];
+        x_sum += weight * px;
+        y_sum += weight * py;
+        z_sum += weight * pz;
+        int i, j, k;
+        double tx, ty, tz, gx, gy, gz;
+        if (!(grid_coordinate(px, ox, sx, nx, &i, &tx) && grid_coordinate(py, oy, sy, ny, &j, &ty) &&
+              grid_coordinate(pz, oz, sz, nz, &k, &tz))) {
+            outside_sum += weight;
+            continue;
+        }
+        double value = fmax(interpolate(dose, nx, ny, i, j, k, tx, ty, tz, sx, sy, sz, &gx, &gy, &gz), 0.0);
+        // Gradient in the structure's own frame (R^T g), for the variance over the sample's region.
+        double lx = m[0] * gx + m[4] * gy + m[8] * gz;
+        double ly = m[1] * gx + m[5] * gy + m[9] * gz;
+        double lz = m[2] * gx + m[6] * gy + m[10] * gz;
+        double variance = lx * lx * vxx + 2.0 * lx * ly * vxy + ly * ly * vyy + lz * lz * dz * dz / 12.0;
+        deposit(structure_delta, value, sqrt(12.0 * fmax(variance, 0.0)), weight, inverse_bin_width, n_bins);
+        inside_sum += weight;
+        dose_sum += weight * value;
+        dmin = fmin(dmin, value);
+        dmax = fmax(dmax, value);
+    }
+    i64* stats = stats_fixed + 6 * s;
+    add_fixed(&stats[0], inside_sum, VOLUME_SCALE);
+    add_fixed(&stats[1], outside_sum, VOLUME_SCALE);
+    add_fixed(&stats[2], dose_sum, DOSE_VOLUME_SCALE);
+    add_fixed(&stats[3], x_sum, POSITION_VOLUME_SCALE);
+    add_fixed(&stats[4], y_sum, POSITION_VOLUME_SCALE);
+    add_fixed(&stats[5], z_sum, POSITION_VOLUME_SCALE);
+    if (inside_sum > 0) {
+        // Non-negative doubles order as their bit patterns do.
+        atomicMin(&extremes[2 * s], (u64)__double_as_longlong(dmin));
+        atomicMax(&extremes[2 * s + 1], (u64)__double_as_longlong(dmax));
+    }
+}

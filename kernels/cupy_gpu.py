@@ -1,0 +1,230 @@
+"""CuPy GPU backend: the kernels of ``cuda/isodose.cu`` (RawModule), with the same signatures and meaning as
+``numpy_ref``.
+
+Data stays on the device between steps: the cells made by ``polygon_coverage`` are a device array that
+``cell_histograms`` reads, and a dose grid is copied to the device once and reused while it is the same
+array; the host gets only the histograms and statistics. Sums are fixed-point integers (see the CUDA
+source), so a launch gives the same bits whatever the order its threads run in.
+
+The host code is written against an array module and a launcher (:class:`GpuKernels`), so that it also runs
+with NumPy and the kernels compiled for the CPU (tests/cuda), which is how CI checks it without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from . import numpy_ref
+
+NAME = "cupy"
+SOURCE = Path(__file__).with_name("cuda") / "isodose.cu"
+BLOCK = 256
+#: Fixed-point scales, as in the CUDA source.
+VOLUME_SCALE = 2.0**32
+DOSE_VOLUME_SCALE = 2.0**24
+POSITION_VOLUME_SCALE = 2.0**20
+#: Bytes of device memory one cell needs while a batch is processed (cells array, with room to spare).
+BYTES_PER_CELL = 64
+
+
+class GpuKernels:
+    """The host side of the GPU kernels.
+
+    ``xp`` is the array module (cupy, or numpy in tests) and ``launch(name, n_threads, args)`` runs a kernel
+    of the CUDA source over ``n_threads`` threads; ``args`` are device arrays and NumPy scalars.
+    """
+
+    def __init__(self, xp, launch, device: str):
+        self.xp = xp
+        self.launch = launch
+        self.device = device
+        self._dose_host = None
+        self._dose_device = None
+
+    # -- transfers --------------------------------------------------------------------------------------------
+    def to_device(self, array, dtype):
+        if isinstance(array, self.xp.ndarray) and array.dtype == dtype and array.flags.c_contiguous:
+            return array
+        return self.xp.ascontiguousarray(self.xp.asarray(array, dtype=dtype))
+
+    def to_host(self, array) -> np.ndarray:
+        return array.get() if hasattr(array, "get") else np.asarray(array)
+
+    def _dose(self, dose):
+        """The dose grid on the device as float32, copied once while the same host array comes back."""
+        if isinstance(dose, self.xp.ndarray) and dose.dtype == np.float32:
+            return self.xp.ascontiguousarray(dose)
+        cached = self._dose_host() if self._dose_host is not None else None
+        if cached is not dose:
+            self._dose_device = self.to_device(np.asarray(dose), np.float32)
+            try:
+                self._dose_host = weakref.ref(dose)
+            except TypeError:
+                self._dose_host = None
+        return self._dose_device
+
+    # -- kernels ----------------------------------------------------------------------------------------------
+    def trilinear(self, dose, origin, spacing, points):
+        points = self.to_device(np.asarray(points, dtype=np.float64).reshape(-1, 3), np.float64)
+        n = int(points.shape[0])
+        out = self.xp.empty(n, dtype=np.float64)
+        if n:
+            device_dose = self._dose(dose)
+            nz, ny, nx = device_dose.shape
+            self.launch("trilinear_kernel", n, [device_dose, np.int32(nz), np.int32(ny), np.int32(nx),
+                                                *map(np.float64, origin), *map(np.float64, spacing), points,
+                                                np.int64(n), out])
+        return self.to_host(out)
+
+    def polygon_coverage(self, vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
+                         plane_nx, plane_ny, plane_hx, plane_hy, scanlines):
+        xp = self.xp
+        plane_ny = np.asarray(plane_ny, dtype=np.int64)
+        n_planes = len(plane_ny)
+        n_rows = int(plane_ny.sum())
+        row_plane = np.repeat(np.arange(n_planes, dtype=np.int64), plane_ny)
+        row_start = np.concatenate([[0], np.cumsum(plane_ny)[:-1]]).astype(np.int64)
+        row_in_plane = np.arange(n_rows, dtype=np.int64) - np.repeat(row_start, plane_ny)
+        cells = xp.zeros((int(plane_cell_start[-1]), 6), dtype=np.float64)
+        overflow = xp.zeros(n_rows, dtype=np.int32)
+        if n_rows:
+            self.launch("coverage_kernel", n_rows, [
+                self.to_device(np.asarray(vertices, np.float64).reshape(-1, 2), np.float64),
+                self.to_device(ring_start, np.int64), self.to_device(plane_ring_start, np.int64),
+                self.to_device(plane_cell_start, np.int64), self.to_device(plane_x0, np.float64),
+                self.to_device(plane_y0, np.float64), self.to_device(plane_nx, np.int64),
+                self.to_device(plane_hx, np.float64), self.to_device(plane_hy, np.float64),
+                self.to_device(row_plane, np.int64), self.to_device(row_in_plane, np.int64), np.int64(n_rows),
+                np.int32(scanlines), cells, overflow,
+            ])
+        # Planes with a scanline crossing more edges than a thread holds are computed on the host instead.
+        crowded = np.unique(row_plane[np.nonzero(self.to_host(overflow))[0]])
+        for p in crowded:
+            rings = slice(int(plane_ring_start[p]), int(plane_ring_start[p + 1]))
+            ring_bounds = np.asarray(ring_start)[rings.start : rings.stop + 1]
+            plane_cells = numpy_ref.polygon_coverage(
+                np.asarray(vertices).reshape(-1, 2)[ring_bounds[0] : ring_bounds[-1]], ring_bounds - ring_bounds[0],
+                np.array([0, rings.stop - rings.start]), np.array([0, int(plane_nx[p] * plane_ny[p])]),
+                [plane_x0[p]], [plane_y0[p]], [plane_nx[p]], [plane_ny[p]], [plane_hx[p]], [plane_hy[p]], scanlines,
+            )
+            cells[int(plane_cell_start[p]) : int(plane_cell_start[p + 1])] = self.to_device(plane_cells, np.float64)
+        return cells
+
+    def accumulate_histogram(self, values, weights, widths, bin_width, n_bins, n_chunks=64):
+        del n_chunks  # integer sums need no fixed chunking
+        values = self.to_device(values, np.float64)
+        n = int(values.shape[0])
+        delta = self.xp.zeros(int(n_bins) + 1, dtype=np.int64)
+        if n:
+            self.launch("histogram_kernel", n, [values, self.to_device(weights, np.float64),
+                                                self.to_device(widths, np.float64), np.int64(n),
+                                                np.float64(1.0 / bin_width), np.int32(n_bins), delta])
+        return self.to_host(self.xp.cumsum(delta)[:n_bins]).astype(np.float64) / VOLUME_SCALE
+
+    def cell_histograms(self, dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,
+                        structure_plane_start, structure_transform, bin_width, n_bins, n_chunks):
+        del n_chunks  # integer sums need no fixed chunking
+        xp = self.xp
+        n_structures = len(structure_plane_start) - 1
+        n_planes = len(plane_cell_start) - 1
+        cells = self.to_device(cells, np.float64).reshape(-1, 6)
+        n_cells = int(cells.shape[0])
+        delta = xp.zeros((n_structures, int(n_bins) + 1), dtype=np.int64)
+        stats_fixed = xp.zeros((n_structures, 6), dtype=np.int64)
+        extremes = xp.zeros((n_structures, 2), dtype=np.uint64)
+        extremes[:, 0] = np.uint64(0x7FF0000000000000)  # +inf: the minimum's starting point
+        if n_cells and n_structures:
+            device_dose = self._dose(dose)
+            nz, ny, nx = device_dose.shape
+            self.launch("cell_histograms_kernel", n_cells, [
+                device_dose, np.int32(nz), np.int32(ny), np.int32(nx), *map(np.float64, origin),
+                *map(np.float64, spacing), cells, np.int64(n_cells), self.to_device(plane_cell_start, np.int64),
+                np.int64(n_planes), self.to_device(plane_z_lo, np.float64), self.to_device(plane_z_hi, np.float64),
+                self.to_device(structure_plane_start, np.int64), np.int64(n_structures),
+                self.to_device(np.asarray(structure_transform, np.float64).reshape(-1, 16), np.float64),
+                np.float64(1.0 / bin_width), np.int32(n_bins), delta, stats_fixed, extremes,
+            ])
+        hist = self.to_host(xp.cumsum(delta, axis=1)[:, :n_bins]).astype(np.float64) / VOLUME_SCALE
+        fixed = self.to_host(stats_fixed).astype(np.float64)
+        bounds = self.to_host(extremes).view(np.float64)
+        inside = fixed[:, 0] / VOLUME_SCALE
+        stats = np.empty((n_structures, 8))
+        stats[:, 0] = inside
+        stats[:, 1] = fixed[:, 1] / VOLUME_SCALE
+        stats[:, 2] = fixed[:, 2] / DOSE_VOLUME_SCALE
+        stats[:, 3] = np.where(inside > 0, bounds[:, 0], np.nan)
+        stats[:, 4] = np.where(inside > 0, bounds[:, 1], np.nan)
+        stats[:, 5:8] = fixed[:, 3:6] / POSITION_VOLUME_SCALE
+        return hist, stats
+
+    def free_memory_bytes(self) -> int | None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------
+# The CuPy instance
+# --------------------------------------------------------------------------------------------------------
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+class _CupyKernels(GpuKernels):
+    def free_memory_bytes(self) -> int | None:
+        free, _ = self.xp.cuda.Device().mem_info
+        return int(free + self.xp.get_default_memory_pool().free_bytes())
+
+
+@functools.cache
+def _instance() -> GpuKernels:
+    cupy = _cupy()
+    module = cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17",))
+
+    def launch(name: str, n_threads: int, args) -> None:
+        function = module.get_function(name)
+        function((math.ceil(n_threads / BLOCK),), (BLOCK,), tuple(args))
+
+    return _CupyKernels(cupy, launch, device_name())
+
+
+def device_name() -> str:
+    cupy = _cupy()
+    device = cupy.cuda.Device()
+    properties = cupy.cuda.runtime.getDeviceProperties(device.id)
+    name = properties["name"].decode() if isinstance(properties["name"], bytes) else properties["name"]
+    return f"{name} (GPU {device.id})"
+
+
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    cupy = _cupy()
+    return (MemoryError, cupy.cuda.memory.OutOfMemoryError)
+
+
+def free_memory_bytes() -> int | None:
+    return _instance().free_memory_bytes()
+
+
+def trilinear(dose, origin, spacing, points):
+    return _instance().trilinear(dose, origin, spacing, points)
+
+
+def polygon_coverage(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
+                     plane_hx, plane_hy, scanlines):
+    return _instance().polygon_coverage(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
+                                        plane_nx, plane_ny, plane_hx, plane_hy, scanlines)
+
+
+def accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks=64):
+    return _instance().accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks)
+
+
+def cell_histograms(dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
+                    structure_transform, bin_width, n_bins, n_chunks):
+    return _instance().cell_histograms(dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,
+                                       structure_plane_start, structure_transform, bin_width, n_bins, n_chunks)

@@ -1,0 +1,41 @@
+// Launchers of the emulated kernels, one per kernel, with the kernel's own parameters after (grid, block).
+#include "emulation.h"
+#include "../../kernels/cuda/isodose.cu"
+
+extern "C" void emulate_trilinear_kernel(unsigned grid, unsigned block, const float* dose, int nz, int ny, int nx,
+                                         double ox, double oy, double oz, double sx, double sy, double sz,
+                                         const double* points, long long n_points, double* out) {
+    EMULATE_LAUNCH(grid, block, trilinear_kernel(dose, nz, ny, nx, ox, oy, oz, sx, sy, sz, points, n_points, out));
+}
+
+extern "C" void emulate_coverage_kernel(unsigned grid, unsigned block, const double* vertices,
+                                        const long long* ring_start, const long long* plane_ring_start,
+                                        const long long* plane_cell_start, const double* plane_x0,
+                                        const double* plane_y0, const long long* plane_nx, const double* plane_hx,
+                                        const double* plane_hy, const long long* row_plane,
+                                        const long long* row_in_plane, long long n_rows, int scanlines,
+                                        double* cells, int* overflow) {
+    EMULATE_LAUNCH(grid, block,
+                   coverage_kernel(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
+                                   plane_nx, plane_hx, plane_hy, row_plane, row_in_plane, n_rows, scanlines, cells,
+                                   overflow));
+}
+
+extern "C" void emulate_histogram_kernel(unsigned grid, unsigned block, const double* values, const double* weights,
+                                         const double* widths, long long n, double inverse_bin_width, int n_bins,
+                                         long long* delta) {
+    EMULATE_LAUNCH(grid, block, histogram_kernel(values, weights, widths, n, inverse_bin_width, n_bins, delta));
+}
+
+extern "C" void emulate_cell_histograms_kernel(
+    unsigned grid, unsigned block, const float* dose, int nz, int ny, int nx, double ox, double oy, double oz,
+    double sx, double sy, double sz, const double* cells, long long n_cells, const long long* plane_cell_start,
+    long long n_planes, const double* plane_z_lo, const double* plane_z_hi, const long long* structure_plane_start,
+    long long n_structures, const double* structure_transform, double inverse_bin_width, int n_bins,
+    long long* delta, long long* stats_fixed, unsigned long long* extremes) {
+    EMULATE_LAUNCH(grid, block,
+                   cell_histograms_kernel(dose, nz, ny, nx, ox, oy, oz, sx, sy, sz, cells, n_cells, plane_cell_start,
+                                          n_planes, plane_z_lo, plane_z_hi, structure_plane_start, n_structures,
+                                          structure_transform, inverse_bin_width, n_bins, delta, stats_fixed,
+                                          extremes));
+}

@@ -1,0 +1,185 @@
+"""The GPU backend without a GPU: its CUDA source compiled for the CPU (every thread in turn) and driven by
+the backend's own host code with NumPy arrays, against the NumPy reference; and the source compiled by NVRTC
+where NVRTC is installed. On a machine with a GPU, the tests marked gpu run the real thing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from isodose.dispatch import Backend
+from isodose.dvh import compute_dvhs
+from isodose.kernels import numpy_ref
+from isodose.model import Contour, Structure
+from isodose.phantoms import Shell, Sphere, contour_shape
+from isodose.voxelize import SamplingOptions, plan_sampling
+
+from .conftest import linear_grid
+from .cuda.emulated import build, emulated_kernels
+from .test_backends_agree import assert_same_dvhs
+from .test_dvh_analytic import FIELDS, SHAPES
+from .test_kernels import _awkward_structures, _coverage, _histograms, rigid
+
+
+@pytest.fixture(scope="module")
+def gpu(tmp_path_factory):
+    library = build(tmp_path_factory.mktemp("cuda"))
+    if library is None:
+        pytest.skip("no C++ compiler to build the emulated kernels")
+    return emulated_kernels(library)
+
+
+def test_trilinear(gpu, rng):
+    dose = rng.uniform(0, 70, (7, 8, 9)).astype(np.float32)
+    origin, spacing = np.array([-5.0, 3.0, 10.0]), np.array([2.0, 2.5, 3.0])
+    points = rng.uniform([-8, 0, 6], [25, 25, 35], (3000, 3))
+    expected = numpy_ref.trilinear(dose, origin, spacing, points)
+    got = gpu.trilinear(dose, origin, spacing, points)
+    assert np.array_equal(np.isnan(expected), np.isnan(got))
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-12, atol=1e-10)
+
+
+def test_coverage_including_planes_too_crowded_for_a_thread(gpu, rng):
+    _, grid = linear_grid()
+    # A comb whose scanlines cross 160 edges: more than a thread holds, so that plane goes to the host.
+    teeth = 80
+    comb = [(-30.0, -10.0)]
+    for t in range(teeth):
+        x = -30.0 + 60.0 * t / teeth
+        comb += [(x, 10.0), (x + 0.3, 10.0), (x + 0.3, -9.0), (x + 60.0 / teeth, -9.0)]
+    comb += [(30.0, -10.0)]
+    structures = _awkward_structures(rng) + [Structure("comb", 9, (Contour(np.array(comb), 0.0),))]
+    plan = plan_sampling(structures, grid, SamplingOptions(supersampling=5, scanlines=3))
+    np.testing.assert_allclose(_coverage(gpu, plan), _coverage(numpy_ref, plan), rtol=1e-9, atol=1e-9)
+
+
+def test_accumulate_histogram(gpu, rng):
+    n = 5000
+    values, weights = rng.uniform(0, 60, n), rng.uniform(0.1, 2, n)
+    widths = rng.choice([0.0, 0.001, 0.3, 5.0], n)
+    expected = numpy_ref.accumulate_histogram(values, weights, widths, 0.05, 1300)
+    np.testing.assert_allclose(gpu.accumulate_histogram(values, weights, widths, 0.05, 1300), expected, rtol=1e-9,
+                               atol=1e-8)
+
+
+@pytest.mark.parametrize("transformed", [False, True])
+def test_cell_histograms(gpu, rng, transformed):
+    _, grid = linear_grid(gradient=(0.4, -0.9, 0.7))
+    structures = _awkward_structures(rng) + [
+        contour_shape(Sphere((1, 2, 3), 9.0), "sphere", 5, 2.5),
+        contour_shape(Shell((0, 0, 0), 14.0, 6.0), "shell", 6, 3.0),
+        Structure("empty", 7, ()),
+    ]
+    plan = plan_sampling(structures, grid, SamplingOptions(target_cells=20000))
+    transforms = np.stack([rigid(rng, tilt=i % 2 == 1) for i in range(len(structures))]) if transformed else None
+    cells = _coverage(numpy_ref, plan)
+    expected_hist, expected_stats = _histograms(numpy_ref, plan, grid, cells, transforms=transforms)
+    hist, stats = _histograms(gpu, plan, grid, cells, transforms=transforms)
+    # Fixed-point sums: each deposit is rounded to 2^-32 mm^3, and a bin gathers thousands of them.
+    np.testing.assert_allclose(hist, expected_hist, rtol=1e-6, atol=1e-8)
+    # Volumes and sums to 1e-6 (each cell's sums are rounded once); centroids to a micrometre.
+    np.testing.assert_allclose(stats[:, :5], expected_stats[:, :5], rtol=1e-6, atol=1e-9, equal_nan=True)
+    volume = np.maximum(stats[:, 0] + stats[:, 1], 1e-300)
+    np.testing.assert_allclose(stats[:, 5:] / volume[:, None], expected_stats[:, 5:] / volume[:, None], atol=1e-3)
+    assert np.isnan(stats[6, 3]) and stats[6, 0] == 0
+
+
+def test_dvhs_through_the_gpu_host_code_match_numba(gpu, rng):
+    backend = Backend("cupy (emulated)", gpu.device, gpu)
+    for gradient in (FIELDS["oblique"], FIELDS["z"]):
+        _, grid = linear_grid(gradient=gradient)
+        structures = [contour_shape(s, n, i, 2.5) for i, (n, s) in enumerate(SHAPES.items(), start=1)]
+        structures += _awkward_structures(rng)
+        reference = compute_dvhs(grid, structures, backend="numba")
+        assert_same_dvhs(reference, compute_dvhs(grid, structures, backend=backend))
+
+
+def test_gpu_sums_do_not_depend_on_thread_order(gpu):
+    """Integer (fixed-point) sums: the same input gives the same bits; here, with threads run backwards."""
+    _, grid = linear_grid(gradient=(0.4, -0.9, 0.7))
+    sphere = contour_shape(Sphere((1, 2, 3), 15.0), "s", 1, 2.5)
+    plan = plan_sampling([sphere], grid, SamplingOptions(target_cells=5000))
+    cells = _coverage(numpy_ref, plan)
+    forward = _histograms(gpu, plan, grid, cells)
+    reversed_cells = cells.copy()
+    # Reverse the cells of each plane: the same samples, deposited in another order.
+    for p in range(len(plan.plane_nx)):
+        start, end = plan.plane_cell_start[p], plan.plane_cell_start[p + 1]
+        reversed_cells[start:end] = cells[start:end][::-1]
+    backward = _histograms(gpu, plan, grid, reversed_cells)
+    assert np.array_equal(forward[0], backward[0]) and np.array_equal(forward[1], backward[1], equal_nan=True)
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_cuda_source_compiles_with_nvrtc(arch):
+    from isodose.kernels.cupy_gpu import SOURCE
+
+    from .cuda.nvrtc import compile_to_ptx, load_nvrtc
+
+    nvrtc = load_nvrtc()
+    if nvrtc is None:
+        pytest.skip("NVRTC (nvidia-cuda-nvrtc-cu12) is not installed")
+    compiled, log = compile_to_ptx(nvrtc, SOURCE.read_text(), arch)
+    assert compiled and log == "", log
+    broken, log = compile_to_ptx(nvrtc, SOURCE.read_text().replace("double half =", "double half ="[:-2]), arch)
+    assert not broken and "error" in log
+
+
+# --- the dispatcher's test launch, and memory ---------------------------------------------------------------
+class _Wrapped:
+    """A kernel module that behaves like another one, but for what a test changes."""
+
+    def __init__(self, inner, **changes):
+        self._inner = inner
+        self.__dict__.update(changes)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def test_test_launch_accepts_good_kernels_and_refuses_wrong_ones(gpu):
+    from isodose.dispatch import _tested
+    from isodose.errors import BackendError
+    from isodose.kernels import numba_cpu, selftest
+
+    for kernels in (numpy_ref, numba_cpu, gpu):
+        selftest.check(kernels)
+    wrong = _Wrapped(gpu, device_name=lambda: "GPU 0",
+                     trilinear=lambda *a: np.asarray(gpu.trilinear(*a)) + 1e-3)
+    with pytest.raises(BackendError, match="disagrees with the reference on its test launch \\(trilinear\\)"):
+        _tested(wrong, "cupy")
+
+    def failing_compiler(*args, **kwargs):
+        raise RuntimeError("nvrtc: error: compilation failed")
+
+    broken = _Wrapped(gpu, device_name=lambda: "GPU 0", polygon_coverage=failing_compiler)
+    with pytest.raises(BackendError, match="failed its test launch \\(RuntimeError: nvrtc"):
+        _tested(broken, "cupy")
+    assert _tested(_Wrapped(gpu, device_name=lambda: "GPU 0"), "cupy") == "GPU 0"
+
+
+def _limited(inner, max_cells: int, free_bytes: int | None = None):
+    """Kernels that run out of memory on batches of more than ``max_cells`` cells."""
+
+    def polygon_coverage(*args):
+        n_cells = int(np.asarray(args[3])[-1])
+        if n_cells > max_cells:
+            raise MemoryError(f"{n_cells} cells")
+        return inner.polygon_coverage(*args)
+
+    return _Wrapped(inner, polygon_coverage=polygon_coverage, free_memory_bytes=lambda: free_bytes,
+                    out_of_memory_errors=lambda: (MemoryError,), BYTES_PER_CELL=64)
+
+
+def test_batches_that_run_out_of_memory_are_split_and_retried(gpu):
+    from isodose.errors import IsodoseError
+    from isodose.kernels import numba_cpu
+
+    _, grid = linear_grid(gradient=FIELDS["oblique"])
+    structures = [contour_shape(s, n, i, 2.5) for i, (n, s) in enumerate(SHAPES.items(), start=1)]
+    reference = compute_dvhs(grid, structures, backend="numba")
+    for kernels in (_limited(numba_cpu, 150_000), _limited(gpu, 150_000), _limited(numba_cpu, 10**9, 64 * 200_000)):
+        backend = Backend("limited", "a small device", kernels)
+        assert_same_dvhs(reference, compute_dvhs(grid, structures, backend=backend))
+    with pytest.raises(IsodoseError, match="ROI 'sphere': not enough memory for one contour plane"):
+        compute_dvhs(grid, structures, backend=Backend("tiny", "a tiny device", _limited(numba_cpu, 1000)))
