@@ -245,3 +245,19 @@ def test_demo_command(tmp_path, capsys):
     shutil.rmtree(tmp_path / "demo" / "cohort" / "cases" / "NPC0001")
     assert main(["demo", "--cases", "6", "--out", str(tmp_path / "demo"), "--workers", "1"]) == 0
     assert "6/6" in capsys.readouterr().out
+
+
+def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_path):
+    """The GPU arrangement (reading workers feeding one computing process), here with Numba computing:
+    the same numbers as workers that read and compute, whatever the thread counts."""
+    out = tmp_path / "pipelined.h5"
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=2, pipelined=True, progress=False)
+    assert (summary.processed, summary.failed) == (N_CASES, 0)
+    ignore = {"device"}
+    pipelined = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
+                 for e in ResultStore.open(out, create=False).cases()}
+    default = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
+               for e in ResultStore.open(results[0], create=False).cases()}
+    assert pipelined == default
+    assert all(e["timings"]["read_s"] > 0 and e["timings"]["compute_s"] > 0
+               for e in ResultStore.open(out, create=False).cases())

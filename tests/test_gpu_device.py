@@ -59,3 +59,19 @@ def test_head_and_neck_case_and_repeatability():
     again = compute_dvhs(grid, structures, backend="cupy")
     for a, b in zip(first, again):
         assert np.array_equal(a.cumulative_cc, b.cumulative_cc) and a.dmean_gy == b.dmean_gy
+
+
+def test_cohort_on_the_gpu_gets_every_true_class(tmp_path):
+    from isodose.cohort.runner import RunSettings, run_cohort
+    from isodose.cohort.store import ResultStore
+    from isodose.cohort.synthetic import generate_cohort, read_truth
+
+    manifest = generate_cohort(tmp_path / "data", 20, seed=3, workers=2)
+    summary = run_cohort(manifest, tmp_path / "r.h5", settings=RunSettings(target_metrics=("CTV60:D98",)),
+                         workers=2, backend="cupy", progress=False)
+    assert summary.failed == 0
+    truth = read_truth(tmp_path / "data" / "truth.csv")
+    for entry in ResultStore.open(tmp_path / "r.h5", create=False).cases():
+        assert entry["record"]["backend"] == "cupy"
+        assert entry["record"]["class_volume"] == truth[entry["case_id"]]["true_class_volume"]
+        assert entry["record"]["class_centroid"] == truth[entry["case_id"]]["true_class_centroid"]

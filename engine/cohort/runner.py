@@ -80,18 +80,54 @@ def _curve(dvh, step_gy: float) -> list[float]:
     return [round(float(v), 5) for v in dvh.cumulative(doses)]
 
 
-def process_case(case: Case, settings: RunSettings, backend: str | None = None) -> dict:
-    """Classify one case; never raises for a bad case (the error goes into the returned entry)."""
-    from ..dicom.read import read_dose, read_plan, read_registration, read_structures
-    from ..recurrence import classify_recurrence
+@dataclass(frozen=True, eq=False)
+class CaseInputs:
+    """One case read from disk, ready to compute (what a reading worker hands to the computing process)."""
 
-    started = time.perf_counter()
-    entry: dict = {"case_id": case.case_id, "status": "error", "error": "", "record": {}, "timings": {}, "dvhs": {},
-                   "warnings": []}
+    case: Case
+    dose: object
+    structures: object
+    prescription_gy: float
+    follow_up: object
+    registration: object
+    read_s: float
+    warnings: tuple[str, ...] = ()
+
+
+def _error_entry(case_id: str, error: str, timings: dict | None = None, warnings: list[str] | None = None) -> dict:
+    return {"case_id": case_id, "status": "error", "error": error, "record": {}, "timings": dict(timings or {}),
+            "dvhs": {}, "warnings": list(warnings or [])}
+
+
+def _guarded(case_id: str, work: Callable[[], dict | CaseInputs], timings: dict) -> dict | CaseInputs:
+    """Run ``work``; a failure becomes an error entry (a case must never stop the cohort)."""
     collector = _CaseLog()
     logger = logging.getLogger("isodose")
     logger.addHandler(collector)
     try:
+        result = work()
+    except IsodoseError as exc:
+        result = _error_entry(case_id, str(exc), timings)
+    except MemoryError:
+        result = _error_entry(case_id, "out of memory", timings)
+    except Exception as exc:
+        result = _error_entry(case_id, f"internal error: {type(exc).__name__}: {exc}", timings)
+        log.debug("case %s failed", case_id, exc_info=True)
+    finally:
+        logger.removeHandler(collector)
+    if isinstance(result, CaseInputs):
+        return CaseInputs(**{**result.__dict__, "warnings": tuple(collector.messages)})
+    result["warnings"] = result.get("warnings", []) + collector.messages
+    return result
+
+
+def read_case(case: Case) -> CaseInputs | dict:
+    """Read one case's files (an error entry when they cannot be read)."""
+    from ..dicom.read import read_dose, read_plan, read_registration, read_structures
+
+    started = time.perf_counter()
+
+    def read() -> CaseInputs:
         if case.problem:
             raise IsodoseError(case.problem)
         dose = read_dose(case.dose)
@@ -103,33 +139,49 @@ def process_case(case: Case, settings: RunSettings, backend: str | None = None) 
                 raise IsodoseError("the plan holds no prescription; give prescription_gy", path=case.plan)
         follow_up = read_structures(case.recurrence_structures) if case.recurrence_structures else None
         registration = read_registration(case.registration) if case.registration else None
-        read_done = time.perf_counter()
+        return CaseInputs(case, dose, structures, prescription, follow_up, registration,
+                          time.perf_counter() - started)
+
+    result = _guarded(case.case_id, read, {})
+    if isinstance(result, dict):
+        result["timings"]["read_s"] = result["timings"]["total_s"] = time.perf_counter() - started
+    return result
+
+
+def classify_inputs(inputs: CaseInputs, settings: RunSettings, backend: str | None = None) -> dict:
+    """Classify one case already read; never raises for a bad case."""
+    from ..recurrence import classify_recurrence
+
+    started = time.perf_counter()
+    case = inputs.case
+    timings = {"read_s": inputs.read_s}
+
+    def compute() -> dict:
         result = classify_recurrence(
-            dose, structures, case.recurrence_roi, prescription, recurrence_structures=follow_up,
-            registration=registration, targets=settings.targets, metrics=settings.metrics,
-            target_metrics=settings.target_metrics, criteria=settings.criteria, options=settings.options,
-            backend=backend,
+            inputs.dose, inputs.structures, case.recurrence_roi, inputs.prescription_gy,
+            recurrence_structures=inputs.follow_up, registration=inputs.registration, targets=settings.targets,
+            metrics=settings.metrics, target_metrics=settings.target_metrics, criteria=settings.criteria,
+            options=settings.options, backend=backend,
         )
         computed = time.perf_counter()
-        entry.update(status="ok", record=result.record())
         dvhs = {result.recurrence_dvh.name: ("recurrence", result.recurrence_dvh)}
         dvhs.update({name: ("roi", d) for name, d in result.roi_dvhs.items() if name not in dvhs})
-        entry["dvhs"] = {name: {"role": role, "step_gy": settings.dvh_step_gy,
-                                "cumulative_cc": _curve(d, settings.dvh_step_gy)}
-                         for name, (role, d) in dvhs.items() if d.has_dose}
-        entry["timings"] = {"read_s": read_done - started, "compute_s": computed - read_done}
-    except IsodoseError as exc:
-        entry["error"] = str(exc)
-    except MemoryError:
-        entry["error"] = "out of memory"
-    except Exception as exc:  # a case must never stop the cohort
-        entry["error"] = f"internal error: {type(exc).__name__}: {exc}"
-        log.debug("case %s failed", case.case_id, exc_info=True)
-    finally:
-        logger.removeHandler(collector)
-    entry["timings"]["total_s"] = time.perf_counter() - started
-    entry["warnings"] = collector.messages
+        curves = {name: {"role": role, "step_gy": settings.dvh_step_gy,
+                         "cumulative_cc": _curve(d, settings.dvh_step_gy)}
+                  for name, (role, d) in dvhs.items() if d.has_dose}
+        return {"case_id": case.case_id, "status": "ok", "error": "", "record": result.record(),
+                "timings": {**timings, "compute_s": computed - started}, "dvhs": curves, "warnings": []}
+
+    entry = _guarded(case.case_id, compute, timings)
+    entry["warnings"] = list(inputs.warnings) + entry["warnings"]
+    entry["timings"]["total_s"] = inputs.read_s + time.perf_counter() - started
     return entry
+
+
+def process_case(case: Case, settings: RunSettings, backend: str | None = None) -> dict:
+    """Read and classify one case; never raises for a bad case (the error goes into the returned entry)."""
+    inputs = read_case(case)
+    return inputs if isinstance(inputs, dict) else classify_inputs(inputs, settings, backend)
 
 
 def _init_worker(threads: int, log_level: int) -> None:
@@ -185,6 +237,12 @@ class Progress:
             self.stream.flush()
 
 
+def _selected_backend_name(backend: str | None) -> str:
+    from ..dispatch import select_backend
+
+    return select_backend(backend).name
+
+
 def _run_in_pool(todo: list[Case], settings: RunSettings, backend: str | None, workers: int,
                  on_result: Callable[[dict], None]) -> None:
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -211,12 +269,40 @@ def _run_in_pool(todo: list[Case], settings: RunSettings, backend: str | None, w
                     if future.done() and not future.exception():
                         on_result(future.result())
                     else:
-                        on_result({"case_id": case.case_id, "status": "error", "record": {}, "dvhs": {},
-                                   "timings": {}, "warnings": [],
-                                   "error": "the worker process died while this case was in flight"})
+                        on_result(_error_entry(case.case_id, "the worker process died while this case was in flight"))
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+
+
+def _run_pipelined(todo: list[Case], settings: RunSettings, backend: str | None, readers: int,
+                   on_result: Callable[[dict], None]) -> None:
+    """Reading workers feed one computing process (this one): for a GPU, which one process drives, while
+    the CPU cores read DICOM. At most two cases per reader are read ahead."""
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger("isodose").getEffectiveLevel()
+    queue = list(reversed(todo))
+    with ProcessPoolExecutor(max_workers=readers, mp_context=context, initializer=_init_worker,
+                             initargs=(1, level)) as pool:
+        in_flight: dict[Future, Case] = {}
+        try:
+            while queue or in_flight:
+                while queue and len(in_flight) < 2 * readers:
+                    case = queue.pop()
+                    in_flight[pool.submit(read_case, case)] = case
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    case = in_flight.pop(future)
+                    try:
+                        inputs = future.result()
+                    except BrokenProcessPool:
+                        raise
+                    except Exception as exc:  # the inputs could not come back (too large to pass, say)
+                        inputs = _error_entry(case.case_id, f"reading failed: {type(exc).__name__}: {exc}")
+                    on_result(inputs if isinstance(inputs, dict) else classify_inputs(inputs, settings, backend))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def run_cohort(
@@ -230,8 +316,13 @@ def run_cohort(
     prescription_gy: float | None = None,
     progress: bool = True,
     cases: Iterable[Case] | None = None,
+    pipelined: bool | None = None,
 ) -> RunSummary:
-    """Run (or resume) a cohort from a manifest or a folder into the store ``out`` (and its CSV beside)."""
+    """Run (or resume) a cohort from a manifest or a folder into the store ``out`` (and its CSV beside).
+
+    With the cupy backend (``pipelined``, by default), ``workers`` processes read DICOM while this process
+    computes on the GPU; otherwise each worker process reads and computes its own cases.
+    """
     settings = settings or RunSettings()
     started = time.perf_counter()
     all_cases = list(cases) if cases is not None else load_cases(source, recurrence_roi, prescription_gy)
@@ -239,9 +330,8 @@ def run_cohort(
     finished = store.finished()
     todo = [c for c in all_cases if c.case_id not in finished]
     workers = max(1, int(workers or os.cpu_count() or 1))
-    if backend == "cupy" and workers > 1:
-        log.info("one worker per GPU: running the cupy backend with 1 worker")
-        workers = 1
+    if pipelined is None:
+        pipelined = _selected_backend_name(backend) == "cupy" and workers > 1
     bar = Progress(len(all_cases), len(all_cases) - len(todo), progress)
     failed = 0
 
@@ -255,6 +345,8 @@ def run_cohort(
         if workers == 1 or len(todo) <= 1:
             for case in todo:
                 record(process_case(case, settings, backend))
+        elif pipelined:
+            _run_pipelined(todo, settings, backend, min(workers, len(todo)), record)
         else:
             _run_in_pool(todo, settings, backend, min(workers, len(todo)), record)
     finally:

@@ -1,0 +1,100 @@
+"""GPU benchmarks (marked gpu: they run only where a CUDA device is usable).
+
+- Kernel: sampling plus DVH accumulation over a large batch of cells, as GB/s of cell data read, beside the
+  device-to-device copy rate measured in the same run.
+- Cohort: recurrence classifications per second from data already in memory, on cupy and on numba (all CPU
+  cores) in the same run; and end to end from DICOM with reading workers feeding the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from isodose.cohort.cases import read_manifest
+from isodose.cohort.runner import RunSettings, classify_inputs, read_case, run_cohort
+from isodose.cohort.synthetic import generate_cohort
+from isodose.dispatch import select_backend
+from isodose.phantoms import head_neck_case
+from isodose.sampling import histogram_range
+from isodose.voxelize import SamplingOptions, plan_sampling
+
+pytestmark = pytest.mark.gpu
+SETTINGS = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
+
+
+def test_kernel_bandwidth(benchmark):
+    import cupy
+
+    gpu = select_backend("cupy").kernels
+    grid, structures = head_neck_case()
+    options = SamplingOptions(supersampling=8)  # a large batch: millions of cells
+    plan = plan_sampling(structures.structures, grid, options)
+    cells = gpu.polygon_coverage(plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start,
+                                 plan.plane_x0, plan.plane_y0, plan.plane_nx, plan.plane_ny, plan.plane_hx,
+                                 plan.plane_hy, plan.scanlines)
+    transforms = np.broadcast_to(np.eye(4), (plan.n_structures, 4, 4))
+    bin_width = histogram_range(grid, options.dose_bins)
+    args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
+            plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, transforms, bin_width, options.dose_bins, 16)
+
+    def run():
+        result = gpu.cell_histograms(*args)
+        cupy.cuda.Device().synchronize()
+        return result
+
+    run()
+    benchmark.group = "GPU kernel"
+    benchmark.pedantic(run, rounds=10, iterations=1)
+    source = cupy.ones(2**28, dtype=np.float32)  # 1 GiB
+    target = cupy.empty_like(source)
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(10):
+        cupy.copyto(target, source)
+    stop.record()
+    stop.synchronize()
+    copy_gbs = 10 * 2 * source.nbytes / (cupy.cuda.get_elapsed_time(start, stop) / 1000) / 1e9
+    cell_gbs = cells.nbytes / benchmark.stats.stats.median / 1e9
+    benchmark.extra_info.update(device=select_backend("cupy").device, cells=int(cells.shape[0]),
+                                cell_data_gbs=round(cell_gbs, 1), device_copy_gbs=round(copy_gbs, 1),
+                                fraction_of_copy_rate=round(cell_gbs / copy_gbs, 3))
+
+
+@pytest.fixture(scope="module")
+def in_memory_cases(tmp_path_factory):
+    manifest = generate_cohort(tmp_path_factory.mktemp("gpu-cohort") / "data", 400, seed=5,
+                               workers=os.cpu_count() or 1)
+    return manifest, [read_case(case) for case in read_manifest(manifest)]
+
+
+@pytest.mark.parametrize("backend", ["cupy", "numba"])
+def test_classifications_from_memory(benchmark, in_memory_cases, backend):
+    _, inputs = in_memory_cases
+    chosen = select_backend(backend)
+    classify_inputs(inputs[0], SETTINGS, chosen)
+
+    def run():
+        return [classify_inputs(i, SETTINGS, chosen) for i in inputs]
+
+    benchmark.group = "classifications from memory"
+    entries = benchmark.pedantic(run, rounds=3, iterations=1)
+    assert all(e["status"] == "ok" for e in entries)
+    benchmark.extra_info.update(device=chosen.device, per_second=round(len(inputs) / benchmark.stats.stats.median, 1))
+
+
+@pytest.mark.parametrize("backend", ["cupy", "numba"])
+def test_end_to_end_from_dicom(benchmark, in_memory_cases, tmp_path, backend):
+    manifest, inputs = in_memory_cases
+    counter = iter(range(100))
+
+    def run():
+        return run_cohort(manifest, tmp_path / f"{backend}{next(counter)}.h5", settings=SETTINGS,
+                          workers=os.cpu_count(), backend=backend, progress=False)
+
+    benchmark.group = "cohort end to end"
+    summary = benchmark.pedantic(run, rounds=2, iterations=1)
+    assert summary.failed == 0
+    benchmark.extra_info.update(per_second=round(len(inputs) / benchmark.stats.stats.median, 1))
