@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from isodose.dispatch import cuda_usable
 from isodose.phantoms import head_neck_case
 
 
@@ -11,17 +12,8 @@ def head_neck():
     return head_neck_case()
 
 
-def _cuda_usable() -> bool:
-    try:
-        import cupy
-
-        return bool(cupy.is_available())
-    except Exception:
-        return False
-
-
 def pytest_collection_modifyitems(config, items):
-    if _cuda_usable():
+    if cuda_usable():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device and CuPy")
     for item in items:

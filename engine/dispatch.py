@@ -109,6 +109,16 @@ def select_backend(name: str | None = None) -> Backend:
     raise BackendError("no backend can run on this machine")  # pragma: no cover - numpy always can
 
 
+def cuda_usable() -> bool:
+    """Whether CuPy imports and sees a CUDA device (without compiling or testing anything)."""
+    try:
+        import cupy
+
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
 def available_backends() -> dict[str, str]:
     """Each backend's device, or the reason it cannot run here."""
     report = {}

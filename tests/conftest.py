@@ -7,22 +7,14 @@ import numpy as np
 import pytest
 
 from isodose.dicom.write import write_dose, write_structures
+from isodose.dispatch import cuda_usable
 from isodose.phantoms import LinearField, contour_shape
 
 NELMS = Path(os.environ.get("ISODOSE_NELMS", Path(__file__).resolve().parents[2] / "shared/validation/nelms2015"))
 
 
-def _cuda_usable() -> bool:
-    try:
-        import cupy
-
-        return bool(cupy.is_available())
-    except Exception:
-        return False
-
-
 def pytest_collection_modifyitems(config, items):
-    if _cuda_usable():
+    if cuda_usable():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device and CuPy")
     for item in items:

@@ -2,10 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from isodose.dispatch import ENV_VAR, available_backends, select_backend
+from isodose.dispatch import ENV_VAR, available_backends, cuda_usable, select_backend
 from isodose.errors import BackendError
-
-from .conftest import _cuda_usable
 
 
 def test_explicit_choice_beats_the_environment(monkeypatch):
@@ -19,7 +17,7 @@ def test_explicit_choice_beats_the_environment(monkeypatch):
 def test_auto_never_fails_and_names_its_device(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     backend = select_backend()
-    assert backend.name == ("cupy" if _cuda_usable() else "numba")
+    assert backend.name == ("cupy" if cuda_usable() else "numba")
     assert backend.device
     report = available_backends()
     assert set(report) == {"cupy", "numba", "numpy"}
@@ -33,7 +31,7 @@ def test_unknown_backend_is_an_error(monkeypatch):
         select_backend()
 
 
-@pytest.mark.skipif(_cuda_usable(), reason="this machine has a usable GPU")
+@pytest.mark.skipif(cuda_usable(), reason="this machine has a usable GPU")
 def test_cupy_without_a_gpu_is_a_clear_error():
     with pytest.raises(BackendError, match="cupy backend"):
         select_backend("cupy")
