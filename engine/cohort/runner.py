@@ -8,6 +8,7 @@ per worker in flight), so a very large cohort never builds a large queue.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import multiprocessing
@@ -243,9 +244,11 @@ def _selected_backend_name(backend: str | None) -> str:
     return select_backend(backend).name
 
 
-def _run_in_pool(todo: list[Case], settings: RunSettings, backend: str | None, workers: int,
-                 on_result: Callable[[dict], None]) -> None:
-    threads = max(1, (os.cpu_count() or 1) // workers)
+def _run_in_processes(todo: list[Case], task: Callable[[Case], object], workers: int, threads: int,
+                      finish: Callable[[Case, object], dict], on_result: Callable[[dict], None]) -> None:
+    """Run ``task(case)`` in worker processes, at most two cases in flight per worker, and hand each case's
+    ``finish(case, value)`` to ``on_result`` here, in the one writing process. A worker that dies (killed, out
+    of memory) fails the cases in flight, and the rest go on in a fresh pool."""
     level = logging.getLogger("isodose").getEffectiveLevel()
     context = multiprocessing.get_context("spawn")  # no fork after threads (OpenMP) have started
     queue = list(reversed(todo))
@@ -257,52 +260,28 @@ def _run_in_pool(todo: list[Case], settings: RunSettings, backend: str | None, w
                 while queue or in_flight:
                     while queue and len(in_flight) < 2 * workers:
                         case = queue.pop()
-                        in_flight[pool.submit(process_case, case, settings, backend)] = case
+                        in_flight[pool.submit(task, case)] = case
                     finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in finished:
                         case = in_flight.pop(future)
-                        on_result(future.result())
+                        try:
+                            value = future.result()
+                        except BrokenProcessPool:
+                            in_flight[future] = case
+                            raise
+                        except Exception as exc:  # the result could not come back (too large to pass, say)
+                            on_result(_error_entry(case.case_id, f"{type(exc).__name__}: {exc}"))
+                            continue
+                        on_result(finish(case, value))
             except BrokenProcessPool:
-                # A worker died (killed, out of memory): the cases in flight are recorded as failed and the
-                # rest go on in a fresh pool.
                 for future, case in in_flight.items():
                     if future.done() and not future.exception():
-                        on_result(future.result())
+                        on_result(finish(case, future.result()))
                     else:
                         on_result(_error_entry(case.case_id, "the worker process died while this case was in flight"))
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-
-
-def _run_pipelined(todo: list[Case], settings: RunSettings, backend: str | None, readers: int,
-                   on_result: Callable[[dict], None]) -> None:
-    """Reading workers feed one computing process (this one): for a GPU, which one process drives, while
-    the CPU cores read DICOM. At most two cases per reader are read ahead."""
-    context = multiprocessing.get_context("spawn")
-    level = logging.getLogger("isodose").getEffectiveLevel()
-    queue = list(reversed(todo))
-    with ProcessPoolExecutor(max_workers=readers, mp_context=context, initializer=_init_worker,
-                             initargs=(1, level)) as pool:
-        in_flight: dict[Future, Case] = {}
-        try:
-            while queue or in_flight:
-                while queue and len(in_flight) < 2 * readers:
-                    case = queue.pop()
-                    in_flight[pool.submit(read_case, case)] = case
-                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    case = in_flight.pop(future)
-                    try:
-                        inputs = future.result()
-                    except BrokenProcessPool:
-                        raise
-                    except Exception as exc:  # the inputs could not come back (too large to pass, say)
-                        inputs = _error_entry(case.case_id, f"reading failed: {type(exc).__name__}: {exc}")
-                    on_result(inputs if isinstance(inputs, dict) else classify_inputs(inputs, settings, backend))
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
 
 
 def run_cohort(
@@ -346,9 +325,15 @@ def run_cohort(
             for case in todo:
                 record(process_case(case, settings, backend))
         elif pipelined:
-            _run_pipelined(todo, settings, backend, min(workers, len(todo)), record)
+            # Reading workers feed this process, which computes (for a GPU, which one process drives).
+            def classify(case: Case, inputs) -> dict:
+                return inputs if isinstance(inputs, dict) else classify_inputs(inputs, settings, backend)
+
+            _run_in_processes(todo, read_case, min(workers, len(todo)), 1, classify, record)
         else:
-            _run_in_pool(todo, settings, backend, min(workers, len(todo)), record)
+            n = min(workers, len(todo))
+            _run_in_processes(todo, functools.partial(process_case, settings=settings, backend=backend), n,
+                              max(1, (os.cpu_count() or 1) // n), lambda case, entry: entry, record)
     finally:
         bar.finish()
         if store.pending:
