@@ -98,10 +98,6 @@ def slab_bounds(
     return lo, hi
 
 
-def structure_planes(structure: Structure) -> list[ContourPlane]:
-    return group_planes(structure.contours)
-
-
 def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
     """Median plane spacing over all structures with two planes or more: the structure set's slice spacing."""
     spacings = []
