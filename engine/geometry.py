@@ -9,6 +9,7 @@ piece, so that two separate lesions contoured in one ROI are not bridged.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,9 +36,9 @@ class ContourPlane:
 def polygon_area_mm2(points_mm: np.ndarray) -> float:
     """Signed area (shoelace formula) of a closed polygon given as ``(n, 2)`` points; positive when the
     vertices run counter-clockwise in (x, y)."""
-    x = points_mm[:, 0] - points_mm[:, 0].mean()
-    y = points_mm[:, 1] - points_mm[:, 1].mean()
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    centred = points_mm - points_mm.mean(axis=0)
+    x, y = centred[:, 0], centred[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(y[:-1], x[1:]) + x[-1] * y[0] - y[-1] * x[0])
 
 
 def group_planes(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERANCE_MM) -> list[ContourPlane]:
@@ -52,9 +53,20 @@ def group_planes(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERA
         else:
             planes.append([contour])
     return [
-        ContourPlane(z_mm=float(np.mean([c.z_mm for c in group])), rings=tuple(c.points_mm for c in group))
+        ContourPlane(z_mm=float(sum(c.z_mm for c in group) / len(group)), rings=tuple(c.points_mm for c in group))
         for group in planes
     ]
+
+
+_PLANES: weakref.WeakKeyDictionary[Structure, list[ContourPlane]] = weakref.WeakKeyDictionary()
+
+
+def structure_planes(structure: Structure) -> list[ContourPlane]:
+    """The planes of a structure (:func:`group_planes` of its contours), computed once per structure object."""
+    planes = _PLANES.get(structure)
+    if planes is None:
+        planes = _PLANES[structure] = group_planes(structure.contours)
+    return planes
 
 
 def nominal_spacing_mm(plane_z_mm: np.ndarray) -> float | None:
@@ -102,7 +114,7 @@ def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
     """Median plane spacing over all structures with two planes or more: the structure set's slice spacing."""
     spacings = []
     for s in structures:
-        z = np.array([p.z_mm for p in group_planes(s.contours)])
+        z = np.array([p.z_mm for p in structure_planes(s)])
         if len(z) >= 2:
             spacings.append(np.diff(z))
     if not spacings:
@@ -115,16 +127,26 @@ def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
 # --------------------------------------------------------------------------------------------------------
 def points_in_rings(rings: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Even-odd test of points against all rings of one plane (half-open edges, as the coverage kernel)."""
-    inside = np.zeros(np.shape(x), dtype=bool)
-    for ring in rings:
-        xa, ya = ring[:, 0], ring[:, 1]
-        xb, yb = np.roll(xa, -1), np.roll(ya, -1)
-        for x1, y1, x2, y2 in zip(xa, ya, xb, yb):
-            if y1 == y2:
-                continue
-            crosses = ((y1 <= y) & (y < y2)) | ((y2 <= y) & (y < y1))
-            x_cross = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-            inside ^= crosses & (x < x_cross)
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    inside = np.zeros(x.shape, dtype=bool)
+    if not rings or x.size == 0:
+        return inside
+    # Every edge of every ring (each ring closed on itself), horizontal edges dropped.
+    start = np.concatenate(rings)
+    end = np.concatenate([np.roll(ring, -1, axis=0) for ring in rings])
+    keep = start[:, 1] != end[:, 1]
+    x1, y1, x2, y2 = start[keep, 0], start[keep, 1], end[keep, 0], end[keep, 1]
+    slope = (x2 - x1) / (y2 - y1)
+    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
+    out = inside.reshape(-1)
+    step = max(1, 4_000_000 // max(len(x1), 1))  # points per block: bounded (edges x points) temporaries
+    for first in range(0, len(flat_x), step):
+        px = flat_x[first : first + step, None]
+        py = flat_y[first : first + step, None]
+        crosses = ((y1 <= py) & (py < y2)) | ((y2 <= py) & (py < y1))
+        crossing_x = x1 + (py - y1) * slope
+        out[first : first + step] = np.count_nonzero(crosses & (px < crossing_x), axis=1) % 2 == 1
     return inside
 
 
@@ -134,7 +156,7 @@ def structure_contains(
     """Which ``(x, y, z)`` points lie inside the structure as isodose models it (slabs, even-odd rings)."""
     points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
     inside = np.zeros(len(points), dtype=bool)
-    planes = group_planes(structure.contours)
+    planes = structure_planes(structure)
     if not planes:
         return inside
     lo, hi = slab_bounds(np.array([p.z_mm for p in planes]), end_cap, fallback_spacing_mm)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .errors import IsodoseError, StructureError
-from .geometry import END_CAPS, common_plane_spacing_mm, group_planes, polygon_area_mm2, slab_bounds
+from .geometry import END_CAPS, common_plane_spacing_mm, polygon_area_mm2, slab_bounds, structure_planes
 from .model import DoseGrid, Structure
 
 
@@ -156,14 +156,14 @@ def plan_sampling(
     windows: list[tuple[float, float, int, int, float, float]] = []
     z_lo_all: list[np.ndarray] = []
     z_hi_all: list[np.ndarray] = []
-    structure_planes: list[int] = []
+    planes_per_structure: list[int] = []
     vertex_points: list[np.ndarray] = []
     vertex_counts: list[int] = []
     supersampling: list[int] = []
 
     for structure in structures:
-        planes = group_planes(structure.contours)
-        structure_planes.append(len(planes))
+        planes = structure_planes(structure)
+        planes_per_structure.append(len(planes))
         if not planes:
             vertex_counts.append(0)
             supersampling.append(0)
@@ -225,7 +225,7 @@ def plan_sampling(
         plane_hy=window_array[:, 5].copy(),
         plane_z_lo=np.concatenate(z_lo_all) if z_lo_all else np.empty(0),
         plane_z_hi=np.concatenate(z_hi_all) if z_hi_all else np.empty(0),
-        structure_plane_start=starts(structure_planes),
+        structure_plane_start=starts(planes_per_structure),
         vertex_points=np.vstack(vertex_points) if vertex_points else np.empty((0, 3)),
         vertex_structure_start=starts(vertex_counts),
         supersampling=np.array(supersampling, dtype=np.int64),
