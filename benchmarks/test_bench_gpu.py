@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from isodose.cohort.cases import read_manifest
-from isodose.cohort.runner import RunSettings, classify_inputs, read_case, run_cohort
+from isodose.cohort.runner import RunSettings, classify_batch, read_case, run_cohort
 from isodose.cohort.synthetic import generate_cohort
 from isodose.dispatch import select_backend
 from isodose.phantoms import head_neck_case
@@ -70,19 +70,22 @@ def in_memory_cases(tmp_path_factory):
     return manifest, [read_case(case) for case in read_manifest(manifest)]
 
 
-@pytest.mark.parametrize("backend", ["cupy", "numba"])
-def test_classifications_from_memory(benchmark, in_memory_cases, backend):
+@pytest.mark.parametrize(("backend", "batch"), [("cupy", 1), ("cupy", 32), ("cupy", 128), ("numba", 1)])
+def test_classifications_from_memory(benchmark, in_memory_cases, backend, batch):
+    """Cases already read, classified in batches of ``batch`` (on the GPU, one merged plan per batch)."""
     _, inputs = in_memory_cases
     chosen = select_backend(backend)
-    classify_inputs(inputs[0], SETTINGS, chosen)
+    classify_batch(inputs[:batch], SETTINGS, chosen)
 
     def run():
-        return [classify_inputs(i, SETTINGS, chosen) for i in inputs]
+        return [e for first in range(0, len(inputs), batch)
+                for e in classify_batch(inputs[first : first + batch], SETTINGS, chosen)]
 
     benchmark.group = "classifications from memory"
     entries = benchmark.pedantic(run, rounds=3, iterations=1)
     assert all(e["status"] == "ok" for e in entries)
-    benchmark.extra_info.update(device=chosen.device, per_second=round(len(inputs) / benchmark.stats.stats.median, 1))
+    benchmark.extra_info.update(device=chosen.device, batch=batch,
+                                per_second=round(len(inputs) / benchmark.stats.stats.median, 1))
 
 
 @pytest.mark.parametrize("backend", ["cupy", "numba"])

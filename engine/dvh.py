@@ -39,7 +39,7 @@ from .dispatch import Backend, select_backend
 from .errors import FrameOfReferenceError, MetricError
 from .geometry import check_rigid, common_plane_spacing_mm
 from .model import DoseGrid, Structure, StructureSet
-from .sampling import StructureSamples, sample_structures
+from .sampling import SamplingRequest, StructureSamples, sample_many
 from .voxelize import SamplingOptions, plan_sampling
 
 log = logging.getLogger(__name__)
@@ -285,6 +285,30 @@ def _select_structures(
     return [structure_set.get(r) for r in rois]
 
 
+def dvh_request(
+    dose: DoseGrid,
+    structures: StructureSet | Sequence[Structure],
+    rois: Sequence[str | int] | None = None,
+    *,
+    options: SamplingOptions | None = None,
+    check_frame: bool = True,
+    transform: np.ndarray | None = None,
+) -> tuple[list[Structure], SamplingRequest]:
+    """The chosen structures and their sampling request (what :func:`compute_dvhs` samples); for batching
+    many cases into one :func:`isodose.sampling.sample_many`."""
+    options = options or SamplingOptions()
+    if isinstance(structures, StructureSet) and check_frame and transform is None:
+        check_frame_of_reference(dose, structures)
+    selected = _select_structures(structures, rois)
+    all_structures = structures.structures if isinstance(structures, StructureSet) else structures
+    plan = plan_sampling(selected, dose, options, common_plane_spacing_mm(all_structures))
+    transforms = None
+    if transform is not None:
+        matrix = check_rigid(transform, "the structures' transform")
+        transforms = np.broadcast_to(matrix, (len(selected), 4, 4))
+    return selected, SamplingRequest(plan, dose, transforms)
+
+
 def compute_dvhs(
     dose: DoseGrid,
     structures: StructureSet | Sequence[Structure],
@@ -306,16 +330,9 @@ def compute_dvhs(
     """
     options = options or SamplingOptions()
     chosen_backend = backend if isinstance(backend, Backend) else select_backend(backend)
-    if isinstance(structures, StructureSet) and check_frame and transform is None:
-        check_frame_of_reference(dose, structures)
-    selected = _select_structures(structures, rois)
-    all_structures = structures.structures if isinstance(structures, StructureSet) else structures
-    plan = plan_sampling(selected, dose, options, common_plane_spacing_mm(all_structures))
-    transforms = None
-    if transform is not None:
-        matrix = check_rigid(transform, "the structures' transform")
-        transforms = np.broadcast_to(matrix, (len(selected), 4, 4))
-    samples = sample_structures(plan, dose, chosen_backend, options, transforms)
+    selected, request = dvh_request(dose, structures, rois, options=options, check_frame=check_frame,
+                                    transform=transform)
+    [samples] = sample_many([request], chosen_backend, options)
     return dvhs_from_samples(selected, samples)
 
 

@@ -6,6 +6,9 @@ problem, so that the command line can print it as a single line.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from os import PathLike
 
 
@@ -64,3 +67,24 @@ class BackendError(IsodoseError):
 
 class ValidationDataError(IsodoseError):
     """Reference data (such as the Nelms set) that is missing or malformed."""
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Collect the warnings isodose logs inside the block (they are still logged), to keep them with a result."""
+    collector = _Collector()
+    logger = logging.getLogger("isodose")
+    logger.addHandler(collector)
+    try:
+        yield collector.messages
+    finally:
+        logger.removeHandler(collector)

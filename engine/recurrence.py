@@ -16,15 +16,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .dispatch import Backend, select_backend
-from .dvh import DVH, Metric, RoiMetric, check_frame_of_reference, compute_dvhs, parse_metric, parse_roi_metric
-from .errors import IsodoseError, RegistrationError, StructureError
+from .dvh import (
+    DVH,
+    Metric,
+    RoiMetric,
+    check_frame_of_reference,
+    dvh_request,
+    dvhs_from_samples,
+    parse_metric,
+    parse_roi_metric,
+)
+from .errors import IsodoseError, RegistrationError, StructureError, collect_warnings
 from .geometry import common_plane_spacing_mm, registration_matrix, structure_contains
-from .model import DoseGrid, Registration, StructureSet
+from .kernels import numpy_ref
+from .model import DoseGrid, Registration, Structure, StructureSet
+from .sampling import SamplingRequest, StructureSamples, sample_many
 from .voxelize import SamplingOptions
 
 CLASSES = ("in-field", "marginal", "out-field")
@@ -79,6 +90,8 @@ class RecurrenceResult:
     roi_dvhs: dict[str, DVH] = field(repr=False, default_factory=dict)
     backend: str = ""
     device: str = ""
+    #: The warnings logged while this case was classified (ROIs partly outside the grid, say).
+    warnings: tuple[str, ...] = ()
 
     def record(self) -> dict[str, object]:
         """The flat record of the ``classify`` JSON and of each row of a cohort's table (units in keys)."""
@@ -122,6 +135,126 @@ def _recurrence_transform(
     return registration_matrix(registration, source, target)
 
 
+@dataclass(frozen=True, eq=False)
+class RecurrenceCase:
+    """The inputs of one classification (the arguments of :func:`classify_recurrence`)."""
+
+    dose: DoseGrid
+    structures: StructureSet
+    recurrence_roi: str
+    prescription_gy: float
+    recurrence_structures: StructureSet | None = None
+    registration: Registration | None = None
+    targets: Sequence[str] | None = None
+    metrics: Sequence[str | Metric] = ()
+    target_metrics: Sequence[str | RoiMetric] = ()
+    criteria: Criteria | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    """A classification whose sampling requests are planned, waiting for their samples."""
+
+    case: RecurrenceCase
+    criteria: Criteria
+    options: SamplingOptions
+    requests: tuple[SamplingRequest, ...]
+    vr: Structure
+    vr_source: StructureSet
+    registered: bool
+    roi_structures: tuple[Structure, ...]
+    roi_metrics: tuple[RoiMetric, ...]
+    vr_metrics: tuple[Metric, ...]
+
+
+def _prepare(case: RecurrenceCase, options: SamplingOptions) -> _Prepared:
+    """Check one case's inputs and plan its sampling (all the work before the kernels)."""
+    prescription_gy = case.prescription_gy
+    if not (prescription_gy and prescription_gy > 0 and math.isfinite(prescription_gy)):
+        raise IsodoseError(f"the prescription must be a positive dose in Gy, not {prescription_gy!r}")
+    criteria = case.criteria or Criteria()
+    dose, structures = case.dose, case.structures
+    check_frame_of_reference(dose, structures)
+
+    follow_up = case.recurrence_structures
+    source = follow_up if follow_up is not None else structures
+    transform = _recurrence_transform(dose, source, case.registration) if follow_up is not None else None
+    vr_structure = source.get(case.recurrence_roi)
+    if vr_structure.is_empty:
+        raise StructureError("the recurrence ROI has no contours", path=source.source or None,
+                             obj=f"ROI {vr_structure.name!r}")
+    _, vr_request = dvh_request(dose, source, [vr_structure.name], options=options, check_frame=transform is None,
+                                transform=transform)
+    requests = [vr_request]
+
+    vr_metrics = [parse_metric(m) for m in RECURRENCE_METRICS]
+    extra = [parse_metric(m) if isinstance(m, str) else m for m in case.metrics]
+    known = {m.text for m in vr_metrics}
+    vr_metrics += [m for m in extra if m.text not in known]
+
+    roi_metrics = [parse_roi_metric(m) if isinstance(m, str) else m for m in case.target_metrics]
+    roi_names = list(dict.fromkeys(structures.get(m.roi).name for m in roi_metrics))
+    roi_structures: list[Structure] = []
+    if roi_names:
+        roi_structures, roi_request = dvh_request(dose, structures, roi_names, options=options)
+        requests.append(roi_request)
+    return _Prepared(case, criteria, options, tuple(requests), vr_structure, source, transform is not None,
+                     tuple(roi_structures), tuple(roi_metrics), tuple(vr_metrics))
+
+
+def _finish(prepared: _Prepared, samples: Sequence[StructureSamples]) -> RecurrenceResult:
+    """Classify one case from its samples (one per request of :func:`_prepare`)."""
+    case, criteria, options = prepared.case, prepared.criteria, prepared.options
+    dose, structures, prescription_gy = case.dose, case.structures, case.prescription_gy
+    [vr] = dvhs_from_samples([prepared.vr], samples[0])
+    roi_dvhs = {d.name: d for d in dvhs_from_samples(prepared.roi_structures, samples[1])} \
+        if prepared.roi_structures else {}
+
+    isodose_gy = criteria.isodose_pct / 100.0 * prescription_gy
+    inside_cc = float(vr.volume_at_dose_cc(isodose_gy)) if vr.has_dose else 0.0
+    inside_pct = 100.0 * inside_cc / vr.volume_cc if vr.volume_cc > 0 else 0.0
+
+    # The dose at the centroid: one point, interpolated on the host by the reference (for every backend).
+    centroid = np.array(vr.centroid_mm, dtype=np.float64)
+    centroid_dose = float(numpy_ref.trilinear(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
+                                              np.asarray(dose.spacing_mm, dtype=np.float64),
+                                              centroid.reshape(1, 3))[0])
+    if case.targets is None:
+        target_structures = [s for s in structures.structures
+                             if s.is_target and not s.is_empty and s is not prepared.vr]
+    else:
+        target_structures = [structures.get(name) for name in case.targets]
+    spacing = common_plane_spacing_mm(structures.structures)
+    holding = tuple(s.name for s in target_structures
+                    if structure_contains(s, centroid, options.end_cap, spacing)[0])
+
+    metric_values = {m.text: float(vr.metric(m, prescription_gy)) for m in prepared.vr_metrics}
+    target_values = {
+        m.text: float(roi_dvhs[structures.get(m.roi).name].metric(m.metric, prescription_gy))
+        for m in prepared.roi_metrics
+    }
+    return RecurrenceResult(
+        recurrence_roi=vr.name,
+        prescription_gy=float(prescription_gy),
+        isodose_gy=isodose_gy,
+        registered=prepared.registered,
+        recurrence_volume_cc=vr.volume_cc,
+        recurrence_outside_dose_cc=vr.volume_outside_dose_cc,
+        inside_isodose_pct=inside_pct,
+        class_volume=criteria.volume_class(inside_pct),
+        centroid_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+        centroid_dose_gy=centroid_dose,
+        centroid_targets=holding,
+        class_centroid=criteria.centroid_class(centroid_dose, prescription_gy, bool(holding)),
+        metrics=metric_values,
+        target_metrics=target_values,
+        recurrence_dvh=vr,
+        roi_dvhs=roi_dvhs,
+        backend=samples[0].backend,
+        device=samples[0].device,
+    )
+
+
 def classify_recurrence(
     dose: DoseGrid,
     structures: StructureSet,
@@ -144,70 +277,55 @@ def classify_recurrence(
     the ROIs tested for holding the centroid (default: every GTV, CTV and PTV of the planning set).
     ``metrics`` are extra metrics of Vr; ``target_metrics`` are ``ROI:METRIC`` of planning ROIs.
     """
-    if not (prescription_gy and prescription_gy > 0 and math.isfinite(prescription_gy)):
-        raise IsodoseError(f"the prescription must be a positive dose in Gy, not {prescription_gy!r}")
-    criteria = criteria or Criteria()
+    case = RecurrenceCase(dose, structures, recurrence_roi, prescription_gy, recurrence_structures, registration,
+                          targets, metrics, target_metrics, criteria)
+    [result] = classify_recurrences([case], options=options, backend=backend)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def classify_recurrences(
+    cases: Sequence[RecurrenceCase],
+    *,
+    options: SamplingOptions | None = None,
+    backend: str | Backend | None = None,
+) -> list[RecurrenceResult | IsodoseError]:
+    """Classify many recurrences, sampling them together: on the GPU, all the cases' structures go through
+    one merged plan (see :func:`isodose.sampling.sample_many`). Each case gets its result, or the
+    :class:`IsodoseError` that stopped it; one bad case never stops the others. The results are those of
+    :func:`classify_recurrence` case by case."""
     options = options or SamplingOptions()
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
-    check_frame_of_reference(dose, structures)
-
-    source = recurrence_structures if recurrence_structures is not None else structures
-    transform = _recurrence_transform(dose, source, registration) if recurrence_structures is not None else None
-    vr_structure = source.get(recurrence_roi)
-    if vr_structure.is_empty:
-        raise StructureError("the recurrence ROI has no contours", path=source.source or None,
-                             obj=f"ROI {vr_structure.name!r}")
-    [vr] = compute_dvhs(dose, source, [vr_structure.name], options=options, backend=chosen,
-                        check_frame=transform is None, transform=transform)
-
-    isodose_gy = criteria.isodose_pct / 100.0 * prescription_gy
-    inside_cc = float(vr.volume_at_dose_cc(isodose_gy)) if vr.has_dose else 0.0
-    inside_pct = 100.0 * inside_cc / vr.volume_cc if vr.volume_cc > 0 else 0.0
-
-    centroid = np.array(vr.centroid_mm, dtype=np.float64)
-    centroid_dose = float(chosen.kernels.trilinear(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
-                                                   np.asarray(dose.spacing_mm, dtype=np.float64),
-                                                   centroid.reshape(1, 3))[0])
-    if targets is None:
-        target_structures = [s for s in structures.structures
-                             if s.is_target and not s.is_empty and s is not vr_structure]
-    else:
-        target_structures = [structures.get(name) for name in targets]
-    spacing = common_plane_spacing_mm(structures.structures)
-    holding = tuple(s.name for s in target_structures
-                    if structure_contains(s, centroid, options.end_cap, spacing)[0])
-
-    vr_metrics = [parse_metric(m) for m in RECURRENCE_METRICS]
-    extra = [parse_metric(m) if isinstance(m, str) else m for m in metrics]
-    known = {m.text for m in vr_metrics}
-    vr_metrics += [m for m in extra if m.text not in known]
-    metric_values = {m.text: float(vr.metric(m, prescription_gy)) for m in vr_metrics}
-
-    roi_metrics = [parse_roi_metric(m) if isinstance(m, str) else m for m in target_metrics]
-    roi_names = list(dict.fromkeys(structures.get(m.roi).name for m in roi_metrics))
-    roi_dvhs = {d.name: d for d in compute_dvhs(dose, structures, roi_names, options=options, backend=chosen)} \
-        if roi_names else {}
-    target_values = {
-        m.text: float(roi_dvhs[structures.get(m.roi).name].metric(m.metric, prescription_gy)) for m in roi_metrics
-    }
-
-    return RecurrenceResult(
-        recurrence_roi=vr.name,
-        prescription_gy=float(prescription_gy),
-        isodose_gy=isodose_gy,
-        registered=transform is not None,
-        recurrence_volume_cc=vr.volume_cc,
-        recurrence_outside_dose_cc=vr.volume_outside_dose_cc,
-        inside_isodose_pct=inside_pct,
-        class_volume=criteria.volume_class(inside_pct),
-        centroid_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
-        centroid_dose_gy=centroid_dose,
-        centroid_targets=holding,
-        class_centroid=criteria.centroid_class(centroid_dose, prescription_gy, bool(holding)),
-        metrics=metric_values,
-        target_metrics=target_values,
-        recurrence_dvh=vr,
-        roi_dvhs=roi_dvhs,
-        backend=chosen.name,
-        device=chosen.device,
-    )
+    results: list[RecurrenceResult | IsodoseError | None] = [None] * len(cases)
+    prepared: dict[int, _Prepared] = {}
+    warnings: dict[int, list[str]] = {}
+    for i, case in enumerate(cases):
+        with collect_warnings() as warnings[i]:
+            try:
+                prepared[i] = _prepare(case, options)
+            except IsodoseError as exc:
+                results[i] = exc
+    requests = [r for p in prepared.values() for r in p.requests]
+    try:
+        samples = sample_many(requests, chosen, options)
+    except IsodoseError:
+        if len(prepared) <= 1:
+            raise
+        samples = None  # one case's failure (memory for one plane, say): sample the cases one by one
+    position = 0
+    for i, p in prepared.items():
+        with collect_warnings() as messages:
+            try:
+                if samples is None:
+                    case_samples = sample_many(p.requests, chosen, options)
+                else:
+                    case_samples = samples[position : position + len(p.requests)]
+                    position += len(p.requests)
+                results[i] = _finish(p, case_samples)
+            except IsodoseError as exc:
+                results[i] = exc
+        warnings[i] += messages
+        if isinstance(results[i], RecurrenceResult):
+            results[i] = replace(results[i], warnings=tuple(warnings[i]))
+    return results

@@ -1,5 +1,8 @@
 """Dose at the weighted samples of a sampling plan, accumulated per structure by the chosen backend.
 
+Many requests (the structures of many cases, each in its own dose grid) can be sampled together: a backend
+that reads many grids in one launch (the GPU) then gets them all as one merged plan.
+
 The plan is processed in batches of planes bounded by ``max_cells_per_batch`` cells (and, on a device, by
 half of its free memory), so that memory stays bounded for any structure; a batch that still runs out of
 memory is split in two and retried, never left partial. Batches and chunks depend only on the input (and
@@ -10,6 +13,7 @@ interior samples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,23 +48,103 @@ def histogram_range(grid: DoseGrid, n_bins: int) -> float:
     return (top if top > 0 else 1.0) / n_bins
 
 
+@dataclass(frozen=True, eq=False)
+class SamplingRequest:
+    """The structures of one sampling plan, to be sampled in one dose grid; ``transforms`` (one rigid 4x4 per
+    structure, identity by default) map each structure's coordinates into the grid's frame."""
+
+    plan: SamplingPlan
+    grid: DoseGrid
+    transforms: np.ndarray | None = None
+
+    def structure_transforms(self) -> np.ndarray:
+        n = self.plan.n_structures
+        if self.transforms is None:
+            return np.broadcast_to(np.eye(4), (n, 4, 4))
+        return np.ascontiguousarray(self.transforms, dtype=np.float64).reshape(n, 4, 4)
+
+
 def sample_structures(
     plan: SamplingPlan, grid: DoseGrid, backend: Backend, options: SamplingOptions,
     transforms: np.ndarray | None = None,
 ) -> StructureSamples:
     """Sample every structure of ``plan``; ``transforms`` (one rigid 4x4 per structure, identity by default)
     maps each structure's coordinates into the dose grid's frame."""
+    [samples] = sample_many([SamplingRequest(plan, grid, transforms)], backend, options)
+    return samples
+
+
+def sample_many(
+    requests: Sequence[SamplingRequest], backend: Backend, options: SamplingOptions
+) -> list[StructureSamples]:
+    """Sample the structures of many requests (of many cases, in many dose grids).
+
+    Backends that read many grids in one launch (the GPU's ``cell_histograms_many``) get all the requests
+    as one merged plan, in as few launches as memory allows; the others take the requests one at a time.
+    Either way each request's result is the one :func:`sample_structures` gives it alone.
+    """
+    requests = list(requests)
+    if len(requests) > 1 and hasattr(backend.kernels, "cell_histograms_many"):
+        return _sample(requests, backend, options)
+    return [_sample([request], backend, options)[0] for request in requests]
+
+
+def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
+    """One plan holding the structures of all ``plans``, in order (their offsets shifted)."""
+    if len(plans) == 1:
+        return plans[0]
+    if len({p.scanlines for p in plans}) > 1:
+        raise IsodoseError("plans with different scanlines cannot be sampled together")
+
+    def starts(name: str) -> np.ndarray:
+        arrays = [getattr(p, name) for p in plans]
+        shifts = np.cumsum([0] + [int(a[-1]) for a in arrays[:-1]])
+        return np.concatenate([arrays[0]] + [a[1:] + shift for a, shift in zip(arrays[1:], shifts[1:])])
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in plans])
+
+    return SamplingPlan(
+        names=tuple(name for p in plans for name in p.names),
+        vertices=np.concatenate([p.vertices for p in plans]),
+        ring_start=starts("ring_start"),
+        plane_ring_start=starts("plane_ring_start"),
+        plane_cell_start=starts("plane_cell_start"),
+        **{name: joined(name) for name in ("plane_x0", "plane_y0", "plane_nx", "plane_ny", "plane_hx",
+                                           "plane_hy", "plane_z_lo", "plane_z_hi", "supersampling")},
+        structure_plane_start=starts("structure_plane_start"),
+        vertex_points=np.concatenate([p.vertex_points for p in plans]),
+        vertex_structure_start=starts("vertex_structure_start"),
+        scanlines=plans[0].scanlines,
+    )
+
+
+def _sample(requests: list[SamplingRequest], backend: Backend, options: SamplingOptions) -> list[StructureSamples]:
     kernels = backend.kernels
+    plan = merge_plans([r.plan for r in requests])
     n_structures = plan.n_structures
     n_bins = options.dose_bins
-    bin_width = histogram_range(grid, n_bins)
-    origin = np.asarray(grid.origin_mm, dtype=np.float64)
-    spacing = np.asarray(grid.spacing_mm, dtype=np.float64)
-    dose = grid.dose_gy
+    counts = [r.plan.n_structures for r in requests]
+    structure_grid = np.repeat(np.arange(len(requests), dtype=np.int64), counts)
+    grid_bin_width = np.array([histogram_range(r.grid, n_bins) for r in requests])
+    bin_width = grid_bin_width[structure_grid]
+    transforms = np.concatenate([r.structure_transforms() for r in requests]) if n_structures else np.zeros((0, 4, 4))
+    grids = [(r.grid.dose_gy, np.asarray(r.grid.origin_mm, dtype=np.float64),
+              np.asarray(r.grid.spacing_mm, dtype=np.float64)) for r in requests]
+    if len(requests) == 1:
+        table = None
 
-    if transforms is None:
-        transforms = np.broadcast_to(np.eye(4), (n_structures, 4, 4))
-    transforms = np.ascontiguousarray(transforms, dtype=np.float64).reshape(n_structures, 4, 4)
+        def histograms(cells, cell_start, z_lo, z_hi, structure_start, present):
+            return kernels.cell_histograms(*grids[0], cells, cell_start, z_lo, z_hi, structure_start,
+                                           transforms[present], grid_bin_width[0], n_bins, options.chunks)
+    else:
+        table = kernels.grid_table(grids)
+
+        def histograms(cells, cell_start, z_lo, z_hi, structure_start, present):
+            return kernels.cell_histograms_many(table, cells, cell_start, z_lo, z_hi, structure_start,
+                                                structure_grid[present], transforms[present], bin_width[present],
+                                                n_bins)
+
     hist = np.zeros((n_structures, n_bins))
     sums = np.zeros((n_structures, 6))  # inside, outside, dose x volume, x, y, z x volume
     dmin = np.full(n_structures, np.inf)
@@ -95,11 +179,8 @@ def sample_structures(
                 plan.plane_hy[first:end],
                 plan.scanlines,
             )
-            batch_hist, batch_stats = kernels.cell_histograms(
-                dose, origin, spacing, cells, cell_start - cell_start[0],
-                plan.plane_z_lo[first:end], plan.plane_z_hi[first:end], structure_start, transforms[present],
-                bin_width, n_bins, options.chunks,
-            )
+            batch_hist, batch_stats = histograms(cells, cell_start - cell_start[0], plan.plane_z_lo[first:end],
+                                                 plan.plane_z_hi[first:end], structure_start, present)
             del cells
         except out_of_memory as exc:
             # Not enough memory for this batch: split it and try again; a single plane cannot be split.
@@ -125,10 +206,14 @@ def sample_structures(
 
     if len(plan.vertex_points):
         vertices = plan.vertex_points.copy()
+        vertex_counts = np.diff(plan.vertex_structure_start)
         for s in range(n_structures):
             segment = slice(plan.vertex_structure_start[s], plan.vertex_structure_start[s + 1])
             vertices[segment] = transform_points(transforms[s], vertices[segment])
-        vertex_dose = np.asarray(kernels.trilinear(dose, origin, spacing, vertices))
+        if table is None:
+            vertex_dose = np.asarray(kernels.trilinear(*grids[0], vertices))
+        else:
+            vertex_dose = np.asarray(kernels.trilinear_many(table, vertices, np.repeat(structure_grid, vertex_counts)))
         for s in range(n_structures):
             values = vertex_dose[plan.vertex_structure_start[s] : plan.vertex_structure_start[s + 1]]
             values = values[np.isfinite(values)]
@@ -141,15 +226,18 @@ def sample_structures(
     volume = sums[:, 0] + sums[:, 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = np.where(volume[:, None] > 0, sums[:, 3:6] / volume[:, None], np.nan)
-    return StructureSamples(
-        hist_mm3=hist,
-        bin_width_gy=bin_width,
-        inside_mm3=sums[:, 0],
-        outside_mm3=sums[:, 1],
-        dose_volume_sum=sums[:, 2],
-        dmin_gy=dmin,
-        dmax_gy=dmax,
-        centroid_mm=centroid,
-        backend=backend.name,
-        device=backend.device,
-    )
+    results = []
+    for r, part in enumerate(np.split(np.arange(n_structures), np.cumsum(counts)[:-1])):
+        results.append(StructureSamples(
+            hist_mm3=hist[part],
+            bin_width_gy=float(grid_bin_width[r]),
+            inside_mm3=sums[part, 0],
+            outside_mm3=sums[part, 1],
+            dose_volume_sum=sums[part, 2],
+            dmin_gy=dmin[part],
+            dmax_gy=dmax[part],
+            centroid_mm=centroid[part],
+            backend=backend.name,
+            device=backend.device,
+        ))
+    return results

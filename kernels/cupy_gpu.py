@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,20 @@ DOSE_VOLUME_SCALE = 2.0**24
 POSITION_VOLUME_SCALE = 2.0**20
 #: Bytes of device memory one cell needs while a batch is processed (cells array, with room to spare).
 BYTES_PER_CELL = 64
+
+
+@dataclass(frozen=True, eq=False)
+class GridTable:
+    """Dose grids on the device, as the kernels read them (see "grid tables" in the CUDA source)."""
+
+    doses: object
+    offsets: object
+    shapes: object
+    geometry: object
+    n_grids: int
+
+    def args(self) -> list:
+        return [self.doses, self.offsets, self.shapes, self.geometry]
 
 
 class GpuKernels:
@@ -55,6 +70,27 @@ class GpuKernels:
     def to_host(self, array) -> np.ndarray:
         return array.get() if hasattr(array, "get") else np.asarray(array)
 
+    def grid_table(self, grids) -> GridTable:
+        """Put dose grids ``[(dose, origin, spacing), ...]`` on the device as one table (see the CUDA source).
+
+        A single grid is cached: while the same host array comes back, it is not copied again.
+        """
+        grids = list(grids)
+        if len(grids) == 1:
+            dose, origin, spacing = grids[0]
+            doses = self._dose(dose)
+            shapes = [doses.shape]
+        else:
+            host = [np.asarray(dose, dtype=np.float32) for dose, _, _ in grids]
+            shapes = [h.shape for h in host]
+            doses = self.to_device(np.concatenate([h.reshape(-1) for h in host]), np.float32)
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        geometry = np.array([[*map(float, origin), *map(float, spacing)] for _, origin, spacing in grids])
+        return GridTable(doses.reshape(-1), self.to_device(offsets, np.int64),
+                         self.to_device(np.array(shapes, dtype=np.int32).reshape(-1, 3), np.int32),
+                         self.to_device(geometry.reshape(-1, 6), np.float64), len(grids))
+
     def _dose(self, dose):
         """The dose grid on the device as float32, copied once while the same host array comes back."""
         if isinstance(dose, self.xp.ndarray) and dose.dtype == np.float32:
@@ -70,14 +106,18 @@ class GpuKernels:
 
     # -- kernels ----------------------------------------------------------------------------------------------
     def trilinear(self, dose, origin, spacing, points):
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        if not len(points):
+            return np.empty(0)
+        return self.trilinear_many(self.grid_table([(dose, origin, spacing)]), points, np.zeros(len(points), np.int64))
+
+    def trilinear_many(self, table: GridTable, points, point_grid):
+        """Trilinear dose at each point in its own grid of ``table`` (``point_grid[n]``), NaN outside it."""
         points = self.to_device(np.asarray(points, dtype=np.float64).reshape(-1, 3), np.float64)
         n = int(points.shape[0])
         out = self.xp.empty(n, dtype=np.float64)
         if n:
-            device_dose = self._dose(dose)
-            nz, ny, nx = device_dose.shape
-            self.launch("trilinear_kernel", n, [device_dose, np.int32(nz), np.int32(ny), np.int32(nx),
-                                                *map(np.float64, origin), *map(np.float64, spacing), points,
+            self.launch("trilinear_kernel", n, [*table.args(), self.to_device(point_grid, np.int64), points,
                                                 np.int64(n), out])
         return self.to_host(out)
 
@@ -129,6 +169,17 @@ class GpuKernels:
     def cell_histograms(self, dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,
                         structure_plane_start, structure_transform, bin_width, n_bins, n_chunks):
         del n_chunks  # integer sums need no fixed chunking
+        n_structures = len(structure_plane_start) - 1
+        return self.cell_histograms_many(
+            self.grid_table([(dose, origin, spacing)]), cells, plane_cell_start, plane_z_lo, plane_z_hi,
+            structure_plane_start, np.zeros(n_structures, np.int64), structure_transform,
+            np.full(n_structures, float(bin_width)), n_bins,
+        )
+
+    def cell_histograms_many(self, table: GridTable, cells, plane_cell_start, plane_z_lo, plane_z_hi,
+                             structure_plane_start, structure_grid, structure_transform, structure_bin_width, n_bins):
+        """:func:`cell_histograms` of structures in many grids at once: structure ``s`` is sampled in grid
+        ``structure_grid[s]`` of ``table``, into bins of ``structure_bin_width[s]`` Gy."""
         xp = self.xp
         n_structures = len(structure_plane_start) - 1
         n_planes = len(plane_cell_start) - 1
@@ -139,15 +190,14 @@ class GpuKernels:
         extremes = xp.zeros((n_structures, 2), dtype=np.uint64)
         extremes[:, 0] = np.uint64(0x7FF0000000000000)  # +inf: the minimum's starting point
         if n_cells and n_structures:
-            device_dose = self._dose(dose)
-            nz, ny, nx = device_dose.shape
             self.launch("cell_histograms_kernel", n_cells, [
-                device_dose, np.int32(nz), np.int32(ny), np.int32(nx), *map(np.float64, origin),
-                *map(np.float64, spacing), cells, np.int64(n_cells), self.to_device(plane_cell_start, np.int64),
+                *table.args(), cells, np.int64(n_cells), self.to_device(plane_cell_start, np.int64),
                 np.int64(n_planes), self.to_device(plane_z_lo, np.float64), self.to_device(plane_z_hi, np.float64),
                 self.to_device(structure_plane_start, np.int64), np.int64(n_structures),
+                self.to_device(structure_grid, np.int64),
                 self.to_device(np.asarray(structure_transform, np.float64).reshape(-1, 16), np.float64),
-                np.float64(1.0 / bin_width), np.int32(n_bins), delta, stats_fixed, extremes,
+                self.to_device(1.0 / np.asarray(structure_bin_width, np.float64), np.float64), np.int32(n_bins),
+                delta, stats_fixed, extremes,
             ])
         hist = self.to_host(xp.cumsum(delta, axis=1)[:, :n_bins]).astype(np.float64) / VOLUME_SCALE
         fixed = self.to_host(stats_fixed).astype(np.float64)
@@ -222,6 +272,21 @@ def polygon_coverage(vertices, ring_start, plane_ring_start, plane_cell_start, p
 
 def accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks=64):
     return _instance().accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks)
+
+
+def grid_table(grids) -> GridTable:
+    return _instance().grid_table(grids)
+
+
+def trilinear_many(table, points, point_grid):
+    return _instance().trilinear_many(table, points, point_grid)
+
+
+def cell_histograms_many(table, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
+                         structure_grid, structure_transform, structure_bin_width, n_bins):
+    return _instance().cell_histograms_many(table, cells, plane_cell_start, plane_z_lo, plane_z_hi,
+                                            structure_plane_start, structure_grid, structure_transform,
+                                            structure_bin_width, n_bins)
 
 
 def cell_histograms(dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,

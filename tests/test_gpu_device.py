@@ -14,6 +14,7 @@ from isodose.validation import load_nelms
 
 from .conftest import linear_grid
 from .test_dvh_analytic import FIELDS, SHAPES
+from .test_gpu_kernels import assert_records_match
 from .test_kernels import _awkward_structures
 
 pytestmark = pytest.mark.gpu
@@ -67,11 +68,17 @@ def test_cohort_on_the_gpu_gets_every_true_class(tmp_path):
     from isodose.cohort.synthetic import generate_cohort, read_truth
 
     manifest = generate_cohort(tmp_path / "data", 20, seed=3, workers=2)
-    summary = run_cohort(manifest, tmp_path / "r.h5", settings=RunSettings(target_metrics=("CTV60:D98",)),
-                         workers=2, backend="cupy", progress=False)
+    settings = RunSettings(target_metrics=("GTV:volume", "CTV60:D98"))
+    # Reading workers feed the GPU, which samples up to 8 cases per launch.
+    summary = run_cohort(manifest, tmp_path / "r.h5", settings=settings, workers=2, backend="cupy", batch_size=8,
+                         progress=False)
     assert summary.failed == 0
+    run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=2, backend="numba", progress=False)
     truth = read_truth(tmp_path / "data" / "truth.csv")
-    for entry in ResultStore.open(tmp_path / "r.h5", create=False).cases():
-        assert entry["record"]["backend"] == "cupy"
-        assert entry["record"]["class_volume"] == truth[entry["case_id"]]["true_class_volume"]
-        assert entry["record"]["class_centroid"] == truth[entry["case_id"]]["true_class_centroid"]
+    records = {e["case_id"]: e["record"] for e in ResultStore.open(tmp_path / "r.h5", create=False).cases()}
+    for case_id, record in records.items():
+        assert record["backend"] == "cupy"
+        assert record["class_volume"] == truth[case_id]["true_class_volume"]
+        assert record["class_centroid"] == truth[case_id]["true_class_centroid"]
+    numba = {e["case_id"]: e["record"] for e in ResultStore.open(tmp_path / "numba.h5", create=False).cases()}
+    assert_records_match(numba, records)

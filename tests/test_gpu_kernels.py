@@ -7,11 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from isodose.dispatch import Backend
+from isodose.dispatch import Backend, select_backend
 from isodose.dvh import compute_dvhs
 from isodose.kernels import numpy_ref
+from isodose.kernels.cupy_gpu import GpuKernels
 from isodose.model import Contour, Structure
 from isodose.phantoms import Shell, Sphere, contour_shape
+from isodose.sampling import SamplingRequest, sample_many, sample_structures
 from isodose.voxelize import SamplingOptions, plan_sampling
 
 from .conftest import linear_grid
@@ -108,6 +110,86 @@ def test_gpu_sums_do_not_depend_on_thread_order(gpu):
         reversed_cells[start:end] = cells[start:end][::-1]
     backward = _histograms(gpu, plan, grid, reversed_cells)
     assert np.array_equal(forward[0], backward[0]) and np.array_equal(forward[1], backward[1], equal_nan=True)
+
+
+def _counting(kernels):
+    """The same kernels, counting the launches of each CUDA kernel."""
+    counts: dict[str, int] = {}
+    inner = kernels.launch
+
+    def launch(name, n_threads, args):
+        counts[name] = counts.get(name, 0) + 1
+        inner(name, n_threads, args)
+
+    return GpuKernels(kernels.xp, launch, kernels.device), counts
+
+
+def test_many_cases_in_one_launch_match_each_case_alone(gpu, rng):
+    """Structures of several cases, each in its own dose grid (other shapes, spacings and origins, some moved by
+    a rigid transform), go through one coverage and one histogram launch, with the results of each case alone."""
+    counting, counts = _counting(gpu)
+    backend = Backend("cupy (emulated)", gpu.device, counting)
+    options = SamplingOptions(target_cells=6000)
+    requests = []
+    for i, gradient in enumerate((FIELDS["oblique"], FIELDS["z"], (0.3, 0.2, -1.1), FIELDS["oblique"])):
+        _, grid = linear_grid(gradient=gradient, dose_gy=100.0 + 10 * i, origin=(-40.0 - i, -41.0, -39.0 + 0.7 * i),
+                              spacing=(2.5, 2.0 + 0.5 * i, 3.0), shape=(28, 40 - 2 * i, 33 + i))
+        structures = [contour_shape(s, n, k, 2.5) for k, (n, s) in enumerate(SHAPES.items(), start=1)][: 2 + i]
+        if i == 2:
+            structures += [Structure("empty", 9, ())]
+        transforms = np.stack([rigid(rng, tilt=k % 2 == 1) for k in range(len(structures))]) if i % 2 else None
+        requests.append(SamplingRequest(plan_sampling(structures, grid, options), grid, transforms))
+    together = sample_many(requests, backend, options)
+    assert counts == {"coverage_kernel": 1, "cell_histograms_kernel": 1, "trilinear_kernel": 1}
+    numba = select_backend("numba")
+    for request, merged in zip(requests, together):
+        alone = sample_structures(request.plan, request.grid, numba, options, request.transforms)
+        assert merged.bin_width_gy == alone.bin_width_gy
+        np.testing.assert_allclose(merged.hist_mm3, alone.hist_mm3, rtol=1e-6, atol=1e-6)
+        for name in ("inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy", "centroid_mm"):
+            np.testing.assert_allclose(getattr(merged, name), getattr(alone, name), rtol=1e-7, atol=1e-6,
+                                       equal_nan=True, err_msg=name)
+
+
+def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, tmp_path):
+    """The GPU arrangement of a cohort run (reading workers, batches of cases sampled together) with the
+    emulated kernels: every case's record as Numba computes it case by case."""
+    from isodose.cohort.runner import RunSettings, run_cohort
+    from isodose.cohort.store import ResultStore
+    from isodose.cohort.synthetic import generate_cohort
+
+    manifest = generate_cohort(tmp_path / "data", 7, seed=11, workers=1)
+    settings = RunSettings(target_metrics=("GTV:volume", "CTV60:D98"))
+    counting, counts = _counting(gpu)
+    backend = Backend("cupy (emulated)", gpu.device, counting)
+    run_cohort(manifest, tmp_path / "gpu.h5", settings=settings, workers=2, backend=backend, pipelined=True,
+               batch_size=4, progress=False)
+    run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=1, backend="numba", progress=False)
+    # 7 cases in batches of at most 4: at least 2 batches, never one launch per case.
+    assert 2 <= counts["cell_histograms_kernel"] < 7
+    records = {}
+    for name in ("gpu", "numba"):
+        entries = ResultStore.open(tmp_path / f"{name}.h5", create=False).cases()
+        assert all(e["status"] == "ok" for e in entries)
+        records[name] = {e["case_id"]: e["record"] for e in entries}
+    assert len(records["gpu"]) == 7
+    assert_records_match(records["numba"], records["gpu"])
+    assert {r["backend"] for r in records["gpu"].values()} == {"cupy (emulated)"}
+
+
+def assert_records_match(expected_records: dict, records: dict) -> None:
+    """Cohort records of two backends: the same classes, volumes within 1e-5 relative, doses within 1e-3 Gy."""
+    assert records.keys() == expected_records.keys()
+    for case_id, expected in expected_records.items():
+        got = records[case_id]
+        for key, value in expected.items():
+            if key in ("backend", "device"):
+                continue
+            if isinstance(value, float):
+                tolerance = 1e-3 if key.endswith("_gy") or key.startswith("D") else 1e-5 * max(1.0, abs(value))
+                assert got[key] == pytest.approx(value, abs=tolerance, nan_ok=True), (case_id, key)
+            else:
+                assert got[key] == value, (case_id, key)
 
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])

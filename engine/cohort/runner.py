@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IsodoseError
+from ..errors import IsodoseError, collect_warnings
 from ..recurrence import Criteria
 from ..voxelize import SamplingOptions
 from .cases import Case, load_cases
@@ -65,20 +65,9 @@ class RunSummary:
     table: Path
 
 
-class _CaseLog(logging.Handler):
-    """Collects the warnings logged while one case is processed, to keep them with its result."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 def _curve(dvh, step_gy: float) -> list[float]:
     doses = step_gy * np.arange(int(math.floor(dvh.dmax_gy / step_gy)) + 2)
-    return [round(float(v), 5) for v in dvh.cumulative(doses)]
+    return np.round(np.asarray(dvh.cumulative(doses), dtype=np.float64), 5).tolist()
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,23 +91,20 @@ def _error_entry(case_id: str, error: str, timings: dict | None = None, warnings
 
 def _guarded(case_id: str, work: Callable[[], dict | CaseInputs], timings: dict) -> dict | CaseInputs:
     """Run ``work``; a failure becomes an error entry (a case must never stop the cohort)."""
-    collector = _CaseLog()
-    logger = logging.getLogger("isodose")
-    logger.addHandler(collector)
-    try:
-        result = work()
-    except IsodoseError as exc:
-        result = _error_entry(case_id, str(exc), timings)
-    except MemoryError:
-        result = _error_entry(case_id, "out of memory", timings)
-    except Exception as exc:
-        result = _error_entry(case_id, f"internal error: {type(exc).__name__}: {exc}", timings)
-        log.debug("case %s failed", case_id, exc_info=True)
-    finally:
-        logger.removeHandler(collector)
+    with collect_warnings() as messages:
+        try:
+            result = work()
+        except IsodoseError as exc:
+            result = _error_entry(case_id, str(exc), timings)
+        except MemoryError:
+            result = _error_entry(case_id, "out of memory", timings)
+        except Exception as exc:
+            result = _error_entry(case_id, f"internal error: {type(exc).__name__}: {exc}", timings)
+            log.debug("case %s failed", case_id, exc_info=True)
     if isinstance(result, CaseInputs):
-        return CaseInputs(**{**result.__dict__, "warnings": tuple(collector.messages)})
-    result["warnings"] = result.get("warnings", []) + collector.messages
+        return CaseInputs(**{**result.__dict__, "warnings": tuple(messages)})
+    if result.get("status") == "error" or "entries" not in result:
+        result["warnings"] = result.get("warnings", []) + messages
     return result
 
 
@@ -149,33 +135,54 @@ def read_case(case: Case) -> CaseInputs | dict:
     return result
 
 
-def classify_inputs(inputs: CaseInputs, settings: RunSettings, backend: str | None = None) -> dict:
-    """Classify one case already read; never raises for a bad case."""
-    from ..recurrence import classify_recurrence
+def _entry(case_id: str, result, settings: RunSettings, timings: dict) -> dict:
+    """The store's entry of one classified case."""
+    dvhs = {result.recurrence_dvh.name: ("recurrence", result.recurrence_dvh)}
+    dvhs.update({name: ("roi", d) for name, d in result.roi_dvhs.items() if name not in dvhs})
+    curves = {name: {"role": role, "step_gy": settings.dvh_step_gy, "cumulative_cc": _curve(d, settings.dvh_step_gy)}
+              for name, (role, d) in dvhs.items() if d.has_dose}
+    return {"case_id": case_id, "status": "ok", "error": "", "record": result.record(), "timings": timings,
+            "dvhs": curves, "warnings": list(result.warnings)}
+
+
+def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend: str | None = None) -> list[dict]:
+    """Classify cases already read, sampled together (one merged plan on a GPU); never raises for a bad case.
+
+    Each case's compute time is its share of the batch's."""
+    from ..recurrence import RecurrenceCase, classify_recurrences
 
     started = time.perf_counter()
-    case = inputs.case
-    timings = {"read_s": inputs.read_s}
+    cases = [RecurrenceCase(i.dose, i.structures, i.case.recurrence_roi, i.prescription_gy, i.follow_up,
+                            i.registration, settings.targets, settings.metrics, settings.target_metrics,
+                            settings.criteria) for i in batch]
+    timings = [{"read_s": i.read_s} for i in batch]
 
     def compute() -> dict:
-        result = classify_recurrence(
-            inputs.dose, inputs.structures, case.recurrence_roi, inputs.prescription_gy,
-            recurrence_structures=inputs.follow_up, registration=inputs.registration, targets=settings.targets,
-            metrics=settings.metrics, target_metrics=settings.target_metrics, criteria=settings.criteria,
-            options=settings.options, backend=backend,
-        )
-        computed = time.perf_counter()
-        dvhs = {result.recurrence_dvh.name: ("recurrence", result.recurrence_dvh)}
-        dvhs.update({name: ("roi", d) for name, d in result.roi_dvhs.items() if name not in dvhs})
-        curves = {name: {"role": role, "step_gy": settings.dvh_step_gy,
-                         "cumulative_cc": _curve(d, settings.dvh_step_gy)}
-                  for name, (role, d) in dvhs.items() if d.has_dose}
-        return {"case_id": case.case_id, "status": "ok", "error": "", "record": result.record(),
-                "timings": {**timings, "compute_s": computed - started}, "dvhs": curves, "warnings": []}
+        results = classify_recurrences(cases, options=settings.options, backend=backend)
+        share = (time.perf_counter() - started) / max(len(batch), 1)
+        entries = []
+        for inputs, result, timing in zip(batch, results, timings):
+            timing = {**timing, "compute_s": share}
+            if isinstance(result, Exception):
+                entries.append(_error_entry(inputs.case.case_id, str(result), timing))
+            else:
+                entries.append(_entry(inputs.case.case_id, result, settings, timing))
+        return {"entries": entries}
 
-    entry = _guarded(case.case_id, compute, timings)
-    entry["warnings"] = list(inputs.warnings) + entry["warnings"]
-    entry["timings"]["total_s"] = inputs.read_s + time.perf_counter() - started
+    outcome = _guarded(",".join(i.case.case_id for i in batch), compute, {})
+    if outcome.get("status") == "error":  # the batch itself failed: each case gets the error
+        entries = [_error_entry(i.case.case_id, outcome["error"], t) for i, t in zip(batch, timings)]
+    else:
+        entries = outcome["entries"]
+    for inputs, entry in zip(batch, entries):
+        entry["warnings"] = list(inputs.warnings) + entry["warnings"] + outcome.get("warnings", [])
+        entry["timings"]["total_s"] = inputs.read_s + time.perf_counter() - started
+    return entries
+
+
+def classify_inputs(inputs: CaseInputs, settings: RunSettings, backend: str | None = None) -> dict:
+    """Classify one case already read; never raises for a bad case."""
+    [entry] = classify_batch([inputs], settings, backend)
     return entry
 
 
@@ -245,13 +252,24 @@ def _selected_backend_name(backend: str | None) -> str:
 
 
 def _run_in_processes(todo: list[Case], task: Callable[[Case], object], workers: int, threads: int,
-                      finish: Callable[[Case, object], dict], on_result: Callable[[dict], None]) -> None:
-    """Run ``task(case)`` in worker processes, at most two cases in flight per worker, and hand each case's
-    ``finish(case, value)`` to ``on_result`` here, in the one writing process. A worker that dies (killed, out
-    of memory) fails the cases in flight, and the rest go on in a fresh pool."""
+                      finish: Callable[[list[tuple[Case, object]]], list[dict]], on_result: Callable[[dict], None],
+                      batch_size: int = 1) -> None:
+    """Run ``task(case)`` in worker processes, at most two cases in flight per worker, and hand the entries of
+    ``finish([(case, value), ...])`` to ``on_result`` here, in the one writing process. Values are finished in
+    batches of up to ``batch_size`` (a smaller one when nothing else is in flight). A worker that dies (killed,
+    out of memory) fails the cases in flight, and the rest go on in a fresh pool."""
     level = logging.getLogger("isodose").getEffectiveLevel()
     context = multiprocessing.get_context("spawn")  # no fork after threads (OpenMP) have started
     queue = list(reversed(todo))
+    ready: list[tuple[Case, object]] = []
+
+    def flush() -> None:
+        batch = ready[:]
+        ready.clear()
+        if batch:
+            for entry in finish(batch):
+                on_result(entry)
+
     while queue:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                                  initargs=(threads, level)) as pool:
@@ -272,16 +290,20 @@ def _run_in_processes(todo: list[Case], task: Callable[[Case], object], workers:
                         except Exception as exc:  # the result could not come back (too large to pass, say)
                             on_result(_error_entry(case.case_id, f"{type(exc).__name__}: {exc}"))
                             continue
-                        on_result(finish(case, value))
+                        ready.append((case, value))
+                    if len(ready) >= batch_size or not in_flight:
+                        flush()
             except BrokenProcessPool:
                 for future, case in in_flight.items():
                     if future.done() and not future.exception():
-                        on_result(finish(case, future.result()))
+                        ready.append((case, future.result()))
                     else:
                         on_result(_error_entry(case.case_id, "the worker process died while this case was in flight"))
+                flush()
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
+    flush()
 
 
 def run_cohort(
@@ -296,11 +318,13 @@ def run_cohort(
     progress: bool = True,
     cases: Iterable[Case] | None = None,
     pipelined: bool | None = None,
+    batch_size: int = 32,
 ) -> RunSummary:
     """Run (or resume) a cohort from a manifest or a folder into the store ``out`` (and its CSV beside).
 
     With the cupy backend (``pipelined``, by default), ``workers`` processes read DICOM while this process
-    computes on the GPU; otherwise each worker process reads and computes its own cases.
+    computes on the GPU, up to ``batch_size`` cases at once (one merged sampling plan); otherwise each worker
+    process reads and computes its own cases. Results do not depend on the arrangement or the batch size.
     """
     settings = settings or RunSettings()
     started = time.perf_counter()
@@ -326,14 +350,16 @@ def run_cohort(
                 record(process_case(case, settings, backend))
         elif pipelined:
             # Reading workers feed this process, which computes (for a GPU, which one process drives).
-            def classify(case: Case, inputs) -> dict:
-                return inputs if isinstance(inputs, dict) else classify_inputs(inputs, settings, backend)
+            def classify(items: list[tuple[Case, object]]) -> list[dict]:
+                read = [inputs for _, inputs in items if isinstance(inputs, CaseInputs)]
+                entries = iter(classify_batch(read, settings, backend) if read else [])
+                return [next(entries) if isinstance(inputs, CaseInputs) else inputs for _, inputs in items]
 
-            _run_in_processes(todo, read_case, min(workers, len(todo)), 1, classify, record)
+            _run_in_processes(todo, read_case, min(workers, len(todo)), 1, classify, record, max(1, batch_size))
         else:
             n = min(workers, len(todo))
             _run_in_processes(todo, functools.partial(process_case, settings=settings, backend=backend), n,
-                              max(1, (os.cpu_count() or 1) // n), lambda case, entry: entry, record)
+                              max(1, (os.cpu_count() or 1) // n), lambda items: [entry for _, entry in items], record)
     finally:
         bar.finish()
         if store.pending:

@@ -8,7 +8,7 @@
 // Doses are non-negative, so Dmin and Dmax use integer atomics on the bits of the double.
 //
 // The file is plain C++ apart from the CUDA qualifiers and atomics, so that it also compiles on a CPU
-// against a small emulation header (tests/cuda_emulation.h) and can be tested without a GPU.
+// against a small emulation header (tests/cuda/emulation.h) and can be tested without a GPU.
 
 #define VOLUME_SCALE 4294967296.0
 #define DOSE_VOLUME_SCALE 16777216.0
@@ -62,20 +62,52 @@ __device__ __forceinline__ double interpolate(const float* __restrict__ dose, in
 }
 
 // ------------------------------------------------------------------------------------------------------
-// trilinear: one thread per point; NaN outside the grid.
+// Grid tables: the kernels that read dose take any number of grids at once (the grids of many cases, for
+// one launch per batch of cases). Grid g's float32 values start at doses[grid_offset[g]], its shape is
+// grid_shape[3g..3g+2] = (nz, ny, nx) and its geometry grid_geometry[6g..6g+5] = (ox, oy, oz, sx, sy, sz).
 // ------------------------------------------------------------------------------------------------------
-extern "C" __global__ void trilinear_kernel(const float* __restrict__ dose, int nz, int ny, int nx, double ox,
-                                            double oy, double oz, double sx, double sy, double sz,
+struct Grid {
+    const float* dose;
+    int nz, ny, nx;
+    double ox, oy, oz, sx, sy, sz;
+};
+
+__device__ __forceinline__ Grid grid_at(const float* __restrict__ doses, const long long* __restrict__ grid_offset,
+                                        const int* __restrict__ grid_shape, const double* __restrict__ grid_geometry,
+                                        long long g) {
+    Grid grid;
+    grid.dose = doses + grid_offset[g];
+    grid.nz = grid_shape[3 * g];
+    grid.ny = grid_shape[3 * g + 1];
+    grid.nx = grid_shape[3 * g + 2];
+    grid.ox = grid_geometry[6 * g];
+    grid.oy = grid_geometry[6 * g + 1];
+    grid.oz = grid_geometry[6 * g + 2];
+    grid.sx = grid_geometry[6 * g + 3];
+    grid.sy = grid_geometry[6 * g + 4];
+    grid.sz = grid_geometry[6 * g + 5];
+    return grid;
+}
+
+// ------------------------------------------------------------------------------------------------------
+// trilinear: one thread per point, in the grid point_grid[n]; NaN outside that grid.
+// ------------------------------------------------------------------------------------------------------
+extern "C" __global__ void trilinear_kernel(const float* __restrict__ doses, const long long* __restrict__ grid_offset,
+                                            const int* __restrict__ grid_shape,
+                                            const double* __restrict__ grid_geometry,
+                                            const long long* __restrict__ point_grid,
                                             const double* __restrict__ points, long long n_points,
                                             double* __restrict__ out) {
     long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= n_points) return;
+    Grid g = grid_at(doses, grid_offset, grid_shape, grid_geometry, point_grid[n]);
     int i, j, k;
     double tx, ty, tz, gx, gy, gz;
-    bool inside = grid_coordinate(points[3 * n], ox, sx, nx, &i, &tx) &&
-                  grid_coordinate(points[3 * n + 1], oy, sy, ny, &j, &ty) &&
-                  grid_coordinate(points[3 * n + 2], oz, sz, nz, &k, &tz);
-    out[n] = inside ? interpolate(dose, nx, ny, i, j, k, tx, ty, tz, sx, sy, sz, &gx, &gy, &gz) : ISODOSE_NAN;
+    bool inside = grid_coordinate(points[3 * n], g.ox, g.sx, g.nx, &i, &tx) &&
+                  grid_coordinate(points[3 * n + 1], g.oy, g.sy, g.ny, &j, &ty) &&
+                  grid_coordinate(points[3 * n + 2], g.oz, g.sz, g.nz, &k, &tz);
+    out[n] = inside ? interpolate(g.dose, g.nx, g.ny, i, j, k, tx, ty, tz, g.sx, g.sy, g.sz, &gx, &gy, &gz)
+                    : ISODOSE_NAN;
 }
 
 // ------------------------------------------------------------------------------------------------------
@@ -240,17 +272,19 @@ __device__ __forceinline__ long long upper_bound(const long long* __restrict__ s
 // ------------------------------------------------------------------------------------------------------
 // cell_histograms: one thread per cell. It walks the cell's slab in pieces (split at the dose planes when
 // the structure's transform keeps z axial, else in pieces of at most half a voxel), moves each sample into
-// the dose grid by the structure's rigid transform, interpolates there and deposits the sample's spread
-// into its structure's histogram of differences. Statistics per structure (fixed point, see the top):
+// its structure's dose grid (structure_grid[s], see grid tables) by the structure's rigid transform,
+// interpolates there and deposits the sample's spread into its structure's histogram of differences (bins
+// of 1 / structure_inverse_bin_width[s] Gy). Statistics per structure (fixed point, see the top):
 //   stats_fixed[s, 0..5]: inside volume, outside volume, dose x volume, x, y, z x volume
 //   extremes[s, 0..1]:    bits of Dmin and Dmax
 // ------------------------------------------------------------------------------------------------------
 extern "C" __global__ void cell_histograms_kernel(
-    const float* __restrict__ dose, int nz, int ny, int nx, double ox, double oy, double oz, double sx, double sy,
-    double sz, const double* __restrict__ cells, long long n_cells, const long long* __restrict__ plane_cell_start,
-    long long n_planes, const double* __restrict__ plane_z_lo, const double* __restrict__ plane_z_hi,
-    const long long* __restrict__ structure_plane_start, long long n_structures,
-    const double* __restrict__ structure_transform, double inverse_bin_width, int n_bins, i64* __restrict__ delta,
+    const float* __restrict__ doses, const long long* __restrict__ grid_offset, const int* __restrict__ grid_shape,
+    const double* __restrict__ grid_geometry, const double* __restrict__ cells, long long n_cells,
+    const long long* __restrict__ plane_cell_start, long long n_planes, const double* __restrict__ plane_z_lo,
+    const double* __restrict__ plane_z_hi, const long long* __restrict__ structure_plane_start, long long n_structures,
+    const long long* __restrict__ structure_grid, const double* __restrict__ structure_transform,
+    const double* __restrict__ structure_inverse_bin_width, int n_bins, i64* __restrict__ delta,
     i64* __restrict__ stats_fixed, u64* __restrict__ extremes) {
     long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= n_cells) return;
@@ -259,6 +293,11 @@ extern "C" __global__ void cell_histograms_kernel(
     long long p = upper_bound(plane_cell_start, n_planes, c);
     long long s = upper_bound(structure_plane_start, n_structures, p);
     const double* m = structure_transform + 16 * s;
+    Grid g = grid_at(doses, grid_offset, grid_shape, grid_geometry, structure_grid[s]);
+    const float* dose = g.dose;
+    const int nz = g.nz, ny = g.ny, nx = g.nx;
+    const double ox = g.ox, oy = g.oy, oz = g.oz, sx = g.sx, sy = g.sy, sz = g.sz;
+    const double inverse_bin_width = structure_inverse_bin_width[s];
     bool axial = m[8] == 0.0 && m[9] == 0.0 && m[10] == 1.0;
     double cx = cells[6 * c + 1], cy = cells[6 * c + 2];
     double vxx = cells[6 * c + 3], vxy = cells[6 * c + 4], vyy = cells[6 * c + 5];

@@ -2,10 +2,12 @@
 #include "emulation.h"
 #include "../../kernels/cuda/isodose.cu"
 
-extern "C" void emulate_trilinear_kernel(unsigned grid, unsigned block, const float* dose, int nz, int ny, int nx,
-                                         double ox, double oy, double oz, double sx, double sy, double sz,
+extern "C" void emulate_trilinear_kernel(unsigned grid, unsigned block, const float* doses,
+                                         const long long* grid_offset, const int* grid_shape,
+                                         const double* grid_geometry, const long long* point_grid,
                                          const double* points, long long n_points, double* out) {
-    EMULATE_LAUNCH(grid, block, trilinear_kernel(dose, nz, ny, nx, ox, oy, oz, sx, sy, sz, points, n_points, out));
+    EMULATE_LAUNCH(grid, block,
+                   trilinear_kernel(doses, grid_offset, grid_shape, grid_geometry, point_grid, points, n_points, out));
 }
 
 extern "C" void emulate_coverage_kernel(unsigned grid, unsigned block, const double* vertices,
@@ -28,14 +30,15 @@ extern "C" void emulate_histogram_kernel(unsigned grid, unsigned block, const do
 }
 
 extern "C" void emulate_cell_histograms_kernel(
-    unsigned grid, unsigned block, const float* dose, int nz, int ny, int nx, double ox, double oy, double oz,
-    double sx, double sy, double sz, const double* cells, long long n_cells, const long long* plane_cell_start,
+    unsigned grid, unsigned block, const float* doses, const long long* grid_offset, const int* grid_shape,
+    const double* grid_geometry, const double* cells, long long n_cells, const long long* plane_cell_start,
     long long n_planes, const double* plane_z_lo, const double* plane_z_hi, const long long* structure_plane_start,
-    long long n_structures, const double* structure_transform, double inverse_bin_width, int n_bins,
-    long long* delta, long long* stats_fixed, unsigned long long* extremes) {
+    long long n_structures, const long long* structure_grid, const double* structure_transform,
+    const double* structure_inverse_bin_width, int n_bins, long long* delta, long long* stats_fixed,
+    unsigned long long* extremes) {
     EMULATE_LAUNCH(grid, block,
-                   cell_histograms_kernel(dose, nz, ny, nx, ox, oy, oz, sx, sy, sz, cells, n_cells, plane_cell_start,
-                                          n_planes, plane_z_lo, plane_z_hi, structure_plane_start, n_structures,
-                                          structure_transform, inverse_bin_width, n_bins, delta, stats_fixed,
-                                          extremes));
+                   cell_histograms_kernel(doses, grid_offset, grid_shape, grid_geometry, cells, n_cells,
+                                          plane_cell_start, n_planes, plane_z_lo, plane_z_hi, structure_plane_start,
+                                          n_structures, structure_grid, structure_transform,
+                                          structure_inverse_bin_width, n_bins, delta, stats_fixed, extremes));
 }
