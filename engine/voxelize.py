@@ -32,7 +32,7 @@ class SamplingOptions:
     supersampling: int | None = None
     #: With adaptive supersampling, the number of in-plane cells (over all planes) to aim for.
     target_cells: int = 100_000
-    min_supersampling: int = 2
+    min_supersampling: int = 1
     max_supersampling: int = 200
     #: Scanlines per row of cells: coverage is exact along x and sampled at this many lines along y.
     scanlines: int = 2

@@ -111,22 +111,59 @@ def _plane_moments(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, h
     n_edges = ring_start[end_ring] - ring_start[first_ring]
     xs = np.empty(max(n_edges, 1))
     band = hy / scanlines
+    # Each row's edges (those whose y-range meets the row, widened by a row each way against rounding), so that
+    # a scanline tests only the edges near it: the same crossings as testing every edge of the plane.
+    edge_first = np.empty(n_edges, dtype=np.int64)
+    edge_rows = np.empty((n_edges, 2), dtype=np.int64)
+    row_count = np.zeros(ny + 1, dtype=np.int64)
+    m = 0
+    for r in range(first_ring, end_ring):
+        a0 = ring_start[r]
+        a1 = ring_start[r + 1]
+        for e in range(a0, a1):
+            f = e + 1 if e + 1 < a1 else a0
+            ya = vertices[e, 1]
+            yb = vertices[f, 1]
+            if ya == yb:
+                continue  # a horizontal edge never crosses a scanline
+            ja = max(int(math.floor((min(ya, yb) - y0) / hy)) - 1, 0)
+            jb = min(int(math.floor((max(ya, yb) - y0) / hy)) + 1, ny - 1)
+            if ja > jb:
+                continue
+            edge_first[m] = e
+            edge_rows[m, 0] = ja
+            edge_rows[m, 1] = jb
+            m += 1
+            for j in range(ja, jb + 1):
+                row_count[j + 1] += 1
+    for j in range(ny):
+        row_count[j + 1] += row_count[j]
+    row_edges = np.empty(row_count[ny], dtype=np.int64)
+    fill = row_count[:ny].copy()
+    for k in range(m):
+        for j in range(edge_rows[k, 0], edge_rows[k, 1] + 1):
+            row_edges[fill[j]] = edge_first[k]
+            fill[j] += 1
+    # The ring of each edge, to close it: the next vertex, or the ring's first after its last.
+    base = ring_start[first_ring]
+    edge_next = np.empty(n_edges, dtype=np.int64)
+    for r in range(first_ring, end_ring):
+        for e in range(ring_start[r], ring_start[r + 1]):
+            edge_next[e - base] = e + 1 if e + 1 < ring_start[r + 1] else ring_start[r]
     for j in range(ny):
         row_centre = y0 + (j + 0.5) * hy
         for t in range(scanlines):
             y = y0 + j * hy + (t + 0.5) * band
             n = 0
-            for r in range(first_ring, end_ring):
-                a0 = ring_start[r]
-                a1 = ring_start[r + 1]
-                for e in range(a0, a1):
-                    f = e + 1 if e + 1 < a1 else a0
-                    ya = vertices[e, 1]
-                    yb = vertices[f, 1]
-                    if (ya <= y and y < yb) or (yb <= y and y < ya):
-                        xa = vertices[e, 0]
-                        xs[n] = xa + (y - ya) * (vertices[f, 0] - xa) / (yb - ya)
-                        n += 1
+            for k in range(row_count[j], row_count[j + 1]):
+                e = row_edges[k]
+                f = edge_next[e - base]
+                ya = vertices[e, 1]
+                yb = vertices[f, 1]
+                if (ya <= y and y < yb) or (yb <= y and y < ya):
+                    xa = vertices[e, 0]
+                    xs[n] = xa + (y - ya) * (vertices[f, 0] - xa) / (yb - ya)
+                    n += 1
             for a in range(1, n):  # insertion sort: a scanline crosses few edges
                 v = xs[a]
                 b = a - 1
