@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench validate lint clean
+.PHONY: demo test bench compare validate lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
 		--benchmark-json=benchmarks/results.json
+	$(BIN)/python benchmarks/report.py benchmarks/results.json
+
+# isodose beside dicompyler-core (installed into .bench/ on first use); --interpolated adds minutes.
+compare: $(STAMP)
+	$(BIN)/python benchmarks/compare_dicompyler.py --interpolated
 
 validate: $(STAMP)
 	$(BIN)/isodose validate nelms ../shared/validation/nelms2015

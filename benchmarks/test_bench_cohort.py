@@ -41,6 +41,9 @@ def test_cohort_run(benchmark, cohorts, tmp_path, n_cases):
     compute = np.sum([e["timings"]["compute_s"] for e in entries])
     total = np.sum([e["timings"]["total_s"] for e in entries])
     benchmark.extra_info.update(
+        scale="number of cases",
+        size=float(n_cases),
+        unit="cases",
         workers=WORKERS,
         cases_per_second=round(n_cases / benchmark.stats.stats.median, 2),
         read_share=round(float(read / total), 3),

@@ -1,0 +1,82 @@
+"""Turn the JSON of ``make bench`` into a table (benchmarks/BENCHMARKS.md) and a scaling plot
+(benchmarks/scaling.png), both shown by the README.
+
+    .venv/bin/python benchmarks/report.py [benchmarks/results.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _median_ms(bench: dict) -> float:
+    return 1000.0 * bench["stats"]["median"]
+
+
+def table(data: dict) -> list[str]:
+    machine = data.get("machine_info", {})
+    cpu = machine.get("cpu", {}).get("brand_raw", machine.get("processor", ""))
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {data.get('datetime', '')[:10]} on {cpu} ({machine.get('cpu', {}).get('count', '?')} cores), "
+        f"Python {machine.get('python_version', '')}; command: `make bench` then `python benchmarks/report.py`. "
+        "Medians; compare rows of one group only (they ran side by side).",
+        "",
+        "| group | benchmark | median ms | rounds | details |",
+        "|---|---|---|---|---|",
+    ]
+    for bench in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
+        extra = {k: v for k, v in bench.get("extra_info", {}).items() if k not in ("scale", "unit")}
+        details = ", ".join(f"{k}={v}" for k, v in extra.items())
+        lines.append(f"| {bench['group']} | {bench['name']} | {_median_ms(bench):.2f} | "
+                     f"{bench['stats']['rounds']} | {details} |")
+    return lines
+
+
+def plot(data: dict, out: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales: dict[str, list[tuple[float, float, str]]] = {}
+    for bench in data["benchmarks"]:
+        extra = bench.get("extra_info", {})
+        if "scale" in extra:
+            scales.setdefault(extra["scale"], []).append((extra["size"], _median_ms(bench), extra.get("unit", "")))
+    if not scales:
+        return False
+    fig, axes = plt.subplots(1, len(scales), figsize=(4.2 * len(scales), 3.6), squeeze=False)
+    for ax, (scale, points) in zip(axes[0], sorted(scales.items())):
+        points.sort()
+        sizes = [p[0] for p in points]
+        times = [p[1] for p in points]
+        ax.loglog(sizes, times, "o-")
+        ax.set_xlabel(f"{scale} ({points[0][2]})")
+        ax.set_ylabel("median time (ms)")
+        ax.set_title(scale)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str]) -> int:
+    source = Path(argv[0]) if argv else HERE / "results.json"
+    data = json.loads(source.read_text())
+    lines = table(data)
+    if plot(data, HERE / "scaling.png"):
+        lines += ["", "![scaling](scaling.png)"]
+    (HERE / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

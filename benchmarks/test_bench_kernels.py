@@ -1,0 +1,148 @@
+"""Kernel benchmarks per backend, and scaling runs that show how the cost grows.
+
+- Kernels (numpy, numba; cupy where a GPU is usable): polygon coverage, sampling with DVH accumulation
+  (``cell_histograms``), trilinear interpolation, histogram accumulation, on a 30 mm sphere in a linear field.
+- Scaling (numba, DVHs end to end from structures in memory): dose grid size, number of structures,
+  structure size. The cohort benchmark (test_bench_cohort.py) scales over the number of cases.
+
+Run with ``make bench``; ``benchmarks/report.py`` turns the JSON into a table and a plot. Each benchmark's
+``extra_info`` carries the size it was run at (``scale`` and ``size``) and the work done (cells, samples).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from isodose.dispatch import select_backend
+from isodose.dvh import compute_dvhs
+from isodose.phantoms import LinearField, Sphere, contour_shape
+from isodose.sampling import histogram_range
+from isodose.voxelize import SamplingOptions, plan_sampling
+
+BACKENDS = ["numpy", "numba", pytest.param("cupy", marks=pytest.mark.gpu)]
+FIELD = LinearField(60.0, (0.3, -0.4, 0.5), (0.0, 0.0, 0.0))
+OPTIONS = SamplingOptions()
+
+
+def _grid(n: int = 64, spacing: float = 2.5):
+    origin = (-spacing * (n - 1) / 2,) * 3
+    return FIELD.grid(origin, (spacing,) * 3, (n, n, n), "1.2.3")
+
+
+@pytest.fixture(scope="module")
+def problem():
+    grid = _grid()
+    structure = contour_shape(Sphere((1.0, -2.0, 0.5), 30.0), "sphere", 1, 2.5)
+    plan = plan_sampling([structure], grid, OPTIONS)
+    return grid, plan
+
+
+def _coverage_args(plan):
+    return (plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start, plan.plane_x0,
+            plan.plane_y0, plan.plane_nx, plan.plane_ny, plan.plane_hx, plan.plane_hy, plan.scanlines)
+
+
+def _sync(backend):
+    if backend.name == "cupy":
+        import cupy
+
+        cupy.cuda.Device().synchronize()
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_kernel_coverage(benchmark, problem, backend_name):
+    _, plan = problem
+    backend = select_backend(backend_name)
+    args = _coverage_args(plan)
+
+    def run():
+        cells = backend.kernels.polygon_coverage(*args)
+        _sync(backend)
+        return cells
+
+    run()
+    benchmark.group = "kernel: polygon coverage"
+    benchmark.extra_info.update(cells=plan.n_cells, device=backend.device)
+    benchmark.pedantic(run, rounds=5 if backend_name == "numpy" else 20, iterations=1)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_kernel_sampling_and_accumulation(benchmark, problem, backend_name):
+    grid, plan = problem
+    backend = select_backend(backend_name)
+    cells = backend.kernels.polygon_coverage(*_coverage_args(plan))
+    args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
+            plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, np.eye(4)[None],
+            histogram_range(grid, OPTIONS.dose_bins), OPTIONS.dose_bins, OPTIONS.chunks)
+
+    def run():
+        result = backend.kernels.cell_histograms(*args)
+        _sync(backend)
+        return result
+
+    run()
+    benchmark.group = "kernel: sampling + DVH accumulation"
+    benchmark.extra_info.update(cells=plan.n_cells, device=backend.device)
+    benchmark.pedantic(run, rounds=5 if backend_name == "numpy" else 20, iterations=1)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_kernel_trilinear(benchmark, backend_name):
+    grid = _grid()
+    backend = select_backend(backend_name)
+    points = np.random.default_rng(1).uniform(-80, 80, (1_000_000, 3))
+    args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), points)
+    backend.kernels.trilinear(*args)
+    benchmark.group = "kernel: trilinear interpolation (1M points)"
+    benchmark.extra_info.update(points=len(points), device=backend.device)
+    benchmark.pedantic(backend.kernels.trilinear, args=args, rounds=5 if backend_name == "numpy" else 20,
+                       iterations=1)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_kernel_histogram(benchmark, backend_name):
+    backend = select_backend(backend_name)
+    rng = np.random.default_rng(2)
+    n = 1_000_000
+    args = (rng.uniform(0, 60, n), rng.uniform(0.1, 2.0, n), rng.uniform(0, 0.5, n), 60.0 / 16384, 16384)
+    backend.kernels.accumulate_histogram(*args)
+    benchmark.group = "kernel: histogram accumulation (1M samples)"
+    benchmark.extra_info.update(samples=n, device=backend.device)
+    benchmark.pedantic(backend.kernels.accumulate_histogram, args=args, rounds=5 if backend_name == "numpy" else 20,
+                       iterations=1)
+
+
+# --- scaling ------------------------------------------------------------------------------------------------
+def _dvhs(benchmark, grid, structures, scale: str, size: float, unit: str):
+    backend = select_backend("numba")
+    compute_dvhs(grid, structures, backend=backend)
+    plan = plan_sampling(structures, grid, OPTIONS)
+    benchmark.group = f"scaling: {scale}"
+    benchmark.extra_info.update(scale=scale, size=size, unit=unit, cells=plan.n_cells, device=backend.device)
+    benchmark.pedantic(compute_dvhs, args=(grid, structures), kwargs={"backend": backend}, rounds=7, iterations=1)
+
+
+@pytest.mark.parametrize("n", [32, 64, 128, 256])
+def test_scaling_dose_grid(benchmark, n):
+    """One 30 mm sphere on dose grids of n^3 voxels spanning 160 mm: the cost follows the structure, not the grid."""
+    grid = _grid(n, 160.0 / (n - 1))
+    structures = [contour_shape(Sphere((1.0, -2.0, 0.5), 30.0), "sphere", 1, 2.5)]
+    _dvhs(benchmark, grid, structures, "dose grid size", float(n**3), "voxels")
+
+
+@pytest.mark.parametrize("count", [1, 4, 16, 64])
+def test_scaling_structures(benchmark, count):
+    grid = _grid()
+    rng = np.random.default_rng(3)
+    structures = [contour_shape(Sphere(tuple(rng.uniform(-30, 30, 3)), 12.0), f"s{i}", i + 1, 2.5)
+                  for i in range(count)]
+    _dvhs(benchmark, grid, structures, "number of structures", float(count), "structures")
+
+
+@pytest.mark.parametrize("radius", [3.0, 10.0, 30.0, 70.0])
+def test_scaling_structure_size(benchmark, radius):
+    grid = _grid(72)
+    structures = [contour_shape(Sphere((1.0, -2.0, 0.5), radius), "sphere", 1, 2.5)]
+    _dvhs(benchmark, grid, structures, "structure size", 4 / 3 * np.pi * radius**3 / 1000, "cc")
+
