@@ -21,7 +21,7 @@ from isodose.sampling import histogram_range
 from isodose.voxelize import SamplingOptions, plan_sampling
 
 BACKENDS = ["numpy", "numba", pytest.param("cupy", marks=pytest.mark.gpu)]
-FIELD = LinearField(60.0, (0.3, -0.4, 0.5), (0.0, 0.0, 0.0))
+FIELD = LinearField(150.0, (0.3, -0.4, 0.5), (0.0, 0.0, 0.0))
 OPTIONS = SamplingOptions()
 
 
