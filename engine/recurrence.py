@@ -160,7 +160,6 @@ class _Prepared:
     options: SamplingOptions
     requests: tuple[SamplingRequest, ...]
     vr: Structure
-    vr_source: StructureSet
     registered: bool
     roi_structures: tuple[Structure, ...]
     roi_metrics: tuple[RoiMetric, ...]
@@ -198,7 +197,7 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> _Prepared:
     if roi_names:
         roi_structures, roi_request = dvh_request(dose, structures, roi_names, options=options)
         requests.append(roi_request)
-    return _Prepared(case, criteria, options, tuple(requests), vr_structure, source, transform is not None,
+    return _Prepared(case, criteria, options, tuple(requests), vr_structure, transform is not None,
                      tuple(roi_structures), tuple(roi_metrics), tuple(vr_metrics))
 
 

@@ -103,8 +103,7 @@ def _guarded(case_id: str, work: Callable[[], dict | CaseInputs], timings: dict)
             log.debug("case %s failed", case_id, exc_info=True)
     if isinstance(result, CaseInputs):
         return CaseInputs(**{**result.__dict__, "warnings": tuple(messages)})
-    if result.get("status") == "error" or "entries" not in result:
-        result["warnings"] = result.get("warnings", []) + messages
+    result["warnings"] = result.get("warnings", []) + messages
     return result
 
 
@@ -170,12 +169,13 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend: str 
         return {"entries": entries}
 
     outcome = _guarded(",".join(i.case.case_id for i in batch), compute, {})
-    if outcome.get("status") == "error":  # the batch itself failed: each case gets the error
-        entries = [_error_entry(i.case.case_id, outcome["error"], t) for i, t in zip(batch, timings)]
-    else:
+    if outcome.get("status") == "error":  # the batch itself failed: each case gets the error and its warnings
+        entries = [_error_entry(i.case.case_id, outcome["error"], t, outcome["warnings"])
+                   for i, t in zip(batch, timings)]
+    else:  # each result holds the warnings of its own case
         entries = outcome["entries"]
     for inputs, entry in zip(batch, entries):
-        entry["warnings"] = list(inputs.warnings) + entry["warnings"] + outcome.get("warnings", [])
+        entry["warnings"] = list(inputs.warnings) + entry["warnings"]
         entry["timings"]["total_s"] = inputs.read_s + time.perf_counter() - started
     return entries
 
