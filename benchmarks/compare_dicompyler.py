@@ -50,7 +50,8 @@ class Job:
     roi_number: int
     roi_name: str
     truth: dict[str, float] = field(default_factory=dict)
-    detail: str = ""
+    #: The contour spacing of a Nelms structure ("0.2mm" ...), by which its errors are grouped.
+    contour_spacing: str = ""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -117,8 +118,7 @@ def nelms_jobs(root: Path) -> list[Job]:
         [roi] = [s for s in read_structures(rtss).structures if not s.is_empty]
         jobs.append(Job(f"nelms/{case.structure}/{case.gradient}/{case.voxel_mm}", "nelms",
                         root / "dose_grids" / f"{case.grid_name}.dcm", rtss, roi.number, case.structure,
-                        dict(case.analytical),
-                        f"{case.plane_spacing} planes, {case.voxel_mm} mm dose, {case.gradient}"))
+                        dict(case.analytical), case.plane_spacing))
     return jobs
 
 
@@ -216,7 +216,7 @@ def _nelms_summary(jobs: list[Job], iso: dict, dc: dict) -> list[str]:
     """Errors against the analytical values, in % of each, by contour spacing, for both engines."""
     rows: dict[str, dict[str, list[float]]] = {}
     for job in jobs:
-        spacing = job.detail.split(" ")[0]
+        spacing = job.contour_spacing
         for engine, results in (("isodose", iso), ("dicompyler-core", dc)):
             result = results[job.id]
             errors = rows.setdefault(spacing, {}).setdefault(engine, [])
@@ -349,8 +349,8 @@ def main() -> int:
                 [str(python), str(WORKER), "--all", str(example / "rtdose.dcm"), str(example / "rtss.dcm")],
                 args.process_repeats),
         },
-        "jobs": [{"id": j.id, "dataset": j.dataset, "roi": j.roi_name, "detail": j.detail, "truth": j.truth}
-                 for j in jobs],
+        "jobs": [{"id": j.id, "dataset": j.dataset, "roi": j.roi_name, "contour_spacing": j.contour_spacing,
+                  "truth": j.truth} for j in jobs],
     }
     if args.interpolated:
         print("dicompyler-core interpolated...", file=sys.stderr)
