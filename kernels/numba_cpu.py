@@ -33,6 +33,24 @@ def _i64(a):
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
+def _lanes(costs) -> tuple[np.ndarray, np.ndarray]:
+    """Work items dealt to one lane per thread, the costliest first, each to the least loaded lane: numba
+    splits a ``prange`` into equal runs of iterations whatever they cost, so the kernels loop over lanes.
+    Returns ``(lane_start, lane_items)``: lane ``t`` runs ``lane_items[lane_start[t]:lane_start[t + 1]]``.
+    Each item writes its own outputs, so results do not depend on the dealing."""
+    costs = np.asarray(costs, dtype=np.float64)
+    n_lanes = max(1, min(numba.get_num_threads(), len(costs)))
+    load = [0.0] * n_lanes
+    owner = np.empty(len(costs), dtype=np.int64)
+    for item in np.argsort(-costs, kind="stable"):
+        lane = min(range(n_lanes), key=load.__getitem__)
+        owner[item] = lane
+        load[lane] += costs[item] + 1.0
+    lane_items = np.argsort(owner, kind="stable").astype(np.int64)
+    lane_start = np.searchsorted(owner[lane_items], np.arange(n_lanes + 1)).astype(np.int64)
+    return lane_start, lane_items
+
+
 # --------------------------------------------------------------------------------------------------------
 # Trilinear interpolation
 # --------------------------------------------------------------------------------------------------------
@@ -218,25 +236,38 @@ def _finish_moments(moments, x0, y0, nx, hx, hy, band, cells):
             cells[c, 5] = 0.0
 
 
+@njit(cache=True, error_model="numpy")
+def _plane_coverage(
+    vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
+    plane_hx, plane_hy, scanlines, p, cells,
+):
+    """The cells of plane ``p``."""
+    nx = plane_nx[p]
+    ny = plane_ny[p]
+    hx = plane_hx[p]
+    hy = plane_hy[p]
+    moments = np.zeros((nx * ny, 6))
+    _plane_moments(
+        vertices, ring_start, plane_ring_start[p], plane_ring_start[p + 1], plane_x0[p], plane_y0[p],
+        nx, ny, hx, hy, scanlines, moments,
+    )
+    c0 = plane_cell_start[p]
+    _finish_moments(
+        moments, plane_x0[p], plane_y0[p], nx, hx, hy, hy / scanlines, cells[c0 : c0 + nx * ny]
+    )
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _polygon_coverage(
     vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
-    plane_hx, plane_hy, scanlines, cells,
+    plane_hx, plane_hy, scanlines, lane_start, lane_planes, cells,
 ):
-    for p in prange(plane_nx.shape[0]):
-        nx = plane_nx[p]
-        ny = plane_ny[p]
-        hx = plane_hx[p]
-        hy = plane_hy[p]
-        moments = np.zeros((nx * ny, 6))
-        _plane_moments(
-            vertices, ring_start, plane_ring_start[p], plane_ring_start[p + 1], plane_x0[p], plane_y0[p],
-            nx, ny, hx, hy, scanlines, moments,
-        )
-        c0 = plane_cell_start[p]
-        _finish_moments(
-            moments, plane_x0[p], plane_y0[p], nx, hx, hy, hy / scanlines, cells[c0 : c0 + nx * ny]
-        )
+    for lane in prange(lane_start.shape[0] - 1):
+        for q in range(lane_start[lane], lane_start[lane + 1]):
+            _plane_coverage(
+                vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
+                plane_hx, plane_hy, scanlines, lane_planes[q], cells,
+            )
 
 
 def polygon_coverage(
@@ -244,14 +275,17 @@ def polygon_coverage(
     plane_hx, plane_hy, scanlines,
 ):
     plane_cell_start = _i64(plane_cell_start)
+    ring_start = _i64(ring_start)
+    plane_ring_start = _i64(plane_ring_start)
     cells = np.empty((int(plane_cell_start[-1]), 6))  # every cell of every window is written
     if len(plane_cell_start) > 1:
-        with numba.parallel_chunksize(1):  # planes differ in size: hand them out one at a time
-            _polygon_coverage(
-                _f64(vertices).reshape(-1, 2), _i64(ring_start), _i64(plane_ring_start), plane_cell_start,
-                _f64(plane_x0), _f64(plane_y0), _i64(plane_nx), _i64(plane_ny), _f64(plane_hx),
-                _f64(plane_hy), int(scanlines), cells,
-            )
+        # A plane's cost: its cells and its vertices.
+        lane_start, lane_planes = _lanes(np.diff(plane_cell_start) + np.diff(ring_start[plane_ring_start]))
+        _polygon_coverage(
+            _f64(vertices).reshape(-1, 2), ring_start, plane_ring_start, plane_cell_start,
+            _f64(plane_x0), _f64(plane_y0), _i64(plane_nx), _i64(plane_ny), _f64(plane_hx),
+            _f64(plane_hy), int(scanlines), lane_start, lane_planes, cells,
+        )
     return cells
 
 
@@ -336,113 +370,136 @@ def _accumulate_sample(
     return value
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _cell_histograms(
+@njit(cache=True, error_model="numpy")
+def _work_items(cells_per_structure, n_chunks):
+    """Each structure's cells split into a fixed number of chunks (a function of the input alone): the
+    first work item of each structure and each structure's number of chunks."""
+    n_structures = cells_per_structure.shape[0]
+    chunk_counts = np.zeros(n_structures, dtype=np.int64)
+    for s in range(n_structures):
+        if cells_per_structure[s] > 0:
+            chunk_counts[s] = _chunk_count(cells_per_structure[s], n_chunks)
+    item_start = np.zeros(n_structures + 1, dtype=np.int64)
+    for s in range(n_structures):
+        item_start[s + 1] = item_start[s] + chunk_counts[s]
+    return item_start, chunk_counts
+
+
+@njit(cache=True, error_model="numpy")
+def _sample_item(
     dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-    structure_transform, bin_width, n_bins, n_chunks,
+    structure_transform, bin_width, n_bins, item_start, chunk_counts, item, partial, part_stats,
 ):
-    n_structures = structure_plane_start.shape[0] - 1
+    """Sample one work item (a chunk of one structure's cells) into its own row of ``partial`` and
+    ``part_stats``."""
     inverse_bin_width = 1.0 / bin_width
     nz, ny, nx = dose.shape
     ox, oy, oz = origin[0], origin[1], origin[2]
     sx, sy, sz = spacing[0], spacing[1], spacing[2]
     uniform_piece = 0.5 * min(sx, min(sy, sz))
-    # Work items: each structure's cells split into a fixed number of chunks (a function of the input).
-    chunk_counts = np.zeros(n_structures, dtype=np.int64)
-    for s in range(n_structures):
-        n_cells = plane_cell_start[structure_plane_start[s + 1]] - plane_cell_start[structure_plane_start[s]]
-        if n_cells > 0:
-            chunk_counts[s] = _chunk_count(n_cells, n_chunks)
-    item_start = np.zeros(n_structures + 1, dtype=np.int64)
-    item_start[1:] = np.cumsum(chunk_counts)
-    n_items = item_start[-1]
-    partial = np.zeros((n_items, n_bins + 1))
-    part_stats = np.zeros((n_items, 8))
-    for item in prange(n_items):
-        s = np.searchsorted(item_start, item, side="right") - 1
-        k = item - item_start[s]
-        k_total = chunk_counts[s]
-        p_first = structure_plane_start[s]
-        p_end = structure_plane_start[s + 1]
-        c_first = plane_cell_start[p_first]
-        n_cells = plane_cell_start[p_end] - c_first
-        a = c_first + n_cells * k // k_total
-        b = c_first + n_cells * (k + 1) // k_total
-        rotation = structure_transform[s, :3, :3]
-        t0 = structure_transform[s, 0, 3]
-        t1 = structure_transform[s, 1, 3]
-        t2 = structure_transform[s, 2, 3]
-        axial = rotation[2, 0] == 0.0 and rotation[2, 1] == 0.0 and rotation[2, 2] == 1.0
-        p = p_first
-        while plane_cell_start[p + 1] <= a:
-            p += 1
-        inside_sum = 0.0
-        outside_sum = 0.0
-        dose_sum = 0.0
-        x_sum = 0.0
-        y_sum = 0.0
-        z_sum = 0.0
-        dmin = np.inf
-        dmax = -np.inf
-        # Plane by plane, piece by piece through the slab, cell by cell: for axial transforms the z part of
-        # the interpolation is shared by every cell of a piece.
-        while p < p_end and plane_cell_start[p] < b:
-            c_lo = max(a, plane_cell_start[p])
-            c_hi = min(b, plane_cell_start[p + 1])
-            z_end = plane_z_hi[p]
-            z_a = plane_z_lo[p]
-            n_uniform = max(1, int(math.ceil((z_end - z_a) / uniform_piece - 1e-9)))
-            uniform_dz = (z_end - z_a) / n_uniform
-            while z_a < z_end:
+    s = np.searchsorted(item_start, item, side="right") - 1
+    k = item - item_start[s]
+    k_total = chunk_counts[s]
+    p_first = structure_plane_start[s]
+    p_end = structure_plane_start[s + 1]
+    c_first = plane_cell_start[p_first]
+    n_cells = plane_cell_start[p_end] - c_first
+    a = c_first + n_cells * k // k_total
+    b = c_first + n_cells * (k + 1) // k_total
+    rotation = structure_transform[s, :3, :3]
+    t0 = structure_transform[s, 0, 3]
+    t1 = structure_transform[s, 1, 3]
+    t2 = structure_transform[s, 2, 3]
+    axial = rotation[2, 0] == 0.0 and rotation[2, 1] == 0.0 and rotation[2, 2] == 1.0
+    p = p_first
+    while plane_cell_start[p + 1] <= a:
+        p += 1
+    inside_sum = 0.0
+    outside_sum = 0.0
+    dose_sum = 0.0
+    x_sum = 0.0
+    y_sum = 0.0
+    z_sum = 0.0
+    dmin = np.inf
+    dmax = -np.inf
+    # Plane by plane, piece by piece through the slab, cell by cell: for axial transforms the z part of
+    # the interpolation is shared by every cell of a piece.
+    while p < p_end and plane_cell_start[p] < b:
+        c_lo = max(a, plane_cell_start[p])
+        c_hi = min(b, plane_cell_start[p + 1])
+        z_end = plane_z_hi[p]
+        z_a = plane_z_lo[p]
+        n_uniform = max(1, int(math.ceil((z_end - z_a) / uniform_piece - 1e-9)))
+        uniform_dz = (z_end - z_a) / n_uniform
+        while z_a < z_end:
+            if axial:
+                z_b = min(_next_grid_plane(z_a + t2, oz, sz) - t2, z_end)
+            else:
+                z_b = min(z_a + uniform_dz, z_end)
+                if z_end - z_b < 1e-9 * uniform_dz:
+                    z_b = z_end
+            dz = z_b - z_a
+            z_local = 0.5 * (z_a + z_b)
+            z_a = z_b
+            kz, tz, inside_z = _grid_coordinate(z_local + t2, oz, sz, nz)
+            for c in range(c_lo, c_hi):
+                area = cells[c, 0]
+                if area <= 0.0:
+                    continue
+                weight = area * dz
+                px = rotation[0, 0] * cells[c, 1] + rotation[0, 1] * cells[c, 2] + rotation[0, 2] * z_local + t0
+                py = rotation[1, 0] * cells[c, 1] + rotation[1, 1] * cells[c, 2] + rotation[1, 2] * z_local + t1
                 if axial:
-                    z_b = min(_next_grid_plane(z_a + t2, oz, sz) - t2, z_end)
+                    pz = z_local + t2
                 else:
-                    z_b = min(z_a + uniform_dz, z_end)
-                    if z_end - z_b < 1e-9 * uniform_dz:
-                        z_b = z_end
-                dz = z_b - z_a
-                z_local = 0.5 * (z_a + z_b)
-                z_a = z_b
-                kz, tz, inside_z = _grid_coordinate(z_local + t2, oz, sz, nz)
-                for c in range(c_lo, c_hi):
-                    area = cells[c, 0]
-                    if area <= 0.0:
-                        continue
-                    weight = area * dz
-                    px = rotation[0, 0] * cells[c, 1] + rotation[0, 1] * cells[c, 2] + rotation[0, 2] * z_local + t0
-                    py = rotation[1, 0] * cells[c, 1] + rotation[1, 1] * cells[c, 2] + rotation[1, 2] * z_local + t1
-                    if axial:
-                        pz = z_local + t2
-                    else:
-                        pz = (rotation[2, 0] * cells[c, 1] + rotation[2, 1] * cells[c, 2] + rotation[2, 2] * z_local
-                              + t2)
-                        kz, tz, inside_z = _grid_coordinate(pz, oz, sz, nz)
-                    x_sum += weight * px
-                    y_sum += weight * py
-                    z_sum += weight * pz
-                    i, tx, inside_x = _grid_coordinate(px, ox, sx, nx)
-                    j, ty, inside_y = _grid_coordinate(py, oy, sy, ny)
-                    if not (inside_x and inside_y and inside_z):
-                        outside_sum += weight
-                        continue
-                    value = _accumulate_sample(
-                        dose, partial, item, i, j, kz, tx, ty, tz, sx, sy, sz, rotation, cells[c, 3], cells[c, 4],
-                        cells[c, 5], dz, weight, inverse_bin_width, n_bins,
-                    )
-                    inside_sum += weight
-                    dose_sum += weight * value
-                    dmin = min(dmin, value)
-                    dmax = max(dmax, value)
-            p += 1
-        part_stats[item, 0] = inside_sum
-        part_stats[item, 1] = outside_sum
-        part_stats[item, 2] = dose_sum
-        part_stats[item, 3] = dmin
-        part_stats[item, 4] = dmax
-        part_stats[item, 5] = x_sum
-        part_stats[item, 6] = y_sum
-        part_stats[item, 7] = z_sum
-    # Combine each structure's chunks in their fixed order.
+                    pz = (rotation[2, 0] * cells[c, 1] + rotation[2, 1] * cells[c, 2] + rotation[2, 2] * z_local
+                          + t2)
+                    kz, tz, inside_z = _grid_coordinate(pz, oz, sz, nz)
+                x_sum += weight * px
+                y_sum += weight * py
+                z_sum += weight * pz
+                i, tx, inside_x = _grid_coordinate(px, ox, sx, nx)
+                j, ty, inside_y = _grid_coordinate(py, oy, sy, ny)
+                if not (inside_x and inside_y and inside_z):
+                    outside_sum += weight
+                    continue
+                value = _accumulate_sample(
+                    dose, partial, item, i, j, kz, tx, ty, tz, sx, sy, sz, rotation, cells[c, 3], cells[c, 4],
+                    cells[c, 5], dz, weight, inverse_bin_width, n_bins,
+                )
+                inside_sum += weight
+                dose_sum += weight * value
+                dmin = min(dmin, value)
+                dmax = max(dmax, value)
+        p += 1
+    part_stats[item, 0] = inside_sum
+    part_stats[item, 1] = outside_sum
+    part_stats[item, 2] = dose_sum
+    part_stats[item, 3] = dmin
+    part_stats[item, 4] = dmax
+    part_stats[item, 5] = x_sum
+    part_stats[item, 6] = y_sum
+    part_stats[item, 7] = z_sum
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _sample_items(
+    dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
+    structure_transform, bin_width, n_bins, item_start, chunk_counts, lane_start, lane_items, partial, part_stats,
+):
+    """Every work item, lane by lane in parallel (see :func:`_lanes`)."""
+    for lane in prange(lane_start.shape[0] - 1):
+        for q in range(lane_start[lane], lane_start[lane + 1]):
+            _sample_item(
+                dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
+                structure_transform, bin_width, n_bins, item_start, chunk_counts, lane_items[q], partial, part_stats,
+            )
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _combine_items(partial, part_stats, item_start, n_bins):
+    """Each structure's histogram and statistics: its items' partial sums added in their fixed order."""
+    n_structures = item_start.shape[0] - 1
     hist = np.zeros((n_structures, n_bins))
     stats = np.zeros((n_structures, 8))
     for s in prange(n_structures):
@@ -468,8 +525,28 @@ def cell_histograms(
     dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
     structure_transform, bin_width, n_bins, n_chunks,
 ):
-    return _cell_histograms(
-        _float_array(dose), _f64(origin), _f64(spacing), _f64(cells).reshape(-1, 6), _i64(plane_cell_start),
-        _f64(plane_z_lo), _f64(plane_z_hi), _i64(structure_plane_start),
-        _f64(structure_transform).reshape(-1, 4, 4), float(bin_width), int(n_bins), int(n_chunks),
-    )
+    dose = _float_array(dose)
+    spacing = _f64(spacing)
+    plane_cell_start = _i64(plane_cell_start)
+    plane_z_lo = _f64(plane_z_lo)
+    plane_z_hi = _f64(plane_z_hi)
+    structure_plane_start = _i64(structure_plane_start)
+    n_bins = int(n_bins)
+    item_start, chunk_counts = _work_items(np.diff(plane_cell_start[structure_plane_start]), int(n_chunks))
+    n_items = int(item_start[-1])
+    partial = np.zeros((n_items, n_bins + 1))
+    part_stats = np.zeros((n_items, 8))
+    if n_items:
+        # An item's cost: its share of its structure's cells times the pieces of their slabs (about one per
+        # dose plane crossed).
+        plane_cost = np.diff(plane_cell_start) * (np.ceil((plane_z_hi - plane_z_lo) / spacing[2]) + 1.0)
+        running = np.concatenate(([0.0], np.cumsum(plane_cost)))
+        structure_cost = running[structure_plane_start[1:]] - running[structure_plane_start[:-1]]
+        costs = np.repeat(structure_cost / np.maximum(chunk_counts, 1), chunk_counts)
+        lane_start, lane_items = _lanes(costs)
+        _sample_items(
+            dose, _f64(origin), spacing, _f64(cells).reshape(-1, 6), plane_cell_start, plane_z_lo, plane_z_hi,
+            structure_plane_start, _f64(structure_transform).reshape(-1, 4, 4), float(bin_width), n_bins,
+            item_start, chunk_counts, lane_start, lane_items, partial, part_stats,
+        )
+    return _combine_items(partial, part_stats, item_start, n_bins)

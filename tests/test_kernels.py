@@ -252,3 +252,16 @@ def test_slab_pieces_split_at_dose_planes():
     pieces = numpy_ref.slab_pieces(-1.25, 4.0, grid_z0=-10.0, grid_dz=2.5)
     assert pieces == [(-1.25, 0.0), (0.0, 2.5), (2.5, 4.0)]
     assert math.isclose(sum(b - a for a, b in numpy_ref.slab_pieces(0.1, 0.2, 0.0, 3.0)), 0.1)
+
+
+def test_numba_lanes_deal_every_item_once_and_balance_the_cost(rng):
+    costs = np.concatenate([rng.uniform(1, 100, 40), [5000.0, 0.0, 0.0]])
+    threads = numba.get_num_threads()
+    lane_start, lane_items = numba_cpu._lanes(costs)
+    assert lane_start[0] == 0 and lane_start[-1] == len(costs) and len(lane_start) == min(threads, len(costs)) + 1
+    assert sorted(lane_items.tolist()) == list(range(len(costs)))
+    loads = [costs[lane_items[a:b]].sum() for a, b in zip(lane_start[:-1], lane_start[1:])]
+    # Greedy dealing, costliest first: no lane exceeds the fair share by more than one item's cost.
+    assert max(loads) <= max(costs.sum() / len(loads), costs.max()) + costs[costs < 5000].max() + len(costs)
+    one_lane = numba_cpu._lanes(np.array([3.0]))
+    assert one_lane[0].tolist() == [0, 1] and one_lane[1].tolist() == [0]
