@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import io
 import json
 import logging
@@ -565,5 +566,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL_ERROR
 
 
+#: First-generation threshold of the garbage collector in the console command (Python's default is 700).
+CONSOLE_GC_THRESHOLD = 50_000
+
+
+def run() -> None:
+    """The console command: :func:`main` in a process that ends when it returns.
+
+    Loading Numba's compiled kernels leaves some hundreds of thousands of long-lived objects (its typing and
+    lowering registries). The collector's default thresholds walk them again and again during the run, and
+    the interpreter's last collection walks them once more at exit: about a quarter of a one-case command's
+    wall time. The command therefore collects less often and freezes what is left before exiting (see
+    ``gc.freeze``); every file it wrote is closed by then. :func:`main`, for embedding, changes nothing.
+    """
+
+    gc.set_threshold(CONSOLE_GC_THRESHOLD)
+    try:
+        code = main()
+    finally:
+        gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

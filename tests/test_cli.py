@@ -133,4 +133,4 @@ def test_console_script_is_installed():
     script = ("import importlib.metadata as m; "
               "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'isodose'])")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert "isodose.cli:main" in result.stdout
+    assert "isodose.cli:run" in result.stdout
