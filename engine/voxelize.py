@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .errors import IsodoseError, StructureError
-from .geometry import END_CAPS, common_plane_spacing_mm, polygon_area_mm2, slab_bounds, structure_planes
+from .geometry import END_CAPS, common_plane_spacing_mm, slab_bounds, structure_planes
 from .model import DoseGrid, Structure
 
 
@@ -116,11 +116,19 @@ class SamplingPlan:
         return np.repeat(np.arange(self.n_structures), counts)
 
 
-def _area_estimate_mm2(ring: np.ndarray) -> float:
-    """A ring's area for choosing the cell size: the shoelace area, but at least a quarter of its bounding box,
-    since the signed lobes of a self-intersecting ring can cancel (a bow-tie has a shoelace area of zero)."""
-    extent = ring.max(axis=0) - ring.min(axis=0)
-    return max(abs(polygon_area_mm2(ring)), 0.25 * float(extent[0] * extent[1]))
+def _area_estimates_mm2(points: np.ndarray, ring_start: np.ndarray) -> np.ndarray:
+    """Each ring's area for choosing the cell size: the shoelace area, but at least a quarter of its bounding
+    box, since the signed lobes of a self-intersecting ring can cancel (a bow-tie has a shoelace area of zero).
+    The rings are ``points[ring_start[r]:ring_start[r + 1]]``, all in one array."""
+    first = ring_start[:-1]
+    counts = np.diff(ring_start)
+    centred = points - np.repeat(np.add.reduceat(points, first) / counts[:, None], counts, axis=0)
+    following = np.arange(1, len(points) + 1)
+    following[ring_start[1:] - 1] = first  # each ring's last vertex closes onto its first
+    x, y = centred[:, 0], centred[:, 1]
+    shoelace = 0.5 * np.abs(np.add.reduceat(x * y[following] - y * x[following], first))
+    extent = np.maximum.reduceat(points, first) - np.minimum.reduceat(points, first)
+    return np.maximum(shoelace, 0.25 * extent[:, 0] * extent[:, 1])
 
 
 def _supersampling(total_area_mm2: float, grid: DoseGrid, options: SamplingOptions) -> int:
@@ -171,37 +179,45 @@ def plan_sampling(
         z_lo, z_hi = slab_bounds(np.array([p.z_mm for p in planes]), options.end_cap, fallback_spacing_mm)
         z_lo_all.append(z_lo)
         z_hi_all.append(z_hi)
-        total_area = sum(_area_estimate_mm2(ring) for plane in planes for ring in plane.rings)
-        m = _supersampling(total_area, grid, options)
+        structure_rings = [ring for plane in planes for ring in plane.rings]
+        points = np.concatenate(structure_rings)
+        ring_start = np.zeros(len(structure_rings) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in structure_rings], out=ring_start[1:])
+        m = _supersampling(float(_area_estimates_mm2(points, ring_start).sum()), grid, options)
         supersampling.append(m)
         hx, hy = dx / m, dy / m
-        n_vertices = 0
-        for plane, lo, hi in zip(planes, z_lo, z_hi):
-            points = np.vstack(plane.rings)
-            ix0 = math.floor((points[:, 0].min() - gx0) / hx)
-            ix1 = math.ceil((points[:, 0].max() - gx0) / hx)
-            iy0 = math.floor((points[:, 1].min() - gy0) / hy)
-            iy1 = math.ceil((points[:, 1].max() - gy0) / hy)
-            nx, ny = max(ix1 - ix0, 1), max(iy1 - iy0, 1)
-            if nx * ny > options.max_cells_per_plane:
-                raise StructureError(
-                    f"a contour at z = {plane.z_mm:g} mm spans {nx * hx:.0f} x {ny * hy:.0f} mm, which needs "
-                    f"{nx * ny:,} cells at supersampling {m} (at most {options.max_cells_per_plane:,}); check the "
-                    "contour for stray points, or lower the supersampling",
-                    path=structure.source or None, obj=f"ROI {structure.name!r}",
-                )
-            windows.append((gx0 + ix0 * hx, gy0 + iy0 * hy, nx, ny, hx, hy))
-            rings.extend(plane.rings)
-            plane_ring_counts.append(len(plane.rings))
-            n = len(points)
-            faces = np.empty((2 * n, 3))
-            faces[:n, :2] = points
-            faces[n:, :2] = points
-            faces[:n, 2] = lo
-            faces[n:, 2] = hi
-            vertex_points.append(faces)
-            n_vertices += 2 * n
-        vertex_counts.append(n_vertices)
+        # Each plane's bounding box, hence its window of cells on the grid's lattice refined m times.
+        plane_first = ring_start[np.cumsum([0] + [len(plane.rings) for plane in planes[:-1]])]
+        low = np.minimum.reduceat(points, plane_first)
+        high = np.maximum.reduceat(points, plane_first)
+        ix0 = np.floor((low[:, 0] - gx0) / hx).astype(np.int64)
+        iy0 = np.floor((low[:, 1] - gy0) / hy).astype(np.int64)
+        nx = np.maximum(np.ceil((high[:, 0] - gx0) / hx).astype(np.int64) - ix0, 1)
+        ny = np.maximum(np.ceil((high[:, 1] - gy0) / hy).astype(np.int64) - iy0, 1)
+        too_big = np.flatnonzero(nx * ny > options.max_cells_per_plane)
+        if len(too_big):
+            k = int(too_big[0])
+            raise StructureError(
+                f"a contour at z = {planes[k].z_mm:g} mm spans {nx[k] * hx:.0f} x {ny[k] * hy:.0f} mm, which needs "
+                f"{int(nx[k] * ny[k]):,} cells at supersampling {m} (at most {options.max_cells_per_plane:,}); "
+                "check the contour for stray points, or lower the supersampling",
+                path=structure.source or None, obj=f"ROI {structure.name!r}",
+            )
+        windows.extend(zip(gx0 + ix0 * hx, gy0 + iy0 * hy, nx, ny, [hx] * len(planes), [hy] * len(planes)))
+        rings.extend(structure_rings)
+        plane_ring_counts.extend(len(plane.rings) for plane in planes)
+        # The vertices of each plane at the bottom and at the top of its slab (for Dmin and Dmax).
+        plane_counts = np.diff(np.append(plane_first, len(points)))
+        faces = np.empty((2 * len(points), 3))
+        bottom = np.repeat(2 * plane_first, plane_counts) + np.arange(len(points)) - np.repeat(plane_first,
+                                                                                               plane_counts)
+        top = bottom + np.repeat(plane_counts, plane_counts)
+        faces[bottom, :2] = points
+        faces[top, :2] = points
+        faces[bottom, 2] = np.repeat(z_lo, plane_counts)
+        faces[top, 2] = np.repeat(z_hi, plane_counts)
+        vertex_points.append(faces)
+        vertex_counts.append(2 * len(points))
 
     def starts(counts: Sequence[int]) -> np.ndarray:
         out = np.zeros(len(counts) + 1, dtype=np.int64)
