@@ -361,9 +361,9 @@ def _accumulate_sample(
     structure's own frame) and deposit it. Returns the dose."""
     value, gx, gy, gz = _interpolate(dose, i, j, k, tx, ty, tz, sx, sy, sz)
     # Gradient in the structure's frame: R^T g.
-    lx = rotation[0, 0] * gx + rotation[1, 0] * gy + rotation[2, 0] * gz
-    ly = rotation[0, 1] * gx + rotation[1, 1] * gy + rotation[2, 1] * gz
-    lz = rotation[0, 2] * gx + rotation[1, 2] * gy + rotation[2, 2] * gz
+    lx = rotation[0] * gx + rotation[3] * gy + rotation[6] * gz
+    ly = rotation[1] * gx + rotation[4] * gy + rotation[7] * gz
+    lz = rotation[2] * gx + rotation[5] * gy + rotation[8] * gz
     variance = lx * lx * vxx + 2.0 * lx * ly * vxy + ly * ly * vyy + lz * lz * dz * dz / 12.0
     width = math.sqrt(12.0 * max(variance, 0.0))
     _deposit(partial, item, value, width, weight, inverse_bin_width, n_bins)
@@ -406,11 +406,14 @@ def _sample_item(
     n_cells = plane_cell_start[p_end] - c_first
     a = c_first + n_cells * k // k_total
     b = c_first + n_cells * (k + 1) // k_total
-    rotation = structure_transform[s, :3, :3]
+    # The rotation row by row, as scalars: loads from an array could not be kept in registers across the
+    # histogram's stores (the compiler cannot rule out aliasing).
+    m = structure_transform[s]
+    rotation = (m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2], m[2, 0], m[2, 1], m[2, 2])
     t0 = structure_transform[s, 0, 3]
     t1 = structure_transform[s, 1, 3]
     t2 = structure_transform[s, 2, 3]
-    axial = rotation[2, 0] == 0.0 and rotation[2, 1] == 0.0 and rotation[2, 2] == 1.0
+    axial = rotation[6] == 0.0 and rotation[7] == 0.0 and rotation[8] == 1.0
     p = p_first
     while plane_cell_start[p + 1] <= a:
         p += 1
@@ -447,13 +450,14 @@ def _sample_item(
                 if area <= 0.0:
                     continue
                 weight = area * dz
-                px = rotation[0, 0] * cells[c, 1] + rotation[0, 1] * cells[c, 2] + rotation[0, 2] * z_local + t0
-                py = rotation[1, 0] * cells[c, 1] + rotation[1, 1] * cells[c, 2] + rotation[1, 2] * z_local + t1
+                cx = cells[c, 1]
+                cy = cells[c, 2]
+                px = rotation[0] * cx + rotation[1] * cy + rotation[2] * z_local + t0
+                py = rotation[3] * cx + rotation[4] * cy + rotation[5] * z_local + t1
                 if axial:
                     pz = z_local + t2
                 else:
-                    pz = (rotation[2, 0] * cells[c, 1] + rotation[2, 1] * cells[c, 2] + rotation[2, 2] * z_local
-                          + t2)
+                    pz = rotation[6] * cx + rotation[7] * cy + rotation[8] * z_local + t2
                     kz, tz, inside_z = _grid_coordinate(pz, oz, sz, nz)
                 x_sum += weight * px
                 y_sum += weight * py
