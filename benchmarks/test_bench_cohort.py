@@ -51,3 +51,29 @@ def test_cohort_run(benchmark, cohorts, tmp_path, n_cases):
         median_case_read_ms=round(1000 * float(np.median([e["timings"]["read_s"] for e in entries])), 1),
         median_case_compute_ms=round(1000 * float(np.median([e["timings"]["compute_s"] for e in entries])), 1),
     )
+
+
+@pytest.mark.parametrize("dask_workers", [1, 2])
+def test_cohort_run_on_local_dask(benchmark, cohorts, tmp_path, dask_workers):
+    """The 100-case cohort on a local Dask cluster of 1 and 2 worker processes (the cluster is started before
+    timing and its workers have loaded the kernels: a warm-up run comes first)."""
+    pytest.importorskip("distributed")
+    from isodose.cohort.distributed import dask_client
+
+    counter = itertools.count()
+
+    def fresh_store():
+        return (cohorts[100], tmp_path / f"dask{next(counter)}.h5"), {}
+
+    with dask_client(local_workers=dask_workers) as client:
+        def run(manifest, out):
+            return run_cohort(manifest, out, settings=SETTINGS, client=client, progress=False)
+
+        run(*fresh_store()[0])  # warm-up: workers import isodose and load the compiled kernels
+        benchmark.group = "cohort run on a local Dask cluster"
+        summary = benchmark.pedantic(run, setup=fresh_store, rounds=3, iterations=1)
+    assert summary.failed == 0 and summary.processed == 100
+    benchmark.extra_info.update(
+        scale="Dask workers", size=float(dask_workers), unit="workers", cases=100,
+        cases_per_second=round(100 / benchmark.stats.stats.median, 2),
+    )

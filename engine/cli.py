@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import gc
 import io
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -326,9 +328,17 @@ def cmd_cohort_run(args: argparse.Namespace) -> int:
     if args.prescription is not None and not args.prescription > 0:
         raise IsodoseError(f"--prescription must be a positive dose in Gy, not {args.prescription}")
     settings = _run_settings(args)
-    summary = run_cohort(args.input, args.out, settings=settings, workers=args.workers, backend=args.backend,
-                         recurrence_roi=args.recurrence_roi, prescription_gy=args.prescription,
-                         progress=not args.no_progress)
+    run = functools.partial(run_cohort, args.input, args.out, settings=settings, workers=args.workers,
+                            backend=args.backend, recurrence_roi=args.recurrence_roi,
+                            prescription_gy=args.prescription, progress=not args.no_progress)
+    if args.scheduler or args.scheduler_file or args.local_cluster:
+        from .cohort.distributed import dask_client
+
+        local = (args.workers or os.cpu_count() or 1) if args.local_cluster else None
+        with dask_client(args.scheduler, args.scheduler_file, local) as client:
+            summary = run(client=client)
+    else:
+        summary = run()
     _print_run(summary)
     return 0
 
@@ -508,6 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prescription for cases of a folder without an RTPLAN")
     run.add_argument("--dvh-step", type=float, default=0.1, metavar="GY", help="dose step of stored DVHs (0.1 Gy)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dask = run.add_mutually_exclusive_group()
+    dask.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                      help="run on this Dask cluster (needs isodose[distributed]; workers must see the input paths)")
+    dask.add_argument("--scheduler-file", metavar="FILE", help="run on the Dask cluster this scheduler file describes")
+    dask.add_argument("--local-cluster", action="store_true",
+                      help="run on a Dask cluster of --workers processes started on this machine")
     _add_criteria(run)
     _add_sampling(run)
     run.set_defaults(func=cmd_cohort_run)

@@ -319,12 +319,17 @@ def run_cohort(
     cases: Iterable[Case] | None = None,
     pipelined: bool | None = None,
     batch_size: int = 32,
+    client=None,
+    on_result: Callable[[dict], None] | None = None,
 ) -> RunSummary:
     """Run (or resume) a cohort from a manifest or a folder into the store ``out`` (and its CSV beside).
 
     With the cupy backend (``pipelined``, by default), ``workers`` processes read DICOM while this process
     computes on the GPU, up to ``batch_size`` cases at once (one merged sampling plan); otherwise each worker
-    process reads and computes its own cases. Results do not depend on the arrangement or the batch size.
+    process reads and computes its own cases. With a Dask ``client`` (see :mod:`isodose.cohort.distributed`),
+    the cluster's workers read and compute the cases, one task per case, and ``workers`` is not used. In every
+    arrangement this process alone writes the store. Results do not depend on the arrangement or the batch size.
+    ``on_result`` is called with each entry once it is stored.
     """
     settings = settings or RunSettings()
     started = time.perf_counter()
@@ -333,7 +338,7 @@ def run_cohort(
     finished = store.finished()
     todo = [c for c in all_cases if c.case_id not in finished]
     workers = max(1, int(workers or os.cpu_count() or 1))
-    if pipelined is None:
+    if pipelined is None and client is None:
         pipelined = _selected_backend_name(backend) == "cupy" and workers > 1
     bar = Progress(len(all_cases), len(all_cases) - len(todo), progress)
     failed = 0
@@ -343,9 +348,16 @@ def run_cohort(
         store.append(entry)
         failed += entry["status"] != "ok"
         bar.update(entry["status"] == "ok")
+        if on_result is not None:
+            on_result(entry)
 
     try:
-        if workers == 1 or len(todo) <= 1:
+        if client is not None:
+            from .distributed import process_case_on_worker, run_on_dask
+
+            run_on_dask(client, todo, functools.partial(process_case_on_worker, settings=settings, backend=backend),
+                        record)
+        elif workers == 1 or len(todo) <= 1:
             for case in todo:
                 record(process_case(case, settings, backend))
         elif pipelined:

@@ -1,0 +1,185 @@
+"""Cohorts on a Dask cluster: one task per case, submitted as results come back, written here by one writer.
+
+The process that runs the cohort is a Dask client. It submits one task per case (at most
+``IN_FLIGHT_PER_THREAD`` per worker thread at a time, so a cohort of any size never builds a large graph), and
+appends each result to the store as it arrives, exactly as a local run does: the store, its journal and
+resumption behave the same. When a worker dies, Dask reruns its tasks on the others (a case whose task keeps
+killing workers is recorded as failed, and retried on the next run); a case's result is written once.
+
+Workers open the case files themselves, by the paths in the manifest: every worker must see them at those paths
+(a shared file system). A case a worker cannot read fails with an error naming the worker and the file.
+
+Each worker picks its own backend (``auto``, or ``ISODOSE_BACKEND`` in its environment): CuPy on a worker pinned
+to a GPU, as ``dask cuda worker`` or dask-cuda's ``LocalCUDACluster`` start them (one worker per GPU, each seeing
+its own GPU as device 0), Numba elsewhere. Needs the optional extra ``isodose[distributed]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ..errors import IsodoseError
+from .cases import Case
+
+log = logging.getLogger(__name__)
+
+#: Tasks in flight per worker thread: enough to keep workers busy between results, few enough to stay small.
+IN_FLIGHT_PER_THREAD = 2
+#: Seconds between two looks at the number of worker threads (which sets how many tasks are in flight).
+LIMIT_REFRESH_S = 2.0
+#: Seconds to wait for a scheduler to answer.
+CONNECT_TIMEOUT_S = 20.0
+
+
+class DistributedError(IsodoseError):
+    """Dask is missing, or its scheduler cannot be reached."""
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError as exc:
+        raise DistributedError(
+            "running on Dask needs the optional dependencies: pip install 'isodose[distributed]'"
+        ) from exc
+    return distributed
+
+
+@contextlib.contextmanager
+def dask_client(
+    scheduler: str | None = None,
+    scheduler_file: str | Path | None = None,
+    local_workers: int | None = None,
+    *,
+    timeout_s: float | None = None,
+) -> Iterator[object]:
+    """A ``distributed.Client``: of the scheduler at ``scheduler`` (``tcp://host:8786``), of the one described by
+    ``scheduler_file``, or of a local cluster of ``local_workers`` worker processes started here (each with its
+    share of this machine's cores for Numba) and stopped on leaving. Exactly one of the three must be given."""
+    given = [x is not None for x in (scheduler, scheduler_file, local_workers)]
+    if sum(given) != 1:
+        raise DistributedError("give one of a scheduler address, a scheduler file or a number of local workers")
+    distributed = _distributed()
+    timeout_s = timeout_s or CONNECT_TIMEOUT_S
+    cluster = None
+    if local_workers is not None:
+        n = max(1, int(local_workers))
+        threads = str(max(1, (os.cpu_count() or 1) // n))
+        try:
+            cluster = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads},
+            )
+            client = distributed.Client(cluster)
+        except Exception as exc:  # workers that cannot start: their own errors vary
+            if cluster is not None:
+                cluster.close()
+            raise DistributedError(f"cannot start a local Dask cluster of {n} workers ({type(exc).__name__}: "
+                                   f"{exc})") from exc
+    else:
+        if scheduler_file is not None and not Path(scheduler_file).is_file():
+            raise DistributedError("no such scheduler file", path=scheduler_file)
+        where = scheduler or scheduler_file
+        try:
+            if scheduler_file is not None:
+                client = distributed.Client(scheduler_file=str(scheduler_file), timeout=timeout_s)
+            else:
+                client = distributed.Client(scheduler, timeout=timeout_s)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise DistributedError(f"cannot reach the Dask scheduler at {where} ({type(exc).__name__}: "
+                                   f"{exc})") from exc
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_address() -> str:
+    """The address of the Dask worker running the calling task, or ``"local"`` outside one."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return "local"
+
+
+def process_case_on_worker(case: Case, settings, backend: str | None = None) -> dict:
+    """A Dask task: read and classify one case on this worker. A failure is an error entry that names the
+    worker (its message already names the file), never an exception."""
+    from .runner import process_case
+
+    entry = process_case(case, settings, backend)
+    if entry["status"] != "ok":
+        entry["error"] = f"{entry['error']} (on worker {worker_address()})"
+    return entry
+
+
+def _failure(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return "the case's task ended the worker processes that ran it (killed, or out of memory)"
+    return f"the task failed on the cluster ({name}: {exc})"
+
+
+def run_on_dask(
+    client,
+    todo: Sequence[Case],
+    task: Callable[[Case], dict],
+    on_result: Callable[[dict], None],
+    *,
+    max_in_flight: int | None = None,
+) -> None:
+    """Run ``task(case)`` as one Dask task per case, at most ``max_in_flight`` at a time (by default
+    ``IN_FLIGHT_PER_THREAD`` per worker thread, as the cluster grows or shrinks), and hand each entry to
+    ``on_result`` here, as it arrives. On any exception here (Ctrl-C included) the tasks in flight are
+    cancelled; the entries already handed on are kept."""
+    from .runner import _error_entry
+
+    distributed = _distributed()
+    run_id = uuid.uuid4().hex[:12]
+    queue = list(reversed(todo))
+    in_flight: dict[object, Case] = {}
+    completed = distributed.as_completed()
+
+    threads = {"count": 0, "asked": -math.inf}
+
+    def limit() -> int:
+        if max_in_flight is not None:
+            return max(1, max_in_flight)
+        if time.monotonic() - threads["asked"] > LIMIT_REFRESH_S:  # workers come and go: ask now and then
+            threads.update(count=sum(client.nthreads().values()), asked=time.monotonic())
+        return max(2, IN_FLIGHT_PER_THREAD * threads["count"])
+
+    def top_up() -> None:
+        room = limit() - len(in_flight)
+        while queue and room > 0:
+            case = queue.pop()
+            future = client.submit(task, case, key=f"isodose-case-{case.case_id}-{run_id}", pure=False)
+            in_flight[future] = case
+            completed.add(future)
+            room -= 1
+
+    top_up()
+    try:
+        for future in completed:
+            case = in_flight.pop(future)
+            try:
+                entry = future.result()
+            except Exception as exc:  # the task itself failed (task code turns case errors into entries)
+                entry = _error_entry(case.case_id, _failure(exc))
+            future.release()
+            on_result(entry)
+            top_up()
+    except BaseException:
+        client.cancel(list(in_flight))
+        raise

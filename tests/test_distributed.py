@@ -1,0 +1,200 @@
+"""Cohorts on a Dask cluster of local worker processes: the same store and numbers as a local run, a worker
+killed mid-run, a client stopped and started again, unreadable files, bounded submission, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sys
+from collections import Counter
+from functools import partial
+
+import pytest
+
+from isodose.cli import main
+from isodose.cohort.cases import read_manifest
+from isodose.cohort.runner import RunSettings, run_cohort
+from isodose.cohort.store import ResultStore
+from isodose.cohort.synthetic import generate_cohort
+
+distributed = pytest.importorskip("distributed")
+
+from isodose.cohort import distributed as on_dask  # noqa: E402
+
+SETTINGS = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
+N_CASES = 12
+IGNORED = {"device"}  # the thread count of whoever computed it
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return generate_cohort(tmp_path_factory.mktemp("dask-cohort") / "data", N_CASES, seed=5, workers=2)
+
+
+@pytest.fixture(scope="module")
+def reference(cohort, tmp_path_factory):
+    """The records of a single-process run."""
+    out = tmp_path_factory.mktemp("dask-reference") / "r.h5"
+    run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False)
+    return _records(out)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       env={"NUMBA_NUM_THREADS": "1"})
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def client(cluster):
+    with distributed.Client(cluster.scheduler_address) as client:
+        client.wait_for_workers(2, timeout=60)
+        yield client
+
+
+def _records(out) -> dict[str, dict]:
+    return {e["case_id"]: {k: v for k, v in e["record"].items() if k not in IGNORED}
+            for e in ResultStore.open(out, create=False).cases()}
+
+
+def test_a_dask_run_gives_the_store_of_a_local_run(cohort, reference, client, tmp_path):
+    out = tmp_path / "dask.h5"
+    summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False)
+    assert (summary.processed, summary.failed) == (N_CASES, 0)
+    assert _records(out) == reference
+    assert {r["backend"] for r in _records(out).values()} == {"numba"}  # CPU workers pick Numba
+    assert out.with_suffix(".csv").exists()
+    again = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False)
+    assert (again.processed, again.skipped) == (0, N_CASES)
+
+
+def test_a_worker_killed_mid_run_loses_nothing(cohort, reference, client, tmp_path):
+    out = tmp_path / "killed.h5"
+    stored: Counter[str] = Counter()
+    killed: dict[str, object] = {}
+
+    def kill_a_busy_worker(entry):
+        stored[entry["case_id"]] += 1
+        if len(stored) == 2 and not killed:
+            busy = [address for address, keys in client.processing().items() if keys]
+            assert busy, "no task in flight to interrupt"
+            pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+            os.kill(pid, signal.SIGKILL)
+            killed.update(address=busy[0], at=len(stored))
+
+    summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False, on_result=kill_a_busy_worker)
+    assert killed and killed["at"] < N_CASES
+    assert (summary.processed, summary.failed) == (N_CASES, 0)
+    assert sorted(stored.values()) == [1] * N_CASES  # every case stored exactly once
+    assert _records(out) == reference
+
+
+def test_a_stopped_client_resumes_without_redoing_finished_cases(cohort, reference, cluster, tmp_path):
+    out = tmp_path / "stopped.h5"
+    first: list[str] = []
+
+    def stop_after_four(entry):
+        first.append(entry["case_id"])
+        if len(first) == 4:
+            raise KeyboardInterrupt
+
+    with distributed.Client(cluster.scheduler_address) as client, pytest.raises(KeyboardInterrupt):
+        run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False, on_result=stop_after_four)
+    assert ResultStore.open(out, create=False).finished() == set(first)
+    second: list[str] = []
+    with distributed.Client(cluster.scheduler_address) as client:
+        summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False,
+                             on_result=lambda e: second.append(e["case_id"]))
+    assert (summary.skipped, summary.processed, summary.failed) == (4, N_CASES - 4, 0)
+    assert not set(first) & set(second) and len(second) == N_CASES - 4
+    assert _records(out) == reference
+
+
+def test_a_file_a_worker_cannot_read_names_the_worker_and_the_path(cohort, client, tmp_path):
+    rows = list(csv.DictReader(cohort.open()))[:2]
+    data = cohort.parent
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            row = {k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi") else v)
+                   for k, v in row.items()}
+            writer.writerow(row)
+        writer.writerow(dict(row, case_id="unseen", dose=str(tmp_path / "only-on-my-laptop" / "RD.dcm")))
+    out = tmp_path / "r.h5"
+    summary = run_cohort(manifest, out, settings=SETTINGS, client=client, progress=False)
+    assert (summary.cases, summary.failed) == (3, 1)
+    error = {e["case_id"]: e["error"] for e in ResultStore.open(out, create=False).cases()}["unseen"]
+    assert "only-on-my-laptop/RD.dcm: no such file" in error
+    assert "(on worker tcp://" in error and error.split("(on worker ")[1].rstrip(")") in client.nthreads()
+
+
+def test_tasks_are_submitted_as_results_come_back(cohort, client):
+    cases = read_manifest(cohort)
+    outstanding, most = 0, 0
+
+    class Counting:
+        def submit(self, *args, **kwargs):
+            nonlocal outstanding, most
+            outstanding += 1
+            most = max(most, outstanding)
+            return client.submit(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+    def back(entry):
+        nonlocal outstanding
+        outstanding -= 1
+        assert entry["status"] == "ok"
+
+    task = partial(on_dask.process_case_on_worker, settings=SETTINGS)
+    on_dask.run_on_dask(Counting(), cases, task, back, max_in_flight=3)
+    assert outstanding == 0 and most == 3
+    most = 0
+    on_dask.run_on_dask(Counting(), cases, task, back)  # default: two per worker thread
+    assert most == on_dask.IN_FLIGHT_PER_THREAD * 2
+
+
+def test_cli_runs_on_a_local_dask_cluster(cohort, reference, tmp_path, capsys):
+    out = tmp_path / "cli.h5"
+    code = main(["cohort", "run", str(cohort), "--out", str(out), "--local-cluster", "--workers", "2",
+                 "--no-progress", "--metric", "GTV:volume", "--metric", "CTV60:D98", "--metric", "CTV54:D95"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"{N_CASES} processed (0 failed)" in captured.out
+    assert _records(out) == reference
+
+
+def test_cli_dask_errors_are_one_line(cohort, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(on_dask, "CONNECT_TIMEOUT_S", 1.0)
+    code = main(["cohort", "run", str(cohort), "--out", str(tmp_path / "a.h5"), "--scheduler", "tcp://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("isodose: error:") and err.count("\n") == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err
+    code = main(["cohort", "run", str(cohort), "--out", str(tmp_path / "b.h5"), "--scheduler-file",
+                 str(tmp_path / "scheduler.json")])
+    assert code == 2 and "scheduler.json: no such scheduler file" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    code = main(["cohort", "run", str(cohort), "--out", str(tmp_path / "c.h5"), "--local-cluster"])
+    assert code == 2 and "pip install 'isodose[distributed]'" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_dask_cuda_workers_compute_on_their_own_gpus(cohort, reference, tmp_path):
+    """The GPU-node pattern: dask-cuda starts one worker per GPU, each seeing its own GPU as device 0, and each
+    worker's ``auto`` backend is CuPy there."""
+    dask_cuda = pytest.importorskip("dask_cuda")
+    from .test_gpu_kernels import assert_records_match
+
+    out = tmp_path / "gpu.h5"
+    with dask_cuda.LocalCUDACluster(threads_per_worker=1) as gpu_cluster, distributed.Client(gpu_cluster) as client:
+        summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False)
+    assert (summary.processed, summary.failed) == (N_CASES, 0)
+    records = _records(out)
+    assert {r["backend"] for r in records.values()} == {"cupy"}
+    assert_records_match(reference, records)
