@@ -15,8 +15,12 @@ from os import PathLike
 class IsodoseError(Exception):
     """Base class of every error isodose raises on purpose.
 
-    ``str(error)`` is ``"<file>: <object>: <problem>"``, leaving out the parts that are unknown.
+    ``str(error)`` is ``"<file>: <object>: <problem>"``, leaving out the parts that are unknown. ``warnings``
+    holds what was logged as warnings for the same piece of work before it failed, where a batch keeps them
+    (see :func:`isodose.recurrence.classify_recurrences`).
     """
+
+    warnings: tuple[str, ...] = ()
 
     def __init__(self, problem: str, *, path: str | PathLike[str] | None = None, obj: str | None = None):
         self.problem = problem

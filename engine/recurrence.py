@@ -292,8 +292,8 @@ def classify_recurrences(
 ) -> list[RecurrenceResult | IsodoseError]:
     """Classify many recurrences, sampling them together: on the GPU, all the cases' structures go through
     one merged plan (see :func:`isodose.sampling.sample_many`). Each case gets its result, or the
-    :class:`IsodoseError` that stopped it; one bad case never stops the others. The results are those of
-    :func:`classify_recurrence` case by case."""
+    :class:`IsodoseError` that stopped it (with the case's warnings in its ``warnings``); one bad case never
+    stops the others. The results are those of :func:`classify_recurrence` case by case."""
     options = options or SamplingOptions()
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
     results: list[RecurrenceResult | IsodoseError | None] = [None] * len(cases)
@@ -327,4 +327,7 @@ def classify_recurrences(
         warnings[i] += messages
         if isinstance(results[i], RecurrenceResult):
             results[i] = replace(results[i], warnings=tuple(warnings[i]))
+    for i, result in enumerate(results):
+        if isinstance(result, IsodoseError):  # a failed case keeps the warnings logged on its way
+            result.warnings = tuple(warnings[i])
     return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 
 import h5py
@@ -261,3 +262,25 @@ def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_p
     assert pipelined == default
     assert all(e["timings"]["read_s"] > 0 and e["timings"]["compute_s"] > 0
                for e in ResultStore.open(out, create=False).cases())
+
+
+def test_a_case_failing_inside_a_batch_keeps_its_warnings(cohort, monkeypatch):
+    from isodose import recurrence
+    from isodose.cohort.runner import classify_batch, read_case
+    from isodose.errors import IsodoseError
+
+    inputs = [read_case(c) for c in read_manifest(cohort)[:3]]
+    original = recurrence._prepare
+
+    def prepare(case, options):
+        if case.dose is inputs[1].dose:
+            logging.getLogger("isodose.recurrence").warning("a warning before the failure")
+            raise IsodoseError("this case cannot be classified")
+        return original(case, options)
+
+    monkeypatch.setattr(recurrence, "_prepare", prepare)
+    entries = classify_batch(inputs, SETTINGS, "numba")
+    assert [e["status"] for e in entries] == ["ok", "error", "ok"]
+    assert entries[1]["error"] == "this case cannot be classified"
+    assert any("a warning before the failure" in w for w in entries[1]["warnings"])
+    assert not any("a warning before the failure" in w for w in entries[0]["warnings"] + entries[2]["warnings"])

@@ -163,7 +163,8 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend: str 
         for inputs, result, timing in zip(batch, results, timings):
             timing = {**timing, "compute_s": share}
             if isinstance(result, Exception):
-                entries.append(_error_entry(inputs.case.case_id, str(result), timing))
+                entries.append(_error_entry(inputs.case.case_id, str(result), timing,
+                                            list(getattr(result, "warnings", ()))))
             else:
                 entries.append(_entry(inputs.case.case_id, result, settings, timing))
         return {"entries": entries}
