@@ -281,7 +281,8 @@ def write_report(data: dict, jobs: list[Job]) -> None:
             f"{totals['isodose_compute_s']:.3f} s | {totals['dicompyler_interpolated_s']:.1f} s | "
             f"{totals['dicompyler_interpolated_s'] / totals['isodose_compute_s']:.0f}x |")
     lines += [
-        f"| whole process: interpreter, imports, reading, all ROIs (median of {data['process_repeats']} after a warm-up run) | "
+        f"| whole process: interpreter, imports, reading, all ROIs (median of {data['process_repeats']} after a "
+        "warm-up run) | "
         f"{totals['isodose_process_s']:.2f} s | {totals['dicompyler_process_s']:.2f} s | "
         f"{totals['dicompyler_process_s'] / totals['isodose_process_s']:.1f}x |",
         "",
