@@ -184,6 +184,23 @@ def test_cli_dask_errors_are_one_line(cohort, tmp_path, capsys, monkeypatch):
     assert code == 2 and "pip install 'isodose[distributed]'" in capsys.readouterr().err
 
 
+def test_each_worker_picks_its_backend_from_its_own_environment(cohort, reference, tmp_path):
+    """What pins a GPU worker (dask-cuda sets CUDA_VISIBLE_DEVICES per worker) is the worker's environment:
+    here workers told ISODOSE_BACKEND=numpy compute with the NumPy reference, and every record says so."""
+    from .test_gpu_kernels import assert_records_match
+
+    cases = read_manifest(cohort)[:2]
+    out = tmp_path / "numpy.h5"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  env={"ISODOSE_BACKEND": "numpy"}) as numpy_cluster, \
+            distributed.Client(numpy_cluster) as client:
+        summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False, cases=cases)
+    assert (summary.processed, summary.failed) == (2, 0)
+    records = _records(out)
+    assert {r["backend"] for r in records.values()} == {"numpy"}
+    assert_records_match({c.case_id: reference[c.case_id] for c in cases}, records)
+
+
 @pytest.mark.gpu
 def test_dask_cuda_workers_compute_on_their_own_gpus(cohort, reference, tmp_path):
     """The GPU-node pattern: dask-cuda starts one worker per GPU, each seeing its own GPU as device 0, and each
