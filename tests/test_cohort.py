@@ -7,6 +7,10 @@ import csv
 import json
 import logging
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import h5py
 import numpy as np
@@ -284,3 +288,35 @@ def test_a_case_failing_inside_a_batch_keeps_its_warnings(cohort, monkeypatch):
     assert entries[1]["error"] == "this case cannot be classified"
     assert any("a warning before the failure" in w for w in entries[1]["warnings"])
     assert not any("a warning before the failure" in w for w in entries[0]["warnings"] + entries[2]["warnings"])
+
+
+def test_kill_9_at_any_moment_loses_at_most_the_case_in_flight(cohort, results, tmp_path):
+    """Kill the cohort command (SIGKILL) three times at different points of a run: after each kill the store
+    opens, and the last run completes it with every case once and the numbers of an uninterrupted run."""
+    out = tmp_path / "killed.h5"
+    journal = out.with_name(out.name + ".journal")
+    command = [sys.executable, "-m", "isodose.cli", "cohort", "run", str(cohort), "--out", str(out), "--workers", "1",
+               "--no-progress", "--metric", "GTV:volume", "--metric", "CTV60:D98", "--metric", "CTV54:D95"]
+    finished_before = 0
+    for kill_after in (2, 9, 17):  # cases in the journal when the kill comes
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            lines = journal.read_bytes().count(b"\n") if journal.exists() else 0
+            if lines - 1 >= kill_after:  # the first line holds the settings
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        finished = ResultStore.open(out, create=False).finished()
+        assert len(finished) >= max(kill_after, finished_before)  # nothing finished was lost
+        finished_before = len(finished)
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False)
+    assert (summary.skipped, summary.processed, summary.failed) == (finished_before, N_CASES - finished_before, 0)
+    ignore = {"device"}
+    recovered = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
+                 for e in ResultStore.open(out, create=False).cases()}
+    expected = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
+                for e in ResultStore.open(results[0], create=False).cases()}
+    assert recovered == expected

@@ -130,13 +130,26 @@ class _Header:
 
 
 def _read_header(path: Path) -> _Header | None:
+    """The header of an RT file, or None for a file that is not one (or cannot be read: warned about, since a
+    case missing that file then fails with the reason)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, KeyError, AttributeError):
+    except InvalidDicomError:
         return None
+    except Exception as exc:  # damaged: pydicom raises many kinds
+        log.warning("%s: skipped, unreadable DICOM (%s: %s)", path, type(exc).__name__, exc)
+        return None
+    try:
+        return _header_of(ds, path)
+    except Exception as exc:  # a damaged element raises when pydicom first converts it
+        log.warning("%s: skipped, malformed DICOM header (%s: %s)", path, type(exc).__name__, exc)
+        return None
+
+
+def _header_of(ds, path: Path) -> _Header | None:
     modality = str(ds.get("Modality", "") or "")
     if modality not in ("RTDOSE", "RTSTRUCT", "RTPLAN", "REG"):
         return None

@@ -6,26 +6,62 @@ naming the file, the object and the problem.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
+from typing import TypeVar
 
 import numpy as np
 
-from ..errors import DicomReadError, DoseGridError, DoseUnitsError, PlanError, RegistrationError, StructureError
+from ..errors import (
+    DicomReadError,
+    DoseGridError,
+    DoseUnitsError,
+    IsodoseError,
+    PlanError,
+    RegistrationError,
+    StructureError,
+)
 from ..geometry import PLANE_TOLERANCE_MM, check_rigid
 from ..model import Contour, DoseGrid, DoseReference, Plan, Registration, Structure, StructureSet
 
 log = logging.getLogger(__name__)
 
 PathType = str | PathLike[str]
+T = TypeVar("T")
 
 #: Direction cosines closer than this to a unit axis count as axis-aligned.
 ORIENTATION_TOLERANCE = 1e-4
 #: Frame spacings may differ by this fraction of the mean spacing (rounding in the file).
 FRAME_SPACING_TOLERANCE = 1e-3
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _reader(read: Callable[..., T]) -> Callable[..., T]:
+    """A reader whose every failure is an :class:`IsodoseError` naming the file.
+
+    pydicom converts most elements when they are first used, so a damaged element (a bad value
+    representation, a length that does not match its type) raises from deep inside pydicom, of whatever type,
+    at the moment the reader looks at it. Those become one-line :class:`DicomReadError`s.
+    """
+
+    @functools.wraps(read)
+    def guarded(path: PathType, *args, **kwargs) -> T:
+        try:
+            return read(path, *args, **kwargs)
+        except (IsodoseError, MemoryError):
+            raise
+        except Exception as exc:
+            raise DicomReadError(f"malformed DICOM ({type(exc).__name__}: {_one_line(exc)})", path=path) from exc
+
+    return guarded
 
 
 def read_dataset(path: PathType, modality: str | None = None, *, stop_before_pixels: bool = False):
@@ -97,6 +133,7 @@ def _axis_of(direction: np.ndarray, name: str, path: PathType) -> tuple[int, int
 # --------------------------------------------------------------------------------------------------------
 # RTDOSE
 # --------------------------------------------------------------------------------------------------------
+@_reader
 def read_dose(path: PathType) -> DoseGrid:
     """Read an RTDOSE file into a :class:`DoseGrid` in Gy, re-ordered so that indices increase along x, y
     and z. Handles DoseGridScaling, 16- and 32-bit pixels, relative or absolute GridFrameOffsetVector in
@@ -245,6 +282,7 @@ def _contour(item, path: PathType, roi: str, index: int) -> Contour | None:
     return Contour(points_mm=np.ascontiguousarray(points[:, :2]), z_mm=float(z.mean()))
 
 
+@_reader
 def read_structures(path: PathType) -> StructureSet:
     """Read an RTSTRUCT: every ROI by name and number, with its CLOSED_PLANAR contours. POINT and OPEN
     contours are skipped with a warning; ROIs without contours are kept, empty."""
@@ -297,6 +335,7 @@ def read_structures(path: PathType) -> StructureSet:
 # --------------------------------------------------------------------------------------------------------
 # RTPLAN
 # --------------------------------------------------------------------------------------------------------
+@_reader
 def read_plan(path: PathType) -> Plan:
     """Read the prescription (the highest TargetPrescriptionDose of the dose references, in Gy) and the
     number of fractions planned (of the first fraction group) from an RTPLAN, where present."""
@@ -336,6 +375,7 @@ def read_plan(path: PathType) -> Plan:
 DEFORMABLE_REGISTRATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.3"
 
 
+@_reader
 def read_registration(path: PathType) -> Registration:
     """Read a DICOM Spatial Registration (modality REG): for each source frame of reference, the rigid
     matrix mapping its points into the registration's own (registered) frame. Deformable, scaled and affine
