@@ -9,6 +9,7 @@ piece, so that two separate lesions contoured in one ROI are not bridged.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ import numpy as np
 
 from .errors import RegistrationError, StructureError
 from .model import Contour, Registration, Structure
+
+log = logging.getLogger(__name__)
 
 #: Contours whose z differ by less than this (mm) lie in the same plane.
 PLANE_TOLERANCE_MM = 0.01
@@ -61,11 +64,54 @@ def group_planes(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERA
 _PLANES: weakref.WeakKeyDictionary[Structure, list[ContourPlane]] = weakref.WeakKeyDictionary()
 
 
+#: Two rings of one plane whose sorted vertices agree within this (mm) are the same contour twice.
+DUPLICATE_TOLERANCE_MM = 1e-6
+
+
+def _same_ring(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    order_a, order_b = np.lexsort(a.T[::-1]), np.lexsort(b.T[::-1])
+    return bool(np.allclose(a[order_a], b[order_b], rtol=0.0, atol=DUPLICATE_TOLERANCE_MM))
+
+
+def _checked_planes(structure: Structure) -> list[ContourPlane]:
+    """:func:`group_planes`, without repeated contours, warning about them and about self-crossing rings.
+
+    A contour exported twice in a plane would cancel itself under the even-odd rule (a ring inside a ring is a
+    hole); the repeat is dropped. A ring that crosses itself is kept, its inside taken by the even-odd rule, as
+    for every ring."""
+    from .kernels.numba_cpu import ring_crosses_itself
+
+    planes = []
+    repeats, crossing = [], []
+    for plane in group_planes(structure.contours):
+        rings: list[np.ndarray] = []
+        for ring in plane.rings:
+            if any(_same_ring(ring, kept) for kept in rings):
+                repeats.append(plane.z_mm)
+                continue
+            if ring_crosses_itself(ring):
+                crossing.append(plane.z_mm)
+            rings.append(ring)
+        planes.append(ContourPlane(plane.z_mm, tuple(rings)))
+    where = f"{structure.source}: " if structure.source else ""
+    if repeats:
+        log.warning("%sROI %r: %d contour(s) repeat another of their plane (first at z = %g mm); the repeats are "
+                    "ignored, since by the even-odd rule a contour drawn twice would cancel itself",
+                    where, structure.name, len(repeats), repeats[0])
+    if crossing:
+        log.warning("%sROI %r: %d contour(s) cross themselves (first at z = %g mm); their inside is taken by the "
+                    "even-odd rule", where, structure.name, len(crossing), crossing[0])
+    return planes
+
+
 def structure_planes(structure: Structure) -> list[ContourPlane]:
-    """The planes of a structure (:func:`group_planes` of its contours), computed once per structure object."""
+    """The planes of a structure (:func:`group_planes` of its contours, checked by :func:`_checked_planes`),
+    computed once per structure object."""
     planes = _PLANES.get(structure)
     if planes is None:
-        planes = _PLANES[structure] = group_planes(structure.contours)
+        planes = _PLANES[structure] = _checked_planes(structure)
     return planes
 
 

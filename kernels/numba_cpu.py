@@ -289,6 +289,51 @@ def polygon_coverage(
     return cells
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _side(ax, ay, bx, by, cx, cy):
+    """Sign of the turn a -> b -> c: 1 left, -1 right, 0 collinear."""
+    cross = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    return 1 if cross > 0 else (-1 if cross < 0 else 0)
+
+
+@njit(cache=True, error_model="numpy")
+def _ring_crosses_itself(points):
+    n = points.shape[0]
+    if n < 4:
+        return False
+    y_low = np.empty(n)
+    y_high = np.empty(n)
+    for i in range(n):
+        j = (i + 1) % n
+        y_low[i] = min(points[i, 1], points[j, 1])
+        y_high[i] = max(points[i, 1], points[j, 1])
+    order = np.argsort(y_low)
+    for a in range(n):
+        i = order[a]
+        i1 = (i + 1) % n
+        if points[i, 0] == points[i1, 0] and points[i, 1] == points[i1, 1]:
+            continue  # a repeated vertex: no edge
+        for b in range(a + 1, n):
+            j = order[b]
+            if y_low[j] > y_high[i]:
+                break  # edges sorted by their lowest y: none further up can meet edge i
+            j1 = (j + 1) % n
+            if j == i1 or i == j1 or (points[j, 0] == points[j1, 0] and points[j, 1] == points[j1, 1]):
+                continue  # neighbours share a vertex
+            d1 = _side(points[i, 0], points[i, 1], points[i1, 0], points[i1, 1], points[j, 0], points[j, 1])
+            d2 = _side(points[i, 0], points[i, 1], points[i1, 0], points[i1, 1], points[j1, 0], points[j1, 1])
+            d3 = _side(points[j, 0], points[j, 1], points[j1, 0], points[j1, 1], points[i, 0], points[i, 1])
+            d4 = _side(points[j, 0], points[j, 1], points[j1, 0], points[j1, 1], points[i1, 0], points[i1, 1])
+            if d1 * d2 < 0 and d3 * d4 < 0:
+                return True
+    return False
+
+
+def ring_crosses_itself(points) -> bool:
+    """Whether two non-neighbouring edges of a closed ring cross (a proper crossing; touching is not)."""
+    return bool(_ring_crosses_itself(_f64(points).reshape(-1, 2)))
+
+
 # --------------------------------------------------------------------------------------------------------
 # Histogram accumulation
 # --------------------------------------------------------------------------------------------------------

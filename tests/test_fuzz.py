@@ -24,7 +24,10 @@ from isodose.model import Contour, DoseGrid, Structure
 from isodose.phantoms import Sphere, contour_shape
 from isodose.voxelize import SamplingOptions, plan_sampling
 
-EXAMPLES = {"bytes": 250, "tags": 250, "rings": 150}
+# pydicom warns about every damaged value it reads, and hypothesis about the size of the files it is given.
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")]
+EXAMPLES = {"bytes": 250, "tags": 250, "rings": 150, "crossings": 300}
 
 
 def fuzz(kind: str) -> settings:
@@ -172,3 +175,11 @@ def test_any_rings_give_finite_dvhs_and_numba_covers_them_as_the_reference(plane
     weighty = expected[:, 0] > 1e-9
     np.testing.assert_allclose(got[weighty], expected[weighty], rtol=1e-9, atol=1e-9)
     assert np.all(got[:, 0] >= 0) and np.all(got[:, 0] <= plan.plane_hx[0] * plan.plane_hy[0] * (1 + 1e-9))
+
+
+@fuzz("crossings")
+@given(ring=st.lists(st.tuples(st.integers(-4, 4), st.integers(-4, 4)), min_size=3, max_size=12))
+def test_numba_finds_the_self_crossings_the_reference_finds(ring):
+    """Integer vertices make touching, collinear and repeated vertices common: only proper crossings count."""
+    points = np.array(ring, dtype=np.float64)
+    assert numba_cpu.ring_crosses_itself(points) == numpy_ref.ring_crosses_itself(points)

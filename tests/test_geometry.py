@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
 from isodose.errors import IsodoseError, StructureError
-from isodose.geometry import common_plane_spacing_mm, group_planes, polygon_area_mm2, slab_bounds
+from isodose.geometry import common_plane_spacing_mm, group_planes, polygon_area_mm2, slab_bounds, structure_planes
+from isodose.kernels import numba_cpu
 from isodose.model import Contour, Structure
 from isodose.voxelize import SamplingOptions, plan_sampling
 
@@ -97,3 +100,32 @@ def test_a_stray_point_is_an_error_not_a_memory_blow_up():
     stray = np.array([[0.0, 0.0], [5.0, 0.0], [5.0, 5.0], [9000.0, 9000.0]])
     with pytest.raises(StructureError, match="ROI 'stray'.*needs .* cells"):
         plan_sampling([Structure("stray", 1, (Contour(stray, 0.0),))], grid, SamplingOptions(supersampling=8))
+
+
+def _rings_structure(name, rings_per_plane, planes=(0.0, 2.0, 4.0)):
+    contours = tuple(Contour(np.asarray(r, dtype=np.float64), z) for z in planes for r in rings_per_plane)
+    return Structure(name, 1, contours, "1.2.3", source="rs.dcm")
+
+
+def test_a_contour_repeated_in_its_plane_counts_once_with_a_warning(caplog):
+    square = [[0, 0], [10, 0], [10, 10], [0, 10]]
+    shifted_start = [[10, 0], [10, 10], [0, 10], [0, 0]]
+    with caplog.at_level(logging.WARNING):
+        planes = structure_planes(_rings_structure("twice", [square, shifted_start]))
+    assert [len(p.rings) for p in planes] == [1, 1, 1]
+    assert "rs.dcm: ROI 'twice': 3 contour(s) repeat another of their plane (first at z = 0 mm)" in caplog.text
+    caplog.clear()
+    inner = [[2, 2], [8, 2], [8, 8], [2, 8]]  # a hole is not a repeat
+    with caplog.at_level(logging.WARNING):
+        assert [len(p.rings) for p in structure_planes(_rings_structure("holed", [square, inner]))] == [2, 2, 2]
+    assert caplog.text == ""
+
+
+def test_a_contour_crossing_itself_is_kept_with_a_warning(caplog):
+    bow_tie = [[0, 0], [10, 10], [10, 0], [0, 10]]
+    with caplog.at_level(logging.WARNING):
+        planes = structure_planes(_rings_structure("bow", [bow_tie]))
+    assert [len(p.rings) for p in planes] == [1, 1, 1]
+    assert "ROI 'bow': 3 contour(s) cross themselves (first at z = 0 mm); their inside is taken by the even-odd" \
+        in caplog.text
+    assert numba_cpu.ring_crosses_itself(bow_tie) and not numba_cpu.ring_crosses_itself([[0, 0], [10, 0], [5, 8]])
