@@ -235,3 +235,15 @@ def test_contours_need_three_points(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="isodose"):
         assert read_structures(path).get("Line").is_empty
     assert "enclose no area" in caplog.text
+
+
+def test_a_dose_grid_too_large_for_memory_is_refused_with_the_figures(tmp_path, random_grid, monkeypatch):
+    import isodose.dicom.read as reader
+
+    path = write_dose(random_grid, tmp_path / "rd.dcm")
+    monkeypatch.setattr(reader, "_available_memory_bytes", lambda: 2000)
+    with pytest.raises(DoseGridError, match=r"rd.dcm: dose grid of 6 x 7 x 8 voxels needs about 5.4 kB to read, "
+                                            r"more than the 2.0 kB of memory available"):
+        read_dose(path)
+    monkeypatch.setattr(reader, "_available_memory_bytes", lambda: None)  # cannot be told: read it
+    np.testing.assert_allclose(read_dose(path).dose_gy, random_grid.dose_gy, rtol=1e-6)

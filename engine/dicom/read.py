@@ -35,6 +35,47 @@ T = TypeVar("T")
 
 #: Direction cosines closer than this to a unit axis count as axis-aligned.
 ORIENTATION_TOLERANCE = 1e-4
+#: RTDOSE values longer than this (the pixels) are read only after the memory they need has been checked.
+DEFERRED_BYTES = 1 << 20
+#: Reading a dose grid needs about this many bytes per voxel beside the stored pixels: the dose in float32,
+#: and its copy re-ordered to (z, y, x).
+READ_BYTES_PER_VOXEL = 8
+
+
+def _available_memory_bytes() -> int | None:
+    """Memory the system can give without swapping (MemAvailable), or None where it cannot be told."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{int(n_bytes)} bytes"
+
+
+def _check_memory(frames: int, rows: int, columns: int, bits: int, path: PathType) -> None:
+    """Refuse, with the figures, a dose grid that cannot be read into the memory available now."""
+    voxels = frames * rows * columns
+    needed = voxels * (max(bits, 8) // 8 * 2 + READ_BYTES_PER_VOXEL)  # the stored pixels, decoded, then the dose
+    available = _available_memory_bytes()
+    if available is not None and needed > available:
+        raise DoseGridError(
+            f"dose grid of {frames} x {rows} x {columns} voxels needs about {_size(needed)} to read, more than the "
+            f"{_size(available)} of memory available", path=path,
+        )
+
+
 #: Frame spacings may differ by this fraction of the mean spacing (rounding in the file).
 FRAME_SPACING_TOLERANCE = 1e-3
 
@@ -64,8 +105,10 @@ def _reader(read: Callable[..., T]) -> Callable[..., T]:
     return guarded
 
 
-def read_dataset(path: PathType, modality: str | None = None, *, stop_before_pixels: bool = False):
-    """Read one DICOM file, checking its modality. Not DICOM, unreadable or truncated files are errors."""
+def read_dataset(path: PathType, modality: str | None = None, *, stop_before_pixels: bool = False,
+                 defer_size: int | None = None):
+    """Read one DICOM file, checking its modality. Not DICOM, unreadable or truncated files are errors.
+    Values longer than ``defer_size`` bytes are read from the file when first used."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -74,10 +117,10 @@ def read_dataset(path: PathType, modality: str | None = None, *, stop_before_pix
     if os.path.isdir(path):
         raise DicomReadError("is a folder, not a DICOM file", path=path)
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except InvalidDicomError:
         try:  # files without the 128-byte preamble are common in RT exports
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
         except Exception as exc:
             raise DicomReadError(f"not a DICOM file ({exc})", path=path) from exc
         if "SOPClassUID" not in ds and "Modality" not in ds:
@@ -139,7 +182,7 @@ def read_dose(path: PathType) -> DoseGrid:
     and z. Handles DoseGridScaling, 16- and 32-bit pixels, relative or absolute GridFrameOffsetVector in
     either direction and any axis-aligned orientation (HFS, HFP, FFS, FFP, and the rest). Oblique grids,
     non-uniform frame spacing and dose not in Gy are errors."""
-    ds = read_dataset(path, "RTDOSE")
+    ds = read_dataset(path, "RTDOSE", defer_size=DEFERRED_BYTES)  # pixels: once their memory is known
     units = str(_required(ds, "DoseUnits", path)).strip().upper()
     if units != "GY":
         raise DoseUnitsError(
@@ -167,6 +210,7 @@ def read_dose(path: PathType) -> DoseGrid:
             "axis is needed", path=path,
         )
     offsets = _floats(_required(ds, "GridFrameOffsetVector", path), "GridFrameOffsetVector", frames, path)
+    _check_memory(frames, rows, columns, int(ds.get("BitsAllocated", 32) or 32), path)
 
     try:
         pixels = ds.pixel_array
@@ -175,7 +219,10 @@ def read_dose(path: PathType) -> DoseGrid:
     expected_shape = (frames, rows, columns)
     if pixels.shape != expected_shape:
         raise DicomReadError(f"pixel data has shape {pixels.shape}, expected {expected_shape}", path=path)
-    dose = pixels.astype(np.float64) * scaling
+    dose = np.empty(pixels.shape, dtype=np.float32)
+    for frame in range(frames):  # in float64 frame by frame, kept in float32: no whole float64 copy
+        dose[frame] = pixels[frame].astype(np.float64) * scaling
+    del pixels
     if not np.all(np.isfinite(dose)):
         raise DoseGridError("dose holds NaN or infinite values", path=path)
     if dose.min() < 0:
@@ -228,7 +275,7 @@ def read_dose(path: PathType) -> DoseGrid:
             origin[patient_axis] -= step * (dose.shape[a] - 1)
     # Put the array in (z, y, x) order: array axis for patient axis 2 first, then 1, then 0.
     order = [next(a for a, (axis, _, _) in enumerate(array_axes) if axis == target) for target in (2, 1, 0)]
-    dose = np.ascontiguousarray(np.transpose(dose, order), dtype=np.float32)
+    dose = np.ascontiguousarray(np.transpose(dose, order))
     return DoseGrid(
         dose_gy=dose,
         origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
