@@ -338,6 +338,7 @@ def run_cohort(
     store = ResultStore.open(out, settings.as_dict())
     finished = store.finished()
     todo = [c for c in all_cases if c.case_id not in finished]
+    store.check_free_space(len(todo))
     workers = max(1, int(workers or os.cpu_count() or 1))
     if pipelined is None and client is None:
         pipelined = _selected_backend_name(backend) == "cupy" and workers > 1
@@ -373,10 +374,17 @@ def run_cohort(
             n = min(workers, len(todo))
             _run_in_processes(todo, functools.partial(process_case, settings=settings, backend=backend), n,
                               max(1, (os.cpu_count() or 1) // n), lambda items: [entry for _, entry in items], record)
-    finally:
+    except BaseException:
         bar.finish()
-        if store.pending:
-            store.consolidate()
+        if store.pending:  # keep what finished; a failure here must not hide the one that stopped the run
+            try:
+                store.consolidate()
+            except IsodoseError as exc:
+                log.warning("%s", exc)
+        raise
+    bar.finish()
+    if store.pending:
+        store.consolidate()
     table = store.write_table()
     return RunSummary(len(all_cases), len(all_cases) - len(todo), len(todo), failed,
                       time.perf_counter() - started, Path(out), table)

@@ -36,6 +36,9 @@ from ..errors import IsodoseError
 
 FORMAT = "isodose-cohort-1"
 MIN_CONSOLIDATE = 200
+#: Disk space set aside per case still to run: its journal line (record and DVH curves, typically 10 to
+#: 30 kB) and its share of the next consolidated HDF5 file, with room to spare.
+BYTES_PER_CASE = 128 * 1024
 
 
 class StoreError(IsodoseError):
@@ -127,6 +130,24 @@ class ResultStore:
             raise StoreError("the output folder is not writable", path=folder)
         if path.exists() and not os.access(path, os.W_OK):
             raise StoreError("the results file is not writable", path=path)
+
+    def check_free_space(self, n_cases: int) -> None:
+        """Refuse to start ``n_cases`` cases that the output's file system has no room to record: better an error
+        now than a full disk after hours of work (a full disk mid-run stops the run at the case it could not
+        write; the cases written before it are kept)."""
+        import shutil
+
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return
+        stored = self.path.stat().st_size if self.path.exists() else 0
+        needed = n_cases * BYTES_PER_CASE + stored  # journal lines, and a new HDF5 file beside the old one
+        if n_cases and free < needed:
+            raise StoreError(
+                f"only {free / 1e6:,.0f} MB free for the results; {n_cases:,} cases need about {needed / 1e6:,.0f} MB "
+                "(journal and HDF5 file): free some space or write to another --out", path=self.path.parent,
+            )
 
     @staticmethod
     def _read_hdf5_records(path: Path) -> tuple[dict, dict[str, dict]]:
