@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pydicom
@@ -247,3 +248,60 @@ def test_a_dose_grid_too_large_for_memory_is_refused_with_the_figures(tmp_path, 
         read_dose(path)
     monkeypatch.setattr(reader, "_available_memory_bytes", lambda: None)  # cannot be told: read it
     np.testing.assert_allclose(read_dose(path).dose_gy, random_grid.dose_gy, rtol=1e-6)
+
+
+def _float_dose(path, values):
+    """Re-store an RTDOSE's pixels as FloatPixelData (32-bit floats), as some systems write them."""
+    ds = pydicom.dcmread(path)
+    if "PixelData" in ds:
+        del ds.PixelData
+    for keyword in ("BitsStored", "HighBit", "PixelRepresentation"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.BitsAllocated = 32
+    ds.FloatPixelData = np.ascontiguousarray(values, dtype=np.float32).tobytes()
+    ds.DoseGridScaling = 1
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("value, message", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"),
+                                            (-0.5, r"negative values \(down to -0.5 Gy\)")])
+def test_non_finite_or_negative_dose_is_refused(tmp_path, random_grid, value, message):
+    stored = np.ones((6, 7, 8), dtype=np.float32)
+    stored[2, 3, 4] = value
+    path = _float_dose(write_dose(random_grid, tmp_path / "rd.dcm"), stored)
+    with pytest.raises(DoseGridError, match=message):
+        read_dose(path)
+    stored[2, 3, 4] = 2.0
+    np.testing.assert_array_equal(read_dose(_float_dose(path, stored)).dose_gy, stored)
+
+
+@pytest.mark.parametrize("scaling, message", [("inf", "DoseGridScaling holds non-finite values"),
+                                              ("nan", "DoseGridScaling holds non-finite values"),
+                                              ("-1", "DoseGridScaling must be positive")])
+def test_non_finite_or_negative_scaling_is_refused(tmp_path, random_grid, scaling, message):
+    path = _edit(write_dose(random_grid, tmp_path / "rd.dcm"), DoseGridScaling=scaling)
+    with pytest.raises(IsodoseError, match=message):
+        read_dose(path)
+
+
+def test_negative_pixel_spacing_is_refused(tmp_path, random_grid):
+    path = _edit(write_dose(random_grid, tmp_path / "rd.dcm"), PixelSpacing=[-2.5, 2.0])
+    with pytest.raises(DoseGridError, match="PixelSpacing must be positive"):
+        read_dose(path)
+
+
+def test_rois_without_contours_or_outside_the_grid_are_reported_empty_with_a_warning(caplog):
+    _, grid = linear_grid(gradient=(1.0, 0.0, 0.0))
+    inside = contour_shape(Sphere((0.0, 0.0, 0.0), 8.0), "Inside", 1, 2.0)
+    far = contour_shape(Sphere((900.0, 0.0, 0.0), 8.0), "Far", 2, 2.0)
+    empty = Structure("Empty", 3, (), grid.frame_of_reference_uid)
+    with caplog.at_level(logging.WARNING):
+        dvhs = {d.name: d for d in compute_dvhs(grid, [inside, far, empty], backend="numba")}
+    assert "ROI Far lies wholly outside the dose grid" in caplog.text
+    assert "ROI Empty has no contours" in caplog.text
+    assert dvhs["Inside"].has_dose and dvhs["Inside"].volume_cc > 2
+    assert not dvhs["Far"].has_dose and dvhs["Far"].volume_outside_dose_cc == pytest.approx(dvhs["Far"].volume_cc)
+    assert math.isnan(dvhs["Far"].dmean_gy) and math.isnan(dvhs["Far"].metric("D95"))
+    assert dvhs["Empty"].volume_cc == 0 and not dvhs["Empty"].has_dose
