@@ -292,13 +292,16 @@ def test_negative_pixel_spacing_is_refused(tmp_path, random_grid):
         read_dose(path)
 
 
-def test_rois_without_contours_or_outside_the_grid_are_reported_empty_with_a_warning(caplog):
+def test_rois_without_contours_or_outside_the_grid_are_reported_with_a_warning(caplog):
     _, grid = linear_grid(gradient=(1.0, 0.0, 0.0))
     inside = contour_shape(Sphere((0.0, 0.0, 0.0), 8.0), "Inside", 1, 2.0)
     far = contour_shape(Sphere((900.0, 0.0, 0.0), 8.0), "Far", 2, 2.0)
     empty = Structure("Empty", 3, (), grid.frame_of_reference_uid)
+    edge = contour_shape(Sphere((40.0, 0.0, 0.0), 8.0), "Edge", 4, 2.0)  # the grid ends at x = 40 mm
     with caplog.at_level(logging.WARNING):
-        dvhs = {d.name: d for d in compute_dvhs(grid, [inside, far, empty], backend="numba")}
+        dvhs = {d.name: d for d in compute_dvhs(grid, [inside, far, empty, edge], backend="numba")}
+    assert "ROI Edge: " in caplog.text and "cc lie outside the dose grid" in caplog.text
+    assert dvhs["Edge"].has_dose and 0.4 < dvhs["Edge"].volume_outside_dose_cc / dvhs["Edge"].volume_cc < 0.6
     assert "ROI Far lies wholly outside the dose grid" in caplog.text
     assert "ROI Empty has no contours" in caplog.text
     assert dvhs["Inside"].has_dose and dvhs["Inside"].volume_cc > 2
