@@ -377,3 +377,24 @@ def test_rerunning_gives_identical_numbers_whatever_the_thread_count(cohort, res
         numba.set_num_threads(threads)
     assert records[0] == records[-1]  # exactly: every float, bit for bit
     assert len(records[0]) == 8
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(cohort, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["cohort", "run", str(cohort), "--out", str(blocker / "results.h5"), "--workers", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"isodose: error: {blocker}: cannot create the output folder: a file of that name is in the way" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_folder_that_refuses_writes_is_refused_before_any_work(cohort, tmp_path, monkeypatch):
+    import isodose.cohort.store as store_module
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(store_module.tempfile, "NamedTemporaryFile", refuse)  # what chmod does, even for root
+    with pytest.raises(StoreError, match=r"the output folder is not writable \(Permission denied\)"):
+        run_cohort(cohort, tmp_path / "ro" / "r.h5", settings=SETTINGS, workers=1, progress=False)

@@ -25,6 +25,7 @@ import csv
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -121,13 +122,18 @@ class ResultStore:
     @staticmethod
     def _check_writable(path: Path) -> None:
         folder = path.parent
+        if folder.exists() and not folder.is_dir():
+            raise StoreError("cannot create the output folder: a file of that name is in the way", path=folder)
         if not folder.exists():
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the output folder ({exc.strerror})", path=folder) from exc
-        if not os.access(folder, os.W_OK):
-            raise StoreError("the output folder is not writable", path=folder)
+        try:  # a real write: permissions, read-only mounts and quotas all show here
+            probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".isodose-probe-", delete=True)
+            probe.close()
+        except OSError as exc:
+            raise StoreError(f"the output folder is not writable ({exc.strerror or exc})", path=folder) from exc
         if path.exists() and not os.access(path, os.W_OK):
             raise StoreError("the results file is not writable", path=path)
 
@@ -236,10 +242,13 @@ class ResultStore:
 
     # -- writing --------------------------------------------------------------------------------------------
     def _start_journal(self) -> None:
-        with self.journal.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"settings": self.settings, "isodose_version": __version__}) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with self.journal.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"settings": self.settings, "isodose_version": __version__}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise StoreError(f"cannot start the journal ({exc.strerror or exc})", path=self.journal) from exc
 
     def append(self, entry: dict) -> None:
         """Record one finished case, durably, before anything else happens."""
