@@ -426,6 +426,105 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
+# isodose accumulate
+# --------------------------------------------------------------------------------------------------------
+def _course(text: str):
+    """``RD.dcm:FRACTIONS`` or ``RD.dcm:RP.dcm`` (the fractions read from the plan)."""
+    from .accumulate import Course
+    from .dicom.read import read_dose, read_plan
+
+    path, separator, spec = text.rpartition(":")
+    if not separator or not path or not spec:
+        raise IsodoseError(f"--course must be RD.dcm:FRACTIONS or RD.dcm:RP.dcm, not {text!r}")
+    if spec.strip().isdigit():
+        fractions = int(spec)
+    else:
+        fractions = read_plan(spec).number_of_fractions
+        if fractions is None:
+            raise IsodoseError("the plan holds no NumberOfFractionsPlanned; give RD.dcm:FRACTIONS", path=spec)
+    if fractions < 1:
+        raise IsodoseError(f"a course needs at least 1 fraction, not {fractions}", path=path)
+    return Course(read_dose(path), fractions)
+
+
+def _alpha_beta_overrides(items: Sequence[str] | None) -> dict[str, float]:
+    overrides = {}
+    for item in items or []:
+        roi, separator, value = item.rpartition("=")
+        try:
+            overrides[roi] = float(value)
+        except ValueError:
+            roi = ""
+        if not separator or not roi:
+            raise IsodoseError(f"--alpha-beta must be ROI=VALUE (Gy), not {item!r}")
+    return overrides
+
+
+def _dose_summary(dvh, metrics, prescription_gy) -> dict:
+    return {"dmin_gy": _number(dvh.dmin_gy), "dmean_gy": _number(dvh.dmean_gy), "dmax_gy": _number(dvh.dmax_gy),
+            "metrics": {m.text: _number(dvh.metric(m, prescription_gy)) for m in metrics}}
+
+
+def cmd_accumulate(args: argparse.Namespace) -> int:
+    from .accumulate import accumulate, accumulated_dvhs
+    from .dicom.read import read_registration, read_structures
+    from .dispatch import select_backend
+    from .dvh import parse_metrics
+
+    metrics = parse_metrics(args.metric or ["D98", "D95", "D2cc"])
+    prescription = _prescription(args)
+    for m in metrics:
+        if m.needs_prescription and prescription is None:
+            raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY")
+    if len(args.course) < 2:
+        raise IsodoseError("accumulate needs two courses or more: --course RD1.dcm:FRACTIONS --course RD2.dcm:...")
+    if not 0 <= args.recovery < 100:
+        raise IsodoseError(f"--recovery must be a percentage from 0 to below 100, not {args.recovery:g}")
+    backend = select_backend(args.backend)
+    courses = [_course(text) for text in args.course]
+    registration = read_registration(args.reg) if args.reg else None
+    structures = read_structures(args.structures)
+    plan_sum = accumulate(courses, registration=registration, recovery_pct=args.recovery, backend=backend)
+    results = accumulated_dvhs(plan_sum, structures, args.roi or None,
+                               alpha_beta=_alpha_beta_overrides(args.alpha_beta), options=_sampling_options(args),
+                               backend=backend)
+    report = {
+        "isodose_version": __version__,
+        "backend": backend.name,
+        "device": backend.device,
+        "courses": [{"dose_file": text.rpartition(":")[0], "fractions": c.fractions}
+                    for text, c in zip(args.course, courses)],
+        "registration_file": args.reg,
+        "structure_file": str(args.structures),
+        "recovery_pct": args.recovery,
+        "prescription_gy": prescription,
+        "structures": [
+            {"name": r.name, "number": r.physical.number, "alpha_beta_gy": r.alpha_beta_gy,
+             "volume_cc": _number(r.physical.volume_cc),
+             "volume_outside_dose_cc": _number(r.physical.volume_outside_dose_cc),
+             "physical": _dose_summary(r.physical, metrics, prescription),
+             "eqd2": _dose_summary(r.eqd2, metrics, prescription)}
+            for r in results
+        ],
+    }
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    header = ["ROI", "a/b Gy", "Volume cc", "Dmean Gy", "Dmax Gy", "EQD2 Dmean", "EQD2 Dmax"]
+    header += [f"{m.text}" for m in metrics] + [f"EQD2 {m.text}" for m in metrics]
+    rows = []
+    for entry in report["structures"]:
+        phys, eq = entry["physical"], entry["eqd2"]
+        rows.append([entry["name"], entry["alpha_beta_gy"], entry["volume_cc"], phys["dmean_gy"], phys["dmax_gy"],
+                     eq["dmean_gy"], eq["dmax_gy"]] + [phys["metrics"][m.text] for m in metrics]
+                    + [eq["metrics"][m.text] for m in metrics])
+    courses_text = ", ".join(f"{c['dose_file']} in {c['fractions']} fractions" for c in report["courses"])
+    print(f"plan sum of {courses_text}; tissue recovery {args.recovery:g}% of course 1; backend {backend.name}")
+    print(_table(header, rows))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------
 # Parser and entry point
 # --------------------------------------------------------------------------------------------------------
 def _add_sampling(parser: argparse.ArgumentParser) -> None:
@@ -483,6 +582,23 @@ def build_parser() -> argparse.ArgumentParser:
     nelms.add_argument("--format", default="table", choices=("table", "json", "csv"))
     _add_sampling(nelms)
     nelms.set_defaults(func=cmd_validate)
+
+    acc = commands.add_parser("accumulate", help="plan sum of two courses or more: physical and EQD2 DVH metrics")
+    acc.add_argument("--course", action="append", required=True, metavar="RD.dcm:FRACTIONS",
+                     help="a course's RTDOSE and its fractions (or RD.dcm:RP.dcm to read them from the plan); "
+                          "repeat, first course first: the sum lives on its grid")
+    acc.add_argument("--reg", metavar="REG.dcm", help="spatial registration relating the courses' frames of reference")
+    acc.add_argument("--structures", required=True, help="RTSTRUCT in the first course's frame of reference")
+    acc.add_argument("--roi", action="append", metavar="NAME", help="ROI to report (repeat; default: all)")
+    acc.add_argument("--alpha-beta", action="append", metavar="ROI=VALUE",
+                     help="alpha/beta of an ROI in Gy (repeat; defaults: 10 targets, 2 cord and brainstem, 3 others)")
+    acc.add_argument("--recovery", type=float, default=0.0, metavar="PCT",
+                     help="tissue recovery: the share of course 1's EQD2 taken as repaired (an assumption; default 0)")
+    acc.add_argument("--metric", action="append", metavar="M", help="metric (repeat; default D98, D95, D2cc)")
+    acc.add_argument("--prescription", type=float, metavar="GY", help="prescription for V..%% metrics")
+    acc.add_argument("--format", default="table", choices=("table", "json"))
+    _add_sampling(acc)
+    acc.set_defaults(func=cmd_accumulate)
 
     classify = commands.add_parser("classify", help="classify one recurrence by the volume and point-of-origin methods")
     classify.add_argument("--dose", required=True, help="planning RTDOSE")
