@@ -224,3 +224,59 @@ def accumulated_dvhs(
         for dvh in compute_dvhs(plan_sum.eqd2(ratio), structures, names, options=options, backend=chosen):
             eqd2_dvhs[dvh.name] = dvh
     return [AccumulatedDVH(d.name, ratios[d.name], by_name[d.name], eqd2_dvhs[d.name]) for d in physical]
+
+
+#: Published risk thresholds for re-irradiated nasopharyngeal carcinoma (see :func:`reirradiation_record`).
+REIRRADIATION_EQD2_RISK_GY = 68.0
+ACCUMULATED_GTV_EQD2_RISK_GY = 145.5
+RECURRENT_GTV_RISK_CC = 25.0
+
+
+def reirradiation_record(
+    first: Course,
+    second: Course,
+    recurrence: Structure,
+    *,
+    registration: Registration | None = None,
+    recurrence_transform: np.ndarray | None = None,
+    options: SamplingOptions | None = None,
+    backend: str | Backend | None = None,
+) -> dict[str, object]:
+    """Accumulated metrics of the recurrence (the recurrent GTV) for a second course, and the published risk
+    flags, as a flat record (units in keys). The recurrence is in course 1's frame, or mapped there by
+    ``recurrence_transform``; its alpha/beta is the tumour's (10 Gy).
+
+    - ``vr_course2_eqd2_d95_gy``: D95 of the recurrence in the second course alone, in EQD2; the flag
+      ``risk_reirradiation_eqd2_ge_68gy`` is it at or above 68 Gy.
+    - ``vr_accumulated_eqd2_d95_gy``: D95 of the recurrence in the EQD2 sum of both courses; the flag
+      ``risk_accumulated_gtv_eqd2_ge_145_5gy`` is it at or above 145.5 Gy.
+    - ``risk_recurrent_gtv_ge_25cc``: the recurrence's volume at or above 25 cc.
+    """
+    chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    plan_sum = accumulate([first, second], registration=registration, backend=chosen)
+    ab = TUMOUR_ALPHA_BETA_GY
+    second_alone = _like(plan_sum.grid, eqd2(plan_sum.doses_gy[1], second.fractions, ab))
+
+    def vr_dvh(grid: DoseGrid) -> DVH:
+        [dvh] = compute_dvhs(grid, [recurrence], options=options, backend=chosen, check_frame=False,
+                             transform=recurrence_transform)
+        return dvh
+
+    physical, accumulated, alone = vr_dvh(plan_sum.physical()), vr_dvh(plan_sum.eqd2(ab)), vr_dvh(second_alone)
+    record: dict[str, object] = {
+        "course1_fractions": first.fractions,
+        "course2_fractions": second.fractions,
+        "vr_alpha_beta_gy": ab,
+        "vr_accumulated_physical_d95_gy": physical.metric("D95"),
+        "vr_accumulated_physical_dmean_gy": physical.dmean_gy,
+        "vr_accumulated_eqd2_d95_gy": accumulated.metric("D95"),
+        "vr_accumulated_eqd2_dmean_gy": accumulated.dmean_gy,
+        "vr_accumulated_eqd2_dmax_gy": accumulated.dmax_gy,
+        "vr_course2_eqd2_d95_gy": alone.metric("D95"),
+        "vr_course2_eqd2_dmean_gy": alone.dmean_gy,
+    }
+    record["risk_reirradiation_eqd2_ge_68gy"] = bool(record["vr_course2_eqd2_d95_gy"] >= REIRRADIATION_EQD2_RISK_GY)
+    record["risk_accumulated_gtv_eqd2_ge_145_5gy"] = bool(
+        record["vr_accumulated_eqd2_d95_gy"] >= ACCUMULATED_GTV_EQD2_RISK_GY)
+    record["risk_recurrent_gtv_ge_25cc"] = bool(physical.volume_cc >= RECURRENT_GTV_RISK_CC)
+    return record

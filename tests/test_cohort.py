@@ -398,3 +398,58 @@ def test_a_folder_that_refuses_writes_is_refused_before_any_work(cohort, tmp_pat
     monkeypatch.setattr(store_module.tempfile, "NamedTemporaryFile", refuse)  # what chmod does, even for root
     with pytest.raises(StoreError, match=r"the output folder is not writable \(Permission denied\)"):
         run_cohort(cohort, tmp_path / "ro" / "r.h5", settings=SETTINGS, workers=1, progress=False)
+
+
+def test_a_second_course_adds_accumulated_metrics_and_risk_flags(cohort, results, tmp_path):
+    """Each case re-irradiated with a uniform 30 Gy in 10 fractions on its planning grid: the recurrence's
+    accumulated physical D95 is its planning D95 plus 30 Gy, its second-course EQD2 is 30 x 13 / 12 Gy."""
+    from isodose.dicom.read import read_dose
+    from isodose.dicom.write import write_dose
+    from isodose.model import DoseGrid
+
+    rows = list(csv.DictReader(cohort.open()))[:4]
+    data = cohort.parent
+    manifest = tmp_path / "manifest.csv"
+    columns = list(rows[0]) + ["fractions", "second_dose", "second_fractions"]
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            row = {k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi") else v)
+                   for k, v in row.items()}
+            planned = read_dose(row["dose"])
+            uniform = DoseGrid(np.full(planned.dose_gy.shape, 30.0, np.float32), planned.origin_mm,
+                               planned.spacing_mm, planned.frame_of_reference_uid)
+            second = write_dose(uniform, tmp_path / f"{row['case_id']}-RD2.dcm",
+                                frame_of_reference_uid=planned.frame_of_reference_uid)
+            writer.writerow({**row, "fractions": "35", "second_dose": str(second), "second_fractions": "10"})
+    out = tmp_path / "reirradiated.h5"
+    summary = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False)
+    assert (summary.processed, summary.failed) == (4, 0)
+    expected = {e["case_id"]: e["record"] for e in ResultStore.open(results[0], create=False).cases()}
+    for entry in ResultStore.open(out, create=False).cases():
+        record, planned = entry["record"], expected[entry["case_id"]]
+        assert record["class_volume"] == planned["class_volume"]
+        assert (record["course1_fractions"], record["course2_fractions"]) == (35, 10)
+        assert record["vr_accumulated_physical_d95_gy"] == pytest.approx(planned["D95"] + 30.0, abs=2e-3)
+        assert record["vr_course2_eqd2_d95_gy"] == pytest.approx(30.0 * 13.0 / 12.0, abs=1e-3)
+        assert record["risk_reirradiation_eqd2_ge_68gy"] is False
+        assert record["risk_accumulated_gtv_eqd2_ge_145_5gy"] is (record["vr_accumulated_eqd2_d95_gy"] >= 145.5)
+        assert record["risk_recurrent_gtv_ge_25cc"] is (planned["recurrence_volume_cc"] >= 25.0)
+    table = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert {"vr_accumulated_eqd2_d95_gy", "risk_accumulated_gtv_eqd2_ge_145_5gy"} <= set(table[0])
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"second_dose": "RD2.dcm"}, "a second_dose needs second_fractions or a second_plan"),
+    ({"second_fractions": "10"}, "need a second_dose"),
+    ({"second_dose": "RD2.dcm", "second_fractions": "ten"}, "second_fractions 'ten' is not a whole number"),
+])
+def test_second_course_columns_are_checked(tmp_path, extra, message):
+    manifest = tmp_path / "m.csv"
+    header = "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration"
+    header += ",second_dose,second_fractions"
+    values = {"second_dose": "", "second_fractions": "", **extra}
+    manifest.write_text(f"{header}\nA,RD.dcm,RS.dcm,,70,Vr,,,{values['second_dose']},{values['second_fractions']}\n")
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(manifest)

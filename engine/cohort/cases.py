@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("case_id", "dose", "structures", "plan", "prescription_gy", "recurrence_roi",
                     "recurrence_structures", "registration")
+#: Optional columns for re-irradiated cases: the first course's fractions (else read from its plan), and the
+#: second course's RTDOSE, fractions (or plan) and the registration of its frame to the first's.
+SECOND_COURSE_COLUMNS = ("fractions", "second_dose", "second_fractions", "second_plan", "second_registration")
 
 
 class ManifestError(IsodoseError):
@@ -44,9 +47,23 @@ class Case:
     prescription_gy: float | None = None
     recurrence_structures: Path | None = None
     registration: Path | None = None
+    fractions: int | None = None
+    second_dose: Path | None = None
+    second_fractions: int | None = None
+    second_plan: Path | None = None
+    second_registration: Path | None = None
     #: Why the case could not be assembled (folder input); the run records it as a failed case.
     problem: str = ""
     files: tuple[Path, ...] = field(default=(), compare=False)
+
+
+def _fractions(row: dict[str, str], column: str, path: Path, where: str) -> int | None:
+    text = row.get(column, "")
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ManifestError(f"{column} {text!r} is not a whole number of fractions", path=path, obj=where)
+    return int(text)
 
 
 def read_manifest(path: str | Path) -> list[Case]:
@@ -97,11 +114,23 @@ def read_manifest(path: str | Path) -> list[Case]:
             def resolve(value: str) -> Path | None:
                 return (base / value) if value else None
 
+            where = f"{obj} ({case_id})"
+            second = {column: row.get(column, "") for column in SECOND_COURSE_COLUMNS}
+            if second["second_dose"] and not (second["second_fractions"] or second["second_plan"]):
+                raise ManifestError("a second_dose needs second_fractions or a second_plan", path=path,
+                                    obj=f"{obj} ({case_id})")
+            if not second["second_dose"] and any(second[c] for c in SECOND_COURSE_COLUMNS[2:]):
+                raise ManifestError("second_fractions, second_plan and second_registration need a second_dose",
+                                    path=path, obj=f"{obj} ({case_id})")
             cases.append(Case(
                 case_id=case_id, dose=resolve(row["dose"]), structures=resolve(row["structures"]),
                 recurrence_roi=row["recurrence_roi"], plan=resolve(row["plan"]), prescription_gy=prescription,
                 recurrence_structures=resolve(row["recurrence_structures"]),
-                registration=resolve(row["registration"]),
+                registration=resolve(row["registration"]), fractions=_fractions(row, "fractions", path, where),
+                second_dose=resolve(second["second_dose"]),
+                second_fractions=_fractions(row, "second_fractions", path, where),
+                second_plan=resolve(second["second_plan"]),
+                second_registration=resolve(second["second_registration"]),
             ))
     if not cases:
         raise ManifestError("holds no cases", path=path)

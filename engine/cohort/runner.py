@@ -82,6 +82,7 @@ class CaseInputs:
     registration: object
     read_s: float
     warnings: tuple[str, ...] = ()
+    second: object = None  # the courses of a re-irradiated case: (Course 1, Course 2, Registration or None)
 
 
 def _error_entry(case_id: str, error: str, timings: dict | None = None, warnings: list[str] | None = None) -> dict:
@@ -125,13 +126,56 @@ def read_case(case: Case) -> CaseInputs | dict:
                 raise IsodoseError("the plan holds no prescription; give prescription_gy", path=case.plan)
         follow_up = read_structures(case.recurrence_structures) if case.recurrence_structures else None
         registration = read_registration(case.registration) if case.registration else None
+        second = _read_second_course(case, dose) if case.second_dose else None
         return CaseInputs(case, dose, structures, prescription, follow_up, registration,
-                          time.perf_counter() - started)
+                          time.perf_counter() - started, second=second)
 
     result = _guarded(case.case_id, read, {})
     if isinstance(result, dict):
         result["timings"]["read_s"] = result["timings"]["total_s"] = time.perf_counter() - started
     return result
+
+
+def _read_second_course(case: Case, dose) -> tuple:
+    """The two courses of a re-irradiated case, and the registration of the second's frame (or None)."""
+    from ..accumulate import Course
+    from ..dicom.read import read_dose, read_plan, read_registration
+
+    def planned_fractions(plan, what: str) -> int:
+        if plan is None:
+            raise IsodoseError(f"the {what} course's fractions are needed: give them in the manifest or give its plan")
+        fractions = read_plan(plan).number_of_fractions
+        if fractions is None:
+            raise IsodoseError(f"the plan holds no NumberOfFractionsPlanned for the {what} course; give the fractions "
+                               "in the manifest", path=plan)
+        return fractions
+
+    first = Course(dose, case.fractions or planned_fractions(case.plan, "first"))
+    second = Course(read_dose(case.second_dose), case.second_fractions or planned_fractions(case.second_plan, "second"))
+    registration = read_registration(case.second_registration) if case.second_registration else None
+    return first, second, registration
+
+
+def _with_reirradiation(inputs: CaseInputs, entry: dict, settings: RunSettings, backend) -> dict:
+    """The entry of a re-irradiated case with its accumulated metrics and risk flags (or its error)."""
+    from ..accumulate import reirradiation_record
+    from ..recurrence import _recurrence_transform
+
+    first, second, registration = inputs.second
+    source = inputs.follow_up if inputs.follow_up is not None else inputs.structures
+    transform = (_recurrence_transform(inputs.dose, source, inputs.registration)
+                 if inputs.follow_up is not None else None)
+    with collect_warnings() as messages:
+        try:
+            extra = reirradiation_record(first, second, source.get(inputs.case.recurrence_roi),
+                                         registration=registration, recurrence_transform=transform,
+                                         options=settings.options, backend=backend)
+        except IsodoseError as exc:
+            return _error_entry(inputs.case.case_id, f"re-irradiation: {exc}", entry["timings"],
+                                entry["warnings"] + messages)
+    entry["record"].update(extra)
+    entry["warnings"] = entry["warnings"] + messages
+    return entry
 
 
 def _entry(case_id: str, result, settings: RunSettings, timings: dict) -> dict:
@@ -165,6 +209,9 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend: str 
             if isinstance(result, Exception):
                 entries.append(_error_entry(inputs.case.case_id, str(result), timing,
                                             list(getattr(result, "warnings", ()))))
+            elif inputs.second is not None:
+                entries.append(_with_reirradiation(inputs, _entry(inputs.case.case_id, result, settings, timing),
+                                                   settings, backend))
             else:
                 entries.append(_entry(inputs.case.case_id, result, settings, timing))
         return {"entries": entries}
