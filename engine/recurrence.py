@@ -119,7 +119,7 @@ class RecurrenceResult:
         return out
 
 
-def _recurrence_transform(
+def recurrence_transform(
     dose: DoseGrid, recurrence_structures: StructureSet, registration: Registration | None
 ) -> np.ndarray | None:
     """The matrix from the recurrence's frame to the dose's, or None when they are the same frame."""
@@ -177,7 +177,7 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> _Prepared:
 
     follow_up = case.recurrence_structures
     source = follow_up if follow_up is not None else structures
-    transform = _recurrence_transform(dose, source, case.registration) if follow_up is not None else None
+    transform = recurrence_transform(dose, source, case.registration) if follow_up is not None else None
     vr_structure = source.get(case.recurrence_roi)
     if vr_structure.is_empty:
         raise StructureError("the recurrence ROI has no contours", path=source.source or None,

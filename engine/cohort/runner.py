@@ -159,11 +159,11 @@ def _read_second_course(case: Case, dose) -> tuple:
 def _with_reirradiation(inputs: CaseInputs, entry: dict, settings: RunSettings, backend) -> dict:
     """The entry of a re-irradiated case with its accumulated metrics and risk flags (or its error)."""
     from ..accumulate import reirradiation_record
-    from ..recurrence import _recurrence_transform
+    from ..recurrence import recurrence_transform
 
     first, second, registration = inputs.second
     source = inputs.follow_up if inputs.follow_up is not None else inputs.structures
-    transform = (_recurrence_transform(inputs.dose, source, inputs.registration)
+    transform = (recurrence_transform(inputs.dose, source, inputs.registration)
                  if inputs.follow_up is not None else None)
     with collect_warnings() as messages:
         try:
