@@ -20,15 +20,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .dispatch import Backend, select_backend
-from .dvh import DVH, compute_dvhs
+from .dvh import DVH, compute_dvhs, dvh_request, dvhs_from_samples
 from .errors import FrameOfReferenceError, IsodoseError
 from .geometry import check_rigid, registration_matrix
 from .model import DoseGrid, Registration, Structure, StructureSet
+from .sampling import sample_many
 from .voxelize import SamplingOptions
 
 log = logging.getLogger(__name__)
@@ -253,16 +254,15 @@ def reirradiation_record(
     - ``risk_recurrent_gtv_ge_25cc``: the recurrence's volume at or above 25 cc.
     """
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    options = options or SamplingOptions()
     plan_sum = accumulate([first, second], registration=registration, backend=chosen)
     ab = TUMOUR_ALPHA_BETA_GY
     second_alone = _like(plan_sum.grid, eqd2(plan_sum.doses_gy[1], second.fractions, ab))
-
-    def vr_dvh(grid: DoseGrid) -> DVH:
-        [dvh] = compute_dvhs(grid, [recurrence], options=options, backend=chosen, check_frame=False,
-                             transform=recurrence_transform)
-        return dvh
-
-    physical, accumulated, alone = vr_dvh(plan_sum.physical()), vr_dvh(plan_sum.eqd2(ab)), vr_dvh(second_alone)
+    # The three grids share course 1's lattice: one sampling plan serves them (one launch on a GPU).
+    selected, request = dvh_request(plan_sum.grid, [recurrence], options=options, transform=recurrence_transform)
+    grids = (plan_sum.physical(), plan_sum.eqd2(ab), second_alone)
+    samples = sample_many([replace(request, grid=grid) for grid in grids], chosen, options)
+    physical, accumulated, alone = (dvhs_from_samples(selected, s)[0] for s in samples)
     record: dict[str, object] = {
         "course1_fractions": first.fractions,
         "course2_fractions": second.fractions,

@@ -17,7 +17,6 @@ its own GPU as device 0), Numba elsewhere. Needs the optional extra ``isodose[di
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import time
@@ -27,8 +26,6 @@ from pathlib import Path
 
 from ..errors import IsodoseError
 from .cases import Case
-
-log = logging.getLogger(__name__)
 
 #: Tasks in flight per worker thread: enough to keep workers busy between results, few enough to stay small.
 IN_FLIGHT_PER_THREAD = 2
