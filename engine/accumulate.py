@@ -59,25 +59,50 @@ class Course:
                                     path=self.dose.source or None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PlanSum:
-    """Courses on the first course's grid: each course's physical dose there, and its fractions."""
+    """Courses on the first course's lattice.
 
-    grid: DoseGrid  # the first course's grid, holding the physical sum
-    doses_gy: tuple[np.ndarray, ...]  # each course's physical dose on that grid
+    ``doses`` holds each course's physical dose (Gy, float64) there as arrays of ``backend``: on the GPU they
+    stay on the device, and so do the sums and EQD2 grids made from them for DVHs (``on_device=True``); the
+    public accessors give NumPy arrays.
+    """
+
+    reference: DoseGrid  # course 1's dose grid: the lattice, frame of reference and source of the sum
+    doses: tuple[object, ...]
     fractions: tuple[int, ...]
-    recovery_pct: float = 0.0
+    recovery_pct: float
+    backend: Backend
 
-    def physical(self) -> DoseGrid:
-        return self.grid
+    def physical(self, *, on_device: bool = False) -> DoseGrid:
+        """The physical sum of the courses."""
+        return self._grid(sum(self.doses[1:], self.doses[0]), on_device)
 
-    def eqd2(self, alpha_beta_gy: float) -> DoseGrid:
+    def eqd2(self, alpha_beta_gy: float, *, on_device: bool = False) -> DoseGrid:
         """The sum of each course's EQD2 for one alpha/beta ratio (the first course discounted by the recovery)."""
-        total = np.zeros(self.grid.dose_gy.shape, dtype=np.float64)
-        for k, (dose, n) in enumerate(zip(self.doses_gy, self.fractions)):
-            weight = 1.0 - self.recovery_pct / 100.0 if k == 0 else 1.0
-            total += weight * eqd2(dose, n, alpha_beta_gy)
-        return _like(self.grid, total)
+        weights = [1.0 - self.recovery_pct / 100.0] + [1.0] * (len(self.doses) - 1)
+        total = sum(w * eqd2(dose, n, alpha_beta_gy) for w, dose, n in zip(weights, self.doses, self.fractions))
+        return self._grid(total, on_device)
+
+    def course_eqd2(self, course: int, alpha_beta_gy: float, *, on_device: bool = False) -> DoseGrid:
+        """One course's EQD2 alone (``course`` counted from 0, without recovery)."""
+        return self._grid(eqd2(self.doses[course], self.fractions[course], alpha_beta_gy), on_device)
+
+    @property
+    def grid(self) -> DoseGrid:
+        """The physical sum, on the host."""
+        return self.physical()
+
+    @property
+    def doses_gy(self) -> tuple[np.ndarray, ...]:
+        """Each course's physical dose on the sum's lattice, on the host."""
+        return tuple(np.asarray(self.backend.kernels.to_host(dose), dtype=np.float64) for dose in self.doses)
+
+    def _grid(self, dose, on_device: bool) -> DoseGrid:
+        dose = dose.astype(np.float32)
+        if not on_device:
+            dose = np.ascontiguousarray(self.backend.kernels.to_host(dose))
+        return replace(self.reference, dose_gy=dose)
 
 
 def _check_alpha_beta(alpha_beta_gy: float) -> float:
@@ -87,17 +112,26 @@ def _check_alpha_beta(alpha_beta_gy: float) -> float:
     return value
 
 
+def _float64(dose_gy):
+    """NumPy input as a float64 array; arrays of other libraries (CuPy) stay where they are, as float64."""
+    if isinstance(dose_gy, np.ndarray | list | tuple | int | float | np.generic):
+        return np.asarray(dose_gy, dtype=np.float64)
+    return dose_gy.astype(np.float64)
+
+
 def bed(dose_gy, fractions: int, alpha_beta_gy: float):
-    """Biologically effective dose (Gy) of ``dose_gy`` given in ``fractions`` equal fractions."""
+    """Biologically effective dose (Gy) of ``dose_gy`` given in ``fractions`` equal fractions. Computed where
+    the array lives: a CuPy array gives a CuPy array."""
     ab = _check_alpha_beta(alpha_beta_gy)
-    dose = np.asarray(dose_gy, dtype=np.float64)
+    dose = _float64(dose_gy)
     return dose * (1.0 + dose / fractions / ab)
 
 
 def eqd2(dose_gy, fractions: int, alpha_beta_gy: float):
-    """Equivalent dose in 2 Gy fractions (Gy): ``D (d + a/b) / (2 + a/b)`` with ``d = D / fractions``."""
+    """Equivalent dose in 2 Gy fractions (Gy): ``D (d + a/b) / (2 + a/b)`` with ``d = D / fractions``. Computed
+    where the array lives: a CuPy array gives a CuPy array."""
     ab = _check_alpha_beta(alpha_beta_gy)
-    dose = np.asarray(dose_gy, dtype=np.float64)
+    dose = _float64(dose_gy)
     return dose * (dose / fractions + ab) / (2.0 + ab)
 
 
@@ -112,11 +146,6 @@ def default_alpha_beta(structure: Structure) -> float:
     return NORMAL_ALPHA_BETA_GY
 
 
-def _like(grid: DoseGrid, dose: np.ndarray) -> DoseGrid:
-    return DoseGrid(np.ascontiguousarray(dose, dtype=np.float32), grid.origin_mm, grid.spacing_mm,
-                    grid.frame_of_reference_uid, grid.source)
-
-
 def voxel_centres(grid: DoseGrid) -> np.ndarray:
     """The (x, y, z) of every voxel centre, in the grid's (z, y, x) order."""
     nz, ny, nx = grid.dose_gy.shape
@@ -125,20 +154,26 @@ def voxel_centres(grid: DoseGrid) -> np.ndarray:
     return np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
 
 
+def _resampled(dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None, backend: Backend):
+    """``dose`` at the voxel centres of ``onto`` as an array of the backend, 0 Gy where it does not reach, and
+    the share of centres concerned."""
+    matrix = np.eye(4) if transform is None else check_rigid(transform, "the registration's transform")
+    values = backend.kernels.resample(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
+                                      np.asarray(dose.spacing_mm, dtype=np.float64), onto.origin_mm,
+                                      onto.spacing_mm, onto.dose_gy.shape, matrix)
+    outside = values != values  # NaN: outside the grid of ``dose``
+    share = float(outside.mean()) if values.size else 0.0
+    values[outside] = 0.0
+    return values, share
+
+
 def resample(dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None = None,
              backend: str | Backend | None = None) -> tuple[np.ndarray, float]:
     """``dose`` at the voxel centres of ``onto`` (trilinear), and the share of those centres it does not reach
     (where its value is 0). ``transform`` maps ``onto``'s coordinates into ``dose``'s (rigid 4x4)."""
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
-    points = voxel_centres(onto)
-    if transform is not None:
-        matrix = check_rigid(transform, "the registration's transform")
-        points = points @ matrix[:3, :3].T + matrix[:3, 3]
-    values = np.asarray(chosen.kernels.trilinear(dose.dose_gy, np.asarray(dose.origin_mm),
-                                                 np.asarray(dose.spacing_mm), points), dtype=np.float64)
-    outside = ~np.isfinite(values)
-    values[outside] = 0.0
-    return values.reshape(onto.dose_gy.shape), float(outside.mean()) if len(values) else 0.0
+    values, share = _resampled(dose, onto, transform, chosen)
+    return np.asarray(chosen.kernels.to_host(values), dtype=np.float64), share
 
 
 def accumulate(
@@ -149,13 +184,15 @@ def accumulate(
     backend: str | Backend | None = None,
 ) -> PlanSum:
     """Put every course on the first course's grid (see the module docstring). Courses in another frame of
-    reference than the first need ``registration`` relating the two frames."""
+    reference than the first need ``registration`` relating the two frames. On the GPU the resampling is done
+    on the device and the plan sum stays there."""
     if not courses:
         raise AccumulationError("no course to accumulate")
     if not (0.0 <= float(recovery_pct) < 100.0):
         raise AccumulationError(f"the tissue recovery must be a percentage from 0 to below 100, not {recovery_pct!r}")
+    chosen = backend if isinstance(backend, Backend) else select_backend(backend)
     first = courses[0]
-    doses = [first.dose.dose_gy.astype(np.float64)]
+    doses = [chosen.kernels.asarray(first.dose.dose_gy, np.float64)]
     for k, course in enumerate(courses[1:], start=2):
         transform = None
         frame, base = course.dose.frame_of_reference_uid, first.dose.frame_of_reference_uid
@@ -165,7 +202,7 @@ def accumulate(
                     f"course {k} is in frame of reference {frame}, course 1 in {base}: give the spatial registration "
                     "that relates them", path=course.dose.source or None)
             transform = registration_matrix(registration, base, frame)
-        values, outside = resample(course.dose, first.dose, transform, backend)
+        values, outside = _resampled(course.dose, first.dose, transform, chosen)
         if outside >= 1.0:
             raise AccumulationError(f"course {k}'s dose grid does not overlap course 1's at all (after the "
                                     "registration, if any): check the files and the registration",
@@ -174,9 +211,7 @@ def accumulate(
             log.warning("%s: course %d's dose grid does not reach %.1f%% of course 1's grid; its dose is taken as "
                         "0 Gy there", course.dose.source or "dose", k, 100 * outside)
         doses.append(values)
-    total = np.sum(doses, axis=0)
-    return PlanSum(_like(first.dose, total), tuple(doses), tuple(int(c.fractions) for c in courses),
-                   float(recovery_pct))
+    return PlanSum(first.dose, tuple(doses), tuple(int(c.fractions) for c in courses), float(recovery_pct), chosen)
 
 
 @dataclass(frozen=True)
@@ -216,13 +251,14 @@ def accumulated_dvhs(
     (one EQD2 grid per distinct ratio)."""
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
     all_structures = structures.structures if isinstance(structures, StructureSet) else tuple(structures)
-    physical = compute_dvhs(plan_sum.physical(), structures, rois, options=options, backend=chosen)
+    physical = compute_dvhs(plan_sum.physical(on_device=True), structures, rois, options=options, backend=chosen)
     ratios = alpha_betas(all_structures, alpha_beta)
     by_name = {d.name: d for d in physical}
     eqd2_dvhs: dict[str, DVH] = {}
     for ratio in sorted({ratios[d.name] for d in physical}):
         names = [d.name for d in physical if ratios[d.name] == ratio]
-        for dvh in compute_dvhs(plan_sum.eqd2(ratio), structures, names, options=options, backend=chosen):
+        for dvh in compute_dvhs(plan_sum.eqd2(ratio, on_device=True), structures, names, options=options,
+                                backend=chosen):
             eqd2_dvhs[dvh.name] = dvh
     return [AccumulatedDVH(d.name, ratios[d.name], by_name[d.name], eqd2_dvhs[d.name]) for d in physical]
 
@@ -257,10 +293,10 @@ def reirradiation_record(
     options = options or SamplingOptions()
     plan_sum = accumulate([first, second], registration=registration, backend=chosen)
     ab = TUMOUR_ALPHA_BETA_GY
-    second_alone = _like(plan_sum.grid, eqd2(plan_sum.doses_gy[1], second.fractions, ab))
     # The three grids share course 1's lattice: one sampling plan serves them (one launch on a GPU).
-    selected, request = dvh_request(plan_sum.grid, [recurrence], options=options, transform=recurrence_transform)
-    grids = (plan_sum.physical(), plan_sum.eqd2(ab), second_alone)
+    selected, request = dvh_request(plan_sum.reference, [recurrence], options=options, transform=recurrence_transform)
+    grids = (plan_sum.physical(on_device=True), plan_sum.eqd2(ab, on_device=True),
+             plan_sum.course_eqd2(1, ab, on_device=True))
     samples = sample_many([replace(request, grid=grid) for grid in grids], chosen, options)
     physical, accumulated, alone = (dvhs_from_samples(selected, s)[0] for s in samples)
     record: dict[str, object] = {

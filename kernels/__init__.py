@@ -10,6 +10,12 @@ Kernels
 -------
 ``trilinear(dose, origin, spacing, points) -> values``
     Dose at each point by trilinear interpolation; NaN outside the box spanned by the voxel centres.
+``resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, transform) -> values``
+    ``trilinear`` at every voxel centre of another lattice (``onto_shape`` as (z, y, x) from ``onto_origin``
+    by ``onto_spacing``), each centre mapped into the dose grid's frame by the rigid 4x4 ``transform``; shaped
+    as the lattice, float64, and an array of the backend (on the GPU, a device array: it stays there).
+``asarray(array, dtype) -> array`` and ``to_host(array) -> numpy array``
+    Arrays into and out of the backend: NumPy arrays on the CPU backends, device arrays on the GPU.
 ``polygon_coverage(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
 plane_nx, plane_ny, plane_hx, plane_hy, scanlines) -> cells``
     For each plane, the area of the even-odd interior of its rings inside each cell of its lattice window

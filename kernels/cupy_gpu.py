@@ -70,6 +70,10 @@ class GpuKernels:
     def to_host(self, array) -> np.ndarray:
         return array.get() if hasattr(array, "get") else np.asarray(array)
 
+    def asarray(self, array, dtype=np.float64):
+        """``array`` on the device as ``dtype`` (no copy when it is there already)."""
+        return self.to_device(array, dtype)
+
     def grid_table(self, grids) -> GridTable:
         """Put dose grids ``[(dose, origin, spacing), ...]`` on the device as one table (see the CUDA source).
 
@@ -81,9 +85,9 @@ class GpuKernels:
             doses = self._dose(dose)
             shapes = [doses.shape]
         else:
-            host = [np.asarray(dose, dtype=np.float32) for dose, _, _ in grids]
-            shapes = [h.shape for h in host]
-            doses = self.to_device(np.concatenate([h.reshape(-1) for h in host]), np.float32)
+            parts = [self.to_device(dose, np.float32) for dose, _, _ in grids]
+            shapes = [part.shape for part in parts]
+            doses = self.xp.concatenate([part.reshape(-1) for part in parts])
         sizes = [int(np.prod(shape)) for shape in shapes]
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         geometry = np.array([[*map(float, origin), *map(float, spacing)] for _, origin, spacing in grids])
@@ -120,6 +124,20 @@ class GpuKernels:
             self.launch("trilinear_kernel", n, [*table.args(), self.to_device(point_grid, np.int64), points,
                                                 np.int64(n), out])
         return self.to_host(out)
+
+    def resample(self, dose, origin, spacing, onto_origin, onto_spacing, onto_shape, transform):
+        """Trilinear dose at the voxel centres of another lattice, as a device array (see ``numpy_ref``)."""
+        onto_shape = tuple(int(n) for n in onto_shape)
+        n = math.prod(onto_shape)
+        out = self.xp.empty(onto_shape, dtype=np.float64)
+        if n:
+            lattice = np.array([*map(float, onto_origin), *map(float, onto_spacing)])
+            self.launch("resample_kernel", n, [
+                *self.grid_table([(dose, origin, spacing)]).args(), self.to_device(lattice, np.float64),
+                np.int64(onto_shape[1]), np.int64(onto_shape[2]),
+                self.to_device(np.asarray(transform, np.float64).reshape(16), np.float64), np.int64(n), out,
+            ])
+        return out
 
     def polygon_coverage(self, vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
                          plane_nx, plane_ny, plane_hx, plane_hy, scanlines):
@@ -262,6 +280,18 @@ def free_memory_bytes() -> int | None:
 
 def trilinear(dose, origin, spacing, points):
     return _instance().trilinear(dose, origin, spacing, points)
+
+
+def resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, transform):
+    return _instance().resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, transform)
+
+
+def asarray(array, dtype=np.float64):
+    return _instance().asarray(array, dtype)
+
+
+def to_host(array) -> np.ndarray:
+    return _instance().to_host(array)
 
 
 def polygon_coverage(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,

@@ -121,6 +121,38 @@ def trilinear(dose, origin, spacing, points):
     return out
 
 
+@njit(parallel=True, cache=True, error_model="numpy")
+def _resample(dose, origin, spacing, onto_origin, onto_spacing, matrix, out):
+    nz, ny, nx = out.shape
+    for k in prange(nz):
+        z = onto_origin[2] + onto_spacing[2] * k
+        for j in range(ny):
+            y = onto_origin[1] + onto_spacing[1] * j
+            for i in range(nx):
+                x = onto_origin[0] + onto_spacing[0] * i
+                px = matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2] * z + matrix[0, 3]
+                py = matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2] * z + matrix[1, 3]
+                pz = matrix[2, 0] * x + matrix[2, 1] * y + matrix[2, 2] * z + matrix[2, 3]
+                value, _, _, _, _ = _trilinear_point(dose, origin[0], origin[1], origin[2], spacing[0], spacing[1],
+                                                     spacing[2], px, py, pz)
+                out[k, j, i] = value
+
+
+def resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, transform):
+    out = np.empty(tuple(int(n) for n in onto_shape))
+    _resample(_float_array(dose), _f64(origin), _f64(spacing), _f64(onto_origin), _f64(onto_spacing),
+              _f64(transform).reshape(4, 4), out)
+    return out
+
+
+def asarray(array, dtype=np.float64):
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def to_host(array) -> np.ndarray:
+    return np.asarray(array)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Polygon coverage
 # --------------------------------------------------------------------------------------------------------

@@ -56,6 +56,33 @@ def trilinear(dose, origin, spacing, points):
     return np.where(inside, value, np.nan)
 
 
+def lattice_points(origin, spacing, shape, transform):
+    """The ``(x, y, z)`` of every voxel centre of the lattice ``shape`` (z, y, x) from ``origin`` by ``spacing``,
+    in the lattice's (z, y, x) order, mapped by the rigid 4x4 ``transform``."""
+    nz, ny, nx = (int(n) for n in shape)
+    axes = [float(origin[a]) + float(spacing[a]) * np.arange(n, dtype=np.float64) for a, n in enumerate((nx, ny, nz))]
+    z, y, x = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+    points = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
+    matrix = np.asarray(transform, dtype=np.float64).reshape(4, 4)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, transform):
+    """:func:`trilinear` at every voxel centre of another lattice (see :func:`lattice_points`), shaped as it."""
+    points = lattice_points(onto_origin, onto_spacing, onto_shape, transform)
+    return trilinear(dose, origin, spacing, points).reshape(tuple(int(n) for n in onto_shape))
+
+
+def asarray(array, dtype=np.float64):
+    """``array`` as this backend's array (here a NumPy array) of ``dtype``."""
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def to_host(array) -> np.ndarray:
+    """A backend array as a NumPy array."""
+    return np.asarray(array)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Polygon coverage
 # --------------------------------------------------------------------------------------------------------

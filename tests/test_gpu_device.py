@@ -82,3 +82,36 @@ def test_cohort_on_the_gpu_gets_every_true_class(tmp_path):
         assert record["class_centroid"] == truth[case_id]["true_class_centroid"]
     numba = {e["case_id"]: e["record"] for e in ResultStore.open(tmp_path / "numba.h5", create=False).cases()}
     assert_records_match(numba, records)
+
+
+def test_plan_sums_stay_on_the_device_and_match_numba():
+    """Resampling, EQD2 conversion and sums happen on the device (the plan sum's arrays are CuPy arrays), with
+    Numba's DVHs and re-irradiation record."""
+    import cupy
+
+    from isodose.accumulate import Course, accumulate, accumulated_dvhs, reirradiation_record
+    from isodose.model import Registration
+    from isodose.phantoms import LinearField
+
+    from .test_accumulate import FRAME, OTHER, _rigid
+    from .test_accumulate import structures as rois
+
+    first = LinearField(60.0, (0.3, -0.2, 0.1), (0.0, 0.0, 0.0)).grid((-30.0, -30.0, -25.0), (2.5, 2.5, 2.5),
+                                                                       (20, 24, 24), FRAME)
+    second = LinearField(35.0, (-0.1, 0.25, 0.2), (2.0, 1.0, 0.0)).grid((-40.0, -35.0, -30.0), (3.0, 2.0, 2.5),
+                                                                        (22, 30, 26), OTHER)
+    registration = Registration(FRAME, {OTHER: _rigid(20.0, (3.0, -2.0, 1.5))})
+    courses = [Course(first, 30), Course(second, 12)]
+    on_gpu = accumulate(courses, registration=registration, backend="cupy")
+    assert all(isinstance(dose, cupy.ndarray) for dose in on_gpu.doses)
+    assert isinstance(on_gpu.eqd2(3.0, on_device=True).dose_gy, cupy.ndarray)
+    numba = accumulate(courses, registration=registration, backend="numba")
+    for a, b in zip(numba.doses_gy, on_gpu.doses_gy, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9)
+    expected = accumulated_dvhs(numba, rois(), backend="numba")
+    got = accumulated_dvhs(on_gpu, rois(), backend="cupy")
+    assert_gpu_matches([d.physical for d in expected], [d.physical for d in got])
+    assert_gpu_matches([d.eqd2 for d in expected], [d.eqd2 for d in got])
+    gtv = rois()[0]
+    assert_records_match({"case": reirradiation_record(*courses, gtv, registration=registration, backend="numba")},
+                         {"case": reirradiation_record(*courses, gtv, registration=registration, backend="cupy")})

@@ -151,6 +151,53 @@ def test_many_cases_in_one_launch_match_each_case_alone(gpu, rng):
                                        equal_nan=True, err_msg=name)
 
 
+@pytest.mark.parametrize("tilt", [False, True])
+def test_resample(gpu, rng, tilt):
+    dose = rng.uniform(0, 70, (9, 10, 11)).astype(np.float32)
+    origin, spacing = np.array([-5.0, 3.0, 10.0]), np.array([2.0, 2.5, 3.0])
+    onto = ((-9.0, -2.0, 4.0), (1.5, 2.0, 2.5), (12, 13, 14))
+    matrix = rigid(rng, tilt, shift=(1.0, 2.0, -1.0))
+    expected = numpy_ref.resample(dose, origin, spacing, *onto, matrix)
+    got = gpu.resample(dose, origin, spacing, *onto, matrix)
+    assert got.shape == expected.shape == (12, 13, 14)
+    assert np.array_equal(np.isnan(expected), np.isnan(got))
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-12, atol=1e-9)
+
+
+def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
+    """Two courses in different frames, related by a registration: the resampling is one launch, and the plan
+    sum's DVHs (physical and EQD2) and the re-irradiation record are Numba's."""
+    from isodose.accumulate import Course, accumulate, accumulated_dvhs, reirradiation_record
+    from isodose.model import Registration
+    from isodose.phantoms import LinearField
+
+    from .test_accumulate import FRAME, OTHER, _rigid
+    from .test_accumulate import structures as rois
+
+    first = LinearField(60.0, (0.3, -0.2, 0.1), (0.0, 0.0, 0.0)).grid((-30.0, -30.0, -25.0), (2.5, 2.5, 2.5),
+                                                                       (20, 24, 24), FRAME)
+    second = LinearField(35.0, (-0.1, 0.25, 0.2), (2.0, 1.0, 0.0)).grid((-40.0, -35.0, -30.0), (3.0, 2.0, 2.5),
+                                                                        (22, 30, 26), OTHER)
+    registration = Registration(FRAME, {OTHER: _rigid(20.0, (3.0, -2.0, 1.5))})
+    courses = [Course(first, 30), Course(second, 12)]
+    counting, counts = _counting(gpu)
+    backend = Backend("cupy (emulated)", gpu.device, counting)
+    on_gpu = accumulate(courses, registration=registration, recovery_pct=25.0, backend=backend)
+    assert counts == {"resample_kernel": 1}
+    numba = accumulate(courses, registration=registration, recovery_pct=25.0, backend="numba")
+    for a, b in zip(numba.doses_gy, on_gpu.doses_gy, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9)
+    expected = accumulated_dvhs(numba, rois(), backend="numba")
+    got = accumulated_dvhs(on_gpu, rois(), backend=backend)
+    assert [d.alpha_beta_gy for d in got] == [10.0, 2.0, 3.0]
+    assert_same_dvhs([d.physical for d in expected], [d.physical for d in got])
+    assert_same_dvhs([d.eqd2 for d in expected], [d.eqd2 for d in got])
+    gtv = rois()[0]
+    record = reirradiation_record(*courses, gtv, registration=registration, backend="numba")
+    assert_records_match({"case": record},
+                         {"case": reirradiation_record(*courses, gtv, registration=registration, backend=backend)})
+
+
 def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, tmp_path):
     """The GPU arrangement of a cohort run (reading workers, batches of cases sampled together) with the
     emulated kernels: every case's record as Numba computes it case by case."""

@@ -101,6 +101,29 @@ def test_trilinear_reproduces_linear_fields_and_voxel_values(rng):
         assert np.isnan(outside).all()
 
 
+@pytest.mark.parametrize("tilt", [False, True])
+@pytest.mark.parametrize("kernels", COMPILED)
+def test_resample_matches_reference(kernels, rng, tilt):
+    dose = rng.uniform(0, 70, (9, 10, 11)).astype(np.float32)
+    origin, spacing = np.array([-5.0, 3.0, 10.0]), np.array([2.0, 2.5, 3.0])
+    onto = ((-9.0, -2.0, 4.0), (1.5, 2.0, 2.5), (12, 13, 14))
+    matrix = rigid(rng, tilt, shift=(1.0, 2.0, -1.0))
+    expected = numpy_ref.trilinear(dose, origin, spacing, numpy_ref.lattice_points(*onto, matrix)).reshape(onto[2])
+    got = kernels.to_host(kernels.resample(dose, origin, spacing, *onto, matrix))
+    assert got.shape == (12, 13, 14)
+    assert np.array_equal(np.isnan(expected), np.isnan(got))
+    assert np.isnan(expected).any() and (~np.isnan(expected)).any()
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-12, atol=1e-9)
+
+
+def test_resampling_a_grid_onto_itself_gives_its_voxels():
+    dose = np.random.default_rng(2).uniform(0, 70, (5, 6, 7)).astype(np.float32)
+    origin, spacing = (-10.0, 4.0, 7.5), (2.5, 2.5, 3.0)
+    for kernels in [numpy_ref, *COMPILED]:
+        np.testing.assert_allclose(kernels.resample(dose, origin, spacing, origin, spacing, dose.shape, np.eye(4)),
+                                   dose, rtol=1e-6)
+
+
 # --- coverage --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kernels", COMPILED)
 def test_coverage_matches_reference_on_awkward_polygons(kernels, rng):

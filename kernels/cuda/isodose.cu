@@ -89,6 +89,16 @@ __device__ __forceinline__ Grid grid_at(const float* __restrict__ doses, const l
     return grid;
 }
 
+// The dose of grid g at point (px, py, pz); NaN outside the box of its voxel centres.
+__device__ __forceinline__ double trilinear_at(Grid g, double px, double py, double pz) {
+    int i, j, k;
+    double tx, ty, tz, gx, gy, gz;
+    bool inside = grid_coordinate(px, g.ox, g.sx, g.nx, &i, &tx) && grid_coordinate(py, g.oy, g.sy, g.ny, &j, &ty) &&
+                  grid_coordinate(pz, g.oz, g.sz, g.nz, &k, &tz);
+    return inside ? interpolate(g.dose, g.nx, g.ny, i, j, k, tx, ty, tz, g.sx, g.sy, g.sz, &gx, &gy, &gz)
+                  : ISODOSE_NAN;
+}
+
 // ------------------------------------------------------------------------------------------------------
 // trilinear: one thread per point, in the grid point_grid[n]; NaN outside that grid.
 // ------------------------------------------------------------------------------------------------------
@@ -101,13 +111,29 @@ extern "C" __global__ void trilinear_kernel(const float* __restrict__ doses, con
     long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (n >= n_points) return;
     Grid g = grid_at(doses, grid_offset, grid_shape, grid_geometry, point_grid[n]);
-    int i, j, k;
-    double tx, ty, tz, gx, gy, gz;
-    bool inside = grid_coordinate(points[3 * n], g.ox, g.sx, g.nx, &i, &tx) &&
-                  grid_coordinate(points[3 * n + 1], g.oy, g.sy, g.ny, &j, &ty) &&
-                  grid_coordinate(points[3 * n + 2], g.oz, g.sz, g.nz, &k, &tz);
-    out[n] = inside ? interpolate(g.dose, g.nx, g.ny, i, j, k, tx, ty, tz, g.sx, g.sy, g.sz, &gx, &gy, &gz)
-                    : ISODOSE_NAN;
+    out[n] = trilinear_at(g, points[3 * n], points[3 * n + 1], points[3 * n + 2]);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// resample: one thread per voxel centre of another lattice, (origin, spacing) = lattice[0..2], lattice[3..5]
+// and (nz, ny, nx) = (n_points / (ny nx), lattice_ny, lattice_nx), mapped by the rigid 4x4 transform (row
+// major) into grid 0 of the table; NaN outside it. out is in the lattice's (z, y, x) order.
+// ------------------------------------------------------------------------------------------------------
+extern "C" __global__ void resample_kernel(const float* __restrict__ doses, const long long* __restrict__ grid_offset,
+                                           const int* __restrict__ grid_shape,
+                                           const double* __restrict__ grid_geometry,
+                                           const double* __restrict__ lattice, long long lattice_ny,
+                                           long long lattice_nx, const double* __restrict__ transform,
+                                           long long n_points, double* __restrict__ out) {
+    long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= n_points) return;
+    long long i = n % lattice_nx, row = n / lattice_nx;
+    long long j = row % lattice_ny, k = row / lattice_ny;
+    double x = lattice[0] + lattice[3] * i, y = lattice[1] + lattice[4] * j, z = lattice[2] + lattice[5] * k;
+    double px = transform[0] * x + transform[1] * y + transform[2] * z + transform[3];
+    double py = transform[4] * x + transform[5] * y + transform[6] * z + transform[7];
+    double pz = transform[8] * x + transform[9] * y + transform[10] * z + transform[11];
+    out[n] = trilinear_at(grid_at(doses, grid_offset, grid_shape, grid_geometry, 0), px, py, pz);
 }
 
 // ------------------------------------------------------------------------------------------------------

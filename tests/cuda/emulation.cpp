@@ -10,6 +10,16 @@ extern "C" void emulate_trilinear_kernel(unsigned grid, unsigned block, const fl
                    trilinear_kernel(doses, grid_offset, grid_shape, grid_geometry, point_grid, points, n_points, out));
 }
 
+extern "C" void emulate_resample_kernel(unsigned grid, unsigned block, const float* doses,
+                                        const long long* grid_offset, const int* grid_shape,
+                                        const double* grid_geometry, const double* lattice, long long lattice_ny,
+                                        long long lattice_nx, const double* transform, long long n_points,
+                                        double* out) {
+    EMULATE_LAUNCH(grid, block,
+                   resample_kernel(doses, grid_offset, grid_shape, grid_geometry, lattice, lattice_ny, lattice_nx,
+                                   transform, n_points, out));
+}
+
 extern "C" void emulate_coverage_kernel(unsigned grid, unsigned block, const double* vertices,
                                         const long long* ring_start, const long long* plane_ring_start,
                                         const long long* plane_cell_start, const double* plane_x0,
