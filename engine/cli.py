@@ -330,7 +330,8 @@ def cmd_cohort_run(args: argparse.Namespace) -> int:
     settings = _run_settings(args)
     run = functools.partial(run_cohort, args.input, args.out, settings=settings, workers=args.workers,
                             backend=args.backend, recurrence_roi=args.recurrence_roi,
-                            prescription_gy=args.prescription, progress=not args.no_progress)
+                            prescription_gy=args.prescription, second_courses=args.second_courses,
+                            progress=not args.no_progress)
     if args.scheduler or args.scheduler_file or args.local_cluster:
         from .cohort.distributed import dask_client
 
@@ -628,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="recurrence ROI name when the input is a folder (default: Recurrence)")
     run.add_argument("--prescription", type=float, metavar="GY",
                      help="prescription for cases of a folder without an RTPLAN")
+    run.add_argument("--second-courses", action="store_true",
+                     help="folder input: a patient with two planning frames is one re-irradiated case (the earlier "
+                          "plan is course 1, the later course 2, related by a REG)")
     run.add_argument("--dvh-step", type=float, default=0.1, metavar="GY", help="dose step of stored DVHs (0.1 Gy)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     dask = run.add_mutually_exclusive_group()

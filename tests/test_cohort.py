@@ -453,3 +453,71 @@ def test_second_course_columns_are_checked(tmp_path, extra, message):
     manifest.write_text(f"{header}\nA,RD.dcm,RS.dcm,,70,Vr,,,{values['second_dose']},{values['second_fractions']}\n")
     with pytest.raises(ManifestError, match=message):
         read_manifest(manifest)
+
+
+def _dated(path, day: str) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.RTPlanDate, ds.RTPlanTime = day, "120000"
+    ds.save_as(path)
+
+
+def test_folder_input_with_second_courses(cohort, results, tmp_path, caplog):
+    """Two patients re-irradiated with a uniform 30 Gy in 10 fractions planned on a second frame (one on the
+    follow-up frame that holds the recurrence, one on a new frame related by its own REG): one case each, the
+    earlier plan first, with the accumulated metrics the manifest route gives."""
+    from isodose.dicom.read import read_structures
+    from isodose.dicom.write import write_dose, write_plan, write_registration
+    from isodose.model import DoseGrid
+
+    manifest = {c.case_id: c for c in read_manifest(cohort)}
+    followed = next(c for c in manifest.values() if c.registration and c.plan)
+    planned_only = next(c for c in manifest.values() if not c.registration and c.plan)
+    folder = tmp_path / "exports"
+    uniform = DoseGrid(np.full((61, 61, 61), 30.0, np.float32), (-300.0,) * 3, (10.0,) * 3)
+    for case in (followed, planned_only):
+        target = folder / case.case_id
+        shutil.copytree(case.dose.parent, target)
+        _dated(target / case.plan.name, "20190301")
+        if case.registration:
+            frame = read_structures(case.recurrence_structures).frame_of_reference_uid
+        else:
+            frame = f"1.2.826.0.1.3680043.8.498.{len(case.case_id)}99"
+            write_registration(target / "REG2.dcm", registered_frame_uid=read_structures(
+                case.structures).frame_of_reference_uid, source_frame_uid=frame, matrix=np.eye(4),
+                patient_id=case.case_id)
+        write_dose(uniform, target / "RD2.dcm", patient_id=case.case_id, frame_of_reference_uid=frame)
+        write_plan(target / "RP2.dcm", prescription_gy=30.0, number_of_fractions=10, patient_id=case.case_id,
+                   frame_of_reference_uid=frame)
+        _dated(target / "RP2.dcm", "20230615")
+
+    with caplog.at_level("WARNING"):
+        separate = discover_cases(folder, "Recurrence")
+    assert len(separate) == 4 and "several planning frames" in caplog.text
+    found = {c.case_id: c for c in discover_cases(folder, "Recurrence", second_courses=True)}
+    assert set(found) == {followed.case_id, planned_only.case_id}
+    for case in found.values():
+        assert not case.problem, case.problem
+        assert (case.dose.name, case.plan.name, case.second_dose.name, case.second_plan.name) == (
+            "RD.dcm", "RP.dcm", "RD2.dcm", "RP2.dcm")
+    assert found[followed.case_id].second_registration == found[followed.case_id].registration
+    assert found[planned_only.case_id].second_registration.name == "REG2.dcm"
+
+    out = tmp_path / "exports.h5"
+    assert main(["cohort", "run", str(folder), "--out", str(out), "--second-courses", "--workers", "1",
+                 "--no-progress"]) == 0
+    assert [e["status"] for e in ResultStore.open(out, create=False).cases()] == ["ok", "ok"]
+    planned = {e["case_id"]: e["record"] for e in ResultStore.open(results[0], create=False).cases()}
+    for entry in ResultStore.open(out, create=False).cases():
+        record, first = entry["record"], planned[entry["case_id"]]
+        assert record["class_volume"] == first["class_volume"]
+        assert record["course2_fractions"] == 10
+        assert record["vr_accumulated_physical_d95_gy"] == pytest.approx(first["D95"] + 30.0, abs=2e-3)
+        assert record["vr_course2_eqd2_d95_gy"] == pytest.approx(30.0 * 13.0 / 12.0, abs=1e-3)
+
+    # Courses whose order the files do not tell are refused, with the reason.
+    for plan in folder.rglob("RP*.dcm"):
+        _dated(plan, "20230615")
+    undated = discover_cases(folder, "Recurrence", second_courses=True)
+    assert all("cannot tell which of frames" in c.problem for c in undated)

@@ -11,6 +11,12 @@ frame of reference holding an RTDOSE is a planning frame, hence a case, with the
 same frame. The recurrence ROI is taken from the planning RTSTRUCT, or else from an RTSTRUCT of another frame
 of the same patient together with a spatial registration (REG) relating the two frames. A case that cannot
 be assembled unambiguously is kept, with the reason, so that the run records it as failed.
+
+Re-irradiated patients in a folder (``second_courses=True``): a patient with two planning frames is one case
+of two courses. The earlier course (by the date of its RTPLAN, else of its RTDOSE) is the first: its frame is
+the case's planning frame, assembled as above. The later frame gives the second course's RTDOSE and RTPLAN
+(for its fractions), and a REG relating the two frames maps it. Without that option, each planning frame is a
+case of its own, and a warning names the patients concerned.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import csv
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import IsodoseError
@@ -140,9 +146,13 @@ def read_manifest(path: str | Path) -> list[Case]:
 # --------------------------------------------------------------------------------------------------------
 # Folder discovery
 # --------------------------------------------------------------------------------------------------------
+#: Dates that order the courses of a patient, first found first: (date, time) keywords.
+_DATE_TAGS = (("RTPlanDate", "RTPlanTime"), ("ContentDate", "ContentTime"),
+              ("InstanceCreationDate", "InstanceCreationTime"), ("StudyDate", "StudyTime"))
 _HEADER_TAGS = ["Modality", "PatientID", "StudyInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID",
                 "DoseSummationType", "ReferencedRTPlanSequence", "StructureSetROISequence",
-                "ReferencedFrameOfReferenceSequence", "RegistrationSequence", "DoseReferenceSequence"]
+                "ReferencedFrameOfReferenceSequence", "RegistrationSequence", "DoseReferenceSequence",
+                *(keyword for pair in _DATE_TAGS for keyword in pair)]
 
 
 @dataclass
@@ -156,6 +166,7 @@ class _Header:
     referenced_plan: str = ""
     rois: tuple[str, ...] = ()
     registered_frames: tuple[str, ...] = ()
+    date: str = ""  # YYYYMMDDHHMMSS... of the first dated pair of _DATE_TAGS, for ordering courses
 
 
 def _read_header(path: Path) -> _Header | None:
@@ -187,6 +198,11 @@ def _header_of(ds, path: Path) -> _Header | None:
         referenced = ds.get("ReferencedFrameOfReferenceSequence") or []
         frame = str(referenced[0].get("FrameOfReferenceUID", "")) if referenced else ""
     header = _Header(path, modality, str(ds.get("PatientID", "") or ""), frame, str(ds.get("SOPInstanceUID", "")))
+    for date, time in _DATE_TAGS:
+        day = str(ds.get(date, "") or "").strip()
+        if day:
+            header.date = day + str(ds.get(time, "") or "").strip().replace(":", "")
+            break
     if modality == "RTDOSE":
         header.summation = str(ds.get("DoseSummationType", "") or "")
         plans = ds.get("ReferencedRTPlanSequence") or []
@@ -203,8 +219,10 @@ def _has_roi(header: _Header, roi: str) -> bool:
     return any(name == roi or name.casefold() == roi.casefold() for name in header.rois)
 
 
-def discover_cases(folder: str | Path, recurrence_roi: str, prescription_gy: float | None = None) -> list[Case]:
-    """Sort the DICOM files under ``folder`` into cases (see the module docstring)."""
+def discover_cases(folder: str | Path, recurrence_roi: str, prescription_gy: float | None = None,
+                   second_courses: bool = False) -> list[Case]:
+    """Sort the DICOM files under ``folder`` into cases (see the module docstring); with ``second_courses``, a
+    patient with two planning frames is one re-irradiated case."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError("is not a folder", path=folder)
@@ -216,13 +234,24 @@ def discover_cases(folder: str | Path, recurrence_roi: str, prescription_gy: flo
     for h in headers:
         by_patient[h.patient].append(h)
     cases = []
+    several = []
     for patient, items in sorted(by_patient.items()):
         planning_frames = sorted({h.frame for h in items if h.modality == "RTDOSE"})
+        if second_courses and len(planning_frames) > 1:
+            cases.append(_assemble_two_courses(patient or "unnamed", planning_frames, items, recurrence_roi,
+                                               prescription_gy))
+            continue
+        if len(planning_frames) > 1:
+            several.append(patient or "unnamed")
         for n, frame in enumerate(planning_frames):
             case_id = patient or "unnamed"
             if len(planning_frames) > 1:
                 case_id = f"{case_id}_{n + 1}"
             cases.append(_assemble(case_id, frame, items, recurrence_roi, prescription_gy))
+    if several:
+        log.warning("%s: %d patient(s) with several planning frames, each frame a case of its own (%s); for "
+                    "re-irradiated patients, ask for second courses (--second-courses)", folder, len(several),
+                    ", ".join(several[:5]))
     return cases
 
 
@@ -235,8 +264,9 @@ def _pick(candidates: list[_Header], what: str, frame: str) -> tuple[_Header | N
     return None, f"{len(candidates)} {what} files in frame of reference {frame} ({names}); use a manifest"
 
 
-def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescription_gy: float | None) -> Case:
-    in_frame = [h for h in items if h.frame == frame]
+def _dose_and_plans(in_frame: list[_Header], frame: str) -> tuple[_Header | None, str, list[_Header]]:
+    """The frame's RTDOSE (the plan's sum when there are several), why there is none, and its RTPLAN files (the
+    one it references when it does)."""
     doses = [h for h in in_frame if h.modality == "RTDOSE"]
     if len(doses) > 1:
         doses = [h for h in doses if h.summation.upper() == "PLAN"] or doses
@@ -244,6 +274,17 @@ def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescrip
     plans = [h for h in in_frame if h.modality == "RTPLAN"]
     if dose is not None and dose.referenced_plan and len(plans) > 1:
         plans = [h for h in plans if h.sop == dose.referenced_plan] or plans
+    return dose, problem, plans
+
+
+def _registrations(items: list[_Header], frame: str, other: str) -> list[_Header]:
+    """The REG files relating two frames."""
+    return [h for h in items if h.modality == "REG" and {frame, other} <= set(h.registered_frames) | {h.frame}]
+
+
+def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescription_gy: float | None) -> Case:
+    in_frame = [h for h in items if h.frame == frame]
+    dose, problem, plans = _dose_and_plans(in_frame, frame)
     plan = plans[0] if len(plans) == 1 else None
     if plan is None and prescription_gy is None and not problem:
         problem = (f"{len(plans)} RTPLAN files in frame of reference {frame}; give --prescription"
@@ -261,9 +302,8 @@ def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescrip
             problem = f"{len(follow_up)} structure sets hold ROI {roi!r}; use a manifest"
         else:
             recurrence_structures = follow_up[0]
-            registrations = [h for h in items if h.modality == "REG"
-                             and {frame, recurrence_structures.frame} <= set(h.registered_frames) | {h.frame}]
-            registration, problem = _pick(registrations, "REG relating it to " + recurrence_structures.frame, frame)
+            registration, problem = _pick(_registrations(items, frame, recurrence_structures.frame),
+                                          "REG relating it to " + recurrence_structures.frame, frame)
     return Case(
         case_id=case_id,
         dose=dose.path if dose else None,
@@ -277,12 +317,46 @@ def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescrip
     )
 
 
-def load_cases(source: str | Path, recurrence_roi: str = "Recurrence",
-               prescription_gy: float | None = None) -> list[Case]:
-    """The cases of a manifest (a file) or of a folder of DICOM exports."""
+def _course_date(frame: str, items: list[_Header]) -> str:
+    """When a frame's course was planned: its RTPLAN's date, else its RTDOSE's; "" when neither is dated."""
+    for modality in ("RTPLAN", "RTDOSE"):
+        dates = [h.date for h in items if h.frame == frame and h.modality == modality and h.date]
+        if dates:
+            return min(dates)
+    return ""
+
+
+def _assemble_two_courses(case_id: str, frames: list[str], items: list[_Header], roi: str,
+                          prescription_gy: float | None) -> Case:
+    """A re-irradiated patient's case: the earlier planning frame is the first course (see the module
+    docstring), the later one the second."""
+    if len(frames) > 2:
+        return Case(case_id, None, None, roi, problem=f"{len(frames)} planning frames of reference, where a "
+                    "re-irradiated patient has two; use a manifest")
+    dated = sorted((_course_date(frame, items), frame) for frame in frames)
+    if not dated[0][0] or dated[0][0] == dated[1][0]:
+        return Case(case_id, None, None, roi, problem=f"cannot tell which of frames {frames[0]} and {frames[1]} "
+                    "was treated first (no or equal RTPLAN and RTDOSE dates); use a manifest")
+    first, second = dated[0][1], dated[1][1]
+    case = _assemble(case_id, first, items, roi, prescription_gy)
+    dose, problem, plans = _dose_and_plans([h for h in items if h.frame == second], second)
+    if not problem and len(plans) != 1:
+        problem = (f"{len(plans)} RTPLAN files in frame of reference {second} for the second course's fractions; "
+                   "use a manifest")
+    registration, registration_problem = _pick(_registrations(items, first, second),
+                                               "REG relating it to " + first, second)
+    return replace(case, second_dose=dose.path if dose else None, second_plan=plans[0].path if len(plans) == 1
+                   else None, second_registration=registration.path if registration else None,
+                   problem=case.problem or problem or registration_problem)
+
+
+def load_cases(source: str | Path, recurrence_roi: str = "Recurrence", prescription_gy: float | None = None,
+               second_courses: bool = False) -> list[Case]:
+    """The cases of a manifest (a file) or of a folder of DICOM exports (see :func:`discover_cases` for
+    ``second_courses``)."""
     source = Path(source)
     if source.is_dir():
-        return discover_cases(source, recurrence_roi, prescription_gy)
+        return discover_cases(source, recurrence_roi, prescription_gy, second_courses)
     if not source.exists():
         raise ManifestError("no such manifest or folder", path=source)
     return read_manifest(source)

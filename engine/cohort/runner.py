@@ -363,6 +363,7 @@ def run_cohort(
     backend: str | None = None,
     recurrence_roi: str = "Recurrence",
     prescription_gy: float | None = None,
+    second_courses: bool = False,
     progress: bool = True,
     cases: Iterable[Case] | None = None,
     pipelined: bool | None = None,
@@ -377,11 +378,14 @@ def run_cohort(
     process reads and computes its own cases. With a Dask ``client`` (see :mod:`isodose.cohort.distributed`),
     the cluster's workers read and compute the cases, one task per case, and ``workers`` is not used. In every
     arrangement this process alone writes the store. Results do not depend on the arrangement or the batch size.
-    ``on_result`` is called with each entry once it is stored.
+    ``on_result`` is called with each entry once it is stored. ``recurrence_roi``, ``prescription_gy`` and
+    ``second_courses`` apply to folder input (see :func:`isodose.cohort.cases.discover_cases`).
     """
     settings = settings or RunSettings()
     started = time.perf_counter()
-    all_cases = list(cases) if cases is not None else load_cases(source, recurrence_roi, prescription_gy)
+    if cases is None:
+        cases = load_cases(source, recurrence_roi, prescription_gy, second_courses)
+    all_cases = list(cases)
     store = ResultStore.open(out, settings.as_dict())
     finished = store.finished()
     todo = [c for c in all_cases if c.case_id not in finished]
