@@ -1,12 +1,16 @@
-"""DVHs of all ROIs of a head-and-neck-sized case, on each CPU backend (files already read, kernels
-compiled). Run with ``make bench``; compare medians measured side by side in one run."""
+"""DVHs of all ROIs of a head-and-neck-sized case, on each backend (files already read, kernels compiled),
+and the re-irradiation plan sum of that case. Run with ``make bench``; compare medians measured side by side
+in one run."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from isodose.accumulate import Course, accumulate, accumulated_dvhs
 from isodose.dispatch import select_backend
 from isodose.dvh import compute_dvhs
+from isodose.model import DoseGrid, Registration
 
 
 @pytest.mark.parametrize("backend_name, rounds", [("numba", 10), ("numpy", 3)])
@@ -19,3 +23,36 @@ def test_head_and_neck_all_rois(benchmark, head_neck, backend_name, rounds):
     dvhs = benchmark.pedantic(compute_dvhs, args=(grid, structures), kwargs={"backend": backend}, rounds=rounds,
                               iterations=1)
     assert len(dvhs) == 20 and all(d.has_dose for d in dvhs)
+
+
+def _second_course(grid: DoseGrid) -> tuple[Course, Registration]:
+    """A second course: the planning dose scaled to 30 Gy, in another frame rotated 10 degrees and shifted."""
+    angle = np.radians(10.0)
+    matrix = np.eye(4)
+    matrix[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    matrix[:3, 3] = (4.0, -6.0, 2.5)
+    scaled = (grid.dose_gy * np.float32(30.0 / grid.max_gy)).astype(np.float32)
+    second = DoseGrid(scaled, grid.origin_mm, grid.spacing_mm, "2.25.2")
+    return Course(second, 10), Registration(grid.frame_of_reference_uid, {"2.25.2": matrix})
+
+
+def _plan_sum_dvhs(courses, registration, structures, backend):
+    plan_sum = accumulate(courses, registration=registration, backend=backend)
+    return accumulated_dvhs(plan_sum, structures, backend=backend)
+
+
+@pytest.mark.parametrize("backend_name, rounds", [("numba", 5), ("numpy", 2),
+                                                  pytest.param("cupy", 10, marks=pytest.mark.gpu)])
+def test_head_and_neck_plan_sum(benchmark, head_neck, backend_name, rounds):
+    """Re-irradiation of the head-and-neck case: the second course resampled through a registration onto the
+    4.8 M voxels of the first, the physical and EQD2 sums (three alpha/beta ratios), and 20 ROIs' DVHs of each."""
+    grid, structures = head_neck
+    second, registration = _second_course(grid)
+    courses = [Course(grid, 35), second]
+    backend = select_backend(backend_name)
+    _plan_sum_dvhs(courses, registration, structures, backend)
+    benchmark.group = "head-and-neck re-irradiation: plan sum, EQD2 and DVHs of 20 ROIs"
+    benchmark.extra_info.update(device=backend.device, voxels=int(grid.dose_gy.size))
+    results = benchmark.pedantic(_plan_sum_dvhs, args=(courses, registration, structures, backend), rounds=rounds,
+                                 iterations=1)
+    assert len(results) == 20

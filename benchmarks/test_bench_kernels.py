@@ -1,7 +1,8 @@
 """Kernel benchmarks per backend, and scaling runs that show how the cost grows.
 
 - Kernels (numpy, numba; cupy where a GPU is usable): polygon coverage, sampling with DVH accumulation
-  (``cell_histograms``), trilinear interpolation, histogram accumulation, on a 30 mm sphere in a linear field.
+  (``cell_histograms``), trilinear interpolation, resampling a grid onto another (plan sums), histogram
+  accumulation, on a 30 mm sphere in a linear field.
 - Scaling (numba, DVHs end to end from structures in memory): dose grid size, number of structures,
   structure size. The cohort benchmark (test_bench_cohort.py) scales over the number of cases.
 
@@ -98,6 +99,28 @@ def test_kernel_trilinear(benchmark, backend_name):
     benchmark.extra_info.update(points=len(points), device=backend.device)
     benchmark.pedantic(backend.kernels.trilinear, args=args, rounds=5 if backend_name == "numpy" else 20,
                        iterations=1)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_kernel_resample(benchmark, backend_name):
+    grid = _grid(128, 1.25)
+    backend = select_backend(backend_name)
+    angle = np.radians(15.0)
+    matrix = np.eye(4)
+    matrix[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    matrix[:3, 3] = (3.0, -2.0, 1.0)
+    args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), grid.origin_mm, grid.spacing_mm,
+            grid.dose_gy.shape, matrix)
+
+    def resample():
+        values = backend.kernels.resample(*args)
+        _sync(backend)
+        return values
+
+    resample()
+    benchmark.group = "kernel: resample a 128^3 grid through a rotation"
+    benchmark.extra_info.update(voxels=int(grid.dose_gy.size), device=backend.device)
+    benchmark.pedantic(resample, rounds=3 if backend_name == "numpy" else 20, iterations=1)
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)

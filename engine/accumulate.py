@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .dispatch import Backend, select_backend
-from .dvh import DVH, compute_dvhs, dvh_request, dvhs_from_samples
+from .dvh import DVH, dvh_request, dvhs_from_samples
 from .errors import FrameOfReferenceError, IsodoseError
 from .geometry import check_rigid, registration_matrix
 from .model import DoseGrid, Registration, Structure, StructureSet
@@ -158,9 +158,15 @@ def _resampled(dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None, bac
     """``dose`` at the voxel centres of ``onto`` as an array of the backend, 0 Gy where it does not reach, and
     the share of centres concerned."""
     matrix = np.eye(4) if transform is None else check_rigid(transform, "the registration's transform")
-    values = backend.kernels.resample(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
-                                      np.asarray(dose.spacing_mm, dtype=np.float64), onto.origin_mm,
-                                      onto.spacing_mm, onto.dose_gy.shape, matrix)
+    out_of_memory = getattr(backend.kernels, "out_of_memory_errors", lambda: (MemoryError,))()
+    try:
+        values = backend.kernels.resample(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
+                                          np.asarray(dose.spacing_mm, dtype=np.float64), onto.origin_mm,
+                                          onto.spacing_mm, onto.dose_gy.shape, matrix)
+    except out_of_memory as exc:
+        raise AccumulationError(f"not enough memory on {backend.device} to hold this course on a grid of "
+                                f"{onto.dose_gy.size:,} voxels (8 bytes each, besides the other courses)",
+                                path=dose.source or None) from exc
     outside = values != values  # NaN: outside the grid of ``dose``
     share = float(outside.mean()) if values.size else 0.0
     values[outside] = 0.0
@@ -248,19 +254,25 @@ def accumulated_dvhs(
     backend: str | Backend | None = None,
 ) -> list[AccumulatedDVH]:
     """DVHs of the chosen structures in the physical sum and in the EQD2 sum, each structure at its alpha/beta
-    (one EQD2 grid per distinct ratio)."""
+    (one EQD2 grid per distinct ratio). All grids are sampled together: one launch on a GPU."""
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    options = options or SamplingOptions()
     all_structures = structures.structures if isinstance(structures, StructureSet) else tuple(structures)
-    physical = compute_dvhs(plan_sum.physical(on_device=True), structures, rois, options=options, backend=chosen)
+    selected, physical_request = dvh_request(plan_sum.reference, structures, rois, options=options)
     ratios = alpha_betas(all_structures, alpha_beta)
-    by_name = {d.name: d for d in physical}
-    eqd2_dvhs: dict[str, DVH] = {}
-    for ratio in sorted({ratios[d.name] for d in physical}):
-        names = [d.name for d in physical if ratios[d.name] == ratio]
-        for dvh in compute_dvhs(plan_sum.eqd2(ratio, on_device=True), structures, names, options=options,
-                                backend=chosen):
-            eqd2_dvhs[dvh.name] = dvh
-    return [AccumulatedDVH(d.name, ratios[d.name], by_name[d.name], eqd2_dvhs[d.name]) for d in physical]
+    by_ratio: dict[float, list[Structure]] = {}
+    for structure in selected:
+        by_ratio.setdefault(ratios[structure.name], []).append(structure)
+    # Each ratio's structures in its EQD2 grid; the lattice is the physical sum's, so a plan serves as is.
+    subsets = [(ratio, dvh_request(plan_sum.reference, structures, [m.name for m in members], options=options))
+               for ratio, members in sorted(by_ratio.items())]
+    requests = [replace(physical_request, grid=plan_sum.physical(on_device=True))]
+    requests += [replace(request, grid=plan_sum.eqd2(ratio, on_device=True)) for ratio, (_, request) in subsets]
+    physical_samples, *eqd2_samples = sample_many(requests, chosen, options)
+    physical = dvhs_from_samples(selected, physical_samples)
+    eqd2_dvhs = {id(s): dvh for (_, (members, _)), samples in zip(subsets, eqd2_samples, strict=True)
+                 for s, dvh in zip(members, dvhs_from_samples(members, samples), strict=True)}
+    return [AccumulatedDVH(s.name, ratios[s.name], dvh, eqd2_dvhs[id(s)]) for s, dvh in zip(selected, physical)]
 
 
 #: Published risk thresholds for re-irradiated nasopharyngeal carcinoma (see :func:`reirradiation_record`).

@@ -169,3 +169,20 @@ def test_cli_accumulate_json(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "give the spatial registration" in err
     code = main(["accumulate", "--course", f"{rd1}", "--course", f"{rd2}:10", "--structures", str(rs)])
     assert code == 2 and "--course must be RD.dcm:FRACTIONS" in capsys.readouterr().err
+
+
+def test_a_course_too_large_for_the_device_is_a_clear_error():
+    """Out of memory while resampling (as on a full GPU): one error naming the file, not a traceback."""
+    import types
+
+    from isodose.dispatch import Backend
+
+    def resample(*args):
+        raise MemoryError("out of memory allocating 38,400,000 bytes")
+
+    kernels = types.SimpleNamespace(resample=resample, asarray=np.asarray, out_of_memory_errors=lambda: (MemoryError,))
+    full = Backend("cupy", "a full GPU", kernels)
+    second = DoseGrid(np.full((20, 24, 24), 30.0, np.float32), (-30.0, -30.0, -25.0), (2.5, 2.5, 2.5), FRAME,
+                      "/data/RD2.dcm")
+    with pytest.raises(AccumulationError, match=r"RD2\.dcm.*not enough memory on a full GPU .* 11,520 voxels"):
+        accumulate([Course(uniform(60.0), 30), Course(second, 10)], backend=full)

@@ -165,8 +165,8 @@ def test_resample(gpu, rng, tilt):
 
 
 def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
-    """Two courses in different frames, related by a registration: the resampling is one launch, and the plan
-    sum's DVHs (physical and EQD2) and the re-irradiation record are Numba's."""
+    """Two courses in different frames, related by a registration: the resampling is one launch, the plan sum's
+    DVHs (physical and EQD2) one more, and they and the re-irradiation record are Numba's."""
     from isodose.accumulate import Course, accumulate, accumulated_dvhs, reirradiation_record
     from isodose.model import Registration
     from isodose.phantoms import LinearField
@@ -189,6 +189,8 @@ def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
         np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9)
     expected = accumulated_dvhs(numba, rois(), backend="numba")
     got = accumulated_dvhs(on_gpu, rois(), backend=backend)
+    # The physical sum and the three EQD2 grids (one per alpha/beta) are sampled in one launch.
+    assert counts == {"resample_kernel": 1, "coverage_kernel": 1, "cell_histograms_kernel": 1, "trilinear_kernel": 1}
     assert [d.alpha_beta_gy for d in got] == [10.0, 2.0, 3.0]
     assert_same_dvhs([d.physical for d in expected], [d.physical for d in got])
     assert_same_dvhs([d.eqd2 for d in expected], [d.eqd2 for d in got])
