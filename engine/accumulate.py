@@ -168,7 +168,7 @@ def _resampled(dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None, bac
                                 f"{onto.dose_gy.size:,} voxels (8 bytes each, besides the other courses)",
                                 path=dose.source or None) from exc
     outside = values != values  # NaN: outside the grid of ``dose``
-    share = float(outside.mean()) if values.size else 0.0
+    share = int(outside.sum()) / values.size if values.size else 0.0
     values[outside] = 0.0
     return values, share
 
