@@ -35,6 +35,10 @@ def check(kernels) -> None:
     expected = numpy_ref.trilinear(dose, origin, spacing, points)
     got = np.asarray(kernels.trilinear(dose, origin, spacing, points))
     assert np.allclose(got, expected, rtol=1e-9, equal_nan=True), "trilinear"
+    lattice = ((-4.0, -1.0, 0.5), (1.5, 2.0, 2.0), (3, 4, 5), transforms[1])
+    expected = numpy_ref.resample(dose, origin, spacing, *lattice)
+    got = kernels.to_host(kernels.resample(dose, origin, spacing, *lattice))
+    assert np.allclose(got, expected, rtol=1e-9, equal_nan=True), "resample"
     reference_cells = numpy_ref.polygon_coverage(**geometry)
     cells = kernels.polygon_coverage(**geometry)
     host_cells = cells.get() if hasattr(cells, "get") else np.asarray(cells)
