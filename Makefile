@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench compare validate lint clean
+.PHONY: demo test bench compare validate lint clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,17 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
 		--benchmark-json=benchmarks/results.json
 	$(BIN)/python benchmarks/report.py benchmarks/results.json
+
+# On a machine with a usable CUDA GPU, in a Python environment that already holds isodose with its gpu and
+# test extras (no venv made): the gpu tests, then the benchmarks with the GPU rows beside Numba and NumPy, all
+# into $(GPU_OUT) (gpu-tests.xml, results.json, BENCHMARKS.md).
+GPU_OUT ?= benchmarks/gpu
+gpu-check:
+	mkdir -p $(GPU_OUT)
+	-$(PYTHON) -m pytest tests -m gpu -rA --junitxml=$(GPU_OUT)/gpu-tests.xml
+	$(PYTHON) -m pytest benchmarks/test_bench_gpu.py benchmarks/test_bench_kernels.py benchmarks/test_bench_dvh.py \
+		--benchmark-enable --benchmark-only --benchmark-json=$(GPU_OUT)/results.json
+	$(PYTHON) benchmarks/report.py $(GPU_OUT)/results.json --out $(GPU_OUT)
 
 # isodose beside dicompyler-core (installed into .bench/ on first use); --interpolated adds minutes.
 compare: $(STAMP)

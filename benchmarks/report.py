@@ -1,11 +1,13 @@
 """Turn the JSON of ``make bench`` into a table (benchmarks/BENCHMARKS.md) and a scaling plot
-(benchmarks/scaling.png), both shown by the README.
+(benchmarks/scaling.png), both shown by the README; ``--out DIR`` writes them into DIR instead (``make
+gpu-check`` does, into benchmarks/gpu).
 
-    .venv/bin/python benchmarks/report.py [benchmarks/results.json]
+    .venv/bin/python benchmarks/report.py [benchmarks/results.json] [--out DIR]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -68,12 +70,16 @@ def plot(data: dict, out: Path) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    source = Path(argv[0]) if argv else HERE / "results.json"
-    data = json.loads(source.read_text())
+    parser = argparse.ArgumentParser(description="benchmark JSON to a table and a scaling plot")
+    parser.add_argument("results", nargs="?", type=Path, default=HERE / "results.json")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder of BENCHMARKS.md and scaling.png")
+    args = parser.parse_args(argv)
+    data = json.loads(args.results.read_text())
     lines = table(data)
-    if plot(data, HERE / "scaling.png"):
+    args.out.mkdir(parents=True, exist_ok=True)
+    if plot(data, args.out / "scaling.png"):
         lines += ["", "![scaling](scaling.png)"]
-    (HERE / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
+    (args.out / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
