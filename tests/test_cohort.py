@@ -516,6 +516,9 @@ def test_folder_input_with_second_courses(cohort, results, tmp_path, caplog):
         assert record["vr_accumulated_physical_d95_gy"] == pytest.approx(first["D95"] + 30.0, abs=2e-3)
         assert record["vr_course2_eqd2_d95_gy"] == pytest.approx(30.0 * 13.0 / 12.0, abs=1e-3)
 
+    with pytest.raises(ManifestError, match="second courses are found in folders"):
+        run_cohort(cohort, tmp_path / "manifest.h5", second_courses=True, progress=False)
+
     # Courses whose order the files do not tell are refused, with the reason.
     for plan in folder.rglob("RP*.dcm"):
         _dated(plan, "20230615")

@@ -359,4 +359,7 @@ def load_cases(source: str | Path, recurrence_roi: str = "Recurrence", prescript
         return discover_cases(source, recurrence_roi, prescription_gy, second_courses)
     if not source.exists():
         raise ManifestError("no such manifest or folder", path=source)
+    if second_courses:
+        raise ManifestError("second courses are found in folders; a manifest gives them in its second_dose, "
+                            "second_fractions, second_plan and second_registration columns", path=source)
     return read_manifest(source)
