@@ -524,3 +524,33 @@ def test_folder_input_with_second_courses(cohort, results, tmp_path, caplog):
         _dated(plan, "20230615")
     undated = discover_cases(folder, "Recurrence", second_courses=True)
     assert all("cannot tell which of frames" in c.problem for c in undated)
+
+
+@pytest.mark.parametrize("drop, message", [
+    ("REG", "no REG relating it to F1 in frame of reference F2"),
+    ("RP2", "0 RTPLAN files in frame of reference F2 for the second course's fractions"),
+    ("dates", "cannot tell which of frames F1 and F2 was treated first"),
+])
+def test_second_courses_missing_files_are_named(tmp_path, drop, message):
+    """Re-irradiated patients assembled from headers alone: what is missing is the case's recorded problem."""
+    from isodose.cohort.cases import _assemble_two_courses, _Header
+
+    headers = {
+        "RD1": _Header(tmp_path / "RD1.dcm", "RTDOSE", "P", "F1", "1", date="20190301"),
+        "RP1": _Header(tmp_path / "RP1.dcm", "RTPLAN", "P", "F1", "2", date="20190301"),
+        "RS1": _Header(tmp_path / "RS1.dcm", "RTSTRUCT", "P", "F1", "3", rois=("GTV", "Recurrence")),
+        "RD2": _Header(tmp_path / "RD2.dcm", "RTDOSE", "P", "F2", "4", date="20230615"),
+        "RP2": _Header(tmp_path / "RP2.dcm", "RTPLAN", "P", "F2", "5", date="20230615"),
+        "REG": _Header(tmp_path / "REG.dcm", "REG", "P", "F1", "6", registered_frames=("F1", "F2")),
+    }
+    complete = _assemble_two_courses("P", ["F1", "F2"], list(headers.values()), "Recurrence", None)
+    assert not complete.problem and complete.second_registration.name == "REG.dcm"
+    assert (complete.dose.name, complete.second_dose.name, complete.second_plan.name) == ("RD1.dcm", "RD2.dcm",
+                                                                                          "RP2.dcm")
+    three = _assemble_two_courses("P", ["F1", "F2", "F3"], list(headers.values()), "Recurrence", None)
+    assert "3 planning frames of reference" in three.problem
+    if drop == "dates":
+        for header in headers.values():
+            header.date = ""
+    items = [h for name, h in headers.items() if name != drop]
+    assert message in _assemble_two_courses("P", ["F1", "F2"], items, "Recurrence", None).problem
