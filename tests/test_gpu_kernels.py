@@ -202,26 +202,49 @@ def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
 
 def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, tmp_path):
     """The GPU arrangement of a cohort run (reading workers, batches of cases sampled together) with the
-    emulated kernels: every case's record as Numba computes it case by case."""
+    emulated kernels: every case's record as Numba computes it case by case, re-irradiated cases included."""
     from isodose.cohort.runner import RunSettings, run_cohort
     from isodose.cohort.store import ResultStore
     from isodose.cohort.synthetic import generate_cohort
 
+    import csv
+
+    from isodose.dicom.read import read_dose
+    from isodose.dicom.write import write_dose
+    from isodose.model import DoseGrid
+
     manifest = generate_cohort(tmp_path / "data", 7, seed=11, workers=1)
+    # Two cases re-irradiated: a second course of 40% of the first's dose in 10 fractions, on the same grid.
+    rows = list(csv.DictReader(manifest.open()))
+    for row in rows[:2]:
+        first = read_dose(manifest.parent / row["dose"])
+        second = DoseGrid(first.dose_gy * np.float32(0.4), first.origin_mm, first.spacing_mm,
+                          first.frame_of_reference_uid)
+        path = write_dose(second, manifest.parent / f"{row['case_id']}-RD2.dcm",
+                          frame_of_reference_uid=first.frame_of_reference_uid)
+        row.update(fractions="35", second_dose=path.name, second_fractions="10")
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "fractions", "second_dose", "second_fractions"],
+                                restval="")
+        writer.writeheader()
+        writer.writerows(rows)
     settings = RunSettings(target_metrics=("GTV:volume", "CTV60:D98"))
     counting, counts = _counting(gpu)
     backend = Backend("cupy (emulated)", gpu.device, counting)
     run_cohort(manifest, tmp_path / "gpu.h5", settings=settings, workers=2, backend=backend, pipelined=True,
                batch_size=4, progress=False)
     run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=1, backend="numba", progress=False)
-    # 7 cases in batches of at most 4: at least 2 batches, never one launch per case.
-    assert 2 <= counts["cell_histograms_kernel"] < 7
+    # 7 cases in batches of at most 4: at least 2 batches, never one launch per case; and each re-irradiated
+    # case's plan sum resampled and sampled once more.
+    assert counts["resample_kernel"] == 2
+    assert 2 + 2 <= counts["cell_histograms_kernel"] < 7 + 2
     records = {}
     for name in ("gpu", "numba"):
         entries = ResultStore.open(tmp_path / f"{name}.h5", create=False).cases()
         assert all(e["status"] == "ok" for e in entries)
         records[name] = {e["case_id"]: e["record"] for e in entries}
     assert len(records["gpu"]) == 7
+    assert sum("vr_accumulated_eqd2_d95_gy" in r for r in records["gpu"].values()) == 2
     assert_records_match(records["numba"], records["gpu"])
     assert {r["backend"] for r in records["gpu"].values()} == {"cupy (emulated)"}
 
