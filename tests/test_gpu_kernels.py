@@ -203,12 +203,11 @@ def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
 def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, tmp_path):
     """The GPU arrangement of a cohort run (reading workers, batches of cases sampled together) with the
     emulated kernels: every case's record as Numba computes it case by case, re-irradiated cases included."""
+    import csv
+
     from isodose.cohort.runner import RunSettings, run_cohort
     from isodose.cohort.store import ResultStore
     from isodose.cohort.synthetic import generate_cohort
-
-    import csv
-
     from isodose.dicom.read import read_dose
     from isodose.dicom.write import write_dose
     from isodose.model import DoseGrid
