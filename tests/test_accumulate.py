@@ -95,6 +95,16 @@ def _rigid(angle_deg: float, shift: tuple[float, float, float]) -> np.ndarray:
     return matrix
 
 
+def two_courses() -> tuple[list[Course], Registration]:
+    """Two courses of linear fields on different grids in different frames, and the registration relating them
+    by a rotation and a shift (for comparing backends)."""
+    first = LinearField(60.0, (0.3, -0.2, 0.1), (0.0, 0.0, 0.0)).grid((-30.0, -30.0, -25.0), (2.5, 2.5, 2.5),
+                                                                       (20, 24, 24), FRAME)
+    second = LinearField(35.0, (-0.1, 0.25, 0.2), (2.0, 1.0, 0.0)).grid((-40.0, -35.0, -30.0), (3.0, 2.0, 2.5),
+                                                                        (22, 30, 26), OTHER)
+    return [Course(first, 30), Course(second, 12)], Registration(FRAME, {OTHER: _rigid(20.0, (3.0, -2.0, 1.5))})
+
+
 def test_a_linear_field_resampled_through_a_known_rigid_registration():
     """Course 2 is a linear field in its own frame; registered to course 1's frame by a rotation and a shift, its
     value at each of course 1's voxel centres is the field at the mapped point (trilinear is exact for it)."""

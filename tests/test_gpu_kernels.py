@@ -167,19 +167,12 @@ def test_resample(gpu, rng, tilt):
 def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
     """Two courses in different frames, related by a registration: the resampling is one launch, the plan sum's
     DVHs (physical and EQD2) one more, and they and the re-irradiation record are Numba's."""
-    from isodose.accumulate import Course, accumulate, accumulated_dvhs, reirradiation_record
-    from isodose.model import Registration
-    from isodose.phantoms import LinearField
+    from isodose.accumulate import accumulate, accumulated_dvhs, reirradiation_record
 
-    from .test_accumulate import FRAME, OTHER, _rigid
     from .test_accumulate import structures as rois
+    from .test_accumulate import two_courses
 
-    first = LinearField(60.0, (0.3, -0.2, 0.1), (0.0, 0.0, 0.0)).grid((-30.0, -30.0, -25.0), (2.5, 2.5, 2.5),
-                                                                       (20, 24, 24), FRAME)
-    second = LinearField(35.0, (-0.1, 0.25, 0.2), (2.0, 1.0, 0.0)).grid((-40.0, -35.0, -30.0), (3.0, 2.0, 2.5),
-                                                                        (22, 30, 26), OTHER)
-    registration = Registration(FRAME, {OTHER: _rigid(20.0, (3.0, -2.0, 1.5))})
-    courses = [Course(first, 30), Course(second, 12)]
+    courses, registration = two_courses()
     counting, counts = _counting(gpu)
     backend = Backend("cupy (emulated)", gpu.device, counting)
     on_gpu = accumulate(courses, registration=registration, recovery_pct=25.0, backend=backend)
