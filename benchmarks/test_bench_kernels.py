@@ -44,11 +44,18 @@ def _coverage_args(plan):
             plan.plane_y0, plan.plane_nx, plan.plane_ny, plan.plane_hx, plan.plane_hy, plan.scanlines)
 
 
-def _sync(backend):
-    if backend.name == "cupy":
-        import cupy
+def _synced(backend, kernel, *args):
+    """A call of ``kernel(*args)`` that returns once the device has finished it (timings of GPU launches)."""
 
-        cupy.cuda.Device().synchronize()
+    def run():
+        result = kernel(*args)
+        if backend.name == "cupy":
+            import cupy
+
+            cupy.cuda.Device().synchronize()
+        return result
+
+    return run
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -56,12 +63,7 @@ def test_kernel_coverage(benchmark, problem, backend_name):
     _, plan = problem
     backend = select_backend(backend_name)
     args = _coverage_args(plan)
-
-    def run():
-        cells = backend.kernels.polygon_coverage(*args)
-        _sync(backend)
-        return cells
-
+    run = _synced(backend, backend.kernels.polygon_coverage, *args)
     run()
     benchmark.group = "kernel: polygon coverage"
     benchmark.extra_info.update(cells=plan.n_cells, device=backend.device)
@@ -76,12 +78,7 @@ def test_kernel_sampling_and_accumulation(benchmark, problem, backend_name):
     args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
             plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, np.eye(4)[None],
             histogram_range(grid, OPTIONS.dose_bins), OPTIONS.dose_bins, OPTIONS.chunks)
-
-    def run():
-        result = backend.kernels.cell_histograms(*args)
-        _sync(backend)
-        return result
-
+    run = _synced(backend, backend.kernels.cell_histograms, *args)
     run()
     benchmark.group = "kernel: sampling + DVH accumulation"
     benchmark.extra_info.update(cells=plan.n_cells, device=backend.device)
@@ -111,12 +108,7 @@ def test_kernel_resample(benchmark, backend_name):
     matrix[:3, 3] = (3.0, -2.0, 1.0)
     args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), grid.origin_mm, grid.spacing_mm,
             grid.dose_gy.shape, matrix)
-
-    def resample():
-        values = backend.kernels.resample(*args)
-        _sync(backend)
-        return values
-
+    resample = _synced(backend, backend.kernels.resample, *args)
     resample()
     benchmark.group = "kernel: resample a 128^3 grid through a rotation"
     benchmark.extra_info.update(voxels=int(grid.dose_gy.size), device=backend.device)

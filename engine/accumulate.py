@@ -28,6 +28,7 @@ from .dispatch import Backend, select_backend
 from .dvh import DVH, dvh_request, dvhs_from_samples
 from .errors import FrameOfReferenceError, IsodoseError
 from .geometry import check_rigid, registration_matrix
+from .kernels import numpy_ref
 from .model import DoseGrid, Registration, Structure, StructureSet
 from .sampling import sample_many
 from .voxelize import SamplingOptions
@@ -148,10 +149,7 @@ def default_alpha_beta(structure: Structure) -> float:
 
 def voxel_centres(grid: DoseGrid) -> np.ndarray:
     """The (x, y, z) of every voxel centre, in the grid's (z, y, x) order."""
-    nz, ny, nx = grid.dose_gy.shape
-    axes = [grid.origin_mm[i] + grid.spacing_mm[i] * np.arange(n) for i, n in enumerate((nx, ny, nz))]
-    z, y, x = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
-    return np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
+    return numpy_ref.lattice_points(grid.origin_mm, grid.spacing_mm, grid.dose_gy.shape, np.eye(4))
 
 
 def _resampled(dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None, backend: Backend):

@@ -14,6 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import GRID_EPSILON, MIN_CELLS_PER_CHUNK
+from .numpy_ref import asarray, to_host  # noqa: F401  (host arrays: the same as the reference's)
 
 NAME = "numba"
 
@@ -143,14 +144,6 @@ def resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, trans
     _resample(_float_array(dose), _f64(origin), _f64(spacing), _f64(onto_origin), _f64(onto_spacing),
               _f64(transform).reshape(4, 4), out)
     return out
-
-
-def asarray(array, dtype=np.float64):
-    return np.ascontiguousarray(array, dtype=dtype)
-
-
-def to_host(array) -> np.ndarray:
-    return np.asarray(array)
 
 
 # --------------------------------------------------------------------------------------------------------
