@@ -4,20 +4,22 @@ where NVRTC is installed. On a machine with a GPU, the tests marked gpu run the 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from isodose.dispatch import Backend, select_backend
 from isodose.dvh import compute_dvhs
-from isodose.kernels import numpy_ref
-from isodose.kernels.cupy_gpu import GpuKernels
+from isodose.kernels import cupy_gpu, numpy_ref
+from isodose.kernels.cupy_gpu import SOURCE, GpuKernels
 from isodose.model import Contour, Structure
 from isodose.phantoms import Shell, Sphere, contour_shape
 from isodose.sampling import SamplingRequest, sample_many, sample_structures
 from isodose.voxelize import SamplingOptions, plan_sampling
 
 from .conftest import linear_grid
-from .cuda.emulated import build, emulated_kernels
+from .cuda.emulated import build, check_arguments, emulated_kernels, kernel_parameters
 from .test_backends_agree import assert_same_dvhs
 from .test_dvh_analytic import FIELDS, SHAPES
 from .test_kernels import _awkward_structures, _coverage, _histograms, rigid
@@ -256,10 +258,31 @@ def assert_records_match(expected_records: dict, records: dict) -> None:
                 assert got[key] == value, (case_id, key)
 
 
+def test_every_launch_is_checked_against_the_kernel_parameters(gpu):
+    """The emulated launcher checks each launch's arguments against the CUDA source (so every test here runs
+    the check); it refuses what would reach a real kernel wrongly."""
+    parameters = kernel_parameters(SOURCE.read_text())
+    launched = set(re.findall(r'self\.launch\(\s*"(\w+)"', open(cupy_gpu.__file__).read()))
+    assert launched == set(parameters) and len(launched) == 5
+    n = 10
+    values, delta = np.linspace(0.0, 9.0, n), np.zeros(5, np.int64)
+    good = [values, np.ones(n), np.zeros(n), np.int64(n), np.float64(1.0), np.int32(4), delta]
+    check_arguments("histogram_kernel", parameters["histogram_kernel"], good)
+    wrong = {5: (np.int64(4), "n_bins needs a NumPy int32 scalar"), 3: (n, "n needs a NumPy int64 scalar, got int"),
+             0: (values.astype(np.float32), "values needs an array of float64"),
+             6: (delta.astype(np.uint64), "delta needs an array of int64")}
+    for index, (argument, message) in wrong.items():
+        with pytest.raises(TypeError, match=f"histogram_kernel: {message}"):
+            gpu.launch("histogram_kernel", n, [*good[:index], argument, *good[index + 1 :]])
+    with pytest.raises(TypeError, match="6 arguments for 7 parameters"):
+        gpu.launch("histogram_kernel", n, good[:-1])
+    assert not delta.any()  # nothing ran
+    gpu.launch("histogram_kernel", n, good)
+    assert delta.any()
+
+
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_cuda_source_compiles_with_nvrtc(arch):
-    from isodose.kernels.cupy_gpu import SOURCE
-
     from .cuda.nvrtc import compile_to_ptx, load_nvrtc
 
     nvrtc = load_nvrtc()
