@@ -97,8 +97,8 @@ class GpuKernels:
 
     def _dose(self, dose):
         """The dose grid on the device as float32, copied once while the same host array comes back."""
-        if isinstance(dose, self.xp.ndarray) and dose.dtype == np.float32:
-            return self.xp.ascontiguousarray(dose)
+        if isinstance(dose, self.xp.ndarray):
+            return self.to_device(dose, np.float32)
         cached = self._dose_host() if self._dose_host is not None else None
         if cached is not dose:
             self._dose_device = self.to_device(np.asarray(dose), np.float32)

@@ -19,6 +19,7 @@ from isodose.sampling import SamplingRequest, sample_many, sample_structures
 from isodose.voxelize import SamplingOptions, plan_sampling
 
 from .conftest import linear_grid
+from .cuda.device import DeviceArray
 from .cuda.emulated import build, check_arguments, emulated_kernels, kernel_parameters
 from .test_backends_agree import assert_same_dvhs
 from .test_dvh_analytic import FIELDS, SHAPES
@@ -33,14 +34,31 @@ def gpu(tmp_path_factory):
     return emulated_kernels(library)
 
 
+def test_the_emulated_device_arrays_refuse_what_cupy_refuses(gpu):
+    """The arrays of the emulation stand for CuPy's: no implicit conversion to NumPy, no host arrays mixed in;
+    so the host code's tests here catch what would fail only on a GPU."""
+    a = gpu.xp.asarray(np.arange(4.0))
+    with pytest.raises(TypeError, match="does not become a NumPy array implicitly"):
+        np.asarray(a)
+    for mix in (lambda: a + np.ones(4), lambda: np.ones(4) * a, lambda: np.concatenate([a, np.ones(2)]),
+                lambda: a.__setitem__(slice(0, 2), np.zeros(2))):
+        with pytest.raises(TypeError, match="host \\(NumPy\\) array"):
+            mix()
+    b = (2 * a + 1)[a > 1]
+    assert isinstance(b, DeviceArray) and isinstance(np.sqrt(b), DeviceArray) and b.get().tolist() == [5.0, 7.0]
+    assert float(a.sum()) == 6.0 and int(a.max()) == 3 and gpu.to_host(a).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_trilinear(gpu, rng):
     dose = rng.uniform(0, 70, (7, 8, 9)).astype(np.float32)
     origin, spacing = np.array([-5.0, 3.0, 10.0]), np.array([2.0, 2.5, 3.0])
     points = rng.uniform([-8, 0, 6], [25, 25, 35], (3000, 3))
     expected = numpy_ref.trilinear(dose, origin, spacing, points)
-    got = gpu.trilinear(dose, origin, spacing, points)
-    assert np.array_equal(np.isnan(expected), np.isnan(got))
-    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-12, atol=1e-10)
+    # The grid from the host, and already on the device in another type.
+    for grid in (dose, gpu.xp.asarray(dose, np.float64)):
+        got = gpu.trilinear(grid, origin, spacing, points)
+        assert np.array_equal(np.isnan(expected), np.isnan(got))
+        np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-12, atol=1e-10)
 
 
 def test_coverage_including_planes_too_crowded_for_a_thread(gpu, rng):
@@ -54,7 +72,7 @@ def test_coverage_including_planes_too_crowded_for_a_thread(gpu, rng):
     comb += [(30.0, -10.0)]
     structures = _awkward_structures(rng) + [Structure("comb", 9, (Contour(np.array(comb), 0.0),))]
     plan = plan_sampling(structures, grid, SamplingOptions(supersampling=5, scanlines=3))
-    np.testing.assert_allclose(_coverage(gpu, plan), _coverage(numpy_ref, plan), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(gpu.to_host(_coverage(gpu, plan)), _coverage(numpy_ref, plan), rtol=1e-9, atol=1e-9)
 
 
 def test_accumulate_histogram(gpu, rng):
@@ -160,7 +178,7 @@ def test_resample(gpu, rng, tilt):
     onto = ((-9.0, -2.0, 4.0), (1.5, 2.0, 2.5), (12, 13, 14))
     matrix = rigid(rng, tilt, shift=(1.0, 2.0, -1.0))
     expected = numpy_ref.resample(dose, origin, spacing, *onto, matrix)
-    got = gpu.resample(dose, origin, spacing, *onto, matrix)
+    got = gpu.to_host(gpu.resample(dose, origin, spacing, *onto, matrix))
     assert got.shape == expected.shape == (12, 13, 14)
     assert np.array_equal(np.isnan(expected), np.isnan(got))
     np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-12, atol=1e-9)
@@ -265,12 +283,13 @@ def test_every_launch_is_checked_against_the_kernel_parameters(gpu):
     launched = set(re.findall(r'self\.launch\(\s*"(\w+)"', open(cupy_gpu.__file__).read()))
     assert launched == set(parameters) and len(launched) == 5
     n = 10
-    values, delta = np.linspace(0.0, 9.0, n), np.zeros(5, np.int64)
-    good = [values, np.ones(n), np.zeros(n), np.int64(n), np.float64(1.0), np.int32(4), delta]
+    values, delta = gpu.xp.asarray(np.linspace(0.0, 9.0, n)), gpu.xp.zeros(5, np.int64)
+    good = [values, gpu.xp.asarray(np.ones(n)), gpu.xp.zeros(n), np.int64(n), np.float64(1.0), np.int32(4), delta]
     check_arguments("histogram_kernel", parameters["histogram_kernel"], good)
     wrong = {5: (np.int64(4), "n_bins needs a NumPy int32 scalar"), 3: (n, "n needs a NumPy int64 scalar, got int"),
-             0: (values.astype(np.float32), "values needs an array of float64"),
-             6: (delta.astype(np.uint64), "delta needs an array of int64")}
+             0: (values.astype(np.float32), "values needs a device array of float64"),
+             1: (np.ones(n), "weights needs a device array of float64, got ndarray"),
+             6: (delta.astype(np.uint64), "delta needs a device array of int64")}
     for index, (argument, message) in wrong.items():
         with pytest.raises(TypeError, match=f"histogram_kernel: {message}"):
             gpu.launch("histogram_kernel", n, [*good[:index], argument, *good[index + 1 :]])

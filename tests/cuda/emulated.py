@@ -1,4 +1,5 @@
-"""The GPU backend's host code over the CUDA kernels compiled for the CPU (emulation.h), for tests.
+"""The GPU backend's host code over the CUDA kernels compiled for the CPU (emulation.h), for tests. Its
+arrays are device.py's stand-ins for CuPy arrays, which NumPy will not take implicitly.
 
 Every launch is checked against the kernel's parameter list in the CUDA source, as CuPy would need it: the
 same number of arguments, each array of the parameter's element type, each scalar a NumPy scalar of the
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from isodose.kernels.cupy_gpu import BLOCK, SOURCE, GpuKernels
+
+from .device import DeviceArray, xp
 
 HERE = Path(__file__).resolve().parent
 _SCALARS = {np.dtype(np.int32): ctypes.c_int, np.dtype(np.int64): ctypes.c_longlong,
@@ -48,14 +51,14 @@ def check_arguments(name: str, parameters: list[tuple[str, np.dtype, bool]], arg
     if len(args) != len(parameters):
         raise TypeError(f"{name}: {len(args)} arguments for {len(parameters)} parameters")
     for arg, (parameter, dtype, pointer) in zip(args, parameters):
-        if pointer and not (isinstance(arg, np.ndarray) and arg.dtype == dtype):
-            raise TypeError(f"{name}: {parameter} needs an array of {dtype}, got {_describe(arg)}")
+        if pointer and not (isinstance(arg, DeviceArray) and arg.dtype == dtype):
+            raise TypeError(f"{name}: {parameter} needs a device array of {dtype}, got {_describe(arg)}")
         if not pointer and not (isinstance(arg, np.generic) and arg.dtype == dtype):
             raise TypeError(f"{name}: {parameter} needs a NumPy {dtype} scalar, got {_describe(arg)}")
 
 
 def _describe(arg) -> str:
-    if isinstance(arg, (np.ndarray, np.generic)):
+    if isinstance(arg, (np.ndarray, np.generic, DeviceArray)):
         return f"{type(arg).__name__} of {arg.dtype}"
     return type(arg).__name__
 
@@ -79,11 +82,11 @@ def emulated_kernels(library: Path) -> GpuKernels:
         check_arguments(name, signatures[name], args)
         converted = []
         for arg in args:
-            if isinstance(arg, np.ndarray):
+            if isinstance(arg, DeviceArray):
                 assert arg.flags.c_contiguous, name
-                converted.append(ctypes.c_void_p(arg.ctypes.data))
+                converted.append(ctypes.c_void_p(arg.data.ctypes.data))
             else:
                 converted.append(_SCALARS[np.asarray(arg).dtype](arg))
         getattr(lib, f"emulate_{name}")(ctypes.c_uint(math.ceil(n_threads / BLOCK)), ctypes.c_uint(BLOCK), *converted)
 
-    return GpuKernels(np, launch, "CUDA kernels emulated on the CPU")
+    return GpuKernels(xp, launch, "CUDA kernels emulated on the CPU")

@@ -1,0 +1,162 @@
+"""A stand-in for CuPy's array module, over NumPy, for the emulated GPU backend.
+
+Its arrays (:class:`DeviceArray`) behave as CuPy arrays do where the GPU backend's host code and the engine
+could go wrong on a real device without any CPU test noticing:
+
+- NumPy will not take one implicitly (``np.asarray(a)`` raises TypeError, as CuPy does); ``a.get()`` copies
+  it to the host. ``float(a)``, ``int(a)`` and ``bool(a)`` of one value are allowed, as in CuPy.
+- Arithmetic, comparisons, indexing, ufuncs and NumPy functions on them give device arrays again; mixing in a
+  host (NumPy) array is a TypeError, as CuPy refuses it.
+- Only :func:`DeviceModule.asarray` (and the creation functions) move data to the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMPLICIT = "a device array does not become a NumPy array implicitly: copy it with .get()"
+
+
+def _unwrap(value, where: str):
+    """The NumPy data of device arrays inside ``value`` (nested in lists and tuples); host arrays refused."""
+    if isinstance(value, DeviceArray):
+        return value.data
+    if isinstance(value, np.ndarray):
+        raise TypeError(f"{where}: a host (NumPy) array where a device array is needed")
+    if isinstance(value, list | tuple):
+        return type(value)(_unwrap(v, where) for v in value)
+    return value
+
+
+def _wrap(value):
+    if isinstance(value, np.ndarray):
+        return DeviceArray(value)
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    if isinstance(value, np.generic):  # CuPy reductions give 0-d arrays, not scalars
+        return DeviceArray(np.asarray(value))
+    return value
+
+
+class DeviceArray:
+    """An array "on the device" (see the module's text)."""
+
+    __array_priority__ = 100
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
+
+    # -- transfers --------------------------------------------------------------------------------------------
+    def get(self) -> np.ndarray:
+        return self.data.copy()
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(IMPLICIT)
+
+    def __float__(self) -> float:
+        return float(self.data)
+
+    def __int__(self) -> int:
+        return int(self.data)
+
+    def __index__(self) -> int:
+        return self.data.__index__()
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __repr__(self) -> str:
+        return f"DeviceArray({self.data!r})"
+
+    # -- attributes and methods -------------------------------------------------------------------------------
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    size = property(lambda self: self.data.size)
+    ndim = property(lambda self: self.data.ndim)
+    nbytes = property(lambda self: self.data.nbytes)
+    flags = property(lambda self: self.data.flags)
+    T = property(lambda self: DeviceArray(self.data.T))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getattr__(self, name):
+        # Methods (reshape, astype, sum, max, view, copy, ravel, ...) run on the data and stay on the device.
+        method = getattr(self.data, name)
+        if not callable(method):
+            raise AttributeError(name)
+
+        def on_device(*args, **kwargs):
+            return _wrap(method(*_unwrap(args, name), **_unwrap(kwargs, name)))
+
+        return on_device
+
+    def __getitem__(self, key):
+        return _wrap(self.data[_unwrap(key, "indexing")])
+
+    def __setitem__(self, key, value) -> None:
+        self.data[_unwrap(key, "indexing")] = _unwrap(value, "assignment")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        where = f"numpy.{ufunc.__name__}"
+        return _wrap(getattr(ufunc, method)(*_unwrap(inputs, where), **_unwrap(kwargs, where)))
+
+    def __array_function__(self, func, types, args, kwargs):
+        where = f"numpy.{func.__name__}"
+        return _wrap(func(*_unwrap(args, where), **_unwrap(kwargs, where)))
+
+
+def _operator(name: str):
+    def apply(self, *others):
+        return _wrap(getattr(self.data, name)(*_unwrap(others, name)))
+
+    apply.__name__ = name
+    return apply
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "and", "or", "xor", "matmul"):
+    setattr(DeviceArray, f"__{_name}__", _operator(f"__{_name}__"))
+    setattr(DeviceArray, f"__r{_name}__", _operator(f"__r{_name}__"))
+for _name in ("lt", "le", "eq", "ne", "gt", "ge", "neg", "pos", "abs", "invert"):
+    setattr(DeviceArray, f"__{_name}__", _operator(f"__{_name}__"))
+DeviceArray.__hash__ = None  # an array, as in NumPy and CuPy
+
+
+class DeviceModule:
+    """The functions of CuPy's module that the GPU backend uses, with :class:`DeviceArray` as ``ndarray``."""
+
+    ndarray = DeviceArray
+
+    @staticmethod
+    def asarray(array, dtype=None) -> DeviceArray:
+        """To the device (a copy of host data), or a device array as ``dtype``."""
+        if isinstance(array, DeviceArray):
+            return array if dtype is None or array.dtype == dtype else array.astype(dtype)
+        return DeviceArray(np.array(array, dtype=dtype))
+
+    @staticmethod
+    def ascontiguousarray(array, dtype=None) -> DeviceArray:
+        if not isinstance(array, DeviceArray):
+            raise TypeError(f"ascontiguousarray: needs a device array, got {type(array).__name__}")
+        return DeviceArray(np.ascontiguousarray(array.data, dtype=dtype))
+
+    @staticmethod
+    def zeros(shape, dtype=float) -> DeviceArray:
+        return DeviceArray(np.zeros(shape, dtype=dtype))
+
+    @staticmethod
+    def empty(shape, dtype=float) -> DeviceArray:
+        # Not zeros (nor NaN, which kernels write on purpose): an element a kernel leaves unwritten shows up.
+        dtype = np.dtype(dtype)
+        return DeviceArray(np.full(shape, -np.finfo(dtype).max if dtype.kind == "f" else -12345, dtype=dtype))
+
+    @staticmethod
+    def concatenate(arrays, axis=0) -> DeviceArray:
+        return DeviceArray(np.concatenate(_unwrap(list(arrays), "concatenate"), axis=axis))
+
+    @staticmethod
+    def cumsum(array, axis=None) -> DeviceArray:
+        return DeviceArray(np.cumsum(_unwrap(array, "cumsum"), axis=axis))
+
+
+xp = DeviceModule()
