@@ -407,14 +407,14 @@ def test_a_second_course_adds_accumulated_metrics_and_risk_flags(cohort, results
     from isodose.dicom.write import write_dose
     from isodose.model import DoseGrid
 
-    rows = list(csv.DictReader(cohort.open()))[:4]
+    rows = list(csv.DictReader(cohort.open()))[:5]
     data = cohort.parent
     manifest = tmp_path / "manifest.csv"
     columns = list(rows[0]) + ["fractions", "second_dose", "second_fractions"]
     with manifest.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        for row in rows:
+        for index, row in enumerate(rows):
             row = {k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi") else v)
                    for k, v in row.items()}
             planned = read_dose(row["dose"])
@@ -422,12 +422,20 @@ def test_a_second_course_adds_accumulated_metrics_and_risk_flags(cohort, results
                                planned.spacing_mm, planned.frame_of_reference_uid)
             second = write_dose(uniform, tmp_path / f"{row['case_id']}-RD2.dcm",
                                 frame_of_reference_uid=planned.frame_of_reference_uid)
-            writer.writerow({**row, "fractions": "35", "second_dose": str(second), "second_fractions": "10"})
+            fractions = "35"
+            if index == len(rows) - 1:  # no first-course fractions and no plan to read them from: this case fails
+                fractions, row["plan"], row["prescription_gy"] = "", "", "70"
+            writer.writerow({**row, "fractions": fractions, "second_dose": str(second), "second_fractions": "10"})
     out = tmp_path / "reirradiated.h5"
     summary = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False)
-    assert (summary.processed, summary.failed) == (4, 0)
+    assert (summary.processed, summary.failed) == (5, 1)
     expected = {e["case_id"]: e["record"] for e in ResultStore.open(results[0], create=False).cases()}
-    for entry in ResultStore.open(out, create=False).cases():
+    entries = ResultStore.open(out, create=False).cases()
+    failed = [e for e in entries if e["case_id"] == rows[-1]["case_id"]]
+    assert len(failed) == 1 and not failed[0].get("record")
+    assert ("the first course's number of fractions is needed and it has no RTPLAN to read it from: add the plan, "
+            "or give the case in a manifest with a fractions column") in failed[0]["error"]
+    for entry in [e for e in entries if e is not failed[0]]:
         record, planned = entry["record"], expected[entry["case_id"]]
         assert record["class_volume"] == planned["class_volume"]
         assert (record["course1_fractions"], record["course2_fractions"]) == (35, 10)

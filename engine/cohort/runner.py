@@ -143,7 +143,9 @@ def _read_second_course(case: Case, dose) -> tuple:
 
     def planned_fractions(plan, what: str) -> int:
         if plan is None:
-            raise IsodoseError(f"the {what} course's fractions are needed: give them in the manifest or give its plan")
+            column = "fractions" if what == "first" else "second_fractions"
+            raise IsodoseError(f"the {what} course's number of fractions is needed and it has no RTPLAN to read it "
+                               f"from: add the plan, or give the case in a manifest with a {column} column")
         fractions = read_plan(plan).number_of_fractions
         if fractions is None:
             raise IsodoseError(f"the plan holds no NumberOfFractionsPlanned for the {what} course; give the fractions "
