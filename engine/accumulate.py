@@ -77,17 +77,17 @@ class PlanSum:
 
     def physical(self, *, on_device: bool = False) -> DoseGrid:
         """The physical sum of the courses."""
-        return self._grid(sum(self.doses[1:], self.doses[0]), on_device)
+        return self._sum(self.doses, [1.0] * len(self.doses), self.fractions, None, on_device)
 
     def eqd2(self, alpha_beta_gy: float, *, on_device: bool = False) -> DoseGrid:
         """The sum of each course's EQD2 for one alpha/beta ratio (the first course discounted by the recovery)."""
         weights = [1.0 - self.recovery_pct / 100.0] + [1.0] * (len(self.doses) - 1)
-        total = sum(w * eqd2(dose, n, alpha_beta_gy) for w, dose, n in zip(weights, self.doses, self.fractions))
-        return self._grid(total, on_device)
+        return self._sum(self.doses, weights, self.fractions, _check_alpha_beta(alpha_beta_gy), on_device)
 
     def course_eqd2(self, course: int, alpha_beta_gy: float, *, on_device: bool = False) -> DoseGrid:
         """One course's EQD2 alone (``course`` counted from 0, without recovery)."""
-        return self._grid(eqd2(self.doses[course], self.fractions[course], alpha_beta_gy), on_device)
+        return self._sum([self.doses[course]], [1.0], [self.fractions[course]], _check_alpha_beta(alpha_beta_gy),
+                         on_device)
 
     @property
     def grid(self) -> DoseGrid:
@@ -99,8 +99,10 @@ class PlanSum:
         """Each course's physical dose on the sum's lattice, on the host."""
         return tuple(np.asarray(self.backend.kernels.to_host(dose), dtype=np.float64) for dose in self.doses)
 
-    def _grid(self, dose, on_device: bool) -> DoseGrid:
-        dose = dose.astype(np.float32)
+    def _sum(self, doses, weights, fractions, alpha_beta, on_device: bool) -> DoseGrid:
+        """A weighted sum of courses (physical, or EQD2 at ``alpha_beta``) by the backend's ``course_sum``, in
+        one pass over the voxels: float32, where the doses live."""
+        dose = self.backend.kernels.course_sum(doses, weights, fractions, alpha_beta)
         if not on_device:
             dose = np.ascontiguousarray(self.backend.kernels.to_host(dose))
         return replace(self.reference, dose_gy=dose)

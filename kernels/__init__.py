@@ -14,6 +14,10 @@ Kernels
     ``trilinear`` at every voxel centre of another lattice (``onto_shape`` as (z, y, x) from ``onto_origin``
     by ``onto_spacing``), each centre mapped into the dose grid's frame by the rigid 4x4 ``transform``; shaped
     as the lattice, float64, and an array of the backend (on the GPU, a device array: it stays there).
+``course_sum(doses, weights, fractions, alpha_beta=None) -> dose``
+    ``sum_c weights[c] * D_c`` of same-shaped course doses, or with ``alpha_beta`` (Gy) the weighted sum of
+    each course's EQD2 ``D_c (D_c / fractions[c] + a/b) / (2 + a/b)``: float64 terms added in course order,
+    rounded once to float32 (the grid a plan sum is sampled in); an array of the backend.
 ``asarray(array, dtype) -> array`` and ``to_host(array) -> numpy array``
     Arrays into and out of the backend: NumPy arrays on the CPU backends, device arrays on the GPU.
 ``polygon_coverage(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import GRID_EPSILON, MIN_CELLS_PER_CHUNK
-from .numpy_ref import asarray, to_host  # noqa: F401  (host arrays: the same as the reference's)
+from .numpy_ref import asarray, check_courses, to_host  # noqa: F401  (host arrays: the same as the reference's)
 
 NAME = "numba"
 
@@ -143,6 +143,26 @@ def resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, trans
     out = np.empty(tuple(int(n) for n in onto_shape))
     _resample(_float_array(dose), _f64(origin), _f64(spacing), _f64(onto_origin), _f64(onto_spacing),
               _f64(transform).reshape(4, 4), out)
+    return out
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _course_sum(doses, weights, fractions, alpha_beta, physical, out):
+    for n in prange(out.shape[0]):
+        total = 0.0
+        for c in range(len(doses)):
+            dose = doses[c][n]
+            term = dose if physical else dose * (dose / fractions[c] + alpha_beta) / (2.0 + alpha_beta)
+            total = total + weights[c] * term
+        out[n] = np.float32(total)
+
+
+def course_sum(doses, weights, fractions, alpha_beta=None):
+    doses = tuple(_f64(dose) for dose in doses)
+    check_courses(doses, weights, fractions)
+    out = np.empty(doses[0].shape, dtype=np.float32)
+    _course_sum(tuple(dose.reshape(-1) for dose in doses), _f64(weights), _f64(fractions),
+                float(alpha_beta if alpha_beta is not None else 0.0), alpha_beta is None, out.reshape(-1))
     return out
 
 

@@ -73,6 +73,29 @@ def resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, trans
     return trilinear(dose, origin, spacing, points).reshape(tuple(int(n) for n in onto_shape))
 
 
+def check_courses(doses, weights, fractions) -> None:
+    """ValueError unless there is at least one dose, all of one shape, each with a weight and a fraction count."""
+    if not len(doses) or len(weights) != len(doses) or len(fractions) != len(doses):
+        raise ValueError(f"course_sum needs one weight and one fraction count for each of at least one dose "
+                         f"({len(doses)} doses, {len(weights)} weights, {len(fractions)} fraction counts)")
+    shapes = {tuple(dose.shape) for dose in doses}
+    if len(shapes) > 1:
+        raise ValueError(f"course_sum needs doses of one shape, not {sorted(shapes)}")
+
+
+def course_sum(doses, weights, fractions, alpha_beta=None, xp=np):
+    """``sum_c weights[c] * D_c`` of same-shaped course doses (physical, ``alpha_beta`` None), or of each
+    course's EQD2 ``D_c (D_c / fractions[c] + a/b) / (2 + a/b)``, as float32: each term in float64, added in
+    course order, rounded once. ``xp`` is the array module of the doses."""
+    check_courses(doses, weights, fractions)
+    total = 0.0
+    for dose, weight, n in zip(doses, weights, fractions):
+        dose = xp.asarray(dose, dtype=np.float64)
+        term = dose if alpha_beta is None else dose * (dose / float(n) + alpha_beta) / (2.0 + alpha_beta)
+        total = total + float(weight) * term
+    return xp.asarray(total, dtype=np.float64).astype(np.float32)
+
+
 def asarray(array, dtype=np.float64):
     """``array`` as this backend's array (here a NumPy array) of ``dtype``."""
     return np.ascontiguousarray(array, dtype=dtype)

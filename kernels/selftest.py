@@ -39,6 +39,10 @@ def check(kernels) -> None:
     expected = numpy_ref.resample(dose, origin, spacing, *lattice)
     got = kernels.to_host(kernels.resample(dose, origin, spacing, *lattice))
     assert np.allclose(got, expected, rtol=1e-9, equal_nan=True), "resample"
+    courses = ([dose, 0.5 * dose], [0.8, 1.0], [30, 5], 3.0)
+    expected = numpy_ref.course_sum(*courses)
+    got = kernels.to_host(kernels.course_sum([kernels.asarray(d) for d in courses[0]], *courses[1:]))
+    assert np.allclose(got, expected, rtol=1e-6), "course_sum"
     reference_cells = numpy_ref.polygon_coverage(**geometry)
     cells = kernels.polygon_coverage(**geometry)
     host_cells = cells.get() if hasattr(cells, "get") else np.asarray(cells)

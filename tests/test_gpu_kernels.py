@@ -184,6 +184,14 @@ def test_resample(gpu, rng, tilt):
     np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-12, atol=1e-9)
 
 
+def test_course_sum(gpu, rng):
+    doses = [rng.uniform(0, 80, (6, 7, 8)), rng.uniform(0, 40, (6, 7, 8))]
+    for alpha_beta in (None, 2.0):
+        got = gpu.course_sum([gpu.xp.asarray(d) for d in doses], [0.9, 1.0], [30, 5], alpha_beta)
+        assert isinstance(got, gpu.xp.ndarray) and got.dtype == np.float32
+        assert np.array_equal(gpu.to_host(got), numpy_ref.course_sum(doses, [0.9, 1.0], [30, 5], alpha_beta))
+
+
 def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
     """Two courses in different frames, related by a registration: the resampling is one launch, the plan sum's
     DVHs (physical and EQD2) one more, and they and the re-irradiation record are Numba's."""

@@ -124,6 +124,30 @@ def test_resampling_a_grid_onto_itself_gives_its_voxels():
                                    dose, rtol=1e-6)
 
 
+@pytest.mark.parametrize("kernels", [numpy_ref, *COMPILED])
+def test_course_sum_is_the_weighted_sum_of_physical_or_eqd2_doses(kernels, rng):
+    doses = [rng.uniform(0, 80, (6, 7, 8)), rng.uniform(0, 40, (6, 7, 8)).astype(np.float32), np.full((6, 7, 8), 2.0)]
+    weights, fractions = [0.75, 1.0, 0.5], [35, 10, 1]
+    for alpha_beta in (None, 3.0, 10.0):
+        got = kernels.to_host(kernels.course_sum(doses, weights, fractions, alpha_beta))
+        assert got.dtype == np.float32 and got.shape == (6, 7, 8)
+        # Closed forms; the third course (2 Gy in one fraction) has EQD2 (2 + a/b) 2 / (2 + a/b) = 2 Gy.
+        if alpha_beta is None:
+            expected = 0.75 * doses[0] + doses[1] + 0.5 * 2.0
+        else:
+            expected = sum(w * d * (d / n + alpha_beta) / (2.0 + alpha_beta)
+                           for w, d, n in zip(weights[:2], np.asarray(doses[:2], np.float64), fractions)) + 1.0
+        np.testing.assert_allclose(got, expected, rtol=1e-7)
+        # Every backend rounds the same float64 sum once: the same bits.
+        assert np.array_equal(got, numpy_ref.course_sum(doses, weights, fractions, alpha_beta))
+    with pytest.raises(ValueError, match="doses of one shape"):
+        kernels.course_sum([doses[0], doses[0][:3]], [1.0, 1.0], [1, 1])
+    with pytest.raises(ValueError, match="2 doses, 1 weights, 2 fraction counts"):
+        kernels.course_sum(doses[:2], [1.0], [1, 1])
+    with pytest.raises(ValueError, match="at least one dose"):
+        kernels.course_sum([], [], [])
+
+
 # --- coverage --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kernels", COMPILED)
 def test_coverage_matches_reference_on_awkward_polygons(kernels, rng):
