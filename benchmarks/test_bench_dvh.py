@@ -10,6 +10,7 @@ import pytest
 from isodose.accumulate import Course, accumulate, accumulated_dvhs
 from isodose.dispatch import select_backend
 from isodose.dvh import compute_dvhs
+from isodose.geometry import rigid_matrix
 from isodose.model import DoseGrid, Registration
 
 
@@ -27,10 +28,7 @@ def test_head_and_neck_all_rois(benchmark, head_neck, backend_name, rounds):
 
 def _second_course(grid: DoseGrid) -> tuple[Course, Registration]:
     """A second course: the planning dose scaled to 30 Gy, in another frame rotated 10 degrees and shifted."""
-    angle = np.radians(10.0)
-    matrix = np.eye(4)
-    matrix[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    matrix[:3, 3] = (4.0, -6.0, 2.5)
+    matrix = rigid_matrix(10.0, translation_mm=(4.0, -6.0, 2.5))
     scaled = (grid.dose_gy * np.float32(30.0 / grid.max_gy)).astype(np.float32)
     second = DoseGrid(scaled, grid.origin_mm, grid.spacing_mm, "2.25.2")
     return Course(second, 10), Registration(grid.frame_of_reference_uid, {"2.25.2": matrix})

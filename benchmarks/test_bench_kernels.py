@@ -17,6 +17,7 @@ import pytest
 
 from isodose.dispatch import select_backend
 from isodose.dvh import compute_dvhs
+from isodose.geometry import rigid_matrix
 from isodose.phantoms import LinearField, Sphere, contour_shape
 from isodose.sampling import histogram_range
 from isodose.voxelize import SamplingOptions, plan_sampling
@@ -102,10 +103,7 @@ def test_kernel_trilinear(benchmark, backend_name):
 def test_kernel_resample(benchmark, backend_name):
     grid = _grid(128, 1.25)
     backend = select_backend(backend_name)
-    angle = np.radians(15.0)
-    matrix = np.eye(4)
-    matrix[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    matrix[:3, 3] = (3.0, -2.0, 1.0)
+    matrix = rigid_matrix(15.0, translation_mm=(3.0, -2.0, 1.0))
     args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), grid.origin_mm, grid.spacing_mm,
             grid.dose_gy.shape, matrix)
     resample = _synced(backend, backend.kernels.resample, *args)

@@ -237,6 +237,21 @@ def check_rigid(matrix: np.ndarray, what: str = "matrix") -> np.ndarray:
     return m
 
 
+def rigid_matrix(angle_deg: float = 0.0, axis=(0.0, 0.0, 1.0), translation_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """The 4x4 rigid transform ``p -> R p + t``: a rotation by ``angle_deg`` (right-handed) about ``axis``
+    through the origin, then a translation (mm). For registrations built by hand and for tests."""
+    u = np.asarray(axis, dtype=np.float64)
+    if u.shape != (3,) or not np.linalg.norm(u) > 0:
+        raise ValueError(f"the rotation axis must be a non-zero 3-vector, not {axis!r}")
+    u = u / np.linalg.norm(u)
+    angle = np.radians(angle_deg)
+    k = np.array([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+    matrix[:3, 3] = translation_mm
+    return matrix
+
+
 def invert_rigid(matrix: np.ndarray) -> np.ndarray:
     inverse = np.eye(4)
     inverse[:3, :3] = matrix[:3, :3].T

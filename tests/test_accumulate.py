@@ -23,6 +23,7 @@ from isodose.accumulate import (
 from isodose.cli import main
 from isodose.dicom.write import write_dose, write_plan, write_registration, write_structures
 from isodose.errors import FrameOfReferenceError, RegistrationError
+from isodose.geometry import rigid_matrix
 from isodose.model import DoseGrid, Registration, Structure
 from isodose.phantoms import LinearField, Sphere, contour_shape
 
@@ -87,14 +88,6 @@ def test_two_uniform_courses_sum_physically_and_in_eqd2(backend):
     assert gtv.physical.dmean_gy == pytest.approx(90.0, abs=1e-3)
 
 
-def _rigid(angle_deg: float, shift: tuple[float, float, float]) -> np.ndarray:
-    a = np.radians(angle_deg)
-    matrix = np.eye(4)
-    matrix[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
-    matrix[:3, 3] = shift
-    return matrix
-
-
 def two_courses() -> tuple[list[Course], Registration]:
     """Two courses of linear fields on different grids in different frames, and the registration relating them
     by a rotation and a shift (for comparing backends)."""
@@ -102,7 +95,8 @@ def two_courses() -> tuple[list[Course], Registration]:
                                                                        (20, 24, 24), FRAME)
     second = LinearField(35.0, (-0.1, 0.25, 0.2), (2.0, 1.0, 0.0)).grid((-40.0, -35.0, -30.0), (3.0, 2.0, 2.5),
                                                                         (22, 30, 26), OTHER)
-    return [Course(first, 30), Course(second, 12)], Registration(FRAME, {OTHER: _rigid(20.0, (3.0, -2.0, 1.5))})
+    return [Course(first, 30), Course(second, 12)], Registration(
+        FRAME, {OTHER: rigid_matrix(20.0, translation_mm=(3.0, -2.0, 1.5))})
 
 
 def test_a_linear_field_resampled_through_a_known_rigid_registration():
@@ -111,7 +105,7 @@ def test_a_linear_field_resampled_through_a_known_rigid_registration():
     field = LinearField(30.0, (0.2, -0.1, 0.05), (0.0, 0.0, 0.0))
     second = field.grid((-60.0, -60.0, -50.0), (2.0, 2.0, 2.0), (50, 60, 60), OTHER)
     first = uniform(0.0)
-    to_first = _rigid(30.0, (4.0, -3.0, 2.0))  # maps course 2's frame into course 1's
+    to_first = rigid_matrix(30.0, translation_mm=(4.0, -3.0, 2.0))  # maps course 2's frame into course 1's
     registration = Registration(FRAME, {OTHER: to_first})
     plan_sum = accumulate([Course(first, 30), Course(second, 10)], registration=registration)
     centres = voxel_centres(first)

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from isodose.errors import IsodoseError, StructureError
-from isodose.geometry import common_plane_spacing_mm, group_planes, polygon_area_mm2, slab_bounds, structure_planes
+from isodose.geometry import (
+    check_rigid,
+    common_plane_spacing_mm,
+    group_planes,
+    polygon_area_mm2,
+    rigid_matrix,
+    slab_bounds,
+    structure_planes,
+    transform_points,
+)
 from isodose.kernels import numba_cpu
 from isodose.model import Contour, Structure
 from isodose.voxelize import SamplingOptions, plan_sampling
@@ -129,3 +138,16 @@ def test_a_contour_crossing_itself_is_kept_with_a_warning(caplog):
     assert "ROI 'bow': 3 contour(s) cross themselves (first at z = 0 mm); their inside is taken by the even-odd" \
         in caplog.text
     assert numba_cpu.ring_crosses_itself(bow_tie) and not numba_cpu.ring_crosses_itself([[0, 0], [10, 0], [5, 8]])
+
+
+def test_rigid_matrix_rotates_about_its_axis_then_translates():
+    quarter = rigid_matrix(90.0, translation_mm=(1.0, 2.0, 3.0))
+    np.testing.assert_allclose(transform_points(quarter, [[1.0, 0.0, 0.0], [0.0, 0.0, 5.0]]),
+                               [[1.0, 3.0, 3.0], [1.0, 2.0, 8.0]], atol=1e-12)
+    axis = np.array([1.0, -2.0, 0.5])
+    tilted = rigid_matrix(37.0, axis)
+    check_rigid(tilted)
+    np.testing.assert_allclose(transform_points(tilted, [3 * axis])[0], 3 * axis, atol=1e-12)  # the axis stays
+    np.testing.assert_allclose(rigid_matrix(-37.0, axis) @ tilted, np.eye(4), atol=1e-12)
+    with pytest.raises(ValueError, match="non-zero 3-vector"):
+        rigid_matrix(10.0, (0.0, 0.0, 0.0))

@@ -8,6 +8,7 @@ import numba
 import numpy as np
 import pytest
 
+from isodose.geometry import rigid_matrix
 from isodose.kernels import numba_cpu, numpy_ref
 from isodose.model import Contour, Structure
 from isodose.phantoms import Cone, Shell, Sphere, contour_shape
@@ -37,14 +38,8 @@ def _histograms(kernels, plan, grid, cells, n_bins=4096, chunks=64, transforms=N
 
 def rigid(rng, tilt: bool, shift=(5.0, -7.0, 3.0)):
     """A random rotation about z (tilt=False) or about a random axis, with a translation."""
-    axis = rng.normal(size=3) if tilt else np.array([0.0, 0.0, 1.0])
-    axis /= np.linalg.norm(axis)
-    angle = rng.uniform(0.05, 0.4)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    matrix = np.eye(4)
-    matrix[:3, :3] = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
-    matrix[:3, 3] = shift
-    return matrix
+    axis = rng.normal(size=3) if tilt else (0.0, 0.0, 1.0)
+    return rigid_matrix(np.degrees(rng.uniform(0.05, 0.4)), axis, shift)
 
 
 def _star(rng, centre, n=40, r=(4.0, 11.0)):
