@@ -13,13 +13,14 @@ interior samples.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .dispatch import Backend
-from .errors import IsodoseError
+from .errors import DoseGridError, IsodoseError
 from .geometry import transform_points
 from .model import DoseGrid
 from .voxelize import SamplingOptions, SamplingPlan
@@ -43,8 +44,17 @@ class StructureSamples:
 
 
 def histogram_range(grid: DoseGrid, n_bins: int) -> float:
-    """Bin width (Gy) of histograms spanning 0 to just above the grid's maximum dose."""
-    top = grid.max_gy * (1.0 + 1e-6)
+    """Bin width (Gy) of histograms spanning 0 to just above the grid's maximum dose. The doses must be finite
+    and not negative (else a :class:`DoseGridError` naming the grid's source): a DVH's bins start at 0 Gy."""
+    if not grid.dose_gy.size:
+        return 1.0 / n_bins
+    low, high = float(grid.dose_gy.min()), float(grid.dose_gy.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise DoseGridError("dose holds NaN or infinite values", path=grid.source or None)
+    if low < 0:
+        raise DoseGridError(f"dose holds negative values (down to {low:.4g} Gy); DVHs need doses of 0 Gy or more",
+                            path=grid.source or None)
+    top = high * (1.0 + 1e-6)
     return (top if top > 0 else 1.0) / n_bins
 
 

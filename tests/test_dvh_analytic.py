@@ -14,7 +14,8 @@ import pytest
 
 from isodose.dicom.read import read_dose, read_structures
 from isodose.dvh import compute_dvhs
-from isodose.model import Structure
+from isodose.errors import DoseGridError
+from isodose.model import DoseGrid, Structure
 from isodose.phantoms import Cone, Cylinder, Shell, Sphere, contour_shape, shape_truth, slab_truth
 from isodose.voxelize import SamplingOptions
 
@@ -161,3 +162,18 @@ def test_dvh_has_its_backend_and_agrees_with_itself_across_batches():
         assert a.backend == "numba"
         assert a.volume_cc == pytest.approx(b.volume_cc, rel=1e-12)
         np.testing.assert_allclose(a.cumulative_cc, b.cumulative_cc, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_grids_made_in_python_with_negative_or_non_finite_doses_are_refused(backend):
+    """The readers refuse such files; a DoseGrid built in Python (a dose difference, say) is refused too, with
+    its source named, before any sampling."""
+    _, grid = linear_grid(gradient=(1.0, 0.0, 0.0), dose_gy=50.0)
+    sphere = contour_shape(Sphere((0.0, 0.0, 0.0), 15.0), "S", 1, 2.5)
+    for dose, message in [(grid.dose_gy - 45.0, "negative values \\(down to -35 Gy\\)"),
+                          (np.where(grid.dose_gy > 60, np.nan, grid.dose_gy), "NaN or infinite"),
+                          (np.where(grid.dose_gy > 60, np.inf, grid.dose_gy), "NaN or infinite")]:
+        bad = DoseGrid(dose.astype(np.float32), grid.origin_mm, grid.spacing_mm, grid.frame_of_reference_uid,
+                       source="difference.dcm")
+        with pytest.raises(DoseGridError, match=f"^difference.dcm: dose holds {message}"):
+            compute_dvhs(bad, [sphere], backend=backend)
