@@ -27,7 +27,7 @@ import numpy as np
 from .dispatch import Backend, select_backend
 from .dvh import DVH, dvh_request, dvhs_from_samples
 from .errors import FrameOfReferenceError, IsodoseError
-from .geometry import check_rigid, registration_matrix
+from .geometry import check_dose_grid, check_rigid, registration_matrix
 from .kernels import numpy_ref
 from .model import DoseGrid, Registration, Structure, StructureSet
 from .sampling import sample_many
@@ -197,6 +197,8 @@ def accumulate(
     if not (0.0 <= float(recovery_pct) < 100.0):
         raise AccumulationError(f"the tissue recovery must be a percentage from 0 to below 100, not {recovery_pct!r}")
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    for course in courses:
+        check_dose_grid(course.dose)
     first = courses[0]
     doses = [chosen.kernels.asarray(first.dose.dose_gy, np.float64)]
     for k, course in enumerate(courses[1:], start=2):

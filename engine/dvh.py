@@ -37,7 +37,7 @@ import numpy as np
 
 from .dispatch import Backend, select_backend
 from .errors import FrameOfReferenceError, MetricError
-from .geometry import check_rigid, common_plane_spacing_mm
+from .geometry import check_dose_grid, check_rigid, common_plane_spacing_mm
 from .model import DoseGrid, Structure, StructureSet
 from .sampling import SamplingRequest, StructureSamples, sample_many
 from .voxelize import SamplingOptions, plan_sampling
@@ -297,6 +297,7 @@ def dvh_request(
     """The chosen structures and their sampling request (what :func:`compute_dvhs` samples); for batching
     many cases into one :func:`isodose.sampling.sample_many`."""
     options = options or SamplingOptions()
+    check_dose_grid(dose)
     if isinstance(structures, StructureSet) and check_frame and transform is None:
         check_frame_of_reference(dose, structures)
     selected = _select_structures(structures, rois)

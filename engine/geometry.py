@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import RegistrationError, StructureError
-from .model import Contour, Registration, Structure
+from .errors import DoseGridError, RegistrationError, StructureError
+from .model import Contour, DoseGrid, Registration, Structure
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,38 @@ def polygon_area_mm2(points_mm: np.ndarray) -> float:
     centred = points_mm - points_mm.mean(axis=0)
     x, y = centred[:, 0], centred[:, 1]
     return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(y[:-1], x[1:]) + x[-1] * y[0] - y[-1] * x[0])
+
+
+def check_dose_grid(grid: DoseGrid) -> None:
+    """A :class:`DoseGridError` (naming the grid's source) unless its lattice is usable: a 3-D array (z, y, x)
+    with voxels, a finite origin and three finite, positive spacings (coordinates increase along each axis).
+    The readers make sure of this for files; grids built in Python are checked here, before any sampling."""
+    path = grid.source or None
+    shape = getattr(grid.dose_gy, "shape", None)
+    if shape is None or len(shape) != 3:
+        kind = f"an array of shape {tuple(shape)}" if shape is not None else type(grid.dose_gy).__name__
+        raise DoseGridError(f"dose_gy must be a 3-D array indexed (z, y, x), not {kind}", path=path)
+    if min(shape) < 1:
+        raise DoseGridError(f"the dose grid holds no voxels (shape {tuple(shape)})", path=path)
+    origin, spacing = np.asarray(grid.origin_mm, dtype=np.float64), np.asarray(grid.spacing_mm, dtype=np.float64)
+    if origin.shape != (3,) or not np.all(np.isfinite(origin)):
+        raise DoseGridError(f"origin_mm must be three finite coordinates (x, y, z), not {grid.origin_mm!r}", path=path)
+    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or not np.all(spacing > 0):
+        raise DoseGridError(f"spacing_mm must be three finite, positive distances (x, y, z), not {grid.spacing_mm!r}; "
+                            "coordinates increase along each axis", path=path)
+
+
+def _check_contours(structure: Structure) -> None:
+    """Contours built in Python must be (n, 2) finite points in a finite plane (the readers make sure of it)."""
+    for contour in structure.contours:
+        points = np.asarray(contour.points_mm)
+        problem = None
+        if points.ndim != 2 or points.shape[1] != 2:
+            problem = f"has points of shape {points.shape}, not (n, 2) of x, y in mm"
+        elif not (np.all(np.isfinite(points)) and np.isfinite(contour.z_mm)):
+            problem = f"holds NaN or infinite coordinates (z = {contour.z_mm} mm)"
+        if problem:
+            raise StructureError(f"a contour {problem}", path=structure.source or None, obj=f"ROI {structure.name!r}")
 
 
 def group_planes(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERANCE_MM) -> list[ContourPlane]:
@@ -83,6 +115,7 @@ def _checked_planes(structure: Structure) -> list[ContourPlane]:
     for every ring."""
     from .kernels.numba_cpu import ring_crosses_itself
 
+    _check_contours(structure)
     planes = []
     repeats, crossing = [], []
     for plane in group_planes(structure.contours):

@@ -140,7 +140,7 @@ class RecurrenceCase:
     """The inputs of one classification (the arguments of :func:`classify_recurrence`)."""
 
     dose: DoseGrid
-    structures: StructureSet
+    structures: StructureSet | Sequence[Structure]
     recurrence_roi: str
     prescription_gy: float
     recurrence_structures: StructureSet | None = None
@@ -149,6 +149,13 @@ class RecurrenceCase:
     metrics: Sequence[str | Metric] = ()
     target_metrics: Sequence[str | RoiMetric] = ()
     criteria: Criteria | None = None
+
+    def __post_init__(self) -> None:
+        # Structures may be given as a plain sequence, as compute_dvhs takes them.
+        for name in ("structures", "recurrence_structures"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, StructureSet):
+                object.__setattr__(self, name, StructureSet(tuple(value)))
 
 
 @dataclass(frozen=True, eq=False)

@@ -177,3 +177,25 @@ def test_grids_made_in_python_with_negative_or_non_finite_doses_are_refused(back
                        source="difference.dcm")
         with pytest.raises(DoseGridError, match=f"^difference.dcm: dose holds {message}"):
             compute_dvhs(bad, [sphere], backend=backend)
+
+
+def test_grids_made_in_python_with_an_unusable_lattice_are_refused():
+    _, grid = linear_grid()
+    sphere = contour_shape(Sphere((0.0, 0.0, 0.0), 15.0), "S", 1, 2.5)
+
+    def made(**changes):
+        fields = dict(dose_gy=grid.dose_gy, origin_mm=grid.origin_mm, spacing_mm=grid.spacing_mm,
+                      frame_of_reference_uid=grid.frame_of_reference_uid, source="made.dcm")
+        return DoseGrid(**{**fields, **changes})
+
+    for changes, message in [
+        (dict(spacing_mm=(-2.5, 2.5, 2.5)), "spacing_mm must be three finite, positive distances"),
+        (dict(spacing_mm=(2.5, 0.0, 2.5)), "spacing_mm must be three finite, positive distances"),
+        (dict(spacing_mm=(2.5, 2.5, np.nan)), "spacing_mm must be three finite, positive distances"),
+        (dict(origin_mm=(0.0, np.inf, 0.0)), "origin_mm must be three finite coordinates"),
+        (dict(dose_gy=grid.dose_gy[0]), "dose_gy must be a 3-D array indexed \\(z, y, x\\), not an array of shape"),
+        (dict(dose_gy=grid.dose_gy.tolist()), "dose_gy must be a 3-D array indexed \\(z, y, x\\), not list"),
+        (dict(dose_gy=grid.dose_gy[:0]), "the dose grid holds no voxels"),
+    ]:
+        with pytest.raises(DoseGridError, match=f"^made.dcm: {message}"):
+            compute_dvhs(made(**changes), [sphere], backend="numba")

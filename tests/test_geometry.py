@@ -151,3 +151,16 @@ def test_rigid_matrix_rotates_about_its_axis_then_translates():
     np.testing.assert_allclose(rigid_matrix(-37.0, axis) @ tilted, np.eye(4), atol=1e-12)
     with pytest.raises(ValueError, match="non-zero 3-vector"):
         rigid_matrix(10.0, (0.0, 0.0, 0.0))
+
+
+@pytest.mark.parametrize("points, z, message", [
+    ([[0.0, 0.0], [np.nan, 5.0], [5.0, 5.0]], 0.0, "holds NaN or infinite coordinates \\(z = 0.0 mm\\)"),
+    ([[0.0, 0.0], [0.0, 5.0], [5.0, 5.0]], np.inf, "holds NaN or infinite coordinates \\(z = inf mm\\)"),
+    ([0.0, 0.0, 0.0, 5.0, 5.0, 5.0], 0.0, "has points of shape \\(6,\\), not \\(n, 2\\)"),
+    ([[0.0, 0.0, 1.0], [0.0, 5.0, 1.0], [5.0, 5.0, 1.0]], 1.0, "has points of shape \\(3, 3\\)"),
+])
+def test_contours_made_in_python_are_checked(points, z, message):
+    structure = Structure("Made", 4, (Contour(np.array(points), z),), source="made.dcm")
+    _, grid = linear_grid()
+    with pytest.raises(StructureError, match=f"^made.dcm: ROI 'Made': a contour {message}"):
+        plan_sampling([structure], grid, SamplingOptions())

@@ -61,6 +61,13 @@ def test_both_methods_on_a_sphere_cut_by_the_isodose(centre_x, volume_class, cen
     assert set(result.metrics) == {"V95%", "D95", "D98", "D100", "Dmean", "Dmax"}
 
 
+def test_structures_may_be_a_plain_list_as_for_dvhs():
+    structures = planning_set((0.5, 0.0, 0.0))
+    expected = classify_recurrence(GRID, structures, "Vr", RX, backend="numba").record()
+    got = classify_recurrence(GRID, list(structures.structures), "Vr", RX, backend="numba").record()
+    assert got == expected
+
+
 def test_point_of_origin_outside_every_target():
     result = classify_recurrence(GRID, planning_set((-10.0, 0.0, 0.0)), "Vr", RX, targets=[], backend="numba")
     assert result.centroid_targets == () and result.class_centroid == "out-field"
