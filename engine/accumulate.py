@@ -55,9 +55,17 @@ class Course:
     fractions: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.fractions, int | np.integer) or self.fractions < 1:
-            raise AccumulationError(f"a course needs a whole number of fractions of at least 1, not {self.fractions!r}",
-                                    path=self.dose.source or None)
+        if not isinstance(self.dose, DoseGrid):
+            raise AccumulationError(f"a course's dose must be a DoseGrid (isodose.read_dose reads one), not "
+                                    f"{type(self.dose).__name__}")
+        _check_fractions(self.fractions, self.dose.source or None)
+
+
+def _check_fractions(fractions, path: str | None = None) -> int:
+    if isinstance(fractions, bool) or not isinstance(fractions, int | np.integer) or fractions < 1:
+        raise AccumulationError(f"a course needs a whole number of fractions of at least 1, not {fractions!r}",
+                                path=path)
+    return int(fractions)
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +94,9 @@ class PlanSum:
 
     def course_eqd2(self, course: int, alpha_beta_gy: float, *, on_device: bool = False) -> DoseGrid:
         """One course's EQD2 alone (``course`` counted from 0, without recovery)."""
+        if not (isinstance(course, int | np.integer) and 0 <= course < len(self.doses)):
+            raise AccumulationError(f"course {course!r} is not one of this plan sum's courses (0 to "
+                                    f"{len(self.doses) - 1}, counted from 0)")
         return self._sum([self.doses[course]], [1.0], [self.fractions[course]], _check_alpha_beta(alpha_beta_gy),
                          on_device)
 
@@ -126,6 +137,7 @@ def bed(dose_gy, fractions: int, alpha_beta_gy: float):
     """Biologically effective dose (Gy) of ``dose_gy`` given in ``fractions`` equal fractions. Computed where
     the array lives: a CuPy array gives a CuPy array."""
     ab = _check_alpha_beta(alpha_beta_gy)
+    fractions = _check_fractions(fractions)
     dose = _float64(dose_gy)
     return dose * (1.0 + dose / fractions / ab)
 
@@ -134,6 +146,7 @@ def eqd2(dose_gy, fractions: int, alpha_beta_gy: float):
     """Equivalent dose in 2 Gy fractions (Gy): ``D (d + a/b) / (2 + a/b)`` with ``d = D / fractions``. Computed
     where the array lives: a CuPy array gives a CuPy array."""
     ab = _check_alpha_beta(alpha_beta_gy)
+    fractions = _check_fractions(fractions)
     dose = _float64(dose_gy)
     return dose * (dose / fractions + ab) / (2.0 + ab)
 

@@ -140,10 +140,18 @@ def test_mismatched_frames_and_grids_are_clear_errors(caplog):
         plan_sum = accumulate([Course(uniform(60.0), 30), Course(partial, 10)])
     assert "does not reach" in caplog.text and "0 Gy there" in caplog.text
     assert plan_sum.grid.dose_gy.min() == pytest.approx(60.0) and plan_sum.grid.dose_gy.max() == pytest.approx(90.0)
-    with pytest.raises(AccumulationError, match="whole number of fractions"):
-        Course(uniform(60.0), 0)
+    for fractions in (0, 2.5, True):
+        with pytest.raises(AccumulationError, match=f"whole number of fractions of at least 1, not {fractions}"):
+            Course(uniform(60.0), fractions)
+        for convert in (eqd2, bed):
+            with pytest.raises(AccumulationError, match="whole number of fractions"):
+                convert(60.0, fractions, 3.0)
+    with pytest.raises(AccumulationError, match="a course's dose must be a DoseGrid .* not str"):
+        Course("RD.dcm", 30)
     with pytest.raises(AccumulationError, match="tissue recovery"):
         accumulate([Course(uniform(60.0), 30)], recovery_pct=100.0)
+    with pytest.raises(AccumulationError, match="course 2 is not one of this plan sum's courses \\(0 to 1"):
+        plan_sum.course_eqd2(2, 3.0)
 
 
 def test_cli_accumulate_json(tmp_path, capsys):
