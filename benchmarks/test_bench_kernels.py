@@ -1,8 +1,8 @@
 """Kernel benchmarks per backend, and scaling runs that show how the cost grows.
 
 - Kernels (numpy, numba; cupy where a GPU is usable): polygon coverage, sampling with DVH accumulation
-  (``cell_histograms``), trilinear interpolation, resampling a grid onto another (plan sums), histogram
-  accumulation, on a 30 mm sphere in a linear field.
+  (``cell_histograms``), trilinear interpolation, resampling a grid onto another and summing courses (plan
+  sums), histogram accumulation, on a 30 mm sphere in a linear field.
 - Scaling (numba, DVHs end to end from structures in memory): dose grid size, number of structures,
   structure size. The cohort benchmark (test_bench_cohort.py) scales over the number of cases.
 
@@ -111,6 +111,20 @@ def test_kernel_resample(benchmark, backend_name):
     benchmark.group = "kernel: resample a 128^3 grid through a rotation"
     benchmark.extra_info.update(voxels=int(grid.dose_gy.size), device=backend.device)
     benchmark.pedantic(resample, rounds=3 if backend_name == "numpy" else 20, iterations=1)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_kernel_course_sum(benchmark, backend_name):
+    """The EQD2 sum (alpha/beta 3 Gy) of two courses on a 128^3 grid: the NumPy reference is the array
+    arithmetic a plan sum used before the kernel existed."""
+    grid = _grid(128, 1.25)
+    backend = select_backend(backend_name)
+    doses = [backend.kernels.asarray(grid.dose_gy), backend.kernels.asarray(0.4 * grid.dose_gy)]
+    course_sum = _synced(backend, backend.kernels.course_sum, doses, [0.9, 1.0], [35, 10], 3.0)
+    course_sum()
+    benchmark.group = "kernel: EQD2 sum of two courses on a 128^3 grid"
+    benchmark.extra_info.update(voxels=int(grid.dose_gy.size), device=backend.device)
+    benchmark.pedantic(course_sum, rounds=5 if backend_name == "numpy" else 20, iterations=1)
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
