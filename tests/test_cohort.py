@@ -144,11 +144,45 @@ def test_a_crash_mid_write_loses_only_the_case_in_flight(cohort, tmp_path):
         store.append(process_case(case, SETTINGS))
     with store.journal.open("a") as handle:
         handle.write('{"case_id": "' + cases[2].case_id + '", "status": "ok", "rec')  # cut short
-    reopened = ResultStore.open(out, SETTINGS.as_dict())
-    assert reopened.finished() == {cases[0].case_id, cases[1].case_id}
+    store.close()  # the crashed writer's lock goes with its process
+    with ResultStore.open(out, SETTINGS.as_dict()) as reopened:
+        assert reopened.finished() == {cases[0].case_id, cases[1].case_id}
     summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
     assert (summary.processed, summary.skipped) == (2, 2)
     assert len(ResultStore.open(out, create=False)) == 4
+
+
+def test_a_second_run_on_the_same_results_is_refused_while_the_first_writes(cohort, tmp_path):
+    """Two writers would each consolidate without the other's cases: the second run is refused, naming the
+    first one's process, and goes ahead once that process has ended (however it ended)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "r.h5"
+    cases = read_manifest(cohort)[:2]
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from isodose.cohort.store import ResultStore
+        store = ResultStore.open({str(out)!r}, {SETTINGS.as_dict()!r})
+        print("open", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match=f"another isodose run is writing these results \\(pid {holder.pid} on "):
+            run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    assert (summary.processed, summary.failed) == (2, 0)
+    # Within one process too, and readers are never refused.
+    with ResultStore.open(out, SETTINGS.as_dict()):
+        with pytest.raises(StoreError, match="another isodose run"):
+            ResultStore.open(out, SETTINGS.as_dict())
+        assert len(ResultStore.open(out, create=False)) == 2
+    ResultStore.open(out, SETTINGS.as_dict()).close()
 
 
 def test_folder_input_gives_the_same_cases(cohort, results, tmp_path):

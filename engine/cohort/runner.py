@@ -388,7 +388,13 @@ def run_cohort(
     if cases is None:
         cases = load_cases(source, recurrence_roi, prescription_gy, second_courses)
     all_cases = list(cases)
-    store = ResultStore.open(out, settings.as_dict())
+    with ResultStore.open(out, settings.as_dict()) as store:  # this run alone writes it until it returns
+        return _run(store, all_cases, settings, workers, backend, progress, pipelined, batch_size, client, on_result,
+                    started)
+
+
+def _run(store: ResultStore, all_cases: list[Case], settings: RunSettings, workers: int | None, backend: str | None,
+         progress: bool, pipelined: bool | None, batch_size: int, client, on_result, started: float) -> RunSummary:
     finished = store.finished()
     todo = [c for c in all_cases if c.case_id not in finished]
     store.check_free_space(len(todo))
@@ -440,4 +446,4 @@ def run_cohort(
         store.consolidate()
     table = store.write_table()
     return RunSummary(len(all_cases), len(all_cases) - len(todo), len(todo), failed,
-                      time.perf_counter() - started, Path(out), table)
+                      time.perf_counter() - started, store.path, table)

@@ -5,7 +5,10 @@ at any moment loses at most the cases in flight; a line cut short by a crash is 
 and at the end of a run, the journal is consolidated: a new HDF5 file holding the old one's cases and the
 journal's is written beside the old one, synced, and renamed over it (atomic), then the journal is removed.
 Readers merge the HDF5 file and the journal, the last record of a case winning, so no case is ever lost or
-counted twice. Consolidations happen when the journal holds a quarter of the store (at least
+counted twice. One run at a time writes a store: a writer holds an exclusive lock on ``RESULTS.h5.lock``
+(``flock``; the kernel drops it when the process ends, however it ends), and a second run on the same store is
+refused with the first one's process and host, since two writers consolidating in turn would each drop the
+other's cases. Consolidations happen when the journal holds a quarter of the store (at least
 ``MIN_CONSOLIDATE`` cases), which keeps the total copying linear in the cohort's size.
 
 HDF5 layout (format ``isodose-cohort-1``)::
@@ -22,9 +25,12 @@ HDF5 layout (format ``isodose-cohort-1``)::
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterable
@@ -34,6 +40,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import IsodoseError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "isodose-cohort-1"
 MIN_CONSOLIDATE = 200
@@ -71,6 +79,47 @@ def _strings(values: Iterable[str]):
     return np.array(list(values), dtype=h5py.string_dtype())
 
 
+class WriterLock:
+    """The exclusive right to write one store, held on ``RESULTS.h5.lock`` until :meth:`release` (or the end of
+    the process). The file names its holder, for the message a second writer gets."""
+
+    def __init__(self, path: Path, fd: int | None):
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, store_path: Path) -> WriterLock:
+        path = store_path.with_name(store_path.name + ".lock")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock, as on file systems without locks
+            return cls(path, None)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot create the lock file ({exc.strerror or exc})", path=path) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreError(f"another isodose run is writing these results ({holder or 'holder unknown'}); "
+                                 "wait for it to end, or write to another --out", path=store_path) from exc
+            log.warning("%s: cannot lock the results (%s); make sure no other run writes them at the same time",
+                        store_path, exc.strerror or exc)
+            return cls(path, None)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                 .encode())
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+
 class ResultStore:
     """A cohort's results: ``path`` (HDF5) plus ``path.journal``. Use :meth:`open`.
 
@@ -78,19 +127,47 @@ class ResultStore:
     the HDF5 file or the journal, and are read back by :meth:`dvh_curves`.
     """
 
-    def __init__(self, path: Path, settings: dict, records: dict[str, dict], journal_ids: set[str]):
+    def __init__(self, path: Path, settings: dict, records: dict[str, dict], journal_ids: set[str],
+                 lock: WriterLock | None = None):
         self.path = path
         self.journal = path.with_name(path.name + ".journal")
         self.settings = settings
         self._records = records
         self._journal_ids = journal_ids
+        self._lock = lock
+
+    def close(self) -> None:
+        """Let another run write this store (a store opened for writing holds it until then)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- opening --------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, settings: dict | None = None, *, create: bool = True) -> ResultStore:
         """Open (or, with ``create``, start) the store at ``path``. ``settings`` must equal those the store was
-        started with, so that one store never mixes results computed differently."""
+        started with, so that one store never mixes results computed differently. With ``create`` the store is
+        opened for writing: it holds the writer lock (see the module's text) until :meth:`close`."""
         path = Path(path)
+        lock = None
+        if create:
+            cls._check_writable(path)
+            lock = WriterLock.acquire(path)  # before reading, so that what is read is not changing
+        try:
+            return cls._open(path, settings, create, lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _open(cls, path: Path, settings: dict | None, create: bool, lock: WriterLock | None) -> ResultStore:
         records: dict[str, dict] = {}
         stored_settings = None
         if path.exists():
@@ -112,9 +189,8 @@ class ResultStore:
                 "options, or write to another --out",
                 path=path,
             )
-        store = cls(path, stored_settings, records, set(journal_entries))
+        store = cls(path, stored_settings, records, set(journal_entries), lock)
         if create:
-            cls._check_writable(path)
             if not path.exists() and not journal.exists():
                 store._start_journal()  # a new store keeps its settings in the journal until consolidated
         return store
