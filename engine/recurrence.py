@@ -263,7 +263,7 @@ def _finish(prepared: _Prepared, samples: Sequence[StructureSamples]) -> Recurre
 
 def classify_recurrence(
     dose: DoseGrid,
-    structures: StructureSet,
+    structures: StructureSet | Sequence[Structure],
     recurrence_roi: str,
     prescription_gy: float,
     *,
