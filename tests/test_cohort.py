@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -155,8 +156,6 @@ def test_a_crash_mid_write_loses_only_the_case_in_flight(cohort, tmp_path):
 def test_a_second_run_on_the_same_results_is_refused_while_the_first_writes(cohort, tmp_path):
     """Two writers would each consolidate without the other's cases: the second run is refused, naming the
     first one's process, and goes ahead once that process has ended (however it ended)."""
-    import subprocess
-    import sys
     import textwrap
 
     out = tmp_path / "r.h5"
@@ -183,6 +182,48 @@ def test_a_second_run_on_the_same_results_is_refused_while_the_first_writes(coho
             ResultStore.open(out, SETTINGS.as_dict())
         assert len(ResultStore.open(out, create=False)) == 2
     ResultStore.open(out, SETTINGS.as_dict()).close()
+
+
+def test_a_finished_case_whose_inputs_changed_is_computed_again(cohort, tmp_path, caplog):
+    """Resuming skips finished cases only while their inputs are those they ran with: a structure set edited
+    since, or a changed prescription, makes the case run again (its new record replaces the old); a copy of
+    the cohort that keeps the files' times (a moved cohort) changes nothing."""
+    data = tmp_path / "data"
+    shutil.copytree(cohort.parent, data)  # copy2: sizes and times kept
+    manifest = data / cohort.name
+    out = tmp_path / "r.h5"
+    cases = read_manifest(manifest)[:3]
+    first = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    assert (first.processed, first.failed) == (3, 0)
+    stored = {e["case_id"]: e for e in ResultStore.open(out, create=False).cases()}
+    assert stored[cases[0].case_id]["inputs"]["files"]["structures"][0] == cases[0].structures.stat().st_size
+
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    again = run_cohort(moved / cohort.name, out, settings=SETTINGS, workers=1, progress=False,
+                       cases=read_manifest(moved / cohort.name)[:3])
+    assert (again.processed, again.skipped) == (0, 3)
+
+    # Edit one case's structure set (same content, a new time: as a re-export would), and change another's
+    # prescription.
+    edited = cases[1].structures
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
+    changed = [cases[0], replace(cases[1]), replace(cases[2], prescription_gy=66.0)]
+    with caplog.at_level("WARNING"):
+        third = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False, cases=changed)
+    assert (third.processed, third.skipped) == (2, 1)
+    assert f"2 finished case(s) have inputs that changed since they ran ({cases[1].case_id}, {cases[2].case_id})" \
+        in caplog.text
+    records = {e["case_id"]: e["record"] for e in ResultStore.open(out, create=False).cases()}
+    assert records[cases[2].case_id]["prescription_gy"] == 66.0
+    assert records[cases[1].case_id] == stored[cases[1].case_id]["record"]  # same content, same numbers
+    fourth = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False, cases=changed)
+    assert (fourth.processed, fourth.skipped) == (0, 3)
+    # A store written before inputs were kept: its finished cases are taken as they are.
+    with h5py.File(out, "a") as f:
+        del f["cases/inputs"]
+    fifth = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    assert (fifth.processed, fifth.skipped) == (0, 3)
 
 
 def test_folder_input_gives_the_same_cases(cohort, results, tmp_path):

@@ -24,8 +24,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import IsodoseError
@@ -61,6 +62,30 @@ class Case:
     #: Why the case could not be assembled (folder input); the run records it as a failed case.
     problem: str = ""
     files: tuple[Path, ...] = field(default=(), compare=False)
+
+
+#: The fields of a case that name its input files.
+INPUT_FILES = ("dose", "structures", "plan", "recurrence_structures", "registration", "second_dose", "second_plan",
+               "second_registration")
+
+
+def case_inputs(case: Case) -> dict:
+    """What a case's result depends on besides the run's settings: its values (ROI, prescription, fractions)
+    and, for each input file, its size and modification time, so that a file edited or replaced since gives
+    other values (a copy that keeps the times, as a moved cohort does, gives the same). Stored with each
+    result: a resumed run computes again a finished case whose inputs differ. JSON values only."""
+    values = {f.name: getattr(case, f.name) for f in fields(Case)
+              if f.name not in INPUT_FILES and f.name not in ("case_id", "files")}
+    files = {}
+    for name in INPUT_FILES:
+        path = getattr(case, name)
+        if path is not None:
+            try:
+                status = os.stat(path)
+                files[name] = [status.st_size, status.st_mtime_ns]
+            except OSError:
+                files[name] = None
+    return {"values": values, "files": files}
 
 
 def _fractions(row: dict[str, str], column: str, path: Path, where: str) -> int | None:

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import IsodoseError, collect_warnings
 from ..recurrence import Criteria
 from ..voxelize import SamplingOptions
-from .cases import Case, load_cases
+from .cases import Case, case_inputs, load_cases
 from .store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class CaseInputs:
     read_s: float
     warnings: tuple[str, ...] = ()
     second: object = None  # the courses of a re-irradiated case: (Course 1, Course 2, Registration or None)
+    inputs: dict | None = None  # case_inputs(case), taken before the files were read
 
 
 def _error_entry(case_id: str, error: str, timings: dict | None = None, warnings: list[str] | None = None) -> dict:
@@ -113,6 +114,7 @@ def read_case(case: Case) -> CaseInputs | dict:
     from ..dicom.read import read_dose, read_plan, read_registration, read_structures
 
     started = time.perf_counter()
+    inputs = case_inputs(case)  # before reading: a file changed meanwhile shows as changed on the next run
 
     def read() -> CaseInputs:
         if case.problem:
@@ -128,11 +130,12 @@ def read_case(case: Case) -> CaseInputs | dict:
         registration = read_registration(case.registration) if case.registration else None
         second = _read_second_course(case, dose) if case.second_dose else None
         return CaseInputs(case, dose, structures, prescription, follow_up, registration,
-                          time.perf_counter() - started, second=second)
+                          time.perf_counter() - started, second=second, inputs=inputs)
 
     result = _guarded(case.case_id, read, {})
     if isinstance(result, dict):
         result["timings"]["read_s"] = result["timings"]["total_s"] = time.perf_counter() - started
+        result["inputs"] = inputs
     return result
 
 
@@ -225,6 +228,7 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend: str 
     else:  # each result holds the warnings of its own case
         entries = outcome["entries"]
     for inputs, entry in zip(batch, entries):
+        entry["inputs"] = inputs.inputs
         entry["warnings"] = list(inputs.warnings) + entry["warnings"]
         entry["timings"]["total_s"] = inputs.read_s + time.perf_counter() - started
     return entries
@@ -396,7 +400,12 @@ def run_cohort(
 def _run(store: ResultStore, all_cases: list[Case], settings: RunSettings, workers: int | None, backend: str | None,
          progress: bool, pipelined: bool | None, batch_size: int, client, on_result, started: float) -> RunSummary:
     finished = store.finished()
-    todo = [c for c in all_cases if c.case_id not in finished]
+    changed = {c.case_id for c in all_cases
+               if c.case_id in finished and store.inputs_changed(c.case_id, case_inputs(c))}
+    if changed:
+        log.warning("%d finished case(s) have inputs that changed since they ran (%s); they are computed again",
+                    len(changed), ", ".join(sorted(changed)[:5]) + (", ..." if len(changed) > 5 else ""))
+    todo = [c for c in all_cases if c.case_id not in finished or c.case_id in changed]
     store.check_free_space(len(todo))
     workers = max(1, int(workers or os.cpu_count() or 1))
     if pipelined is None and client is None:

@@ -15,7 +15,8 @@ HDF5 layout (format ``isodose-cohort-1``)::
 
     /                    attrs: format, isodose_version, settings (JSON), updated
     /cases/case_id       one row per case (string); also status ("ok" or "error"), error (string),
-    /cases/record        the flat result record (JSON), read_s, compute_s, total_s (float64)
+    /cases/record        the flat result record (JSON), read_s, compute_s, total_s (float64),
+    /cases/inputs        what the result depends on (JSON, see cases.case_inputs; "null" when unknown)
     /cases/columns/<key> the record's keys as typed columns: float64 (NaN where missing) or string
     /dvh/case, roi, role cumulative DVHs: case index, ROI name, role ("recurrence" or "roi")
     /dvh/step_gy, start, count  dose step, and the curve's slice of /dvh/cumulative_cc
@@ -245,6 +246,8 @@ class ResultStore:
                 status = _decoded(cases["status"][()])
                 error = _decoded(cases["error"][()])
                 payload = [json.loads(v) for v in _decoded(cases["record"][()])]
+                inputs = [json.loads(v) for v in _decoded(cases["inputs"][()])] if "inputs" in cases else \
+                    [None] * len(ids)
                 timings = {k: cases[k][()] for k in ("read_s", "compute_s", "total_s")}
         except StoreError:
             raise
@@ -252,7 +255,7 @@ class ResultStore:
             raise StoreError(f"cannot be read as an isodose results store ({exc})", path=path) from exc
         records = {
             case_id: {"case_id": case_id, "status": status[i], "error": error[i], "record": payload[i],
-                      "timings": {k: _number(v[i]) for k, v in timings.items()}}
+                      "timings": {k: _number(v[i]) for k, v in timings.items()}, "inputs": inputs[i]}
             for i, case_id in enumerate(ids)
         }
         return settings, records
@@ -282,8 +285,14 @@ class ResultStore:
         return sorted(self._records.values(), key=lambda e: e["case_id"])
 
     def finished(self) -> set[str]:
-        """Cases finished without error: a resumed run skips them."""
+        """Cases finished without error: a resumed run skips them (unless :meth:`inputs_changed`)."""
         return {k for k, v in self._records.items() if v["status"] == "ok"}
+
+    def inputs_changed(self, case_id: str, inputs: dict) -> bool:
+        """Whether ``inputs`` (see :func:`isodose.cohort.cases.case_inputs`) differ from those stored with the
+        case's result; False when the store holds none for it (a store written before they were kept)."""
+        stored = self._records.get(case_id, {}).get("inputs")
+        return stored is not None and stored != json.loads(json.dumps(inputs, default=str))
 
     def __len__(self) -> int:
         return len(self._records)
@@ -380,6 +389,7 @@ class ResultStore:
         cases["status"] = _strings(e["status"] for e in entries)
         cases["error"] = _strings(e.get("error", "") for e in entries)
         cases["record"] = _strings(json.dumps(e.get("record", {})) for e in entries)
+        cases["inputs"] = _strings(json.dumps(e.get("inputs")) for e in entries)
         for key in ("read_s", "compute_s", "total_s"):
             cases[key] = np.array([_number(e.get("timings", {}).get(key)) for e in entries], dtype=np.float64)
         columns = cases.create_group("columns")
