@@ -23,6 +23,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def emulated_gpu(tmp_path_factory):
+    """The GPU backend's host code over its CUDA kernels compiled for the CPU (tests/cuda), built once."""
+    from .cuda.emulated import build, emulated_kernels
+
+    library = build(tmp_path_factory.mktemp("cuda"))
+    if library is None:
+        pytest.skip("no C++ compiler to build the emulated kernels")
+    return emulated_kernels(library)
+
+
+@pytest.fixture(scope="session")
 def nelms_path() -> Path:
     if not (NELMS / "analytical.csv").is_file():
         pytest.skip(f"Nelms 2015 set not found at {NELMS}")

@@ -20,18 +20,15 @@ from isodose.voxelize import SamplingOptions, plan_sampling
 
 from .conftest import linear_grid
 from .cuda.device import DeviceArray
-from .cuda.emulated import build, check_arguments, emulated_kernels, kernel_parameters
+from .cuda.emulated import check_arguments, kernel_parameters
 from .test_backends_agree import assert_same_dvhs
 from .test_dvh_analytic import FIELDS, SHAPES
 from .test_kernels import _awkward_structures, _coverage, _histograms, rigid
 
 
-@pytest.fixture(scope="module")
-def gpu(tmp_path_factory):
-    library = build(tmp_path_factory.mktemp("cuda"))
-    if library is None:
-        pytest.skip("no C++ compiler to build the emulated kernels")
-    return emulated_kernels(library)
+@pytest.fixture
+def gpu(emulated_gpu):
+    return emulated_gpu
 
 
 def test_the_emulated_device_arrays_refuse_what_cupy_refuses(gpu):
