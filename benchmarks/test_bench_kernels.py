@@ -45,8 +45,9 @@ def _coverage_args(plan):
             plan.plane_y0, plan.plane_nx, plan.plane_ny, plan.plane_hx, plan.plane_hy, plan.scanlines)
 
 
-def _synced(backend, kernel, *args):
-    """A call of ``kernel(*args)`` that returns once the device has finished it (timings of GPU launches)."""
+def _time_kernel(benchmark, backend, group: str, kernel, args, numpy_rounds: int = 5, **info) -> None:
+    """Time ``kernel(*args)``, after one call that compiles and warms it, each call returning once the device
+    has finished it (timings of GPU launches); 20 rounds, ``numpy_rounds`` for the slow reference."""
 
     def run():
         result = kernel(*args)
@@ -56,19 +57,18 @@ def _synced(backend, kernel, *args):
             cupy.cuda.Device().synchronize()
         return result
 
-    return run
+    run()
+    benchmark.group = group
+    benchmark.extra_info.update(device=backend.device, **info)
+    benchmark.pedantic(run, rounds=numpy_rounds if backend.name == "numpy" else 20, iterations=1)
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_kernel_coverage(benchmark, problem, backend_name):
     _, plan = problem
     backend = select_backend(backend_name)
-    args = _coverage_args(plan)
-    run = _synced(backend, backend.kernels.polygon_coverage, *args)
-    run()
-    benchmark.group = "kernel: polygon coverage"
-    benchmark.extra_info.update(cells=plan.n_cells, device=backend.device)
-    benchmark.pedantic(run, rounds=5 if backend_name == "numpy" else 20, iterations=1)
+    _time_kernel(benchmark, backend, "kernel: polygon coverage", backend.kernels.polygon_coverage,
+                 _coverage_args(plan), cells=plan.n_cells)
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -79,11 +79,8 @@ def test_kernel_sampling_and_accumulation(benchmark, problem, backend_name):
     args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
             plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, np.eye(4)[None],
             histogram_range(grid, OPTIONS.dose_bins), OPTIONS.dose_bins, OPTIONS.chunks)
-    run = _synced(backend, backend.kernels.cell_histograms, *args)
-    run()
-    benchmark.group = "kernel: sampling + DVH accumulation"
-    benchmark.extra_info.update(cells=plan.n_cells, device=backend.device)
-    benchmark.pedantic(run, rounds=5 if backend_name == "numpy" else 20, iterations=1)
+    _time_kernel(benchmark, backend, "kernel: sampling + DVH accumulation", backend.kernels.cell_histograms, args,
+                 cells=plan.n_cells)
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -92,11 +89,8 @@ def test_kernel_trilinear(benchmark, backend_name):
     backend = select_backend(backend_name)
     points = np.random.default_rng(1).uniform(-80, 80, (1_000_000, 3))
     args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), points)
-    backend.kernels.trilinear(*args)
-    benchmark.group = "kernel: trilinear interpolation (1M points)"
-    benchmark.extra_info.update(points=len(points), device=backend.device)
-    benchmark.pedantic(backend.kernels.trilinear, args=args, rounds=5 if backend_name == "numpy" else 20,
-                       iterations=1)
+    _time_kernel(benchmark, backend, "kernel: trilinear interpolation (1M points)", backend.kernels.trilinear, args,
+                 points=len(points))
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -106,11 +100,8 @@ def test_kernel_resample(benchmark, backend_name):
     matrix = rigid_matrix(15.0, translation_mm=(3.0, -2.0, 1.0))
     args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), grid.origin_mm, grid.spacing_mm,
             grid.dose_gy.shape, matrix)
-    resample = _synced(backend, backend.kernels.resample, *args)
-    resample()
-    benchmark.group = "kernel: resample a 128^3 grid through a rotation"
-    benchmark.extra_info.update(voxels=int(grid.dose_gy.size), device=backend.device)
-    benchmark.pedantic(resample, rounds=3 if backend_name == "numpy" else 20, iterations=1)
+    _time_kernel(benchmark, backend, "kernel: resample a 128^3 grid through a rotation", backend.kernels.resample,
+                 args, numpy_rounds=3, voxels=int(grid.dose_gy.size))
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -120,11 +111,8 @@ def test_kernel_course_sum(benchmark, backend_name):
     grid = _grid(128, 1.25)
     backend = select_backend(backend_name)
     doses = [backend.kernels.asarray(grid.dose_gy), backend.kernels.asarray(0.4 * grid.dose_gy)]
-    course_sum = _synced(backend, backend.kernels.course_sum, doses, [0.9, 1.0], [35, 10], 3.0)
-    course_sum()
-    benchmark.group = "kernel: EQD2 sum of two courses on a 128^3 grid"
-    benchmark.extra_info.update(voxels=int(grid.dose_gy.size), device=backend.device)
-    benchmark.pedantic(course_sum, rounds=5 if backend_name == "numpy" else 20, iterations=1)
+    _time_kernel(benchmark, backend, "kernel: EQD2 sum of two courses on a 128^3 grid", backend.kernels.course_sum,
+                 (doses, [0.9, 1.0], [35, 10], 3.0), voxels=int(grid.dose_gy.size))
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -133,11 +121,8 @@ def test_kernel_histogram(benchmark, backend_name):
     rng = np.random.default_rng(2)
     n = 1_000_000
     args = (rng.uniform(0, 60, n), rng.uniform(0.1, 2.0, n), rng.uniform(0, 0.5, n), 60.0 / 16384, 16384)
-    backend.kernels.accumulate_histogram(*args)
-    benchmark.group = "kernel: histogram accumulation (1M samples)"
-    benchmark.extra_info.update(samples=n, device=backend.device)
-    benchmark.pedantic(backend.kernels.accumulate_histogram, args=args, rounds=5 if backend_name == "numpy" else 20,
-                       iterations=1)
+    _time_kernel(benchmark, backend, "kernel: histogram accumulation (1M samples)",
+                 backend.kernels.accumulate_histogram, args, samples=n)
 
 
 # --- scaling ------------------------------------------------------------------------------------------------
