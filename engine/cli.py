@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -157,6 +158,7 @@ def cmd_dvh(args: argparse.Namespace) -> int:
     for m in metrics:
         if m.needs_prescription and prescription is None:
             raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
+    step = _dvh_step(args) if args.dvh_out else None
     backend = select_backend(args.backend)
     options = _sampling_options(args)
     dose = read_dose(args.dose)
@@ -168,7 +170,7 @@ def cmd_dvh(args: argparse.Namespace) -> int:
     report["structure_file"] = str(args.structures)
     _print_dvh_report(report, metrics, args.format, sys.stdout)
     if args.dvh_out:
-        write_dvh_curves(dvhs, args.dvh_out, args.dvh_step)
+        write_dvh_curves(dvhs, args.dvh_out, step)
     return 0
 
 
@@ -308,11 +310,15 @@ def _run_settings(args: argparse.Namespace):
     from .cohort.runner import RunSettings
 
     vr_metrics, roi_metrics = _split_metrics(args.metric)
-    if not args.dvh_step > 0:
-        raise IsodoseError(f"--dvh-step must be a positive dose in Gy, not {args.dvh_step}")
     return RunSettings(metrics=tuple(vr_metrics), target_metrics=tuple(roi_metrics),
                        targets=tuple(args.target) if args.target else None, criteria=_criteria(args),
-                       options=_sampling_options(args), dvh_step_gy=args.dvh_step)
+                       options=_sampling_options(args), dvh_step_gy=_dvh_step(args))
+
+
+def _dvh_step(args: argparse.Namespace) -> float:
+    if not (math.isfinite(args.dvh_step) and args.dvh_step > 0):
+        raise IsodoseError(f"--dvh-step must be a positive dose in Gy, not {args.dvh_step}")
+    return args.dvh_step
 
 
 def _print_run(summary) -> None:
@@ -435,10 +441,16 @@ def _course(text: str):
     from .dicom.read import read_dose, read_plan
 
     path, separator, spec = text.rpartition(":")
+    spec = spec.strip()
     if not separator or not path or not spec:
         raise IsodoseError(f"--course must be RD.dcm:FRACTIONS or RD.dcm:RP.dcm, not {text!r}")
-    if spec.strip().isdigit():
+    if spec.isdigit():
         fractions = int(spec)
+    elif re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", spec):
+        raise IsodoseError(f"--course {text}: the number of fractions must be a whole number of at least 1, "
+                           f"not {spec}")
+    elif not Path(spec).is_file():
+        raise IsodoseError(f"--course {text}: {spec} is neither a number of fractions nor an RTPLAN file")
     else:
         fractions = read_plan(spec).number_of_fractions
         if fractions is None:

@@ -181,6 +181,14 @@ def test_cli_accumulate_json(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "give the spatial registration" in err
     code = main(["accumulate", "--course", f"{rd1}", "--course", f"{rd2}:10", "--structures", str(rs)])
     assert code == 2 and "--course must be RD.dcm:FRACTIONS" in capsys.readouterr().err
+    for spec, message in [("2.5", "the number of fractions must be a whole number of at least 1, not 2.5"),
+                          ("-3", "the number of fractions must be a whole number of at least 1, not -3"),
+                          ("0", "a course needs a whole number of fractions of at least 1, not 0"),
+                          ("thirty", "thirty is neither a number of fractions nor an RTPLAN file")]:
+        code = main(["accumulate", "--course", f"{rd1}:{spec}", "--course", f"{rd2}:10", "--reg", str(reg),
+                     "--structures", str(rs)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
 def test_a_course_too_large_for_the_device_is_a_clear_error():

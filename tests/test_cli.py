@@ -81,6 +81,8 @@ def test_dvh_roi_selection_plan_and_formats(case, capsys, tmp_path):
         (["--metric", "D95x"], "unknown metric 'D95x'"),
         (["--metric", "V95%"], "needs a prescription"),
         (["--prescription", "-3"], "--prescription must be a positive dose"),
+        (["--dvh-out", "curves.csv", "--dvh-step", "-1"], "--dvh-step must be a positive dose in Gy, not -1.0"),
+        (["--dvh-out", "curves.csv", "--dvh-step", "0"], "--dvh-step must be a positive dose in Gy, not 0.0"),
     ],
 )
 def test_user_errors_are_one_line(case, capsys, extra, message):
