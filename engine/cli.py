@@ -329,8 +329,9 @@ def _print_run(summary) -> None:
 
 
 def cmd_cohort_run(args: argparse.Namespace) -> int:
-    from .cohort.runner import run_cohort
+    from .cohort.runner import check_workers, run_cohort
 
+    check_workers(args.workers)
     if args.prescription is not None and not args.prescription > 0:
         raise IsodoseError(f"--prescription must be a positive dose in Gy, not {args.prescription}")
     settings = _run_settings(args)
@@ -380,12 +381,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
     from .cohort.report import build_report, format_text, write_html
-    from .cohort.runner import RunSettings, run_cohort
+    from .cohort.runner import RunSettings, check_workers, run_cohort
     from .cohort.store import ResultStore
     from .cohort.synthetic import generate_cohort, read_truth
 
     if args.cases < 1:
         raise IsodoseError(f"--cases must be at least 1, not {args.cases}")
+    check_workers(args.workers)
     out = Path(args.out)
     workers = args.workers or os.cpu_count() or 1
     cohort = out / "cohort"
@@ -688,6 +690,11 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     root.propagate = False
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (messages of libraries underneath, h5py's say, may hold line breaks)."""
+    return " ".join(str(error).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -695,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except IsodoseError as exc:
-        print(f"isodose: error: {exc}", file=sys.stderr)
+        print(f"isodose: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("isodose: interrupted", file=sys.stderr)
@@ -705,8 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"isodose: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"isodose: internal error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the "
+              "traceback)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
 
 

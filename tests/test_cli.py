@@ -14,6 +14,7 @@ from isodose.cli import main
 from isodose.dicom.read import read_dose, read_structures
 from isodose.dicom.write import write_dose, write_plan, write_structures
 from isodose.dvh import compute_dvhs
+from isodose.errors import IsodoseError
 from isodose.phantoms import Cylinder, Sphere, contour_shape
 
 from .conftest import linear_grid
@@ -90,6 +91,19 @@ def test_user_errors_are_one_line(case, capsys, extra, message):
     code, out, err = run(capsys, "dvh", "--dose", rd, "--structures", rs, *extra)
     assert code == 2 and out == ""
     assert message in err and err.count("\n") == 1 and err.startswith("isodose: error:")
+
+
+def test_errors_with_line_breaks_from_libraries_print_on_one_line(capsys, monkeypatch):
+    from isodose import cli
+
+    def fail(args):
+        raise IsodoseError("cannot be read (Unable to open file (read failed\n, filename = 'x'))", path="r.h5")
+
+    monkeypatch.setattr(cli, "cmd_backends", fail)
+    code = cli.main(["backends"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == "isodose: error: r.h5: cannot be read (Unable to open file (read failed , filename = 'x'))\n"
 
 
 def test_bad_files_are_one_line_without_traceback(case, tmp_path):

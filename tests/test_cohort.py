@@ -278,6 +278,20 @@ def test_cli_cohort_run_and_report(cohort, tmp_path, capsys):
     assert main(["cohort", "report", str(tmp_path / "none.h5")]) == 2
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--workers", "0"], "the number of worker processes must be a whole number of at least 1, not 0"),
+    (["--workers", "-2"], "the number of worker processes must be a whole number of at least 1, not -2"),
+    (["--out-is-a-folder"], "is a folder: the results go into a file, such as RESULTS.h5 inside it"),
+])
+def test_cli_cohort_run_refuses_bad_options_in_one_line(cohort, tmp_path, capsys, arguments, message):
+    out = tmp_path if arguments == ["--out-is-a-folder"] else tmp_path / "r.h5"
+    extra = [] if arguments == ["--out-is-a-folder"] else arguments
+    code = main(["cohort", "run", str(cohort), "--out", str(out), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not list(tmp_path.iterdir()) and not tmp_path.with_name(tmp_path.name + ".lock").exists()
+
+
 def test_cli_classify_json(cohort, capsys):
     row = next(r for r in csv.DictReader(cohort.open()) if r["registration"])
     base = cohort.parent

@@ -360,6 +360,12 @@ def _run_in_processes(todo: list[Case], task: Callable[[Case], object], workers:
     flush()
 
 
+def check_workers(workers: int | None) -> None:
+    """``workers`` is None (one per CPU core) or a whole number of at least 1."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise IsodoseError(f"the number of worker processes must be a whole number of at least 1, not {workers!r}")
+
+
 def run_cohort(
     source: str | Path,
     out: str | Path,
@@ -389,6 +395,7 @@ def run_cohort(
     """
     settings = settings or RunSettings()
     started = time.perf_counter()
+    check_workers(workers)
     if cases is None:
         cases = load_cases(source, recurrence_roi, prescription_gy, second_courses)
     all_cases = list(cases)

@@ -156,6 +156,8 @@ class ResultStore:
         started with, so that one store never mixes results computed differently. With ``create`` the store is
         opened for writing: it holds the writer lock (see the module's text) until :meth:`close`."""
         path = Path(path)
+        if path.is_dir():
+            raise StoreError("is a folder: the results go into a file, such as RESULTS.h5 inside it", path=path)
         lock = None
         if create:
             cls._check_writable(path)
