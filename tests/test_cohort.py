@@ -331,6 +331,20 @@ def test_manifest_errors(tmp_path, content, message):
         read_manifest(path)
 
 
+def test_manifests_in_other_encodings(tmp_path):
+    """A spreadsheet's UTF-8 export (with its byte-order mark) is read; a Latin-1 one is refused in one line."""
+    header = "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+    row = "Mélanie,rd.dcm,rs.dcm,,70,Récidive,,\n"
+    path = tmp_path / "manifest.csv"
+    path.write_bytes((header + row).encode("utf-8-sig"))
+    [case] = read_manifest(path)
+    assert (case.case_id, case.recurrence_roi) == ("Mélanie", "Récidive")
+    path.write_bytes((header + row).encode("latin-1"))
+    with pytest.raises(ManifestError, match="manifest.csv: is not UTF-8 text \\(byte 0xe9 at offset [0-9]+\\); save "
+                                            "it as a UTF-8 CSV"):
+        read_manifest(path)
+
+
 def test_demo_command(tmp_path, capsys):
     assert main(["demo", "--cases", "6", "--out", str(tmp_path / "demo"), "--workers", "1"]) == 0
     out = capsys.readouterr().out

@@ -22,6 +22,7 @@ case of its own, and a warning names the patients concerned.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -100,69 +101,77 @@ def _fractions(row: dict[str, str], column: str, path: Path, where: str) -> int 
 def read_manifest(path: str | Path) -> list[Case]:
     path = Path(path)
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise ManifestError(f"cannot be read ({exc.strerror})", path=path) from exc
-    with handle:
-        reader = csv.DictReader(handle)
-        header = [h.strip() for h in reader.fieldnames or []]
-        missing = [c for c in MANIFEST_COLUMNS if c not in header]
-        if missing:
-            raise ManifestError(f"missing column(s) {', '.join(missing)}; expected {','.join(MANIFEST_COLUMNS)}",
-                                path=path)
-        base = path.parent
-        cases: list[Case] = []
-        seen: dict[str, int] = {}
-        for line, raw in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-            if not any(row.values()):
-                continue
-            obj = f"line {line}"
-            case_id = row["case_id"]
-            if not case_id:
-                raise ManifestError("case_id is empty", path=path, obj=obj)
-            if case_id in seen:
-                raise ManifestError(f"case_id {case_id!r} repeats line {seen[case_id]}", path=path, obj=obj)
-            seen[case_id] = line
-            for column in ("dose", "structures", "recurrence_roi"):
-                if not row[column]:
-                    raise ManifestError(f"{column} is empty", path=path, obj=f"{obj} ({case_id})")
-            prescription = None
-            if row["prescription_gy"]:
-                try:
-                    prescription = float(row["prescription_gy"])
-                except ValueError:
-                    prescription = math.nan
-                if not (math.isfinite(prescription) and prescription > 0):
-                    raise ManifestError(f"prescription_gy {row['prescription_gy']!r} is not a positive dose",
-                                        path=path, obj=f"{obj} ({case_id})")
-            if prescription is None and not row["plan"]:
-                raise ManifestError("give a plan or a prescription_gy", path=path, obj=f"{obj} ({case_id})")
-            if row["registration"] and not row["recurrence_structures"]:
-                raise ManifestError("a registration needs recurrence_structures", path=path,
-                                    obj=f"{obj} ({case_id})")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as "
+                            "a UTF-8 CSV", path=path) from exc
+    try:
+        return _manifest_cases(csv.DictReader(io.StringIO(text, newline="")), path)
+    except csv.Error as exc:
+        raise ManifestError(f"is not a readable CSV ({exc})", path=path) from exc
 
-            def resolve(value: str) -> Path | None:
-                return (base / value) if value else None
 
-            where = f"{obj} ({case_id})"
-            second = {column: row.get(column, "") for column in SECOND_COURSE_COLUMNS}
-            if second["second_dose"] and not (second["second_fractions"] or second["second_plan"]):
-                raise ManifestError("a second_dose needs second_fractions or a second_plan", path=path,
-                                    obj=f"{obj} ({case_id})")
-            if not second["second_dose"] and any(second[c] for c in SECOND_COURSE_COLUMNS[2:]):
-                raise ManifestError("second_fractions, second_plan and second_registration need a second_dose",
+def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
+    header = [h.strip() for h in reader.fieldnames or []]
+    missing = [c for c in MANIFEST_COLUMNS if c not in header]
+    if missing:
+        raise ManifestError(f"missing column(s) {', '.join(missing)}; expected {','.join(MANIFEST_COLUMNS)}",
+                            path=path)
+    base = path.parent
+    cases: list[Case] = []
+    seen: dict[str, int] = {}
+    for line, raw in enumerate(reader, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        if not any(row.values()):
+            continue
+        obj = f"line {line}"
+        case_id = row["case_id"]
+        if not case_id:
+            raise ManifestError("case_id is empty", path=path, obj=obj)
+        if case_id in seen:
+            raise ManifestError(f"case_id {case_id!r} repeats line {seen[case_id]}", path=path, obj=obj)
+        seen[case_id] = line
+        for column in ("dose", "structures", "recurrence_roi"):
+            if not row[column]:
+                raise ManifestError(f"{column} is empty", path=path, obj=f"{obj} ({case_id})")
+        prescription = None
+        if row["prescription_gy"]:
+            try:
+                prescription = float(row["prescription_gy"])
+            except ValueError:
+                prescription = math.nan
+            if not (math.isfinite(prescription) and prescription > 0):
+                raise ManifestError(f"prescription_gy {row['prescription_gy']!r} is not a positive dose",
                                     path=path, obj=f"{obj} ({case_id})")
-            cases.append(Case(
-                case_id=case_id, dose=resolve(row["dose"]), structures=resolve(row["structures"]),
-                recurrence_roi=row["recurrence_roi"], plan=resolve(row["plan"]), prescription_gy=prescription,
-                recurrence_structures=resolve(row["recurrence_structures"]),
-                registration=resolve(row["registration"]), fractions=_fractions(row, "fractions", path, where),
-                second_dose=resolve(second["second_dose"]),
-                second_fractions=_fractions(row, "second_fractions", path, where),
-                second_plan=resolve(second["second_plan"]),
-                second_registration=resolve(second["second_registration"]),
-            ))
+        if prescription is None and not row["plan"]:
+            raise ManifestError("give a plan or a prescription_gy", path=path, obj=f"{obj} ({case_id})")
+        if row["registration"] and not row["recurrence_structures"]:
+            raise ManifestError("a registration needs recurrence_structures", path=path,
+                                obj=f"{obj} ({case_id})")
+
+        def resolve(value: str) -> Path | None:
+            return (base / value) if value else None
+
+        where = f"{obj} ({case_id})"
+        second = {column: row.get(column, "") for column in SECOND_COURSE_COLUMNS}
+        if second["second_dose"] and not (second["second_fractions"] or second["second_plan"]):
+            raise ManifestError("a second_dose needs second_fractions or a second_plan", path=path,
+                                obj=f"{obj} ({case_id})")
+        if not second["second_dose"] and any(second[c] for c in SECOND_COURSE_COLUMNS[2:]):
+            raise ManifestError("second_fractions, second_plan and second_registration need a second_dose",
+                                path=path, obj=f"{obj} ({case_id})")
+        cases.append(Case(
+            case_id=case_id, dose=resolve(row["dose"]), structures=resolve(row["structures"]),
+            recurrence_roi=row["recurrence_roi"], plan=resolve(row["plan"]), prescription_gy=prescription,
+            recurrence_structures=resolve(row["recurrence_structures"]),
+            registration=resolve(row["registration"]), fractions=_fractions(row, "fractions", path, where),
+            second_dose=resolve(second["second_dose"]),
+            second_fractions=_fractions(row, "second_fractions", path, where),
+            second_plan=resolve(second["second_plan"]),
+            second_registration=resolve(second["second_registration"]),
+        ))
     if not cases:
         raise ManifestError("holds no cases", path=path)
     return cases
