@@ -178,8 +178,8 @@ def test_a_second_run_on_the_same_results_is_refused_while_the_first_writes(coho
     assert (summary.processed, summary.failed) == (2, 0)
     # Within one process too, and readers are never refused.
     with ResultStore.open(out, SETTINGS.as_dict()):
-        with pytest.raises(StoreError, match="another isodose run"):
-            ResultStore.open(out, SETTINGS.as_dict())
+        with pytest.raises(StoreError, match="this process has these results open for writing already"):
+            run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
         assert len(ResultStore.open(out, create=False)) == 2
     ResultStore.open(out, SETTINGS.as_dict()).close()
 

@@ -105,6 +105,10 @@ class WriterLock:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if holder.startswith(f"pid {os.getpid()} on {socket.gethostname()},"):
+                    raise StoreError("this process has these results open for writing already: close that "
+                                     "ResultStore first (ResultStore.open(..., create=False) only reads)",
+                                     path=store_path) from exc
                 raise StoreError(f"another isodose run is writing these results ({holder or 'holder unknown'}); "
                                  "wait for it to end, or write to another --out", path=store_path) from exc
             log.warning("%s: cannot lock the results (%s); make sure no other run writes them at the same time",
