@@ -64,16 +64,26 @@ def check_dose_grid(grid: DoseGrid) -> None:
 
 
 def _check_contours(structure: Structure) -> None:
-    """Contours built in Python must be (n, 2) finite points in a finite plane (the readers make sure of it)."""
-    for contour in structure.contours:
-        points = np.asarray(contour.points_mm)
-        problem = None
-        if points.ndim != 2 or points.shape[1] != 2:
-            problem = f"has points of shape {points.shape}, not (n, 2) of x, y in mm"
-        elif not (np.all(np.isfinite(points)) and np.isfinite(contour.z_mm)):
-            problem = f"holds NaN or infinite coordinates (z = {contour.z_mm} mm)"
-        if problem:
-            raise StructureError(f"a contour {problem}", path=structure.source or None, obj=f"ROI {structure.name!r}")
+    """Contours built in Python must be (n, 2) finite points in a finite plane (the readers make sure of it).
+    Checked for the whole structure at once (a structure set holds thousands of contours); the contour at fault
+    is looked for only when there is one."""
+    contours = structure.contours
+    if not contours:
+        return
+
+    def fail(problem: str) -> None:
+        raise StructureError(f"a contour {problem}", path=structure.source or None, obj=f"ROI {structure.name!r}")
+
+    shapes = [np.shape(c.points_mm) for c in contours]
+    for shape in shapes:
+        if len(shape) != 2 or shape[1] != 2:
+            fail(f"has points of shape {shape}, not (n, 2) of x, y in mm")
+    if np.isfinite(np.concatenate([np.asarray(c.points_mm, dtype=np.float64) for c in contours])).all() and \
+            np.isfinite(np.array([c.z_mm for c in contours], dtype=np.float64)).all():
+        return
+    for contour in contours:
+        if not (np.isfinite(contour.points_mm).all() and np.isfinite(contour.z_mm)):
+            fail(f"holds NaN or infinite coordinates (z = {contour.z_mm} mm)")
 
 
 def group_planes(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERANCE_MM) -> list[ContourPlane]:
