@@ -200,15 +200,21 @@ def slab_bounds(
 
 
 def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
-    """Median plane spacing over all structures with two planes or more: the structure set's slice spacing."""
+    """Median plane spacing over all structures with two planes or more: the structure set's slice spacing.
+
+    Only the planes' positions are needed, so structures whose planes have not been checked yet (the ROIs a
+    case does not sample) are grouped without the checks of :func:`structure_planes`."""
     spacings = []
     for s in structures:
-        z = np.array([p.z_mm for p in structure_planes(s)])
+        planes = _PLANES.get(s)
+        z = np.array([p.z_mm for p in (planes if planes is not None else group_planes(s.contours))], dtype=np.float64)
         if len(z) >= 2:
             spacings.append(np.diff(z))
     if not spacings:
         return None
-    return float(np.median(np.concatenate(spacings)))
+    spacing = np.concatenate(spacings)
+    spacing = spacing[np.isfinite(spacing)]  # planes of contours built in Python with a NaN z: not a spacing
+    return float(np.median(spacing)) if len(spacing) else None
 
 
 # --------------------------------------------------------------------------------------------------------
