@@ -1,5 +1,6 @@
 """A cohort run on N generated cases (N = 100, 1000), from DICOM on disk to the HDF5 store: cases per
-second, and the share of each case's time spent reading DICOM against computing. Run with ``make bench``."""
+second, and the share of each case's time spent reading DICOM against computing; the same on a local Dask
+cluster; and the host side of the GPU arrangement. Run with ``make bench``."""
 
 from __future__ import annotations
 
@@ -77,3 +78,54 @@ def test_cohort_run_on_local_dask(benchmark, cohorts, tmp_path, dask_workers):
         scale="Dask workers", size=float(dask_workers), unit="workers", cases=100,
         cases_per_second=round(100 / benchmark.stats.stats.median, 2),
     )
+
+
+@pytest.mark.parametrize("batch", [1, 32])
+def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, batch):
+    """What the process that drives a GPU does per case besides the kernels: planning the sampling, merging
+    plans, moving arrays, building DVHs and classifying, in batches of ``batch`` cases. The kernels run
+    emulated on the CPU (tests/cuda) and their time is left out: ``host_ms_per_case`` bounds the rate at which
+    one process can classify cases from memory on a GPU, whatever the GPU. (The median of the row itself is
+    mostly the emulated kernels: not a GPU figure.)"""
+    import time
+
+    from isodose.cohort.cases import read_manifest
+    from isodose.cohort.runner import classify_batch, read_case
+    from isodose.dispatch import Backend
+    from isodose.kernels.cupy_gpu import GpuKernels
+    from tests.cuda.emulated import build, emulated_kernels
+
+    library = build(tmp_path_factory.mktemp("cuda"))
+    if library is None:
+        pytest.skip("no C++ compiler to build the emulated kernels")
+    emulated = emulated_kernels(library)
+    kernel_s = [0.0]
+
+    def launch(name, n_threads, args):
+        started = time.perf_counter()
+        emulated.launch(name, n_threads, args)
+        kernel_s[0] += time.perf_counter() - started
+
+    gpu = GpuKernels(emulated.xp, launch, emulated.device)
+    backend = Backend("cupy (emulated)", gpu.device, gpu)
+    cases = read_manifest(cohorts[100])[:40]
+    host_ms: list[float] = []
+
+    def fresh_inputs():  # read anew each round: no structure's planes are cached from an earlier one
+        kernel_s[0] = 0.0
+        return ([read_case(case) for case in cases],), {}
+
+    def run(inputs):
+        started = time.perf_counter()
+        entries = [e for first in range(0, len(inputs), batch)
+                   for e in classify_batch(inputs[first : first + batch], SETTINGS, backend)]
+        host_ms.append(1000.0 * (time.perf_counter() - started - kernel_s[0]) / len(inputs))
+        return entries
+
+    run(*fresh_inputs()[0])  # compile and warm up
+    host_ms.clear()
+    benchmark.group = "GPU arrangement on emulated kernels: host work per case"
+    entries = benchmark.pedantic(run, setup=fresh_inputs, rounds=3, iterations=1)
+    assert all(e["status"] == "ok" for e in entries)
+    benchmark.extra_info.update(batch=batch, cases=len(cases), host_ms_per_case=round(float(np.median(host_ms)), 2),
+                                host_bound_cases_per_second=round(1000.0 / float(np.median(host_ms)), 1))

@@ -104,6 +104,8 @@ def group_planes(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERA
 
 
 _PLANES: weakref.WeakKeyDictionary[Structure, list[ContourPlane]] = weakref.WeakKeyDictionary()
+#: Each structure's plane positions, for the structure set's plane spacing (asked for several times a case).
+_PLANE_Z: weakref.WeakKeyDictionary[Structure, np.ndarray] = weakref.WeakKeyDictionary()
 
 
 #: Two rings of one plane whose sorted vertices agree within this (mm) are the same contour twice.
@@ -206,8 +208,11 @@ def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
     case does not sample) are grouped without the checks of :func:`structure_planes`."""
     spacings = []
     for s in structures:
-        planes = _PLANES.get(s)
-        z = np.array([p.z_mm for p in (planes if planes is not None else group_planes(s.contours))], dtype=np.float64)
+        z = _PLANE_Z.get(s)
+        if z is None:
+            planes = _PLANES.get(s)
+            z = _PLANE_Z[s] = np.array([p.z_mm for p in (planes if planes is not None else group_planes(s.contours))],
+                                       dtype=np.float64)
         if len(z) >= 2:
             spacings.append(np.diff(z))
     if not spacings:
