@@ -80,17 +80,17 @@ def test_cohort_run_on_local_dask(benchmark, cohorts, tmp_path, dask_workers):
     )
 
 
-@pytest.mark.parametrize("batch", [1, 32])
-def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, batch):
-    """What the process that drives a GPU does per case besides the kernels: planning the sampling, merging
-    plans, moving arrays, building DVHs and classifying, in batches of ``batch`` cases. The kernels run
-    emulated on the CPU (tests/cuda) and their time is left out: ``host_ms_per_case`` bounds the rate at which
-    one process can classify cases from memory on a GPU, whatever the GPU. (The median of the row itself is
-    mostly the emulated kernels: not a GPU figure.)"""
+@pytest.mark.parametrize(("batch", "planned_by_readers"), [(1, False), (32, False), (32, True)])
+def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, batch, planned_by_readers):
+    """What the process that drives a GPU does per case besides the kernels: planning the sampling (unless the
+    reading workers did, ``planned_by_readers``, as in a cohort run), merging plans, moving arrays, building
+    DVHs and classifying, in batches of ``batch`` cases. The kernels run emulated on the CPU (tests/cuda) and
+    their time is left out: ``host_ms_per_case`` bounds the rate at which that process can classify cases on a
+    GPU, whatever the GPU. (The median of the row itself is mostly the emulated kernels: not a GPU figure.)"""
     import time
 
     from isodose.cohort.cases import read_manifest
-    from isodose.cohort.runner import classify_batch, read_case
+    from isodose.cohort.runner import classify_batch, read_and_prepare, read_case
     from isodose.dispatch import Backend
     from isodose.kernels.cupy_gpu import GpuKernels
     from tests.cuda.emulated import build, emulated_kernels
@@ -113,6 +113,8 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
 
     def fresh_inputs():  # read anew each round: no structure's planes are cached from an earlier one
         kernel_s[0] = 0.0
+        if planned_by_readers:
+            return ([read_and_prepare(case, SETTINGS) for case in cases],), {}
         return ([read_case(case) for case in cases],), {}
 
     def run(inputs):
@@ -127,5 +129,6 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     benchmark.group = "GPU arrangement on emulated kernels: host work per case"
     entries = benchmark.pedantic(run, setup=fresh_inputs, rounds=3, iterations=1)
     assert all(e["status"] == "ok" for e in entries)
-    benchmark.extra_info.update(batch=batch, cases=len(cases), host_ms_per_case=round(float(np.median(host_ms)), 2),
+    benchmark.extra_info.update(batch=batch, planned_by_readers=planned_by_readers, cases=len(cases),
+                                host_ms_per_case=round(float(np.median(host_ms)), 2),
                                 host_bound_cases_per_second=round(1000.0 / float(np.median(host_ms)), 1))

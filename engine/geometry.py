@@ -254,9 +254,16 @@ def structure_contains(
     structure: Structure, points_mm: np.ndarray, end_cap: str = "half", fallback_spacing_mm: float | None = None
 ) -> np.ndarray:
     """Which ``(x, y, z)`` points lie inside the structure as isodose models it (slabs, even-odd rings)."""
+    return planes_contain(structure_planes(structure), points_mm, end_cap, fallback_spacing_mm)
+
+
+def planes_contain(
+    planes: Sequence[ContourPlane], points_mm: np.ndarray, end_cap: str = "half",
+    fallback_spacing_mm: float | None = None,
+) -> np.ndarray:
+    """:func:`structure_contains` of a structure given by its planes (:func:`structure_planes`)."""
     points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
     inside = np.zeros(len(points), dtype=bool)
-    planes = structure_planes(structure)
     if not planes:
         return inside
     lo, hi = slab_bounds(np.array([p.z_mm for p in planes]), end_cap, fallback_spacing_mm)

@@ -32,7 +32,13 @@ from .dvh import (
     parse_roi_metric,
 )
 from .errors import IsodoseError, RegistrationError, StructureError, collect_warnings
-from .geometry import common_plane_spacing_mm, registration_matrix, structure_contains
+from .geometry import (
+    ContourPlane,
+    common_plane_spacing_mm,
+    planes_contain,
+    registration_matrix,
+    structure_planes,
+)
 from .kernels import numpy_ref
 from .model import DoseGrid, Registration, Structure, StructureSet
 from .sampling import SamplingRequest, StructureSamples, sample_many
@@ -159,8 +165,10 @@ class RecurrenceCase:
 
 
 @dataclass(frozen=True, eq=False)
-class _Prepared:
-    """A classification whose sampling requests are planned, waiting for their samples."""
+class PreparedRecurrence:
+    """A classification whose inputs are checked and whose sampling is planned, waiting for its samples: all
+    the work before the kernels (:func:`prepare_recurrence`), in a form that can be made in one process and
+    finished in another (it holds what finishing needs, the targets' planes included)."""
 
     case: RecurrenceCase
     criteria: Criteria
@@ -171,9 +179,27 @@ class _Prepared:
     roi_structures: tuple[Structure, ...]
     roi_metrics: tuple[RoiMetric, ...]
     vr_metrics: tuple[Metric, ...]
+    #: The structure set's plane spacing, and each target's name and planes, for the point-of-origin method.
+    spacing_mm: float | None = None
+    targets: tuple[tuple[str, tuple[ContourPlane, ...]], ...] = ()
+    #: What was logged while preparing.
+    warnings: tuple[str, ...] = ()
 
 
-def _prepare(case: RecurrenceCase, options: SamplingOptions) -> _Prepared:
+def prepare_recurrence(case: RecurrenceCase, options: SamplingOptions | None = None
+                       ) -> PreparedRecurrence | IsodoseError:
+    """Check one case's inputs and plan its sampling; never raises for a bad case: the error comes back, and
+    either way the warnings logged on the way are kept with it."""
+    with collect_warnings() as messages:
+        try:
+            prepared = _prepare(case, options or SamplingOptions())
+        except IsodoseError as exc:
+            exc.warnings = tuple(messages)
+            return exc
+    return replace(prepared, warnings=tuple(messages))
+
+
+def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurrence:
     """Check one case's inputs and plan its sampling (all the work before the kernels)."""
     prescription_gy = case.prescription_gy
     if not (prescription_gy and prescription_gy > 0 and math.isfinite(prescription_gy)):
@@ -204,11 +230,18 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> _Prepared:
     if roi_names:
         roi_structures, roi_request = dvh_request(dose, structures, roi_names, options=options)
         requests.append(roi_request)
-    return _Prepared(case, criteria, options, tuple(requests), vr_structure, transform is not None,
-                     tuple(roi_structures), tuple(roi_metrics), tuple(vr_metrics))
+    if case.targets is None:
+        target_structures = [s for s in structures.structures
+                             if s.is_target and not s.is_empty and s is not vr_structure]
+    else:
+        target_structures = [structures.get(name) for name in case.targets]
+    targets = tuple((s.name, tuple(structure_planes(s))) for s in target_structures)
+    return PreparedRecurrence(case, criteria, options, tuple(requests), vr_structure, transform is not None,
+                              tuple(roi_structures), tuple(roi_metrics), tuple(vr_metrics),
+                              common_plane_spacing_mm(structures.structures), targets)
 
 
-def _finish(prepared: _Prepared, samples: Sequence[StructureSamples]) -> RecurrenceResult:
+def _finish(prepared: PreparedRecurrence, samples: Sequence[StructureSamples]) -> RecurrenceResult:
     """Classify one case from its samples (one per request of :func:`_prepare`)."""
     case, criteria, options = prepared.case, prepared.criteria, prepared.options
     dose, structures, prescription_gy = case.dose, case.structures, case.prescription_gy
@@ -225,14 +258,8 @@ def _finish(prepared: _Prepared, samples: Sequence[StructureSamples]) -> Recurre
     centroid_dose = float(numpy_ref.trilinear(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
                                               np.asarray(dose.spacing_mm, dtype=np.float64),
                                               centroid.reshape(1, 3))[0])
-    if case.targets is None:
-        target_structures = [s for s in structures.structures
-                             if s.is_target and not s.is_empty and s is not prepared.vr]
-    else:
-        target_structures = [structures.get(name) for name in case.targets]
-    spacing = common_plane_spacing_mm(structures.structures)
-    holding = tuple(s.name for s in target_structures
-                    if structure_contains(s, centroid, options.end_cap, spacing)[0])
+    holding = tuple(name for name, planes in prepared.targets
+                    if planes_contain(planes, centroid, options.end_cap, prepared.spacing_mm)[0])
 
     metric_values = {m.text: float(vr.metric(m, prescription_gy)) for m in prepared.vr_metrics}
     target_values = {
@@ -302,29 +329,36 @@ def classify_recurrences(
     :class:`IsodoseError` that stopped it (with the case's warnings in its ``warnings``); one bad case never
     stops the others. The results are those of :func:`classify_recurrence` case by case."""
     options = options or SamplingOptions()
+    return classify_prepared([prepare_recurrence(case, options) for case in cases], backend=backend)
+
+
+def classify_prepared(
+    prepared: Sequence[PreparedRecurrence | IsodoseError], *, backend: str | Backend | None = None
+) -> list[RecurrenceResult | IsodoseError]:
+    """:func:`classify_recurrences` of cases already prepared (by :func:`prepare_recurrence`, here or in other
+    processes): their samples in one :func:`~isodose.sampling.sample_many`, then each case finished. Errors
+    from preparing come back as they are."""
     chosen = backend if isinstance(backend, Backend) else select_backend(backend)
-    results: list[RecurrenceResult | IsodoseError | None] = [None] * len(cases)
-    prepared: dict[int, _Prepared] = {}
-    warnings: dict[int, list[str]] = {}
-    for i, case in enumerate(cases):
-        with collect_warnings() as warnings[i]:
-            try:
-                prepared[i] = _prepare(case, options)
-            except IsodoseError as exc:
-                results[i] = exc
-    requests = [r for p in prepared.values() for r in p.requests]
+    results: list[RecurrenceResult | IsodoseError | None] = [
+        p if isinstance(p, IsodoseError) else None for p in prepared]
+    ready = {i: p for i, p in enumerate(prepared) if isinstance(p, PreparedRecurrence)}
+    warnings = {i: list(p.warnings) for i, p in ready.items()}
+    requests = [r for p in ready.values() for r in p.requests]
+    options = next(iter(ready.values())).options if ready else SamplingOptions()
+    if any(p.options != options for p in ready.values()):
+        raise IsodoseError("cases sampled together need the same sampling options")
     try:
         samples = sample_many(requests, chosen, options)
     except IsodoseError:
-        if len(prepared) <= 1:
+        if len(ready) <= 1:
             raise
         samples = None  # one case's failure (memory for one plane, say): sample the cases one by one
     position = 0
-    for i, p in prepared.items():
+    for i, p in ready.items():
         with collect_warnings() as messages:
             try:
                 if samples is None:
-                    case_samples = sample_many(p.requests, chosen, options)
+                    case_samples = sample_many(p.requests, chosen, p.options)
                 else:
                     case_samples = samples[position : position + len(p.requests)]
                     position += len(p.requests)
@@ -334,7 +368,6 @@ def classify_recurrences(
         warnings[i] += messages
         if isinstance(results[i], RecurrenceResult):
             results[i] = replace(results[i], warnings=tuple(warnings[i]))
-    for i, result in enumerate(results):
-        if isinstance(result, IsodoseError):  # a failed case keeps the warnings logged on its way
-            result.warnings = tuple(warnings[i])
+        else:  # a failed case keeps the warnings logged on its way
+            results[i].warnings = tuple(warnings[i])
     return results

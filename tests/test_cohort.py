@@ -372,6 +372,28 @@ def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_p
                for e in ResultStore.open(out, create=False).cases())
 
 
+def test_cases_prepared_where_they_are_read_are_not_prepared_again(cohort, monkeypatch):
+    """The reading workers of the GPU arrangement plan each case's sampling (read_and_prepare); what they send
+    gives the computing process the entry of a case read and classified in one place, without planning again."""
+    import pickle
+
+    from isodose import recurrence
+    from isodose.cohort.runner import classify_batch, classify_inputs, read_and_prepare, read_case
+
+    cases = read_manifest(cohort)[:3]
+    expected = [classify_inputs(read_case(case), SETTINGS, "numba") for case in cases]
+    shipped = [pickle.loads(pickle.dumps(read_and_prepare(case, SETTINGS))) for case in cases]  # as from a worker
+    assert all(s.prepared is not None and s.prepare_s > 0 for s in shipped)
+
+    def prepare_again(case, options):
+        raise AssertionError("prepared again")
+
+    monkeypatch.setattr(recurrence, "_prepare", prepare_again)
+    for got, want in zip(classify_batch(shipped, SETTINGS, "numba"), expected, strict=True):
+        assert (got["status"], got["record"], got["dvhs"], got["warnings"]) == \
+            (want["status"], want["record"], want["dvhs"], want["warnings"])
+
+
 def test_a_case_failing_inside_a_batch_keeps_its_warnings(cohort, monkeypatch):
     from isodose import recurrence
     from isodose.cohort.runner import classify_batch, read_case

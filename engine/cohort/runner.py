@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,10 @@ class CaseInputs:
     warnings: tuple[str, ...] = ()
     second: object = None  # the courses of a re-irradiated case: (Course 1, Course 2, Registration or None)
     inputs: dict | None = None  # case_inputs(case), taken before the files were read
+    #: The case's classification prepared where it was read (a PreparedRecurrence or the IsodoseError that
+    #: stopped it), and the seconds that took; None when the computing process prepares it.
+    prepared: object = None
+    prepare_s: float = 0.0
 
 
 def _error_entry(case_id: str, error: str, timings: dict | None = None, warnings: list[str] | None = None) -> dict:
@@ -193,24 +197,45 @@ def _entry(case_id: str, result, settings: RunSettings, timings: dict) -> dict:
             "dvhs": curves, "warnings": list(result.warnings)}
 
 
+def _recurrence_case(inputs: CaseInputs, settings: RunSettings):
+    from ..recurrence import RecurrenceCase
+
+    return RecurrenceCase(inputs.dose, inputs.structures, inputs.case.recurrence_roi, inputs.prescription_gy,
+                          inputs.follow_up, inputs.registration, settings.targets, settings.metrics,
+                          settings.target_metrics, settings.criteria)
+
+
+def read_and_prepare(case: Case, settings: RunSettings) -> CaseInputs | dict:
+    """:func:`read_case`, then the planning of the case's classification (what a reading worker does for the
+    process that drives a GPU, which then only samples and finishes)."""
+    from ..recurrence import prepare_recurrence
+
+    inputs = read_case(case)
+    if isinstance(inputs, dict):
+        return inputs
+    started = time.perf_counter()
+    prepared = prepare_recurrence(_recurrence_case(inputs, settings), settings.options)
+    return replace(inputs, prepared=prepared, prepare_s=time.perf_counter() - started)
+
+
 def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend: str | None = None) -> list[dict]:
     """Classify cases already read, sampled together (one merged plan on a GPU); never raises for a bad case.
 
-    Each case's compute time is its share of the batch's."""
-    from ..recurrence import RecurrenceCase, classify_recurrences
+    Cases prepared where they were read (:func:`read_and_prepare`) are not prepared again. Each case's compute
+    time is its share of the batch's, plus its preparing elsewhere."""
+    from ..recurrence import classify_prepared, prepare_recurrence
 
     started = time.perf_counter()
-    cases = [RecurrenceCase(i.dose, i.structures, i.case.recurrence_roi, i.prescription_gy, i.follow_up,
-                            i.registration, settings.targets, settings.metrics, settings.target_metrics,
-                            settings.criteria) for i in batch]
     timings = [{"read_s": i.read_s} for i in batch]
 
     def compute() -> dict:
-        results = classify_recurrences(cases, options=settings.options, backend=backend)
+        prepared = [i.prepared if i.prepared is not None else
+                    prepare_recurrence(_recurrence_case(i, settings), settings.options) for i in batch]
+        results = classify_prepared(prepared, backend=backend)
         share = (time.perf_counter() - started) / max(len(batch), 1)
         entries = []
         for inputs, result, timing in zip(batch, results, timings):
-            timing = {**timing, "compute_s": share}
+            timing = {**timing, "compute_s": share + inputs.prepare_s}
             if isinstance(result, Exception):
                 entries.append(_error_entry(inputs.case.case_id, str(result), timing,
                                             list(getattr(result, "warnings", ()))))
@@ -230,7 +255,7 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend: str 
     for inputs, entry in zip(batch, entries):
         entry["inputs"] = inputs.inputs
         entry["warnings"] = list(inputs.warnings) + entry["warnings"]
-        entry["timings"]["total_s"] = inputs.read_s + time.perf_counter() - started
+        entry["timings"]["total_s"] = inputs.read_s + inputs.prepare_s + time.perf_counter() - started
     return entries
 
 
@@ -385,8 +410,9 @@ def run_cohort(
 ) -> RunSummary:
     """Run (or resume) a cohort from a manifest or a folder into the store ``out`` (and its CSV beside).
 
-    With the cupy backend (``pipelined``, by default), ``workers`` processes read DICOM while this process
-    computes on the GPU, up to ``batch_size`` cases at once (one merged sampling plan); otherwise each worker
+    With the cupy backend (``pipelined``, by default), ``workers`` processes read DICOM and plan each case's
+    sampling while this process samples on the GPU, up to ``batch_size`` cases at once (one merged sampling
+    plan), and finishes the cases; otherwise each worker
     process reads and computes its own cases. With a Dask ``client`` (see :mod:`isodose.cohort.distributed`),
     the cluster's workers read and compute the cases, one task per case, and ``workers`` is not used. In every
     arrangement this process alone writes the store. Results do not depend on the arrangement or the batch size.
@@ -438,13 +464,15 @@ def _run(store: ResultStore, all_cases: list[Case], settings: RunSettings, worke
             for case in todo:
                 record(process_case(case, settings, backend))
         elif pipelined:
-            # Reading workers feed this process, which computes (for a GPU, which one process drives).
+            # Reading workers read and plan; this process samples (for a GPU, which one process drives) and
+            # finishes.
             def classify(items: list[tuple[Case, object]]) -> list[dict]:
                 read = [inputs for _, inputs in items if isinstance(inputs, CaseInputs)]
                 entries = iter(classify_batch(read, settings, backend) if read else [])
                 return [next(entries) if isinstance(inputs, CaseInputs) else inputs for _, inputs in items]
 
-            _run_in_processes(todo, read_case, min(workers, len(todo)), 1, classify, record, max(1, batch_size))
+            _run_in_processes(todo, functools.partial(read_and_prepare, settings=settings), min(workers, len(todo)),
+                              1, classify, record, max(1, batch_size))
         else:
             n = min(workers, len(todo))
             _run_in_processes(todo, functools.partial(process_case, settings=settings, backend=backend), n,
