@@ -209,10 +209,8 @@ def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
     spacings = []
     for s in structures:
         z = _PLANE_Z.get(s)
-        if z is None:
-            planes = _PLANES.get(s)
-            z = _PLANE_Z[s] = np.array([p.z_mm for p in (planes if planes is not None else group_planes(s.contours))],
-                                       dtype=np.float64)
+        if z is None:  # the checks of structure_planes drop repeated rings, never planes: the same positions
+            z = _PLANE_Z[s] = np.array([p.z_mm for p in group_planes(s.contours)], dtype=np.float64)
         if len(z) >= 2:
             spacings.append(np.diff(z))
     if not spacings:
