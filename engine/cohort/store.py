@@ -91,6 +91,7 @@ class WriterLock:
     @classmethod
     def acquire(cls, store_path: Path) -> WriterLock:
         path = store_path.with_name(store_path.name + ".lock")
+        me = f"pid {os.getpid()} on {socket.gethostname()}"
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no lock, as on file systems without locks
@@ -105,7 +106,7 @@ class WriterLock:
             holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                if holder.startswith(f"pid {os.getpid()} on {socket.gethostname()},"):
+                if holder.startswith(f"{me},"):
                     raise StoreError("this process has these results open for writing already: close that "
                                      "ResultStore first (ResultStore.open(..., create=False) only reads)",
                                      path=store_path) from exc
@@ -115,8 +116,7 @@ class WriterLock:
                         store_path, exc.strerror or exc)
             return cls(path, None)
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                 .encode())
+        os.write(fd, f"{me}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         return cls(path, fd)
 
     def release(self) -> None:
