@@ -191,13 +191,11 @@ def slab_bounds(
     hi = np.empty(n)
     lo[0] = z[0] - cap
     hi[-1] = z[-1] + cap
-    gaps = np.diff(z)
-    for i, gap in enumerate(gaps):
-        if gap > GAP_FACTOR * spacing:
-            hi[i] = z[i] + cap
-            lo[i + 1] = z[i + 1] - cap
-        else:
-            hi[i] = lo[i + 1] = 0.5 * (z[i] + z[i + 1])
+    # Neighbours meet halfway; across a gap (a structure in pieces) each side gets its end-cap.
+    gap = np.diff(z) > GAP_FACTOR * spacing
+    halfway = 0.5 * (z[:-1] + z[1:])
+    hi[:-1] = np.where(gap, z[:-1] + cap, halfway)
+    lo[1:] = np.where(gap, z[1:] - cap, halfway)
     return lo, hi
 
 
@@ -260,16 +258,59 @@ def planes_contain(
     fallback_spacing_mm: float | None = None,
 ) -> np.ndarray:
     """:func:`structure_contains` of a structure given by its planes (:func:`structure_planes`)."""
-    points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
-    inside = np.zeros(len(points), dtype=bool)
-    if not planes:
+    return PackedPlanes.of(planes, end_cap, fallback_spacing_mm).contain(points_mm)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedPlanes:
+    """A structure's planes and their slabs in flat arrays, to test points against (:meth:`contain`): a few
+    buffers to pickle however many contours the structure has (a case planned in one process and finished in
+    another), and a test that looks only at the plane whose slab holds the point."""
+
+    #: Each plane's slab (:func:`slab_bounds`: increasing, never overlapping), where its rings start in
+    #: ``ring_vertex_start``, where each ring's vertices start in ``vertices_mm`` (both with a final end), and
+    #: the rings' (x, y) vertices.
+    slab_lo_mm: np.ndarray
+    slab_hi_mm: np.ndarray
+    plane_ring_start: np.ndarray
+    ring_vertex_start: np.ndarray
+    vertices_mm: np.ndarray
+
+    @classmethod
+    def of(cls, planes: Sequence[ContourPlane], end_cap: str = "half",
+           fallback_spacing_mm: float | None = None) -> PackedPlanes:
+        rings = [ring for plane in planes for ring in plane.rings]
+        lo, hi = slab_bounds(np.array([p.z_mm for p in planes], dtype=np.float64), end_cap, fallback_spacing_mm)
+        return cls(
+            slab_lo_mm=lo,
+            slab_hi_mm=hi,
+            plane_ring_start=np.cumsum([0] + [len(p.rings) for p in planes], dtype=np.int64),
+            ring_vertex_start=np.cumsum([0] + [len(r) for r in rings], dtype=np.int64),
+            vertices_mm=(np.concatenate(rings).astype(np.float64, copy=False) if rings else np.empty((0, 2))),
+        )
+
+    def rings(self, plane: int) -> list[np.ndarray]:
+        bounds = self.ring_vertex_start[self.plane_ring_start[plane] : self.plane_ring_start[plane + 1] + 1]
+        return [self.vertices_mm[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def slab_index(self, z_mm: np.ndarray) -> np.ndarray:
+        """The plane whose slab holds each ``z_mm``, or -1 where none does (slabs never overlap)."""
+        z = np.asarray(z_mm, dtype=np.float64)
+        lo, hi = self.slab_lo_mm, self.slab_hi_mm
+        if not len(lo):
+            return np.full(z.shape, -1, dtype=np.int64)
+        index = np.searchsorted(lo, z, side="right") - 1  # the last slab starting at or below z
+        return np.where((index >= 0) & (z < hi[np.maximum(index, 0)]), index, -1)
+
+    def contain(self, points_mm: np.ndarray) -> np.ndarray:
+        """Which ``(x, y, z)`` points lie inside (see :func:`structure_contains`)."""
+        points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+        inside = np.zeros(len(points), dtype=bool)
+        plane_of = self.slab_index(points[:, 2])
+        for plane in np.unique(plane_of[plane_of >= 0]):
+            at = plane_of == plane
+            inside[at] = points_in_rings(self.rings(int(plane)), points[at, 0], points[at, 1])
         return inside
-    lo, hi = slab_bounds(np.array([p.z_mm for p in planes]), end_cap, fallback_spacing_mm)
-    for plane, z_lo, z_hi in zip(planes, lo, hi):
-        in_slab = (points[:, 2] >= z_lo) & (points[:, 2] < z_hi)
-        if in_slab.any():
-            inside[in_slab] = points_in_rings(plane.rings, points[in_slab, 0], points[in_slab, 1])
-    return inside
 
 
 # --------------------------------------------------------------------------------------------------------

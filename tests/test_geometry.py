@@ -7,9 +7,12 @@ import pytest
 
 from isodose.errors import IsodoseError, StructureError
 from isodose.geometry import (
+    ContourPlane,
+    PackedPlanes,
     check_rigid,
     common_plane_spacing_mm,
     group_planes,
+    points_in_rings,
     polygon_area_mm2,
     rigid_matrix,
     slab_bounds,
@@ -59,6 +62,34 @@ def test_single_plane_structures_take_the_fallback_spacing():
         slab_bounds(np.array([3.0]))
     with pytest.raises(StructureError):
         slab_bounds(np.array([0.0, 1.0]), end_cap="full")
+
+
+def test_packed_planes_test_each_point_in_the_one_slab_that_holds_it():
+    """Against the plane-by-plane test: a structure in two pieces (a gap), rings with holes, points on slab
+    edges, outside every slab and with a NaN z; and its pickle is a few buffers, however many rings."""
+    import pickle
+
+    outer = np.array([[-10.0, -10.0], [10.0, -10.0], [10.0, 10.0], [-10.0, 10.0]])
+    hole = 0.4 * outer
+    planes = [ContourPlane(z, (outer, hole) if z < 10 else (0.5 * outer,)) for z in (0.0, 2.0, 4.0, 6.0, 20.0, 22.0)]
+    rng = np.random.default_rng(5)
+    lo, hi = slab_bounds(np.array([p.z_mm for p in planes]))
+    z = np.concatenate([rng.uniform(-3, 25, 400), lo, hi, [np.nan]])
+    points = np.column_stack([rng.uniform(-12, 12, len(z)), rng.uniform(-12, 12, len(z)), z])
+    expected = np.zeros(len(points), dtype=bool)
+    for plane, z_lo, z_hi in zip(planes, lo, hi):
+        in_slab = (points[:, 2] >= z_lo) & (points[:, 2] < z_hi)
+        expected[in_slab] = points_in_rings(plane.rings, points[in_slab, 0], points[in_slab, 1])
+    packed = PackedPlanes.of(planes)
+    assert 0 < expected.sum() < len(points)
+    np.testing.assert_array_equal(packed.contain(points), expected)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(packed)).contain(points), expected)
+    assert [len(packed.rings(p)) for p in range(len(planes))] == [len(p.rings) for p in planes]
+    many = PackedPlanes.of([ContourPlane(float(k), (outer,) * 3) for k in range(200)])
+    buffers = []
+    pickle.dumps(many, protocol=5, buffer_callback=buffers.append)
+    assert len(buffers) == 5  # one per array, not one per ring
+    assert not PackedPlanes.of([]).contain(points).any()
 
 
 def test_common_plane_spacing_is_the_structure_sets():
