@@ -307,7 +307,7 @@ def dvh_request(
     if transform is not None:
         matrix = check_rigid(transform, "the structures' transform")
         transforms = np.broadcast_to(matrix, (len(selected), 4, 4))
-    return selected, SamplingRequest(plan, dose, transforms)
+    return selected, SamplingRequest(plan, dose, transforms).with_dose_range()
 
 
 def compute_dvhs(
@@ -337,7 +337,22 @@ def compute_dvhs(
     return dvhs_from_samples(selected, samples)
 
 
-def dvhs_from_samples(structures: Sequence[Structure], samples: StructureSamples) -> list[DVH]:
+@dataclass(frozen=True)
+class RoiLabel:
+    """What a DVH takes from its structure once the structure is sampled: its name and number, and whether it
+    had contours (a prepared case keeps these in place of the contours)."""
+
+    name: str
+    number: int | None
+    is_empty: bool
+
+    @classmethod
+    def of(cls, structure: Structure) -> RoiLabel:
+        return cls(structure.name, structure.number, structure.is_empty)
+
+
+def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: StructureSamples) -> list[DVH]:
+    """The DVHs of sampled structures (or of their labels), in order."""
     dvhs = []
     for s, structure in enumerate(structures):
         centroid = samples.centroid_mm[s]

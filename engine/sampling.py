@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,17 +43,24 @@ class StructureSamples:
     device: str
 
 
-def histogram_range(grid: DoseGrid, n_bins: int) -> float:
-    """Bin width (Gy) of histograms spanning 0 to just above the grid's maximum dose. The doses must be finite
-    and not negative (else a :class:`DoseGridError` naming the grid's source): a DVH's bins start at 0 Gy."""
+def dose_range_gy(grid: DoseGrid) -> tuple[float, float]:
+    """The lowest and highest dose of the grid. The doses must be finite and not negative (else a
+    :class:`DoseGridError` naming the grid's source): a DVH's bins start at 0 Gy."""
     if not grid.dose_gy.size:
-        return 1.0 / n_bins
+        return 0.0, 0.0
     low, high = float(grid.dose_gy.min()), float(grid.dose_gy.max())
     if not (math.isfinite(low) and math.isfinite(high)):
         raise DoseGridError("dose holds NaN or infinite values", path=grid.source or None)
     if low < 0:
         raise DoseGridError(f"dose holds negative values (down to {low:.4g} Gy); DVHs need doses of 0 Gy or more",
                             path=grid.source or None)
+    return low, high
+
+
+def histogram_range(grid: DoseGrid, n_bins: int, dose_range: tuple[float, float] | None = None) -> float:
+    """Bin width (Gy) of histograms spanning 0 to just above the grid's maximum dose (``dose_range``, the
+    grid's :func:`dose_range_gy` when already known)."""
+    _, high = dose_range if dose_range is not None else dose_range_gy(grid)
     top = high * (1.0 + 1e-6)
     return (top if top > 0 else 1.0) / n_bins
 
@@ -66,6 +73,20 @@ class SamplingRequest:
     plan: SamplingPlan
     grid: DoseGrid
     transforms: np.ndarray | None = None
+    #: ``(grid, low, high)``: a grid's :func:`dose_range_gy` taken where the request was made (by a process
+    #: that reads and plans, so that the one that samples need not scan the grid again). Used only while that
+    #: grid is the request's own: a copy of the request onto another grid scans the other grid.
+    known_dose_range: tuple[DoseGrid, float, float] | None = None
+
+    def with_dose_range(self) -> SamplingRequest:
+        """This request with its grid's dose range taken now (and the grid's doses checked)."""
+        return replace(self, known_dose_range=(self.grid, *dose_range_gy(self.grid)))
+
+    def dose_range(self) -> tuple[float, float]:
+        known = self.known_dose_range
+        if known is not None and known[0] is self.grid:
+            return known[1], known[2]
+        return dose_range_gy(self.grid)
 
     def structure_transforms(self) -> np.ndarray:
         n = self.plan.n_structures
@@ -136,7 +157,7 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
     n_bins = options.dose_bins
     counts = [r.plan.n_structures for r in requests]
     structure_grid = np.repeat(np.arange(len(requests), dtype=np.int64), counts)
-    grid_bin_width = np.array([histogram_range(r.grid, n_bins) for r in requests])
+    grid_bin_width = np.array([histogram_range(r.grid, n_bins, r.dose_range()) for r in requests])
     bin_width = grid_bin_width[structure_grid]
     transforms = np.concatenate([r.structure_transforms() for r in requests]) if n_structures else np.zeros((0, 4, 4))
     grids = [(r.grid.dose_gy, np.asarray(r.grid.origin_mm, dtype=np.float64),

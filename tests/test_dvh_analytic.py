@@ -199,3 +199,27 @@ def test_grids_made_in_python_with_an_unusable_lattice_are_refused():
     ]:
         with pytest.raises(DoseGridError, match=f"^made.dcm: {message}"):
             compute_dvhs(made(**changes), [sphere], backend="numba")
+
+
+def test_a_request_bins_doses_by_the_range_of_its_own_grid():
+    """A request keeps its grid's dose range (taken where it was planned, so that a process sampling it need
+    not scan the grid again); a copy of the request onto another grid (a plan sum's EQD2, say) bins by the
+    other grid's range, or doses above the first grid's maximum would fall off the histogram."""
+    from dataclasses import replace
+
+    from isodose.dispatch import select_backend
+    from isodose.dvh import dvh_request, dvhs_from_samples
+    from isodose.sampling import sample_many
+
+    _, grid = linear_grid(gradient=(1.0, 0.0, 0.0), dose_gy=50.0)
+    hotter = DoseGrid(3.0 * grid.dose_gy, grid.origin_mm, grid.spacing_mm, grid.frame_of_reference_uid)
+    sphere = contour_shape(Sphere((0.0, 0.0, 0.0), 15.0), "S", 1, 2.5)
+    [structure], request = dvh_request(grid, [sphere])
+    assert request.dose_range() == (float(grid.dose_gy.min()), float(grid.dose_gy.max()))
+    backend = select_backend("numba")
+    [copied] = sample_many([replace(request, grid=hotter)], backend, SamplingOptions())
+    [expected] = compute_dvhs(hotter, [sphere], backend=backend)
+    [got] = dvhs_from_samples([structure], copied)
+    assert got.dmax_gy == pytest.approx(expected.dmax_gy) and got.dmax_gy > float(grid.dose_gy.max())
+    assert got.metric("D2") == pytest.approx(expected.metric("D2"), abs=1e-9)
+    np.testing.assert_allclose(got.cumulative_cc, expected.cumulative_cc, rtol=1e-12)
