@@ -24,6 +24,7 @@ from .dispatch import Backend, select_backend
 from .dvh import (
     DVH,
     Metric,
+    RoiLabel,
     RoiMetric,
     check_frame_of_reference,
     dvh_request,
@@ -33,9 +34,8 @@ from .dvh import (
 )
 from .errors import IsodoseError, RegistrationError, StructureError, collect_warnings
 from .geometry import (
-    ContourPlane,
+    PackedPlanes,
     common_plane_spacing_mm,
-    planes_contain,
     registration_matrix,
     structure_planes,
 )
@@ -167,21 +167,23 @@ class RecurrenceCase:
 @dataclass(frozen=True, eq=False)
 class PreparedRecurrence:
     """A classification whose inputs are checked and whose sampling is planned, waiting for its samples: all
-    the work before the kernels (:func:`prepare_recurrence`), in a form that can be made in one process and
-    finished in another (it holds what finishing needs, the targets' planes included)."""
+    the work before the kernels (:func:`prepare_recurrence`). It holds only what finishing needs, not the
+    structure sets: made in one process (a reading worker), it is small and quick to pickle to another (the
+    one that drives a GPU) however many contours the case has."""
 
-    case: RecurrenceCase
+    dose: DoseGrid
+    prescription_gy: float
     criteria: Criteria
     options: SamplingOptions
     requests: tuple[SamplingRequest, ...]
-    vr: Structure
+    vr: RoiLabel
     registered: bool
-    roi_structures: tuple[Structure, ...]
-    roi_metrics: tuple[RoiMetric, ...]
+    rois: tuple[RoiLabel, ...]
+    #: Each target metric with the name of its ROI in the structure set (metrics keep the text asked for).
+    roi_metrics: tuple[tuple[RoiMetric, str], ...]
     vr_metrics: tuple[Metric, ...]
-    #: The structure set's plane spacing, and each target's name and planes, for the point-of-origin method.
-    spacing_mm: float | None = None
-    targets: tuple[tuple[str, tuple[ContourPlane, ...]], ...] = ()
+    #: Each target's name and planes (with their slabs), for the point-of-origin method.
+    targets: tuple[tuple[str, PackedPlanes], ...] = ()
     #: What was logged while preparing.
     warnings: tuple[str, ...] = ()
 
@@ -225,7 +227,8 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
     vr_metrics += [m for m in extra if m.text not in known]
 
     roi_metrics = [parse_roi_metric(m) if isinstance(m, str) else m for m in case.target_metrics]
-    roi_names = list(dict.fromkeys(structures.get(m.roi).name for m in roi_metrics))
+    metric_rois = [structures.get(m.roi).name for m in roi_metrics]
+    roi_names = list(dict.fromkeys(metric_rois))
     roi_structures: list[Structure] = []
     if roi_names:
         roi_structures, roi_request = dvh_request(dose, structures, roi_names, options=options)
@@ -235,19 +238,21 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
                              if s.is_target and not s.is_empty and s is not vr_structure]
     else:
         target_structures = [structures.get(name) for name in case.targets]
-    targets = tuple((s.name, tuple(structure_planes(s))) for s in target_structures)
-    return PreparedRecurrence(case, criteria, options, tuple(requests), vr_structure, transform is not None,
-                              tuple(roi_structures), tuple(roi_metrics), tuple(vr_metrics),
-                              common_plane_spacing_mm(structures.structures), targets)
+    spacing_mm = common_plane_spacing_mm(structures.structures)
+    targets = tuple((s.name, PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm))
+                    for s in target_structures)
+    return PreparedRecurrence(dose, float(prescription_gy), criteria, options, tuple(requests),
+                              RoiLabel.of(vr_structure), transform is not None,
+                              tuple(RoiLabel.of(s) for s in roi_structures), tuple(zip(roi_metrics, metric_rois)),
+                              tuple(vr_metrics), targets)
 
 
 def _finish(prepared: PreparedRecurrence, samples: Sequence[StructureSamples]) -> RecurrenceResult:
     """Classify one case from its samples (one per request of :func:`_prepare`)."""
-    case, criteria, options = prepared.case, prepared.criteria, prepared.options
-    dose, structures, prescription_gy = case.dose, case.structures, case.prescription_gy
+    criteria = prepared.criteria
+    dose, prescription_gy = prepared.dose, prepared.prescription_gy
     [vr] = dvhs_from_samples([prepared.vr], samples[0])
-    roi_dvhs = {d.name: d for d in dvhs_from_samples(prepared.roi_structures, samples[1])} \
-        if prepared.roi_structures else {}
+    roi_dvhs = {d.name: d for d in dvhs_from_samples(prepared.rois, samples[1])} if prepared.rois else {}
 
     isodose_gy = criteria.isodose_pct / 100.0 * prescription_gy
     inside_cc = float(vr.volume_at_dose_cc(isodose_gy)) if vr.has_dose else 0.0
@@ -259,13 +264,10 @@ def _finish(prepared: PreparedRecurrence, samples: Sequence[StructureSamples]) -
                                               np.asarray(dose.spacing_mm, dtype=np.float64),
                                               centroid.reshape(1, 3))[0])
     holding = tuple(name for name, planes in prepared.targets
-                    if planes_contain(planes, centroid, options.end_cap, prepared.spacing_mm)[0])
+                    if planes.contain(centroid)[0])
 
     metric_values = {m.text: float(vr.metric(m, prescription_gy)) for m in prepared.vr_metrics}
-    target_values = {
-        m.text: float(roi_dvhs[structures.get(m.roi).name].metric(m.metric, prescription_gy))
-        for m in prepared.roi_metrics
-    }
+    target_values = {m.text: float(roi_dvhs[roi].metric(m.metric, prescription_gy)) for m, roi in prepared.roi_metrics}
     return RecurrenceResult(
         recurrence_roi=vr.name,
         prescription_gy=float(prescription_gy),

@@ -85,7 +85,8 @@ class CaseInputs:
     second: object = None  # the courses of a re-irradiated case: (Course 1, Course 2, Registration or None)
     inputs: dict | None = None  # case_inputs(case), taken before the files were read
     #: The case's classification prepared where it was read (a PreparedRecurrence or the IsodoseError that
-    #: stopped it), and the seconds that took; None when the computing process prepares it.
+    #: stopped it), and the seconds that took; None when the computing process prepares it. A prepared case
+    #: that is not re-irradiated no longer holds its structure sets and registration (they stay in the worker).
     prepared: object = None
     prepare_s: float = 0.0
 
@@ -215,7 +216,10 @@ def read_and_prepare(case: Case, settings: RunSettings) -> CaseInputs | dict:
         return inputs
     started = time.perf_counter()
     prepared = prepare_recurrence(_recurrence_case(inputs, settings), settings.options)
-    return replace(inputs, prepared=prepared, prepare_s=time.perf_counter() - started)
+    inputs = replace(inputs, prepared=prepared, prepare_s=time.perf_counter() - started)
+    if inputs.second is None:  # what remains to do needs none of the contours: they are not passed on
+        inputs = replace(inputs, structures=None, follow_up=None, registration=None)
+    return inputs
 
 
 def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend: str | None = None) -> list[dict]:
