@@ -153,6 +153,42 @@ def test_a_crash_mid_write_loses_only_the_case_in_flight(cohort, tmp_path):
     assert len(ResultStore.open(out, create=False)) == 4
 
 
+def test_cases_stored_together_are_synced_once_and_read_back_as_cases_stored_one_by_one(cohort, tmp_path,
+                                                                                         monkeypatch):
+    """A batch of finished cases (the GPU arrangement finishes 32 at a time) costs one sync of the journal, and
+    reads back as the same cases appended one at a time: NaN and infinities as null, NumPy values as numbers,
+    curves included."""
+    from isodose.cohort.runner import process_case
+
+    entries = [process_case(case, SETTINGS) for case in read_manifest(cohort)[:3]]
+    entries[0]["record"]["centroid_dose_gy"] = float("nan")
+    entries[1]["record"]["recurrence_volume_cc"] = np.float32(2.5)
+    first_roi = next(iter(entries[1]["dvhs"]))
+    entries[1]["dvhs"][first_roi]["cumulative_cc"][-1] = float("inf")
+    syncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+    with ResultStore.open(tmp_path / "one.h5", SETTINGS.as_dict()) as one_by_one:
+        for entry in entries:
+            one_by_one.append(entry)
+        synced_alone = len(syncs)
+        by_one = (one_by_one.cases(), one_by_one.dvh_curves())
+    syncs.clear()
+    with ResultStore.open(tmp_path / "all.h5", SETTINGS.as_dict()) as together:
+        together.append_many(entries)
+        assert len(syncs) == synced_alone - len(entries) + 1  # the journal's start, then one for the batch
+        by_batch = (together.cases(), together.dvh_curves())
+    assert by_batch[0] == by_one[0]
+    assert by_batch[0][0]["record"]["centroid_dose_gy"] is None
+    assert by_batch[0][1]["record"]["recurrence_volume_cc"] == 2.5
+    assert len(by_batch[1]) == len(by_one[1]) > 0
+    for a, b in zip(by_batch[1], by_one[1], strict=True):
+        assert (a["case_id"], a["roi"], a["role"], a["step_gy"]) == (b["case_id"], b["roi"], b["role"], b["step_gy"])
+        np.testing.assert_array_equal(a["cumulative_cc"], b["cumulative_cc"])
+    curve = next(c for c in by_batch[1] if c["case_id"] == entries[1]["case_id"] and c["roi"] == first_roi)
+    assert np.isnan(curve["cumulative_cc"][-1])
+
+
 def test_a_second_run_on_the_same_results_is_refused_while_the_first_writes(cohort, tmp_path):
     """Two writers would each consolidate without the other's cases: the second run is refused, naming the
     first one's process, and goes ahead once that process has ended (however it ended)."""

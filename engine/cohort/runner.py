@@ -335,12 +335,13 @@ def _selected_backend_name(backend: str | None) -> str:
 
 
 def _run_in_processes(todo: list[Case], task: Callable[[Case], object], workers: int, threads: int,
-                      finish: Callable[[list[tuple[Case, object]]], list[dict]], on_result: Callable[[dict], None],
-                      batch_size: int = 1) -> None:
+                      finish: Callable[[list[tuple[Case, object]]], list[dict]],
+                      on_results: Callable[[list[dict]], None], batch_size: int = 1) -> None:
     """Run ``task(case)`` in worker processes, at most two cases in flight per worker, and hand the entries of
-    ``finish([(case, value), ...])`` to ``on_result`` here, in the one writing process. Values are finished in
-    batches of up to ``batch_size`` (a smaller one when nothing else is in flight). A worker that dies (killed,
-    out of memory) fails the cases in flight, and the rest go on in a fresh pool."""
+    ``finish([(case, value), ...])`` to ``on_results`` here, in the one writing process, a list at a time.
+    Values are finished in batches of up to ``batch_size`` (a smaller one when nothing else is in flight), and
+    each wait's results are handed on together. A worker that dies (killed, out of memory) fails the cases in
+    flight, and the rest go on in a fresh pool."""
     level = logging.getLogger("isodose").getEffectiveLevel()
     context = multiprocessing.get_context("spawn")  # no fork after threads (OpenMP) have started
     queue = list(reversed(todo))
@@ -350,8 +351,7 @@ def _run_in_processes(todo: list[Case], task: Callable[[Case], object], workers:
         batch = ready[:]
         ready.clear()
         if batch:
-            for entry in finish(batch):
-                on_result(entry)
+            on_results(finish(batch))
 
     while queue:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
@@ -371,8 +371,7 @@ def _run_in_processes(todo: list[Case], task: Callable[[Case], object], workers:
                             in_flight[future] = case
                             raise
                         except Exception as exc:  # the result could not come back (too large to pass, say)
-                            on_result(_error_entry(case.case_id, f"{type(exc).__name__}: {exc}"))
-                            continue
+                            value = _error_entry(case.case_id, f"{type(exc).__name__}: {exc}")
                         ready.append((case, value))
                     if len(ready) >= batch_size or not in_flight:
                         flush()
@@ -381,7 +380,8 @@ def _run_in_processes(todo: list[Case], task: Callable[[Case], object], workers:
                     if future.done() and not future.exception():
                         ready.append((case, future.result()))
                     else:
-                        on_result(_error_entry(case.case_id, "the worker process died while this case was in flight"))
+                        ready.append((case, _error_entry(case.case_id,
+                                                         "the worker process died while this case was in flight")))
                 flush()
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -450,23 +450,24 @@ def _run(store: ResultStore, all_cases: list[Case], settings: RunSettings, worke
     bar = Progress(len(all_cases), len(all_cases) - len(todo), progress)
     failed = 0
 
-    def record(entry: dict) -> None:
+    def record(entries: list[dict]) -> None:
         nonlocal failed
-        store.append(entry)
-        failed += entry["status"] != "ok"
-        bar.update(entry["status"] == "ok")
-        if on_result is not None:
-            on_result(entry)
+        store.append_many(entries)  # durably, before anything is reported
+        for entry in entries:
+            failed += entry["status"] != "ok"
+            bar.update(entry["status"] == "ok")
+            if on_result is not None:
+                on_result(entry)
 
     try:
         if client is not None:
             from .distributed import process_case_on_worker, run_on_dask
 
             run_on_dask(client, todo, functools.partial(process_case_on_worker, settings=settings, backend=backend),
-                        record)
+                        lambda entry: record([entry]))
         elif workers == 1 or len(todo) <= 1:
             for case in todo:
-                record(process_case(case, settings, backend))
+                record([process_case(case, settings, backend)])
         elif pipelined:
             # Reading workers read and plan; this process samples (for a GPU, which one process drives) and
             # finishes.

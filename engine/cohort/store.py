@@ -34,7 +34,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,26 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _json(value) -> str:
+    """``value`` as JSON, NaN and infinities as null (the walk that replaces them only when there are some)."""
+    try:
+        return json.dumps(value, default=_json_default, allow_nan=False)
+    except ValueError:
+        return json.dumps(_clean(value), default=_json_default, allow_nan=False)
+
+
+def _journal_line(entry: dict) -> tuple[str, dict]:
+    """One case's journal line, and its entry without curves as it will read back from the journal. The
+    curves, most of the line, are encoded once and not decoded again."""
+    light = _json(_light(entry))
+    if "dvhs" in entry:
+        light_keys = light[1:-1]
+        line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {_json(entry["dvhs"])}}}'
+    else:
+        line = light
+    return line + "\n", json.loads(light)
 
 
 def _clean(value):
@@ -343,16 +363,24 @@ class ResultStore:
 
     def append(self, entry: dict) -> None:
         """Record one finished case, durably, before anything else happens."""
-        line = json.dumps(_clean(entry), default=_json_default, allow_nan=False) + "\n"
+        self.append_many([entry])
+
+    def append_many(self, entries: Sequence[dict]) -> None:
+        """Record finished cases, durably (one sync for them all), before anything else happens: none of them
+        is held as stored until every line is on disk."""
+        if not entries:
+            return
+        lines, records = zip(*(_journal_line(entry) for entry in entries))
         try:
             with self.journal.open("a", encoding="utf-8") as handle:
-                handle.write(line)
+                handle.write("".join(lines))
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as exc:
             raise StoreError(f"cannot append to the journal ({exc.strerror or exc})", path=self.journal) from exc
-        self._records[entry["case_id"]] = _light(json.loads(line))
-        self._journal_ids.add(entry["case_id"])
+        for record in records:
+            self._records[record["case_id"]] = record
+            self._journal_ids.add(record["case_id"])
         if len(self._journal_ids) >= max(MIN_CONSOLIDATE, len(self._records) // 4):
             self.consolidate()
 
