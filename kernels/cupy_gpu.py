@@ -153,7 +153,7 @@ class GpuKernels:
         row_plane = np.repeat(np.arange(n_planes, dtype=np.int64), plane_ny)
         row_start = np.concatenate([[0], np.cumsum(plane_ny)[:-1]]).astype(np.int64)
         row_in_plane = np.arange(n_rows, dtype=np.int64) - np.repeat(row_start, plane_ny)
-        cells = xp.zeros((int(plane_cell_start[-1]), 6), dtype=np.float64)
+        cells = xp.empty((int(plane_cell_start[-1]), 6), dtype=np.float64)  # each row's thread writes its cells
         overflow = xp.zeros(n_rows, dtype=np.int32)
         if n_rows:
             self.launch("coverage_kernel", n_rows, [
@@ -187,7 +187,7 @@ class GpuKernels:
             self.launch("histogram_kernel", n, [values, self.to_device(weights, np.float64),
                                                 self.to_device(widths, np.float64), np.int64(n),
                                                 np.float64(1.0 / bin_width), np.int32(n_bins), delta])
-        return self.to_host(self.xp.cumsum(delta)[:n_bins]).astype(np.float64) / VOLUME_SCALE
+        return self.to_host(self.xp.cumsum(delta)[:n_bins] / VOLUME_SCALE)
 
     def cell_histograms(self, dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,
                         structure_plane_start, structure_transform, bin_width, n_bins, n_chunks):
@@ -222,7 +222,7 @@ class GpuKernels:
                 self.to_device(1.0 / np.asarray(structure_bin_width, np.float64), np.float64), np.int32(n_bins),
                 delta, stats_fixed, extremes,
             ])
-        hist = self.to_host(xp.cumsum(delta, axis=1)[:, :n_bins]).astype(np.float64) / VOLUME_SCALE
+        hist = self.to_host(xp.cumsum(delta, axis=1)[:, :n_bins] / VOLUME_SCALE)  # converted on the device
         fixed = self.to_host(stats_fixed).astype(np.float64)
         bounds = self.to_host(extremes).view(np.float64)
         inside = fixed[:, 0] / VOLUME_SCALE
