@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from isodose.cli import main
+from isodose.cohort import handover
 from isodose.cohort.cases import ManifestError, discover_cases, read_manifest
 from isodose.cohort.report import build_report, format_text, write_html
 from isodose.cohort.runner import RunSettings, run_cohort
@@ -406,6 +407,21 @@ def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_p
     assert pipelined == default
     assert all(e["timings"]["read_s"] > 0 and e["timings"]["compute_s"] > 0
                for e in ResultStore.open(out, create=False).cases())
+    assert not list(handover.SHM.glob(f"{handover.PREFIX}{os.getpid()}-*"))  # every case's block went
+
+
+@pytest.mark.skipif(not handover.available(), reason="needs POSIX shared memory in /dev/shm")
+def test_a_case_sent_through_shared_memory_classifies_as_one_read_here(cohort):
+    from isodose.cohort.runner import classify_batch, read_and_prepare, read_and_send
+
+    cases = read_manifest(cohort)[:2]
+    expected = classify_batch([read_and_prepare(case, SETTINGS) for case in cases], SETTINGS, "numba")
+    sent = [read_and_send(case, SETTINGS, os.getpid()) for case in cases]
+    assert all(s.block is not None for s in sent)  # the dose grids went through shared memory
+    got = classify_batch([handover.receive(s) for s in sent], SETTINGS, "numba")
+    for a, b in zip(got, expected, strict=True):
+        assert (a["status"], a["record"], a["dvhs"]) == (b["status"], b["record"], b["dvhs"])
+    assert not list(handover.SHM.glob(f"{handover.PREFIX}{os.getpid()}-*"))
 
 
 def test_cases_prepared_where_they_are_read_are_not_prepared_again(cohort, monkeypatch):

@@ -222,6 +222,14 @@ def read_and_prepare(case: Case, settings: RunSettings) -> CaseInputs | dict:
     return inputs
 
 
+def read_and_send(case: Case, settings: RunSettings, receiver_pid: int):
+    """:func:`read_and_prepare`, as a reading worker sends it to the process ``receiver_pid`` that drives the
+    GPU: its dose grids through shared memory (see :mod:`isodose.cohort.handover`)."""
+    from .handover import send
+
+    return send(read_and_prepare(case, settings), receiver_pid)
+
+
 def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend: str | None = None) -> list[dict]:
     """Classify cases already read, sampled together (one merged plan on a GPU); never raises for a bad case.
 
@@ -470,14 +478,27 @@ def _run(store: ResultStore, all_cases: list[Case], settings: RunSettings, worke
                 record([process_case(case, settings, backend)])
         elif pipelined:
             # Reading workers read and plan; this process samples (for a GPU, which one process drives) and
-            # finishes.
-            def classify(items: list[tuple[Case, object]]) -> list[dict]:
-                read = [inputs for _, inputs in items if isinstance(inputs, CaseInputs)]
-                entries = iter(classify_batch(read, settings, backend) if read else [])
-                return [next(entries) if isinstance(inputs, CaseInputs) else inputs for _, inputs in items]
+            # finishes. The cases' dose grids come through shared memory.
+            from . import handover
 
-            _run_in_processes(todo, functools.partial(read_and_prepare, settings=settings), min(workers, len(todo)),
-                              1, classify, record, max(1, batch_size))
+            def classify(items: list[tuple[Case, object]]) -> list[dict]:
+                received = []
+                for case, sent in items:
+                    try:
+                        received.append(handover.receive(sent))
+                    except OSError as exc:
+                        received.append(_error_entry(case.case_id, f"the case's data from its reading worker was "
+                                                                   f"lost on the way ({exc})"))
+                read = [inputs for inputs in received if isinstance(inputs, CaseInputs)]
+                entries = iter(classify_batch(read, settings, backend) if read else [])
+                return [next(entries) if isinstance(inputs, CaseInputs) else inputs for inputs in received]
+
+            handover.sweep()  # what killed runs left
+            try:
+                _run_in_processes(todo, functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid()),
+                                  min(workers, len(todo)), 1, classify, record, max(1, batch_size))
+            finally:
+                handover.sweep(os.getpid())  # cases sent but never received (a run stopped midway)
         else:
             n = min(workers, len(todo))
             _run_in_processes(todo, functools.partial(process_case, settings=settings, backend=backend), n,

@@ -1,0 +1,158 @@
+"""Handing a read case from a reading worker to the process that drives a GPU, without piping its dose grid.
+
+A result of a worker process comes back through a pipe and is unpickled by the receiving process: for a
+head-and-neck dose grid (about 20 MB) that is tens of milliseconds of the receiver's time per case, more than
+classifying the case on a GPU takes, and in the GPU arrangement one process receives every case. So the
+worker puts the large arrays of what it sends (pickle protocol 5's out-of-band buffers) into one shared-memory
+block, and pipes only the rest; the receiver maps the block and unpickles the arrays in place, without copying
+them, and removes the block's name at once (the memory goes when the last array using it does).
+
+This needs POSIX shared memory in ``/dev/shm`` (Linux). Where there is none, or not room for a block (it is
+reserved before it is written, so that a full ``/dev/shm`` is a fallback, not a crash), the value is pickled
+whole as before. Blocks are named after the receiving process (``isodose-<pid>-...``): a run removes what is
+left of its own when it ends, and of runs whose process no longer exists when it starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import mmap
+import os
+import pickle
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHM = Path("/dev/shm")
+PREFIX = "isodose-"
+#: Buffers at least this large travel through shared memory; smaller ones are pickled with the rest.
+MIN_SHARED_BYTES = 256 * 1024
+ALIGN = 64
+_counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A value as a worker sends it: ``data`` (pickled, protocol 5) and, when some of its buffers went through
+    shared memory, the block's name and each buffer's (offset, size) in it, in the order pickle gave them."""
+
+    data: bytes
+    block: str | None = None
+    layout: tuple[tuple[int, int], ...] = ()
+
+
+def available() -> bool:
+    return sys.platform.startswith("linux") and SHM.is_dir() and os.access(SHM, os.W_OK)
+
+
+def send(value: object, receiver_pid: int) -> Sent:
+    """``value`` ready to send to the process ``receiver_pid`` (see the module's text); never raises for want
+    of shared memory (it then pickles everything)."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < MIN_SHARED_BYTES:
+            return True  # in band
+        buffers.append(raw)
+        return False
+
+    if not available():
+        return Sent(pickle.dumps(value, protocol=5))
+    data = pickle.dumps(value, protocol=5, buffer_callback=out_of_band)
+    if not buffers:
+        return Sent(data)
+    layout, size = [], 0
+    for raw in buffers:
+        layout.append((size, raw.nbytes))
+        size += -(-raw.nbytes // ALIGN) * ALIGN
+    name = f"{PREFIX}{receiver_pid}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_block(SHM / name, size, buffers, layout)
+    except OSError as exc:  # no room (or no shared memory after all): send it all through the pipe
+        log.debug("shared memory refused a block of %d bytes (%s); pickling the whole value", size, exc)
+        return Sent(pickle.dumps(value, protocol=5))
+    return Sent(data, name, tuple(layout))
+
+
+def _write_block(path: Path, size: int, buffers: list[memoryview], layout: list[tuple[int, int]]) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)  # tmpfs pages reserved now: ENOSPC here, never SIGBUS on writing
+            with mmap.mmap(fd, size) as block:
+                for raw, (offset, nbytes) in zip(buffers, layout):
+                    block[offset : offset + nbytes] = raw.cast("B")
+        finally:
+            os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def receive(sent: Sent | object) -> object:
+    """The value a worker sent (anything not a :class:`Sent` is returned as it is). Its large arrays are views
+    of the shared block, whose name is removed here: the memory is freed with the last of them. An OSError
+    when the block is gone (removed by someone else)."""
+    if not isinstance(sent, Sent):
+        return sent
+    if sent.block is None:
+        return pickle.loads(sent.data)
+    path = SHM / sent.block
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            # A private (copy-on-write) mapping: the arrays are writable, and writes stay in this process.
+            block = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(fd)
+    finally:
+        path.unlink(missing_ok=True)
+    view = memoryview(block)
+    return pickle.loads(sent.data, buffers=[view[offset : offset + nbytes] for offset, nbytes in sent.layout])
+
+
+def discard(sent: Sent | object) -> None:
+    """Remove the block of a value that will not be received."""
+    if isinstance(sent, Sent) and sent.block is not None:
+        (SHM / sent.block).unlink(missing_ok=True)
+
+
+def sweep(receiver_pid: int | None = None) -> int:
+    """Remove the blocks left for ``receiver_pid`` (this run's, once it is over), or, without it, those left for
+    processes that no longer exist (runs that were killed). Returns how many were removed."""
+    if not available():
+        return 0
+    removed = 0
+    for path in SHM.glob(f"{PREFIX}*"):
+        owner = path.name[len(PREFIX):].split("-", 1)[0]
+        if not owner.isdigit():
+            continue
+        if receiver_pid is not None and int(owner) != receiver_pid:
+            continue
+        if receiver_pid is None and _alive(int(owner)):
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OSError as exc:
+        return exc.errno != errno.ESRCH
+    return True

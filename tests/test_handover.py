@@ -1,0 +1,87 @@
+"""Cases handed from reading workers to the process that drives a GPU: large arrays through shared memory,
+nothing left behind, and a plain pickle wherever shared memory is missing or full."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import multiprocessing
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from isodose.cohort import handover
+from isodose.model import DoseGrid
+
+pytestmark = pytest.mark.skipif(not handover.available(), reason="needs POSIX shared memory in /dev/shm")
+
+
+def _blocks(pid: int) -> list[str]:
+    return sorted(p.name for p in handover.SHM.glob(f"{handover.PREFIX}{pid}-*"))
+
+
+def _value():
+    big = np.arange(600_000, dtype=np.float32).reshape(60, 100, 100)
+    grid = DoseGrid(big, (0.0, 1.0, 2.0), (2.5, 2.5, 3.0), "1.2.3", "RD.dcm")
+    return {"grid": grid, "same grid again": grid, "small": np.arange(10.0), "other": np.ones((700, 100)),
+            "text": "kept"}
+
+
+def test_large_arrays_travel_through_one_block_whose_name_goes_on_arrival():
+    value = _value()
+    sent = handover.send(value, os.getpid())
+    assert sent.block is not None and len(sent.layout) == 2  # the grid (once) and "other"; "small" in band
+    assert len(sent.data) < 20_000  # the arrays are not in the pickle
+    assert _blocks(os.getpid()) == [sent.block]
+    got = handover.receive(pickle.loads(pickle.dumps(sent)))  # as through the pool's pipe
+    assert _blocks(os.getpid()) == []  # the name is gone; the memory lives with the arrays
+    gc.collect()
+    assert got["grid"] is got["same grid again"] and got["text"] == "kept"
+    np.testing.assert_array_equal(got["grid"].dose_gy, value["grid"].dose_gy)
+    np.testing.assert_array_equal(got["other"], value["other"])
+    np.testing.assert_array_equal(got["small"], value["small"])
+    assert not got["grid"].dose_gy.flags.owndata  # a view of the block, not a copy
+    got["grid"].dose_gy[0, 0, 0] = -1.0  # writable, and private to this process
+    assert got["grid"].dose_gy[0, 0, 0] == -1.0
+
+
+def test_without_room_or_without_shared_memory_the_value_is_pickled_whole(monkeypatch):
+    value = _value()
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    sent = handover.send(value, os.getpid())
+    assert sent.block is None and _blocks(os.getpid()) == []  # the refused block is not left behind
+    np.testing.assert_array_equal(handover.receive(sent)["grid"].dose_gy, value["grid"].dose_gy)
+    monkeypatch.undo()
+    monkeypatch.setattr(handover, "available", lambda: False)
+    sent = handover.send(value, os.getpid())
+    assert sent.block is None
+    np.testing.assert_array_equal(handover.receive(sent)["other"], value["other"])
+
+
+def test_a_block_gone_before_arrival_is_an_error_and_blocks_left_behind_are_swept():
+    sent = handover.send(_value(), os.getpid())
+    handover.discard(sent)
+    with pytest.raises(FileNotFoundError):
+        handover.receive(sent)
+    ended = multiprocessing.get_context("spawn").Process(target=int)
+    ended.start()
+    ended.join()
+    for pid in (os.getpid(), ended.pid):
+        (handover.SHM / f"{handover.PREFIX}{pid}-1-2-abc").write_bytes(b"left")
+    assert handover.sweep() == 1  # only the run that no longer exists
+    assert _blocks(ended.pid) == [] and len(_blocks(os.getpid())) == 1
+    assert handover.sweep(os.getpid()) == 1 and _blocks(os.getpid()) == []
+
+
+def head_and_neck_sized_case(seed: int, through_shared_memory: bool, receiver_pid: int):
+    """What a reading worker sends for a case with a head-and-neck-sized dose grid (200 x 200 x 120 voxels,
+    float32): as it is, or through :func:`handover.send` (the benchmarks time the receiving side)."""
+    dose = np.random.default_rng(seed).uniform(0.0, 70.0, (120, 200, 200)).astype(np.float32)
+    value = {"dose": DoseGrid(dose, (-250.0, -250.0, -150.0), (2.5, 2.5, 2.5), "1.2.3", f"RD{seed}.dcm")}
+    return handover.send(value, receiver_pid) if through_shared_memory else value
