@@ -80,77 +80,112 @@ def test_cohort_run_on_local_dask(benchmark, cohorts, tmp_path, dask_workers):
     )
 
 
+@pytest.mark.parametrize("through", ["pipe", "shared memory"])
+def test_receiving_head_and_neck_sized_cases_from_reading_workers(benchmark, through):
+    """The time the process that drives a GPU spends receiving cases from 2 reading workers (a process pool, as
+    in a cohort run), each case with a head-and-neck-sized dose grid (200 x 200 x 120 float32, 19 MB), and
+    reading each grid once (as its copy to the device would): through the pool's pipe (pickled whole), or with
+    the grid through shared memory (:mod:`isodose.cohort.handover`). ``receiver_cpu_ms_per_case`` is that
+    process's CPU time (all its threads), which bounds its rate whatever the GPU."""
+    import functools
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from isodose.cohort import handover
+    from tests.test_handover import head_and_neck_sized_case
+
+    if through == "shared memory" and not handover.available():
+        pytest.skip("no POSIX shared memory here")
+    n_cases = 12
+    task = functools.partial(head_and_neck_sized_case, through_shared_memory=through == "shared memory",
+                             receiver_pid=os.getpid())
+    cpu_ms: list[float] = []
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def run():
+            started = time.process_time()
+            peaks = [float(handover.receive(f.result())["dose"].dose_gy.max())
+                     for f in [pool.submit(task, seed) for seed in range(n_cases)]]
+            cpu_ms.append(1000.0 * (time.process_time() - started) / n_cases)
+            return peaks
+
+        run()  # the workers start and import
+        cpu_ms.clear()
+        benchmark.group = "receiving head-and-neck-sized cases from reading workers"
+        peaks = benchmark.pedantic(run, rounds=3, iterations=1)
+    assert len(peaks) == n_cases and all(p > 60 for p in peaks)
+    benchmark.extra_info.update(through=through, cases=n_cases, dose_mb=19.2,
+                                receiver_cpu_ms_per_case=round(float(np.median(cpu_ms)), 2))
+
+
 @pytest.mark.parametrize(("batch", "planned_by_readers"), [(1, False), (32, False), (32, True)])
 def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, batch, planned_by_readers):
-    """What the process that drives a GPU does per case besides the kernels: planning the sampling (unless the
-    reading workers did, ``planned_by_readers``, as in a cohort run), merging plans, moving arrays, building
-    DVHs and classifying, in batches of ``batch`` cases. The kernels run emulated on the CPU (tests/cuda) and
-    their time is left out, and so is the time of the emulation's stand-ins for copies to the device and
-    concatenations there (``copies_ms_per_case``: CPU copies here, DMA and device work on a GPU).
-    ``host_ms_per_case`` bounds the rate at which that process can classify cases on a GPU, whatever the GPU.
-    (The median of the row itself is mostly the emulated kernels: not a GPU figure.)"""
+    """What the process that drives a GPU does per case besides the device's work, in batches of ``batch``
+    cases: planning the sampling (unless the reading workers did, ``planned_by_readers``, as in a cohort run,
+    and then unpickling what they send), merging plans, launching, building DVHs, classifying, and storing the
+    results (one journal sync per batch). The device's work is emulated on the CPU (tests/cuda: kernels,
+    copies, array operations) and its time is left out (``device_ms_per_case``, not a GPU figure).
+    ``host_ms_per_case`` bounds the rate at which that process can classify cases on a GPU, whatever the GPU;
+    ``classify_ms_per_case`` is the part of it that classifying cases already in memory takes.
+    (The median of the row itself is mostly the emulated device: not a GPU figure.)"""
+    import pickle
     import time
 
     from isodose.cohort.cases import read_manifest
     from isodose.cohort.runner import classify_batch, read_and_prepare, read_case
     from isodose.dispatch import Backend
     from isodose.kernels.cupy_gpu import GpuKernels
-    from tests.cuda.device import DeviceArray, DeviceModule
+    from tests.cuda.device import CLOCK, DeviceModule
     from tests.cuda.emulated import build, emulated_kernels
 
     library = build(tmp_path_factory.mktemp("cuda"))
     if library is None:
         pytest.skip("no C++ compiler to build the emulated kernels")
     emulated = emulated_kernels(library)
-    kernel_s, copy_s = [0.0], [0.0]
-
-    def timed(seconds, work, *args, **kwargs):
-        started = time.perf_counter()
-        result = work(*args, **kwargs)
-        seconds[0] += time.perf_counter() - started
-        return result
-
-    class Copies(DeviceModule):
-        @staticmethod
-        def asarray(array, dtype=None):
-            if isinstance(array, DeviceArray):
-                return DeviceModule.asarray(array, dtype)
-            return timed(copy_s, DeviceModule.asarray, array, dtype)
-
-        @staticmethod
-        def concatenate(arrays, axis=0):
-            return timed(copy_s, DeviceModule.concatenate, arrays, axis)
-
-    def launch(name, n_threads, args):
-        timed(kernel_s, emulated.launch, name, n_threads, args)
-
-    gpu = GpuKernels(Copies(), launch, emulated.device)
+    gpu = GpuKernels(DeviceModule(), CLOCK(emulated.launch), emulated.device)
     backend = Backend("cupy (emulated)", gpu.device, gpu)
     cases = read_manifest(cohorts[100])[:40]
-    host_ms: list[float] = []
-    copies_ms: list[float] = []
+    stores = tmp_path_factory.mktemp("host-work-stores")
+    counter = itertools.count()
+    parts: dict[str, list[float]] = {"host": [], "handover": [], "classify": [], "store": [], "device": []}
 
     def fresh_inputs():  # read anew each round: no structure's planes are cached from an earlier one
-        kernel_s[0] = copy_s[0] = 0.0
-        if planned_by_readers:
-            return ([read_and_prepare(case, SETTINGS) for case in cases],), {}
+        if planned_by_readers:  # what the reading workers send
+            return ([pickle.dumps(read_and_prepare(case, SETTINGS)) for case in cases],), {}
         return ([read_case(case) for case in cases],), {}
 
     def run(inputs):
-        started = time.perf_counter()
-        entries = [e for first in range(0, len(inputs), batch)
-                   for e in classify_batch(inputs[first : first + batch], SETTINGS, backend)]
-        host_ms.append(1000.0 * (time.perf_counter() - started - kernel_s[0] - copy_s[0]) / len(inputs))
-        copies_ms.append(1000.0 * copy_s[0] / len(inputs))
+        seconds = dict.fromkeys(("handover", "classify", "store"), 0.0)
+
+        def timed(part, work, *args):
+            started = time.perf_counter()
+            result = work(*args)
+            seconds[part] += time.perf_counter() - started
+            return result
+
+        CLOCK.seconds = 0.0
+        entries = []
+        with ResultStore.open(stores / f"run{next(counter)}.h5", SETTINGS.as_dict()) as store:
+            for first in range(0, len(inputs), batch):
+                part = inputs[first : first + batch]
+                if planned_by_readers:
+                    part = timed("handover", lambda sent: [pickle.loads(data) for data in sent], part)
+                done = timed("classify", classify_batch, part, SETTINGS, backend)
+                timed("store", store.append_many, done)
+                entries += done
+        device = CLOCK.seconds  # all of it inside classifying
+        seconds["classify"] -= device
+        for name, value in [*seconds.items(), ("device", device), ("host", sum(seconds.values()))]:
+            parts[name].append(1000.0 * value / len(inputs))
         return entries
 
     run(*fresh_inputs()[0])  # compile and warm up
-    host_ms.clear()
-    copies_ms.clear()
+    for values in parts.values():
+        values.clear()
     benchmark.group = "GPU arrangement on emulated kernels: host work per case"
     entries = benchmark.pedantic(run, setup=fresh_inputs, rounds=3, iterations=1)
     assert all(e["status"] == "ok" for e in entries)
+    medians = {name: round(float(np.median(values)), 2) for name, values in parts.items()}
     benchmark.extra_info.update(batch=batch, planned_by_readers=planned_by_readers, cases=len(cases),
-                                host_ms_per_case=round(float(np.median(host_ms)), 2),
-                                copies_ms_per_case=round(float(np.median(copies_ms)), 2),
-                                host_bound_cases_per_second=round(1000.0 / float(np.median(host_ms)), 1))
+                                **{f"{name}_ms_per_case": value for name, value in medians.items()},
+                                host_bound_cases_per_second=round(1000.0 / medians["host"], 1))

@@ -12,9 +12,40 @@ could go wrong on a real device without any CPU test noticing:
 
 from __future__ import annotations
 
+import functools
+import time
+
 import numpy as np
 
 IMPLICIT = "a device array does not become a NumPy array implicitly: copy it with .get()"
+
+
+class DeviceClock:
+    """Seconds spent in the emulated device's work: copies to and from it, and operations on its arrays. A GPU
+    does that work apart from the host (DMA, device kernels), so the host-work benchmark leaves it out. Work
+    done inside other device work is counted once."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._depth = 0
+
+    def __call__(self, work):
+        @functools.wraps(work)
+        def timed(*args, **kwargs):
+            if self._depth:
+                return work(*args, **kwargs)
+            self._depth += 1
+            started = time.perf_counter()
+            try:
+                return work(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+                self._depth -= 1
+
+        return timed
+
+
+CLOCK = DeviceClock()
 
 
 def _unwrap(value, where: str):
@@ -47,6 +78,7 @@ class DeviceArray:
         self.data = data
 
     # -- transfers --------------------------------------------------------------------------------------------
+    @CLOCK
     def get(self) -> np.ndarray:
         return self.data.copy()
 
@@ -86,27 +118,33 @@ class DeviceArray:
         if not callable(method):
             raise AttributeError(name)
 
+        @CLOCK
         def on_device(*args, **kwargs):
             return _wrap(method(*_unwrap(args, name), **_unwrap(kwargs, name)))
 
         return on_device
 
+    @CLOCK
     def __getitem__(self, key):
         return _wrap(self.data[_unwrap(key, "indexing")])
 
+    @CLOCK
     def __setitem__(self, key, value) -> None:
         self.data[_unwrap(key, "indexing")] = _unwrap(value, "assignment")
 
+    @CLOCK
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         where = f"numpy.{ufunc.__name__}"
         return _wrap(getattr(ufunc, method)(*_unwrap(inputs, where), **_unwrap(kwargs, where)))
 
+    @CLOCK
     def __array_function__(self, func, types, args, kwargs):
         where = f"numpy.{func.__name__}"
         return _wrap(func(*_unwrap(args, where), **_unwrap(kwargs, where)))
 
 
 def _operator(name: str):
+    @CLOCK
     def apply(self, *others):
         return _wrap(getattr(self.data, name)(*_unwrap(others, name)))
 
@@ -128,6 +166,7 @@ class DeviceModule:
     ndarray = DeviceArray
 
     @staticmethod
+    @CLOCK
     def asarray(array, dtype=None) -> DeviceArray:
         """To the device (a copy of host data), or a device array as ``dtype``."""
         if isinstance(array, DeviceArray):
@@ -135,26 +174,31 @@ class DeviceModule:
         return DeviceArray(np.array(array, dtype=dtype))
 
     @staticmethod
+    @CLOCK
     def ascontiguousarray(array, dtype=None) -> DeviceArray:
         if not isinstance(array, DeviceArray):
             raise TypeError(f"ascontiguousarray: needs a device array, got {type(array).__name__}")
         return DeviceArray(np.ascontiguousarray(array.data, dtype=dtype))
 
     @staticmethod
+    @CLOCK
     def zeros(shape, dtype=float) -> DeviceArray:
         return DeviceArray(np.zeros(shape, dtype=dtype))
 
     @staticmethod
+    @CLOCK
     def empty(shape, dtype=float) -> DeviceArray:
         # Not zeros (nor NaN, which kernels write on purpose): an element a kernel leaves unwritten shows up.
         dtype = np.dtype(dtype)
         return DeviceArray(np.full(shape, -np.finfo(dtype).max if dtype.kind == "f" else -12345, dtype=dtype))
 
     @staticmethod
+    @CLOCK
     def concatenate(arrays, axis=0) -> DeviceArray:
         return DeviceArray(np.concatenate(_unwrap(list(arrays), "concatenate"), axis=axis))
 
     @staticmethod
+    @CLOCK
     def cumsum(array, axis=None) -> DeviceArray:
         return DeviceArray(np.cumsum(_unwrap(array, "cumsum"), axis=axis))
 
