@@ -122,17 +122,18 @@ def test_receiving_head_and_neck_sized_cases_from_reading_workers(benchmark, thr
 def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, batch, planned_by_readers):
     """What the process that drives a GPU does per case besides the device's work, in batches of ``batch``
     cases: planning the sampling (unless the reading workers did, ``planned_by_readers``, as in a cohort run,
-    and then unpickling what they send), merging plans, launching, building DVHs, classifying, and storing the
-    results (one journal sync per batch). The device's work is emulated on the CPU (tests/cuda: kernels,
-    copies, array operations) and its time is left out (``device_ms_per_case``, not a GPU figure).
-    ``host_ms_per_case`` bounds the rate at which that process can classify cases on a GPU, whatever the GPU;
-    ``classify_ms_per_case`` is the part of it that classifying cases already in memory takes.
-    (The median of the row itself is mostly the emulated device: not a GPU figure.)"""
-    import pickle
+    and then receiving what they send: :func:`~isodose.cohort.handover.receive`), merging plans, launching,
+    building DVHs, classifying, and storing the results (one journal sync per batch). The device's work is
+    emulated on the CPU (tests/cuda: kernels, copies, array operations) and its time is left out
+    (``device_ms_per_case``, not a GPU figure). ``host_ms_per_case`` bounds the rate at which that process can
+    classify cases on a GPU, whatever the GPU; ``classify_ms_per_case`` is the part of it that classifying
+    cases already in memory takes. (The median of the row itself is mostly the emulated device: not a GPU
+    figure.)"""
     import time
 
+    from isodose.cohort import handover
     from isodose.cohort.cases import read_manifest
-    from isodose.cohort.runner import classify_batch, read_and_prepare, read_case
+    from isodose.cohort.runner import classify_batch, read_and_send, read_case
     from isodose.dispatch import Backend
     from isodose.kernels.cupy_gpu import GpuKernels
     from tests.cuda.device import CLOCK, DeviceModule
@@ -151,7 +152,7 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
 
     def fresh_inputs():  # read anew each round: no structure's planes are cached from an earlier one
         if planned_by_readers:  # what the reading workers send
-            return ([pickle.dumps(read_and_prepare(case, SETTINGS)) for case in cases],), {}
+            return ([read_and_send(case, SETTINGS, os.getpid()) for case in cases],), {}
         return ([read_case(case) for case in cases],), {}
 
     def run(inputs):
@@ -169,7 +170,7 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
             for first in range(0, len(inputs), batch):
                 part = inputs[first : first + batch]
                 if planned_by_readers:
-                    part = timed("handover", lambda sent: [pickle.loads(data) for data in sent], part)
+                    part = timed("handover", lambda sent: [handover.receive(s) for s in sent], part)
                 done = timed("classify", classify_batch, part, SETTINGS, backend)
                 timed("store", store.append_many, done)
                 entries += done
@@ -183,7 +184,10 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     for values in parts.values():
         values.clear()
     benchmark.group = "GPU arrangement on emulated kernels: host work per case"
-    entries = benchmark.pedantic(run, setup=fresh_inputs, rounds=3, iterations=1)
+    try:
+        entries = benchmark.pedantic(run, setup=fresh_inputs, rounds=3, iterations=1)
+    finally:
+        handover.sweep(os.getpid())
     assert all(e["status"] == "ok" for e in entries)
     medians = {name: round(float(np.median(values)), 2) for name, values in parts.items()}
     benchmark.extra_info.update(batch=batch, planned_by_readers=planned_by_readers, cases=len(cases),
