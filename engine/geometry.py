@@ -293,24 +293,13 @@ class PackedPlanes:
         bounds = self.ring_vertex_start[self.plane_ring_start[plane] : self.plane_ring_start[plane + 1] + 1]
         return [self.vertices_mm[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def slab_index(self, z_mm: np.ndarray) -> np.ndarray:
-        """The plane whose slab holds each ``z_mm``, or -1 where none does (slabs never overlap)."""
-        z = np.asarray(z_mm, dtype=np.float64)
-        lo, hi = self.slab_lo_mm, self.slab_hi_mm
-        if not len(lo):
-            return np.full(z.shape, -1, dtype=np.int64)
-        index = np.searchsorted(lo, z, side="right") - 1  # the last slab starting at or below z
-        return np.where((index >= 0) & (z < hi[np.maximum(index, 0)]), index, -1)
-
     def contain(self, points_mm: np.ndarray) -> np.ndarray:
-        """Which ``(x, y, z)`` points lie inside (see :func:`structure_contains`)."""
-        points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
-        inside = np.zeros(len(points), dtype=bool)
-        plane_of = self.slab_index(points[:, 2])
-        for plane in np.unique(plane_of[plane_of >= 0]):
-            at = plane_of == plane
-            inside[at] = points_in_rings(self.rings(int(plane)), points[at, 0], points[at, 1])
-        return inside
+        """Which ``(x, y, z)`` points lie inside (see :func:`structure_contains`): compiled, the test of
+        :func:`points_in_rings` against the rings of the one plane whose slab holds each point."""
+        from .kernels.numba_cpu import points_in_packed_planes
+
+        return points_in_packed_planes(self.slab_lo_mm, self.slab_hi_mm, self.plane_ring_start,
+                                       self.ring_vertex_start, self.vertices_mm, points_mm)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -379,6 +379,42 @@ def ring_crosses_itself(points) -> bool:
     return bool(_ring_crosses_itself(_f64(points).reshape(-1, 2)))
 
 
+@njit(cache=True)
+def _points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_start, vertices, points, out):
+    for n in range(points.shape[0]):
+        px, py, pz = points[n, 0], points[n, 1], points[n, 2]
+        out[n] = False
+        if not (pz >= slab_lo[0]) or not (pz < slab_hi[-1]):  # NaN too
+            continue
+        p = np.searchsorted(slab_lo, pz, side="right") - 1  # the last slab starting at or below z
+        if not pz < slab_hi[p]:
+            continue
+        crossings = 0
+        for r in range(plane_ring_start[p], plane_ring_start[p + 1]):
+            a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
+            for e in range(a0, a1):
+                f = e + 1 if e + 1 < a1 else a0
+                x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
+                if y1 == y2:
+                    continue
+                if ((y1 <= py and py < y2) or (y2 <= py and py < y1)) and px < x1 + (py - y1) * ((x2 - x1) / (y2 - y1)):
+                    crossings += 1
+        out[n] = crossings % 2 == 1
+
+
+def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_start, vertices, points) -> np.ndarray:
+    """Which ``(x, y, z)`` points lie inside a structure given by its planes packed in flat arrays (see
+    ``isodose.geometry.PackedPlanes``): the even-odd test, with half-open edges, of the rings of the plane whose
+    slab ``[slab_lo, slab_hi)`` holds the point's z. Not a backend kernel: the engine's host-side test of a few
+    points (a recurrence's centroid), compiled because it is made once per target and case."""
+    points = _f64(points).reshape(-1, 3)
+    out = np.zeros(len(points), dtype=np.bool_)
+    if len(slab_lo) and len(points):
+        _points_in_packed_planes(_f64(slab_lo), _f64(slab_hi), _i64(plane_ring_start), _i64(ring_vertex_start),
+                                 _f64(vertices).reshape(-1, 2), points, out)
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------
 # Histogram accumulation
 # --------------------------------------------------------------------------------------------------------

@@ -76,6 +76,11 @@ def test_packed_planes_test_each_point_in_the_one_slab_that_holds_it():
     lo, hi = slab_bounds(np.array([p.z_mm for p in planes]))
     z = np.concatenate([rng.uniform(-3, 25, 400), lo, hi, [np.nan]])
     points = np.column_stack([rng.uniform(-12, 12, len(z)), rng.uniform(-12, 12, len(z)), z])
+    # Points on the rings' vertices' rows and columns (the half-open rule decides them) in every slab.
+    on_edges = np.array([(x, y, zz) for x in (-10.0, -4.0, 0.0, 4.0, 5.0, 10.0) for y in (-10.0, -4.0, 4.0, 5.0, 10.0)
+                         for zz in (1.0, 21.0)])
+    points = np.concatenate([points, on_edges])
+    z = points[:, 2]
     expected = np.zeros(len(points), dtype=bool)
     for plane, z_lo, z_hi in zip(planes, lo, hi):
         in_slab = (points[:, 2] >= z_lo) & (points[:, 2] < z_hi)
