@@ -190,6 +190,34 @@ def test_cases_stored_together_are_synced_once_and_read_back_as_cases_stored_one
     assert np.isnan(curve["cumulative_cc"][-1])
 
 
+def test_journal_curves_are_written_as_integers_and_read_back_as_the_same_floats(cohort, tmp_path):
+    """Curves rounded to 1e-5 cc (as the runner writes them) go into the journal as integers, and read back as
+    exactly the floats they were; a journal written with the floats themselves reads the same."""
+    from isodose.cohort.runner import process_case
+
+    entries = [process_case(case, SETTINGS) for case in read_manifest(cohort)[:2]]
+    expected = {(e["case_id"], roi): np.asarray(c["cumulative_cc"], np.float32)
+                for e in entries for roi, c in e["dvhs"].items()}
+    with ResultStore.open(tmp_path / "ints.h5", SETTINGS.as_dict()) as store:
+        store.append_many(entries)
+        line = store.journal.read_text().splitlines()[-1]
+        assert '"cumulative_cc_x1e5": [' in line and '"cumulative_cc"' not in line
+        written = {(c["case_id"], c["roi"]): c["cumulative_cc"] for c in store.dvh_curves()}
+    older = tmp_path / "floats.h5"
+    with ResultStore.open(older, SETTINGS.as_dict()) as store:
+        with store.journal.open("a") as handle:
+            handle.writelines(json.dumps(e) + "\n" for e in entries)
+    with ResultStore.open(older, SETTINGS.as_dict()) as store:
+        read_old = {(c["case_id"], c["roi"]): c["cumulative_cc"] for c in store.dvh_curves()}
+        store.consolidate()
+        consolidated = {(c["case_id"], c["roi"]): c["cumulative_cc"] for c in store.dvh_curves()}
+    assert written.keys() == read_old.keys() == consolidated.keys() == expected.keys()
+    for key, values in expected.items():
+        for got in (written[key], read_old[key], consolidated[key]):
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, values)
+
+
 def test_a_second_run_on_the_same_results_is_refused_while_the_first_writes(cohort, tmp_path):
     """Two writers would each consolidate without the other's cases: the second run is refused, naming the
     first one's process, and goes ahead once that process has ended (however it ended)."""

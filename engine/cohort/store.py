@@ -71,13 +71,41 @@ def _json(value) -> str:
         return json.dumps(_clean(value), default=_json_default, allow_nan=False)
 
 
+#: Journal curves whose volumes are whole multiples of 1 / CURVE_SCALE cc (as the runner rounds them) are
+#: written as those integers (``cumulative_cc_x1e5``): four times quicker to encode than the floats, and they
+#: decode to the same floats.
+CURVE_SCALE = 100_000
+
+
+def _journal_curves(dvhs: dict) -> dict:
+    out = {}
+    for roi, curve in dvhs.items():
+        try:
+            values = np.asarray(curve["cumulative_cc"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            values = np.empty(0)
+        scaled = np.rint(values * CURVE_SCALE)
+        if values.size and np.all(np.isfinite(values)) and np.array_equal(scaled / CURVE_SCALE, values):
+            curve = {k: v for k, v in curve.items() if k != "cumulative_cc"}
+            curve["cumulative_cc_x1e5"] = scaled.astype(np.int64).tolist()
+        out[roi] = curve
+    return out
+
+
+def _curve_values(curve: dict) -> np.ndarray:
+    """A journal curve's volumes (cc), however it was written."""
+    if "cumulative_cc_x1e5" in curve:
+        return (np.asarray(curve["cumulative_cc_x1e5"], dtype=np.float64) / CURVE_SCALE).astype(np.float32)
+    return np.asarray(curve["cumulative_cc"], dtype=np.float32)
+
+
 def _journal_line(entry: dict) -> tuple[str, dict]:
     """One case's journal line, and its entry without curves as it will read back from the journal. The
     curves, most of the line, are encoded once and not decoded again."""
     light = _json(_light(entry))
     if "dvhs" in entry:
         light_keys = light[1:-1]
-        line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {_json(entry["dvhs"])}}}'
+        line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {_json(_journal_curves(entry["dvhs"]))}}}'
     else:
         line = light
     return line + "\n", json.loads(light)
@@ -331,7 +359,7 @@ class ResultStore:
             for roi, curve in entry.get("dvhs", {}).items():
                 curves.append({"case_id": case_id, "roi": roi, "role": curve.get("role", "roi"),
                                "step_gy": float(curve["step_gy"]),
-                               "cumulative_cc": np.asarray(curve["cumulative_cc"], dtype=np.float32)})
+                               "cumulative_cc": _curve_values(curve)})
         return curves
 
     def _hdf5_curves(self) -> list[dict]:
