@@ -227,10 +227,12 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
             return
         batch_hist = np.asarray(batch_hist)
         batch_stats = np.asarray(batch_stats)
-        hist[present] += batch_hist
-        sums[present] += batch_stats[:, [0, 1, 2, 5, 6, 7]]
-        dmin[present] = np.fmin(dmin[present], batch_stats[:, 3])
-        dmax[present] = np.fmax(dmax[present], batch_stats[:, 4])
+        # The structures present are consecutive unless an empty one lies between: then a view, added in place.
+        rows = slice(present[0], present[-1] + 1) if present[-1] - present[0] + 1 == len(present) else present
+        hist[rows] += batch_hist
+        sums[rows] += batch_stats[:, [0, 1, 2, 5, 6, 7]]
+        dmin[rows] = np.fmin(dmin[rows], batch_stats[:, 3])
+        dmax[rows] = np.fmax(dmax[rows], batch_stats[:, 4])
 
     for first, end in plan.batches(max_cells):
         run_batch(first, end)
