@@ -141,8 +141,8 @@ def sweep(receiver_pid: int | None = None) -> int:
         try:
             path.unlink()
             removed += 1
-        except FileNotFoundError:
-            pass
+        except OSError:  # gone meanwhile, or another user's
+            continue
     return removed
 
 
