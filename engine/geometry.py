@@ -86,21 +86,31 @@ def _check_contours(structure: Structure) -> None:
             fail(f"holds NaN or infinite coordinates (z = {contour.z_mm} mm)")
 
 
+def _plane_groups(contours: Sequence[Contour], tolerance_mm: float) -> tuple[list[Contour], list[int], list[float]]:
+    """The contours sorted by z, where each plane's run of them starts (and the end), and each plane's z (the
+    mean of its contours'): a plane takes the contours within ``tolerance_mm`` of its first."""
+    ordered = sorted(contours, key=lambda c: c.z_mm)
+    z = [c.z_mm for c in ordered]
+    starts = [0]
+    for k in range(1, len(z)):
+        if z[k] - z[starts[-1]] > tolerance_mm:
+            starts.append(k)
+    starts.append(len(z))
+    return ordered, starts, [float(sum(z[a:b]) / (b - a)) for a, b in zip(starts[:-1], starts[1:])]
+
+
 def group_planes(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERANCE_MM) -> list[ContourPlane]:
     """Group contours into planes by z, numerically (never by rounded strings), sorted by increasing z."""
     if not contours:
         return []
-    ordered = sorted(contours, key=lambda c: c.z_mm)
-    planes: list[list[Contour]] = [[ordered[0]]]
-    for contour in ordered[1:]:
-        if contour.z_mm - planes[-1][0].z_mm <= tolerance_mm:
-            planes[-1].append(contour)
-        else:
-            planes.append([contour])
-    return [
-        ContourPlane(z_mm=float(sum(c.z_mm for c in group) / len(group)), rings=tuple(c.points_mm for c in group))
-        for group in planes
-    ]
+    ordered, starts, z = _plane_groups(contours, tolerance_mm)
+    return [ContourPlane(z_mm=plane_z, rings=tuple(c.points_mm for c in ordered[a:b]))
+            for plane_z, a, b in zip(z, starts[:-1], starts[1:])]
+
+
+def plane_positions_mm(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERANCE_MM) -> np.ndarray:
+    """The z of each plane of :func:`group_planes`, without grouping the contours themselves."""
+    return np.array(_plane_groups(contours, tolerance_mm)[2] if contours else [], dtype=np.float64)
 
 
 _PLANES: weakref.WeakKeyDictionary[Structure, list[ContourPlane]] = weakref.WeakKeyDictionary()
@@ -208,7 +218,7 @@ def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
     for s in structures:
         z = _PLANE_Z.get(s)
         if z is None:  # the checks of structure_planes drop repeated rings, never planes: the same positions
-            z = _PLANE_Z[s] = np.array([p.z_mm for p in group_planes(s.contours)], dtype=np.float64)
+            z = _PLANE_Z[s] = plane_positions_mm(s.contours)
         if len(z) >= 2:
             spacings.append(np.diff(z))
     if not spacings:

@@ -12,6 +12,7 @@ from isodose.geometry import (
     check_rigid,
     common_plane_spacing_mm,
     group_planes,
+    plane_positions_mm,
     points_in_rings,
     polygon_area_mm2,
     rigid_matrix,
@@ -38,6 +39,8 @@ def test_group_planes_clusters_by_value_not_by_string():
     planes = group_planes(contours)
     assert [len(p.rings) for p in planes] == [2, 2, 1]
     np.testing.assert_allclose([p.z_mm for p in planes], [0.0, 2.5, 5.0], atol=1e-5)
+    np.testing.assert_array_equal(plane_positions_mm(contours), [p.z_mm for p in planes])
+    assert plane_positions_mm([]).shape == (0,)
 
 
 def test_slabs_reach_halfway_with_half_end_caps():
