@@ -58,6 +58,8 @@ def test_without_room_or_without_shared_memory_the_value_is_pickled_whole(monkey
     assert sent.block is None and _blocks(os.getpid()) == []  # the refused block is not left behind
     np.testing.assert_array_equal(handover.receive(sent)["grid"].dose_gy, value["grid"].dose_gy)
     monkeypatch.undo()
+    small = handover.send({"case_id": "p1", "status": "error"}, os.getpid())  # an error entry: no block needed
+    assert small.block is None and handover.receive(small) == {"case_id": "p1", "status": "error"}
     monkeypatch.setattr(handover, "available", lambda: False)
     sent = handover.send(value, os.getpid())
     assert sent.block is None
