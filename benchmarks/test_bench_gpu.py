@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from isodose.cohort.cases import read_manifest
-from isodose.cohort.runner import RunSettings, classify_batch, read_case, run_cohort
+from isodose.cohort.runner import RunSettings, classify_batch, read_and_prepare, read_case, run_cohort
 from isodose.cohort.synthetic import generate_cohort
 from isodose.dispatch import select_backend
 from isodose.phantoms import head_neck_case
@@ -70,10 +70,21 @@ def in_memory_cases(tmp_path_factory):
     return manifest, [read_case(case) for case in read_manifest(manifest)]
 
 
-@pytest.mark.parametrize(("backend", "batch"), [("cupy", 1), ("cupy", 32), ("cupy", 128), ("numba", 1)])
-def test_classifications_from_memory(benchmark, in_memory_cases, backend, batch):
-    """Cases already read, classified in batches of ``batch`` (on the GPU, one merged plan per batch)."""
-    _, inputs = in_memory_cases
+@pytest.fixture(scope="module")
+def prepared_cases(in_memory_cases):
+    manifest, _ = in_memory_cases
+    return [read_and_prepare(case, SETTINGS) for case in read_manifest(manifest)]
+
+
+@pytest.mark.parametrize(("backend", "batch", "prepared"),
+                         [("cupy", 1, False), ("cupy", 32, False), ("cupy", 128, False), ("cupy", 32, True),
+                          ("numba", 1, False)])
+def test_classifications_from_memory(benchmark, request, backend, batch, prepared):
+    """Cases already read, classified in batches of ``batch`` (on the GPU, one merged plan per batch); with
+    ``prepared``, their sampling already planned, as the reading workers of a cohort run do (the rate of the
+    process that drives the GPU, once planning is off it)."""
+    inputs = request.getfixturevalue("prepared_cases" if prepared else "in_memory_cases")
+    inputs = inputs if prepared else inputs[1]
     chosen = select_backend(backend)
     classify_batch(inputs[:batch], SETTINGS, chosen)
 
@@ -84,7 +95,7 @@ def test_classifications_from_memory(benchmark, in_memory_cases, backend, batch)
     benchmark.group = "classifications from memory"
     entries = benchmark.pedantic(run, rounds=3, iterations=1)
     assert all(e["status"] == "ok" for e in entries)
-    benchmark.extra_info.update(device=chosen.device, batch=batch,
+    benchmark.extra_info.update(device=chosen.device, batch=batch, prepared=prepared,
                                 per_second=round(len(inputs) / benchmark.stats.stats.median, 1))
 
 
