@@ -1,8 +1,9 @@
 """Turn the JSON of ``make bench`` into a table (benchmarks/BENCHMARKS.md) and a scaling plot
 (benchmarks/scaling.png), both shown by the README; ``--out DIR`` writes them into DIR instead (``make
-gpu-check`` does, into benchmarks/gpu).
+gpu-check`` does, into benchmarks/gpu), and ``--tests JUNIT_XML`` heads the table with the outcome of a test
+run (``make gpu-check`` gives it the ``gpu`` tests').
 
-    .venv/bin/python benchmarks/report.py [benchmarks/results.json] [--out DIR]
+    .venv/bin/python benchmarks/report.py [benchmarks/results.json] [--out DIR] [--tests JUNIT_XML]
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -19,14 +21,14 @@ def _median_ms(bench: dict) -> float:
     return 1000.0 * bench["stats"]["median"]
 
 
-def table(data: dict) -> list[str]:
+def table(data: dict, command: str = "make bench") -> list[str]:
     machine = data.get("machine_info", {})
     cpu = machine.get("cpu", {}).get("brand_raw", machine.get("processor", ""))
     lines = [
         "# Benchmarks",
         "",
         f"Measured {data.get('datetime', '')[:10]} on {cpu} ({machine.get('cpu', {}).get('count', '?')} cores), "
-        f"Python {machine.get('python_version', '')}; command: `make bench` then `python benchmarks/report.py`. "
+        f"Python {machine.get('python_version', '')}; command: `{command}`. "
         "Medians; compare rows of one group only (they ran side by side).",
         "",
         "| group | benchmark | median ms | rounds | details |",
@@ -37,6 +39,31 @@ def table(data: dict) -> list[str]:
         details = ", ".join(f"{k}={v}" for k, v in extra.items())
         lines.append(f"| {bench['group']} | {bench['name']} | {_median_ms(bench):.2f} | "
                      f"{bench['stats']['rounds']} | {details} |")
+    return lines
+
+
+def outcome_lines(junit_xml: Path) -> list[str]:
+    """The outcome of a pytest run from its JUnit XML: counts, then each test that did not pass, with the first
+    line of its message, and the tests that passed."""
+    if not junit_xml.is_file():
+        return ["## Tests", "", f"No test results: {junit_xml} was not written.", ""]
+    cases = list(ElementTree.parse(junit_xml).getroot().iter("testcase"))
+    outcomes: dict[str, list[str]] = {"passed": [], "failed": [], "error": [], "skipped": []}
+    for case in cases:
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        for kind in ("failure", "error", "skipped"):
+            found = case.find(kind)
+            if found is not None:
+                message = (found.get("message") or found.text or "").strip().splitlines()
+                outcomes["failed" if kind == "failure" else kind].append(f"{name}: {message[0] if message else ''}")
+                break
+        else:
+            outcomes["passed"].append(name)
+    counts = ", ".join(f"{len(v)} {k}" for k, v in outcomes.items())
+    lines = ["## Tests", "", f"{len(cases)} tests ({junit_xml.name}): {counts}.", ""]
+    for kind in ("failed", "error", "skipped", "passed"):
+        if outcomes[kind]:
+            lines += [f"{kind.capitalize()}:", ""] + [f"- {item}" for item in outcomes[kind]] + [""]
     return lines
 
 
@@ -73,9 +100,16 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="benchmark JSON to a table and a scaling plot")
     parser.add_argument("results", nargs="?", type=Path, default=HERE / "results.json")
     parser.add_argument("--out", type=Path, default=HERE, help="folder of BENCHMARKS.md and scaling.png")
+    parser.add_argument("--tests", type=Path, help="JUnit XML of a test run, summarised above the table")
+    parser.add_argument("--command", default="make bench", help="the command that measured, for the table's head")
     args = parser.parse_args(argv)
-    data = json.loads(args.results.read_text())
-    lines = table(data)
+    if args.results.is_file():
+        data = json.loads(args.results.read_text())
+    else:  # no benchmark finished (a broken device, say): the tests' outcome is still worth the page
+        data = {"benchmarks": [], "datetime": f"(no {args.results.name})"}
+    lines = table(data, args.command)
+    if args.tests is not None:
+        lines[2:2] = outcome_lines(args.tests)
     args.out.mkdir(parents=True, exist_ok=True)
     if plot(data, args.out / "scaling.png"):
         lines += ["", "![scaling](scaling.png)"]
