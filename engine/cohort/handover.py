@@ -1,8 +1,9 @@
 """Handing a read case from a reading worker to the process that drives a GPU, without piping its dose grid.
 
 A result of a worker process comes back through a pipe and is unpickled by the receiving process: for a
-head-and-neck dose grid (about 20 MB) that is tens of milliseconds of the receiver's time per case, more than
-classifying the case on a GPU takes, and in the GPU arrangement one process receives every case. So the
+head-and-neck dose grid (about 20 MB) that is some 20 ms of the receiver's CPU per case (measured in
+``benchmarks/test_bench_cohort.py``), several times what classifying the case takes it, and in the GPU
+arrangement one process receives every case. So the
 worker puts the large arrays of what it sends (pickle protocol 5's out-of-band buffers) into one shared-memory
 block, and pipes only the rest; the receiver maps the block and unpickles the arrays in place, without copying
 them, and removes the block's name at once (the memory goes when the last array using it does).
