@@ -223,3 +223,25 @@ def test_a_request_bins_doses_by_the_range_of_its_own_grid():
     assert got.dmax_gy == pytest.approx(expected.dmax_gy) and got.dmax_gy > float(grid.dose_gy.max())
     assert got.metric("D2") == pytest.approx(expected.metric("D2"), abs=1e-9)
     np.testing.assert_allclose(got.cumulative_cc, expected.cumulative_cc, rtol=1e-12)
+
+
+def test_a_structure_sampled_through_a_transform_is_the_structure_moved():
+    """Sampling a structure through a rigid transform (a registered recurrence) gives the DVH of its contours
+    moved by that transform: in a linear field, Dmin and Dmax lie at contour vertices on the slabs' faces, so
+    they must agree to rounding, and the vertices must be moved too."""
+    from isodose.geometry import rigid_matrix
+    from isodose.model import Contour
+
+    _, grid = linear_grid(gradient=FIELDS["oblique"])
+    sphere = contour_shape(Sphere((1.0, -2.0, 0.5), 11.0), "S", 1, 2.5)
+    matrix = rigid_matrix(20.0, (0.0, 0.0, 1.0), (4.2, -3.1, 2.5))
+    moved = Structure("S", 1, tuple(
+        Contour(c.points_mm @ matrix[:2, :2].T + matrix[:2, 3], c.z_mm + matrix[2, 3]) for c in sphere.contours))
+    [through] = compute_dvhs(grid, [sphere], transform=matrix, backend="numba")
+    [expected] = compute_dvhs(grid, [moved], backend="numba")
+    [unmoved] = compute_dvhs(grid, [sphere], backend="numba")
+    assert through.dmin_gy == pytest.approx(expected.dmin_gy, abs=1e-9)
+    assert through.dmax_gy == pytest.approx(expected.dmax_gy, abs=1e-9)
+    assert abs(through.dmax_gy - unmoved.dmax_gy) > 1.0  # the transform matters here
+    assert through.volume_cc == pytest.approx(expected.volume_cc, rel=1e-3)
+    assert through.dmean_gy == pytest.approx(expected.dmean_gy, abs=0.02)
