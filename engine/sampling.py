@@ -238,21 +238,27 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
         run_batch(first, end)
 
     if len(plan.vertex_points):
+        vertex_start = plan.vertex_structure_start
+        vertex_counts = np.diff(vertex_start)
         vertices = plan.vertex_points.copy()
-        vertex_counts = np.diff(plan.vertex_structure_start)
-        for s in range(n_structures):
-            segment = slice(plan.vertex_structure_start[s], plan.vertex_structure_start[s + 1])
+        moved = ~np.all(transforms == np.eye(4), axis=(1, 2))  # most structures are in the grid's frame
+        for s in np.nonzero(moved & (vertex_counts > 0))[0]:
+            segment = slice(vertex_start[s], vertex_start[s + 1])
             vertices[segment] = transform_points(transforms[s], vertices[segment])
         if table is None:
             vertex_dose = np.asarray(kernels.trilinear(*grids[0], vertices))
         else:
             vertex_dose = np.asarray(kernels.trilinear_many(table, vertices, np.repeat(structure_grid, vertex_counts)))
-        for s in range(n_structures):
-            values = vertex_dose[plan.vertex_structure_start[s] : plan.vertex_structure_start[s + 1]]
-            values = values[np.isfinite(values)]
-            if len(values) and sums[s, 0] > 0:
-                dmin[s] = min(dmin[s], values.min())
-                dmax[s] = max(dmax[s], values.max())
+        # Each structure's extremes over its vertices inside the grid (NaN outside), where it has volume inside.
+        finite = np.isfinite(vertex_dose)
+        with_vertices = np.nonzero(vertex_counts > 0)[0]
+        starts = vertex_start[with_vertices]
+        low = np.minimum.reduceat(np.where(finite, vertex_dose, np.inf), starts)
+        high = np.maximum.reduceat(np.where(finite, vertex_dose, -np.inf), starts)
+        update = np.isfinite(low) & (sums[with_vertices, 0] > 0)
+        rows = with_vertices[update]
+        dmin[rows] = np.minimum(dmin[rows], low[update])
+        dmax[rows] = np.maximum(dmax[rows], high[update])
 
     dmin[~np.isfinite(dmin)] = np.nan
     dmax[~np.isfinite(dmax)] = np.nan
@@ -260,7 +266,9 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = np.where(volume[:, None] > 0, sums[:, 3:6] / volume[:, None], np.nan)
     results = []
-    for r, part in enumerate(np.split(np.arange(n_structures), np.cumsum(counts)[:-1])):
+    bounds = np.cumsum([0, *counts])
+    for r, (first, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        part = slice(first, end)  # views of the merged arrays, not copies
         results.append(StructureSamples(
             hist_mm3=hist[part],
             bin_width_gy=float(grid_bin_width[r]),
