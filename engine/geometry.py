@@ -231,31 +231,6 @@ def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
 # --------------------------------------------------------------------------------------------------------
 # Points in structures
 # --------------------------------------------------------------------------------------------------------
-def points_in_rings(rings: Sequence[np.ndarray], x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Even-odd test of points against all rings of one plane (half-open edges, as the coverage kernel)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    inside = np.zeros(x.shape, dtype=bool)
-    if not rings or x.size == 0:
-        return inside
-    # Every edge of every ring (each ring closed on itself), horizontal edges dropped.
-    start = np.concatenate(rings)
-    end = np.concatenate([np.roll(ring, -1, axis=0) for ring in rings])
-    keep = start[:, 1] != end[:, 1]
-    x1, y1, x2, y2 = start[keep, 0], start[keep, 1], end[keep, 0], end[keep, 1]
-    slope = (x2 - x1) / (y2 - y1)
-    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
-    out = inside.reshape(-1)
-    step = max(1, 4_000_000 // max(len(x1), 1))  # points per block: bounded (edges x points) temporaries
-    for first in range(0, len(flat_x), step):
-        px = flat_x[first : first + step, None]
-        py = flat_y[first : first + step, None]
-        crosses = ((y1 <= py) & (py < y2)) | ((y2 <= py) & (py < y1))
-        crossing_x = x1 + (py - y1) * slope
-        out[first : first + step] = np.count_nonzero(crosses & (px < crossing_x), axis=1) % 2 == 1
-    return inside
-
-
 def structure_contains(
     structure: Structure, points_mm: np.ndarray, end_cap: str = "half", fallback_spacing_mm: float | None = None
 ) -> np.ndarray:
@@ -299,13 +274,10 @@ class PackedPlanes:
             vertices_mm=(np.concatenate(rings).astype(np.float64, copy=False) if rings else np.empty((0, 2))),
         )
 
-    def rings(self, plane: int) -> list[np.ndarray]:
-        bounds = self.ring_vertex_start[self.plane_ring_start[plane] : self.plane_ring_start[plane + 1] + 1]
-        return [self.vertices_mm[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
     def contain(self, points_mm: np.ndarray) -> np.ndarray:
-        """Which ``(x, y, z)`` points lie inside (see :func:`structure_contains`): compiled, the test of
-        :func:`points_in_rings` against the rings of the one plane whose slab holds each point."""
+        """Which ``(x, y, z)`` points lie inside (see :func:`structure_contains`): the even-odd test, with
+        half-open edges as the coverage kernel's, against the rings of the one plane whose slab holds each point
+        (compiled)."""
         from .kernels.numba_cpu import points_in_packed_planes
 
         return points_in_packed_planes(self.slab_lo_mm, self.slab_hi_mm, self.plane_ring_start,

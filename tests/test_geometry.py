@@ -13,7 +13,6 @@ from isodose.geometry import (
     common_plane_spacing_mm,
     group_planes,
     plane_positions_mm,
-    points_in_rings,
     polygon_area_mm2,
     rigid_matrix,
     slab_bounds,
@@ -67,6 +66,19 @@ def test_single_plane_structures_take_the_fallback_spacing():
         slab_bounds(np.array([0.0, 1.0]), end_cap="full")
 
 
+def _inside_rings(rings, x, y) -> np.ndarray:
+    """Reference: the even-odd rule with half-open edges (as the coverage kernel), a point and an edge at a time."""
+    inside = []
+    for px, py in zip(x, y):
+        crossings = 0
+        for ring in rings:
+            for (x1, y1), (x2, y2) in zip(ring, np.roll(ring, -1, axis=0)):
+                if y1 != y2 and (y1 <= py < y2 or y2 <= py < y1) and px < x1 + (py - y1) * ((x2 - x1) / (y2 - y1)):
+                    crossings += 1
+        inside.append(crossings % 2 == 1)
+    return np.array(inside, dtype=bool)
+
+
 def test_packed_planes_test_each_point_in_the_one_slab_that_holds_it():
     """Against the plane-by-plane test: a structure in two pieces (a gap), rings with holes, points on slab
     edges, outside every slab and with a NaN z; and its pickle is a few buffers, however many rings."""
@@ -87,12 +99,11 @@ def test_packed_planes_test_each_point_in_the_one_slab_that_holds_it():
     expected = np.zeros(len(points), dtype=bool)
     for plane, z_lo, z_hi in zip(planes, lo, hi):
         in_slab = (points[:, 2] >= z_lo) & (points[:, 2] < z_hi)
-        expected[in_slab] = points_in_rings(plane.rings, points[in_slab, 0], points[in_slab, 1])
+        expected[in_slab] = _inside_rings(plane.rings, points[in_slab, 0], points[in_slab, 1])
     packed = PackedPlanes.of(planes)
     assert 0 < expected.sum() < len(points)
     np.testing.assert_array_equal(packed.contain(points), expected)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(packed)).contain(points), expected)
-    assert [len(packed.rings(p)) for p in range(len(planes))] == [len(p.rings) for p in planes]
     many = PackedPlanes.of([ContourPlane(float(k), (outer,) * 3) for k in range(200)])
     buffers = []
     pickle.dumps(many, protocol=5, buffer_callback=buffers.append)
