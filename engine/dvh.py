@@ -307,7 +307,7 @@ def dvh_request(
     if transform is not None:
         matrix = check_rigid(transform, "the structures' transform")
         transforms = np.broadcast_to(matrix, (len(selected), 4, 4))
-    return selected, SamplingRequest(plan, dose, transforms).with_dose_range()
+    return selected, SamplingRequest(plan, dose, transforms)
 
 
 def compute_dvhs(

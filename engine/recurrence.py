@@ -41,7 +41,7 @@ from .geometry import (
 )
 from .kernels import numpy_ref
 from .model import DoseGrid, Registration, Structure, StructureSet
-from .sampling import SamplingRequest, StructureSamples, sample_many
+from .sampling import SamplingRequest, StructureSamples, dose_range_gy, sample_many
 from .voxelize import SamplingOptions
 
 CLASSES = ("in-field", "marginal", "out-field")
@@ -241,6 +241,9 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
     spacing_mm = common_plane_spacing_mm(structures.structures)
     targets = tuple((s.name, PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm))
                     for s in target_structures)
+    # The grid's dose range, scanned here once (where cases are read, in a cohort run), not where they are sampled.
+    dose_range = dose_range_gy(dose)
+    requests = [r.with_dose_range(dose_range) for r in requests]
     return PreparedRecurrence(dose, float(prescription_gy), criteria, options, tuple(requests),
                               RoiLabel.of(vr_structure), transform is not None,
                               tuple(RoiLabel.of(s) for s in roi_structures), tuple(zip(roi_metrics, metric_rois)),

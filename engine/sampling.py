@@ -78,9 +78,11 @@ class SamplingRequest:
     #: grid is the request's own: a copy of the request onto another grid scans the other grid.
     known_dose_range: tuple[DoseGrid, float, float] | None = None
 
-    def with_dose_range(self) -> SamplingRequest:
-        """This request with its grid's dose range taken now (and the grid's doses checked)."""
-        return replace(self, known_dose_range=(self.grid, *dose_range_gy(self.grid)))
+    def with_dose_range(self, dose_range: tuple[float, float] | None = None) -> SamplingRequest:
+        """This request with its grid's dose range known: ``dose_range`` (the grid's :func:`dose_range_gy`,
+        taken once for the requests of one grid), else taken now (and the grid's doses checked)."""
+        low, high = dose_range if dose_range is not None else dose_range_gy(self.grid)
+        return replace(self, known_dose_range=(self.grid, low, high))
 
     def dose_range(self) -> tuple[float, float]:
         known = self.known_dose_range

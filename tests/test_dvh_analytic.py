@@ -215,6 +215,7 @@ def test_a_request_bins_doses_by_the_range_of_its_own_grid():
     hotter = DoseGrid(3.0 * grid.dose_gy, grid.origin_mm, grid.spacing_mm, grid.frame_of_reference_uid)
     sphere = contour_shape(Sphere((0.0, 0.0, 0.0), 15.0), "S", 1, 2.5)
     [structure], request = dvh_request(grid, [sphere])
+    request = request.with_dose_range()
     assert request.dose_range() == (float(grid.dose_gy.min()), float(grid.dose_gy.max()))
     backend = select_backend("numba")
     [copied] = sample_many([replace(request, grid=hotter)], backend, SamplingOptions())
