@@ -235,15 +235,7 @@ def structure_contains(
     structure: Structure, points_mm: np.ndarray, end_cap: str = "half", fallback_spacing_mm: float | None = None
 ) -> np.ndarray:
     """Which ``(x, y, z)`` points lie inside the structure as isodose models it (slabs, even-odd rings)."""
-    return planes_contain(structure_planes(structure), points_mm, end_cap, fallback_spacing_mm)
-
-
-def planes_contain(
-    planes: Sequence[ContourPlane], points_mm: np.ndarray, end_cap: str = "half",
-    fallback_spacing_mm: float | None = None,
-) -> np.ndarray:
-    """:func:`structure_contains` of a structure given by its planes (:func:`structure_planes`)."""
-    return PackedPlanes.of(planes, end_cap, fallback_spacing_mm).contain(points_mm)
+    return PackedPlanes.of(structure_planes(structure), end_cap, fallback_spacing_mm).contain(points_mm)
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,6 +16,7 @@ from isodose.geometry import (
     polygon_area_mm2,
     rigid_matrix,
     slab_bounds,
+    structure_contains,
     structure_planes,
     transform_points,
 )
@@ -109,6 +110,8 @@ def test_packed_planes_test_each_point_in_the_one_slab_that_holds_it():
     pickle.dumps(many, protocol=5, buffer_callback=buffers.append)
     assert len(buffers) == 5  # one per array, not one per ring
     assert not PackedPlanes.of([]).contain(points).any()
+    structure = Structure("S", 1, tuple(Contour(ring, p.z_mm) for p in planes for ring in p.rings))
+    np.testing.assert_array_equal(structure_contains(structure, points), expected)
 
 
 def test_common_plane_spacing_is_the_structure_sets():

@@ -3,10 +3,10 @@
 A result of a worker process comes back through a pipe and is unpickled by the receiving process: for a
 head-and-neck dose grid (about 20 MB) that is some 20 ms of the receiver's CPU per case (measured in
 ``benchmarks/test_bench_cohort.py``), several times what classifying the case takes it, and in the GPU
-arrangement one process receives every case. So the
-worker puts the large arrays of what it sends (pickle protocol 5's out-of-band buffers) into one shared-memory
-block, and pipes only the rest; the receiver maps the block and unpickles the arrays in place, without copying
-them, and removes the block's name at once (the memory goes when the last array using it does).
+arrangement one process receives every case. So the worker puts the large arrays of what it sends (pickle
+protocol 5's out-of-band buffers) into one shared-memory block, and pipes only the rest; the receiver maps the
+block and unpickles the arrays in place, without copying them, and removes the block's name at once (the memory
+goes when the last array using it does).
 
 This needs POSIX shared memory in ``/dev/shm`` (Linux). Where there is none, or not room for a block (it is
 reserved before it is written, so that a full ``/dev/shm`` is a fallback, not a crash), the value is pickled
@@ -117,12 +117,6 @@ def receive(sent: Sent | object) -> object:
         path.unlink(missing_ok=True)
     view = memoryview(block)
     return pickle.loads(sent.data, buffers=[view[offset : offset + nbytes] for offset, nbytes in sent.layout])
-
-
-def discard(sent: Sent | object) -> None:
-    """Remove the block of a value that will not be received."""
-    if isinstance(sent, Sent) and sent.block is not None:
-        (SHM / sent.block).unlink(missing_ok=True)
 
 
 def sweep(receiver_pid: int | None = None) -> int:
