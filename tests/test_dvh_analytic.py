@@ -246,3 +246,24 @@ def test_a_structure_sampled_through_a_transform_is_the_structure_moved():
     assert abs(through.dmax_gy - unmoved.dmax_gy) > 1.0  # the transform matters here
     assert through.volume_cc == pytest.approx(expected.volume_cc, rel=1e-3)
     assert through.dmean_gy == pytest.approx(expected.dmean_gy, abs=0.02)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_structure_with_no_volume_inside_the_grid_takes_no_dose_from_its_vertices(backend):
+    """A box whose left side lies on the grid's last x plane: its vertices there have a dose, but its volume
+    (every sample) lies beyond the grid. Its samples report no dose, not extremes taken from the vertices alone."""
+    from isodose.dispatch import select_backend
+    from isodose.dvh import dvh_request
+    from isodose.model import Contour
+    from isodose.sampling import sample_many
+
+    _, grid = linear_grid(gradient=(1.0, 0.0, 0.0))
+    x_edge = grid.extent_mm[0][1]
+    square = np.array([[x_edge, -5.0], [x_edge + 5.0, -5.0], [x_edge + 5.0, 5.0], [x_edge, 5.0]])
+    box = Structure("box", 1, tuple(Contour(square, z) for z in (-2.5, 0.0, 2.5)))
+    [_], request = dvh_request(grid, [box])
+    [samples] = sample_many([request], select_backend(backend), SamplingOptions())
+    assert samples.inside_mm3[0] == 0.0 and samples.outside_mm3[0] > 0
+    assert math.isnan(samples.dmin_gy[0]) and math.isnan(samples.dmax_gy[0])
+    [dvh] = compute_dvhs(grid, [box], backend=backend)
+    assert not dvh.has_dose and math.isnan(dvh.dmax_gy)
