@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from isodose.cohort.cases import read_manifest
-from isodose.cohort.runner import RunSettings, classify_batch, read_and_prepare, read_case, run_cohort
+from isodose.cohort.runner import RunSettings, classify_batch, prepare_inputs, read_case, run_cohort
 from isodose.cohort.synthetic import generate_cohort
 from isodose.dispatch import select_backend
 from isodose.phantoms import head_neck_case
@@ -72,8 +72,7 @@ def in_memory_cases(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared_cases(in_memory_cases):
-    manifest, _ = in_memory_cases
-    return [read_and_prepare(case, SETTINGS) for case in read_manifest(manifest)]
+    return [prepare_inputs(inputs, SETTINGS) for inputs in in_memory_cases[1]]
 
 
 @pytest.mark.parametrize(("backend", "batch", "prepared"),

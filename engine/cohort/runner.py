@@ -209,11 +209,14 @@ def _recurrence_case(inputs: CaseInputs, settings: RunSettings):
 def read_and_prepare(case: Case, settings: RunSettings) -> CaseInputs | dict:
     """:func:`read_case`, then the planning of the case's classification (what a reading worker does for the
     process that drives a GPU, which then only samples and finishes)."""
+    inputs = read_case(case)
+    return inputs if isinstance(inputs, dict) else prepare_inputs(inputs, settings)
+
+
+def prepare_inputs(inputs: CaseInputs, settings: RunSettings) -> CaseInputs:
+    """A case already read, with its classification planned (see :func:`read_and_prepare`)."""
     from ..recurrence import prepare_recurrence
 
-    inputs = read_case(case)
-    if isinstance(inputs, dict):
-        return inputs
     started = time.perf_counter()
     prepared = prepare_recurrence(_recurrence_case(inputs, settings), settings.options)
     inputs = replace(inputs, prepared=prepared, prepare_s=time.perf_counter() - started)
