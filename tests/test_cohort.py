@@ -190,30 +190,37 @@ def test_cases_stored_together_are_synced_once_and_read_back_as_cases_stored_one
     assert np.isnan(curve["cumulative_cc"][-1])
 
 
-def test_journal_curves_are_written_as_integers_and_read_back_as_the_same_floats(cohort, tmp_path):
-    """Curves rounded to 1e-5 cc (as the runner writes them) go into the journal as integers, and read back as
-    exactly the floats they were; a journal written with the floats themselves reads the same."""
+def test_journal_curves_are_written_as_float32_and_read_back_as_the_hdf5_file_keeps_them(cohort, tmp_path):
+    """Curves go into the journal as the float32 values the HDF5 file keeps (base64), and read back exactly,
+    before and after consolidation; journals written with the floats themselves, or with the integers of an
+    earlier version (1e-5 cc), read the same."""
     from isodose.cohort.runner import process_case
+    from isodose.cohort.store import CURVE_SCALE
 
     entries = [process_case(case, SETTINGS) for case in read_manifest(cohort)[:2]]
     expected = {(e["case_id"], roi): np.asarray(c["cumulative_cc"], np.float32)
                 for e in entries for roi, c in e["dvhs"].items()}
-    with ResultStore.open(tmp_path / "ints.h5", SETTINGS.as_dict()) as store:
+    with ResultStore.open(tmp_path / "f32.h5", SETTINGS.as_dict()) as store:
         store.append_many(entries)
         line = store.journal.read_text().splitlines()[-1]
-        assert '"cumulative_cc_x1e5": [' in line and '"cumulative_cc"' not in line
+        assert '"cumulative_cc_f32": "' in line and '"cumulative_cc"' not in line
         written = {(c["case_id"], c["roi"]): c["cumulative_cc"] for c in store.dvh_curves()}
-    older = tmp_path / "floats.h5"
-    with ResultStore.open(older, SETTINGS.as_dict()) as store:
-        with store.journal.open("a") as handle:
-            handle.writelines(json.dumps(e) + "\n" for e in entries)
-    with ResultStore.open(older, SETTINGS.as_dict()) as store:
-        read_old = {(c["case_id"], c["roi"]): c["cumulative_cc"] for c in store.dvh_curves()}
         store.consolidate()
         consolidated = {(c["case_id"], c["roi"]): c["cumulative_cc"] for c in store.dvh_curves()}
-    assert written.keys() == read_old.keys() == consolidated.keys() == expected.keys()
+    as_integers = [{**e, "dvhs": {roi: {"role": c["role"], "step_gy": c["step_gy"], "cumulative_cc_x1e5":
+                                        [round(v * CURVE_SCALE) for v in c["cumulative_cc"]]}
+                                  for roi, c in e["dvhs"].items()}} for e in entries]
+    read_older = {}
+    for name, lines in (("floats", entries), ("integers", as_integers)):
+        with ResultStore.open(tmp_path / f"{name}.h5", SETTINGS.as_dict()) as store:
+            with store.journal.open("a") as handle:
+                handle.writelines(json.dumps(e) + "\n" for e in lines)
+        with ResultStore.open(tmp_path / f"{name}.h5", SETTINGS.as_dict()) as store:
+            read_older[name] = {(c["case_id"], c["roi"]): c["cumulative_cc"] for c in store.dvh_curves()}
+    assert written.keys() == consolidated.keys() == expected.keys()
+    assert read_older["floats"].keys() == read_older["integers"].keys() == expected.keys()
     for key, values in expected.items():
-        for got in (written[key], read_old[key], consolidated[key]):
+        for got in (written[key], consolidated[key], read_older["floats"][key], read_older["integers"][key]):
             assert got.dtype == np.float32
             np.testing.assert_array_equal(got, values)
 

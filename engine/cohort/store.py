@@ -25,6 +25,7 @@ HDF5 layout (format ``isodose-cohort-1``)::
 
 from __future__ import annotations
 
+import base64
 import csv
 import errno
 import json
@@ -71,29 +72,32 @@ def _json(value) -> str:
         return json.dumps(_clean(value), default=_json_default, allow_nan=False)
 
 
-#: Journal curves whose volumes are whole multiples of 1 / CURVE_SCALE cc (as the runner rounds them) are
-#: written as those integers (``cumulative_cc_x1e5``): four times quicker to encode than the floats, and they
-#: decode to the same floats.
+#: Older journals wrote curves rounded to 1e-5 cc as integers (``cumulative_cc_x1e5``); they still read.
 CURVE_SCALE = 100_000
 
 
 def _journal_curves(dvhs: dict) -> dict:
+    """The curves as the journal writes them: each one's volumes as the float32 values the HDF5 file keeps
+    (little-endian, base64, ``cumulative_cc_f32``), which is some ten times quicker to encode than as JSON
+    numbers and reads back exactly; values that are not finite become NaN, as JSON's null reads back."""
     out = {}
     for roi, curve in dvhs.items():
         try:
-            values = np.asarray(curve["cumulative_cc"], dtype=np.float64)
+            values = np.array(curve["cumulative_cc"], dtype="<f4")  # a copy: the entry is left as it is
         except (KeyError, TypeError, ValueError):
-            values = np.empty(0)
-        scaled = np.rint(values * CURVE_SCALE)
-        if values.size and np.all(np.isfinite(values)) and np.array_equal(scaled / CURVE_SCALE, values):
+            values = None
+        if values is not None and values.ndim == 1:
+            values[~np.isfinite(values)] = np.nan
             curve = {k: v for k, v in curve.items() if k != "cumulative_cc"}
-            curve["cumulative_cc_x1e5"] = scaled.astype(np.int64).tolist()
+            curve["cumulative_cc_f32"] = base64.b64encode(values.tobytes()).decode("ascii")
         out[roi] = curve
     return out
 
 
 def _curve_values(curve: dict) -> np.ndarray:
-    """A journal curve's volumes (cc), however it was written."""
+    """A journal curve's volumes (cc, float32), however it was written."""
+    if "cumulative_cc_f32" in curve:
+        return np.frombuffer(base64.b64decode(curve["cumulative_cc_f32"]), dtype="<f4").astype(np.float32)
     if "cumulative_cc_x1e5" in curve:
         return (np.asarray(curve["cumulative_cc_x1e5"], dtype=np.float64) / CURVE_SCALE).astype(np.float32)
     return np.asarray(curve["cumulative_cc"], dtype=np.float32)
