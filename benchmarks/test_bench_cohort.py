@@ -124,7 +124,7 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     cases: planning the sampling (unless the reading workers did, ``planned_by_readers``, as in a cohort run,
     and then receiving what they send: :func:`~isodose.cohort.handover.receive`), merging plans, launching,
     building DVHs, classifying, and storing the results (one journal sync per batch). The device's work is
-    emulated on the CPU (tests/cuda: kernels, copies, array operations) and its time is left out
+    emulated on the CPU (tests/cuda: kernels, copies, array operations, freeing arrays) and its time is left out
     (``device_ms_per_case``, not a GPU figure). ``host_ms_per_case`` bounds the rate at which that process can
     classify cases on a GPU, whatever the GPU; ``classify_ms_per_case`` is the part of it that classifying
     cases already in memory takes. (The median of the row itself is mostly the emulated device: not a GPU

@@ -46,6 +46,27 @@ def test_the_emulated_device_arrays_refuse_what_cupy_refuses(gpu):
     assert float(a.sum()) == 6.0 and int(a.max()) == 3 and gpu.to_host(a).tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+def test_the_device_clock_counts_the_emulated_device_work_and_none_of_the_hosts():
+    """The host-work benchmark leaves out what the clock counts: copies, operations on device arrays and
+    freeing them (on a GPU, memory goes back to CuPy's pool); host arithmetic is not counted."""
+    import gc
+
+    from .cuda.device import CLOCK, DeviceModule
+
+    gc.collect()  # no device array of an earlier test is freed meanwhile
+    CLOCK.seconds = 0.0
+    host = np.ones(4_000_000)
+    host = np.sqrt(host * 2.0)
+    assert CLOCK.seconds == 0.0
+    device = DeviceModule.asarray(host)
+    device = device * 2.0
+    copied = device.get()
+    after_work = CLOCK.seconds
+    assert after_work > 0 and copied.shape == host.shape
+    del device
+    assert CLOCK.seconds > after_work
+
+
 def test_trilinear(gpu, rng):
     dose = rng.uniform(0, 70, (7, 8, 9)).astype(np.float32)
     origin, spacing = np.array([-5.0, 3.0, 10.0]), np.array([2.0, 2.5, 3.0])

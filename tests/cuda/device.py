@@ -21,9 +21,9 @@ IMPLICIT = "a device array does not become a NumPy array implicitly: copy it wit
 
 
 class DeviceClock:
-    """Seconds spent in the emulated device's work: copies to and from it, and operations on its arrays. A GPU
-    does that work apart from the host (DMA, device kernels), so the host-work benchmark leaves it out. Work
-    done inside other device work is counted once."""
+    """Seconds spent in the emulated device's work: copies to and from it, operations on its arrays, and freeing
+    them. A GPU does that work apart from the host (DMA, device kernels; a freed array goes back to CuPy's memory
+    pool), so the host-work benchmark leaves it out. Work done inside other device work is counted once."""
 
     def __init__(self):
         self.seconds = 0.0
@@ -76,6 +76,15 @@ class DeviceArray:
 
     def __init__(self, data: np.ndarray):
         self.data = data
+
+    @CLOCK
+    def _release(self) -> None:
+        del self.data
+
+    def __del__(self):
+        # On a GPU a freed array's memory goes back to CuPy's pool at once; a large NumPy array takes a while.
+        if "data" in self.__dict__:
+            self._release()
 
     # -- transfers --------------------------------------------------------------------------------------------
     @CLOCK
