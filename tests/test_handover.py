@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import logging
 import multiprocessing
 import os
 import pickle
@@ -47,16 +48,23 @@ def test_large_arrays_travel_through_one_block_whose_name_goes_on_arrival():
     assert got["grid"].dose_gy[0, 0, 0] == -1.0
 
 
-def test_without_room_or_without_shared_memory_the_value_is_pickled_whole(monkeypatch):
+def test_without_room_or_without_shared_memory_the_value_is_pickled_whole(monkeypatch, caplog):
     value = _value()
 
     def full(fd, offset, size):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "posix_fallocate", full)
+    monkeypatch.setattr(handover, "_refusal_reported", False)
     sent = handover.send(value, os.getpid())
     assert sent.block is None and _blocks(os.getpid()) == []  # the refused block is not left behind
-    np.testing.assert_array_equal(handover.receive(sent)["grid"].dose_gy, value["grid"].dose_gy)
+    assert sent.refused.startswith("No space left on device for ")
+    with caplog.at_level(logging.WARNING, logger="isodose"):
+        np.testing.assert_array_equal(handover.receive(sent)["grid"].dose_gy, value["grid"].dose_gy)
+        handover.receive(handover.send(value, os.getpid()))
+    # Said once, where the cases arrive, with what to do about it.
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "refused a case's dose grid (No space left on device for " in warning and "--shm-size" in warning
     monkeypatch.undo()
     small = handover.send({"case_id": "p1", "status": "error"}, os.getpid())  # an error entry: no block needed
     assert small.block is None and handover.receive(small) == {"case_id": "p1", "status": "error"}

@@ -45,6 +45,8 @@ class Sent:
     data: bytes
     block: str | None = None
     layout: tuple[tuple[int, int], ...] = ()
+    #: Why shared memory refused the block, when it did (the value was then pickled whole).
+    refused: str = ""
 
 
 def available() -> bool:
@@ -76,8 +78,7 @@ def send(value: object, receiver_pid: int) -> Sent:
     try:
         _write_block(SHM / name, size, buffers, layout)
     except OSError as exc:  # no room (or no shared memory after all): send it all through the pipe
-        log.debug("shared memory refused a block of %d bytes (%s); pickling the whole value", size, exc)
-        return Sent(pickle.dumps(value, protocol=5))
+        return Sent(pickle.dumps(value, protocol=5), refused=f"{exc.strerror or exc} for {size / 1e6:.1f} MB")
     return Sent(data, name, tuple(layout))
 
 
@@ -102,6 +103,8 @@ def receive(sent: Sent | object) -> object:
     when the block is gone (removed by someone else)."""
     if not isinstance(sent, Sent):
         return sent
+    if sent.refused:
+        _report_refusal(sent.refused)
     if sent.block is None:
         return pickle.loads(sent.data)
     path = SHM / sent.block
@@ -117,6 +120,22 @@ def receive(sent: Sent | object) -> object:
         path.unlink(missing_ok=True)
     view = memoryview(block)
     return pickle.loads(sent.data, buffers=[view[offset : offset + nbytes] for offset, nbytes in sent.layout])
+
+
+def _report_refusal(reason: str) -> None:
+    """A warning the first time (in this process) a value came whole because shared memory had no room: in a
+    container, ``/dev/shm`` is often small (64 MB by default in Docker), and unpickling every dose grid costs the
+    receiving process about 1 ms of CPU per MB, which can bound the whole run."""
+    global _refusal_reported
+    if _refusal_reported:
+        log.debug("shared memory refused a block (%s); the value came through the pipe", reason)
+        return
+    _refusal_reported = True
+    log.warning("shared memory (%s) refused a case's dose grid (%s): cases come through the pipe instead, which is "
+                "slower; give %s more room (in a container: --shm-size or --ipc=host)", SHM, reason, SHM)
+
+
+_refusal_reported = False
 
 
 def sweep(receiver_pid: int | None = None) -> int:
