@@ -428,6 +428,19 @@ def test_demo_command(tmp_path, capsys):
     assert "6/6" in capsys.readouterr().out
 
 
+def test_worker_processes_are_spawned_not_forked(tmp_path, monkeypatch):
+    """Generating a cohort and running it start their worker processes afresh: a fork of a process that
+    already runs threads (Numba's, after any computing) can deadlock in the child."""
+
+    def forbidden():
+        raise AssertionError("a worker process was forked")
+
+    monkeypatch.setattr(os, "fork", forbidden)
+    manifest = generate_cohort(tmp_path / "data", 4, seed=8, workers=2)
+    summary = run_cohort(manifest, tmp_path / "r.h5", settings=SETTINGS, workers=2, progress=False)
+    assert summary.processed == 4 and summary.failed == 0
+
+
 def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_path):
     """The GPU arrangement (reading workers feeding one computing process), here with Numba computing:
     the same numbers as workers that read and compute, whatever the thread counts."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -249,7 +250,8 @@ def generate_cohort(out_dir: str | Path, n_cases: int, *, seed: int = 2024, work
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(str(out_dir), i, seed, c, r, p) for i, c, r, p in _plan(n_cases, seed, registered_fraction)]
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # Spawned, not forked: this process may already run threads (Numba's), which a fork can deadlock.
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_generate_one, jobs, chunksize=4))
     else:
         results = [_generate_one(job) for job in jobs]
