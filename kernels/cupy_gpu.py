@@ -249,9 +249,19 @@ def _cupy():
 
 
 class _CupyKernels(GpuKernels):
+    def __init__(self, xp, launch, device: str, module):
+        super().__init__(xp, launch, device)
+        self.module = module
+
     def free_memory_bytes(self) -> int | None:
         free, _ = self.xp.cuda.Device().mem_info
         return int(free + self.xp.get_default_memory_pool().free_bytes())
+
+    def kernel_resources(self, name: str) -> dict[str, int]:
+        """What each thread of kernel ``name`` takes as compiled for this device: registers (they bound how many
+        threads an SM holds at once) and local memory in bytes (register spills and local arrays)."""
+        function = self.module.get_function(name)
+        return {"registers": int(function.num_regs), "local_bytes": int(function.local_size_bytes)}
 
 
 @functools.cache
@@ -263,7 +273,7 @@ def _instance() -> GpuKernels:
         function = module.get_function(name)
         function((math.ceil(n_threads / BLOCK),), (BLOCK,), tuple(args))
 
-    return _CupyKernels(cupy, launch, device_name())
+    return _CupyKernels(cupy, launch, device_name(), module)
 
 
 def device_name() -> str:
@@ -281,6 +291,10 @@ def out_of_memory_errors() -> tuple[type[BaseException], ...]:
 
 def free_memory_bytes() -> int | None:
     return _instance().free_memory_bytes()
+
+
+def kernel_resources(name: str) -> dict[str, int]:
+    return _instance().kernel_resources(name)
 
 
 def trilinear(dose, origin, spacing, points):

@@ -326,6 +326,22 @@ def test_every_launch_is_checked_against_the_kernel_parameters(gpu):
     assert delta.any()
 
 
+def test_the_cupy_backend_reports_the_resources_of_its_compiled_kernels():
+    """What CuPy says of a compiled kernel (RawKernel.num_regs, .local_size_bytes) goes into the GPU benchmark's
+    kernel row; here with a stand-in for the RawModule."""
+
+    class Compiled:
+        num_regs, local_size_bytes = 152, 0
+
+    class Module:
+        def get_function(self, name):
+            assert name == "cell_histograms_kernel"
+            return Compiled()
+
+    kernels = cupy_gpu._CupyKernels(np, None, "stand-in", Module())
+    assert kernels.kernel_resources("cell_histograms_kernel") == {"registers": 152, "local_bytes": 0}
+
+
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
 def test_cuda_source_compiles_with_nvrtc(arch):
     from .cuda.nvrtc import compile_to_ptx, load_nvrtc
