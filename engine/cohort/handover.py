@@ -35,6 +35,7 @@ PREFIX = "isodose-"
 MIN_SHARED_BYTES = 256 * 1024
 ALIGN = 64
 _counter = itertools.count()
+_refusal_reported = False  # whether this process has warned that shared memory refused a block
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,6 @@ def _report_refusal(reason: str) -> None:
     _refusal_reported = True
     log.warning("shared memory (%s) refused a case's dose grid (%s): cases come through the pipe instead, which is "
                 "slower; give %s more room (in a container: --shm-size or --ipc=host)", SHM, reason, SHM)
-
-
-_refusal_reported = False
 
 
 def sweep(receiver_pid: int | None = None) -> int:
