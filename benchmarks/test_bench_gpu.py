@@ -37,7 +37,8 @@ def test_kernel_bandwidth(benchmark):
                                  plan.plane_hy, plan.scanlines)
     transforms = np.broadcast_to(np.eye(4), (plan.n_structures, 4, 4))
     bin_width = histogram_range(grid, options.dose_bins)
-    args = (grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
+    dose = gpu.asarray(grid.dose_gy, np.float32)  # on the device, as the engine puts it before its launches
+    args = (dose, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
             plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, transforms, bin_width, options.dose_bins, 16)
 
     def run():

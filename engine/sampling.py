@@ -164,13 +164,13 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
     transforms = np.concatenate([r.structure_transforms() for r in requests]) if n_structures else np.zeros((0, 4, 4))
     grids = [(r.grid.dose_gy, np.asarray(r.grid.origin_mm, dtype=np.float64),
               np.asarray(r.grid.spacing_mm, dtype=np.float64)) for r in requests]
-    if len(requests) == 1:
+    if not hasattr(kernels, "cell_histograms_many"):  # a CPU backend: one request at a time, its grid as it is
         table = None
 
         def histograms(cells, cell_start, z_lo, z_hi, structure_start, present):
             return kernels.cell_histograms(*grids[0], cells, cell_start, z_lo, z_hi, structure_start,
                                            transforms[present], grid_bin_width[0], n_bins, options.chunks)
-    else:
+    else:  # a device: the grids are copied to it once here, for every batch and the vertices
         table = kernels.grid_table(grids)
 
         def histograms(cells, cell_start, z_lo, z_hi, structure_start, present):

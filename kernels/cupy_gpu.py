@@ -2,8 +2,9 @@
 ``numpy_ref``.
 
 Data stays on the device between steps: the cells made by ``polygon_coverage`` are a device array that
-``cell_histograms`` reads, and a dose grid is copied to the device once and reused while it is the same
-array; the host gets only the histograms and statistics. Sums are fixed-point integers (see the CUDA
+``cell_histograms`` reads, and the engine puts a computation's dose grids on the device once (``grid_table``)
+for all its launches; the host gets only the histograms and statistics. Nothing is kept from one computation
+to the next: a host array may have changed in place since. Sums are fixed-point integers (see the CUDA
 source), so a launch gives the same bits whatever the order its threads run in.
 
 The host code is written against an array module and a launcher (:class:`GpuKernels`), so that it also runs
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,8 +58,6 @@ class GpuKernels:
         self.xp = xp
         self.launch = launch
         self.device = device
-        self._dose_host = None
-        self._dose_device = None
 
     # -- transfers --------------------------------------------------------------------------------------------
     def to_device(self, array, dtype):
@@ -75,38 +73,18 @@ class GpuKernels:
         return self.to_device(array, dtype)
 
     def grid_table(self, grids) -> GridTable:
-        """Put dose grids ``[(dose, origin, spacing), ...]`` on the device as one table (see the CUDA source).
-
-        A single grid is cached: while the same host array comes back, it is not copied again.
-        """
+        """Put dose grids ``[(dose, origin, spacing), ...]`` on the device as one table (see the CUDA source): a
+        grid already there as float32 is used as it is, any other is copied."""
         grids = list(grids)
-        if len(grids) == 1:
-            dose, origin, spacing = grids[0]
-            doses = self._dose(dose)
-            shapes = [doses.shape]
-        else:
-            parts = [self.to_device(dose, np.float32) for dose, _, _ in grids]
-            shapes = [part.shape for part in parts]
-            doses = self.xp.concatenate([part.reshape(-1) for part in parts])
+        parts = [self.to_device(dose, np.float32) for dose, _, _ in grids]
+        shapes = [part.shape for part in parts]
+        doses = parts[0].reshape(-1) if len(parts) == 1 else self.xp.concatenate([p.reshape(-1) for p in parts])
         sizes = [int(np.prod(shape)) for shape in shapes]
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         geometry = np.array([[*map(float, origin), *map(float, spacing)] for _, origin, spacing in grids])
-        return GridTable(doses.reshape(-1), self.to_device(offsets, np.int64),
+        return GridTable(doses, self.to_device(offsets, np.int64),
                          self.to_device(np.array(shapes, dtype=np.int32).reshape(-1, 3), np.int32),
                          self.to_device(geometry.reshape(-1, 6), np.float64), len(grids))
-
-    def _dose(self, dose):
-        """The dose grid on the device as float32, copied once while the same host array comes back."""
-        if isinstance(dose, self.xp.ndarray):
-            return self.to_device(dose, np.float32)
-        cached = self._dose_host() if self._dose_host is not None else None
-        if cached is not dose:
-            self._dose_device = self.to_device(np.asarray(dose), np.float32)
-            try:
-                self._dose_host = weakref.ref(dose)
-            except TypeError:
-                self._dose_host = None
-        return self._dose_device
 
     # -- kernels ----------------------------------------------------------------------------------------------
     def trilinear(self, dose, origin, spacing, points):

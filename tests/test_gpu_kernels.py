@@ -134,6 +134,21 @@ def test_dvhs_through_the_gpu_host_code_match_numba(gpu, rng):
         assert_same_dvhs(reference, compute_dvhs(grid, structures, backend=backend))
 
 
+def test_a_dose_grid_changed_in_place_since_an_earlier_computation_is_read_anew(gpu):
+    """A grid is copied to the device for each computation, never kept from an earlier one: a grid whose values
+    changed in place since (a tool that embeds isodose editing its own arrays, say) gives the DVHs of its new
+    values, as on the CPU backends, not those of the old copy."""
+    backend = Backend("cupy (emulated)", gpu.device, gpu)
+    _, grid = linear_grid(gradient=FIELDS["oblique"])
+    sphere = contour_shape(Sphere((1.0, -2.0, 0.5), 11.0), "S", 1, 2.5)
+    [before] = compute_dvhs(grid, [sphere], backend=backend)
+    grid.dose_gy[...] *= 2.0
+    [after] = compute_dvhs(grid, [sphere], backend=backend)
+    [expected] = compute_dvhs(grid, [sphere], backend="numba")
+    assert after.dmax_gy == pytest.approx(2.0 * before.dmax_gy, rel=1e-6)
+    assert_same_dvhs([expected], [after])
+
+
 def test_gpu_sums_do_not_depend_on_thread_order(gpu):
     """Integer (fixed-point) sums: the same input gives the same bits; here, with threads run backwards."""
     _, grid = linear_grid(gradient=(0.4, -0.9, 0.7))
