@@ -191,7 +191,8 @@ class PreparedRecurrence:
 def prepare_recurrence(case: RecurrenceCase, options: SamplingOptions | None = None
                        ) -> PreparedRecurrence | IsodoseError:
     """Check one case's inputs and plan its sampling; never raises for a bad case: the error comes back, and
-    either way the warnings logged on the way are kept with it."""
+    either way the warnings logged on the way are kept with it. What is planned holds the dose grid as it is now
+    (its dose range among others): a grid changed in place afterwards needs the case prepared again."""
     with collect_warnings() as messages:
         try:
             prepared = _prepare(case, options or SamplingOptions())
