@@ -7,6 +7,7 @@ problem, so that the command line can print it as a single line.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from os import PathLike
@@ -74,17 +75,23 @@ class ValidationDataError(IsodoseError):
 
 
 class _Collector(logging.Handler):
+    """The warnings logged by one thread: cases computed at once in other threads of the process (a Dask worker's,
+    or a tool's) log through the same logger, and their warnings are theirs."""
+
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
+        self.thread = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+        if record.thread == self.thread:
+            self.messages.append(record.getMessage())
 
 
 @contextmanager
 def collect_warnings() -> Iterator[list[str]]:
-    """Collect the warnings isodose logs inside the block (they are still logged), to keep them with a result."""
+    """Collect the warnings isodose logs inside the block in this thread (they are still logged), to keep them
+    with a result."""
     collector = _Collector()
     logger = logging.getLogger("isodose")
     logger.addHandler(collector)

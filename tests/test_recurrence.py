@@ -176,3 +176,37 @@ def test_empty_or_missing_recurrence_roi():
     with pytest.raises(RoiNotFoundError):
         classify_recurrence(GRID, structures, "Recurrence", RX)
     assert math.isfinite(classify_recurrence(GRID, structures, "vr", RX).inside_isodose_pct)  # case-insensitive
+
+
+def test_the_warnings_kept_with_a_result_are_its_own_when_cases_run_in_threads():
+    """Cases computed at once in threads of one process (a Dask worker's, a tool's) log through one logger: each
+    result keeps the warnings of its own thread, not those another case logged meanwhile."""
+    import logging
+    import threading
+
+    from isodose.errors import collect_warnings
+
+    log = logging.getLogger("isodose.test")
+    collecting, logged = threading.Event(), threading.Event()
+    kept: dict[str, list[str]] = {}
+
+    def first_case():
+        with collect_warnings() as messages:
+            collecting.set()
+            logged.wait(10)  # the other case warns while this one collects
+            log.warning("a warning of the first case")
+        kept["first"] = list(messages)
+
+    def second_case():
+        collecting.wait(10)
+        with collect_warnings() as messages:
+            log.warning("a warning of the second case")
+        kept["second"] = list(messages)
+        logged.set()
+
+    threads = [threading.Thread(target=first_case), threading.Thread(target=second_case)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert kept == {"first": ["a warning of the first case"], "second": ["a warning of the second case"]}
