@@ -7,7 +7,9 @@ or its own partial sums, and partial sums are combined in a fixed order.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 
 import numba
 import numpy as np
@@ -17,6 +19,21 @@ from . import GRID_EPSILON, MIN_CELLS_PER_CHUNK
 from .numpy_ref import asarray, check_courses, to_host  # noqa: F401  (host arrays: the same as the reference's)
 
 NAME = "numba"
+
+#: Held while a parallel region runs. Numba's workqueue threading layer (the one left where neither TBB nor
+#: OpenMP is installed, as in slim containers) aborts the process when two Python threads enter parallel regions
+#: at once, as cases computed together in a multi-threaded Dask worker or a tool's thread pool would; with the
+#: other layers a region already takes every core, so one at a time costs little.
+_PARALLEL_REGION = threading.RLock()
+
+
+def _one_thread_at_a_time(kernel):
+    @functools.wraps(kernel)
+    def serialized(*args, **kwargs):
+        with _PARALLEL_REGION:
+            return kernel(*args, **kwargs)
+
+    return serialized
 
 
 def _float_array(a):
@@ -115,6 +132,7 @@ def _trilinear(dose, origin, spacing, points, out):
         out[n] = value
 
 
+@_one_thread_at_a_time
 def trilinear(dose, origin, spacing, points):
     points = _f64(points).reshape(-1, 3)
     out = np.empty(points.shape[0])
@@ -139,6 +157,7 @@ def _resample(dose, origin, spacing, onto_origin, onto_spacing, matrix, out):
                 out[k, j, i] = value
 
 
+@_one_thread_at_a_time
 def resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, transform):
     out = np.empty(tuple(int(n) for n in onto_shape))
     _resample(_float_array(dose), _f64(origin), _f64(spacing), _f64(onto_origin), _f64(onto_spacing),
@@ -157,6 +176,7 @@ def _course_sum(doses, weights, fractions, alpha_beta, physical, out):
         out[n] = np.float32(total)
 
 
+@_one_thread_at_a_time
 def course_sum(doses, weights, fractions, alpha_beta=None):
     doses = tuple(_f64(dose) for dose in doses)
     check_courses(doses, weights, fractions)
@@ -315,6 +335,7 @@ def _polygon_coverage(
             )
 
 
+@_one_thread_at_a_time
 def polygon_coverage(
     vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
     plane_hx, plane_hy, scanlines,
@@ -464,6 +485,7 @@ def _accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks):
     return np.cumsum(delta)[:n_bins]
 
 
+@_one_thread_at_a_time
 def accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks=64):
     return _accumulate_histogram(_f64(values), _f64(weights), _f64(widths), float(bin_width), int(n_bins),
                                  int(n_chunks))
@@ -651,6 +673,7 @@ def _combine_items(partial, part_stats, item_start, n_bins):
     return hist, stats
 
 
+@_one_thread_at_a_time
 def cell_histograms(
     dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
     structure_transform, bin_width, n_bins, n_chunks,

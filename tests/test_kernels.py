@@ -307,3 +307,46 @@ def test_numba_lanes_deal_every_item_once_and_balance_the_cost(rng):
     assert max(loads) <= max(costs.sum() / len(loads), costs.max()) + costs[costs < 5000].max() + len(costs)
     one_lane = numba_cpu._lanes(np.array([3.0]))
     assert one_lane[0].tolist() == [0, 1] and one_lane[1].tolist() == [0]
+
+
+_THREADS_AT_ONCE = """
+import sys, threading
+import numba
+import numpy as np
+from isodose.dvh import compute_dvhs
+from isodose.model import DoseGrid
+from isodose.phantoms import LinearField, Sphere, contour_shape
+
+grid = LinearField(100.0, (0.3, -0.6, 0.7), (0.0, 0.0, 0.0)).grid((-40.0,) * 3, (2.5,) * 3, (33,) * 3, "1.2.3")
+structures = [contour_shape(Sphere((1.0, -2.0, 0.5), 20.0), "s", 1, 1.0)]
+[alone] = compute_dvhs(grid, structures, backend="numba")
+assert numba.threading_layer() == "workqueue", numba.threading_layer()
+results = []
+
+def work():
+    for _ in range(8):
+        results.append(compute_dvhs(grid, structures, backend="numba")[0])
+
+threads = [threading.Thread(target=work) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+assert len(results) == 32
+assert all(np.array_equal(d.cumulative_cc, alone.cumulative_cc) and d.dmax_gy == alone.dmax_gy for d in results)
+print("ok")
+"""
+
+
+def test_numba_kernels_may_be_called_from_many_threads_at_once():
+    """Cases computed together in threads of one process (a multi-threaded Dask worker, a tool's thread pool):
+    with Numba's workqueue threading layer, the one left where neither TBB nor OpenMP is installed, two threads in
+    parallel regions at once would abort the process; each thread gets the DVH it gets alone."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    done = subprocess.run([sys.executable, "-c", _THREADS_AT_ONCE], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
