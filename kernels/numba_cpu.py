@@ -21,9 +21,9 @@ from .numpy_ref import asarray, check_courses, to_host  # noqa: F401  (host arra
 NAME = "numba"
 
 #: Held while a parallel region runs. Numba's workqueue threading layer (the one left where neither TBB nor
-#: OpenMP is installed, as in slim containers) aborts the process when two Python threads enter parallel regions
-#: at once, as cases computed together in a multi-threaded Dask worker or a tool's thread pool would; with the
-#: other layers a region already takes every core, so one at a time costs little.
+#: OpenMP's runtime is installed, as in some minimal containers) aborts the process when two Python threads enter
+#: parallel regions at once, as cases computed together in a multi-threaded Dask worker or a tool's thread pool
+#: would; with the other layers a region already takes every core, so one at a time costs little.
 _PARALLEL_REGION = threading.RLock()
 
 
