@@ -18,7 +18,7 @@ from isodose.cohort.runner import RunSettings, classify_batch, prepare_inputs, r
 from isodose.cohort.synthetic import generate_cohort
 from isodose.dispatch import select_backend
 from isodose.phantoms import head_neck_case
-from isodose.sampling import histogram_range
+from isodose.sampling import histogram_bin_width
 from isodose.voxelize import SamplingOptions, plan_sampling
 
 pytestmark = pytest.mark.gpu
@@ -36,7 +36,7 @@ def test_kernel_bandwidth(benchmark):
                                  plan.plane_x0, plan.plane_y0, plan.plane_nx, plan.plane_ny, plan.plane_hx,
                                  plan.plane_hy, plan.scanlines)
     transforms = np.broadcast_to(np.eye(4), (plan.n_structures, 4, 4))
-    bin_width = histogram_range(grid, options.dose_bins)
+    bin_width = histogram_bin_width(grid, options.dose_bins)
     dose = gpu.asarray(grid.dose_gy, np.float32)  # on the device, as the engine puts it before its launches
     args = (dose, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
             plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, transforms, bin_width, options.dose_bins, 16)

@@ -19,7 +19,7 @@ from isodose.dispatch import select_backend
 from isodose.dvh import compute_dvhs
 from isodose.geometry import rigid_matrix
 from isodose.phantoms import LinearField, Sphere, contour_shape
-from isodose.sampling import histogram_range
+from isodose.sampling import histogram_bin_width
 from isodose.voxelize import SamplingOptions, plan_sampling
 
 BACKENDS = ["numpy", "numba", pytest.param("cupy", marks=pytest.mark.gpu)]
@@ -84,7 +84,7 @@ def test_kernel_sampling_and_accumulation(benchmark, problem, backend_name):
     cells = backend.kernels.polygon_coverage(*_coverage_args(plan))
     args = (_resident(backend, grid), np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
             plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, np.eye(4)[None],
-            histogram_range(grid, OPTIONS.dose_bins), OPTIONS.dose_bins, OPTIONS.chunks)
+            histogram_bin_width(grid, OPTIONS.dose_bins), OPTIONS.dose_bins, OPTIONS.chunks)
     _time_kernel(benchmark, backend, "kernel: sampling + DVH accumulation", backend.kernels.cell_histograms, args,
                  cells=plan.n_cells)
 

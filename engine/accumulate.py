@@ -24,11 +24,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .dispatch import Backend, select_backend
+from .dispatch import Backend, resolve_backend
 from .dvh import DVH, dvh_request, dvhs_from_samples
 from .errors import FrameOfReferenceError, IsodoseError
 from .geometry import check_dose_grid, check_rigid, registration_matrix
-from .kernels import numpy_ref
 from .model import DoseGrid, Registration, Structure, StructureSet
 from .sampling import sample_many
 from .voxelize import SamplingOptions
@@ -162,16 +161,11 @@ def default_alpha_beta(structure: Structure) -> float:
     return NORMAL_ALPHA_BETA_GY
 
 
-def voxel_centres(grid: DoseGrid) -> np.ndarray:
-    """The (x, y, z) of every voxel centre, in the grid's (z, y, x) order."""
-    return numpy_ref.lattice_points(grid.origin_mm, grid.spacing_mm, grid.dose_gy.shape, np.eye(4))
-
-
 def _resampled(dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None, backend: Backend):
     """``dose`` at the voxel centres of ``onto`` as an array of the backend, 0 Gy where it does not reach, and
     the share of centres concerned."""
     matrix = np.eye(4) if transform is None else check_rigid(transform, "the registration's transform")
-    out_of_memory = getattr(backend.kernels, "out_of_memory_errors", lambda: (MemoryError,))()
+    out_of_memory = backend.kernels.out_of_memory_errors()
     try:
         values = backend.kernels.resample(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
                                           np.asarray(dose.spacing_mm, dtype=np.float64), onto.origin_mm,
@@ -190,7 +184,7 @@ def resample(dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None = None
              backend: str | Backend | None = None) -> tuple[np.ndarray, float]:
     """``dose`` at the voxel centres of ``onto`` (trilinear), and the share of those centres it does not reach
     (where its value is 0). ``transform`` maps ``onto``'s coordinates into ``dose``'s (rigid 4x4)."""
-    chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    chosen = resolve_backend(backend)
     values, share = _resampled(dose, onto, transform, chosen)
     return np.asarray(chosen.kernels.to_host(values), dtype=np.float64), share
 
@@ -209,7 +203,7 @@ def accumulate(
         raise AccumulationError("no course to accumulate")
     if not (0.0 <= float(recovery_pct) < 100.0):
         raise AccumulationError(f"the tissue recovery must be a percentage from 0 to below 100, not {recovery_pct!r}")
-    chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    chosen = resolve_backend(backend)
     for course in courses:
         check_dose_grid(course.dose)
     first = courses[0]
@@ -270,7 +264,7 @@ def accumulated_dvhs(
 ) -> list[AccumulatedDVH]:
     """DVHs of the chosen structures in the physical sum and in the EQD2 sum, each structure at its alpha/beta
     (one EQD2 grid per distinct ratio). All grids are sampled together: one launch on a GPU."""
-    chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    chosen = resolve_backend(backend)
     options = options or SamplingOptions()
     all_structures = structures.structures if isinstance(structures, StructureSet) else tuple(structures)
     selected, physical_request = dvh_request(plan_sum.reference, structures, rois, options=options)
@@ -316,7 +310,7 @@ def reirradiation_record(
       ``risk_accumulated_gtv_eqd2_ge_145_5gy`` is it at or above 145.5 Gy.
     - ``risk_recurrent_gtv_ge_25cc``: the recurrence's volume at or above 25 cc.
     """
-    chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    chosen = resolve_backend(backend)
     options = options or SamplingOptions()
     plan_sum = accumulate([first, second], registration=registration, backend=chosen)
     ab = TUMOUR_ALPHA_BETA_GY

@@ -13,9 +13,9 @@ import importlib
 import logging
 import os
 from dataclasses import dataclass
-from types import ModuleType
 
 from .errors import BackendError
+from .kernels.protocol import Kernels
 
 log = logging.getLogger(__name__)
 
@@ -26,28 +26,26 @@ CHOICES = ("auto", *BACKENDS)
 
 @dataclass(frozen=True)
 class Backend:
-    """A usable backend: its name, the device it runs on (for the record) and its kernel module."""
+    """A usable backend: its name, the device it runs on (for the record) and its kernels, which keep the
+    protocol of :class:`isodose.kernels.protocol.Kernels`."""
 
     name: str
     device: str
-    kernels: ModuleType
+    kernels: Kernels
 
 
 def _load_numpy() -> Backend:
-    from isodose.kernels import numpy_ref
+    from .kernels import numpy_ref
 
-    return Backend("numpy", "cpu, 1 thread", numpy_ref)
+    return Backend("numpy", numpy_ref.device_name(), numpy_ref)
 
 
 def _load_numba() -> Backend:
     try:
-        import numba
-
-        from isodose.kernels import numba_cpu
+        from .kernels import numba_cpu
     except ImportError as exc:  # pragma: no cover - numba is a dependency
         raise BackendError(f"the numba backend is not available: {exc}") from exc
-    threads = numba.get_num_threads()
-    return Backend("numba", f"cpu, {threads} thread{'s' if threads > 1 else ''}", numba_cpu)
+    return Backend("numba", numba_cpu.device_name(), numba_cpu)
 
 
 def _load_cupy() -> Backend:
@@ -65,12 +63,12 @@ def _load_cupy() -> Backend:
         kernels = importlib.import_module("isodose.kernels.cupy_gpu")
     except ImportError as exc:
         raise BackendError(f"the cupy backend is not available in this version of isodose ({exc})") from exc
-    return Backend("cupy", _tested(kernels, "cupy"), kernels)
+    return Backend("cupy", _device_after_selftest(kernels, "cupy"), kernels)
 
 
-def _tested(kernels: ModuleType, name: str) -> str:
+def _device_after_selftest(kernels: Kernels, name: str) -> str:
     """The device name, once a small problem has been solved on it as the NumPy reference solves it."""
-    from isodose.kernels import selftest
+    from .kernels import selftest
 
     try:
         device = kernels.device_name()
@@ -107,6 +105,16 @@ def select_backend(name: str | None = None) -> Backend:
         log.debug("auto backend: %s on %s", backend.name, backend.device)
         return backend
     raise BackendError("no backend can run on this machine")  # pragma: no cover - numpy always can
+
+
+def resolve_backend(backend: str | Backend | None = None) -> Backend:
+    """The backend to compute with, from a :class:`Backend` (returned as it is), a name or None (see
+    :func:`select_backend`): the one way engine code turns its ``backend=`` argument into a backend.
+
+    >>> resolve_backend("numpy").name
+    'numpy'
+    """
+    return backend if isinstance(backend, Backend) else select_backend(backend)
 
 
 def cuda_usable() -> bool:

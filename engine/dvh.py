@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dispatch import Backend, select_backend
+from .dispatch import Backend, resolve_backend
 from .errors import FrameOfReferenceError, MetricError
 from .geometry import check_dose_grid, check_rigid, common_plane_spacing_mm
 from .model import DoseGrid, Structure, StructureSet
@@ -330,7 +330,7 @@ def compute_dvhs(
     >>> dvhs[0].metric("D95")  # doctest: +SKIP
     """
     options = options or SamplingOptions()
-    chosen_backend = backend if isinstance(backend, Backend) else select_backend(backend)
+    chosen_backend = resolve_backend(backend)
     selected, request = dvh_request(dose, structures, rois, options=options, check_frame=check_frame,
                                     transform=transform)
     [samples] = sample_many([request], chosen_backend, options)

@@ -135,7 +135,7 @@ def _checked_planes(structure: Structure) -> list[ContourPlane]:
     A contour exported twice in a plane would cancel itself under the even-odd rule (a ring inside a ring is a
     hole); the repeat is dropped. A ring that crosses itself is kept, its inside taken by the even-odd rule, as
     for every ring."""
-    from .kernels.numba_cpu import ring_crosses_itself
+    from .polygons import ring_crosses_itself
 
     _check_contours(structure)
     planes = []
@@ -270,7 +270,7 @@ class PackedPlanes:
         """Which ``(x, y, z)`` points lie inside (see :func:`structure_contains`): the even-odd test, with
         half-open edges as the coverage kernel's, against the rings of the one plane whose slab holds each point
         (compiled)."""
-        from .kernels.numba_cpu import points_in_packed_planes
+        from .polygons import points_in_packed_planes
 
         return points_in_packed_planes(self.slab_lo_mm, self.slab_hi_mm, self.plane_ring_start,
                                        self.ring_vertex_start, self.vertices_mm, points_mm)

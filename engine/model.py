@@ -41,6 +41,11 @@ class DoseGrid:
         n = self.dose_gy.shape[2 - axis]
         return self.origin_mm[axis] + self.spacing_mm[axis] * np.arange(n, dtype=np.float64)
 
+    def voxel_centres_mm(self) -> np.ndarray:
+        """The ``(x, y, z)`` of every voxel centre, shape ``(n, 3)``, in the grid's ``(z, y, x)`` order."""
+        z, y, x = np.meshgrid(self.axis_mm(2), self.axis_mm(1), self.axis_mm(0), indexing="ij")
+        return np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
+
     @property
     def extent_mm(self) -> tuple[tuple[float, float], ...]:
         """(low, high) of the voxel centres along x, y and z: the region where dose is defined."""

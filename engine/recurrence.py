@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .dispatch import Backend, select_backend
+from .dispatch import Backend, resolve_backend
 from .dvh import (
     DVH,
     Metric,
@@ -39,9 +39,8 @@ from .geometry import (
     registration_matrix,
     structure_planes,
 )
-from .kernels import numpy_ref
 from .model import DoseGrid, Registration, Structure, StructureSet
-from .sampling import SamplingRequest, StructureSamples, dose_range_gy, sample_many
+from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy, sample_many
 from .voxelize import SamplingOptions
 
 CLASSES = ("in-field", "marginal", "out-field")
@@ -251,25 +250,24 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
                               tuple(vr_metrics), targets)
 
 
-def _finish(prepared: PreparedRecurrence, samples: Sequence[StructureSamples]) -> RecurrenceResult:
-    """Classify one case from its samples (one per request of :func:`_prepare`)."""
-    criteria = prepared.criteria
-    dose, prescription_gy = prepared.dose, prepared.prescription_gy
+def _sampled_dvhs(prepared: PreparedRecurrence, samples: Sequence[StructureSamples]) -> tuple[DVH, dict[str, DVH]]:
+    """Vr's DVH and those of the ROIs of the target metrics, from one case's samples (one per request)."""
     [vr] = dvhs_from_samples([prepared.vr], samples[0])
     roi_dvhs = {d.name: d for d in dvhs_from_samples(prepared.rois, samples[1])} if prepared.rois else {}
+    return vr, roi_dvhs
 
+
+def _finish(prepared: PreparedRecurrence, vr: DVH, roi_dvhs: dict[str, DVH], centroid_dose: float,
+            samples: StructureSamples) -> RecurrenceResult:
+    """Classify one case from its DVHs and the dose at Vr's centroid."""
+    criteria = prepared.criteria
+    prescription_gy = prepared.prescription_gy
     isodose_gy = criteria.isodose_pct / 100.0 * prescription_gy
     inside_cc = float(vr.volume_at_dose_cc(isodose_gy)) if vr.has_dose else 0.0
     inside_pct = 100.0 * inside_cc / vr.volume_cc if vr.volume_cc > 0 else 0.0
 
-    # The dose at the centroid: one point, interpolated on the host by the reference (for every backend).
-    centroid = np.array(vr.centroid_mm, dtype=np.float64)
-    centroid_dose = float(numpy_ref.trilinear(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
-                                              np.asarray(dose.spacing_mm, dtype=np.float64),
-                                              centroid.reshape(1, 3))[0])
-    holding = tuple(name for name, planes in prepared.targets
-                    if planes.contain(centroid)[0])
-
+    centroid = _centroid(vr)
+    holding = tuple(name for name, planes in prepared.targets if planes.contain(centroid)[0])
     metric_values = {m.text: float(vr.metric(m, prescription_gy)) for m in prepared.vr_metrics}
     target_values = {m.text: float(roi_dvhs[roi].metric(m.metric, prescription_gy)) for m, roi in prepared.roi_metrics}
     return RecurrenceResult(
@@ -289,9 +287,14 @@ def _finish(prepared: PreparedRecurrence, samples: Sequence[StructureSamples]) -
         target_metrics=target_values,
         recurrence_dvh=vr,
         roi_dvhs=roi_dvhs,
-        backend=samples[0].backend,
-        device=samples[0].device,
+        backend=samples.backend,
+        device=samples.device,
     )
+
+
+def _centroid(vr: DVH) -> np.ndarray:
+    """Vr's volume centroid (x, y, z) in the dose grid's frame, mm; NaN for an empty Vr."""
+    return np.array(vr.centroid_mm if vr.centroid_mm is not None else (math.nan,) * 3, dtype=np.float64)
 
 
 def classify_recurrence(
@@ -344,7 +347,7 @@ def classify_prepared(
     """:func:`classify_recurrences` of cases already prepared (by :func:`prepare_recurrence`, here or in other
     processes): their samples in one :func:`~isodose.sampling.sample_many`, then each case finished. Errors
     from preparing come back as they are."""
-    chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    chosen = resolve_backend(backend)
     results: list[RecurrenceResult | IsodoseError | None] = [
         p if isinstance(p, IsodoseError) else None for p in prepared]
     ready = {i: p for i, p in enumerate(prepared) if isinstance(p, PreparedRecurrence)}
@@ -353,25 +356,41 @@ def classify_prepared(
     options = next(iter(ready.values())).options if ready else SamplingOptions()
     if any(p.options != options for p in ready.values()):
         raise IsodoseError("cases sampled together need the same sampling options")
+    # The cases' grids go where the backend computes once, for their samples and for the doses at their centroids.
+    batch = GridBatch.of([r.grid for r in requests], chosen)
     try:
-        samples = sample_many(requests, chosen, options)
+        samples = sample_many(requests, chosen, options, grids=batch)
     except IsodoseError:
         if len(ready) <= 1:
             raise
         samples = None  # one case's failure (memory for one plane, say): sample the cases one by one
+    sampled: dict[int, tuple[list[StructureSamples], DVH, dict[str, DVH]]] = {}
     position = 0
     for i, p in ready.items():
         with collect_warnings() as messages:
             try:
                 if samples is None:
-                    case_samples = sample_many(p.requests, chosen, p.options)
+                    case_samples = sample_many(p.requests, chosen, p.options, grids=batch)
                 else:
                     case_samples = samples[position : position + len(p.requests)]
                     position += len(p.requests)
-                results[i] = _finish(p, case_samples)
+                sampled[i] = (case_samples, *_sampled_dvhs(p, case_samples))
             except IsodoseError as exc:
                 results[i] = exc
         warnings[i] += messages
+    # The dose at every case's centroid, in one call.
+    order = list(sampled)
+    centroids = np.array([_centroid(sampled[i][1]) for i in order]).reshape(-1, 3)
+    centroid_doses = batch.dose_at(centroids, [batch.index(ready[i].requests[0].grid) for i in order])
+    for i, centroid_dose in zip(order, centroid_doses):
+        case_samples, vr, roi_dvhs = sampled[i]
+        with collect_warnings() as messages:
+            try:
+                results[i] = _finish(ready[i], vr, roi_dvhs, float(centroid_dose), case_samples[0])
+            except IsodoseError as exc:
+                results[i] = exc
+        warnings[i] += messages
+    for i in ready:
         if isinstance(results[i], RecurrenceResult):
             results[i] = replace(results[i], warnings=tuple(warnings[i]))
         else:  # a failed case keeps the warnings logged on its way

@@ -57,7 +57,7 @@ def dose_range_gy(grid: DoseGrid) -> tuple[float, float]:
     return low, high
 
 
-def histogram_range(grid: DoseGrid, n_bins: int, dose_range: tuple[float, float] | None = None) -> float:
+def histogram_bin_width(grid: DoseGrid, n_bins: int, dose_range: tuple[float, float] | None = None) -> float:
     """Bin width (Gy) of histograms spanning 0 to just above the grid's maximum dose (``dose_range``, the
     grid's :func:`dose_range_gy` when already known)."""
     _, high = dose_range if dose_range is not None else dose_range_gy(grid)
@@ -97,6 +97,41 @@ class SamplingRequest:
         return np.ascontiguousarray(self.transforms, dtype=np.float64).reshape(n, 4, 4)
 
 
+@dataclass(frozen=True, eq=False)
+class GridBatch:
+    """The distinct dose grids of a batch of requests, put where the backend computes once for the whole batch
+    (on a GPU: each copied to the device once), to sample them and to interpolate points in them."""
+
+    grids: tuple[DoseGrid, ...]
+    #: The backend's table of the grids (see :meth:`isodose.kernels.protocol.Kernels.grid_table`).
+    table: object
+    backend: Backend
+
+    @classmethod
+    def of(cls, grids: Sequence[DoseGrid], backend: Backend) -> GridBatch:
+        """The batch of ``grids``, each distinct grid object once, in the order first met."""
+        distinct = list({id(grid): grid for grid in grids}.values())
+        table = backend.kernels.grid_table([(g.dose_gy, np.asarray(g.origin_mm, dtype=np.float64),
+                                             np.asarray(g.spacing_mm, dtype=np.float64)) for g in distinct])
+        return cls(tuple(distinct), table, backend)
+
+    def index(self, grid: DoseGrid) -> int:
+        """The position of ``grid`` in the batch (a ValueError for a grid not in it)."""
+        for k, candidate in enumerate(self.grids):
+            if candidate is grid:
+                return k
+        raise ValueError("this dose grid is not part of the batch")
+
+    def dose_at(self, points_mm: np.ndarray, point_grid: np.ndarray) -> np.ndarray:
+        """The trilinear dose (Gy) at each ``(x, y, z)`` point in its grid of the batch (``point_grid[n]``), NaN
+        outside the grid: one call of the backend for all the points."""
+        points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+        if not len(points):
+            return np.empty(0)
+        grid = np.asarray(point_grid, dtype=np.int64).reshape(-1)
+        return np.asarray(self.backend.kernels.trilinear_many(self.table, points, grid), dtype=np.float64)
+
+
 def sample_structures(
     plan: SamplingPlan, grid: DoseGrid, backend: Backend, options: SamplingOptions,
     transforms: np.ndarray | None = None,
@@ -108,18 +143,21 @@ def sample_structures(
 
 
 def sample_many(
-    requests: Sequence[SamplingRequest], backend: Backend, options: SamplingOptions
+    requests: Sequence[SamplingRequest], backend: Backend, options: SamplingOptions,
+    grids: GridBatch | None = None,
 ) -> list[StructureSamples]:
     """Sample the structures of many requests (of many cases, in many dose grids).
 
-    Backends that read many grids in one launch (the GPU's ``cell_histograms_many``) get all the requests
-    as one merged plan, in as few launches as memory allows; the others take the requests one at a time.
-    Either way each request's result is the one :func:`sample_structures` gives it alone.
+    Backends that prefer merged requests (``PREFERS_MERGED_REQUESTS``: the GPU) get all the requests as one
+    merged plan, in as few launches as memory allows; the others take the requests one at a time. Either way
+    each request's result is the one :func:`sample_structures` gives it alone. ``grids`` holds the requests'
+    grids when the caller has put them on the backend already (to interpolate points in them afterwards).
     """
     requests = list(requests)
-    if len(requests) > 1 and hasattr(backend.kernels, "cell_histograms_many"):
-        return _sample(requests, backend, options)
-    return [_sample([request], backend, options)[0] for request in requests]
+    batch = grids if grids is not None else GridBatch.of([r.grid for r in requests], backend)
+    if len(requests) > 1 and backend.kernels.PREFERS_MERGED_REQUESTS:
+        return _sample(requests, backend, options, batch)
+    return [_sample([request], backend, options, batch)[0] for request in requests]
 
 
 def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
@@ -152,31 +190,23 @@ def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
     )
 
 
-def _sample(requests: list[SamplingRequest], backend: Backend, options: SamplingOptions) -> list[StructureSamples]:
+def _sample(requests: list[SamplingRequest], backend: Backend, options: SamplingOptions,
+            batch: GridBatch) -> list[StructureSamples]:
     kernels = backend.kernels
     plan = merge_plans([r.plan for r in requests])
     n_structures = plan.n_structures
     n_bins = options.dose_bins
     counts = [r.plan.n_structures for r in requests]
-    structure_grid = np.repeat(np.arange(len(requests), dtype=np.int64), counts)
-    grid_bin_width = np.array([histogram_range(r.grid, n_bins, r.dose_range()) for r in requests])
-    bin_width = grid_bin_width[structure_grid]
+    request_bin_width = np.array([histogram_bin_width(r.grid, n_bins, r.dose_range()) for r in requests])
+    structure_request = np.repeat(np.arange(len(requests), dtype=np.int64), counts)
+    structure_grid = np.array([batch.index(r.grid) for r in requests], dtype=np.int64)[structure_request]
+    bin_width = request_bin_width[structure_request]
     transforms = np.concatenate([r.structure_transforms() for r in requests]) if n_structures else np.zeros((0, 4, 4))
-    grids = [(r.grid.dose_gy, np.asarray(r.grid.origin_mm, dtype=np.float64),
-              np.asarray(r.grid.spacing_mm, dtype=np.float64)) for r in requests]
-    if not hasattr(kernels, "cell_histograms_many"):  # a CPU backend: one request at a time, its grid as it is
-        table = None
 
-        def histograms(cells, cell_start, z_lo, z_hi, structure_start, present):
-            return kernels.cell_histograms(*grids[0], cells, cell_start, z_lo, z_hi, structure_start,
-                                           transforms[present], grid_bin_width[0], n_bins, options.chunks)
-    else:  # a device: the grids are copied to it once here, for every batch and the vertices
-        table = kernels.grid_table(grids)
-
-        def histograms(cells, cell_start, z_lo, z_hi, structure_start, present):
-            return kernels.cell_histograms_many(table, cells, cell_start, z_lo, z_hi, structure_start,
-                                                structure_grid[present], transforms[present], bin_width[present],
-                                                n_bins)
+    def histograms(cells, cell_start, z_lo, z_hi, structure_start, present):
+        return kernels.cell_histograms_many(batch.table, cells, cell_start, z_lo, z_hi, structure_start,
+                                            structure_grid[present], transforms[present], bin_width[present],
+                                            n_bins, options.chunks)
 
     hist = np.zeros((n_structures, n_bins))
     sums = np.zeros((n_structures, 6))  # inside, outside, dose x volume, x, y, z x volume
@@ -184,11 +214,11 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
     dmax = np.full(n_structures, -np.inf)
     plane_structure = plan.plane_structure()
 
-    out_of_memory = getattr(kernels, "out_of_memory_errors", lambda: (MemoryError,))()
+    out_of_memory = kernels.out_of_memory_errors()
     max_cells = options.max_cells_per_batch
-    free = getattr(kernels, "free_memory_bytes", lambda: None)()
+    free = kernels.free_memory_bytes()
     if free:  # a device's memory: use at most half of what is free now
-        max_cells = max(1, min(max_cells, int(0.5 * free / getattr(kernels, "BYTES_PER_CELL", 64))))
+        max_cells = max(1, min(max_cells, int(0.5 * free / kernels.BYTES_PER_CELL)))
 
     def run_batch(first: int, end: int) -> None:
         cell_start = plan.plane_cell_start[first : end + 1]
@@ -247,10 +277,7 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
         for s in np.nonzero(moved & (vertex_counts > 0))[0]:
             segment = slice(vertex_start[s], vertex_start[s + 1])
             vertices[segment] = transform_points(transforms[s], vertices[segment])
-        if table is None:
-            vertex_dose = np.asarray(kernels.trilinear(*grids[0], vertices))
-        else:
-            vertex_dose = np.asarray(kernels.trilinear_many(table, vertices, np.repeat(structure_grid, vertex_counts)))
+        vertex_dose = batch.dose_at(vertices, np.repeat(structure_grid, vertex_counts))
         # Each structure's extremes over its vertices inside the grid (NaN outside), where it has volume inside.
         finite = np.isfinite(vertex_dose)
         with_vertices = np.nonzero(vertex_counts > 0)[0]
@@ -273,7 +300,7 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
         part = slice(first, end)  # views of the merged arrays, not copies
         results.append(StructureSamples(
             hist_mm3=hist[part],
-            bin_width_gy=float(grid_bin_width[r]),
+            bin_width_gy=float(request_bin_width[r]),
             inside_mm3=sums[part, 0],
             outside_mm3=sums[part, 1],
             dose_volume_sum=sums[part, 2],

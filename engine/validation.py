@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dispatch import Backend, select_backend
+from .dispatch import Backend, resolve_backend
 from .dvh import DVH, compute_dvhs
 from .errors import ValidationDataError
 from .voxelize import SamplingOptions
@@ -94,7 +94,7 @@ def run_nelms(
     from .dicom.read import read_dose, read_structures
 
     root = Path(root)
-    chosen = backend if isinstance(backend, Backend) else select_backend(backend)
+    chosen = resolve_backend(backend)
     grids: dict[str, object] = {}
     results = []
     for case in load_nelms(root):

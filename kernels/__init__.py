@@ -1,7 +1,12 @@
-"""Array kernels, one module per backend, each with the same functions, signatures and meaning.
+"""Array kernels, one module per backend, each keeping the contract of ``protocol.Kernels``: the same names,
+signatures and meaning.
 
+- ``protocol``: the contract, as a ``typing.Protocol``; the engine calls backends through it alone.
 - ``numpy_ref``: the readable float64 reference every other backend is tested against.
 - ``numba_cpu``: parallel, compiled once and cached on disk.
+- ``cupy_gpu``: the CUDA kernels of ``cuda/isodose.cu`` through CuPy.
+- ``host``: what the two CPU backends share (host arrays, and the batched calls as loops over grids).
+- ``selftest``: the small problem the dispatcher has a backend solve before it trusts it.
 
 The kernels know nothing of DICOM, files or the engine's classes: arrays and scalars in, arrays out.
 Coordinates are in mm, doses in Gy, arrays indexed ``(z, y, x)``, points given as ``(x, y, z)``.
@@ -36,6 +41,10 @@ structure_plane_start, structure_transform, bin_width, n_bins, n_chunks) -> (his
     uniform distribution with the variance of the (locally linear) dose over its region, and accumulates
     per structure a dose histogram (mm^3 per bin) and the statistics in ``STAT_COLUMNS``. When a transform
     tilts the z axis, slabs are cut into pieces no thicker than half the smallest voxel side instead.
+``grid_table(grids) -> table``, ``trilinear_many(table, points, point_grid) -> values`` and
+``cell_histograms_many(table, ..., structure_grid, structure_transform, structure_bin_width, n_bins, n_chunks)``
+    The batched forms: dose grids put where the kernels read them once (on a GPU, copied to the device), then
+    points and structures each interpolated in their own grid of the table. The CPU backends loop over grids.
 """
 
 #: Columns of the ``cells`` array made by ``polygon_coverage``.

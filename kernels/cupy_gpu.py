@@ -31,6 +31,8 @@ DOSE_VOLUME_SCALE = 2.0**24
 POSITION_VOLUME_SCALE = 2.0**20
 #: Bytes of device memory one cell needs while a batch is processed (cells array, with room to spare).
 BYTES_PER_CELL = 64
+#: The structures of many requests, each in its own grid, are sampled in one launch.
+PREFERS_MERGED_REQUESTS = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,10 +56,24 @@ class GpuKernels:
     of the CUDA source over ``n_threads`` threads; ``args`` are device arrays and NumPy scalars.
     """
 
+    NAME = NAME
+    BYTES_PER_CELL = BYTES_PER_CELL
+    PREFERS_MERGED_REQUESTS = PREFERS_MERGED_REQUESTS
+
     def __init__(self, xp, launch, device: str):
         self.xp = xp
         self.launch = launch
         self.device = device
+
+    # -- capabilities -----------------------------------------------------------------------------------------
+    def device_name(self) -> str:
+        return self.device
+
+    def out_of_memory_errors(self) -> tuple[type[BaseException], ...]:
+        return (MemoryError,)
+
+    def free_memory_bytes(self) -> int | None:
+        return None
 
     # -- transfers --------------------------------------------------------------------------------------------
     def to_device(self, array, dtype):
@@ -119,8 +135,8 @@ class GpuKernels:
 
     def course_sum(self, doses, weights, fractions, alpha_beta=None):
         """The reference's array code on the device (CuPy's element-wise kernels): memory-bound either way."""
-        return numpy_ref.course_sum([self.asarray(dose) for dose in doses], weights, fractions, alpha_beta,
-                                    xp=self.xp)
+        return numpy_ref.course_sum_in(self.xp, [self.asarray(dose) for dose in doses], weights, fractions,
+                                       alpha_beta)
 
     def polygon_coverage(self, vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
                          plane_nx, plane_ny, plane_hx, plane_hy, scanlines):
@@ -169,18 +185,19 @@ class GpuKernels:
 
     def cell_histograms(self, dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,
                         structure_plane_start, structure_transform, bin_width, n_bins, n_chunks):
-        del n_chunks  # integer sums need no fixed chunking
         n_structures = len(structure_plane_start) - 1
         return self.cell_histograms_many(
             self.grid_table([(dose, origin, spacing)]), cells, plane_cell_start, plane_z_lo, plane_z_hi,
             structure_plane_start, np.zeros(n_structures, np.int64), structure_transform,
-            np.full(n_structures, float(bin_width)), n_bins,
+            np.full(n_structures, float(bin_width)), n_bins, n_chunks,
         )
 
     def cell_histograms_many(self, table: GridTable, cells, plane_cell_start, plane_z_lo, plane_z_hi,
-                             structure_plane_start, structure_grid, structure_transform, structure_bin_width, n_bins):
+                             structure_plane_start, structure_grid, structure_transform, structure_bin_width, n_bins,
+                             n_chunks):
         """:func:`cell_histograms` of structures in many grids at once: structure ``s`` is sampled in grid
         ``structure_grid[s]`` of ``table``, into bins of ``structure_bin_width[s]`` Gy."""
+        del n_chunks  # integer sums need no fixed chunking
         xp = self.xp
         n_structures = len(structure_plane_start) - 1
         n_planes = len(plane_cell_start) - 1
@@ -213,9 +230,6 @@ class GpuKernels:
         stats[:, 5:8] = fixed[:, 3:6] / POSITION_VOLUME_SCALE
         return hist, stats
 
-    def free_memory_bytes(self) -> int | None:
-        return None
-
 
 # --------------------------------------------------------------------------------------------------------
 # The CuPy instance
@@ -230,6 +244,9 @@ class _CupyKernels(GpuKernels):
     def __init__(self, xp, launch, device: str, module):
         super().__init__(xp, launch, device)
         self.module = module
+
+    def out_of_memory_errors(self) -> tuple[type[BaseException], ...]:
+        return (MemoryError, self.xp.cuda.memory.OutOfMemoryError)
 
     def free_memory_bytes(self) -> int | None:
         free, _ = self.xp.cuda.Device().mem_info
@@ -263,8 +280,7 @@ def device_name() -> str:
 
 
 def out_of_memory_errors() -> tuple[type[BaseException], ...]:
-    cupy = _cupy()
-    return (MemoryError, cupy.cuda.memory.OutOfMemoryError)
+    return _instance().out_of_memory_errors()
 
 
 def free_memory_bytes() -> int | None:
@@ -314,10 +330,10 @@ def trilinear_many(table, points, point_grid):
 
 
 def cell_histograms_many(table, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-                         structure_grid, structure_transform, structure_bin_width, n_bins):
+                         structure_grid, structure_transform, structure_bin_width, n_bins, n_chunks):
     return _instance().cell_histograms_many(table, cells, plane_cell_start, plane_z_lo, plane_z_hi,
                                             structure_plane_start, structure_grid, structure_transform,
-                                            structure_bin_width, n_bins)
+                                            structure_bin_width, n_bins, n_chunks)
 
 
 def cell_histograms(dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,

@@ -8,8 +8,23 @@ from __future__ import annotations
 import numpy as np
 
 from . import GRID_EPSILON
+from . import host
+from .host import (  # noqa: F401  (capabilities and host arrays shared by the CPU backends)
+    BYTES_PER_CELL,
+    PREFERS_MERGED_REQUESTS,
+    asarray,
+    check_courses,
+    free_memory_bytes,
+    grid_table,
+    out_of_memory_errors,
+    to_host,
+)
 
 NAME = "numpy"
+
+
+def device_name() -> str:
+    return "cpu, 1 thread"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -22,7 +37,7 @@ def trilinear_with_gradient(dose, origin, spacing, points):
     shape_xyz = np.array(dose.shape[::-1])
     index = (points - np.asarray(origin, dtype=np.float64)) / np.asarray(spacing, dtype=np.float64)
     inside = np.all((index >= -GRID_EPSILON) & (index <= shape_xyz - 1 + GRID_EPSILON), axis=1)
-    index = np.clip(index, 0.0, shape_xyz - 1)
+    index = np.clip(np.where(inside[:, None], index, 0.0), 0.0, shape_xyz - 1)  # outside (NaN too): any voxel
     lower = np.minimum(np.floor(index).astype(np.int64), shape_xyz - 2)
     t = index - lower
     i, j, k = lower[:, 0], lower[:, 1], lower[:, 2]
@@ -73,20 +88,15 @@ def resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, trans
     return trilinear(dose, origin, spacing, points).reshape(tuple(int(n) for n in onto_shape))
 
 
-def check_courses(doses, weights, fractions) -> None:
-    """ValueError unless there is at least one dose, all of one shape, each with a weight and a fraction count."""
-    if not len(doses) or len(weights) != len(doses) or len(fractions) != len(doses):
-        raise ValueError(f"course_sum needs one weight and one fraction count for each of at least one dose "
-                         f"({len(doses)} doses, {len(weights)} weights, {len(fractions)} fraction counts)")
-    shapes = {tuple(dose.shape) for dose in doses}
-    if len(shapes) > 1:
-        raise ValueError(f"course_sum needs doses of one shape, not {sorted(shapes)}")
-
-
-def course_sum(doses, weights, fractions, alpha_beta=None, xp=np):
+def course_sum(doses, weights, fractions, alpha_beta=None):
     """``sum_c weights[c] * D_c`` of same-shaped course doses (physical, ``alpha_beta`` None), or of each
     course's EQD2 ``D_c (D_c / fractions[c] + a/b) / (2 + a/b)``, as float32: each term in float64, added in
-    course order, rounded once. ``xp`` is the array module of the doses."""
+    course order, rounded once."""
+    return course_sum_in(np, doses, weights, fractions, alpha_beta)
+
+
+def course_sum_in(xp, doses, weights, fractions, alpha_beta=None):
+    """:func:`course_sum` in the array module ``xp`` of the doses (NumPy here, CuPy for the GPU backend)."""
     check_courses(doses, weights, fractions)
     total = 0.0
     for dose, weight, n in zip(doses, weights, fractions):
@@ -94,16 +104,6 @@ def course_sum(doses, weights, fractions, alpha_beta=None, xp=np):
         term = dose if alpha_beta is None else dose * (dose / float(n) + alpha_beta) / (2.0 + alpha_beta)
         total = total + float(weight) * term
     return xp.asarray(total, dtype=np.float64).astype(np.float32)
-
-
-def asarray(array, dtype=np.float64):
-    """``array`` as this backend's array (here a NumPy array) of ``dtype``."""
-    return np.ascontiguousarray(array, dtype=dtype)
-
-
-def to_host(array) -> np.ndarray:
-    """A backend array as a NumPy array."""
-    return np.asarray(array)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -324,22 +324,18 @@ def cell_histograms(
     return hist, stats
 
 
-def ring_crosses_itself(points) -> bool:
-    """Whether two non-neighbouring edges of a closed ring cross (a proper crossing; touching is not): every
-    pair of edges tested."""
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    n = len(points)
-    if n < 4:
-        return False
-    a, b = points, np.roll(points, -1, axis=0)
 
-    def side(p, q, r):
-        """Sign of the turn p -> q -> r."""
-        return np.sign((q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0]))
+# --------------------------------------------------------------------------------------------------------
+# Batched: many dose grids in one call (on the CPU, one call per grid; see host.py)
+# --------------------------------------------------------------------------------------------------------
+def trilinear_many(table, points, point_grid):
+    return host.trilinear_many(trilinear, table, points, point_grid)
 
-    i, j = np.triu_indices(n, k=1)
-    keep = (j != (i + 1) % n) & (i != (j + 1) % n) & np.any(a[i] != b[i], axis=1) & np.any(a[j] != b[j], axis=1)
-    i, j = i[keep], j[keep]
-    crossing = ((side(a[i], b[i], a[j]) * side(a[i], b[i], b[j]) < 0)
-                & (side(a[j], b[j], a[i]) * side(a[j], b[j], b[i]) < 0))
-    return bool(np.any(crossing))
+
+def cell_histograms_many(
+    table, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start, structure_grid,
+    structure_transform, structure_bin_width, n_bins, n_chunks,
+):
+    return host.cell_histograms_many(cell_histograms, table, cells, plane_cell_start, plane_z_lo, plane_z_hi,
+                                     structure_plane_start, structure_grid, structure_transform,
+                                     structure_bin_width, n_bins, n_chunks)

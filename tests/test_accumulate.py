@@ -18,7 +18,6 @@ from isodose.accumulate import (
     default_alpha_beta,
     eqd2,
     resample,
-    voxel_centres,
 )
 from isodose.cli import main
 from isodose.dicom.write import write_dose, write_plan, write_registration, write_structures
@@ -108,7 +107,7 @@ def test_a_linear_field_resampled_through_a_known_rigid_registration():
     to_first = rigid_matrix(30.0, translation_mm=(4.0, -3.0, 2.0))  # maps course 2's frame into course 1's
     registration = Registration(FRAME, {OTHER: to_first})
     plan_sum = accumulate([Course(first, 30), Course(second, 10)], registration=registration)
-    centres = voxel_centres(first)
+    centres = first.voxel_centres_mm()
     mapped = centres @ np.linalg.inv(to_first)[:3, :3].T + np.linalg.inv(to_first)[:3, 3]
     expected = field(mapped[:, 0], mapped[:, 1], mapped[:, 2]).reshape(first.dose_gy.shape)
     np.testing.assert_allclose(plan_sum.doses_gy[1], expected, atol=1e-4)

@@ -19,10 +19,13 @@ from isodose.dicom.read import read_dose, read_plan, read_registration, read_str
 from isodose.dicom.write import write_dose, write_plan, write_registration, write_structures
 from isodose.dvh import compute_dvhs
 from isodose.errors import IsodoseError
+from isodose import polygons
 from isodose.kernels import numba_cpu, numpy_ref
 from isodose.model import Contour, DoseGrid, Structure
 from isodose.phantoms import Sphere, contour_shape
 from isodose.voxelize import SamplingOptions, plan_sampling
+
+from . import references
 
 # pydicom warns about every damaged value it reads, and hypothesis about the size of the files it is given.
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
@@ -182,4 +185,4 @@ def test_any_rings_give_finite_dvhs_and_numba_covers_them_as_the_reference(plane
 def test_numba_finds_the_self_crossings_the_reference_finds(ring):
     """Integer vertices make touching, collinear and repeated vertices common: only proper crossings count."""
     points = np.array(ring, dtype=np.float64)
-    assert numba_cpu.ring_crosses_itself(points) == numpy_ref.ring_crosses_itself(points)
+    assert polygons.ring_crosses_itself(points) == references.ring_crosses_itself(points)

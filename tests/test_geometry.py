@@ -20,7 +20,7 @@ from isodose.geometry import (
     structure_planes,
     transform_points,
 )
-from isodose.kernels import numba_cpu
+from isodose import polygons
 from isodose.model import Contour, Structure
 from isodose.voxelize import SamplingOptions, plan_sampling
 
@@ -190,7 +190,7 @@ def test_a_contour_crossing_itself_is_kept_with_a_warning(caplog):
     assert [len(p.rings) for p in planes] == [1, 1, 1]
     assert "ROI 'bow': 3 contour(s) cross themselves (first at z = 0 mm); their inside is taken by the even-odd" \
         in caplog.text
-    assert numba_cpu.ring_crosses_itself(bow_tie) and not numba_cpu.ring_crosses_itself([[0, 0], [10, 0], [5, 8]])
+    assert polygons.ring_crosses_itself(bow_tie) and not polygons.ring_crosses_itself([[0, 0], [10, 0], [5, 8]])
 
 
 def test_rigid_matrix_rotates_about_its_axis_then_translates():

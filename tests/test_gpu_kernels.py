@@ -383,7 +383,7 @@ class _Wrapped:
 
 
 def test_test_launch_accepts_good_kernels_and_refuses_wrong_ones(gpu):
-    from isodose.dispatch import _tested
+    from isodose.dispatch import _device_after_selftest
     from isodose.errors import BackendError
     from isodose.kernels import numba_cpu, selftest
 
@@ -392,15 +392,15 @@ def test_test_launch_accepts_good_kernels_and_refuses_wrong_ones(gpu):
     wrong = _Wrapped(gpu, device_name=lambda: "GPU 0",
                      trilinear=lambda *a: np.asarray(gpu.trilinear(*a)) + 1e-3)
     with pytest.raises(BackendError, match="disagrees with the reference on its test launch \\(trilinear\\)"):
-        _tested(wrong, "cupy")
+        _device_after_selftest(wrong, "cupy")
 
     def failing_compiler(*args, **kwargs):
         raise RuntimeError("nvrtc: error: compilation failed")
 
     broken = _Wrapped(gpu, device_name=lambda: "GPU 0", polygon_coverage=failing_compiler)
     with pytest.raises(BackendError, match="failed its test launch \\(RuntimeError: nvrtc"):
-        _tested(broken, "cupy")
-    assert _tested(_Wrapped(gpu, device_name=lambda: "GPU 0"), "cupy") == "GPU 0"
+        _device_after_selftest(broken, "cupy")
+    assert _device_after_selftest(_Wrapped(gpu, device_name=lambda: "GPU 0"), "cupy") == "GPU 0"
 
 
 def _limited(inner, max_cells: int, free_bytes: int | None = None):

@@ -28,7 +28,7 @@ __device__ __forceinline__ void add_fixed(i64* target, double value, double scal
 __device__ __forceinline__ bool grid_coordinate(double p, double origin, double step, int n, int* index,
                                                 double* fraction) {
     double f = (p - origin) / step;
-    if (f < -GRID_EPSILON || f > n - 1 + GRID_EPSILON) return false;
+    if (!(f >= -GRID_EPSILON && f <= n - 1 + GRID_EPSILON)) return false;  // NaN too
     f = fmin(fmax(f, 0.0), n - 1.0);
     int i = (int)f;
     if (i > n - 2) i = n - 2;

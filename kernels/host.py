@@ -1,0 +1,112 @@
+"""What the CPU backends share: host arrays, host memory, and the batched calls of the protocol as loops.
+
+On the CPU nothing is gained by merging the grids of many requests into one call, so ``grid_table`` only keeps
+the grids as they are and the batched kernels call the single-grid kernel once per run of structures (or of
+points) that share a grid. Each call is then the one the engine would have made for that grid alone, so batched
+and single results are the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Bytes of memory one coverage cell needs while a batch is processed (its 6 float64 columns and room to spare).
+BYTES_PER_CELL = 64
+#: Requests of many grids are sampled one at a time on the CPU.
+PREFERS_MERGED_REQUESTS = False
+
+
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    return (MemoryError,)
+
+
+def free_memory_bytes() -> int | None:
+    return None
+
+
+def asarray(array: Any, dtype: Any = np.float64) -> np.ndarray:
+    """``array`` as a C-contiguous NumPy array of ``dtype``."""
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def to_host(array: Any) -> np.ndarray:
+    """A backend array (here already a NumPy array) as a NumPy array."""
+    return np.asarray(array)
+
+
+def check_courses(doses: Sequence[Any], weights: Sequence[float], fractions: Sequence[int]) -> None:
+    """ValueError unless there is at least one dose, all of one shape, each with a weight and a fraction count."""
+    if not len(doses) or len(weights) != len(doses) or len(fractions) != len(doses):
+        raise ValueError(f"course_sum needs one weight and one fraction count for each of at least one dose "
+                         f"({len(doses)} doses, {len(weights)} weights, {len(fractions)} fraction counts)")
+    shapes = {tuple(dose.shape) for dose in doses}
+    if len(shapes) > 1:
+        raise ValueError(f"course_sum needs doses of one shape, not {sorted(shapes)}")
+
+
+@dataclass(frozen=True, eq=False)
+class HostGridTable:
+    """Dose grids ``(dose, origin, spacing)`` kept as they are, for the CPU backends' batched calls."""
+
+    grids: tuple[tuple[Any, np.ndarray, np.ndarray], ...]
+
+    @property
+    def n_grids(self) -> int:
+        return len(self.grids)
+
+
+def grid_table(grids: Sequence[tuple[Any, Any, Any]]) -> HostGridTable:
+    return HostGridTable(tuple((dose, np.asarray(origin, dtype=np.float64), np.asarray(spacing, dtype=np.float64))
+                               for dose, origin, spacing in grids))
+
+
+def _runs(keys: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of equal consecutive rows of ``keys``."""
+    if not len(keys):
+        return []
+    change = np.flatnonzero(np.any(keys[1:] != keys[:-1], axis=1)) + 1
+    bounds = np.concatenate([[0], change, [len(keys)]])
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+
+
+def trilinear_many(trilinear: Callable[..., np.ndarray], table: HostGridTable, points: Any,
+                   point_grid: Any) -> np.ndarray:
+    """``trilinear`` of each point in its grid of ``table``: one call per run of points sharing a grid."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    point_grid = np.asarray(point_grid, dtype=np.int64).reshape(-1)
+    out = np.empty(len(points))
+    for start, end in _runs(point_grid[:, None]):
+        out[start:end] = trilinear(*table.grids[int(point_grid[start])], points[start:end])
+    return out
+
+
+def cell_histograms_many(cell_histograms: Callable[..., tuple[np.ndarray, np.ndarray]], table: HostGridTable,
+                         cells: Any, plane_cell_start: Any, plane_z_lo: Any, plane_z_hi: Any,
+                         structure_plane_start: Any, structure_grid: Any, structure_transform: Any,
+                         structure_bin_width: Any, n_bins: int, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cell_histograms`` of structures in many grids: one call per run of structures sharing a grid and a bin
+    width, over that run's planes and cells."""
+    structure_plane_start = np.asarray(structure_plane_start, dtype=np.int64)
+    plane_cell_start = np.asarray(plane_cell_start, dtype=np.int64)
+    structure_grid = np.asarray(structure_grid, dtype=np.int64)
+    bin_width = np.asarray(structure_bin_width, dtype=np.float64)
+    transforms = np.asarray(structure_transform, dtype=np.float64).reshape(-1, 4, 4)
+    n_structures = len(structure_plane_start) - 1
+    hist = np.zeros((n_structures, int(n_bins)))
+    stats = np.zeros((n_structures, 8))
+    for first, end in _runs(np.column_stack([structure_grid, bin_width])):
+        p0, p1 = int(structure_plane_start[first]), int(structure_plane_start[end])
+        c0 = int(plane_cell_start[p0])
+        run_hist, run_stats = cell_histograms(
+            *table.grids[int(structure_grid[first])], cells[c0 : int(plane_cell_start[p1])],
+            plane_cell_start[p0 : p1 + 1] - c0, plane_z_lo[p0:p1], plane_z_hi[p0:p1],
+            structure_plane_start[first : end + 1] - p0, transforms[first:end], float(bin_width[first]), n_bins,
+            n_chunks,
+        )
+        hist[first:end] = run_hist
+        stats[first:end] = run_stats
+    return hist, stats
