@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from isodose.cohort.runner import RunSettings, run_cohort
+from isodose.cohort.runner import run_cohort
+from isodose.cohort.settings import RunSettings
 from isodose.cohort.store import ResultStore
 from isodose.cohort.synthetic import generate_cohort
 
@@ -32,7 +33,7 @@ def test_cohort_run(benchmark, cohorts, tmp_path, n_cases):
         return (cohorts[n_cases], tmp_path / f"run{next(counter)}.h5"), {}
 
     def run(manifest, out):
-        return run_cohort(manifest, out, settings=SETTINGS, workers=WORKERS, progress=False), out
+        return run_cohort(manifest, out, settings=SETTINGS, workers=WORKERS), out
 
     benchmark.group = "cohort run from DICOM"
     summary, out = benchmark.pedantic(run, setup=fresh_store, rounds=3 if n_cases == 100 else 1, iterations=1)
@@ -68,7 +69,7 @@ def test_cohort_run_on_local_dask(benchmark, cohorts, tmp_path, dask_workers):
 
     with dask_client(local_workers=dask_workers) as client:
         def run(manifest, out):
-            return run_cohort(manifest, out, settings=SETTINGS, client=client, progress=False)
+            return run_cohort(manifest, out, settings=SETTINGS, client=client)
 
         run(*fresh_store()[0])  # warm-up: workers import isodose and load the compiled kernels
         benchmark.group = "cohort run on a local Dask cluster"
@@ -133,7 +134,7 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
 
     from isodose.cohort import handover
     from isodose.cohort.cases import read_manifest
-    from isodose.cohort.runner import classify_batch, read_and_send, read_case
+    from isodose.cohort.work import classify_batch, read_and_send, read_case
     from isodose.dispatch import Backend
     from isodose.kernels.cupy_gpu import GpuKernels
     from tests.cuda.device import CLOCK, DeviceModule

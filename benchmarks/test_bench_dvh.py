@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from isodose.accumulate import Course, accumulate, accumulated_dvhs
 from isodose.dispatch import select_backend
 from isodose.dvh import compute_dvhs
 from isodose.geometry import rigid_matrix
 from isodose.model import DoseGrid, Registration
+from isodose.reirradiation import Course, accumulate, accumulated_dvhs
 
 
 @pytest.mark.parametrize("backend_name, rounds", [("numba", 10), ("numpy", 3)])

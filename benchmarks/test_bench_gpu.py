@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from isodose.cohort.cases import read_manifest
-from isodose.cohort.runner import RunSettings, classify_batch, prepare_inputs, read_case, run_cohort
+from isodose.cohort.runner import run_cohort
+from isodose.cohort.settings import RunSettings
 from isodose.cohort.synthetic import generate_cohort
+from isodose.cohort.work import classify_batch, prepare_inputs, read_case
 from isodose.dispatch import select_backend
 from isodose.phantoms import head_neck_case
 from isodose.sampling import histogram_bin_width
@@ -108,7 +110,7 @@ def test_end_to_end_from_dicom(benchmark, in_memory_cases, tmp_path, backend):
 
     def run():
         return run_cohort(manifest, tmp_path / f"{backend}{next(counter)}.h5", settings=SETTINGS,
-                          workers=os.cpu_count(), backend=backend, progress=False)
+                          workers=os.cpu_count(), backend=backend)
 
     benchmark.group = "cohort end to end"
     summary = benchmark.pedantic(run, rounds=2, iterations=1)

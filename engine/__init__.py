@@ -39,10 +39,10 @@ _EXPORTS = {
     "select_backend": "dispatch",
     "available_backends": "dispatch",
     "IsodoseError": "errors",
-    "Course": "accumulate",
-    "accumulated_dvhs": "accumulate",
-    "eqd2": "accumulate",
-    "bed": "accumulate",
+    "Course": "reirradiation",
+    "accumulated_dvhs": "reirradiation",
+    "eqd2": "reirradiation",
+    "bed": "reirradiation",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

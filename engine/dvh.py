@@ -32,11 +32,13 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .dispatch import Backend, resolve_backend
 from .errors import FrameOfReferenceError, MetricError
+from .formatting import json_number
 from .geometry import check_dose_grid, check_rigid, common_plane_spacing_mm
 from .model import DoseGrid, Structure, StructureSet
 from .sampling import SamplingRequest, StructureSamples, sample_many
@@ -212,8 +214,24 @@ class DVH:
         return volume if m.result_unit == "cc" else 100.0 * volume / self.dose_volume_cc
 
     def metrics(self, metrics: Iterable[Metric | str], prescription_gy: float | None = None) -> dict[str, float]:
+        """The values of several metrics, keyed by their text as given."""
         parsed = [parse_metric(m) if isinstance(m, str) else m for m in metrics]
         return {m.text: self.metric(m, prescription_gy) for m in parsed}
+
+    def to_dict(self, metrics: Iterable[Metric | str] = (), prescription_gy: float | None = None) -> dict[str, Any]:
+        """The DVH as the JSON of ``isodose dvh`` holds it: keys with units, numbers rounded to 1e-6, None where a
+        value does not exist (NaN), and the ``metrics`` asked for, keyed by their text."""
+        values = self.metrics(metrics, prescription_gy)
+        return {
+            "name": self.name,
+            "number": self.number,
+            "volume_cc": json_number(self.volume_cc),
+            "volume_outside_dose_cc": json_number(self.volume_outside_dose_cc),
+            "dmin_gy": json_number(self.dmin_gy),
+            "dmean_gy": json_number(self.dmean_gy),
+            "dmax_gy": json_number(self.dmax_gy),
+            "metrics": {text: json_number(value) for text, value in values.items()},
+        }
 
 
 def _empty_dvh(name: str, number: int | None, volume_cc: float, outside_cc: float, backend: str,

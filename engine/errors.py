@@ -74,6 +74,22 @@ class ValidationDataError(IsodoseError):
     """Reference data (such as the Nelms set) that is missing or malformed."""
 
 
+class AccumulationError(IsodoseError):
+    """Courses that cannot be converted or added: fractions, alpha/beta, grids or frames."""
+
+
+class ManifestError(IsodoseError):
+    """A manifest or input folder that cannot describe a cohort."""
+
+
+class StoreError(IsodoseError):
+    """A results store that cannot be opened, resumed or written."""
+
+
+class DistributedError(IsodoseError):
+    """Dask is missing, or its scheduler cannot be reached."""
+
+
 class _Collector(logging.Handler):
     """The warnings logged by one thread: cases computed at once in other threads of the process (a Dask worker's,
     or a tool's) log through the same logger, and their warnings are theirs."""

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import GRID_EPSILON
-from . import host
+from . import GRID_EPSILON, host
 from .host import (  # noqa: F401  (capabilities and host arrays shared by the CPU backends)
     BYTES_PER_CELL,
     PREFERS_MERGED_REQUESTS,

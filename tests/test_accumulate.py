@@ -8,7 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from isodose.accumulate import (
+from isodose.cli import main
+from isodose.dicom.write import write_dose, write_plan, write_registration, write_structures
+from isodose.errors import FrameOfReferenceError, RegistrationError
+from isodose.geometry import rigid_matrix
+from isodose.model import DoseGrid, Registration, Structure
+from isodose.phantoms import LinearField, Sphere, contour_shape
+from isodose.reirradiation import (
     AccumulationError,
     Course,
     accumulate,
@@ -19,12 +25,6 @@ from isodose.accumulate import (
     eqd2,
     resample,
 )
-from isodose.cli import main
-from isodose.dicom.write import write_dose, write_plan, write_registration, write_structures
-from isodose.errors import FrameOfReferenceError, RegistrationError
-from isodose.geometry import rigid_matrix
-from isodose.model import DoseGrid, Registration, Structure
-from isodose.phantoms import LinearField, Sphere, contour_shape
 
 FRAME, OTHER = "1.2.3.4", "5.6.7.8"
 

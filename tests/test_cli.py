@@ -95,11 +95,12 @@ def test_user_errors_are_one_line(case, capsys, extra, message):
 
 def test_errors_with_line_breaks_from_libraries_print_on_one_line(capsys, monkeypatch):
     from isodose import cli
+    from isodose.cli import backends
 
     def fail(args):
         raise IsodoseError("cannot be read (Unable to open file (read failed\n, filename = 'x'))", path="r.h5")
 
-    monkeypatch.setattr(cli, "cmd_backends", fail)
+    monkeypatch.setattr(backends, "run", fail)
     code = cli.main(["backends"])
     err = capsys.readouterr().err
     assert code == 2

@@ -22,7 +22,8 @@ from isodose.cli import main
 from isodose.cohort import handover
 from isodose.cohort.cases import ManifestError, discover_cases, read_manifest
 from isodose.cohort.report import build_report, format_text, write_html
-from isodose.cohort.runner import RunSettings, run_cohort
+from isodose.cohort.runner import run_cohort
+from isodose.cohort.settings import RunSettings
 from isodose.cohort.store import ResultStore, StoreError
 from isodose.cohort.synthetic import generate_cohort, read_truth
 
@@ -40,7 +41,7 @@ def cohort(tmp_path_factory):
 @pytest.fixture(scope="module")
 def results(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("results") / "results.h5"
-    summary = run_cohort(cohort, out, settings=SETTINGS, workers=2, progress=False)
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=2)
     return out, summary
 
 
@@ -93,7 +94,7 @@ def test_store_layout_and_flat_table(results):
 def test_running_again_resumes_without_redoing_or_duplicating(cohort, results):
     out, _ = results
     before = out.read_bytes()
-    summary = run_cohort(cohort, out, settings=SETTINGS, workers=2, progress=False)
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=2)
     assert (summary.processed, summary.skipped) == (0, N_CASES)
     assert out.read_bytes() == before  # nothing to do, nothing rewritten
     assert len(ResultStore.open(out, create=False)) == N_CASES
@@ -102,7 +103,7 @@ def test_running_again_resumes_without_redoing_or_duplicating(cohort, results):
 def test_other_settings_do_not_resume_a_store(cohort, results):
     out, _ = results
     with pytest.raises(StoreError, match="other settings"):
-        run_cohort(cohort, out, settings=RunSettings(target_metrics=("GTV:volume",)), progress=False)
+        run_cohort(cohort, out, settings=RunSettings(target_metrics=("GTV:volume",)))
 
 
 def test_failed_cases_are_recorded_and_the_run_goes_on(cohort, tmp_path):
@@ -122,7 +123,7 @@ def test_failed_cases_are_recorded_and_the_run_goes_on(cohort, tmp_path):
         writer.writerow({k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi")
                              else v) for k, v in wrong_roi.items()})
     out = tmp_path / "r.h5"
-    summary = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False)
+    summary = run_cohort(manifest, out, settings=SETTINGS, workers=1)
     assert (summary.cases, summary.failed) == (5, 2)
     entries = {e["case_id"]: e for e in ResultStore.open(out, create=False).cases()}
     assert "nope.dcm: no such file" in entries["missing-file"]["error"]
@@ -130,7 +131,7 @@ def test_failed_cases_are_recorded_and_the_run_goes_on(cohort, tmp_path):
     table = {r["case_id"]: r for r in csv.DictReader(out.with_suffix(".csv").open())}
     assert table["missing-roi"]["error"] and not table[rows[0]["case_id"]]["error"]
     # A second run retries the failed cases only, and records each case once.
-    again = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False)
+    again = run_cohort(manifest, out, settings=SETTINGS, workers=1)
     assert (again.processed, again.skipped, again.failed) == (2, 3, 2)
     assert len(ResultStore.open(out, create=False)) == 5
 
@@ -140,7 +141,7 @@ def test_a_crash_mid_write_loses_only_the_case_in_flight(cohort, tmp_path):
     out = tmp_path / "r.h5"
     cases = read_manifest(cohort)[:4]
     store = ResultStore.open(out, SETTINGS.as_dict())
-    from isodose.cohort.runner import process_case
+    from isodose.cohort.work import process_case
 
     for case in cases[:2]:
         store.append(process_case(case, SETTINGS))
@@ -149,7 +150,7 @@ def test_a_crash_mid_write_loses_only_the_case_in_flight(cohort, tmp_path):
     store.close()  # the crashed writer's lock goes with its process
     with ResultStore.open(out, SETTINGS.as_dict()) as reopened:
         assert reopened.finished() == {cases[0].case_id, cases[1].case_id}
-    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, cases=cases)
     assert (summary.processed, summary.skipped) == (2, 2)
     assert len(ResultStore.open(out, create=False)) == 4
 
@@ -159,7 +160,7 @@ def test_cases_stored_together_are_synced_once_and_read_back_as_cases_stored_one
     """A batch of finished cases (the GPU arrangement finishes 32 at a time) costs one sync of the journal, and
     reads back as the same cases appended one at a time: NaN and infinities as null, NumPy values as numbers,
     curves included."""
-    from isodose.cohort.runner import process_case
+    from isodose.cohort.work import process_case
 
     entries = [process_case(case, SETTINGS) for case in read_manifest(cohort)[:3]]
     entries[0]["record"]["centroid_dose_gy"] = float("nan")
@@ -194,8 +195,8 @@ def test_journal_curves_are_written_as_float32_and_read_back_as_the_hdf5_file_ke
     """Curves go into the journal as the float32 values the HDF5 file keeps (base64), and read back exactly,
     before and after consolidation; journals written with the floats themselves, or with the integers of an
     earlier version (1e-5 cc), read the same."""
-    from isodose.cohort.runner import process_case
-    from isodose.cohort.store import CURVE_SCALE
+    from isodose.cohort.journal import CURVE_SCALE
+    from isodose.cohort.work import process_case
 
     entries = [process_case(case, SETTINGS) for case in read_manifest(cohort)[:2]]
     expected = {(e["case_id"], roi): np.asarray(c["cumulative_cc"], np.float32)
@@ -242,16 +243,16 @@ def test_a_second_run_on_the_same_results_is_refused_while_the_first_writes(coho
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(StoreError, match=f"another isodose run is writing these results \\(pid {holder.pid} on "):
-            run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+            run_cohort(cohort, out, settings=SETTINGS, workers=1, cases=cases)
     finally:
         holder.kill()
         holder.wait()
-    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, cases=cases)
     assert (summary.processed, summary.failed) == (2, 0)
     # Within one process too, and readers are never refused.
     with ResultStore.open(out, SETTINGS.as_dict()):
         with pytest.raises(StoreError, match="this process has these results open for writing already"):
-            run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+            run_cohort(cohort, out, settings=SETTINGS, workers=1, cases=cases)
         assert len(ResultStore.open(out, create=False)) == 2
     ResultStore.open(out, SETTINGS.as_dict()).close()
 
@@ -265,14 +266,14 @@ def test_a_finished_case_whose_inputs_changed_is_computed_again(cohort, tmp_path
     manifest = data / cohort.name
     out = tmp_path / "r.h5"
     cases = read_manifest(manifest)[:3]
-    first = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    first = run_cohort(manifest, out, settings=SETTINGS, workers=1, cases=cases)
     assert (first.processed, first.failed) == (3, 0)
     stored = {e["case_id"]: e for e in ResultStore.open(out, create=False).cases()}
     assert stored[cases[0].case_id]["inputs"]["files"]["structures"][0] == cases[0].structures.stat().st_size
 
     moved = tmp_path / "moved"
     shutil.copytree(data, moved)
-    again = run_cohort(moved / cohort.name, out, settings=SETTINGS, workers=1, progress=False,
+    again = run_cohort(moved / cohort.name, out, settings=SETTINGS, workers=1,
                        cases=read_manifest(moved / cohort.name)[:3])
     assert (again.processed, again.skipped) == (0, 3)
 
@@ -282,19 +283,19 @@ def test_a_finished_case_whose_inputs_changed_is_computed_again(cohort, tmp_path
     os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))
     changed = [cases[0], replace(cases[1]), replace(cases[2], prescription_gy=66.0)]
     with caplog.at_level("WARNING"):
-        third = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False, cases=changed)
+        third = run_cohort(manifest, out, settings=SETTINGS, workers=1, cases=changed)
     assert (third.processed, third.skipped) == (2, 1)
     assert f"2 finished case(s) have inputs that changed since they ran ({cases[1].case_id}, {cases[2].case_id})" \
         in caplog.text
     records = {e["case_id"]: e["record"] for e in ResultStore.open(out, create=False).cases()}
     assert records[cases[2].case_id]["prescription_gy"] == 66.0
     assert records[cases[1].case_id] == stored[cases[1].case_id]["record"]  # same content, same numbers
-    fourth = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False, cases=changed)
+    fourth = run_cohort(manifest, out, settings=SETTINGS, workers=1, cases=changed)
     assert (fourth.processed, fourth.skipped) == (0, 3)
     # A store written before inputs were kept: its finished cases are taken as they are.
     with h5py.File(out, "a") as f:
         del f["cases/inputs"]
-    fifth = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    fifth = run_cohort(manifest, out, settings=SETTINGS, workers=1, cases=cases)
     assert (fifth.processed, fifth.skipped) == (0, 3)
 
 
@@ -310,8 +311,7 @@ def test_folder_input_gives_the_same_cases(cohort, results, tmp_path):
     without_rx = discover_cases(cohort.parent / "cases", "Recurrence")
     assert all(("no RTPLAN" in c.problem) == (manifest_cases[c.case_id].plan is None) for c in without_rx)
     out = tmp_path / "folder.h5"
-    summary = run_cohort(cohort.parent / "cases", out, settings=SETTINGS, workers=1, prescription_gy=70.0,
-                         progress=False)
+    summary = run_cohort(cohort.parent / "cases", out, settings=SETTINGS, workers=1, prescription_gy=70.0)
     assert summary.failed == 0
     by_folder = {e["case_id"]: e["record"]["class_volume"] for e in ResultStore.open(out, create=False).cases()}
     by_manifest = {e["case_id"]: e["record"]["class_volume"]
@@ -437,7 +437,7 @@ def test_worker_processes_are_spawned_not_forked(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fork", forbidden)
     manifest = generate_cohort(tmp_path / "data", 4, seed=8, workers=2)
-    summary = run_cohort(manifest, tmp_path / "r.h5", settings=SETTINGS, workers=2, progress=False)
+    summary = run_cohort(manifest, tmp_path / "r.h5", settings=SETTINGS, workers=2)
     assert summary.processed == 4 and summary.failed == 0
 
 
@@ -445,7 +445,7 @@ def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_p
     """The GPU arrangement (reading workers feeding one computing process), here with Numba computing:
     the same numbers as workers that read and compute, whatever the thread counts."""
     out = tmp_path / "pipelined.h5"
-    summary = run_cohort(cohort, out, settings=SETTINGS, workers=2, pipelined=True, progress=False)
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=2, pipelined=True)
     assert (summary.processed, summary.failed) == (N_CASES, 0)
     ignore = {"device"}
     pipelined = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
@@ -460,7 +460,7 @@ def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_p
 
 @pytest.mark.skipif(not handover.available(), reason="needs POSIX shared memory in /dev/shm")
 def test_a_case_sent_through_shared_memory_classifies_as_one_read_here(cohort):
-    from isodose.cohort.runner import classify_batch, read_and_prepare, read_and_send
+    from isodose.cohort.work import classify_batch, read_and_prepare, read_and_send
 
     cases = read_manifest(cohort)[:2]
     expected = classify_batch([read_and_prepare(case, SETTINGS) for case in cases], SETTINGS, "numba")
@@ -480,7 +480,7 @@ def test_cases_prepared_where_they_are_read_are_not_prepared_again(cohort, monke
     import pickle
 
     from isodose import recurrence
-    from isodose.cohort.runner import classify_batch, classify_inputs, read_and_prepare, read_case
+    from isodose.cohort.work import classify_batch, classify_inputs, read_and_prepare, read_case
 
     cases = read_manifest(cohort)[:3]
     expected = [classify_inputs(read_case(case), SETTINGS, "numba") for case in cases]
@@ -500,7 +500,7 @@ def test_cases_prepared_where_they_are_read_are_not_prepared_again(cohort, monke
 
 def test_a_case_failing_inside_a_batch_keeps_its_warnings(cohort, monkeypatch):
     from isodose import recurrence
-    from isodose.cohort.runner import classify_batch, read_case
+    from isodose.cohort.work import classify_batch, read_case
     from isodose.errors import IsodoseError
 
     inputs = [read_case(c) for c in read_manifest(cohort)[:3]]
@@ -542,7 +542,7 @@ def test_kill_9_at_any_moment_loses_at_most_the_case_in_flight(cohort, results, 
         finished = ResultStore.open(out, create=False).finished()
         assert len(finished) >= max(kill_after, finished_before)  # nothing finished was lost
         finished_before = len(finished)
-    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False)
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1)
     assert (summary.skipped, summary.processed, summary.failed) == (finished_before, N_CASES - finished_before, 0)
     ignore = {"device"}
     recovered = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
@@ -559,7 +559,7 @@ def test_no_room_for_the_results_is_refused_before_any_work(cohort, tmp_path, mo
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=1_000_000))
     out = tmp_path / "r.h5"
     with pytest.raises(StoreError, match=r"only 1 MB free for the results; 30 cases need about 4 MB"):
-        run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False)
+        run_cohort(cohort, out, settings=SETTINGS, workers=1)
     assert ResultStore.open(out, create=False).finished() == set()
 
 
@@ -580,12 +580,12 @@ def test_a_full_disk_mid_run_stops_with_a_clear_error_and_keeps_what_was_written
     monkeypatch.setattr(store_module.os, "fsync", fsync_until_full)
     out = tmp_path / "r.h5"
     with pytest.raises(StoreError, match="r.h5.journal: cannot append to the journal \\(No space left on device\\)"):
-        run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+        run_cohort(cohort, out, settings=SETTINGS, workers=1, cases=cases)
     monkeypatch.setattr(store_module.os, "fsync", real_fsync)
     kept = ResultStore.open(out, create=False).finished()
     # The three cases synced are kept; the fourth's line was written but not synced, so it may be there too.
     assert kept in ({c.case_id for c in cases[:3]}, {c.case_id for c in cases[:4]})
-    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+    summary = run_cohort(cohort, out, settings=SETTINGS, workers=1, cases=cases)
     assert (summary.skipped, summary.processed, summary.failed) == (len(kept), 6 - len(kept), 0)
 
 
@@ -599,7 +599,7 @@ def test_rerunning_gives_identical_numbers_whatever_the_thread_count(cohort, res
         for n in sorted({1, max(2, threads)}):
             numba.set_num_threads(n)
             out = tmp_path / f"threads{n}.h5"
-            run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False, cases=cases)
+            run_cohort(cohort, out, settings=SETTINGS, workers=1, cases=cases)
             records.append({e["case_id"]: {k: v for k, v in e["record"].items() if k != "device"}
                             for e in ResultStore.open(out, create=False).cases()})
     finally:
@@ -626,7 +626,7 @@ def test_a_folder_that_refuses_writes_is_refused_before_any_work(cohort, tmp_pat
 
     monkeypatch.setattr(store_module.tempfile, "NamedTemporaryFile", refuse)  # what chmod does, even for root
     with pytest.raises(StoreError, match=r"the output folder is not writable \(Permission denied\)"):
-        run_cohort(cohort, tmp_path / "ro" / "r.h5", settings=SETTINGS, workers=1, progress=False)
+        run_cohort(cohort, tmp_path / "ro" / "r.h5", settings=SETTINGS, workers=1)
 
 
 def test_a_second_course_adds_accumulated_metrics_and_risk_flags(cohort, results, tmp_path):
@@ -656,7 +656,7 @@ def test_a_second_course_adds_accumulated_metrics_and_risk_flags(cohort, results
                 fractions, row["plan"], row["prescription_gy"] = "", "", "70"
             writer.writerow({**row, "fractions": fractions, "second_dose": str(second), "second_fractions": "10"})
     out = tmp_path / "reirradiated.h5"
-    summary = run_cohort(manifest, out, settings=SETTINGS, workers=1, progress=False)
+    summary = run_cohort(manifest, out, settings=SETTINGS, workers=1)
     assert (summary.processed, summary.failed) == (5, 1)
     expected = {e["case_id"]: e["record"] for e in ResultStore.open(results[0], create=False).cases()}
     entries = ResultStore.open(out, create=False).cases()
@@ -754,7 +754,7 @@ def test_folder_input_with_second_courses(cohort, results, tmp_path, caplog):
         assert record["vr_course2_eqd2_d95_gy"] == pytest.approx(30.0 * 13.0 / 12.0, abs=1e-3)
 
     with pytest.raises(ManifestError, match="second courses are found in folders"):
-        run_cohort(cohort, tmp_path / "manifest.h5", second_courses=True, progress=False)
+        run_cohort(cohort, tmp_path / "manifest.h5", second_courses=True)
 
     # Courses whose order the files do not tell are refused, with the reason.
     for plan in folder.rglob("RP*.dcm"):

@@ -14,13 +14,15 @@ import pytest
 
 from isodose.cli import main
 from isodose.cohort.cases import read_manifest
-from isodose.cohort.runner import RunSettings, run_cohort
+from isodose.cohort.runner import run_cohort
+from isodose.cohort.settings import RunSettings
 from isodose.cohort.store import ResultStore
 from isodose.cohort.synthetic import generate_cohort
 
 distributed = pytest.importorskip("distributed")
 
 from isodose.cohort import distributed as on_dask  # noqa: E402
+from isodose.cohort.execution import entries_as_they_are  # noqa: E402
 
 SETTINGS = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
 N_CASES = 12
@@ -36,7 +38,7 @@ def cohort(tmp_path_factory):
 def reference(cohort, tmp_path_factory):
     """The records of a single-process run."""
     out = tmp_path_factory.mktemp("dask-reference") / "r.h5"
-    run_cohort(cohort, out, settings=SETTINGS, workers=1, progress=False)
+    run_cohort(cohort, out, settings=SETTINGS, workers=1)
     return _records(out)
 
 
@@ -62,12 +64,12 @@ def _records(out) -> dict[str, dict]:
 
 def test_a_dask_run_gives_the_store_of_a_local_run(cohort, reference, client, tmp_path):
     out = tmp_path / "dask.h5"
-    summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False)
+    summary = run_cohort(cohort, out, settings=SETTINGS, client=client)
     assert (summary.processed, summary.failed) == (N_CASES, 0)
     assert _records(out) == reference
     assert {r["backend"] for r in _records(out).values()} == {"numba"}  # CPU workers pick Numba
     assert out.with_suffix(".csv").exists()
-    again = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False)
+    again = run_cohort(cohort, out, settings=SETTINGS, client=client)
     assert (again.processed, again.skipped) == (0, N_CASES)
 
 
@@ -85,7 +87,7 @@ def test_a_worker_killed_mid_run_loses_nothing(cohort, reference, client, tmp_pa
             os.kill(pid, signal.SIGKILL)
             killed.update(address=busy[0], at=len(stored))
 
-    summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False, on_result=kill_a_busy_worker)
+    summary = run_cohort(cohort, out, settings=SETTINGS, client=client, on_result=kill_a_busy_worker)
     assert killed and killed["at"] < N_CASES
     assert (summary.processed, summary.failed) == (N_CASES, 0)
     assert sorted(stored.values()) == [1] * N_CASES  # every case stored exactly once
@@ -102,11 +104,11 @@ def test_a_stopped_client_resumes_without_redoing_finished_cases(cohort, referen
             raise KeyboardInterrupt
 
     with distributed.Client(cluster.scheduler_address) as client, pytest.raises(KeyboardInterrupt):
-        run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False, on_result=stop_after_four)
+        run_cohort(cohort, out, settings=SETTINGS, client=client, on_result=stop_after_four)
     assert ResultStore.open(out, create=False).finished() == set(first)
     second: list[str] = []
     with distributed.Client(cluster.scheduler_address) as client:
-        summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False,
+        summary = run_cohort(cohort, out, settings=SETTINGS, client=client,
                              on_result=lambda e: second.append(e["case_id"]))
     assert (summary.skipped, summary.processed, summary.failed) == (4, N_CASES - 4, 0)
     assert not set(first) & set(second) and len(second) == N_CASES - 4
@@ -126,7 +128,7 @@ def test_a_file_a_worker_cannot_read_names_the_worker_and_the_path(cohort, clien
             writer.writerow(row)
         writer.writerow(dict(row, case_id="unseen", dose=str(tmp_path / "only-on-my-laptop" / "RD.dcm")))
     out = tmp_path / "r.h5"
-    summary = run_cohort(manifest, out, settings=SETTINGS, client=client, progress=False)
+    summary = run_cohort(manifest, out, settings=SETTINGS, client=client)
     assert (summary.cases, summary.failed) == (3, 1)
     error = {e["case_id"]: e["error"] for e in ResultStore.open(out, create=False).cases()}["unseen"]
     assert "only-on-my-laptop/RD.dcm: no such file" in error
@@ -152,11 +154,15 @@ def test_tasks_are_submitted_as_results_come_back(cohort, client):
         outstanding -= 1
         assert entry["status"] == "ok"
 
+    def stored(entries):
+        for entry in entries:
+            back(entry)
+
     task = partial(on_dask.process_case_on_worker, settings=SETTINGS)
-    on_dask.run_on_dask(Counting(), cases, task, back, max_in_flight=3)
+    on_dask.DaskCluster(Counting(), max_in_flight=3).run(cases, task, entries_as_they_are, stored)
     assert outstanding == 0 and most == 3
     most = 0
-    on_dask.run_on_dask(Counting(), cases, task, back)  # default: two per worker thread
+    on_dask.DaskCluster(Counting()).run(cases, task, entries_as_they_are, stored)  # default: two per worker thread
     assert most == on_dask.IN_FLIGHT_PER_THREAD * 2
 
 
@@ -194,7 +200,7 @@ def test_each_worker_picks_its_backend_from_its_own_environment(cohort, referenc
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                                   env={"ISODOSE_BACKEND": "numpy"}) as numpy_cluster, \
             distributed.Client(numpy_cluster) as client:
-        summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False, cases=cases)
+        summary = run_cohort(cohort, out, settings=SETTINGS, client=client, cases=cases)
     assert (summary.processed, summary.failed) == (2, 0)
     records = _records(out)
     assert {r["backend"] for r in records.values()} == {"numpy"}
@@ -210,7 +216,7 @@ def test_dask_cuda_workers_compute_on_their_own_gpus(cohort, reference, tmp_path
 
     out = tmp_path / "gpu.h5"
     with dask_cuda.LocalCUDACluster(threads_per_worker=1) as gpu_cluster, distributed.Client(gpu_cluster) as client:
-        summary = run_cohort(cohort, out, settings=SETTINGS, client=client, progress=False)
+        summary = run_cohort(cohort, out, settings=SETTINGS, client=client)
     assert (summary.processed, summary.failed) == (N_CASES, 0)
     records = _records(out)
     assert {r["backend"] for r in records.values()} == {"cupy"}

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
+from isodose import polygons
 from isodose.cohort.cases import discover_cases
 from isodose.dicom.read import read_dose, read_plan, read_registration, read_structures
 from isodose.dicom.write import write_dose, write_plan, write_registration, write_structures
 from isodose.dvh import compute_dvhs
 from isodose.errors import IsodoseError
-from isodose import polygons
 from isodose.kernels import numba_cpu, numpy_ref
 from isodose.model import Contour, DoseGrid, Structure
 from isodose.phantoms import Sphere, contour_shape

@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pytest
 
+from isodose import polygons
 from isodose.errors import IsodoseError, StructureError
 from isodose.geometry import (
     ContourPlane,
@@ -20,7 +21,6 @@ from isodose.geometry import (
     structure_planes,
     transform_points,
 )
-from isodose import polygons
 from isodose.model import Contour, Structure
 from isodose.voxelize import SamplingOptions, plan_sampling
 

@@ -74,7 +74,8 @@ def test_head_and_neck_case_and_repeatability(gpu_backend):
 
 
 def test_cohort_on_the_gpu_gets_every_true_class(tmp_path, gpu_backend):
-    from isodose.cohort.runner import RunSettings, run_cohort
+    from isodose.cohort.runner import run_cohort
+    from isodose.cohort.settings import RunSettings
     from isodose.cohort.store import ResultStore
     from isodose.cohort.synthetic import generate_cohort, read_truth
 
@@ -85,9 +86,9 @@ def test_cohort_on_the_gpu_gets_every_true_class(tmp_path, gpu_backend):
     on_device = gpu_backend.name == "cupy"
     summary = run_cohort(manifest, tmp_path / "r.h5", settings=settings, workers=2,
                          backend="cupy" if on_device else gpu_backend, pipelined=None if on_device else True,
-                         batch_size=8, progress=False)
+                         batch_size=8)
     assert summary.failed == 0
-    run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=2, backend="numba", progress=False)
+    run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=2, backend="numba")
     truth = read_truth(tmp_path / "data" / "truth.csv")
     records = {e["case_id"]: e["record"] for e in ResultStore.open(tmp_path / "r.h5", create=False).cases()}
     for case_id, record in records.items():
@@ -101,7 +102,7 @@ def test_cohort_on_the_gpu_gets_every_true_class(tmp_path, gpu_backend):
 def test_plan_sums_stay_on_the_device_and_match_numba(gpu_backend):
     """Resampling, EQD2 conversion and sums happen on the device (the plan sum's arrays are the backend's
     device arrays: CuPy's on a GPU), with Numba's DVHs and re-irradiation record."""
-    from isodose.accumulate import accumulate, accumulated_dvhs, reirradiation_record
+    from isodose.reirradiation import accumulate, accumulated_dvhs, reirradiation_record
 
     from .test_accumulate import structures as rois
     from .test_accumulate import two_courses

@@ -228,7 +228,7 @@ def test_course_sum(gpu, rng):
 def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
     """Two courses in different frames, related by a registration: the resampling is one launch, the plan sum's
     DVHs (physical and EQD2) one more, and they and the re-irradiation record are Numba's."""
-    from isodose.accumulate import accumulate, accumulated_dvhs, reirradiation_record
+    from isodose.reirradiation import accumulate, accumulated_dvhs, reirradiation_record
 
     from .test_accumulate import structures as rois
     from .test_accumulate import two_courses
@@ -259,7 +259,8 @@ def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, t
     emulated kernels: every case's record as Numba computes it case by case, re-irradiated cases included."""
     import csv
 
-    from isodose.cohort.runner import RunSettings, run_cohort
+    from isodose.cohort.runner import run_cohort
+    from isodose.cohort.settings import RunSettings
     from isodose.cohort.store import ResultStore
     from isodose.cohort.synthetic import generate_cohort
     from isodose.dicom.read import read_dose
@@ -285,8 +286,8 @@ def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, t
     counting, counts = _counting(gpu)
     backend = Backend("cupy (emulated)", gpu.device, counting)
     run_cohort(manifest, tmp_path / "gpu.h5", settings=settings, workers=2, backend=backend, pipelined=True,
-               batch_size=4, progress=False)
-    run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=1, backend="numba", progress=False)
+               batch_size=4)
+    run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=1, backend="numba")
     # 7 cases in batches of at most 4: at least 2 batches, never one launch per case; and each re-irradiated
     # case's plan sum resampled and sampled once more.
     assert counts["resample_kernel"] == 2

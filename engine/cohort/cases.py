@@ -30,7 +30,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from ..errors import IsodoseError
+from ..errors import ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,6 @@ MANIFEST_COLUMNS = ("case_id", "dose", "structures", "plan", "prescription_gy", 
 #: second course's RTDOSE, fractions (or plan) and the registration of its frame to the first's.
 SECOND_COURSE_COLUMNS = ("fractions", "second_dose", "second_fractions", "second_plan", "second_registration")
 
-
-class ManifestError(IsodoseError):
-    """A manifest or input folder that cannot describe a cohort."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,7 @@ INPUT_FILES = ("dose", "structures", "plan", "recurrence_structures", "registrat
                "second_registration")
 
 
-def case_inputs(case: Case) -> dict:
+def input_fingerprint(case: Case) -> dict:
     """What a case's result depends on besides the run's settings: its values (ROI, prescription, fractions)
     and, for each input file, its size and modification time, so that a file edited or replaced since gives
     other values (a copy that keeps the times, as a moved cohort does, gives the same). Stored with each

@@ -1,4 +1,5 @@
-"""Cohorts on a Dask cluster: one task per case, submitted as results come back, written here by one writer.
+"""The Dask executor: a cohort's tasks on a Dask cluster, one task per case, submitted as results come back,
+written here by one writer (a peer of :class:`isodose.cohort.local.ProcessPool`, with the same shape).
 
 The process that runs the cohort is a Dask client. It submits one task per case (at most
 ``IN_FLIGHT_PER_THREAD`` per worker thread at a time, so a cohort of any size never builds a large graph), and
@@ -21,11 +22,13 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import IsodoseError
+from ..errors import DistributedError
 from .cases import Case
+from .entries import CaseEntry, error_entry
+from .execution import Finish, OnEntries, Task
 
 #: Tasks in flight per worker thread: enough to keep workers busy between results, few enough to stay small.
 IN_FLIGHT_PER_THREAD = 2
@@ -34,9 +37,6 @@ LIMIT_REFRESH_S = 2.0
 #: Seconds to wait for a scheduler to answer.
 CONNECT_TIMEOUT_S = 20.0
 
-
-class DistributedError(IsodoseError):
-    """Dask is missing, or its scheduler cannot be reached."""
 
 
 def _distributed():
@@ -110,10 +110,10 @@ def worker_address() -> str:
         return "local"
 
 
-def process_case_on_worker(case: Case, settings, backend: str | None = None) -> dict:
+def process_case_on_worker(case: Case, settings, backend: str | None = None) -> CaseEntry:
     """A Dask task: read and classify one case on this worker. A failure is an error entry that names the
     worker (its message already names the file), never an exception."""
-    from .runner import process_case
+    from .work import process_case
 
     entry = process_case(case, settings, backend)
     if entry["status"] != "ok":
@@ -128,55 +128,52 @@ def _failure(exc: BaseException) -> str:
     return f"the task failed on the cluster ({name}: {exc})"
 
 
-def run_on_dask(
-    client,
-    todo: Sequence[Case],
-    task: Callable[[Case], dict],
-    on_result: Callable[[dict], None],
-    *,
-    max_in_flight: int | None = None,
-) -> None:
-    """Run ``task(case)`` as one Dask task per case, at most ``max_in_flight`` at a time (by default
-    ``IN_FLIGHT_PER_THREAD`` per worker thread, as the cluster grows or shrinks), and hand each entry to
-    ``on_result`` here, as it arrives. On any exception here (Ctrl-C included) the tasks in flight are
-    cancelled; the entries already handed on are kept."""
-    from .runner import _error_entry
+class DaskCluster:
+    """The workers of the cluster that ``client`` (a ``distributed.Client``) is connected to: one task per case,
+    at most ``max_in_flight`` at a time (by default ``IN_FLIGHT_PER_THREAD`` per worker thread, as the cluster
+    grows or shrinks), each case finished and handed on as it arrives. On any exception here (Ctrl-C included)
+    the tasks in flight are cancelled; the entries already handed on are kept."""
 
-    distributed = _distributed()
-    run_id = uuid.uuid4().hex[:12]
-    queue = list(reversed(todo))
-    in_flight: dict[object, Case] = {}
-    completed = distributed.as_completed()
+    def __init__(self, client, max_in_flight: int | None = None):
+        self.client = client
+        self.max_in_flight = max_in_flight
 
-    threads = {"count": 0, "asked": -math.inf}
+    def run(self, todo: Sequence[Case], task: Task, finish: Finish, on_entries: OnEntries) -> None:
+        distributed = _distributed()
+        client = self.client
+        run_id = uuid.uuid4().hex[:12]
+        queue = list(reversed(todo))
+        in_flight: dict[object, Case] = {}
+        completed = distributed.as_completed()
+        threads = {"count": 0, "asked": -math.inf}
 
-    def limit() -> int:
-        if max_in_flight is not None:
-            return max(1, max_in_flight)
-        if time.monotonic() - threads["asked"] > LIMIT_REFRESH_S:  # workers come and go: ask now and then
-            threads.update(count=sum(client.nthreads().values()), asked=time.monotonic())
-        return max(2, IN_FLIGHT_PER_THREAD * threads["count"])
+        def limit() -> int:
+            if self.max_in_flight is not None:
+                return max(1, self.max_in_flight)
+            if time.monotonic() - threads["asked"] > LIMIT_REFRESH_S:  # workers come and go: ask now and then
+                threads.update(count=sum(client.nthreads().values()), asked=time.monotonic())
+            return max(2, IN_FLIGHT_PER_THREAD * threads["count"])
 
-    def top_up() -> None:
-        room = limit() - len(in_flight)
-        while queue and room > 0:
-            case = queue.pop()
-            future = client.submit(task, case, key=f"isodose-case-{case.case_id}-{run_id}", pure=False)
-            in_flight[future] = case
-            completed.add(future)
-            room -= 1
+        def top_up() -> None:
+            room = limit() - len(in_flight)
+            while queue and room > 0:
+                case = queue.pop()
+                future = client.submit(task, case, key=f"isodose-case-{case.case_id}-{run_id}", pure=False)
+                in_flight[future] = case
+                completed.add(future)
+                room -= 1
 
-    top_up()
-    try:
-        for future in completed:
-            case = in_flight.pop(future)
-            try:
-                entry = future.result()
-            except Exception as exc:  # the task itself failed (task code turns case errors into entries)
-                entry = _error_entry(case.case_id, _failure(exc))
-            future.release()
-            on_result(entry)
-            top_up()
-    except BaseException:
-        client.cancel(list(in_flight))
-        raise
+        top_up()
+        try:
+            for future in completed:
+                case = in_flight.pop(future)
+                try:
+                    value = future.result()
+                except Exception as exc:  # the task itself failed (task code turns case errors into entries)
+                    value = error_entry(case.case_id, _failure(exc))
+                future.release()
+                on_entries(finish([(case, value)]))
+                top_up()
+        except BaseException:
+            client.cancel(list(in_flight))
+            raise

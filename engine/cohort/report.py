@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..formatting import shown, text_table
 from ..recurrence import CLASSES, RECURRENCE_METRICS
-from ..text import text_table
 from .store import ResultStore
 
 METHODS = (("class_volume", "volume method"), ("class_centroid", "point of origin"))
@@ -99,10 +99,6 @@ def build_report(store: ResultStore) -> CohortReport:
 # --------------------------------------------------------------------------------------------------------
 # Text
 # --------------------------------------------------------------------------------------------------------
-def _fmt(value: float, digits: int = 2) -> str:
-    return "-" if not math.isfinite(value) else f"{value:.{digits}f}"
-
-
 def pattern_rows(report: CohortReport) -> list[list[str]]:
     n = report.n_ok
     rows = []
@@ -123,7 +119,7 @@ def format_text(report: CohortReport) -> str:
     parts += ["", "Metric summaries (mean, SD, range over the classified cases)"]
     parts.append(text_table(
         ["structure", "metric", "n", "mean", "SD", "min", "max"],
-        [[s.structure, s.metric, str(s.n), _fmt(s.mean), _fmt(s.sd), _fmt(s.minimum), _fmt(s.maximum)]
+        [[s.structure, s.metric, str(s.n), shown(s.mean), shown(s.sd), shown(s.minimum), shown(s.maximum)]
          for s in report.summaries],
     ))
     if report.failed:
@@ -189,14 +185,6 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return _fmt(value)
-    if value is None:
-        return "-"
-    return str(value)
-
-
 def describe_settings(settings: dict) -> str:
     criteria = settings.get("criteria", {})
     parts = [
@@ -238,9 +226,9 @@ def write_html(report: CohortReport, store: ResultStore, path: str | Path) -> Pa
     pattern_table = _html_table(["class", *(label for _, label in METHODS)], pattern_rows(report))
     summary_table = _html_table(
         ["structure", "metric", "n", "mean", "SD", "min", "max"],
-        [[s.structure, s.metric, str(s.n), _fmt(s.mean), _fmt(s.sd), _fmt(s.minimum), _fmt(s.maximum)]
+        [[s.structure, s.metric, str(s.n), shown(s.mean), shown(s.sd), shown(s.minimum), shown(s.maximum)]
          for s in report.summaries])
-    case_rows = [[_cell(e["record"].get(c, e["case_id"] if c == "case_id" else None)) for c in report.table_columns]
+    case_rows = [[shown(e["record"].get(c, e["case_id"] if c == "case_id" else None)) for c in report.table_columns]
                  for e in report.cases]
     headers = [{"recurrence_volume_cc": "Vr volume (cc)", "V95%": "V95% of Vr (%)", "D100": "D100 of Vr (Gy)",
                 "inside_isodose_pct": "Vr inside isodose (%)", "class_volume": "class (volume)",

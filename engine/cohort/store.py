@@ -1,22 +1,19 @@
 """The results of a cohort run: one HDF5 file that never holds half-written data, and a journal.
 
-A finished case is appended at once to ``RESULTS.h5.journal`` (one JSON line, flushed and synced), so a crash
-at any moment loses at most the cases in flight; a line cut short by a crash is ignored. From time to time,
-and at the end of a run, the journal is consolidated: a new HDF5 file holding the old one's cases and the
-journal's is written beside the old one, synced, and renamed over it (atomic), then the journal is removed.
-Readers merge the HDF5 file and the journal, the last record of a case winning, so no case is ever lost or
-counted twice. One run at a time writes a store: a writer holds an exclusive lock on ``RESULTS.h5.lock``
-(``flock``; the kernel drops it when the process ends, however it ends), and a second run on the same store is
-refused with the first one's process and host, since two writers consolidating in turn would each drop the
-other's cases. Consolidations happen when the journal holds a quarter of the store (at least
-``MIN_CONSOLIDATE`` cases), which keeps the total copying linear in the cohort's size.
+A finished case is appended at once to the journal (:mod:`.journal`), so a crash at any moment loses at most the
+cases in flight. From time to time, and at the end of a run, the journal is consolidated: a new HDF5 file holding
+the old one's cases and the journal's is written beside the old one, synced, and renamed over it (atomic), then
+the journal is removed. Readers merge the HDF5 file and the journal, the last record of a case winning, so no
+case is ever lost or counted twice. One run at a time writes a store (:mod:`.lock`). Consolidations happen when
+the journal holds a quarter of the store (at least ``MIN_CONSOLIDATE`` cases), which keeps the total copying
+linear in the cohort's size.
 
 HDF5 layout (format ``isodose-cohort-1``)::
 
     /                    attrs: format, isodose_version, settings (JSON), updated
     /cases/case_id       one row per case (string); also status ("ok" or "error"), error (string),
     /cases/record        the flat result record (JSON), read_s, compute_s, total_s (float64),
-    /cases/inputs        what the result depends on (JSON, see cases.case_inputs; "null" when unknown)
+    /cases/inputs        what the result depends on (JSON, see cases.input_fingerprint; "null" when unknown)
     /cases/columns/<key> the record's keys as typed columns: float64 (NaN where missing) or string
     /dvh/case, roi, role cumulative DVHs: case index, ROI name, role ("recurrence" or "roi")
     /dvh/step_gy, start, count  dose step, and the curve's slice of /dvh/cumulative_cc
@@ -25,14 +22,10 @@ HDF5 layout (format ``isodose-cohort-1``)::
 
 from __future__ import annotations
 
-import base64
-import csv
-import errno
 import json
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -41,7 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import IsodoseError
+from ..errors import StoreError
+from ..formatting import csv_cell
+from .journal import append_lines, curve_values, encode_line, light, start_journal
+from .journal import read as read_journal
+from .lock import WriterLock
+from .table import record_keys, write_table
 
 log = logging.getLogger(__name__)
 
@@ -52,129 +50,10 @@ MIN_CONSOLIDATE = 200
 BYTES_PER_CASE = 128 * 1024
 
 
-class StoreError(IsodoseError):
-    """A results store that cannot be opened, resumed or written."""
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _json(value) -> str:
-    """``value`` as JSON, NaN and infinities as null (the walk that replaces them only when there are some)."""
-    try:
-        return json.dumps(value, default=_json_default, allow_nan=False)
-    except ValueError:
-        return json.dumps(_clean(value), default=_json_default, allow_nan=False)
-
-
-#: Older journals wrote curves rounded to 1e-5 cc as integers (``cumulative_cc_x1e5``); they still read.
-CURVE_SCALE = 100_000
-
-
-def _journal_curves(dvhs: dict) -> dict:
-    """The curves as the journal writes them: each one's volumes as the float32 values the HDF5 file keeps
-    (little-endian, base64, ``cumulative_cc_f32``), which is some ten times quicker to encode than as JSON
-    numbers and reads back exactly; values that are not finite become NaN, as JSON's null reads back."""
-    out = {}
-    for roi, curve in dvhs.items():
-        try:
-            values = np.array(curve["cumulative_cc"], dtype="<f4")  # a copy: the entry is left as it is
-        except (KeyError, TypeError, ValueError):
-            values = None
-        if values is not None and values.ndim == 1:
-            values[~np.isfinite(values)] = np.nan
-            curve = {k: v for k, v in curve.items() if k != "cumulative_cc"}
-            curve["cumulative_cc_f32"] = base64.b64encode(values.tobytes()).decode("ascii")
-        out[roi] = curve
-    return out
-
-
-def _curve_values(curve: dict) -> np.ndarray:
-    """A journal curve's volumes (cc, float32), however it was written."""
-    if "cumulative_cc_f32" in curve:
-        return np.frombuffer(base64.b64decode(curve["cumulative_cc_f32"]), dtype="<f4").astype(np.float32)
-    if "cumulative_cc_x1e5" in curve:
-        return (np.asarray(curve["cumulative_cc_x1e5"], dtype=np.float64) / CURVE_SCALE).astype(np.float32)
-    return np.asarray(curve["cumulative_cc"], dtype=np.float32)
-
-
-def _journal_line(entry: dict) -> tuple[str, dict]:
-    """One case's journal line, and its entry without curves as it will read back from the journal. The
-    curves, most of the line, are encoded once and not decoded again."""
-    light = _json(_light(entry))
-    if "dvhs" in entry:
-        light_keys = light[1:-1]
-        line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {_json(_journal_curves(entry["dvhs"]))}}}'
-    else:
-        line = light
-    return line + "\n", json.loads(light)
-
-
-def _clean(value):
-    """JSON-safe scalars: NaN and infinities become None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _strings(values: Iterable[str]):
     import h5py
 
     return np.array(list(values), dtype=h5py.string_dtype())
-
-
-class WriterLock:
-    """The exclusive right to write one store, held on ``RESULTS.h5.lock`` until :meth:`release` (or the end of
-    the process). The file names its holder, for the message a second writer gets."""
-
-    def __init__(self, path: Path, fd: int | None):
-        self.path = path
-        self._fd = fd
-
-    @classmethod
-    def acquire(cls, store_path: Path) -> WriterLock:
-        path = store_path.with_name(store_path.name + ".lock")
-        me = f"pid {os.getpid()} on {socket.gethostname()}"
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no lock, as on file systems without locks
-            return cls(path, None)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"cannot create the lock file ({exc.strerror or exc})", path=path) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                if holder.startswith(f"{me},"):
-                    raise StoreError("this process has these results open for writing already: close that "
-                                     "ResultStore first (ResultStore.open(..., create=False) only reads)",
-                                     path=store_path) from exc
-                raise StoreError(f"another isodose run is writing these results ({holder or 'holder unknown'}); "
-                                 "wait for it to end, or write to another --out", path=store_path) from exc
-            log.warning("%s: cannot lock the results (%s); make sure no other run writes them at the same time",
-                        store_path, exc.strerror or exc)
-            return cls(path, None)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{me}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
-        return cls(path, fd)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the lock
-            self._fd = None
 
 
 class ResultStore:
@@ -232,10 +111,10 @@ class ResultStore:
         if path.exists():
             stored_settings, records = cls._read_hdf5_records(path)
         journal = path.with_name(path.name + ".journal")
-        journal_settings, journal_entries = cls._read_journal(journal)
+        journal_settings, journal_entries = read_journal(journal)
         stored_settings = stored_settings or journal_settings
         for case_id, entry in journal_entries.items():
-            records[case_id] = _light(entry)
+            records[case_id] = light(entry)
         if stored_settings is None:
             if not create:
                 raise StoreError("no results store here", path=path)
@@ -251,7 +130,8 @@ class ResultStore:
         store = cls(path, stored_settings, records, set(journal_entries), lock)
         if create:
             if not path.exists() and not journal.exists():
-                store._start_journal()  # a new store keeps its settings in the journal until consolidated
+                # A new store keeps its settings in the journal until it is consolidated.
+                start_journal(store.journal, store.settings)
         return store
 
     @staticmethod
@@ -318,25 +198,6 @@ class ResultStore:
         }
         return settings, records
 
-    @staticmethod
-    def _read_journal(journal: Path) -> tuple[dict | None, dict[str, dict]]:
-        settings, entries = None, {}
-        if not journal.exists():
-            return None, entries
-        with journal.open("r", encoding="utf-8") as handle:
-            for line in handle:
-                if not line.endswith("\n"):
-                    break  # cut short by a crash: that case will be redone
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if "case_id" in entry:
-                    entries[entry["case_id"]] = entry
-                elif "settings" in entry:
-                    settings = entry["settings"]
-        return settings, entries
-
     # -- reading --------------------------------------------------------------------------------------------
     def cases(self) -> list[dict]:
         """Every case's entry (``case_id``, ``status``, ``error``, ``record``, ``timings``), by case id."""
@@ -347,7 +208,7 @@ class ResultStore:
         return {k for k, v in self._records.items() if v["status"] == "ok"}
 
     def inputs_changed(self, case_id: str, inputs: dict) -> bool:
-        """Whether ``inputs`` (see :func:`isodose.cohort.cases.case_inputs`) differ from those stored with the
+        """Whether ``inputs`` (see :func:`isodose.cohort.cases.input_fingerprint`) differ from those stored with the
         case's result; False when the store holds none for it (a store written before they were kept)."""
         stored = self._records.get(case_id, {}).get("inputs")
         return stored is not None and stored != json.loads(json.dumps(inputs, default=str))
@@ -358,12 +219,12 @@ class ResultStore:
     def dvh_curves(self) -> list[dict]:
         """Every stored DVH: dicts of ``case_id``, ``roi``, ``role``, ``step_gy`` and ``cumulative_cc``."""
         curves = [c for c in self._hdf5_curves() if c["case_id"] not in self._journal_ids]
-        _, journal_entries = self._read_journal(self.journal)
+        _, journal_entries = read_journal(self.journal)
         for case_id, entry in journal_entries.items():
             for roi, curve in entry.get("dvhs", {}).items():
                 curves.append({"case_id": case_id, "roi": roi, "role": curve.get("role", "roi"),
                                "step_gy": float(curve["step_gy"]),
-                               "cumulative_cc": _curve_values(curve)})
+                               "cumulative_cc": curve_values(curve)})
         return curves
 
     def _hdf5_curves(self) -> list[dict]:
@@ -384,15 +245,6 @@ class ResultStore:
             ]
 
     # -- writing --------------------------------------------------------------------------------------------
-    def _start_journal(self) -> None:
-        try:
-            with self.journal.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"settings": self.settings, "isodose_version": __version__}) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise StoreError(f"cannot start the journal ({exc.strerror or exc})", path=self.journal) from exc
-
     def append(self, entry: dict) -> None:
         """Record one finished case, durably, before anything else happens."""
         self.append_many([entry])
@@ -402,14 +254,8 @@ class ResultStore:
         is held as stored until every line is on disk."""
         if not entries:
             return
-        lines, records = zip(*(_journal_line(entry) for entry in entries))
-        try:
-            with self.journal.open("a", encoding="utf-8") as handle:
-                handle.write("".join(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            raise StoreError(f"cannot append to the journal ({exc.strerror or exc})", path=self.journal) from exc
+        lines, records = zip(*(encode_line(entry) for entry in entries))
+        append_lines(self.journal, list(lines))
         for record in records:
             self._records[record["case_id"]] = record
             self._journal_ids.add(record["case_id"])
@@ -466,7 +312,7 @@ class ResultStore:
             if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
                 columns[name] = np.array([_number(v) for v in values], dtype=np.float64)
             else:
-                columns[name] = _strings(_cell(v) for v in values)
+                columns[name] = _strings(csv_cell(v) for v in values)
 
     @staticmethod
     def _write_dvhs(f, entries: list[dict], curves: list[dict]) -> None:
@@ -487,26 +333,7 @@ class ResultStore:
     def write_table(self, path: str | Path | None = None) -> Path:
         """The flat table beside the store (``RESULTS.csv`` for ``RESULTS.h5``): one row per case, with
         ``case_id``, ``error`` and the record's keys."""
-        path = Path(path) if path else self.path.with_suffix(".csv")
-        entries = self.cases()
-        keys = record_keys(entries)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with tmp.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle, lineterminator="\n")
-                writer.writerow(["case_id", "error", *keys])
-                for e in entries:
-                    record = e.get("record", {})
-                    writer.writerow([e["case_id"], e.get("error", ""), *(_cell(record.get(k)) for k in keys)])
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise StoreError(f"cannot write the table ({exc.strerror or exc})", path=path) from exc
-        return path
-
-
-def _light(entry: dict) -> dict:
-    """An entry without its DVH curves."""
-    return {k: v for k, v in entry.items() if k != "dvhs"}
+        return write_table(self.cases(), Path(path) if path else self.path.with_suffix(".csv"))
 
 
 def _decoded(values) -> list[str]:
@@ -515,27 +342,6 @@ def _decoded(values) -> list[str]:
 
 def _number(value) -> float:
     return math.nan if value is None else float(value)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return ";".join(str(v) for v in value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
-def record_keys(entries: Iterable[dict]) -> list[str]:
-    """Every key of the records, in the order first met."""
-    keys: dict[str, None] = {}
-    for e in entries:
-        for k in e.get("record", {}):
-            keys.setdefault(k, None)
-    return list(keys)
 
 
 def _canonical(settings: dict) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .dispatch import Backend, resolve_backend
 from .dvh import DVH, dvh_request, dvhs_from_samples
-from .errors import FrameOfReferenceError, IsodoseError
+from .errors import AccumulationError, FrameOfReferenceError
 from .geometry import check_dose_grid, check_rigid, registration_matrix
 from .model import DoseGrid, Registration, Structure, StructureSet
 from .sampling import sample_many
@@ -41,9 +41,6 @@ NORMAL_ALPHA_BETA_GY = 3.0
 _TUMOUR = re.compile(r"(^|[^a-z])(gtv|ctv|ptv|itv)", re.IGNORECASE)
 _CNS = re.compile(r"cord|brain\s*_?-?\s*stem", re.IGNORECASE)
 
-
-class AccumulationError(IsodoseError):
-    """Courses that cannot be converted or added: fractions, alpha/beta, grids or frames."""
 
 
 @dataclass(frozen=True)

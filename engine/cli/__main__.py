@@ -1,0 +1,5 @@
+"""``python -m isodose.cli``: the console command."""
+
+from .main import console
+
+console()

@@ -1,0 +1,62 @@
+"""``isodose classify``: one recurrence by the volume and point-of-origin methods."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import IsodoseError
+from ..formatting import json_number, shown
+from . import options
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser("classify", help="classify one recurrence by the volume and point-of-origin methods")
+    parser.add_argument("--dose", required=True, help="planning RTDOSE")
+    parser.add_argument("--structures", required=True, help="planning RTSTRUCT")
+    parser.add_argument("--recurrence", required=True, metavar="ROI", help="the recurrence ROI (Vr)")
+    parser.add_argument("--recurrence-structures", metavar="RS2.dcm",
+                        help="RTSTRUCT drawn on follow-up imaging holding the recurrence ROI")
+    parser.add_argument("--registration", metavar="REG.dcm",
+                        help="spatial registration mapping the follow-up frame onto the planning frame")
+    options.add_prescription(parser)
+    parser.add_argument("--target", action="append", metavar="ROI",
+                        help="target tested for holding the centroid (repeat; default: every GTV, CTV and PTV)")
+    parser.add_argument("--metric", action="append", metavar="M",
+                        help="extra metric of Vr (D2cc...) or of a planning ROI as ROI:METRIC (CTV60:D98)")
+    options.add_criteria(parser)
+    options.add_format(parser, ("table", "json"))
+    options.add_sampling(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..dicom.read import read_dose, read_registration, read_structures
+    from ..recurrence import classify_recurrence
+
+    if args.registration and not args.recurrence_structures:
+        raise IsodoseError("--registration maps --recurrence-structures; give both")
+    vr_metrics, roi_metrics = options.split_metrics(args.metric)
+    criteria = options.criteria(args)
+    prescription = options.prescription(args)
+    if prescription is None:
+        raise IsodoseError("classification needs the prescription: give --prescription GY or --plan RP.dcm")
+    dose = read_dose(args.dose)
+    structures = read_structures(args.structures)
+    follow_up = read_structures(args.recurrence_structures) if args.recurrence_structures else None
+    registration = read_registration(args.registration) if args.registration else None
+    result = classify_recurrence(
+        dose, structures, args.recurrence, prescription, recurrence_structures=follow_up, registration=registration,
+        targets=args.target, metrics=vr_metrics, target_metrics=roi_metrics, criteria=criteria,
+        options=options.sampling_options(args), backend=args.backend,
+    )
+    record = {key: (json_number(v) if isinstance(v, float) else v) for key, v in result.record().items()}
+    if args.format == "json":
+        sys.stdout.write(json.dumps(record, indent=2) + "\n")
+        return 0
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        print(f"{key.ljust(width)}  {value if isinstance(value, float) else shown(value)}")
+    return 0

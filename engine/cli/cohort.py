@@ -1,0 +1,120 @@
+"""``isodose cohort run`` and ``isodose cohort report``: whole cohorts, resumable, into one store."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import options
+from .progress import ProgressBar
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser("cohort", help="run and report whole cohorts")
+    actions = parser.add_subparsers(dest="cohort_command", metavar="ACTION")
+    actions.required = True
+
+    run_parser = actions.add_parser("run", help="classify every case of a manifest or folder (resumable)")
+    run_parser.add_argument("input", help="manifest CSV, or a folder of DICOM exports")
+    run_parser.add_argument("--out", required=True, metavar="RESULTS.h5",
+                            help="results store (RESULTS.csv is written beside)")
+    run_parser.add_argument("--workers", type=int, default=None, metavar="N",
+                            help="processes (default: one per CPU core)")
+    run_parser.add_argument("--metric", action="append", metavar="M",
+                            help="extra metric of Vr, or of a planning ROI as ROI:METRIC (repeat)")
+    run_parser.add_argument("--target", action="append", metavar="ROI", help="targets for the point-of-origin method")
+    run_parser.add_argument("--recurrence-roi", default="Recurrence", metavar="NAME",
+                            help="recurrence ROI name when the input is a folder (default: Recurrence)")
+    run_parser.add_argument("--prescription", type=float, metavar="GY",
+                            help="prescription for cases of a folder without an RTPLAN")
+    run_parser.add_argument("--second-courses", action="store_true",
+                            help="folder input: a patient with two planning frames is one re-irradiated case (the "
+                                 "earlier plan is course 1, the later course 2, related by a REG)")
+    run_parser.add_argument("--dvh-step", type=float, default=0.1, metavar="GY",
+                            help="dose step of stored DVHs (0.1 Gy)")
+    run_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dask = run_parser.add_mutually_exclusive_group()
+    dask.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                      help="run on this Dask cluster (needs isodose[distributed]; workers must see the input paths)")
+    dask.add_argument("--scheduler-file", metavar="FILE", help="run on the Dask cluster this scheduler file describes")
+    dask.add_argument("--local-cluster", action="store_true",
+                      help="run on a Dask cluster of --workers processes started on this machine")
+    options.add_criteria(run_parser)
+    options.add_sampling(run_parser)
+    run_parser.set_defaults(func=run)
+
+    report_parser = actions.add_parser("report", help="failure-pattern table, metric summaries and HTML report")
+    report_parser.add_argument("results", metavar="RESULTS.h5")
+    report_parser.add_argument("--html", metavar="FILE", help="HTML report (default: RESULTS.html)")
+    options.add_format(report_parser, ("table", "json"))
+    report_parser.set_defaults(func=report)
+    return parser
+
+
+def run_settings(args: argparse.Namespace):
+    from ..cohort.settings import RunSettings
+
+    vr_metrics, roi_metrics = options.split_metrics(args.metric)
+    return RunSettings(metrics=tuple(vr_metrics), target_metrics=tuple(roi_metrics),
+                       targets=tuple(args.target) if args.target else None, criteria=options.criteria(args),
+                       options=options.sampling_options(args), dvh_step_gy=options.dvh_step(args))
+
+
+def print_summary(summary) -> None:
+    rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
+    print(f"{summary.cases} cases: {summary.processed} processed ({summary.failed} failed), {summary.skipped} already "
+          f"done; {summary.seconds:.1f} s ({rate:.1f} cases/s)")
+    print(f"results: {summary.store}; table: {summary.table}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cohort.local import check_workers
+    from ..cohort.runner import run_cohort
+
+    check_workers(args.workers)
+    options.positive_prescription(args.prescription)
+    settings = run_settings(args)
+    bar = ProgressBar(enabled=not args.no_progress)
+    start = functools.partial(run_cohort, args.input, args.out, settings=settings, workers=args.workers,
+                              backend=args.backend, recurrence_roi=args.recurrence_roi,
+                              prescription_gy=args.prescription, second_courses=args.second_courses,
+                              on_progress=bar)
+    try:
+        if args.scheduler or args.scheduler_file or args.local_cluster:
+            from ..cohort.distributed import dask_client
+
+            local = (args.workers or os.cpu_count() or 1) if args.local_cluster else None
+            with dask_client(args.scheduler, args.scheduler_file, local) as client:
+                summary = start(client=client)
+        else:
+            summary = start()
+    finally:
+        bar.finish()
+    print_summary(summary)
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from ..cohort.report import build_report, format_text, write_html
+    from ..cohort.store import ResultStore
+
+    store = ResultStore.open(args.results, create=False)
+    cohort = build_report(store)
+    if args.format == "json":
+        document = {
+            "store": str(cohort.store), "cases": cohort.n_ok + len(cohort.failed), "classified": cohort.n_ok,
+            "failed": [{"case_id": c, "error": e} for c, e in cohort.failed],
+            "patterns": cohort.patterns,
+            "summaries": [s.__dict__ for s in cohort.summaries],
+        }
+        sys.stdout.write(json.dumps(document, indent=2, default=lambda v: None) + "\n")
+    else:
+        print(format_text(cohort))
+    html_path = Path(args.html) if args.html else Path(args.results).with_suffix(".html")
+    write_html(cohort, store, html_path)
+    print(f"HTML report: {html_path}", file=sys.stderr if args.format == "json" else sys.stdout)
+    return 0

@@ -1,0 +1,111 @@
+"""``isodose dvh``: DVHs and metrics of the ROIs of an RTDOSE and an RTSTRUCT."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..errors import IsodoseError
+from ..formatting import csv_text, text_table
+from . import options
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser("dvh", help="DVHs and metrics of ROIs from RTDOSE + RTSTRUCT")
+    parser.add_argument("--dose", required=True, help="RTDOSE file")
+    parser.add_argument("--structures", required=True, help="RTSTRUCT file")
+    parser.add_argument("--roi", action="append", metavar="NAME", help="ROI to compute (repeat; default: all)")
+    parser.add_argument("--metric", action="append", metavar="M",
+                        help="metric to report (repeat): D95, D2cc, V20Gy, V20Gy_cc, V95%%, Dmean, Dmin, Dmax, HI")
+    options.add_prescription(parser)
+    options.add_format(parser)
+    parser.add_argument("--dvh-out", metavar="FILE", help="write cumulative and differential DVH curves as CSV")
+    parser.add_argument("--dvh-step", type=float, default=0.01, metavar="GY",
+                        help="dose step of --dvh-out (0.01 Gy)")
+    options.add_sampling(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def report(dvhs, metrics, prescription_gy, backend) -> dict:
+    """The JSON document of ``isodose dvh`` (keys carry their units)."""
+    return {
+        "isodose_version": __version__,
+        "backend": backend.name,
+        "device": backend.device,
+        "prescription_gy": prescription_gy,
+        "structures": [d.to_dict(metrics, prescription_gy) for d in dvhs],
+    }
+
+
+def write_dvh_curves(dvhs, path: str | Path, step_gy: float) -> Path:
+    """Cumulative and differential DVHs of every structure, one row per structure and dose step."""
+    import numpy as np
+
+    top = max((d.dmax_gy for d in dvhs if d.has_dose), default=0.0)
+    doses = step_gy * np.arange(int(math.floor(top / step_gy)) + 2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["structure", "dose_gy", "cumulative_cc", "cumulative_pct", "differential_cc"])
+        for d in dvhs:
+            if not d.has_dose:
+                continue
+            cumulative = d.cumulative(doses)
+            relative = 100.0 * cumulative / d.dose_volume_cc
+            differential = np.append(cumulative[:-1] - cumulative[1:], 0.0)
+            for row in zip(doses, cumulative, relative, differential):
+                writer.writerow([d.name] + [f"{v:.6g}" for v in row])
+    return path
+
+
+def print_report(document: dict, metrics, fmt: str, out) -> None:
+    import json
+
+    if fmt == "json":
+        out.write(json.dumps(document, indent=2) + "\n")
+        return
+    header = ["structure", "volume_cc", "volume_outside_dose_cc", "dmin_gy", "dmean_gy", "dmax_gy"]
+    header += [m.text for m in metrics]
+    rows = []
+    for s in document["structures"]:
+        values = [s[k] for k in header[1:6]] + [s["metrics"][m.text] for m in metrics]
+        rows.append([s["name"], *values])
+    if fmt == "csv":
+        out.write(csv_text(header, rows))
+        return
+    out.write(f"backend: {document['backend']} ({document['device']})")
+    if document["prescription_gy"]:
+        out.write(f"   prescription: {document['prescription_gy']:g} Gy")
+    out.write("\n")
+    pretty = ["ROI", "Volume cc", "Outside cc", "Dmin Gy", "Dmean Gy", "Dmax Gy"] + [m.text for m in metrics]
+    out.write(text_table(pretty, rows) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..dicom.read import read_dose, read_structures
+    from ..dispatch import select_backend
+    from ..dvh import compute_dvhs, parse_metrics
+
+    metrics = parse_metrics(args.metric or [])
+    prescription = options.prescription(args)
+    for m in metrics:
+        if m.needs_prescription and prescription is None:
+            raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
+    step = options.dvh_step(args) if args.dvh_out else None
+    backend = select_backend(args.backend)
+    dose = read_dose(args.dose)
+    structures = read_structures(args.structures)
+    dvhs = compute_dvhs(dose, structures, args.roi or None, options=options.sampling_options(args), backend=backend)
+    document = report(dvhs, metrics, prescription, backend)
+    document["dose_file"] = str(args.dose)
+    document["structure_file"] = str(args.structures)
+    print_report(document, metrics, args.format, sys.stdout)
+    if args.dvh_out:
+        write_dvh_curves(dvhs, args.dvh_out, step)
+    return 0

@@ -1,0 +1,99 @@
+"""The parser of the ``isodose`` command and its entry points.
+
+Every user error is one line on stderr, ``isodose: error: <file>: <object>: <problem>``, and exit status 2;
+unexpected failures are one line too (exit 3) unless ``--debug`` asks for the traceback; Ctrl-C exits with 130.
+Each command lives in a module of its own (``add_parser`` and ``run``), which imports what it computes with only
+when it runs, so that the command starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import IsodoseError
+from . import accumulate, backends, classify, cohort, demo, dvh, phantom, validate
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+EXIT_INTERRUPTED = 130
+#: The command modules, in the order ``isodose --help`` lists them.
+COMMANDS = (dvh, validate, accumulate, classify, cohort, demo, phantom, backends)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isodose", description="Dose-volume engine for radiotherapy research.")
+    parser.add_argument("--version", action="version", version=f"isodose {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """The ``isodose`` logger's messages on stderr, as ``isodose: LEVEL: message``."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("isodose: %(levelname)s: %(message)s"))
+    root = logging.getLogger("isodose")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (messages of libraries underneath, h5py's say, may hold line breaks)."""
+    return " ".join(str(error).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: this process's arguments) and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    try:
+        return args.func(args)
+    except IsodoseError as exc:
+        print(f"isodose: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("isodose: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into head, say
+        return EXIT_OK
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"isodose: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+#: First-generation threshold of the garbage collector in the console command (Python's default is 700).
+CONSOLE_GC_THRESHOLD = 50_000
+
+
+def console() -> None:
+    """The console command: :func:`main` in a process that ends when it returns.
+
+    Loading Numba's compiled kernels leaves some hundreds of thousands of long-lived objects (its typing and
+    lowering registries). The collector's default thresholds walk them again and again during the run, and
+    the interpreter's last collection walks them once more at exit: about a quarter of a one-case command's
+    wall time. The command therefore collects less often and freezes what is left before exiting (see
+    ``gc.freeze``); every file it wrote is closed by then. :func:`main`, for embedding, changes nothing.
+    """
+    gc.set_threshold(CONSOLE_GC_THRESHOLD)
+    try:
+        code = main()
+    finally:
+        gc.freeze()
+    sys.exit(code)

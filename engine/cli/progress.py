@@ -1,0 +1,48 @@
+"""The progress bar of ``cohort run`` and ``demo``: what the command line draws of a run's progress callback."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class ProgressBar:
+    """A one-line progress report on a stream (stderr): rewritten in place on a terminal, every 10% otherwise.
+
+    Called with each :class:`isodose.cohort.runner.RunProgress`; :meth:`finish` ends its line.
+    """
+
+    WIDTH = 24
+
+    def __init__(self, stream=None, enabled: bool = True):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last = 0.0
+        self._last_decile = -1
+        self._drawn = False
+
+    def __call__(self, progress) -> None:
+        if not self.enabled or progress.total <= 0 or progress.done == progress.skipped:
+            return
+        now = time.perf_counter()
+        decile = int(10 * progress.done / progress.total)
+        if (self.tty and now - self._last > 0.2) or (not self.tty and decile != self._last_decile) \
+                or progress.done == progress.total:
+            self._last, self._last_decile = now, decile
+            self._write(progress)
+
+    def _write(self, progress) -> None:
+        filled = int(self.WIDTH * progress.done / progress.total)
+        remaining = progress.remaining_s
+        eta = f"{int(remaining // 60)}:{int(remaining % 60):02d}" if remaining is not None else "-"
+        line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.done}/{progress.total} cases, "
+                f"{progress.failed} failed, {progress.rate_per_s:.1f} cases/s, ETA {eta}")
+        self.stream.write(("\r" + line) if self.tty else (line + "\n"))
+        self.stream.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if self._drawn and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

@@ -1,0 +1,62 @@
+"""What a cohort run records of each case: its entry, as the journal and the store keep it.
+
+An entry is a plain dictionary (it travels between processes and is written as one JSON line), declared here as
+a :class:`~typing.TypedDict` so that every room of the cohort package agrees on its keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+#: A case's outcome: classified, or stopped by an error (recorded with its reason, retried on the next run).
+Status = Literal["ok", "error"]
+
+
+class Timings(TypedDict, total=False):
+    """Seconds a case took: reading its files, computing it (its share of its batch's), and in all."""
+
+    read_s: float
+    compute_s: float
+    total_s: float
+
+
+class StoredCurve(TypedDict):
+    """A cumulative DVH as a case's entry holds it: volumes (cc) receiving at least ``k * step_gy``."""
+
+    role: Literal["recurrence", "roi"]
+    step_gy: float
+    cumulative_cc: list[float]
+
+
+class _Entry(TypedDict):
+    case_id: str
+    status: Status
+    error: str
+    record: dict[str, Any]
+    timings: Timings
+    dvhs: dict[str, StoredCurve]
+    warnings: list[str]
+
+
+class CaseEntry(_Entry, total=False):
+    """One case's result in a cohort run (see the store's schema in the docs).
+
+    ``record`` is the flat result record (units in its keys: :meth:`isodose.recurrence.RecurrenceResult.record`,
+    plus the re-irradiation metrics of a second course); ``inputs`` is what the result depends on besides the
+    run's settings (:func:`isodose.cohort.cases.input_fingerprint`), so that a resumed run redoes a case whose
+    files changed; ``warnings`` are those logged while the case was read and computed.
+    """
+
+    inputs: dict[str, Any] | None
+
+
+def error_entry(case_id: str, error: str, timings: Timings | None = None,
+                warnings: list[str] | None = None) -> CaseEntry:
+    """The entry of a case stopped by ``error`` (one line naming the file and the problem)."""
+    return {"case_id": case_id, "status": "error", "error": error, "record": {}, "timings": Timings(**(timings or {})),
+            "dvhs": {}, "warnings": list(warnings or [])}
+
+
+def is_entry(value: object) -> bool:
+    """Whether ``value`` is a case's entry (what a task returns when it stops early) rather than its inputs."""
+    return isinstance(value, dict) and "case_id" in value and "status" in value

@@ -1,0 +1,133 @@
+"""The journal of a results store: ``RESULTS.h5.journal``, one JSON line per finished case, appended and synced
+before the case counts as stored, so that a crash at any moment loses at most the cases in flight.
+
+Its first line holds the run's settings (``{"settings": ..., "isodose_version": ...}``); each later line is one
+case's entry (:class:`~isodose.cohort.entries.CaseEntry`), its DVH curves as float32 values in base64
+(``cumulative_cc_f32``). A line cut short by a crash is ignored; the last line of a case wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import StoreError
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def to_json(value) -> str:
+    """``value`` as JSON, NaN and infinities as null (the walk that replaces them only when there are some)."""
+    try:
+        return json.dumps(value, default=_json_default, allow_nan=False)
+    except ValueError:
+        return json.dumps(_clean(value), default=_json_default, allow_nan=False)
+
+
+#: Older journals wrote curves rounded to 1e-5 cc as integers (``cumulative_cc_x1e5``); they still read.
+CURVE_SCALE = 100_000
+
+
+def _journal_curves(dvhs: dict) -> dict:
+    """The curves as the journal writes them: each one's volumes as the float32 values the HDF5 file keeps
+    (little-endian, base64, ``cumulative_cc_f32``), which is some ten times quicker to encode than as JSON
+    numbers and reads back exactly; values that are not finite become NaN, as JSON's null reads back."""
+    out = {}
+    for roi, curve in dvhs.items():
+        try:
+            values = np.array(curve["cumulative_cc"], dtype="<f4")  # a copy: the entry is left as it is
+        except (KeyError, TypeError, ValueError):
+            values = None
+        if values is not None and values.ndim == 1:
+            values[~np.isfinite(values)] = np.nan
+            curve = {k: v for k, v in curve.items() if k != "cumulative_cc"}
+            curve["cumulative_cc_f32"] = base64.b64encode(values.tobytes()).decode("ascii")
+        out[roi] = curve
+    return out
+
+
+def curve_values(curve: dict) -> np.ndarray:
+    """A journal curve's volumes (cc, float32), however it was written."""
+    if "cumulative_cc_f32" in curve:
+        return np.frombuffer(base64.b64decode(curve["cumulative_cc_f32"]), dtype="<f4").astype(np.float32)
+    if "cumulative_cc_x1e5" in curve:
+        return (np.asarray(curve["cumulative_cc_x1e5"], dtype=np.float64) / CURVE_SCALE).astype(np.float32)
+    return np.asarray(curve["cumulative_cc"], dtype=np.float32)
+
+
+def encode_line(entry: dict) -> tuple[str, dict]:
+    """One case's journal line, and its entry without curves as it will read back from the journal. The
+    curves, most of the line, are encoded once and not decoded again."""
+    light_json = to_json(light(entry))
+    if "dvhs" in entry:
+        light_keys = light_json[1:-1]
+        line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {to_json(_journal_curves(entry["dvhs"]))}}}'
+    else:
+        line = light_json
+    return line + "\n", json.loads(light_json)
+
+
+def _clean(value):
+    """JSON-safe scalars: NaN and infinities become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def light(entry: dict) -> dict:
+    """An entry without its DVH curves."""
+    return {k: v for k, v in entry.items() if k != "dvhs"}
+
+
+def read(journal: Path) -> tuple[dict | None, dict[str, dict]]:
+    """The settings and the entries (the last of each case, curves included) of the journal at ``journal``."""
+    settings, entries = None, {}
+    if not journal.exists():
+        return None, entries
+    with journal.open("r", encoding="utf-8") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                break  # cut short by a crash: that case will be redone
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "case_id" in entry:
+                entries[entry["case_id"]] = entry
+            elif "settings" in entry:
+                settings = entry["settings"]
+    return settings, entries
+
+
+def start_journal(journal: Path, settings: dict) -> None:
+    """Begin a journal with its settings line."""
+    append_lines(journal, [json.dumps({"settings": settings, "isodose_version": __version__}) + "\n"],
+                 "cannot start the journal")
+
+
+def append_lines(journal: Path, lines: list[str], failure: str = "cannot append to the journal") -> None:
+    """Append ``lines`` (each ending in a newline) and sync them to disk: a StoreError naming the journal when
+    the disk refuses."""
+    try:
+        with journal.open("a", encoding="utf-8") as handle:
+            handle.write("".join(lines))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise StoreError(f"{failure} ({exc.strerror or exc})", path=journal) from exc

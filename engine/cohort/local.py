@@ -1,0 +1,102 @@
+"""The local executor: a cohort's tasks in a pool of worker processes on this machine.
+
+Workers are spawned, never forked (a fork after Numba's or OpenMP's threads have started can deadlock). Tasks
+are submitted as results come back, at most two per worker in flight, so a cohort of any size never builds a
+large queue. A worker that dies (killed, out of memory) fails the cases it had in flight, and the rest go on in
+a fresh pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import ProcessPoolExecutor as _Pool
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from ..errors import IsodoseError
+from .cases import Case
+from .entries import error_entry
+from .execution import Finish, OnEntries, Task
+
+#: Tasks in flight per worker process: one running, one waiting.
+IN_FLIGHT_PER_WORKER = 2
+
+
+def check_workers(workers: int | None) -> None:
+    """``workers`` is None (one per CPU core) or a whole number of at least 1."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise IsodoseError(f"the number of worker processes must be a whole number of at least 1, not {workers!r}")
+
+
+def _init_worker(threads: int, log_level: int) -> None:
+    logging.getLogger("isodose").setLevel(log_level)
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    except ImportError:  # pragma: no cover - numba is a dependency
+        pass
+
+
+class ProcessPool:
+    """``workers`` spawned processes, each computing with ``threads`` Numba threads.
+
+    Values are finished in batches of up to ``batch_size`` (a smaller one when nothing else is in flight), and
+    each wait's entries are handed on together.
+    """
+
+    def __init__(self, workers: int, threads: int = 1, batch_size: int = 1):
+        check_workers(workers)
+        self.workers = workers
+        self.threads = max(1, int(threads))
+        self.batch_size = max(1, int(batch_size))
+
+    def run(self, todo: Sequence[Case], task: Task, finish: Finish, on_entries: OnEntries) -> None:
+        level = logging.getLogger("isodose").getEffectiveLevel()
+        context = multiprocessing.get_context("spawn")
+        queue = list(reversed(todo))
+        ready: list[tuple[Case, Any]] = []
+
+        def flush() -> None:
+            batch = ready[:]
+            ready.clear()
+            if batch:
+                on_entries(finish(batch))
+
+        while queue:
+            with _Pool(max_workers=self.workers, mp_context=context, initializer=_init_worker,
+                       initargs=(self.threads, level)) as pool:
+                in_flight: dict[Future, Case] = {}
+                try:
+                    while queue or in_flight:
+                        while queue and len(in_flight) < IN_FLIGHT_PER_WORKER * self.workers:
+                            case = queue.pop()
+                            in_flight[pool.submit(task, case)] = case
+                        finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            case = in_flight.pop(future)
+                            try:
+                                value = future.result()
+                            except BrokenProcessPool:
+                                in_flight[future] = case
+                                raise
+                            except Exception as exc:  # the result could not come back (too large to pass, say)
+                                value = error_entry(case.case_id, f"{type(exc).__name__}: {exc}")
+                            ready.append((case, value))
+                        if len(ready) >= self.batch_size or not in_flight:
+                            flush()
+                except BrokenProcessPool:
+                    for future, case in in_flight.items():
+                        if future.done() and not future.exception():
+                            ready.append((case, future.result()))
+                        else:
+                            ready.append((case, error_entry(case.case_id,
+                                                            "the worker process died while this case was in flight")))
+                    flush()
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+        flush()

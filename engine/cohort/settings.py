@@ -1,0 +1,35 @@
+"""What a cohort's results depend on besides each case's inputs: a store is only resumed with the same settings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..recurrence import Criteria
+from ..voxelize import SamplingOptions
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The metrics, targets, thresholds and sampling of a cohort run, and the dose step of its stored DVHs.
+
+    >>> RunSettings(target_metrics=("CTV60:D98",)).as_dict()["target_metrics"]
+    ['CTV60:D98']
+    """
+
+    metrics: tuple[str, ...] = ()
+    target_metrics: tuple[str, ...] = ()
+    targets: tuple[str, ...] | None = None
+    criteria: Criteria = field(default_factory=Criteria)
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    dvh_step_gy: float = 0.1
+
+    def as_dict(self) -> dict:
+        """The settings as the store keeps them (JSON values)."""
+        return {
+            "metrics": list(self.metrics),
+            "target_metrics": list(self.target_metrics),
+            "targets": None if self.targets is None else list(self.targets),
+            "criteria": asdict(self.criteria),
+            "sampling": asdict(self.options),
+            "dvh_step_gy": self.dvh_step_gy,
+        }

@@ -1,0 +1,39 @@
+"""The flat table of a cohort: ``RESULTS.csv`` beside ``RESULTS.h5``, one row per case."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from ..errors import StoreError
+from ..formatting import csv_cell
+
+
+def record_keys(entries: Iterable[dict]) -> list[str]:
+    """Every key of the records, in the order first met."""
+    keys: dict[str, None] = {}
+    for e in entries:
+        for k in e.get("record", {}):
+            keys.setdefault(k, None)
+    return list(keys)
+
+
+def write_table(entries: Sequence[dict], path: str | Path) -> Path:
+    """Write the entries as a CSV with ``case_id``, ``error`` and the records' keys (written whole, then renamed
+    into place, so that a reader never sees half a table)."""
+    path = Path(path)
+    keys = record_keys(entries)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["case_id", "error", *keys])
+            for e in entries:
+                record = e.get("record", {})
+                writer.writerow([e["case_id"], e.get("error", ""), *(csv_cell(record.get(k)) for k in keys)])
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"cannot write the table ({exc.strerror or exc})", path=path) from exc
+    return path

@@ -1,0 +1,246 @@
+"""The work of one case (or of one batch of cases on a GPU): read its files, plan it, classify it, into an entry.
+
+Nothing here raises for a bad case: a failure becomes the case's error entry, with the warnings logged on its way
+(a case must never stop the cohort). The executors (:mod:`.local`, :mod:`.distributed`) run these functions in
+worker processes; the orchestration (:mod:`.runner`) writes what they return.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..errors import IsodoseError, collect_warnings
+from .cases import Case, input_fingerprint
+from .entries import CaseEntry, StoredCurve, Timings, error_entry
+from .settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+
+def _curve(dvh, step_gy: float) -> list[float]:
+    doses = step_gy * np.arange(int(math.floor(dvh.dmax_gy / step_gy)) + 2)
+    return np.round(np.asarray(dvh.cumulative(doses), dtype=np.float64), 5).tolist()
+
+
+@dataclass(frozen=True, eq=False)
+class CaseInputs:
+    """One case read from disk, ready to compute (what a reading worker hands to the computing process)."""
+
+    case: Case
+    dose: object
+    structures: object
+    prescription_gy: float
+    follow_up: object
+    registration: object
+    read_s: float
+    warnings: tuple[str, ...] = ()
+    second: object = None  # the courses of a re-irradiated case: (Course 1, Course 2, Registration or None)
+    #: What the result depends on (:func:`~isodose.cohort.cases.input_fingerprint`), taken before the files were read.
+    fingerprint: dict | None = None
+    #: The case's classification prepared where it was read (a PreparedRecurrence or the IsodoseError that
+    #: stopped it), and the seconds that took; None when the computing process prepares it. A prepared case
+    #: that is not re-irradiated no longer holds its structure sets and registration (they stay in the worker).
+    prepared: object = None
+    prepare_s: float = 0.0
+
+
+def _failure(exc: Exception) -> str:
+    """What stopped a case, in one line: an isodose error as it is, anything else named as internal."""
+    if isinstance(exc, IsodoseError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    log.debug("a case failed", exc_info=True)
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def read_case(case: Case) -> CaseInputs | CaseEntry:
+    """Read one case's files (an error entry when they cannot be read), keeping the warnings logged meanwhile."""
+    from ..dicom.read import read_dose, read_plan, read_registration, read_structures
+
+    started = time.perf_counter()
+    fingerprint = input_fingerprint(case)  # before reading: a file changed meanwhile shows as changed on the next run
+    with collect_warnings() as messages:
+        try:
+            if case.problem:
+                raise IsodoseError(case.problem)
+            dose = read_dose(case.dose)
+            structures = read_structures(case.structures)
+            prescription = case.prescription_gy
+            if prescription is None:
+                prescription = read_plan(case.plan).prescription_gy
+                if prescription is None:
+                    raise IsodoseError("the plan holds no prescription; give prescription_gy", path=case.plan)
+            follow_up = read_structures(case.recurrence_structures) if case.recurrence_structures else None
+            registration = read_registration(case.registration) if case.registration else None
+            second = _read_second_course(case, dose) if case.second_dose else None
+        except Exception as exc:
+            seconds = time.perf_counter() - started
+            entry = error_entry(case.case_id, _failure(exc), Timings(read_s=seconds, total_s=seconds), messages)
+            entry["inputs"] = fingerprint
+            return entry
+    return CaseInputs(case, dose, structures, prescription, follow_up, registration, time.perf_counter() - started,
+                      tuple(messages), second=second, fingerprint=fingerprint)
+
+
+def _read_second_course(case: Case, dose) -> tuple:
+    """The two courses of a re-irradiated case, and the registration of the second's frame (or None)."""
+    from ..dicom.read import read_dose, read_plan, read_registration
+    from ..reirradiation import Course
+
+    def planned_fractions(plan, what: str) -> int:
+        if plan is None:
+            column = "fractions" if what == "first" else "second_fractions"
+            raise IsodoseError(f"the {what} course's number of fractions is needed and it has no RTPLAN to read it "
+                               f"from: add the plan, or give the case in a manifest with a {column} column")
+        fractions = read_plan(plan).number_of_fractions
+        if fractions is None:
+            raise IsodoseError(f"the plan holds no NumberOfFractionsPlanned for the {what} course; give the fractions "
+                               "in the manifest", path=plan)
+        return fractions
+
+    first = Course(dose, case.fractions or planned_fractions(case.plan, "first"))
+    second = Course(read_dose(case.second_dose), case.second_fractions or planned_fractions(case.second_plan, "second"))
+    registration = read_registration(case.second_registration) if case.second_registration else None
+    return first, second, registration
+
+
+def _with_reirradiation(inputs: CaseInputs, entry: CaseEntry, settings: RunSettings, backend) -> CaseEntry:
+    """The entry of a re-irradiated case with its accumulated metrics and risk flags (or its error)."""
+    from ..recurrence import recurrence_transform
+    from ..reirradiation import reirradiation_record
+
+    first, second, registration = inputs.second
+    source = inputs.follow_up if inputs.follow_up is not None else inputs.structures
+    transform = (recurrence_transform(inputs.dose, source, inputs.registration)
+                 if inputs.follow_up is not None else None)
+    with collect_warnings() as messages:
+        try:
+            extra = reirradiation_record(first, second, source.get(inputs.case.recurrence_roi),
+                                         registration=registration, recurrence_transform=transform,
+                                         options=settings.options, backend=backend)
+        except IsodoseError as exc:
+            return error_entry(inputs.case.case_id, f"re-irradiation: {exc}", entry["timings"],
+                               entry["warnings"] + messages)
+    entry["record"].update(extra)
+    entry["warnings"] = entry["warnings"] + messages
+    return entry
+
+
+def _entry(case_id: str, result, settings: RunSettings, timings: Timings) -> CaseEntry:
+    """The store's entry of one classified case."""
+    dvhs = {result.recurrence_dvh.name: ("recurrence", result.recurrence_dvh)}
+    dvhs.update({name: ("roi", d) for name, d in result.roi_dvhs.items() if name not in dvhs})
+    curves = {name: StoredCurve(role=role, step_gy=settings.dvh_step_gy, cumulative_cc=_curve(d, settings.dvh_step_gy))
+              for name, (role, d) in dvhs.items() if d.has_dose}
+    return {"case_id": case_id, "status": "ok", "error": "", "record": result.record(), "timings": timings,
+            "dvhs": curves, "warnings": list(result.warnings)}
+
+
+def _recurrence_case(inputs: CaseInputs, settings: RunSettings):
+    from ..recurrence import RecurrenceCase
+
+    return RecurrenceCase(inputs.dose, inputs.structures, inputs.case.recurrence_roi, inputs.prescription_gy,
+                          inputs.follow_up, inputs.registration, settings.targets, settings.metrics,
+                          settings.target_metrics, settings.criteria)
+
+
+def read_and_prepare(case: Case, settings: RunSettings) -> CaseInputs | CaseEntry:
+    """:func:`read_case`, then the planning of the case's classification (what a reading worker does for the
+    process that drives a GPU, which then only samples and finishes)."""
+    inputs = read_case(case)
+    return inputs if isinstance(inputs, dict) else prepare_inputs(inputs, settings)
+
+
+def prepare_inputs(inputs: CaseInputs, settings: RunSettings) -> CaseInputs:
+    """A case already read, with its classification planned (see :func:`read_and_prepare`)."""
+    from ..recurrence import prepare_recurrence
+
+    started = time.perf_counter()
+    prepared = prepare_recurrence(_recurrence_case(inputs, settings), settings.options)
+    inputs = replace(inputs, prepared=prepared, prepare_s=time.perf_counter() - started)
+    if inputs.second is None:  # what remains to do needs none of the contours: they are not passed on
+        inputs = replace(inputs, structures=None, follow_up=None, registration=None)
+    return inputs
+
+
+def read_and_send(case: Case, settings: RunSettings, receiver_pid: int):
+    """:func:`read_and_prepare`, as a reading worker sends it to the process ``receiver_pid`` that drives the
+    GPU: its dose grids through shared memory (see :mod:`isodose.cohort.handover`)."""
+    from .handover import send
+
+    return send(read_and_prepare(case, settings), receiver_pid)
+
+
+def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None) -> list[CaseEntry]:
+    """Classify cases already read, sampled together (one merged plan on a GPU); never raises for a bad case.
+
+    Cases prepared where they were read (:func:`read_and_prepare`) are not prepared again. Each case's compute
+    time is its share of the batch's, plus its preparing elsewhere. Each entry keeps its own case's warnings; when
+    the batch itself fails, every case gets the error and the warnings logged meanwhile."""
+    started = time.perf_counter()
+    with collect_warnings() as messages:
+        try:
+            entries = _classify(batch, settings, backend, started)
+        except Exception as exc:
+            error = _failure(exc)
+            entries = [error_entry(i.case.case_id, error, Timings(read_s=i.read_s), messages) for i in batch]
+    for inputs, entry in zip(batch, entries):
+        entry["inputs"] = inputs.fingerprint
+        entry["warnings"] = list(inputs.warnings) + entry["warnings"]
+        entry["timings"]["total_s"] = inputs.read_s + inputs.prepare_s + time.perf_counter() - started
+    return entries
+
+
+def _classify(batch: list[CaseInputs], settings: RunSettings, backend, started: float) -> list[CaseEntry]:
+    from ..recurrence import classify_prepared, prepare_recurrence
+
+    prepared = [i.prepared if i.prepared is not None else
+                prepare_recurrence(_recurrence_case(i, settings), settings.options) for i in batch]
+    results = classify_prepared(prepared, backend=backend)
+    share = (time.perf_counter() - started) / max(len(batch), 1)
+    entries = []
+    for inputs, result in zip(batch, results):
+        timing = Timings(read_s=inputs.read_s, compute_s=share + inputs.prepare_s)
+        if isinstance(result, Exception):
+            entries.append(error_entry(inputs.case.case_id, str(result), timing, list(result.warnings)))
+        elif inputs.second is not None:
+            entries.append(_with_reirradiation(inputs, _entry(inputs.case.case_id, result, settings, timing),
+                                               settings, backend))
+        else:
+            entries.append(_entry(inputs.case.case_id, result, settings, timing))
+    return entries
+
+
+def classify_inputs(inputs: CaseInputs, settings: RunSettings, backend=None) -> CaseEntry:
+    """Classify one case already read; never raises for a bad case."""
+    [entry] = classify_batch([inputs], settings, backend)
+    return entry
+
+
+def process_case(case: Case, settings: RunSettings, backend=None) -> CaseEntry:
+    """Read and classify one case; never raises for a bad case (the error goes into the returned entry)."""
+    inputs = read_case(case)
+    return inputs if isinstance(inputs, dict) else classify_inputs(inputs, settings, backend)
+
+
+def classify_received(items: list[tuple[Case, object]], settings: RunSettings, backend=None) -> list[CaseEntry]:
+    """The GPU arrangement's finishing: the values reading workers sent (:func:`read_and_send`) received here
+    (their dose grids mapped from shared memory) and classified as one batch; entries pass through."""
+    from . import handover
+
+    received: list[CaseInputs | CaseEntry] = []
+    for case, sent in items:
+        try:
+            received.append(handover.receive(sent))  # type: ignore[arg-type]
+        except OSError as exc:
+            received.append(error_entry(case.case_id, f"the case's data from its reading worker was lost on the way "
+                                                      f"({exc})"))
+    read = [inputs for inputs in received if isinstance(inputs, CaseInputs)]
+    entries = iter(classify_batch(read, settings, backend) if read else [])
+    return [next(entries) if isinstance(inputs, CaseInputs) else inputs for inputs in received]

@@ -1,0 +1,95 @@
+"""How numbers and tables are written for people and for files: one place for the terminal, CSV and JSON.
+
+- :func:`json_number`: a number for a JSON document (None where it is not finite, as JSON has no NaN);
+- :func:`shown` and :func:`text_table`: cells and aligned tables for the terminal;
+- :func:`csv_cell` and :func:`csv_text`: cells and whole documents for CSV files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+
+
+def json_number(value: float | None, digits: int = 6) -> float | None:
+    """A JSON-safe number rounded to ``digits`` decimals: None for None, NaN and infinities.
+
+    >>> json_number(float("nan")) is None, json_number(2.0 / 3.0)
+    (True, 0.666667)
+    """
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def shown(value: object, digits: int = 2) -> str:
+    """A table cell for the terminal: floats to ``digits`` decimals, ``-`` where there is no value, lists
+    joined by commas.
+
+    >>> shown(12.345), shown(float("nan")), shown(None), shown(["GTV", "CTV"])
+    ('12.35', '-', '-', 'GTV, CTV')
+    """
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 2) -> str:
+    """Columns aligned (the first to the left, the others to the right), with a rule under the header; cells
+    as :func:`shown` writes them.
+
+    >>> print(text_table(["ROI", "Dmean Gy"], [["PTV", 70.123], ["Cord", float("nan")]]))
+    ROI   Dmean Gy
+    ----  --------
+    PTV      70.12
+    Cord         -
+    """
+    text = [[str(h) for h in header]] + [[c if isinstance(c, str) else shown(c, digits) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in text) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(text):
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def csv_cell(value: object) -> str:
+    """A CSV cell: empty where there is no value, lists joined by ``;``, booleans as ``true``/``false``, numbers
+    in full precision (the shortest text that reads back as the same float).
+
+    >>> csv_cell(None), csv_cell(["a", "b"]), csv_cell(True), csv_cell(0.5)
+    ('', 'a;b', 'true', '0.5')
+    >>> csv_cell(14880.03)
+    '14880.03'
+    """
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, list | tuple):
+        return ";".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A CSV document (header, then rows), cells as :func:`csv_cell` writes them.
+
+    >>> print(csv_text(["name", "dmean_gy"], [["PTV", 70.0], ["Cord", None]]), end="")
+    name,dmean_gy
+    PTV,70.0
+    Cord,
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([csv_cell(v) for v in row])
+    return buffer.getvalue()
