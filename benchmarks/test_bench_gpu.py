@@ -35,13 +35,13 @@ def test_kernel_bandwidth(benchmark):
     options = SamplingOptions(supersampling=8)  # a large batch: millions of cells
     plan = plan_sampling(structures.structures, grid, options)
     cells = gpu.polygon_coverage(plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start,
-                                 plan.plane_x0, plan.plane_y0, plan.plane_nx, plan.plane_ny, plan.plane_hx,
-                                 plan.plane_hy, plan.scanlines)
+                                 plan.plane_x0_mm, plan.plane_y0_mm, plan.plane_nx, plan.plane_ny, plan.plane_hx_mm,
+                                 plan.plane_hy_mm, plan.scanlines)
     transforms = np.broadcast_to(np.eye(4), (plan.n_structures, 4, 4))
     bin_width = histogram_bin_width(grid, options.dose_bins)
     dose = gpu.asarray(grid.dose_gy, np.float32)  # on the device, as the engine puts it before its launches
     args = (dose, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
-            plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, transforms, bin_width, options.dose_bins, 16)
+            plan.plane_z_lo_mm, plan.plane_z_hi_mm, plan.structure_plane_start, transforms, bin_width, options.dose_bins, 16)
 
     def run():
         result = gpu.cell_histograms(*args)

@@ -47,8 +47,8 @@ def _resident(backend, grid):
 
 
 def _coverage_args(plan):
-    return (plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start, plan.plane_x0,
-            plan.plane_y0, plan.plane_nx, plan.plane_ny, plan.plane_hx, plan.plane_hy, plan.scanlines)
+    return (plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start, plan.plane_x0_mm,
+            plan.plane_y0_mm, plan.plane_nx, plan.plane_ny, plan.plane_hx_mm, plan.plane_hy_mm, plan.scanlines)
 
 
 def _time_kernel(benchmark, backend, group: str, kernel, args, numpy_rounds: int = 5, **info) -> None:
@@ -83,7 +83,7 @@ def test_kernel_sampling_and_accumulation(benchmark, problem, backend_name):
     backend = select_backend(backend_name)
     cells = backend.kernels.polygon_coverage(*_coverage_args(plan))
     args = (_resident(backend, grid), np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
-            plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, np.eye(4)[None],
+            plan.plane_z_lo_mm, plan.plane_z_hi_mm, plan.structure_plane_start, np.eye(4)[None],
             histogram_bin_width(grid, OPTIONS.dose_bins), OPTIONS.dose_bins, OPTIONS.chunks)
     _time_kernel(benchmark, backend, "kernel: sampling + DVH accumulation", backend.kernels.cell_histograms, args,
                  cells=plan.n_cells)

@@ -1,6 +1,7 @@
 """isodose: a dose-volume engine for radiotherapy research.
 
-Read DICOM RT, compute analytically accurate DVHs and their metrics on NumPy, Numba or CuPy kernels.
+Read DICOM RT, compute analytically accurate DVHs and their metrics on NumPy, Numba or CuPy kernels, classify
+recurrences after radiotherapy and run whole cohorts.
 
 >>> import isodose
 >>> dose = isodose.read_dose("RD.dcm")  # doctest: +SKIP
@@ -8,44 +9,73 @@ Read DICOM RT, compute analytically accurate DVHs and their metrics on NumPy, Nu
 >>> [dvh] = isodose.compute_dvhs(dose, structures, ["PTV70"])  # doctest: +SKIP
 >>> dvh.metrics(["D95", "V95%"], prescription_gy=70.0)  # doctest: +SKIP
 
-Names are imported on first use, so that ``import isodose`` (and the command line) start fast.
+The public API is what ``__all__`` lists. Names are imported on first use, so that ``import isodose`` (and the
+command line) start fast; type checkers see them through the imports under ``TYPE_CHECKING``.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+#: The one version source (pyproject.toml reads it); bumped when the store's or the journal's format changes.
+__version__ = "0.2.0"
+
+# A library never prints: a host application that configures no logging hears nothing from isodose.
+logging.getLogger("isodose").addHandler(logging.NullHandler())
 
 _EXPORTS = {
+    "Contour": "model",
     "DoseGrid": "model",
+    "Plan": "model",
+    "Registration": "model",
     "Structure": "model",
     "StructureSet": "model",
-    "Contour": "model",
-    "Plan": "model",
     "read_dose": "dicom.read",
-    "read_structures": "dicom.read",
     "read_plan": "dicom.read",
     "read_registration": "dicom.read",
-    "Registration": "model",
-    "classify_recurrence": "recurrence",
-    "Criteria": "recurrence",
-    "compute_dvhs": "dvh",
+    "read_structures": "dicom.read",
     "DVH": "dvh",
     "Metric": "dvh",
+    "compute_dvhs": "dvh",
     "parse_metric": "dvh",
     "SamplingOptions": "voxelize",
-    "select_backend": "dispatch",
-    "available_backends": "dispatch",
-    "IsodoseError": "errors",
+    "Criteria": "recurrence",
+    "RecurrenceResult": "recurrence",
+    "classify_recurrence": "recurrence",
+    "classify_recurrences": "recurrence",
     "Course": "reirradiation",
+    "PlanSum": "reirradiation",
+    "accumulate": "reirradiation",
     "accumulated_dvhs": "reirradiation",
-    "eqd2": "reirradiation",
     "bed": "reirradiation",
+    "eqd2": "reirradiation",
+    "rigid_matrix": "geometry",
+    "available_backends": "dispatch",
+    "resolve_backend": "dispatch",
+    "select_backend": "dispatch",
+    "IsodoseError": "errors",
+    "ResultStore": "cohort.store",
+    "RunSettings": "cohort.settings",
+    "run_cohort": "cohort.runner",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:
+    from .cohort.runner import run_cohort
+    from .cohort.settings import RunSettings
+    from .cohort.store import ResultStore
+    from .dicom.read import read_dose, read_plan, read_registration, read_structures
+    from .dispatch import available_backends, resolve_backend, select_backend
+    from .dvh import DVH, Metric, compute_dvhs, parse_metric
+    from .errors import IsodoseError
+    from .geometry import rigid_matrix
+    from .model import Contour, DoseGrid, Plan, Registration, Structure, StructureSet
+    from .recurrence import Criteria, RecurrenceResult, classify_recurrence, classify_recurrences
+    from .reirradiation import Course, PlanSum, accumulate, accumulated_dvhs, bed, eqd2
+    from .voxelize import SamplingOptions
 
 
 def __getattr__(name: str) -> Any:

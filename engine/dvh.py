@@ -54,19 +54,30 @@ _STATISTICS = {"DMEAN": "mean", "DMIN": "min", "DMAX": "max", "VOLUME": "volume"
 
 @dataclass(frozen=True)
 class Metric:
-    """A parsed metric. ``kind`` is ``dose_at_volume``, ``volume_at_dose``, ``statistic`` or ``hi``."""
+    """A parsed metric (see :func:`parse_metric`).
+
+    ``kind`` is ``dose_at_volume`` (D95, D2cc), ``volume_at_dose`` (V20Gy, V95%_cc), ``statistic`` (Dmean, volume)
+    or ``hi``; ``value`` is the number in the text.
+
+    >>> parse_metric("V95%_cc")
+    Metric(text='V95%_cc', kind='volume_at_dose', value=95.0, volume_unit='cc', dose_unit='pct_rx', statistic='')
+    """
 
     text: str
     kind: str
     value: float = math.nan
-    #: For dose_at_volume: "pct" or "cc". For volume_at_dose: the dose unit, "gy" or "pct_rx".
-    unit: str = ""
-    #: For volume_at_dose: report "pct" of the volume or "cc".
-    result_unit: str = ""
+    #: The volume's unit, "pct" (of the volume inside the dose grid) or "cc": of the volume given (D metrics) or of
+    #: the result (V metrics).
+    volume_unit: str = ""
+    #: For V metrics, the threshold's unit: "gy", or "pct_rx" (% of the prescription).
+    dose_unit: str = ""
+    #: For statistics: "mean", "min", "max" or "volume".
+    statistic: str = ""
 
     @property
     def needs_prescription(self) -> bool:
-        return self.kind == "volume_at_dose" and self.unit == "pct_rx"
+        """Whether the metric's value depends on the prescription (V95%)."""
+        return self.kind == "volume_at_dose" and self.dose_unit == "pct_rx"
 
 
 def parse_metric(text: str) -> Metric:
@@ -74,7 +85,7 @@ def parse_metric(text: str) -> Metric:
     spec = text.strip()
     upper = spec.upper()
     if upper in _STATISTICS:
-        return Metric(spec, "statistic", unit=_STATISTICS[upper])
+        return Metric(spec, "statistic", statistic=_STATISTICS[upper])
     if upper == "HI":
         return Metric(spec, "hi")
     match = _DOSE_AT_VOLUME.match(spec)
@@ -83,12 +94,12 @@ def parse_metric(text: str) -> Metric:
         unit = "cc" if (match.group(2) or "").upper() == "CC" else "pct"
         if unit == "pct" and not 0.0 <= value <= 100.0:
             raise MetricError(f"{spec}: a volume percentage must lie between 0 and 100", obj="metric")
-        return Metric(spec, "dose_at_volume", value, unit)
+        return Metric(spec, "dose_at_volume", value, volume_unit=unit)
     match = _VOLUME_AT_DOSE.match(spec)
     if match:
-        unit = "gy" if match.group(2).upper() == "GY" else "pct_rx"
-        result = "cc" if match.group(3) else "pct"
-        return Metric(spec, "volume_at_dose", float(match.group(1)), unit, result)
+        dose_unit = "gy" if match.group(2).upper() == "GY" else "pct_rx"
+        volume_unit = "cc" if match.group(3) else "pct"
+        return Metric(spec, "volume_at_dose", float(match.group(1)), volume_unit=volume_unit, dose_unit=dose_unit)
     raise MetricError(
         f"unknown metric {text!r}; expected D95, D95%, D2cc, V20Gy, V20Gy_cc, V95%, V95%_cc, Dmean, Dmin, "
         "Dmax, HI or volume",
@@ -198,20 +209,20 @@ class DVH:
         m = parse_metric(metric) if isinstance(metric, str) else metric
         if m.needs_prescription and not (prescription_gy and prescription_gy > 0):
             raise MetricError(f"{m.text} needs a prescription dose, and none was given", obj=self.name)
-        if m.kind == "statistic" and m.unit == "volume":
+        if m.kind == "statistic" and m.statistic == "volume":
             return self.volume_cc
         if not self.has_dose:
             return math.nan
         if m.kind == "statistic":
-            return {"mean": self.dmean_gy, "min": self.dmin_gy, "max": self.dmax_gy}[m.unit]
+            return {"mean": self.dmean_gy, "min": self.dmin_gy, "max": self.dmax_gy}[m.statistic]
         if m.kind == "hi":
             d50 = self.dose_at_percent(50.0)
             return (self.dose_at_percent(2.0) - self.dose_at_percent(98.0)) / d50 if d50 > 0 else math.nan
         if m.kind == "dose_at_volume":
-            return self.dose_at_percent(m.value) if m.unit == "pct" else self.dose_at_volume_cc(m.value)
-        threshold = m.value if m.unit == "gy" else m.value / 100.0 * prescription_gy
+            return self.dose_at_percent(m.value) if m.volume_unit == "pct" else self.dose_at_volume_cc(m.value)
+        threshold = m.value if m.dose_unit == "gy" else m.value / 100.0 * prescription_gy
         volume = float(self.volume_at_dose_cc(threshold))
-        return volume if m.result_unit == "cc" else 100.0 * volume / self.dose_volume_cc
+        return volume if m.volume_unit == "cc" else 100.0 * volume / self.dose_volume_cc
 
     def metrics(self, metrics: Iterable[Metric | str], prescription_gy: float | None = None) -> dict[str, float]:
         """The values of several metrics, keyed by their text as given."""

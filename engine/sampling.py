@@ -181,8 +181,8 @@ def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
         ring_start=starts("ring_start"),
         plane_ring_start=starts("plane_ring_start"),
         plane_cell_start=starts("plane_cell_start"),
-        **{name: joined(name) for name in ("plane_x0", "plane_y0", "plane_nx", "plane_ny", "plane_hx",
-                                           "plane_hy", "plane_z_lo", "plane_z_hi", "supersampling")},
+        **{name: joined(name) for name in ("plane_x0_mm", "plane_y0_mm", "plane_nx", "plane_ny", "plane_hx_mm",
+                                           "plane_hy_mm", "plane_z_lo_mm", "plane_z_hi_mm", "supersampling")},
         structure_plane_start=starts("structure_plane_start"),
         vertex_points=np.concatenate([p.vertex_points for p in plans]),
         vertex_structure_start=starts("vertex_structure_start"),
@@ -234,16 +234,16 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
                 vertex_start - vertex_start[0],
                 ring_start - ring_start[0],
                 cell_start - cell_start[0],
-                plan.plane_x0[first:end],
-                plan.plane_y0[first:end],
+                plan.plane_x0_mm[first:end],
+                plan.plane_y0_mm[first:end],
                 plan.plane_nx[first:end],
                 plan.plane_ny[first:end],
-                plan.plane_hx[first:end],
-                plan.plane_hy[first:end],
+                plan.plane_hx_mm[first:end],
+                plan.plane_hy_mm[first:end],
                 plan.scanlines,
             )
-            batch_hist, batch_stats = histograms(cells, cell_start - cell_start[0], plan.plane_z_lo[first:end],
-                                                 plan.plane_z_hi[first:end], structure_start, present)
+            batch_hist, batch_stats = histograms(cells, cell_start - cell_start[0], plan.plane_z_lo_mm[first:end],
+                                                 plan.plane_z_hi_mm[first:end], structure_start, present)
             del cells
         except out_of_memory as exc:
             # Not enough memory for this batch: split it and try again; a single plane cannot be split.

@@ -65,6 +65,9 @@ class SamplingOptions:
 class SamplingPlan:
     """Flat arrays describing the rings, planes and lattice windows of a list of structures.
 
+    Plane ``p``'s window is ``plane_nx[p]`` by ``plane_ny[p]`` cells of ``plane_hx_mm[p]`` by ``plane_hy_mm[p]``
+    from its corner ``(plane_x0_mm[p], plane_y0_mm[p])``, and its slab spans ``[plane_z_lo_mm[p], plane_z_hi_mm[p]]``.
+
     Structure ``s`` owns planes ``structure_plane_start[s]:structure_plane_start[s+1]``; plane ``p`` owns
     rings ``plane_ring_start[p]:...`` and cells ``plane_cell_start[p]:...``; ring ``r`` owns vertices
     ``ring_start[r]:...``. ``vertex_points`` are every vertex at both faces of its slab (for Dmin and Dmax
@@ -76,14 +79,14 @@ class SamplingPlan:
     ring_start: np.ndarray
     plane_ring_start: np.ndarray
     plane_cell_start: np.ndarray
-    plane_x0: np.ndarray
-    plane_y0: np.ndarray
+    plane_x0_mm: np.ndarray
+    plane_y0_mm: np.ndarray
     plane_nx: np.ndarray
     plane_ny: np.ndarray
-    plane_hx: np.ndarray
-    plane_hy: np.ndarray
-    plane_z_lo: np.ndarray
-    plane_z_hi: np.ndarray
+    plane_hx_mm: np.ndarray
+    plane_hy_mm: np.ndarray
+    plane_z_lo_mm: np.ndarray
+    plane_z_hi_mm: np.ndarray
     structure_plane_start: np.ndarray
     vertex_points: np.ndarray
     vertex_structure_start: np.ndarray
@@ -233,14 +236,14 @@ def plan_sampling(
         ring_start=starts([len(r) for r in rings]),
         plane_ring_start=starts(plane_ring_counts),
         plane_cell_start=starts((plane_nx * plane_ny).tolist()),
-        plane_x0=window_array[:, 0].copy(),
-        plane_y0=window_array[:, 1].copy(),
+        plane_x0_mm=window_array[:, 0].copy(),
+        plane_y0_mm=window_array[:, 1].copy(),
         plane_nx=plane_nx,
         plane_ny=plane_ny,
-        plane_hx=window_array[:, 4].copy(),
-        plane_hy=window_array[:, 5].copy(),
-        plane_z_lo=np.concatenate(z_lo_all) if z_lo_all else np.empty(0),
-        plane_z_hi=np.concatenate(z_hi_all) if z_hi_all else np.empty(0),
+        plane_hx_mm=window_array[:, 4].copy(),
+        plane_hy_mm=window_array[:, 5].copy(),
+        plane_z_lo_mm=np.concatenate(z_lo_all) if z_lo_all else np.empty(0),
+        plane_z_hi_mm=np.concatenate(z_hi_all) if z_hi_all else np.empty(0),
         structure_plane_start=starts(planes_per_structure),
         vertex_points=np.vstack(vertex_points) if vertex_points else np.empty((0, 3)),
         vertex_structure_start=starts(vertex_counts),

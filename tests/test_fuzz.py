@@ -168,8 +168,8 @@ def test_any_rings_give_finite_dvhs_and_numba_covers_them_as_the_reference(plane
         assert dvh.dmax_gy <= grid.dose_gy.max() + 1e-3
     plan = plan_sampling([structure], grid, SamplingOptions())
     geometry = dict(vertices=plan.vertices, ring_start=plan.ring_start, plane_ring_start=plan.plane_ring_start,
-                    plane_cell_start=plan.plane_cell_start, plane_x0=plan.plane_x0, plane_y0=plan.plane_y0,
-                    plane_nx=plan.plane_nx, plane_ny=plan.plane_ny, plane_hx=plan.plane_hx, plane_hy=plan.plane_hy,
+                    plane_cell_start=plan.plane_cell_start, plane_x0=plan.plane_x0_mm, plane_y0=plan.plane_y0_mm,
+                    plane_nx=plan.plane_nx, plane_ny=plan.plane_ny, plane_hx=plan.plane_hx_mm, plane_hy=plan.plane_hy_mm,
                     scanlines=plan.scanlines)
     expected = numpy_ref.polygon_coverage(**geometry)
     got = numba_cpu.polygon_coverage(**geometry)
@@ -177,7 +177,7 @@ def test_any_rings_give_finite_dvhs_and_numba_covers_them_as_the_reference(plane
     # The centroid and spread of a sliver of 1e-19 mm2 are rounding noise, and weigh nothing.
     weighty = expected[:, 0] > 1e-9
     np.testing.assert_allclose(got[weighty], expected[weighty], rtol=1e-9, atol=1e-9)
-    assert np.all(got[:, 0] >= 0) and np.all(got[:, 0] <= plan.plane_hx[0] * plan.plane_hy[0] * (1 + 1e-9))
+    assert np.all(got[:, 0] >= 0) and np.all(got[:, 0] <= plan.plane_hx_mm[0] * plan.plane_hy_mm[0] * (1 + 1e-9))
 
 
 @fuzz("crossings")

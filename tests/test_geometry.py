@@ -128,8 +128,8 @@ def test_lattice_is_aligned_with_the_dose_grid_and_adapts_to_size():
     plan = plan_sampling([small, large], grid)
     assert plan.supersampling[0] > plan.supersampling[1] >= SamplingOptions().min_supersampling
     for p in range(len(plan.plane_nx)):
-        x_axis = (plan.plane_x0[p], plan.plane_hx[p], 2.5, -40.3)
-        y_axis = (plan.plane_y0[p], plan.plane_hy[p], 2.0, -40.1)
+        x_axis = (plan.plane_x0_mm[p], plan.plane_hx_mm[p], 2.5, -40.3)
+        y_axis = (plan.plane_y0_mm[p], plan.plane_hy_mm[p], 2.0, -40.1)
         for origin, step, spacing, grid_origin in (x_axis, y_axis):
             assert ((origin - grid_origin) / step) == pytest.approx(round((origin - grid_origin) / step), abs=1e-6)
             assert (spacing / step) == pytest.approx(round(spacing / step))

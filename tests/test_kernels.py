@@ -21,8 +21,8 @@ COMPILED = [numba_cpu]
 
 def _coverage(kernels, plan):
     return kernels.polygon_coverage(
-        plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start, plan.plane_x0,
-        plan.plane_y0, plan.plane_nx, plan.plane_ny, plan.plane_hx, plan.plane_hy, plan.scanlines,
+        plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start, plan.plane_x0_mm,
+        plan.plane_y0_mm, plan.plane_nx, plan.plane_ny, plan.plane_hx_mm, plan.plane_hy_mm, plan.scanlines,
     )
 
 
@@ -32,7 +32,7 @@ def _histograms(kernels, plan, grid, cells, n_bins=4096, chunks=64, transforms=N
         transforms = np.broadcast_to(np.eye(4), (plan.n_structures, 4, 4))
     return kernels.cell_histograms(
         grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
-        plan.plane_z_lo, plan.plane_z_hi, plan.structure_plane_start, transforms, bin_width, n_bins, chunks,
+        plan.plane_z_lo_mm, plan.plane_z_hi_mm, plan.structure_plane_start, transforms, bin_width, n_bins, chunks,
     )
 
 

@@ -21,28 +21,28 @@ def uniform_dvh(lo=10.0, hi=20.0, volume_cc=10.0, bin_width=0.5, n_bins=100, out
 
 
 @pytest.mark.parametrize(
-    "text, kind, value, unit, result",
+    "text, kind, value, statistic, dose_unit, volume_unit",
     [
-        ("D95", "dose_at_volume", 95.0, "pct", ""),
-        ("D95%", "dose_at_volume", 95.0, "pct", ""),
-        ("d98", "dose_at_volume", 98.0, "pct", ""),
-        ("D2cc", "dose_at_volume", 2.0, "cc", ""),
-        ("D0.03cc", "dose_at_volume", 0.03, "cc", ""),
-        ("D0.03CC", "dose_at_volume", 0.03, "cc", ""),
-        ("V20Gy", "volume_at_dose", 20.0, "gy", "pct"),
-        ("V20Gy_cc", "volume_at_dose", 20.0, "gy", "cc"),
-        ("V47.5Gy", "volume_at_dose", 47.5, "gy", "pct"),
-        ("V95%", "volume_at_dose", 95.0, "pct_rx", "pct"),
-        ("V95%_cc", "volume_at_dose", 95.0, "pct_rx", "cc"),
-        ("Dmean", "statistic", math.nan, "mean", ""),
-        ("DMAX", "statistic", math.nan, "max", ""),
-        ("Dmin", "statistic", math.nan, "min", ""),
-        ("HI", "hi", math.nan, "", ""),
+        ("D95", "dose_at_volume", 95.0, "", "", "pct"),
+        ("D95%", "dose_at_volume", 95.0, "", "", "pct"),
+        ("d98", "dose_at_volume", 98.0, "", "", "pct"),
+        ("D2cc", "dose_at_volume", 2.0, "", "", "cc"),
+        ("D0.03cc", "dose_at_volume", 0.03, "", "", "cc"),
+        ("D0.03CC", "dose_at_volume", 0.03, "", "", "cc"),
+        ("V20Gy", "volume_at_dose", 20.0, "", "gy", "pct"),
+        ("V20Gy_cc", "volume_at_dose", 20.0, "", "gy", "cc"),
+        ("V47.5Gy", "volume_at_dose", 47.5, "", "gy", "pct"),
+        ("V95%", "volume_at_dose", 95.0, "", "pct_rx", "pct"),
+        ("V95%_cc", "volume_at_dose", 95.0, "", "pct_rx", "cc"),
+        ("Dmean", "statistic", math.nan, "mean", "", ""),
+        ("DMAX", "statistic", math.nan, "max", "", ""),
+        ("Dmin", "statistic", math.nan, "min", "", ""),
+        ("HI", "hi", math.nan, "", "", ""),
     ],
 )
-def test_grammar(text, kind, value, unit, result):
+def test_grammar(text, kind, value, statistic, dose_unit, volume_unit):
     m = parse_metric(text)
-    assert (m.text, m.kind, m.unit, m.result_unit) == (text, kind, unit, result)
+    assert (m.text, m.kind, m.statistic, m.dose_unit, m.volume_unit) == (text, kind, statistic, dose_unit, volume_unit)
     assert m.value == value or (math.isnan(m.value) and math.isnan(value))
 
 
