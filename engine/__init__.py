@@ -61,7 +61,42 @@ _EXPORTS = {
     "run_cohort": "cohort.runner",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "Contour",
+    "Course",
+    "Criteria",
+    "DVH",
+    "DoseGrid",
+    "IsodoseError",
+    "Metric",
+    "Plan",
+    "PlanSum",
+    "RecurrenceResult",
+    "Registration",
+    "ResultStore",
+    "RunSettings",
+    "SamplingOptions",
+    "Structure",
+    "StructureSet",
+    "accumulate",
+    "accumulated_dvhs",
+    "available_backends",
+    "bed",
+    "classify_recurrence",
+    "classify_recurrences",
+    "compute_dvhs",
+    "eqd2",
+    "parse_metric",
+    "read_dose",
+    "read_plan",
+    "read_registration",
+    "read_structures",
+    "resolve_backend",
+    "rigid_matrix",
+    "run_cohort",
+    "select_backend",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from .cohort.runner import run_cohort

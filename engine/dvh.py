@@ -40,7 +40,7 @@ from .dispatch import Backend, resolve_backend
 from .errors import FrameOfReferenceError, MetricError
 from .formatting import json_number
 from .geometry import check_dose_grid, check_rigid, common_plane_spacing_mm
-from .model import DoseGrid, Structure, StructureSet
+from .model import DoseGrid, Structure, StructureSet, xyz
 from .sampling import SamplingRequest, StructureSamples, sample_many
 from .voxelize import SamplingOptions, plan_sampling
 
@@ -220,7 +220,7 @@ class DVH:
             return (self.dose_at_percent(2.0) - self.dose_at_percent(98.0)) / d50 if d50 > 0 else math.nan
         if m.kind == "dose_at_volume":
             return self.dose_at_percent(m.value) if m.volume_unit == "pct" else self.dose_at_volume_cc(m.value)
-        threshold = m.value if m.dose_unit == "gy" else m.value / 100.0 * prescription_gy
+        threshold = m.value if m.dose_unit == "gy" else m.value / 100.0 * float(prescription_gy or 0.0)
         volume = float(self.volume_at_dose_cc(threshold))
         return volume if m.volume_unit == "cc" else 100.0 * volume / self.dose_volume_cc
 
@@ -389,7 +389,7 @@ def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: Struc
             structure.name, samples.hist_mm3[s], samples.bin_width_gy, samples.inside_mm3[s],
             samples.outside_mm3[s], samples.dose_volume_sum[s], samples.dmin_gy[s], samples.dmax_gy[s],
             samples.backend, structure.number,
-            tuple(float(v) for v in centroid) if np.all(np.isfinite(centroid)) else None,
+            xyz(centroid) if np.all(np.isfinite(centroid)) else None,
         )
         if structure.is_empty:
             log.warning("ROI %s has no contours: reported as empty", structure.name)

@@ -14,6 +14,16 @@ import numpy as np
 from .errors import RoiNotFoundError
 
 
+def xyz(values) -> tuple[float, float, float]:
+    """Three numbers (x, y, z) as a tuple of floats.
+
+    >>> xyz([1, 2.5, "3"])
+    (1.0, 2.5, 3.0)
+    """
+    x, y, z = (float(v) for v in values)
+    return x, y, z
+
+
 @dataclass(frozen=True, eq=False)
 class DoseGrid:
     """A dose distribution on a regular, axis-aligned grid.
@@ -30,7 +40,8 @@ class DoseGrid:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.dose_gy.shape)  # type: ignore[return-value]
+        nz, ny, nx = self.dose_gy.shape
+        return int(nz), int(ny), int(nx)
 
     @property
     def max_gy(self) -> float:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import Contour, DoseGrid, Structure, StructureSet
+from .model import Contour, DoseGrid, Structure, StructureSet, xyz
 
 # --------------------------------------------------------------------------------------------------------
 # Shapes
@@ -178,8 +178,8 @@ class LinearField:
         dose = self(x[None, None, :], y[None, :, None], z[:, None, None])
         if dose.min() < 0:
             raise ValueError("the linear field goes negative inside the grid; raise dose_gy")
-        return DoseGrid(np.ascontiguousarray(dose, dtype=np.float32), tuple(map(float, origin_mm)),
-                        tuple(map(float, spacing_mm)), frame_of_reference_uid)
+        return DoseGrid(np.ascontiguousarray(dose, dtype=np.float32), xyz(origin_mm), xyz(spacing_mm),
+                        frame_of_reference_uid)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -187,12 +187,12 @@ class LinearField:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _area_below(t: np.ndarray, r: float) -> np.ndarray:
+def _area_below(t: np.ndarray, r: np.ndarray | float) -> np.ndarray:
     s = np.clip(t / r, -1.0, 1.0)
     return r * r * (math.pi / 2 + np.arcsin(s) + s * np.sqrt(1.0 - s * s))
 
 
-def _area_below_integral(t: np.ndarray, r: float) -> np.ndarray:
+def _area_below_integral(t: np.ndarray, r: np.ndarray | float) -> np.ndarray:
     s = np.clip(t / r, -1.0, 1.0)
     root = np.sqrt(1.0 - s * s)
     inside = r**3 * (math.pi * s / 2 + s * np.arcsin(s) + root - root**3 / 3.0)
@@ -498,7 +498,7 @@ class ImrtDose:
         dose = np.empty(tuple(shape_zyx), dtype=np.float32)
         for k, zk in enumerate(z):  # a slice at a time keeps the temporaries small
             dose[k] = self(x[None, :], y[:, None], zk)
-        return DoseGrid(dose, tuple(map(float, origin_mm)), tuple(map(float, spacing_mm)), frame_of_reference_uid)
+        return DoseGrid(dose, xyz(origin_mm), xyz(spacing_mm), frame_of_reference_uid)
 
 
 def head_neck_case(

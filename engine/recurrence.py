@@ -207,7 +207,8 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
     if not (prescription_gy and prescription_gy > 0 and math.isfinite(prescription_gy)):
         raise IsodoseError(f"the prescription must be a positive dose in Gy, not {prescription_gy!r}")
     criteria = case.criteria or Criteria()
-    dose, structures = case.dose, case.structures
+    dose = case.dose
+    structures = case.structures if isinstance(case.structures, StructureSet) else StructureSet(tuple(case.structures))
     check_frame_of_reference(dose, structures)
 
     follow_up = case.recurrence_structures
@@ -381,7 +382,7 @@ def classify_prepared(
     # The dose at every case's centroid, in one call.
     order = list(sampled)
     centroids = np.array([_centroid(sampled[i][1]) for i in order]).reshape(-1, 3)
-    centroid_doses = batch.dose_at(centroids, [batch.index(ready[i].requests[0].grid) for i in order])
+    centroid_doses = batch.dose_at(centroids, np.array([batch.index(ready[i].requests[0].grid) for i in order]))
     for i, centroid_dose in zip(order, centroid_doses):
         case_samples, vr, roi_dvhs = sampled[i]
         with collect_warnings() as messages:
@@ -390,9 +391,12 @@ def classify_prepared(
             except IsodoseError as exc:
                 results[i] = exc
         warnings[i] += messages
-    for i in ready:
-        if isinstance(results[i], RecurrenceResult):
-            results[i] = replace(results[i], warnings=tuple(warnings[i]))
-        else:  # a failed case keeps the warnings logged on its way
-            results[i].warnings = tuple(warnings[i])
-    return results
+    finished: list[RecurrenceResult | IsodoseError] = []
+    for i, result in enumerate(results):
+        assert result is not None  # every case is prepared, failed or finished by now
+        if i in ready and isinstance(result, RecurrenceResult):
+            result = replace(result, warnings=tuple(warnings[i]))
+        elif i in ready and isinstance(result, IsodoseError):  # a failed case keeps the warnings logged on its way
+            result.warnings = tuple(warnings[i])
+        finished.append(result)
+    return finished

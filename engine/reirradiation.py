@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -317,7 +318,7 @@ def reirradiation_record(
              plan_sum.course_eqd2(1, ab, on_device=True))
     samples = sample_many([replace(request, grid=grid) for grid in grids], chosen, options)
     physical, accumulated, alone = (dvhs_from_samples(selected, s)[0] for s in samples)
-    record: dict[str, object] = {
+    record: dict[str, Any] = {
         "course1_fractions": first.fractions,
         "course2_fractions": second.fractions,
         "vr_alpha_beta_gy": ab,

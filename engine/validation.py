@@ -16,6 +16,7 @@ from pathlib import Path
 from .dispatch import Backend, resolve_backend
 from .dvh import DVH, compute_dvhs
 from .errors import ValidationDataError
+from .model import DoseGrid
 from .voxelize import SamplingOptions
 
 #: (name in the report, column of analytical.csv, scale from the CSV's unit to isodose's)
@@ -95,7 +96,7 @@ def run_nelms(
 
     root = Path(root)
     chosen = resolve_backend(backend)
-    grids: dict[str, object] = {}
+    grids: dict[str, DoseGrid] = {}
     results = []
     for case in load_nelms(root):
         grid_path = root / "dose_grids" / f"{case.grid_name}.dcm"

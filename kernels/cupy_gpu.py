@@ -260,7 +260,7 @@ class _CupyKernels(GpuKernels):
 
 
 @functools.cache
-def _instance() -> GpuKernels:
+def _instance() -> _CupyKernels:
     cupy = _cupy()
     module = cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17",))
 

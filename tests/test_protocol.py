@@ -82,3 +82,4 @@ def test_batched_calls_on_the_cpu_give_each_grid_its_own_numbers():
         for g, grid in enumerate(grids):
             mine = point_grid == g
             np.testing.assert_array_equal(got[mine], kernels.trilinear(*grid, points[mine]))
+

@@ -55,9 +55,10 @@ def course(text: str):
     elif not Path(spec).is_file():
         raise IsodoseError(f"--course {text}: {spec} is neither a number of fractions nor an RTPLAN file")
     else:
-        fractions = read_plan(spec).number_of_fractions
-        if fractions is None:
+        planned = read_plan(spec).number_of_fractions
+        if planned is None:
             raise IsodoseError("the plan holds no NumberOfFractionsPlanned; give RD.dcm:FRACTIONS", path=spec)
+        fractions = planned
     return Course(read_dose(path), fractions)  # Course checks the fractions
 
 

@@ -106,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
     document["dose_file"] = str(args.dose)
     document["structure_file"] = str(args.structures)
     print_report(document, metrics, args.format, sys.stdout)
-    if args.dvh_out:
+    if args.dvh_out and step is not None:
         write_dvh_curves(dvhs, args.dvh_out, step)
     return 0

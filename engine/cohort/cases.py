@@ -74,7 +74,7 @@ def input_fingerprint(case: Case) -> dict:
     result: a resumed run computes again a finished case whose inputs differ. JSON values only."""
     values = {f.name: getattr(case, f.name) for f in fields(Case)
               if f.name not in INPUT_FILES and f.name not in ("case_id", "files")}
-    files = {}
+    files: dict[str, list[int] | None] = {}
     for name in INPUT_FILES:
         path = getattr(case, name)
         if path is not None:

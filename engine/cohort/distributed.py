@@ -110,7 +110,7 @@ def worker_address() -> str:
         return "local"
 
 
-def process_case_on_worker(case: Case, settings, backend: str | None = None) -> CaseEntry:
+def process_case_on_worker(case: Case, settings, backend=None) -> CaseEntry:
     """A Dask task: read and classify one case on this worker. A failure is an error entry that names the
     worker (its message already names the file), never an exception."""
     from .work import process_case
@@ -145,14 +145,14 @@ class DaskCluster:
         queue = list(reversed(todo))
         in_flight: dict[object, Case] = {}
         completed = distributed.as_completed()
-        threads = {"count": 0, "asked": -math.inf}
+        threads: dict[str, float] = {"count": 0, "asked": -math.inf}
 
         def limit() -> int:
             if self.max_in_flight is not None:
                 return max(1, self.max_in_flight)
             if time.monotonic() - threads["asked"] > LIMIT_REFRESH_S:  # workers come and go: ask now and then
                 threads.update(count=sum(client.nthreads().values()), asked=time.monotonic())
-            return max(2, IN_FLIGHT_PER_THREAD * threads["count"])
+            return max(2, IN_FLIGHT_PER_THREAD * int(threads["count"]))
 
         def top_up() -> None:
             room = limit() - len(in_flight)

@@ -12,7 +12,9 @@ import base64
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +69,7 @@ def curve_values(curve: dict) -> np.ndarray:
     return np.asarray(curve["cumulative_cc"], dtype=np.float32)
 
 
-def encode_line(entry: dict) -> tuple[str, dict]:
+def encode_line(entry: Mapping[str, Any]) -> tuple[str, dict]:
     """One case's journal line, and its entry without curves as it will read back from the journal. The
     curves, most of the line, are encoded once and not decoded again."""
     light_json = to_json(light(entry))
@@ -90,14 +92,15 @@ def _clean(value):
     return value
 
 
-def light(entry: dict) -> dict:
+def light(entry: Mapping[str, Any]) -> dict:
     """An entry without its DVH curves."""
     return {k: v for k, v in entry.items() if k != "dvhs"}
 
 
 def read(journal: Path) -> tuple[dict | None, dict[str, dict]]:
     """The settings and the entries (the last of each case, curves included) of the journal at ``journal``."""
-    settings, entries = None, {}
+    settings: dict | None = None
+    entries: dict[str, dict] = {}
     if not journal.exists():
         return None, entries
     with journal.open("r", encoding="utf-8") as handle:

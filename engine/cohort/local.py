@@ -36,7 +36,7 @@ def _init_worker(threads: int, log_level: int) -> None:
     try:
         import numba
 
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     except ImportError:  # pragma: no cover - numba is a dependency
         pass
 

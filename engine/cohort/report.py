@@ -166,7 +166,7 @@ def _inside_figure(values: list[float], criteria: dict):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.2, 3.2))
-    axis.hist([v for v in values if math.isfinite(v)], bins=np.linspace(0, 100, 41), color="#6a51a3",
+    axis.hist([v for v in values if math.isfinite(v)], bins=list(np.linspace(0, 100, 41)), color="#6a51a3",
               edgecolor="white")
     top = axis.get_ylim()[1] * 0.95
     for threshold, text, align in ((criteria["marginal_pct"], " marginal from {:g}%", "left"),

@@ -36,6 +36,7 @@ import numpy as np
 from .. import __version__
 from ..errors import StoreError
 from ..formatting import csv_cell
+from .entries import CaseEntry
 from .journal import append_lines, curve_values, encode_line, light, start_journal
 from .journal import read as read_journal
 from .lock import WriterLock
@@ -245,11 +246,11 @@ class ResultStore:
             ]
 
     # -- writing --------------------------------------------------------------------------------------------
-    def append(self, entry: dict) -> None:
+    def append(self, entry: CaseEntry) -> None:
         """Record one finished case, durably, before anything else happens."""
         self.append_many([entry])
 
-    def append_many(self, entries: Sequence[dict]) -> None:
+    def append_many(self, entries: Sequence[CaseEntry]) -> None:
         """Record finished cases, durably (one sync for them all), before anything else happens: none of them
         is held as stored until every line is on disk."""
         if not entries:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model import Contour, Structure
+from ..model import Contour, Structure, xyz
 from ..phantoms import Ellipsoid, EllipticCylinder, ImrtDose, OrientedEllipsoid, contour_ellipses
 
 PRESCRIPTION_GY = 70.0
@@ -90,7 +90,7 @@ TARGET_TYPES = {"GTV": "GTV", "PTV70": "PTV", "CTV60": "CTV", "PTV60_L": "PTV", 
 
 def _dose_model(shapes: dict[str, Ellipsoid], body: EllipticCylinder) -> ImrtDose:
     def grown(name: str) -> Ellipsoid:
-        return Ellipsoid(shapes[name].centre_mm, tuple(a + 3 for a in shapes[name].semi_axes_mm))
+        return Ellipsoid(shapes[name].centre_mm, xyz(a + 3 for a in shapes[name].semi_axes_mm))
 
     return ImrtDose(((shapes["PTV70"], 70.0), (grown("CTV60"), 60.0), (shapes["PTV60_L"], 60.0),
                      (shapes["PTV60_R"], 60.0), (grown("CTV54"), 54.0)), body)
@@ -114,7 +114,7 @@ def _place_recurrence(rng, intended: str, shapes, body, dose: ImrtDose):
             centre = np.asarray(ptv.centre_mm) + direction * (to_surface + rng.uniform(-2.0, 3.0))
         else:
             centre = np.array([rng.uniform(-60, 60), rng.uniform(-70, 70), rng.uniform(-60, 60)])
-        vr = OrientedEllipsoid(tuple(float(c) for c in centre), axes, rotation)
+        vr = OrientedEllipsoid(xyz(centre), axes, rotation)
         if body.normalised_radius(*vr.sample(rng, 200).T).max() > 0.97:
             continue  # keep Vr inside the body, away from its surface
         points = vr.sample(rng, 6000)
@@ -148,7 +148,9 @@ def _vr_structure(vr: OrientedEllipsoid, number: int) -> Structure:
         if ring is not None:
             contours.append(Contour(ring, float(z)))
     if not contours:  # a thin recurrence between two planes: contour it at its centre
-        contours.append(Contour(vr.section(vr.centre_mm[2], 48), float(vr.centre_mm[2])))
+        centre_ring = vr.section(vr.centre_mm[2], 48)
+        assert centre_ring is not None  # a plane through the centre cuts the ellipsoid
+        contours.append(Contour(centre_ring, float(vr.centre_mm[2])))
     return Structure(RECURRENCE_ROI, number, tuple(contours), interpreted_type="GTV")
 
 
@@ -192,7 +194,7 @@ def generate_case(out_dir: Path, index: int, seed: int, intended: str, registere
         matrix[:3, 3] = rng.uniform(-20, 20, 3)
         inverse_rotation = matrix[:3, :3].T
         vr_follow = OrientedEllipsoid(
-            tuple(float(v) for v in inverse_rotation @ (np.asarray(vr.centre_mm) - matrix[:3, 3])),
+            xyz(inverse_rotation @ (np.asarray(vr.centre_mm) - matrix[:3, 3])),
             vr.semi_axes_mm, inverse_rotation @ vr.rotation,
         )
         row["recurrence_structures"] = str(write_structures(

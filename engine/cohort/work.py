@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,11 @@ from ..errors import IsodoseError, collect_warnings
 from .cases import Case, input_fingerprint
 from .entries import CaseEntry, StoredCurve, Timings, error_entry
 from .settings import RunSettings
+
+if TYPE_CHECKING:
+    from ..model import DoseGrid, Registration, StructureSet
+    from ..recurrence import PreparedRecurrence
+    from ..reirradiation import Course
 
 log = logging.getLogger(__name__)
 
@@ -32,20 +38,23 @@ class CaseInputs:
     """One case read from disk, ready to compute (what a reading worker hands to the computing process)."""
 
     case: Case
-    dose: object
-    structures: object
+    dose: DoseGrid
+    #: The planning structures and the follow-up ones (with the registration mapping them): None once the case is
+    #: prepared where it was read, since what remains to do needs no contours.
+    structures: StructureSet | None
     prescription_gy: float
-    follow_up: object
-    registration: object
+    follow_up: StructureSet | None
+    registration: Registration | None
     read_s: float
     warnings: tuple[str, ...] = ()
-    second: object = None  # the courses of a re-irradiated case: (Course 1, Course 2, Registration or None)
+    #: The courses of a re-irradiated case: (course 1, course 2, the registration of course 2's frame or None).
+    second: tuple[Course, Course, Registration | None] | None = None
     #: What the result depends on (:func:`~isodose.cohort.cases.input_fingerprint`), taken before the files were read.
     fingerprint: dict | None = None
     #: The case's classification prepared where it was read (a PreparedRecurrence or the IsodoseError that
     #: stopped it), and the seconds that took; None when the computing process prepares it. A prepared case
     #: that is not re-irradiated no longer holds its structure sets and registration (they stay in the worker).
-    prepared: object = None
+    prepared: PreparedRecurrence | IsodoseError | None = None
     prepare_s: float = 0.0
 
 
@@ -88,7 +97,7 @@ def read_case(case: Case) -> CaseInputs | CaseEntry:
                       tuple(messages), second=second, fingerprint=fingerprint)
 
 
-def _read_second_course(case: Case, dose) -> tuple:
+def _read_second_course(case: Case, dose: DoseGrid) -> tuple[Course, Course, Registration | None]:
     """The two courses of a re-irradiated case, and the registration of the second's frame (or None)."""
     from ..dicom.read import read_dose, read_plan, read_registration
     from ..reirradiation import Course
@@ -115,6 +124,7 @@ def _with_reirradiation(inputs: CaseInputs, entry: CaseEntry, settings: RunSetti
     from ..recurrence import recurrence_transform
     from ..reirradiation import reirradiation_record
 
+    assert inputs.second is not None and inputs.structures is not None  # a re-irradiated case keeps its contours
     first, second, registration = inputs.second
     source = inputs.follow_up if inputs.follow_up is not None else inputs.structures
     transform = (recurrence_transform(inputs.dose, source, inputs.registration)
@@ -136,7 +146,8 @@ def _entry(case_id: str, result, settings: RunSettings, timings: Timings) -> Cas
     """The store's entry of one classified case."""
     dvhs = {result.recurrence_dvh.name: ("recurrence", result.recurrence_dvh)}
     dvhs.update({name: ("roi", d) for name, d in result.roi_dvhs.items() if name not in dvhs})
-    curves = {name: StoredCurve(role=role, step_gy=settings.dvh_step_gy, cumulative_cc=_curve(d, settings.dvh_step_gy))
+    curves = {name: StoredCurve(role="recurrence" if role == "recurrence" else "roi", step_gy=settings.dvh_step_gy,
+                                cumulative_cc=_curve(d, settings.dvh_step_gy))
               for name, (role, d) in dvhs.items() if d.has_dose}
     return {"case_id": case_id, "status": "ok", "error": "", "record": result.record(), "timings": timings,
             "dvhs": curves, "warnings": list(result.warnings)}
@@ -144,6 +155,8 @@ def _entry(case_id: str, result, settings: RunSettings, timings: Timings) -> Cas
 
 def _recurrence_case(inputs: CaseInputs, settings: RunSettings):
     from ..recurrence import RecurrenceCase
+
+    assert inputs.structures is not None  # not yet prepared
 
     return RecurrenceCase(inputs.dose, inputs.structures, inputs.case.recurrence_roi, inputs.prescription_gy,
                           inputs.follow_up, inputs.registration, settings.targets, settings.metrics,

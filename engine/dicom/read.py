@@ -100,7 +100,7 @@ def _reader(read: Callable[..., T]) -> Callable[..., T]:
         except (IsodoseError, MemoryError):
             raise
         except Exception as exc:
-            raise DicomReadError(f"malformed DICOM ({type(exc).__name__}: {_one_line(exc)})", path=path) from exc
+            raise DicomReadError(f"malformed DICOM ({type(exc).__name__}: {_one_line(str(exc))})", path=path) from exc
 
     return guarded
 

@@ -55,16 +55,19 @@ def _raw_decimal_element(keyword: str, values: np.ndarray):
     from pydicom.tag import Tag
 
     data = _decimal_strings(values)
-    return RawDataElement(Tag(tag_for_keyword(keyword)), "DS", len(data), data, 0, False, True, True, False)
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"{keyword} is not a DICOM keyword")
+    return RawDataElement(Tag(tag), "DS", len(data), data, 0, False, True, True, False)
 
 
 def _base_dataset(path: str | PathLike[str], sop_class: str, modality: str, patient_id: str, study_uid: str | None,
                   frame_of_reference_uid: str):
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)

@@ -1,0 +1,133 @@
+"""The house map (docs/architecture.md) as tests: layers import only downwards, no two modules import each other
+(not even lazily), and the engine reaches backends only through the kernel protocol."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Each room's layer, from the bottom: a module imports only modules of its own layer or lower ones.
+LAYERS = {
+    "kernels": 0,
+    "errors": 1, "formatting": 1, "model": 1, "polygons": 1, "geometry": 1, "phantoms": 1, "dicom": 1,
+    "dispatch": 2,
+    "voxelize": 3, "sampling": 3,
+    "dvh": 4, "recurrence": 4, "reirradiation": 4, "validation": 4,
+    "cohort": 5,
+    "cli": 6,
+}
+
+
+def _module_files() -> dict[str, Path]:
+    """``isodose.*`` module names and their files, as pyproject maps the folders."""
+    modules = {}
+    for folder, package in ((ROOT / "engine", "isodose"), (ROOT / "kernels", "isodose.kernels")):
+        for path in folder.rglob("*.py"):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join([package, *parts])] = path
+    return modules
+
+
+MODULES = _module_files()
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The isodose modules ``name`` imports anywhere in its file (inside functions too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            submodules = [f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in MODULES]
+            # ``from . import module`` imports the modules; ``from .x import name`` imports the module x.
+            candidates = submodules if submodules and len(submodules) == len(node.names) else [target, *submodules]
+        elif isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        else:
+            continue
+        for candidate in candidates:
+            if candidate in MODULES and candidate != name:
+                found.add(candidate)
+    return found
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+GRAPH = {name: _imports(name, path) for name, path in MODULES.items()}
+
+
+def test_every_room_has_a_layer():
+    assert {_room(m) for m in MODULES} - {""} <= set(LAYERS)
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if _room(m)))
+def test_a_module_imports_only_its_layer_and_those_below(module):
+    layer = LAYERS[_room(module)]
+    upward = [target for target in GRAPH[module] if _room(target) and LAYERS[_room(target)] > layer]
+    assert not upward, f"{module} (layer {layer}) imports {upward} from above it"
+
+
+def test_kernels_know_nothing_of_the_engine():
+    for module, targets in GRAPH.items():
+        if _room(module) == "kernels":
+            assert all(_room(t) == "kernels" for t in targets), (module, targets)
+
+
+def test_no_import_circle():
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(GRAPH[module]):
+            if target == "isodose" or module == "isodose":
+                continue  # the package's lazy exports import its modules; they never import it back for code
+            if state.get(target) == "open":
+                cycle = path[path.index(target):] + [target]
+                raise AssertionError("import circle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_engine_never_probes_a_backend():
+    """Capabilities are part of the protocol: no ``hasattr``/``getattr`` on kernels outside ``kernels/``."""
+    for module, path in MODULES.items():
+        if _room(module) == "kernels":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr"):
+                subject = ast.unparse(node.args[0]) if node.args else ""
+                assert "kernels" not in subject, f"{path.relative_to(ROOT)}:{node.lineno} probes {subject}"
+
+
+def test_only_dispatch_names_the_backend_modules():
+    for module, targets in GRAPH.items():
+        if _room(module) in ("kernels", "dispatch"):
+            continue
+        named = {t for t in targets if t.startswith("isodose.kernels.") and t != "isodose.kernels.protocol"}
+        assert not named, f"{module} imports {named}"
+
+
+def test_the_public_api_lists_what_it_exports():
+    import isodose
+
+    assert isodose.__all__ == sorted(isodose._EXPORTS) + ["__version__"]
+    for name in isodose.__all__:
+        assert getattr(isodose, name) is not None, name
