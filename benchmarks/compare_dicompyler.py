@@ -37,8 +37,17 @@ ENV_PACKAGES = (DICOMPYLER, "pydicom<3", "scikit-image")
 #: dicompyler-core's in-plane interpolation in its "interpolated" mode (a 2.5 mm dose grid split 8 times).
 INTERPOLATION_MM = 0.3125
 COMPARED = ("volume_cc", "dmean_gy", "D95", "dmax_gy")
-NELMS_COLUMNS = {"volume": "volume_cc", "Dmin": "dmin_gy", "Dmax": "dmax_gy", "Dmean": "dmean_gy", "D99": "D99",
-                 "D95": "D95", "D5": "D5", "D1": "D1", "D0.03cc": "D0.03cc"}
+NELMS_COLUMNS = {
+    "volume": "volume_cc",
+    "Dmin": "dmin_gy",
+    "Dmax": "dmax_gy",
+    "Dmean": "dmean_gy",
+    "D99": "D99",
+    "D95": "D95",
+    "D5": "D5",
+    "D1": "D1",
+    "D0.03cc": "D0.03cc",
+}
 
 
 @dataclass
@@ -75,8 +84,22 @@ def example_patient(python: Path) -> Path:
     if (folder / "rtss.dcm").is_file():
         return folder
     download = WORK / "sdist"
-    subprocess.run([str(python), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", DICOMPYLER,
-                    "-d", str(download)], check=True)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            DICOMPYLER,
+            "-d",
+            str(download),
+        ],
+        check=True,
+    )
     [archive] = download.glob("dicompyler*core-0.5.6.tar.gz")
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
@@ -104,8 +127,9 @@ def head_neck_files() -> tuple[Path, Path]:
 def jobs_for(dataset: str, rtdose: Path, rtss: Path) -> list[Job]:
     from isodose.dicom.read import read_structures
 
-    return [Job(f"{dataset}/{s.number}", dataset, rtdose, rtss, s.number, s.name)
-            for s in read_structures(rtss).structures]
+    return [
+        Job(f"{dataset}/{s.number}", dataset, rtdose, rtss, s.number, s.name) for s in read_structures(rtss).structures
+    ]
 
 
 def nelms_jobs(root: Path) -> list[Job]:
@@ -116,9 +140,18 @@ def nelms_jobs(root: Path) -> list[Job]:
     for case in load_nelms(root):
         rtss = root / "structures" / f"{case.structure}.dcm"
         [roi] = [s for s in read_structures(rtss).structures if not s.is_empty]
-        jobs.append(Job(f"nelms/{case.structure}/{case.gradient}/{case.voxel_mm}", "nelms",
-                        root / "dose_grids" / f"{case.grid_name}.dcm", rtss, roi.number, case.structure,
-                        dict(case.analytical), case.plane_spacing))
+        jobs.append(
+            Job(
+                f"nelms/{case.structure}/{case.gradient}/{case.voxel_mm}",
+                "nelms",
+                root / "dose_grids" / f"{case.grid_name}.dcm",
+                rtss,
+                roi.number,
+                case.structure,
+                dict(case.analytical),
+                case.plane_spacing,
+            )
+        )
     return jobs
 
 
@@ -126,8 +159,10 @@ def nelms_jobs(root: Path) -> list[Job]:
 # Running each engine
 # --------------------------------------------------------------------------------------------------------
 def run_dicompyler(python: Path, jobs: list[Job], options: dict | None = None) -> dict[str, dict]:
-    payload = [{"id": j.id, "rtdose": str(j.rtdose), "rtss": str(j.rtss), "roi": j.roi_number,
-                "options": options or {}} for j in jobs]
+    payload = [
+        {"id": j.id, "rtdose": str(j.rtdose), "rtss": str(j.rtss), "roi": j.roi_number, "options": options or {}}
+        for j in jobs
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         jobs_file, out_file = Path(tmp) / "jobs.json", Path(tmp) / "out.json"
         jobs_file.write_text(json.dumps(payload))
@@ -201,8 +236,10 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def _structure_table(jobs: list[Job], iso: dict, dc: dict) -> list[str]:
-    lines = ["| ROI | isodose ms | dicompyler ms | ratio | volume cc (iso / dc) | Dmean Gy | D95 Gy | Dmax Gy |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| ROI | isodose ms | dicompyler ms | ratio | volume cc (iso / dc) | Dmean Gy | D95 Gy | Dmax Gy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for job in jobs:
         a, b = iso[job.id], dc[job.id]
         if "error" in b:
@@ -210,8 +247,11 @@ def _structure_table(jobs: list[Job], iso: dict, dc: dict) -> list[str]:
             continue
         ratio = b["seconds"] / a["seconds"] if a["seconds"] > 0 else math.nan
         cells = [f"{_fmt(a[k], 2)} / {_fmt(b[k], 2)}" for k in COMPARED]
-        lines.append(f"| {job.roi_name} | {a['seconds'] * 1e3:.1f} | {b['seconds'] * 1e3:.0f} | {ratio:.0f}x | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {job.roi_name} | {a['seconds'] * 1e3:.1f} | {b['seconds'] * 1e3:.0f} | {ratio:.0f}x | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines
 
 
@@ -227,8 +267,10 @@ def _nelms_summary(jobs: list[Job], iso: dict, dc: dict) -> list[str]:
                 truth = job.truth[name]
                 value = result.get(column, math.nan) if "error" not in result else math.nan
                 errors.append(100.0 * (value - truth) / truth if math.isfinite(value) else math.inf)
-    lines = ["| contour spacing | engine | values | over 3% | over 2% | over 1% | median abs error % "
-             "| max abs error % |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| contour spacing | engine | values | over 3% | over 2% | over 1% | median abs error % | max abs error % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     totals: dict[str, list[float]] = {}
     for spacing in sorted(rows, key=lambda s: float(s.rstrip("m"))):
         for engine, errors in rows[spacing].items():
@@ -245,8 +287,10 @@ def _nelms_row(label: str, engine: str, errors: list[float]) -> str:
     over = [sum(e > t for e in absolute) for t in (3, 2, 1)]
     median = statistics.median(finite) if finite else math.nan
     worst = max(finite) if finite else math.nan
-    return (f"| {label} | {engine} | {len(errors)} | {over[0]} | {over[1]} | {over[2]} | {_fmt(median, 2)} | "
-            f"{_fmt(worst, 2)} |")
+    return (
+        f"| {label} | {engine} | {len(errors)} | {over[0]} | {over[1]} | {over[2]} | {_fmt(median, 2)} | "
+        f"{_fmt(worst, 2)} |"
+    )
 
 
 def write_report(data: dict, jobs: list[Job]) -> None:
@@ -279,7 +323,8 @@ def write_report(data: dict, jobs: list[Job]) -> None:
         lines.append(
             f"| all ROIs, dicompyler-core interpolated at {INTERPOLATION_MM} mm in-plane | "
             f"{totals['isodose_compute_s']:.3f} s | {totals['dicompyler_interpolated_s']:.1f} s | "
-            f"{totals['dicompyler_interpolated_s'] / totals['isodose_compute_s']:.0f}x |")
+            f"{totals['dicompyler_interpolated_s'] / totals['isodose_compute_s']:.0f}x |"
+        )
     lines += [
         f"| whole process: interpreter, imports, reading, all ROIs (median of {data['process_repeats']} after a "
         "warm-up run) | "
@@ -291,14 +336,23 @@ def write_report(data: dict, jobs: list[Job]) -> None:
     ]
     lines += _structure_table(by_dataset["example"], iso, dc)
     if "interpolated" in data:
-        lines += ["", f"dicompyler-core interpolated ({INTERPOLATION_MM} mm in-plane) per structure:", "",
-                  *_structure_table(by_dataset["example"], iso, data["interpolated"])]
+        lines += [
+            "",
+            f"dicompyler-core interpolated ({INTERPOLATION_MM} mm in-plane) per structure:",
+            "",
+            *_structure_table(by_dataset["example"], iso, data["interpolated"]),
+        ]
     lines += ["", "## Generated head-and-neck case (20 ROIs, 200 x 200 x 120 voxels of 2.5 mm)", ""]
     lines += _structure_table(by_dataset["head_neck"], iso, dc)
     if "nelms" in by_dataset:
-        lines += ["", "## Nelms 2015 set: errors against the analytical values", "",
-                  "Volume, Dmin, Dmax, Dmean, D99, D95, D5, D1 and D0.03cc of every structure and dose grid of "
-                  "the set; an error of a value an engine could not compute counts as infinite.", ""]
+        lines += [
+            "",
+            "## Nelms 2015 set: errors against the analytical values",
+            "",
+            "Volume, Dmin, Dmax, Dmean, D99, D95, D5, D1 and D0.03cc of every structure and dose grid of "
+            "the set; an error of a value an engine could not compute counts as infinite.",
+            "",
+        ]
         lines += _nelms_summary(by_dataset["nelms"], iso, dc)
         nelms_iso = sum(iso[j.id]["seconds"] for j in by_dataset["nelms"])
         nelms_dc = sum(dc[j.id].get("seconds", 0.0) for j in by_dataset["nelms"])
@@ -308,8 +362,11 @@ def write_report(data: dict, jobs: list[Job]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--interpolated", action="store_true",
-                        help=f"also run dicompyler-core with in-plane interpolation at {INTERPOLATION_MM} mm (minutes)")
+    parser.add_argument(
+        "--interpolated",
+        action="store_true",
+        help=f"also run dicompyler-core with in-plane interpolation at {INTERPOLATION_MM} mm (minutes)",
+    )
     parser.add_argument("--nelms", type=Path, default=ROOT.parent / "shared" / "validation" / "nelms2015")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--process-repeats", type=int, default=7)
@@ -332,29 +389,55 @@ def main() -> int:
     print("dicompyler-core...", file=sys.stderr)
     dc = run_dicompyler(python, jobs)
     example_jobs = [j for j in jobs if j.dataset == "example"]
-    isodose_cli = [str(Path(sys.executable).with_name("isodose")), "dvh", "--dose", str(example / "rtdose.dcm"),
-                   "--structures", str(example / "rtss.dcm"), "--backend", "numba", "--format", "json"]
-    dicompyler_pydicom = subprocess.run([str(python), "-c", "import pydicom; print(pydicom.__version__)"],
-                                        check=True, capture_output=True, text=True).stdout.strip()
+    isodose_cli = [
+        str(Path(sys.executable).with_name("isodose")),
+        "dvh",
+        "--dose",
+        str(example / "rtdose.dcm"),
+        "--structures",
+        str(example / "rtss.dcm"),
+        "--backend",
+        "numba",
+        "--format",
+        "json",
+    ]
+    dicompyler_pydicom = subprocess.run(
+        [str(python), "-c", "import pydicom; print(pydicom.__version__)"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     data = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "python": platform.python_version(), "isodose_version": isodose.__version__, "numba": numba.__version__,
-        "numpy": numpy.__version__, "pydicom": pydicom.__version__, "dicompyler_pydicom": dicompyler_pydicom,
+        "python": platform.python_version(),
+        "isodose_version": isodose.__version__,
+        "numba": numba.__version__,
+        "numpy": numpy.__version__,
+        "pydicom": pydicom.__version__,
+        "dicompyler_pydicom": dicompyler_pydicom,
         "command": "python benchmarks/compare_dicompyler.py" + (" --interpolated" if args.interpolated else ""),
-        "repeats": args.repeats, "process_repeats": args.process_repeats,
+        "repeats": args.repeats,
+        "process_repeats": args.process_repeats,
         "isodose_process_command": "isodose dvh --dose rtdose.dcm --structures rtss.dcm --backend numba --format json",
-        "isodose": iso, "dicompyler": dc,
+        "isodose": iso,
+        "dicompyler": dc,
         "totals": {
             "isodose_compute_s": isodose_all_rois_seconds(example / "rtdose.dcm", example / "rtss.dcm", args.repeats),
             "dicompyler_default_s": sum(dc[j.id].get("seconds", 0.0) for j in example_jobs),
             "isodose_process_s": process_seconds(isodose_cli, args.process_repeats),
             "dicompyler_process_s": process_seconds(
                 [str(python), str(WORKER), "--all", str(example / "rtdose.dcm"), str(example / "rtss.dcm")],
-                args.process_repeats),
+                args.process_repeats,
+            ),
         },
-        "jobs": [{"id": j.id, "dataset": j.dataset, "roi": j.roi_name, "contour_spacing": j.contour_spacing,
-                  "truth": j.truth} for j in jobs],
+        "jobs": [
+            {
+                "id": j.id,
+                "dataset": j.dataset,
+                "roi": j.roi_name,
+                "contour_spacing": j.contour_spacing,
+                "truth": j.truth,
+            }
+            for j in jobs
+        ],
     }
     if args.interpolated:
         print("dicompyler-core interpolated...", file=sys.stderr)

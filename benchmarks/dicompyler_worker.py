@@ -28,8 +28,14 @@ def run_job(job: dict) -> dict:
     except Exception as exc:  # dicompyler-core's own failure, reported beside the numbers
         return {"id": job["id"], "error": f"{type(exc).__name__}: {exc}"}
     seconds = time.perf_counter() - started
-    result = {"id": job["id"], "seconds": seconds, "volume_cc": float(dvh.volume), "dmin_gy": float(dvh.min),
-              "dmean_gy": float(dvh.mean), "dmax_gy": float(dvh.max)}
+    result = {
+        "id": job["id"],
+        "seconds": seconds,
+        "volume_cc": float(dvh.volume),
+        "dmin_gy": float(dvh.min),
+        "dmean_gy": float(dvh.mean),
+        "dmax_gy": float(dvh.max),
+    }
     for name in STATISTICS:
         try:
             result[name] = _value(dvh, name) if dvh.volume > 0 else float("nan")

@@ -37,8 +37,9 @@ def table(data: dict, command: str = "make bench") -> list[str]:
     for bench in sorted(data["benchmarks"], key=lambda b: (b["group"] or "", b["name"])):
         extra = {k: v for k, v in bench.get("extra_info", {}).items() if k not in ("scale", "unit")}
         details = ", ".join(f"{k}={v}" for k, v in extra.items())
-        lines.append(f"| {bench['group']} | {bench['name']} | {_median_ms(bench):.2f} | "
-                     f"{bench['stats']['rounds']} | {details} |")
+        lines.append(
+            f"| {bench['group']} | {bench['name']} | {_median_ms(bench):.2f} | {bench['stats']['rounds']} | {details} |"
+        )
     return lines
 
 

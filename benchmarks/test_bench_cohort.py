@@ -68,6 +68,7 @@ def test_cohort_run_on_local_dask(benchmark, cohorts, tmp_path, dask_workers):
         return (cohorts[100], tmp_path / f"dask{next(counter)}.h5"), {}
 
     with dask_client(local_workers=dask_workers) as client:
+
         def run(manifest, out):
             return run_cohort(manifest, out, settings=SETTINGS, client=client)
 
@@ -76,7 +77,10 @@ def test_cohort_run_on_local_dask(benchmark, cohorts, tmp_path, dask_workers):
         summary = benchmark.pedantic(run, setup=fresh_store, rounds=3, iterations=1)
     assert summary.failed == 0 and summary.processed == 100
     benchmark.extra_info.update(
-        scale="Dask workers", size=float(dask_workers), unit="workers", cases=100,
+        scale="Dask workers",
+        size=float(dask_workers),
+        unit="workers",
+        cases=100,
         cases_per_second=round(100 / benchmark.stats.stats.median, 2),
     )
 
@@ -99,14 +103,18 @@ def test_receiving_head_and_neck_sized_cases_from_reading_workers(benchmark, thr
     if through == "shared memory" and not handover.available():
         pytest.skip("no POSIX shared memory here")
     n_cases = 12
-    task = functools.partial(head_and_neck_sized_case, through_shared_memory=through == "shared memory",
-                             receiver_pid=os.getpid())
+    task = functools.partial(
+        head_and_neck_sized_case, through_shared_memory=through == "shared memory", receiver_pid=os.getpid()
+    )
     cpu_ms: list[float] = []
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+
         def run():
             started = time.process_time()
-            peaks = [float(handover.receive(f.result())["dose"].dose_gy.max())
-                     for f in [pool.submit(task, seed) for seed in range(n_cases)]]
+            peaks = [
+                float(handover.receive(f.result())["dose"].dose_gy.max())
+                for f in [pool.submit(task, seed) for seed in range(n_cases)]
+            ]
             cpu_ms.append(1000.0 * (time.process_time() - started) / n_cases)
             return peaks
 
@@ -115,8 +123,9 @@ def test_receiving_head_and_neck_sized_cases_from_reading_workers(benchmark, thr
         benchmark.group = "receiving head-and-neck-sized cases from reading workers"
         peaks = benchmark.pedantic(run, rounds=3, iterations=1)
     assert len(peaks) == n_cases and all(p > 60 for p in peaks)
-    benchmark.extra_info.update(through=through, cases=n_cases, dose_mb=19.2,
-                                receiver_cpu_ms_per_case=round(float(np.median(cpu_ms)), 2))
+    benchmark.extra_info.update(
+        through=through, cases=n_cases, dose_mb=19.2, receiver_cpu_ms_per_case=round(float(np.median(cpu_ms)), 2)
+    )
 
 
 @pytest.mark.parametrize(("batch", "planned_by_readers"), [(1, False), (32, False), (32, True)])
@@ -191,6 +200,10 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
         handover.sweep(os.getpid())
     assert all(e["status"] == "ok" for e in entries)
     medians = {name: round(float(np.median(values)), 2) for name, values in parts.items()}
-    benchmark.extra_info.update(batch=batch, planned_by_readers=planned_by_readers, cases=len(cases),
-                                **{f"{name}_ms_per_case": value for name, value in medians.items()},
-                                host_bound_cases_per_second=round(1000.0 / medians["host"], 1))
+    benchmark.extra_info.update(
+        batch=batch,
+        planned_by_readers=planned_by_readers,
+        cases=len(cases),
+        **{f"{name}_ms_per_case": value for name, value in medians.items()},
+        host_bound_cases_per_second=round(1000.0 / medians["host"], 1),
+    )

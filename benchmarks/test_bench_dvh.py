@@ -21,8 +21,9 @@ def test_head_and_neck_all_rois(benchmark, head_neck, backend_name, rounds):
     compute_dvhs(grid, structures, backend=backend)  # compile (numba) and warm caches outside the timing
     benchmark.group = "head-and-neck case, 20 ROIs"
     benchmark.extra_info["device"] = backend.device
-    dvhs = benchmark.pedantic(compute_dvhs, args=(grid, structures), kwargs={"backend": backend}, rounds=rounds,
-                              iterations=1)
+    dvhs = benchmark.pedantic(
+        compute_dvhs, args=(grid, structures), kwargs={"backend": backend}, rounds=rounds, iterations=1
+    )
     assert len(dvhs) == 20 and all(d.has_dose for d in dvhs)
 
 
@@ -39,8 +40,9 @@ def _plan_sum_dvhs(courses, registration, structures, backend):
     return accumulated_dvhs(plan_sum, structures, backend=backend)
 
 
-@pytest.mark.parametrize("backend_name, rounds", [("numba", 5), ("numpy", 2),
-                                                  pytest.param("cupy", 10, marks=pytest.mark.gpu)])
+@pytest.mark.parametrize(
+    "backend_name, rounds", [("numba", 5), ("numpy", 2), pytest.param("cupy", 10, marks=pytest.mark.gpu)]
+)
 def test_head_and_neck_plan_sum(benchmark, head_neck, backend_name, rounds):
     """Re-irradiation of the head-and-neck case: the second course resampled through a registration onto the
     4.8 M voxels of the first, the physical and EQD2 sums (three alpha/beta ratios), and 20 ROIs' DVHs of each."""
@@ -51,6 +53,7 @@ def test_head_and_neck_plan_sum(benchmark, head_neck, backend_name, rounds):
     _plan_sum_dvhs(courses, registration, structures, backend)
     benchmark.group = "head-and-neck re-irradiation: plan sum, EQD2 and DVHs of 20 ROIs"
     benchmark.extra_info.update(device=backend.device, voxels=int(grid.dose_gy.size))
-    results = benchmark.pedantic(_plan_sum_dvhs, args=(courses, registration, structures, backend), rounds=rounds,
-                                 iterations=1)
+    results = benchmark.pedantic(
+        _plan_sum_dvhs, args=(courses, registration, structures, backend), rounds=rounds, iterations=1
+    )
     assert len(results) == 20

@@ -34,14 +34,36 @@ def test_kernel_bandwidth(benchmark):
     grid, structures = head_neck_case()
     options = SamplingOptions(supersampling=8)  # a large batch: millions of cells
     plan = plan_sampling(structures.structures, grid, options)
-    cells = gpu.polygon_coverage(plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start,
-                                 plan.plane_x0_mm, plan.plane_y0_mm, plan.plane_nx, plan.plane_ny, plan.plane_hx_mm,
-                                 plan.plane_hy_mm, plan.scanlines)
+    cells = gpu.polygon_coverage(
+        plan.vertices,
+        plan.ring_start,
+        plan.plane_ring_start,
+        plan.plane_cell_start,
+        plan.plane_x0_mm,
+        plan.plane_y0_mm,
+        plan.plane_nx,
+        plan.plane_ny,
+        plan.plane_hx_mm,
+        plan.plane_hy_mm,
+        plan.scanlines,
+    )
     transforms = np.broadcast_to(np.eye(4), (plan.n_structures, 4, 4))
     bin_width = histogram_bin_width(grid, options.dose_bins)
     dose = gpu.asarray(grid.dose_gy, np.float32)  # on the device, as the engine puts it before its launches
-    args = (dose, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
-            plan.plane_z_lo_mm, plan.plane_z_hi_mm, plan.structure_plane_start, transforms, bin_width, options.dose_bins, 16)
+    args = (
+        dose,
+        np.array(grid.origin_mm),
+        np.array(grid.spacing_mm),
+        cells,
+        plan.plane_cell_start,
+        plan.plane_z_lo_mm,
+        plan.plane_z_hi_mm,
+        plan.structure_plane_start,
+        transforms,
+        bin_width,
+        options.dose_bins,
+        16,
+    )
 
     def run():
         result = gpu.cell_histograms(*args)
@@ -62,16 +84,19 @@ def test_kernel_bandwidth(benchmark):
     copy_gbs = 10 * 2 * source.nbytes / (cupy.cuda.get_elapsed_time(start, stop) / 1000) / 1e9
     cell_gbs = cells.nbytes / benchmark.stats.stats.median / 1e9
     resources = gpu.kernel_resources("cell_histograms_kernel")  # its registers bound the threads an SM holds
-    benchmark.extra_info.update(device=select_backend("cupy").device, cells=int(cells.shape[0]),
-                                cell_data_gbs=round(cell_gbs, 1), device_copy_gbs=round(copy_gbs, 1),
-                                fraction_of_copy_rate=round(cell_gbs / copy_gbs, 3),
-                                **{f"kernel_{key}": value for key, value in resources.items()})
+    benchmark.extra_info.update(
+        device=select_backend("cupy").device,
+        cells=int(cells.shape[0]),
+        cell_data_gbs=round(cell_gbs, 1),
+        device_copy_gbs=round(copy_gbs, 1),
+        fraction_of_copy_rate=round(cell_gbs / copy_gbs, 3),
+        **{f"kernel_{key}": value for key, value in resources.items()},
+    )
 
 
 @pytest.fixture(scope="module")
 def in_memory_cases(tmp_path_factory):
-    manifest = generate_cohort(tmp_path_factory.mktemp("gpu-cohort") / "data", 400, seed=5,
-                               workers=os.cpu_count() or 1)
+    manifest = generate_cohort(tmp_path_factory.mktemp("gpu-cohort") / "data", 400, seed=5, workers=os.cpu_count() or 1)
     return manifest, [read_case(case) for case in read_manifest(manifest)]
 
 
@@ -80,9 +105,10 @@ def prepared_cases(in_memory_cases):
     return [prepare_inputs(inputs, SETTINGS) for inputs in in_memory_cases[1]]
 
 
-@pytest.mark.parametrize(("backend", "batch", "prepared"),
-                         [("cupy", 1, False), ("cupy", 32, False), ("cupy", 128, False), ("cupy", 32, True),
-                          ("numba", 1, False)])
+@pytest.mark.parametrize(
+    ("backend", "batch", "prepared"),
+    [("cupy", 1, False), ("cupy", 32, False), ("cupy", 128, False), ("cupy", 32, True), ("numba", 1, False)],
+)
 def test_classifications_from_memory(benchmark, request, backend, batch, prepared):
     """Cases already read, classified in batches of ``batch`` (on the GPU, one merged plan per batch); with
     ``prepared``, their sampling already planned, as the reading workers of a cohort run do (the rate of the
@@ -93,14 +119,21 @@ def test_classifications_from_memory(benchmark, request, backend, batch, prepare
     classify_batch(inputs[:batch], SETTINGS, chosen)
 
     def run():
-        return [e for first in range(0, len(inputs), batch)
-                for e in classify_batch(inputs[first : first + batch], SETTINGS, chosen)]
+        return [
+            e
+            for first in range(0, len(inputs), batch)
+            for e in classify_batch(inputs[first : first + batch], SETTINGS, chosen)
+        ]
 
     benchmark.group = "classifications from memory"
     entries = benchmark.pedantic(run, rounds=3, iterations=1)
     assert all(e["status"] == "ok" for e in entries)
-    benchmark.extra_info.update(device=chosen.device, batch=batch, prepared=prepared,
-                                per_second=round(len(inputs) / benchmark.stats.stats.median, 1))
+    benchmark.extra_info.update(
+        device=chosen.device,
+        batch=batch,
+        prepared=prepared,
+        per_second=round(len(inputs) / benchmark.stats.stats.median, 1),
+    )
 
 
 @pytest.mark.parametrize("backend", ["cupy", "numba"])
@@ -109,8 +142,13 @@ def test_end_to_end_from_dicom(benchmark, in_memory_cases, tmp_path, backend):
     counter = iter(range(100))
 
     def run():
-        return run_cohort(manifest, tmp_path / f"{backend}{next(counter)}.h5", settings=SETTINGS,
-                          workers=os.cpu_count(), backend=backend)
+        return run_cohort(
+            manifest,
+            tmp_path / f"{backend}{next(counter)}.h5",
+            settings=SETTINGS,
+            workers=os.cpu_count(),
+            backend=backend,
+        )
 
     benchmark.group = "cohort end to end"
     summary = benchmark.pedantic(run, rounds=2, iterations=1)

@@ -47,8 +47,19 @@ def _resident(backend, grid):
 
 
 def _coverage_args(plan):
-    return (plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start, plan.plane_x0_mm,
-            plan.plane_y0_mm, plan.plane_nx, plan.plane_ny, plan.plane_hx_mm, plan.plane_hy_mm, plan.scanlines)
+    return (
+        plan.vertices,
+        plan.ring_start,
+        plan.plane_ring_start,
+        plan.plane_cell_start,
+        plan.plane_x0_mm,
+        plan.plane_y0_mm,
+        plan.plane_nx,
+        plan.plane_ny,
+        plan.plane_hx_mm,
+        plan.plane_hy_mm,
+        plan.scanlines,
+    )
 
 
 def _time_kernel(benchmark, backend, group: str, kernel, args, numpy_rounds: int = 5, **info) -> None:
@@ -73,8 +84,14 @@ def _time_kernel(benchmark, backend, group: str, kernel, args, numpy_rounds: int
 def test_kernel_coverage(benchmark, problem, backend_name):
     _, plan = problem
     backend = select_backend(backend_name)
-    _time_kernel(benchmark, backend, "kernel: polygon coverage", backend.kernels.polygon_coverage,
-                 _coverage_args(plan), cells=plan.n_cells)
+    _time_kernel(
+        benchmark,
+        backend,
+        "kernel: polygon coverage",
+        backend.kernels.polygon_coverage,
+        _coverage_args(plan),
+        cells=plan.n_cells,
+    )
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -82,11 +99,28 @@ def test_kernel_sampling_and_accumulation(benchmark, problem, backend_name):
     grid, plan = problem
     backend = select_backend(backend_name)
     cells = backend.kernels.polygon_coverage(*_coverage_args(plan))
-    args = (_resident(backend, grid), np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
-            plan.plane_z_lo_mm, plan.plane_z_hi_mm, plan.structure_plane_start, np.eye(4)[None],
-            histogram_bin_width(grid, OPTIONS.dose_bins), OPTIONS.dose_bins, OPTIONS.chunks)
-    _time_kernel(benchmark, backend, "kernel: sampling + DVH accumulation", backend.kernels.cell_histograms, args,
-                 cells=plan.n_cells)
+    args = (
+        _resident(backend, grid),
+        np.array(grid.origin_mm),
+        np.array(grid.spacing_mm),
+        cells,
+        plan.plane_cell_start,
+        plan.plane_z_lo_mm,
+        plan.plane_z_hi_mm,
+        plan.structure_plane_start,
+        np.eye(4)[None],
+        histogram_bin_width(grid, OPTIONS.dose_bins),
+        OPTIONS.dose_bins,
+        OPTIONS.chunks,
+    )
+    _time_kernel(
+        benchmark,
+        backend,
+        "kernel: sampling + DVH accumulation",
+        backend.kernels.cell_histograms,
+        args,
+        cells=plan.n_cells,
+    )
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -95,8 +129,14 @@ def test_kernel_trilinear(benchmark, backend_name):
     backend = select_backend(backend_name)
     points = np.random.default_rng(1).uniform(-80, 80, (1_000_000, 3))
     args = (_resident(backend, grid), np.array(grid.origin_mm), np.array(grid.spacing_mm), points)
-    _time_kernel(benchmark, backend, "kernel: trilinear interpolation (1M points)", backend.kernels.trilinear, args,
-                 points=len(points))
+    _time_kernel(
+        benchmark,
+        backend,
+        "kernel: trilinear interpolation (1M points)",
+        backend.kernels.trilinear,
+        args,
+        points=len(points),
+    )
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -104,10 +144,24 @@ def test_kernel_resample(benchmark, backend_name):
     grid = _grid(128, 1.25)
     backend = select_backend(backend_name)
     matrix = rigid_matrix(15.0, translation_mm=(3.0, -2.0, 1.0))
-    args = (_resident(backend, grid), np.array(grid.origin_mm), np.array(grid.spacing_mm), grid.origin_mm,
-            grid.spacing_mm, grid.dose_gy.shape, matrix)
-    _time_kernel(benchmark, backend, "kernel: resample a 128^3 grid through a rotation", backend.kernels.resample,
-                 args, numpy_rounds=3, voxels=int(grid.dose_gy.size))
+    args = (
+        _resident(backend, grid),
+        np.array(grid.origin_mm),
+        np.array(grid.spacing_mm),
+        grid.origin_mm,
+        grid.spacing_mm,
+        grid.dose_gy.shape,
+        matrix,
+    )
+    _time_kernel(
+        benchmark,
+        backend,
+        "kernel: resample a 128^3 grid through a rotation",
+        backend.kernels.resample,
+        args,
+        numpy_rounds=3,
+        voxels=int(grid.dose_gy.size),
+    )
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -117,8 +171,14 @@ def test_kernel_course_sum(benchmark, backend_name):
     grid = _grid(128, 1.25)
     backend = select_backend(backend_name)
     doses = [backend.kernels.asarray(grid.dose_gy), backend.kernels.asarray(0.4 * grid.dose_gy)]
-    _time_kernel(benchmark, backend, "kernel: EQD2 sum of two courses on a 128^3 grid", backend.kernels.course_sum,
-                 (doses, [0.9, 1.0], [35, 10], 3.0), voxels=int(grid.dose_gy.size))
+    _time_kernel(
+        benchmark,
+        backend,
+        "kernel: EQD2 sum of two courses on a 128^3 grid",
+        backend.kernels.course_sum,
+        (doses, [0.9, 1.0], [35, 10], 3.0),
+        voxels=int(grid.dose_gy.size),
+    )
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -127,8 +187,14 @@ def test_kernel_histogram(benchmark, backend_name):
     rng = np.random.default_rng(2)
     n = 1_000_000
     args = (rng.uniform(0, 60, n), rng.uniform(0.1, 2.0, n), rng.uniform(0, 0.5, n), 60.0 / 16384, 16384)
-    _time_kernel(benchmark, backend, "kernel: histogram accumulation (1M samples)",
-                 backend.kernels.accumulate_histogram, args, samples=n)
+    _time_kernel(
+        benchmark,
+        backend,
+        "kernel: histogram accumulation (1M samples)",
+        backend.kernels.accumulate_histogram,
+        args,
+        samples=n,
+    )
 
 
 # --- scaling ------------------------------------------------------------------------------------------------
@@ -153,8 +219,9 @@ def test_scaling_dose_grid(benchmark, n):
 def test_scaling_structures(benchmark, count):
     grid = _grid()
     rng = np.random.default_rng(3)
-    structures = [contour_shape(Sphere(tuple(rng.uniform(-30, 30, 3)), 12.0), f"s{i}", i + 1, 2.5)
-                  for i in range(count)]
+    structures = [
+        contour_shape(Sphere(tuple(rng.uniform(-30, 30, 3)), 12.0), f"s{i}", i + 1, 2.5) for i in range(count)
+    ]
     _dvhs(benchmark, grid, structures, "number of structures", float(count), "structures")
 
 
@@ -163,4 +230,3 @@ def test_scaling_structure_size(benchmark, radius):
     grid = _grid(72)
     structures = [contour_shape(Sphere((1.0, -2.0, 0.5), radius), "sphere", 1, 2.5)]
     _dvhs(benchmark, grid, structures, "structure size", 4 / 3 * np.pi * radius**3 / 1000, "cc")
-

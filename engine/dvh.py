@@ -245,10 +245,27 @@ class DVH:
         }
 
 
-def _empty_dvh(name: str, number: int | None, volume_cc: float, outside_cc: float, backend: str,
-               centroid_mm: tuple[float, float, float] | None) -> DVH:
-    return DVH(name, volume_cc, outside_cc, math.nan, math.nan, math.nan, np.zeros(0), np.zeros(0), backend,
-               number, centroid_mm)
+def _empty_dvh(
+    name: str,
+    number: int | None,
+    volume_cc: float,
+    outside_cc: float,
+    backend: str,
+    centroid_mm: tuple[float, float, float] | None,
+) -> DVH:
+    return DVH(
+        name,
+        volume_cc,
+        outside_cc,
+        math.nan,
+        math.nan,
+        math.nan,
+        np.zeros(0),
+        np.zeros(0),
+        backend,
+        number,
+        centroid_mm,
+    )
 
 
 def dvh_from_histogram(
@@ -290,8 +307,19 @@ def dvh_from_histogram(
     cumulative_cc = (inside_mm3 - below) / 1000.0
     cumulative_cc[-1] = 0.0
     dmean = min(max(dose_volume_sum / inside_mm3, dmin_gy), dmax_gy)
-    return DVH(name, volume_cc, outside_cc, float(dmin_gy), float(dmean), float(dmax_gy), dose, cumulative_cc,
-               backend, number, centroid_mm)
+    return DVH(
+        name,
+        volume_cc,
+        outside_cc,
+        float(dmin_gy),
+        float(dmean),
+        float(dmax_gy),
+        dose,
+        cumulative_cc,
+        backend,
+        number,
+        centroid_mm,
+    )
 
 
 def check_frame_of_reference(dose: DoseGrid, structures: StructureSet) -> None:
@@ -360,8 +388,9 @@ def compute_dvhs(
     """
     options = options or SamplingOptions()
     chosen_backend = resolve_backend(backend)
-    selected, request = dvh_request(dose, structures, rois, options=options, check_frame=check_frame,
-                                    transform=transform)
+    selected, request = dvh_request(
+        dose, structures, rois, options=options, check_frame=check_frame, transform=transform
+    )
     [samples] = sample_many([request], chosen_backend, options)
     return dvhs_from_samples(selected, samples)
 
@@ -386,9 +415,16 @@ def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: Struc
     for s, structure in enumerate(structures):
         centroid = samples.centroid_mm[s]
         dvh = dvh_from_histogram(
-            structure.name, samples.hist_mm3[s], samples.bin_width_gy, samples.inside_mm3[s],
-            samples.outside_mm3[s], samples.dose_volume_sum[s], samples.dmin_gy[s], samples.dmax_gy[s],
-            samples.backend, structure.number,
+            structure.name,
+            samples.hist_mm3[s],
+            samples.bin_width_gy,
+            samples.inside_mm3[s],
+            samples.outside_mm3[s],
+            samples.dose_volume_sum[s],
+            samples.dmin_gy[s],
+            samples.dmax_gy[s],
+            samples.backend,
+            structure.number,
             xyz(centroid) if np.all(np.isfinite(centroid)) else None,
         )
         if structure.is_empty:
@@ -396,8 +432,10 @@ def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: Struc
         elif not dvh.has_dose:
             log.warning("ROI %s lies wholly outside the dose grid", structure.name)
         elif dvh.volume_outside_dose_cc > 0:
-            log.warning("ROI %s: %.3f cc lie outside the dose grid and are left out of its dose statistics",
-                        structure.name, dvh.volume_outside_dose_cc)
+            log.warning(
+                "ROI %s: %.3f cc lie outside the dose grid and are left out of its dose statistics",
+                structure.name,
+                dvh.volume_outside_dose_cc,
+            )
         dvhs.append(dvh)
     return dvhs
-

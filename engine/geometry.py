@@ -59,8 +59,11 @@ def check_dose_grid(grid: DoseGrid) -> None:
     if origin.shape != (3,) or not np.all(np.isfinite(origin)):
         raise DoseGridError(f"origin_mm must be three finite coordinates (x, y, z), not {grid.origin_mm!r}", path=path)
     if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or not np.all(spacing > 0):
-        raise DoseGridError(f"spacing_mm must be three finite, positive distances (x, y, z), not {grid.spacing_mm!r}; "
-                            "coordinates increase along each axis", path=path)
+        raise DoseGridError(
+            f"spacing_mm must be three finite, positive distances (x, y, z), not {grid.spacing_mm!r}; "
+            "coordinates increase along each axis",
+            path=path,
+        )
 
 
 def _check_contours(structure: Structure) -> None:
@@ -78,8 +81,10 @@ def _check_contours(structure: Structure) -> None:
     for shape in shapes:
         if len(shape) != 2 or shape[1] != 2:
             fail(f"has points of shape {shape}, not (n, 2) of x, y in mm")
-    if np.isfinite(np.concatenate([np.asarray(c.points_mm, dtype=np.float64) for c in contours])).all() and \
-            np.isfinite(np.array([c.z_mm for c in contours], dtype=np.float64)).all():
+    if (
+        np.isfinite(np.concatenate([np.asarray(c.points_mm, dtype=np.float64) for c in contours])).all()
+        and np.isfinite(np.array([c.z_mm for c in contours], dtype=np.float64)).all()
+    ):
         return
     for contour in contours:
         if not (np.isfinite(contour.points_mm).all() and np.isfinite(contour.z_mm)):
@@ -104,8 +109,10 @@ def group_planes(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERA
     if not contours:
         return []
     ordered, starts, z = _plane_groups(contours, tolerance_mm)
-    return [ContourPlane(z_mm=plane_z, rings=tuple(c.points_mm for c in ordered[a:b]))
-            for plane_z, a, b in zip(z, starts[:-1], starts[1:])]
+    return [
+        ContourPlane(z_mm=plane_z, rings=tuple(c.points_mm for c in ordered[a:b]))
+        for plane_z, a, b in zip(z, starts[:-1], starts[1:])
+    ]
 
 
 def plane_positions_mm(contours: Sequence[Contour], tolerance_mm: float = PLANE_TOLERANCE_MM) -> np.ndarray:
@@ -152,12 +159,22 @@ def _checked_planes(structure: Structure) -> list[ContourPlane]:
         planes.append(ContourPlane(plane.z_mm, tuple(rings)))
     where = f"{structure.source}: " if structure.source else ""
     if repeats:
-        log.warning("%sROI %r: %d contour(s) repeat another of their plane (first at z = %g mm); the repeats are "
-                    "ignored, since by the even-odd rule a contour drawn twice would cancel itself",
-                    where, structure.name, len(repeats), repeats[0])
+        log.warning(
+            "%sROI %r: %d contour(s) repeat another of their plane (first at z = %g mm); the repeats are "
+            "ignored, since by the even-odd rule a contour drawn twice would cancel itself",
+            where,
+            structure.name,
+            len(repeats),
+            repeats[0],
+        )
     if crossing:
-        log.warning("%sROI %r: %d contour(s) cross themselves (first at z = %g mm); their inside is taken by the "
-                    "even-odd rule", where, structure.name, len(crossing), crossing[0])
+        log.warning(
+            "%sROI %r: %d contour(s) cross themselves (first at z = %g mm); their inside is taken by the even-odd rule",
+            where,
+            structure.name,
+            len(crossing),
+            crossing[0],
+        )
     return planes
 
 
@@ -254,8 +271,9 @@ class PackedPlanes:
     vertices_mm: np.ndarray
 
     @classmethod
-    def of(cls, planes: Sequence[ContourPlane], end_cap: str = "half",
-           fallback_spacing_mm: float | None = None) -> PackedPlanes:
+    def of(
+        cls, planes: Sequence[ContourPlane], end_cap: str = "half", fallback_spacing_mm: float | None = None
+    ) -> PackedPlanes:
         rings = [ring for plane in planes for ring in plane.rings]
         lo, hi = slab_bounds(np.array([p.z_mm for p in planes], dtype=np.float64), end_cap, fallback_spacing_mm)
         return cls(
@@ -272,8 +290,9 @@ class PackedPlanes:
         (compiled)."""
         from .polygons import points_in_packed_planes
 
-        return points_in_packed_planes(self.slab_lo_mm, self.slab_hi_mm, self.plane_ring_start,
-                                       self.ring_vertex_start, self.vertices_mm, points_mm)
+        return points_in_packed_planes(
+            self.slab_lo_mm, self.slab_hi_mm, self.plane_ring_start, self.ring_vertex_start, self.vertices_mm, points_mm
+        )
 
 
 # --------------------------------------------------------------------------------------------------------

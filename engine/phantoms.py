@@ -137,7 +137,13 @@ def plane_positions(shape: Shape, spacing_mm: float, offset_mm: float = 0.0) -> 
 
 
 def contour_shape(
-    shape: Shape, name: str, number: int, spacing_mm: float, *, offset_mm: float = 0.0, n_vertices: int = 256,
+    shape: Shape,
+    name: str,
+    number: int,
+    spacing_mm: float,
+    *,
+    offset_mm: float = 0.0,
+    n_vertices: int = 256,
     min_radius_mm: float = 1e-3,
 ) -> Structure:
     """Contour ``shape`` on axial planes as a :class:`Structure` (holes as a second ring)."""
@@ -171,15 +177,21 @@ class LinearField:
         c = self.centre_mm
         return self.dose_gy + g[0] * (x - c[0]) + g[1] * (y - c[1]) + g[2] * (z - c[2])
 
-    def grid(self, origin_mm: Sequence[float], spacing_mm: Sequence[float], shape_zyx: Sequence[int],
-             frame_of_reference_uid: str = "") -> DoseGrid:
+    def grid(
+        self,
+        origin_mm: Sequence[float],
+        spacing_mm: Sequence[float],
+        shape_zyx: Sequence[int],
+        frame_of_reference_uid: str = "",
+    ) -> DoseGrid:
         """The field sampled at voxel centres; trilinear interpolation reproduces it exactly."""
         z, y, x = (origin_mm[a] + spacing_mm[a] * np.arange(shape_zyx[2 - a]) for a in (2, 1, 0))
         dose = self(x[None, None, :], y[None, :, None], z[:, None, None])
         if dose.min() < 0:
             raise ValueError("the linear field goes negative inside the grid; raise dose_gy")
-        return DoseGrid(np.ascontiguousarray(dose, dtype=np.float32), xyz(origin_mm), xyz(spacing_mm),
-                        frame_of_reference_uid)
+        return DoseGrid(
+            np.ascontiguousarray(dose, dtype=np.float32), xyz(origin_mm), xyz(spacing_mm), frame_of_reference_uid
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -285,13 +297,22 @@ class SlabTruth:
 
 
 def slab_truth(
-    structure_shape: Shape, field: LinearField, spacing_mm: float, *, offset_mm: float = 0.0,
-    n_vertices: int = 256, end_cap: str = "half", min_radius_mm: float = 1e-3,
+    structure_shape: Shape,
+    field: LinearField,
+    spacing_mm: float,
+    *,
+    offset_mm: float = 0.0,
+    n_vertices: int = 256,
+    end_cap: str = "half",
+    min_radius_mm: float = 1e-3,
 ) -> SlabTruth:
     """Exact DVH of ``contour_shape(shape, ...)`` as isodose models it: each plane a slab reaching halfway
     to its neighbours, with half a plane spacing of end-cap (or none)."""
-    planes = [z for z in plane_positions(structure_shape, spacing_mm, offset_mm)
-              if structure_shape.radii(float(z))[0] >= min_radius_mm]
+    planes = [
+        z
+        for z in plane_positions(structure_shape, spacing_mm, offset_mm)
+        if structure_shape.radii(float(z))[0] >= min_radius_mm
+    ]
     cap = spacing_mm / 2 if end_cap == "half" else 0.0
     slabs = []
     for i, z in enumerate(planes):
@@ -492,8 +513,13 @@ class ImrtDose:
         inside_body = body.normalised_radius(x, y, z) <= 1.0
         return np.where(inside_body, np.maximum(dose, self.bath_gy * np.exp(-distance / 60.0)), 0.0)
 
-    def grid(self, origin_mm: Sequence[float], spacing_mm: Sequence[float], shape_zyx: Sequence[int],
-             frame_of_reference_uid: str = "") -> DoseGrid:
+    def grid(
+        self,
+        origin_mm: Sequence[float],
+        spacing_mm: Sequence[float],
+        shape_zyx: Sequence[int],
+        frame_of_reference_uid: str = "",
+    ) -> DoseGrid:
         z, y, x = (origin_mm[a] + spacing_mm[a] * np.arange(shape_zyx[2 - a]) for a in (2, 1, 0))
         dose = np.empty(tuple(shape_zyx), dtype=np.float32)
         for k, zk in enumerate(z):  # a slice at a time keeps the temporaries small
@@ -502,7 +528,9 @@ class ImrtDose:
 
 
 def head_neck_case(
-    grid_shape_zyx: tuple[int, int, int] = (120, 200, 200), spacing_mm: float = 2.5, plane_spacing_mm: float = 2.5,
+    grid_shape_zyx: tuple[int, int, int] = (120, 200, 200),
+    spacing_mm: float = 2.5,
+    plane_spacing_mm: float = 2.5,
     frame_of_reference_uid: str = "1.2.826.0.1.3680043.10.1457.1",
 ) -> tuple[DoseGrid, StructureSet]:
     """A head-and-neck-sized case: 20 structures from about 1 cc to 3000 cc (BODY) on a dose grid of

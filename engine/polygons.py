@@ -98,6 +98,13 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
     points = _float64(points).reshape(-1, 3)
     out = np.zeros(len(points), dtype=np.bool_)
     if len(slab_lo) and len(points):
-        _points_in_packed_planes(_float64(slab_lo), _float64(slab_hi), _int64(plane_ring_start),
-                                 _int64(ring_vertex_start), _float64(vertices).reshape(-1, 2), points, out)
+        _points_in_packed_planes(
+            _float64(slab_lo),
+            _float64(slab_hi),
+            _int64(plane_ring_start),
+            _int64(ring_vertex_start),
+            _float64(vertices).reshape(-1, 2),
+            points,
+            out,
+        )
     return out

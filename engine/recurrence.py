@@ -187,8 +187,9 @@ class PreparedRecurrence:
     warnings: tuple[str, ...] = ()
 
 
-def prepare_recurrence(case: RecurrenceCase, options: SamplingOptions | None = None
-                       ) -> PreparedRecurrence | IsodoseError:
+def prepare_recurrence(
+    case: RecurrenceCase, options: SamplingOptions | None = None
+) -> PreparedRecurrence | IsodoseError:
     """Check one case's inputs and plan its sampling; never raises for a bad case: the error comes back, and
     either way the warnings logged on the way are kept with it. What is planned holds the dose grid as it is now
     (its dose range among others): a grid changed in place afterwards needs the case prepared again."""
@@ -216,10 +217,12 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
     transform = recurrence_transform(dose, source, case.registration) if follow_up is not None else None
     vr_structure = source.get(case.recurrence_roi)
     if vr_structure.is_empty:
-        raise StructureError("the recurrence ROI has no contours", path=source.source or None,
-                             obj=f"ROI {vr_structure.name!r}")
-    _, vr_request = dvh_request(dose, source, [vr_structure.name], options=options, check_frame=transform is None,
-                                transform=transform)
+        raise StructureError(
+            "the recurrence ROI has no contours", path=source.source or None, obj=f"ROI {vr_structure.name!r}"
+        )
+    _, vr_request = dvh_request(
+        dose, source, [vr_structure.name], options=options, check_frame=transform is None, transform=transform
+    )
     requests = [vr_request]
 
     vr_metrics = [parse_metric(m) for m in RECURRENCE_METRICS]
@@ -235,20 +238,31 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         roi_structures, roi_request = dvh_request(dose, structures, roi_names, options=options)
         requests.append(roi_request)
     if case.targets is None:
-        target_structures = [s for s in structures.structures
-                             if s.is_target and not s.is_empty and s is not vr_structure]
+        target_structures = [
+            s for s in structures.structures if s.is_target and not s.is_empty and s is not vr_structure
+        ]
     else:
         target_structures = [structures.get(name) for name in case.targets]
     spacing_mm = common_plane_spacing_mm(structures.structures)
-    targets = tuple((s.name, PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm))
-                    for s in target_structures)
+    targets = tuple(
+        (s.name, PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm)) for s in target_structures
+    )
     # The grid's dose range, scanned here once (where cases are read, in a cohort run), not where they are sampled.
     dose_range = dose_range_gy(dose)
     requests = [r.with_dose_range(dose_range) for r in requests]
-    return PreparedRecurrence(dose, float(prescription_gy), criteria, options, tuple(requests),
-                              RoiLabel.of(vr_structure), transform is not None,
-                              tuple(RoiLabel.of(s) for s in roi_structures), tuple(zip(roi_metrics, metric_rois)),
-                              tuple(vr_metrics), targets)
+    return PreparedRecurrence(
+        dose,
+        float(prescription_gy),
+        criteria,
+        options,
+        tuple(requests),
+        RoiLabel.of(vr_structure),
+        transform is not None,
+        tuple(RoiLabel.of(s) for s in roi_structures),
+        tuple(zip(roi_metrics, metric_rois)),
+        tuple(vr_metrics),
+        targets,
+    )
 
 
 def _sampled_dvhs(prepared: PreparedRecurrence, samples: Sequence[StructureSamples]) -> tuple[DVH, dict[str, DVH]]:
@@ -258,8 +272,9 @@ def _sampled_dvhs(prepared: PreparedRecurrence, samples: Sequence[StructureSampl
     return vr, roi_dvhs
 
 
-def _finish(prepared: PreparedRecurrence, vr: DVH, roi_dvhs: dict[str, DVH], centroid_dose: float,
-            samples: StructureSamples) -> RecurrenceResult:
+def _finish(
+    prepared: PreparedRecurrence, vr: DVH, roi_dvhs: dict[str, DVH], centroid_dose: float, samples: StructureSamples
+) -> RecurrenceResult:
     """Classify one case from its DVHs and the dose at Vr's centroid."""
     criteria = prepared.criteria
     prescription_gy = prepared.prescription_gy
@@ -320,8 +335,18 @@ def classify_recurrence(
     the ROIs tested for holding the centroid (default: every GTV, CTV and PTV of the planning set).
     ``metrics`` are extra metrics of Vr; ``target_metrics`` are ``ROI:METRIC`` of planning ROIs.
     """
-    case = RecurrenceCase(dose, structures, recurrence_roi, prescription_gy, recurrence_structures, registration,
-                          targets, metrics, target_metrics, criteria)
+    case = RecurrenceCase(
+        dose,
+        structures,
+        recurrence_roi,
+        prescription_gy,
+        recurrence_structures,
+        registration,
+        targets,
+        metrics,
+        target_metrics,
+        criteria,
+    )
     [result] = classify_recurrences([case], options=options, backend=backend)
     if isinstance(result, Exception):
         raise result
@@ -350,7 +375,8 @@ def classify_prepared(
     from preparing come back as they are."""
     chosen = resolve_backend(backend)
     results: list[RecurrenceResult | IsodoseError | None] = [
-        p if isinstance(p, IsodoseError) else None for p in prepared]
+        p if isinstance(p, IsodoseError) else None for p in prepared
+    ]
     ready = {i: p for i, p in enumerate(prepared) if isinstance(p, PreparedRecurrence)}
     warnings = {i: list(p.warnings) for i, p in ready.items()}
     requests = [r for p in ready.values() for r in p.requests]

@@ -43,7 +43,6 @@ _TUMOUR = re.compile(r"(^|[^a-z])(gtv|ctv|ptv|itv)", re.IGNORECASE)
 _CNS = re.compile(r"cord|brain\s*_?-?\s*stem", re.IGNORECASE)
 
 
-
 @dataclass(frozen=True)
 class Course:
     """One course of radiotherapy: its physical dose and its number of fractions."""
@@ -53,15 +52,17 @@ class Course:
 
     def __post_init__(self) -> None:
         if not isinstance(self.dose, DoseGrid):
-            raise AccumulationError(f"a course's dose must be a DoseGrid (isodose.read_dose reads one), not "
-                                    f"{type(self.dose).__name__}")
+            raise AccumulationError(
+                f"a course's dose must be a DoseGrid (isodose.read_dose reads one), not {type(self.dose).__name__}"
+            )
         _check_fractions(self.fractions, self.dose.source or None)
 
 
 def _check_fractions(fractions, path: str | None = None) -> int:
     if isinstance(fractions, bool) or not isinstance(fractions, int | np.integer) or fractions < 1:
-        raise AccumulationError(f"a course needs a whole number of fractions of at least 1, not {fractions!r}",
-                                path=path)
+        raise AccumulationError(
+            f"a course needs a whole number of fractions of at least 1, not {fractions!r}", path=path
+        )
     return int(fractions)
 
 
@@ -92,10 +93,12 @@ class PlanSum:
     def course_eqd2(self, course: int, alpha_beta_gy: float, *, on_device: bool = False) -> DoseGrid:
         """One course's EQD2 alone (``course`` counted from 0, without recovery)."""
         if not (isinstance(course, int | np.integer) and 0 <= course < len(self.doses)):
-            raise AccumulationError(f"course {course!r} is not one of this plan sum's courses (0 to "
-                                    f"{len(self.doses) - 1}, counted from 0)")
-        return self._sum([self.doses[course]], [1.0], [self.fractions[course]], _check_alpha_beta(alpha_beta_gy),
-                         on_device)
+            raise AccumulationError(
+                f"course {course!r} is not one of this plan sum's courses (0 to {len(self.doses) - 1}, counted from 0)"
+            )
+        return self._sum(
+            [self.doses[course]], [1.0], [self.fractions[course]], _check_alpha_beta(alpha_beta_gy), on_device
+        )
 
     @property
     def grid(self) -> DoseGrid:
@@ -165,21 +168,30 @@ def _resampled(dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None, bac
     matrix = np.eye(4) if transform is None else check_rigid(transform, "the registration's transform")
     out_of_memory = backend.kernels.out_of_memory_errors()
     try:
-        values = backend.kernels.resample(dose.dose_gy, np.asarray(dose.origin_mm, dtype=np.float64),
-                                          np.asarray(dose.spacing_mm, dtype=np.float64), onto.origin_mm,
-                                          onto.spacing_mm, onto.dose_gy.shape, matrix)
+        values = backend.kernels.resample(
+            dose.dose_gy,
+            np.asarray(dose.origin_mm, dtype=np.float64),
+            np.asarray(dose.spacing_mm, dtype=np.float64),
+            onto.origin_mm,
+            onto.spacing_mm,
+            onto.dose_gy.shape,
+            matrix,
+        )
     except out_of_memory as exc:
-        raise AccumulationError(f"not enough memory on {backend.device} to hold this course on a grid of "
-                                f"{onto.dose_gy.size:,} voxels (8 bytes each, besides the other courses)",
-                                path=dose.source or None) from exc
+        raise AccumulationError(
+            f"not enough memory on {backend.device} to hold this course on a grid of "
+            f"{onto.dose_gy.size:,} voxels (8 bytes each, besides the other courses)",
+            path=dose.source or None,
+        ) from exc
     outside = values != values  # NaN: outside the grid of ``dose``
     share = int(outside.sum()) / values.size if values.size else 0.0
     values[outside] = 0.0
     return values, share
 
 
-def resample(dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None = None,
-             backend: str | Backend | None = None) -> tuple[np.ndarray, float]:
+def resample(
+    dose: DoseGrid, onto: DoseGrid, transform: np.ndarray | None = None, backend: str | Backend | None = None
+) -> tuple[np.ndarray, float]:
     """``dose`` at the voxel centres of ``onto`` (trilinear), and the share of those centres it does not reach
     (where its value is 0). ``transform`` maps ``onto``'s coordinates into ``dose``'s (rigid 4x4)."""
     chosen = resolve_backend(backend)
@@ -213,16 +225,24 @@ def accumulate(
             if registration is None:
                 raise FrameOfReferenceError(
                     f"course {k} is in frame of reference {frame}, course 1 in {base}: give the spatial registration "
-                    "that relates them", path=course.dose.source or None)
+                    "that relates them",
+                    path=course.dose.source or None,
+                )
             transform = registration_matrix(registration, base, frame)
         values, outside = _resampled(course.dose, first.dose, transform, chosen)
         if outside >= 1.0:
-            raise AccumulationError(f"course {k}'s dose grid does not overlap course 1's at all (after the "
-                                    "registration, if any): check the files and the registration",
-                                    path=course.dose.source or None)
+            raise AccumulationError(
+                f"course {k}'s dose grid does not overlap course 1's at all (after the "
+                "registration, if any): check the files and the registration",
+                path=course.dose.source or None,
+            )
         if outside > 0:
-            log.warning("%s: course %d's dose grid does not reach %.1f%% of course 1's grid; its dose is taken as "
-                        "0 Gy there", course.dose.source or "dose", k, 100 * outside)
+            log.warning(
+                "%s: course %d's dose grid does not reach %.1f%% of course 1's grid; its dose is taken as 0 Gy there",
+                course.dose.source or "dose",
+                k,
+                100 * outside,
+            )
         doses.append(values)
     return PlanSum(first.dose, tuple(doses), tuple(int(c.fractions) for c in courses), float(recovery_pct), chosen)
 
@@ -271,14 +291,19 @@ def accumulated_dvhs(
     for structure in selected:
         by_ratio.setdefault(ratios[structure.name], []).append(structure)
     # Each ratio's structures in its EQD2 grid; the lattice is the physical sum's, so a plan serves as is.
-    subsets = [(ratio, dvh_request(plan_sum.reference, structures, [m.name for m in members], options=options))
-               for ratio, members in sorted(by_ratio.items())]
+    subsets = [
+        (ratio, dvh_request(plan_sum.reference, structures, [m.name for m in members], options=options))
+        for ratio, members in sorted(by_ratio.items())
+    ]
     requests = [replace(physical_request, grid=plan_sum.physical(on_device=True))]
     requests += [replace(request, grid=plan_sum.eqd2(ratio, on_device=True)) for ratio, (_, request) in subsets]
     physical_samples, *eqd2_samples = sample_many(requests, chosen, options)
     physical = dvhs_from_samples(selected, physical_samples)
-    eqd2_dvhs = {id(s): dvh for (_, (members, _)), samples in zip(subsets, eqd2_samples, strict=True)
-                 for s, dvh in zip(members, dvhs_from_samples(members, samples), strict=True)}
+    eqd2_dvhs = {
+        id(s): dvh
+        for (_, (members, _)), samples in zip(subsets, eqd2_samples, strict=True)
+        for s, dvh in zip(members, dvhs_from_samples(members, samples), strict=True)
+    }
     return [AccumulatedDVH(s.name, ratios[s.name], dvh, eqd2_dvhs[id(s)]) for s, dvh in zip(selected, physical)]
 
 
@@ -314,8 +339,11 @@ def reirradiation_record(
     ab = TUMOUR_ALPHA_BETA_GY
     # The three grids share course 1's lattice: one sampling plan serves them (one launch on a GPU).
     selected, request = dvh_request(plan_sum.reference, [recurrence], options=options, transform=recurrence_transform)
-    grids = (plan_sum.physical(on_device=True), plan_sum.eqd2(ab, on_device=True),
-             plan_sum.course_eqd2(1, ab, on_device=True))
+    grids = (
+        plan_sum.physical(on_device=True),
+        plan_sum.eqd2(ab, on_device=True),
+        plan_sum.course_eqd2(1, ab, on_device=True),
+    )
     samples = sample_many([replace(request, grid=grid) for grid in grids], chosen, options)
     physical, accumulated, alone = (dvhs_from_samples(selected, s)[0] for s in samples)
     record: dict[str, Any] = {
@@ -332,6 +360,7 @@ def reirradiation_record(
     }
     record["risk_reirradiation_eqd2_ge_68gy"] = bool(record["vr_course2_eqd2_d95_gy"] >= REIRRADIATION_EQD2_RISK_GY)
     record["risk_accumulated_gtv_eqd2_ge_145_5gy"] = bool(
-        record["vr_accumulated_eqd2_d95_gy"] >= ACCUMULATED_GTV_EQD2_RISK_GY)
+        record["vr_accumulated_eqd2_d95_gy"] >= ACCUMULATED_GTV_EQD2_RISK_GY
+    )
     record["risk_recurrent_gtv_ge_25cc"] = bool(physical.volume_cc >= RECURRENT_GTV_RISK_CC)
     return record

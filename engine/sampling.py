@@ -52,8 +52,10 @@ def dose_range_gy(grid: DoseGrid) -> tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high)):
         raise DoseGridError("dose holds NaN or infinite values", path=grid.source or None)
     if low < 0:
-        raise DoseGridError(f"dose holds negative values (down to {low:.4g} Gy); DVHs need doses of 0 Gy or more",
-                            path=grid.source or None)
+        raise DoseGridError(
+            f"dose holds negative values (down to {low:.4g} Gy); DVHs need doses of 0 Gy or more",
+            path=grid.source or None,
+        )
     return low, high
 
 
@@ -111,8 +113,12 @@ class GridBatch:
     def of(cls, grids: Sequence[DoseGrid], backend: Backend) -> GridBatch:
         """The batch of ``grids``, each distinct grid object once, in the order first met."""
         distinct = list({id(grid): grid for grid in grids}.values())
-        table = backend.kernels.grid_table([(g.dose_gy, np.asarray(g.origin_mm, dtype=np.float64),
-                                             np.asarray(g.spacing_mm, dtype=np.float64)) for g in distinct])
+        table = backend.kernels.grid_table(
+            [
+                (g.dose_gy, np.asarray(g.origin_mm, dtype=np.float64), np.asarray(g.spacing_mm, dtype=np.float64))
+                for g in distinct
+            ]
+        )
         return cls(tuple(distinct), table, backend)
 
     def index(self, grid: DoseGrid) -> int:
@@ -133,7 +139,10 @@ class GridBatch:
 
 
 def sample_structures(
-    plan: SamplingPlan, grid: DoseGrid, backend: Backend, options: SamplingOptions,
+    plan: SamplingPlan,
+    grid: DoseGrid,
+    backend: Backend,
+    options: SamplingOptions,
     transforms: np.ndarray | None = None,
 ) -> StructureSamples:
     """Sample every structure of ``plan``; ``transforms`` (one rigid 4x4 per structure, identity by default)
@@ -143,7 +152,9 @@ def sample_structures(
 
 
 def sample_many(
-    requests: Sequence[SamplingRequest], backend: Backend, options: SamplingOptions,
+    requests: Sequence[SamplingRequest],
+    backend: Backend,
+    options: SamplingOptions,
     grids: GridBatch | None = None,
 ) -> list[StructureSamples]:
     """Sample the structures of many requests (of many cases, in many dose grids).
@@ -181,8 +192,20 @@ def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
         ring_start=starts("ring_start"),
         plane_ring_start=starts("plane_ring_start"),
         plane_cell_start=starts("plane_cell_start"),
-        **{name: joined(name) for name in ("plane_x0_mm", "plane_y0_mm", "plane_nx", "plane_ny", "plane_hx_mm",
-                                           "plane_hy_mm", "plane_z_lo_mm", "plane_z_hi_mm", "supersampling")},
+        **{
+            name: joined(name)
+            for name in (
+                "plane_x0_mm",
+                "plane_y0_mm",
+                "plane_nx",
+                "plane_ny",
+                "plane_hx_mm",
+                "plane_hy_mm",
+                "plane_z_lo_mm",
+                "plane_z_hi_mm",
+                "supersampling",
+            )
+        },
         structure_plane_start=starts("structure_plane_start"),
         vertex_points=np.concatenate([p.vertex_points for p in plans]),
         vertex_structure_start=starts("vertex_structure_start"),
@@ -190,8 +213,9 @@ def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
     )
 
 
-def _sample(requests: list[SamplingRequest], backend: Backend, options: SamplingOptions,
-            batch: GridBatch) -> list[StructureSamples]:
+def _sample(
+    requests: list[SamplingRequest], backend: Backend, options: SamplingOptions, batch: GridBatch
+) -> list[StructureSamples]:
     kernels = backend.kernels
     plan = merge_plans([r.plan for r in requests])
     n_structures = plan.n_structures
@@ -204,9 +228,19 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
     transforms = np.concatenate([r.structure_transforms() for r in requests]) if n_structures else np.zeros((0, 4, 4))
 
     def histograms(cells, cell_start, z_lo, z_hi, structure_start, present):
-        return kernels.cell_histograms_many(batch.table, cells, cell_start, z_lo, z_hi, structure_start,
-                                            structure_grid[present], transforms[present], bin_width[present],
-                                            n_bins, options.chunks)
+        return kernels.cell_histograms_many(
+            batch.table,
+            cells,
+            cell_start,
+            z_lo,
+            z_hi,
+            structure_start,
+            structure_grid[present],
+            transforms[present],
+            bin_width[present],
+            n_bins,
+            options.chunks,
+        )
 
     hist = np.zeros((n_structures, n_bins))
     sums = np.zeros((n_structures, 6))  # inside, outside, dose x volume, x, y, z x volume
@@ -242,8 +276,14 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
                 plan.plane_hy_mm[first:end],
                 plan.scanlines,
             )
-            batch_hist, batch_stats = histograms(cells, cell_start - cell_start[0], plan.plane_z_lo_mm[first:end],
-                                                 plan.plane_z_hi_mm[first:end], structure_start, present)
+            batch_hist, batch_stats = histograms(
+                cells,
+                cell_start - cell_start[0],
+                plan.plane_z_lo_mm[first:end],
+                plan.plane_z_hi_mm[first:end],
+                structure_start,
+                present,
+            )
             del cells
         except out_of_memory as exc:
             # Not enough memory for this batch: split it and try again; a single plane cannot be split.
@@ -251,7 +291,8 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
                 name = plan.names[int(owners[0])]
                 raise IsodoseError(
                     f"not enough memory for one contour plane ({int(cell_start[-1] - cell_start[0]):,} cells on "
-                    f"{backend.name}); lower the supersampling", obj=f"ROI {name!r}",
+                    f"{backend.name}); lower the supersampling",
+                    obj=f"ROI {name!r}",
                 ) from exc
             middle = (first + end) // 2
             run_batch(first, middle)
@@ -298,16 +339,18 @@ def _sample(requests: list[SamplingRequest], backend: Backend, options: Sampling
     bounds = np.cumsum([0, *counts])
     for r, (first, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         part = slice(first, end)  # views of the merged arrays, not copies
-        results.append(StructureSamples(
-            hist_mm3=hist[part],
-            bin_width_gy=float(request_bin_width[r]),
-            inside_mm3=sums[part, 0],
-            outside_mm3=sums[part, 1],
-            dose_volume_sum=sums[part, 2],
-            dmin_gy=dmin[part],
-            dmax_gy=dmax[part],
-            centroid_mm=centroid[part],
-            backend=backend.name,
-            device=backend.device,
-        ))
+        results.append(
+            StructureSamples(
+                hist_mm3=hist[part],
+                bin_width_gy=float(request_bin_width[r]),
+                inside_mm3=sums[part, 0],
+                outside_mm3=sums[part, 1],
+                dose_volume_sum=sums[part, 2],
+                dmin_gy=dmin[part],
+                dmax_gy=dmax[part],
+                centroid_mm=centroid[part],
+                backend=backend.name,
+                device=backend.device,
+            )
+        )
     return results

@@ -204,7 +204,8 @@ def plan_sampling(
                 f"a contour at z = {planes[k].z_mm:g} mm spans {nx[k] * hx:.0f} x {ny[k] * hy:.0f} mm, which needs "
                 f"{int(nx[k] * ny[k]):,} cells at supersampling {m} (at most {options.max_cells_per_plane:,}); "
                 "check the contour for stray points, or lower the supersampling",
-                path=structure.source or None, obj=f"ROI {structure.name!r}",
+                path=structure.source or None,
+                obj=f"ROI {structure.name!r}",
             )
         windows.extend(zip(gx0 + ix0 * hx, gy0 + iy0 * hy, nx, ny, [hx] * len(planes), [hy] * len(planes)))
         rings.extend(structure_rings)
@@ -212,8 +213,9 @@ def plan_sampling(
         # The vertices of each plane at the bottom and at the top of its slab (for Dmin and Dmax).
         plane_counts = np.diff(np.append(plane_first, len(points)))
         faces = np.empty((2 * len(points), 3))
-        bottom = np.repeat(2 * plane_first, plane_counts) + np.arange(len(points)) - np.repeat(plane_first,
-                                                                                               plane_counts)
+        bottom = (
+            np.repeat(2 * plane_first, plane_counts) + np.arange(len(points)) - np.repeat(plane_first, plane_counts)
+        )
         top = bottom + np.repeat(plane_counts, plane_counts)
         faces[bottom, :2] = points
         faces[top, :2] = points

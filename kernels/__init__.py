@@ -50,8 +50,16 @@ structure_plane_start, structure_transform, bin_width, n_bins, n_chunks) -> (his
 #: Columns of the ``cells`` array made by ``polygon_coverage``.
 CELL_COLUMNS = ("area_mm2", "centroid_x_mm", "centroid_y_mm", "var_xx_mm2", "var_xy_mm2", "var_yy_mm2")
 #: Columns of the ``stats`` array made by ``cell_histograms``.
-STAT_COLUMNS = ("inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy", "x_volume_sum",
-                "y_volume_sum", "z_volume_sum")
+STAT_COLUMNS = (
+    "inside_mm3",
+    "outside_mm3",
+    "dose_volume_sum",
+    "dmin_gy",
+    "dmax_gy",
+    "x_volume_sum",
+    "y_volume_sum",
+    "z_volume_sum",
+)
 #: Points within this fraction of a voxel outside the grid still count as inside (rounding of coordinates).
 GRID_EPSILON = 1e-6
 #: Each chunk of a structure's cells holds at least this many cells; the chunking (and so the summation

@@ -98,9 +98,13 @@ class GpuKernels:
         sizes = [int(np.prod(shape)) for shape in shapes]
         offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         geometry = np.array([[*map(float, origin), *map(float, spacing)] for _, origin, spacing in grids])
-        return GridTable(doses, self.to_device(offsets, np.int64),
-                         self.to_device(np.array(shapes, dtype=np.int32).reshape(-1, 3), np.int32),
-                         self.to_device(geometry.reshape(-1, 6), np.float64), len(grids))
+        return GridTable(
+            doses,
+            self.to_device(offsets, np.int64),
+            self.to_device(np.array(shapes, dtype=np.int32).reshape(-1, 3), np.int32),
+            self.to_device(geometry.reshape(-1, 6), np.float64),
+            len(grids),
+        )
 
     # -- kernels ----------------------------------------------------------------------------------------------
     def trilinear(self, dose, origin, spacing, points):
@@ -115,8 +119,9 @@ class GpuKernels:
         n = int(points.shape[0])
         out = self.xp.empty(n, dtype=np.float64)
         if n:
-            self.launch("trilinear_kernel", n, [*table.args(), self.to_device(point_grid, np.int64), points,
-                                                np.int64(n), out])
+            self.launch(
+                "trilinear_kernel", n, [*table.args(), self.to_device(point_grid, np.int64), points, np.int64(n), out]
+            )
         return self.to_host(out)
 
     def resample(self, dose, origin, spacing, onto_origin, onto_spacing, onto_shape, transform):
@@ -126,20 +131,39 @@ class GpuKernels:
         out = self.xp.empty(onto_shape, dtype=np.float64)
         if n:
             lattice = np.array([*map(float, onto_origin), *map(float, onto_spacing)])
-            self.launch("resample_kernel", n, [
-                *self.grid_table([(dose, origin, spacing)]).args(), self.to_device(lattice, np.float64),
-                np.int64(onto_shape[1]), np.int64(onto_shape[2]),
-                self.to_device(np.asarray(transform, np.float64).reshape(16), np.float64), np.int64(n), out,
-            ])
+            self.launch(
+                "resample_kernel",
+                n,
+                [
+                    *self.grid_table([(dose, origin, spacing)]).args(),
+                    self.to_device(lattice, np.float64),
+                    np.int64(onto_shape[1]),
+                    np.int64(onto_shape[2]),
+                    self.to_device(np.asarray(transform, np.float64).reshape(16), np.float64),
+                    np.int64(n),
+                    out,
+                ],
+            )
         return out
 
     def course_sum(self, doses, weights, fractions, alpha_beta=None):
         """The reference's array code on the device (CuPy's element-wise kernels): memory-bound either way."""
-        return numpy_ref.course_sum_in(self.xp, [self.asarray(dose) for dose in doses], weights, fractions,
-                                       alpha_beta)
+        return numpy_ref.course_sum_in(self.xp, [self.asarray(dose) for dose in doses], weights, fractions, alpha_beta)
 
-    def polygon_coverage(self, vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
-                         plane_nx, plane_ny, plane_hx, plane_hy, scanlines):
+    def polygon_coverage(
+        self,
+        vertices,
+        ring_start,
+        plane_ring_start,
+        plane_cell_start,
+        plane_x0,
+        plane_y0,
+        plane_nx,
+        plane_ny,
+        plane_hx,
+        plane_hy,
+        scanlines,
+    ):
         xp = self.xp
         plane_ny = np.asarray(plane_ny, dtype=np.int64)
         n_planes = len(plane_ny)
@@ -150,24 +174,44 @@ class GpuKernels:
         cells = xp.empty((int(plane_cell_start[-1]), 6), dtype=np.float64)  # each row's thread writes its cells
         overflow = xp.zeros(n_rows, dtype=np.int32)
         if n_rows:
-            self.launch("coverage_kernel", n_rows, [
-                self.to_device(np.asarray(vertices, np.float64).reshape(-1, 2), np.float64),
-                self.to_device(ring_start, np.int64), self.to_device(plane_ring_start, np.int64),
-                self.to_device(plane_cell_start, np.int64), self.to_device(plane_x0, np.float64),
-                self.to_device(plane_y0, np.float64), self.to_device(plane_nx, np.int64),
-                self.to_device(plane_hx, np.float64), self.to_device(plane_hy, np.float64),
-                self.to_device(row_plane, np.int64), self.to_device(row_in_plane, np.int64), np.int64(n_rows),
-                np.int32(scanlines), cells, overflow,
-            ])
+            self.launch(
+                "coverage_kernel",
+                n_rows,
+                [
+                    self.to_device(np.asarray(vertices, np.float64).reshape(-1, 2), np.float64),
+                    self.to_device(ring_start, np.int64),
+                    self.to_device(plane_ring_start, np.int64),
+                    self.to_device(plane_cell_start, np.int64),
+                    self.to_device(plane_x0, np.float64),
+                    self.to_device(plane_y0, np.float64),
+                    self.to_device(plane_nx, np.int64),
+                    self.to_device(plane_hx, np.float64),
+                    self.to_device(plane_hy, np.float64),
+                    self.to_device(row_plane, np.int64),
+                    self.to_device(row_in_plane, np.int64),
+                    np.int64(n_rows),
+                    np.int32(scanlines),
+                    cells,
+                    overflow,
+                ],
+            )
         # Planes with a scanline crossing more edges than a thread holds are computed on the host instead.
         crowded = np.unique(row_plane[np.nonzero(self.to_host(overflow))[0]])
         for p in crowded:
             rings = slice(int(plane_ring_start[p]), int(plane_ring_start[p + 1]))
             ring_bounds = np.asarray(ring_start)[rings.start : rings.stop + 1]
             plane_cells = numpy_ref.polygon_coverage(
-                np.asarray(vertices).reshape(-1, 2)[ring_bounds[0] : ring_bounds[-1]], ring_bounds - ring_bounds[0],
-                np.array([0, rings.stop - rings.start]), np.array([0, int(plane_nx[p] * plane_ny[p])]),
-                [plane_x0[p]], [plane_y0[p]], [plane_nx[p]], [plane_ny[p]], [plane_hx[p]], [plane_hy[p]], scanlines,
+                np.asarray(vertices).reshape(-1, 2)[ring_bounds[0] : ring_bounds[-1]],
+                ring_bounds - ring_bounds[0],
+                np.array([0, rings.stop - rings.start]),
+                np.array([0, int(plane_nx[p] * plane_ny[p])]),
+                [plane_x0[p]],
+                [plane_y0[p]],
+                [plane_nx[p]],
+                [plane_ny[p]],
+                [plane_hx[p]],
+                [plane_hy[p]],
+                scanlines,
             )
             cells[int(plane_cell_start[p]) : int(plane_cell_start[p + 1])] = self.to_device(plane_cells, np.float64)
         return cells
@@ -178,23 +222,65 @@ class GpuKernels:
         n = int(values.shape[0])
         delta = self.xp.zeros(int(n_bins) + 1, dtype=np.int64)
         if n:
-            self.launch("histogram_kernel", n, [values, self.to_device(weights, np.float64),
-                                                self.to_device(widths, np.float64), np.int64(n),
-                                                np.float64(1.0 / bin_width), np.int32(n_bins), delta])
+            self.launch(
+                "histogram_kernel",
+                n,
+                [
+                    values,
+                    self.to_device(weights, np.float64),
+                    self.to_device(widths, np.float64),
+                    np.int64(n),
+                    np.float64(1.0 / bin_width),
+                    np.int32(n_bins),
+                    delta,
+                ],
+            )
         return self.to_host(self.xp.cumsum(delta)[:n_bins] / VOLUME_SCALE)
 
-    def cell_histograms(self, dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,
-                        structure_plane_start, structure_transform, bin_width, n_bins, n_chunks):
+    def cell_histograms(
+        self,
+        dose,
+        origin,
+        spacing,
+        cells,
+        plane_cell_start,
+        plane_z_lo,
+        plane_z_hi,
+        structure_plane_start,
+        structure_transform,
+        bin_width,
+        n_bins,
+        n_chunks,
+    ):
         n_structures = len(structure_plane_start) - 1
         return self.cell_histograms_many(
-            self.grid_table([(dose, origin, spacing)]), cells, plane_cell_start, plane_z_lo, plane_z_hi,
-            structure_plane_start, np.zeros(n_structures, np.int64), structure_transform,
-            np.full(n_structures, float(bin_width)), n_bins, n_chunks,
+            self.grid_table([(dose, origin, spacing)]),
+            cells,
+            plane_cell_start,
+            plane_z_lo,
+            plane_z_hi,
+            structure_plane_start,
+            np.zeros(n_structures, np.int64),
+            structure_transform,
+            np.full(n_structures, float(bin_width)),
+            n_bins,
+            n_chunks,
         )
 
-    def cell_histograms_many(self, table: GridTable, cells, plane_cell_start, plane_z_lo, plane_z_hi,
-                             structure_plane_start, structure_grid, structure_transform, structure_bin_width, n_bins,
-                             n_chunks):
+    def cell_histograms_many(
+        self,
+        table: GridTable,
+        cells,
+        plane_cell_start,
+        plane_z_lo,
+        plane_z_hi,
+        structure_plane_start,
+        structure_grid,
+        structure_transform,
+        structure_bin_width,
+        n_bins,
+        n_chunks,
+    ):
         """:func:`cell_histograms` of structures in many grids at once: structure ``s`` is sampled in grid
         ``structure_grid[s]`` of ``table``, into bins of ``structure_bin_width[s]`` Gy."""
         del n_chunks  # integer sums need no fixed chunking
@@ -208,15 +294,28 @@ class GpuKernels:
         extremes = xp.zeros((n_structures, 2), dtype=np.uint64)
         extremes[:, 0] = np.uint64(0x7FF0000000000000)  # +inf: the minimum's starting point
         if n_cells and n_structures:
-            self.launch("cell_histograms_kernel", n_cells, [
-                *table.args(), cells, np.int64(n_cells), self.to_device(plane_cell_start, np.int64),
-                np.int64(n_planes), self.to_device(plane_z_lo, np.float64), self.to_device(plane_z_hi, np.float64),
-                self.to_device(structure_plane_start, np.int64), np.int64(n_structures),
-                self.to_device(structure_grid, np.int64),
-                self.to_device(np.asarray(structure_transform, np.float64).reshape(-1, 16), np.float64),
-                self.to_device(1.0 / np.asarray(structure_bin_width, np.float64), np.float64), np.int32(n_bins),
-                delta, stats_fixed, extremes,
-            ])
+            self.launch(
+                "cell_histograms_kernel",
+                n_cells,
+                [
+                    *table.args(),
+                    cells,
+                    np.int64(n_cells),
+                    self.to_device(plane_cell_start, np.int64),
+                    np.int64(n_planes),
+                    self.to_device(plane_z_lo, np.float64),
+                    self.to_device(plane_z_hi, np.float64),
+                    self.to_device(structure_plane_start, np.int64),
+                    np.int64(n_structures),
+                    self.to_device(structure_grid, np.int64),
+                    self.to_device(np.asarray(structure_transform, np.float64).reshape(-1, 16), np.float64),
+                    self.to_device(1.0 / np.asarray(structure_bin_width, np.float64), np.float64),
+                    np.int32(n_bins),
+                    delta,
+                    stats_fixed,
+                    extremes,
+                ],
+            )
         hist = self.to_host(xp.cumsum(delta, axis=1)[:, :n_bins] / VOLUME_SCALE)  # converted on the device
         fixed = self.to_host(stats_fixed).astype(np.float64)
         bounds = self.to_host(extremes).view(np.float64)
@@ -311,10 +410,32 @@ def to_host(array) -> np.ndarray:
     return _instance().to_host(array)
 
 
-def polygon_coverage(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
-                     plane_hx, plane_hy, scanlines):
-    return _instance().polygon_coverage(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
-                                        plane_nx, plane_ny, plane_hx, plane_hy, scanlines)
+def polygon_coverage(
+    vertices,
+    ring_start,
+    plane_ring_start,
+    plane_cell_start,
+    plane_x0,
+    plane_y0,
+    plane_nx,
+    plane_ny,
+    plane_hx,
+    plane_hy,
+    scanlines,
+):
+    return _instance().polygon_coverage(
+        vertices,
+        ring_start,
+        plane_ring_start,
+        plane_cell_start,
+        plane_x0,
+        plane_y0,
+        plane_nx,
+        plane_ny,
+        plane_hx,
+        plane_hy,
+        scanlines,
+    )
 
 
 def accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks=64):
@@ -329,14 +450,59 @@ def trilinear_many(table, points, point_grid):
     return _instance().trilinear_many(table, points, point_grid)
 
 
-def cell_histograms_many(table, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-                         structure_grid, structure_transform, structure_bin_width, n_bins, n_chunks):
-    return _instance().cell_histograms_many(table, cells, plane_cell_start, plane_z_lo, plane_z_hi,
-                                            structure_plane_start, structure_grid, structure_transform,
-                                            structure_bin_width, n_bins, n_chunks)
+def cell_histograms_many(
+    table,
+    cells,
+    plane_cell_start,
+    plane_z_lo,
+    plane_z_hi,
+    structure_plane_start,
+    structure_grid,
+    structure_transform,
+    structure_bin_width,
+    n_bins,
+    n_chunks,
+):
+    return _instance().cell_histograms_many(
+        table,
+        cells,
+        plane_cell_start,
+        plane_z_lo,
+        plane_z_hi,
+        structure_plane_start,
+        structure_grid,
+        structure_transform,
+        structure_bin_width,
+        n_bins,
+        n_chunks,
+    )
 
 
-def cell_histograms(dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-                    structure_transform, bin_width, n_bins, n_chunks):
-    return _instance().cell_histograms(dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,
-                                       structure_plane_start, structure_transform, bin_width, n_bins, n_chunks)
+def cell_histograms(
+    dose,
+    origin,
+    spacing,
+    cells,
+    plane_cell_start,
+    plane_z_lo,
+    plane_z_hi,
+    structure_plane_start,
+    structure_transform,
+    bin_width,
+    n_bins,
+    n_chunks,
+):
+    return _instance().cell_histograms(
+        dose,
+        origin,
+        spacing,
+        cells,
+        plane_cell_start,
+        plane_z_lo,
+        plane_z_hi,
+        structure_plane_start,
+        structure_transform,
+        bin_width,
+        n_bins,
+        n_chunks,
+    )

@@ -41,8 +41,10 @@ def to_host(array: Any) -> np.ndarray:
 def check_courses(doses: Sequence[Any], weights: Sequence[float], fractions: Sequence[int]) -> None:
     """ValueError unless there is at least one dose, all of one shape, each with a weight and a fraction count."""
     if not len(doses) or len(weights) != len(doses) or len(fractions) != len(doses):
-        raise ValueError(f"course_sum needs one weight and one fraction count for each of at least one dose "
-                         f"({len(doses)} doses, {len(weights)} weights, {len(fractions)} fraction counts)")
+        raise ValueError(
+            f"course_sum needs one weight and one fraction count for each of at least one dose "
+            f"({len(doses)} doses, {len(weights)} weights, {len(fractions)} fraction counts)"
+        )
     shapes = {tuple(dose.shape) for dose in doses}
     if len(shapes) > 1:
         raise ValueError(f"course_sum needs doses of one shape, not {sorted(shapes)}")
@@ -60,8 +62,12 @@ class HostGridTable:
 
 
 def grid_table(grids: Sequence[tuple[Any, Any, Any]]) -> HostGridTable:
-    return HostGridTable(tuple((dose, np.asarray(origin, dtype=np.float64), np.asarray(spacing, dtype=np.float64))
-                               for dose, origin, spacing in grids))
+    return HostGridTable(
+        tuple(
+            (dose, np.asarray(origin, dtype=np.float64), np.asarray(spacing, dtype=np.float64))
+            for dose, origin, spacing in grids
+        )
+    )
 
 
 def _runs(keys: np.ndarray) -> list[tuple[int, int]]:
@@ -73,8 +79,9 @@ def _runs(keys: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
-def trilinear_many(trilinear: Callable[..., np.ndarray], table: HostGridTable, points: Any,
-                   point_grid: Any) -> np.ndarray:
+def trilinear_many(
+    trilinear: Callable[..., np.ndarray], table: HostGridTable, points: Any, point_grid: Any
+) -> np.ndarray:
     """``trilinear`` of each point in its grid of ``table``: one call per run of points sharing a grid."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     point_grid = np.asarray(point_grid, dtype=np.int64).reshape(-1)
@@ -84,10 +91,20 @@ def trilinear_many(trilinear: Callable[..., np.ndarray], table: HostGridTable, p
     return out
 
 
-def cell_histograms_many(cell_histograms: Callable[..., tuple[np.ndarray, np.ndarray]], table: HostGridTable,
-                         cells: Any, plane_cell_start: Any, plane_z_lo: Any, plane_z_hi: Any,
-                         structure_plane_start: Any, structure_grid: Any, structure_transform: Any,
-                         structure_bin_width: Any, n_bins: int, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+def cell_histograms_many(
+    cell_histograms: Callable[..., tuple[np.ndarray, np.ndarray]],
+    table: HostGridTable,
+    cells: Any,
+    plane_cell_start: Any,
+    plane_z_lo: Any,
+    plane_z_hi: Any,
+    structure_plane_start: Any,
+    structure_grid: Any,
+    structure_transform: Any,
+    structure_bin_width: Any,
+    n_bins: int,
+    n_chunks: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """``cell_histograms`` of structures in many grids: one call per run of structures sharing a grid and a bin
     width, over that run's planes and cells."""
     structure_plane_start = np.asarray(structure_plane_start, dtype=np.int64)
@@ -102,9 +119,15 @@ def cell_histograms_many(cell_histograms: Callable[..., tuple[np.ndarray, np.nda
         p0, p1 = int(structure_plane_start[first]), int(structure_plane_start[end])
         c0 = int(plane_cell_start[p0])
         run_hist, run_stats = cell_histograms(
-            *table.grids[int(structure_grid[first])], cells[c0 : int(plane_cell_start[p1])],
-            plane_cell_start[p0 : p1 + 1] - c0, plane_z_lo[p0:p1], plane_z_hi[p0:p1],
-            structure_plane_start[first : end + 1] - p0, transforms[first:end], float(bin_width[first]), n_bins,
+            *table.grids[int(structure_grid[first])],
+            cells[c0 : int(plane_cell_start[p1])],
+            plane_cell_start[p0 : p1 + 1] - c0,
+            plane_z_lo[p0:p1],
+            plane_z_hi[p0:p1],
+            structure_plane_start[first : end + 1] - p0,
+            transforms[first:end],
+            float(bin_width[first]),
+            n_bins,
             n_chunks,
         )
         hist[first:end] = run_hist

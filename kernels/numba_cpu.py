@@ -34,6 +34,7 @@ def device_name() -> str:
     threads = numba.get_num_threads()
     return f"cpu, {threads} thread{'s' if threads > 1 else ''}"
 
+
 #: Held while a parallel region runs. Numba's workqueue threading layer (the one left where neither TBB nor
 #: OpenMP's runtime is installed, as in some minimal containers) aborts the process when two Python threads enter
 #: parallel regions at once, as cases computed together in a multi-threaded Dask worker or a tool's thread pool
@@ -140,8 +141,16 @@ def _trilinear_point(dose, ox, oy, oz, sx, sy, sz, px, py, pz):
 def _trilinear(dose, origin, spacing, points, out):
     for n in prange(points.shape[0]):
         value, _, _, _, _ = _trilinear_point(
-            dose, origin[0], origin[1], origin[2], spacing[0], spacing[1], spacing[2],
-            points[n, 0], points[n, 1], points[n, 2],
+            dose,
+            origin[0],
+            origin[1],
+            origin[2],
+            spacing[0],
+            spacing[1],
+            spacing[2],
+            points[n, 0],
+            points[n, 1],
+            points[n, 2],
         )
         out[n] = value
 
@@ -166,16 +175,24 @@ def _resample(dose, origin, spacing, onto_origin, onto_spacing, matrix, out):
                 px = matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2] * z + matrix[0, 3]
                 py = matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2] * z + matrix[1, 3]
                 pz = matrix[2, 0] * x + matrix[2, 1] * y + matrix[2, 2] * z + matrix[2, 3]
-                value, _, _, _, _ = _trilinear_point(dose, origin[0], origin[1], origin[2], spacing[0], spacing[1],
-                                                     spacing[2], px, py, pz)
+                value, _, _, _, _ = _trilinear_point(
+                    dose, origin[0], origin[1], origin[2], spacing[0], spacing[1], spacing[2], px, py, pz
+                )
                 out[k, j, i] = value
 
 
 @_one_thread_at_a_time
 def resample(dose, origin, spacing, onto_origin, onto_spacing, onto_shape, transform):
     out = np.empty(tuple(int(n) for n in onto_shape))
-    _resample(_float_array(dose), _f64(origin), _f64(spacing), _f64(onto_origin), _f64(onto_spacing),
-              _f64(transform).reshape(4, 4), out)
+    _resample(
+        _float_array(dose),
+        _f64(origin),
+        _f64(spacing),
+        _f64(onto_origin),
+        _f64(onto_spacing),
+        _f64(transform).reshape(4, 4),
+        out,
+    )
     return out
 
 
@@ -195,8 +212,14 @@ def course_sum(doses, weights, fractions, alpha_beta=None):
     doses = tuple(_f64(dose) for dose in doses)
     check_courses(doses, weights, fractions)
     out = np.empty(doses[0].shape, dtype=np.float32)
-    _course_sum(tuple(dose.reshape(-1) for dose in doses), _f64(weights), _f64(fractions),
-                float(alpha_beta if alpha_beta is not None else 0.0), alpha_beta is None, out.reshape(-1))
+    _course_sum(
+        tuple(dose.reshape(-1) for dose in doses),
+        _f64(weights),
+        _f64(fractions),
+        float(alpha_beta if alpha_beta is not None else 0.0),
+        alpha_beta is None,
+        out.reshape(-1),
+    )
     return out
 
 
@@ -317,8 +340,19 @@ def _finish_moments(moments, x0, y0, nx, hx, hy, band, cells):
 
 @njit(cache=True, error_model="numpy")
 def _plane_coverage(
-    vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
-    plane_hx, plane_hy, scanlines, p, cells,
+    vertices,
+    ring_start,
+    plane_ring_start,
+    plane_cell_start,
+    plane_x0,
+    plane_y0,
+    plane_nx,
+    plane_ny,
+    plane_hx,
+    plane_hy,
+    scanlines,
+    p,
+    cells,
 ):
     """The cells of plane ``p``."""
     nx = plane_nx[p]
@@ -327,32 +361,72 @@ def _plane_coverage(
     hy = plane_hy[p]
     moments = np.zeros((nx * ny, 6))
     _plane_moments(
-        vertices, ring_start, plane_ring_start[p], plane_ring_start[p + 1], plane_x0[p], plane_y0[p],
-        nx, ny, hx, hy, scanlines, moments,
+        vertices,
+        ring_start,
+        plane_ring_start[p],
+        plane_ring_start[p + 1],
+        plane_x0[p],
+        plane_y0[p],
+        nx,
+        ny,
+        hx,
+        hy,
+        scanlines,
+        moments,
     )
     c0 = plane_cell_start[p]
-    _finish_moments(
-        moments, plane_x0[p], plane_y0[p], nx, hx, hy, hy / scanlines, cells[c0 : c0 + nx * ny]
-    )
+    _finish_moments(moments, plane_x0[p], plane_y0[p], nx, hx, hy, hy / scanlines, cells[c0 : c0 + nx * ny])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _polygon_coverage(
-    vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
-    plane_hx, plane_hy, scanlines, lane_start, lane_planes, cells,
+    vertices,
+    ring_start,
+    plane_ring_start,
+    plane_cell_start,
+    plane_x0,
+    plane_y0,
+    plane_nx,
+    plane_ny,
+    plane_hx,
+    plane_hy,
+    scanlines,
+    lane_start,
+    lane_planes,
+    cells,
 ):
     for lane in prange(lane_start.shape[0] - 1):
         for q in range(lane_start[lane], lane_start[lane + 1]):
             _plane_coverage(
-                vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
-                plane_hx, plane_hy, scanlines, lane_planes[q], cells,
+                vertices,
+                ring_start,
+                plane_ring_start,
+                plane_cell_start,
+                plane_x0,
+                plane_y0,
+                plane_nx,
+                plane_ny,
+                plane_hx,
+                plane_hy,
+                scanlines,
+                lane_planes[q],
+                cells,
             )
 
 
 @_one_thread_at_a_time
 def polygon_coverage(
-    vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
-    plane_hx, plane_hy, scanlines,
+    vertices,
+    ring_start,
+    plane_ring_start,
+    plane_cell_start,
+    plane_x0,
+    plane_y0,
+    plane_nx,
+    plane_ny,
+    plane_hx,
+    plane_hy,
+    scanlines,
 ):
     plane_cell_start = _i64(plane_cell_start)
     ring_start = _i64(ring_start)
@@ -362,9 +436,20 @@ def polygon_coverage(
         # A plane's cost: its cells and its vertices.
         lane_start, lane_planes = _lanes(np.diff(plane_cell_start) + np.diff(ring_start[plane_ring_start]))
         _polygon_coverage(
-            _f64(vertices).reshape(-1, 2), ring_start, plane_ring_start, plane_cell_start,
-            _f64(plane_x0), _f64(plane_y0), _i64(plane_nx), _i64(plane_ny), _f64(plane_hx),
-            _f64(plane_hy), int(scanlines), lane_start, lane_planes, cells,
+            _f64(vertices).reshape(-1, 2),
+            ring_start,
+            plane_ring_start,
+            plane_cell_start,
+            _f64(plane_x0),
+            _f64(plane_y0),
+            _i64(plane_nx),
+            _i64(plane_ny),
+            _f64(plane_hx),
+            _f64(plane_hy),
+            int(scanlines),
+            lane_start,
+            lane_planes,
+            cells,
         )
     return cells
 
@@ -420,8 +505,9 @@ def _accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks):
 
 @_one_thread_at_a_time
 def accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks=64):
-    return _accumulate_histogram(_f64(values), _f64(weights), _f64(widths), float(bin_width), int(n_bins),
-                                 int(n_chunks))
+    return _accumulate_histogram(
+        _f64(values), _f64(weights), _f64(widths), float(bin_width), int(n_bins), int(n_chunks)
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -435,7 +521,25 @@ def _next_grid_plane(z, grid_z0, grid_dz):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _accumulate_sample(
-    dose, partial, item, i, j, k, tx, ty, tz, sx, sy, sz, rotation, vxx, vxy, vyy, dz, weight, inverse_bin_width,
+    dose,
+    partial,
+    item,
+    i,
+    j,
+    k,
+    tx,
+    ty,
+    tz,
+    sx,
+    sy,
+    sz,
+    rotation,
+    vxx,
+    vxy,
+    vyy,
+    dz,
+    weight,
+    inverse_bin_width,
     n_bins,
 ):
     """Interpolate at one sample, spread it (variance of the linear dose over its region, taken in the
@@ -468,8 +572,22 @@ def _work_items(cells_per_structure, n_chunks):
 
 @njit(cache=True, error_model="numpy")
 def _sample_item(
-    dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-    structure_transform, bin_width, n_bins, item_start, chunk_counts, item, partial, part_stats,
+    dose,
+    origin,
+    spacing,
+    cells,
+    plane_cell_start,
+    plane_z_lo,
+    plane_z_hi,
+    structure_plane_start,
+    structure_transform,
+    bin_width,
+    n_bins,
+    item_start,
+    chunk_counts,
+    item,
+    partial,
+    part_stats,
 ):
     """Sample one work item (a chunk of one structure's cells) into its own row of ``partial`` and
     ``part_stats``."""
@@ -549,8 +667,26 @@ def _sample_item(
                     outside_sum += weight
                     continue
                 value = _accumulate_sample(
-                    dose, partial, item, i, j, kz, tx, ty, tz, sx, sy, sz, rotation, cells[c, 3], cells[c, 4],
-                    cells[c, 5], dz, weight, inverse_bin_width, n_bins,
+                    dose,
+                    partial,
+                    item,
+                    i,
+                    j,
+                    kz,
+                    tx,
+                    ty,
+                    tz,
+                    sx,
+                    sy,
+                    sz,
+                    rotation,
+                    cells[c, 3],
+                    cells[c, 4],
+                    cells[c, 5],
+                    dz,
+                    weight,
+                    inverse_bin_width,
+                    n_bins,
                 )
                 inside_sum += weight
                 dose_sum += weight * value
@@ -569,15 +705,44 @@ def _sample_item(
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _sample_items(
-    dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-    structure_transform, bin_width, n_bins, item_start, chunk_counts, lane_start, lane_items, partial, part_stats,
+    dose,
+    origin,
+    spacing,
+    cells,
+    plane_cell_start,
+    plane_z_lo,
+    plane_z_hi,
+    structure_plane_start,
+    structure_transform,
+    bin_width,
+    n_bins,
+    item_start,
+    chunk_counts,
+    lane_start,
+    lane_items,
+    partial,
+    part_stats,
 ):
     """Every work item, lane by lane in parallel (see :func:`_lanes`)."""
     for lane in prange(lane_start.shape[0] - 1):
         for q in range(lane_start[lane], lane_start[lane + 1]):
             _sample_item(
-                dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-                structure_transform, bin_width, n_bins, item_start, chunk_counts, lane_items[q], partial, part_stats,
+                dose,
+                origin,
+                spacing,
+                cells,
+                plane_cell_start,
+                plane_z_lo,
+                plane_z_hi,
+                structure_plane_start,
+                structure_transform,
+                bin_width,
+                n_bins,
+                item_start,
+                chunk_counts,
+                lane_items[q],
+                partial,
+                part_stats,
             )
 
 
@@ -608,8 +773,18 @@ def _combine_items(partial, part_stats, item_start, n_bins):
 
 @_one_thread_at_a_time
 def cell_histograms(
-    dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-    structure_transform, bin_width, n_bins, n_chunks,
+    dose,
+    origin,
+    spacing,
+    cells,
+    plane_cell_start,
+    plane_z_lo,
+    plane_z_hi,
+    structure_plane_start,
+    structure_transform,
+    bin_width,
+    n_bins,
+    n_chunks,
 ):
     dose = _float_array(dose)
     spacing = _f64(spacing)
@@ -631,9 +806,23 @@ def cell_histograms(
         costs = np.repeat(structure_cost / np.maximum(chunk_counts, 1), chunk_counts)
         lane_start, lane_items = _lanes(costs)
         _sample_items(
-            dose, _f64(origin), spacing, _f64(cells).reshape(-1, 6), plane_cell_start, plane_z_lo, plane_z_hi,
-            structure_plane_start, _f64(structure_transform).reshape(-1, 4, 4), float(bin_width), n_bins,
-            item_start, chunk_counts, lane_start, lane_items, partial, part_stats,
+            dose,
+            _f64(origin),
+            spacing,
+            _f64(cells).reshape(-1, 6),
+            plane_cell_start,
+            plane_z_lo,
+            plane_z_hi,
+            structure_plane_start,
+            _f64(structure_transform).reshape(-1, 4, 4),
+            float(bin_width),
+            n_bins,
+            item_start,
+            chunk_counts,
+            lane_start,
+            lane_items,
+            partial,
+            part_stats,
         )
     return _combine_items(partial, part_stats, item_start, n_bins)
 
@@ -646,9 +835,29 @@ def trilinear_many(table, points, point_grid):
 
 
 def cell_histograms_many(
-    table, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start, structure_grid,
-    structure_transform, structure_bin_width, n_bins, n_chunks,
+    table,
+    cells,
+    plane_cell_start,
+    plane_z_lo,
+    plane_z_hi,
+    structure_plane_start,
+    structure_grid,
+    structure_transform,
+    structure_bin_width,
+    n_bins,
+    n_chunks,
 ):
-    return host.cell_histograms_many(cell_histograms, table, cells, plane_cell_start, plane_z_lo, plane_z_hi,
-                                     structure_plane_start, structure_grid, structure_transform,
-                                     structure_bin_width, n_bins, n_chunks)
+    return host.cell_histograms_many(
+        cell_histograms,
+        table,
+        cells,
+        plane_cell_start,
+        plane_z_lo,
+        plane_z_hi,
+        structure_plane_start,
+        structure_grid,
+        structure_transform,
+        structure_bin_width,
+        n_bins,
+        n_chunks,
+    )

@@ -147,8 +147,17 @@ def finish_moments(moments, centre_x, centre_y, band):
 
 
 def polygon_coverage(
-    vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0, plane_nx, plane_ny,
-    plane_hx, plane_hy, scanlines,
+    vertices,
+    ring_start,
+    plane_ring_start,
+    plane_cell_start,
+    plane_x0,
+    plane_y0,
+    plane_nx,
+    plane_ny,
+    plane_hx,
+    plane_hy,
+    scanlines,
 ):
     vertices = np.asarray(vertices, dtype=np.float64)
     cells = np.zeros((int(plane_cell_start[-1]), 6))
@@ -280,8 +289,18 @@ def structure_pieces(z_lo, z_hi, transform, origin, spacing):
 
 
 def cell_histograms(
-    dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start,
-    structure_transform, bin_width, n_bins, n_chunks,
+    dose,
+    origin,
+    spacing,
+    cells,
+    plane_cell_start,
+    plane_z_lo,
+    plane_z_hi,
+    structure_plane_start,
+    structure_transform,
+    bin_width,
+    n_bins,
+    n_chunks,
 ):
     # n_chunks fixes the summation order of the compiled backends; one ordered pass needs none here.
     del n_chunks
@@ -323,7 +342,6 @@ def cell_histograms(
     return hist, stats
 
 
-
 # --------------------------------------------------------------------------------------------------------
 # Batched: many dose grids in one call (on the CPU, one call per grid; see host.py)
 # --------------------------------------------------------------------------------------------------------
@@ -332,9 +350,29 @@ def trilinear_many(table, points, point_grid):
 
 
 def cell_histograms_many(
-    table, cells, plane_cell_start, plane_z_lo, plane_z_hi, structure_plane_start, structure_grid,
-    structure_transform, structure_bin_width, n_bins, n_chunks,
+    table,
+    cells,
+    plane_cell_start,
+    plane_z_lo,
+    plane_z_hi,
+    structure_plane_start,
+    structure_grid,
+    structure_transform,
+    structure_bin_width,
+    n_bins,
+    n_chunks,
 ):
-    return host.cell_histograms_many(cell_histograms, table, cells, plane_cell_start, plane_z_lo, plane_z_hi,
-                                     structure_plane_start, structure_grid, structure_transform,
-                                     structure_bin_width, n_bins, n_chunks)
+    return host.cell_histograms_many(
+        cell_histograms,
+        table,
+        cells,
+        plane_cell_start,
+        plane_z_lo,
+        plane_z_hi,
+        structure_plane_start,
+        structure_grid,
+        structure_transform,
+        structure_bin_width,
+        n_bins,
+        n_chunks,
+    )

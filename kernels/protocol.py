@@ -19,10 +19,27 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 #: The members of the contract, in the order the docs list them.
-CAPABILITIES = ("NAME", "BYTES_PER_CELL", "PREFERS_MERGED_REQUESTS", "device_name", "out_of_memory_errors",
-                "free_memory_bytes", "asarray", "to_host")
-KERNELS = ("trilinear", "resample", "course_sum", "polygon_coverage", "accumulate_histogram", "cell_histograms",
-           "grid_table", "trilinear_many", "cell_histograms_many")
+CAPABILITIES = (
+    "NAME",
+    "BYTES_PER_CELL",
+    "PREFERS_MERGED_REQUESTS",
+    "device_name",
+    "out_of_memory_errors",
+    "free_memory_bytes",
+    "asarray",
+    "to_host",
+)
+KERNELS = (
+    "trilinear",
+    "resample",
+    "course_sum",
+    "polygon_coverage",
+    "accumulate_histogram",
+    "cell_histograms",
+    "grid_table",
+    "trilinear_many",
+    "cell_histograms_many",
+)
 
 
 @runtime_checkable
@@ -63,30 +80,56 @@ class Kernels(Protocol):
         """Dose at each point by trilinear interpolation; NaN outside the box spanned by the voxel centres."""
         ...
 
-    def resample(self, dose: Any, origin: Any, spacing: Any, onto_origin: Any, onto_spacing: Any, onto_shape: Any,
-                 transform: Any) -> Any:
+    def resample(
+        self, dose: Any, origin: Any, spacing: Any, onto_origin: Any, onto_spacing: Any, onto_shape: Any, transform: Any
+    ) -> Any:
         """``trilinear`` at every voxel centre of another lattice mapped by a rigid 4x4; an array of the backend."""
         ...
 
-    def course_sum(self, doses: Sequence[Any], weights: Sequence[float], fractions: Sequence[int],
-                   alpha_beta: float | None = None) -> Any:
+    def course_sum(
+        self, doses: Sequence[Any], weights: Sequence[float], fractions: Sequence[int], alpha_beta: float | None = None
+    ) -> Any:
         """Weighted sum of same-shaped course doses (physical, or EQD2 at ``alpha_beta``) as float32."""
         ...
 
-    def polygon_coverage(self, vertices: Any, ring_start: Any, plane_ring_start: Any, plane_cell_start: Any,
-                         plane_x0: Any, plane_y0: Any, plane_nx: Any, plane_ny: Any, plane_hx: Any, plane_hy: Any,
-                         scanlines: int) -> Any:
+    def polygon_coverage(
+        self,
+        vertices: Any,
+        ring_start: Any,
+        plane_ring_start: Any,
+        plane_cell_start: Any,
+        plane_x0: Any,
+        plane_y0: Any,
+        plane_nx: Any,
+        plane_ny: Any,
+        plane_hx: Any,
+        plane_hy: Any,
+        scanlines: int,
+    ) -> Any:
         """Area, centroid and covariance of the even-odd interior of each plane's rings in each of its cells."""
         ...
 
-    def accumulate_histogram(self, values: Any, weights: Any, widths: Any, bin_width: float, n_bins: int,
-                             n_chunks: int = 64) -> np.ndarray:
+    def accumulate_histogram(
+        self, values: Any, weights: Any, widths: Any, bin_width: float, n_bins: int, n_chunks: int = 64
+    ) -> np.ndarray:
         """Histogram in which each value spreads its weight uniformly over ``[value - width/2, value + width/2]``."""
         ...
 
-    def cell_histograms(self, dose: Any, origin: Any, spacing: Any, cells: Any, plane_cell_start: Any,
-                        plane_z_lo: Any, plane_z_hi: Any, structure_plane_start: Any, structure_transform: Any,
-                        bin_width: float, n_bins: int, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    def cell_histograms(
+        self,
+        dose: Any,
+        origin: Any,
+        spacing: Any,
+        cells: Any,
+        plane_cell_start: Any,
+        plane_z_lo: Any,
+        plane_z_hi: Any,
+        structure_plane_start: Any,
+        structure_transform: Any,
+        bin_width: float,
+        n_bins: int,
+        n_chunks: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Per-structure dose histograms (mm^3 per bin) and statistics of covered cells sampled through slabs."""
         ...
 
@@ -100,10 +143,20 @@ class Kernels(Protocol):
         """``trilinear`` of each point in its own grid of ``table`` (``point_grid[n]``)."""
         ...
 
-    def cell_histograms_many(self, table: Any, cells: Any, plane_cell_start: Any, plane_z_lo: Any,
-                             plane_z_hi: Any, structure_plane_start: Any, structure_grid: Any,
-                             structure_transform: Any, structure_bin_width: Any, n_bins: int,
-                             n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
+    def cell_histograms_many(
+        self,
+        table: Any,
+        cells: Any,
+        plane_cell_start: Any,
+        plane_z_lo: Any,
+        plane_z_hi: Any,
+        structure_plane_start: Any,
+        structure_grid: Any,
+        structure_transform: Any,
+        structure_bin_width: Any,
+        n_bins: int,
+        n_chunks: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``cell_histograms`` of structures in many grids: structure ``s`` in grid ``structure_grid[s]`` of
         ``table``, into bins of ``structure_bin_width[s]`` Gy."""
         ...

@@ -16,13 +16,21 @@ def _problem():
     hole = [[2.0, 1.0], [2.0, 3.0], [4.0, 3.0], [4.0, 1.0]]
     vertices = np.array(square + hole + square)
     geometry = dict(
-        vertices=vertices, ring_start=np.array([0, 4, 8, 12]), plane_ring_start=np.array([0, 2, 3]),
-        plane_cell_start=np.array([0, 60, 120]), plane_x0=np.array([-1.0, -1.0]), plane_y0=np.array([-0.5, -0.5]),
-        plane_nx=np.array([10, 10]), plane_ny=np.array([6, 6]), plane_hx=np.array([0.95, 0.95]),
-        plane_hy=np.array([0.95, 0.95]), scanlines=2,
+        vertices=vertices,
+        ring_start=np.array([0, 4, 8, 12]),
+        plane_ring_start=np.array([0, 2, 3]),
+        plane_cell_start=np.array([0, 60, 120]),
+        plane_x0=np.array([-1.0, -1.0]),
+        plane_y0=np.array([-0.5, -0.5]),
+        plane_nx=np.array([10, 10]),
+        plane_ny=np.array([6, 6]),
+        plane_hx=np.array([0.95, 0.95]),
+        plane_hy=np.array([0.95, 0.95]),
+        scanlines=2,
     )
-    slabs = dict(plane_z_lo=np.array([1.0, 4.0]), plane_z_hi=np.array([4.0, 6.5]),
-                 structure_plane_start=np.array([0, 1, 2]))
+    slabs = dict(
+        plane_z_lo=np.array([1.0, 4.0]), plane_z_hi=np.array([4.0, 6.5]), structure_plane_start=np.array([0, 1, 2])
+    )
     transforms = np.stack([np.eye(4), np.eye(4)])
     transforms[1, :3, 3] = [0.5, -0.25, 1.0]
     return dose, origin, spacing, geometry, slabs, transforms

@@ -45,8 +45,14 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(20151)
 
 
-def linear_grid(gradient=(0.0, -1.0, 0.0), dose_gy=100.0, origin=(-40.0, -40.0, -40.0), spacing=(2.5, 2.5, 2.5),
-                shape=(33, 33, 33), frame_uid="1.2.3.4"):
+def linear_grid(
+    gradient=(0.0, -1.0, 0.0),
+    dose_gy=100.0,
+    origin=(-40.0, -40.0, -40.0),
+    spacing=(2.5, 2.5, 2.5),
+    shape=(33, 33, 33),
+    frame_uid="1.2.3.4",
+):
     field = LinearField(dose_gy, gradient, (0.0, 0.0, 0.0))
     return field, field.grid(origin, spacing, shape, frame_uid)
 

@@ -21,6 +21,7 @@ def ring_crosses_itself(points) -> bool:
     i, j = np.triu_indices(n, k=1)
     keep = (j != (i + 1) % n) & (i != (j + 1) % n) & np.any(a[i] != b[i], axis=1) & np.any(a[j] != b[j], axis=1)
     i, j = i[keep], j[keep]
-    crossing = ((side(a[i], b[i], a[j]) * side(a[i], b[i], b[j]) < 0)
-                & (side(a[j], b[j], a[i]) * side(a[j], b[j], b[i]) < 0))
+    crossing = (side(a[i], b[i], a[j]) * side(a[i], b[i], b[j]) < 0) & (
+        side(a[j], b[j], a[i]) * side(a[j], b[j], b[i]) < 0
+    )
     return bool(np.any(crossing))

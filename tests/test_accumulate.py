@@ -41,12 +41,15 @@ def structures() -> list[Structure]:
     ]
 
 
-@pytest.mark.parametrize("dose, n, ab, expected", [
-    (70.0, 35, 10.0, 70.0),  # 2 Gy fractions: EQD2 is the dose
-    (60.0, 20, 10.0, 60.0 * 13.0 / 12.0),
-    (30.0, 10, 3.0, 30.0 * 6.0 / 5.0),
-    (20.0, 4, 2.0, 20.0 * 7.0 / 4.0),
-])
+@pytest.mark.parametrize(
+    "dose, n, ab, expected",
+    [
+        (70.0, 35, 10.0, 70.0),  # 2 Gy fractions: EQD2 is the dose
+        (60.0, 20, 10.0, 60.0 * 13.0 / 12.0),
+        (30.0, 10, 3.0, 30.0 * 6.0 / 5.0),
+        (20.0, 4, 2.0, 20.0 * 7.0 / 4.0),
+    ],
+)
 def test_eqd2_of_a_uniform_course_is_the_closed_form(dose, n, ab, expected):
     d = dose / n
     assert eqd2(dose, n, ab) == pytest.approx(n * d * (d + ab) / (2 + ab)) == pytest.approx(expected)
@@ -67,9 +70,10 @@ def test_default_alpha_betas_and_overrides():
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_two_uniform_courses_sum_physically_and_in_eqd2(backend):
     """60 Gy in 30 fractions, then 30 Gy in 10: physical 90 Gy everywhere; EQD2 60 + 30 (3 + a/b) / (2 + a/b)."""
-    plan_sum = accumulate([Course(uniform(60.0), 30), Course(uniform(30.0, shape=(18, 30, 30),
-                                                                        origin=(-40.0, -40.0, -25.0)), 10)],
-                          backend=backend)
+    plan_sum = accumulate(
+        [Course(uniform(60.0), 30), Course(uniform(30.0, shape=(18, 30, 30), origin=(-40.0, -40.0, -25.0)), 10)],
+        backend=backend,
+    )
     results = {r.name: r for r in accumulated_dvhs(plan_sum, structures(), backend=backend)}
     expected = {"GTV": 60 + 30 * 13 / 12, "SpinalCord": 60 + 30 * 5 / 4, "Parotid_L": 60 + 30 * 6 / 5}
     for name, value in expected.items():
@@ -80,8 +84,7 @@ def test_two_uniform_courses_sum_physically_and_in_eqd2(backend):
         assert result.eqd2.metric("D95") == pytest.approx(value, abs=1e-3)
         assert result.physical.volume_cc == pytest.approx(result.eqd2.volume_cc, rel=1e-9)
     # A tissue recovery of 40% discounts the first course's EQD2 only.
-    recovered = accumulate([Course(uniform(60.0), 30), Course(uniform(30.0), 10)], recovery_pct=40.0,
-                           backend=backend)
+    recovered = accumulate([Course(uniform(60.0), 30), Course(uniform(30.0), 10)], recovery_pct=40.0, backend=backend)
     [gtv] = accumulated_dvhs(recovered, structures(), ["GTV"], backend=backend)
     assert gtv.eqd2.dmean_gy == pytest.approx(0.6 * 60 + 30 * 13 / 12, abs=1e-3)
     assert gtv.physical.dmean_gy == pytest.approx(90.0, abs=1e-3)
@@ -90,12 +93,15 @@ def test_two_uniform_courses_sum_physically_and_in_eqd2(backend):
 def two_courses() -> tuple[list[Course], Registration]:
     """Two courses of linear fields on different grids in different frames, and the registration relating them
     by a rotation and a shift (for comparing backends)."""
-    first = LinearField(60.0, (0.3, -0.2, 0.1), (0.0, 0.0, 0.0)).grid((-30.0, -30.0, -25.0), (2.5, 2.5, 2.5),
-                                                                       (20, 24, 24), FRAME)
-    second = LinearField(35.0, (-0.1, 0.25, 0.2), (2.0, 1.0, 0.0)).grid((-40.0, -35.0, -30.0), (3.0, 2.0, 2.5),
-                                                                        (22, 30, 26), OTHER)
+    first = LinearField(60.0, (0.3, -0.2, 0.1), (0.0, 0.0, 0.0)).grid(
+        (-30.0, -30.0, -25.0), (2.5, 2.5, 2.5), (20, 24, 24), FRAME
+    )
+    second = LinearField(35.0, (-0.1, 0.25, 0.2), (2.0, 1.0, 0.0)).grid(
+        (-40.0, -35.0, -30.0), (3.0, 2.0, 2.5), (22, 30, 26), OTHER
+    )
     return [Course(first, 30), Course(second, 12)], Registration(
-        FRAME, {OTHER: rigid_matrix(20.0, translation_mm=(3.0, -2.0, 1.5))})
+        FRAME, {OTHER: rigid_matrix(20.0, translation_mm=(3.0, -2.0, 1.5))}
+    )
 
 
 def test_a_linear_field_resampled_through_a_known_rigid_registration():
@@ -116,8 +122,7 @@ def test_a_linear_field_resampled_through_a_known_rigid_registration():
 
 def test_identity_registration_leaves_the_doses_unchanged():
     rng = np.random.default_rng(4)
-    dose = DoseGrid(rng.uniform(0, 50, (10, 12, 14)).astype(np.float32), (-17.5, -15.0, -12.5), (2.5, 2.5, 2.5),
-                    OTHER)
+    dose = DoseGrid(rng.uniform(0, 50, (10, 12, 14)).astype(np.float32), (-17.5, -15.0, -12.5), (2.5, 2.5, 2.5), OTHER)
     first = DoseGrid(np.zeros((10, 12, 14), np.float32), dose.origin_mm, dose.spacing_mm, FRAME)
     plan_sum = accumulate([Course(first, 25), Course(dose, 5)], registration=Registration(FRAME, {OTHER: np.eye(4)}))
     np.testing.assert_allclose(plan_sum.doses_gy[1], dose.dose_gy, rtol=1e-6, atol=1e-6)
@@ -129,8 +134,10 @@ def test_mismatched_frames_and_grids_are_clear_errors(caplog):
     with pytest.raises(FrameOfReferenceError, match="course 2 is in frame of reference 5.6.7.8, course 1 in 1.2.3.4"):
         accumulate([Course(uniform(60.0), 30), Course(uniform(30.0, frame=OTHER), 10)])
     with pytest.raises(RegistrationError):
-        accumulate([Course(uniform(60.0), 30), Course(uniform(30.0, frame=OTHER), 10)],
-                   registration=Registration(FRAME, {"9.9.9": np.eye(4)}))
+        accumulate(
+            [Course(uniform(60.0), 30), Course(uniform(30.0, frame=OTHER), 10)],
+            registration=Registration(FRAME, {"9.9.9": np.eye(4)}),
+        )
     far = uniform(30.0, origin=(500.0, 500.0, 500.0))
     with pytest.raises(AccumulationError, match="course 2's dose grid does not overlap course 1's"):
         accumulate([Course(uniform(60.0), 30), Course(far, 10)])
@@ -157,11 +164,27 @@ def test_cli_accumulate_json(tmp_path, capsys):
     rd1 = write_dose(uniform(60.0), tmp_path / "rd1.dcm", frame_of_reference_uid=FRAME)
     rd2 = write_dose(uniform(30.0, frame=OTHER), tmp_path / "rd2.dcm", frame_of_reference_uid=OTHER)
     rp2 = write_plan(tmp_path / "rp2.dcm", prescription_gy=30.0, number_of_fractions=10, frame_of_reference_uid=OTHER)
-    reg = write_registration(tmp_path / "reg.dcm", registered_frame_uid=FRAME, source_frame_uid=OTHER,
-                             matrix=np.eye(4))
+    reg = write_registration(tmp_path / "reg.dcm", registered_frame_uid=FRAME, source_frame_uid=OTHER, matrix=np.eye(4))
     rs = write_structures(structures(), tmp_path / "rs.dcm", frame_of_reference_uid=FRAME)
-    code = main(["accumulate", "--course", f"{rd1}:30", "--course", f"{rd2}:{rp2}", "--reg", str(reg),
-                 "--structures", str(rs), "--alpha-beta", "GTV=8", "--metric", "D95", "--format", "json"])
+    code = main(
+        [
+            "accumulate",
+            "--course",
+            f"{rd1}:30",
+            "--course",
+            f"{rd2}:{rp2}",
+            "--reg",
+            str(reg),
+            "--structures",
+            str(rs),
+            "--alpha-beta",
+            "GTV=8",
+            "--metric",
+            "D95",
+            "--format",
+            "json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads(captured.out)
@@ -180,12 +203,25 @@ def test_cli_accumulate_json(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "give the spatial registration" in err
     code = main(["accumulate", "--course", f"{rd1}", "--course", f"{rd2}:10", "--structures", str(rs)])
     assert code == 2 and "--course must be RD.dcm:FRACTIONS" in capsys.readouterr().err
-    for spec, message in [("2.5", "the number of fractions must be a whole number of at least 1, not 2.5"),
-                          ("-3", "the number of fractions must be a whole number of at least 1, not -3"),
-                          ("0", "a course needs a whole number of fractions of at least 1, not 0"),
-                          ("thirty", "thirty is neither a number of fractions nor an RTPLAN file")]:
-        code = main(["accumulate", "--course", f"{rd1}:{spec}", "--course", f"{rd2}:10", "--reg", str(reg),
-                     "--structures", str(rs)])
+    for spec, message in [
+        ("2.5", "the number of fractions must be a whole number of at least 1, not 2.5"),
+        ("-3", "the number of fractions must be a whole number of at least 1, not -3"),
+        ("0", "a course needs a whole number of fractions of at least 1, not 0"),
+        ("thirty", "thirty is neither a number of fractions nor an RTPLAN file"),
+    ]:
+        code = main(
+            [
+                "accumulate",
+                "--course",
+                f"{rd1}:{spec}",
+                "--course",
+                f"{rd2}:10",
+                "--reg",
+                str(reg),
+                "--structures",
+                str(rs),
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and message in err, err
 
@@ -201,7 +237,8 @@ def test_a_course_too_large_for_the_device_is_a_clear_error():
 
     kernels = types.SimpleNamespace(resample=resample, asarray=np.asarray, out_of_memory_errors=lambda: (MemoryError,))
     full = Backend("cupy", "a full GPU", kernels)
-    second = DoseGrid(np.full((20, 24, 24), 30.0, np.float32), (-30.0, -30.0, -25.0), (2.5, 2.5, 2.5), FRAME,
-                      "/data/RD2.dcm")
+    second = DoseGrid(
+        np.full((20, 24, 24), 30.0, np.float32), (-30.0, -30.0, -25.0), (2.5, 2.5, 2.5), FRAME, "/data/RD2.dcm"
+    )
     with pytest.raises(AccumulationError, match=r"RD2\.dcm.*not enough memory on a full GPU .* 11,520 voxels"):
         accumulate([Course(uniform(60.0), 30), Course(second, 10)], backend=full)

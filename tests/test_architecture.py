@@ -12,10 +12,20 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Each room's layer, from the bottom: a module imports only modules of its own layer or lower ones.
 LAYERS = {
     "kernels": 0,
-    "errors": 1, "formatting": 1, "model": 1, "polygons": 1, "geometry": 1, "phantoms": 1, "dicom": 1,
+    "errors": 1,
+    "formatting": 1,
+    "model": 1,
+    "polygons": 1,
+    "geometry": 1,
+    "phantoms": 1,
+    "dicom": 1,
     "dispatch": 2,
-    "voxelize": 3, "sampling": 3,
-    "dvh": 4, "recurrence": 4, "reirradiation": 4, "validation": 4,
+    "voxelize": 3,
+    "sampling": 3,
+    "dvh": 4,
+    "recurrence": 4,
+    "reirradiation": 4,
+    "validation": 4,
     "cohort": 5,
     "cli": 6,
 }
@@ -95,7 +105,7 @@ def test_no_import_circle():
             if target == "isodose" or module == "isodose":
                 continue  # the package's lazy exports import its modules; they never import it back for code
             if state.get(target) == "open":
-                cycle = path[path.index(target):] + [target]
+                cycle = path[path.index(target) :] + [target]
                 raise AssertionError("import circle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target, path + [target])
@@ -112,7 +122,11 @@ def test_the_engine_never_probes_a_backend():
         if _room(module) == "kernels":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("hasattr", "getattr")
+            ):
                 subject = ast.unparse(node.args[0]) if node.args else ""
                 assert "kernels" not in subject, f"{path.relative_to(ROOT)}:{node.lineno} probes {subject}"
 

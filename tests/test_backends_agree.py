@@ -35,10 +35,12 @@ def assert_same_dvhs(reference, others):
             # Where the cumulative curve is flat (no volume over a range of doses, as at the waist of a
             # bow-tie), every dose of that range answers the metric and rounding picks the end: then both
             # answers must lie on the same flat stretch of the reference curve.
-            assert a.volume_at_dose_cc(mb[m]) == pytest.approx(a.volume_at_dose_cc(ma[m]), rel=1e-9, abs=1e-12), \
+            assert a.volume_at_dose_cc(mb[m]) == pytest.approx(a.volume_at_dose_cc(ma[m]), rel=1e-9, abs=1e-12), (
                 f"{a.name} {m}: {ma[m]} against {mb[m]}"
-            assert a.volume_at_dose_cc(0.5 * (ma[m] + mb[m])) == pytest.approx(a.volume_at_dose_cc(ma[m]), rel=1e-9,
-                                                                              abs=1e-12), f"{a.name} {m}"
+            )
+            assert a.volume_at_dose_cc(0.5 * (ma[m] + mb[m])) == pytest.approx(
+                a.volume_at_dose_cc(ma[m]), rel=1e-9, abs=1e-12
+            ), f"{a.name} {m}"
         doses = np.linspace(a.dmin_gy, a.dmax_gy, 17)
         np.testing.assert_allclose(b.cumulative(doses), a.cumulative(doses), rtol=1e-6, atol=1e-9 + 1e-6 * a.volume_cc)
 

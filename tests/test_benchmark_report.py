@@ -33,13 +33,33 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 def test_the_gpu_report_heads_the_table_with_the_tests_outcome(tmp_path):
     report = _report()
     (tmp_path / "gpu-tests.xml").write_text(JUNIT)
-    results = {"datetime": "2026-12-01T10:00:00", "machine_info": {"cpu": {"brand_raw": "Some CPU", "count": 16}},
-               "benchmarks": [{"group": "GPU kernel", "name": "test_kernel_bandwidth", "stats": {"median": 0.002,
-                                                                                                  "rounds": 10},
-                               "extra_info": {"device": "NVIDIA H100 (GPU 0)", "cell_data_gbs": 900.0}}]}
+    results = {
+        "datetime": "2026-12-01T10:00:00",
+        "machine_info": {"cpu": {"brand_raw": "Some CPU", "count": 16}},
+        "benchmarks": [
+            {
+                "group": "GPU kernel",
+                "name": "test_kernel_bandwidth",
+                "stats": {"median": 0.002, "rounds": 10},
+                "extra_info": {"device": "NVIDIA H100 (GPU 0)", "cell_data_gbs": 900.0},
+            }
+        ],
+    }
     (tmp_path / "results.json").write_text(json.dumps(results))
-    assert report.main([str(tmp_path / "results.json"), "--out", str(tmp_path),
-                        "--tests", str(tmp_path / "gpu-tests.xml"), "--command", "make gpu-check"]) == 0
+    assert (
+        report.main(
+            [
+                str(tmp_path / "results.json"),
+                "--out",
+                str(tmp_path),
+                "--tests",
+                str(tmp_path / "gpu-tests.xml"),
+                "--command",
+                "make gpu-check",
+            ]
+        )
+        == 0
+    )
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "on Some CPU (16 cores), Python ; command: `make gpu-check`." in text
     assert "4 tests (gpu-tests.xml): 1 passed, 1 failed, 1 error, 1 skipped." in text
@@ -52,7 +72,9 @@ def test_the_gpu_report_heads_the_table_with_the_tests_outcome(tmp_path):
 
 def test_the_report_is_written_without_benchmarks_or_tests(tmp_path):
     report = _report()
-    assert report.main([str(tmp_path / "missing.json"), "--out", str(tmp_path),
-                        "--tests", str(tmp_path / "missing.xml")]) == 0
+    assert (
+        report.main([str(tmp_path / "missing.json"), "--out", str(tmp_path), "--tests", str(tmp_path / "missing.xml")])
+        == 0
+    )
     text = (tmp_path / "BENCHMARKS.md").read_text()
     assert "No test results: " in text and "| group | benchmark |" in text

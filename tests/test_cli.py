@@ -41,8 +41,26 @@ def run(capsys, *argv):
 
 def test_dvh_json_has_the_documented_keys(case, capsys):
     rd, rs, _ = case
-    code, out, err = run(capsys, "dvh", "--dose", rd, "--structures", rs, "--metric", "D95", "--metric", "V95%",
-                         "--metric", "D0.03cc", "--prescription", "100", "--format", "json", "--backend", "numba")
+    code, out, err = run(
+        capsys,
+        "dvh",
+        "--dose",
+        rd,
+        "--structures",
+        rs,
+        "--metric",
+        "D95",
+        "--metric",
+        "V95%",
+        "--metric",
+        "D0.03cc",
+        "--prescription",
+        "100",
+        "--format",
+        "json",
+        "--backend",
+        "numba",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["backend"] == "numba" and report["prescription_gy"] == 100.0
@@ -58,15 +76,30 @@ def test_dvh_json_has_the_documented_keys(case, capsys):
 
 def test_dvh_roi_selection_plan_and_formats(case, capsys, tmp_path):
     rd, rs, rp = case
-    code, out, _ = run(capsys, "dvh", "--dose", rd, "--structures", rs, "--roi", "Cord", "--metric", "V95%",
-                       "--plan", rp, "--format", "csv")
+    code, out, _ = run(
+        capsys,
+        "dvh",
+        "--dose",
+        rd,
+        "--structures",
+        rs,
+        "--roi",
+        "Cord",
+        "--metric",
+        "V95%",
+        "--plan",
+        rp,
+        "--format",
+        "csv",
+    )
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["structure"] for r in rows] == ["Cord"]
     assert float(rows[0]["V95%"]) >= 0 and float(rows[0]["volume_cc"]) > 0
     curves = tmp_path / "curves.csv"
-    code, out, _ = run(capsys, "dvh", "--dose", rd, "--structures", rs, "--format", "table", "--dvh-out", curves,
-                       "--dvh-step", "0.5")
+    code, out, _ = run(
+        capsys, "dvh", "--dose", rd, "--structures", rs, "--format", "table", "--dvh-out", curves, "--dvh-step", "0.5"
+    )
     assert code == 0 and "PTV" in out and "backend:" in out
     table = list(csv.DictReader(curves.open()))
     assert set(table[0]) == {"structure", "dose_gy", "cumulative_cc", "cumulative_pct", "differential_cc"}
@@ -111,10 +144,18 @@ def test_bad_files_are_one_line_without_traceback(case, tmp_path):
     rd, rs, _ = case
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"\x00" * 50)
-    for dose, structures, message in [(junk, rs, "junk.dcm"), (rs, rs, "expected RTDOSE"),
-                                      (tmp_path / "none.dcm", rs, "no such file"), (rd, rd, "expected RTSTRUCT")]:
-        result = subprocess.run([sys.executable, "-m", "isodose.cli", "dvh", "--dose", str(dose), "--structures",
-                                 str(structures)], capture_output=True, text=True, timeout=120)
+    for dose, structures, message in [
+        (junk, rs, "junk.dcm"),
+        (rs, rs, "expected RTDOSE"),
+        (tmp_path / "none.dcm", rs, "no such file"),
+        (rd, rd, "expected RTSTRUCT"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "isodose.cli", "dvh", "--dose", str(dose), "--structures", str(structures)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 2
         assert message in result.stderr and "Traceback" not in result.stderr
         assert result.stderr.count("\n") == 1
@@ -136,9 +177,20 @@ def test_backends_and_version(capsys):
 def test_phantom_writes_a_case_the_dvh_command_reads(tmp_path, capsys):
     code, out, err = run(capsys, "phantom", "--out", tmp_path / "ph")
     assert code == 0, err
-    code, out, err = run(capsys, "dvh", "--dose", tmp_path / "ph" / "RD.phantom.dcm", "--structures",
-                         tmp_path / "ph" / "RS.phantom.dcm", "--plan", tmp_path / "ph" / "RP.phantom.dcm",
-                         "--metric", "V95%", "--format", "json")
+    code, out, err = run(
+        capsys,
+        "dvh",
+        "--dose",
+        tmp_path / "ph" / "RD.phantom.dcm",
+        "--structures",
+        tmp_path / "ph" / "RS.phantom.dcm",
+        "--plan",
+        tmp_path / "ph" / "RP.phantom.dcm",
+        "--metric",
+        "V95%",
+        "--format",
+        "json",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert len(report["structures"]) == 20 and report["prescription_gy"] == 70.0
@@ -147,7 +199,9 @@ def test_phantom_writes_a_case_the_dvh_command_reads(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    script = ("import importlib.metadata as m; "
-              "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'isodose'])")
+    script = (
+        "import importlib.metadata as m; "
+        "print([e.value for e in m.entry_points(group='console_scripts') if e.name == 'isodose'])"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "isodose.cli:run" in result.stdout

@@ -85,8 +85,23 @@ def test_store_layout_and_flat_table(results):
     rows = list(csv.DictReader(table.open()))
     assert len(rows) == N_CASES
     assert list(rows[0])[:2] == ["case_id", "error"]
-    for key in ("recurrence_volume_cc", "inside_isodose_pct", "class_volume", "class_centroid", "centroid_dose_gy",
-                "V95%", "D95", "D98", "D100", "Dmean", "Dmax", "GTV:volume", "CTV60:D98", "CTV54:D95", "backend"):
+    for key in (
+        "recurrence_volume_cc",
+        "inside_isodose_pct",
+        "class_volume",
+        "class_centroid",
+        "centroid_dose_gy",
+        "V95%",
+        "D95",
+        "D98",
+        "D100",
+        "Dmean",
+        "Dmax",
+        "GTV:volume",
+        "CTV60:D98",
+        "CTV54:D95",
+        "backend",
+    ):
         assert key in rows[0], key
     assert not out.with_name(out.name + ".tmp").exists()
 
@@ -114,14 +129,26 @@ def test_failed_cases_are_recorded_and_the_run_goes_on(cohort, tmp_path):
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi")
-                                 else v) for k, v in row.items()})
+            writer.writerow(
+                {
+                    k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi") else v)
+                    for k, v in row.items()
+                }
+            )
         bad = dict(rows[0], case_id="missing-file", dose=str(tmp_path / "nope.dcm"))
-        writer.writerow({k: (str(data / v) if v and k in ("structures", "plan", "recurrence_structures",
-                                                          "registration") else v) for k, v in bad.items()})
+        writer.writerow(
+            {
+                k: (str(data / v) if v and k in ("structures", "plan", "recurrence_structures", "registration") else v)
+                for k, v in bad.items()
+            }
+        )
         wrong_roi = dict(rows[1], case_id="missing-roi", recurrence_roi="NoSuchROI")
-        writer.writerow({k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi")
-                             else v) for k, v in wrong_roi.items()})
+        writer.writerow(
+            {
+                k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi") else v)
+                for k, v in wrong_roi.items()
+            }
+        )
     out = tmp_path / "r.h5"
     summary = run_cohort(manifest, out, settings=SETTINGS, workers=1)
     assert (summary.cases, summary.failed) == (5, 2)
@@ -155,8 +182,7 @@ def test_a_crash_mid_write_loses_only_the_case_in_flight(cohort, tmp_path):
     assert len(ResultStore.open(out, create=False)) == 4
 
 
-def test_cases_stored_together_are_synced_once_and_read_back_as_cases_stored_one_by_one(cohort, tmp_path,
-                                                                                         monkeypatch):
+def test_cases_stored_together_are_synced_once_and_read_back_as_cases_stored_one_by_one(cohort, tmp_path, monkeypatch):
     """A batch of finished cases (the GPU arrangement finishes 32 at a time) costs one sync of the journal, and
     reads back as the same cases appended one at a time: NaN and infinities as null, NumPy values as numbers,
     curves included."""
@@ -199,8 +225,9 @@ def test_journal_curves_are_written_as_float32_and_read_back_as_the_hdf5_file_ke
     from isodose.cohort.work import process_case
 
     entries = [process_case(case, SETTINGS) for case in read_manifest(cohort)[:2]]
-    expected = {(e["case_id"], roi): np.asarray(c["cumulative_cc"], np.float32)
-                for e in entries for roi, c in e["dvhs"].items()}
+    expected = {
+        (e["case_id"], roi): np.asarray(c["cumulative_cc"], np.float32) for e in entries for roi, c in e["dvhs"].items()
+    }
     with ResultStore.open(tmp_path / "f32.h5", SETTINGS.as_dict()) as store:
         store.append_many(entries)
         line = store.journal.read_text().splitlines()[-1]
@@ -208,9 +235,20 @@ def test_journal_curves_are_written_as_float32_and_read_back_as_the_hdf5_file_ke
         written = {(c["case_id"], c["roi"]): c["cumulative_cc"] for c in store.dvh_curves()}
         store.consolidate()
         consolidated = {(c["case_id"], c["roi"]): c["cumulative_cc"] for c in store.dvh_curves()}
-    as_integers = [{**e, "dvhs": {roi: {"role": c["role"], "step_gy": c["step_gy"], "cumulative_cc_x1e5":
-                                        [round(v * CURVE_SCALE) for v in c["cumulative_cc"]]}
-                                  for roi, c in e["dvhs"].items()}} for e in entries]
+    as_integers = [
+        {
+            **e,
+            "dvhs": {
+                roi: {
+                    "role": c["role"],
+                    "step_gy": c["step_gy"],
+                    "cumulative_cc_x1e5": [round(v * CURVE_SCALE) for v in c["cumulative_cc"]],
+                }
+                for roi, c in e["dvhs"].items()
+            },
+        }
+        for e in entries
+    ]
     read_older = {}
     for name, lines in (("floats", entries), ("integers", as_integers)):
         with ResultStore.open(tmp_path / f"{name}.h5", SETTINGS.as_dict()) as store:
@@ -233,13 +271,21 @@ def test_a_second_run_on_the_same_results_is_refused_while_the_first_writes(coho
 
     out = tmp_path / "r.h5"
     cases = read_manifest(cohort)[:2]
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from isodose.cohort.store import ResultStore
         store = ResultStore.open({str(out)!r}, {SETTINGS.as_dict()!r})
         print("open", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(StoreError, match=f"another isodose run is writing these results \\(pid {holder.pid} on "):
@@ -273,8 +319,9 @@ def test_a_finished_case_whose_inputs_changed_is_computed_again(cohort, tmp_path
 
     moved = tmp_path / "moved"
     shutil.copytree(data, moved)
-    again = run_cohort(moved / cohort.name, out, settings=SETTINGS, workers=1,
-                       cases=read_manifest(moved / cohort.name)[:3])
+    again = run_cohort(
+        moved / cohort.name, out, settings=SETTINGS, workers=1, cases=read_manifest(moved / cohort.name)[:3]
+    )
     assert (again.processed, again.skipped) == (0, 3)
 
     # Edit one case's structure set (same content, a new time: as a re-export would), and change another's
@@ -285,8 +332,10 @@ def test_a_finished_case_whose_inputs_changed_is_computed_again(cohort, tmp_path
     with caplog.at_level("WARNING"):
         third = run_cohort(manifest, out, settings=SETTINGS, workers=1, cases=changed)
     assert (third.processed, third.skipped) == (2, 1)
-    assert f"2 finished case(s) have inputs that changed since they ran ({cases[1].case_id}, {cases[2].case_id})" \
+    assert (
+        f"2 finished case(s) have inputs that changed since they ran ({cases[1].case_id}, {cases[2].case_id})"
         in caplog.text
+    )
     records = {e["case_id"]: e["record"] for e in ResultStore.open(out, create=False).cases()}
     assert records[cases[2].case_id]["prescription_gy"] == 66.0
     assert records[cases[1].case_id] == stored[cases[1].case_id]["record"]  # same content, same numbers
@@ -306,16 +355,20 @@ def test_folder_input_gives_the_same_cases(cohort, results, tmp_path):
     for case in found:
         expected = manifest_cases[case.case_id]
         assert not case.problem
-        assert (case.dose, case.structures, case.registration) == (expected.dose, expected.structures,
-                                                                   expected.registration)
+        assert (case.dose, case.structures, case.registration) == (
+            expected.dose,
+            expected.structures,
+            expected.registration,
+        )
     without_rx = discover_cases(cohort.parent / "cases", "Recurrence")
     assert all(("no RTPLAN" in c.problem) == (manifest_cases[c.case_id].plan is None) for c in without_rx)
     out = tmp_path / "folder.h5"
     summary = run_cohort(cohort.parent / "cases", out, settings=SETTINGS, workers=1, prescription_gy=70.0)
     assert summary.failed == 0
     by_folder = {e["case_id"]: e["record"]["class_volume"] for e in ResultStore.open(out, create=False).cases()}
-    by_manifest = {e["case_id"]: e["record"]["class_volume"]
-                   for e in ResultStore.open(results[0], create=False).cases()}
+    by_manifest = {
+        e["case_id"]: e["record"]["class_volume"] for e in ResultStore.open(results[0], create=False).cases()
+    }
     assert by_folder == by_manifest
 
 
@@ -335,8 +388,22 @@ def test_reports(results, tmp_path):
 
 def test_cli_cohort_run_and_report(cohort, tmp_path, capsys):
     out = tmp_path / "cli.h5"
-    code = main(["cohort", "run", str(cohort), "--out", str(out), "--workers", "1", "--metric", "CTV60:D98",
-                 "--metric", "D2cc", "--no-progress"])
+    code = main(
+        [
+            "cohort",
+            "run",
+            str(cohort),
+            "--out",
+            str(out),
+            "--workers",
+            "1",
+            "--metric",
+            "CTV60:D98",
+            "--metric",
+            "D2cc",
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"{N_CASES} cases: {N_CASES} processed (0 failed)" in captured.out
@@ -350,11 +417,14 @@ def test_cli_cohort_run_and_report(cohort, tmp_path, capsys):
     assert main(["cohort", "report", str(tmp_path / "none.h5")]) == 2
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--workers", "0"], "the number of worker processes must be a whole number of at least 1, not 0"),
-    (["--workers", "-2"], "the number of worker processes must be a whole number of at least 1, not -2"),
-    (["--out-is-a-folder"], "is a folder: the results go into a file, such as RESULTS.h5 inside it"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--workers", "0"], "the number of worker processes must be a whole number of at least 1, not 0"),
+        (["--workers", "-2"], "the number of worker processes must be a whole number of at least 1, not -2"),
+        (["--out-is-a-folder"], "is a folder: the results go into a file, such as RESULTS.h5 inside it"),
+    ],
+)
 def test_cli_cohort_run_refuses_bad_options_in_one_line(cohort, tmp_path, capsys, arguments, message):
     out = tmp_path if arguments == ["--out-is-a-folder"] else tmp_path / "r.h5"
     extra = [] if arguments == ["--out-is-a-folder"] else arguments
@@ -367,14 +437,41 @@ def test_cli_cohort_run_refuses_bad_options_in_one_line(cohort, tmp_path, capsys
 def test_cli_classify_json(cohort, capsys):
     row = next(r for r in csv.DictReader(cohort.open()) if r["registration"])
     base = cohort.parent
-    argv = ["classify", "--dose", str(base / row["dose"]), "--structures", str(base / row["structures"]),
-            "--recurrence", row["recurrence_roi"], "--recurrence-structures", str(base / row["recurrence_structures"]),
-            "--registration", str(base / row["registration"]), "--prescription", "70", "--format", "json",
-            "--metric", "CTV54:D95"]
+    argv = [
+        "classify",
+        "--dose",
+        str(base / row["dose"]),
+        "--structures",
+        str(base / row["structures"]),
+        "--recurrence",
+        row["recurrence_roi"],
+        "--recurrence-structures",
+        str(base / row["recurrence_structures"]),
+        "--registration",
+        str(base / row["registration"]),
+        "--prescription",
+        "70",
+        "--format",
+        "json",
+        "--metric",
+        "CTV54:D95",
+    ]
     assert main(argv) == 0
     record = json.loads(capsys.readouterr().out)
-    for key in ("recurrence_volume_cc", "inside_isodose_pct", "class_volume", "class_centroid", "centroid_dose_gy",
-                "V95%", "D95", "D98", "D100", "Dmean", "Dmax", "CTV54:D95"):
+    for key in (
+        "recurrence_volume_cc",
+        "inside_isodose_pct",
+        "class_volume",
+        "class_centroid",
+        "centroid_dose_gy",
+        "V95%",
+        "D95",
+        "D98",
+        "D100",
+        "Dmean",
+        "Dmax",
+        "CTV54:D95",
+    ):
         assert key in record
     assert record["recurrence_registered"] is True
     without_structures = argv[:7] + argv[9:11] + ["--prescription", "70"]
@@ -386,14 +483,26 @@ def test_cli_classify_json(cohort, capsys):
     "content, message",
     [
         ("case_id,dose,structures\nA,rd.dcm,rs.dcm\n", "missing column"),
-        ("case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
-         "A,rd.dcm,rs.dcm,,70,Vr,,\nA,rd.dcm,rs.dcm,,70,Vr,,\n", "line 3: case_id 'A' repeats line 2"),
-        ("case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
-         "A,rd.dcm,rs.dcm,,seventy,Vr,,\n", "not a positive dose"),
-        ("case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
-         "A,rd.dcm,rs.dcm,,,Vr,,\n", "give a plan or a prescription_gy"),
-        ("case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
-         "A,rd.dcm,rs.dcm,,70,Vr,,reg.dcm\n", "a registration needs recurrence_structures"),
+        (
+            "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+            "A,rd.dcm,rs.dcm,,70,Vr,,\nA,rd.dcm,rs.dcm,,70,Vr,,\n",
+            "line 3: case_id 'A' repeats line 2",
+        ),
+        (
+            "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+            "A,rd.dcm,rs.dcm,,seventy,Vr,,\n",
+            "not a positive dose",
+        ),
+        (
+            "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+            "A,rd.dcm,rs.dcm,,,Vr,,\n",
+            "give a plan or a prescription_gy",
+        ),
+        (
+            "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+            "A,rd.dcm,rs.dcm,,70,Vr,,reg.dcm\n",
+            "a registration needs recurrence_structures",
+        ),
     ],
 )
 def test_manifest_errors(tmp_path, content, message):
@@ -412,8 +521,9 @@ def test_manifests_in_other_encodings(tmp_path):
     [case] = read_manifest(path)
     assert (case.case_id, case.recurrence_roi) == ("Mélanie", "Récidive")
     path.write_bytes((header + row).encode("latin-1"))
-    with pytest.raises(ManifestError, match="manifest.csv: is not UTF-8 text \\(byte 0xe9 at offset [0-9]+\\); save "
-                                            "it as a UTF-8 CSV"):
+    with pytest.raises(
+        ManifestError, match="manifest.csv: is not UTF-8 text \\(byte 0xe9 at offset [0-9]+\\); save it as a UTF-8 CSV"
+    ):
         read_manifest(path)
 
 
@@ -448,13 +558,19 @@ def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_p
     summary = run_cohort(cohort, out, settings=SETTINGS, workers=2, pipelined=True)
     assert (summary.processed, summary.failed) == (N_CASES, 0)
     ignore = {"device"}
-    pipelined = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
-                 for e in ResultStore.open(out, create=False).cases()}
-    default = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
-               for e in ResultStore.open(results[0], create=False).cases()}
+    pipelined = {
+        e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
+        for e in ResultStore.open(out, create=False).cases()
+    }
+    default = {
+        e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
+        for e in ResultStore.open(results[0], create=False).cases()
+    }
     assert pipelined == default
-    assert all(e["timings"]["read_s"] > 0 and e["timings"]["compute_s"] > 0
-               for e in ResultStore.open(out, create=False).cases())
+    assert all(
+        e["timings"]["read_s"] > 0 and e["timings"]["compute_s"] > 0
+        for e in ResultStore.open(out, create=False).cases()
+    )
     assert not list(handover.SHM.glob(f"{handover.PREFIX}{os.getpid()}-*"))  # every case's block went
 
 
@@ -494,8 +610,12 @@ def test_cases_prepared_where_they_are_read_are_not_prepared_again(cohort, monke
 
     monkeypatch.setattr(recurrence, "_prepare", prepare_again)
     for got, want in zip(classify_batch(shipped, SETTINGS, "numba"), expected, strict=True):
-        assert (got["status"], got["record"], got["dvhs"], got["warnings"]) == \
-            (want["status"], want["record"], want["dvhs"], want["warnings"])
+        assert (got["status"], got["record"], got["dvhs"], got["warnings"]) == (
+            want["status"],
+            want["record"],
+            want["dvhs"],
+            want["warnings"],
+        )
 
 
 def test_a_case_failing_inside_a_batch_keeps_its_warnings(cohort, monkeypatch):
@@ -525,8 +645,25 @@ def test_kill_9_at_any_moment_loses_at_most_the_case_in_flight(cohort, results, 
     opens, and the last run completes it with every case once and the numbers of an uninterrupted run."""
     out = tmp_path / "killed.h5"
     journal = out.with_name(out.name + ".journal")
-    command = [sys.executable, "-m", "isodose.cli", "cohort", "run", str(cohort), "--out", str(out), "--workers", "1",
-               "--no-progress", "--metric", "GTV:volume", "--metric", "CTV60:D98", "--metric", "CTV54:D95"]
+    command = [
+        sys.executable,
+        "-m",
+        "isodose.cli",
+        "cohort",
+        "run",
+        str(cohort),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--no-progress",
+        "--metric",
+        "GTV:volume",
+        "--metric",
+        "CTV60:D98",
+        "--metric",
+        "CTV54:D95",
+    ]
     finished_before = 0
     for kill_after in (2, 9, 17):  # cases in the journal when the kill comes
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -545,10 +682,14 @@ def test_kill_9_at_any_moment_loses_at_most_the_case_in_flight(cohort, results, 
     summary = run_cohort(cohort, out, settings=SETTINGS, workers=1)
     assert (summary.skipped, summary.processed, summary.failed) == (finished_before, N_CASES - finished_before, 0)
     ignore = {"device"}
-    recovered = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
-                 for e in ResultStore.open(out, create=False).cases()}
-    expected = {e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
-                for e in ResultStore.open(results[0], create=False).cases()}
+    recovered = {
+        e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
+        for e in ResultStore.open(out, create=False).cases()
+    }
+    expected = {
+        e["case_id"]: {k: v for k, v in e["record"].items() if k not in ignore}
+        for e in ResultStore.open(results[0], create=False).cases()
+    }
     assert recovered == expected
 
 
@@ -600,8 +741,12 @@ def test_rerunning_gives_identical_numbers_whatever_the_thread_count(cohort, res
             numba.set_num_threads(n)
             out = tmp_path / f"threads{n}.h5"
             run_cohort(cohort, out, settings=SETTINGS, workers=1, cases=cases)
-            records.append({e["case_id"]: {k: v for k, v in e["record"].items() if k != "device"}
-                            for e in ResultStore.open(out, create=False).cases()})
+            records.append(
+                {
+                    e["case_id"]: {k: v for k, v in e["record"].items() if k != "device"}
+                    for e in ResultStore.open(out, create=False).cases()
+                }
+            )
     finally:
         numba.set_num_threads(threads)
     assert records[0] == records[-1]  # exactly: every float, bit for bit
@@ -644,13 +789,20 @@ def test_a_second_course_adds_accumulated_metrics_and_risk_flags(cohort, results
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for index, row in enumerate(rows):
-            row = {k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi") else v)
-                   for k, v in row.items()}
+            row = {
+                k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi") else v)
+                for k, v in row.items()
+            }
             planned = read_dose(row["dose"])
-            uniform = DoseGrid(np.full(planned.dose_gy.shape, 30.0, np.float32), planned.origin_mm,
-                               planned.spacing_mm, planned.frame_of_reference_uid)
-            second = write_dose(uniform, tmp_path / f"{row['case_id']}-RD2.dcm",
-                                frame_of_reference_uid=planned.frame_of_reference_uid)
+            uniform = DoseGrid(
+                np.full(planned.dose_gy.shape, 30.0, np.float32),
+                planned.origin_mm,
+                planned.spacing_mm,
+                planned.frame_of_reference_uid,
+            )
+            second = write_dose(
+                uniform, tmp_path / f"{row['case_id']}-RD2.dcm", frame_of_reference_uid=planned.frame_of_reference_uid
+            )
             fractions = "35"
             if index == len(rows) - 1:  # no first-course fractions and no plan to read them from: this case fails
                 fractions, row["plan"], row["prescription_gy"] = "", "", "70"
@@ -662,8 +814,10 @@ def test_a_second_course_adds_accumulated_metrics_and_risk_flags(cohort, results
     entries = ResultStore.open(out, create=False).cases()
     failed = [e for e in entries if e["case_id"] == rows[-1]["case_id"]]
     assert len(failed) == 1 and not failed[0].get("record")
-    assert ("the first course's number of fractions is needed and it has no RTPLAN to read it from: add the plan, "
-            "or give the case in a manifest with a fractions column") in failed[0]["error"]
+    assert (
+        "the first course's number of fractions is needed and it has no RTPLAN to read it from: add the plan, "
+        "or give the case in a manifest with a fractions column"
+    ) in failed[0]["error"]
     for entry in [e for e in entries if e is not failed[0]]:
         record, planned = entry["record"], expected[entry["case_id"]]
         assert record["class_volume"] == planned["class_volume"]
@@ -677,11 +831,14 @@ def test_a_second_course_adds_accumulated_metrics_and_risk_flags(cohort, results
     assert {"vr_accumulated_eqd2_d95_gy", "risk_accumulated_gtv_eqd2_ge_145_5gy"} <= set(table[0])
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"second_dose": "RD2.dcm"}, "a second_dose needs second_fractions or a second_plan"),
-    ({"second_fractions": "10"}, "need a second_dose"),
-    ({"second_dose": "RD2.dcm", "second_fractions": "ten"}, "second_fractions 'ten' is not a whole number"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"second_dose": "RD2.dcm"}, "a second_dose needs second_fractions or a second_plan"),
+        ({"second_fractions": "10"}, "need a second_dose"),
+        ({"second_dose": "RD2.dcm", "second_fractions": "ten"}, "second_fractions 'ten' is not a whole number"),
+    ],
+)
 def test_second_course_columns_are_checked(tmp_path, extra, message):
     manifest = tmp_path / "m.csv"
     header = "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration"
@@ -721,12 +878,21 @@ def test_folder_input_with_second_courses(cohort, results, tmp_path, caplog):
             frame = read_structures(case.recurrence_structures).frame_of_reference_uid
         else:
             frame = f"1.2.826.0.1.3680043.8.498.{len(case.case_id)}99"
-            write_registration(target / "REG2.dcm", registered_frame_uid=read_structures(
-                case.structures).frame_of_reference_uid, source_frame_uid=frame, matrix=np.eye(4),
-                patient_id=case.case_id)
+            write_registration(
+                target / "REG2.dcm",
+                registered_frame_uid=read_structures(case.structures).frame_of_reference_uid,
+                source_frame_uid=frame,
+                matrix=np.eye(4),
+                patient_id=case.case_id,
+            )
         write_dose(uniform, target / "RD2.dcm", patient_id=case.case_id, frame_of_reference_uid=frame)
-        write_plan(target / "RP2.dcm", prescription_gy=30.0, number_of_fractions=10, patient_id=case.case_id,
-                   frame_of_reference_uid=frame)
+        write_plan(
+            target / "RP2.dcm",
+            prescription_gy=30.0,
+            number_of_fractions=10,
+            patient_id=case.case_id,
+            frame_of_reference_uid=frame,
+        )
         _dated(target / "RP2.dcm", "20230615")
 
     with caplog.at_level("WARNING"):
@@ -737,13 +903,19 @@ def test_folder_input_with_second_courses(cohort, results, tmp_path, caplog):
     for case in found.values():
         assert not case.problem, case.problem
         assert (case.dose.name, case.plan.name, case.second_dose.name, case.second_plan.name) == (
-            "RD.dcm", "RP.dcm", "RD2.dcm", "RP2.dcm")
+            "RD.dcm",
+            "RP.dcm",
+            "RD2.dcm",
+            "RP2.dcm",
+        )
     assert found[followed.case_id].second_registration == found[followed.case_id].registration
     assert found[planned_only.case_id].second_registration.name == "REG2.dcm"
 
     out = tmp_path / "exports.h5"
-    assert main(["cohort", "run", str(folder), "--out", str(out), "--second-courses", "--workers", "1",
-                 "--no-progress"]) == 0
+    assert (
+        main(["cohort", "run", str(folder), "--out", str(out), "--second-courses", "--workers", "1", "--no-progress"])
+        == 0
+    )
     assert [e["status"] for e in ResultStore.open(out, create=False).cases()] == ["ok", "ok"]
     planned = {e["case_id"]: e["record"] for e in ResultStore.open(results[0], create=False).cases()}
     for entry in ResultStore.open(out, create=False).cases():
@@ -763,11 +935,14 @@ def test_folder_input_with_second_courses(cohort, results, tmp_path, caplog):
     assert all("cannot tell which of frames" in c.problem for c in undated)
 
 
-@pytest.mark.parametrize("drop, message", [
-    ("REG", "no REG relating it to F1 in frame of reference F2"),
-    ("RP2", "0 RTPLAN files in frame of reference F2 for the second course's fractions"),
-    ("dates", "cannot tell which of frames F1 and F2 was treated first"),
-])
+@pytest.mark.parametrize(
+    "drop, message",
+    [
+        ("REG", "no REG relating it to F1 in frame of reference F2"),
+        ("RP2", "0 RTPLAN files in frame of reference F2 for the second course's fractions"),
+        ("dates", "cannot tell which of frames F1 and F2 was treated first"),
+    ],
+)
 def test_second_courses_missing_files_are_named(tmp_path, drop, message):
     """Re-irradiated patients assembled from headers alone: what is missing is the case's recorded problem."""
     from isodose.cohort.cases import _assemble_two_courses, _Header
@@ -782,8 +957,11 @@ def test_second_courses_missing_files_are_named(tmp_path, drop, message):
     }
     complete = _assemble_two_courses("P", ["F1", "F2"], list(headers.values()), "Recurrence", None)
     assert not complete.problem and complete.second_registration.name == "REG.dcm"
-    assert (complete.dose.name, complete.second_dose.name, complete.second_plan.name) == ("RD1.dcm", "RD2.dcm",
-                                                                                          "RP2.dcm")
+    assert (complete.dose.name, complete.second_dose.name, complete.second_plan.name) == (
+        "RD1.dcm",
+        "RD2.dcm",
+        "RP2.dcm",
+    )
     three = _assemble_two_courses("P", ["F1", "F2", "F3"], list(headers.values()), "Recurrence", None)
     assert "3 planning frames of reference" in three.problem
     if drop == "dates":

@@ -243,8 +243,11 @@ def test_a_dose_grid_too_large_for_memory_is_refused_with_the_figures(tmp_path, 
 
     path = write_dose(random_grid, tmp_path / "rd.dcm")
     monkeypatch.setattr(reader, "_available_memory_bytes", lambda: 2000)
-    with pytest.raises(DoseGridError, match=r"rd.dcm: dose grid of 6 x 7 x 8 voxels needs about 5.4 kB to read, "
-                                            r"more than the 2.0 kB of memory available"):
+    with pytest.raises(
+        DoseGridError,
+        match=r"rd.dcm: dose grid of 6 x 7 x 8 voxels needs about 5.4 kB to read, "
+        r"more than the 2.0 kB of memory available",
+    ):
         read_dose(path)
     monkeypatch.setattr(reader, "_available_memory_bytes", lambda: None)  # cannot be told: read it
     np.testing.assert_allclose(read_dose(path).dose_gy, random_grid.dose_gy, rtol=1e-6)
@@ -265,8 +268,10 @@ def _float_dose(path, values):
     return path
 
 
-@pytest.mark.parametrize("value, message", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"),
-                                            (-0.5, r"negative values \(down to -0.5 Gy\)")])
+@pytest.mark.parametrize(
+    "value, message",
+    [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-0.5, r"negative values \(down to -0.5 Gy\)")],
+)
 def test_non_finite_or_negative_dose_is_refused(tmp_path, random_grid, value, message):
     stored = np.ones((6, 7, 8), dtype=np.float32)
     stored[2, 3, 4] = value
@@ -277,9 +282,14 @@ def test_non_finite_or_negative_dose_is_refused(tmp_path, random_grid, value, me
     np.testing.assert_array_equal(read_dose(_float_dose(path, stored)).dose_gy, stored)
 
 
-@pytest.mark.parametrize("scaling, message", [("inf", "DoseGridScaling holds non-finite values"),
-                                              ("nan", "DoseGridScaling holds non-finite values"),
-                                              ("-1", "DoseGridScaling must be positive")])
+@pytest.mark.parametrize(
+    "scaling, message",
+    [
+        ("inf", "DoseGridScaling holds non-finite values"),
+        ("nan", "DoseGridScaling holds non-finite values"),
+        ("-1", "DoseGridScaling must be positive"),
+    ],
+)
 def test_non_finite_or_negative_scaling_is_refused(tmp_path, random_grid, scaling, message):
     path = _edit(write_dose(random_grid, tmp_path / "rd.dcm"), DoseGridScaling=scaling)
     with pytest.raises(IsodoseError, match=message):

@@ -44,8 +44,9 @@ def reference(cohort, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       env={"NUMBA_NUM_THREADS": "1"})
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env={"NUMBA_NUM_THREADS": "1"}
+    )
     yield cluster
     cluster.close()
 
@@ -58,8 +59,10 @@ def client(cluster):
 
 
 def _records(out) -> dict[str, dict]:
-    return {e["case_id"]: {k: v for k, v in e["record"].items() if k not in IGNORED}
-            for e in ResultStore.open(out, create=False).cases()}
+    return {
+        e["case_id"]: {k: v for k, v in e["record"].items() if k not in IGNORED}
+        for e in ResultStore.open(out, create=False).cases()
+    }
 
 
 def test_a_dask_run_gives_the_store_of_a_local_run(cohort, reference, client, tmp_path):
@@ -108,8 +111,9 @@ def test_a_stopped_client_resumes_without_redoing_finished_cases(cohort, referen
     assert ResultStore.open(out, create=False).finished() == set(first)
     second: list[str] = []
     with distributed.Client(cluster.scheduler_address) as client:
-        summary = run_cohort(cohort, out, settings=SETTINGS, client=client,
-                             on_result=lambda e: second.append(e["case_id"]))
+        summary = run_cohort(
+            cohort, out, settings=SETTINGS, client=client, on_result=lambda e: second.append(e["case_id"])
+        )
     assert (summary.skipped, summary.processed, summary.failed) == (4, N_CASES - 4, 0)
     assert not set(first) & set(second) and len(second) == N_CASES - 4
     assert _records(out) == reference
@@ -123,8 +127,10 @@ def test_a_file_a_worker_cannot_read_names_the_worker_and_the_path(cohort, clien
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
-            row = {k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi") else v)
-                   for k, v in row.items()}
+            row = {
+                k: (str(data / v) if v and k not in ("case_id", "prescription_gy", "recurrence_roi") else v)
+                for k, v in row.items()
+            }
             writer.writerow(row)
         writer.writerow(dict(row, case_id="unseen", dose=str(tmp_path / "only-on-my-laptop" / "RD.dcm")))
     out = tmp_path / "r.h5"
@@ -168,8 +174,25 @@ def test_tasks_are_submitted_as_results_come_back(cohort, client):
 
 def test_cli_runs_on_a_local_dask_cluster(cohort, reference, tmp_path, capsys):
     out = tmp_path / "cli.h5"
-    code = main(["cohort", "run", str(cohort), "--out", str(out), "--local-cluster", "--workers", "2",
-                 "--no-progress", "--metric", "GTV:volume", "--metric", "CTV60:D98", "--metric", "CTV54:D95"])
+    code = main(
+        [
+            "cohort",
+            "run",
+            str(cohort),
+            "--out",
+            str(out),
+            "--local-cluster",
+            "--workers",
+            "2",
+            "--no-progress",
+            "--metric",
+            "GTV:volume",
+            "--metric",
+            "CTV60:D98",
+            "--metric",
+            "CTV54:D95",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"{N_CASES} processed (0 failed)" in captured.out
@@ -182,8 +205,17 @@ def test_cli_dask_errors_are_one_line(cohort, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("isodose: error:") and err.count("\n") == 1
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err
-    code = main(["cohort", "run", str(cohort), "--out", str(tmp_path / "b.h5"), "--scheduler-file",
-                 str(tmp_path / "scheduler.json")])
+    code = main(
+        [
+            "cohort",
+            "run",
+            str(cohort),
+            "--out",
+            str(tmp_path / "b.h5"),
+            "--scheduler-file",
+            str(tmp_path / "scheduler.json"),
+        ]
+    )
     assert code == 2 and "scheduler.json: no such scheduler file" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "distributed", None)
     code = main(["cohort", "run", str(cohort), "--out", str(tmp_path / "c.h5"), "--local-cluster"])
@@ -197,9 +229,12 @@ def test_each_worker_picks_its_backend_from_its_own_environment(cohort, referenc
 
     cases = read_manifest(cohort)[:2]
     out = tmp_path / "numpy.h5"
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  env={"ISODOSE_BACKEND": "numpy"}) as numpy_cluster, \
-            distributed.Client(numpy_cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, env={"ISODOSE_BACKEND": "numpy"}
+        ) as numpy_cluster,
+        distributed.Client(numpy_cluster) as client,
+    ):
         summary = run_cohort(cohort, out, settings=SETTINGS, client=client, cases=cases)
     assert (summary.processed, summary.failed) == (2, 0)
     records = _records(out)

@@ -64,8 +64,9 @@ def test_dose_grid_resolutions(tmp_path, write_phantom, shape_name, voxel_mm):
     """The same phantoms on finer and coarser dose grids, in an oblique field (the grid is offset from the
     shapes so that no voxel plane is special)."""
     n = int(round(80 / voxel_mm)) + 1
-    field, grid = linear_grid(gradient=FIELDS["oblique"], origin=(-40.3, -39.7, -40.1), spacing=(voxel_mm,) * 3,
-                              shape=(n, n, n))
+    field, grid = linear_grid(
+        gradient=FIELDS["oblique"], origin=(-40.3, -39.7, -40.1), spacing=(voxel_mm,) * 3, shape=(n, n, n)
+    )
     shape = SHAPES[shape_name]
     rd, rs, _ = write_phantom(shape, spacing_mm=2.0, grid=grid)
     [dvh] = compute_dvhs(read_dose(rd), read_structures(rs), backend="numba")
@@ -170,11 +171,18 @@ def test_grids_made_in_python_with_negative_or_non_finite_doses_are_refused(back
     its source named, before any sampling."""
     _, grid = linear_grid(gradient=(1.0, 0.0, 0.0), dose_gy=50.0)
     sphere = contour_shape(Sphere((0.0, 0.0, 0.0), 15.0), "S", 1, 2.5)
-    for dose, message in [(grid.dose_gy - 45.0, "negative values \\(down to -35 Gy\\)"),
-                          (np.where(grid.dose_gy > 60, np.nan, grid.dose_gy), "NaN or infinite"),
-                          (np.where(grid.dose_gy > 60, np.inf, grid.dose_gy), "NaN or infinite")]:
-        bad = DoseGrid(dose.astype(np.float32), grid.origin_mm, grid.spacing_mm, grid.frame_of_reference_uid,
-                       source="difference.dcm")
+    for dose, message in [
+        (grid.dose_gy - 45.0, "negative values \\(down to -35 Gy\\)"),
+        (np.where(grid.dose_gy > 60, np.nan, grid.dose_gy), "NaN or infinite"),
+        (np.where(grid.dose_gy > 60, np.inf, grid.dose_gy), "NaN or infinite"),
+    ]:
+        bad = DoseGrid(
+            dose.astype(np.float32),
+            grid.origin_mm,
+            grid.spacing_mm,
+            grid.frame_of_reference_uid,
+            source="difference.dcm",
+        )
         with pytest.raises(DoseGridError, match=f"^difference.dcm: dose holds {message}"):
             compute_dvhs(bad, [sphere], backend=backend)
 
@@ -184,8 +192,13 @@ def test_grids_made_in_python_with_an_unusable_lattice_are_refused():
     sphere = contour_shape(Sphere((0.0, 0.0, 0.0), 15.0), "S", 1, 2.5)
 
     def made(**changes):
-        fields = dict(dose_gy=grid.dose_gy, origin_mm=grid.origin_mm, spacing_mm=grid.spacing_mm,
-                      frame_of_reference_uid=grid.frame_of_reference_uid, source="made.dcm")
+        fields = dict(
+            dose_gy=grid.dose_gy,
+            origin_mm=grid.origin_mm,
+            spacing_mm=grid.spacing_mm,
+            frame_of_reference_uid=grid.frame_of_reference_uid,
+            source="made.dcm",
+        )
         return DoseGrid(**{**fields, **changes})
 
     for changes, message in [
@@ -236,8 +249,11 @@ def test_a_structure_sampled_through_a_transform_is_the_structure_moved():
     _, grid = linear_grid(gradient=FIELDS["oblique"])
     sphere = contour_shape(Sphere((1.0, -2.0, 0.5), 11.0), "S", 1, 2.5)
     matrix = rigid_matrix(20.0, (0.0, 0.0, 1.0), (4.2, -3.1, 2.5))
-    moved = Structure("S", 1, tuple(
-        Contour(c.points_mm @ matrix[:2, :2].T + matrix[:2, 3], c.z_mm + matrix[2, 3]) for c in sphere.contours))
+    moved = Structure(
+        "S",
+        1,
+        tuple(Contour(c.points_mm @ matrix[:2, :2].T + matrix[:2, 3], c.z_mm + matrix[2, 3]) for c in sphere.contours),
+    )
     [through] = compute_dvhs(grid, [sphere], transform=matrix, backend="numba")
     [expected] = compute_dvhs(grid, [moved], backend="numba")
     [unmoved] = compute_dvhs(grid, [sphere], backend="numba")

@@ -28,15 +28,24 @@ from isodose.voxelize import SamplingOptions, plan_sampling
 from . import references
 
 # pydicom warns about every damaged value it reads, and hypothesis about the size of the files it is given.
-pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning"),
+]
 EXAMPLES = {"bytes": 250, "tags": 250, "rings": 150, "crossings": 300}
 
 
 def fuzz(kind: str) -> settings:
     """Fixed seeds and example counts (a run is reproducible and its count reportable), no deadline."""
-    return settings(max_examples=EXAMPLES[kind], deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    return settings(
+        max_examples=EXAMPLES[kind],
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
 READERS = {"RTDOSE": read_dose, "RTSTRUCT": read_structures, "RTPLAN": read_plan, "REG": read_registration}
 
 
@@ -53,8 +62,9 @@ def files(tmp_path_factory):
         "RTDOSE": write_dose(grid, root / "rd.dcm", bits=16).read_bytes(),
         "RTSTRUCT": write_structures([sphere], root / "rs.dcm", frame_of_reference_uid="1.2.3").read_bytes(),
         "RTPLAN": write_plan(root / "rp.dcm", prescription_gy=70.0, number_of_fractions=35).read_bytes(),
-        "REG": write_registration(root / "reg.dcm", registered_frame_uid="1.2.3", source_frame_uid="4.5.6",
-                                  matrix=matrix).read_bytes(),
+        "REG": write_registration(
+            root / "reg.dcm", registered_frame_uid="1.2.3", source_frame_uid="4.5.6", matrix=matrix
+        ).read_bytes(),
     }
 
 
@@ -147,13 +157,23 @@ _RING = st.lists(st.tuples(_COORDINATE, _COORDINATE), min_size=3, max_size=24)
 
 
 @fuzz("rings")
-@given(planes=st.lists(st.lists(_RING, min_size=1, max_size=3), min_size=1, max_size=4),
-       start_z=st.sampled_from([-6.0, -1.0, 0.5]), spacing=st.sampled_from([1.0, 2.5]))
+@given(
+    planes=st.lists(st.lists(_RING, min_size=1, max_size=3), min_size=1, max_size=4),
+    start_z=st.sampled_from([-6.0, -1.0, 0.5]),
+    spacing=st.sampled_from([1.0, 2.5]),
+)
 def test_any_rings_give_finite_dvhs_and_numba_covers_them_as_the_reference(planes, start_z, spacing):
-    grid = DoseGrid(np.fromfunction(lambda z, y, x: 10 + x + 0.5 * y - z, (6, 30, 30), dtype=np.float32),
-                    (-30.0, -30.0, -8.0), (2.0, 2.0, 3.0), "1.2.3")
-    contours = tuple(Contour(np.array(ring, dtype=np.float64), start_z + k * spacing)
-                     for k, rings in enumerate(planes) for ring in rings)
+    grid = DoseGrid(
+        np.fromfunction(lambda z, y, x: 10 + x + 0.5 * y - z, (6, 30, 30), dtype=np.float32),
+        (-30.0, -30.0, -8.0),
+        (2.0, 2.0, 3.0),
+        "1.2.3",
+    )
+    contours = tuple(
+        Contour(np.array(ring, dtype=np.float64), start_z + k * spacing)
+        for k, rings in enumerate(planes)
+        for ring in rings
+    )
     structure = Structure("fuzzed", 1, contours, "1.2.3")
     logging.disable(logging.WARNING)
     try:
@@ -167,10 +187,19 @@ def test_any_rings_give_finite_dvhs_and_numba_covers_them_as_the_reference(plane
         assert grid.dose_gy.min() - 1e-3 <= dvh.dmin_gy <= dvh.dmean_gy + 1e-9 <= dvh.dmax_gy + 2e-9
         assert dvh.dmax_gy <= grid.dose_gy.max() + 1e-3
     plan = plan_sampling([structure], grid, SamplingOptions())
-    geometry = dict(vertices=plan.vertices, ring_start=plan.ring_start, plane_ring_start=plan.plane_ring_start,
-                    plane_cell_start=plan.plane_cell_start, plane_x0=plan.plane_x0_mm, plane_y0=plan.plane_y0_mm,
-                    plane_nx=plan.plane_nx, plane_ny=plan.plane_ny, plane_hx=plan.plane_hx_mm, plane_hy=plan.plane_hy_mm,
-                    scanlines=plan.scanlines)
+    geometry = dict(
+        vertices=plan.vertices,
+        ring_start=plan.ring_start,
+        plane_ring_start=plan.plane_ring_start,
+        plane_cell_start=plan.plane_cell_start,
+        plane_x0=plan.plane_x0_mm,
+        plane_y0=plan.plane_y0_mm,
+        plane_nx=plan.plane_nx,
+        plane_ny=plan.plane_ny,
+        plane_hx=plan.plane_hx_mm,
+        plane_hy=plan.plane_hy_mm,
+        scanlines=plan.scanlines,
+    )
     expected = numpy_ref.polygon_coverage(**geometry)
     got = numba_cpu.polygon_coverage(**geometry)
     np.testing.assert_allclose(got[:, 0], expected[:, 0], rtol=1e-9, atol=1e-12)

@@ -93,8 +93,14 @@ def test_packed_planes_test_each_point_in_the_one_slab_that_holds_it():
     z = np.concatenate([rng.uniform(-3, 25, 400), lo, hi, [np.nan]])
     points = np.column_stack([rng.uniform(-12, 12, len(z)), rng.uniform(-12, 12, len(z)), z])
     # Points on the rings' vertices' rows and columns (the half-open rule decides them) in every slab.
-    on_edges = np.array([(x, y, zz) for x in (-10.0, -4.0, 0.0, 4.0, 5.0, 10.0) for y in (-10.0, -4.0, 4.0, 5.0, 10.0)
-                         for zz in (1.0, 21.0)])
+    on_edges = np.array(
+        [
+            (x, y, zz)
+            for x in (-10.0, -4.0, 0.0, 4.0, 5.0, 10.0)
+            for y in (-10.0, -4.0, 4.0, 5.0, 10.0)
+            for zz in (1.0, 21.0)
+        ]
+    )
     points = np.concatenate([points, on_edges])
     z = points[:, 2]
     expected = np.zeros(len(points), dtype=bool)
@@ -139,8 +145,9 @@ def test_lattice_is_aligned_with_the_dose_grid_and_adapts_to_size():
 
 def test_batches_cover_every_plane_once():
     _, grid = linear_grid()
-    structures = [Structure(f"s{i}", i, tuple(Contour(SQUARE * (1 + i), z) for z in np.arange(0, 10, 1.0)))
-                  for i in range(1, 5)]
+    structures = [
+        Structure(f"s{i}", i, tuple(Contour(SQUARE * (1 + i), z) for z in np.arange(0, 10, 1.0))) for i in range(1, 5)
+    ]
     plan = plan_sampling(structures, grid)
     batches = list(plan.batches(max_cells=plan.n_cells // 7))
     assert batches[0][0] == 0 and batches[-1][1] == len(plan.plane_nx)
@@ -188,15 +195,18 @@ def test_a_contour_crossing_itself_is_kept_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING):
         planes = structure_planes(_rings_structure("bow", [bow_tie]))
     assert [len(p.rings) for p in planes] == [1, 1, 1]
-    assert "ROI 'bow': 3 contour(s) cross themselves (first at z = 0 mm); their inside is taken by the even-odd" \
+    assert (
+        "ROI 'bow': 3 contour(s) cross themselves (first at z = 0 mm); their inside is taken by the even-odd"
         in caplog.text
+    )
     assert polygons.ring_crosses_itself(bow_tie) and not polygons.ring_crosses_itself([[0, 0], [10, 0], [5, 8]])
 
 
 def test_rigid_matrix_rotates_about_its_axis_then_translates():
     quarter = rigid_matrix(90.0, translation_mm=(1.0, 2.0, 3.0))
-    np.testing.assert_allclose(transform_points(quarter, [[1.0, 0.0, 0.0], [0.0, 0.0, 5.0]]),
-                               [[1.0, 3.0, 3.0], [1.0, 2.0, 8.0]], atol=1e-12)
+    np.testing.assert_allclose(
+        transform_points(quarter, [[1.0, 0.0, 0.0], [0.0, 0.0, 5.0]]), [[1.0, 3.0, 3.0], [1.0, 2.0, 8.0]], atol=1e-12
+    )
     axis = np.array([1.0, -2.0, 0.5])
     tilted = rigid_matrix(37.0, axis)
     check_rigid(tilted)
@@ -206,12 +216,15 @@ def test_rigid_matrix_rotates_about_its_axis_then_translates():
         rigid_matrix(10.0, (0.0, 0.0, 0.0))
 
 
-@pytest.mark.parametrize("points, z, message", [
-    ([[0.0, 0.0], [np.nan, 5.0], [5.0, 5.0]], 0.0, "holds NaN or infinite coordinates \\(z = 0.0 mm\\)"),
-    ([[0.0, 0.0], [0.0, 5.0], [5.0, 5.0]], np.inf, "holds NaN or infinite coordinates \\(z = inf mm\\)"),
-    ([0.0, 0.0, 0.0, 5.0, 5.0, 5.0], 0.0, "has points of shape \\(6,\\), not \\(n, 2\\)"),
-    ([[0.0, 0.0, 1.0], [0.0, 5.0, 1.0], [5.0, 5.0, 1.0]], 1.0, "has points of shape \\(3, 3\\)"),
-])
+@pytest.mark.parametrize(
+    "points, z, message",
+    [
+        ([[0.0, 0.0], [np.nan, 5.0], [5.0, 5.0]], 0.0, "holds NaN or infinite coordinates \\(z = 0.0 mm\\)"),
+        ([[0.0, 0.0], [0.0, 5.0], [5.0, 5.0]], np.inf, "holds NaN or infinite coordinates \\(z = inf mm\\)"),
+        ([0.0, 0.0, 0.0, 5.0, 5.0, 5.0], 0.0, "has points of shape \\(6,\\), not \\(n, 2\\)"),
+        ([[0.0, 0.0, 1.0], [0.0, 5.0, 1.0], [5.0, 5.0, 1.0]], 1.0, "has points of shape \\(3, 3\\)"),
+    ],
+)
 def test_contours_made_in_python_are_checked(points, z, message):
     structure = Structure("Made", 4, (Contour(np.array(points), z),), source="made.dcm")
     _, grid = linear_grid()

@@ -51,8 +51,9 @@ def test_phantoms(rng, gpu_backend):
         _, grid = linear_grid(gradient=gradient)
         structures = [contour_shape(s, n, i, 2.5) for i, (n, s) in enumerate(SHAPES.items(), start=1)]
         structures += _awkward_structures(rng)
-        assert_gpu_matches(compute_dvhs(grid, structures, backend="numpy"),
-                           compute_dvhs(grid, structures, backend=gpu_backend))
+        assert_gpu_matches(
+            compute_dvhs(grid, structures, backend="numpy"), compute_dvhs(grid, structures, backend=gpu_backend)
+        )
 
 
 def test_nelms_cases(nelms_path, gpu_backend):
@@ -60,8 +61,9 @@ def test_nelms_cases(nelms_path, gpu_backend):
         grid = read_dose(nelms_path / "dose_grids" / f"{case.grid_name}.dcm")
         rs = read_structures(nelms_path / "structures" / f"{case.structure}.dcm")
         rois = [s.name for s in rs.structures if not s.is_empty]
-        assert_gpu_matches(compute_dvhs(grid, rs, rois, backend="numpy"),
-                           compute_dvhs(grid, rs, rois, backend=gpu_backend))
+        assert_gpu_matches(
+            compute_dvhs(grid, rs, rois, backend="numpy"), compute_dvhs(grid, rs, rois, backend=gpu_backend)
+        )
 
 
 def test_head_and_neck_case_and_repeatability(gpu_backend):
@@ -84,9 +86,15 @@ def test_cohort_on_the_gpu_gets_every_true_class(tmp_path, gpu_backend):
     # Reading workers feed the GPU, which samples up to 8 cases per launch (on a device, "cupy" arranges this
     # by itself; the emulated backend, an object, is asked for it).
     on_device = gpu_backend.name == "cupy"
-    summary = run_cohort(manifest, tmp_path / "r.h5", settings=settings, workers=2,
-                         backend="cupy" if on_device else gpu_backend, pipelined=None if on_device else True,
-                         batch_size=8)
+    summary = run_cohort(
+        manifest,
+        tmp_path / "r.h5",
+        settings=settings,
+        workers=2,
+        backend="cupy" if on_device else gpu_backend,
+        pipelined=None if on_device else True,
+        batch_size=8,
+    )
     assert summary.failed == 0
     run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=2, backend="numba")
     truth = read_truth(tmp_path / "data" / "truth.csv")
@@ -121,5 +129,7 @@ def test_plan_sums_stay_on_the_device_and_match_numba(gpu_backend):
     assert_gpu_matches([d.physical for d in expected], [d.physical for d in got])
     assert_gpu_matches([d.eqd2 for d in expected], [d.eqd2 for d in got])
     gtv = rois()[0]
-    assert_records_match({"case": reirradiation_record(*courses, gtv, registration=registration, backend="numba")},
-                         {"case": reirradiation_record(*courses, gtv, registration=registration, backend=gpu_backend)})
+    assert_records_match(
+        {"case": reirradiation_record(*courses, gtv, registration=registration, backend="numba")},
+        {"case": reirradiation_record(*courses, gtv, registration=registration, backend=gpu_backend)},
+    )

@@ -37,8 +37,12 @@ def test_the_emulated_device_arrays_refuse_what_cupy_refuses(gpu):
     a = gpu.xp.asarray(np.arange(4.0))
     with pytest.raises(TypeError, match="does not become a NumPy array implicitly"):
         np.asarray(a)
-    for mix in (lambda: a + np.ones(4), lambda: np.ones(4) * a, lambda: np.concatenate([a, np.ones(2)]),
-                lambda: a.__setitem__(slice(0, 2), np.zeros(2))):
+    for mix in (
+        lambda: a + np.ones(4),
+        lambda: np.ones(4) * a,
+        lambda: np.concatenate([a, np.ones(2)]),
+        lambda: a.__setitem__(slice(0, 2), np.zeros(2)),
+    ):
         with pytest.raises(TypeError, match="host \\(NumPy\\) array"):
             mix()
     b = (2 * a + 1)[a > 1]
@@ -98,8 +102,9 @@ def test_accumulate_histogram(gpu, rng):
     values, weights = rng.uniform(0, 60, n), rng.uniform(0.1, 2, n)
     widths = rng.choice([0.0, 0.001, 0.3, 5.0], n)
     expected = numpy_ref.accumulate_histogram(values, weights, widths, 0.05, 1300)
-    np.testing.assert_allclose(gpu.accumulate_histogram(values, weights, widths, 0.05, 1300), expected, rtol=1e-9,
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        gpu.accumulate_histogram(values, weights, widths, 0.05, 1300), expected, rtol=1e-9, atol=1e-8
+    )
 
 
 @pytest.mark.parametrize("transformed", [False, True])
@@ -185,8 +190,13 @@ def test_many_cases_in_one_launch_match_each_case_alone(gpu, rng):
     options = SamplingOptions(target_cells=6000)
     requests = []
     for i, gradient in enumerate((FIELDS["oblique"], FIELDS["z"], (0.3, 0.2, -1.1), FIELDS["oblique"])):
-        _, grid = linear_grid(gradient=gradient, dose_gy=100.0 + 10 * i, origin=(-40.0 - i, -41.0, -39.0 + 0.7 * i),
-                              spacing=(2.5, 2.0 + 0.5 * i, 3.0), shape=(28, 40 - 2 * i, 33 + i))
+        _, grid = linear_grid(
+            gradient=gradient,
+            dose_gy=100.0 + 10 * i,
+            origin=(-40.0 - i, -41.0, -39.0 + 0.7 * i),
+            spacing=(2.5, 2.0 + 0.5 * i, 3.0),
+            shape=(28, 40 - 2 * i, 33 + i),
+        )
         structures = [contour_shape(s, n, k, 2.5) for k, (n, s) in enumerate(SHAPES.items(), start=1)][: 2 + i]
         if i == 2:
             structures += [Structure("empty", 9, ())]
@@ -200,8 +210,9 @@ def test_many_cases_in_one_launch_match_each_case_alone(gpu, rng):
         assert merged.bin_width_gy == alone.bin_width_gy
         np.testing.assert_allclose(merged.hist_mm3, alone.hist_mm3, rtol=1e-6, atol=1e-6)
         for name in ("inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy", "centroid_mm"):
-            np.testing.assert_allclose(getattr(merged, name), getattr(alone, name), rtol=1e-7, atol=1e-6,
-                                       equal_nan=True, err_msg=name)
+            np.testing.assert_allclose(
+                getattr(merged, name), getattr(alone, name), rtol=1e-7, atol=1e-6, equal_nan=True, err_msg=name
+            )
 
 
 @pytest.mark.parametrize("tilt", [False, True])
@@ -250,8 +261,9 @@ def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
     assert_same_dvhs([d.eqd2 for d in expected], [d.eqd2 for d in got])
     gtv = rois()[0]
     record = reirradiation_record(*courses, gtv, registration=registration, backend="numba")
-    assert_records_match({"case": record},
-                         {"case": reirradiation_record(*courses, gtv, registration=registration, backend=backend)})
+    assert_records_match(
+        {"case": record}, {"case": reirradiation_record(*courses, gtv, registration=registration, backend=backend)}
+    )
 
 
 def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, tmp_path):
@@ -272,21 +284,25 @@ def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, t
     rows = list(csv.DictReader(manifest.open()))
     for row in rows[:2]:
         first = read_dose(manifest.parent / row["dose"])
-        second = DoseGrid(first.dose_gy * np.float32(0.4), first.origin_mm, first.spacing_mm,
-                          first.frame_of_reference_uid)
-        path = write_dose(second, manifest.parent / f"{row['case_id']}-RD2.dcm",
-                          frame_of_reference_uid=first.frame_of_reference_uid)
+        second = DoseGrid(
+            first.dose_gy * np.float32(0.4), first.origin_mm, first.spacing_mm, first.frame_of_reference_uid
+        )
+        path = write_dose(
+            second, manifest.parent / f"{row['case_id']}-RD2.dcm", frame_of_reference_uid=first.frame_of_reference_uid
+        )
         row.update(fractions="35", second_dose=path.name, second_fractions="10")
     with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*rows[0], "fractions", "second_dose", "second_fractions"],
-                                restval="")
+        writer = csv.DictWriter(
+            handle, fieldnames=[*rows[0], "fractions", "second_dose", "second_fractions"], restval=""
+        )
         writer.writeheader()
         writer.writerows(rows)
     settings = RunSettings(target_metrics=("GTV:volume", "CTV60:D98"))
     counting, counts = _counting(gpu)
     backend = Backend("cupy (emulated)", gpu.device, counting)
-    run_cohort(manifest, tmp_path / "gpu.h5", settings=settings, workers=2, backend=backend, pipelined=True,
-               batch_size=4)
+    run_cohort(
+        manifest, tmp_path / "gpu.h5", settings=settings, workers=2, backend=backend, pipelined=True, batch_size=4
+    )
     run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=1, backend="numba")
     # 7 cases in batches of at most 4: at least 2 batches, never one launch per case; and each re-irradiated
     # case's plan sum resampled and sampled once more.
@@ -328,10 +344,13 @@ def test_every_launch_is_checked_against_the_kernel_parameters(gpu):
     values, delta = gpu.xp.asarray(np.linspace(0.0, 9.0, n)), gpu.xp.zeros(5, np.int64)
     good = [values, gpu.xp.asarray(np.ones(n)), gpu.xp.zeros(n), np.int64(n), np.float64(1.0), np.int32(4), delta]
     check_arguments("histogram_kernel", parameters["histogram_kernel"], good)
-    wrong = {5: (np.int64(4), "n_bins needs a NumPy int32 scalar"), 3: (n, "n needs a NumPy int64 scalar, got int"),
-             0: (values.astype(np.float32), "values needs a device array of float64"),
-             1: (np.ones(n), "weights needs a device array of float64, got ndarray"),
-             6: (delta.astype(np.uint64), "delta needs a device array of int64")}
+    wrong = {
+        5: (np.int64(4), "n_bins needs a NumPy int32 scalar"),
+        3: (n, "n needs a NumPy int64 scalar, got int"),
+        0: (values.astype(np.float32), "values needs a device array of float64"),
+        1: (np.ones(n), "weights needs a device array of float64, got ndarray"),
+        6: (delta.astype(np.uint64), "delta needs a device array of int64"),
+    }
     for index, (argument, message) in wrong.items():
         with pytest.raises(TypeError, match=f"histogram_kernel: {message}"):
             gpu.launch("histogram_kernel", n, [*good[:index], argument, *good[index + 1 :]])
@@ -390,8 +409,7 @@ def test_test_launch_accepts_good_kernels_and_refuses_wrong_ones(gpu):
 
     for kernels in (numpy_ref, numba_cpu, gpu):
         selftest.check(kernels)
-    wrong = _Wrapped(gpu, device_name=lambda: "GPU 0",
-                     trilinear=lambda *a: np.asarray(gpu.trilinear(*a)) + 1e-3)
+    wrong = _Wrapped(gpu, device_name=lambda: "GPU 0", trilinear=lambda *a: np.asarray(gpu.trilinear(*a)) + 1e-3)
     with pytest.raises(BackendError, match="disagrees with the reference on its test launch \\(trilinear\\)"):
         _device_after_selftest(wrong, "cupy")
 
@@ -413,8 +431,13 @@ def _limited(inner, max_cells: int, free_bytes: int | None = None):
             raise MemoryError(f"{n_cells} cells")
         return inner.polygon_coverage(*args)
 
-    return _Wrapped(inner, polygon_coverage=polygon_coverage, free_memory_bytes=lambda: free_bytes,
-                    out_of_memory_errors=lambda: (MemoryError,), BYTES_PER_CELL=64)
+    return _Wrapped(
+        inner,
+        polygon_coverage=polygon_coverage,
+        free_memory_bytes=lambda: free_bytes,
+        out_of_memory_errors=lambda: (MemoryError,),
+        BYTES_PER_CELL=64,
+    )
 
 
 def test_batches_that_run_out_of_memory_are_split_and_retried(gpu):

@@ -26,8 +26,13 @@ def _blocks(pid: int) -> list[str]:
 def _value():
     big = np.arange(600_000, dtype=np.float32).reshape(60, 100, 100)
     grid = DoseGrid(big, (0.0, 1.0, 2.0), (2.5, 2.5, 3.0), "1.2.3", "RD.dcm")
-    return {"grid": grid, "same grid again": grid, "small": np.arange(10.0), "other": np.ones((700, 100)),
-            "text": "kept"}
+    return {
+        "grid": grid,
+        "same grid again": grid,
+        "small": np.arange(10.0),
+        "other": np.ones((700, 100)),
+        "text": "kept",
+    }
 
 
 def test_large_arrays_travel_through_one_block_whose_name_goes_on_arrival():

@@ -21,8 +21,17 @@ COMPILED = [numba_cpu]
 
 def _coverage(kernels, plan):
     return kernels.polygon_coverage(
-        plan.vertices, plan.ring_start, plan.plane_ring_start, plan.plane_cell_start, plan.plane_x0_mm,
-        plan.plane_y0_mm, plan.plane_nx, plan.plane_ny, plan.plane_hx_mm, plan.plane_hy_mm, plan.scanlines,
+        plan.vertices,
+        plan.ring_start,
+        plan.plane_ring_start,
+        plan.plane_cell_start,
+        plan.plane_x0_mm,
+        plan.plane_y0_mm,
+        plan.plane_nx,
+        plan.plane_ny,
+        plan.plane_hx_mm,
+        plan.plane_hy_mm,
+        plan.scanlines,
     )
 
 
@@ -31,8 +40,18 @@ def _histograms(kernels, plan, grid, cells, n_bins=4096, chunks=64, transforms=N
     if transforms is None:
         transforms = np.broadcast_to(np.eye(4), (plan.n_structures, 4, 4))
     return kernels.cell_histograms(
-        grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), cells, plan.plane_cell_start,
-        plan.plane_z_lo_mm, plan.plane_z_hi_mm, plan.structure_plane_start, transforms, bin_width, n_bins, chunks,
+        grid.dose_gy,
+        np.array(grid.origin_mm),
+        np.array(grid.spacing_mm),
+        cells,
+        plan.plane_cell_start,
+        plan.plane_z_lo_mm,
+        plan.plane_z_hi_mm,
+        plan.structure_plane_start,
+        transforms,
+        bin_width,
+        n_bins,
+        chunks,
     )
 
 
@@ -54,15 +73,24 @@ def _awkward_structures(rng):
     for z in np.arange(-6.0, 6.1, 1.5):
         contours.append(Contour(_star(rng, (rng.uniform(-2, 2), rng.uniform(-2, 2))), float(z)))
     star = Structure("star", 1, tuple(contours))
-    ring = Structure("ring", 2, (
-        Contour(_star(rng, (0, 0), r=(9, 12)), 0.0),
-        Contour(_star(rng, (0, 0), r=(3, 5))[::-1].copy(), 0.0),
-        Contour(_star(rng, (1, 0), r=(9, 12)), 2.0),
-    ))
+    ring = Structure(
+        "ring",
+        2,
+        (
+            Contour(_star(rng, (0, 0), r=(9, 12)), 0.0),
+            Contour(_star(rng, (0, 0), r=(3, 5))[::-1].copy(), 0.0),
+            Contour(_star(rng, (1, 0), r=(9, 12)), 2.0),
+        ),
+    )
     bowtie = Structure("bowtie", 3, (Contour(np.array([[-8.0, -6.0], [8.0, 6.0], [8.0, -6.0], [-8.0, 6.0]]), 1.0),))
-    islands = Structure("islands", 4, (
-        Contour(_star(rng, (-12, 0), r=(2, 4)), 0.0), Contour(_star(rng, (12, 3), r=(2, 4)), 0.0),
-    ))
+    islands = Structure(
+        "islands",
+        4,
+        (
+            Contour(_star(rng, (-12, 0), r=(2, 4)), 0.0),
+            Contour(_star(rng, (12, 3), r=(2, 4)), 0.0),
+        ),
+    )
     return [star, ring, bowtie, islands]
 
 
@@ -91,8 +119,12 @@ def test_trilinear_reproduces_linear_fields_and_voxel_values(rng):
         at_corner = kernels.trilinear(grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm), corner)
         assert at_corner[0] == pytest.approx(grid.dose_gy[-1, -1, -1])
         assert at_corner[1] == pytest.approx(grid.dose_gy[0, 0, 0])
-        outside = kernels.trilinear(grid.dose_gy, np.array(grid.origin_mm), np.array(grid.spacing_mm),
-                                    corner + np.array([[0.01, 0, 0], [0, -0.01, 0]]))
+        outside = kernels.trilinear(
+            grid.dose_gy,
+            np.array(grid.origin_mm),
+            np.array(grid.spacing_mm),
+            corner + np.array([[0.01, 0, 0], [0, -0.01, 0]]),
+        )
         assert np.isnan(outside).all()
 
 
@@ -115,8 +147,9 @@ def test_resampling_a_grid_onto_itself_gives_its_voxels():
     dose = np.random.default_rng(2).uniform(0, 70, (5, 6, 7)).astype(np.float32)
     origin, spacing = (-10.0, 4.0, 7.5), (2.5, 2.5, 3.0)
     for kernels in [numpy_ref, *COMPILED]:
-        np.testing.assert_allclose(kernels.resample(dose, origin, spacing, origin, spacing, dose.shape, np.eye(4)),
-                                   dose, rtol=1e-6)
+        np.testing.assert_allclose(
+            kernels.resample(dose, origin, spacing, origin, spacing, dose.shape, np.eye(4)), dose, rtol=1e-6
+        )
 
 
 @pytest.mark.parametrize("kernels", [numpy_ref, *COMPILED])
@@ -130,8 +163,13 @@ def test_course_sum_is_the_weighted_sum_of_physical_or_eqd2_doses(kernels, rng):
         if alpha_beta is None:
             expected = 0.75 * doses[0] + doses[1] + 0.5 * 2.0
         else:
-            expected = sum(w * d * (d / n + alpha_beta) / (2.0 + alpha_beta)
-                           for w, d, n in zip(weights[:2], np.asarray(doses[:2], np.float64), fractions)) + 1.0
+            expected = (
+                sum(
+                    w * d * (d / n + alpha_beta) / (2.0 + alpha_beta)
+                    for w, d, n in zip(weights[:2], np.asarray(doses[:2], np.float64), fractions)
+                )
+                + 1.0
+            )
         np.testing.assert_allclose(got, expected, rtol=1e-7)
         # Every backend rounds the same float64 sum once: the same bits.
         assert np.array_equal(got, numpy_ref.course_sum(doses, weights, fractions, alpha_beta))
@@ -160,12 +198,15 @@ def test_coverage_area_equals_polygon_area(rng):
         polygon = _star(rng, (0.3, -0.2), n=60)
         x, y = polygon[:, 0], polygon[:, 1]
         area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
-        centroid = np.array([
-            np.sum((x + np.roll(x, -1)) * (x * np.roll(y, -1) - np.roll(x, -1) * y)),
-            np.sum((y + np.roll(y, -1)) * (x * np.roll(y, -1) - np.roll(x, -1) * y)),
-        ]) / (6 * 0.5 * (np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-        plan = plan_sampling([Structure("s", 1, (Contour(polygon, 0.0),))], grid,
-                             SamplingOptions(supersampling=25, scanlines=scanlines))
+        centroid = np.array(
+            [
+                np.sum((x + np.roll(x, -1)) * (x * np.roll(y, -1) - np.roll(x, -1) * y)),
+                np.sum((y + np.roll(y, -1)) * (x * np.roll(y, -1) - np.roll(x, -1) * y)),
+            ]
+        ) / (6 * 0.5 * (np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+        plan = plan_sampling(
+            [Structure("s", 1, (Contour(polygon, 0.0),))], grid, SamplingOptions(supersampling=25, scanlines=scanlines)
+        )
         for kernels in [numpy_ref, *COMPILED]:
             cells = _coverage(kernels, plan)
             assert cells[:, 0].sum() == pytest.approx(area, rel=2e-4)
@@ -195,8 +236,11 @@ def test_even_odd_rule_removes_holes_and_crossings():
     outer = np.array([[-10.0, -10.0], [10.0, -10.0], [10.0, 10.0], [-10.0, 10.0]])
     hole = np.array([[-5.0, -5.0], [5.0, -5.0], [5.0, 5.0], [-5.0, 5.0]])
     for hole_points in (hole, hole[::-1]):  # the hole's orientation does not matter
-        plan = plan_sampling([Structure("s", 1, (Contour(outer, 0.0), Contour(hole_points.copy(), 0.0)))], grid,
-                             SamplingOptions(supersampling=4))
+        plan = plan_sampling(
+            [Structure("s", 1, (Contour(outer, 0.0), Contour(hole_points.copy(), 0.0)))],
+            grid,
+            SamplingOptions(supersampling=4),
+        )
         for kernels in [numpy_ref, *COMPILED]:
             assert _coverage(kernels, plan)[:, 0].sum() == pytest.approx(400 - 100, rel=1e-9)
     # A bow-tie: two triangles of 48 mm^2 each, whatever the winding of each lobe.
@@ -255,8 +299,11 @@ def test_cell_histograms_match_reference(kernels, rng):
 @pytest.mark.parametrize("tilt", [False, True], ids=["rotation about z", "tilted"])
 def test_transformed_structures_match_reference(kernels, rng, tilt):
     _, grid = linear_grid(gradient=(0.4, -0.9, 0.7))
-    structures = [contour_shape(Sphere((1, 2, 3), 9.0), "sphere", 1, 2.5),
-                  contour_shape(Shell((0, 0, 0), 14.0, 6.0), "shell", 2, 3.0), *_awkward_structures(rng)[:2]]
+    structures = [
+        contour_shape(Sphere((1, 2, 3), 9.0), "sphere", 1, 2.5),
+        contour_shape(Shell((0, 0, 0), 14.0, 6.0), "shell", 2, 3.0),
+        *_awkward_structures(rng)[:2],
+    ]
     plan = plan_sampling(structures, grid, SamplingOptions(target_cells=20000))
     transforms = np.stack([rigid(rng, tilt) for _ in structures])
     cells = _coverage(numpy_ref, plan)
@@ -347,6 +394,7 @@ def test_numba_kernels_may_be_called_from_many_threads_at_once():
     import sys
 
     env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
-    done = subprocess.run([sys.executable, "-c", _THREADS_AT_ONCE], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _THREADS_AT_ONCE], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -56,12 +56,26 @@ def test_metrics_of_a_uniform_distribution():
     dvh = uniform_dvh()
     assert dvh.volume_cc == pytest.approx(10.0)
     assert (dvh.dmin_gy, dvh.dmean_gy, dvh.dmax_gy) == pytest.approx((10.0, 15.0, 20.0))
-    values = dvh.metrics(["D50", "D100", "D0", "D95", "D2cc", "D0.03cc", "V15Gy", "V15Gy_cc", "V95%", "V95%_cc",
-                          "HI", "Dmean"], prescription_gy=16.0)
-    assert values == pytest.approx({
-        "D50": 15.0, "D100": 10.0, "D0": 20.0, "D95": 10.5, "D2cc": 18.0, "D0.03cc": 19.97, "V15Gy": 50.0,
-        "V15Gy_cc": 5.0, "V95%": 48.0, "V95%_cc": 4.8, "HI": (19.8 - 10.2) / 15.0, "Dmean": 15.0,
-    })
+    values = dvh.metrics(
+        ["D50", "D100", "D0", "D95", "D2cc", "D0.03cc", "V15Gy", "V15Gy_cc", "V95%", "V95%_cc", "HI", "Dmean"],
+        prescription_gy=16.0,
+    )
+    assert values == pytest.approx(
+        {
+            "D50": 15.0,
+            "D100": 10.0,
+            "D0": 20.0,
+            "D95": 10.5,
+            "D2cc": 18.0,
+            "D0.03cc": 19.97,
+            "V15Gy": 50.0,
+            "V15Gy_cc": 5.0,
+            "V95%": 48.0,
+            "V95%_cc": 4.8,
+            "HI": (19.8 - 10.2) / 15.0,
+            "Dmean": 15.0,
+        }
+    )
     assert math.isnan(dvh.metric("D11cc"))
     assert dvh.metric("V25Gy") == 0.0 and dvh.metric("V5Gy") == 100.0
 
@@ -104,8 +118,9 @@ def test_uniform_dose_and_tails_outside_dmin_dmax():
     hist = np.zeros(20)
     hist[5] = 1000.0
     flat = dvh_from_histogram("flat", hist, 1.0, 1000.0, 0.0, 5500.0, 5.5, 5.5)
-    assert flat.metrics(["D1", "D50", "D99", "Dmean"]) == pytest.approx({"D1": 5.5, "D50": 5.5, "D99": 5.5,
-                                                                           "Dmean": 5.5})
+    assert flat.metrics(["D1", "D50", "D99", "Dmean"]) == pytest.approx(
+        {"D1": 5.5, "D50": 5.5, "D99": 5.5, "Dmean": 5.5}
+    )
     assert flat.metric("V5.5Gy") == 100.0 and flat.metric("V5.6Gy") == 0.0
     # Mass spread below Dmin and above Dmax is folded back inside [Dmin, Dmax].
     hist = np.zeros(20)

@@ -73,8 +73,10 @@ def test_batched_calls_on_the_cpu_give_each_grid_its_own_numbers():
     """The CPU backends' batched calls loop over grids: each grid's points and structures get the numbers of a
     call on that grid alone, whatever the order they come in."""
     rng = np.random.default_rng(3)
-    grids = [(rng.uniform(0, 60, (5, 6, 7)).astype(np.float32), np.array([0.0, 1.0, -2.0]), np.array([2.0, 2.5, 3.0])),
-             (rng.uniform(0, 60, (6, 5, 4)), np.array([-3.0, 0.0, 1.0]), np.array([1.5, 2.0, 2.5]))]
+    grids = [
+        (rng.uniform(0, 60, (5, 6, 7)).astype(np.float32), np.array([0.0, 1.0, -2.0]), np.array([2.0, 2.5, 3.0])),
+        (rng.uniform(0, 60, (6, 5, 4)), np.array([-3.0, 0.0, 1.0]), np.array([1.5, 2.0, 2.5])),
+    ]
     points = rng.uniform(-2, 9, (40, 3))
     point_grid = rng.integers(0, 2, 40)
     for kernels in (numpy_ref, numba_cpu):
@@ -82,4 +84,3 @@ def test_batched_calls_on_the_cpu_give_each_grid_its_own_numbers():
         for g, grid in enumerate(grids):
             mine = point_grid == g
             np.testing.assert_array_equal(got[mine], kernels.trilinear(*grid, points[mine]))
-

@@ -29,8 +29,11 @@ GRID = FIELD.grid((-40.0, -40.0, -40.0), (2.0, 2.0, 2.0), (41, 41, 41), FRAME)
 def planning_set(vr_centre, radius=8.0, spacing=1.0, extra=()):
     vr = contour_shape(Sphere(vr_centre, radius), "Vr", 1, spacing)
     ptv = contour_shape(Sphere((0.0, 0.0, 0.0), 30.0), "PTV", 2, 2.0)
-    structures = [Structure(vr.name, vr.number, vr.contours, interpreted_type="GTV"),
-                  Structure(ptv.name, ptv.number, ptv.contours, interpreted_type="PTV"), *extra]
+    structures = [
+        Structure(vr.name, vr.number, vr.contours, interpreted_type="GTV"),
+        Structure(ptv.name, ptv.number, ptv.contours, interpreted_type="PTV"),
+        *extra,
+    ]
     return StructureSet(tuple(structures), FRAME)
 
 
@@ -41,8 +44,12 @@ def expected_inside_pct(centre, radius=8.0, spacing=1.0):
 
 @pytest.mark.parametrize(
     "centre_x, volume_class, centroid_class",
-    [(20.0, "in-field", "in-field"), (0.5, "marginal", "in-field"), (-10.0, "out-field", "marginal"),
-     (-2.0, "marginal", "in-field")],
+    [
+        (20.0, "in-field", "in-field"),
+        (0.5, "marginal", "in-field"),
+        (-10.0, "out-field", "marginal"),
+        (-2.0, "marginal", "in-field"),
+    ],
 )
 def test_both_methods_on_a_sphere_cut_by_the_isodose(centre_x, volume_class, centroid_class):
     centre = (centre_x, 1.3, -0.7)
@@ -78,17 +85,25 @@ def test_thresholds_isodose_and_prescription_are_settings():
     structures = planning_set(centre)
     inside = classify_recurrence(GRID, structures, "Vr", RX).inside_isodose_pct
     assert 80 < inside < 90
-    assert classify_recurrence(GRID, structures, "Vr", RX, criteria=Criteria(in_field_pct=80)).class_volume == \
-        "in-field"
-    assert classify_recurrence(GRID, structures, "Vr", RX,
-                               criteria=Criteria(marginal_pct=90, in_field_pct=95)).class_volume == "out-field"
+    assert (
+        classify_recurrence(GRID, structures, "Vr", RX, criteria=Criteria(in_field_pct=80)).class_volume == "in-field"
+    )
+    assert (
+        classify_recurrence(
+            GRID, structures, "Vr", RX, criteria=Criteria(marginal_pct=90, in_field_pct=95)
+        ).class_volume
+        == "out-field"
+    )
     # A lower isodose level (90% of 70 Gy: x = -7) puts all of Vr above it.
     lower = classify_recurrence(GRID, structures, "Vr", RX, criteria=Criteria(isodose_pct=85.0))
     assert lower.inside_isodose_pct == pytest.approx(100.0) and lower.isodose_gy == pytest.approx(59.5)
     higher_rx = classify_recurrence(GRID, structures, "Vr", 80.0)
     assert higher_rx.isodose_gy == 76.0 and higher_rx.inside_isodose_pct == pytest.approx(
-        100 * float(slab_truth(Sphere(centre, 8.0), FIELD, 1.0).volume_above(76.0))
-        / slab_truth(Sphere(centre, 8.0), FIELD, 1.0).volume_mm3, abs=0.05)
+        100
+        * float(slab_truth(Sphere(centre, 8.0), FIELD, 1.0).volume_above(76.0))
+        / slab_truth(Sphere(centre, 8.0), FIELD, 1.0).volume_mm3,
+        abs=0.05,
+    )
     with pytest.raises(IsodoseError):
         Criteria(marginal_pct=96)
     with pytest.raises(IsodoseError, match="prescription"):
@@ -96,16 +111,35 @@ def test_thresholds_isodose_and_prescription_are_settings():
 
 
 def test_target_metrics_and_extra_metrics():
-    result = classify_recurrence(GRID, planning_set((0.5, 0.0, 0.0)), "Vr", RX, metrics=["D2cc", "V60Gy_cc"],
-                                 target_metrics=["PTV:D98", "PTV:volume", "Vr:Dmean"])
+    result = classify_recurrence(
+        GRID,
+        planning_set((0.5, 0.0, 0.0)),
+        "Vr",
+        RX,
+        metrics=["D2cc", "V60Gy_cc"],
+        target_metrics=["PTV:D98", "PTV:volume", "Vr:Dmean"],
+    )
     ptv_truth = slab_truth(Sphere((0.0, 0.0, 0.0), 30.0), FIELD, 2.0)
     assert result.target_metrics["PTV:D98"] == pytest.approx(ptv_truth.dose_at_percent(98), abs=0.02)
     assert result.target_metrics["PTV:volume"] == pytest.approx(ptv_truth.volume_mm3 / 1000, rel=2e-4)
     assert result.target_metrics["Vr:Dmean"] == pytest.approx(result.metrics["Dmean"], abs=1e-9)
     assert {"D2cc", "V60Gy_cc"} <= set(result.metrics)
     record = result.record()
-    for key in ("recurrence_volume_cc", "inside_isodose_pct", "class_volume", "class_centroid", "centroid_dose_gy",
-                "V95%", "D95", "D98", "D100", "Dmean", "Dmax", "PTV:D98", "backend"):
+    for key in (
+        "recurrence_volume_cc",
+        "inside_isodose_pct",
+        "class_volume",
+        "class_centroid",
+        "centroid_dose_gy",
+        "V95%",
+        "D95",
+        "D98",
+        "D100",
+        "Dmean",
+        "Dmax",
+        "PTV:D98",
+        "backend",
+    ):
         assert key in record
     with pytest.raises(RoiNotFoundError):
         classify_recurrence(GRID, planning_set((0.5, 0.0, 0.0)), "Vr", RX, target_metrics=["CTV:D98"])
@@ -119,21 +153,24 @@ def test_recurrence_drawn_on_a_follow_up_frame(tmp_path, rng):
     centre_follow = transform_points(invert_rigid(matrix), centre)[0]
     vr_follow = contour_shape(Sphere(tuple(centre_follow), 8.0), "Vr", 1, 0.5)
     rs2 = read_structures(write_structures([vr_follow], tmp_path / "rs2.dcm", frame_of_reference_uid=FOLLOW_UP))
-    reg = read_registration(write_registration(tmp_path / "reg.dcm", registered_frame_uid=FRAME,
-                                               source_frame_uid=FOLLOW_UP, matrix=matrix))
+    reg = read_registration(
+        write_registration(tmp_path / "reg.dcm", registered_frame_uid=FRAME, source_frame_uid=FOLLOW_UP, matrix=matrix)
+    )
     planning = planning_set((30.0, 30.0, 30.0))  # its own Vr is elsewhere; the follow-up one is used
     result = classify_recurrence(GRID, planning, "Vr", RX, recurrence_structures=rs2, registration=reg)
     smooth = shape_truth(Sphere(tuple(centre), 8.0), FIELD)
     assert result.registered
     assert result.centroid_mm == pytest.approx(tuple(centre), abs=0.02)
-    assert result.inside_isodose_pct == pytest.approx(100 * float(smooth.volume_above(0.95 * RX)) / smooth.volume_mm3,
-                                                      abs=0.3)
+    assert result.inside_isodose_pct == pytest.approx(
+        100 * float(smooth.volume_above(0.95 * RX)) / smooth.volume_mm3, abs=0.3
+    )
     assert result.recurrence_volume_cc == pytest.approx(smooth.volume_mm3 / 1000, rel=3e-3)
     assert result.metrics["Dmean"] == pytest.approx(RX + centre[0], abs=0.02)
     assert result.class_volume == "marginal" and result.class_centroid == "in-field"
     # A registration relating other frames, and none at all, are errors.
-    other = read_registration(write_registration(tmp_path / "other.dcm", registered_frame_uid=FRAME,
-                                                 source_frame_uid="9.9.9", matrix=matrix))
+    other = read_registration(
+        write_registration(tmp_path / "other.dcm", registered_frame_uid=FRAME, source_frame_uid="9.9.9", matrix=matrix)
+    )
     with pytest.raises(RegistrationError, match="does not map frame"):
         classify_recurrence(GRID, planning, "Vr", RX, recurrence_structures=rs2, registration=other)
     with pytest.raises(RegistrationError, match="a spatial registration between them is needed"):
@@ -151,12 +188,18 @@ def test_follow_up_set_in_the_planning_frame_needs_no_registration(tmp_path):
 
 def test_registrations_that_are_not_rigid_are_refused(tmp_path):
     scaled = np.diag([1.1, 1.0, 1.0, 1.0])
-    path = write_registration(tmp_path / "reg.dcm", registered_frame_uid=FRAME, source_frame_uid=FOLLOW_UP,
-                              matrix=scaled)
+    path = write_registration(
+        tmp_path / "reg.dcm", registered_frame_uid=FRAME, source_frame_uid=FOLLOW_UP, matrix=scaled
+    )
     with pytest.raises(RegistrationError, match="registration item 1: the matrix is not rigid"):
         read_registration(path)
-    affine = write_registration(tmp_path / "affine.dcm", registered_frame_uid=FRAME, source_frame_uid=FOLLOW_UP,
-                                matrix=np.eye(4), matrix_type="AFFINE")
+    affine = write_registration(
+        tmp_path / "affine.dcm",
+        registered_frame_uid=FRAME,
+        source_frame_uid=FOLLOW_UP,
+        matrix=np.eye(4),
+        matrix_type="AFFINE",
+    )
     with pytest.raises(RegistrationError, match="matrix type is AFFINE, not RIGID"):
         read_registration(affine)
 

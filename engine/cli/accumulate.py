@@ -17,19 +17,32 @@ from . import options
 
 def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("accumulate", help="plan sum of two courses or more: physical and EQD2 DVH metrics")
-    parser.add_argument("--course", action="append", required=True, metavar="RD.dcm:FRACTIONS",
-                        help="a course's RTDOSE and its fractions (or RD.dcm:RP.dcm to read them from the plan); "
-                             "repeat, first course first: the sum lives on its grid")
-    parser.add_argument("--reg", metavar="REG.dcm",
-                        help="spatial registration relating the courses' frames of reference")
+    parser.add_argument(
+        "--course",
+        action="append",
+        required=True,
+        metavar="RD.dcm:FRACTIONS",
+        help="a course's RTDOSE and its fractions (or RD.dcm:RP.dcm to read them from the plan); "
+        "repeat, first course first: the sum lives on its grid",
+    )
+    parser.add_argument(
+        "--reg", metavar="REG.dcm", help="spatial registration relating the courses' frames of reference"
+    )
     parser.add_argument("--structures", required=True, help="RTSTRUCT in the first course's frame of reference")
     parser.add_argument("--roi", action="append", metavar="NAME", help="ROI to report (repeat; default: all)")
-    parser.add_argument("--alpha-beta", action="append", metavar="ROI=VALUE",
-                        help="alpha/beta of an ROI in Gy (repeat; defaults: 10 targets, 2 cord and brainstem, "
-                             "3 others)")
-    parser.add_argument("--recovery", type=float, default=0.0, metavar="PCT",
-                        help="tissue recovery: the share of course 1's EQD2 taken as repaired (an assumption; "
-                             "default 0)")
+    parser.add_argument(
+        "--alpha-beta",
+        action="append",
+        metavar="ROI=VALUE",
+        help="alpha/beta of an ROI in Gy (repeat; defaults: 10 targets, 2 cord and brainstem, 3 others)",
+    )
+    parser.add_argument(
+        "--recovery",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="tissue recovery: the share of course 1's EQD2 taken as repaired (an assumption; default 0)",
+    )
     parser.add_argument("--metric", action="append", metavar="M", help="metric (repeat; default D98, D95, D2cc)")
     parser.add_argument("--prescription", type=float, metavar="GY", help="prescription for V..%% metrics")
     options.add_format(parser, ("table", "json"))
@@ -50,8 +63,7 @@ def course(text: str):
     if spec.isdigit():
         fractions = int(spec)
     elif re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", spec):
-        raise IsodoseError(f"--course {text}: the number of fractions must be a whole number of at least 1, "
-                           f"not {spec}")
+        raise IsodoseError(f"--course {text}: the number of fractions must be a whole number of at least 1, not {spec}")
     elif not Path(spec).is_file():
         raise IsodoseError(f"--course {text}: {spec} is neither a number of fractions nor an RTPLAN file")
     else:
@@ -76,9 +88,12 @@ def alpha_beta_overrides(items: Sequence[str] | None) -> dict[str, float]:
 
 
 def _dose_summary(dvh, metrics, prescription_gy) -> dict:
-    return {"dmin_gy": json_number(dvh.dmin_gy), "dmean_gy": json_number(dvh.dmean_gy),
-            "dmax_gy": json_number(dvh.dmax_gy),
-            "metrics": {m.text: json_number(dvh.metric(m, prescription_gy)) for m in metrics}}
+    return {
+        "dmin_gy": json_number(dvh.dmin_gy),
+        "dmean_gy": json_number(dvh.dmean_gy),
+        "dmax_gy": json_number(dvh.dmax_gy),
+        "metrics": {m.text: json_number(dvh.metric(m, prescription_gy)) for m in metrics},
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,25 +114,35 @@ def run(args: argparse.Namespace) -> int:
     registration = read_registration(args.reg) if args.reg else None
     structures = read_structures(args.structures)
     plan_sum = accumulate(courses, registration=registration, recovery_pct=args.recovery, backend=backend)
-    results = accumulated_dvhs(plan_sum, structures, args.roi or None,
-                               alpha_beta=alpha_beta_overrides(args.alpha_beta),
-                               options=options.sampling_options(args), backend=backend)
+    results = accumulated_dvhs(
+        plan_sum,
+        structures,
+        args.roi or None,
+        alpha_beta=alpha_beta_overrides(args.alpha_beta),
+        options=options.sampling_options(args),
+        backend=backend,
+    )
     report = {
         "isodose_version": __version__,
         "backend": backend.name,
         "device": backend.device,
-        "courses": [{"dose_file": text.rpartition(":")[0], "fractions": c.fractions}
-                    for text, c in zip(args.course, courses)],
+        "courses": [
+            {"dose_file": text.rpartition(":")[0], "fractions": c.fractions} for text, c in zip(args.course, courses)
+        ],
         "registration_file": args.reg,
         "structure_file": str(args.structures),
         "recovery_pct": args.recovery,
         "prescription_gy": prescription,
         "structures": [
-            {"name": r.name, "number": r.physical.number, "alpha_beta_gy": r.alpha_beta_gy,
-             "volume_cc": json_number(r.physical.volume_cc),
-             "volume_outside_dose_cc": json_number(r.physical.volume_outside_dose_cc),
-             "physical": _dose_summary(r.physical, metrics, prescription),
-             "eqd2": _dose_summary(r.eqd2, metrics, prescription)}
+            {
+                "name": r.name,
+                "number": r.physical.number,
+                "alpha_beta_gy": r.alpha_beta_gy,
+                "volume_cc": json_number(r.physical.volume_cc),
+                "volume_outside_dose_cc": json_number(r.physical.volume_outside_dose_cc),
+                "physical": _dose_summary(r.physical, metrics, prescription),
+                "eqd2": _dose_summary(r.eqd2, metrics, prescription),
+            }
             for r in results
         ],
     }
@@ -129,9 +154,19 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for entry in report["structures"]:
         phys, eq = entry["physical"], entry["eqd2"]
-        rows.append([entry["name"], entry["alpha_beta_gy"], entry["volume_cc"], phys["dmean_gy"], phys["dmax_gy"],
-                     eq["dmean_gy"], eq["dmax_gy"]] + [phys["metrics"][m.text] for m in metrics]
-                    + [eq["metrics"][m.text] for m in metrics])
+        rows.append(
+            [
+                entry["name"],
+                entry["alpha_beta_gy"],
+                entry["volume_cc"],
+                phys["dmean_gy"],
+                phys["dmax_gy"],
+                eq["dmean_gy"],
+                eq["dmax_gy"],
+            ]
+            + [phys["metrics"][m.text] for m in metrics]
+            + [eq["metrics"][m.text] for m in metrics]
+        )
     courses_text = ", ".join(f"{c['dose_file']} in {c['fractions']} fractions" for c in report["courses"])
     print(f"plan sum of {courses_text}; tissue recovery {args.recovery:g}% of course 1; backend {backend.name}")
     print(text_table(header, rows))

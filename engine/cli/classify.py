@@ -16,15 +16,29 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--dose", required=True, help="planning RTDOSE")
     parser.add_argument("--structures", required=True, help="planning RTSTRUCT")
     parser.add_argument("--recurrence", required=True, metavar="ROI", help="the recurrence ROI (Vr)")
-    parser.add_argument("--recurrence-structures", metavar="RS2.dcm",
-                        help="RTSTRUCT drawn on follow-up imaging holding the recurrence ROI")
-    parser.add_argument("--registration", metavar="REG.dcm",
-                        help="spatial registration mapping the follow-up frame onto the planning frame")
+    parser.add_argument(
+        "--recurrence-structures",
+        metavar="RS2.dcm",
+        help="RTSTRUCT drawn on follow-up imaging holding the recurrence ROI",
+    )
+    parser.add_argument(
+        "--registration",
+        metavar="REG.dcm",
+        help="spatial registration mapping the follow-up frame onto the planning frame",
+    )
     options.add_prescription(parser)
-    parser.add_argument("--target", action="append", metavar="ROI",
-                        help="target tested for holding the centroid (repeat; default: every GTV, CTV and PTV)")
-    parser.add_argument("--metric", action="append", metavar="M",
-                        help="extra metric of Vr (D2cc...) or of a planning ROI as ROI:METRIC (CTV60:D98)")
+    parser.add_argument(
+        "--target",
+        action="append",
+        metavar="ROI",
+        help="target tested for holding the centroid (repeat; default: every GTV, CTV and PTV)",
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        metavar="M",
+        help="extra metric of Vr (D2cc...) or of a planning ROI as ROI:METRIC (CTV60:D98)",
+    )
     options.add_criteria(parser)
     options.add_format(parser, ("table", "json"))
     options.add_sampling(parser)
@@ -48,9 +62,18 @@ def run(args: argparse.Namespace) -> int:
     follow_up = read_structures(args.recurrence_structures) if args.recurrence_structures else None
     registration = read_registration(args.registration) if args.registration else None
     result = classify_recurrence(
-        dose, structures, args.recurrence, prescription, recurrence_structures=follow_up, registration=registration,
-        targets=args.target, metrics=vr_metrics, target_metrics=roi_metrics, criteria=criteria,
-        options=options.sampling_options(args), backend=args.backend,
+        dose,
+        structures,
+        args.recurrence,
+        prescription,
+        recurrence_structures=follow_up,
+        registration=registration,
+        targets=args.target,
+        metrics=vr_metrics,
+        target_metrics=roi_metrics,
+        criteria=criteria,
+        options=options.sampling_options(args),
+        backend=args.backend,
     )
     record = {key: (json_number(v) if isinstance(v, float) else v) for key, v in result.record().items()}
     if args.format == "json":

@@ -20,29 +20,47 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
     run_parser = actions.add_parser("run", help="classify every case of a manifest or folder (resumable)")
     run_parser.add_argument("input", help="manifest CSV, or a folder of DICOM exports")
-    run_parser.add_argument("--out", required=True, metavar="RESULTS.h5",
-                            help="results store (RESULTS.csv is written beside)")
-    run_parser.add_argument("--workers", type=int, default=None, metavar="N",
-                            help="processes (default: one per CPU core)")
-    run_parser.add_argument("--metric", action="append", metavar="M",
-                            help="extra metric of Vr, or of a planning ROI as ROI:METRIC (repeat)")
+    run_parser.add_argument(
+        "--out", required=True, metavar="RESULTS.h5", help="results store (RESULTS.csv is written beside)"
+    )
+    run_parser.add_argument(
+        "--workers", type=int, default=None, metavar="N", help="processes (default: one per CPU core)"
+    )
+    run_parser.add_argument(
+        "--metric", action="append", metavar="M", help="extra metric of Vr, or of a planning ROI as ROI:METRIC (repeat)"
+    )
     run_parser.add_argument("--target", action="append", metavar="ROI", help="targets for the point-of-origin method")
-    run_parser.add_argument("--recurrence-roi", default="Recurrence", metavar="NAME",
-                            help="recurrence ROI name when the input is a folder (default: Recurrence)")
-    run_parser.add_argument("--prescription", type=float, metavar="GY",
-                            help="prescription for cases of a folder without an RTPLAN")
-    run_parser.add_argument("--second-courses", action="store_true",
-                            help="folder input: a patient with two planning frames is one re-irradiated case (the "
-                                 "earlier plan is course 1, the later course 2, related by a REG)")
-    run_parser.add_argument("--dvh-step", type=float, default=0.1, metavar="GY",
-                            help="dose step of stored DVHs (0.1 Gy)")
+    run_parser.add_argument(
+        "--recurrence-roi",
+        default="Recurrence",
+        metavar="NAME",
+        help="recurrence ROI name when the input is a folder (default: Recurrence)",
+    )
+    run_parser.add_argument(
+        "--prescription", type=float, metavar="GY", help="prescription for cases of a folder without an RTPLAN"
+    )
+    run_parser.add_argument(
+        "--second-courses",
+        action="store_true",
+        help="folder input: a patient with two planning frames is one re-irradiated case (the "
+        "earlier plan is course 1, the later course 2, related by a REG)",
+    )
+    run_parser.add_argument(
+        "--dvh-step", type=float, default=0.1, metavar="GY", help="dose step of stored DVHs (0.1 Gy)"
+    )
     run_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     dask = run_parser.add_mutually_exclusive_group()
-    dask.add_argument("--scheduler", metavar="tcp://HOST:8786",
-                      help="run on this Dask cluster (needs isodose[distributed]; workers must see the input paths)")
+    dask.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:8786",
+        help="run on this Dask cluster (needs isodose[distributed]; workers must see the input paths)",
+    )
     dask.add_argument("--scheduler-file", metavar="FILE", help="run on the Dask cluster this scheduler file describes")
-    dask.add_argument("--local-cluster", action="store_true",
-                      help="run on a Dask cluster of --workers processes started on this machine")
+    dask.add_argument(
+        "--local-cluster",
+        action="store_true",
+        help="run on a Dask cluster of --workers processes started on this machine",
+    )
     options.add_criteria(run_parser)
     options.add_sampling(run_parser)
     run_parser.set_defaults(func=run)
@@ -59,15 +77,22 @@ def run_settings(args: argparse.Namespace):
     from ..cohort.settings import RunSettings
 
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
-    return RunSettings(metrics=tuple(vr_metrics), target_metrics=tuple(roi_metrics),
-                       targets=tuple(args.target) if args.target else None, criteria=options.criteria(args),
-                       options=options.sampling_options(args), dvh_step_gy=options.dvh_step(args))
+    return RunSettings(
+        metrics=tuple(vr_metrics),
+        target_metrics=tuple(roi_metrics),
+        targets=tuple(args.target) if args.target else None,
+        criteria=options.criteria(args),
+        options=options.sampling_options(args),
+        dvh_step_gy=options.dvh_step(args),
+    )
 
 
 def print_summary(summary) -> None:
     rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
-    print(f"{summary.cases} cases: {summary.processed} processed ({summary.failed} failed), {summary.skipped} already "
-          f"done; {summary.seconds:.1f} s ({rate:.1f} cases/s)")
+    print(
+        f"{summary.cases} cases: {summary.processed} processed ({summary.failed} failed), {summary.skipped} already "
+        f"done; {summary.seconds:.1f} s ({rate:.1f} cases/s)"
+    )
     print(f"results: {summary.store}; table: {summary.table}")
 
 
@@ -79,10 +104,18 @@ def run(args: argparse.Namespace) -> int:
     options.positive_prescription(args.prescription)
     settings = run_settings(args)
     bar = ProgressBar(enabled=not args.no_progress)
-    start = functools.partial(run_cohort, args.input, args.out, settings=settings, workers=args.workers,
-                              backend=args.backend, recurrence_roi=args.recurrence_roi,
-                              prescription_gy=args.prescription, second_courses=args.second_courses,
-                              on_progress=bar)
+    start = functools.partial(
+        run_cohort,
+        args.input,
+        args.out,
+        settings=settings,
+        workers=args.workers,
+        backend=args.backend,
+        recurrence_roi=args.recurrence_roi,
+        prescription_gy=args.prescription,
+        second_courses=args.second_courses,
+        on_progress=bar,
+    )
     try:
         if args.scheduler or args.scheduler_file or args.local_cluster:
             from ..cohort.distributed import dask_client
@@ -106,7 +139,9 @@ def report(args: argparse.Namespace) -> int:
     cohort = build_report(store)
     if args.format == "json":
         document = {
-            "store": str(cohort.store), "cases": cohort.n_ok + len(cohort.failed), "classified": cohort.n_ok,
+            "store": str(cohort.store),
+            "cases": cohort.n_ok + len(cohort.failed),
+            "classified": cohort.n_ok,
             "failed": [{"case_id": c, "error": e} for c, e in cohort.failed],
             "patterns": cohort.patterns,
             "summaries": [s.__dict__ for s in cohort.summaries],

@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     settings = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
     bar = ProgressBar()
     try:
-        summary = run_cohort(manifest, results, settings=settings, workers=workers, backend=args.backend,
-                             on_progress=bar)
+        summary = run_cohort(
+            manifest, results, settings=settings, workers=workers, backend=args.backend, on_progress=bar
+        )
     finally:
         bar.finish()
     print_summary(summary)
@@ -69,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         for key in agree:
             agree[key] += entry["record"][key] == expected[f"true_{key}"]
     print()
-    print(f"Against the truth of the generator: volume method {agree['class_volume']}/{len(truth)}, "
-          f"point of origin {agree['class_centroid']}/{len(truth)} cases classified as constructed.")
+    print(
+        f"Against the truth of the generator: volume method {agree['class_volume']}/{len(truth)}, "
+        f"point of origin {agree['class_centroid']}/{len(truth)} cases classified as constructed."
+    )
     print(f"HTML report: {html_path}; total {time.perf_counter() - started:.1f} s")
     return 0

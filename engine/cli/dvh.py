@@ -19,13 +19,16 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--dose", required=True, help="RTDOSE file")
     parser.add_argument("--structures", required=True, help="RTSTRUCT file")
     parser.add_argument("--roi", action="append", metavar="NAME", help="ROI to compute (repeat; default: all)")
-    parser.add_argument("--metric", action="append", metavar="M",
-                        help="metric to report (repeat): D95, D2cc, V20Gy, V20Gy_cc, V95%%, Dmean, Dmin, Dmax, HI")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        metavar="M",
+        help="metric to report (repeat): D95, D2cc, V20Gy, V20Gy_cc, V95%%, Dmean, Dmin, Dmax, HI",
+    )
     options.add_prescription(parser)
     options.add_format(parser)
     parser.add_argument("--dvh-out", metavar="FILE", help="write cumulative and differential DVH curves as CSV")
-    parser.add_argument("--dvh-step", type=float, default=0.01, metavar="GY",
-                        help="dose step of --dvh-out (0.01 Gy)")
+    parser.add_argument("--dvh-step", type=float, default=0.01, metavar="GY", help="dose step of --dvh-out (0.01 Gy)")
     options.add_sampling(parser)
     parser.set_defaults(func=run)
     return parser

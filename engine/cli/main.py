@@ -73,8 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"isodose: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the "
-              "traceback)", file=sys.stderr)
+        print(
+            f"isodose: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL_ERROR
 
 

@@ -13,38 +13,71 @@ FORMATS = ("table", "json", "csv")
 
 
 def add_backend(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default=None, choices=BACKEND_CHOICES,
-                        help="compute backend (default: $ISODOSE_BACKEND, else auto)")
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=BACKEND_CHOICES,
+        help="compute backend (default: $ISODOSE_BACKEND, else auto)",
+    )
 
 
 def add_sampling(parser: argparse.ArgumentParser) -> None:
     """``--backend``, ``--supersampling`` and ``--end-cap``."""
     add_backend(parser)
-    parser.add_argument("--supersampling", type=int, default=None, metavar="N",
-                        help="in-plane cells per dose voxel side (default: adapted to each structure's size)")
-    parser.add_argument("--end-cap", default="half", choices=("half", "none"),
-                        help="extent beyond the first and last contour planes (default: half a plane spacing)")
+    parser.add_argument(
+        "--supersampling",
+        type=int,
+        default=None,
+        metavar="N",
+        help="in-plane cells per dose voxel side (default: adapted to each structure's size)",
+    )
+    parser.add_argument(
+        "--end-cap",
+        default="half",
+        choices=("half", "none"),
+        help="extent beyond the first and last contour planes (default: half a plane spacing)",
+    )
 
 
 def add_prescription(parser: argparse.ArgumentParser) -> None:
     prescription = parser.add_mutually_exclusive_group()
-    prescription.add_argument("--prescription", type=float, metavar="GY",
-                              help="prescription dose (Gy), for V..%% metrics and the isodose")
+    prescription.add_argument(
+        "--prescription", type=float, metavar="GY", help="prescription dose (Gy), for V..%% metrics and the isodose"
+    )
     prescription.add_argument("--plan", metavar="RP.dcm", help="RTPLAN to read the prescription from")
 
 
 def add_criteria(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--isodose", type=float, default=95.0, metavar="PCT",
-                        help="reference isodose, %% of the prescription (default 95)")
-    parser.add_argument("--in-field", type=float, default=95.0, metavar="PCT",
-                        help="share of Vr inside the isodose for in-field (default 95)")
-    parser.add_argument("--marginal", type=float, default=20.0, metavar="PCT",
-                        help="share of Vr inside the isodose for marginal; below it out-field (default 20)")
+    parser.add_argument(
+        "--isodose",
+        type=float,
+        default=95.0,
+        metavar="PCT",
+        help="reference isodose, %% of the prescription (default 95)",
+    )
+    parser.add_argument(
+        "--in-field",
+        type=float,
+        default=95.0,
+        metavar="PCT",
+        help="share of Vr inside the isodose for in-field (default 95)",
+    )
+    parser.add_argument(
+        "--marginal",
+        type=float,
+        default=20.0,
+        metavar="PCT",
+        help="share of Vr inside the isodose for marginal; below it out-field (default 20)",
+    )
 
 
 def add_format(parser: argparse.ArgumentParser, formats: Sequence[str] = FORMATS) -> None:
-    parser.add_argument("--format", default="table", choices=tuple(formats),
-                        help=f"how results are printed ({', '.join(formats)}; default table)")
+    parser.add_argument(
+        "--format",
+        default="table",
+        choices=tuple(formats),
+        help=f"how results are printed ({', '.join(formats)}; default table)",
+    )
 
 
 def sampling_options(args: argparse.Namespace):
@@ -76,8 +109,12 @@ def prescription(args: argparse.Namespace) -> float | None:
 def criteria(args: argparse.Namespace):
     from ..recurrence import Criteria
 
-    return Criteria(isodose_pct=args.isodose, in_field_pct=args.in_field, marginal_pct=args.marginal,
-                    centroid_isodose_pct=args.isodose)
+    return Criteria(
+        isodose_pct=args.isodose,
+        in_field_pct=args.in_field,
+        marginal_pct=args.marginal,
+        centroid_isodose_pct=args.isodose,
+    )
 
 
 def split_metrics(texts: Sequence[str] | None) -> tuple[list[str], list[str]]:

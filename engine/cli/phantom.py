@@ -21,8 +21,13 @@ def run(args: argparse.Namespace) -> int:
     grid, structures = head_neck_case()
     rd = write_dose(grid, out / "RD.phantom.dcm")
     rs = write_structures(structures, out / "RS.phantom.dcm")
-    rp = write_plan(out / "RP.phantom.dcm", prescription_gy=70.0, number_of_fractions=35,
-                    frame_of_reference_uid=grid.frame_of_reference_uid, target_name="PTV70")
+    rp = write_plan(
+        out / "RP.phantom.dcm",
+        prescription_gy=70.0,
+        number_of_fractions=35,
+        frame_of_reference_uid=grid.frame_of_reference_uid,
+        target_name="PTV70",
+    )
     print(f"head-and-neck phantom (dose grid 200 x 200 x 120 at 2.5 mm, 20 ROIs): {rd}, {rs}, {rp}")
     print(f"try: isodose dvh --dose {rd} --structures {rs} --plan {rp} --metric D95 --metric V95%")
     return 0

@@ -27,8 +27,11 @@ class ProgressBar:
             return
         now = time.perf_counter()
         decile = int(10 * progress.done / progress.total)
-        if (self.tty and now - self._last > 0.2) or (not self.tty and decile != self._last_decile) \
-                or progress.done == progress.total:
+        if (
+            (self.tty and now - self._last > 0.2)
+            or (not self.tty and decile != self._last_decile)
+            or progress.done == progress.total
+        ):
             self._last, self._last_decile = now, decile
             self._write(progress)
 
@@ -36,8 +39,10 @@ class ProgressBar:
         filled = int(self.WIDTH * progress.done / progress.total)
         remaining = progress.remaining_s
         eta = f"{int(remaining // 60)}:{int(remaining % 60):02d}" if remaining is not None else "-"
-        line = (f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.done}/{progress.total} cases, "
-                f"{progress.failed} failed, {progress.rate_per_s:.1f} cases/s, ETA {eta}")
+        line = (
+            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.done}/{progress.total} cases, "
+            f"{progress.failed} failed, {progress.rate_per_s:.1f} cases/s, ETA {eta}"
+        )
         self.stream.write(("\r" + line) if self.tty else (line + "\n"))
         self.stream.flush()
         self._drawn = True

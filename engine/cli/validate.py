@@ -20,8 +20,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
     sets = parser.add_subparsers(dest="dataset", metavar="DATASET")
     sets.required = True
     nelms = sets.add_parser("nelms", help="the Nelms 2015 analytical DVH set")
-    nelms.add_argument("path", nargs="?", default=None,
-                       help=f"folder with analytical.csv, dose_grids/ and structures/ (default: ${ENV_VAR})")
+    nelms.add_argument(
+        "path",
+        nargs="?",
+        default=None,
+        help=f"folder with analytical.csv, dose_grids/ and structures/ (default: ${ENV_VAR})",
+    )
     options.add_format(nelms)
     options.add_sampling(nelms)
     nelms.set_defaults(func=run)
@@ -32,8 +36,10 @@ def nelms_path(given: str | None) -> str:
     """The folder of the Nelms set: PATH, else ``$ISODOSE_NELMS``; an error saying both when neither is given."""
     path = given or os.environ.get(ENV_VAR)
     if not path:
-        raise ValidationDataError(f"give the folder of the Nelms 2015 set (it holds analytical.csv) as PATH, or set "
-                                  f"{ENV_VAR}", obj="validate nelms")
+        raise ValidationDataError(
+            f"give the folder of the Nelms 2015 set (it holds analytical.csv) as PATH, or set {ENV_VAR}",
+            obj="validate nelms",
+        )
     return path
 
 
@@ -59,31 +65,47 @@ def run(args: argparse.Namespace) -> int:
     for v in values:
         by_spacing.setdefault(v.case.plane_spacing, []).append(v)
     if args.format == "json":
-        print(json.dumps({
-            "backend": backend.name,
-            "device": backend.device,
-            "seconds": round(elapsed, 3),
-            "summary": summary.__dict__,
-            "by_plane_spacing": {k: NelmsSummary.of(v).__dict__ for k, v in by_spacing.items()},
-            "values": [
-                {"structure": v.case.structure, "gradient": v.case.gradient, "dose_voxel_mm": v.case.voxel_mm,
-                 "metric": v.metric, "isodose": json_number(v.isodose), "analytical": json_number(v.analytical),
-                 "error_pct": json_number(v.error_pct, 4)}
-                for v in values
-            ],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "backend": backend.name,
+                    "device": backend.device,
+                    "seconds": round(elapsed, 3),
+                    "summary": summary.__dict__,
+                    "by_plane_spacing": {k: NelmsSummary.of(v).__dict__ for k, v in by_spacing.items()},
+                    "values": [
+                        {
+                            "structure": v.case.structure,
+                            "gradient": v.case.gradient,
+                            "dose_voxel_mm": v.case.voxel_mm,
+                            "metric": v.metric,
+                            "isodose": json_number(v.isodose),
+                            "analytical": json_number(v.analytical),
+                            "error_pct": json_number(v.error_pct, 4),
+                        }
+                        for v in values
+                    ],
+                },
+                indent=2,
+            )
+        )
         return 0
     if args.format == "csv":
         print(csv_text(["structure", "gradient", "dose_voxel_mm"] + [f"{n} err %" for n in names], rows), end="")
         return 0
     print(f"Nelms 2015 analytical set: {path}")
-    print(f"backend: {backend.name} ({backend.device}), {elapsed:.1f} s; error of isodose against the analytical "
-          "value, % of it")
+    print(
+        f"backend: {backend.name} ({backend.device}), {elapsed:.1f} s; error of isodose against the analytical "
+        "value, % of it"
+    )
     print(text_table(["structure", "gradient", "grid mm"] + names, rows))
     print()
-    spacing_rows = [[k, s.values, s.over_3pct, s.over_2pct, s.over_1pct, s.max_abs_error_pct]
-                    for k, s in ((k, NelmsSummary.of(v)) for k, v in sorted(by_spacing.items()))]
-    spacing_rows.append(["all", summary.values, summary.over_3pct, summary.over_2pct, summary.over_1pct,
-                         summary.max_abs_error_pct])
+    spacing_rows = [
+        [k, s.values, s.over_3pct, s.over_2pct, s.over_1pct, s.max_abs_error_pct]
+        for k, s in ((k, NelmsSummary.of(v)) for k, v in sorted(by_spacing.items()))
+    ]
+    spacing_rows.append(
+        ["all", summary.values, summary.over_3pct, summary.over_2pct, summary.over_1pct, summary.max_abs_error_pct]
+    )
     print(text_table(["contour spacing", "values", "> 3%", "> 2%", "> 1%", "max |error| %"], spacing_rows))
     return 0

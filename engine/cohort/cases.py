@@ -34,12 +34,19 @@ from ..errors import ManifestError
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("case_id", "dose", "structures", "plan", "prescription_gy", "recurrence_roi",
-                    "recurrence_structures", "registration")
+MANIFEST_COLUMNS = (
+    "case_id",
+    "dose",
+    "structures",
+    "plan",
+    "prescription_gy",
+    "recurrence_roi",
+    "recurrence_structures",
+    "registration",
+)
 #: Optional columns for re-irradiated cases: the first course's fractions (else read from its plan), and the
 #: second course's RTDOSE, fractions (or plan) and the registration of its frame to the first's.
 SECOND_COURSE_COLUMNS = ("fractions", "second_dose", "second_fractions", "second_plan", "second_registration")
-
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,16 @@ class Case:
 
 
 #: The fields of a case that name its input files.
-INPUT_FILES = ("dose", "structures", "plan", "recurrence_structures", "registration", "second_dose", "second_plan",
-               "second_registration")
+INPUT_FILES = (
+    "dose",
+    "structures",
+    "plan",
+    "recurrence_structures",
+    "registration",
+    "second_dose",
+    "second_plan",
+    "second_registration",
+)
 
 
 def input_fingerprint(case: Case) -> dict:
@@ -72,8 +87,11 @@ def input_fingerprint(case: Case) -> dict:
     and, for each input file, its size and modification time, so that a file edited or replaced since gives
     other values (a copy that keeps the times, as a moved cohort does, gives the same). Stored with each
     result: a resumed run computes again a finished case whose inputs differ. JSON values only."""
-    values = {f.name: getattr(case, f.name) for f in fields(Case)
-              if f.name not in INPUT_FILES and f.name not in ("case_id", "files")}
+    values = {
+        f.name: getattr(case, f.name)
+        for f in fields(Case)
+        if f.name not in INPUT_FILES and f.name not in ("case_id", "files")
+    }
     files: dict[str, list[int] | None] = {}
     for name in INPUT_FILES:
         path = getattr(case, name)
@@ -102,8 +120,10 @@ def read_manifest(path: str | Path) -> list[Case]:
     except OSError as exc:
         raise ManifestError(f"cannot be read ({exc.strerror})", path=path) from exc
     except UnicodeDecodeError as exc:
-        raise ManifestError(f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as "
-                            "a UTF-8 CSV", path=path) from exc
+        raise ManifestError(
+            f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as a UTF-8 CSV",
+            path=path,
+        ) from exc
     try:
         return _manifest_cases(csv.DictReader(io.StringIO(text, newline="")), path)
     except csv.Error as exc:
@@ -114,8 +134,7 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
     header = [h.strip() for h in reader.fieldnames or []]
     missing = [c for c in MANIFEST_COLUMNS if c not in header]
     if missing:
-        raise ManifestError(f"missing column(s) {', '.join(missing)}; expected {','.join(MANIFEST_COLUMNS)}",
-                            path=path)
+        raise ManifestError(f"missing column(s) {', '.join(missing)}; expected {','.join(MANIFEST_COLUMNS)}", path=path)
     base = path.parent
     cases: list[Case] = []
     seen: dict[str, int] = {}
@@ -140,13 +159,15 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
             except ValueError:
                 prescription = math.nan
             if not (math.isfinite(prescription) and prescription > 0):
-                raise ManifestError(f"prescription_gy {row['prescription_gy']!r} is not a positive dose",
-                                    path=path, obj=f"{obj} ({case_id})")
+                raise ManifestError(
+                    f"prescription_gy {row['prescription_gy']!r} is not a positive dose",
+                    path=path,
+                    obj=f"{obj} ({case_id})",
+                )
         if prescription is None and not row["plan"]:
             raise ManifestError("give a plan or a prescription_gy", path=path, obj=f"{obj} ({case_id})")
         if row["registration"] and not row["recurrence_structures"]:
-            raise ManifestError("a registration needs recurrence_structures", path=path,
-                                obj=f"{obj} ({case_id})")
+            raise ManifestError("a registration needs recurrence_structures", path=path, obj=f"{obj} ({case_id})")
 
         def resolve(value: str) -> Path | None:
             return (base / value) if value else None
@@ -154,21 +175,32 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
         where = f"{obj} ({case_id})"
         second = {column: row.get(column, "") for column in SECOND_COURSE_COLUMNS}
         if second["second_dose"] and not (second["second_fractions"] or second["second_plan"]):
-            raise ManifestError("a second_dose needs second_fractions or a second_plan", path=path,
-                                obj=f"{obj} ({case_id})")
+            raise ManifestError(
+                "a second_dose needs second_fractions or a second_plan", path=path, obj=f"{obj} ({case_id})"
+            )
         if not second["second_dose"] and any(second[c] for c in SECOND_COURSE_COLUMNS[2:]):
-            raise ManifestError("second_fractions, second_plan and second_registration need a second_dose",
-                                path=path, obj=f"{obj} ({case_id})")
-        cases.append(Case(
-            case_id=case_id, dose=resolve(row["dose"]), structures=resolve(row["structures"]),
-            recurrence_roi=row["recurrence_roi"], plan=resolve(row["plan"]), prescription_gy=prescription,
-            recurrence_structures=resolve(row["recurrence_structures"]),
-            registration=resolve(row["registration"]), fractions=_fractions(row, "fractions", path, where),
-            second_dose=resolve(second["second_dose"]),
-            second_fractions=_fractions(row, "second_fractions", path, where),
-            second_plan=resolve(second["second_plan"]),
-            second_registration=resolve(second["second_registration"]),
-        ))
+            raise ManifestError(
+                "second_fractions, second_plan and second_registration need a second_dose",
+                path=path,
+                obj=f"{obj} ({case_id})",
+            )
+        cases.append(
+            Case(
+                case_id=case_id,
+                dose=resolve(row["dose"]),
+                structures=resolve(row["structures"]),
+                recurrence_roi=row["recurrence_roi"],
+                plan=resolve(row["plan"]),
+                prescription_gy=prescription,
+                recurrence_structures=resolve(row["recurrence_structures"]),
+                registration=resolve(row["registration"]),
+                fractions=_fractions(row, "fractions", path, where),
+                second_dose=resolve(second["second_dose"]),
+                second_fractions=_fractions(row, "second_fractions", path, where),
+                second_plan=resolve(second["second_plan"]),
+                second_registration=resolve(second["second_registration"]),
+            )
+        )
     if not cases:
         raise ManifestError("holds no cases", path=path)
     return cases
@@ -178,12 +210,26 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
 # Folder discovery
 # --------------------------------------------------------------------------------------------------------
 #: Dates that order the courses of a patient, first found first: (date, time) keywords.
-_DATE_TAGS = (("RTPlanDate", "RTPlanTime"), ("ContentDate", "ContentTime"),
-              ("InstanceCreationDate", "InstanceCreationTime"), ("StudyDate", "StudyTime"))
-_HEADER_TAGS = ["Modality", "PatientID", "StudyInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID",
-                "DoseSummationType", "ReferencedRTPlanSequence", "StructureSetROISequence",
-                "ReferencedFrameOfReferenceSequence", "RegistrationSequence", "DoseReferenceSequence",
-                *(keyword for pair in _DATE_TAGS for keyword in pair)]
+_DATE_TAGS = (
+    ("RTPlanDate", "RTPlanTime"),
+    ("ContentDate", "ContentTime"),
+    ("InstanceCreationDate", "InstanceCreationTime"),
+    ("StudyDate", "StudyTime"),
+)
+_HEADER_TAGS = [
+    "Modality",
+    "PatientID",
+    "StudyInstanceUID",
+    "FrameOfReferenceUID",
+    "SOPInstanceUID",
+    "DoseSummationType",
+    "ReferencedRTPlanSequence",
+    "StructureSetROISequence",
+    "ReferencedFrameOfReferenceSequence",
+    "RegistrationSequence",
+    "DoseReferenceSequence",
+    *(keyword for pair in _DATE_TAGS for keyword in pair),
+]
 
 
 @dataclass
@@ -241,8 +287,9 @@ def _header_of(ds, path: Path) -> _Header | None:
     elif modality == "RTSTRUCT":
         header.rois = tuple(str(r.get("ROIName", "")).strip() for r in ds.get("StructureSetROISequence") or [])
     elif modality == "REG":
-        header.registered_frames = tuple(str(r.get("FrameOfReferenceUID", "")) for r in
-                                         ds.get("RegistrationSequence") or [])
+        header.registered_frames = tuple(
+            str(r.get("FrameOfReferenceUID", "")) for r in ds.get("RegistrationSequence") or []
+        )
     return header
 
 
@@ -250,15 +297,21 @@ def _has_roi(header: _Header, roi: str) -> bool:
     return any(name == roi or name.casefold() == roi.casefold() for name in header.rois)
 
 
-def discover_cases(folder: str | Path, recurrence_roi: str, prescription_gy: float | None = None,
-                   second_courses: bool = False) -> list[Case]:
+def discover_cases(
+    folder: str | Path, recurrence_roi: str, prescription_gy: float | None = None, second_courses: bool = False
+) -> list[Case]:
     """Sort the DICOM files under ``folder`` into cases (see the module docstring); with ``second_courses``, a
     patient with two planning frames is one re-irradiated case."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError("is not a folder", path=folder)
-    headers = [h for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")
-               for h in [_read_header(p)] if h is not None]
+    headers = [
+        h
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+        for h in [_read_header(p)]
+        if h is not None
+    ]
     if not any(h.modality == "RTDOSE" for h in headers):
         raise ManifestError("holds no RTDOSE file, so no case", path=folder)
     by_patient: dict[str, list[_Header]] = defaultdict(list)
@@ -269,8 +322,9 @@ def discover_cases(folder: str | Path, recurrence_roi: str, prescription_gy: flo
     for patient, items in sorted(by_patient.items()):
         planning_frames = sorted({h.frame for h in items if h.modality == "RTDOSE"})
         if second_courses and len(planning_frames) > 1:
-            cases.append(_assemble_two_courses(patient or "unnamed", planning_frames, items, recurrence_roi,
-                                               prescription_gy))
+            cases.append(
+                _assemble_two_courses(patient or "unnamed", planning_frames, items, recurrence_roi, prescription_gy)
+            )
             continue
         if len(planning_frames) > 1:
             several.append(patient or "unnamed")
@@ -280,9 +334,13 @@ def discover_cases(folder: str | Path, recurrence_roi: str, prescription_gy: flo
                 case_id = f"{case_id}_{n + 1}"
             cases.append(_assemble(case_id, frame, items, recurrence_roi, prescription_gy))
     if several:
-        log.warning("%s: %d patient(s) with several planning frames, each frame a case of its own (%s); for "
-                    "re-irradiated patients, ask for second courses (--second-courses)", folder, len(several),
-                    ", ".join(several[:5]))
+        log.warning(
+            "%s: %d patient(s) with several planning frames, each frame a case of its own (%s); for "
+            "re-irradiated patients, ask for second courses (--second-courses)",
+            folder,
+            len(several),
+            ", ".join(several[:5]),
+        )
     return cases
 
 
@@ -318,8 +376,11 @@ def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescrip
     dose, problem, plans = _dose_and_plans(in_frame, frame)
     plan = plans[0] if len(plans) == 1 else None
     if plan is None and prescription_gy is None and not problem:
-        problem = (f"{len(plans)} RTPLAN files in frame of reference {frame}; give --prescription"
-                   if plans else f"no RTPLAN in frame of reference {frame}; give --prescription")
+        problem = (
+            f"{len(plans)} RTPLAN files in frame of reference {frame}; give --prescription"
+            if plans
+            else f"no RTPLAN in frame of reference {frame}; give --prescription"
+        )
     structure_sets = [h for h in in_frame if h.modality == "RTSTRUCT"]
     holding = [h for h in structure_sets if _has_roi(h, roi)]
     structures, structure_problem = _pick(holding or structure_sets, "RTSTRUCT", frame)
@@ -333,8 +394,11 @@ def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescrip
             problem = f"{len(follow_up)} structure sets hold ROI {roi!r}; use a manifest"
         else:
             recurrence_structures = follow_up[0]
-            registration, problem = _pick(_registrations(items, frame, recurrence_structures.frame),
-                                          "REG relating it to " + recurrence_structures.frame, frame)
+            registration, problem = _pick(
+                _registrations(items, frame, recurrence_structures.frame),
+                "REG relating it to " + recurrence_structures.frame,
+                frame,
+            )
     return Case(
         case_id=case_id,
         dose=dose.path if dose else None,
@@ -357,32 +421,56 @@ def _course_date(frame: str, items: list[_Header]) -> str:
     return ""
 
 
-def _assemble_two_courses(case_id: str, frames: list[str], items: list[_Header], roi: str,
-                          prescription_gy: float | None) -> Case:
+def _assemble_two_courses(
+    case_id: str, frames: list[str], items: list[_Header], roi: str, prescription_gy: float | None
+) -> Case:
     """A re-irradiated patient's case: the earlier planning frame is the first course (see the module
     docstring), the later one the second."""
     if len(frames) > 2:
-        return Case(case_id, None, None, roi, problem=f"{len(frames)} planning frames of reference, where a "
-                    "re-irradiated patient has two; use a manifest")
+        return Case(
+            case_id,
+            None,
+            None,
+            roi,
+            problem=f"{len(frames)} planning frames of reference, where a "
+            "re-irradiated patient has two; use a manifest",
+        )
     dated = sorted((_course_date(frame, items), frame) for frame in frames)
     if not dated[0][0] or dated[0][0] == dated[1][0]:
-        return Case(case_id, None, None, roi, problem=f"cannot tell which of frames {frames[0]} and {frames[1]} "
-                    "was treated first (no or equal RTPLAN and RTDOSE dates); use a manifest")
+        return Case(
+            case_id,
+            None,
+            None,
+            roi,
+            problem=f"cannot tell which of frames {frames[0]} and {frames[1]} "
+            "was treated first (no or equal RTPLAN and RTDOSE dates); use a manifest",
+        )
     first, second = dated[0][1], dated[1][1]
     case = _assemble(case_id, first, items, roi, prescription_gy)
     dose, problem, plans = _dose_and_plans([h for h in items if h.frame == second], second)
     if not problem and len(plans) != 1:
-        problem = (f"{len(plans)} RTPLAN files in frame of reference {second} for the second course's fractions; "
-                   "use a manifest")
-    registration, registration_problem = _pick(_registrations(items, first, second),
-                                               "REG relating it to " + first, second)
-    return replace(case, second_dose=dose.path if dose else None, second_plan=plans[0].path if len(plans) == 1
-                   else None, second_registration=registration.path if registration else None,
-                   problem=case.problem or problem or registration_problem)
+        problem = (
+            f"{len(plans)} RTPLAN files in frame of reference {second} for the second course's fractions; "
+            "use a manifest"
+        )
+    registration, registration_problem = _pick(
+        _registrations(items, first, second), "REG relating it to " + first, second
+    )
+    return replace(
+        case,
+        second_dose=dose.path if dose else None,
+        second_plan=plans[0].path if len(plans) == 1 else None,
+        second_registration=registration.path if registration else None,
+        problem=case.problem or problem or registration_problem,
+    )
 
 
-def load_cases(source: str | Path, recurrence_roi: str = "Recurrence", prescription_gy: float | None = None,
-               second_courses: bool = False) -> list[Case]:
+def load_cases(
+    source: str | Path,
+    recurrence_roi: str = "Recurrence",
+    prescription_gy: float | None = None,
+    second_courses: bool = False,
+) -> list[Case]:
     """The cases of a manifest (a file) or of a folder of DICOM exports (see :func:`discover_cases` for
     ``second_courses``)."""
     source = Path(source)
@@ -391,6 +479,9 @@ def load_cases(source: str | Path, recurrence_roi: str = "Recurrence", prescript
     if not source.exists():
         raise ManifestError("no such manifest or folder", path=source)
     if second_courses:
-        raise ManifestError("second courses are found in folders; a manifest gives them in its second_dose, "
-                            "second_fractions, second_plan and second_registration columns", path=source)
+        raise ManifestError(
+            "second courses are found in folders; a manifest gives them in its second_dose, "
+            "second_fractions, second_plan and second_registration columns",
+            path=source,
+        )
     return read_manifest(source)

@@ -38,7 +38,6 @@ LIMIT_REFRESH_S = 2.0
 CONNECT_TIMEOUT_S = 20.0
 
 
-
 def _distributed():
     try:
         import distributed
@@ -71,15 +70,19 @@ def dask_client(
         threads = str(max(1, (os.cpu_count() or 1) // n))
         try:
             cluster = distributed.LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
                 env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads},
             )
             client = distributed.Client(cluster)
         except Exception as exc:  # workers that cannot start: their own errors vary
             if cluster is not None:
                 cluster.close()
-            raise DistributedError(f"cannot start a local Dask cluster of {n} workers ({type(exc).__name__}: "
-                                   f"{exc})") from exc
+            raise DistributedError(
+                f"cannot start a local Dask cluster of {n} workers ({type(exc).__name__}: {exc})"
+            ) from exc
     else:
         if scheduler_file is not None and not Path(scheduler_file).is_file():
             raise DistributedError("no such scheduler file", path=scheduler_file)
@@ -90,8 +93,7 @@ def dask_client(
             else:
                 client = distributed.Client(scheduler, timeout=timeout_s)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise DistributedError(f"cannot reach the Dask scheduler at {where} ({type(exc).__name__}: "
-                                   f"{exc})") from exc
+            raise DistributedError(f"cannot reach the Dask scheduler at {where} ({type(exc).__name__}: {exc})") from exc
     try:
         yield client
     finally:

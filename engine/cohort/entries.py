@@ -50,11 +50,19 @@ class CaseEntry(_Entry, total=False):
     inputs: dict[str, Any] | None
 
 
-def error_entry(case_id: str, error: str, timings: Timings | None = None,
-                warnings: list[str] | None = None) -> CaseEntry:
+def error_entry(
+    case_id: str, error: str, timings: Timings | None = None, warnings: list[str] | None = None
+) -> CaseEntry:
     """The entry of a case stopped by ``error`` (one line naming the file and the problem)."""
-    return {"case_id": case_id, "status": "error", "error": error, "record": {}, "timings": Timings(**(timings or {})),
-            "dvhs": {}, "warnings": list(warnings or [])}
+    return {
+        "case_id": case_id,
+        "status": "error",
+        "error": error,
+        "record": {},
+        "timings": Timings(**(timings or {})),
+        "dvhs": {},
+        "warnings": list(warnings or []),
+    }
 
 
 def is_entry(value: object) -> bool:

@@ -132,8 +132,13 @@ def _report_refusal(reason: str) -> None:
         log.debug("shared memory refused a block (%s); the value came through the pipe", reason)
         return
     _refusal_reported = True
-    log.warning("shared memory (%s) refused a case's dose grid (%s): cases come through the pipe instead, which is "
-                "slower; give %s more room (in a container: --shm-size or --ipc=host)", SHM, reason, SHM)
+    log.warning(
+        "shared memory (%s) refused a case's dose grid (%s): cases come through the pipe instead, which is "
+        "slower; give %s more room (in a container: --shm-size or --ipc=host)",
+        SHM,
+        reason,
+        SHM,
+    )
 
 
 def sweep(receiver_pid: int | None = None) -> int:
@@ -143,7 +148,7 @@ def sweep(receiver_pid: int | None = None) -> int:
         return 0
     removed = 0
     for path in SHM.glob(f"{PREFIX}*"):
-        owner = path.name[len(PREFIX):].split("-", 1)[0]
+        owner = path.name[len(PREFIX) :].split("-", 1)[0]
         if not owner.isdigit():
             continue
         if receiver_pid is not None and int(owner) != receiver_pid:

@@ -120,8 +120,9 @@ def read(journal: Path) -> tuple[dict | None, dict[str, dict]]:
 
 def start_journal(journal: Path, settings: dict) -> None:
     """Begin a journal with its settings line."""
-    append_lines(journal, [json.dumps({"settings": settings, "isodose_version": __version__}) + "\n"],
-                 "cannot start the journal")
+    append_lines(
+        journal, [json.dumps({"settings": settings, "isodose_version": __version__}) + "\n"], "cannot start the journal"
+    )
 
 
 def append_lines(journal: Path, lines: list[str], failure: str = "cannot append to the journal") -> None:

@@ -67,8 +67,9 @@ class ProcessPool:
                 on_entries(finish(batch))
 
         while queue:
-            with _Pool(max_workers=self.workers, mp_context=context, initializer=_init_worker,
-                       initargs=(self.threads, level)) as pool:
+            with _Pool(
+                max_workers=self.workers, mp_context=context, initializer=_init_worker, initargs=(self.threads, level)
+            ) as pool:
                 in_flight: dict[Future, Case] = {}
                 try:
                     while queue or in_flight:
@@ -93,8 +94,12 @@ class ProcessPool:
                         if future.done() and not future.exception():
                             ready.append((case, future.result()))
                         else:
-                            ready.append((case, error_entry(case.case_id,
-                                                            "the worker process died while this case was in flight")))
+                            ready.append(
+                                (
+                                    case,
+                                    error_entry(case.case_id, "the worker process died while this case was in flight"),
+                                )
+                            )
                     flush()
                 except BaseException:
                     pool.shutdown(wait=False, cancel_futures=True)

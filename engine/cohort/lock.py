@@ -46,13 +46,21 @@ class WriterLock:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 if holder.startswith(f"{me},"):
-                    raise StoreError("this process has these results open for writing already: close that "
-                                     "ResultStore first (ResultStore.open(..., create=False) only reads)",
-                                     path=store_path) from exc
-                raise StoreError(f"another isodose run is writing these results ({holder or 'holder unknown'}); "
-                                 "wait for it to end, or write to another --out", path=store_path) from exc
-            log.warning("%s: cannot lock the results (%s); make sure no other run writes them at the same time",
-                        store_path, exc.strerror or exc)
+                    raise StoreError(
+                        "this process has these results open for writing already: close that "
+                        "ResultStore first (ResultStore.open(..., create=False) only reads)",
+                        path=store_path,
+                    ) from exc
+                raise StoreError(
+                    f"another isodose run is writing these results ({holder or 'holder unknown'}); "
+                    "wait for it to end, or write to another --out",
+                    path=store_path,
+                ) from exc
+            log.warning(
+                "%s: cannot lock the results (%s); make sure no other run writes them at the same time",
+                store_path,
+                exc.strerror or exc,
+            )
             return cls(path, None)
         os.ftruncate(fd, 0)
         os.write(fd, f"{me}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())

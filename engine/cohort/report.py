@@ -91,8 +91,16 @@ def build_report(store: ResultStore) -> CohortReport:
         s = _summary(roi, metric, [_numeric(e["record"].get(key)) for e in ok])
         if s:
             summaries.append(s)
-    columns = ["case_id", *roi_metrics, "recurrence_volume_cc", "V95%", "D100", "inside_isodose_pct", "class_volume",
-               "class_centroid"]
+    columns = [
+        "case_id",
+        *roi_metrics,
+        "recurrence_volume_cc",
+        "V95%",
+        "D100",
+        "inside_isodose_pct",
+        "class_volume",
+        "class_centroid",
+    ]
     return CohortReport(store.path, settings, ok, failed, patterns, summaries, recurrence_roi, columns)
 
 
@@ -112,16 +120,23 @@ def pattern_rows(report: CohortReport) -> list[list[str]]:
 
 
 def format_text(report: CohortReport) -> str:
-    parts = [f"{report.store}: {report.n_ok + len(report.failed)} cases, {report.n_ok} classified, "
-             f"{len(report.failed)} failed", ""]
+    parts = [
+        f"{report.store}: {report.n_ok + len(report.failed)} cases, {report.n_ok} classified, "
+        f"{len(report.failed)} failed",
+        "",
+    ]
     parts.append("Failure patterns")
     parts.append(text_table(["class", *(label for _, label in METHODS)], pattern_rows(report)))
     parts += ["", "Metric summaries (mean, SD, range over the classified cases)"]
-    parts.append(text_table(
-        ["structure", "metric", "n", "mean", "SD", "min", "max"],
-        [[s.structure, s.metric, str(s.n), shown(s.mean), shown(s.sd), shown(s.minimum), shown(s.maximum)]
-         for s in report.summaries],
-    ))
+    parts.append(
+        text_table(
+            ["structure", "metric", "n", "mean", "SD", "min", "max"],
+            [
+                [s.structure, s.metric, str(s.n), shown(s.mean), shown(s.sd), shown(s.minimum), shown(s.maximum)]
+                for s in report.summaries
+            ],
+        )
+    )
     if report.failed:
         parts += ["", "Failed cases"]
         parts += [f"  {case_id}: {error}" for case_id, error in report.failed]
@@ -166,15 +181,21 @@ def _inside_figure(values: list[float], criteria: dict):
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.2, 3.2))
-    axis.hist([v for v in values if math.isfinite(v)], bins=list(np.linspace(0, 100, 41)), color="#6a51a3",
-              edgecolor="white")
+    axis.hist(
+        [v for v in values if math.isfinite(v)], bins=list(np.linspace(0, 100, 41)), color="#6a51a3", edgecolor="white"
+    )
     top = axis.get_ylim()[1] * 0.95
-    for threshold, text, align in ((criteria["marginal_pct"], " marginal from {:g}%", "left"),
-                                   (criteria["in_field_pct"], "in-field from {:g}% ", "right")):
+    for threshold, text, align in (
+        (criteria["marginal_pct"], " marginal from {:g}%", "left"),
+        (criteria["in_field_pct"], "in-field from {:g}% ", "right"),
+    ):
         axis.axvline(threshold, color="#cb181d", ls="--", lw=1.2)
         axis.text(threshold, top, text.format(threshold), color="#cb181d", fontsize=8, va="top", ha=align)
-    axis.set(xlabel=f"share of Vr inside the {criteria['isodose_pct']:g}% isodose (%)", ylabel="cases",
-             title="Where recurrences lay in the planned dose")
+    axis.set(
+        xlabel=f"share of Vr inside the {criteria['isodose_pct']:g}% isodose (%)",
+        ylabel="cases",
+        title="Where recurrences lay in the planned dose",
+    )
     axis.grid(alpha=0.3, axis="y")
     return figure
 
@@ -226,13 +247,27 @@ def write_html(report: CohortReport, store: ResultStore, path: str | Path) -> Pa
     pattern_table = _html_table(["class", *(label for _, label in METHODS)], pattern_rows(report))
     summary_table = _html_table(
         ["structure", "metric", "n", "mean", "SD", "min", "max"],
-        [[s.structure, s.metric, str(s.n), shown(s.mean), shown(s.sd), shown(s.minimum), shown(s.maximum)]
-         for s in report.summaries])
-    case_rows = [[shown(e["record"].get(c, e["case_id"] if c == "case_id" else None)) for c in report.table_columns]
-                 for e in report.cases]
-    headers = [{"recurrence_volume_cc": "Vr volume (cc)", "V95%": "V95% of Vr (%)", "D100": "D100 of Vr (Gy)",
-                "inside_isodose_pct": "Vr inside isodose (%)", "class_volume": "class (volume)",
-                "class_centroid": "class (point of origin)", "case_id": "case"}.get(c, c) for c in report.table_columns]
+        [
+            [s.structure, s.metric, str(s.n), shown(s.mean), shown(s.sd), shown(s.minimum), shown(s.maximum)]
+            for s in report.summaries
+        ],
+    )
+    case_rows = [
+        [shown(e["record"].get(c, e["case_id"] if c == "case_id" else None)) for c in report.table_columns]
+        for e in report.cases
+    ]
+    headers = [
+        {
+            "recurrence_volume_cc": "Vr volume (cc)",
+            "V95%": "V95% of Vr (%)",
+            "D100": "D100 of Vr (Gy)",
+            "inside_isodose_pct": "Vr inside isodose (%)",
+            "class_volume": "class (volume)",
+            "class_centroid": "class (point of origin)",
+            "case_id": "case",
+        }.get(c, c)
+        for c in report.table_columns
+    ]
     failed = _html_table(["case", "error"], [[c, e] for c, e in report.failed]) if report.failed else "<p>None.</p>"
     settings = html.escape(describe_settings(report.settings))
     document = f"""<!DOCTYPE html>
@@ -257,7 +292,7 @@ img {{ max-width: 100%; margin: 0.3em; }}
 <h2>Cohort DVHs</h2>
 <p class="small">Cumulative DVHs (% of each structure's volume inside the dose grid): median, 25th-75th and
 5th-95th percentiles over the classified cases.</p>
-<div class="grid">{''.join(dvh_images)}</div>
+<div class="grid">{"".join(dvh_images)}</div>
 <h2>Metric summaries</h2>
 {summary_table}
 <h2>Cases</h2>

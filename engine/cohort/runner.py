@@ -110,8 +110,7 @@ def run_cohort(
 
         def report() -> None:
             if on_progress is not None:
-                on_progress(RunProgress(len(all_cases), skipped + done, failed, skipped,
-                                        time.perf_counter() - started))
+                on_progress(RunProgress(len(all_cases), skipped + done, failed, skipped, time.perf_counter() - started))
 
         done = 0
         report()
@@ -152,11 +151,15 @@ def run_cohort(
 def _to_do(store: ResultStore, all_cases: list[Case]) -> list[Case]:
     """The cases not finished in ``store``, and those finished whose inputs changed since (with a warning)."""
     finished = store.finished()
-    changed = {c.case_id for c in all_cases
-               if c.case_id in finished and store.inputs_changed(c.case_id, input_fingerprint(c))}
+    changed = {
+        c.case_id for c in all_cases if c.case_id in finished and store.inputs_changed(c.case_id, input_fingerprint(c))
+    }
     if changed:
-        log.warning("%d finished case(s) have inputs that changed since they ran (%s); they are computed again",
-                    len(changed), ", ".join(sorted(changed)[:5]) + (", ..." if len(changed) > 5 else ""))
+        log.warning(
+            "%d finished case(s) have inputs that changed since they ran (%s); they are computed again",
+            len(changed),
+            ", ".join(sorted(changed)[:5]) + (", ..." if len(changed) > 5 else ""),
+        )
     return [c for c in all_cases if c.case_id not in finished or c.case_id in changed]
 
 
@@ -171,8 +174,15 @@ class _Arrangement:
     hands_over: bool = False
 
 
-def _arrangement(todo: list[Case], settings: RunSettings, workers: int | None, backend: str | Backend | None,
-                 pipelined: bool | None, batch_size: int, client) -> _Arrangement:
+def _arrangement(
+    todo: list[Case],
+    settings: RunSettings,
+    workers: int | None,
+    backend: str | Backend | None,
+    pipelined: bool | None,
+    batch_size: int,
+    client,
+) -> _Arrangement:
     """The arrangement of a run (see :func:`run_cohort`)."""
     workers = max(1, int(workers or os.cpu_count() or 1))
     classify_here: Task = functools.partial(process_case, settings=settings, backend=backend)

@@ -64,8 +64,14 @@ class ResultStore:
     the HDF5 file or the journal, and are read back by :meth:`dvh_curves`.
     """
 
-    def __init__(self, path: Path, settings: dict, records: dict[str, dict], journal_ids: set[str],
-                 lock: WriterLock | None = None):
+    def __init__(
+        self,
+        path: Path,
+        settings: dict,
+        records: dict[str, dict],
+        journal_ids: set[str],
+        lock: WriterLock | None = None,
+    ):
         self.path = path
         self.journal = path.with_name(path.name + ".journal")
         self.settings = settings
@@ -168,7 +174,8 @@ class ResultStore:
         if n_cases and free < needed:
             raise StoreError(
                 f"only {free / 1e6:,.0f} MB free for the results; {n_cases:,} cases need about {needed / 1e6:,.0f} MB "
-                "(journal and HDF5 file): free some space or write to another --out", path=self.path.parent,
+                "(journal and HDF5 file): free some space or write to another --out",
+                path=self.path.parent,
             )
 
     @staticmethod
@@ -185,16 +192,23 @@ class ResultStore:
                 status = _decoded(cases["status"][()])
                 error = _decoded(cases["error"][()])
                 payload = [json.loads(v) for v in _decoded(cases["record"][()])]
-                inputs = [json.loads(v) for v in _decoded(cases["inputs"][()])] if "inputs" in cases else \
-                    [None] * len(ids)
+                inputs = (
+                    [json.loads(v) for v in _decoded(cases["inputs"][()])] if "inputs" in cases else [None] * len(ids)
+                )
                 timings = {k: cases[k][()] for k in ("read_s", "compute_s", "total_s")}
         except StoreError:
             raise
         except (OSError, KeyError, ValueError) as exc:
             raise StoreError(f"cannot be read as an isodose results store ({exc})", path=path) from exc
         records = {
-            case_id: {"case_id": case_id, "status": status[i], "error": error[i], "record": payload[i],
-                      "timings": {k: _number(v[i]) for k, v in timings.items()}, "inputs": inputs[i]}
+            case_id: {
+                "case_id": case_id,
+                "status": status[i],
+                "error": error[i],
+                "record": payload[i],
+                "timings": {k: _number(v[i]) for k, v in timings.items()},
+                "inputs": inputs[i],
+            }
             for i, case_id in enumerate(ids)
         }
         return settings, records
@@ -223,9 +237,15 @@ class ResultStore:
         _, journal_entries = read_journal(self.journal)
         for case_id, entry in journal_entries.items():
             for roi, curve in entry.get("dvhs", {}).items():
-                curves.append({"case_id": case_id, "roi": roi, "role": curve.get("role", "roi"),
-                               "step_gy": float(curve["step_gy"]),
-                               "cumulative_cc": curve_values(curve)})
+                curves.append(
+                    {
+                        "case_id": case_id,
+                        "roi": roi,
+                        "role": curve.get("role", "roi"),
+                        "step_gy": float(curve["step_gy"]),
+                        "cumulative_cc": curve_values(curve),
+                    }
+                )
         return curves
 
     def _hdf5_curves(self) -> list[dict]:
@@ -240,8 +260,13 @@ class ResultStore:
             rois, roles = _decoded(dvh["roi"][()]), _decoded(dvh["role"][()])
             step, start, count = dvh["step_gy"][()], dvh["start"][()], dvh["count"][()]
             return [
-                {"case_id": ids[c], "roi": rois[j], "role": roles[j], "step_gy": float(step[j]),
-                 "cumulative_cc": values[start[j] : start[j] + count[j]]}
+                {
+                    "case_id": ids[c],
+                    "roi": rois[j],
+                    "role": roles[j],
+                    "step_gy": float(step[j]),
+                    "cumulative_cc": values[start[j] : start[j] + count[j]],
+                }
                 for j, c in enumerate(dvh["case"][()])
             ]
 
@@ -283,8 +308,10 @@ class ResultStore:
             os.replace(tmp, self.path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write the results ({exc.strerror or exc}); the journal keeps every finished "
-                             "case", path=self.path) from exc
+            raise StoreError(
+                f"cannot write the results ({exc.strerror or exc}); the journal keeps every finished case",
+                path=self.path,
+            ) from exc
         # The new file holds everything the journal held (a crash before this line only leaves duplicates of
         # cases already in the file, which readers collapse).
         self.journal.unlink(missing_ok=True)
@@ -327,8 +354,11 @@ class ResultStore:
         dvh["step_gy"] = np.array([c["step_gy"] for c in curves], dtype=np.float64)
         dvh["start"] = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else counts
         dvh["count"] = counts
-        values = np.concatenate([np.asarray(c["cumulative_cc"], np.float32) for c in curves]) if curves else \
-            np.zeros(0, np.float32)
+        values = (
+            np.concatenate([np.asarray(c["cumulative_cc"], np.float32) for c in curves])
+            if curves
+            else np.zeros(0, np.float32)
+        )
         dvh.create_dataset("cumulative_cc", data=values, compression="gzip", compression_opts=4, shuffle=True)
 
     def write_table(self, path: str | Path | None = None) -> Path:

@@ -38,10 +38,26 @@ RECURRENCE_ROI = "Recurrence"
 CLASS_MIX = (("in-field", 0.80), ("marginal", 0.10), ("out-field", 0.10))
 #: The share of Vr inside the isodose that each intended class must show (clear of the 20% and 95% lines).
 INSIDE_RANGES = {"in-field": (99.5, 100.0), "marginal": (30.0, 80.0), "out-field": (0.0, 5.0)}
-MANIFEST_COLUMNS = ("case_id", "dose", "structures", "plan", "prescription_gy", "recurrence_roi",
-                    "recurrence_structures", "registration")
-TRUTH_COLUMNS = ("case_id", "intended_class", "true_inside_pct", "true_class_volume", "true_centroid_dose_gy",
-                 "true_centroid_targets", "true_class_centroid", "registered")
+MANIFEST_COLUMNS = (
+    "case_id",
+    "dose",
+    "structures",
+    "plan",
+    "prescription_gy",
+    "recurrence_roi",
+    "recurrence_structures",
+    "registration",
+)
+TRUTH_COLUMNS = (
+    "case_id",
+    "intended_class",
+    "true_inside_pct",
+    "true_class_volume",
+    "true_centroid_dose_gy",
+    "true_centroid_targets",
+    "true_class_centroid",
+    "registered",
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +108,16 @@ def _dose_model(shapes: dict[str, Ellipsoid], body: EllipticCylinder) -> ImrtDos
     def grown(name: str) -> Ellipsoid:
         return Ellipsoid(shapes[name].centre_mm, xyz(a + 3 for a in shapes[name].semi_axes_mm))
 
-    return ImrtDose(((shapes["PTV70"], 70.0), (grown("CTV60"), 60.0), (shapes["PTV60_L"], 60.0),
-                     (shapes["PTV60_R"], 60.0), (grown("CTV54"), 54.0)), body)
+    return ImrtDose(
+        (
+            (shapes["PTV70"], 70.0),
+            (grown("CTV60"), 60.0),
+            (shapes["PTV60_L"], 60.0),
+            (shapes["PTV60_R"], 60.0),
+            (grown("CTV54"), 54.0),
+        ),
+        body,
+    )
 
 
 def _place_recurrence(rng, intended: str, shapes, body, dose: ImrtDose):
@@ -106,7 +130,8 @@ def _place_recurrence(rng, intended: str, shapes, body, dose: ImrtDose):
             direction = rng.normal(size=3)
             direction /= np.linalg.norm(direction)
             centre = np.asarray(shapes["GTV"].centre_mm) + direction * rng.uniform(0, 0.5) * np.asarray(
-                shapes["GTV"].semi_axes_mm)
+                shapes["GTV"].semi_axes_mm
+            )
         elif intended == "marginal":
             direction = rng.normal(size=3)
             direction /= np.linalg.norm(direction)
@@ -125,8 +150,11 @@ def _place_recurrence(rng, intended: str, shapes, body, dose: ImrtDose):
         centre_dose = float(dose(*centre))
         if abs(centre_dose - ISODOSE_GY) < 2.0:
             continue
-        margins = [abs(float(s.normalised_radius(*centre)) - 1.0) * float(np.mean(s.semi_axes_mm))
-                   for name, s in shapes.items() if name in TARGET_TYPES]
+        margins = [
+            abs(float(s.normalised_radius(*centre)) - 1.0) * float(np.mean(s.semi_axes_mm))
+            for name, s in shapes.items()
+            if name in TARGET_TYPES
+        ]
         if min(margins) < 2.0:
             continue  # the centre is clear of every target's surface
         return vr, inside_pct, centre_dose
@@ -154,8 +182,9 @@ def _vr_structure(vr: OrientedEllipsoid, number: int) -> Structure:
     return Structure(RECURRENCE_ROI, number, tuple(contours), interpreted_type="GTV")
 
 
-def generate_case(out_dir: Path, index: int, seed: int, intended: str, registered: bool, with_plan: bool) -> tuple[
-        dict[str, str], CaseTruth]:
+def generate_case(
+    out_dir: Path, index: int, seed: int, intended: str, registered: bool, with_plan: bool
+) -> tuple[dict[str, str], CaseTruth]:
     """Write one case's DICOM files under ``out_dir/cases/<case_id>`` and return its manifest row and truth."""
     from pydicom.uid import generate_uid
 
@@ -184,8 +213,11 @@ def generate_case(out_dir: Path, index: int, seed: int, intended: str, registere
     folder.mkdir(parents=True, exist_ok=True)
     row = dict.fromkeys(MANIFEST_COLUMNS, "")
     row.update(case_id=case_id, recurrence_roi=RECURRENCE_ROI)
-    row["dose"] = str(write_dose(grid, folder / "RD.dcm", bits=16, patient_id=case_id, study_uid=study,
-                                 frame_of_reference_uid=frame).relative_to(out_dir))
+    row["dose"] = str(
+        write_dose(
+            grid, folder / "RD.dcm", bits=16, patient_id=case_id, study_uid=study, frame_of_reference_uid=frame
+        ).relative_to(out_dir)
+    )
     if registered:
         # The recurrence was drawn on follow-up imaging: its own frame, related by a rigid transform.
         follow_frame, follow_study = generate_uid(), generate_uid()
@@ -195,22 +227,47 @@ def generate_case(out_dir: Path, index: int, seed: int, intended: str, registere
         inverse_rotation = matrix[:3, :3].T
         vr_follow = OrientedEllipsoid(
             xyz(inverse_rotation @ (np.asarray(vr.centre_mm) - matrix[:3, 3])),
-            vr.semi_axes_mm, inverse_rotation @ vr.rotation,
+            vr.semi_axes_mm,
+            inverse_rotation @ vr.rotation,
         )
-        row["recurrence_structures"] = str(write_structures(
-            [_vr_structure(vr_follow, 1)], folder / "RS_followup.dcm", patient_id=case_id, study_uid=follow_study,
-            frame_of_reference_uid=follow_frame).relative_to(out_dir))
-        row["registration"] = str(write_registration(
-            folder / "REG.dcm", registered_frame_uid=frame, source_frame_uid=follow_frame, matrix=matrix,
-            patient_id=case_id, study_uid=follow_study).relative_to(out_dir))
+        row["recurrence_structures"] = str(
+            write_structures(
+                [_vr_structure(vr_follow, 1)],
+                folder / "RS_followup.dcm",
+                patient_id=case_id,
+                study_uid=follow_study,
+                frame_of_reference_uid=follow_frame,
+            ).relative_to(out_dir)
+        )
+        row["registration"] = str(
+            write_registration(
+                folder / "REG.dcm",
+                registered_frame_uid=frame,
+                source_frame_uid=follow_frame,
+                matrix=matrix,
+                patient_id=case_id,
+                study_uid=follow_study,
+            ).relative_to(out_dir)
+        )
     else:
         structures.append(_vr_structure(vr, len(structures) + 1))
-    row["structures"] = str(write_structures(structures, folder / "RS.dcm", patient_id=case_id, study_uid=study,
-                                             frame_of_reference_uid=frame).relative_to(out_dir))
+    row["structures"] = str(
+        write_structures(
+            structures, folder / "RS.dcm", patient_id=case_id, study_uid=study, frame_of_reference_uid=frame
+        ).relative_to(out_dir)
+    )
     if with_plan:
-        row["plan"] = str(write_plan(folder / "RP.dcm", prescription_gy=PRESCRIPTION_GY, number_of_fractions=FRACTIONS,
-                                     patient_id=case_id, study_uid=study, frame_of_reference_uid=frame,
-                                     target_name="PTV70").relative_to(out_dir))
+        row["plan"] = str(
+            write_plan(
+                folder / "RP.dcm",
+                prescription_gy=PRESCRIPTION_GY,
+                number_of_fractions=FRACTIONS,
+                patient_id=case_id,
+                study_uid=study,
+                frame_of_reference_uid=frame,
+                target_name="PTV70",
+            ).relative_to(out_dir)
+        )
     else:
         row["prescription_gy"] = f"{PRESCRIPTION_GY:g}"
     truth = CaseTruth(
@@ -244,8 +301,9 @@ def _generate_one(args) -> tuple[dict[str, str], CaseTruth]:
     return generate_case(Path(out_dir), index, seed, intended, registered, with_plan)
 
 
-def generate_cohort(out_dir: str | Path, n_cases: int, *, seed: int = 2024, workers: int = 1,
-                    registered_fraction: float = 0.3) -> Path:
+def generate_cohort(
+    out_dir: str | Path, n_cases: int, *, seed: int = 2024, workers: int = 1, registered_fraction: float = 0.3
+) -> Path:
     """Write ``n_cases`` cases as DICOM under ``out_dir``, with ``manifest.csv`` and ``truth.csv``; returns the
     manifest's path. The same seed gives the same cohort."""
     out_dir = Path(out_dir)

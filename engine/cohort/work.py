@@ -93,8 +93,18 @@ def read_case(case: Case) -> CaseInputs | CaseEntry:
             entry = error_entry(case.case_id, _failure(exc), Timings(read_s=seconds, total_s=seconds), messages)
             entry["inputs"] = fingerprint
             return entry
-    return CaseInputs(case, dose, structures, prescription, follow_up, registration, time.perf_counter() - started,
-                      tuple(messages), second=second, fingerprint=fingerprint)
+    return CaseInputs(
+        case,
+        dose,
+        structures,
+        prescription,
+        follow_up,
+        registration,
+        time.perf_counter() - started,
+        tuple(messages),
+        second=second,
+        fingerprint=fingerprint,
+    )
 
 
 def _read_second_course(case: Case, dose: DoseGrid) -> tuple[Course, Course, Registration | None]:
@@ -105,12 +115,16 @@ def _read_second_course(case: Case, dose: DoseGrid) -> tuple[Course, Course, Reg
     def planned_fractions(plan, what: str) -> int:
         if plan is None:
             column = "fractions" if what == "first" else "second_fractions"
-            raise IsodoseError(f"the {what} course's number of fractions is needed and it has no RTPLAN to read it "
-                               f"from: add the plan, or give the case in a manifest with a {column} column")
+            raise IsodoseError(
+                f"the {what} course's number of fractions is needed and it has no RTPLAN to read it "
+                f"from: add the plan, or give the case in a manifest with a {column} column"
+            )
         fractions = read_plan(plan).number_of_fractions
         if fractions is None:
-            raise IsodoseError(f"the plan holds no NumberOfFractionsPlanned for the {what} course; give the fractions "
-                               "in the manifest", path=plan)
+            raise IsodoseError(
+                f"the plan holds no NumberOfFractionsPlanned for the {what} course; give the fractions in the manifest",
+                path=plan,
+            )
         return fractions
 
     first = Course(dose, case.fractions or planned_fractions(case.plan, "first"))
@@ -127,16 +141,22 @@ def _with_reirradiation(inputs: CaseInputs, entry: CaseEntry, settings: RunSetti
     assert inputs.second is not None and inputs.structures is not None  # a re-irradiated case keeps its contours
     first, second, registration = inputs.second
     source = inputs.follow_up if inputs.follow_up is not None else inputs.structures
-    transform = (recurrence_transform(inputs.dose, source, inputs.registration)
-                 if inputs.follow_up is not None else None)
+    transform = recurrence_transform(inputs.dose, source, inputs.registration) if inputs.follow_up is not None else None
     with collect_warnings() as messages:
         try:
-            extra = reirradiation_record(first, second, source.get(inputs.case.recurrence_roi),
-                                         registration=registration, recurrence_transform=transform,
-                                         options=settings.options, backend=backend)
+            extra = reirradiation_record(
+                first,
+                second,
+                source.get(inputs.case.recurrence_roi),
+                registration=registration,
+                recurrence_transform=transform,
+                options=settings.options,
+                backend=backend,
+            )
         except IsodoseError as exc:
-            return error_entry(inputs.case.case_id, f"re-irradiation: {exc}", entry["timings"],
-                               entry["warnings"] + messages)
+            return error_entry(
+                inputs.case.case_id, f"re-irradiation: {exc}", entry["timings"], entry["warnings"] + messages
+            )
     entry["record"].update(extra)
     entry["warnings"] = entry["warnings"] + messages
     return entry
@@ -146,11 +166,24 @@ def _entry(case_id: str, result, settings: RunSettings, timings: Timings) -> Cas
     """The store's entry of one classified case."""
     dvhs = {result.recurrence_dvh.name: ("recurrence", result.recurrence_dvh)}
     dvhs.update({name: ("roi", d) for name, d in result.roi_dvhs.items() if name not in dvhs})
-    curves = {name: StoredCurve(role="recurrence" if role == "recurrence" else "roi", step_gy=settings.dvh_step_gy,
-                                cumulative_cc=_curve(d, settings.dvh_step_gy))
-              for name, (role, d) in dvhs.items() if d.has_dose}
-    return {"case_id": case_id, "status": "ok", "error": "", "record": result.record(), "timings": timings,
-            "dvhs": curves, "warnings": list(result.warnings)}
+    curves = {
+        name: StoredCurve(
+            role="recurrence" if role == "recurrence" else "roi",
+            step_gy=settings.dvh_step_gy,
+            cumulative_cc=_curve(d, settings.dvh_step_gy),
+        )
+        for name, (role, d) in dvhs.items()
+        if d.has_dose
+    }
+    return {
+        "case_id": case_id,
+        "status": "ok",
+        "error": "",
+        "record": result.record(),
+        "timings": timings,
+        "dvhs": curves,
+        "warnings": list(result.warnings),
+    }
 
 
 def _recurrence_case(inputs: CaseInputs, settings: RunSettings):
@@ -158,9 +191,18 @@ def _recurrence_case(inputs: CaseInputs, settings: RunSettings):
 
     assert inputs.structures is not None  # not yet prepared
 
-    return RecurrenceCase(inputs.dose, inputs.structures, inputs.case.recurrence_roi, inputs.prescription_gy,
-                          inputs.follow_up, inputs.registration, settings.targets, settings.metrics,
-                          settings.target_metrics, settings.criteria)
+    return RecurrenceCase(
+        inputs.dose,
+        inputs.structures,
+        inputs.case.recurrence_roi,
+        inputs.prescription_gy,
+        inputs.follow_up,
+        inputs.registration,
+        settings.targets,
+        settings.metrics,
+        settings.target_metrics,
+        settings.criteria,
+    )
 
 
 def read_and_prepare(case: Case, settings: RunSettings) -> CaseInputs | CaseEntry:
@@ -213,8 +255,10 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None)
 def _classify(batch: list[CaseInputs], settings: RunSettings, backend, started: float) -> list[CaseEntry]:
     from ..recurrence import classify_prepared, prepare_recurrence
 
-    prepared = [i.prepared if i.prepared is not None else
-                prepare_recurrence(_recurrence_case(i, settings), settings.options) for i in batch]
+    prepared = [
+        i.prepared if i.prepared is not None else prepare_recurrence(_recurrence_case(i, settings), settings.options)
+        for i in batch
+    ]
     results = classify_prepared(prepared, backend=backend)
     share = (time.perf_counter() - started) / max(len(batch), 1)
     entries = []
@@ -223,8 +267,9 @@ def _classify(batch: list[CaseInputs], settings: RunSettings, backend, started: 
         if isinstance(result, Exception):
             entries.append(error_entry(inputs.case.case_id, str(result), timing, list(result.warnings)))
         elif inputs.second is not None:
-            entries.append(_with_reirradiation(inputs, _entry(inputs.case.case_id, result, settings, timing),
-                                               settings, backend))
+            entries.append(
+                _with_reirradiation(inputs, _entry(inputs.case.case_id, result, settings, timing), settings, backend)
+            )
         else:
             entries.append(_entry(inputs.case.case_id, result, settings, timing))
     return entries
@@ -252,8 +297,9 @@ def classify_received(items: list[tuple[Case, object]], settings: RunSettings, b
         try:
             received.append(handover.receive(sent))  # type: ignore[arg-type]
         except OSError as exc:
-            received.append(error_entry(case.case_id, f"the case's data from its reading worker was lost on the way "
-                                                      f"({exc})"))
+            received.append(
+                error_entry(case.case_id, f"the case's data from its reading worker was lost on the way ({exc})")
+            )
     read = [inputs for inputs in received if isinstance(inputs, CaseInputs)]
     entries = iter(classify_batch(read, settings, backend) if read else [])
     return [next(entries) if isinstance(inputs, CaseInputs) else inputs for inputs in received]

@@ -72,7 +72,8 @@ def _check_memory(frames: int, rows: int, columns: int, bits: int, path: PathTyp
     if available is not None and needed > available:
         raise DoseGridError(
             f"dose grid of {frames} x {rows} x {columns} voxels needs about {_size(needed)} to read, more than the "
-            f"{_size(available)} of memory available", path=path,
+            f"{_size(available)} of memory available",
+            path=path,
         )
 
 
@@ -105,8 +106,9 @@ def _reader(read: Callable[..., T]) -> Callable[..., T]:
     return guarded
 
 
-def read_dataset(path: PathType, modality: str | None = None, *, stop_before_pixels: bool = False,
-                 defer_size: int | None = None):
+def read_dataset(
+    path: PathType, modality: str | None = None, *, stop_before_pixels: bool = False, defer_size: int | None = None
+):
     """Read one DICOM file, checking its modality. Not DICOM, unreadable or truncated files are errors.
     Values longer than ``defer_size`` bytes are read from the file when first used."""
     import pydicom
@@ -207,7 +209,8 @@ def read_dose(path: PathType) -> DoseGrid:
     if frames < 2 or rows < 2 or columns < 2:
         raise DoseGridError(
             f"dose grid of {frames} x {rows} x {columns} voxels; a 3D grid of at least 2 voxels along each "
-            "axis is needed", path=path,
+            "axis is needed",
+            path=path,
         )
     offsets = _floats(_required(ds, "GridFrameOffsetVector", path), "GridFrameOffsetVector", frames, path)
     _check_memory(frames, rows, columns, int(ds.get("BitsAllocated", 32) or 32), path)
@@ -311,8 +314,9 @@ def _contour(item, path: PathType, roi: str, index: int) -> Contour | None:
     kind = str(item.get("ContourGeometricType", "") or "").strip().upper()
     obj = f"ROI {roi!r} contour {index}"
     if kind != "CLOSED_PLANAR":
-        log.warning("%s: %s: %s contour skipped (only CLOSED_PLANAR contours enclose a volume)", path, obj,
-                    kind or "untyped")
+        log.warning(
+            "%s: %s: %s contour skipped (only CLOSED_PLANAR contours enclose a volume)", path, obj, kind or "untyped"
+        )
         return None
     data = _contour_data(item, path, obj)
     if len(data) % 3:
@@ -352,8 +356,7 @@ def read_structures(path: PathType) -> StructureSet:
     for item in ds.get("ROIContourSequence") or []:
         number = int(_required(item, "ReferencedROINumber", path, "ROIContourSequence item"))
         if number not in names:
-            raise StructureError(f"ROIContourSequence refers to ROI number {number}, which is not defined",
-                                 path=path)
+            raise StructureError(f"ROIContourSequence refers to ROI number {number}, which is not defined", path=path)
         for index, contour_item in enumerate(item.get("ContourSequence") or []):
             contour = _contour(contour_item, path, names[number], index)
             if contour is not None:
@@ -363,9 +366,14 @@ def read_structures(path: PathType) -> StructureSet:
     if referenced:
         frame_uid = str(referenced[0].get("FrameOfReferenceUID", "") or "")
     structures = tuple(
-        Structure(name=names[n], number=n, contours=tuple(contours[n]),
-                  frame_of_reference_uid=frames[n] or frame_uid, source=str(path),
-                  interpreted_type=interpreted.get(n, ""))
+        Structure(
+            name=names[n],
+            number=n,
+            contours=tuple(contours[n]),
+            frame_of_reference_uid=frames[n] or frame_uid,
+            source=str(path),
+            interpreted_type=interpreted.get(n, ""),
+        )
         for n in names
     )
     if not frame_uid:
@@ -395,11 +403,13 @@ def read_plan(path: PathType) -> Plan:
             value = float(dose)
             if not (math.isfinite(value) and value > 0):
                 raise PlanError(f"TargetPrescriptionDose {dose!r} is not a positive dose", path=path)
-        references.append(DoseReference(
-            description=str(item.get("DoseReferenceDescription", "") or ""),
-            reference_type=str(item.get("DoseReferenceType", "") or ""),
-            prescription_gy=value,
-        ))
+        references.append(
+            DoseReference(
+                description=str(item.get("DoseReferenceDescription", "") or ""),
+                reference_type=str(item.get("DoseReferenceType", "") or ""),
+                prescription_gy=value,
+            )
+        )
     fractions = None
     groups = ds.get("FractionGroupSequence") or []
     if groups and groups[0].get("NumberOfFractionsPlanned") not in (None, ""):
@@ -451,8 +461,13 @@ def read_registration(path: PathType) -> Registration:
         kind = str(steps[0].get("FrameOfReferenceTransformationMatrixType", "") or "").strip().upper()
         if kind != "RIGID":
             raise RegistrationError(f"matrix type is {kind or 'missing'}, not RIGID", path=path, obj=obj)
-        values = _floats(_required(steps[0], "FrameOfReferenceTransformationMatrix", path, obj),
-                         "FrameOfReferenceTransformationMatrix", 16, path, obj)
+        values = _floats(
+            _required(steps[0], "FrameOfReferenceTransformationMatrix", path, obj),
+            "FrameOfReferenceTransformationMatrix",
+            16,
+            path,
+            obj,
+        )
         try:
             matrices[source] = check_rigid(values.reshape(4, 4), "the matrix")
         except RegistrationError as exc:

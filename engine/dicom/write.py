@@ -61,8 +61,14 @@ def _raw_decimal_element(keyword: str, values: np.ndarray):
     return RawDataElement(Tag(tag), "DS", len(data), data, 0, False, True, True, False)
 
 
-def _base_dataset(path: str | PathLike[str], sop_class: str, modality: str, patient_id: str, study_uid: str | None,
-                  frame_of_reference_uid: str):
+def _base_dataset(
+    path: str | PathLike[str],
+    sop_class: str,
+    modality: str,
+    patient_id: str,
+    study_uid: str | None,
+    frame_of_reference_uid: str,
+):
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
@@ -149,8 +155,14 @@ def write_dose(
     scaling = top / levels if top > 0 else 1.0
     pixels = np.rint(dose / scaling).astype(np.uint16 if bits == 16 else np.uint32)
 
-    ds = _base_dataset(path, RT_DOSE_STORAGE, "RTDOSE", patient_id, study_uid,
-                       frame_of_reference_uid or grid.frame_of_reference_uid or generate_uid())
+    ds = _base_dataset(
+        path,
+        RT_DOSE_STORAGE,
+        "RTDOSE",
+        patient_id,
+        study_uid,
+        frame_of_reference_uid or grid.frame_of_reference_uid or generate_uid(),
+    )
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = bits
@@ -188,9 +200,11 @@ def write_structures(
     from pydicom.uid import generate_uid
 
     items = structures.structures if isinstance(structures, StructureSet) else tuple(structures)
-    frame_uid = frame_of_reference_uid or (
-        structures.frame_of_reference_uid if isinstance(structures, StructureSet) else ""
-    ) or generate_uid()
+    frame_uid = (
+        frame_of_reference_uid
+        or (structures.frame_of_reference_uid if isinstance(structures, StructureSet) else "")
+        or generate_uid()
+    )
     ds = _base_dataset(path, RT_STRUCTURE_SET_STORAGE, "RTSTRUCT", patient_id, study_uid, frame_uid)
     ds.StructureSetLabel = "isodose"
     ds.StructureSetDate = ds.StudyDate
@@ -250,8 +264,7 @@ def write_plan(
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
 
-    ds = _base_dataset(path, RT_PLAN_STORAGE, "RTPLAN", patient_id, study_uid,
-                       frame_of_reference_uid or generate_uid())
+    ds = _base_dataset(path, RT_PLAN_STORAGE, "RTPLAN", patient_id, study_uid, frame_of_reference_uid or generate_uid())
     ds.RTPlanLabel = "isodose"
     ds.RTPlanGeometry = "PATIENT"
     if prescription_gy is not None:

@@ -23,11 +23,21 @@ from isodose.kernels.cupy_gpu import BLOCK, SOURCE, GpuKernels
 from .device import DeviceArray, xp
 
 HERE = Path(__file__).resolve().parent
-_SCALARS = {np.dtype(np.int32): ctypes.c_int, np.dtype(np.int64): ctypes.c_longlong,
-            np.dtype(np.float64): ctypes.c_double}
+_SCALARS = {
+    np.dtype(np.int32): ctypes.c_int,
+    np.dtype(np.int64): ctypes.c_longlong,
+    np.dtype(np.float64): ctypes.c_double,
+}
 #: C types of kernel parameters (qualifiers removed) and the NumPy type an argument must have.
-_PARAMETER_TYPES = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
-                    "i64": np.int64, "u64": np.uint64, "unsigned long long": np.uint64}
+_PARAMETER_TYPES = {
+    "float": np.float32,
+    "double": np.float64,
+    "int": np.int32,
+    "long long": np.int64,
+    "i64": np.int64,
+    "u64": np.uint64,
+    "unsigned long long": np.uint64,
+}
 
 
 def kernel_parameters(source: str) -> dict[str, list[tuple[str, np.dtype, bool]]]:
@@ -69,8 +79,23 @@ def build(out_dir: Path) -> Path | None:
     if compiler is None:
         return None
     library = out_dir / "isodose_emulated.so"
-    subprocess.run([compiler, "-O1", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(library),
-                    str(HERE / "emulation.cpp")], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            compiler,
+            "-O1",
+            "-std=c++17",
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Werror",
+            "-o",
+            str(library),
+            str(HERE / "emulation.cpp"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return library
 
 
