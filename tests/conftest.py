@@ -40,6 +40,61 @@ def nelms_path() -> Path:
     return NELMS
 
 
+@pytest.fixture(scope="session")
+def nelms_values(nelms_path):
+    """The whole Nelms set computed by isodose on Numba, once per test session."""
+    from isodose.validation import run_nelms
+
+    return run_nelms(nelms_path, backend="numba")
+
+
+@pytest.fixture(scope="session")
+def nelms_reference(nelms_path):
+    """``reference(case) -> (grid, structures, rois, dvhs)``: a Nelms case read, and its DVHs on the NumPy
+    reference, each computed once per test session (several modules compare backends against them)."""
+    from isodose.dicom.read import read_dose, read_structures
+    from isodose.dvh import compute_dvhs
+
+    cache: dict = {}
+
+    def reference(case):
+        key = (case.grid_name, case.structure)
+        if key not in cache:
+            grid = read_dose(nelms_path / "dose_grids" / f"{case.grid_name}.dcm")
+            structures = read_structures(nelms_path / "structures" / f"{case.structure}.dcm")
+            rois = [s.name for s in structures.structures if not s.is_empty]
+            cache[key] = grid, structures, rois, compute_dvhs(grid, structures, rois, backend="numpy")
+        return cache[key]
+
+    return reference
+
+
+@pytest.fixture(scope="session")
+def generated_cohort(tmp_path_factory):
+    """``generated_cohort(n_cases, seed) -> manifest``: a synthetic recurrence cohort (DICOM files, manifest.csv
+    and truth.csv in one folder), generated once per test session. Shared: a test that changes its files works
+    on a copy (:func:`copy_cohort`)."""
+    from isodose.cohort.synthetic import generate_cohort
+
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(n_cases: int, seed: int) -> Path:
+        if (n_cases, seed) not in made:
+            folder = tmp_path_factory.mktemp(f"cohort-{n_cases}-{seed}") / "data"
+            made[n_cases, seed] = generate_cohort(folder, n_cases, seed=seed, workers=2)
+        return made[n_cases, seed]
+
+    return make
+
+
+def copy_cohort(manifest: Path, into: Path) -> Path:
+    """A copy of a generated cohort's folder at ``into`` (times kept, as ``cp -p``); its manifest."""
+    import shutil
+
+    shutil.copytree(manifest.parent, into)
+    return into / manifest.name
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20151)

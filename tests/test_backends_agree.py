@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from isodose.dicom.read import read_dose, read_structures
 from isodose.dvh import compute_dvhs
 from isodose.phantoms import contour_shape, head_neck_case
 from isodose.validation import load_nelms
@@ -45,6 +44,7 @@ def assert_same_dvhs(reference, others):
         np.testing.assert_allclose(b.cumulative(doses), a.cumulative(doses), rtol=1e-6, atol=1e-9 + 1e-6 * a.volume_cc)
 
 
+@pytest.mark.slow
 def test_phantoms_and_awkward_polygons(rng):
     for gradient in FIELDS.values():
         _, grid = linear_grid(gradient=gradient)
@@ -54,15 +54,14 @@ def test_phantoms_and_awkward_polygons(rng):
         assert_same_dvhs(reference, compute_dvhs(grid, structures, backend="numba"))
 
 
-def test_nelms_cases(nelms_path):
+@pytest.mark.slow
+def test_nelms_cases(nelms_path, nelms_reference):
     cases = load_nelms(nelms_path)
     chosen = [c for c in cases if c.structure in ("Sphere_20_0", "RtCone_10_X05Z05", "Cylinder_30_X15", "Cone_02_0")]
     assert len(chosen) >= 6
     for case in chosen:
-        grid = read_dose(nelms_path / "dose_grids" / f"{case.grid_name}.dcm")
-        rs = read_structures(nelms_path / "structures" / f"{case.structure}.dcm")
-        rois = [s.name for s in rs.structures if not s.is_empty]
-        assert_same_dvhs(compute_dvhs(grid, rs, rois, backend="numpy"), compute_dvhs(grid, rs, rois, backend="numba"))
+        grid, rs, rois, expected = nelms_reference(case)
+        assert_same_dvhs(expected, compute_dvhs(grid, rs, rois, backend="numba"))
 
 
 @pytest.mark.slow

@@ -140,6 +140,7 @@ def test_errors_with_line_breaks_from_libraries_print_on_one_line(capsys, monkey
     assert err == "isodose: error: r.h5: cannot be read (Unable to open file (read failed , filename = 'x'))\n"
 
 
+@pytest.mark.slow
 def test_bad_files_are_one_line_without_traceback(case, tmp_path):
     rd, rs, _ = case
     junk = tmp_path / "junk.dcm"

@@ -32,10 +32,8 @@ N_CASES = 30
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cohort")
-    manifest = generate_cohort(root / "data", N_CASES, seed=7, workers=2)
-    return manifest
+def cohort(generated_cohort):
+    return generated_cohort(N_CASES, 7)
 
 
 @pytest.fixture(scope="module")
@@ -348,6 +346,7 @@ def test_a_finished_case_whose_inputs_changed_is_computed_again(cohort, tmp_path
     assert (fifth.processed, fifth.skipped) == (0, 3)
 
 
+@pytest.mark.slow
 def test_folder_input_gives_the_same_cases(cohort, results, tmp_path):
     manifest_cases = {c.case_id: c for c in read_manifest(cohort)}
     found = discover_cases(cohort.parent / "cases", "Recurrence", prescription_gy=70.0)
@@ -386,6 +385,7 @@ def test_reports(results, tmp_path):
     assert "marginal" in page and "CTV60:D98" in page and "<table>" in page
 
 
+@pytest.mark.slow
 def test_cli_cohort_run_and_report(cohort, tmp_path, capsys):
     out = tmp_path / "cli.h5"
     code = main(
@@ -527,6 +527,7 @@ def test_manifests_in_other_encodings(tmp_path):
         read_manifest(path)
 
 
+@pytest.mark.slow
 def test_demo_command(tmp_path, capsys):
     assert main(["demo", "--cases", "6", "--out", str(tmp_path / "demo"), "--workers", "1"]) == 0
     out = capsys.readouterr().out
@@ -538,6 +539,7 @@ def test_demo_command(tmp_path, capsys):
     assert "6/6" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_worker_processes_are_spawned_not_forked(tmp_path, monkeypatch):
     """Generating a cohort and running it start their worker processes afresh: a fork of a process that
     already runs threads (Numba's, after any computing) can deadlock in the child."""
@@ -551,6 +553,7 @@ def test_worker_processes_are_spawned_not_forked(tmp_path, monkeypatch):
     assert summary.processed == 4 and summary.failed == 0
 
 
+@pytest.mark.slow
 def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_path):
     """The GPU arrangement (reading workers feeding one computing process), here with Numba computing:
     the same numbers as workers that read and compute, whatever the thread counts."""
@@ -640,6 +643,7 @@ def test_a_case_failing_inside_a_batch_keeps_its_warnings(cohort, monkeypatch):
     assert not any("a warning before the failure" in w for w in entries[0]["warnings"] + entries[2]["warnings"])
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_loses_at_most_the_case_in_flight(cohort, results, tmp_path):
     """Kill the cohort command (SIGKILL) three times at different points of a run: after each kill the store
     opens, and the last run completes it with every case once and the numbers of an uninterrupted run."""
@@ -730,6 +734,7 @@ def test_a_full_disk_mid_run_stops_with_a_clear_error_and_keeps_what_was_written
     assert (summary.skipped, summary.processed, summary.failed) == (len(kept), 6 - len(kept), 0)
 
 
+@pytest.mark.slow
 def test_rerunning_gives_identical_numbers_whatever_the_thread_count(cohort, results, tmp_path):
     import numba
 

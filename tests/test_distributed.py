@@ -17,7 +17,6 @@ from isodose.cohort.cases import read_manifest
 from isodose.cohort.runner import run_cohort
 from isodose.cohort.settings import RunSettings
 from isodose.cohort.store import ResultStore
-from isodose.cohort.synthetic import generate_cohort
 
 distributed = pytest.importorskip("distributed")
 
@@ -28,10 +27,13 @@ SETTINGS = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
 N_CASES = 12
 IGNORED = {"device"}  # the thread count of whoever computed it
 
+#: Every test here runs on a Dask cluster: seconds each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    return generate_cohort(tmp_path_factory.mktemp("dask-cohort") / "data", N_CASES, seed=5, workers=2)
+def cohort(generated_cohort):
+    return generated_cohort(N_CASES, 5)
 
 
 @pytest.fixture(scope="module")

@@ -129,6 +129,7 @@ def _elements(ds: Dataset, prefix=()):
 
 @fuzz("tags")
 @given(data=st.data(), kind=st.sampled_from(sorted(READERS)))
+@pytest.mark.slow
 def test_odd_tag_values_give_a_result_or_an_isodose_error(files, tmp_path, data, kind):
     path = tmp_path / f"{kind.lower()}.dcm"
     path.write_bytes(files[kind])
@@ -162,6 +163,7 @@ _RING = st.lists(st.tuples(_COORDINATE, _COORDINATE), min_size=3, max_size=24)
     start_z=st.sampled_from([-6.0, -1.0, 0.5]),
     spacing=st.sampled_from([1.0, 2.5]),
 )
+@pytest.mark.slow
 def test_any_rings_give_finite_dvhs_and_numba_covers_them_as_the_reference(planes, start_z, spacing):
     grid = DoseGrid(
         np.fromfunction(lambda z, y, x: 10 + x + 0.5 * y - z, (6, 30, 30), dtype=np.float32),

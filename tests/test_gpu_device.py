@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from isodose.dicom.read import read_dose, read_structures
 from isodose.dispatch import Backend, select_backend
 from isodose.dvh import compute_dvhs
 from isodose.phantoms import contour_shape, head_neck_case
@@ -46,6 +45,7 @@ def test_auto_picks_the_gpu():
     assert backend.name == "cupy" and backend.device
 
 
+@pytest.mark.slow
 def test_phantoms(rng, gpu_backend):
     for gradient in FIELDS.values():
         _, grid = linear_grid(gradient=gradient)
@@ -56,16 +56,14 @@ def test_phantoms(rng, gpu_backend):
         )
 
 
-def test_nelms_cases(nelms_path, gpu_backend):
+@pytest.mark.slow
+def test_nelms_cases(nelms_path, nelms_reference, gpu_backend):
     for case in load_nelms(nelms_path)[::7]:
-        grid = read_dose(nelms_path / "dose_grids" / f"{case.grid_name}.dcm")
-        rs = read_structures(nelms_path / "structures" / f"{case.structure}.dcm")
-        rois = [s.name for s in rs.structures if not s.is_empty]
-        assert_gpu_matches(
-            compute_dvhs(grid, rs, rois, backend="numpy"), compute_dvhs(grid, rs, rois, backend=gpu_backend)
-        )
+        grid, rs, rois, expected = nelms_reference(case)
+        assert_gpu_matches(expected, compute_dvhs(grid, rs, rois, backend=gpu_backend))
 
 
+@pytest.mark.slow
 def test_head_and_neck_case_and_repeatability(gpu_backend):
     grid, structures = head_neck_case()
     first = compute_dvhs(grid, structures, backend=gpu_backend)
@@ -75,13 +73,14 @@ def test_head_and_neck_case_and_repeatability(gpu_backend):
         assert np.array_equal(a.cumulative_cc, b.cumulative_cc) and a.dmean_gy == b.dmean_gy
 
 
-def test_cohort_on_the_gpu_gets_every_true_class(tmp_path, gpu_backend):
+@pytest.mark.slow
+def test_cohort_on_the_gpu_gets_every_true_class(tmp_path, gpu_backend, request):
     from isodose.cohort.runner import run_cohort
     from isodose.cohort.settings import RunSettings
     from isodose.cohort.store import ResultStore
-    from isodose.cohort.synthetic import generate_cohort, read_truth
+    from isodose.cohort.synthetic import read_truth
 
-    manifest = generate_cohort(tmp_path / "data", 20, seed=3, workers=2)
+    manifest = request.getfixturevalue("generated_cohort")(20, 3)
     settings = RunSettings(target_metrics=("GTV:volume", "CTV60:D98"))
     # Reading workers feed the GPU, which samples up to 8 cases per launch (on a device, "cupy" arranges this
     # by itself; the emulated backend, an object, is asked for it).
@@ -97,7 +96,7 @@ def test_cohort_on_the_gpu_gets_every_true_class(tmp_path, gpu_backend):
     )
     assert summary.failed == 0
     run_cohort(manifest, tmp_path / "numba.h5", settings=settings, workers=2, backend="numba")
-    truth = read_truth(tmp_path / "data" / "truth.csv")
+    truth = read_truth(manifest.parent / "truth.csv")
     records = {e["case_id"]: e["record"] for e in ResultStore.open(tmp_path / "r.h5", create=False).cases()}
     for case_id, record in records.items():
         assert record["backend"] == gpu_backend.name

@@ -18,7 +18,7 @@ from isodose.phantoms import Shell, Sphere, contour_shape
 from isodose.sampling import SamplingRequest, sample_many, sample_structures
 from isodose.voxelize import SamplingOptions, plan_sampling
 
-from .conftest import linear_grid
+from .conftest import copy_cohort, linear_grid
 from .cuda.device import DeviceArray
 from .cuda.emulated import check_arguments, kernel_parameters
 from .test_backends_agree import assert_same_dvhs
@@ -266,7 +266,8 @@ def test_plan_sums_through_the_gpu_host_code_match_numba(gpu):
     )
 
 
-def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, tmp_path):
+@pytest.mark.slow
+def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, tmp_path, generated_cohort):
     """The GPU arrangement of a cohort run (reading workers, batches of cases sampled together) with the
     emulated kernels: every case's record as Numba computes it case by case, re-irradiated cases included."""
     import csv
@@ -274,12 +275,11 @@ def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, t
     from isodose.cohort.runner import run_cohort
     from isodose.cohort.settings import RunSettings
     from isodose.cohort.store import ResultStore
-    from isodose.cohort.synthetic import generate_cohort
     from isodose.dicom.read import read_dose
     from isodose.dicom.write import write_dose
     from isodose.model import DoseGrid
 
-    manifest = generate_cohort(tmp_path / "data", 7, seed=11, workers=1)
+    manifest = copy_cohort(generated_cohort(7, 11), tmp_path / "data")
     # Two cases re-irradiated: a second course of 40% of the first's dose in 10 fractions, on the same grid.
     rows = list(csv.DictReader(manifest.open()))
     for row in rows[:2]:

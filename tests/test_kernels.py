@@ -320,6 +320,7 @@ def test_transformed_structures_match_reference(kernels, rng, tilt):
     np.testing.assert_allclose(stats[:, 5:8] / volume[:, None], moved, atol=0.02)
 
 
+@pytest.mark.slow
 def test_numba_results_do_not_depend_on_thread_count(rng):
     _, grid = linear_grid(gradient=(0.4, -0.9, 0.7))
     structures = [contour_shape(Sphere((1, 2, 3), 15.0), "sphere", 1, 2.5), *_awkward_structures(rng)]

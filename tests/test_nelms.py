@@ -13,12 +13,10 @@ import json
 import pytest
 
 from isodose.cli import main
-from isodose.validation import NelmsSummary, load_nelms, run_nelms
+from isodose.validation import NelmsSummary, load_nelms
 
-
-@pytest.fixture(scope="module")
-def nelms_values(nelms_path):
-    return run_nelms(nelms_path, backend="numba")
+#: Every test here uses the whole Nelms set: seconds each.
+pytestmark = pytest.mark.slow
 
 
 def test_every_available_row_is_computed(nelms_path, nelms_values):
