@@ -8,7 +8,7 @@ comes from its source distribution on PyPI. Inputs: that patient (10 ROIs), a ge
 (20 ROIs), and the Nelms 2015 set (analytical truth). Per structure it records each engine's time and its
 volume, Dmean, D95 and Dmax (and, on the Nelms set, every analytical value); whole processes (interpreter
 start, imports, reading, all ROIs) are timed on the example patient. Writes ``benchmarks/results/dicompyler.json``
-and the report ``benchmarks/DICOMPYLER.md``.
+and the report ``docs/generated/DICOMPYLER.md`` (shown by the docs' comparison page).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".bench" / "dicompyler"
 WORKER = Path(__file__).with_name("dicompyler_worker.py")
 RESULTS = Path(__file__).with_name("results")
-REPORT = Path(__file__).with_name("DICOMPYLER.md")
+REPORT = ROOT / "docs" / "generated" / "DICOMPYLER.md"
 DICOMPYLER = "dicompyler-core==0.5.6"
 ENV_PACKAGES = (DICOMPYLER, "pydicom<3", "scikit-image")
 #: dicompyler-core's in-plane interpolation in its "interpolated" mode (a 2.5 mm dose grid split 8 times).

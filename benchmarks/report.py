@@ -1,6 +1,6 @@
-"""Turn the JSON of ``make bench`` into a table (benchmarks/BENCHMARKS.md) and a scaling plot
-(benchmarks/scaling.png), both shown by the README; ``--out DIR`` writes them into DIR instead (``make
-gpu-check`` does, into benchmarks/gpu), and ``--tests JUNIT_XML`` heads the table with the outcome of a test
+"""Turn the JSON of ``make bench`` into a table (docs/generated/BENCHMARKS.md) and a scaling plot
+(docs/generated/scaling.png), both shown by the docs' Benchmarks page; ``--out DIR`` writes them into DIR instead
+(``make gpu-check`` does, into benchmarks/gpu), and ``--tests JUNIT_XML`` heads the table with the outcome of a test
 run (``make gpu-check`` gives it the ``gpu`` tests').
 
     .venv/bin/python benchmarks/report.py [benchmarks/results.json] [--out DIR] [--tests JUNIT_XML]
@@ -100,7 +100,12 @@ def plot(data: dict, out: Path) -> bool:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="benchmark JSON to a table and a scaling plot")
     parser.add_argument("results", nargs="?", type=Path, default=HERE / "results.json")
-    parser.add_argument("--out", type=Path, default=HERE, help="folder of BENCHMARKS.md and scaling.png")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE.parent / "docs" / "generated",
+        help="folder of BENCHMARKS.md and scaling.png (default docs/generated)",
+    )
     parser.add_argument("--tests", type=Path, help="JUnit XML of a test run, summarised above the table")
     parser.add_argument("--command", default="make bench", help="the command that measured, for the table's head")
     args = parser.parse_args(argv)

@@ -42,6 +42,7 @@ _EXPORTS = {
     "parse_metric": "dvh",
     "SamplingOptions": "voxelize",
     "Criteria": "recurrence",
+    "RecurrenceCase": "recurrence",
     "RecurrenceResult": "recurrence",
     "classify_recurrence": "recurrence",
     "classify_recurrences": "recurrence",
@@ -71,6 +72,7 @@ __all__ = [
     "Metric",
     "Plan",
     "PlanSum",
+    "RecurrenceCase",
     "RecurrenceResult",
     "Registration",
     "ResultStore",
@@ -108,7 +110,7 @@ if TYPE_CHECKING:
     from .errors import IsodoseError
     from .geometry import rigid_matrix
     from .model import Contour, DoseGrid, Plan, Registration, Structure, StructureSet
-    from .recurrence import Criteria, RecurrenceResult, classify_recurrence, classify_recurrences
+    from .recurrence import Criteria, RecurrenceCase, RecurrenceResult, classify_recurrence, classify_recurrences
     from .reirradiation import Course, PlanSum, accumulate, accumulated_dvhs, bed, eqd2
     from .voxelize import SamplingOptions
 

@@ -89,7 +89,29 @@ def _load(name: str) -> Backend:
 
 
 def select_backend(name: str | None = None) -> Backend:
-    """The backend to compute with; see the module docstring for the order of precedence."""
+    """The backend to compute with; see the module docstring for the order of precedence.
+
+    Parameters
+    ----------
+    name : str, optional
+        ``auto``, ``numpy``, ``numba`` or ``cupy`` (any case); None takes ``$ISODOSE_BACKEND``, else ``auto``.
+
+    Returns
+    -------
+    Backend
+        Its name, device (for the record) and kernels; loaded once per process.
+
+    Raises
+    ------
+    BackendError
+        For an unknown name, or a backend that cannot run here (``auto`` never fails).
+
+    Examples
+    --------
+    >>> backend = select_backend("numpy")
+    >>> backend.name, backend.device
+    ('numpy', 'cpu, 1 thread')
+    """
     requested = (name or os.environ.get(ENV_VAR) or "auto").strip().lower()
     if requested not in CHOICES:
         source = "backend" if name else ENV_VAR
@@ -108,11 +130,28 @@ def select_backend(name: str | None = None) -> Backend:
 
 
 def resolve_backend(backend: str | Backend | None = None) -> Backend:
-    """The backend to compute with, from a :class:`Backend` (returned as it is), a name or None (see
-    :func:`select_backend`): the one way engine code turns its ``backend=`` argument into a backend.
+    """The backend to compute with: the one way engine code turns its ``backend=`` argument into a backend.
 
-    >>> resolve_backend("numpy").name
-    'numpy'
+    Parameters
+    ----------
+    backend : str, Backend or None
+        A :class:`Backend` (returned as it is), or a name or None for :func:`select_backend`.
+
+    Returns
+    -------
+    Backend
+        The backend.
+
+    Raises
+    ------
+    BackendError
+        As :func:`select_backend`.
+
+    Examples
+    --------
+    >>> numpy_backend = resolve_backend("numpy")
+    >>> resolve_backend(numpy_backend) is numpy_backend
+    True
     """
     return backend if isinstance(backend, Backend) else select_backend(backend)
 
@@ -128,7 +167,18 @@ def cuda_usable() -> bool:
 
 
 def available_backends() -> dict[str, str]:
-    """Each backend's device, or the reason it cannot run here."""
+    """Each backend's device, or the reason it cannot run here.
+
+    Returns
+    -------
+    dict of str to str
+        By backend name (``cupy``, ``numba``, ``numpy``), its device, or ``unavailable: <reason>``.
+
+    Examples
+    --------
+    >>> available_backends()["numpy"]
+    'cpu, 1 thread'
+    """
     report = {}
     for candidate in BACKENDS:
         try:

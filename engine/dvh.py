@@ -56,9 +56,25 @@ _STATISTICS = {"DMEAN": "mean", "DMIN": "min", "DMAX": "max", "VOLUME": "volume"
 class Metric:
     """A parsed metric (see :func:`parse_metric`).
 
-    ``kind`` is ``dose_at_volume`` (D95, D2cc), ``volume_at_dose`` (V20Gy, V95%_cc), ``statistic`` (Dmean, volume)
-    or ``hi``; ``value`` is the number in the text.
+    Attributes
+    ----------
+    text : str
+        The metric as given (results are keyed by it).
+    kind : str
+        ``dose_at_volume`` (D95, D2cc), ``volume_at_dose`` (V20Gy, V95%_cc), ``statistic`` (Dmean, volume) or
+        ``hi``.
+    value : float
+        The number in the text (NaN for statistics).
+    volume_unit : str
+        ``pct`` (of the volume inside the dose grid) or ``cc``: of the volume given (D metrics) or of the result
+        (V metrics).
+    dose_unit : str
+        For V metrics, the threshold's unit: ``gy``, or ``pct_rx`` (% of the prescription).
+    statistic : str
+        For statistics: ``mean``, ``min``, ``max`` or ``volume``.
 
+    Examples
+    --------
     >>> parse_metric("V95%_cc")
     Metric(text='V95%_cc', kind='volume_at_dose', value=95.0, volume_unit='cc', dose_unit='pct_rx', statistic='')
     """
@@ -66,12 +82,8 @@ class Metric:
     text: str
     kind: str
     value: float = math.nan
-    #: The volume's unit, "pct" (of the volume inside the dose grid) or "cc": of the volume given (D metrics) or of
-    #: the result (V metrics).
     volume_unit: str = ""
-    #: For V metrics, the threshold's unit: "gy", or "pct_rx" (% of the prescription).
     dose_unit: str = ""
-    #: For statistics: "mean", "min", "max" or "volume".
     statistic: str = ""
 
     @property
@@ -81,7 +93,30 @@ class Metric:
 
 
 def parse_metric(text: str) -> Metric:
-    """Parse one metric string of the grammar in the module docstring; anything else is a MetricError."""
+    """Parse one metric string of the grammar in the module docstring.
+
+    Parameters
+    ----------
+    text : str
+        ``D95``, ``D95%``, ``D2cc``, ``V20Gy``, ``V20Gy_cc``, ``V95%``, ``V95%_cc``, ``Dmean``, ``Dmin``, ``Dmax``,
+        ``HI`` or ``volume`` (letters in any case).
+
+    Returns
+    -------
+    Metric
+        The parsed metric, its ``text`` as given.
+
+    Raises
+    ------
+    MetricError
+        For anything outside the grammar, or a volume percentage outside 0 to 100.
+
+    Examples
+    --------
+    >>> m = parse_metric("d2cc")
+    >>> m.kind, m.value, m.volume_unit
+    ('dose_at_volume', 2.0, 'cc')
+    """
     spec = text.strip()
     upper = spec.upper()
     if upper in _STATISTICS:
@@ -133,7 +168,36 @@ class DVH:
     """The dose-volume histogram of one structure.
 
     ``dose_gy`` (increasing, from Dmin to Dmax) and ``cumulative_cc`` (volume receiving at least that
-    dose, non-increasing) are the knots of the piecewise-linear cumulative DVH.
+    dose, non-increasing) are the knots of the piecewise-linear cumulative DVH; metrics are interpolated on it.
+
+    Attributes
+    ----------
+    name : str
+        The structure's name.
+    volume_cc : float
+        Its whole volume, cc, inside the dose grid and out.
+    volume_outside_dose_cc : float
+        The part of it outside the dose grid, cc: left out of every dose statistic.
+    dmin_gy, dmean_gy, dmax_gy : float
+        Minimum, mean and maximum dose over the part inside the grid, Gy (NaN for an empty structure).
+    dose_gy, cumulative_cc : numpy.ndarray
+        The knots of the cumulative curve: doses (Gy) and the volume (cc) receiving at least each.
+    backend : str
+        The backend that computed it.
+    number : int or None
+        The structure's ROI number.
+    centroid_mm : tuple of float or None
+        The volume centroid ``(x, y, z)``, mm, in the dose grid's frame; None for an empty structure.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> [ptv] = compute_dvhs(dose, structures, ["PTV"])
+    >>> round(ptv.volume_cc, 2), round(ptv.dmean_gy, 2)
+    (14.21, 70.0)
+    >>> round(ptv.metric("V95%", prescription_gy=70.0), 1)
+    67.3
     """
 
     name: str
@@ -287,8 +351,8 @@ def dvh_from_histogram(
     bins holding Dmin and Dmax, and the bins holding them are cut at Dmin and Dmax, so that the curve
     starts at exactly Dmin and ends at exactly Dmax.
     """
-    volume_cc = (inside_mm3 + outside_mm3) / 1000.0
-    outside_cc = outside_mm3 / 1000.0
+    volume_cc = float(inside_mm3 + outside_mm3) / 1000.0
+    outside_cc = float(outside_mm3) / 1000.0
     if not inside_mm3 > 0 or not math.isfinite(dmin_gy) or not math.isfinite(dmax_gy):
         return _empty_dvh(name, number, volume_cc, outside_cc, backend, centroid_mm)
     n_bins = len(hist_mm3)
@@ -377,14 +441,46 @@ def compute_dvhs(
     check_frame: bool = True,
     transform: np.ndarray | None = None,
 ) -> list[DVH]:
-    """DVHs of the chosen ROIs (all by default), in the order asked for.
+    """DVHs of the chosen ROIs, in the order asked for.
 
-    ``transform`` is a rigid 4x4 matrix mapping the structures' coordinates into the dose grid's frame (from
-    a spatial registration); the structures are then sampled in their own frame and the samples moved, so
-    no contour is re-sliced. Without it, the frames of reference must match.
+    Parameters
+    ----------
+    dose : DoseGrid
+        The dose, Gy.
+    structures : StructureSet or sequence of Structure
+        The structures; with a StructureSet, its frame of reference must be the dose's (unless ``transform``).
+    rois : sequence of str or int, optional
+        ROI names (exact, else case-insensitive) or numbers; all ROIs by default.
+    options : SamplingOptions, optional
+        How finely the structures are sampled (the defaults meet the Nelms 2015 bar).
+    backend : str or Backend, optional
+        ``auto``, ``numpy``, ``numba`` or ``cupy``, or a backend from :func:`isodose.resolve_backend`.
+    check_frame : bool
+        Whether to refuse structures in another frame of reference than the dose's.
+    transform : numpy.ndarray, optional
+        A rigid 4x4 matrix mapping the structures' coordinates (mm) into the dose grid's frame (from a spatial
+        registration): the structures are sampled in their own frame and the samples moved, so no contour is
+        re-sliced.
 
-    >>> dvhs = compute_dvhs(read_dose("RD.dcm"), read_structures("RS.dcm"), ["PTV70"])  # doctest: +SKIP
-    >>> dvhs[0].metric("D95")  # doctest: +SKIP
+    Returns
+    -------
+    list of DVH
+        One per ROI asked for.
+
+    Raises
+    ------
+    RoiNotFoundError
+        For an ROI the structure set does not hold.
+    FrameOfReferenceError
+        When the frames differ and no ``transform`` is given.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> [cord] = compute_dvhs(dose, structures, ["Cord"])
+    >>> round(cord.metric("D2cc"), 2), round(cord.volume_cc, 2)
+    (nan, 1.51)
     """
     options = options or SamplingOptions()
     chosen_backend = resolve_backend(backend)

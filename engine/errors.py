@@ -16,9 +16,30 @@ from os import PathLike
 class IsodoseError(Exception):
     """Base class of every error isodose raises on purpose.
 
-    ``str(error)`` is ``"<file>: <object>: <problem>"``, leaving out the parts that are unknown. ``warnings``
-    holds what was logged as warnings for the same piece of work before it failed, where a batch keeps them
-    (see :func:`isodose.recurrence.classify_recurrences`).
+    ``str(error)`` is ``"<file>: <object>: <problem>"``, leaving out the parts that are unknown.
+
+    Parameters
+    ----------
+    problem : str
+        What is wrong, in words a user can act on.
+    path : str or path, optional
+        The file concerned.
+    obj : str, optional
+        The object inside it: an ROI, a tag, a line, a registration item.
+
+    Attributes
+    ----------
+    warnings : tuple of str
+        What was logged as warnings for the same piece of work before it failed, where a batch keeps them (see
+        :func:`isodose.recurrence.classify_recurrences`).
+
+    Examples
+    --------
+    >>> error = IsodoseError("has no contours", path="RS.dcm", obj="ROI 'GTV'")
+    >>> str(error)
+    "RS.dcm: ROI 'GTV': has no contours"
+    >>> error.path, error.obj, error.problem
+    ('RS.dcm', "ROI 'GTV'", 'has no contours')
     """
 
     warnings: tuple[str, ...] = ()
@@ -72,6 +93,10 @@ class BackendError(IsodoseError):
 
 class ValidationDataError(IsodoseError):
     """Reference data (such as the Nelms set) that is missing or malformed."""
+
+
+class OutputError(IsodoseError):
+    """An output file or folder that cannot be written (missing, in the way, not writable)."""
 
 
 class AccumulationError(IsodoseError):

@@ -320,8 +320,36 @@ def check_rigid(matrix: np.ndarray, what: str = "matrix") -> np.ndarray:
 
 
 def rigid_matrix(angle_deg: float = 0.0, axis=(0.0, 0.0, 1.0), translation_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """The 4x4 rigid transform ``p -> R p + t``: a rotation by ``angle_deg`` (right-handed) about ``axis``
-    through the origin, then a translation (mm). For registrations built by hand and for tests."""
+    """The 4x4 rigid transform ``p -> R p + t``: a rotation about an axis through the origin, then a translation.
+
+    For registrations built by hand and for tests.
+
+    Parameters
+    ----------
+    angle_deg : float
+        The rotation, degrees, right-handed about ``axis``.
+    axis : sequence of float
+        The rotation's axis ``(x, y, z)``, any non-zero length.
+    translation_mm : sequence of float
+        The translation ``(x, y, z)``, mm, applied after the rotation.
+
+    Returns
+    -------
+    numpy.ndarray
+        The 4x4 matrix (float64) acting on ``[x, y, z, 1]``.
+
+    Raises
+    ------
+    ValueError
+        For an axis that is not a non-zero 3-vector.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = rigid_matrix(90.0, (0, 0, 1), (0.0, 0.0, 5.0))
+    >>> np.round(m @ [1.0, 0.0, 0.0, 1.0], 6).tolist()
+    [0.0, 1.0, 5.0, 1.0]
+    """
     u = np.asarray(axis, dtype=np.float64)
     if u.shape != (3,) or not np.linalg.norm(u) > 0:
         raise ValueError(f"the rotation axis must be a non-zero 3-vector, not {axis!r}")

@@ -30,6 +30,26 @@ class DoseGrid:
 
     ``dose_gy[k, j, i]`` is the dose at the voxel centre
     ``(origin_mm[0] + i * spacing_mm[0], origin_mm[1] + j * spacing_mm[1], origin_mm[2] + k * spacing_mm[2])``.
+
+    Parameters
+    ----------
+    dose_gy : numpy.ndarray
+        Dose (Gy) at the voxel centres, indexed ``(z, y, x)``, finite and not negative.
+    origin_mm : tuple of float
+        ``(x, y, z)`` of the first voxel centre, mm (DICOM patient coordinates).
+    spacing_mm : tuple of float
+        Distance between voxel centres along x, y and z, mm, positive: indices increase along each axis.
+    frame_of_reference_uid : str
+        The DICOM frame of reference of the coordinates ("" when unknown).
+    source : str
+        The file the grid was read from, for messages ("" when built in Python).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> grid = DoseGrid(np.full((2, 3, 4), 60.0, np.float32), (0.0, 0.0, 0.0), (2.5, 2.5, 3.0))
+    >>> grid.shape, grid.max_gy, grid.extent_mm[0]
+    ((2, 3, 4), 60.0, (0.0, 7.5))
     """
 
     dose_gy: np.ndarray
@@ -68,7 +88,21 @@ class DoseGrid:
 
 @dataclass(frozen=True, eq=False)
 class Contour:
-    """One closed planar polygon: ``points_mm`` is ``(n, 2)`` of (x, y), lying in the plane ``z_mm``."""
+    """One closed planar polygon.
+
+    Parameters
+    ----------
+    points_mm : numpy.ndarray
+        ``(n, 2)`` vertices ``(x, y)``, mm, in order (the last joins the first).
+    z_mm : float
+        The plane the polygon lies in, mm.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Contour(np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0]]), 2.5).z_mm
+    2.5
+    """
 
     points_mm: np.ndarray
     z_mm: float
@@ -76,7 +110,29 @@ class Contour:
 
 @dataclass(frozen=True, eq=False)
 class Structure:
-    """An ROI: its closed planar contours (holes and islands by the even-odd rule within a plane)."""
+    """An ROI: its closed planar contours (holes and islands by the even-odd rule within a plane).
+
+    Parameters
+    ----------
+    name : str
+        The ROI's name.
+    number : int
+        Its ROINumber in the structure set.
+    contours : tuple of Contour
+        Its contours; none for an empty ROI.
+    frame_of_reference_uid, source : str
+        Its frame of reference, and the file it was read from ("" when unknown).
+    interpreted_type : str
+        RTROIInterpretedType, upper case (GTV, CTV, PTV, ORGAN, ...); "" when the file gives none.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> square = Contour(np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]]), 0.0)
+    >>> ptv = Structure("PTV70", 1, (square,))
+    >>> ptv.is_target, ptv.is_empty
+    (True, False)
+    """
 
     name: str
     number: int
@@ -100,6 +156,23 @@ class Structure:
 
 @dataclass(frozen=True, eq=False)
 class StructureSet:
+    """The ROIs of one RTSTRUCT.
+
+    Parameters
+    ----------
+    structures : tuple of Structure
+        The ROIs, in the file's order.
+    frame_of_reference_uid, source, patient_id, study_uid : str
+        The frame of reference of the contours, the file, the patient and the study ("" when unknown).
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> _, structures = example_case()
+    >>> structures.names, structures.get("ptv").number, structures.get(2).name
+    (['PTV', 'Cord', 'Recurrence'], 1, 'Cord')
+    """
+
     structures: tuple[Structure, ...]
     frame_of_reference_uid: str = ""
     source: str = ""
@@ -111,7 +184,13 @@ class StructureSet:
         return [s.name for s in self.structures]
 
     def get(self, key: str | int) -> Structure:
-        """The ROI named ``key`` (exact, then case-insensitive) or numbered ``key``."""
+        """The ROI named ``key`` (exact, then case-insensitive) or numbered ``key``.
+
+        Raises
+        ------
+        RoiNotFoundError
+            When no ROI has that name or number (the message lists the ROIs the set has).
+        """
         if isinstance(key, int):
             for s in self.structures:
                 if s.number == key:
@@ -131,6 +210,8 @@ class StructureSet:
 
 @dataclass(frozen=True)
 class DoseReference:
+    """One item of an RT plan's DoseReferenceSequence: its description, type and prescription (Gy or None)."""
+
     description: str
     reference_type: str
     prescription_gy: float | None
@@ -138,7 +219,24 @@ class DoseReference:
 
 @dataclass(frozen=True)
 class Plan:
-    """What isodose reads from an RT plan: the prescription and the number of fractions."""
+    """What isodose reads from an RT plan: the prescription and the number of fractions.
+
+    Parameters
+    ----------
+    prescription_gy : float or None
+        The prescription dose, Gy: the highest TargetPrescriptionDose of the plan's dose references.
+    number_of_fractions : int or None
+        NumberOfFractionsPlanned of the first fraction group.
+    dose_references : tuple of DoseReference
+        Every dose reference of the plan.
+    frame_of_reference_uid, source : str
+        The plan's frame of reference and file ("" when unknown).
+
+    Examples
+    --------
+    >>> Plan(70.0, 35).prescription_gy
+    70.0
+    """
 
     prescription_gy: float | None
     number_of_fractions: int | None
@@ -150,7 +248,24 @@ class Plan:
 @dataclass(frozen=True, eq=False)
 class Registration:
     """A spatial registration: rigid 4x4 matrices mapping points of each source frame of reference into the
-    registered frame ``frame_of_reference_uid`` (``p_registered = matrix @ [x, y, z, 1]``)."""
+    registered frame ``frame_of_reference_uid`` (``p_registered = matrix @ [x, y, z, 1]``).
+
+    Parameters
+    ----------
+    frame_of_reference_uid : str
+        The registration's own (registered) frame.
+    matrices : dict of str to numpy.ndarray
+        For each source frame's UID, the rigid 4x4 matrix taking its points (mm) into the registered frame.
+    source : str
+        The file it was read from ("" when built in Python).
+
+    Examples
+    --------
+    >>> from isodose.geometry import rigid_matrix
+    >>> registration = Registration("1.2.3", {"4.5.6": rigid_matrix(translation_mm=(0.0, 0.0, 5.0))})
+    >>> float(registration.matrices["4.5.6"][2, 3])
+    5.0
+    """
 
     frame_of_reference_uid: str
     matrices: dict[str, np.ndarray]

@@ -50,7 +50,30 @@ RECURRENCE_METRICS = ("V95%", "D95", "D98", "D100", "Dmean", "Dmax")
 
 @dataclass(frozen=True)
 class Criteria:
-    """Classification thresholds, in % (of the prescription for doses, of Vr for volumes)."""
+    """Classification thresholds, in % (of the prescription for doses, of Vr for volumes).
+
+    Parameters
+    ----------
+    isodose_pct : float
+        The reference isodose, % of the prescription (default 95).
+    in_field_pct : float
+        The share of Vr inside that isodose from which a recurrence is in-field, % (default 95).
+    marginal_pct : float
+        The share from which it is marginal; below it, out-field, % (default 20).
+    centroid_isodose_pct : float
+        The isodose of the point-of-origin method, % of the prescription (default 95).
+
+    Raises
+    ------
+    IsodoseError
+        For isodose levels outside (0, 200] or thresholds not ordered ``0 <= marginal <= in-field <= 100``.
+
+    Examples
+    --------
+    >>> criteria = Criteria()
+    >>> criteria.volume_class(96.0), criteria.volume_class(42.0), criteria.volume_class(5.0)
+    ('in-field', 'marginal', 'out-field')
+    """
 
     isodose_pct: float = 95.0
     in_field_pct: float = 95.0
@@ -76,6 +99,52 @@ class Criteria:
 
 @dataclass(frozen=True, eq=False)
 class RecurrenceResult:
+    """The classification of one recurrence by both methods, with its metrics (see the module docstring).
+
+    Attributes
+    ----------
+    recurrence_roi : str
+        Vr's ROI name.
+    prescription_gy, isodose_gy : float
+        The prescription and the reference isodose, Gy.
+    registered : bool
+        Whether Vr was mapped from another frame by a registration.
+    recurrence_volume_cc, recurrence_outside_dose_cc : float
+        Vr's volume, and the part of it outside the dose grid (counted as outside the isodose), cc.
+    inside_isodose_pct : float
+        The share of Vr inside the reference isodose, %.
+    class_volume : str
+        ``in-field``, ``marginal`` or ``out-field`` by the volume method.
+    centroid_mm : tuple of float
+        Vr's volume centroid in the planning frame, mm.
+    centroid_dose_gy : float
+        The dose there, Gy.
+    centroid_targets : tuple of str
+        The targets holding the centroid.
+    class_centroid : str
+        The class by the point-of-origin method.
+    metrics : dict of str to float
+        Vr's metrics by their text (V95%, D95, D98, D100, Dmean, Dmax and any asked for); NaN where undefined.
+    target_metrics : dict of str to float
+        Each ``ROI:METRIC`` asked for.
+    recurrence_dvh : DVH
+        Vr's DVH; ``roi_dvhs`` those of the ROIs of the target metrics.
+    backend, device : str
+        What computed it.
+    warnings : tuple of str
+        The warnings logged while this case was classified (an ROI partly outside the grid, say).
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> result = classify_recurrence(dose, structures, "Recurrence", 70.0)
+    >>> result.class_volume, round(result.inside_isodose_pct, 1), result.centroid_targets
+    ('marginal', 42.7, ('PTV',))
+    >>> result.record()["class_centroid"]
+    'marginal'
+    """
+
     recurrence_roi: str
     prescription_gy: float
     isodose_gy: float
@@ -142,7 +211,25 @@ def recurrence_transform(
 
 @dataclass(frozen=True, eq=False)
 class RecurrenceCase:
-    """The inputs of one classification (the arguments of :func:`classify_recurrence`)."""
+    """The inputs of one classification: the arguments of :func:`classify_recurrence`, for
+    :func:`classify_recurrences`.
+
+    Parameters
+    ----------
+    dose, structures, recurrence_roi, prescription_gy : object
+        As for :func:`classify_recurrence`.
+    recurrence_structures, registration, targets, metrics, target_metrics, criteria : object
+        As for :func:`classify_recurrence`.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> case = RecurrenceCase(dose, structures, "Recurrence", 70.0, target_metrics=("PTV:D95",))
+    >>> [result] = classify_recurrences([case])
+    >>> round(result.target_metrics["PTV:D95"], 1)
+    59.1
+    """
 
     dose: DoseGrid
     structures: StructureSet | Sequence[Structure]
@@ -330,10 +417,51 @@ def classify_recurrence(
 ) -> RecurrenceResult:
     """Classify one recurrence by both methods and report its metrics.
 
-    ``recurrence_roi`` is read from ``recurrence_structures`` (a structure set drawn on follow-up imaging,
-    mapped through ``registration``) when given, else from the planning ``structures``. ``targets`` are
-    the ROIs tested for holding the centroid (default: every GTV, CTV and PTV of the planning set).
-    ``metrics`` are extra metrics of Vr; ``target_metrics`` are ``ROI:METRIC`` of planning ROIs.
+    Parameters
+    ----------
+    dose : DoseGrid
+        The planning dose, Gy.
+    structures : StructureSet or sequence of Structure
+        The planning structures, in the dose's frame of reference.
+    recurrence_roi : str
+        Vr's ROI name: in ``recurrence_structures`` when given, else in ``structures``.
+    prescription_gy : float
+        The prescription, Gy: the reference isodose is a percentage of it.
+    recurrence_structures : StructureSet, optional
+        A structure set drawn on follow-up imaging, in another frame, holding Vr.
+    registration : Registration, optional
+        The spatial registration relating the follow-up frame to the planning frame.
+    targets : sequence of str, optional
+        The ROIs tested for holding the centroid (default: every GTV, CTV and PTV of the planning set).
+    metrics : sequence of str or Metric
+        Extra metrics of Vr.
+    target_metrics : sequence of str or RoiMetric
+        ``ROI:METRIC`` of planning ROIs, e.g. ``CTV60:D98``, ``GTV:volume``.
+    criteria : Criteria, optional
+        The isodose level and thresholds (default 95%; in-field from 95%, marginal from 20%).
+    options : SamplingOptions, optional
+        How finely the structures are sampled.
+    backend : str or Backend, optional
+        The backend (see :func:`isodose.resolve_backend`).
+
+    Returns
+    -------
+    RecurrenceResult
+        Both classes, the share inside the isodose, the centroid, the metrics and the warnings.
+
+    Raises
+    ------
+    IsodoseError
+        For a missing ROI, a prescription that is not a positive dose, frames that differ without a
+        registration, or a registration that does not relate them.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> result = classify_recurrence(dose, structures, "Recurrence", 70.0, criteria=Criteria(isodose_pct=80))
+    >>> result.isodose_gy, result.class_volume
+    (56.0, 'in-field')
     """
     case = RecurrenceCase(
         dose,
@@ -360,9 +488,32 @@ def classify_recurrences(
     backend: str | Backend | None = None,
 ) -> list[RecurrenceResult | IsodoseError]:
     """Classify many recurrences, sampling them together: on the GPU, all the cases' structures go through
-    one merged plan (see :func:`isodose.sampling.sample_many`). Each case gets its result, or the
-    :class:`IsodoseError` that stopped it (with the case's warnings in its ``warnings``); one bad case never
-    stops the others. The results are those of :func:`classify_recurrence` case by case."""
+    one merged plan (see :func:`isodose.sampling.sample_many`).
+
+    Parameters
+    ----------
+    cases : sequence of RecurrenceCase
+        The cases.
+    options : SamplingOptions, optional
+        How finely the structures are sampled (the same for every case).
+    backend : str or Backend, optional
+        The backend (see :func:`isodose.resolve_backend`).
+
+    Returns
+    -------
+    list of RecurrenceResult or IsodoseError
+        For each case its result, or the error that stopped it (with the case's warnings in its ``warnings``):
+        one bad case never stops the others. The results are those of :func:`classify_recurrence` case by case.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> cases = [RecurrenceCase(dose, structures, "Recurrence", 70.0), RecurrenceCase(dose, structures, "GTV", 70.0)]
+    >>> good, bad = classify_recurrences(cases)
+    >>> good.class_volume, type(bad).__name__
+    ('marginal', 'RoiNotFoundError')
+    """
     options = options or SamplingOptions()
     return classify_prepared([prepare_recurrence(case, options) for case in cases], backend=backend)
 

@@ -11,8 +11,13 @@ through the rigid transform of a DICOM spatial registration when its frame of re
 the frames are the same. Where the second grid does not reach, its dose is taken as 0 Gy and a warning gives the
 share of the first grid concerned.
 
->>> plan_sum = accumulate([Course(rd1, 35), Course(rd2, 30)], registration=reg)  # doctest: +SKIP
->>> dvhs = accumulated_dvhs(plan_sum, structures, alpha_beta={"GTVr": 10.0})  # doctest: +SKIP
+>>> from isodose.phantoms import example_case
+>>> dose, structures = example_case()
+>>> second = DoseGrid(dose.dose_gy * 0.4, dose.origin_mm, dose.spacing_mm, dose.frame_of_reference_uid)
+>>> plan_sum = accumulate([Course(dose, 35), Course(second, 10)])
+>>> [ptv] = accumulated_dvhs(plan_sum, structures, ["PTV"], alpha_beta={"PTV": 10.0})
+>>> round(ptv.physical.dmean_gy, 1), round(ptv.eqd2.dmean_gy, 1)
+(98.0, 100.0)
 """
 
 from __future__ import annotations
@@ -45,7 +50,27 @@ _CNS = re.compile(r"cord|brain\s*_?-?\s*stem", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Course:
-    """One course of radiotherapy: its physical dose and its number of fractions."""
+    """One course of radiotherapy: its physical dose and its number of fractions.
+
+    Parameters
+    ----------
+    dose : DoseGrid
+        The course's physical dose, Gy.
+    fractions : int
+        Its number of fractions, at least 1.
+
+    Raises
+    ------
+    AccumulationError
+        For a dose that is not a DoseGrid, or fractions that are not a whole number of at least 1.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, _ = example_case()
+    >>> Course(dose, 35).fractions
+    35
+    """
 
     dose: DoseGrid
     fractions: int
@@ -68,11 +93,31 @@ def _check_fractions(fractions, path: str | None = None) -> int:
 
 @dataclass(frozen=True, eq=False)
 class PlanSum:
-    """Courses on the first course's lattice.
+    """Courses on the first course's lattice (made by :func:`accumulate`).
 
-    ``doses`` holds each course's physical dose (Gy, float64) there as arrays of ``backend``: on the GPU they
-    stay on the device, and so do the sums and EQD2 grids made from them for DVHs (``on_device=True``); the
-    public accessors give NumPy arrays.
+    Attributes
+    ----------
+    reference : DoseGrid
+        Course 1's dose grid: the lattice, frame of reference and source of the sum.
+    doses : tuple
+        Each course's physical dose (Gy, float64) on that lattice, as arrays of ``backend``: on the GPU they stay
+        on the device, and so do the sums and EQD2 grids made from them for DVHs (``on_device=True``); the public
+        accessors give NumPy arrays.
+    fractions : tuple of int
+        Each course's number of fractions.
+    recovery_pct : float
+        The share of course 1's EQD2 taken as repaired, %.
+    backend : Backend
+        Where the doses live.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> second = DoseGrid(dose.dose_gy * 0.4, dose.origin_mm, dose.spacing_mm, dose.frame_of_reference_uid)
+    >>> plan_sum = accumulate([Course(dose, 35), Course(second, 10)])
+    >>> round(float(plan_sum.physical().dose_gy.max()), 1), round(float(plan_sum.eqd2(3.0).dose_gy.max()), 1)
+    (140.0, 173.1)
     """
 
     reference: DoseGrid  # course 1's dose grid: the lattice, frame of reference and source of the sum
@@ -134,8 +179,32 @@ def _float64(dose_gy):
 
 
 def bed(dose_gy, fractions: int, alpha_beta_gy: float):
-    """Biologically effective dose (Gy) of ``dose_gy`` given in ``fractions`` equal fractions. Computed where
-    the array lives: a CuPy array gives a CuPy array."""
+    """Biologically effective dose of a physical dose given in equal fractions: ``D (1 + d / (a/b))``.
+
+    Parameters
+    ----------
+    dose_gy : array_like
+        Physical dose, Gy (a NumPy or CuPy array, or a number).
+    fractions : int
+        Number of fractions, at least 1 (``d = D / fractions``).
+    alpha_beta_gy : float
+        The tissue's alpha/beta ratio, Gy, positive.
+
+    Returns
+    -------
+    array
+        BED, Gy, float64, where the input lives: a CuPy array gives a CuPy array.
+
+    Raises
+    ------
+    AccumulationError
+        For fractions or an alpha/beta ratio out of range.
+
+    Examples
+    --------
+    >>> float(bed(60.0, 30, 10.0))
+    72.0
+    """
     ab = _check_alpha_beta(alpha_beta_gy)
     fractions = _check_fractions(fractions)
     dose = _float64(dose_gy)
@@ -143,8 +212,32 @@ def bed(dose_gy, fractions: int, alpha_beta_gy: float):
 
 
 def eqd2(dose_gy, fractions: int, alpha_beta_gy: float):
-    """Equivalent dose in 2 Gy fractions (Gy): ``D (d + a/b) / (2 + a/b)`` with ``d = D / fractions``. Computed
-    where the array lives: a CuPy array gives a CuPy array."""
+    """Equivalent dose in 2 Gy fractions: ``D (d + a/b) / (2 + a/b)`` with ``d = D / fractions``.
+
+    Parameters
+    ----------
+    dose_gy : array_like
+        Physical dose, Gy (a NumPy or CuPy array, or a number).
+    fractions : int
+        Number of fractions, at least 1.
+    alpha_beta_gy : float
+        The tissue's alpha/beta ratio, Gy, positive.
+
+    Returns
+    -------
+    array
+        EQD2, Gy, float64, where the input lives: a CuPy array gives a CuPy array.
+
+    Raises
+    ------
+    AccumulationError
+        For fractions or an alpha/beta ratio out of range.
+
+    Examples
+    --------
+    >>> float(eqd2(30.0, 10, 3.0))
+    36.0
+    """
     ab = _check_alpha_beta(alpha_beta_gy)
     fractions = _check_fractions(fractions)
     dose = _float64(dose_gy)
@@ -206,9 +299,41 @@ def accumulate(
     recovery_pct: float = 0.0,
     backend: str | Backend | None = None,
 ) -> PlanSum:
-    """Put every course on the first course's grid (see the module docstring). Courses in another frame of
-    reference than the first need ``registration`` relating the two frames. On the GPU the resampling is done
-    on the device and the plan sum stays there."""
+    """Put every course on the first course's grid (see the module docstring).
+
+    Parameters
+    ----------
+    courses : sequence of Course
+        The courses, first course first: the sum lives on its grid.
+    registration : Registration, optional
+        Relates the frames of reference of courses in another frame than the first.
+    recovery_pct : float
+        The share of course 1's EQD2 taken as repaired before the next, % (a user's assumption; default 0).
+    backend : str or Backend, optional
+        The backend (see :func:`isodose.resolve_backend`): on the GPU the resampling is done on the device and
+        the plan sum stays there.
+
+    Returns
+    -------
+    PlanSum
+        The courses' physical doses on the first course's lattice.
+
+    Raises
+    ------
+    AccumulationError
+        For no course, a recovery out of range, or grids that do not overlap at all.
+    FrameOfReferenceError
+        For a course in another frame without a registration.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> second = DoseGrid(dose.dose_gy * 0.4, dose.origin_mm, dose.spacing_mm, dose.frame_of_reference_uid)
+    >>> plan_sum = accumulate([Course(dose, 35), Course(second, 10)])
+    >>> plan_sum.fractions
+    (35, 10)
+    """
     if not courses:
         raise AccumulationError("no course to accumulate")
     if not (0.0 <= float(recovery_pct) < 100.0):
@@ -280,8 +405,39 @@ def accumulated_dvhs(
     options: SamplingOptions | None = None,
     backend: str | Backend | None = None,
 ) -> list[AccumulatedDVH]:
-    """DVHs of the chosen structures in the physical sum and in the EQD2 sum, each structure at its alpha/beta
-    (one EQD2 grid per distinct ratio). All grids are sampled together: one launch on a GPU."""
+    """DVHs of the chosen structures in the physical sum and in the EQD2 sum, each structure at its alpha/beta.
+
+    Parameters
+    ----------
+    plan_sum : PlanSum
+        The courses, from :func:`accumulate`.
+    structures : StructureSet or sequence of Structure
+        The structures, in the first course's frame of reference.
+    rois : sequence of str or int, optional
+        The ROIs (all by default).
+    alpha_beta : mapping of str to float, optional
+        Alpha/beta ratios (Gy) by ROI name; others take the defaults (10 Gy targets, 2 Gy spinal cord and
+        brainstem, 3 Gy other tissue).
+    options : SamplingOptions, optional
+        How finely the structures are sampled.
+    backend : str or Backend, optional
+        The backend; all grids (one EQD2 grid per distinct ratio) are sampled together, one launch on a GPU.
+
+    Returns
+    -------
+    list of AccumulatedDVH
+        Per ROI, its alpha/beta and its ``physical`` and ``eqd2`` DVHs.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> second = DoseGrid(dose.dose_gy * 0.4, dose.origin_mm, dose.spacing_mm, dose.frame_of_reference_uid)
+    >>> plan_sum = accumulate([Course(dose, 35), Course(second, 10)])
+    >>> [cord] = accumulated_dvhs(plan_sum, structures, ["Cord"])
+    >>> cord.alpha_beta_gy, round(cord.physical.dmax_gy, 1), round(cord.eqd2.dmax_gy, 1)
+    (2.0, 103.6, 112.8)
+    """
     chosen = resolve_backend(backend)
     options = options or SamplingOptions()
     all_structures = structures.structures if isinstance(structures, StructureSet) else tuple(structures)

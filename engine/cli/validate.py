@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
-from ..errors import ValidationDataError
+from ..errors import OutputError, ValidationDataError
 from ..formatting import csv_text, json_number, text_table
 from . import options
 
@@ -27,6 +28,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help=f"folder with analytical.csv, dose_grids/ and structures/ (default: ${ENV_VAR})",
     )
     options.add_format(nelms)
+    nelms.add_argument(
+        "--tables",
+        metavar="DIR",
+        help="also write the case table and the summary as text into DIR (nelms-cases.txt, "
+        "nelms-summary.txt; make validate writes the docs' copies)",
+    )
     options.add_sampling(nelms)
     nelms.set_defaults(func=run)
     return parser
@@ -93,13 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "csv":
         print(csv_text(["structure", "gradient", "dose_voxel_mm"] + [f"{n} err %" for n in names], rows), end="")
         return 0
-    print(f"Nelms 2015 analytical set: {path}")
-    print(
-        f"backend: {backend.name} ({backend.device}), {elapsed:.1f} s; error of isodose against the analytical "
-        "value, % of it"
-    )
-    print(text_table(["structure", "gradient", "grid mm"] + names, rows))
-    print()
+    case_table = text_table(["structure", "gradient", "grid mm"] + names, rows)
     spacing_rows = [
         [k, s.values, s.over_3pct, s.over_2pct, s.over_1pct, s.max_abs_error_pct]
         for k, s in ((k, NelmsSummary.of(v)) for k, v in sorted(by_spacing.items()))
@@ -107,5 +108,26 @@ def run(args: argparse.Namespace) -> int:
     spacing_rows.append(
         ["all", summary.values, summary.over_3pct, summary.over_2pct, summary.over_1pct, summary.max_abs_error_pct]
     )
-    print(text_table(["contour spacing", "values", "> 3%", "> 2%", "> 1%", "max |error| %"], spacing_rows))
+    summary_table = text_table(["contour spacing", "values", "> 3%", "> 2%", "> 1%", "max |error| %"], spacing_rows)
+    if args.tables:
+        _write_tables(Path(args.tables), {"nelms-cases.txt": case_table, "nelms-summary.txt": summary_table})
+    print(f"Nelms 2015 analytical set: {path}")
+    print(
+        f"backend: {backend.name} ({backend.device}), {elapsed:.1f} s; error of isodose against the analytical "
+        "value, % of it"
+    )
+    print(case_table)
+    print()
+    print(summary_table)
     return 0
+
+
+def _write_tables(folder: Path, tables: dict[str, str]) -> None:
+    """Write each table as a text file in ``folder`` (an existing folder)."""
+    if not folder.is_dir():
+        raise OutputError("is not a folder (--tables needs an existing folder)", path=folder)
+    for name, table in tables.items():
+        try:
+            (folder / name).write_text(table + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot be written ({exc.strerror or exc})", path=folder / name) from exc

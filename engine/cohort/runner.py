@@ -91,9 +91,62 @@ def run_cohort(
     plan), and finishes the cases; otherwise each worker process reads and computes its own cases. With a Dask
     ``client`` (see :mod:`isodose.cohort.distributed`), the cluster's workers read and compute the cases, one
     task per case, and ``workers`` is not used. In every arrangement this process alone writes the store.
-    Results do not depend on the arrangement or the batch size. ``on_result`` is called with each entry once it
-    is stored, ``on_progress`` with a :class:`RunProgress` after each. ``recurrence_roi``, ``prescription_gy`` and
-    ``second_courses`` apply to folder input (see :func:`isodose.cohort.cases.discover_cases`).
+    Results do not depend on the arrangement or the batch size.
+
+    Parameters
+    ----------
+    source : str or path
+        A manifest CSV, or a folder of DICOM exports.
+    out : str or path
+        The store (HDF5); its journal, lock and CSV go beside it. An existing store is resumed.
+    settings : RunSettings, optional
+        What the results depend on (metrics, targets, thresholds, sampling); a store resumes only with its own.
+    workers : int, optional
+        Local worker processes (default: one per CPU core).
+    backend : str or Backend, optional
+        The backend (see :func:`isodose.resolve_backend`).
+    recurrence_roi, prescription_gy, second_courses
+        For folder input (see :func:`isodose.cohort.cases.discover_cases`): Vr's ROI name, the prescription of
+        cases without an RTPLAN, and whether a patient's two planning frames are one re-irradiated case.
+    cases : iterable of Case, optional
+        The cases, instead of reading ``source``.
+    pipelined : bool, optional
+        Whether workers read and this process computes (default: with the cupy backend).
+    batch_size : int
+        Cases sampled together in the pipelined arrangement.
+    client : distributed.Client, optional
+        Run on this Dask cluster.
+    on_result : callable, optional
+        Called with each case's entry once it is stored.
+    on_progress : callable, optional
+        Called with a :class:`RunProgress` at the start and after each stored batch.
+
+    Returns
+    -------
+    RunSummary
+        Cases in all, skipped (finished before), processed, failed, seconds, and the store's and table's paths.
+
+    Raises
+    ------
+    IsodoseError
+        For a manifest or folder that cannot describe a cohort, a store that cannot be opened or written (another
+        run writing it, other settings, no room), or a worker count that is not a whole number of at least 1.
+        A case that fails is recorded with its error and never raises.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from isodose.dicom.write import write_example_case
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = write_example_case(folder)
+    >>> header = "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration"
+    >>> row = "case-1,RD.example.dcm,RS.example.dcm,RP.example.dcm,,Recurrence,,"
+    >>> _ = (folder / "manifest.csv").write_text(header + "\\n" + row + "\\n")
+    >>> summary = run_cohort(folder / "manifest.csv", folder / "results.h5", workers=1)
+    >>> summary.cases, summary.processed, summary.failed, summary.table.name
+    (1, 1, 0, 'results.csv')
+    >>> run_cohort(folder / "manifest.csv", folder / "results.h5", workers=1).skipped  # resumed: nothing to do
+    1
     """
     settings = settings or RunSettings()
     started = time.perf_counter()

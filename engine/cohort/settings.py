@@ -12,6 +12,23 @@ from ..voxelize import SamplingOptions
 class RunSettings:
     """The metrics, targets, thresholds and sampling of a cohort run, and the dose step of its stored DVHs.
 
+    Parameters
+    ----------
+    metrics : tuple of str
+        Extra metrics of Vr (beside V95%, D95, D98, D100, Dmean and Dmax).
+    target_metrics : tuple of str
+        ``ROI:METRIC`` of planning ROIs, e.g. ``("GTV:volume", "CTV60:D98")``.
+    targets : tuple of str, optional
+        The targets of the point-of-origin method (default: every GTV, CTV and PTV).
+    criteria : Criteria
+        The isodose level and the class thresholds.
+    options : SamplingOptions
+        How finely structures are sampled.
+    dvh_step_gy : float
+        The dose step of the stored cumulative DVHs, Gy.
+
+    Examples
+    --------
     >>> RunSettings(target_metrics=("CTV60:D98",)).as_dict()["target_metrics"]
     ['CTV60:D98']
     """

@@ -58,10 +58,40 @@ def _strings(values: Iterable[str]):
 
 
 class ResultStore:
-    """A cohort's results: ``path`` (HDF5) plus ``path.journal``. Use :meth:`open`.
+    """A cohort's results: ``path`` (HDF5) plus ``path.journal`` (see the store's schema in the docs).
 
-    In memory it keeps each case's small entry (status, error, record, timings); DVH curves stay on disk, in
-    the HDF5 file or the journal, and are read back by :meth:`dvh_curves`.
+    Open one with :meth:`open`. In memory it keeps each case's small entry (status, error, record, timings); DVH
+    curves stay on disk, in the HDF5 file or the journal, and are read back by :meth:`dvh_curves`.
+
+    Parameters
+    ----------
+    path : Path
+        The HDF5 file.
+    settings : dict
+        The settings its results were computed with.
+    records : dict
+        Each case's entry, without its curves, by case id.
+    journal_ids : set of str
+        The cases held in the journal (not yet consolidated).
+    lock : WriterLock, optional
+        The writer lock, held by a store opened for writing.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from isodose.dicom.write import write_example_case
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = write_example_case(folder)
+    >>> header = "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration"
+    >>> row = "case-1,RD.example.dcm,RS.example.dcm,RP.example.dcm,,Recurrence,,"
+    >>> _ = (folder / "manifest.csv").write_text(header + "\\n" + row + "\\n")
+    >>> from isodose import run_cohort
+    >>> _ = run_cohort(folder / "manifest.csv", folder / "results.h5", workers=1)
+    >>> store = ResultStore.open(folder / "results.h5", create=False)
+    >>> [(e["case_id"], e["status"], e["record"]["class_volume"]) for e in store.cases()]
+    [('case-1', 'ok', 'marginal')]
+    >>> [(c["roi"], c["role"]) for c in store.dvh_curves()]
+    [('Recurrence', 'recurrence')]
     """
 
     def __init__(
@@ -94,9 +124,30 @@ class ResultStore:
     # -- opening --------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, settings: dict | None = None, *, create: bool = True) -> ResultStore:
-        """Open (or, with ``create``, start) the store at ``path``. ``settings`` must equal those the store was
-        started with, so that one store never mixes results computed differently. With ``create`` the store is
-        opened for writing: it holds the writer lock (see the module's text) until :meth:`close`."""
+        """Open (or, with ``create``, start) the store at ``path``.
+
+        Parameters
+        ----------
+        path : str or path
+            The HDF5 file (its journal and lock beside it).
+        settings : dict, optional
+            Must equal those the store was started with, so that one store never mixes results computed
+            differently (:meth:`isodose.RunSettings.as_dict`); a new store needs them.
+        create : bool
+            Open for writing (the default): the store is started if missing, and holds the writer lock until
+            :meth:`close`. ``create=False`` only reads, and is never refused while another run writes.
+
+        Returns
+        -------
+        ResultStore
+            The store, its cases read from the HDF5 file and the journal.
+
+        Raises
+        ------
+        StoreError
+            For a folder in the way, a store of other settings, a file that is not a store, no store (reading),
+            or a store another run writes.
+        """
         path = Path(path)
         if path.is_dir():
             raise StoreError("is a folder: the results go into a file, such as RESULTS.h5 inside it", path=path)

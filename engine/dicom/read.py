@@ -181,9 +181,39 @@ def _axis_of(direction: np.ndarray, name: str, path: PathType) -> tuple[int, int
 @_reader
 def read_dose(path: PathType) -> DoseGrid:
     """Read an RTDOSE file into a :class:`DoseGrid` in Gy, re-ordered so that indices increase along x, y
-    and z. Handles DoseGridScaling, 16- and 32-bit pixels, relative or absolute GridFrameOffsetVector in
-    either direction and any axis-aligned orientation (HFS, HFP, FFS, FFP, and the rest). Oblique grids,
-    non-uniform frame spacing and dose not in Gy are errors."""
+    and z.
+
+    Handles DoseGridScaling, 16- and 32-bit pixels, relative or absolute GridFrameOffsetVector in either
+    direction and any axis-aligned orientation (HFS, HFP, FFS, FFP, and the rest).
+
+    Parameters
+    ----------
+    path : str or path
+        The RTDOSE file.
+
+    Returns
+    -------
+    DoseGrid
+        The dose in Gy, its frame of reference, and the file as its ``source``.
+
+    Raises
+    ------
+    DicomReadError
+        For a file that is not DICOM, is damaged, is not an RTDOSE or lacks a required tag.
+    DoseGridError
+        For an oblique grid, non-uniform frame spacing, or non-finite or negative dose.
+    DoseUnitsError
+        For dose not in Gy (RELATIVE).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from isodose.dicom.write import write_example_case
+    >>> rd, rs, rp = write_example_case(tempfile.mkdtemp())
+    >>> dose = read_dose(rd)
+    >>> dose.shape, dose.spacing_mm, round(dose.max_gy, 1)
+    ((21, 21, 21), (3.0, 3.0, 3.0), 100.0)
+    """
     ds = read_dataset(path, "RTDOSE", defer_size=DEFERRED_BYTES)  # pixels: once their memory is known
     units = str(_required(ds, "DoseUnits", path)).strip().upper()
     if units != "GY":
@@ -335,8 +365,36 @@ def _contour(item, path: PathType, roi: str, index: int) -> Contour | None:
 
 @_reader
 def read_structures(path: PathType) -> StructureSet:
-    """Read an RTSTRUCT: every ROI by name and number, with its CLOSED_PLANAR contours. POINT and OPEN
-    contours are skipped with a warning; ROIs without contours are kept, empty."""
+    """Read an RTSTRUCT: every ROI by name and number, with its CLOSED_PLANAR contours.
+
+    POINT and OPEN contours are skipped with a warning; ROIs without contours are kept, empty.
+
+    Parameters
+    ----------
+    path : str or path
+        The RTSTRUCT file.
+
+    Returns
+    -------
+    StructureSet
+        The ROIs (name, number, contours in mm, RTROIInterpretedType), their frame of reference and patient.
+
+    Raises
+    ------
+    DicomReadError
+        For a file that is not DICOM, is damaged or is not an RTSTRUCT.
+    StructureError
+        For a contour off its plane, or a structure set without ROIs.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from isodose.dicom.write import write_example_case
+    >>> rd, rs, rp = write_example_case(tempfile.mkdtemp())
+    >>> structures = read_structures(rs)
+    >>> structures.names, structures.get("PTV").interpreted_type
+    (['PTV', 'Cord', 'Recurrence'], 'PTV')
+    """
     ds = read_dataset(path, "RTSTRUCT")
     rois = ds.get("StructureSetROISequence") or []
     if not rois:
@@ -392,8 +450,35 @@ def read_structures(path: PathType) -> StructureSet:
 # --------------------------------------------------------------------------------------------------------
 @_reader
 def read_plan(path: PathType) -> Plan:
-    """Read the prescription (the highest TargetPrescriptionDose of the dose references, in Gy) and the
-    number of fractions planned (of the first fraction group) from an RTPLAN, where present."""
+    """Read the prescription and the number of fractions planned from an RTPLAN, where present.
+
+    Parameters
+    ----------
+    path : str or path
+        The RTPLAN file.
+
+    Returns
+    -------
+    Plan
+        ``prescription_gy``: the highest TargetPrescriptionDose of the dose references (Gy), or None;
+        ``number_of_fractions``: NumberOfFractionsPlanned of the first fraction group, or None.
+
+    Raises
+    ------
+    DicomReadError
+        For a file that is not DICOM, is damaged or is not an RTPLAN.
+    PlanError
+        For a prescription that is not a positive dose.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from isodose.dicom.write import write_example_case
+    >>> rd, rs, rp = write_example_case(tempfile.mkdtemp())
+    >>> plan = read_plan(rp)
+    >>> plan.prescription_gy, plan.number_of_fractions
+    (70.0, 35)
+    """
     ds = read_dataset(path, "RTPLAN", stop_before_pixels=True)
     references = []
     for item in ds.get("DoseReferenceSequence") or []:
@@ -434,9 +519,38 @@ DEFORMABLE_REGISTRATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.3"
 
 @_reader
 def read_registration(path: PathType) -> Registration:
-    """Read a DICOM Spatial Registration (modality REG): for each source frame of reference, the rigid
-    matrix mapping its points into the registration's own (registered) frame. Deformable, scaled and affine
-    registrations are errors."""
+    """Read a DICOM Spatial Registration (modality REG).
+
+    Parameters
+    ----------
+    path : str or path
+        The REG file.
+
+    Returns
+    -------
+    Registration
+        For each source frame of reference, the rigid matrix mapping its points into the registration's own
+        (registered) frame.
+
+    Raises
+    ------
+    DicomReadError
+        For a file that is not DICOM, is damaged or is not a REG.
+    RegistrationError
+        For a deformable, scaled or affine registration, or a malformed matrix.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from isodose.dicom.write import write_registration
+    >>> from isodose.geometry import rigid_matrix
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "REG.dcm"
+    >>> shift = rigid_matrix(translation_mm=(1.0, 2.0, 3.0))
+    >>> _ = write_registration(path, registered_frame_uid="1.2.3", source_frame_uid="4.5.6", matrix=shift)
+    >>> registration = read_registration(path)
+    >>> registration.frame_of_reference_uid, registration.matrices["4.5.6"][:3, 3].tolist()
+    ('1.2.3', [1.0, 2.0, 3.0])
+    """
     ds = read_dataset(path, "REG", stop_before_pixels=True)
     if str(ds.get("SOPClassUID", "")) == DEFORMABLE_REGISTRATION_STORAGE:
         raise RegistrationError("a deformable registration; only rigid registrations are supported", path=path)

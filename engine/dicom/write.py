@@ -317,3 +317,46 @@ def write_registration(
         items.append(item)
     ds.RegistrationSequence = items
     return _save(ds, path)
+
+
+def write_example_case(folder: str | PathLike[str]) -> tuple[Path, Path, Path]:
+    """Write :func:`isodose.phantoms.example_case` as DICOM: an RTDOSE, an RTSTRUCT and an RTPLAN (70 Gy in
+    35 fractions) of one patient and frame of reference, for examples and doctests.
+
+    Parameters
+    ----------
+    folder : str or path
+        An existing folder; ``RD.example.dcm``, ``RS.example.dcm`` and ``RP.example.dcm`` are written into it.
+
+    Returns
+    -------
+    tuple of Path
+        The RTDOSE, RTSTRUCT and RTPLAN files.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> rd, rs, rp = write_example_case(tempfile.mkdtemp())
+    >>> rd.name, rs.name, rp.name
+    ('RD.example.dcm', 'RS.example.dcm', 'RP.example.dcm')
+    """
+    from ..phantoms import example_case
+
+    folder = Path(folder)
+    grid, structures = example_case()
+    frame = grid.frame_of_reference_uid
+    plan = write_plan(
+        folder / "RP.example.dcm",
+        prescription_gy=70.0,
+        number_of_fractions=35,
+        frame_of_reference_uid=frame,
+        target_name="PTV",
+    )
+    dose = write_dose(grid, folder / "RD.example.dcm", frame_of_reference_uid=frame)
+    rois = write_structures(
+        structures,
+        folder / "RS.example.dcm",
+        frame_of_reference_uid=frame,
+        interpreted_types={s.name: s.interpreted_type for s in structures.structures},
+    )
+    return dose, rois, plan
