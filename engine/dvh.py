@@ -31,7 +31,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ import numpy as np
 from .dispatch import Backend, resolve_backend
 from .errors import FrameOfReferenceError, MetricError
 from .formatting import json_number
-from .geometry import check_dose_grid, check_rigid, common_plane_spacing_mm
+from .geometry import check_dose_grid, check_rigid, common_plane_spacing_mm, structure_warnings
 from .model import DoseGrid, Structure, StructureSet, xyz
 from .sampling import SamplingRequest, StructureSamples, sample_many
 from .voxelize import SamplingOptions, plan_sampling
@@ -85,6 +85,17 @@ class Metric:
     volume_unit: str = ""
     dose_unit: str = ""
     statistic: str = ""
+
+    @property
+    def result_unit(self) -> str:
+        """The unit of the metric's value: ``Gy``, ``%``, ``cc``, or "" (HI)."""
+        if self.kind == "dose_at_volume":
+            return "Gy"
+        if self.kind == "volume_at_dose":
+            return "cc" if self.volume_unit == "cc" else "%"
+        if self.kind == "statistic":
+            return "cc" if self.statistic == "volume" else "Gy"
+        return ""
 
     @property
     def needs_prescription(self) -> bool:
@@ -188,6 +199,9 @@ class DVH:
         The structure's ROI number.
     centroid_mm : tuple of float or None
         The volume centroid ``(x, y, z)``, mm, in the dose grid's frame; None for an empty structure.
+    warnings : tuple of str
+        What was warned about this structure while it was sampled: contours repeated in their plane or crossing
+        themselves, part of it outside the dose grid, no contours.
 
     Examples
     --------
@@ -212,6 +226,8 @@ class DVH:
     number: int | None = None
     #: Volume centroid (x, y, z) in the dose grid's frame, mm; None when the structure is empty.
     centroid_mm: tuple[float, float, float] | None = None
+    #: What was warned about this structure: its contours (repeated, crossing), the dose grid not reaching it.
+    warnings: tuple[str, ...] = ()
 
     @property
     def dose_volume_cc(self) -> float:
@@ -256,6 +272,11 @@ class DVH:
 
     def dose_at_percent(self, percent: float) -> float:
         return self.dose_at_volume_cc(percent / 100.0 * self.dose_volume_cc)
+
+    def dose_steps_gy(self, step_gy: float) -> np.ndarray:
+        """Doses from 0 Gy by ``step_gy`` up to the first step above Dmax: where stored curves are sampled."""
+        top = self.dmax_gy if self.has_dose else 0.0
+        return step_gy * np.arange(int(math.floor(top / step_gy)) + 2)
 
     def cumulative(self, dose_gy: np.ndarray, relative: bool = False) -> np.ndarray:
         """Cumulative DVH at the given doses, in cc or (``relative``) in % of the volume inside the grid."""
@@ -306,6 +327,7 @@ class DVH:
             "dmean_gy": json_number(self.dmean_gy),
             "dmax_gy": json_number(self.dmax_gy),
             "metrics": {text: json_number(value) for text, value in values.items()},
+            "warnings": list(self.warnings),
         }
 
 
@@ -398,18 +420,20 @@ def check_frame_of_reference(dose: DoseGrid, structures: StructureSet) -> None:
 
 
 def _select_structures(
-    structures: StructureSet | Sequence[Structure], rois: Sequence[str | int] | None
+    structures: StructureSet | Sequence[Structure], rois: Sequence[str | int] | str | int | None
 ) -> list[Structure]:
     structure_set = structures if isinstance(structures, StructureSet) else StructureSet(tuple(structures))
     if rois is None:
         return list(structure_set.structures)
+    if isinstance(rois, str | int):  # one ROI (a string would otherwise be taken letter by letter)
+        rois = [rois]
     return [structure_set.get(r) for r in rois]
 
 
 def dvh_request(
     dose: DoseGrid,
     structures: StructureSet | Sequence[Structure],
-    rois: Sequence[str | int] | None = None,
+    rois: Sequence[str | int] | str | int | None = None,
     *,
     options: SamplingOptions | None = None,
     check_frame: bool = True,
@@ -434,7 +458,7 @@ def dvh_request(
 def compute_dvhs(
     dose: DoseGrid,
     structures: StructureSet | Sequence[Structure],
-    rois: Sequence[str | int] | None = None,
+    rois: Sequence[str | int] | str | int | None = None,
     *,
     options: SamplingOptions | None = None,
     backend: str | Backend | None = None,
@@ -449,8 +473,8 @@ def compute_dvhs(
         The dose, Gy.
     structures : StructureSet or sequence of Structure
         The structures; with a StructureSet, its frame of reference must be the dose's (unless ``transform``).
-    rois : sequence of str or int, optional
-        ROI names (exact, else case-insensitive) or numbers; all ROIs by default.
+    rois : sequence of str or int, or str or int, optional
+        ROI names (exact, else case-insensitive) or numbers, or one of them; all ROIs by default.
     options : SamplingOptions, optional
         How finely the structures are sampled (the defaults meet the Nelms 2015 bar).
     backend : str or Backend, optional
@@ -493,16 +517,21 @@ def compute_dvhs(
 
 @dataclass(frozen=True)
 class RoiLabel:
-    """What a DVH takes from its structure once the structure is sampled: its name and number, and whether it
-    had contours (a prepared case keeps these in place of the contours)."""
+    """What a DVH takes from its structure once the structure is sampled: its name and number, whether it
+    had contours, and the warnings its contours gave (a prepared case keeps these in place of the contours)."""
 
     name: str
     number: int | None
     is_empty: bool
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, structure: Structure) -> RoiLabel:
-        return cls(structure.name, structure.number, structure.is_empty)
+        return cls(structure.name, structure.number, structure.is_empty, structure_warnings(structure))
+
+
+def _warnings_of(structure: Structure | RoiLabel) -> tuple[str, ...]:
+    return structure.warnings if isinstance(structure, RoiLabel) else structure_warnings(structure)
 
 
 def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: StructureSamples) -> list[DVH]:
@@ -523,15 +552,17 @@ def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: Struc
             structure.number,
             xyz(centroid) if np.all(np.isfinite(centroid)) else None,
         )
+        messages = list(_warnings_of(structure))
         if structure.is_empty:
-            log.warning("ROI %s has no contours: reported as empty", structure.name)
+            messages.append(f"ROI {structure.name} has no contours: reported as empty")
         elif not dvh.has_dose:
-            log.warning("ROI %s lies wholly outside the dose grid", structure.name)
+            messages.append(f"ROI {structure.name} lies wholly outside the dose grid")
         elif dvh.volume_outside_dose_cc > 0:
-            log.warning(
-                "ROI %s: %.3f cc lie outside the dose grid and are left out of its dose statistics",
-                structure.name,
-                dvh.volume_outside_dose_cc,
+            messages.append(
+                f"ROI {structure.name}: {dvh.volume_outside_dose_cc:.3f} cc lie outside the dose grid and are left "
+                "out of its dose statistics"
             )
-        dvhs.append(dvh)
+        for message in messages[len(_warnings_of(structure)) :]:  # those of its contours were logged already
+            log.warning("%s", message)
+        dvhs.append(replace(dvh, warnings=tuple(messages)))
     return dvhs

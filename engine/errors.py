@@ -95,6 +95,11 @@ class ValidationDataError(IsodoseError):
     """Reference data (such as the Nelms set) that is missing or malformed."""
 
 
+class InputMismatchError(IsodoseError):
+    """Files of one case that say they do not belong together (another patient, another plan), or a dose that
+    stands for part of a course where the whole course is needed."""
+
+
 class OutputError(IsodoseError):
     """An output file or folder that cannot be written (missing, in the way, not writable)."""
 

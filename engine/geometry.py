@@ -121,6 +121,8 @@ def plane_positions_mm(contours: Sequence[Contour], tolerance_mm: float = PLANE_
 
 
 _PLANES: weakref.WeakKeyDictionary[Structure, list[ContourPlane]] = weakref.WeakKeyDictionary()
+#: The warnings given when each structure's planes were grouped, to keep with its DVH.
+_PLANE_WARNINGS: weakref.WeakKeyDictionary[Structure, tuple[str, ...]] = weakref.WeakKeyDictionary()
 #: Each structure's plane positions, for the structure set's plane spacing (asked for several times a case).
 _PLANE_Z: weakref.WeakKeyDictionary[Structure, np.ndarray] = weakref.WeakKeyDictionary()
 
@@ -158,24 +160,28 @@ def _checked_planes(structure: Structure) -> list[ContourPlane]:
             rings.append(ring)
         planes.append(ContourPlane(plane.z_mm, tuple(rings)))
     where = f"{structure.source}: " if structure.source else ""
+    messages = []
     if repeats:
-        log.warning(
-            "%sROI %r: %d contour(s) repeat another of their plane (first at z = %g mm); the repeats are "
-            "ignored, since by the even-odd rule a contour drawn twice would cancel itself",
-            where,
-            structure.name,
-            len(repeats),
-            repeats[0],
+        messages.append(
+            f"{where}ROI {structure.name!r}: {len(repeats)} contour(s) repeat another of their plane (first at "
+            f"z = {repeats[0]:g} mm); the repeats are ignored, since by the even-odd rule a contour drawn twice "
+            "would cancel itself"
         )
     if crossing:
-        log.warning(
-            "%sROI %r: %d contour(s) cross themselves (first at z = %g mm); their inside is taken by the even-odd rule",
-            where,
-            structure.name,
-            len(crossing),
-            crossing[0],
+        messages.append(
+            f"{where}ROI {structure.name!r}: {len(crossing)} contour(s) cross themselves (first at "
+            f"z = {crossing[0]:g} mm); their inside is taken by the even-odd rule"
         )
+    for message in messages:
+        log.warning("%s", message)
+    _PLANE_WARNINGS[structure] = tuple(messages)
     return planes
+
+
+def structure_warnings(structure: Structure) -> tuple[str, ...]:
+    """The warnings given when the structure's planes were grouped (:func:`structure_planes`): repeated or
+    self-crossing contours. Empty for a structure whose planes have not been grouped."""
+    return _PLANE_WARNINGS.get(structure, ())
 
 
 def structure_planes(structure: Structure) -> list[ContourPlane]:

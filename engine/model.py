@@ -43,6 +43,15 @@ class DoseGrid:
         The DICOM frame of reference of the coordinates ("" when unknown).
     source : str
         The file the grid was read from, for messages ("" when built in Python).
+    patient_id, sop_instance_uid : str
+        The file's PatientID and SOPInstanceUID ("" when unknown).
+    referenced_plan_uid : str
+        The SOPInstanceUID of the RTPLAN the dose belongs to (ReferencedRTPlanSequence; "" when unknown).
+    summation_type : str
+        DoseSummationType: ``PLAN`` for a whole plan's dose, ``BEAM`` or ``FRACTION`` for a part of it, ...
+        ("" when unknown, as for grids built in Python).
+    dose_type : str
+        DoseType: ``PHYSICAL``, ``EFFECTIVE`` (biologically weighted, e.g. RBE) or ``ERROR`` ("" when unknown).
 
     Examples
     --------
@@ -57,6 +66,11 @@ class DoseGrid:
     spacing_mm: tuple[float, float, float]
     frame_of_reference_uid: str = ""
     source: str = ""
+    patient_id: str = ""
+    sop_instance_uid: str = ""
+    referenced_plan_uid: str = ""
+    summation_type: str = ""
+    dose_type: str = ""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -184,7 +198,8 @@ class StructureSet:
         return [s.name for s in self.structures]
 
     def get(self, key: str | int) -> Structure:
-        """The ROI named ``key`` (exact, then case-insensitive) or numbered ``key``.
+        """The ROI named ``key`` (exact, then case-insensitive) or numbered ``key`` (an int, or digits that name
+        no ROI: ``"5"`` from a command line).
 
         Raises
         ------
@@ -202,6 +217,8 @@ class StructureSet:
             folded = [s for s in self.structures if s.name.casefold() == key.casefold()]
             if len(folded) == 1:
                 return folded[0]
+            if key.strip().isdigit():
+                return self.get(int(key))
         raise RoiNotFoundError(
             f"no ROI {key!r}; the structure set has: {', '.join(self.names) or 'none'}",
             path=self.source or None,
@@ -231,6 +248,10 @@ class Plan:
         Every dose reference of the plan.
     frame_of_reference_uid, source : str
         The plan's frame of reference and file ("" when unknown).
+    patient_id, sop_instance_uid : str
+        The file's PatientID and SOPInstanceUID ("" when unknown).
+    number_of_beams : int or None
+        NumberOfBeams of the first fraction group.
 
     Examples
     --------
@@ -243,6 +264,9 @@ class Plan:
     dose_references: tuple[DoseReference, ...] = field(default_factory=tuple)
     frame_of_reference_uid: str = ""
     source: str = ""
+    patient_id: str = ""
+    sop_instance_uid: str = ""
+    number_of_beams: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,6 +282,8 @@ class Registration:
         For each source frame's UID, the rigid 4x4 matrix taking its points (mm) into the registered frame.
     source : str
         The file it was read from ("" when built in Python).
+    patient_id : str
+        The file's PatientID ("" when unknown).
 
     Examples
     --------
@@ -270,3 +296,4 @@ class Registration:
     frame_of_reference_uid: str
     matrices: dict[str, np.ndarray]
     source: str = ""
+    patient_id: str = ""

@@ -14,6 +14,7 @@ Thresholds, the isodose level and the prescription are all settings (:class:`Cri
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,7 @@ from .dvh import (
     parse_metric,
     parse_roi_metric,
 )
-from .errors import IsodoseError, RegistrationError, StructureError, collect_warnings
+from .errors import IsodoseError, RegistrationError, RoiNotFoundError, StructureError, collect_warnings
 from .geometry import (
     PackedPlanes,
     common_plane_spacing_mm,
@@ -42,6 +43,8 @@ from .geometry import (
 from .model import DoseGrid, Registration, Structure, StructureSet
 from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy, sample_many
 from .voxelize import SamplingOptions
+
+log = logging.getLogger(__name__)
 
 CLASSES = ("in-field", "marginal", "out-field")
 #: Metrics of Vr always reported: V95% (of the prescription), D95, D98, D100 (= Dmin), Dmean and Dmax.
@@ -218,7 +221,7 @@ class RecurrenceCase:
     ----------
     dose, structures, recurrence_roi, prescription_gy : object
         As for :func:`classify_recurrence`.
-    recurrence_structures, registration, targets, metrics, target_metrics, criteria : object
+    recurrence_structures, registration, targets, metrics, target_metrics, criteria, require_targets : object
         As for :func:`classify_recurrence`.
 
     Examples
@@ -241,6 +244,7 @@ class RecurrenceCase:
     metrics: Sequence[str | Metric] = ()
     target_metrics: Sequence[str | RoiMetric] = ()
     criteria: Criteria | None = None
+    require_targets: bool = False
 
     def __post_init__(self) -> None:
         # Structures may be given as a plain sequence, as compute_dvhs takes them.
@@ -266,7 +270,7 @@ class PreparedRecurrence:
     registered: bool
     rois: tuple[RoiLabel, ...]
     #: Each target metric with the name of its ROI in the structure set (metrics keep the text asked for).
-    roi_metrics: tuple[tuple[RoiMetric, str], ...]
+    roi_metrics: tuple[tuple[RoiMetric, str | None], ...]
     vr_metrics: tuple[Metric, ...]
     #: Each target's name and planes (with their slabs), for the point-of-origin method.
     targets: tuple[tuple[str, PackedPlanes], ...] = ()
@@ -287,6 +291,22 @@ def prepare_recurrence(
             exc.warnings = tuple(messages)
             return exc
     return replace(prepared, warnings=tuple(messages))
+
+
+def _target_roi(structures: StructureSet, roi: str, what: str, required: bool) -> str | None:
+    """The name of a target ROI in the planning set; without it, an error (``required``) or a warning, and None:
+    the case is classified all the same, the metrics of that ROI null."""
+    try:
+        return structures.get(roi).name
+    except RoiNotFoundError as exc:
+        if required:
+            raise
+        log.warning(
+            "%s; %s is left out (null), and the case classified without it (--require-targets refuses such cases)",
+            exc,
+            what,
+        )
+        return None
 
 
 def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurrence:
@@ -318,8 +338,10 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
     vr_metrics += [m for m in extra if m.text not in known]
 
     roi_metrics = [parse_roi_metric(m) if isinstance(m, str) else m for m in case.target_metrics]
-    metric_rois = [structures.get(m.roi).name for m in roi_metrics]
-    roi_names = list(dict.fromkeys(metric_rois))
+    metric_rois = [
+        _target_roi(structures, m.roi, f"the target metric {m.text}", case.require_targets) for m in roi_metrics
+    ]
+    roi_names = list(dict.fromkeys(name for name in metric_rois if name is not None))
     roi_structures: list[Structure] = []
     if roi_names:
         roi_structures, roi_request = dvh_request(dose, structures, roi_names, options=options)
@@ -329,7 +351,11 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
             s for s in structures.structures if s.is_target and not s.is_empty and s is not vr_structure
         ]
     else:
-        target_structures = [structures.get(name) for name in case.targets]
+        target_structures = [
+            structures.get(name)
+            for name in case.targets
+            if _target_roi(structures, name, "a target of the point-of-origin method", case.require_targets) is not None
+        ]
     spacing_mm = common_plane_spacing_mm(structures.structures)
     targets = tuple(
         (s.name, PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm)) for s in target_structures
@@ -372,7 +398,10 @@ def _finish(
     centroid = _centroid(vr)
     holding = tuple(name for name, planes in prepared.targets if planes.contain(centroid)[0])
     metric_values = {m.text: float(vr.metric(m, prescription_gy)) for m in prepared.vr_metrics}
-    target_values = {m.text: float(roi_dvhs[roi].metric(m.metric, prescription_gy)) for m, roi in prepared.roi_metrics}
+    target_values = {
+        m.text: float(roi_dvhs[roi].metric(m.metric, prescription_gy)) if roi is not None else math.nan
+        for m, roi in prepared.roi_metrics
+    }
     return RecurrenceResult(
         recurrence_roi=vr.name,
         prescription_gy=float(prescription_gy),
@@ -412,6 +441,7 @@ def classify_recurrence(
     metrics: Sequence[str | Metric] = (),
     target_metrics: Sequence[str | RoiMetric] = (),
     criteria: Criteria | None = None,
+    require_targets: bool = False,
     options: SamplingOptions | None = None,
     backend: str | Backend | None = None,
 ) -> RecurrenceResult:
@@ -439,6 +469,9 @@ def classify_recurrence(
         ``ROI:METRIC`` of planning ROIs, e.g. ``CTV60:D98``, ``GTV:volume``.
     criteria : Criteria, optional
         The isodose level and thresholds (default 95%; in-field from 95%, marginal from 20%).
+    require_targets : bool
+        Refuse a case whose target metrics or targets name an ROI the planning set lacks; by default the case is
+        classified all the same, those metrics null, with a warning naming the ROI.
     options : SamplingOptions, optional
         How finely the structures are sampled.
     backend : str or Backend, optional
@@ -474,6 +507,7 @@ def classify_recurrence(
         metrics,
         target_metrics,
         criteria,
+        require_targets,
     )
     [result] = classify_recurrences([case], options=options, backend=backend)
     if isinstance(result, Exception):

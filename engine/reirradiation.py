@@ -372,6 +372,64 @@ def accumulate(
     return PlanSum(first.dose, tuple(doses), tuple(int(c.fractions) for c in courses), float(recovery_pct), chosen)
 
 
+def sum_doses(doses: Sequence[DoseGrid], *, backend: str | Backend | None = None) -> DoseGrid:
+    """The physical sum of the parts of one plan's dose (its beams, or its fractions) on the first part's grid.
+
+    Parts whose grids differ are resampled onto the first (trilinear, 0 Gy where a part does not reach, with a
+    warning), as plan sums are. The parts must be of one frame of reference and one patient, and of one plan
+    where their files name it; the sum stands for the whole plan (DoseSummationType ``PLAN``), so every part
+    must be there: where the plan is at hand, :func:`isodose.provenance.check_inputs` counts them against its beams.
+
+    Parameters
+    ----------
+    doses : sequence of DoseGrid
+        The parts, two or more (one is returned as it is).
+    backend : str or Backend, optional
+        The backend that resamples and sums (see :func:`isodose.resolve_backend`).
+
+    Returns
+    -------
+    DoseGrid
+        The sum, float32, with the first part's lattice, frame, patient and plan, and a ``source`` naming every
+        part.
+
+    Raises
+    ------
+    AccumulationError
+        For no dose, parts of several frames of reference, patients or plans, or parts of different kinds
+        (a BEAM dose beside a FRACTION dose).
+
+    Examples
+    --------
+    >>> from dataclasses import replace
+    >>> from isodose.phantoms import example_case
+    >>> dose, _ = example_case()
+    >>> beams = [replace(dose, dose_gy=dose.dose_gy * w, summation_type="BEAM") for w in (0.25, 0.75)]
+    >>> total = sum_doses(beams)
+    >>> total.summation_type, float(abs(total.dose_gy - dose.dose_gy).max()) < 1e-4
+    ('PLAN', True)
+    """
+    doses = list(doses)
+    if not doses:
+        raise AccumulationError("no dose to sum")
+    if len(doses) == 1:
+        return doses[0]
+    for attribute, what in (
+        ("frame_of_reference_uid", "frames of reference"),
+        ("patient_id", "patients"),
+        ("referenced_plan_uid", "plans"),
+        ("summation_type", "kinds (DoseSummationType)"),
+    ):
+        values = {getattr(d, attribute) for d in doses if getattr(d, attribute)}
+        if len(values) > 1:
+            names = ", ".join(d.source or "a dose built in Python" for d in doses)
+            raise AccumulationError(f"the doses to sum are of several {what} ({', '.join(sorted(values))}): {names}")
+    plan_sum = accumulate([Course(d, 1) for d in doses], backend=backend)
+    total = plan_sum.physical()
+    sources = [d.source for d in doses if d.source]
+    return replace(total, source=" + ".join(sources) if sources else "", summation_type="PLAN", sop_instance_uid="")
+
+
 @dataclass(frozen=True)
 class AccumulatedDVH:
     """One structure's DVH of the physical sum and of the EQD2 sum (at its alpha/beta)."""

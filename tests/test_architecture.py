@@ -15,6 +15,8 @@ LAYERS = {
     "errors": 1,
     "formatting": 1,
     "model": 1,
+    "provenance": 1,
+    "outputs": 1,
     "polygons": 1,
     "geometry": 1,
     "phantoms": 1,
@@ -117,18 +119,28 @@ def test_no_import_circle():
 
 
 def test_the_engine_never_probes_a_backend():
-    """Capabilities are part of the protocol: no ``hasattr``/``getattr`` on kernels outside ``kernels/``."""
+    """Capabilities are part of the protocol: no ``hasattr``/``getattr`` on kernels outside ``kernels/``, whether
+    on ``backend.kernels`` itself or on a name bound to it."""
     for module, path in MODULES.items():
         if _room(module) == "kernels":
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        bound = {
+            target.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Attribute) and node.value.attr == "kernels"
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Name)
                 and node.func.id in ("hasattr", "getattr")
             ):
                 subject = ast.unparse(node.args[0]) if node.args else ""
-                assert "kernels" not in subject, f"{path.relative_to(ROOT)}:{node.lineno} probes {subject}"
+                probed = "kernels" in subject or subject in bound
+                assert not probed, f"{path.relative_to(ROOT)}:{node.lineno} probes {subject}"
 
 
 def test_only_dispatch_names_the_backend_modules():
@@ -145,3 +157,10 @@ def test_the_public_api_lists_what_it_exports():
     assert isodose.__all__ == sorted(isodose._EXPORTS) + ["__version__"]
     for name in isodose.__all__:
         assert getattr(isodose, name) is not None, name
+
+
+def test_the_command_line_offers_the_backends_dispatch_knows():
+    from isodose.cli.options import BACKEND_CHOICES
+    from isodose.dispatch import CHOICES
+
+    assert sorted(BACKEND_CHOICES) == sorted(CHOICES)

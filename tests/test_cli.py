@@ -94,7 +94,7 @@ def test_dvh_roi_selection_plan_and_formats(case, capsys, tmp_path):
     )
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert [r["structure"] for r in rows] == ["Cord"]
+    assert [(r["name"], r["number"]) for r in rows] == [("Cord", "2")]
     assert float(rows[0]["V95%"]) >= 0 and float(rows[0]["volume_cc"]) > 0
     curves = tmp_path / "curves.csv"
     code, out, _ = run(
@@ -102,8 +102,8 @@ def test_dvh_roi_selection_plan_and_formats(case, capsys, tmp_path):
     )
     assert code == 0 and "PTV" in out and "backend:" in out
     table = list(csv.DictReader(curves.open()))
-    assert set(table[0]) == {"structure", "dose_gy", "cumulative_cc", "cumulative_pct", "differential_cc"}
-    ptv = [r for r in table if r["structure"] == "PTV"]
+    assert set(table[0]) == {"name", "number", "dose_gy", "cumulative_cc", "cumulative_pct", "differential_cc"}
+    ptv = [r for r in table if r["name"] == "PTV"]
     assert float(ptv[0]["cumulative_pct"]) == pytest.approx(100.0)
     assert sum(float(r["differential_cc"]) for r in ptv) == pytest.approx(float(ptv[0]["cumulative_cc"]), rel=1e-6)
 

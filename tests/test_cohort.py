@@ -974,3 +974,20 @@ def test_second_courses_missing_files_are_named(tmp_path, drop, message):
             header.date = ""
     items = [h for name, h in headers.items() if name != drop]
     assert message in _assemble_two_courses("P", ["F1", "F2"], items, "Recurrence", None).problem
+
+
+def test_a_backend_object_reaches_worker_processes_by_its_name(cohort, tmp_path):
+    """A backend from resolve_backend works with worker processes (each loads it by name); one made by hand, which
+    cannot travel, is refused before any case runs instead of failing every case."""
+    from isodose.dispatch import Backend, resolve_backend
+    from isodose.errors import IsodoseError
+    from isodose.kernels import numba_cpu
+
+    cases = read_manifest(cohort)[:2]
+    summary = run_cohort(
+        cohort, tmp_path / "r.h5", settings=SETTINGS, workers=2, cases=cases, backend=resolve_backend("numba")
+    )
+    assert (summary.processed, summary.failed) == (2, 0)
+    hand_made = Backend("mine", "a tool's own", numba_cpu)
+    with pytest.raises(IsodoseError, match="'mine' was made by hand, and cannot be sent to worker processes"):
+        run_cohort(cohort, tmp_path / "s.h5", settings=SETTINGS, workers=2, cases=cases, backend=hand_made)

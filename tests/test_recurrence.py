@@ -142,7 +142,29 @@ def test_target_metrics_and_extra_metrics():
     ):
         assert key in record
     with pytest.raises(RoiNotFoundError):
-        classify_recurrence(GRID, planning_set((0.5, 0.0, 0.0)), "Vr", RX, target_metrics=["CTV:D98"])
+        classify_recurrence(
+            GRID, planning_set((0.5, 0.0, 0.0)), "Vr", RX, target_metrics=["CTV:D98"], require_targets=True
+        )
+
+
+def test_a_target_metric_of_a_missing_roi_is_null_with_a_warning_and_the_case_classified():
+    """A cohort asking for GTV:volume on cases without a GTV keeps their classification: the metric is null, and a
+    warning names the ROI. Targets of the point-of-origin method missing likewise, unless require_targets."""
+    planning = planning_set((0.5, 0.0, 0.0))
+    expected = classify_recurrence(GRID, planning, "Vr", RX, target_metrics=["PTV:D98"])
+    result = classify_recurrence(
+        GRID, planning, "Vr", RX, target_metrics=["PTV:D98", "GTV:volume"], targets=["PTV", "CTV"]
+    )
+    assert (
+        math.isnan(result.target_metrics["GTV:volume"])
+        and result.record()["GTV:volume"] != result.record()["GTV:volume"]
+    )
+    assert result.target_metrics["PTV:D98"] == expected.target_metrics["PTV:D98"]
+    assert (result.class_volume, result.class_centroid) == (expected.class_volume, expected.class_centroid)
+    assert any("no ROI 'GTV'" in w and "GTV:volume" in w for w in result.warnings), result.warnings
+    assert any("no ROI 'CTV'" in w and "point-of-origin" in w for w in result.warnings), result.warnings
+    with pytest.raises(RoiNotFoundError, match="no ROI 'CTV'"):
+        classify_recurrence(GRID, planning, "Vr", RX, targets=["PTV", "CTV"], require_targets=True)
 
 
 def test_recurrence_drawn_on_a_follow_up_frame(tmp_path, rng):

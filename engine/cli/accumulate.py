@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..errors import IsodoseError
-from ..formatting import json_number, text_table
+from ..errors import IsodoseError, collect_warnings
+from ..formatting import csv_text, json_number, text_table
 from . import options
 
 
@@ -45,14 +45,17 @@ def add_parser(commands) -> argparse.ArgumentParser:
     )
     parser.add_argument("--metric", action="append", metavar="M", help="metric (repeat; default D98, D95, D2cc)")
     parser.add_argument("--prescription", type=float, metavar="GY", help="prescription for V..%% metrics")
-    options.add_format(parser, ("table", "json"))
+    options.add_format(parser)
+    options.add_relative_dose(parser)
+    options.add_allow_mismatch(parser)
     options.add_sampling(parser)
     parser.set_defaults(func=run)
     return parser
 
 
-def course(text: str):
-    """``RD.dcm:FRACTIONS`` or ``RD.dcm:RP.dcm`` (the fractions read from the plan)."""
+def course(text: str, relative_reference_gy: float | None = None):
+    """``RD.dcm:FRACTIONS`` or ``RD.dcm:RP.dcm`` (the fractions read from the plan): the course, and its plan
+    (None when the fractions were given)."""
     from ..dicom.read import read_dose, read_plan
     from ..reirradiation import Course
 
@@ -60,6 +63,7 @@ def course(text: str):
     spec = spec.strip()
     if not separator or not path or not spec:
         raise IsodoseError(f"--course must be RD.dcm:FRACTIONS or RD.dcm:RP.dcm, not {text!r}")
+    plan = None
     if spec.isdigit():
         fractions = int(spec)
     elif re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", spec):
@@ -67,11 +71,11 @@ def course(text: str):
     elif not Path(spec).is_file():
         raise IsodoseError(f"--course {text}: {spec} is neither a number of fractions nor an RTPLAN file")
     else:
-        planned = read_plan(spec).number_of_fractions
-        if planned is None:
+        plan = read_plan(spec)
+        if plan.number_of_fractions is None:
             raise IsodoseError("the plan holds no NumberOfFractionsPlanned; give RD.dcm:FRACTIONS", path=spec)
-        fractions = planned
-    return Course(read_dose(path), fractions)  # Course checks the fractions
+        fractions = plan.number_of_fractions
+    return Course(read_dose(path, relative_reference_gy), fractions), plan  # Course checks the fractions
 
 
 def alpha_beta_overrides(items: Sequence[str] | None) -> dict[str, float]:
@@ -100,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..dicom.read import read_registration, read_structures
     from ..dispatch import select_backend
     from ..dvh import parse_metrics
+    from ..provenance import check_inputs, check_whole_course
     from ..reirradiation import accumulate, accumulated_dvhs
 
     metrics = parse_metrics(args.metric or ["D98", "D95", "D2cc"])
@@ -110,9 +115,19 @@ def run(args: argparse.Namespace) -> int:
     if len(args.course) < 2:
         raise IsodoseError("accumulate needs two courses or more: --course RD1.dcm:FRACTIONS --course RD2.dcm:...")
     backend = select_backend(args.backend)
-    courses = [course(text) for text in args.course]
-    registration = read_registration(args.reg) if args.reg else None
-    structures = read_structures(args.structures)
+    with collect_warnings() as warnings:
+        read = [course(text, args.relative_dose_reference_gy) for text in args.course]
+        courses = [c for c, _ in read]
+        registration = read_registration(args.reg) if args.reg else None
+        structures = read_structures(args.structures)
+        for c, plan in read:
+            check_inputs(c.dose, [], plan, allow_mismatch=args.allow_mismatch)
+            check_whole_course(c.dose, strict=True)
+        check_inputs(
+            courses[0].dose,
+            [*(c.dose for c in courses[1:]), structures, registration],
+            allow_mismatch=args.allow_mismatch,
+        )
     plan_sum = accumulate(courses, registration=registration, recovery_pct=args.recovery, backend=backend)
     results = accumulated_dvhs(
         plan_sum,
@@ -133,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         "structure_file": str(args.structures),
         "recovery_pct": args.recovery,
         "prescription_gy": prescription,
+        "warnings": list(warnings),
         "structures": [
             {
                 "name": r.name,
@@ -149,8 +165,24 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return 0
-    header = ["ROI", "a/b Gy", "Volume cc", "Dmean Gy", "Dmax Gy", "EQD2 Dmean", "EQD2 Dmax"]
-    header += [f"{m.text}" for m in metrics] + [f"EQD2 {m.text}" for m in metrics]
+    if args.format == "csv":
+        keys = ["dmin_gy", "dmean_gy", "dmax_gy"]
+        header = ["name", "number", "alpha_beta_gy", "volume_cc", "volume_outside_dose_cc"]
+        header += [f"physical_{k}" for k in keys] + [f"physical_{m.text}" for m in metrics]
+        header += [f"eqd2_{k}" for k in keys] + [f"eqd2_{m.text}" for m in metrics]
+        csv_rows = [
+            [e["name"], e["number"], e["alpha_beta_gy"], e["volume_cc"], e["volume_outside_dose_cc"]]
+            + [e["physical"][k] for k in keys]
+            + [e["physical"]["metrics"][m.text] for m in metrics]
+            + [e["eqd2"][k] for k in keys]
+            + [e["eqd2"]["metrics"][m.text] for m in metrics]
+            for e in report["structures"]
+        ]
+        sys.stdout.write(csv_text(header, csv_rows))
+        return 0
+    unit = {m.text: f" {m.result_unit}" if m.result_unit else "" for m in metrics}
+    header = ["ROI", "a/b Gy", "Volume cc", "Dmean Gy phys", "Dmax Gy phys", "Dmean Gy EQD2", "Dmax Gy EQD2"]
+    header += [f"{m.text}{unit[m.text]} phys" for m in metrics] + [f"{m.text}{unit[m.text]} EQD2" for m in metrics]
     rows = []
     for entry in report["structures"]:
         phys, eq = entry["physical"], entry["eqd2"]
@@ -169,5 +201,6 @@ def run(args: argparse.Namespace) -> int:
         )
     courses_text = ", ".join(f"{c['dose_file']} in {c['fractions']} fractions" for c in report["courses"])
     print(f"plan sum of {courses_text}; tissue recovery {args.recovery:g}% of course 1; backend {backend.name}")
+    print("phys: the physical sum of the courses; EQD2: the sum of each course's EQD2 at the ROI's alpha/beta")
     print(text_table(header, rows))
     return 0

@@ -6,14 +6,14 @@ import argparse
 import json
 import sys
 
-from ..errors import IsodoseError
-from ..formatting import json_number, shown
+from ..errors import IsodoseError, collect_warnings
+from ..formatting import csv_text, json_number, shown
 from . import options
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("classify", help="classify one recurrence by the volume and point-of-origin methods")
-    parser.add_argument("--dose", required=True, help="planning RTDOSE")
+    options.add_dose(parser, "planning RTDOSE")
     parser.add_argument("--structures", required=True, help="planning RTSTRUCT")
     parser.add_argument("--recurrence", required=True, metavar="ROI", help="the recurrence ROI (Vr)")
     parser.add_argument(
@@ -39,28 +39,43 @@ def add_parser(commands) -> argparse.ArgumentParser:
         metavar="M",
         help="extra metric of Vr (D2cc...) or of a planning ROI as ROI:METRIC (CTV60:D98)",
     )
+    parser.add_argument(
+        "--require-targets",
+        action="store_true",
+        help="refuse the case when a target metric or target names an ROI the planning set lacks "
+        "(by default: classified all the same, those metrics null, with a warning)",
+    )
     options.add_criteria(parser)
-    options.add_format(parser, ("table", "json"))
+    options.add_format(parser)
     options.add_sampling(parser)
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dicom.read import read_dose, read_registration, read_structures
+    from ..dicom.read import read_registration, read_structures
+    from ..dispatch import select_backend
+    from ..provenance import check_inputs, check_whole_course
     from ..recurrence import classify_recurrence
 
     if args.registration and not args.recurrence_structures:
         raise IsodoseError("--registration maps --recurrence-structures; give both")
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
     criteria = options.criteria(args)
-    prescription = options.prescription(args)
-    if prescription is None:
-        raise IsodoseError("classification needs the prescription: give --prescription GY or --plan RP.dcm")
-    dose = read_dose(args.dose)
-    structures = read_structures(args.structures)
-    follow_up = read_structures(args.recurrence_structures) if args.recurrence_structures else None
-    registration = read_registration(args.registration) if args.registration else None
+    backend = select_backend(args.backend)
+    with collect_warnings() as warnings:
+        plan = options.plan(args)
+        prescription = options.prescription(args, plan)
+        if prescription is None:
+            raise IsodoseError("classification needs the prescription: give --prescription GY or --plan RP.dcm")
+        dose, beams = options.read_dose(args, backend)
+        structures = read_structures(args.structures)
+        follow_up = read_structures(args.recurrence_structures) if args.recurrence_structures else None
+        registration = read_registration(args.registration) if args.registration else None
+        check_inputs(
+            dose, [structures, follow_up, registration], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch
+        )
+        check_whole_course(dose, strict=True)
     result = classify_recurrence(
         dose,
         structures,
@@ -72,14 +87,21 @@ def run(args: argparse.Namespace) -> int:
         metrics=vr_metrics,
         target_metrics=roi_metrics,
         criteria=criteria,
+        require_targets=args.require_targets,
         options=options.sampling_options(args),
-        backend=args.backend,
+        backend=backend,
     )
     record = {key: (json_number(v) if isinstance(v, float) else v) for key, v in result.record().items()}
+    record["warnings"] = list(dict.fromkeys([*warnings, *result.warnings]))
     if args.format == "json":
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
         return 0
+    if args.format == "csv":
+        sys.stdout.write(csv_text(list(record), [list(record.values())]))
+        return 0
     width = max(len(k) for k in record)
     for key, value in record.items():
+        if key == "warnings":
+            value = " | ".join(str(w) for w in value) if isinstance(value, list) and value else "-"
         print(f"{key.ljust(width)}  {value if isinstance(value, float) else shown(value)}")
     return 0

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 from pathlib import Path
 
 from . import options
-from .progress import ProgressBar
+from .progress import ProgressBar, print_summary
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -87,17 +86,8 @@ def run_settings(args: argparse.Namespace):
     )
 
 
-def print_summary(summary) -> None:
-    rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
-    print(
-        f"{summary.cases} cases: {summary.processed} processed ({summary.failed} failed), {summary.skipped} already "
-        f"done; {summary.seconds:.1f} s ({rate:.1f} cases/s)"
-    )
-    print(f"results: {summary.store}; table: {summary.table}")
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..cohort.local import check_workers
+    from ..cohort.local import check_workers, default_workers
     from ..cohort.runner import run_cohort
 
     check_workers(args.workers)
@@ -120,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if args.scheduler or args.scheduler_file or args.local_cluster:
             from ..cohort.distributed import dask_client
 
-            local = (args.workers or os.cpu_count() or 1) if args.local_cluster else None
+            local = default_workers(args.workers) if args.local_cluster else None
             with dask_client(args.scheduler, args.scheduler_file, local) as client:
                 summary = start(client=client)
         else:

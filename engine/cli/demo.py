@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import time
 from pathlib import Path
 
 from ..errors import IsodoseError
 from . import options
-from .cohort import print_summary
-from .progress import ProgressBar
+from .progress import ProgressBar, print_summary
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -26,7 +24,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cohort.local import check_workers
+    from ..cohort.local import check_workers, default_workers
     from ..cohort.report import build_report, format_text, write_html
     from ..cohort.runner import run_cohort
     from ..cohort.settings import RunSettings
@@ -37,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise IsodoseError(f"--cases must be at least 1, not {args.cases}")
     check_workers(args.workers)
     out = Path(args.out)
-    workers = args.workers or os.cpu_count() or 1
+    workers = default_workers(args.workers)
     cohort = out / "cohort"
     results = out / "results.h5"
     if (cohort / "manifest.csv").exists():

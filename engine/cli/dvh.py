@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import IsodoseError
+from ..errors import IsodoseError, OutputError, collect_warnings
 from ..formatting import csv_text, text_table
+from ..outputs import output_file
 from . import options
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("dvh", help="DVHs and metrics of ROIs from RTDOSE + RTSTRUCT")
-    parser.add_argument("--dose", required=True, help="RTDOSE file")
+    options.add_dose(parser)
     parser.add_argument("--structures", required=True, help="RTSTRUCT file")
-    parser.add_argument("--roi", action="append", metavar="NAME", help="ROI to compute (repeat; default: all)")
+    parser.add_argument(
+        "--roi", action="append", metavar="NAME", help="ROI to compute, by name or number (repeat; default: all)"
+    )
     parser.add_argument(
         "--metric",
         action="append",
@@ -34,7 +36,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     return parser
 
 
-def report(dvhs, metrics, prescription_gy, backend) -> dict:
+def dvh_document(dvhs, metrics, prescription_gy, backend) -> dict:
     """The JSON document of ``isodose dvh`` (keys carry their units)."""
     return {
         "isodose_version": __version__,
@@ -45,25 +47,31 @@ def report(dvhs, metrics, prescription_gy, backend) -> dict:
     }
 
 
+#: The columns of ``--dvh-out``: the same names as the JSON's, with units.
+CURVE_COLUMNS = ("name", "number", "dose_gy", "cumulative_cc", "cumulative_pct", "differential_cc")
+
+
 def write_dvh_curves(dvhs, path: str | Path, step_gy: float) -> Path:
     """Cumulative and differential DVHs of every structure, one row per structure and dose step."""
     import numpy as np
 
-    top = max((d.dmax_gy for d in dvhs if d.has_dose), default=0.0)
-    doses = step_gy * np.arange(int(math.floor(top / step_gy)) + 2)
+    highest = max((d for d in dvhs if d.has_dose), key=lambda d: d.dmax_gy, default=None)
+    doses = highest.dose_steps_gy(step_gy) if highest is not None else np.zeros(2)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["structure", "dose_gy", "cumulative_cc", "cumulative_pct", "differential_cc"])
-        for d in dvhs:
-            if not d.has_dose:
-                continue
-            cumulative = d.cumulative(doses)
-            relative = 100.0 * cumulative / d.dose_volume_cc
-            differential = np.append(cumulative[:-1] - cumulative[1:], 0.0)
-            for row in zip(doses, cumulative, relative, differential):
-                writer.writerow([d.name] + [f"{v:.6g}" for v in row])
+    try:
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(CURVE_COLUMNS)
+            for d in dvhs:
+                if not d.has_dose:
+                    continue
+                cumulative = d.cumulative(doses)
+                relative = 100.0 * cumulative / d.dose_volume_cc
+                differential = np.append(cumulative[:-1] - cumulative[1:], 0.0)
+                for row in zip(doses, cumulative, relative, differential):
+                    writer.writerow([d.name, "" if d.number is None else d.number] + [f"{v:.6g}" for v in row])
+    except OSError as exc:
+        raise OutputError(f"cannot be written ({exc.strerror or exc})", path=path, obj="--dvh-out") from exc
     return path
 
 
@@ -73,14 +81,16 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
     if fmt == "json":
         out.write(json.dumps(document, indent=2) + "\n")
         return
-    header = ["structure", "volume_cc", "volume_outside_dose_cc", "dmin_gy", "dmean_gy", "dmax_gy"]
-    header += [m.text for m in metrics]
+    keys = ["volume_cc", "volume_outside_dose_cc", "dmin_gy", "dmean_gy", "dmax_gy"]
     rows = []
     for s in document["structures"]:
-        values = [s[k] for k in header[1:6]] + [s["metrics"][m.text] for m in metrics]
-        rows.append([s["name"], *values])
+        rows.append([s["name"], *(s[k] for k in keys), *(s["metrics"][m.text] for m in metrics)])
     if fmt == "csv":
-        out.write(csv_text(header, rows))
+        header = ["name", "number", *keys, *(m.text for m in metrics), "warnings"]
+        csv_rows = [
+            [row[0], s["number"], *row[1:], " | ".join(s["warnings"])] for row, s in zip(rows, document["structures"])
+        ]
+        out.write(csv_text(header, csv_rows))
         return
     out.write(f"backend: {document['backend']} ({document['device']})")
     if document["prescription_gy"]:
@@ -91,22 +101,30 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dicom.read import read_dose, read_structures
+    from ..dicom.read import read_structures
     from ..dispatch import select_backend
     from ..dvh import compute_dvhs, parse_metrics
+    from ..provenance import check_inputs, check_whole_course
 
     metrics = parse_metrics(args.metric or [])
-    prescription = options.prescription(args)
+    plan = options.plan(args)
+    prescription = options.prescription(args, plan)
     for m in metrics:
         if m.needs_prescription and prescription is None:
             raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
     step = options.dvh_step(args) if args.dvh_out else None
+    if args.dvh_out:
+        output_file(args.dvh_out, "--dvh-out")
     backend = select_backend(args.backend)
-    dose = read_dose(args.dose)
-    structures = read_structures(args.structures)
+    with collect_warnings() as warnings:
+        dose, beams = options.read_dose(args, backend)
+        structures = read_structures(args.structures)
+        check_inputs(dose, [structures], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch)
+        check_whole_course(dose, strict=False)
     dvhs = compute_dvhs(dose, structures, args.roi or None, options=options.sampling_options(args), backend=backend)
-    document = report(dvhs, metrics, prescription, backend)
-    document["dose_file"] = str(args.dose)
+    document = dvh_document(dvhs, metrics, prescription, backend)
+    document["warnings"] = list(warnings)
+    document["dose_file"] = " ".join(str(p) for p in args.dose)
     document["structure_file"] = str(args.structures)
     print_report(document, metrics, args.format, sys.stdout)
     if args.dvh_out and step is not None:

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 
 from ..errors import IsodoseError
 
-BACKEND_CHOICES = ("auto", "numpy", "numba", "cupy")
+#: ``dispatch.CHOICES``, written here so that building the parser imports no engine module (a test checks they
+#: agree).
+BACKEND_CHOICES = ("auto", "cupy", "numba", "numpy")
 FORMATS = ("table", "json", "csv")
 
 
@@ -37,6 +39,51 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
         choices=("half", "none"),
         help="extent beyond the first and last contour planes (default: half a plane spacing)",
     )
+
+
+def add_dose(parser: argparse.ArgumentParser, help_text: str = "RTDOSE file") -> None:
+    """``--dose`` (one file or more: the beams or fractions of one plan are summed), ``--relative-dose-reference-gy``
+    and ``--allow-mismatch``."""
+    parser.add_argument(
+        "--dose",
+        required=True,
+        nargs="+",
+        action="extend",
+        metavar="RD.dcm",
+        help=f"{help_text}; several files of one plan (its beams, or its fractions) are summed",
+    )
+    add_relative_dose(parser)
+    add_allow_mismatch(parser)
+
+
+def add_relative_dose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--relative-dose-reference-gy",
+        type=float,
+        default=None,
+        metavar="GY",
+        help="read RTDOSE files in relative units (DoseUnits RELATIVE) with 100%% as this dose",
+    )
+
+
+def add_allow_mismatch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="go on (with a warning) where files say they do not belong together: another "
+        "patient's, or a plan the dose does not reference",
+    )
+
+
+def read_dose(args: argparse.Namespace, backend=None):
+    """The dose of ``--dose``: one file read, or several (one plan's beams or fractions) read and summed on the
+    first one's grid. Returns the dose and how many per-beam doses it sums (0 when read whole)."""
+    from ..dicom.read import read_dose as read_file
+    from ..reirradiation import sum_doses
+
+    doses = [read_file(path, args.relative_dose_reference_gy) for path in args.dose]
+    beams = sum(d.summation_type == "BEAM" for d in doses) if len(doses) > 1 else 0
+    return sum_doses(doses, backend=backend), beams
 
 
 def add_prescription(parser: argparse.ArgumentParser) -> None:
@@ -92,16 +139,22 @@ def positive_prescription(value: float | None) -> float | None:
     return value
 
 
-def prescription(args: argparse.Namespace) -> float | None:
-    """The prescription (Gy) of ``--prescription``, else of ``--plan``'s RTPLAN, else None."""
+def plan(args: argparse.Namespace):
+    """The RTPLAN of ``--plan``, read; None without one."""
+    if not getattr(args, "plan", None):
+        return None
+    from ..dicom.read import read_plan
+
+    return read_plan(args.plan)
+
+
+def prescription(args: argparse.Namespace, plan=None) -> float | None:
+    """The prescription (Gy) of ``--prescription``, else of the RTPLAN ``plan`` (``--plan``), else None."""
     if args.prescription is not None:
         return positive_prescription(args.prescription)
-    if getattr(args, "plan", None):
-        from ..dicom.read import read_plan
-
-        plan = read_plan(args.plan)
+    if plan is not None:
         if plan.prescription_gy is None:
-            raise IsodoseError("the plan holds no TargetPrescriptionDose; give --prescription", path=args.plan)
+            raise IsodoseError("the plan holds no TargetPrescriptionDose; give --prescription", path=plan.source)
         return plan.prescription_gy
     return None
 

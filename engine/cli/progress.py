@@ -1,4 +1,5 @@
-"""The progress bar of ``cohort run`` and ``demo``: what the command line draws of a run's progress callback."""
+"""The progress bar of ``cohort run`` and ``demo`` (what the command line draws of a run's progress callback),
+and the summary printed when a run ends."""
 
 from __future__ import annotations
 
@@ -51,3 +52,12 @@ class ProgressBar:
         if self._drawn and self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def print_summary(summary) -> None:
+    rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
+    print(
+        f"{summary.cases} cases: {summary.processed} processed ({summary.failed} failed), {summary.skipped} already "
+        f"done; {summary.seconds:.1f} s ({rate:.1f} cases/s)"
+    )
+    print(f"results: {summary.store}; table: {summary.table}")

@@ -13,7 +13,7 @@ from ..formatting import csv_text, json_number, text_table
 from . import options
 
 #: Where the Nelms set is looked for when no PATH is given.
-ENV_VAR = "ISODOSE_NELMS"
+NELMS_ENV_VAR = "ISODOSE_NELMS"
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "path",
         nargs="?",
         default=None,
-        help=f"folder with analytical.csv, dose_grids/ and structures/ (default: ${ENV_VAR})",
+        help=f"folder with analytical.csv, dose_grids/ and structures/ (default: ${NELMS_ENV_VAR})",
     )
     options.add_format(nelms)
     nelms.add_argument(
@@ -41,10 +41,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def nelms_path(given: str | None) -> str:
     """The folder of the Nelms set: PATH, else ``$ISODOSE_NELMS``; an error saying both when neither is given."""
-    path = given or os.environ.get(ENV_VAR)
+    path = given or os.environ.get(NELMS_ENV_VAR)
     if not path:
         raise ValidationDataError(
-            f"give the folder of the Nelms 2015 set (it holds analytical.csv) as PATH, or set {ENV_VAR}",
+            f"give the folder of the Nelms 2015 set (it holds analytical.csv) as PATH, or set {NELMS_ENV_VAR}",
             obj="validate nelms",
         )
     return path

@@ -30,6 +30,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from ..dicom.read import FileHeader, read_header
 from ..errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -209,88 +210,7 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
 # --------------------------------------------------------------------------------------------------------
 # Folder discovery
 # --------------------------------------------------------------------------------------------------------
-#: Dates that order the courses of a patient, first found first: (date, time) keywords.
-_DATE_TAGS = (
-    ("RTPlanDate", "RTPlanTime"),
-    ("ContentDate", "ContentTime"),
-    ("InstanceCreationDate", "InstanceCreationTime"),
-    ("StudyDate", "StudyTime"),
-)
-_HEADER_TAGS = [
-    "Modality",
-    "PatientID",
-    "StudyInstanceUID",
-    "FrameOfReferenceUID",
-    "SOPInstanceUID",
-    "DoseSummationType",
-    "ReferencedRTPlanSequence",
-    "StructureSetROISequence",
-    "ReferencedFrameOfReferenceSequence",
-    "RegistrationSequence",
-    "DoseReferenceSequence",
-    *(keyword for pair in _DATE_TAGS for keyword in pair),
-]
-
-
-@dataclass
-class _Header:
-    path: Path
-    modality: str
-    patient: str
-    frame: str
-    sop: str
-    summation: str = ""
-    referenced_plan: str = ""
-    rois: tuple[str, ...] = ()
-    registered_frames: tuple[str, ...] = ()
-    date: str = ""  # YYYYMMDDHHMMSS... of the first dated pair of _DATE_TAGS, for ordering courses
-
-
-def _read_header(path: Path) -> _Header | None:
-    """The header of an RT file, or None for a file that is not one (or cannot be read: warned about, since a
-    case missing that file then fails with the reason)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    except InvalidDicomError:
-        return None
-    except Exception as exc:  # damaged: pydicom raises many kinds
-        log.warning("%s: skipped, unreadable DICOM (%s: %s)", path, type(exc).__name__, exc)
-        return None
-    try:
-        return _header_of(ds, path)
-    except Exception as exc:  # a damaged element raises when pydicom first converts it
-        log.warning("%s: skipped, malformed DICOM header (%s: %s)", path, type(exc).__name__, exc)
-        return None
-
-
-def _header_of(ds, path: Path) -> _Header | None:
-    modality = str(ds.get("Modality", "") or "")
-    if modality not in ("RTDOSE", "RTSTRUCT", "RTPLAN", "REG"):
-        return None
-    frame = str(ds.get("FrameOfReferenceUID", "") or "")
-    if modality == "RTSTRUCT" and not frame:
-        referenced = ds.get("ReferencedFrameOfReferenceSequence") or []
-        frame = str(referenced[0].get("FrameOfReferenceUID", "")) if referenced else ""
-    header = _Header(path, modality, str(ds.get("PatientID", "") or ""), frame, str(ds.get("SOPInstanceUID", "")))
-    for date, time in _DATE_TAGS:
-        day = str(ds.get(date, "") or "").strip()
-        if day:
-            header.date = day + str(ds.get(time, "") or "").strip().replace(":", "")
-            break
-    if modality == "RTDOSE":
-        header.summation = str(ds.get("DoseSummationType", "") or "")
-        plans = ds.get("ReferencedRTPlanSequence") or []
-        header.referenced_plan = str(plans[0].get("ReferencedSOPInstanceUID", "")) if plans else ""
-    elif modality == "RTSTRUCT":
-        header.rois = tuple(str(r.get("ROIName", "")).strip() for r in ds.get("StructureSetROISequence") or [])
-    elif modality == "REG":
-        header.registered_frames = tuple(
-            str(r.get("FrameOfReferenceUID", "")) for r in ds.get("RegistrationSequence") or []
-        )
-    return header
+_Header = FileHeader
 
 
 def _has_roi(header: _Header, roi: str) -> bool:
@@ -309,7 +229,7 @@ def discover_cases(
         h
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not p.name.startswith(".")
-        for h in [_read_header(p)]
+        for h in [read_header(p)]
         if h is not None
     ]
     if not any(h.modality == "RTDOSE" for h in headers):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -29,6 +28,7 @@ from ..errors import DistributedError
 from .cases import Case
 from .entries import CaseEntry, error_entry
 from .execution import Finish, OnEntries, Task
+from .local import threads_per_worker
 
 #: Tasks in flight per worker thread: enough to keep workers busy between results, few enough to stay small.
 IN_FLIGHT_PER_THREAD = 2
@@ -67,7 +67,7 @@ def dask_client(
     cluster = None
     if local_workers is not None:
         n = max(1, int(local_workers))
-        threads = str(max(1, (os.cpu_count() or 1) // n))
+        threads = str(threads_per_worker(n))
         try:
             cluster = distributed.LocalCluster(
                 n_workers=n,
@@ -123,7 +123,7 @@ def process_case_on_worker(case: Case, settings, backend=None) -> CaseEntry:
     return entry
 
 
-def _failure(exc: BaseException) -> str:
+def _task_failure(exc: BaseException) -> str:
     name = type(exc).__name__
     if name == "KilledWorker":
         return "the case's task ended the worker processes that ran it (killed, or out of memory)"
@@ -172,7 +172,7 @@ class DaskCluster:
                 try:
                     value = future.result()
                 except Exception as exc:  # the task itself failed (task code turns case errors into entries)
-                    value = error_entry(case.case_id, _failure(exc))
+                    value = error_entry(case.case_id, _task_failure(exc))
                 future.release()
                 on_entries(finish([(case, value)]))
                 top_up()

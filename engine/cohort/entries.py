@@ -64,7 +64,3 @@ def error_entry(
         "warnings": list(warnings or []),
     }
 
-
-def is_entry(value: object) -> bool:
-    """Whether ``value`` is a case's entry (what a task returns when it stops early) rather than its inputs."""
-    return isinstance(value, dict) and "case_id" in value and "status" in value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import ProcessPoolExecutor as _Pool
@@ -29,6 +30,16 @@ def check_workers(workers: int | None) -> None:
     """``workers`` is None (one per CPU core) or a whole number of at least 1."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise IsodoseError(f"the number of worker processes must be a whole number of at least 1, not {workers!r}")
+
+
+def default_workers(workers: int | None) -> int:
+    """``workers``, or one per CPU core when None."""
+    return max(1, int(workers or os.cpu_count() or 1))
+
+
+def threads_per_worker(workers: int) -> int:
+    """The Numba threads each of ``workers`` processes gets: the machine's cores shared among them."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 def _init_worker(threads: int, log_level: int) -> None:

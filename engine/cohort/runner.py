@@ -18,12 +18,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dispatch import Backend, resolve_backend
+from ..dispatch import BACKENDS, Backend, resolve_backend
 from ..errors import IsodoseError
 from .cases import Case, input_fingerprint, load_cases
 from .entries import CaseEntry
 from .execution import Executor, Finish, InProcess, Task, entries_as_they_are
-from .local import ProcessPool, check_workers
+from .local import ProcessPool, check_workers, default_workers, threads_per_worker
 from .settings import RunSettings
 from .store import ResultStore
 from .work import classify_received, process_case, read_and_send
@@ -46,7 +46,8 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class RunProgress:
-    """Where a run stands, as the progress callback gets it after each stored case (and once at the start)."""
+    """Where a run stands, as the progress callback gets it: once at the start, then after each stored batch of
+    cases (one case at a time on the CPU; a GPU batch at once)."""
 
     total: int
     done: int
@@ -149,7 +150,7 @@ def run_cohort(
     1
     """
     settings = settings or RunSettings()
-    started = time.perf_counter()
+    run_started = time.perf_counter()
     check_workers(workers)
     if cases is None:
         cases = load_cases(source, recurrence_roi, prescription_gy, second_courses)
@@ -158,6 +159,7 @@ def run_cohort(
         todo = _to_do(store, all_cases)
         store.check_free_space(len(todo))
         arrangement = _arrangement(todo, settings, workers, backend, pipelined, batch_size, client)
+        started = time.perf_counter()  # the rate and the time left count the cases' work, not the set-up
         skipped = len(all_cases) - len(todo)
         failed = 0
 
@@ -198,7 +200,7 @@ def run_cohort(
         if store.pending:
             store.consolidate()
         table = store.write_table()
-    return RunSummary(len(all_cases), skipped, len(todo), failed, time.perf_counter() - started, store.path, table)
+    return RunSummary(len(all_cases), skipped, len(todo), failed, time.perf_counter() - run_started, store.path, table)
 
 
 def _to_do(store: ResultStore, all_cases: list[Case]) -> list[Case]:
@@ -237,17 +239,18 @@ def _arrangement(
     client,
 ) -> _Arrangement:
     """The arrangement of a run (see :func:`run_cohort`)."""
-    workers = max(1, int(workers or os.cpu_count() or 1))
-    classify_here: Task = functools.partial(process_case, settings=settings, backend=backend)
+    workers = default_workers(workers)
     if client is not None:
         from .distributed import DaskCluster, process_case_on_worker
 
-        task = functools.partial(process_case_on_worker, settings=settings, backend=backend)
+        task = functools.partial(process_case_on_worker, settings=settings, backend=_for_workers(backend))
         return _Arrangement(DaskCluster(client), task, entries_as_they_are)
-    if pipelined is None:
-        pipelined = resolve_backend(backend).name == "cupy" and workers > 1
+    if pipelined is None:  # a backend that samples many cases in one launch (a GPU) is fed by reading workers
+        pipelined = resolve_backend(backend).kernels.PREFERS_MERGED_REQUESTS and workers > 1
     if workers == 1 or len(todo) <= 1:
-        return _Arrangement(InProcess(), classify_here, entries_as_they_are)
+        return _Arrangement(
+            InProcess(), functools.partial(process_case, settings=settings, backend=backend), entries_as_they_are
+        )
     n = min(workers, len(todo))
     if pipelined:
         # Reading workers read and plan; this process samples (for a GPU, which one process drives) and
@@ -255,4 +258,18 @@ def _arrangement(
         task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid())
         finish: Finish = functools.partial(classify_received, settings=settings, backend=backend)
         return _Arrangement(ProcessPool(n, 1, max(1, batch_size)), task, finish, hands_over=True)
-    return _Arrangement(ProcessPool(n, max(1, (os.cpu_count() or 1) // n)), classify_here, entries_as_they_are)
+    read_and_classify = functools.partial(process_case, settings=settings, backend=_for_workers(backend))
+    return _Arrangement(ProcessPool(n, threads_per_worker(n)), read_and_classify, entries_as_they_are)
+
+
+def _for_workers(backend: str | Backend | None) -> str | None:
+    """The backend as worker processes get it: its name, with which each loads it (and tests it) itself. A backend
+    made by hand cannot travel: it computes in this process only."""
+    if not isinstance(backend, Backend):
+        return backend
+    if backend.name not in BACKENDS:
+        raise IsodoseError(
+            f"the backend {backend.name!r} was made by hand, and cannot be sent to worker processes: give one of "
+            f"{', '.join(BACKENDS)} by name, or run it in this process (workers=1, or pipelined=True)"
+        )
+    return backend.name

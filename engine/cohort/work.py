@@ -8,7 +8,6 @@ worker processes; the orchestration (:mod:`.runner`) writes what they return.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _curve(dvh, step_gy: float) -> list[float]:
-    doses = step_gy * np.arange(int(math.floor(dvh.dmax_gy / step_gy)) + 2)
+    doses = dvh.dose_steps_gy(step_gy)
     return np.round(np.asarray(dvh.cumulative(doses), dtype=np.float64), 5).tolist()
 
 
@@ -48,7 +47,7 @@ class CaseInputs:
     read_s: float
     warnings: tuple[str, ...] = ()
     #: The courses of a re-irradiated case: (course 1, course 2, the registration of course 2's frame or None).
-    second: tuple[Course, Course, Registration | None] | None = None
+    courses: tuple[Course, Course, Registration | None] | None = None
     #: What the result depends on (:func:`~isodose.cohort.cases.input_fingerprint`), taken before the files were read.
     fingerprint: dict | None = None
     #: The case's classification prepared where it was read (a PreparedRecurrence or the IsodoseError that
@@ -58,13 +57,14 @@ class CaseInputs:
     prepare_s: float = 0.0
 
 
-def _failure(exc: Exception) -> str:
-    """What stopped a case, in one line: an isodose error as it is, anything else named as internal."""
+def _failure(exc: Exception, case_ids: str) -> str:
+    """What stopped a case (or a batch), in one line: an isodose error as it is, anything else named as internal
+    (its traceback in the debug log, with ``case_ids``)."""
     if isinstance(exc, IsodoseError):
         return str(exc)
     if isinstance(exc, MemoryError):
         return "out of memory"
-    log.debug("a case failed", exc_info=True)
+    log.debug("case %s failed", case_ids, exc_info=True)
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
@@ -87,10 +87,11 @@ def read_case(case: Case) -> CaseInputs | CaseEntry:
                     raise IsodoseError("the plan holds no prescription; give prescription_gy", path=case.plan)
             follow_up = read_structures(case.recurrence_structures) if case.recurrence_structures else None
             registration = read_registration(case.registration) if case.registration else None
-            second = _read_second_course(case, dose) if case.second_dose else None
+            courses = _read_second_course(case, dose) if case.second_dose else None
         except Exception as exc:
             seconds = time.perf_counter() - started
-            entry = error_entry(case.case_id, _failure(exc), Timings(read_s=seconds, total_s=seconds), messages)
+            timings = Timings(read_s=seconds, total_s=seconds)
+            entry = error_entry(case.case_id, _failure(exc, case.case_id), timings, messages)
             entry["inputs"] = fingerprint
             return entry
     return CaseInputs(
@@ -102,7 +103,7 @@ def read_case(case: Case) -> CaseInputs | CaseEntry:
         registration,
         time.perf_counter() - started,
         tuple(messages),
-        second=second,
+        courses=courses,
         fingerprint=fingerprint,
     )
 
@@ -138,8 +139,8 @@ def _with_reirradiation(inputs: CaseInputs, entry: CaseEntry, settings: RunSetti
     from ..recurrence import recurrence_transform
     from ..reirradiation import reirradiation_record
 
-    assert inputs.second is not None and inputs.structures is not None  # a re-irradiated case keeps its contours
-    first, second, registration = inputs.second
+    assert inputs.courses is not None and inputs.structures is not None  # a re-irradiated case keeps its contours
+    first, second, registration = inputs.courses
     source = inputs.follow_up if inputs.follow_up is not None else inputs.structures
     transform = recurrence_transform(inputs.dose, source, inputs.registration) if inputs.follow_up is not None else None
     with collect_warnings() as messages:
@@ -162,7 +163,7 @@ def _with_reirradiation(inputs: CaseInputs, entry: CaseEntry, settings: RunSetti
     return entry
 
 
-def _entry(case_id: str, result, settings: RunSettings, timings: Timings) -> CaseEntry:
+def ok_entry(case_id: str, result, settings: RunSettings, timings: Timings) -> CaseEntry:
     """The store's entry of one classified case."""
     dvhs = {result.recurrence_dvh.name: ("recurrence", result.recurrence_dvh)}
     dvhs.update({name: ("roi", d) for name, d in result.roi_dvhs.items() if name not in dvhs})
@@ -209,7 +210,7 @@ def read_and_prepare(case: Case, settings: RunSettings) -> CaseInputs | CaseEntr
     """:func:`read_case`, then the planning of the case's classification (what a reading worker does for the
     process that drives a GPU, which then only samples and finishes)."""
     inputs = read_case(case)
-    return inputs if isinstance(inputs, dict) else prepare_inputs(inputs, settings)
+    return prepare_inputs(inputs, settings) if isinstance(inputs, CaseInputs) else inputs
 
 
 def prepare_inputs(inputs: CaseInputs, settings: RunSettings) -> CaseInputs:
@@ -219,7 +220,7 @@ def prepare_inputs(inputs: CaseInputs, settings: RunSettings) -> CaseInputs:
     started = time.perf_counter()
     prepared = prepare_recurrence(_recurrence_case(inputs, settings), settings.options)
     inputs = replace(inputs, prepared=prepared, prepare_s=time.perf_counter() - started)
-    if inputs.second is None:  # what remains to do needs none of the contours: they are not passed on
+    if inputs.courses is None:  # what remains to do needs none of the contours: they are not passed on
         inputs = replace(inputs, structures=None, follow_up=None, registration=None)
     return inputs
 
@@ -243,7 +244,7 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None)
         try:
             entries = _classify(batch, settings, backend, started)
         except Exception as exc:
-            error = _failure(exc)
+            error = _failure(exc, ",".join(i.case.case_id for i in batch))
             entries = [error_entry(i.case.case_id, error, Timings(read_s=i.read_s), messages) for i in batch]
     for inputs, entry in zip(batch, entries):
         entry["inputs"] = inputs.fingerprint
@@ -266,12 +267,12 @@ def _classify(batch: list[CaseInputs], settings: RunSettings, backend, started: 
         timing = Timings(read_s=inputs.read_s, compute_s=share + inputs.prepare_s)
         if isinstance(result, Exception):
             entries.append(error_entry(inputs.case.case_id, str(result), timing, list(result.warnings)))
-        elif inputs.second is not None:
+        elif inputs.courses is not None:
             entries.append(
-                _with_reirradiation(inputs, _entry(inputs.case.case_id, result, settings, timing), settings, backend)
+                _with_reirradiation(inputs, ok_entry(inputs.case.case_id, result, settings, timing), settings, backend)
             )
         else:
-            entries.append(_entry(inputs.case.case_id, result, settings, timing))
+            entries.append(ok_entry(inputs.case.case_id, result, settings, timing))
     return entries
 
 
@@ -284,7 +285,7 @@ def classify_inputs(inputs: CaseInputs, settings: RunSettings, backend=None) -> 
 def process_case(case: Case, settings: RunSettings, backend=None) -> CaseEntry:
     """Read and classify one case; never raises for a bad case (the error goes into the returned entry)."""
     inputs = read_case(case)
-    return inputs if isinstance(inputs, dict) else classify_inputs(inputs, settings, backend)
+    return classify_inputs(inputs, settings, backend) if isinstance(inputs, CaseInputs) else inputs
 
 
 def classify_received(items: list[tuple[Case, object]], settings: RunSettings, backend=None) -> list[CaseEntry]:

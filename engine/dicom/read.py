@@ -6,12 +6,17 @@ naming the file, the object and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from os import PathLike
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -86,8 +91,29 @@ def _one_line(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: Held while warnings are caught: the warnings module's filters are one per process, so two threads reading at
+#: once would each catch the other's warnings, or restore the other's filters.
+_WARNINGS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def pydicom_warnings(path: PathType) -> Iterator[None]:
+    """Catch the warnings raised inside the block (pydicom's, about values that break the standard) and log each
+    once, naming the file, through isodose's logger: so that they reach the result they concern, not stderr."""
+    with _WARNINGS_LOCK:
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:  # logged however the block ends: the warnings may explain a failure
+            for message in dict.fromkeys(_one_line(str(w.message)) for w in caught):
+                log.warning("%s: %s", path, message)
+
+
 def _reader(read: Callable[..., T]) -> Callable[..., T]:
-    """A reader whose every failure is an :class:`IsodoseError` naming the file.
+    """A reader whose every failure is an :class:`IsodoseError` naming the file, and whose pydicom warnings are
+    logged as isodose's (see :func:`pydicom_warnings`).
 
     pydicom converts most elements when they are first used, so a damaged element (a bad value
     representation, a length that does not match its type) raises from deep inside pydicom, of whatever type,
@@ -96,12 +122,15 @@ def _reader(read: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(read)
     def guarded(path: PathType, *args, **kwargs) -> T:
-        try:
-            return read(path, *args, **kwargs)
-        except (IsodoseError, MemoryError):
-            raise
-        except Exception as exc:
-            raise DicomReadError(f"malformed DICOM ({type(exc).__name__}: {_one_line(str(exc))})", path=path) from exc
+        with pydicom_warnings(path):
+            try:
+                return read(path, *args, **kwargs)
+            except (IsodoseError, MemoryError):
+                raise
+            except Exception as exc:
+                raise DicomReadError(
+                    f"malformed DICOM ({type(exc).__name__}: {_one_line(str(exc))})", path=path
+                ) from exc
 
     return guarded
 
@@ -134,6 +163,11 @@ def read_dataset(
         if found != modality:
             raise DicomReadError(f"modality is {found or 'missing'}, expected {modality}", path=path)
     return ds
+
+
+def _text(ds, keyword: str) -> str:
+    """A text element, stripped; "" when missing or empty."""
+    return str(ds.get(keyword, "") or "").strip()
 
 
 def _required(ds, keyword: str, path: PathType, obj: str | None = None):
@@ -178,23 +212,37 @@ def _axis_of(direction: np.ndarray, name: str, path: PathType) -> tuple[int, int
 # --------------------------------------------------------------------------------------------------------
 # RTDOSE
 # --------------------------------------------------------------------------------------------------------
+#: Relative doses whose maximum is at most this are fractions (1.0 = 100%); above it, percentages.
+RELATIVE_FRACTION_MAX = 2.0
+
+
 @_reader
-def read_dose(path: PathType) -> DoseGrid:
+def read_dose(path: PathType, relative_reference_gy: float | None = None) -> DoseGrid:
     """Read an RTDOSE file into a :class:`DoseGrid` in Gy, re-ordered so that indices increase along x, y
     and z.
 
     Handles DoseGridScaling, 16- and 32-bit pixels, relative or absolute GridFrameOffsetVector in either
     direction and any axis-aligned orientation (HFS, HFP, FFS, FFP, and the rest).
 
+    GridFrameOffsetVector is relative to the first frame, or, with the identity orientation, absolute z, as the
+    standard allows (PS3.3 C.8.8.3.2). Files that give absolute z with another orientation whose slice normal
+    lies along z (feet-first or prone), a departure from the standard that is nevertheless unambiguous, are read
+    with a warning; only what cannot be told apart is refused.
+
     Parameters
     ----------
     path : str or path
         The RTDOSE file.
+    relative_reference_gy : float, optional
+        For DoseUnits RELATIVE: the dose (Gy) of 100%. Relative values whose maximum is at most 2 are read as
+        fractions (1.0 = 100%), larger ones as percentages, with a warning saying which. Without it, RELATIVE
+        dose is refused.
 
     Returns
     -------
     DoseGrid
-        The dose in Gy, its frame of reference, and the file as its ``source``.
+        The dose in Gy, its frame of reference, its file as ``source``, and the file's PatientID,
+        SOPInstanceUID, referenced RTPLAN, DoseSummationType and DoseType.
 
     Raises
     ------
@@ -216,10 +264,21 @@ def read_dose(path: PathType) -> DoseGrid:
     """
     ds = read_dataset(path, "RTDOSE", defer_size=DEFERRED_BYTES)  # pixels: once their memory is known
     units = str(_required(ds, "DoseUnits", path)).strip().upper()
-    if units != "GY":
+    if units == "RELATIVE" and relative_reference_gy is None:
+        raise DoseUnitsError(
+            "DoseUnits is RELATIVE, not GY; give the dose of 100% to read it (--relative-dose-reference-gy GY, "
+            "or relative_reference_gy=)",
+            path=path,
+        )
+    if units not in ("GY", "RELATIVE"):
         raise DoseUnitsError(
             f"DoseUnits is {units}, not GY; isodose computes absolute dose metrics and will not read "
             f"{units} dose as Gy",
+            path=path,
+        )
+    if relative_reference_gy is not None and not (math.isfinite(relative_reference_gy) and relative_reference_gy > 0):
+        raise DoseUnitsError(
+            f"the reference dose of relative dose must be a positive dose in Gy, not {relative_reference_gy}",
             path=path,
         )
     rows = int(_required(ds, "Rows", path))
@@ -260,6 +319,19 @@ def read_dose(path: PathType) -> DoseGrid:
         raise DoseGridError("dose holds NaN or infinite values", path=path)
     if dose.min() < 0:
         raise DoseGridError(f"dose holds negative values (down to {dose.min():.4g} Gy)", path=path)
+    if units == "RELATIVE":
+        assert relative_reference_gy is not None
+        top = float(dose.max())
+        fraction = top <= RELATIVE_FRACTION_MAX
+        dose *= np.float32(relative_reference_gy if fraction else relative_reference_gy / 100.0)
+        log.warning(
+            "%s: DoseUnits is RELATIVE: read as %s of %g Gy (its maximum is %.4g, so %s is taken as 100%%)",
+            path,
+            "a fraction" if fraction else "a percentage",
+            relative_reference_gy,
+            top,
+            "1.0" if fraction else "100",
+        )
 
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
@@ -269,17 +341,31 @@ def read_dose(path: PathType) -> DoseGrid:
     if len({row_axis[0], col_axis[0], normal_axis[0]}) != 3:
         raise DoseGridError("ImageOrientationPatient row and column directions are parallel", path=path)
 
-    # Frame positions along the normal: relative offsets (first value 0) or, for the identity orientation
-    # only, absolute patient z (first value equal to ImagePositionPatient z). See DICOM PS3.3 C.8.8.3.2.
+    # Frame positions along the normal: relative offsets (first value 0) or, for the identity orientation,
+    # absolute patient z (first value equal to ImagePositionPatient z). See DICOM PS3.3 C.8.8.3.2. Absolute z with
+    # a slice normal along -z (feet-first, prone) is outside the standard but unambiguous: z runs against the
+    # normal there.
     identity = np.allclose(orientation, [1, 0, 0, 0, 1, 0], atol=ORIENTATION_TOLERANCE)
+    absolute = abs(offsets[0] - position[2]) < 1e-3
     if abs(offsets[0]) < 1e-6:
         along_normal = offsets
-    elif identity and abs(offsets[0] - position[2]) < 1e-3:
+    elif absolute and identity:
         along_normal = offsets - offsets[0]
+    elif absolute and normal_axis[0] == 2:
+        along_normal = (offsets - offsets[0]) * normal_axis[1]
+        log.warning(
+            "%s: GridFrameOffsetVector holds absolute z positions (it starts at ImagePositionPatient z, %g) with "
+            "ImageOrientationPatient %s, where the standard allows only offsets relative to the first frame; read "
+            "as absolute z, the slice normal pointing %s",
+            path,
+            position[2],
+            np.round(orientation, 6).tolist(),
+            "+z" if normal_axis[1] > 0 else "-z",
+        )
     else:
         raise DoseGridError(
             f"GridFrameOffsetVector starts at {offsets[0]:g}, neither 0 (relative) nor ImagePositionPatient z "
-            f"{position[2]:g} (absolute, identity orientation only)",
+            f"{position[2]:g} (absolute z, which needs a slice normal along z)",
             path=path,
         )
     steps = np.diff(along_normal)
@@ -315,7 +401,18 @@ def read_dose(path: PathType) -> DoseGrid:
         spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
         source=str(path),
+        patient_id=_text(ds, "PatientID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        referenced_plan_uid=_referenced_plan(ds),
+        summation_type=_text(ds, "DoseSummationType").upper(),
+        dose_type=_text(ds, "DoseType").upper(),
     )
+
+
+def _referenced_plan(ds) -> str:
+    """The SOPInstanceUID of the RTPLAN an RTDOSE references ("" when it names none)."""
+    plans = ds.get("ReferencedRTPlanSequence") or []
+    return str(plans[0].get("ReferencedSOPInstanceUID", "") or "").strip() if plans else ""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -495,12 +592,14 @@ def read_plan(path: PathType) -> Plan:
                 prescription_gy=value,
             )
         )
-    fractions = None
+    fractions = beams = None
     groups = ds.get("FractionGroupSequence") or []
     if groups and groups[0].get("NumberOfFractionsPlanned") not in (None, ""):
         fractions = int(groups[0].NumberOfFractionsPlanned)
         if fractions < 1:
             raise PlanError(f"NumberOfFractionsPlanned is {fractions}", path=path)
+    if groups and groups[0].get("NumberOfBeams") not in (None, ""):
+        beams = int(groups[0].NumberOfBeams)
     doses = [r.prescription_gy for r in references if r.prescription_gy is not None]
     return Plan(
         prescription_gy=max(doses) if doses else None,
@@ -508,6 +607,9 @@ def read_plan(path: PathType) -> Plan:
         dose_references=tuple(references),
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
         source=str(path),
+        patient_id=_text(ds, "PatientID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        number_of_beams=beams,
     )
 
 
@@ -586,4 +688,117 @@ def read_registration(path: PathType) -> Registration:
             matrices[source] = check_rigid(values.reshape(4, 4), "the matrix")
         except RegistrationError as exc:
             raise RegistrationError(exc.problem, path=path, obj=obj) from None
-    return Registration(frame_of_reference_uid=registered, matrices=matrices, source=str(path))
+    return Registration(
+        frame_of_reference_uid=registered, matrices=matrices, source=str(path), patient_id=_text(ds, "PatientID")
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Headers, for folder discovery
+# --------------------------------------------------------------------------------------------------------
+#: Dates that order the courses of a patient, first found first: (date, time) keywords.
+_DATE_TAGS = (
+    ("RTPlanDate", "RTPlanTime"),
+    ("ContentDate", "ContentTime"),
+    ("InstanceCreationDate", "InstanceCreationTime"),
+    ("StudyDate", "StudyTime"),
+)
+_HEADER_TAGS = [
+    "Modality",
+    "PatientID",
+    "StudyInstanceUID",
+    "FrameOfReferenceUID",
+    "SOPInstanceUID",
+    "DoseSummationType",
+    "DoseType",
+    "ReferencedRTPlanSequence",
+    "StructureSetROISequence",
+    "ReferencedFrameOfReferenceSequence",
+    "RegistrationSequence",
+    "DoseReferenceSequence",
+    *(keyword for pair in _DATE_TAGS for keyword in pair),
+]
+
+
+@dataclass
+class FileHeader:
+    """What folder discovery needs of an RT file's header, to sort the files of a folder into cases."""
+
+    path: Path
+    modality: str
+    patient: str
+    frame: str
+    sop: str
+    summation: str = ""
+    referenced_plan: str = ""
+    rois: tuple[str, ...] = ()
+    registered_frames: tuple[str, ...] = ()
+    date: str = ""  # YYYYMMDDHHMMSS... of the first dated pair of _DATE_TAGS, for ordering courses
+    dose_type: str = ""
+
+
+def read_header(path: Path) -> FileHeader | None:
+    """The header of an RT file, or None for a file that is not one (or cannot be read: warned about, since a
+    case missing that file then fails with the reason). pydicom's warnings about the file are logged as
+    isodose's, naming it."""
+    with pydicom_warnings(path):
+        return _read_header(path)
+
+
+def _read_header(path: Path) -> FileHeader | None:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        except InvalidDicomError:  # no preamble, common in RT exports: an RT file only if it names its modality
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS, force=True)
+            if "Modality" not in ds:
+                return None
+    except Exception as exc:  # damaged: pydicom raises many kinds
+        if isinstance(exc, InvalidDicomError) or _is_not_dicom(path):
+            return None
+        log.warning("%s: skipped, unreadable DICOM (%s: %s)", path, type(exc).__name__, exc)
+        return None
+    try:
+        return _header_of(ds, path)
+    except Exception as exc:  # a damaged element raises when pydicom first converts it
+        log.warning("%s: skipped, malformed DICOM header (%s: %s)", path, type(exc).__name__, exc)
+        return None
+
+
+def _is_not_dicom(path: Path) -> bool:
+    """Whether a file that pydicom could not read at all lacks the DICOM preamble (any other file, say)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:132] != b"DICM"
+    except OSError:
+        return False
+
+
+def _header_of(ds, path: Path) -> FileHeader | None:
+    modality = str(ds.get("Modality", "") or "")
+    if modality not in ("RTDOSE", "RTSTRUCT", "RTPLAN", "REG"):
+        return None
+    frame = str(ds.get("FrameOfReferenceUID", "") or "")
+    if modality == "RTSTRUCT" and not frame:
+        referenced = ds.get("ReferencedFrameOfReferenceSequence") or []
+        frame = str(referenced[0].get("FrameOfReferenceUID", "")) if referenced else ""
+    header = FileHeader(path, modality, str(ds.get("PatientID", "") or ""), frame, str(ds.get("SOPInstanceUID", "")))
+    for date, time in _DATE_TAGS:
+        day = str(ds.get(date, "") or "").strip()
+        if day:
+            header.date = day + str(ds.get(time, "") or "").strip().replace(":", "")
+            break
+    if modality == "RTDOSE":
+        header.summation = str(ds.get("DoseSummationType", "") or "").strip().upper()
+        header.dose_type = str(ds.get("DoseType", "") or "").strip().upper()
+        header.referenced_plan = _referenced_plan(ds)
+    elif modality == "RTSTRUCT":
+        header.rois = tuple(str(r.get("ROIName", "")).strip() for r in ds.get("StructureSetROISequence") or [])
+    elif modality == "REG":
+        header.registered_frames = tuple(
+            str(r.get("FrameOfReferenceUID", "")) for r in ds.get("RegistrationSequence") or []
+        )
+    return header
