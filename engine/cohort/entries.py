@@ -63,4 +63,3 @@ def error_entry(
         "dvhs": {},
         "warnings": list(warnings or []),
     }
-
