@@ -806,7 +806,10 @@ def test_a_second_course_adds_accumulated_metrics_and_risk_flags(cohort, results
                 planned.frame_of_reference_uid,
             )
             second = write_dose(
-                uniform, tmp_path / f"{row['case_id']}-RD2.dcm", frame_of_reference_uid=planned.frame_of_reference_uid
+                uniform,
+                tmp_path / f"{row['case_id']}-RD2.dcm",
+                frame_of_reference_uid=planned.frame_of_reference_uid,
+                patient_id=planned.patient_id,
             )
             fractions = "35"
             if index == len(rows) - 1:  # no first-course fractions and no plan to read them from: this case fails

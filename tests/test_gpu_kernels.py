@@ -288,7 +288,10 @@ def test_cohort_batches_on_the_gpu_give_the_numbers_of_one_case_at_a_time(gpu, t
             first.dose_gy * np.float32(0.4), first.origin_mm, first.spacing_mm, first.frame_of_reference_uid
         )
         path = write_dose(
-            second, manifest.parent / f"{row['case_id']}-RD2.dcm", frame_of_reference_uid=first.frame_of_reference_uid
+            second,
+            manifest.parent / f"{row['case_id']}-RD2.dcm",
+            frame_of_reference_uid=first.frame_of_reference_uid,
+            patient_id=first.patient_id,
         )
         row.update(fractions="35", second_dose=path.name, second_fractions="10")
     with manifest.open("w", newline="") as handle:

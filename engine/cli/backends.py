@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from ..formatting import csv_text
+from . import options
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("backends", help="list the compute backends usable on this machine")
+    options.add_format(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -14,7 +19,16 @@ def add_parser(commands) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..dispatch import available_backends, select_backend
 
-    for name, device in available_backends().items():
-        print(f"{name:6s} {device}")
-    print(f"auto   -> {select_backend('auto').name}")
+    report = available_backends()
+    chosen = select_backend("auto").name
+    rows = [[name, not device.startswith("unavailable"), device, name == chosen] for name, device in report.items()]
+    if args.format == "json":
+        keys = ["name", "usable", "device", "auto"]
+        print(json.dumps({"backends": [dict(zip(keys, row)) for row in rows], "auto": chosen}, indent=2))
+    elif args.format == "csv":
+        print(csv_text(["name", "usable", "device", "auto"], rows), end="")
+    else:
+        for name, device in report.items():
+            print(f"{name:6s} {device}")
+        print(f"auto   -> {chosen}")
     return 0

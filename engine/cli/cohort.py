@@ -8,7 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..formatting import csv_text
 from . import options
+from .exit_codes import EXIT_EVERY_CASE_FAILED
 from .progress import ProgressBar, print_summary
 
 
@@ -48,6 +50,14 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--dvh-step", type=float, default=0.1, metavar="GY", help="dose step of stored DVHs (0.1 Gy)"
     )
     run_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_relative_dose(run_parser)
+    options.add_allow_mismatch(run_parser)
+    run_parser.add_argument(
+        "--require-targets",
+        action="store_true",
+        help="fail a case whose target metrics name an ROI it lacks (by default: classified, "
+        "those metrics null, with a warning)",
+    )
     dask = run_parser.add_mutually_exclusive_group()
     dask.add_argument(
         "--scheduler",
@@ -67,7 +77,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     report_parser = actions.add_parser("report", help="failure-pattern table, metric summaries and HTML report")
     report_parser.add_argument("results", metavar="RESULTS.h5")
     report_parser.add_argument("--html", metavar="FILE", help="HTML report (default: RESULTS.html)")
-    options.add_format(report_parser, ("table", "json"))
+    options.add_format(report_parser)
     report_parser.set_defaults(func=report)
     return parser
 
@@ -83,6 +93,9 @@ def run_settings(args: argparse.Namespace):
         criteria=options.criteria(args),
         options=options.sampling_options(args),
         dvh_step_gy=options.dvh_step(args),
+        relative_dose_reference_gy=args.relative_dose_reference_gy,
+        allow_mismatch=args.allow_mismatch,
+        require_targets=args.require_targets,
     )
 
 
@@ -118,13 +131,18 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.finish()
     print_summary(summary)
+    if summary.processed and summary.failed == summary.processed:
+        return EXIT_EVERY_CASE_FAILED
     return 0
 
 
 def report(args: argparse.Namespace) -> int:
-    from ..cohort.report import build_report, format_text, write_html
+    from ..cohort.report import METHODS, build_report, format_text, write_html
     from ..cohort.store import ResultStore
+    from ..outputs import output_file
+    from ..recurrence import CLASSES
 
+    html_path = output_file(args.html if args.html else Path(args.results).with_suffix(".html"), "--html")
     store = ResultStore.open(args.results, create=False)
     cohort = build_report(store)
     if args.format == "json":
@@ -135,11 +153,18 @@ def report(args: argparse.Namespace) -> int:
             "failed": [{"case_id": c, "error": e} for c, e in cohort.failed],
             "patterns": cohort.patterns,
             "summaries": [s.__dict__ for s in cohort.summaries],
+            "warnings": [{"case_id": c, "warnings": messages} for c, messages in cohort.warnings],
         }
         sys.stdout.write(json.dumps(document, indent=2, default=lambda v: None) + "\n")
+    elif args.format == "csv":  # the failure patterns, one row per method and class
+        rows = [
+            [label, c, cohort.patterns[key][c], 100.0 * cohort.patterns[key][c] / cohort.n_ok if cohort.n_ok else None]
+            for key, label in METHODS
+            for c in CLASSES
+        ]
+        sys.stdout.write(csv_text(["method", "class", "cases", "cases_pct"], rows))
     else:
         print(format_text(cohort))
-    html_path = Path(args.html) if args.html else Path(args.results).with_suffix(".html")
     write_html(cohort, store, html_path)
-    print(f"HTML report: {html_path}", file=sys.stderr if args.format == "json" else sys.stdout)
+    print(f"HTML report: {html_path}", file=sys.stdout if args.format == "table" else sys.stderr)
     return 0

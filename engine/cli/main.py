@@ -17,11 +17,8 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import IsodoseError
 from . import accumulate, backends, classify, cohort, demo, dvh, phantom, validate
+from .exit_codes import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR
 
-EXIT_OK = 0
-EXIT_USER_ERROR = 2
-EXIT_INTERNAL_ERROR = 3
-EXIT_INTERRUPTED = 130
 #: The command modules, in the order ``isodose --help`` lists them.
 COMMANDS = (dvh, validate, accumulate, classify, cohort, demo, phantom, backends)
 
@@ -36,7 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     for command in COMMANDS:
         command.add_parser(commands)
+    for leaf in _leaves(parser):
+        _add_common(leaf)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """``-v``, ``-q`` and ``--debug`` after the command too (``isodose dvh ... -q``); given there, they win."""
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (repeat for debug)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors on stderr")
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of unexpected errors"
+    )
+
+
+def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of the commands (and of their actions: ``cohort run``, ``validate nelms``)."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                found += _leaves(sub) or [sub]
+    return found
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -15,9 +14,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..dicom.write import write_dose, write_plan, write_structures
+    from ..outputs import output_folder
     from ..phantoms import head_neck_case
 
-    out = Path(args.out)
+    out = output_folder(args.out, "--out")
     grid, structures = head_neck_case()
     rd = write_dose(grid, out / "RD.phantom.dcm")
     rs = write_structures(structures, out / "RS.phantom.dcm")

@@ -54,6 +54,10 @@ class ProgressBar:
             self.stream.flush()
 
 
+#: Case ids shown per reason in the summary of failures.
+FAILED_IDS_SHOWN = 5
+
+
 def print_summary(summary) -> None:
     rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
     print(
@@ -61,3 +65,10 @@ def print_summary(summary) -> None:
         f"done; {summary.seconds:.1f} s ({rate:.1f} cases/s)"
     )
     print(f"results: {summary.store}; table: {summary.table}")
+    if summary.failures:
+        print(f"failed cases, by reason ({summary.failed} in all; each case's error is in the store and the table):")
+        for reason, ids in summary.failures.items():
+            shown = ", ".join(ids[:FAILED_IDS_SHOWN]) + (
+                f", and {len(ids) - FAILED_IDS_SHOWN} more" if len(ids) > FAILED_IDS_SHOWN else ""
+            )
+            print(f"  {len(ids)} x {reason}: {shown}")

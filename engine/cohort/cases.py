@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..dicom.read import FileHeader, read_header
 from ..errors import ManifestError
+from ..provenance import PARTIAL_SUMMATION_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class Case:
     second_fractions: int | None = None
     second_plan: Path | None = None
     second_registration: Path | None = None
+    #: Further RTDOSE files summed with ``dose``: the other beams (or fractions) of its plan.
+    extra_doses: tuple[Path, ...] = ()
     #: Why the case could not be assembled (folder input); the run records it as a failed case.
     problem: str = ""
     files: tuple[Path, ...] = field(default=(), compare=False)
@@ -91,11 +94,12 @@ def input_fingerprint(case: Case) -> dict:
     values = {
         f.name: getattr(case, f.name)
         for f in fields(Case)
-        if f.name not in INPUT_FILES and f.name not in ("case_id", "files")
+        if f.name not in INPUT_FILES and f.name not in ("case_id", "files", "extra_doses")
     }
     files: dict[str, list[int] | None] = {}
-    for name in INPUT_FILES:
-        path = getattr(case, name)
+    named = [(name, getattr(case, name)) for name in INPUT_FILES]
+    named += [(f"extra_dose_{k + 1}", path) for k, path in enumerate(case.extra_doses)]
+    for name, path in named:
         if path is not None:
             try:
                 status = os.stat(path)
@@ -114,13 +118,26 @@ def _fractions(row: dict[str, str], column: str, path: Path, where: str) -> int 
     return int(text)
 
 
+def _looks_like_dicom(path: Path) -> bool:
+    """A DICOM file without the preamble (common in RT exports) still names its modality."""
+    header = read_header(path)
+    return header is not None
+
+
 def read_manifest(path: str | Path) -> list[Case]:
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise ManifestError(f"cannot be read ({exc.strerror})", path=path) from exc
+    not_a_manifest = "is a DICOM file, not a manifest: give a manifest CSV, or the folder of a cohort's DICOM exports"
+    if data[128:132] == b"DICM":
+        raise ManifestError(not_a_manifest, path=path)
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if _looks_like_dicom(path):
+            raise ManifestError(not_a_manifest, path=path) from exc
         raise ManifestError(
             f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as a UTF-8 CSV",
             path=path,
@@ -173,6 +190,7 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
         def resolve(value: str) -> Path | None:
             return (base / value) if value else None
 
+        doses = [d.strip() for d in row["dose"].split(";") if d.strip()]  # a plan's beams: summed
         where = f"{obj} ({case_id})"
         second = {column: row.get(column, "") for column in SECOND_COURSE_COLUMNS}
         if second["second_dose"] and not (second["second_fractions"] or second["second_plan"]):
@@ -188,7 +206,8 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
         cases.append(
             Case(
                 case_id=case_id,
-                dose=resolve(row["dose"]),
+                dose=resolve(doses[0]),
+                extra_doses=tuple(base / d for d in doses[1:]),
                 structures=resolve(row["structures"]),
                 recurrence_roi=row["recurrence_roi"],
                 plan=resolve(row["plan"]),
@@ -273,17 +292,44 @@ def _pick(candidates: list[_Header], what: str, frame: str) -> tuple[_Header | N
     return None, f"{len(candidates)} {what} files in frame of reference {frame} ({names}); use a manifest"
 
 
-def _dose_and_plans(in_frame: list[_Header], frame: str) -> tuple[_Header | None, str, list[_Header]]:
-    """The frame's RTDOSE (the plan's sum when there are several), why there is none, and its RTPLAN files (the
-    one it references when it does)."""
+def _dose_and_plans(in_frame: list[_Header], frame: str) -> tuple[list[_Header], str, list[_Header]]:
+    """The frame's RTDOSE files (one whole plan's dose; or, where the frame holds only per-beam doses of one plan,
+    every beam's, to be summed), why there are none, and the frame's RTPLAN files (the one the dose references,
+    when it does and is there)."""
     doses = [h for h in in_frame if h.modality == "RTDOSE"]
-    if len(doses) > 1:
-        doses = [h for h in doses if h.summation.upper() == "PLAN"] or doses
-    dose, problem = _pick(doses, "RTDOSE", frame)
+    whole = [h for h in doses if h.summation not in PARTIAL_SUMMATION_TYPES]
+    if whole:
+        if len(whole) > 1:
+            whole = [h for h in whole if h.summation == "PLAN"] or whole
+        dose, problem = _pick(whole, "RTDOSE", frame)
+        chosen = [dose] if dose is not None else []
+    else:
+        beams = [h for h in doses if h.summation == "BEAM"]
+        by_plan = {h.referenced_plan for h in beams}
+        if beams and len(by_plan) == 1:
+            chosen, problem = sorted(beams, key=lambda h: str(h.path)), ""
+        elif beams:
+            chosen, problem = (
+                [],
+                (
+                    f"per-beam RTDOSE files of {len(by_plan)} plans in frame of reference {frame} "
+                    "and no plan dose; use a manifest"
+                ),
+            )
+        else:
+            kinds = ", ".join(sorted({h.summation for h in doses}))
+            chosen, problem = (
+                [],
+                (
+                    f"only partial RTDOSE files ({kinds}) in frame of reference {frame}, no plan "
+                    "dose; use a manifest (the dose column takes several files, separated by ;)"
+                ),
+            )
     plans = [h for h in in_frame if h.modality == "RTPLAN"]
-    if dose is not None and dose.referenced_plan and len(plans) > 1:
-        plans = [h for h in plans if h.sop == dose.referenced_plan] or plans
-    return dose, problem, plans
+    referenced = {h.referenced_plan for h in chosen if h.referenced_plan}
+    if len(referenced) == 1 and len(plans) > 1:
+        plans = [h for h in plans if h.sop in referenced] or plans
+    return chosen, problem, plans
 
 
 def _registrations(items: list[_Header], frame: str, other: str) -> list[_Header]:
@@ -293,7 +339,7 @@ def _registrations(items: list[_Header], frame: str, other: str) -> list[_Header
 
 def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescription_gy: float | None) -> Case:
     in_frame = [h for h in items if h.frame == frame]
-    dose, problem, plans = _dose_and_plans(in_frame, frame)
+    doses, problem, plans = _dose_and_plans(in_frame, frame)
     plan = plans[0] if len(plans) == 1 else None
     if plan is None and prescription_gy is None and not problem:
         problem = (
@@ -321,7 +367,8 @@ def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescrip
             )
     return Case(
         case_id=case_id,
-        dose=dose.path if dose else None,
+        dose=doses[0].path if doses else None,
+        extra_doses=tuple(h.path for h in doses[1:]),
         structures=structures.path if structures else None,
         recurrence_roi=roi,
         plan=plan.path if plan else None,
@@ -367,7 +414,9 @@ def _assemble_two_courses(
         )
     first, second = dated[0][1], dated[1][1]
     case = _assemble(case_id, first, items, roi, prescription_gy)
-    dose, problem, plans = _dose_and_plans([h for h in items if h.frame == second], second)
+    doses, problem, plans = _dose_and_plans([h for h in items if h.frame == second], second)
+    if not problem and len(doses) > 1:
+        problem = f"the second course (frame of reference {second}) has per-beam doses only; give its plan dose"
     if not problem and len(plans) != 1:
         problem = (
             f"{len(plans)} RTPLAN files in frame of reference {second} for the second course's fractions; "
@@ -378,7 +427,7 @@ def _assemble_two_courses(
     )
     return replace(
         case,
-        second_dose=dose.path if dose else None,
+        second_dose=doses[0].path if doses else None,
         second_plan=plans[0].path if len(plans) == 1 else None,
         second_registration=registration.path if registration else None,
         problem=case.problem or problem or registration_problem,

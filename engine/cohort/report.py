@@ -13,7 +13,7 @@ import io
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,8 @@ from ..formatting import shown, text_table
 from ..recurrence import CLASSES, RECURRENCE_METRICS
 from .store import ResultStore
 
+#: Cases whose warnings the text report lists (the HTML report lists them all).
+WARNED_CASES_SHOWN = 10
 METHODS = (("class_volume", "volume method"), ("class_centroid", "point of origin"))
 #: Record keys summarised for the recurrence, besides its metrics.
 RECURRENCE_KEYS = ("recurrence_volume_cc", "inside_isodose_pct", "centroid_dose_gy")
@@ -49,6 +51,8 @@ class CohortReport:
     summaries: list[MetricSummary]
     recurrence_roi: str
     table_columns: list[str]
+    #: The cases whose results hold warnings (failed ones too), with those warnings.
+    warnings: list[tuple[str, list[str]]] = field(default_factory=list)
 
     @property
     def n_ok(self) -> int:
@@ -101,7 +105,8 @@ def build_report(store: ResultStore) -> CohortReport:
         "class_volume",
         "class_centroid",
     ]
-    return CohortReport(store.path, settings, ok, failed, patterns, summaries, recurrence_roi, columns)
+    warnings = [(e["case_id"], list(e.get("warnings") or [])) for e in entries if e.get("warnings")]
+    return CohortReport(store.path, settings, ok, failed, patterns, summaries, recurrence_roi, columns, warnings)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -140,6 +145,12 @@ def format_text(report: CohortReport) -> str:
     if report.failed:
         parts += ["", "Failed cases"]
         parts += [f"  {case_id}: {error}" for case_id, error in report.failed]
+    if report.warnings:
+        parts += ["", f"Warnings ({len(report.warnings)} cases; all of them in the HTML report and the table)"]
+        for case_id, messages in report.warnings[:WARNED_CASES_SHOWN]:
+            parts += [f"  {case_id}: {message}" for message in messages]
+        if len(report.warnings) > WARNED_CASES_SHOWN:
+            parts.append(f"  ... and {len(report.warnings) - WARNED_CASES_SHOWN} more cases")
     return "\n".join(parts)
 
 
@@ -269,6 +280,11 @@ def write_html(report: CohortReport, store: ResultStore, path: str | Path) -> Pa
         for c in report.table_columns
     ]
     failed = _html_table(["case", "error"], [[c, e] for c, e in report.failed]) if report.failed else "<p>None.</p>"
+    warned = (
+        _html_table(["case", "warning"], [[c, m] for c, messages in report.warnings for m in messages])
+        if report.warnings
+        else "<p>None.</p>"
+    )
     settings = html.escape(describe_settings(report.settings))
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>isodose cohort report</title>
@@ -299,6 +315,8 @@ img {{ max-width: 100%; margin: 0.3em; }}
 {_html_table(headers, case_rows)}
 <h2>Failed cases</h2>
 {failed}
+<h2>Warnings</h2>
+{warned}
 </body></html>
 """
     path.parent.mkdir(parents=True, exist_ok=True)

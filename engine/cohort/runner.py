@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..dispatch import BACKENDS, Backend, resolve_backend
@@ -42,6 +42,9 @@ class RunSummary:
     seconds: float
     store: Path
     table: Path
+    #: The cases this run saw fail, grouped by reason (their file paths shortened to the file names, so that one
+    #: problem of many cases is one group), the largest group first.
+    failures: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -170,12 +173,18 @@ def run_cohort(
         done = 0
         report()
 
+        by_id = {c.case_id: c for c in todo}
+        reasons: dict[str, list[str]] = {}
+
         def record(entries: list[CaseEntry]) -> None:
             nonlocal failed, done
             store.append_many(entries)  # durably, before anything is reported
             for entry in entries:
                 done += 1
-                failed += entry["status"] != "ok"
+                if entry["status"] != "ok":
+                    failed += 1
+                    reason = failure_reason(entry["error"], by_id.get(entry["case_id"]))
+                    reasons.setdefault(reason, []).append(entry["case_id"])
                 if on_result is not None:
                     on_result(entry)
             report()
@@ -200,7 +209,31 @@ def run_cohort(
         if store.pending:
             store.consolidate()
         table = store.write_table()
-    return RunSummary(len(all_cases), skipped, len(todo), failed, time.perf_counter() - run_started, store.path, table)
+    failures = {r: tuple(ids) for r, ids in sorted(reasons.items(), key=lambda item: -len(item[1]))}
+    return RunSummary(
+        len(all_cases), skipped, len(todo), failed, time.perf_counter() - run_started, store.path, table, failures
+    )
+
+
+def failure_reason(error: str, case: Case | None) -> str:
+    """A failed case's error with its own files' paths shortened to their names: the same problem of many cases
+    (``RD.dcm: DoseUnits is RELATIVE...``) reads the same."""
+    if case is None:
+        return error
+    paths = [
+        case.dose,
+        case.structures,
+        case.plan,
+        case.recurrence_structures,
+        case.registration,
+        case.second_dose,
+        case.second_plan,
+        case.second_registration,
+        *case.extra_doses,
+    ]
+    for path in sorted((p for p in paths if p is not None), key=lambda p: -len(str(p))):
+        error = error.replace(str(path), path.name)
+    return error
 
 
 def _to_do(store: ResultStore, all_cases: list[Case]) -> list[Case]:

@@ -26,6 +26,17 @@ class RunSettings:
         How finely structures are sampled.
     dvh_step_gy : float
         The dose step of the stored cumulative DVHs, Gy.
+    relative_dose_reference_gy : float, optional
+        The dose (Gy) of 100% for RTDOSE files in relative units (refused without it).
+    allow_mismatch : bool
+        Go on, with a warning, with cases whose files say they do not belong together (another patient's, a plan
+        the dose does not reference); by default such a case fails.
+    require_targets : bool
+        Fail a case whose target metrics name an ROI its planning set lacks; by default the case is classified,
+        those metrics null, with a warning.
+
+    The last two decide which cases fail, not the numbers of the others, so they are not part of the settings a
+    store keeps (and a store may be resumed with other choices of them).
 
     Examples
     --------
@@ -39,6 +50,9 @@ class RunSettings:
     criteria: Criteria = field(default_factory=Criteria)
     options: SamplingOptions = field(default_factory=SamplingOptions)
     dvh_step_gy: float = 0.1
+    relative_dose_reference_gy: float | None = None
+    allow_mismatch: bool = False
+    require_targets: bool = False
 
     def as_dict(self) -> dict:
         """The settings as the store keeps them (JSON values)."""
@@ -49,4 +63,9 @@ class RunSettings:
             "criteria": asdict(self.criteria),
             "sampling": asdict(self.options),
             "dvh_step_gy": self.dvh_step_gy,
+            **(
+                {}
+                if self.relative_dose_reference_gy is None
+                else {"relative_dose_reference_gy": self.relative_dose_reference_gy}
+            ),
         }

@@ -14,6 +14,7 @@ HDF5 layout (format ``isodose-cohort-1``)::
     /cases/case_id       one row per case (string); also status ("ok" or "error"), error (string),
     /cases/record        the flat result record (JSON), read_s, compute_s, total_s (float64),
     /cases/inputs        what the result depends on (JSON, see cases.input_fingerprint; "null" when unknown)
+    /cases/warnings      the warnings kept with the case's result (JSON list of strings)
     /cases/columns/<key> the record's keys as typed columns: float64 (NaN where missing) or string
     /dvh/case, roi, role cumulative DVHs: case index, ROI name, role ("recurrence" or "roi")
     /dvh/step_gy, start, count  dose step, and the curve's slice of /dvh/cumulative_cc
@@ -181,8 +182,8 @@ class ResultStore:
             stored_settings = settings
         elif settings is not None and _canonical(settings) != _canonical(stored_settings):
             raise StoreError(
-                "was made with other settings (metrics, targets, thresholds or sampling); resume it with the same "
-                "options, or write to another --out",
+                f"was made with other settings ({settings_difference(stored_settings, settings)}); resume it with the "
+                "same options, or write to another --out",
                 path=path,
             )
         store = cls(path, stored_settings, records, set(journal_entries), lock)
@@ -246,6 +247,9 @@ class ResultStore:
                 inputs = (
                     [json.loads(v) for v in _decoded(cases["inputs"][()])] if "inputs" in cases else [None] * len(ids)
                 )
+                warnings = (  # stores written before warnings were kept have none
+                    [json.loads(v) for v in _decoded(cases["warnings"][()])] if "warnings" in cases else [[]] * len(ids)
+                )
                 timings = {k: cases[k][()] for k in ("read_s", "compute_s", "total_s")}
         except StoreError:
             raise
@@ -259,6 +263,7 @@ class ResultStore:
                 "record": payload[i],
                 "timings": {k: _number(v[i]) for k, v in timings.items()},
                 "inputs": inputs[i],
+                "warnings": list(warnings[i]),
             }
             for i, case_id in enumerate(ids)
         }
@@ -381,6 +386,7 @@ class ResultStore:
         cases["error"] = _strings(e.get("error", "") for e in entries)
         cases["record"] = _strings(json.dumps(e.get("record", {})) for e in entries)
         cases["inputs"] = _strings(json.dumps(e.get("inputs")) for e in entries)
+        cases["warnings"] = _strings(json.dumps(e.get("warnings", [])) for e in entries)
         for key in ("read_s", "compute_s", "total_s"):
             cases[key] = np.array([_number(e.get("timings", {}).get(key)) for e in entries], dtype=np.float64)
         columns = cases.create_group("columns")
@@ -424,6 +430,24 @@ def _decoded(values) -> list[str]:
 
 def _number(value) -> float:
     return math.nan if value is None else float(value)
+
+
+def settings_difference(stored: dict, asked: dict) -> str:
+    """What differs between a store's settings and those asked for, in words: ``criteria.isodose_pct: the store
+    has 95.0, this run asks for 90.0``."""
+
+    def flat(value, prefix: str = "") -> dict[str, object]:
+        if isinstance(value, dict):
+            out: dict[str, object] = {}
+            for key, item in value.items():
+                out.update(flat(item, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): value}
+
+    a, b = flat(stored), flat(asked)
+    differing = [key for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+    shown = [f"{key}: the store has {a.get(key)!r}, this run asks for {b.get(key)!r}" for key in differing[:3]]
+    return "; ".join(shown) + (f"; and {len(differing) - 3} more" if len(differing) > 3 else "")
 
 
 def _canonical(settings: dict) -> str:

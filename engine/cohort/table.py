@@ -20,19 +20,24 @@ def record_keys(entries: Iterable[dict]) -> list[str]:
     return list(keys)
 
 
+#: Separates a case's warnings in its ``warnings`` cell.
+WARNING_SEPARATOR = " | "
+
+
 def write_table(entries: Sequence[dict], path: str | Path) -> Path:
-    """Write the entries as a CSV with ``case_id``, ``error`` and the records' keys (written whole, then renamed
-    into place, so that a reader never sees half a table)."""
+    """Write the entries as a CSV with ``case_id``, ``error``, the records' keys and ``warnings`` (written whole,
+    then renamed into place, so that a reader never sees half a table)."""
     path = Path(path)
     keys = record_keys(entries)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["case_id", "error", *keys])
+            writer.writerow(["case_id", "error", *keys, "warnings"])
             for e in entries:
                 record = e.get("record", {})
-                writer.writerow([e["case_id"], e.get("error", ""), *(csv_cell(record.get(k)) for k in keys)])
+                warnings = WARNING_SEPARATOR.join(e.get("warnings", []))
+                writer.writerow([e["case_id"], e.get("error", ""), *(csv_cell(record.get(k)) for k in keys), warnings])
         os.replace(tmp, path)
     except OSError as exc:
         raise StoreError(f"cannot write the table ({exc.strerror or exc})", path=path) from exc

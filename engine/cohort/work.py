@@ -68,26 +68,40 @@ def _failure(exc: Exception, case_ids: str) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
-def read_case(case: Case) -> CaseInputs | CaseEntry:
-    """Read one case's files (an error entry when they cannot be read), keeping the warnings logged meanwhile."""
-    from ..dicom.read import read_dose, read_plan, read_registration, read_structures
+def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | CaseEntry:
+    """Read one case's files (an error entry when they cannot be read, or do not belong together), keeping the
+    warnings logged meanwhile. ``settings`` give the reference dose of relative doses and whether mismatched
+    files may go on (see :mod:`isodose.provenance`)."""
+    from ..dicom.read import read_plan, read_registration, read_structures
+    from ..provenance import check_inputs, check_whole_course
 
+    settings = settings or RunSettings()
     started = time.perf_counter()
     fingerprint = input_fingerprint(case)  # before reading: a file changed meanwhile shows as changed on the next run
     with collect_warnings() as messages:
         try:
             if case.problem:
                 raise IsodoseError(case.problem)
-            dose = read_dose(case.dose)
+            assert case.dose is not None and case.structures is not None  # a case without them has its problem
+            dose, beams = _read_doses([case.dose, *case.extra_doses], settings)
             structures = read_structures(case.structures)
+            plan = read_plan(case.plan) if case.plan else None
             prescription = case.prescription_gy
             if prescription is None:
-                prescription = read_plan(case.plan).prescription_gy
+                prescription = plan.prescription_gy if plan is not None else None
                 if prescription is None:
                     raise IsodoseError("the plan holds no prescription; give prescription_gy", path=case.plan)
             follow_up = read_structures(case.recurrence_structures) if case.recurrence_structures else None
             registration = read_registration(case.registration) if case.registration else None
-            courses = _read_second_course(case, dose) if case.second_dose else None
+            check_inputs(
+                dose,
+                [structures, follow_up, registration],
+                plan,
+                beam_doses=beams,
+                allow_mismatch=settings.allow_mismatch,
+            )
+            check_whole_course(dose, strict=True)
+            courses = _read_second_course(case, dose, settings) if case.second_dose else None
         except Exception as exc:
             seconds = time.perf_counter() - started
             timings = Timings(read_s=seconds, total_s=seconds)
@@ -108,9 +122,23 @@ def read_case(case: Case) -> CaseInputs | CaseEntry:
     )
 
 
-def _read_second_course(case: Case, dose: DoseGrid) -> tuple[Course, Course, Registration | None]:
+def _read_doses(paths: list, settings: RunSettings) -> tuple[DoseGrid, int]:
+    """A case's dose: one file, or the files of one plan's beams (or fractions) summed on the first one's grid;
+    and how many per-beam doses it sums (0 when read whole)."""
+    from ..dicom.read import read_dose
+    from ..reirradiation import sum_doses
+
+    doses = [read_dose(path, settings.relative_dose_reference_gy) for path in paths]
+    beams = sum(d.summation_type == "BEAM" for d in doses) if len(doses) > 1 else 0
+    return sum_doses(doses), beams
+
+
+def _read_second_course(
+    case: Case, dose: DoseGrid, settings: RunSettings
+) -> tuple[Course, Course, Registration | None]:
     """The two courses of a re-irradiated case, and the registration of the second's frame (or None)."""
     from ..dicom.read import read_dose, read_plan, read_registration
+    from ..provenance import check_inputs, check_whole_course
     from ..reirradiation import Course
 
     def planned_fractions(plan, what: str) -> int:
@@ -129,8 +157,12 @@ def _read_second_course(case: Case, dose: DoseGrid) -> tuple[Course, Course, Reg
         return fractions
 
     first = Course(dose, case.fractions or planned_fractions(case.plan, "first"))
-    second = Course(read_dose(case.second_dose), case.second_fractions or planned_fractions(case.second_plan, "second"))
+    second_dose = read_dose(case.second_dose, settings.relative_dose_reference_gy)
+    second_plan = read_plan(case.second_plan) if case.second_plan else None
+    second = Course(second_dose, case.second_fractions or planned_fractions(case.second_plan, "second"))
     registration = read_registration(case.second_registration) if case.second_registration else None
+    check_inputs(second_dose, [dose, registration], second_plan, allow_mismatch=settings.allow_mismatch)
+    check_whole_course(second_dose, strict=True)
     return first, second, registration
 
 
@@ -203,13 +235,14 @@ def _recurrence_case(inputs: CaseInputs, settings: RunSettings):
         settings.metrics,
         settings.target_metrics,
         settings.criteria,
+        settings.require_targets,
     )
 
 
 def read_and_prepare(case: Case, settings: RunSettings) -> CaseInputs | CaseEntry:
     """:func:`read_case`, then the planning of the case's classification (what a reading worker does for the
     process that drives a GPU, which then only samples and finishes)."""
-    inputs = read_case(case)
+    inputs = read_case(case, settings)
     return prepare_inputs(inputs, settings) if isinstance(inputs, CaseInputs) else inputs
 
 
@@ -284,7 +317,7 @@ def classify_inputs(inputs: CaseInputs, settings: RunSettings, backend=None) -> 
 
 def process_case(case: Case, settings: RunSettings, backend=None) -> CaseEntry:
     """Read and classify one case; never raises for a bad case (the error goes into the returned entry)."""
-    inputs = read_case(case)
+    inputs = read_case(case, settings)
     return classify_inputs(inputs, settings, backend) if isinstance(inputs, CaseInputs) else inputs
 
 

@@ -1,0 +1,12 @@
+"""The exit status of the ``isodose`` command."""
+
+#: Done.
+EXIT_OK = 0
+#: A user error: bad input, a missing file, an option out of range (one line on stderr).
+EXIT_USER_ERROR = 2
+#: An unexpected failure (one line on stderr; ``--debug`` shows its traceback).
+EXIT_INTERNAL_ERROR = 3
+#: ``cohort run``: every case the run computed failed (each with its reason in the store and the summary).
+EXIT_EVERY_CASE_FAILED = 4
+#: Interrupted (Ctrl-C).
+EXIT_INTERRUPTED = 130
