@@ -62,6 +62,9 @@ STAT_COLUMNS = (
 )
 #: Points within this fraction of a voxel outside the grid still count as inside (rounding of coordinates).
 GRID_EPSILON = 1e-6
+#: Along an axis of a single voxel the grid is that voxel's slab: this many voxels each way of its centre, the
+#: dose constant across it (a grid of one plane along z, say, stands for that plane's thickness).
+SINGLE_VOXEL_HALF_WIDTH = 0.5
 #: Each chunk of a structure's cells holds at least this many cells; the chunking (and so the summation
 #: order) depends only on the input, never on the number of threads.
 MIN_CELLS_PER_CHUNK = 8192

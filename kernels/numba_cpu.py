@@ -15,7 +15,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import GRID_EPSILON, MIN_CELLS_PER_CHUNK, host
+from . import GRID_EPSILON, MIN_CELLS_PER_CHUNK, SINGLE_VOXEL_HALF_WIDTH, host
 from .host import (  # noqa: F401  (capabilities and host arrays shared by the CPU backends)
     BYTES_PER_CELL,
     PREFERS_MERGED_REQUESTS,
@@ -89,8 +89,11 @@ def _lanes(costs) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always", error_model="numpy")
 def _grid_coordinate(p, origin, step, n):
-    """(lower voxel index, fraction, inside) of coordinate p along one grid axis of n voxel centres."""
+    """(lower voxel index, fraction, inside) of coordinate p along one grid axis of n voxel centres (for n = 1,
+    the voxel's slab: see numpy_ref.trilinear_with_gradient)."""
     f = (p - origin) / step
+    if n == 1:
+        return 0, 0.0, abs(f) <= SINGLE_VOXEL_HALF_WIDTH + GRID_EPSILON  # NaN: False
     if not (f >= -GRID_EPSILON and f <= n - 1 + GRID_EPSILON):  # NaN too
         return 0, 0.0, False
     f = min(max(f, 0.0), n - 1.0)
@@ -100,15 +103,20 @@ def _grid_coordinate(p, origin, step, n):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _interpolate(dose, i, j, k, tx, ty, tz, sx, sy, sz):
-    """(value, gx, gy, gz) of the trilinear interpolant in voxel cell (i, j, k) at fractions (tx, ty, tz)."""
+    """(value, gx, gy, gz) of the trilinear interpolant in voxel cell (i, j, k) at fractions (tx, ty, tz); along an
+    axis of a single voxel, that voxel is its own neighbour."""
+    nz, ny, nx = dose.shape
+    i1 = i + 1 if nx > 1 else i
+    j1 = j + 1 if ny > 1 else j
+    k1 = k + 1 if nz > 1 else k
     c000 = np.float64(dose[k, j, i])
-    c001 = np.float64(dose[k, j, i + 1])
-    c010 = np.float64(dose[k, j + 1, i])
-    c011 = np.float64(dose[k, j + 1, i + 1])
-    c100 = np.float64(dose[k + 1, j, i])
-    c101 = np.float64(dose[k + 1, j, i + 1])
-    c110 = np.float64(dose[k + 1, j + 1, i])
-    c111 = np.float64(dose[k + 1, j + 1, i + 1])
+    c001 = np.float64(dose[k, j, i1])
+    c010 = np.float64(dose[k, j1, i])
+    c011 = np.float64(dose[k, j1, i1])
+    c100 = np.float64(dose[k1, j, i])
+    c101 = np.float64(dose[k1, j, i1])
+    c110 = np.float64(dose[k1, j1, i])
+    c111 = np.float64(dose[k1, j1, i1])
     c00 = c000 + tx * (c001 - c000)
     c01 = c010 + tx * (c011 - c010)
     c10 = c100 + tx * (c101 - c100)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import GRID_EPSILON, host
+from . import GRID_EPSILON, SINGLE_VOXEL_HALF_WIDTH, host
 from .host import (  # noqa: F401  (capabilities and host arrays shared by the CPU backends)
     BYTES_PER_CELL,
     PREFERS_MERGED_REQUESTS,
@@ -30,20 +30,28 @@ def device_name() -> str:
 # Trilinear interpolation
 # --------------------------------------------------------------------------------------------------------
 def trilinear_with_gradient(dose, origin, spacing, points):
-    """Dose, its gradient (Gy/mm, as x, y, z) and an inside mask at each ``(x, y, z)`` point."""
+    """Dose, its gradient (Gy/mm, as x, y, z) and an inside mask at each ``(x, y, z)`` point.
+
+    Along an axis of a single voxel the grid is its voxel's slab, half a spacing each way of the centre, and the
+    dose is constant along that axis (see :data:`isodose.kernels.SINGLE_VOXEL_HALF_WIDTH`)."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     dose = np.asarray(dose)
     shape_xyz = np.array(dose.shape[::-1])
     index = (points - np.asarray(origin, dtype=np.float64)) / np.asarray(spacing, dtype=np.float64)
-    inside = np.all((index >= -GRID_EPSILON) & (index <= shape_xyz - 1 + GRID_EPSILON), axis=1)
+    single = shape_xyz == 1
+    low = np.where(single, -SINGLE_VOXEL_HALF_WIDTH, 0.0) - GRID_EPSILON
+    high = np.where(single, SINGLE_VOXEL_HALF_WIDTH, shape_xyz - 1.0) + GRID_EPSILON
+    inside = np.all((index >= low) & (index <= high), axis=1)
     index = np.clip(np.where(inside[:, None], index, 0.0), 0.0, shape_xyz - 1)  # outside (NaN too): any voxel
-    lower = np.minimum(np.floor(index).astype(np.int64), shape_xyz - 2)
-    t = index - lower
+    lower = np.maximum(np.minimum(np.floor(index).astype(np.int64), shape_xyz - 2), 0)
+    t = np.where(single, 0.0, index - lower)
+    upper = np.minimum(lower + 1, shape_xyz - 1)  # a single voxel is its own neighbour: no step along that axis
     i, j, k = lower[:, 0], lower[:, 1], lower[:, 2]
+    i1, j1, k1 = upper[:, 0], upper[:, 1], upper[:, 2]
     tx, ty, tz = t[:, 0], t[:, 1], t[:, 2]
 
     def corner(dk, dj, di):
-        return dose[k + dk, j + dj, i + di].astype(np.float64)
+        return dose[k1 if dk else k, j1 if dj else j, i1 if di else i].astype(np.float64)
 
     c000, c001, c010, c011 = corner(0, 0, 0), corner(0, 0, 1), corner(0, 1, 0), corner(0, 1, 1)
     c100, c101, c110, c111 = corner(1, 0, 0), corner(1, 0, 1), corner(1, 1, 0), corner(1, 1, 1)

@@ -164,3 +164,18 @@ def test_the_command_line_offers_the_backends_dispatch_knows():
     from isodose.dispatch import CHOICES
 
     assert sorted(BACKEND_CHOICES) == sorted(CHOICES)
+
+
+def test_only_the_dicom_package_touches_pydicom():
+    for module, path in MODULES.items():
+        if _room(module) == "dicom":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n.split(".")[0] == "pydicom" for n in names), f"{path.relative_to(ROOT)}:{node.lineno}"

@@ -84,3 +84,74 @@ def test_batched_calls_on_the_cpu_give_each_grid_its_own_numbers():
         for g, grid in enumerate(grids):
             mine = point_grid == g
             np.testing.assert_array_equal(got[mine], kernels.trilinear(*grid, points[mine]))
+
+
+def _single_plane_grid():
+    """A dose grid one voxel thick along z (2 mm), linear in x and y: the plane z = 10 mm stands for 9 to 11 mm."""
+    y, x = np.meshgrid(np.arange(6.0), np.arange(7.0), indexing="ij")
+    dose = (30.0 + 2.0 * x + 0.5 * y)[None].astype(np.float32)
+    return dose, np.array([0.0, 0.0, 10.0]), np.array([1.0, 1.0, 2.0])
+
+
+@pytest.mark.parametrize("which", ["numpy_ref", "numba_cpu", "emulated GpuKernels"])
+def test_a_grid_one_voxel_thick_is_its_voxels_slab_on_every_backend(which, request):
+    """Along an axis of one voxel the index of the upper neighbour would be 1 (past the grid) and the cell's index
+    n - 2 = -1 (before it): the CUDA kernel would read another allocation's memory. Here the grid sits after a grid
+    of NaN in one table, so that a read before it shows. The dose is constant across the voxel's slab and the grid
+    ends there."""
+    kernels = (
+        request.getfixturevalue("emulated_gpu")
+        if which.startswith("emulated")
+        else {"numpy_ref": numpy_ref, "numba_cpu": numba_cpu}[which]
+    )
+    dose, origin, spacing = _single_plane_grid()
+    guard = np.full((2, 3, 4), np.nan, np.float32)
+    table = kernels.grid_table([(guard, np.zeros(3), np.ones(3)), (dose, origin, spacing)])
+    points = np.array(
+        [[2.5, 3.0, 10.0], [2.5, 3.0, 9.1], [2.5, 3.0, 10.9], [2.5, 3.0, 11.2], [2.5, 3.0, 8.8], [6.0, 5.0, 10.5]]
+    )
+    values = np.asarray(kernels.trilinear_many(table, points, np.ones(len(points), np.int64)))
+    expected = [30.0 + 5.0 + 1.5] * 3 + [np.nan, np.nan, 30.0 + 12.0 + 2.5]
+    np.testing.assert_allclose(values, expected, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(
+        np.asarray(kernels.trilinear(dose, origin, spacing, points)), expected, rtol=1e-12, equal_nan=True
+    )
+
+
+def test_the_dvh_of_a_structure_in_a_grid_one_voxel_thick_is_that_of_its_slab(emulated_gpu):
+    """A box 2 x 2 mm in-plane, from z = 8 to 12 mm, in the grid of one plane at z = 10 mm (2 mm thick): half of it
+    lies in the grid's slab, where the dose is 30 + 2x + 0.5y; the same on every backend."""
+    from isodose.dispatch import Backend, select_backend
+    from isodose.dvh import compute_dvhs
+    from isodose.model import Contour, DoseGrid, Structure
+
+    dose, origin, spacing = _single_plane_grid()
+    grid = DoseGrid(dose, tuple(origin), tuple(spacing))
+    square = np.array([[1.0, 1.0], [3.0, 1.0], [3.0, 3.0], [1.0, 3.0]])
+    box = Structure("box", 1, tuple(Contour(square, z) for z in (8.5, 9.5, 10.5, 11.5)))
+    backends = [select_backend("numpy"), select_backend("numba"), Backend("cupy", "emulated", emulated_gpu)]
+    for backend in backends:
+        [dvh] = compute_dvhs(grid, [box], backend=backend)
+        assert dvh.volume_cc == pytest.approx(0.016, rel=1e-6), backend.name
+        assert dvh.volume_outside_dose_cc == pytest.approx(0.008, rel=1e-6), backend.name
+        # The GPU's fixed-point sums of dose x volume round each cell's to 2^-24 mm^3 Gy.
+        assert dvh.dmean_gy == pytest.approx(30.0 + 4.0 + 1.0, abs=1e-6 if backend.name != "cupy" else 1e-4)
+        assert (dvh.dmin_gy, dvh.dmax_gy) == pytest.approx((32.5, 37.5), abs=1e-6), backend.name
+
+
+def test_dmax_is_not_taken_from_a_negative_zero_dose(emulated_gpu):
+    """The GPU keeps Dmax with an integer atomicMax on the bits of doubles; the bits of -0.0 beat those of every
+    positive dose. A grid of -0.0 beside positive doses gives the Dmax of the CPU."""
+    from isodose.dispatch import Backend
+    from isodose.dvh import compute_dvhs
+    from isodose.model import DoseGrid
+    from isodose.phantoms import Sphere, contour_shape
+
+    dose = np.full((12, 12, 12), -0.0, np.float32)
+    dose[:, :, 6:] = np.linspace(1.0, 20.0, 6, dtype=np.float32)
+    grid = DoseGrid(dose, (-11.0, -11.0, -11.0), (2.0, 2.0, 2.0))
+    sphere = contour_shape(Sphere((0.0, 0.0, 0.0), 7.0), "S", 1, 2.0)
+    [cpu] = compute_dvhs(grid, [sphere], backend="numba")
+    [gpu] = compute_dvhs(grid, [sphere], backend=Backend("cupy", "emulated", emulated_gpu))
+    assert gpu.dmax_gy == pytest.approx(cpu.dmax_gy, abs=1e-9) and gpu.dmax_gy > 1.0
+    assert gpu.dmin_gy == 0.0 and str(gpu.dmin_gy) == "0.0"

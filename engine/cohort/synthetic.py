@@ -186,9 +186,8 @@ def generate_case(
     out_dir: Path, index: int, seed: int, intended: str, registered: bool, with_plan: bool
 ) -> tuple[dict[str, str], CaseTruth]:
     """Write one case's DICOM files under ``out_dir/cases/<case_id>`` and return its manifest row and truth."""
-    from pydicom.uid import generate_uid
 
-    from ..dicom.write import write_dose, write_plan, write_registration, write_structures
+    from ..dicom.write import new_uid, write_dose, write_plan, write_registration, write_structures
 
     rng = np.random.default_rng([seed, index])
     case_id = f"NPC{index + 1:04d}"
@@ -197,8 +196,8 @@ def generate_case(
     vr, inside_pct, centre_dose = _place_recurrence(rng, intended, shapes, body, dose_model)
     holding = [name for name, s in shapes.items() if name in TARGET_TYPES and s.normalised_radius(*vr.centre_mm) <= 1]
 
-    frame = generate_uid()
-    study = generate_uid()
+    frame = new_uid()
+    study = new_uid()
     nz, ny, nx = GRID_SHAPE_ZYX
     origin = (-SPACING_MM * (nx - 1) / 2, -SPACING_MM * (ny - 1) / 2, -SPACING_MM * (nz - 1) / 2)
     grid = dose_model.grid(origin, (SPACING_MM,) * 3, GRID_SHAPE_ZYX, frame)
@@ -213,14 +212,21 @@ def generate_case(
     folder.mkdir(parents=True, exist_ok=True)
     row = dict.fromkeys(MANIFEST_COLUMNS, "")
     row.update(case_id=case_id, recurrence_roi=RECURRENCE_ROI)
+    plan_uid = new_uid() if with_plan else None  # the dose references its plan, as planning systems write
     row["dose"] = str(
         write_dose(
-            grid, folder / "RD.dcm", bits=16, patient_id=case_id, study_uid=study, frame_of_reference_uid=frame
+            grid,
+            folder / "RD.dcm",
+            bits=16,
+            patient_id=case_id,
+            study_uid=study,
+            frame_of_reference_uid=frame,
+            referenced_plan_uid=plan_uid,
         ).relative_to(out_dir)
     )
     if registered:
         # The recurrence was drawn on follow-up imaging: its own frame, related by a rigid transform.
-        follow_frame, follow_study = generate_uid(), generate_uid()
+        follow_frame, follow_study = new_uid(), new_uid()
         matrix = np.eye(4)  # follow-up -> planning
         matrix[:3, :3] = _rotation(rng, math.radians(4.0))
         matrix[:3, 3] = rng.uniform(-20, 20, 3)
@@ -266,6 +272,7 @@ def generate_case(
                 study_uid=study,
                 frame_of_reference_uid=frame,
                 target_name="PTV70",
+                sop_instance_uid=plan_uid,
             ).relative_to(out_dir)
         )
     else:

@@ -61,6 +61,13 @@ def _raw_decimal_element(keyword: str, values: np.ndarray):
     return RawDataElement(Tag(tag), "DS", len(data), data, 0, False, True, True, False)
 
 
+def new_uid() -> str:
+    """A new DICOM UID (for frames of reference, studies and plans of generated cases)."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid())
+
+
 def _base_dataset(
     path: str | PathLike[str],
     sop_class: str,
@@ -68,13 +75,14 @@ def _base_dataset(
     patient_id: str,
     study_uid: str | None,
     frame_of_reference_uid: str,
+    sop_instance_uid: str | None = None,
 ):
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid) if sop_instance_uid else generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     now = _dt.datetime.now()
@@ -111,12 +119,21 @@ def write_dose(
     study_uid: str | None = None,
     frame_of_reference_uid: str | None = None,
     dose_units: str = "GY",
+    summation_type: str = "PLAN",
+    dose_type: str = "PHYSICAL",
+    referenced_plan_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    relative_scale_gy: float | None = None,
 ) -> Path:
     """Write ``grid`` as an RTDOSE.
 
     ``orientation`` is a patient position (HFS, FFS, HFP, FFP) or any axis-aligned ImageOrientationPatient;
-    ``offsets`` is "relative" (first value 0) or "absolute" (patient z; identity orientation only);
-    ``reverse_frames`` stores the frames against the normal, so that the offsets decrease.
+    ``offsets`` is "relative" (first value 0) or "absolute" (patient z: the standard's form for the identity
+    orientation; for other orientations whose slice normal lies along z, the departure some systems make);
+    ``reverse_frames`` stores the frames against the normal, so that the offsets decrease. ``summation_type``,
+    ``dose_type`` and ``referenced_plan_uid`` fill DoseSummationType, DoseType and ReferencedRTPlanSequence;
+    with ``dose_units`` RELATIVE, ``relative_scale_gy`` is the dose of relative value 1.0 (the grid is divided by
+    it).
     """
     from pydicom.uid import generate_uid
 
@@ -125,13 +142,15 @@ def write_dose(
     normal = np.cross(row_dir, col_dir) * (-1.0 if reverse_frames else 1.0)
     if offsets not in ("relative", "absolute"):
         raise IsodoseError(f"offsets must be 'relative' or 'absolute', not {offsets!r}")
-    if offsets == "absolute" and not np.allclose(iop, ORIENTATIONS["HFS"]):
-        raise IsodoseError("absolute GridFrameOffsetVector needs the identity orientation (HFS)")
+    if offsets == "absolute" and abs(abs(normal[2]) - 1.0) > 1e-9:
+        raise IsodoseError("absolute GridFrameOffsetVector needs a slice normal along z")
     if bits not in (16, 32):
         raise IsodoseError(f"bits must be 16 or 32, not {bits}")
 
     # File axes (frame, row, column) run along (normal, column direction, row direction).
     dose = grid.dose_gy.astype(np.float64)
+    if relative_scale_gy is not None:
+        dose = dose / relative_scale_gy
     file_axes = []
     for direction in (normal, col_dir, row_dir):
         patient_axis = int(np.argmax(np.abs(direction)))
@@ -148,7 +167,10 @@ def write_dose(
     frames, rows, columns = dose.shape
     frame_step = grid.spacing_mm[file_axes[0][0]]
     relative = frame_step * np.arange(frames) * (-1.0 if reverse_frames else 1.0)
-    frame_offsets = relative + position[2] if offsets == "absolute" else relative
+    # Absolute offsets are the frames' z: along the normal, which may point to -z.
+    frame_offsets = (
+        position[2] + relative * np.sign(np.cross(row_dir, col_dir)[2]) if offsets == "absolute" else relative
+    )
 
     top = float(dose.max())
     levels = 2**bits - 1
@@ -162,6 +184,7 @@ def write_dose(
         patient_id,
         study_uid,
         frame_of_reference_uid or grid.frame_of_reference_uid or generate_uid(),
+        sop_instance_uid,
     )
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -180,8 +203,15 @@ def write_dose(
     ds.GridFrameOffsetVector = [_ds(v) for v in frame_offsets]
     ds.DoseGridScaling = f"{scaling:.9e}"
     ds.DoseUnits = dose_units
-    ds.DoseType = "PHYSICAL"
-    ds.DoseSummationType = "PLAN"
+    ds.DoseType = dose_type
+    ds.DoseSummationType = summation_type
+    if referenced_plan_uid:
+        from pydicom.dataset import Dataset
+
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = RT_PLAN_STORAGE
+        reference.ReferencedSOPInstanceUID = referenced_plan_uid
+        ds.ReferencedRTPlanSequence = [reference]
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     return _save(ds, path)
 
@@ -259,12 +289,22 @@ def write_plan(
     study_uid: str | None = None,
     frame_of_reference_uid: str | None = None,
     target_name: str = "PTV",
+    sop_instance_uid: str | None = None,
+    number_of_beams: int = 0,
 ) -> Path:
     """Write a minimal RTPLAN holding a prescription (target dose reference) and the fractions planned."""
     from pydicom.dataset import Dataset
     from pydicom.uid import generate_uid
 
-    ds = _base_dataset(path, RT_PLAN_STORAGE, "RTPLAN", patient_id, study_uid, frame_of_reference_uid or generate_uid())
+    ds = _base_dataset(
+        path,
+        RT_PLAN_STORAGE,
+        "RTPLAN",
+        patient_id,
+        study_uid,
+        frame_of_reference_uid or generate_uid(),
+        sop_instance_uid,
+    )
     ds.RTPlanLabel = "isodose"
     ds.RTPlanGeometry = "PATIENT"
     if prescription_gy is not None:
@@ -279,7 +319,7 @@ def write_plan(
         group = Dataset()
         group.FractionGroupNumber = 1
         group.NumberOfFractionsPlanned = number_of_fractions
-        group.NumberOfBeams = 0
+        group.NumberOfBeams = number_of_beams
         group.NumberOfBrachyApplicationSetups = 0
         ds.FractionGroupSequence = [group]
     return _save(ds, path)
@@ -340,19 +380,23 @@ def write_example_case(folder: str | PathLike[str]) -> tuple[Path, Path, Path]:
     >>> rd.name, rs.name, rp.name
     ('RD.example.dcm', 'RS.example.dcm', 'RP.example.dcm')
     """
+    from pydicom.uid import generate_uid
+
     from ..phantoms import example_case
 
     folder = Path(folder)
     grid, structures = example_case()
     frame = grid.frame_of_reference_uid
+    plan_uid = generate_uid()
     plan = write_plan(
         folder / "RP.example.dcm",
         prescription_gy=70.0,
         number_of_fractions=35,
         frame_of_reference_uid=frame,
         target_name="PTV",
+        sop_instance_uid=plan_uid,
     )
-    dose = write_dose(grid, folder / "RD.example.dcm", frame_of_reference_uid=frame)
+    dose = write_dose(grid, folder / "RD.example.dcm", frame_of_reference_uid=frame, referenced_plan_uid=plan_uid)
     rois = write_structures(
         structures,
         folder / "RS.example.dcm",

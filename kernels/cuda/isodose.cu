@@ -14,6 +14,7 @@
 #define DOSE_VOLUME_SCALE 16777216.0
 #define POSITION_VOLUME_SCALE 1048576.0
 #define GRID_EPSILON 1e-6
+#define SINGLE_VOXEL_HALF_WIDTH 0.5
 #define MAX_CROSSINGS 128
 #define ISODOSE_NAN __longlong_as_double(0x7ff8000000000000LL)
 #define ISODOSE_INF __longlong_as_double(0x7ff0000000000000LL)
@@ -28,6 +29,11 @@ __device__ __forceinline__ void add_fixed(i64* target, double value, double scal
 __device__ __forceinline__ bool grid_coordinate(double p, double origin, double step, int n, int* index,
                                                 double* fraction) {
     double f = (p - origin) / step;
+    if (n == 1) {  // a single voxel along this axis: its slab, the dose constant across it (no index -1, no n - 2)
+        *index = 0;
+        *fraction = 0.0;
+        return fabs(f) <= SINGLE_VOXEL_HALF_WIDTH + GRID_EPSILON;  // NaN too: false
+    }
     if (!(f >= -GRID_EPSILON && f <= n - 1 + GRID_EPSILON)) return false;  // NaN too
     f = fmin(fmax(f, 0.0), n - 1.0);
     int i = (int)f;
@@ -37,16 +43,18 @@ __device__ __forceinline__ bool grid_coordinate(double p, double origin, double 
     return true;
 }
 
-// Value and gradient of the trilinear interpolant in voxel cell (i, j, k) at fractions (tx, ty, tz).
-__device__ __forceinline__ double interpolate(const float* __restrict__ dose, int nx, int ny, int i, int j, int k,
-                                              double tx, double ty, double tz, double sx, double sy, double sz,
-                                              double* gx, double* gy, double* gz) {
+// Value and gradient of the trilinear interpolant in voxel cell (i, j, k) at fractions (tx, ty, tz); along an axis
+// of a single voxel, that voxel is its own neighbour (a step of 0), so nothing outside the grid is read.
+__device__ __forceinline__ double interpolate(const float* __restrict__ dose, int nz, int nx, int ny, int i, int j,
+                                              int k, double tx, double ty, double tz, double sx, double sy,
+                                              double sz, double* gx, double* gy, double* gz) {
     long long plane = (long long)nx * ny;
     long long base = k * plane + (long long)j * nx + i;
-    double c000 = dose[base], c001 = dose[base + 1];
-    double c010 = dose[base + nx], c011 = dose[base + nx + 1];
-    double c100 = dose[base + plane], c101 = dose[base + plane + 1];
-    double c110 = dose[base + plane + nx], c111 = dose[base + plane + nx + 1];
+    long long di = nx > 1 ? 1 : 0, dj = ny > 1 ? nx : 0, dk = nz > 1 ? plane : 0;
+    double c000 = dose[base], c001 = dose[base + di];
+    double c010 = dose[base + dj], c011 = dose[base + dj + di];
+    double c100 = dose[base + dk], c101 = dose[base + dk + di];
+    double c110 = dose[base + dk + dj], c111 = dose[base + dk + dj + di];
     double c00 = c000 + tx * (c001 - c000);
     double c01 = c010 + tx * (c011 - c010);
     double c10 = c100 + tx * (c101 - c100);
@@ -95,7 +103,7 @@ __device__ __forceinline__ double trilinear_at(Grid g, double px, double py, dou
     double tx, ty, tz, gx, gy, gz;
     bool inside = grid_coordinate(px, g.ox, g.sx, g.nx, &i, &tx) && grid_coordinate(py, g.oy, g.sy, g.ny, &j, &ty) &&
                   grid_coordinate(pz, g.oz, g.sz, g.nz, &k, &tz);
-    return inside ? interpolate(g.dose, g.nx, g.ny, i, j, k, tx, ty, tz, g.sx, g.sy, g.sz, &gx, &gy, &gz)
+    return inside ? interpolate(g.dose, g.nz, g.nx, g.ny, i, j, k, tx, ty, tz, g.sx, g.sy, g.sz, &gx, &gy, &gz)
                   : ISODOSE_NAN;
 }
 
@@ -361,7 +369,10 @@ extern "C" __global__ void cell_histograms_kernel(
             outside_sum += weight;
             continue;
         }
-        double value = fmax(interpolate(dose, nx, ny, i, j, k, tx, ty, tz, sx, sy, sz, &gx, &gy, &gz), 0.0);
+        double value = interpolate(dose, nz, nx, ny, i, j, k, tx, ty, tz, sx, sy, sz, &gx, &gy, &gz);
+        // Not negative, and never -0.0: the extremes are kept with integer atomics on the doubles' bits, which order
+        // as the values only for +0.0 and up (the bits of -0.0 beat those of every positive dose).
+        if (!(value > 0.0)) value = 0.0;
         // Gradient in the structure's own frame (R^T g), for the variance over the sample's region.
         double lx = m[0] * gx + m[4] * gy + m[8] * gz;
         double ly = m[1] * gx + m[5] * gy + m[9] * gz;
