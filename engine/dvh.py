@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 
 from .dispatch import Backend, resolve_backend
-from .errors import FrameOfReferenceError, MetricError
+from .errors import DoseUnitsError, FrameOfReferenceError, MetricError
 from .formatting import json_number
 from .geometry import check_dose_grid, check_rigid, common_plane_spacing_mm, structure_warnings
-from .model import DoseGrid, Structure, StructureSet, xyz
+from .model import DoseGrid, ReportedDVH, Structure, StructureSet, xyz
 from .sampling import SamplingRequest, StructureSamples, sample_many
 from .voxelize import SamplingOptions, plan_sampling
 
@@ -314,6 +314,77 @@ class DVH:
         parsed = [parse_metric(m) if isinstance(m, str) else m for m in metrics]
         return {m.text: self.metric(m, prescription_gy) for m in parsed}
 
+    def compare(
+        self,
+        reference: DVH,
+        metrics: Iterable[Metric | str] = (),
+        prescription_gy: float | None = None,
+        tolerance: Tolerance | None = None,
+    ) -> DVHComparison:
+        """This DVH against ``reference`` (a planning system's, another calculator's): volume, Dmin, Dmean, Dmax
+        and ``metrics``, each difference in % of the reference's value, judged against ``tolerance``; and the
+        largest gap between the two cumulative curves.
+
+        Parameters
+        ----------
+        reference : DVH
+            The DVH compared with (a :class:`PlanningSystemDVH`, say).
+        metrics : iterable of Metric or str
+            Metrics compared beside the volume and the dose statistics.
+        prescription_gy : float, optional
+            For metrics relative to the prescription (V95%).
+        tolerance : Tolerance, optional
+            When two values agree (3% by default, see :class:`Tolerance`).
+
+        Returns
+        -------
+        DVHComparison
+
+        Examples
+        --------
+        >>> from isodose.phantoms import example_case
+        >>> from isodose.voxelize import SamplingOptions
+        >>> dose, structures = example_case()
+        >>> [half] = compute_dvhs(dose, structures, ["PTV"])
+        >>> [none] = compute_dvhs(dose, structures, ["PTV"], options=SamplingOptions(end_cap="none"))
+        >>> comparison = half.compare(none, ["D95"])
+        >>> round(comparison.difference_pct["volume_cc"], 1), comparison.agrees
+        (2.9, True)
+        """
+        tolerance = tolerance or Tolerance()
+        parsed = [parse_metric(m) if isinstance(m, str) else m for m in metrics]
+        units = {"volume_cc": "cc", "dmin_gy": "Gy", "dmean_gy": "Gy", "dmax_gy": "Gy"}
+        units.update({m.text: m.result_unit for m in parsed})
+
+        def values(dvh: DVH) -> dict[str, float]:
+            out = {"volume_cc": dvh.volume_cc, "dmin_gy": dvh.dmin_gy, "dmean_gy": dvh.dmean_gy, "dmax_gy": dvh.dmax_gy}
+            out.update(dvh.metrics(parsed, prescription_gy))
+            return out
+
+        this, other = values(self), values(reference)
+        difference: dict[str, float] = {}
+        within: dict[str, bool | None] = {}
+        for key, unit in units.items():
+            a, b = this[key], other[key]
+            if not (math.isfinite(a) and math.isfinite(b)):
+                difference[key], within[key] = math.nan, None
+                continue
+            difference[key] = 100.0 * (a - b) / abs(b) if b != 0 else (0.0 if a == b else math.nan)
+            within[key] = tolerance.allows(a - b, b, unit)
+        gap, at = _largest_curve_gap(self, reference)
+        return DVHComparison(
+            self.name,
+            self.number,
+            this,
+            other,
+            difference,
+            within,
+            gap,
+            at,
+            tuple(m.text for m in parsed),
+            tolerance,
+        )
+
     def to_dict(self, metrics: Iterable[Metric | str] = (), prescription_gy: float | None = None) -> dict[str, Any]:
         """The DVH as the JSON of ``isodose dvh`` holds it: keys with units, numbers rounded to 1e-6, None where a
         value does not exist (NaN), and the ``metrics`` asked for, keyed by their text."""
@@ -328,6 +399,135 @@ class DVH:
             "dmax_gy": json_number(self.dmax_gy),
             "metrics": {text: json_number(value) for text, value in values.items()},
             "warnings": list(self.warnings),
+        }
+
+
+def _largest_curve_gap(a: DVH, b: DVH) -> tuple[float, float]:
+    """The largest difference between two cumulative DVHs in % of each one's volume inside the dose grid, and the
+    dose (Gy) where it lies. Both curves are piecewise linear, so the largest gap lies at a knot of one of them."""
+    if not (a.has_dose and b.has_dose):
+        return math.nan, math.nan
+    doses = np.union1d(a.dose_gy, b.dose_gy)
+    gaps = np.abs(a.cumulative(doses, relative=True) - b.cumulative(doses, relative=True))
+    k = int(np.argmax(gaps))
+    return float(gaps[k]), float(doses[k])
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When a value agrees with its reference: a difference of at most ``percent`` % of the reference's value, or
+    of that share of a floor where the value is small (a dose near 0 Gy, a sliver of volume), so that a Dmin of
+    0.02 Gy against 0.01 Gy is not a disagreement of 100%.
+
+    Parameters
+    ----------
+    percent : float
+        The tolerance, % of the reference value (3 by default).
+    dose_floor_gy : float
+        Doses are judged against at least this (Gy).
+    volume_floor_cc : float
+        Volumes in cc are judged against at least this.
+    volume_floor_pct : float
+        Volumes in % are judged against at least this (percentage points).
+    index_floor : float
+        Dimensionless values (HI) are judged against at least this.
+
+    Examples
+    --------
+    >>> Tolerance().allows(0.02, 0.5, "Gy")  # 0.02 Gy is within 3% of the 1 Gy floor
+    True
+    >>> Tolerance().allows(2.5, 60.0, "Gy")
+    False
+    """
+
+    percent: float = 3.0
+    dose_floor_gy: float = 1.0
+    volume_floor_cc: float = 0.1
+    volume_floor_pct: float = 1.0
+    index_floor: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("percent", "dose_floor_gy", "volume_floor_cc", "volume_floor_pct", "index_floor"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise MetricError(f"tolerance {name} must be a number of at least 0, not {value!r}", obj="tolerance")
+
+    def floor(self, unit: str) -> float:
+        return {"Gy": self.dose_floor_gy, "cc": self.volume_floor_cc, "%": self.volume_floor_pct}.get(
+            unit, self.index_floor
+        )
+
+    def allows(self, difference: float, reference: float, unit: str) -> bool:
+        """Whether ``difference`` (value minus reference, in ``unit``: Gy, cc, % or "") is within tolerance."""
+        return abs(difference) <= self.percent / 100.0 * max(abs(reference), self.floor(unit)) * (1 + 1e-12)
+
+
+@dataclass(frozen=True)
+class DVHComparison:
+    """One DVH against a reference (see :meth:`DVH.compare`).
+
+    Attributes
+    ----------
+    name : str
+        The structure's name.
+    number : int or None
+        Its ROI number.
+    values, reference : dict of str to float
+        ``volume_cc``, ``dmin_gy``, ``dmean_gy``, ``dmax_gy`` and each metric (by its text) of the DVH compared and
+        of the reference (NaN where undefined).
+    difference_pct : dict of str to float
+        The same keys: value minus reference, in % of the reference's value (NaN where either is undefined).
+    within_tolerance : dict of str to bool or None
+        The same keys: whether the difference is within :attr:`tolerance` (None where it cannot be judged).
+    dvh_max_difference_pct : float
+        The largest gap between the two cumulative curves, in % of the volume (each curve relative to its own
+        volume inside the dose grid).
+    dvh_max_difference_at_gy : float
+        The dose where that gap lies.
+    metrics : tuple of str
+        The metrics compared, beside the volume and the dose statistics.
+    tolerance : Tolerance
+        What agreeing means.
+    """
+
+    name: str
+    number: int | None
+    values: dict[str, float]
+    reference: dict[str, float]
+    difference_pct: dict[str, float]
+    within_tolerance: dict[str, bool | None]
+    dvh_max_difference_pct: float
+    dvh_max_difference_at_gy: float
+    metrics: tuple[str, ...]
+    tolerance: Tolerance
+
+    @property
+    def agrees(self) -> bool:
+        """Every value that can be judged is within tolerance."""
+        return all(v for v in self.within_tolerance.values() if v is not None)
+
+    @property
+    def outside_tolerance(self) -> tuple[str, ...]:
+        """The keys of the values outside tolerance."""
+        return tuple(k for k, v in self.within_tolerance.items() if v is False)
+
+    @staticmethod
+    def _block(flat: dict[str, float], metrics: tuple[str, ...]) -> dict[str, Any]:
+        block: dict[str, Any] = {k: json_number(flat[k]) for k in ("volume_cc", "dmin_gy", "dmean_gy", "dmax_gy")}
+        block["metrics"] = {m: json_number(flat[m]) for m in metrics}
+        return block
+
+    def to_dict(self) -> dict[str, Any]:
+        """``values`` (as ``isodose``), ``reference`` (as ``tps``), ``difference_pct``, ``dvh_max_difference_pct``
+        and ``agrees``, as the JSON of ``isodose audit`` holds them."""
+        return {
+            "isodose": self._block(self.values, self.metrics),
+            "tps": self._block(self.reference, self.metrics),
+            "difference_pct": self._block(self.difference_pct, self.metrics),
+            "dvh_max_difference_pct": json_number(self.dvh_max_difference_pct),
+            "dvh_max_difference_at_gy": json_number(self.dvh_max_difference_at_gy),
+            "outside_tolerance": list(self.outside_tolerance),
+            "agrees": self.agrees,
         }
 
 
@@ -406,6 +606,217 @@ def dvh_from_histogram(
         number,
         centroid_mm,
     )
+
+
+#: Relative DVH doses whose largest bin edge is at most this are fractions of the normalization dose, above it
+#: percentages (as for relative dose grids).
+RELATIVE_FRACTION_MAX = 2.0
+
+
+@dataclass(frozen=True, eq=False)
+class PlanningSystemDVH(DVH):
+    """A planning system's DVH of one ROI: one item of an RTDOSE's DVH Sequence as a :class:`DVH`, its metrics read
+    off its curve with the same grammar as isodose's own.
+
+    How the file's values become the curve (PS3.3 C.8.8.4; see the audit page of the docs):
+
+    - the dose bins start at 0 Gy and follow one another, each ``bin_width * DVHDoseScaling`` wide (relative doses
+      are % of DVHNormalizationDoseValue, or fractions of it when the bins end at 2 or less);
+    - a ``CUMULATIVE`` value is the volume receiving at least the dose where its bin starts (the first is the whole
+      volume); a ``DIFFERENTIAL`` value is the volume whose dose lies in its bin, spread evenly across it; a
+      ``NATURAL`` value in ``PER_U`` is the volume per unit of u = dose^-3/2 across its bin;
+    - the curve is linear between bin edges, from the first bin holding volume to the last;
+    - Dmin, Dmean and Dmax are the file's DVHMinimum/Mean/MaximumDose where they fit the curve (within a bin of its
+      ends, within a bin or 1% of its mean). Where they do not, but fit it once read as % of the prescription (a
+      planning system that writes them so), they are read so; otherwise the curve's own are used. Each case is
+      a warning.
+
+    Attributes
+    ----------
+    reported : ReportedDVH
+        The item as the file holds it.
+    relative_volume : bool
+        The file gives volumes in % (``PERCENT``): the curve is in % (its 100% is the ROI's volume), ``volume_cc``
+        is NaN, and metrics in cc are NaN.
+    """
+
+    reported: ReportedDVH | None = None
+    relative_volume: bool = False
+
+    @classmethod
+    def from_reported(
+        cls,
+        reported: ReportedDVH,
+        name: str | None = None,
+        *,
+        prescription_gy: float | None = None,
+        relative_reference_gy: float | None = None,
+    ) -> PlanningSystemDVH:
+        """The curve of a DVH Sequence item (see the class docstring).
+
+        Parameters
+        ----------
+        reported : ReportedDVH
+            The item (:func:`isodose.audit.read_dose_dvhs` reads them, named).
+        name : str, optional
+            The ROI's name (default ``ROI <number>``).
+        prescription_gy : float, optional
+            The plan's prescription: DVHMinimum/Mean/MaximumDose that fit the curve only as % of it are read so.
+        relative_reference_gy : float, optional
+            The 100% of relative doses where the file gives no DVHNormalizationDoseValue.
+
+        Raises
+        ------
+        DoseUnitsError
+            For relative doses without a reference dose, or a natural DVH with volume in the bin that starts at
+            0 Gy (where u = dose^-3/2 is infinite).
+        """
+        label = f"{reported.source}: {reported.label}" if reported.source else reported.label
+        name = name if name is not None else f"ROI {reported.roi_number}"
+        messages: list[str] = []
+        widths = reported.bin_widths * reported.dose_scaling
+        edges = np.concatenate([[0.0], np.cumsum(widths)])
+        factor = 1.0
+        if reported.dose_units == "RELATIVE":
+            reference = reported.normalization_dose
+            if not (math.isfinite(reference) and reference > 0):
+                reference = relative_reference_gy if relative_reference_gy is not None else math.nan
+            if not (math.isfinite(reference) and reference > 0):
+                raise DoseUnitsError(
+                    "its doses are RELATIVE and the file gives no DVHNormalizationDoseValue; give the dose of 100% "
+                    "(--relative-dose-reference-gy)",
+                    path=reported.source or None,
+                    obj=reported.label,
+                )
+            fraction = edges[-1] <= RELATIVE_FRACTION_MAX
+            factor = reference if fraction else reference / 100.0
+            messages.append(
+                f"{label}: relative doses read as {'fractions' if fraction else 'percentages'} of {reference:g} Gy"
+            )
+        edges = edges * factor
+        values = reported.values
+        if reported.dvh_type == "CUMULATIVE":
+            in_bin = values - np.append(values[1:], 0.0)
+        elif reported.dvh_type == "NATURAL" and reported.volume_units == "PER_U":
+            if values[0] > 0 and edges[0] == 0:
+                raise DoseUnitsError(
+                    "a NATURAL DVH cannot hold volume in the bin that starts at 0 Gy (u = dose^-3/2 is infinite there)",
+                    path=reported.source or None,
+                    obj=reported.label,
+                )
+            with np.errstate(divide="ignore"):
+                u = np.where(edges > 0, edges, np.inf) ** -1.5
+            u[0] = 0.0 if values[0] == 0 else u[0]
+            in_bin = np.where(values > 0, values * np.abs(u[:-1] - u[1:]), 0.0)
+        else:
+            in_bin = values
+        in_bin = np.clip(in_bin, 0.0, None)
+        relative = reported.volume_units == "PERCENT"
+        holding = np.flatnonzero(in_bin > 0)
+        if not len(holding):
+            empty = _empty_dvh(name, reported.roi_number, 0.0, math.nan, "", None)
+            return cls(
+                **{f: getattr(empty, f) for f in _DVH_FIELDS},
+                reported=reported,
+                relative_volume=relative,
+            )
+        first, last = int(holding[0]), int(holding[-1])
+        above = np.concatenate([np.cumsum(in_bin[::-1])[::-1], [0.0]])  # volume at or above each edge
+        dose = edges[first : last + 2]
+        cumulative = above[first : last + 2]
+        total = float(above[0])
+        middle = 0.5 * (edges[:-1] + edges[1:])
+        curve = (float(edges[first]), float(np.sum(in_bin * middle) / total), float(edges[last + 1]))
+        bin_gy = float(np.max(widths[first : last + 1])) * factor
+        reported_gy = np.array([reported.minimum_dose, reported.mean_dose, reported.maximum_dose]) * factor
+        statistics = _fitting_statistics(curve, reported_gy, bin_gy, dose, prescription_gy, label, messages)
+        for message in messages:
+            log.warning("%s", message)
+        return cls(
+            name,
+            math.nan if relative else total,
+            math.nan,
+            statistics[0],
+            statistics[1],
+            statistics[2],
+            dose,
+            cumulative,
+            "",
+            reported.roi_number,
+            None,
+            tuple(messages),
+            reported=reported,
+            relative_volume=relative,
+        )
+
+    def metric(self, metric: Metric | str, prescription_gy: float | None = None) -> float:
+        m = parse_metric(metric) if isinstance(metric, str) else metric
+        in_cc = (m.kind in ("dose_at_volume", "volume_at_dose") and m.volume_unit == "cc") or (
+            m.kind == "statistic" and m.statistic == "volume"
+        )
+        if self.relative_volume and in_cc:  # the file gives no volume in cc
+            return math.nan
+        return super().metric(m, prescription_gy)
+
+
+_DVH_FIELDS = (
+    "name",
+    "volume_cc",
+    "volume_outside_dose_cc",
+    "dmin_gy",
+    "dmean_gy",
+    "dmax_gy",
+    "dose_gy",
+    "cumulative_cc",
+    "backend",
+    "number",
+    "centroid_mm",
+    "warnings",
+)
+
+
+def _fitting_statistics(
+    curve: tuple[float, float, float],
+    reported: np.ndarray,
+    bin_gy: float,
+    dose: np.ndarray,
+    prescription_gy: float | None,
+    label: str,
+    messages: list[str],
+) -> tuple[float, float, float]:
+    """Dmin, Dmean and Dmax of a planning system's DVH: its reported ones where they fit its curve, read as % of
+    the prescription where only that fits, else the curve's (see :class:`PlanningSystemDVH`)."""
+    low, mean, high = curve
+    first_bin_top = float(dose[1]) if len(dose) > 1 else high
+    last_bin_bottom = float(dose[-2]) if len(dose) > 1 else low
+
+    def fits(values: np.ndarray) -> bool:
+        checks = [
+            low - bin_gy <= values[0] <= first_bin_top + bin_gy,
+            abs(values[1] - mean) <= max(bin_gy, 0.01 * mean),
+            last_bin_bottom - bin_gy <= values[2] <= high + bin_gy,
+        ]
+        return all(ok for ok, v in zip(checks, values) if math.isfinite(v))
+
+    present = np.isfinite(reported)
+    if not present.any():
+        return curve
+    if fits(reported):
+        return tuple(float(r) if math.isfinite(r) else c for r, c in zip(reported, curve))  # type: ignore[return-value]
+    names = ("DVHMinimumDose", "DVHMeanDose", "DVHMaximumDose")
+    shown = ", ".join(f"{n} {r:g}" for n, r, p in zip(names, reported, present) if p)
+    if prescription_gy and prescription_gy > 0 and fits(reported * prescription_gy / 100.0):
+        messages.append(
+            f"{label}: {shown} fit its curve only as % of the prescription ({prescription_gy:g} Gy), not as the Gy "
+            "its DoseUnits say: read as such"
+        )
+        scaled = reported * prescription_gy / 100.0
+        return tuple(float(r) if math.isfinite(r) else c for r, c in zip(scaled, curve))  # type: ignore[return-value]
+    messages.append(
+        f"{label}: {shown} do not fit its curve (which runs from {low:.4g} to {high:.4g} Gy, mean {mean:.4g} Gy): "
+        "the curve's own values are used"
+    )
+    return curve
 
 
 def check_frame_of_reference(dose: DoseGrid, structures: StructureSet) -> None:

@@ -178,6 +178,8 @@ class StructureSet:
         The ROIs, in the file's order.
     frame_of_reference_uid, source, patient_id, study_uid : str
         The frame of reference of the contours, the file, the patient and the study ("" when unknown).
+    sop_instance_uid : str
+        The file's SOPInstanceUID ("" when unknown): what an RTDOSE's DVHs name as their structure set.
 
     Examples
     --------
@@ -192,6 +194,7 @@ class StructureSet:
     source: str = ""
     patient_id: str = ""
     study_uid: str = ""
+    sop_instance_uid: str = ""
 
     @property
     def names(self) -> list[str]:
@@ -297,3 +300,69 @@ class Registration:
     matrices: dict[str, np.ndarray]
     source: str = ""
     patient_id: str = ""
+
+
+#: DVHType values of an RTDOSE's DVH Sequence (PS3.3 C.8.8.4).
+DVH_TYPES = ("CUMULATIVE", "DIFFERENTIAL", "NATURAL")
+#: DVHVolumeUnits values: cc, % of the ROI's volume, and volume per unit of u = dose^-3/2 (natural DVHs).
+DVH_VOLUME_UNITS = ("CM3", "PERCENT", "PER_U")
+
+
+@dataclass(frozen=True, eq=False)
+class ReportedDVH:
+    """One item of an RTDOSE's DVH Sequence, as the planning system wrote it (the values of the file, not yet
+    turned into a curve: :class:`isodose.dvh.PlanningSystemDVH` does that).
+
+    Parameters
+    ----------
+    roi_number : int
+        The ROI it belongs to (DVHReferencedROISequence's ReferencedROINumber, an ROI number of the RTSTRUCT).
+    item : int
+        Its place in the DVH Sequence, from 1 (for messages).
+    dvh_type : str
+        ``CUMULATIVE``, ``DIFFERENTIAL`` or ``NATURAL``.
+    dose_units : str
+        ``GY`` or ``RELATIVE`` (of ``normalization_dose``).
+    dose_type : str
+        ``PHYSICAL``, ``EFFECTIVE`` or ``ERROR``.
+    volume_units : str
+        ``CM3``, ``PERCENT`` or ``PER_U``.
+    dose_scaling : float
+        DVHDoseScaling: bin widths times it are in ``dose_units``.
+    bin_widths : numpy.ndarray
+        The DVH Data's dose bin widths, as written (before ``dose_scaling``).
+    values : numpy.ndarray
+        The DVH Data's volumes, one per bin, in ``volume_units``: for a cumulative DVH the volume receiving at least
+        the dose where the bin starts, for a differential one the volume whose dose lies in the bin, for a natural
+        one (in ``PER_U``) the volume per unit of u = dose^-3/2 over the bin.
+    minimum_dose, mean_dose, maximum_dose : float
+        DVHMinimumDose, DVHMeanDose and DVHMaximumDose as written, in ``dose_units`` (NaN where absent).
+    normalization_dose : float
+        DVHNormalizationDoseValue of the file (Gy, the 100% of relative doses); NaN where absent.
+    source : str
+        The file it was read from.
+    referenced_structure_set_uid : str
+        The RTSTRUCT whose ROI numbers the file's DVHs refer to (ReferencedStructureSetSequence; "" when unnamed).
+    """
+
+    roi_number: int
+    item: int
+    dvh_type: str
+    dose_units: str
+    dose_type: str
+    volume_units: str
+    dose_scaling: float
+    bin_widths: np.ndarray
+    values: np.ndarray
+    minimum_dose: float = float("nan")
+    mean_dose: float = float("nan")
+    maximum_dose: float = float("nan")
+    normalization_dose: float = float("nan")
+    source: str = ""
+    #: The SOPInstanceUID of the RTSTRUCT whose ROI numbers the file's DVHs refer to ("" when it names none).
+    referenced_structure_set_uid: str = ""
+
+    @property
+    def label(self) -> str:
+        """``DVH item 3 (ROI 7)``: how messages name it."""
+        return f"DVH item {self.item} (ROI {self.roi_number})"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .model import Contour, DoseGrid, Structure, StructureSet, xyz
+from .model import Contour, DoseGrid, ReportedDVH, Structure, StructureSet, xyz
 
 # --------------------------------------------------------------------------------------------------------
 # Shapes
@@ -338,6 +338,70 @@ def shape_truth(structure_shape: Shape, field: LinearField, n_slabs: int = 4000)
     return SlabTruth(slabs, field, structure_shape.centre_mm[:2])
 
 
+def reported_dvh(
+    truth: SlabTruth,
+    roi_number: int,
+    *,
+    bin_gy: float = 0.01,
+    dvh_type: str = "CUMULATIVE",
+    volume_units: str = "CM3",
+    dose_scaling: float = 1.0,
+    dose_units: str = "GY",
+    normalization_gy: float | None = None,
+    dose_shift_pct: float = 0.0,
+) -> ReportedDVH:
+    """The closed-form DVH of ``truth`` as a planning system would write it in an RTDOSE's DVH Sequence: bins of
+    ``bin_gy`` from 0 Gy to past Dmax, and Dmin, Dmean and Dmax, in the type and units asked for (for tests that
+    a DVH Sequence is read as written, and for audits with a known answer).
+
+    ``dose_shift_pct`` scales every dose of the curve and of the statistics (a planning system off by that much);
+    ``dose_units`` RELATIVE writes doses in % of ``normalization_gy``.
+    """
+    scale = 1.0 + dose_shift_pct / 100.0
+    n_bins = int(math.floor(truth.dmax_gy * scale / bin_gy)) + 1
+    edges = bin_gy * np.arange(n_bins + 1)
+    above = np.clip(truth.volume_above(edges / scale), 0.0, None) / 1000.0  # cc, at each bin's start
+    above[0] = truth.volume_mm3 / 1000.0
+    in_bin = np.clip(above[:-1] - above[1:], 0.0, None)
+    total = truth.volume_mm3 / 1000.0
+    if dvh_type == "CUMULATIVE":
+        values = above[:-1]
+    elif dvh_type == "DIFFERENTIAL" or volume_units != "PER_U":
+        values = in_bin
+    else:  # NATURAL, per unit of u = dose^-3/2
+        with np.errstate(divide="ignore"):
+            u = np.where(edges > 0, edges, np.inf) ** -1.5
+        values = np.where(in_bin > 0, in_bin / np.where(np.isfinite(u[:-1]), u[:-1] - u[1:], np.inf), 0.0)
+    if volume_units == "PERCENT":
+        values = 100.0 * values / total
+    statistics = np.array([truth.dmin_gy, truth.dmean_gy, truth.dmax_gy]) * scale
+    unit = 1.0
+    if dose_units == "RELATIVE":
+        if not normalization_gy:
+            raise ValueError("relative DVH doses need normalization_gy")
+        unit = normalization_gy / 100.0
+    return ReportedDVH(
+        roi_number=roi_number,
+        item=0,
+        dvh_type=dvh_type,
+        dose_units=dose_units,
+        dose_type="PHYSICAL",
+        volume_units=volume_units,
+        dose_scaling=dose_scaling,
+        bin_widths=np.full(n_bins, bin_gy / unit / dose_scaling),
+        values=values,
+        minimum_dose=float(statistics[0] / unit),
+        mean_dose=float(statistics[1] / unit),
+        maximum_dose=float(statistics[2] / unit),
+        normalization_dose=normalization_gy if normalization_gy is not None else math.nan,
+    )
+
+
+def example_truths() -> dict[str, SlabTruth]:
+    """The closed-form DVHs of :func:`example_case`'s ROIs, as isodose models the contours (half end caps)."""
+    return {name: slab_truth(shape, _EXAMPLE_FIELD, 3.0, offset_mm=1.5) for name, _, shape, _ in _EXAMPLE_ROIS}
+
+
 # --------------------------------------------------------------------------------------------------------
 # A head-and-neck-sized case
 # --------------------------------------------------------------------------------------------------------
@@ -569,16 +633,18 @@ def example_case() -> tuple[DoseGrid, StructureSet]:
     ((21, 21, 21), ['PTV', 'Cord', 'Recurrence'])
     """
     frame = "1.2.826.0.1.3680043.8.498.1"
-    field = LinearField(70.0, (0.0, -1.0, 0.0), (0.0, 0.0, 0.0))
-    grid = field.grid((-30.0, -30.0, -30.0), (3.0, 3.0, 3.0), (21, 21, 21), frame)
-    shapes = [
-        contour_shape(Sphere((0.0, 0.0, 0.0), 15.0), "PTV", 1, 3.0, offset_mm=1.5),
-        contour_shape(Cylinder((20.0, 0.0, 0.0), 4.0, 30.0), "Cord", 2, 3.0, offset_mm=1.5),
-        contour_shape(Sphere((0.0, 4.0, 0.0), 5.0), "Recurrence", 3, 3.0, offset_mm=1.5),
+    grid = _EXAMPLE_FIELD.grid((-30.0, -30.0, -30.0), (3.0, 3.0, 3.0), (21, 21, 21), frame)
+    structures = [
+        replace(contour_shape(shape, name, number, 3.0, offset_mm=1.5), interpreted_type=kind)
+        for name, number, shape, kind in _EXAMPLE_ROIS
     ]
-    typed = [
-        replace(shapes[0], interpreted_type="PTV"),
-        replace(shapes[1], interpreted_type="ORGAN"),
-        replace(shapes[2], interpreted_type="GTV"),
-    ]
-    return grid, StructureSet(tuple(typed), frame)
+    return grid, StructureSet(tuple(structures), frame)
+
+
+#: The field and the ROIs (name, number, shape, interpreted type) of :func:`example_case`.
+_EXAMPLE_FIELD = LinearField(70.0, (0.0, -1.0, 0.0), (0.0, 0.0, 0.0))
+_EXAMPLE_ROIS: tuple[tuple[str, int, Shape, str], ...] = (
+    ("PTV", 1, Sphere((0.0, 0.0, 0.0), 15.0), "PTV"),
+    ("Cord", 2, Cylinder((20.0, 0.0, 0.0), 4.0, 30.0), "ORGAN"),
+    ("Recurrence", 3, Sphere((0.0, 4.0, 0.0), 5.0), "GTV"),
+)

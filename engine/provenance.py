@@ -207,3 +207,45 @@ def check_whole_course(dose: DoseGrid, *, strict: bool) -> None:
         log.warning(
             "%s: DoseType is EFFECTIVE: a biologically weighted dose (Gy(RBE), say), taken as given", _name(dose)
         )
+
+
+def check_dvh_structures(
+    referenced_uid: str, dvh_source: str, structures: StructureSet, *, allow_mismatch: bool = False
+) -> None:
+    """Refuse (or, with ``allow_mismatch``, warn about) a structure set that is not the one an RTDOSE's DVHs refer
+    to: their ROI numbers would name other ROIs.
+
+    Parameters
+    ----------
+    referenced_uid : str
+        The SOPInstanceUID the RTDOSE's ReferencedStructureSetSequence names ("" when it names none).
+    dvh_source : str
+        The RTDOSE file, for the message.
+    structures : StructureSet
+        The structure set given.
+    allow_mismatch : bool
+        Go on, with a warning.
+
+    Raises
+    ------
+    InputMismatchError
+        When both files say who they are and they differ, unless ``allow_mismatch``.
+
+    Examples
+    --------
+    >>> from isodose.model import StructureSet
+    >>> check_dvh_structures("1.2.3", "RD.dcm", StructureSet((), sop_instance_uid="1.2.3"))
+    >>> check_dvh_structures("1.2.3", "RD.dcm", StructureSet((), source="RS.dcm", sop_instance_uid="1.2.4"))
+    Traceback (most recent call last):
+    ...
+    isodose.errors.InputMismatchError: RD.dcm's DVHs refer to the ROIs of RTSTRUCT 1.2.3, but RS.dcm is RTSTRUCT ...
+    """
+    if not referenced_uid or not structures.sop_instance_uid or referenced_uid == structures.sop_instance_uid:
+        return
+    problem = (
+        f"{dvh_source}'s DVHs refer to the ROIs of RTSTRUCT {referenced_uid}, but {_name(structures)} is RTSTRUCT "
+        f"{structures.sop_instance_uid}: its ROI numbers may name other ROIs"
+    )
+    if not allow_mismatch:
+        raise InputMismatchError(problem + " (--allow-mismatch goes on regardless)")
+    log.warning("%s; going on, as asked (--allow-mismatch)", problem)

@@ -23,6 +23,9 @@ from .errors import IsodoseError, StructureError
 from .geometry import END_CAPS, common_plane_spacing_mm, slab_bounds, structure_planes
 from .model import DoseGrid, Structure
 
+#: Where Dmin and Dmax are taken (see :class:`SamplingOptions`).
+EXTREMES = ("vertices", "samples")
+
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -40,6 +43,10 @@ class SamplingOptions:
         Scanlines per row of cells: coverage is exact along x and sampled at this many lines along y.
     end_cap : str
         End-caps of each contiguous piece of a structure: ``half`` a plane spacing (the default), or ``none``.
+    extremes : str
+        Where Dmin and Dmax are taken: ``vertices`` (the default) over the sampled volume and the dose at every
+        contour vertex on both faces of its slab, so that an extreme on the surface is not missed between samples;
+        or ``samples``, over the sampled volume alone (as planning systems that sample voxels do).
     dose_bins : int
         Bins of the dose histogram, spanning 0 to the grid's maximum dose.
     max_cells_per_batch : int
@@ -71,6 +78,7 @@ class SamplingOptions:
     max_supersampling: int = 200
     scanlines: int = 2
     end_cap: str = "half"
+    extremes: str = "vertices"
     dose_bins: int = 16384
     max_cells_per_batch: int = 4_000_000
     max_cells_per_plane: int = 16_000_000
@@ -82,6 +90,9 @@ class SamplingOptions:
             if f.name == "end_cap":
                 if value not in END_CAPS:
                     raise IsodoseError(f"end_cap must be one of {', '.join(END_CAPS)}, not {value!r}")
+            elif f.name == "extremes":
+                if value not in EXTREMES:
+                    raise IsodoseError(f"extremes must be one of {', '.join(EXTREMES)}, not {value!r}")
             elif f.name == "supersampling" and value is None:
                 continue
             elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -250,8 +261,11 @@ def plan_sampling(
         faces[top, :2] = points
         faces[bottom, 2] = np.repeat(z_lo, plane_counts)
         faces[top, 2] = np.repeat(z_hi, plane_counts)
-        vertex_points.append(faces)
-        vertex_counts.append(2 * len(points))
+        if options.extremes == "vertices":
+            vertex_points.append(faces)
+            vertex_counts.append(2 * len(points))
+        else:
+            vertex_counts.append(0)
 
     def starts(counts: Sequence[int]) -> np.ndarray:
         out = np.zeros(len(counts) + 1, dtype=np.int64)

@@ -28,6 +28,7 @@ LAYERS = {
     "recurrence": 4,
     "reirradiation": 4,
     "validation": 4,
+    "audit": 4,
     "cohort": 5,
     "cli": 6,
 }

@@ -39,6 +39,12 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
         choices=("half", "none"),
         help="extent beyond the first and last contour planes (default: half a plane spacing)",
     )
+    parser.add_argument(
+        "--extremes",
+        default="vertices",
+        choices=("vertices", "samples"),
+        help="Dmin and Dmax over the sampled volume and the contours' vertices (default), or the samples alone",
+    )
 
 
 def add_dose(parser: argparse.ArgumentParser, help_text: str = "RTDOSE file") -> None:
@@ -130,7 +136,7 @@ def add_format(parser: argparse.ArgumentParser, formats: Sequence[str] = FORMATS
 def sampling_options(args: argparse.Namespace):
     from ..voxelize import SamplingOptions
 
-    return SamplingOptions(supersampling=args.supersampling, end_cap=args.end_cap)
+    return SamplingOptions(supersampling=args.supersampling, end_cap=args.end_cap, extremes=args.extremes)
 
 
 def positive_prescription(value: float | None) -> float | None:

@@ -61,7 +61,7 @@ class RunSettings:
             "target_metrics": list(self.target_metrics),
             "targets": None if self.targets is None else list(self.targets),
             "criteria": asdict(self.criteria),
-            "sampling": asdict(self.options),
+            "sampling": _sampling(self.options),
             "dvh_step_gy": self.dvh_step_gy,
             **(
                 {}
@@ -69,3 +69,12 @@ class RunSettings:
                 else {"relative_dose_reference_gy": self.relative_dose_reference_gy}
             ),
         }
+
+
+def _sampling(options: SamplingOptions) -> dict:
+    """The sampling options as a store keeps them: ``extremes`` only where it is not the default, so that stores
+    written before the option existed resume."""
+    values = asdict(options)
+    if values["extremes"] == SamplingOptions().extremes:
+        del values["extremes"]
+    return values

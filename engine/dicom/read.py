@@ -31,7 +31,18 @@ from ..errors import (
     StructureError,
 )
 from ..geometry import PLANE_TOLERANCE_MM, check_rigid
-from ..model import Contour, DoseGrid, DoseReference, Plan, Registration, Structure, StructureSet
+from ..model import (
+    DVH_TYPES,
+    DVH_VOLUME_UNITS,
+    Contour,
+    DoseGrid,
+    DoseReference,
+    Plan,
+    Registration,
+    ReportedDVH,
+    Structure,
+    StructureSet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +427,148 @@ def _referenced_plan(ds) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------
+# The planning system's DVHs (RT DVH module, PS3.3 C.8.8.4)
+# --------------------------------------------------------------------------------------------------------
+class _SkippedItem(Exception):
+    """A DVH Sequence item that cannot be read: skipped, with a warning naming it."""
+
+
+def _item_number(item, keyword: str, default: float | None = None) -> float:
+    value = item.get(keyword)
+    if value is None or value == "":
+        if default is None:
+            raise _SkippedItem(f"{keyword} is missing")
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _SkippedItem(f"{keyword} {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise _SkippedItem(f"{keyword} is not finite")
+    return number
+
+
+def _reported_dvh(item, k: int, path: PathType, normalization: float, structure_set: str) -> ReportedDVH:
+    """One DVH Sequence item, checked (a :class:`_SkippedItem` says why it cannot be used)."""
+    rois = item.get("DVHReferencedROISequence") or []
+    included = [r for r in rois if str(r.get("DVHROIContributionType", "INCLUDED") or "INCLUDED").upper() == "INCLUDED"]
+    if len(rois) != 1 or len(included) != 1:
+        raise _SkippedItem(
+            f"refers to {len(rois)} ROIs ({len(included)} included): only the DVH of one ROI can be compared"
+            if rois
+            else "has no DVHReferencedROISequence"
+        )
+    roi_number = included[0].get("ReferencedROINumber")
+    try:
+        roi = int(roi_number)
+    except (TypeError, ValueError):
+        raise _SkippedItem(f"ReferencedROINumber {roi_number!r} is not a number") from None
+    dvh_type = _text(item, "DVHType").upper()
+    if dvh_type not in DVH_TYPES:
+        raise _SkippedItem(f"DVHType {dvh_type or 'missing'} is not one of {', '.join(DVH_TYPES)}", roi)
+    dose_units = _text(item, "DoseUnits").upper()
+    if dose_units not in ("GY", "RELATIVE"):
+        raise _SkippedItem(f"DoseUnits {dose_units or 'missing'} is not GY or RELATIVE", roi)
+    dose_type = _text(item, "DoseType").upper()
+    if dose_type == "ERROR":
+        raise _SkippedItem("DoseType is ERROR (a dose difference, not a dose)", roi)
+    volume_units = _text(item, "DVHVolumeUnits").upper()
+    if volume_units not in DVH_VOLUME_UNITS:
+        raise _SkippedItem(
+            f"DVHVolumeUnits {volume_units or 'missing'} is not one of {', '.join(DVH_VOLUME_UNITS)}", roi
+        )
+    if volume_units == "PER_U" and dvh_type != "NATURAL":
+        raise _SkippedItem(f"DVHVolumeUnits PER_U belongs to NATURAL DVHs, not {dvh_type}", roi)
+    try:
+        scaling = _item_number(item, "DVHDoseScaling", 1.0)
+        if not scaling > 0:
+            raise _SkippedItem(f"DVHDoseScaling {scaling:g} is not positive")
+        data = item.get("DVHData")
+        if data is None or (hasattr(data, "__len__") and len(data) == 0):
+            raise _SkippedItem("DVHData is missing or empty")
+        try:
+            if isinstance(data, bytes | bytearray):  # VR UN (an explicit-VR file's DS over 64 kB): the text itself
+                data = bytes(data).decode("ascii").strip(" \0").split("\\")
+            values = np.array([float(v) for v in (data if isinstance(data, Sequence) else [data])], dtype=np.float64)
+        except (TypeError, ValueError, UnicodeDecodeError):
+            raise _SkippedItem("DVHData is not numeric") from None
+        if len(values) % 2:
+            raise _SkippedItem(f"DVHData holds {len(values)} numbers, not pairs of bin width and volume")
+        bins = int(_item_number(item, "DVHNumberOfBins", len(values) // 2))
+        if bins != len(values) // 2:
+            raise _SkippedItem(f"DVHNumberOfBins is {bins}, but DVHData holds {len(values) // 2} bins")
+        widths, volumes = values[0::2], values[1::2]
+        if not np.all(np.isfinite(values)):
+            raise _SkippedItem("DVHData holds values that are not finite")
+        if not np.all(widths > 0):
+            raise _SkippedItem("DVHData holds dose bin widths that are not positive")
+        noise = 1e-9 * max(float(volumes.max()), 0.0)  # planning systems write -3e-13 for an empty bin
+        if np.any(volumes < -noise):
+            raise _SkippedItem("DVHData holds negative volumes")
+        volumes = np.clip(volumes, 0.0, None)
+        if dvh_type == "CUMULATIVE" and np.any(np.diff(volumes) > 1e-6 * max(float(volumes.max()), 1e-12)):
+            raise _SkippedItem("its CUMULATIVE volumes rise with dose")
+        statistics = [
+            _item_number(item, keyword, math.nan) for keyword in ("DVHMinimumDose", "DVHMeanDose", "DVHMaximumDose")
+        ]
+    except _SkippedItem as exc:
+        raise _SkippedItem(str(exc), roi) from None
+    return ReportedDVH(
+        roi_number=roi,
+        item=k,
+        dvh_type=dvh_type,
+        dose_units=dose_units,
+        dose_type=dose_type,
+        volume_units=volume_units,
+        dose_scaling=scaling,
+        bin_widths=widths,
+        values=volumes,
+        minimum_dose=statistics[0],
+        mean_dose=statistics[1],
+        maximum_dose=statistics[2],
+        normalization_dose=normalization,
+        source=str(path),
+        referenced_structure_set_uid=structure_set,
+    )
+
+
+@_reader
+def read_reported_dvhs(path: PathType) -> list[ReportedDVH]:
+    """The planning system's DVHs of an RTDOSE file: each item of its DVH Sequence that can be used, as written
+    (the pixels are not read).
+
+    An item that cannot be used (a DVH of several ROIs, DoseType ERROR, a unit outside the standard, DVH Data
+    that does not hold pairs of positive bin widths and volumes, a cumulative curve that rises) is skipped with a
+    warning naming the file, the item and its ROI.
+
+    Raises
+    ------
+    DicomReadError
+        For a file that is not an RTDOSE, or one with no DVH Sequence.
+    """
+    ds = read_dataset(path, "RTDOSE", stop_before_pixels=True)
+    sequence = ds.get("DVHSequence")
+    if not sequence:
+        raise DicomReadError("holds no DVH Sequence: the planning system exported no DVHs with this dose", path=path)
+    normalization = math.nan
+    if ds.get("DVHNormalizationDoseValue") not in (None, ""):
+        try:
+            normalization = float(ds.DVHNormalizationDoseValue)
+        except (TypeError, ValueError):
+            log.warning("%s: DVHNormalizationDoseValue %r is not a number; ignored", path, ds.DVHNormalizationDoseValue)
+    referenced = ds.get("ReferencedStructureSetSequence") or []
+    structure_set = str(referenced[0].get("ReferencedSOPInstanceUID", "") or "").strip() if referenced else ""
+    out = []
+    for k, item in enumerate(sequence, start=1):
+        try:
+            out.append(_reported_dvh(item, k, path, normalization, structure_set))
+        except _SkippedItem as exc:
+            roi = f" (ROI {exc.args[1]})" if len(exc.args) > 1 else ""
+            log.warning("%s: DVH item %d%s %s; skipped", path, k, roi, exc.args[0])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
 # RTSTRUCT
 # --------------------------------------------------------------------------------------------------------
 def _contour_data(item, path: PathType, obj: str) -> np.ndarray:
@@ -539,6 +692,7 @@ def read_structures(path: PathType) -> StructureSet:
         source=str(path),
         patient_id=str(ds.get("PatientID", "") or ""),
         study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
     )
 
 
@@ -716,6 +870,8 @@ _HEADER_TAGS = [
     "ReferencedFrameOfReferenceSequence",
     "RegistrationSequence",
     "DoseReferenceSequence",
+    "ReferencedStructureSetSequence",
+    "DVHSequence",
     *(keyword for pair in _DATE_TAGS for keyword in pair),
 ]
 
@@ -735,6 +891,9 @@ class FileHeader:
     registered_frames: tuple[str, ...] = ()
     date: str = ""  # YYYYMMDDHHMMSS... of the first dated pair of _DATE_TAGS, for ordering courses
     dose_type: str = ""
+    #: An RTDOSE that carries the planning system's DVHs (a DVH Sequence), and the RTSTRUCT they refer to.
+    has_dvhs: bool = False
+    referenced_structure_set: str = ""
 
 
 def read_header(path: Path) -> FileHeader | None:
@@ -795,6 +954,11 @@ def _header_of(ds, path: Path) -> FileHeader | None:
         header.summation = str(ds.get("DoseSummationType", "") or "").strip().upper()
         header.dose_type = str(ds.get("DoseType", "") or "").strip().upper()
         header.referenced_plan = _referenced_plan(ds)
+        header.has_dvhs = bool(ds.get("DVHSequence"))
+        referenced = ds.get("ReferencedStructureSetSequence") or []
+        header.referenced_structure_set = (
+            str(referenced[0].get("ReferencedSOPInstanceUID", "") or "").strip() if referenced else ""
+        )
     elif modality == "RTSTRUCT":
         header.rois = tuple(str(r.get("ROIName", "")).strip() for r in ds.get("StructureSetROISequence") or [])
     elif modality == "REG":

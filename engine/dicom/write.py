@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IsodoseError
-from ..model import DoseGrid, Structure, StructureSet
+from ..model import DoseGrid, ReportedDVH, Structure, StructureSet
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -40,21 +40,28 @@ def _ds(value: float) -> str:
     return text
 
 
-def _decimal_strings(values: np.ndarray) -> bytes:
+def _precise_ds(value: float) -> str:
+    """A decimal string of at most 16 characters, with 10 significant digits (DVH data, where volumes of a few
+    mm3 matter)."""
+    text = f"{value:.10g}"
+    return "0" if text == "-0" else text
+
+
+def _decimal_strings(values: np.ndarray, precise: bool = False) -> bytes:
     """A multi-valued DS element's bytes (backslash-separated, even length), written without pydicom
     converting and validating every number: contours hold hundreds of thousands of them."""
-    text = "\\".join(_ds(float(v)) for v in values)
+    text = "\\".join((_precise_ds if precise else _ds)(float(v)) for v in values)
     if len(text) % 2:
         text += " "
     return text.encode("ascii")
 
 
-def _raw_decimal_element(keyword: str, values: np.ndarray):
+def _raw_decimal_element(keyword: str, values: np.ndarray, precise: bool = False):
     from pydicom.datadict import tag_for_keyword
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    data = _decimal_strings(values)
+    data = _decimal_strings(values, precise)
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise ValueError(f"{keyword} is not a DICOM keyword")
@@ -76,14 +83,15 @@ def _base_dataset(
     study_uid: str | None,
     frame_of_reference_uid: str,
     sop_instance_uid: str | None = None,
+    implicit_vr: bool = False,
 ):
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid) if sop_instance_uid else generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     now = _dt.datetime.now()
     ds.SOPClassUID = sop_class
@@ -124,6 +132,9 @@ def write_dose(
     referenced_plan_uid: str | None = None,
     sop_instance_uid: str | None = None,
     relative_scale_gy: float | None = None,
+    dvhs: Sequence[ReportedDVH] = (),
+    referenced_structure_set_uid: str | None = None,
+    dvh_normalization_gy: float | None = None,
 ) -> Path:
     """Write ``grid`` as an RTDOSE.
 
@@ -133,7 +144,9 @@ def write_dose(
     ``reverse_frames`` stores the frames against the normal, so that the offsets decrease. ``summation_type``,
     ``dose_type`` and ``referenced_plan_uid`` fill DoseSummationType, DoseType and ReferencedRTPlanSequence;
     with ``dose_units`` RELATIVE, ``relative_scale_gy`` is the dose of relative value 1.0 (the grid is divided by
-    it).
+    it). ``dvhs`` are written as the DVH Sequence (each item's values as they are: its type, units, scaling, bin
+    widths, volumes and statistics), referring to the ROIs of the RTSTRUCT ``referenced_structure_set_uid``, with
+    DVHNormalizationDoseValue ``dvh_normalization_gy`` for relative ones.
     """
     from pydicom.uid import generate_uid
 
@@ -185,6 +198,7 @@ def write_dose(
         study_uid,
         frame_of_reference_uid or grid.frame_of_reference_uid or generate_uid(),
         sop_instance_uid,
+        implicit_vr=bool(dvhs),  # DVH Data of thousands of bins outgrows explicit VR's 64 kB for a DS
     )
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -212,8 +226,52 @@ def write_dose(
         reference.ReferencedSOPClassUID = RT_PLAN_STORAGE
         reference.ReferencedSOPInstanceUID = referenced_plan_uid
         ds.ReferencedRTPlanSequence = [reference]
+    if referenced_structure_set_uid:
+        from pydicom.dataset import Dataset
+
+        structure_set = Dataset()
+        structure_set.ReferencedSOPClassUID = RT_STRUCTURE_SET_STORAGE
+        structure_set.ReferencedSOPInstanceUID = referenced_structure_set_uid
+        ds.ReferencedStructureSetSequence = [structure_set]
+    if dvh_normalization_gy is not None:
+        ds.DVHNormalizationDoseValue = _precise_ds(dvh_normalization_gy)
+    if dvhs:
+        ds.DVHSequence = [_dvh_item(dvh) for dvh in dvhs]
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     return _save(ds, path)
+
+
+def _dvh_item(dvh: ReportedDVH):
+    """One item of the DVH Sequence (RT DVH module), with the values of ``dvh`` as they are."""
+    import math
+
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    roi = Dataset()
+    roi.ReferencedROINumber = dvh.roi_number
+    roi.DVHROIContributionType = "INCLUDED"
+    item.DVHReferencedROISequence = [roi]
+    item.DVHType = dvh.dvh_type
+    item.DoseUnits = dvh.dose_units
+    item.DoseType = dvh.dose_type
+    item.DVHDoseScaling = _precise_ds(dvh.dose_scaling)
+    item.DVHVolumeUnits = dvh.volume_units
+    item.DVHNumberOfBins = len(dvh.values)
+    data = np.empty(2 * len(dvh.values))
+    data[0::2] = dvh.bin_widths
+    data[1::2] = dvh.values
+    raw = _raw_decimal_element("DVHData", data, precise=True)
+    item[raw.tag] = raw
+    item.set_original_encoding(False, True, item._character_set)
+    for keyword, value in (
+        ("DVHMinimumDose", dvh.minimum_dose),
+        ("DVHMeanDose", dvh.mean_dose),
+        ("DVHMaximumDose", dvh.maximum_dose),
+    ):
+        if math.isfinite(value):
+            setattr(item, keyword, _precise_ds(value))
+    return item
 
 
 def write_structures(
@@ -224,6 +282,7 @@ def write_structures(
     study_uid: str | None = None,
     frame_of_reference_uid: str | None = None,
     interpreted_types: dict[str, str] | None = None,
+    sop_instance_uid: str | None = None,
 ) -> Path:
     """Write structures as an RTSTRUCT with one CLOSED_PLANAR contour item per ring."""
     from pydicom.dataset import Dataset
@@ -235,7 +294,7 @@ def write_structures(
         or (structures.frame_of_reference_uid if isinstance(structures, StructureSet) else "")
         or generate_uid()
     )
-    ds = _base_dataset(path, RT_STRUCTURE_SET_STORAGE, "RTSTRUCT", patient_id, study_uid, frame_uid)
+    ds = _base_dataset(path, RT_STRUCTURE_SET_STORAGE, "RTSTRUCT", patient_id, study_uid, frame_uid, sop_instance_uid)
     ds.StructureSetLabel = "isodose"
     ds.StructureSetDate = ds.StudyDate
     ds.StructureSetTime = ds.StudyTime
@@ -359,7 +418,7 @@ def write_registration(
     return _save(ds, path)
 
 
-def write_example_case(folder: str | PathLike[str]) -> tuple[Path, Path, Path]:
+def write_example_case(folder: str | PathLike[str], *, with_dvhs: bool = False) -> tuple[Path, Path, Path]:
     """Write :func:`isodose.phantoms.example_case` as DICOM: an RTDOSE, an RTSTRUCT and an RTPLAN (70 Gy in
     35 fractions) of one patient and frame of reference, for examples and doctests.
 
@@ -367,6 +426,9 @@ def write_example_case(folder: str | PathLike[str]) -> tuple[Path, Path, Path]:
     ----------
     folder : str or path
         An existing folder; ``RD.example.dcm``, ``RS.example.dcm`` and ``RP.example.dcm`` are written into it.
+    with_dvhs : bool
+        Give the RTDOSE a DVH Sequence holding the closed-form DVH of each ROI (cumulative, cc, 0.01 Gy bins;
+        :func:`isodose.phantoms.reported_dvh`), as a planning system exports its own.
 
     Returns
     -------
@@ -396,11 +458,26 @@ def write_example_case(folder: str | PathLike[str]) -> tuple[Path, Path, Path]:
         target_name="PTV",
         sop_instance_uid=plan_uid,
     )
-    dose = write_dose(grid, folder / "RD.example.dcm", frame_of_reference_uid=frame, referenced_plan_uid=plan_uid)
+    structure_set_uid = generate_uid()
     rois = write_structures(
         structures,
         folder / "RS.example.dcm",
         frame_of_reference_uid=frame,
         interpreted_types={s.name: s.interpreted_type for s in structures.structures},
+        sop_instance_uid=structure_set_uid,
+    )
+    dvhs = []
+    if with_dvhs:
+        from ..phantoms import example_truths, reported_dvh
+
+        numbers = {s.name: s.number for s in structures.structures}
+        dvhs = [reported_dvh(truth, numbers[name]) for name, truth in example_truths().items()]
+    dose = write_dose(
+        grid,
+        folder / "RD.example.dcm",
+        frame_of_reference_uid=frame,
+        referenced_plan_uid=plan_uid,
+        dvhs=dvhs,
+        referenced_structure_set_uid=structure_set_uid if with_dvhs else None,
     )
     return dose, rois, plan
