@@ -260,6 +260,8 @@ class DVH:
             return self.dmax_gy
         if volume_cc > self.dose_volume_cc * (1 + 1e-12):
             return math.nan
+        if volume_cc >= self.dose_volume_cc * (1 - 1e-12):
+            return self.dmin_gy  # the whole volume receives at least Dmin: D100 is Dmin
         c = self.cumulative_cc
         # The last knot still receiving at least volume_cc: where the curve crosses it, at its hottest.
         i = int(np.searchsorted(-c, -volume_cc, side="right")) - 1

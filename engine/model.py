@@ -52,6 +52,9 @@ class DoseGrid:
         ("" when unknown, as for grids built in Python).
     dose_type : str
         DoseType: ``PHYSICAL``, ``EFFECTIVE`` (biologically weighted, e.g. RBE) or ``ERROR`` ("" when unknown).
+    referenced_beam_numbers : tuple of int
+        The beams of the referenced plan this dose is of (ReferencedBeamSequence of the ReferencedRTPlanSequence,
+        as a per-beam dose names its beam; a sum of beam doses holds all of theirs); empty when it names none.
 
     Examples
     --------
@@ -71,6 +74,7 @@ class DoseGrid:
     referenced_plan_uid: str = ""
     summation_type: str = ""
     dose_type: str = ""
+    referenced_beam_numbers: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -255,6 +259,8 @@ class Plan:
         The file's PatientID and SOPInstanceUID ("" when unknown).
     number_of_beams : int or None
         NumberOfBeams of the first fraction group.
+    beam_numbers : tuple of int
+        The beams of the first fraction group (its ReferencedBeamSequence); empty when it names none.
 
     Examples
     --------
@@ -270,6 +276,7 @@ class Plan:
     patient_id: str = ""
     sop_instance_uid: str = ""
     number_of_beams: int | None = None
+    beam_numbers: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

@@ -83,6 +83,20 @@ def mismatches(
                 f"{_name(dose)} references RTPLAN {dose.referenced_plan_uid}, but {_name(plan)} is RTPLAN "
                 f"{plan.sop_instance_uid}: the plan is not the dose's"
             )
+    if plan is not None and beam_doses and plan.beam_numbers and dose.referenced_beam_numbers:
+        missing = sorted(set(plan.beam_numbers) - set(dose.referenced_beam_numbers))
+        foreign = sorted(set(dose.referenced_beam_numbers) - set(plan.beam_numbers))
+        if missing or foreign:
+            said = []
+            if missing:
+                said.append(f"beam{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} missing")
+            if foreign:
+                said.append(f"beam{'s' if len(foreign) > 1 else ''} {', '.join(map(str, foreign))} not of the plan")
+            problems.append(
+                f"the beam doses given are of beams {', '.join(map(str, dose.referenced_beam_numbers))} of "
+                f"{_name(plan)}, which has beams {', '.join(map(str, plan.beam_numbers))} ({'; '.join(said)}): "
+                "their sum is not the plan's dose"
+            )
     if plan is not None and beam_doses and plan.number_of_beams and beam_doses != plan.number_of_beams:
         problems.append(
             f"{beam_doses} beam doses were given for {_name(plan)}, which has {plan.number_of_beams} beams: their "
@@ -172,7 +186,11 @@ def partial_dose(dose: DoseGrid) -> str:
     return ""
 
 
-def check_whole_course(dose: DoseGrid, *, strict: bool) -> None:
+#: What to do about a per-beam (or per-fraction) dose, where several doses of one plan are summed.
+SUM_THE_PARTS = "give every beam's (or fraction's) dose to sum them, or the plan's dose"
+
+
+def check_whole_course(dose: DoseGrid, *, strict: bool, remedy: str = SUM_THE_PARTS) -> None:
     """Refuse (``strict``: classification, cohorts) or warn about (DVHs) a dose that is not a whole course's:
     judging a per-beam dose against the whole prescription is wrong. EFFECTIVE dose is accepted with a warning.
 
@@ -182,6 +200,8 @@ def check_whole_course(dose: DoseGrid, *, strict: bool) -> None:
         The dose.
     strict : bool
         Refuse rather than warn.
+    remedy : str
+        What the refusal of a partial dose advises (by default: the doses of every beam, to be summed).
 
     Returns
     -------
@@ -200,7 +220,9 @@ def check_whole_course(dose: DoseGrid, *, strict: bool) -> None:
     """
     problem = partial_dose(dose)
     if problem and strict:
-        raise InputMismatchError(problem + "; give every beam's (or fraction's) dose to sum them, or the plan's dose")
+        if dose.dose_type == "ERROR":  # a dose difference: no sum of parts makes it a dose
+            raise InputMismatchError(problem + "; give the plan's dose")
+        raise InputMismatchError(f"{problem}; {remedy}")
     if problem:
         log.warning("%s; its metrics are those of that part alone", problem)
     if dose.dose_type == "EFFECTIVE":

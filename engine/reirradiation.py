@@ -424,10 +424,39 @@ def sum_doses(doses: Sequence[DoseGrid], *, backend: str | Backend | None = None
         if len(values) > 1:
             names = ", ".join(d.source or "a dose built in Python" for d in doses)
             raise AccumulationError(f"the doses to sum are of several {what} ({', '.join(sorted(values))}): {names}")
+    _check_distinct_parts(doses)
     plan_sum = accumulate([Course(d, 1) for d in doses], backend=backend)
     total = plan_sum.physical()
     sources = [d.source for d in doses if d.source]
-    return replace(total, source=" + ".join(sources) if sources else "", summation_type="PLAN", sop_instance_uid="")
+    beams = tuple(sorted({b for d in doses for b in d.referenced_beam_numbers}))
+    return replace(
+        total,
+        source=" + ".join(sources) if sources else "",
+        summation_type="PLAN",
+        sop_instance_uid="",
+        referenced_beam_numbers=beams,
+    )
+
+
+def _check_distinct_parts(doses: Sequence[DoseGrid]) -> None:
+    """Each part once: no RTDOSE given twice (by its SOPInstanceUID) and no beam twice (by the beam it names)."""
+    seen: dict[str, DoseGrid] = {}
+    beams: dict[int, DoseGrid] = {}
+    for d in doses:
+        if d.sop_instance_uid:
+            if d.sop_instance_uid in seen:
+                raise AccumulationError(
+                    f"{d.source or 'a dose'} is the same RTDOSE (SOPInstanceUID {d.sop_instance_uid}) as "
+                    f"{seen[d.sop_instance_uid].source or 'another'}: the sum would count it twice"
+                )
+            seen[d.sop_instance_uid] = d
+        for beam in d.referenced_beam_numbers if d.summation_type == "BEAM" else ():
+            if beam in beams:
+                raise AccumulationError(
+                    f"{d.source or 'a dose'} and {beams[beam].source or 'another'} are both the dose of beam {beam}: "
+                    "the sum would count that beam twice"
+                )
+            beams[beam] = d
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,8 @@ def load_nelms(root: str | Path) -> list[NelmsCase]:
     """The rows of ``analytical.csv`` whose dose grid is in the set (the 0.4x0.2x0.4 mm rows are not)."""
     root = Path(root)
     table = root / "analytical.csv"
+    if not root.is_dir():
+        raise ValidationDataError("no such folder (the Nelms 2015 set's folder, holding analytical.csv)", path=root)
     if not table.is_file():
         raise ValidationDataError("analytical.csv not found; is this the Nelms 2015 folder?", path=root)
     cases = []

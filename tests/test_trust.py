@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -249,6 +250,7 @@ def write_beams(folder: Path, weights=(0.25, 0.35, 0.4), other_grid_for_last=Tru
                 frame_of_reference_uid=FRAME,
                 referenced_plan_uid=plan_uid,
                 summation_type="BEAM",
+                referenced_beam_number=k + 1,
             )
         )
     (folder / "plan").mkdir()
@@ -299,7 +301,43 @@ def test_the_beams_of_a_plan_sum_to_the_plan_dose(tmp_path, capsys):
     code, _, err = run(
         capsys, "classify", "--dose", *beams[:2], "--structures", rs, "--plan", rp, "--recurrence", "Recurrence"
     )
-    assert code == 2 and "2 beam doses were given for" in err and "which has 3 beams" in err
+    assert code == 2 and "beam 3 missing" in err and "their sum is not the plan's dose" in err
+
+
+def test_a_beam_given_twice_is_refused_not_counted_twice(tmp_path, capsys):
+    """As many files as the plan has beams is not enough: a copy of one beam's file, or two files of one beam,
+    would count that beam twice and leave another out."""
+    beams, _, rs, rp = write_beams(tmp_path, other_grid_for_last=False)
+    copy = tmp_path / "RD.beam1.copy.dcm"
+    shutil.copy(beams[0], copy)
+    arguments = ["--structures", rs, "--plan", rp, "--recurrence", "Recurrence"]
+    code, _, err = run(capsys, "classify", "--dose", beams[0], copy, beams[2], *arguments)
+    assert code == 2 and "is the same RTDOSE (SOPInstanceUID" in err and "count it twice" in err
+    # Another file (its own SOPInstanceUID) that is the dose of beam 1 again.
+    grid, _ = example_case()
+    again = write_dose(
+        grid,
+        tmp_path / "RD.beam1.again.dcm",
+        patient_id="P1",
+        frame_of_reference_uid=FRAME,
+        referenced_plan_uid=read_dose(beams[0]).referenced_plan_uid,
+        summation_type="BEAM",
+        referenced_beam_number=1,
+    )
+    code, _, err = run(capsys, "dvh", "--dose", beams[0], again, beams[2], "--structures", rs, "--plan", rp)
+    assert code == 2 and "are both the dose of beam 1" in err
+    # Beams of numbers the plan does not have (3 files of 3, one of them beam 7): refused naming the missing beam.
+    seventh = write_dose(
+        grid,
+        tmp_path / "RD.beam7.dcm",
+        patient_id="P1",
+        frame_of_reference_uid=FRAME,
+        referenced_plan_uid=read_dose(beams[0]).referenced_plan_uid,
+        summation_type="BEAM",
+        referenced_beam_number=7,
+    )
+    code, _, err = run(capsys, "classify", "--dose", beams[0], beams[1], seventh, *arguments)
+    assert code == 2 and "beam 3 missing" in err and "beam 7 not of the plan" in err
 
 
 def test_folder_discovery_sums_the_per_beam_doses_of_one_plan(tmp_path):
@@ -612,3 +650,120 @@ def test_a_store_of_other_settings_names_what_differs(tmp_path, capsys):
     assert run(capsys, *arguments)[0] == 0
     code, _, err = run(capsys, *arguments, "--isodose", "90")
     assert code == 2 and "criteria.isodose_pct: the store has 95.0, this run asks for 90.0" in err
+
+
+# --------------------------------------------------------------------------------------------------------
+# What a second new user's trial found
+# --------------------------------------------------------------------------------------------------------
+def test_a_folders_prescription_never_overrides_a_plans(tmp_path, capsys):
+    """``--prescription`` is for the cases of a folder that have no RTPLAN: a case with its plan keeps the plan's
+    (it replaced it once, and every V95% with it); with a manifest it is refused, not ignored."""
+    from isodose.cohort.cases import discover_cases
+
+    folder = tmp_path / "cohort"
+    (folder / "with-plan").mkdir(parents=True)
+    write_case(folder / "with-plan", patient="P1")
+    (folder / "no-plan").mkdir()
+    rd, rs, rp = write_case(folder / "no-plan", patient="P2")
+    rp.unlink()
+    cases = {c.case_id: c for c in discover_cases(folder, "Recurrence", prescription_gy=50.0)}
+    assert cases["P1"].plan is not None and cases["P1"].prescription_gy is None
+    assert cases["P2"].plan is None and cases["P2"].prescription_gy == 50.0
+    out = tmp_path / "r.h5"
+    code, _, err = run(capsys, "cohort", "run", folder, "--out", out, "--prescription", "50", "--no-progress")
+    assert code == 0, err
+    rows = {r["case_id"]: r for r in csv.DictReader(io.StringIO(out.with_suffix(".csv").read_text()))}
+    assert float(rows["P1"]["prescription_gy"]) == 70.0 and float(rows["P2"]["prescription_gy"]) == 50.0
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+        f"c1,{rd},{rs},,60,Recurrence,,\n"
+    )
+    code, _, err = run(capsys, "cohort", "run", manifest, "--out", tmp_path / "m.h5", "--prescription", "50")
+    assert code == 2 and "--prescription is for the cases of a folder" in err and "prescription_gy column" in err
+
+
+def test_a_manifest_row_without_plan_or_prescription_fails_that_case_alone(tmp_path, capsys):
+    rd, rs, rp = write_case(tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+        f"good,{rd},{rs},{rp},,Recurrence,,\nbare,{rd},{rs},,,Recurrence,,\n"
+    )
+    code, out, _ = run(capsys, "cohort", "run", manifest, "--out", tmp_path / "r.h5", "--workers", "1", "--no-progress")
+    assert code == 0 and "1 x the manifest gives no plan and no prescription_gy: bare" in out
+
+
+def test_a_rerun_that_leaves_some_cases_failed_and_others_done_exits_0(tmp_path, capsys):
+    """Exit status 4 says that no case of the cohort has a result; a second run that retries the failed cases of a
+    cohort whose other cases are done is not that."""
+    rd, rs, rp = write_case(tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+        f"good,{rd},{rs},{rp},,Recurrence,,\nbad,missing.dcm,{rs},{rp},,Recurrence,,\n"
+    )
+    arguments = ["--out", tmp_path / "r.h5", "--workers", "1", "--no-progress"]
+    assert run(capsys, "cohort", "run", manifest, *arguments)[0] == 0
+    code, out, _ = run(capsys, "cohort", "run", manifest, *arguments)
+    assert code == 0 and "1 already done" in out and "(1 failed)" in out
+
+
+def test_a_cohorts_store_in_a_missing_folder_is_refused_as_other_outputs_are(tmp_path, capsys):
+    rd, rs, rp = write_case(tmp_path)
+    code, _, err = run(capsys, "cohort", "run", tmp_path, "--out", tmp_path / "no" / "r.h5")
+    assert code == 2 and "does not exist; create it first" in err and not (tmp_path / "no").exists()
+
+
+def test_d100_is_dmin(tmp_path):
+    """The dose the whole volume receives at least is the minimum dose, also where Dmin lies at a contour vertex
+    below every sampled cell."""
+    from isodose.dvh import compute_dvhs
+
+    grid, structures = example_case()
+    for dvh in compute_dvhs(grid, structures):
+        assert dvh.metric("D100") == dvh.dmin_gy, dvh.name
+        assert dvh.metric("D0") == dvh.dmax_gy, dvh.name
+
+
+def test_written_rois_are_typed_by_their_names_where_no_type_is_given(tmp_path, capsys):
+    """A phantom's GTV and PTVs are targets of the point-of-origin method (they were written as ORGAN)."""
+    code, _, err = run(capsys, "phantom", "--out", tmp_path / "ph")
+    assert code == 0, err
+    [rs] = (tmp_path / "ph").glob("RS*.dcm")
+    structures = read_structures(rs)
+    targets = {s.name for s in structures.structures if s.is_target}
+    assert targets and all(name.upper().startswith(("GTV", "CTV", "PTV")) for name in targets)
+    assert all(s.interpreted_type == "ORGAN" for s in structures.structures if s.name not in targets)
+
+
+def test_small_messages_a_user_met(tmp_path, capsys, caplog):
+    # A plan of two target prescriptions says which it takes.
+    from pydicom import dcmread
+
+    rd, rs, rp = write_case(tmp_path)
+    ds = dcmread(rp)
+    second = type(ds.DoseReferenceSequence[0])()
+    second.update(ds.DoseReferenceSequence[0])
+    second.DoseReferenceNumber = 2
+    second.TargetPrescriptionDose = "56"
+    ds.DoseReferenceSequence.append(second)
+    ds.save_as(rp)
+    with caplog.at_level("WARNING", logger="isodose"):
+        assert read_plan(rp).prescription_gy == 70.0
+    assert "2 target prescriptions (70, 56 Gy): the highest, 70 Gy" in caplog.text
+    # -q and -v contradict each other.
+    with pytest.raises(SystemExit) as stop:
+        main(["-q", "dvh", "--dose", str(rd), "--structures", str(rs), "-v"])
+    assert stop.value.code == 2 and "contradict each other" in capsys.readouterr().err
+    # A Nelms folder that is not there is named as such.
+    code, _, err = run(capsys, "validate", "nelms", tmp_path / "nowhere")
+    assert code == 2 and "no such folder" in err
+    # A dose difference is not advised to be summed from beams.
+    (tmp_path / "error").mkdir()
+    rd, rs, rp = write_case(tmp_path / "error")
+    ds = dcmread(rd)
+    ds.DoseType = "ERROR"
+    ds.save_as(rd)
+    code, _, err = run(capsys, "classify", "--dose", rd, "--structures", rs, "--plan", rp, "--recurrence", "Recurrence")
+    assert code == 2 and "DoseType is ERROR" in err and "beam" not in err and "give the plan's dose" in err

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         structures = read_structures(args.structures)
         for c, plan in read:
             check_inputs(c.dose, [], plan, allow_mismatch=args.allow_mismatch)
-            check_whole_course(c.dose, strict=True)
+            check_whole_course(c.dose, strict=True, remedy="give each course's plan dose")
         check_inputs(
             courses[0].dose,
             [*(c.dose for c in courses[1:]), structures, registration],

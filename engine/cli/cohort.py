@@ -8,7 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import IsodoseError
 from ..formatting import csv_text
+from ..outputs import output_file
 from . import options
 from .exit_codes import EXIT_EVERY_CASE_FAILED
 from .progress import ProgressBar, print_summary
@@ -105,6 +107,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_workers(args.workers)
     options.positive_prescription(args.prescription)
+    if args.prescription is not None and not Path(args.input).is_dir():
+        raise IsodoseError(
+            "--prescription is for the cases of a folder that have no RTPLAN; a manifest gives each case's "
+            "prescription in its prescription_gy column",
+            path=args.input,
+        )
+    if not Path(args.out).is_dir():  # a folder is refused by the store, with what to give instead
+        output_file(args.out, "--out")
     settings = run_settings(args)
     bar = ProgressBar(enabled=not args.no_progress)
     start = functools.partial(
@@ -131,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.finish()
     print_summary(summary)
-    if summary.processed and summary.failed == summary.processed:
+    if summary.cases and summary.failed == summary.cases:  # no case of the cohort has a result
         return EXIT_EVERY_CASE_FAILED
     return 0
 
@@ -139,7 +149,6 @@ def run(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from ..cohort.report import METHODS, build_report, format_text, write_html
     from ..cohort.store import ResultStore
-    from ..outputs import output_file
     from ..recurrence import CLASSES
 
     html_path = output_file(args.html if args.html else Path(args.results).with_suffix(".html"), "--html")

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     document["warnings"] = list(warnings)
     document["dose_file"] = " ".join(str(p) for p in args.dose)
     document["structure_file"] = str(args.structures)
+    document["plan_file"] = str(args.plan) if args.plan else None
     print_report(document, metrics, args.format, sys.stdout)
     if args.dvh_out and step is not None:
         write_dvh_curves(dvhs, args.dvh_out, step)

@@ -6,7 +6,8 @@ EXIT_OK = 0
 EXIT_USER_ERROR = 2
 #: An unexpected failure (one line on stderr; ``--debug`` shows its traceback).
 EXIT_INTERNAL_ERROR = 3
-#: ``cohort run``: every case the run computed failed (each with its reason in the store and the summary).
+#: ``cohort run``: no case of the cohort has a result: every one failed, in this run or before (each with its reason
+#: in the store and the summary).
 EXIT_EVERY_CASE_FAILED = 4
 #: Interrupted (Ctrl-C).
 EXIT_INTERRUPTED = 130

@@ -79,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: this process's arguments) and return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("-q (only errors) and -v (more output) contradict each other: give one")
     configure_logging(args.verbose, args.quiet)
     try:
         return args.func(args)

@@ -182,8 +182,7 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
                     path=path,
                     obj=f"{obj} ({case_id})",
                 )
-        if prescription is None and not row["plan"]:
-            raise ManifestError("give a plan or a prescription_gy", path=path, obj=f"{obj} ({case_id})")
+        problem = "" if prescription is not None or row["plan"] else "the manifest gives no plan and no prescription_gy"
         if row["registration"] and not row["recurrence_structures"]:
             raise ManifestError("a registration needs recurrence_structures", path=path, obj=f"{obj} ({case_id})")
 
@@ -219,6 +218,7 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
                 second_fractions=_fractions(row, "second_fractions", path, where),
                 second_plan=resolve(second["second_plan"]),
                 second_registration=resolve(second["second_registration"]),
+                problem=problem,
             )
         )
     if not cases:
@@ -372,7 +372,7 @@ def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescrip
         structures=structures.path if structures else None,
         recurrence_roi=roi,
         plan=plan.path if plan else None,
-        prescription_gy=prescription_gy,
+        prescription_gy=prescription_gy if plan is None else None,  # a case's own plan gives its prescription
         recurrence_structures=recurrence_structures.path if recurrence_structures else None,
         registration=registration.path if registration else None,
         problem=problem,

@@ -417,7 +417,27 @@ def read_dose(path: PathType, relative_reference_gy: float | None = None) -> Dos
         referenced_plan_uid=_referenced_plan(ds),
         summation_type=_text(ds, "DoseSummationType").upper(),
         dose_type=_text(ds, "DoseType").upper(),
+        referenced_beam_numbers=_referenced_beams(ds),
     )
+
+
+def _beam_numbers(sequence) -> tuple[int, ...]:
+    """The ReferencedBeamNumber of each item of a ReferencedBeamSequence (those that are whole numbers)."""
+    numbers = []
+    for item in sequence or []:
+        try:
+            numbers.append(int(item.get("ReferencedBeamNumber")))
+        except (TypeError, ValueError):
+            continue
+    return tuple(numbers)
+
+
+def _referenced_beams(ds) -> tuple[int, ...]:
+    """The beams an RTDOSE is of: ReferencedRTPlanSequence > ReferencedFractionGroupSequence >
+    ReferencedBeamSequence (a per-beam dose names its beam)."""
+    plans = ds.get("ReferencedRTPlanSequence") or []
+    groups = (plans[0].get("ReferencedFractionGroupSequence") or []) if plans else []
+    return _beam_numbers(groups[0].get("ReferencedBeamSequence")) if groups else ()
 
 
 def _referenced_plan(ds) -> str:
@@ -754,7 +774,16 @@ def read_plan(path: PathType) -> Plan:
             raise PlanError(f"NumberOfFractionsPlanned is {fractions}", path=path)
     if groups and groups[0].get("NumberOfBeams") not in (None, ""):
         beams = int(groups[0].NumberOfBeams)
+    beam_numbers = _beam_numbers(groups[0].get("ReferencedBeamSequence") if groups else None)
     doses = [r.prescription_gy for r in references if r.prescription_gy is not None]
+    if len(set(doses)) > 1:
+        log.warning(
+            "%s: %d target prescriptions (%s Gy): the highest, %g Gy, is taken as the plan's prescription",
+            path,
+            len(doses),
+            ", ".join(f"{d:g}" for d in doses),
+            max(doses),
+        )
     return Plan(
         prescription_gy=max(doses) if doses else None,
         number_of_fractions=fractions,
@@ -764,6 +793,7 @@ def read_plan(path: PathType) -> Plan:
         patient_id=_text(ds, "PatientID"),
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         number_of_beams=beams,
+        beam_numbers=beam_numbers,
     )
 
 

@@ -135,6 +135,7 @@ def write_dose(
     dvhs: Sequence[ReportedDVH] = (),
     referenced_structure_set_uid: str | None = None,
     dvh_normalization_gy: float | None = None,
+    referenced_beam_number: int | None = None,
 ) -> Path:
     """Write ``grid`` as an RTDOSE.
 
@@ -146,7 +147,8 @@ def write_dose(
     with ``dose_units`` RELATIVE, ``relative_scale_gy`` is the dose of relative value 1.0 (the grid is divided by
     it). ``dvhs`` are written as the DVH Sequence (each item's values as they are: its type, units, scaling, bin
     widths, volumes and statistics), referring to the ROIs of the RTSTRUCT ``referenced_structure_set_uid``, with
-    DVHNormalizationDoseValue ``dvh_normalization_gy`` for relative ones.
+    DVHNormalizationDoseValue ``dvh_normalization_gy`` for relative ones. ``referenced_beam_number`` names the
+    beam of a per-beam dose (in the plan reference's ReferencedFractionGroupSequence).
     """
     from pydicom.uid import generate_uid
 
@@ -225,6 +227,12 @@ def write_dose(
         reference = Dataset()
         reference.ReferencedSOPClassUID = RT_PLAN_STORAGE
         reference.ReferencedSOPInstanceUID = referenced_plan_uid
+        if referenced_beam_number is not None:
+            group, beam = Dataset(), Dataset()
+            beam.ReferencedBeamNumber = referenced_beam_number
+            group.ReferencedFractionGroupNumber = 1
+            group.ReferencedBeamSequence = [beam]
+            reference.ReferencedFractionGroupSequence = [group]
         ds.ReferencedRTPlanSequence = [reference]
     if referenced_structure_set_uid:
         from pydicom.dataset import Dataset
@@ -329,7 +337,7 @@ def write_structures(
         observation.ObservationNumber = structure.number
         observation.ReferencedROINumber = structure.number
         observation.RTROIInterpretedType = (
-            (interpreted_types or {}).get(structure.name) or structure.interpreted_type or "ORGAN"
+            (interpreted_types or {}).get(structure.name) or structure.interpreted_type or _type_by_name(structure.name)
         )
         observation.ROIInterpreter = ""
         observations.append(observation)
@@ -337,6 +345,13 @@ def write_structures(
     ds.ROIContourSequence = contour_items
     ds.RTROIObservationsSequence = observations
     return _save(ds, path)
+
+
+def _type_by_name(name: str) -> str:
+    """The RTROIInterpretedType a planning system gives an ROI of this name: GTV, CTV, PTV by the name's prefix,
+    else ORGAN."""
+    prefix = name.strip().upper()[:3]
+    return prefix if prefix in ("GTV", "CTV", "PTV", "ITV") else "ORGAN"
 
 
 def write_plan(
@@ -380,6 +395,13 @@ def write_plan(
         group.NumberOfFractionsPlanned = number_of_fractions
         group.NumberOfBeams = number_of_beams
         group.NumberOfBrachyApplicationSetups = 0
+        if number_of_beams:
+            beams = []
+            for number in range(1, number_of_beams + 1):
+                beam = Dataset()
+                beam.ReferencedBeamNumber = number
+                beams.append(beam)
+            group.ReferencedBeamSequence = beams
         ds.FractionGroupSequence = [group]
     return _save(ds, path)
 
