@@ -60,18 +60,31 @@ _EXPORTS = {
     "ResultStore": "cohort.store",
     "RunSettings": "cohort.settings",
     "run_cohort": "cohort.runner",
+    "AuditResult": "audit",
+    "audit_dvhs": "audit",
+    "audit_files": "audit",
+    "read_dose_dvhs": "audit",
+    "DVHComparison": "dvh",
+    "PlanningSystemDVH": "dvh",
+    "Tolerance": "dvh",
+    "AuditSettings": "cohort.audit",
+    "run_audit": "cohort.audit",
 }
 
 __all__ = [
+    "AuditResult",
+    "AuditSettings",
     "Contour",
     "Course",
     "Criteria",
     "DVH",
+    "DVHComparison",
     "DoseGrid",
     "IsodoseError",
     "Metric",
     "Plan",
     "PlanSum",
+    "PlanningSystemDVH",
     "RecurrenceCase",
     "RecurrenceResult",
     "Registration",
@@ -80,8 +93,11 @@ __all__ = [
     "SamplingOptions",
     "Structure",
     "StructureSet",
+    "Tolerance",
     "accumulate",
     "accumulated_dvhs",
+    "audit_dvhs",
+    "audit_files",
     "available_backends",
     "bed",
     "classify_recurrence",
@@ -90,23 +106,27 @@ __all__ = [
     "eqd2",
     "parse_metric",
     "read_dose",
+    "read_dose_dvhs",
     "read_plan",
     "read_registration",
     "read_structures",
     "resolve_backend",
     "rigid_matrix",
+    "run_audit",
     "run_cohort",
     "select_backend",
     "__version__",
 ]
 
 if TYPE_CHECKING:
+    from .audit import AuditResult, audit_dvhs, audit_files, read_dose_dvhs
+    from .cohort.audit import AuditSettings, run_audit
     from .cohort.runner import run_cohort
     from .cohort.settings import RunSettings
     from .cohort.store import ResultStore
     from .dicom.read import read_dose, read_plan, read_registration, read_structures
     from .dispatch import available_backends, resolve_backend, select_backend
-    from .dvh import DVH, Metric, compute_dvhs, parse_metric
+    from .dvh import DVH, DVHComparison, Metric, PlanningSystemDVH, Tolerance, compute_dvhs, parse_metric
     from .errors import IsodoseError
     from .geometry import rigid_matrix
     from .model import Contour, DoseGrid, Plan, Registration, Structure, StructureSet

@@ -2,7 +2,7 @@
 
 Many RTDOSE exports hold the planning system's own DVH of each ROI. :func:`read_dose_dvhs` reads them as
 :class:`~isodose.dvh.PlanningSystemDVH` objects (metrics read off their curves with isodose's grammar);
-:func:`audit` computes isodose's DVH of every ROI the planning system reported, under one sampling convention or
+:func:`audit_dvhs` computes isodose's DVH of every ROI the planning system reported, under one sampling convention or
 several (end caps ``half`` and ``none``), and compares each with :meth:`isodose.dvh.DVH.compare`; an
 :class:`AuditResult` holds the comparisons, says which structures agree within tolerance and which convention fits
 the planning system better. :func:`audit_files` does the same from the files, checking first that they belong
@@ -256,7 +256,7 @@ def misfit(comparison: DVHComparison) -> tuple[int, float]:
 
 @dataclass(frozen=True)
 class AuditResult:
-    """isodose against a planning system's DVHs, for the ROIs of one RTDOSE (see :func:`audit`).
+    """isodose against a planning system's DVHs, for the ROIs of one RTDOSE (see :func:`audit_dvhs`).
 
     Attributes
     ----------
@@ -274,6 +274,15 @@ class AuditResult:
         The backend that computed isodose's DVHs.
     warnings : tuple of str
         What was warned about the case as a whole (the files, the DVH items skipped).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from isodose.dicom.write import write_example_case
+    >>> rd, rs, rp = write_example_case(pathlib.Path(tempfile.mkdtemp()), with_dvhs=True)
+    >>> result = audit_files(rd, rs, rp, end_caps=("half", "none"))
+    >>> result.agrees, result.better_end_cap, result.summary()["end_caps"]["none"]["agree"]
+    (True, 'half', 1)
     """
 
     structures: tuple[StructureAudit, ...]
@@ -355,7 +364,7 @@ def _median_differences(comparisons: Sequence[DVHComparison]) -> dict[str, float
     return {key: json_number(_median(abs(c.difference_pct[key]) for c in comparisons)) for key in keys}
 
 
-def audit(
+def audit_dvhs(
     dose: DoseGrid,
     structures: StructureSet,
     tps_dvhs: Sequence[PlanningSystemDVH],
@@ -411,7 +420,7 @@ def audit(
     >>> from isodose.dicom.write import write_example_case
     >>> rd, rs, rp = write_example_case(pathlib.Path(tempfile.mkdtemp()), with_dvhs=True)
     >>> structures = read_structures(rs)
-    >>> result = audit(read_dose(rd), structures, read_dose_dvhs(rd, structures))
+    >>> result = audit_dvhs(read_dose(rd), structures, read_dose_dvhs(rd, structures))
     >>> [(s.name, s.agrees()) for s in result.structures]
     [('PTV', True), ('Cord', True), ('Recurrence', True)]
     """
@@ -504,16 +513,39 @@ def audit_files(
     relative_reference_gy: float | None = None,
     allow_mismatch: bool = False,
 ) -> AuditResult:
-    """:func:`audit` from the files: the RTDOSE (its dose and its DVH Sequence), the RTSTRUCT its DVHs refer to, and
-    optionally the RTPLAN (for the prescription), checked first to belong together (one patient, the plan the
-    dose references, the structure set its DVHs refer to; ``allow_mismatch`` goes on with a warning).
+    """:func:`audit_dvhs` from the files: the RTDOSE (its dose and its DVH Sequence), the RTSTRUCT its DVHs refer
+    to, and optionally the RTPLAN (for the prescription), checked first to belong together (one patient, the plan
+    the dose references, the structure set its DVHs refer to; ``allow_mismatch`` goes on with a warning).
 
     The warnings logged on the way (pydicom's about the files, the DVH items skipped) are kept in the result.
+
+    Parameters
+    ----------
+    dose, structures, plan : str or path
+        The RTDOSE, the RTSTRUCT, and the RTPLAN (optional: for the prescription).
+    rois, metrics, end_caps, tolerance, options, backend, prescription_gy
+        As for :func:`audit_dvhs` (the prescription is the plan's unless given).
+    relative_reference_gy : float, optional
+        The dose of 100% of relative doses (the grid's, and DVHs without DVHNormalizationDoseValue).
+    allow_mismatch : bool
+        Go on, with a warning, where the files say they do not belong together.
+
+    Returns
+    -------
+    AuditResult
 
     Raises
     ------
     IsodoseError
         For files that cannot be read, do not belong together, or an RTDOSE without a DVH Sequence.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from isodose.dicom.write import write_example_case
+    >>> rd, rs, rp = write_example_case(pathlib.Path(tempfile.mkdtemp()), with_dvhs=True)
+    >>> [(s.name, s.agrees()) for s in audit_files(rd, rs, rp).structures]
+    [('PTV', True), ('Cord', True), ('Recurrence', True)]
     """
     from .dicom.read import read_dose, read_plan, read_structures
     from .provenance import check_dvh_structures, check_inputs, check_whole_course
@@ -535,7 +567,7 @@ def audit_files(
             )
         if not tps:
             raise IsodoseError("holds no DVH the audit can use (every item was skipped: see the warnings)", path=dose)
-    result = audit(
+    result = audit_dvhs(
         grid,
         structure_set,
         tps,

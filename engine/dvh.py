@@ -490,6 +490,16 @@ class DVHComparison:
         The metrics compared, beside the volume and the dose statistics.
     tolerance : Tolerance
         What agreeing means.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_case
+    >>> dose, structures = example_case()
+    >>> [cord] = compute_dvhs(dose, structures, ["Cord"])
+    >>> [thin] = compute_dvhs(dose, structures, ["Cord"], options=SamplingOptions(end_cap="none"))
+    >>> comparison = thin.compare(cord)
+    >>> comparison.agrees, comparison.outside_tolerance, round(comparison.difference_pct["volume_cc"], 1)
+    (False, ('volume_cc',), -10.0)
     """
 
     name: str
@@ -640,6 +650,14 @@ class PlanningSystemDVH(DVH):
     relative_volume : bool
         The file gives volumes in % (``PERCENT``): the curve is in % (its 100% is the ROI's volume), ``volume_cc``
         is NaN, and metrics in cc are NaN.
+
+    Examples
+    --------
+    >>> from isodose.phantoms import example_truths, reported_dvh
+    >>> item = reported_dvh(example_truths()["PTV"], 1)  # closed-form, cumulative, 0.01 Gy bins
+    >>> ptv = PlanningSystemDVH.from_reported(item, "PTV")
+    >>> round(ptv.volume_cc, 2), round(ptv.dmean_gy, 2), round(ptv.metric("D95"), 2)
+    (14.21, 70.0, 59.08)
     """
 
     reported: ReportedDVH | None = None

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +129,41 @@ def write_phantom(tmp_path):
         return rd, rs, field
 
     return write
+
+
+@pytest.fixture(scope="session")
+def dicompyler_example(request):
+    """dicompyler-core's example patient (RTDOSE with the planning system's DVHs, RTSTRUCT, RTPLAN of one
+    patient), from its source distribution on the package registry, cached between runs; skipped offline."""
+    folder = Path(request.config.cache.mkdir("dicompyler-core-0.5.6"))
+    wanted = ("rtdose.dcm", "rtss.dcm", "rtplan.dcm")
+    if not all((folder / name).is_file() for name in wanted):
+        download = folder / "download"
+        try:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "--dest",
+                    str(download),
+                    "dicompyler-core==0.5.6",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=180,
+            )
+            [archive] = download.glob("dicompyler*core-0.5.6.tar.gz")
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    name = Path(member.name).name
+                    if "example_data" in member.name and name in wanted:
+                        (folder / name).write_bytes(tar.extractfile(member).read())
+        except (subprocess.SubprocessError, OSError, ValueError, tarfile.TarError) as exc:
+            pytest.skip(f"dicompyler-core's example patient cannot be fetched here ({type(exc).__name__})")
+    return {name.split(".")[0]: folder / name for name in wanted}

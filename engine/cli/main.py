@@ -16,11 +16,11 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import IsodoseError
-from . import accumulate, backends, classify, cohort, demo, dvh, phantom, validate
+from . import accumulate, audit, backends, classify, cohort, demo, dvh, phantom, validate
 from .exit_codes import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR
 
 #: The command modules, in the order ``isodose --help`` lists them.
-COMMANDS = (dvh, validate, accumulate, classify, cohort, demo, phantom, backends)
+COMMANDS = (dvh, audit, validate, accumulate, classify, cohort, demo, phantom, backends)
 
 
 def build_parser() -> argparse.ArgumentParser:

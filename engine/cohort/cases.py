@@ -125,7 +125,17 @@ def _looks_like_dicom(path: Path) -> bool:
 
 
 def read_manifest(path: str | Path) -> list[Case]:
+    """The cases of a cohort's manifest (see the module docstring)."""
     path = Path(path)
+    text = manifest_text(path)
+    try:
+        return _manifest_cases(csv.DictReader(io.StringIO(text, newline="")), path)
+    except csv.Error as exc:
+        raise ManifestError(f"is not a readable CSV ({exc})", path=path) from exc
+
+
+def manifest_text(path: Path) -> str:
+    """A manifest's text, read as UTF-8: a DICOM file, or a file of another encoding, is refused naming it."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -142,10 +152,7 @@ def read_manifest(path: str | Path) -> list[Case]:
             f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as a UTF-8 CSV",
             path=path,
         ) from exc
-    try:
-        return _manifest_cases(csv.DictReader(io.StringIO(text, newline="")), path)
-    except csv.Error as exc:
-        raise ManifestError(f"is not a readable CSV ({exc})", path=path) from exc
+    return text
 
 
 def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
@@ -454,3 +461,139 @@ def load_cases(
             path=source,
         )
     return read_manifest(source)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The cases of an audit of planning-system DVHs: one per RTDOSE that carries them
+# --------------------------------------------------------------------------------------------------------
+#: The columns of an audit's manifest; ``plan`` and ``prescription_gy`` may be there too (and may be empty). A
+#: cohort's manifest serves as well: its other columns are not used.
+AUDIT_MANIFEST_COLUMNS = ("case_id", "dose", "structures")
+
+
+def read_audit_manifest(path: str | Path) -> list[Case]:
+    """The cases of an audit's manifest: ``case_id,dose,structures`` and optionally ``plan`` and
+    ``prescription_gy`` (paths relative to the manifest's folder)."""
+    path = Path(path)
+    text = manifest_text(path)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in AUDIT_MANIFEST_COLUMNS if c not in header]
+        if missing:
+            raise ManifestError(
+                f"missing column(s) {', '.join(missing)}; an audit's manifest has {','.join(AUDIT_MANIFEST_COLUMNS)} "
+                "and optionally plan and prescription_gy",
+                path=path,
+            )
+        cases: list[Case] = []
+        seen: dict[str, int] = {}
+        for line, raw in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+            if not any(row.values()):
+                continue
+            where = f"line {line}"
+            case_id = row["case_id"]
+            if not case_id:
+                raise ManifestError("case_id is empty", path=path, obj=where)
+            if case_id in seen:
+                raise ManifestError(f"case_id {case_id!r} repeats line {seen[case_id]}", path=path, obj=where)
+            seen[case_id] = line
+            for column in AUDIT_MANIFEST_COLUMNS[1:]:
+                if not row[column]:
+                    raise ManifestError(f"{column} is empty", path=path, obj=f"{where} ({case_id})")
+            prescription = None
+            if row.get("prescription_gy"):
+                try:
+                    prescription = float(row["prescription_gy"])
+                except ValueError:
+                    prescription = math.nan
+                if not (math.isfinite(prescription) and prescription > 0):
+                    raise ManifestError(
+                        f"prescription_gy {row['prescription_gy']!r} is not a positive dose",
+                        path=path,
+                        obj=f"{where} ({case_id})",
+                    )
+            cases.append(
+                Case(
+                    case_id=case_id,
+                    dose=path.parent / row["dose"],
+                    structures=path.parent / row["structures"],
+                    recurrence_roi="",
+                    plan=path.parent / row["plan"] if row.get("plan") else None,
+                    prescription_gy=prescription,
+                )
+            )
+    except csv.Error as exc:
+        raise ManifestError(f"is not a readable CSV ({exc})", path=path) from exc
+    if not cases:
+        raise ManifestError("holds no cases", path=path)
+    return cases
+
+
+def discover_audit_cases(folder: str | Path) -> list[Case]:
+    """One case per RTDOSE under ``folder`` that carries a DVH Sequence, with the RTSTRUCT its DVHs refer to (by
+    its SOPInstanceUID; else the one structure set of its patient and frame of reference) and the RTPLAN it
+    references (else the one plan of its frame; none is needed). A dose whose structure set cannot be told is a
+    case that fails with the reason."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ManifestError("is not a folder", path=folder)
+    headers = [
+        h
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+        for h in [read_header(p)]
+        if h is not None
+    ]
+    doses = [h for h in headers if h.modality == "RTDOSE" and h.has_dvhs]
+    if not doses:
+        raise ManifestError(
+            "holds no RTDOSE with a DVH Sequence (the planning system's DVHs), so nothing to audit", path=folder
+        )
+    by_sop = {h.sop: h for h in headers if h.sop}
+    per_patient: dict[str, int] = defaultdict(int)
+    for dose in doses:
+        per_patient[dose.patient] += 1
+    numbered: dict[str, int] = defaultdict(int)
+    cases = []
+    for dose in doses:
+        patient = dose.patient or "unnamed"
+        numbered[dose.patient] += 1
+        case_id = patient if per_patient[dose.patient] == 1 else f"{patient}_{numbered[dose.patient]}"
+        problem = ""
+        same_frame = [h for h in headers if h.patient == dose.patient and h.frame == dose.frame]
+        referenced = by_sop.get(dose.referenced_structure_set)
+        if referenced is not None and referenced.modality == "RTSTRUCT":
+            structures: _Header | None = referenced
+        else:
+            structures, problem = _pick([h for h in same_frame if h.modality == "RTSTRUCT"], "RTSTRUCT", dose.frame)
+            if dose.referenced_structure_set and problem:
+                problem = (
+                    f"the RTSTRUCT its DVHs refer to ({dose.referenced_structure_set}) is not in the folder; {problem}"
+                )
+        plan = by_sop.get(dose.referenced_plan)
+        if plan is None or plan.modality != "RTPLAN":
+            plans = [h for h in same_frame if h.modality == "RTPLAN"]
+            plan = plans[0] if len(plans) == 1 else None
+        cases.append(
+            Case(
+                case_id=case_id,
+                dose=dose.path,
+                structures=structures.path if structures else None,
+                recurrence_roi="",
+                plan=plan.path if plan else None,
+                problem=problem,
+            )
+        )
+    return cases
+
+
+def load_audit_cases(source: str | Path) -> list[Case]:
+    """The cases of an audit: of a manifest (a file), or of a folder of DICOM exports."""
+    source = Path(source)
+    if source.is_dir():
+        return discover_audit_cases(source)
+    if not source.exists():
+        raise ManifestError("no such manifest or folder", path=source)
+    return read_audit_manifest(source)

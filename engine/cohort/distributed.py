@@ -112,15 +112,22 @@ def worker_address() -> str:
         return "local"
 
 
-def process_case_on_worker(case: Case, settings, backend=None) -> CaseEntry:
-    """A Dask task: read and classify one case on this worker. A failure is an error entry that names the
-    worker (its message already names the file), never an exception."""
-    from .work import process_case
-
-    entry = process_case(case, settings, backend)
+def on_worker(case: Case, task: Task) -> CaseEntry:
+    """A Dask task: ``task(case)`` (read and compute one case) on this worker. A failure is an error entry that names
+    the worker (its message already names the file), never an exception."""
+    entry = task(case)
     if entry["status"] != "ok":
         entry["error"] = f"{entry['error']} (on worker {worker_address()})"
     return entry
+
+
+def process_case_on_worker(case: Case, settings, backend=None) -> CaseEntry:
+    """A Dask task: read and classify one case of a recurrence cohort on this worker (see :func:`on_worker`)."""
+    from functools import partial
+
+    from .work import process_case
+
+    return on_worker(case, partial(process_case, settings=settings, backend=backend))
 
 
 def _task_failure(exc: BaseException) -> str:

@@ -44,10 +44,13 @@ class CaseEntry(_Entry, total=False):
     ``record`` is the flat result record (units in its keys: :meth:`isodose.recurrence.RecurrenceResult.record`,
     plus the re-irradiation metrics of a second course); ``inputs`` is what the result depends on besides the
     run's settings (:func:`isodose.cohort.cases.input_fingerprint`), so that a resumed run redoes a case whose
-    files changed; ``warnings`` are those logged while the case was read and computed.
+    files changed; ``warnings`` are those logged while the case was read and computed; ``rows`` are the flat rows of
+    a job that gives several results per case (an audit's structures), written to its table one per row.
     """
 
     inputs: dict[str, Any] | None
+    #: For jobs of several results per case (an audit: one per structure and convention), flat rows.
+    rows: list[dict[str, Any]]
 
 
 def error_entry(

@@ -322,3 +322,118 @@ img {{ max-width: 100%; margin: 0.3em; }}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document, encoding="utf-8")
     return path
+
+
+# --------------------------------------------------------------------------------------------------------
+# An audit of a planning system's DVHs, as HTML
+# --------------------------------------------------------------------------------------------------------
+#: ROIs whose curves an audit's HTML draws at most (the table lists them all).
+AUDIT_FIGURES = 60
+_CAP_COLOURS = {"half": "#2171b5", "none": "#cb181d"}
+_CAP_STYLES = {"half": "--", "none": ":"}
+
+
+def _audit_figure(structure):
+    """The planning system's cumulative DVH of one ROI and isodose's under each convention, in cc (in % where the
+    planning system gives %)."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5.2, 3.0))
+    tps = structure.tps
+    relative = tps.relative_volume  # the planning system gives %: so is every curve; else cc, where volumes differ
+    curves = [("planning system", tps, "#222222", "-", 2.2)]
+    curves += [
+        (f"isodose, end caps {cap}", d, _CAP_COLOURS.get(cap, "#6a51a3"), _CAP_STYLES.get(cap, "-."), 1.6)
+        for cap, d in structure.isodose.items()
+    ]
+    top = max((d.dmax_gy for _, d, _, _, _ in curves if d.has_dose), default=1.0)
+    doses = np.linspace(0.0, top * 1.03 if top > 0 else 1.0, 600)
+    for label, dvh, colour, style, width in curves:
+        if dvh.has_dose:
+            axis.plot(doses, dvh.cumulative(doses, relative=relative), color=colour, ls=style, lw=width, label=label)
+    verdict = ", ".join(f"{cap}: {'agrees' if c.agrees else 'differs'}" for cap, c in structure.comparisons.items())
+    unit = "volume (%)" if relative else "volume (cc)"
+    axis.set(xlabel="dose (Gy)", ylabel=unit, title=f"{structure.name} ({verdict})")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="lower left")
+    return figure
+
+
+def write_audit_html(result, path: str | Path, title: str = "isodose against the planning system") -> Path:
+    """Write an audit (:class:`isodose.audit.AuditResult`) as a self-contained HTML page: the curves of each ROI
+    (the planning system's and isodose's) and the table of values and differences."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    images = []
+    for structure in result.structures[:AUDIT_FIGURES]:
+        figure = _audit_figure(structure)
+        images.append(f'<img alt="DVHs of {html.escape(structure.name)}" src="data:image/png;base64,{_png(figure)}">')
+        plt.close(figure)
+    header = ["ROI", "end cap", "size", "value", "planning system", "isodose", "difference %", "within"]
+    rows = []
+    for s in result.structures:
+        for cap, c in s.comparisons.items():
+            for key in c.within_tolerance:
+                within = c.within_tolerance[key]
+                rows.append(
+                    [
+                        s.name,
+                        cap,
+                        s.size_class,
+                        key,
+                        shown(c.reference[key], 3),
+                        shown(c.values[key], 3),
+                        shown(c.difference_pct[key], 2),
+                        "-" if within is None else ("yes" if within else "NO"),
+                    ]
+                )
+            rows.append(
+                [s.name, cap, s.size_class, "max DVH gap (% of volume)", "", "", shown(c.dvh_max_difference_pct, 2), ""]
+            )
+    summary = result.summary()
+    lines = [
+        f"{block['agree']} of {block['structures']} structures agree within {result.tolerance.percent:g}% "
+        f"with end caps {cap}"
+        for cap, block in summary["end_caps"].items()
+    ]
+    if "better_end_cap" in summary:
+        lines.append(f"better convention: {summary['better_end_cap'] or 'neither'}")
+    warned = (
+        _html_table(["warning"], [[w] for w in [*result.warnings, *(w for s in result.structures for w in s.warnings)]])
+        if result.warnings or any(s.warnings for s in result.structures)
+        else "<p>None.</p>"
+    )
+    document = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.85em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+th {{ background: #f0f0f0; }}
+img {{ max-width: 100%; margin: 0.3em; }}
+.grid {{ display: flex; flex-wrap: wrap; }}
+.grid img {{ width: 48%; }}
+.small {{ color: #666; font-size: 0.85em; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="small">isodose {__version__} on {html.escape(result.backend)}, {time.strftime("%Y-%m-%d %H:%M")}. A value
+agrees when it is within {result.tolerance.percent:g}% of the planning system's (doses judged against at least
+{result.tolerance.dose_floor_gy:g} Gy, volumes against at least {result.tolerance.volume_floor_cc:g} cc).</p>
+<h2>Summary</h2>
+<p>{"<br>".join(html.escape(line) for line in lines)}</p>
+<h2>Cumulative DVHs</h2>
+<div class="grid">{"".join(images)}</div>
+<h2>Values</h2>
+{_html_table(header, rows)}
+<h2>Warnings</h2>
+{warned}
+</body></html>
+"""
+    path.write_text(document, encoding="utf-8")
+    return path

@@ -153,15 +153,45 @@ def run_cohort(
     1
     """
     settings = settings or RunSettings()
-    run_started = time.perf_counter()
     check_workers(workers)
     if cases is None:
         cases = load_cases(source, recurrence_roi, prescription_gy, second_courses)
+    return run_cases(
+        cases,
+        out,
+        store_settings=settings.as_dict(),
+        arrange=lambda todo: _arrangement(todo, settings, workers, backend, pipelined, batch_size, client),
+        on_result=on_result,
+        on_progress=on_progress,
+    )
+
+
+def run_cases(
+    cases: Iterable[Case],
+    out: str | Path,
+    *,
+    store_settings: dict,
+    arrange: Callable[[list[Case]], Arrangement],
+    on_result: Callable[[CaseEntry], None] | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
+    write_table: Callable[[ResultStore], Path] | None = None,
+) -> RunSummary:
+    """The orchestration every cohort-sized job shares (a recurrence cohort, an audit of an archive): open the
+    store ``out`` with ``store_settings``, work out the cases still to do, run them as ``arrange(todo)`` says,
+    store each entry the moment it is finished, report progress, and write the table (``write_table(store)``;
+    by default the store's one row per case).
+
+    Returns
+    -------
+    RunSummary
+        See :func:`run_cohort`.
+    """
+    run_started = time.perf_counter()
     all_cases = list(cases)
-    with ResultStore.open(out, settings.as_dict()) as store:  # this run alone writes it until it returns
+    with ResultStore.open(out, store_settings) as store:  # this run alone writes it until it returns
         todo = _to_do(store, all_cases)
         store.check_free_space(len(todo))
-        arrangement = _arrangement(todo, settings, workers, backend, pipelined, batch_size, client)
+        arrangement = arrange(todo)
         started = time.perf_counter()  # the rate and the time left count the cases' work, not the set-up
         skipped = len(all_cases) - len(todo)
         failed = 0
@@ -208,7 +238,7 @@ def run_cohort(
             raise
         if store.pending:
             store.consolidate()
-        table = store.write_table()
+        table = write_table(store) if write_table is not None else store.write_table()
     failures = {r: tuple(ids) for r, ids in sorted(reasons.items(), key=lambda item: -len(item[1]))}
     return RunSummary(
         len(all_cases), skipped, len(todo), failed, time.perf_counter() - run_started, store.path, table, failures
@@ -252,7 +282,7 @@ def _to_do(store: ResultStore, all_cases: list[Case]) -> list[Case]:
 
 
 @dataclass(frozen=True)
-class _Arrangement:
+class Arrangement:
     """Where a run's tasks run, what each case's task is, how its values become entries, and whether workers
     hand cases over through shared memory (the GPU arrangement)."""
 
@@ -260,6 +290,34 @@ class _Arrangement:
     task: Task
     finish: Finish
     hands_over: bool = False
+
+
+def per_case_arrangement(
+    todo: list[Case],
+    task: Callable[..., CaseEntry],
+    workers: int | None,
+    backend: str | Backend | None,
+    client=None,
+) -> Arrangement:
+    """Each case read and computed where its task runs (``task(case, backend=...)`` returns its entry): on the Dask
+    cluster of ``client``, in this process (one worker, or one case), or in a pool of local processes."""
+    workers = default_workers(workers)
+    if client is not None:
+        from .distributed import DaskCluster, on_worker
+
+        return Arrangement(
+            DaskCluster(client),
+            functools.partial(on_worker, task=functools.partial(task, backend=_for_workers(backend))),
+            entries_as_they_are,
+        )
+    if workers == 1 or len(todo) <= 1:
+        return Arrangement(InProcess(), functools.partial(task, backend=backend), entries_as_they_are)
+    n = min(workers, len(todo))
+    return Arrangement(
+        ProcessPool(n, threads_per_worker(n)),
+        functools.partial(task, backend=_for_workers(backend)),
+        entries_as_they_are,
+    )
 
 
 def _arrangement(
@@ -270,29 +328,21 @@ def _arrangement(
     pipelined: bool | None,
     batch_size: int,
     client,
-) -> _Arrangement:
-    """The arrangement of a run (see :func:`run_cohort`)."""
-    workers = default_workers(workers)
+) -> Arrangement:
+    """The arrangement of a recurrence cohort's run (see :func:`run_cohort`)."""
+    classify = functools.partial(process_case, settings=settings)
     if client is not None:
-        from .distributed import DaskCluster, process_case_on_worker
-
-        task = functools.partial(process_case_on_worker, settings=settings, backend=_for_workers(backend))
-        return _Arrangement(DaskCluster(client), task, entries_as_they_are)
+        return per_case_arrangement(todo, classify, workers, backend, client)
+    n_workers = default_workers(workers)
     if pipelined is None:  # a backend that samples many cases in one launch (a GPU) is fed by reading workers
-        pipelined = resolve_backend(backend).kernels.PREFERS_MERGED_REQUESTS and workers > 1
-    if workers == 1 or len(todo) <= 1:
-        return _Arrangement(
-            InProcess(), functools.partial(process_case, settings=settings, backend=backend), entries_as_they_are
-        )
-    n = min(workers, len(todo))
-    if pipelined:
-        # Reading workers read and plan; this process samples (for a GPU, which one process drives) and
-        # finishes. The cases' dose grids come through shared memory.
-        task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid())
-        finish: Finish = functools.partial(classify_received, settings=settings, backend=backend)
-        return _Arrangement(ProcessPool(n, 1, max(1, batch_size)), task, finish, hands_over=True)
-    read_and_classify = functools.partial(process_case, settings=settings, backend=_for_workers(backend))
-    return _Arrangement(ProcessPool(n, threads_per_worker(n)), read_and_classify, entries_as_they_are)
+        pipelined = resolve_backend(backend).kernels.PREFERS_MERGED_REQUESTS and n_workers > 1
+    if not pipelined or n_workers == 1 or len(todo) <= 1:
+        return per_case_arrangement(todo, classify, workers, backend)
+    # Reading workers read and plan; this process samples (for a GPU, which one process drives) and finishes.
+    # The cases' dose grids come through shared memory.
+    task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid())
+    finish: Finish = functools.partial(classify_received, settings=settings, backend=backend)
+    return Arrangement(ProcessPool(min(n_workers, len(todo)), 1, max(1, batch_size)), task, finish, hands_over=True)
 
 
 def _for_workers(backend: str | Backend | None) -> str | None:

@@ -61,7 +61,7 @@ class RunSettings:
             "target_metrics": list(self.target_metrics),
             "targets": None if self.targets is None else list(self.targets),
             "criteria": asdict(self.criteria),
-            "sampling": _sampling(self.options),
+            "sampling": sampling_settings(self.options),
             "dvh_step_gy": self.dvh_step_gy,
             **(
                 {}
@@ -71,7 +71,7 @@ class RunSettings:
         }
 
 
-def _sampling(options: SamplingOptions) -> dict:
+def sampling_settings(options: SamplingOptions) -> dict:
     """The sampling options as a store keeps them: ``extremes`` only where it is not the default, so that stores
     written before the option existed resume."""
     values = asdict(options)

@@ -15,6 +15,7 @@ HDF5 layout (format ``isodose-cohort-1``)::
     /cases/record        the flat result record (JSON), read_s, compute_s, total_s (float64),
     /cases/inputs        what the result depends on (JSON, see cases.input_fingerprint; "null" when unknown)
     /cases/warnings      the warnings kept with the case's result (JSON list of strings)
+    /cases/rows          a job's several results of the case (an audit's structures): JSON list of flat records
     /cases/columns/<key> the record's keys as typed columns: float64 (NaN where missing) or string
     /dvh/case, roi, role cumulative DVHs: case index, ROI name, role ("recurrence" or "roi")
     /dvh/step_gy, start, count  dose step, and the curve's slice of /dvh/cumulative_cc
@@ -41,7 +42,7 @@ from .entries import CaseEntry
 from .journal import append_lines, curve_values, encode_line, light, start_journal
 from .journal import read as read_journal
 from .lock import WriterLock
-from .table import record_keys, write_table
+from .table import record_keys, write_rows_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,7 @@ class ResultStore:
                 warnings = (  # stores written before warnings were kept have none
                     [json.loads(v) for v in _decoded(cases["warnings"][()])] if "warnings" in cases else [[]] * len(ids)
                 )
+                rows = [json.loads(v) for v in _decoded(cases["rows"][()])] if "rows" in cases else [[]] * len(ids)
                 timings = {k: cases[k][()] for k in ("read_s", "compute_s", "total_s")}
         except StoreError:
             raise
@@ -264,6 +266,7 @@ class ResultStore:
                 "timings": {k: _number(v[i]) for k, v in timings.items()},
                 "inputs": inputs[i],
                 "warnings": list(warnings[i]),
+                **({"rows": rows[i]} if rows[i] else {}),
             }
             for i, case_id in enumerate(ids)
         }
@@ -387,6 +390,8 @@ class ResultStore:
         cases["record"] = _strings(json.dumps(e.get("record", {})) for e in entries)
         cases["inputs"] = _strings(json.dumps(e.get("inputs")) for e in entries)
         cases["warnings"] = _strings(json.dumps(e.get("warnings", [])) for e in entries)
+        if any(e.get("rows") for e in entries):
+            cases["rows"] = _strings(json.dumps(e.get("rows", [])) for e in entries)
         for key in ("read_s", "compute_s", "total_s"):
             cases[key] = np.array([_number(e.get("timings", {}).get(key)) for e in entries], dtype=np.float64)
         columns = cases.create_group("columns")
@@ -422,6 +427,11 @@ class ResultStore:
         """The flat table beside the store (``RESULTS.csv`` for ``RESULTS.h5``): one row per case, with
         ``case_id``, ``error`` and the record's keys."""
         return write_table(self.cases(), Path(path) if path else self.path.with_suffix(".csv"))
+
+    def write_rows_table(self, path: str | Path | None = None) -> Path:
+        """The flat table of a job of several results per case (an audit): one row per result, with ``case_id``,
+        ``error`` (a failed case is one row) and the rows' keys."""
+        return write_rows_table(self.cases(), Path(path) if path else self.path.with_suffix(".csv"))
 
 
 def _decoded(values) -> list[str]:

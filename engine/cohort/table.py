@@ -42,3 +42,27 @@ def write_table(entries: Sequence[dict], path: str | Path) -> Path:
     except OSError as exc:
         raise StoreError(f"cannot write the table ({exc.strerror or exc})", path=path) from exc
     return path
+
+
+def write_rows_table(entries: Sequence[dict], path: str | Path) -> Path:
+    """Write the entries' ``rows`` as a CSV, one line per row with its case's ``case_id`` and ``error`` (a failed
+    case, which has no rows, is one line holding its error), written whole and renamed into place."""
+    path = Path(path)
+    keys: dict[str, None] = {}
+    for e in entries:
+        for row in e.get("rows", []):
+            for k in row:
+                keys.setdefault(k, None)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["case_id", "error", *keys])
+            for e in entries:
+                rows = e.get("rows") or [{}]
+                for row in rows:
+                    writer.writerow([e["case_id"], e.get("error", ""), *(csv_cell(row.get(k)) for k in keys)])
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"cannot write the table ({exc.strerror or exc})", path=path) from exc
+    return path

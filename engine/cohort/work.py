@@ -57,7 +57,7 @@ class CaseInputs:
     prepare_s: float = 0.0
 
 
-def _failure(exc: Exception, case_ids: str) -> str:
+def case_failure(exc: Exception, case_ids: str) -> str:
     """What stopped a case (or a batch), in one line: an isodose error as it is, anything else named as internal
     (its traceback in the debug log, with ``case_ids``)."""
     if isinstance(exc, IsodoseError):
@@ -105,7 +105,7 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
         except Exception as exc:
             seconds = time.perf_counter() - started
             timings = Timings(read_s=seconds, total_s=seconds)
-            entry = error_entry(case.case_id, _failure(exc, case.case_id), timings, messages)
+            entry = error_entry(case.case_id, case_failure(exc, case.case_id), timings, messages)
             entry["inputs"] = fingerprint
             return entry
     return CaseInputs(
@@ -277,7 +277,7 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None)
         try:
             entries = _classify(batch, settings, backend, started)
         except Exception as exc:
-            error = _failure(exc, ",".join(i.case.case_id for i in batch))
+            error = case_failure(exc, ",".join(i.case.case_id for i in batch))
             entries = [error_entry(i.case.case_id, error, Timings(read_s=i.read_s), messages) for i in batch]
     for inputs, entry in zip(batch, entries):
         entry["inputs"] = inputs.fingerprint

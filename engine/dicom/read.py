@@ -468,6 +468,16 @@ def _item_number(item, keyword: str, default: float | None = None) -> float:
     return number
 
 
+def _one_of(item, keyword: str, allowed: Sequence[str], roi: int) -> str:
+    """A coded string of a DVH item, upper case, that must be one of ``allowed``."""
+    value = _text(item, keyword).upper()
+    if not value:
+        raise _SkippedItem(f"{keyword} is missing", roi)
+    if value not in allowed:
+        raise _SkippedItem(f"{keyword} {value} is not one of {', '.join(allowed)}", roi)
+    return value
+
+
 def _reported_dvh(item, k: int, path: PathType, normalization: float, structure_set: str) -> ReportedDVH:
     """One DVH Sequence item, checked (a :class:`_SkippedItem` says why it cannot be used)."""
     rois = item.get("DVHReferencedROISequence") or []
@@ -483,20 +493,12 @@ def _reported_dvh(item, k: int, path: PathType, normalization: float, structure_
         roi = int(roi_number)
     except (TypeError, ValueError):
         raise _SkippedItem(f"ReferencedROINumber {roi_number!r} is not a number") from None
-    dvh_type = _text(item, "DVHType").upper()
-    if dvh_type not in DVH_TYPES:
-        raise _SkippedItem(f"DVHType {dvh_type or 'missing'} is not one of {', '.join(DVH_TYPES)}", roi)
-    dose_units = _text(item, "DoseUnits").upper()
-    if dose_units not in ("GY", "RELATIVE"):
-        raise _SkippedItem(f"DoseUnits {dose_units or 'missing'} is not GY or RELATIVE", roi)
+    dvh_type = _one_of(item, "DVHType", DVH_TYPES, roi)
+    dose_units = _one_of(item, "DoseUnits", ("GY", "RELATIVE"), roi)
     dose_type = _text(item, "DoseType").upper()
     if dose_type == "ERROR":
         raise _SkippedItem("DoseType is ERROR (a dose difference, not a dose)", roi)
-    volume_units = _text(item, "DVHVolumeUnits").upper()
-    if volume_units not in DVH_VOLUME_UNITS:
-        raise _SkippedItem(
-            f"DVHVolumeUnits {volume_units or 'missing'} is not one of {', '.join(DVH_VOLUME_UNITS)}", roi
-        )
+    volume_units = _one_of(item, "DVHVolumeUnits", DVH_VOLUME_UNITS, roi)
     if volume_units == "PER_U" and dvh_type != "NATURAL":
         raise _SkippedItem(f"DVHVolumeUnits PER_U belongs to NATURAL DVHs, not {dvh_type}", roi)
     try:
@@ -584,7 +586,7 @@ def read_reported_dvhs(path: PathType) -> list[ReportedDVH]:
             out.append(_reported_dvh(item, k, path, normalization, structure_set))
         except _SkippedItem as exc:
             roi = f" (ROI {exc.args[1]})" if len(exc.args) > 1 else ""
-            log.warning("%s: DVH item %d%s %s; skipped", path, k, roi, exc.args[0])
+            log.warning("%s: DVH item %d%s: %s; skipped", path, k, roi, exc.args[0])
     return out
 
 
