@@ -459,6 +459,11 @@ def audit_dvhs(
     audited = []
     for k, (tps, structure) in enumerate(pairs):
         notes = list(dict.fromkeys([*tps.warnings, *(w for cap in end_caps for w in computed[cap][k].warnings)]))
+        kind = tps.reported.dose_type if tps.reported is not None else ""
+        if kind and dose.dose_type and kind != dose.dose_type:
+            notes.append(
+                f"ROI {structure.name}: the planning system's DVH is of {kind} dose, the dose grid of {dose.dose_type}"
+            )
         if tps.relative_volume:
             notes.append(
                 f"ROI {structure.name}: the planning system gives its DVH in % of volume; its volume is not compared"

@@ -387,6 +387,42 @@ class DVH:
             tolerance,
         )
 
+    def to_reported(self, roi_number: int | None = None, bin_gy: float = 0.01) -> ReportedDVH:
+        """This DVH as a planning system writes one in an RTDOSE's DVH Sequence: cumulative, in cc, bins of
+        ``bin_gy`` from 0 Gy to past Dmax (each value the volume receiving at least the dose where its bin
+        starts), with Dmin, Dmean and Dmax (for archives to audit, and to export isodose's DVHs).
+
+        Examples
+        --------
+        >>> from isodose.phantoms import example_case
+        >>> dose, structures = example_case()
+        >>> [ptv] = compute_dvhs(dose, structures, ["PTV"])
+        >>> item = ptv.to_reported()
+        >>> item.dvh_type, len(item.values), round(float(item.values[0]), 2)
+        ('CUMULATIVE', 8493, 14.21)
+        """
+        number = roi_number if roi_number is not None else self.number
+        if number is None:
+            raise MetricError("a DVH Sequence item needs the ROI's number", obj=self.name)
+        top = self.dmax_gy if self.has_dose else 0.0
+        n_bins = int(math.floor(top / bin_gy)) + 1
+        starts = bin_gy * np.arange(n_bins)
+        values = np.asarray(self.volume_at_dose_cc(starts), dtype=np.float64) if self.has_dose else np.zeros(n_bins)
+        return ReportedDVH(
+            roi_number=int(number),
+            item=0,
+            dvh_type="CUMULATIVE",
+            dose_units="GY",
+            dose_type="PHYSICAL",
+            volume_units="CM3",
+            dose_scaling=1.0,
+            bin_widths=np.full(n_bins, bin_gy),
+            values=values,
+            minimum_dose=self.dmin_gy,
+            mean_dose=self.dmean_gy,
+            maximum_dose=self.dmax_gy,
+        )
+
     def to_dict(self, metrics: Iterable[Metric | str] = (), prescription_gy: float | None = None) -> dict[str, Any]:
         """The DVH as the JSON of ``isodose dvh`` holds it: keys with units, numbers rounded to 1e-6, None where a
         value does not exist (NaN), and the ``metrics`` asked for, keyed by their text."""

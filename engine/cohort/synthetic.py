@@ -334,6 +334,36 @@ def generate_cohort(
     return manifest
 
 
+def _with_dvhs(args) -> None:
+    """One case's RTDOSE given the DVH Sequence a planning system would write: isodose's own DVH of every ROI of
+    its planning structure set (0.01 Gy bins)."""
+    from ..dicom.read import read_dose, read_structures
+    from ..dicom.write import add_dvh_sequence
+    from ..dvh import compute_dvhs
+
+    dose_path, structures_path, backend = args
+    structures = read_structures(structures_path)
+    dvhs = compute_dvhs(read_dose(dose_path), structures, backend=backend)
+    add_dvh_sequence(dose_path, [d.to_reported() for d in dvhs if d.has_dose], structures.sop_instance_uid)
+
+
+def generate_audit_archive(out_dir: str | Path, n_cases: int, *, seed: int = 2024, workers: int = 1) -> Path:
+    """An archive to audit: ``n_cases`` generated cases (see :func:`generate_cohort`) whose RTDOSE files carry the
+    DVHs of their planning ROIs in a DVH Sequence, as a planning system exports them (here isodose's own, so that
+    an audit of the archive agrees). Returns the archive's folder; its ``manifest.csv`` serves a cohort run."""
+    manifest = generate_cohort(out_dir, n_cases, seed=seed, workers=workers)
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    jobs = [(str(manifest.parent / r["dose"]), str(manifest.parent / r["structures"]), "numba") for r in rows]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_with_dvhs, jobs, chunksize=4))
+    else:
+        for job in jobs:
+            _with_dvhs(job)
+    return manifest.parent
+
+
 def read_truth(path: str | Path) -> dict[str, dict[str, str]]:
     with Path(path).open(newline="") as handle:
         return {row["case_id"]: row for row in csv.DictReader(handle)}

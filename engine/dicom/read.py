@@ -468,6 +468,30 @@ def _item_number(item, keyword: str, default: float | None = None) -> float:
     return number
 
 
+def _dvh_data(item) -> np.ndarray:
+    """An item's DVH Data as numbers. The text of the element is parsed at once, as pydicom would convert (and
+    validate) each of its tens of thousands of decimal strings one by one, most of an audit's time; an element
+    read as VR UN (an explicit-VR file's DS over 64 kB) is that same text."""
+    if "DVHData" not in item:
+        raise _SkippedItem("DVHData is missing or empty")
+    element = item.get_item("DVHData")
+    value = element.value
+    try:
+        if isinstance(value, bytes | bytearray):
+            text = bytes(value).decode("ascii").strip(" \0")
+            parts: Sequence = text.split("\\") if text else []
+        elif isinstance(value, str | int | float):
+            parts = [value]
+        else:
+            parts = list(value or [])
+        values = np.array([float(v) for v in parts] if not isinstance(value, bytes | bytearray) else parts, np.float64)
+    except (TypeError, ValueError, UnicodeDecodeError):
+        raise _SkippedItem("DVHData is not numeric") from None
+    if not len(values):
+        raise _SkippedItem("DVHData is missing or empty")
+    return values
+
+
 def _one_of(item, keyword: str, allowed: Sequence[str], roi: int) -> str:
     """A coded string of a DVH item, upper case, that must be one of ``allowed``."""
     value = _text(item, keyword).upper()
@@ -505,15 +529,7 @@ def _reported_dvh(item, k: int, path: PathType, normalization: float, structure_
         scaling = _item_number(item, "DVHDoseScaling", 1.0)
         if not scaling > 0:
             raise _SkippedItem(f"DVHDoseScaling {scaling:g} is not positive")
-        data = item.get("DVHData")
-        if data is None or (hasattr(data, "__len__") and len(data) == 0):
-            raise _SkippedItem("DVHData is missing or empty")
-        try:
-            if isinstance(data, bytes | bytearray):  # VR UN (an explicit-VR file's DS over 64 kB): the text itself
-                data = bytes(data).decode("ascii").strip(" \0").split("\\")
-            values = np.array([float(v) for v in (data if isinstance(data, Sequence) else [data])], dtype=np.float64)
-        except (TypeError, ValueError, UnicodeDecodeError):
-            raise _SkippedItem("DVHData is not numeric") from None
+        values = _dvh_data(item)
         if len(values) % 2:
             raise _SkippedItem(f"DVHData holds {len(values)} numbers, not pairs of bin width and volume")
         bins = int(_item_number(item, "DVHNumberOfBins", len(values) // 2))

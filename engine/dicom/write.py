@@ -249,6 +249,28 @@ def write_dose(
     return _save(ds, path)
 
 
+def add_dvh_sequence(
+    path: str | PathLike[str], dvhs: Sequence[ReportedDVH], referenced_structure_set_uid: str | None = None
+) -> Path:
+    """Give the RTDOSE at ``path`` a DVH Sequence holding ``dvhs`` (replacing any it had), referring to the ROIs of
+    the RTSTRUCT ``referenced_structure_set_uid``; the file is rewritten in implicit VR (DVH Data outgrows explicit
+    VR's 64 kB for a DS)."""
+    import pydicom
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    ds = pydicom.dcmread(path)
+    ds.DVHSequence = [_dvh_item(dvh) for dvh in dvhs]
+    if referenced_structure_set_uid:
+        from pydicom.dataset import Dataset
+
+        structure_set = Dataset()
+        structure_set.ReferencedSOPClassUID = RT_STRUCTURE_SET_STORAGE
+        structure_set.ReferencedSOPInstanceUID = referenced_structure_set_uid
+        ds.ReferencedStructureSetSequence = [structure_set]
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return _save(ds, path)
+
+
 def _dvh_item(dvh: ReportedDVH):
     """One item of the DVH Sequence (RT DVH module), with the values of ``dvh`` as they are."""
     import math
