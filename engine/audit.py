@@ -20,7 +20,7 @@ from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 from .dispatch import Backend, resolve_backend
-from .dvh import DVH, DVHComparison, PlanningSystemDVH, Tolerance, compute_dvhs, parse_metrics
+from .dvh import DVH, RELATIVE_FRACTION_MAX, DVHComparison, PlanningSystemDVH, Tolerance, compute_dvhs, parse_metrics
 from .errors import IsodoseError, MetricError, collect_warnings
 from .formatting import json_number
 from .model import DoseGrid, StructureSet
@@ -69,6 +69,7 @@ def read_dose_dvhs(
     *,
     prescription_gy: float | None = None,
     relative_reference_gy: float | None = None,
+    rois: Sequence[str | int] | None = None,
 ) -> list[PlanningSystemDVH]:
     """The planning system's DVHs held in an RTDOSE file's DVH Sequence, one per ROI it reported.
 
@@ -82,7 +83,11 @@ def read_dose_dvhs(
         The plan's prescription: reported Dmin, Dmean and Dmax that fit the curve only as % of it are read so (see
         :class:`~isodose.dvh.PlanningSystemDVH`).
     relative_reference_gy : float, optional
-        The 100% of relative DVH doses, where the file gives no DVHNormalizationDoseValue.
+        The 100% of relative DVH doses, where the file gives no DVHNormalizationDoseValue. Whether relative doses
+        are fractions or percentages is told once for the file, from all its relative items.
+    rois : sequence of str or int, optional
+        Only the DVHs of these ROIs of ``structures`` (names or numbers); the others are not read into curves, nor
+        warned about.
 
     Returns
     -------
@@ -104,8 +109,18 @@ def read_dose_dvhs(
     """
     from .dicom.read import read_reported_dvhs
 
+    items = read_reported_dvhs(path)
+    if rois and structures is not None:
+        wanted = {structures.get(r).number for r in rois}
+        items = [item for item in items if item.roi_number in wanted]
+    relative = [item for item in items if item.dose_units == "RELATIVE"]
+    fractions = (
+        max(float((item.bin_widths * item.dose_scaling).sum()) for item in relative) <= RELATIVE_FRACTION_MAX
+        if relative
+        else None
+    )
     out = []
-    for reported in read_reported_dvhs(path):
+    for reported in items:
         name = None
         if structures is not None:
             named = [s for s in structures.structures if s.number == reported.roi_number]
@@ -122,7 +137,11 @@ def read_dose_dvhs(
         try:
             out.append(
                 PlanningSystemDVH.from_reported(
-                    reported, name, prescription_gy=prescription_gy, relative_reference_gy=relative_reference_gy
+                    reported,
+                    name,
+                    prescription_gy=prescription_gy,
+                    relative_reference_gy=relative_reference_gy,
+                    relative_fractions=fractions,
                 )
             )
         except IsodoseError as exc:
@@ -431,7 +450,11 @@ def audit_dvhs(
     parsed = parse_metrics(texts)
     for m in parsed:
         if m.needs_prescription and not prescription_gy:
-            raise MetricError(f"{m.text} needs a prescription: give --prescription GY or --plan RP.dcm", obj="metric")
+            raise MetricError(
+                f"{m.text} needs a prescription: a plan holding one, or the prescription given (--plan or "
+                "--prescription for one file; the plan or prescription_gy column of an archive's manifest)",
+                obj="metric",
+            )
     for cap in end_caps:
         end_caps_of(cap)
     with collect_warnings() as messages:
@@ -564,7 +587,11 @@ def audit_files(
         if prescription_gy is None and the_plan is not None:
             prescription_gy = the_plan.prescription_gy
         tps = read_dose_dvhs(
-            dose, structure_set, prescription_gy=prescription_gy, relative_reference_gy=relative_reference_gy
+            dose,
+            structure_set,
+            prescription_gy=prescription_gy,
+            relative_reference_gy=relative_reference_gy,
+            rois=rois,
         )
         if tps and tps[0].reported is not None:
             check_dvh_structures(

@@ -659,6 +659,10 @@ def dvh_from_histogram(
 #: Relative DVH doses whose largest bin edge is at most this are fractions of the normalization dose, above it
 #: percentages (as for relative dose grids).
 RELATIVE_FRACTION_MAX = 2.0
+#: A reported DVHMeanDose fits its curve within this share of the curve's mean (or a bin): loose enough for a mean
+#: computed from the dose grid rather than from the binned curve, tight enough to catch a unit that is not the one
+#: DoseUnits says (a % of the prescription differs from Gy by its factor).
+MEAN_FIT = 0.10
 
 
 @dataclass(frozen=True, eq=False)
@@ -707,6 +711,7 @@ class PlanningSystemDVH(DVH):
         *,
         prescription_gy: float | None = None,
         relative_reference_gy: float | None = None,
+        relative_fractions: bool | None = None,
     ) -> PlanningSystemDVH:
         """The curve of a DVH Sequence item (see the class docstring).
 
@@ -720,6 +725,10 @@ class PlanningSystemDVH(DVH):
             The plan's prescription: DVHMinimum/Mean/MaximumDose that fit the curve only as % of it are read so.
         relative_reference_gy : float, optional
             The 100% of relative doses where the file gives no DVHNormalizationDoseValue.
+        relative_fractions : bool, optional
+            Whether relative doses are fractions (1.0 = 100%) or percentages; by default told from this item's bins
+            (fractions where they end at 2 or less). :func:`isodose.audit.read_dose_dvhs` tells it once for a file
+            from all its items, so that a low-dose organ's DVH is read as its neighbours are.
 
         Raises
         ------
@@ -744,7 +753,7 @@ class PlanningSystemDVH(DVH):
                     path=reported.source or None,
                     obj=reported.label,
                 )
-            fraction = edges[-1] <= RELATIVE_FRACTION_MAX
+            fraction = edges[-1] <= RELATIVE_FRACTION_MAX if relative_fractions is None else relative_fractions
             factor = reference if fraction else reference / 100.0
             messages.append(
                 f"{label}: relative doses read as {'fractions' if fraction else 'percentages'} of {reference:g} Gy"
@@ -849,7 +858,7 @@ def _fitting_statistics(
     def fits(values: np.ndarray) -> bool:
         checks = [
             low - bin_gy <= values[0] <= first_bin_top + bin_gy,
-            abs(values[1] - mean) <= max(bin_gy, 0.01 * mean),
+            abs(values[1] - mean) <= max(bin_gy, MEAN_FIT * mean),
             last_bin_bottom - bin_gy <= values[2] <= high + bin_gy,
         ]
         return all(ok for ok, v in zip(checks, values) if math.isfinite(v))

@@ -320,6 +320,9 @@ def test_dicompylers_example_patient(dicompyler_example):
             assert abs(c.values["D95"] - c.reference["D95"]) < 0.03, s.name
     assert by_name["Borders"].comparisons["half"].difference_pct["volume_cc"] == pytest.approx(73.7, abs=0.5)
     assert result.better_end_cap == "none"
+    # BODY's stated mean (0.462 Gy, as % of the prescription) fits isodose's; its binned curve's (0.483) would not.
+    assert by_name["BODY"].tps.dmean_gy == pytest.approx(0.4619, abs=1e-3)
+    assert abs(by_name["BODY"].comparisons["none"].difference_pct["dmean_gy"]) < 1.0
     # The BODY's end caps reach past the dose grid: 144.8 cc with half end caps, under 0.1 cc without.
     assert by_name["BODY"].isodose["half"].volume_outside_dose_cc == pytest.approx(144.8, abs=0.1)
     assert by_name["BODY"].isodose["none"].volume_outside_dose_cc < 0.1
@@ -489,3 +492,57 @@ def test_size_classes():
         "over 100 cc",
         "unknown",
     ]
+
+
+def test_relative_doses_are_read_one_way_for_the_whole_file(tmp_path):
+    """A low-dose organ whose relative bins end below 2 (%) is read as a percentage, as its neighbours are, not
+    as a fraction 100 times higher."""
+    truths = example_truths()
+    low = replace(reported_dvh(truths["Cord"], 2, dose_units="RELATIVE", normalization_gy=70.0))
+    cold = replace(
+        low,
+        bin_widths=low.bin_widths / 50.0,
+        mean_dose=low.mean_dose / 50.0,
+        minimum_dose=math.nan,
+        maximum_dose=math.nan,
+    )  # doses under 2% of 70 Gy: a cold organ
+    ptv = reported_dvh(truths["PTV"], 1, dose_units="RELATIVE", normalization_gy=70.0)
+    grid, structures = example_case()
+    rd = write_dose(grid, tmp_path / "RD.dcm", dvhs=[ptv, cold], dvh_normalization_gy=70.0)
+    by_name = {d.name: d for d in read_dose_dvhs(rd, structures)}
+    assert by_name["Cord"].dmean_gy == pytest.approx(truths["Cord"].dmean_gy / 50.0, rel=1e-3)
+    assert by_name["PTV"].dmean_gy == pytest.approx(truths["PTV"].dmean_gy, rel=1e-6)
+    assert all("read as percentages of 70 Gy" in " ".join(d.warnings) for d in by_name.values())
+
+
+def test_an_archives_table_never_writes_over_another_file(tmp_path, capsys):
+    archive = tmp_path / "archive"
+    rd, _, _ = write_audited_case(archive / "a", patient="A")
+    before = rd.read_bytes()
+    code, _, err = run(capsys, "audit", archive, "--out", rd)
+    assert code == 2 and "is not an audit's table: it is not written over" in err and rd.read_bytes() == before
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"case_id,dose,structures\nx,{rd},{archive / 'a' / 'RS.dcm'}\n")
+    code, _, err = run(capsys, "audit", manifest, "--out", manifest)
+    assert code == 2 and "names the manifest itself" in err
+    table = tmp_path / "AUDIT.csv"
+    assert run(capsys, "audit", archive, "--out", table, "--no-progress")[0] == 0
+    assert run(capsys, "audit", archive, "--out", table, "--no-progress")[0] == 0  # an audit's table: resumed
+
+
+def test_an_archives_table_names_each_dose_file_and_what_was_skipped(tmp_path, capsys):
+    archive = tmp_path / "archive"
+    rd, _, _ = write_audited_case(archive / "a", patient="A")
+    ds = dcmread(rd)
+    ds.DVHSequence[1].DoseType = "ERROR"
+    ds.save_as(rd)
+    grid, _ = example_case()
+    write_dose(grid, archive / "b" / "RD.nodvh.dcm", patient_id="B")  # no DVH Sequence: left out, counted
+    out = tmp_path / "AUDIT.csv"
+    code, text, err = run(capsys, "audit", archive, "--out", out, "--no-progress", "--workers", "1")
+    assert code == 0, err
+    assert "1 DVH item(s) of 1 case(s) could not be used and were skipped" in text
+    assert "1 RTDOSE file(s) hold no DVH Sequence and are not audited" in err
+    rows = list(csv.DictReader(out.open()))
+    assert {r["name"] for r in rows} == {"PTV", "Recurrence"} and all(r["dose_file"] == str(rd) for r in rows)
+    assert all("DVH item 2 (ROI 2): DoseType is ERROR" in r["case_warnings"] for r in rows)

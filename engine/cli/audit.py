@@ -160,8 +160,16 @@ def run_file(args: argparse.Namespace) -> int:
 def print_file_table(result, out) -> None:
     """The audit of one file as a table: one row per ROI and convention, then the summary in words."""
     several = len(result.end_caps) > 1
+    from ..audit import AUDIT_METRICS
+    from ..dvh import parse_metric
+
+    extra = [m for m in result.metrics if m not in AUDIT_METRICS]
     header = ["ROI", *(["end cap"] if several else []), "TPS cc", "isodose cc", "diff %", "TPS Dmean Gy", "diff %"]
-    header += ["TPS D95 Gy", "diff %", "max DVH gap %", "agrees"]
+    header += ["TPS D95 Gy", "diff %"]
+    for m in extra:
+        unit = parse_metric(m).result_unit
+        header += [f"TPS {m}{' ' + unit if unit else ''}", "diff %"]
+    header += ["max DVH gap %", "agrees"]
     rows = []
     for s in result.structures:
         for cap, c in s.comparisons.items():
@@ -176,13 +184,14 @@ def print_file_table(result, out) -> None:
                     c.difference_pct["dmean_gy"],
                     c.reference["D95"],
                     c.difference_pct["D95"],
+                    *(v for m in extra for v in (c.reference[m], c.difference_pct[m])),
                     c.dvh_max_difference_pct,
                     "yes" if c.agrees else "no: " + ", ".join(c.outside_tolerance),
                 ]
             )
     out.write(f"backend: {result.backend}   tolerance: {result.tolerance.percent:g}% (doses against at least ")
     out.write(f"{result.tolerance.dose_floor_gy:g} Gy)\n")
-    out.write(text_table(header, rows) + "\n")
+    out.write(text_table(header, rows, digits=3) + "\n")
     summary = result.summary()
     for cap, block in summary["end_caps"].items():
         out.write(f"{block['agree']} of {block['structures']} structures agree with end caps {cap}\n")
@@ -203,6 +212,7 @@ def run_archive(args: argparse.Namespace) -> int:
         raise IsodoseError("--html, --roi, --plan and --prescription belong to one file's audit (--dose, --structures)")
     check_workers(args.workers)
     output_file(args.out, "--out")
+    _not_over_another_file(Path(args.out), Path(args.source))
     settings = AuditSettings(
         metrics=tuple(args.metric or ()),
         end_caps=end_caps_of(args.end_cap),
@@ -226,9 +236,41 @@ def run_archive(args: argparse.Namespace) -> int:
     else:
         print_summary(summary)
         print_archive_table(archive, sys.stdout)
+        if archive["cases_with_skipped_items"]:
+            print(
+                f"{archive['skipped_items']} DVH item(s) of {archive['cases_with_skipped_items']} case(s) could not be "
+                f"used and were skipped: see the case_warnings column of {summary.table}"
+            )
     if summary.cases and summary.failed == summary.cases:
         return EXIT_EVERY_CASE_FAILED
     return 0
+
+
+def _not_over_another_file(out: Path, source: Path) -> None:
+    """Refuse an ``--out`` that would write over the input, or over a file that is not an earlier audit's table."""
+    if source.is_file() and out.resolve() == source.resolve():
+        raise IsodoseError("--out names the manifest itself; give the audit's table another name", path=out)
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()) and out.exists():
+        header = ""
+        try:
+            with out.open(encoding="utf-8") as handle:
+                header = handle.readline()
+        except (OSError, UnicodeDecodeError):
+            pass
+        if not header.startswith("case_id,error,"):
+            raise IsodoseError(
+                "exists inside the archive and is not an audit's table: it is not written over; give --out another "
+                "name",
+                path=out,
+            )
+    elif out.exists():
+        try:
+            with out.open(encoding="utf-8") as handle:
+                header = handle.readline()
+        except (OSError, UnicodeDecodeError):
+            header = ""
+        if not header.startswith("case_id,error,"):
+            raise IsodoseError("exists and is not an audit's table: it is not written over", path=out)
 
 
 #: ROI names the archive's summary table shows (the most frequent first).

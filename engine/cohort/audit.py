@@ -132,7 +132,9 @@ def audit_case(case: Case, settings: AuditSettings, backend: str | Backend | Non
         "dvhs": {},
         "warnings": list(dict.fromkeys([*messages, *result.warnings])),
         "inputs": fingerprint,
-        "rows": result.rows(),
+        "rows": [
+            {"dose_file": str(case.dose), **row, "case_warnings": " | ".join(result.warnings)} for row in result.rows()
+        ],
     }
 
 
@@ -236,7 +238,8 @@ def archive_summary(store: ResultStore, metrics: Sequence[str] = ("D95",)) -> di
     Returns
     -------
     dict
-        ``cases``, ``failed``, ``end_caps`` (each: ``all``, ``by_size_class``, ``by_roi``), ``better_end_cap``
+        ``cases``, ``failed``, ``skipped_items`` (DVH items that could not be used) and
+        ``cases_with_skipped_items``, ``end_caps`` (each: ``all``, ``by_size_class``, ``by_roi``), ``better_end_cap``
         (where several were computed: the one under which more structures agree) and
         ``better_end_cap_structures`` (how many structures each fits better).
     """
@@ -245,9 +248,12 @@ def archive_summary(store: ResultStore, metrics: Sequence[str] = ("D95",)) -> di
     caps = list(dict.fromkeys(r["end_cap"] for r in rows))
     from ..audit import SIZE_CLASSES
 
+    skipped = [sum("; skipped" in w for w in e.get("warnings", [])) for e in entries]
     summary: dict[str, Any] = {
         "cases": len(entries),
         "failed": sum(e["status"] != "ok" for e in entries),
+        "skipped_items": sum(skipped),
+        "cases_with_skipped_items": sum(n > 0 for n in skipped),
         "end_caps": {},
     }
     for cap in caps:
