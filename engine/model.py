@@ -309,6 +309,79 @@ class Registration:
     patient_id: str = ""
 
 
+@dataclass(frozen=True, eq=False)
+class DeformableRegistration:
+    """A deformable registration: the map that carries a point of its registered frame into its source frame,
+
+    ``p_source = post_matrix @ (pre_matrix @ p_registered + d(p_registered))``
+
+    the order PS3.3 C.20.3.1.1 gives (the pre-deformation matrix, then the deformation's offsets, then the
+    post-deformation matrix; the result addresses the sample point in the source frame). ``d`` is the displacement
+    at the grid points of ``vectors_mm``, interpolated trilinearly between them; the grid lies in the registered
+    frame. A displacement field image of ITK (T(x) = x + d(x) from fixed to moving) is the same map, its fixed
+    image's frame registered, its moving image's the source, both matrices the identity.
+
+    Parameters
+    ----------
+    registered_frame_uid, source_frame_uid : str
+        The frame the map starts from (where the grid lies) and the frame it carries points into.
+    vectors_mm : numpy.ndarray
+        ``(nz, ny, nx, 3)`` float32: the displacement (x, y, z, mm) at grid point ``(i, j, k)`` is
+        ``vectors_mm[k, j, i]``.
+    grid_origin_mm : tuple of float
+        The position of grid point ``(0, 0, 0)`` (ImagePositionPatient), mm.
+    grid_directions : numpy.ndarray
+        3x3 whose columns are the directions in which ``i``, ``j`` and ``k`` grow (the row and column directions of
+        ImageOrientationPatient and their cross product), unit vectors.
+    grid_spacing_mm : tuple of float
+        The distance between grid points along ``i``, ``j`` and ``k`` (GridResolution), mm.
+    pre_matrix, post_matrix : numpy.ndarray
+        The 4x4 matrices applied before and after the deformation (identity where the file gives none).
+    source : str
+        The file it was read from.
+    patient_id : str
+        The file's PatientID ("" when unknown).
+    kind : str
+        ``dicom`` (a Deformable Spatial Registration) or ``field`` (a displacement field image).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> shift = np.zeros((2, 2, 2, 3), np.float32)
+    >>> shift[..., 2] = 5.0  # 5 mm along z everywhere
+    >>> reg = DeformableRegistration("1.2.3", "4.5.6", shift, (0.0, 0.0, 0.0), np.eye(3), (10.0, 10.0, 10.0))
+    >>> reg.grid_shape, reg.world_to_index() @ np.array([10.0, 0.0, 20.0, 1.0])
+    ((2, 2, 2), array([1., 0., 2., 1.]))
+    """
+
+    registered_frame_uid: str
+    source_frame_uid: str
+    vectors_mm: np.ndarray
+    grid_origin_mm: tuple[float, float, float]
+    grid_directions: np.ndarray
+    grid_spacing_mm: tuple[float, float, float]
+    pre_matrix: np.ndarray = field(default_factory=lambda: np.eye(4))
+    post_matrix: np.ndarray = field(default_factory=lambda: np.eye(4))
+    source: str = ""
+    patient_id: str = ""
+    kind: str = "dicom"
+
+    @property
+    def grid_shape(self) -> tuple[int, int, int]:
+        """``(nz, ny, nx)`` of the grid points."""
+        nz, ny, nx, _ = self.vectors_mm.shape
+        return int(nz), int(ny), int(nx)
+
+    def world_to_index(self) -> np.ndarray:
+        """The 4x4 taking a point of the registered frame (mm) to its fractional grid index ``(i, j, k)``."""
+        matrix = np.eye(4)
+        axes = np.asarray(self.grid_directions, dtype=np.float64) * np.asarray(self.grid_spacing_mm)[None, :]
+        rotation = np.linalg.inv(axes)  # index = axes^-1 (p - origin), axes' columns the steps along i, j, k
+        matrix[:3, :3] = rotation
+        matrix[:3, 3] = -rotation @ np.asarray(self.grid_origin_mm, dtype=np.float64)
+        return matrix
+
+
 #: DVHType values of an RTDOSE's DVH Sequence (PS3.3 C.8.8.4).
 DVH_TYPES = ("CUMULATIVE", "DIFFERENTIAL", "NATURAL")
 #: DVHVolumeUnits values: cc, % of the ROI's volume, and volume per unit of u = dose^-3/2 (natural DVHs).

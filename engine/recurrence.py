@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .deformation import Deformation, DeformedRequest, sample_requests
 from .dispatch import Backend, resolve_backend
 from .dvh import (
     DVH,
@@ -40,9 +41,9 @@ from .geometry import (
     registration_matrix,
     structure_planes,
 )
-from .model import DoseGrid, Registration, Structure, StructureSet
-from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy, sample_many
-from .voxelize import SamplingOptions
+from .model import DeformableRegistration, DoseGrid, Registration, Structure, StructureSet
+from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy
+from .voxelize import SamplingOptions, plan_sampling
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ class RecurrenceResult:
         The prescription and the reference isodose, Gy.
     registered : bool
         Whether Vr was mapped from another frame by a registration.
+    registration_kind : str
+        How: ``rigid`` (a Spatial Registration), ``deformable`` (a Deformable Spatial Registration), ``field`` (a
+        displacement field image), or "" when Vr is in the planning frame.
+    registration_file : str
+        The registration's file ("" when none, or built in Python).
     recurrence_volume_cc, recurrence_outside_dose_cc : float
         Vr's volume, and the part of it outside the dose grid (counted as outside the isodose), cc.
     inside_isodose_pct : float
@@ -163,6 +169,8 @@ class RecurrenceResult:
     metrics: dict[str, float]
     target_metrics: dict[str, float]
     recurrence_dvh: DVH = field(repr=False)
+    registration_kind: str = ""
+    registration_file: str = ""
     #: DVHs of the planning ROIs named in the target metrics.
     roi_dvhs: dict[str, DVH] = field(repr=False, default_factory=dict)
     backend: str = ""
@@ -176,6 +184,8 @@ class RecurrenceResult:
         out: dict[str, object] = {
             "recurrence_roi": self.recurrence_roi,
             "recurrence_registered": self.registered,
+            "registration_kind": self.registration_kind,
+            "registration_file": self.registration_file,
             "prescription_gy": self.prescription_gy,
             "isodose_gy": self.isodose_gy,
             "recurrence_volume_cc": self.recurrence_volume_cc,
@@ -239,7 +249,7 @@ class RecurrenceCase:
     recurrence_roi: str
     prescription_gy: float
     recurrence_structures: StructureSet | None = None
-    registration: Registration | None = None
+    registration: Registration | DeformableRegistration | None = None
     targets: Sequence[str] | None = None
     metrics: Sequence[str | Metric] = ()
     target_metrics: Sequence[str | RoiMetric] = ()
@@ -265,7 +275,7 @@ class PreparedRecurrence:
     prescription_gy: float
     criteria: Criteria
     options: SamplingOptions
-    requests: tuple[SamplingRequest, ...]
+    requests: tuple[SamplingRequest | DeformedRequest, ...]
     vr: RoiLabel
     registered: bool
     rois: tuple[RoiLabel, ...]
@@ -276,6 +286,9 @@ class PreparedRecurrence:
     targets: tuple[tuple[str, PackedPlanes], ...] = ()
     #: What was logged while preparing.
     warnings: tuple[str, ...] = ()
+    #: How Vr was mapped (see :attr:`RecurrenceResult.registration_kind`), and the registration's file.
+    registration_kind: str = ""
+    registration_file: str = ""
 
 
 def prepare_recurrence(
@@ -321,16 +334,27 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
 
     follow_up = case.recurrence_structures
     source = follow_up if follow_up is not None else structures
-    transform = recurrence_transform(dose, source, case.registration) if follow_up is not None else None
     vr_structure = source.get(case.recurrence_roi)
     if vr_structure.is_empty:
         raise StructureError(
             "the recurrence ROI has no contours", path=source.source or None, obj=f"ROI {vr_structure.name!r}"
         )
-    _, vr_request = dvh_request(
-        dose, source, [vr_structure.name], options=options, check_frame=transform is None, transform=transform
-    )
-    requests = [vr_request]
+    registration = case.registration if follow_up is not None else None
+    kind = ""
+    vr_request: SamplingRequest | DeformedRequest
+    if isinstance(registration, DeformableRegistration):
+        deformation = Deformation.between(registration, source.frame_of_reference_uid, dose.frame_of_reference_uid)
+        plan = plan_sampling([vr_structure], dose, options, common_plane_spacing_mm(source.structures))
+        vr_request = DeformedRequest(plan, dose, deformation)
+        kind, registered = registration.kind, True
+    else:
+        transform = recurrence_transform(dose, source, registration) if follow_up is not None else None
+        _, vr_request = dvh_request(
+            dose, source, [vr_structure.name], options=options, check_frame=transform is None, transform=transform
+        )
+        registered = transform is not None
+        kind = "rigid" if registered else ""
+    requests: list[SamplingRequest | DeformedRequest] = [vr_request]
 
     vr_metrics = [parse_metric(m) for m in RECURRENCE_METRICS]
     extra = [parse_metric(m) if isinstance(m, str) else m for m in case.metrics]
@@ -370,11 +394,13 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         options,
         tuple(requests),
         RoiLabel.of(vr_structure),
-        transform is not None,
+        registered,
         tuple(RoiLabel.of(s) for s in roi_structures),
         tuple(zip(roi_metrics, metric_rois)),
         tuple(vr_metrics),
         targets,
+        registration_kind=kind,
+        registration_file=(registration.source if registration is not None and kind else ""),
     )
 
 
@@ -418,6 +444,8 @@ def _finish(
         metrics=metric_values,
         target_metrics=target_values,
         recurrence_dvh=vr,
+        registration_kind=prepared.registration_kind,
+        registration_file=prepared.registration_file,
         roi_dvhs=roi_dvhs,
         backend=samples.backend,
         device=samples.device,
@@ -436,7 +464,7 @@ def classify_recurrence(
     prescription_gy: float,
     *,
     recurrence_structures: StructureSet | None = None,
-    registration: Registration | None = None,
+    registration: Registration | DeformableRegistration | None = None,
     targets: Sequence[str] | None = None,
     metrics: Sequence[str | Metric] = (),
     target_metrics: Sequence[str | RoiMetric] = (),
@@ -459,8 +487,10 @@ def classify_recurrence(
         The prescription, Gy: the reference isodose is a percentage of it.
     recurrence_structures : StructureSet, optional
         A structure set drawn on follow-up imaging, in another frame, holding Vr.
-    registration : Registration, optional
-        The spatial registration relating the follow-up frame to the planning frame.
+    registration : Registration or DeformableRegistration, optional
+        The registration relating the follow-up frame to the planning frame: rigid (a Spatial Registration), or
+        deformable (a Deformable Spatial Registration, or a displacement field image): see
+        :mod:`isodose.deformation` for how Vr is mapped through a deformation.
     targets : sequence of str, optional
         The ROIs tested for holding the centroid (default: every GTV, CTV and PTV of the planning set).
     metrics : sequence of str or Metric
@@ -571,7 +601,7 @@ def classify_prepared(
     # The cases' grids go where the backend computes once, for their samples and for the doses at their centroids.
     batch = GridBatch.of([r.grid for r in requests], chosen)
     try:
-        samples = sample_many(requests, chosen, options, grids=batch)
+        samples = sample_requests(requests, chosen, options, grids=batch)
     except IsodoseError:
         if len(ready) <= 1:
             raise
@@ -582,7 +612,7 @@ def classify_prepared(
         with collect_warnings() as messages:
             try:
                 if samples is None:
-                    case_samples = sample_many(p.requests, chosen, p.options, grids=batch)
+                    case_samples = sample_requests(p.requests, chosen, p.options, grids=batch)
                 else:
                     case_samples = samples[position : position + len(p.requests)]
                     position += len(p.requests)

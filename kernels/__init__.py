@@ -45,6 +45,11 @@ structure_plane_start, structure_transform, bin_width, n_bins, n_chunks) -> (his
 ``cell_histograms_many(table, ..., structure_grid, structure_transform, structure_bin_width, n_bins, n_chunks)``
     The batched forms: dose grids put where the kernels read them once (on a GPU, copied to the device), then
     points and structures each interpolated in their own grid of the table. The CPU backends loop over grids.
+``field_table(fields) -> table`` and ``displace_many(table, points, point_field) -> (displacement, jacobian)``
+    Displacement fields (vectors ``(nz, ny, nx, 3)`` in mm at grid points, and the 4x4 taking a point to its
+    fractional grid index) put where the kernels read them once; then each point's displacement by trilinear
+    interpolation of its field's vectors, and the Jacobian of the displacement (each component's derivatives
+    along x, y, z), NaN outside the box of the field's grid points.
 """
 
 #: Columns of the ``cells`` array made by ``polygon_coverage``.

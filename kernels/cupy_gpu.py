@@ -49,6 +49,20 @@ class GridTable:
         return [self.doses, self.offsets, self.shapes, self.geometry]
 
 
+@dataclass(frozen=True, eq=False)
+class FieldTable:
+    """Displacement fields on the device, as ``displace_kernel`` reads them (see the CUDA source)."""
+
+    vectors: object
+    offsets: object
+    shapes: object
+    matrices: object
+    n_fields: int
+
+    def args(self) -> list:
+        return [self.vectors, self.offsets, self.shapes, self.matrices]
+
+
 class GpuKernels:
     """The host side of the GPU kernels.
 
@@ -105,6 +119,49 @@ class GpuKernels:
             self.to_device(geometry.reshape(-1, 6), np.float64),
             len(grids),
         )
+
+    def field_table(self, fields) -> FieldTable:
+        """Put displacement fields ``[(vectors (nz, ny, nx, 3), world_to_index 4x4), ...]`` on the device as one
+        table (see the CUDA source)."""
+        fields = list(fields)
+        parts = []
+        for vectors, _ in fields:
+            if len(vectors.shape) != 4 or vectors.shape[3] != 3:
+                raise ValueError(f"a displacement field's vectors are (nz, ny, nx, 3), not {tuple(vectors.shape)}")
+            parts.append(self.to_device(vectors, np.float32))
+        flat = parts[0].reshape(-1) if len(parts) == 1 else self.xp.concatenate([p.reshape(-1) for p in parts])
+        sizes = [int(np.prod(p.shape)) for p in parts]
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        shapes = np.array([p.shape[:3] for p in parts], dtype=np.int32).reshape(-1, 3)
+        matrices = np.array([np.asarray(m, dtype=np.float64).reshape(4, 4)[:3].ravel() for _, m in fields])
+        return FieldTable(
+            flat,
+            self.to_device(offsets, np.int64),
+            self.to_device(shapes, np.int32),
+            self.to_device(matrices.reshape(-1, 12), np.float64),
+            len(fields),
+        )
+
+    def displace_many(self, table: FieldTable, points, point_field):
+        """Displacement and Jacobian of each point in its own field of ``table`` (``point_field[n]``)."""
+        points = self.to_device(np.asarray(points, dtype=np.float64).reshape(-1, 3), np.float64)
+        n = int(points.shape[0])
+        displacement = self.xp.empty(3 * n, dtype=np.float64)
+        jacobian = self.xp.empty(9 * n, dtype=np.float64)
+        if n:
+            self.launch(
+                "displace_kernel",
+                n,
+                [
+                    *table.args(),
+                    self.to_device(point_field, np.int64),
+                    points,
+                    np.int64(n),
+                    displacement,
+                    jacobian,
+                ],
+            )
+        return self.to_host(displacement).reshape(n, 3), self.to_host(jacobian).reshape(n, 3, 3)
 
     # -- kernels ----------------------------------------------------------------------------------------------
     def trilinear(self, dose, origin, spacing, points):
@@ -506,3 +563,11 @@ def cell_histograms(
         n_bins,
         n_chunks,
     )
+
+
+def field_table(fields) -> FieldTable:
+    return _instance().field_table(fields)
+
+
+def displace_many(table, points, point_field):
+    return _instance().displace_many(table, points, point_field)

@@ -133,3 +133,40 @@ def cell_histograms_many(
         hist[first:end] = run_hist
         stats[first:end] = run_stats
     return hist, stats
+
+
+@dataclass(frozen=True)
+class HostFieldTable:
+    """Displacement fields ``(vectors, world_to_index)`` kept as they are, for the CPU backends' batched calls."""
+
+    fields: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.fields)
+
+
+def field_table(fields: Sequence[tuple[Any, Any]]) -> HostFieldTable:
+    """Check and keep displacement fields: vectors ``(nz, ny, nx, 3)`` and a 4x4 ``world_to_index`` each."""
+    kept = []
+    for vectors, world_to_index in fields:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 4 or vectors.shape[3] != 3:
+            raise ValueError(f"a displacement field's vectors are (nz, ny, nx, 3), not {vectors.shape}")
+        matrix = np.ascontiguousarray(world_to_index, dtype=np.float64).reshape(4, 4)
+        kept.append((vectors, matrix))
+    return HostFieldTable(tuple(kept))
+
+
+def displace_many(
+    displace: Callable[..., tuple[np.ndarray, np.ndarray]], table: HostFieldTable, points: Any, point_field: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """``displace`` of each point in its field of ``table``: one call per run of points sharing a field."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    point_field = np.asarray(point_field, dtype=np.int64).reshape(-1)
+    displacement = np.empty((len(points), 3))
+    jacobian = np.empty((len(points), 3, 3))
+    for start, end in _runs(point_field[:, None]):
+        vectors, matrix = table.fields[int(point_field[start])]
+        displacement[start:end], jacobian[start:end] = displace(vectors, matrix, points[start:end])
+    return displacement, jacobian

@@ -21,6 +21,7 @@ from .host import (  # noqa: F401  (capabilities and host arrays shared by the C
     PREFERS_MERGED_REQUESTS,
     asarray,
     check_courses,
+    field_table,
     free_memory_bytes,
     grid_table,
     out_of_memory_errors,
@@ -869,3 +870,44 @@ def cell_histograms_many(
         n_bins,
         n_chunks,
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Displacement fields
+# --------------------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, error_model="numpy")
+def _displace(vectors, matrix, points, displacement, jacobian):
+    nz, ny, nx = vectors.shape[0], vectors.shape[1], vectors.shape[2]
+    for n in prange(points.shape[0]):
+        px, py, pz = points[n, 0], points[n, 1], points[n, 2]
+        fi = matrix[0, 0] * px + matrix[0, 1] * py + matrix[0, 2] * pz + matrix[0, 3]
+        fj = matrix[1, 0] * px + matrix[1, 1] * py + matrix[1, 2] * pz + matrix[1, 3]
+        fk = matrix[2, 0] * px + matrix[2, 1] * py + matrix[2, 2] * pz + matrix[2, 3]
+        i, tx, inside_x = _grid_coordinate(fi, 0.0, 1.0, nx)
+        j, ty, inside_y = _grid_coordinate(fj, 0.0, 1.0, ny)
+        k, tz, inside_z = _grid_coordinate(fk, 0.0, 1.0, nz)
+        if not (inside_x and inside_y and inside_z):
+            for a in range(3):
+                displacement[n, a] = np.nan
+                for b in range(3):
+                    jacobian[n, a, b] = np.nan
+            continue
+        for c in range(3):
+            value, gi, gj, gk = _interpolate(vectors[:, :, :, c], i, j, k, tx, ty, tz, 1.0, 1.0, 1.0)
+            displacement[n, c] = value
+            for b in range(3):
+                jacobian[n, c, b] = gi * matrix[0, b] + gj * matrix[1, b] + gk * matrix[2, b]
+
+
+@_one_thread_at_a_time
+def displace(vectors, world_to_index, points):
+    points = _f64(points).reshape(-1, 3)
+    displacement = np.empty((points.shape[0], 3))
+    jacobian = np.empty((points.shape[0], 3, 3))
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    _displace(vectors, _f64(world_to_index).reshape(4, 4), points, displacement, jacobian)
+    return displacement, jacobian
+
+
+def displace_many(table, points, point_field):
+    return host.displace_many(displace, table, points, point_field)

@@ -13,6 +13,7 @@ from .host import (  # noqa: F401  (capabilities and host arrays shared by the C
     PREFERS_MERGED_REQUESTS,
     asarray,
     check_courses,
+    field_table,
     free_memory_bytes,
     grid_table,
     out_of_memory_errors,
@@ -384,3 +385,33 @@ def cell_histograms_many(
         n_bins,
         n_chunks,
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Displacement fields
+# --------------------------------------------------------------------------------------------------------
+def displace(vectors, world_to_index, points):
+    """The displacement (mm) at each ``(x, y, z)`` point of one field, by trilinear interpolation of its vectors at
+    its grid points, and its Jacobian (the derivatives of each component along x, y and z); NaN outside the box of
+    grid points. ``world_to_index`` maps a point to its fractional grid index ``(i, j, k)``, ``vectors[k, j, i]``
+    being the displacement at grid point ``(i, j, k)``: each component is interpolated in index space (origin 0,
+    spacing 1) as a dose is, and its gradient carried back to mm by the matrix."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    matrix = np.asarray(world_to_index, dtype=np.float64).reshape(4, 4)
+    index = points @ matrix[:3, :3].T + matrix[:3, 3]
+    vectors = np.asarray(vectors)
+    displacement = np.empty((len(points), 3))
+    jacobian = np.empty((len(points), 3, 3))
+    inside = np.ones(len(points), dtype=bool)
+    for c in range(3):
+        value, gradient, within = trilinear_with_gradient(vectors[..., c], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), index)
+        displacement[:, c] = value
+        jacobian[:, c, :] = gradient @ matrix[:3, :3]  # d(component)/d(index) . d(index)/d(x)
+        inside &= within
+    displacement[~inside] = np.nan
+    jacobian[~inside] = np.nan
+    return displacement, jacobian
+
+
+def displace_many(table, points, point_field):
+    return host.displace_many(displace, table, points, point_field)

@@ -39,6 +39,8 @@ KERNELS = (
     "grid_table",
     "trilinear_many",
     "cell_histograms_many",
+    "field_table",
+    "displace_many",
 )
 
 
@@ -159,4 +161,17 @@ class Kernels(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """``cell_histograms`` of structures in many grids: structure ``s`` in grid ``structure_grid[s]`` of
         ``table``, into bins of ``structure_bin_width[s]`` Gy."""
+        ...
+
+    # -- displacement fields --------------------------------------------------------------------------------
+    def field_table(self, fields: Sequence[tuple[Any, Any]]) -> Any:
+        """Displacement fields ``[(vectors, world_to_index), ...]`` put where the kernels read them, once: vectors
+        ``(nz, ny, nx, 3)`` in mm at the field's grid points, and the 4x4 taking a point (mm) to its fractional
+        grid index ``(i, j, k)`` (``vectors[k, j, i]``)."""
+        ...
+
+    def displace_many(self, table: Any, points: Any, point_field: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The displacement ``(n, 3)`` and its Jacobian ``(n, 3, 3)`` (each component's derivatives along x, y, z)
+        at each point in its own field of ``table`` (``point_field[n]``), by trilinear interpolation of the
+        vectors; NaN outside the box of the field's grid points."""
         ...

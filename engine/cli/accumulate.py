@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..dicom.read import read_registration, read_structures
     from ..dispatch import select_backend
     from ..dvh import parse_metrics
+    from ..model import Registration
     from ..provenance import check_inputs, check_whole_course
     from ..reirradiation import accumulate, accumulated_dvhs
 
@@ -119,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         read = [course(text, args.relative_dose_reference_gy) for text in args.course]
         courses = [c for c, _ in read]
         registration = read_registration(args.reg) if args.reg else None
+        if registration is not None and not isinstance(registration, Registration):
+            raise IsodoseError(
+                "is a deformable registration: courses are summed through a rigid one (a Spatial Registration)",
+                path=args.reg,
+            )
         structures = read_structures(args.structures)
         for c, plan in read:
             check_inputs(c.dose, [], plan, allow_mismatch=args.allow_mismatch)

@@ -24,7 +24,13 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--registration",
         metavar="REG.dcm",
-        help="spatial registration mapping the follow-up frame onto the planning frame",
+        help="registration relating the follow-up frame and the planning frame: a REG (rigid or deformable), "
+        "or a displacement field image (.nii, .nii.gz, .mha, .nrrd; needs --field-fixed)",
+    )
+    parser.add_argument(
+        "--field-fixed",
+        choices=("planning", "follow-up"),
+        help="for a displacement field image: which image was fixed when it was computed",
     )
     options.add_prescription(parser)
     parser.add_argument(
@@ -53,13 +59,16 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dicom.read import read_registration, read_structures
+    from ..dicom.read import read_structures
     from ..dispatch import select_backend
+    from ..images import read_case_registration
     from ..provenance import check_inputs, check_whole_course
     from ..recurrence import classify_recurrence
 
     if args.registration and not args.recurrence_structures:
         raise IsodoseError("--registration maps --recurrence-structures; give both")
+    if args.field_fixed and not args.registration:
+        raise IsodoseError("--field-fixed says how the --registration field image was computed; give both")
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
     criteria = options.criteria(args)
     backend = select_backend(args.backend)
@@ -71,7 +80,17 @@ def run(args: argparse.Namespace) -> int:
         dose, beams = options.read_dose(args, backend)
         structures = read_structures(args.structures)
         follow_up = read_structures(args.recurrence_structures) if args.recurrence_structures else None
-        registration = read_registration(args.registration) if args.registration else None
+        registration = (
+            read_case_registration(
+                args.registration,
+                planning_frame_uid=dose.frame_of_reference_uid,
+                follow_up_frame_uid=follow_up.frame_of_reference_uid if follow_up is not None else "",
+                field_fixed=args.field_fixed,
+                patient_id=dose.patient_id,
+            )
+            if args.registration
+            else None
+        )
         check_inputs(
             dose, [structures, follow_up, registration], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch
         )

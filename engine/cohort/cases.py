@@ -66,6 +66,8 @@ class Case:
     second_fractions: int | None = None
     second_plan: Path | None = None
     second_registration: Path | None = None
+    #: For a displacement field image as ``registration``: which image was fixed (``planning`` or ``follow-up``).
+    registration_fixed: str | None = None
     #: Further RTDOSE files summed with ``dose``: the other beams (or fractions) of its plan.
     extra_doses: tuple[Path, ...] = ()
     #: Why the case could not be assembled (folder input); the run records it as a failed case.
@@ -192,6 +194,11 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
         problem = "" if prescription is not None or row["plan"] else "the manifest gives no plan and no prescription_gy"
         if row["registration"] and not row["recurrence_structures"]:
             raise ManifestError("a registration needs recurrence_structures", path=path, obj=f"{obj} ({case_id})")
+        fixed = row.get("registration_fixed", "") or None
+        if fixed is not None and fixed not in ("planning", "follow-up"):
+            raise ManifestError(
+                f"registration_fixed {fixed!r} is not planning or follow-up", path=path, obj=f"{obj} ({case_id})"
+            )
 
         def resolve(value: str) -> Path | None:
             return (base / value) if value else None
@@ -220,6 +227,7 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
                 prescription_gy=prescription,
                 recurrence_structures=resolve(row["recurrence_structures"]),
                 registration=resolve(row["registration"]),
+                registration_fixed=fixed,
                 fractions=_fractions(row, "fractions", path, where),
                 second_dose=resolve(second["second_dose"]),
                 second_fractions=_fractions(row, "second_fractions", path, where),
@@ -340,8 +348,11 @@ def _dose_and_plans(in_frame: list[_Header], frame: str) -> tuple[list[_Header],
 
 
 def _registrations(items: list[_Header], frame: str, other: str) -> list[_Header]:
-    """The REG files relating two frames."""
-    return [h for h in items if h.modality == "REG" and {frame, other} <= set(h.registered_frames) | {h.frame}]
+    """The REG files relating two frames: where both a rigid and one deformable registration relate them, the
+    deformable one (it maps the anatomy as it changed)."""
+    found = [h for h in items if h.modality == "REG" and {frame, other} <= set(h.registered_frames) | {h.frame}]
+    deformable = [h for h in found if h.deformable]
+    return deformable if len(deformable) == 1 else found
 
 
 def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescription_gy: float | None) -> Case:
@@ -547,6 +558,9 @@ def discover_audit_cases(folder: str | Path) -> list[Case]:
         if h is not None
     ]
     doses = [h for h in headers if h.modality == "RTDOSE" and h.has_dvhs]
+    without = sum(h.modality == "RTDOSE" and not h.has_dvhs for h in headers)
+    if without and doses:
+        log.warning("%s: %d RTDOSE file(s) hold no DVH Sequence and are not audited", folder, without)
     if not doses:
         raise ManifestError(
             "holds no RTDOSE with a DVH Sequence (the planning system's DVHs), so nothing to audit", path=folder

@@ -72,7 +72,8 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
     """Read one case's files (an error entry when they cannot be read, or do not belong together), keeping the
     warnings logged meanwhile. ``settings`` give the reference dose of relative doses and whether mismatched
     files may go on (see :mod:`isodose.provenance`)."""
-    from ..dicom.read import read_plan, read_registration, read_structures
+    from ..dicom.read import read_plan, read_structures
+    from ..images import read_case_registration
     from ..provenance import check_inputs, check_whole_course
 
     settings = settings or RunSettings()
@@ -92,7 +93,17 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
                 if prescription is None:
                     raise IsodoseError("the plan holds no prescription; give prescription_gy", path=case.plan)
             follow_up = read_structures(case.recurrence_structures) if case.recurrence_structures else None
-            registration = read_registration(case.registration) if case.registration else None
+            registration = (
+                read_case_registration(
+                    case.registration,
+                    planning_frame_uid=dose.frame_of_reference_uid,
+                    follow_up_frame_uid=follow_up.frame_of_reference_uid if follow_up is not None else "",
+                    field_fixed=case.registration_fixed,
+                    patient_id=dose.patient_id,
+                )
+                if case.registration
+                else None
+            )
             check_inputs(
                 dose,
                 [structures, follow_up, registration],
@@ -138,6 +149,7 @@ def _read_second_course(
 ) -> tuple[Course, Course, Registration | None]:
     """The two courses of a re-irradiated case, and the registration of the second's frame (or None)."""
     from ..dicom.read import read_dose, read_plan, read_registration
+    from ..model import Registration
     from ..provenance import check_inputs, check_whole_course
     from ..reirradiation import Course
 
@@ -161,6 +173,11 @@ def _read_second_course(
     second_plan = read_plan(case.second_plan) if case.second_plan else None
     second = Course(second_dose, case.second_fractions or planned_fractions(case.second_plan, "second"))
     registration = read_registration(case.second_registration) if case.second_registration else None
+    if registration is not None and not isinstance(registration, Registration):
+        raise IsodoseError(
+            "is a deformable registration: courses are summed through a rigid one (a Spatial Registration)",
+            path=case.second_registration,
+        )
     check_inputs(second_dose, [dose, registration], second_plan, allow_mismatch=settings.allow_mismatch)
     check_whole_course(second_dose, strict=True)
     return first, second, registration

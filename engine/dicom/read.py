@@ -35,6 +35,7 @@ from ..model import (
     DVH_TYPES,
     DVH_VOLUME_UNITS,
     Contour,
+    DeformableRegistration,
     DoseGrid,
     DoseReference,
     Plan,
@@ -822,8 +823,8 @@ DEFORMABLE_REGISTRATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.3"
 
 
 @_reader
-def read_registration(path: PathType) -> Registration:
-    """Read a DICOM Spatial Registration (modality REG).
+def read_registration(path: PathType) -> Registration | DeformableRegistration:
+    """Read a DICOM Spatial Registration or Deformable Spatial Registration (modality REG).
 
     Parameters
     ----------
@@ -832,16 +833,17 @@ def read_registration(path: PathType) -> Registration:
 
     Returns
     -------
-    Registration
-        For each source frame of reference, the rigid matrix mapping its points into the registration's own
-        (registered) frame.
+    Registration or DeformableRegistration
+        A Spatial Registration: for each source frame of reference, the rigid matrix mapping its points into the
+        registration's own (registered) frame. A Deformable Spatial Registration: its deformation (see
+        :func:`read_deformable_registration`).
 
     Raises
     ------
     DicomReadError
         For a file that is not DICOM, is damaged or is not a REG.
     RegistrationError
-        For a deformable, scaled or affine registration, or a malformed matrix.
+        For a scaled or affine spatial registration, or a malformed matrix or deformation.
 
     Examples
     --------
@@ -856,8 +858,8 @@ def read_registration(path: PathType) -> Registration:
     ('1.2.3', [1.0, 2.0, 3.0])
     """
     ds = read_dataset(path, "REG", stop_before_pixels=True)
-    if str(ds.get("SOPClassUID", "")) == DEFORMABLE_REGISTRATION_STORAGE:
-        raise RegistrationError("a deformable registration; only rigid registrations are supported", path=path)
+    if str(ds.get("SOPClassUID", "")) == DEFORMABLE_REGISTRATION_STORAGE or "DeformableRegistrationSequence" in ds:
+        return _deformable(ds, path)
     registered = str(_required(ds, "FrameOfReferenceUID", path))
     matrices: dict[str, np.ndarray] = {}
     items = ds.get("RegistrationSequence") or []
@@ -895,6 +897,109 @@ def read_registration(path: PathType) -> Registration:
     )
 
 
+#: Matrix types a deformable registration's pre- and post-deformation matrices may have.
+_AFFINE_TYPES = ("RIGID", "RIGID_SCALE", "AFFINE")
+
+
+def _registration_matrix(item, keyword: str, path: PathType, obj: str) -> np.ndarray:
+    """The 4x4 of a Pre/Post Deformation Matrix Registration Sequence (identity where the item gives none)."""
+    if keyword not in item:
+        return np.eye(4)
+    sequence = item.get(keyword) or []
+    where = f"{obj}, {keyword}"
+    if len(sequence) != 1:
+        raise RegistrationError(f"holds {len(sequence)} items, expected 1", path=path, obj=where)
+    kind = _text(sequence[0], "FrameOfReferenceTransformationMatrixType").upper()
+    if kind and kind not in _AFFINE_TYPES:
+        raise RegistrationError(f"matrix type {kind} is not one of {', '.join(_AFFINE_TYPES)}", path=path, obj=where)
+    if "FrameOfReferenceTransformationMatrix" not in sequence[0]:
+        raise RegistrationError("its FrameOfReferenceTransformationMatrix is missing", path=path, obj=where)
+    values = _floats(
+        sequence[0].FrameOfReferenceTransformationMatrix, "FrameOfReferenceTransformationMatrix", 16, path, where
+    )
+    matrix = values.reshape(4, 4)
+    if np.max(np.abs(matrix[3] - [0.0, 0.0, 0.0, 1.0])) > 1e-6 or abs(np.linalg.det(matrix[:3, :3])) < 1e-9:
+        raise RegistrationError("is not an invertible affine matrix (last row 0 0 0 1)", path=path, obj=where)
+    return matrix
+
+
+def _deformable(ds, path: PathType) -> DeformableRegistration:
+    """A Deformable Spatial Registration (PS3.3 C.20.3): its one deformation grid, checked."""
+    registered = str(_required(ds, "FrameOfReferenceUID", path))
+    items = ds.get("DeformableRegistrationSequence") or []
+    if not items:
+        raise RegistrationError("DeformableRegistrationSequence is missing or empty", path=path)
+    with_grid = [(k, item) for k, item in enumerate(items, start=1) if item.get("DeformableRegistrationGridSequence")]
+    if len(with_grid) != 1:
+        raise RegistrationError(
+            f"holds {len(with_grid)} deformation grids (DeformableRegistrationGridSequence); one is supported",
+            path=path,
+        )
+    k, item = with_grid[0]
+    obj = f"deformable registration item {k}"
+    source = _text(item, "SourceFrameOfReferenceUID")
+    if not source:
+        raise RegistrationError("names no SourceFrameOfReferenceUID", path=path, obj=obj)
+    pre = _registration_matrix(item, "PreDeformationMatrixRegistrationSequence", path, obj)
+    post = _registration_matrix(item, "PostDeformationMatrixRegistrationSequence", path, obj)
+    grids = item.DeformableRegistrationGridSequence
+    if len(grids) != 1:
+        raise RegistrationError(f"DeformableRegistrationGridSequence holds {len(grids)} items, expected 1", path=path)
+    grid = grids[0]
+    where = f"{obj}, its grid"
+    origin = _floats(_required(grid, "ImagePositionPatient", path, where), "ImagePositionPatient", 3, path, where)
+    orientation = _floats(
+        _required(grid, "ImageOrientationPatient", path, where), "ImageOrientationPatient", 6, path, where
+    )
+    row, column = orientation[:3], orientation[3:]
+    if abs(np.linalg.norm(row) - 1) > 1e-4 or abs(np.linalg.norm(column) - 1) > 1e-4 or abs(row @ column) > 1e-4:
+        raise RegistrationError("ImageOrientationPatient is not two orthogonal unit vectors", path=path, obj=where)
+    dimensions = _floats(_required(grid, "GridDimensions", path, where), "GridDimensions", 3, path, where)
+    if np.any(dimensions < 1) or np.any(dimensions != np.round(dimensions)):
+        raise RegistrationError(f"GridDimensions {dimensions.tolist()} are not whole numbers of at least 1", path=path)
+    resolution = _floats(_required(grid, "GridResolution", path, where), "GridResolution", 3, path, where)
+    if np.any(resolution <= 0):
+        raise RegistrationError(f"GridResolution {resolution.tolist()} is not positive", path=path, obj=where)
+    nx, ny, nz = (int(v) for v in dimensions)
+    data = _required(grid, "VectorGridData", path, where)
+    raw = bytes(data) if isinstance(data, bytes | bytearray) else np.asarray(data, dtype="<f4").tobytes()
+    if len(raw) != 12 * nx * ny * nz:
+        raise RegistrationError(
+            f"VectorGridData holds {len(raw) // 4} values; GridDimensions {nx} x {ny} x {nz} need {3 * nx * ny * nz}",
+            path=path,
+            obj=where,
+        )
+    vectors = np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(nz, ny, nx, 3)
+    undefined = np.isnan(vectors)
+    if np.isinf(vectors).any() or (undefined.any(axis=-1) != undefined.all(axis=-1)).any():
+        raise RegistrationError(
+            "VectorGridData holds infinite values, or vectors only partly NaN (a whole NaN vector marks an undefined "
+            "point)",
+            path=path,
+            obj=where,
+        )
+    if undefined.any():
+        log.warning(
+            "%s: %d of the deformation's %d grid points are undefined (NaN): points mapped near them count as outside",
+            path,
+            int(undefined.all(axis=-1).sum()),
+            nx * ny * nz,
+        )
+    return DeformableRegistration(
+        registered_frame_uid=registered,
+        source_frame_uid=source,
+        vectors_mm=vectors,
+        grid_origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        grid_directions=np.column_stack([row, column, np.cross(row, column)]),
+        grid_spacing_mm=(float(resolution[0]), float(resolution[1]), float(resolution[2])),
+        pre_matrix=pre,
+        post_matrix=post,
+        source=str(path),
+        patient_id=_text(ds, "PatientID"),
+        kind="dicom",
+    )
+
+
 # --------------------------------------------------------------------------------------------------------
 # Headers, for folder discovery
 # --------------------------------------------------------------------------------------------------------
@@ -917,6 +1022,7 @@ _HEADER_TAGS = [
     "StructureSetROISequence",
     "ReferencedFrameOfReferenceSequence",
     "RegistrationSequence",
+    "DeformableRegistrationSequence",
     "DoseReferenceSequence",
     "ReferencedStructureSetSequence",
     "DVHSequence",
@@ -939,6 +1045,8 @@ class FileHeader:
     registered_frames: tuple[str, ...] = ()
     date: str = ""  # YYYYMMDDHHMMSS... of the first dated pair of _DATE_TAGS, for ordering courses
     dose_type: str = ""
+    #: A REG that is a Deformable Spatial Registration.
+    deformable: bool = False
     #: An RTDOSE that carries the planning system's DVHs (a DVH Sequence), and the RTSTRUCT they refer to.
     has_dvhs: bool = False
     referenced_structure_set: str = ""
@@ -1012,5 +1120,6 @@ def _header_of(ds, path: Path) -> FileHeader | None:
     elif modality == "REG":
         header.registered_frames = tuple(
             str(r.get("FrameOfReferenceUID", "")) for r in ds.get("RegistrationSequence") or []
-        )
+        ) + tuple(str(r.get("SourceFrameOfReferenceUID", "")) for r in ds.get("DeformableRegistrationSequence") or [])
+        header.deformable = "DeformableRegistrationSequence" in ds
     return header

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IsodoseError
-from ..model import DoseGrid, ReportedDVH, Structure, StructureSet
+from ..model import DeformableRegistration, DoseGrid, ReportedDVH, Structure, StructureSet
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -459,6 +459,56 @@ def write_registration(
         item.MatrixRegistrationSequence = [registration]
         items.append(item)
     ds.RegistrationSequence = items
+    return _save(ds, path)
+
+
+DEFORMABLE_REGISTRATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.3"
+
+
+def write_deformable_registration(
+    path: str | PathLike[str],
+    registration: DeformableRegistration,
+    *,
+    patient_id: str = "PHANTOM",
+    study_uid: str | None = None,
+) -> Path:
+    """Write ``registration`` as a Deformable Spatial Registration: its registered frame the file's frame of
+    reference, an item of the identity for that frame, and an item for its source frame holding the matrices and
+    the deformation grid (float32 vectors, x fastest)."""
+    from pydicom.dataset import Dataset
+
+    ds = _base_dataset(
+        path, DEFORMABLE_REGISTRATION_STORAGE, "REG", patient_id, study_uid, registration.registered_frame_uid
+    )
+    ds.ContentDate = ds.StudyDate
+    ds.ContentTime = ds.StudyTime
+    ds.InstanceNumber = 1
+    ds.ContentLabel = "DEFORMABLE"
+
+    def matrix_item(matrix: np.ndarray):
+        item = Dataset()
+        item.FrameOfReferenceTransformationMatrixType = "AFFINE"
+        item.FrameOfReferenceTransformationMatrix = [_precise_ds(v) for v in np.asarray(matrix, dtype=float).ravel()]
+        return item
+
+    own = Dataset()
+    own.SourceFrameOfReferenceUID = registration.registered_frame_uid
+    own.RegistrationTypeCodeSequence = []
+    deformable = Dataset()
+    deformable.SourceFrameOfReferenceUID = registration.source_frame_uid
+    deformable.RegistrationTypeCodeSequence = []
+    deformable.PreDeformationMatrixRegistrationSequence = [matrix_item(registration.pre_matrix)]
+    deformable.PostDeformationMatrixRegistrationSequence = [matrix_item(registration.post_matrix)]
+    grid = Dataset()
+    directions = np.asarray(registration.grid_directions, dtype=float)
+    grid.ImagePositionPatient = [_precise_ds(v) for v in registration.grid_origin_mm]
+    grid.ImageOrientationPatient = [_precise_ds(v) for v in (*directions[:, 0], *directions[:, 1])]
+    nz, ny, nx = registration.grid_shape
+    grid.GridDimensions = [nx, ny, nz]
+    grid.GridResolution = [float(v) for v in registration.grid_spacing_mm]
+    grid.VectorGridData = np.ascontiguousarray(registration.vectors_mm, dtype="<f4").tobytes()
+    deformable.DeformableRegistrationGridSequence = [grid]
+    ds.DeformableRegistrationSequence = [own, deformable]
     return _save(ds, path)
 
 

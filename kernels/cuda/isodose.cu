@@ -397,3 +397,65 @@ extern "C" __global__ void cell_histograms_kernel(
         atomicMax(&extremes[2 * s + 1], (u64)__double_as_longlong(dmax));
     }
 }
+
+// ------------------------------------------------------------------------------------------------------
+// Displacement fields: field f's float32 vectors, (nz, ny, nx) grid points of 3 components each, start at
+// vectors[field_offset[f]], its shape is field_shape[3f..3f+2] = (nz, ny, nx), and field_matrix[12f..12f+11] are the
+// top three rows (row major) of its world-to-index 4x4. One thread per point, in the field point_field[n]: the
+// displacement (3 values) and its Jacobian (9, row major: component by x, y, z); NaN outside the grid points' box.
+// ------------------------------------------------------------------------------------------------------
+__device__ __forceinline__ double interpolate_component(const float* __restrict__ v, int c, int nz, int nx, int ny,
+                                                        int i, int j, int k, double tx, double ty, double tz,
+                                                        double* gi, double* gj, double* gk) {
+    long long plane = (long long)nx * ny;
+    long long base = k * plane + (long long)j * nx + i;
+    long long di = nx > 1 ? 1 : 0, dj = ny > 1 ? nx : 0, dk = nz > 1 ? plane : 0;
+    double c000 = v[3 * base + c], c001 = v[3 * (base + di) + c];
+    double c010 = v[3 * (base + dj) + c], c011 = v[3 * (base + dj + di) + c];
+    double c100 = v[3 * (base + dk) + c], c101 = v[3 * (base + dk + di) + c];
+    double c110 = v[3 * (base + dk + dj) + c], c111 = v[3 * (base + dk + dj + di) + c];
+    double c00 = c000 + tx * (c001 - c000);
+    double c01 = c010 + tx * (c011 - c010);
+    double c10 = c100 + tx * (c101 - c100);
+    double c11 = c110 + tx * (c111 - c110);
+    double c0 = c00 + ty * (c01 - c00);
+    double c1 = c10 + ty * (c11 - c10);
+    double dx0 = (1 - ty) * (c001 - c000) + ty * (c011 - c010);
+    double dx1 = (1 - ty) * (c101 - c100) + ty * (c111 - c110);
+    *gi = (1 - tz) * dx0 + tz * dx1;
+    *gj = (1 - tz) * (c01 - c00) + tz * (c11 - c10);
+    *gk = c1 - c0;
+    return c0 + tz * (c1 - c0);
+}
+
+extern "C" __global__ void displace_kernel(const float* __restrict__ vectors, const long long* __restrict__ field_offset,
+                                           const int* __restrict__ field_shape,
+                                           const double* __restrict__ field_matrix,
+                                           const long long* __restrict__ point_field,
+                                           const double* __restrict__ points, long long n_points,
+                                           double* __restrict__ displacement, double* __restrict__ jacobian) {
+    long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= n_points) return;
+    long long f = point_field[n];
+    const double* m = field_matrix + 12 * f;
+    int nz = field_shape[3 * f], ny = field_shape[3 * f + 1], nx = field_shape[3 * f + 2];
+    double px = points[3 * n], py = points[3 * n + 1], pz = points[3 * n + 2];
+    double fi = m[0] * px + m[1] * py + m[2] * pz + m[3];
+    double fj = m[4] * px + m[5] * py + m[6] * pz + m[7];
+    double fk = m[8] * px + m[9] * py + m[10] * pz + m[11];
+    int i, j, k;
+    double tx, ty, tz;
+    bool inside = grid_coordinate(fi, 0.0, 1.0, nx, &i, &tx) && grid_coordinate(fj, 0.0, 1.0, ny, &j, &ty) &&
+                  grid_coordinate(fk, 0.0, 1.0, nz, &k, &tz);
+    if (!inside) {
+        for (int a = 0; a < 3; ++a) displacement[3 * n + a] = ISODOSE_NAN;
+        for (int a = 0; a < 9; ++a) jacobian[9 * n + a] = ISODOSE_NAN;
+        return;
+    }
+    const float* v = vectors + field_offset[f];
+    for (int c = 0; c < 3; ++c) {
+        double gi, gj, gk;
+        displacement[3 * n + c] = interpolate_component(v, c, nz, nx, ny, i, j, k, tx, ty, tz, &gi, &gj, &gk);
+        for (int b = 0; b < 3; ++b) jacobian[9 * n + 3 * c + b] = gi * m[b] + gj * m[4 + b] + gk * m[8 + b];
+    }
+}

@@ -52,3 +52,13 @@ extern "C" void emulate_cell_histograms_kernel(
                                           n_structures, structure_grid, structure_transform,
                                           structure_inverse_bin_width, n_bins, delta, stats_fixed, extremes));
 }
+
+extern "C" void emulate_displace_kernel(unsigned grid, unsigned block, const float* vectors,
+                                        const long long* field_offset, const int* field_shape,
+                                        const double* field_matrix, const long long* point_field,
+                                        const double* points, long long n_points, double* displacement,
+                                        double* jacobian) {
+    EMULATE_LAUNCH(grid, block,
+                   displace_kernel(vectors, field_offset, field_shape, field_matrix, point_field, points, n_points,
+                                   displacement, jacobian));
+}

@@ -1,0 +1,351 @@
+"""Structures mapped through a deformable registration into the dose grid's frame, and their dose samples.
+
+A recurrence drawn on follow-up imaging is mapped onto the planning CT through the registration between the two
+frames. With a rigid registration the sampling kernels move each sample themselves (:mod:`isodose.sampling`).
+Through a deformation, Vr is sampled here instead: the cells of its contours (``polygon_coverage``) are cut along
+z into thin slabs, each cell-slab a weighted point in Vr's own frame; each point is carried into the planning
+frame through the deformation (the ``displace_many`` kernel: the displacement interpolated trilinearly from the
+field's grid points, and its Jacobian), and its volume scaled by the Jacobian determinant of the map, so that a
+volume that shrinks or grows is counted right; then the dose is interpolated at the mapped points and accumulated
+into Vr's histogram, as for any structure.
+
+Which way the map runs. A :class:`~isodose.model.DeformableRegistration` carries points of its registered frame
+into its source frame (PS3.3 C.20.3.1.1; an ITK field, fixed into moving). Where the registered frame is Vr's
+(the follow-up frame), each sample is carried forward. Where it is the planning frame (the usual export of a
+planning system: the planning CT fixed, the follow-up image deformed onto it), the map is inverted point by point:
+the planning point ``p`` whose image is Vr's sample ``q`` solves ``post (pre p + d(p)) = q``, found by the
+fixed-point iteration ``p <- pre^-1 (post^-1 q - d(p))`` (which converges wherever the field's gradient is a
+contraction, as it is for any registration that does not fold), and the volume scales by ``1 / det J(p)``. The
+largest residual ``|F(p) - q|`` is reported with the result. Inverting per sample is chosen over pulling the
+planning frame back (testing which planning points land inside Vr) because it keeps Vr sampled in its own frame by
+the same exact coverage as every other structure, whatever the direction of the field.
+
+A point whose map leaves the field's grid is not extrapolated: it counts as outside (the dose grid's outside, in
+the DVH), with a warning saying how much of the structure that is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .dispatch import Backend
+from .errors import RegistrationError
+from .model import DeformableRegistration, DoseGrid
+from .sampling import GridBatch, SamplingRequest, StructureSamples, histogram_bin_width, sample_many
+from .voxelize import SamplingOptions, SamplingPlan
+
+log = logging.getLogger(__name__)
+
+#: Iterations of the fixed-point inversion at most, and the residual (mm) it stops at.
+INVERSION_ITERATIONS = 100
+INVERSION_TOLERANCE_MM = 1e-6
+#: A residual above this (mm) after the iterations is a warning: the field is not invertible there.
+INVERSION_WARNING_MM = 0.01
+
+
+@dataclass(frozen=True, eq=False)
+class Deformation:
+    """How a structure's points reach the dose grid's frame through a deformable registration.
+
+    Attributes
+    ----------
+    registration : DeformableRegistration
+        The registration.
+    inverse : bool
+        Whether the registration runs from the dose grid's frame into the structure's (its registered frame is
+        the planning frame): then each point is carried by the inverse map, found per point.
+    """
+
+    registration: DeformableRegistration
+    inverse: bool
+
+    @classmethod
+    def between(cls, registration: DeformableRegistration, structure_frame: str, dose_frame: str) -> Deformation:
+        """The deformation that carries points of ``structure_frame`` into ``dose_frame``.
+
+        Raises
+        ------
+        RegistrationError
+            When the registration does not relate those two frames.
+        """
+        frames = (registration.registered_frame_uid, registration.source_frame_uid)
+        if frames == (structure_frame, dose_frame):
+            return cls(registration, inverse=False)
+        if frames == (dose_frame, structure_frame):
+            return cls(registration, inverse=True)
+        raise RegistrationError(
+            f"relates frame of reference {frames[0]} (registered) to {frames[1]} (source), not the recurrence's "
+            f"frame {structure_frame} to the dose's {dose_frame}",
+            path=registration.source or None,
+        )
+
+
+@dataclass(frozen=True)
+class MappedPoints:
+    """Points carried through a deformation: where they land (NaN where the map leaves the field's grid), the
+    determinant of the map's Jacobian at each (the factor by which a volume there grows), and the largest
+    residual of the inversion (0 for a forward map)."""
+
+    points_mm: np.ndarray
+    jacobian_det: np.ndarray
+    residual_mm: float
+
+    @property
+    def outside_field(self) -> np.ndarray:
+        return ~np.all(np.isfinite(self.points_mm), axis=1)
+
+
+def _forward(registration: DeformableRegistration, table, kernels, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``F(p) = post (pre p + d(p))`` and its Jacobian ``post3 (pre3 + grad d)`` at each point."""
+    displacement, gradient = kernels.displace_many(table, points, np.zeros(len(points), dtype=np.int64))
+    pre, post = registration.pre_matrix, registration.post_matrix
+    moved = points @ pre[:3, :3].T + pre[:3, 3] + displacement
+    mapped = moved @ post[:3, :3].T + post[:3, 3]
+    jacobian = post[:3, :3] @ (pre[:3, :3][None, :, :] + gradient)
+    return mapped, jacobian
+
+
+def map_points(deformation: Deformation, points_mm: np.ndarray, backend: Backend) -> MappedPoints:
+    """Carry points of the structure's frame into the dose grid's frame (see the module docstring).
+
+    Parameters
+    ----------
+    deformation : Deformation
+        The map and its direction.
+    points_mm : numpy.ndarray
+        ``(n, 3)`` points of the structure's frame.
+    backend : Backend
+        The backend whose ``displace_many`` interpolates the field.
+
+    Returns
+    -------
+    MappedPoints
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from isodose.dispatch import resolve_backend
+    >>> from isodose.model import DeformableRegistration
+    >>> vectors = np.zeros((3, 3, 3, 3), np.float32)
+    >>> vectors[..., 0] = 2.0  # 2 mm along x everywhere
+    >>> reg = DeformableRegistration("plan", "follow-up", vectors, (-10.0, -10.0, -10.0), np.eye(3), (10.0,) * 3)
+    >>> forward = map_points(Deformation.between(reg, "plan", "follow-up"), np.zeros((1, 3)), resolve_backend("numpy"))
+    >>> forward.points_mm.tolist(), forward.jacobian_det.tolist()
+    ([[2.0, 0.0, 0.0]], [1.0])
+    >>> back = map_points(Deformation.between(reg, "follow-up", "plan"), forward.points_mm, resolve_backend("numpy"))
+    >>> np.round(back.points_mm, 9).tolist(), back.residual_mm < 1e-6
+    ([[0.0, 0.0, 0.0]], True)
+    """
+    registration = deformation.registration
+    kernels = backend.kernels
+    points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+    if not len(points):
+        return MappedPoints(np.empty((0, 3)), np.empty(0), 0.0)
+    table = kernels.field_table([(registration.vectors_mm, registration.world_to_index())])
+    if not deformation.inverse:
+        mapped, jacobian = _forward(registration, table, kernels, points)
+        with np.errstate(invalid="ignore"):
+            det = np.linalg.det(np.nan_to_num(jacobian))
+        det[~np.all(np.isfinite(mapped), axis=1)] = np.nan
+        return MappedPoints(mapped, det, 0.0)
+    pre_inverse = np.linalg.inv(registration.pre_matrix)
+    target = points @ np.linalg.inv(registration.post_matrix)[:3, :3].T + np.linalg.inv(registration.post_matrix)[:3, 3]
+    guess = target @ pre_inverse[:3, :3].T + pre_inverse[:3, 3]  # as if there were no deformation
+    active = np.ones(len(points), dtype=bool)
+    for _ in range(INVERSION_ITERATIONS):
+        where = np.flatnonzero(active)
+        if not len(where):
+            break
+        displacement, _ = kernels.displace_many(table, guess[where], np.zeros(len(where), dtype=np.int64))
+        step = (target[where] - displacement) @ pre_inverse[:3, :3].T + pre_inverse[:3, 3]
+        lost = ~np.all(np.isfinite(step), axis=1)
+        change = np.linalg.norm(np.where(lost[:, None], 0.0, step - guess[where]), axis=1)
+        guess[where] = np.where(lost[:, None], np.nan, step)
+        active[where[lost | (change < INVERSION_TOLERANCE_MM)]] = False
+    image, jacobian = _forward(registration, table, kernels, guess)
+    found = np.all(np.isfinite(image), axis=1)
+    residual = np.linalg.norm(image[found] - points[found], axis=1)
+    guess[~found] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        det = 1.0 / np.linalg.det(np.nan_to_num(jacobian))
+    det[~found] = np.nan
+    return MappedPoints(guess, det, float(residual.max()) if len(residual) else 0.0)
+
+
+@dataclass(frozen=True, eq=False)
+class DeformedRequest:
+    """The structures of one sampling plan (in their own frame), carried into the dose grid ``grid`` through
+    ``deformation``: the deformable counterpart of :class:`~isodose.sampling.SamplingRequest`."""
+
+    plan: SamplingPlan
+    grid: DoseGrid
+    deformation: Deformation
+    known_dose_range: tuple[DoseGrid, float, float] | None = None
+
+    def with_dose_range(self, dose_range: tuple[float, float] | None = None) -> DeformedRequest:
+        base = SamplingRequest(self.plan, self.grid).with_dose_range(dose_range)
+        return replace(self, known_dose_range=base.known_dose_range)
+
+    def dose_range(self) -> tuple[float, float]:
+        return SamplingRequest(self.plan, self.grid, known_dose_range=self.known_dose_range).dose_range()
+
+
+def slab_thickness_mm(request: DeformedRequest) -> float:
+    """The thickness of the slabs the planes are cut into: half the finest spacing of the dose grid and of the
+    field's grid, so that every sample sees the dose and the deformation vary linearly across it."""
+    spacing = [*request.grid.spacing_mm, *request.deformation.registration.grid_spacing_mm]
+    return 0.5 * min(float(s) for s in spacing)
+
+
+def structure_points(request: DeformedRequest, backend: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each structure's weighted points in its own frame: the covered part of each cell of its planes, cut along z
+    into slabs no thicker than :func:`slab_thickness_mm`. Returns the points ``(n, 3)``, their volumes (mm^3) and
+    the structure of each."""
+    plan = request.plan
+    kernels = backend.kernels
+    cells = kernels.to_host(
+        kernels.polygon_coverage(
+            plan.vertices,
+            plan.ring_start,
+            plan.plane_ring_start,
+            plan.plane_cell_start,
+            plan.plane_x0_mm,
+            plan.plane_y0_mm,
+            plan.plane_nx,
+            plan.plane_ny,
+            plan.plane_hx_mm,
+            plan.plane_hy_mm,
+            plan.scanlines,
+        )
+    )
+    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 6)
+    thickness = slab_thickness_mm(request)
+    plane_structure = plan.plane_structure()
+    points, volumes, owners = [], [], []
+    for p in range(len(plan.plane_nx)):
+        plane_cells = cells[plan.plane_cell_start[p] : plan.plane_cell_start[p + 1]]
+        covered = plane_cells[plane_cells[:, 0] > 0]
+        if not len(covered):
+            continue
+        z_lo, z_hi = float(plan.plane_z_lo_mm[p]), float(plan.plane_z_hi_mm[p])
+        n_slabs = max(1, math.ceil((z_hi - z_lo) / thickness - 1e-9))
+        dz = (z_hi - z_lo) / n_slabs
+        z = z_lo + dz * (np.arange(n_slabs) + 0.5)
+        xy = np.repeat(covered[:, 1:3], n_slabs, axis=0)
+        points.append(np.column_stack([xy, np.tile(z, len(covered))]))
+        volumes.append(np.repeat(covered[:, 0] * dz, n_slabs))
+        owners.append(np.full(len(covered) * n_slabs, plane_structure[p], dtype=np.int64))
+    if not points:
+        return np.empty((0, 3)), np.empty(0), np.empty(0, dtype=np.int64)
+    return np.concatenate(points), np.concatenate(volumes), np.concatenate(owners)
+
+
+def sample_deformed(
+    request: DeformedRequest, backend: Backend, options: SamplingOptions, batch: GridBatch | None = None
+) -> StructureSamples:
+    """The samples of a deformed request: the same quantities as :func:`isodose.sampling.sample_many` gives a
+    rigid one (histograms, volumes inside and outside the grid, dose x volume, extremes, centroids)."""
+    batch = batch if batch is not None else GridBatch.of([request.grid], backend)
+    plan = request.plan
+    n = plan.n_structures
+    n_bins = options.dose_bins
+    bin_width = histogram_bin_width(request.grid, n_bins, request.dose_range())
+    points, volumes, owners = structure_points(request, backend)
+    mapped = map_points(request.deformation, points, backend)
+    if mapped.residual_mm > INVERSION_WARNING_MM:
+        log.warning(
+            "%s: the inverse of the deformation is found only to %.3g mm at some samples (the field folds there)",
+            request.deformation.registration.source or "the registration",
+            mapped.residual_mm,
+        )
+    off_field = mapped.outside_field
+    weights = np.where(off_field, volumes, volumes * np.abs(np.nan_to_num(mapped.jacobian_det, nan=1.0)))
+    grid_index = batch.index(request.grid)
+    dose = np.full(len(points), np.nan)
+    if (~off_field).any():
+        dose[~off_field] = batch.dose_at(mapped.points_mm[~off_field], np.full(int((~off_field).sum()), grid_index))
+    inside = np.isfinite(dose)
+    hist = np.zeros((n, n_bins))
+    sums = np.zeros((n, 6))
+    dmin = np.full(n, np.nan)
+    dmax = np.full(n, np.nan)
+    for s in range(n):
+        mine = owners == s
+        held = mine & inside
+        if held.any():
+            hist[s] = backend.kernels.to_host(
+                backend.kernels.accumulate_histogram(
+                    dose[held], weights[held], np.zeros(int(held.sum())), bin_width, n_bins
+                )
+            )
+            dmin[s], dmax[s] = float(dose[held].min()), float(dose[held].max())
+        sums[s, 0] = weights[held].sum()
+        sums[s, 1] = weights[mine & ~inside].sum()
+        sums[s, 2] = (weights[held] * dose[held]).sum()
+        placed = mine & ~off_field
+        sums[s, 3:6] = (weights[placed, None] * mapped.points_mm[placed]).sum(axis=0)
+        lost = float(volumes[mine & off_field].sum())
+        if lost > 0:
+            log.warning(
+                "ROI %s: %.3f cc of it map outside the deformation's grid (%s): counted as outside the dose grid",
+                plan.names[s],
+                lost / 1000.0,
+                request.deformation.registration.source or "the registration",
+            )
+    if options.extremes == "vertices" and len(plan.vertex_points):
+        _vertex_extremes(request, backend, batch, grid_index, sums, dmin, dmax)
+    placed_volume = np.array([weights[(owners == s) & ~off_field].sum() for s in range(n)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroid = np.where(placed_volume[:, None] > 0, sums[:, 3:6] / placed_volume[:, None], np.nan)
+    return StructureSamples(
+        hist_mm3=hist,
+        bin_width_gy=float(bin_width),
+        inside_mm3=sums[:, 0],
+        outside_mm3=sums[:, 1],
+        dose_volume_sum=sums[:, 2],
+        dmin_gy=dmin,
+        dmax_gy=dmax,
+        centroid_mm=centroid,
+        backend=backend.name,
+        device=backend.device,
+    )
+
+
+def _vertex_extremes(request, backend, batch, grid_index, sums, dmin, dmax) -> None:
+    """Dmin and Dmax also over the contours' vertices on both faces of their slabs, mapped as the samples are."""
+    plan = request.plan
+    starts = plan.vertex_structure_start
+    mapped = map_points(request.deformation, plan.vertex_points, backend)
+    dose = np.full(len(plan.vertex_points), np.nan)
+    placed = ~mapped.outside_field
+    if placed.any():
+        dose[placed] = batch.dose_at(mapped.points_mm[placed], np.full(int(placed.sum()), grid_index))
+    for s in range(plan.n_structures):
+        values = dose[starts[s] : starts[s + 1]]
+        values = values[np.isfinite(values)]
+        if len(values) and sums[s, 0] > 0:
+            dmin[s] = np.fmin(dmin[s], values.min())
+            dmax[s] = np.fmax(dmax[s], values.max())
+
+
+def sample_requests(
+    requests: Sequence[SamplingRequest | DeformedRequest],
+    backend: Backend,
+    options: SamplingOptions,
+    grids: GridBatch | None = None,
+) -> list[StructureSamples]:
+    """The samples of each request, rigid ones together (:func:`isodose.sampling.sample_many`), deformed ones
+    here, in the order given."""
+    requests = list(requests)
+    batch = grids if grids is not None else GridBatch.of([r.grid for r in requests], backend)
+    rigid = [r for r in requests if isinstance(r, SamplingRequest)]
+    rigid_samples = iter(sample_many(rigid, backend, options, grids=batch) if rigid else [])
+    return [
+        next(rigid_samples) if isinstance(r, SamplingRequest) else sample_deformed(r, backend, options, batch)
+        for r in requests
+    ]
