@@ -27,11 +27,13 @@ logging.getLogger("isodose").addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "Contour": "model",
+    "DeformableRegistration": "model",
     "DoseGrid": "model",
     "Plan": "model",
     "Registration": "model",
     "Structure": "model",
     "StructureSet": "model",
+    "read_displacement_field": "images",
     "read_dose": "dicom.read",
     "read_plan": "dicom.read",
     "read_registration": "dicom.read",
@@ -79,6 +81,7 @@ __all__ = [
     "Criteria",
     "DVH",
     "DVHComparison",
+    "DeformableRegistration",
     "DoseGrid",
     "IsodoseError",
     "Metric",
@@ -105,6 +108,7 @@ __all__ = [
     "compute_dvhs",
     "eqd2",
     "parse_metric",
+    "read_displacement_field",
     "read_dose",
     "read_dose_dvhs",
     "read_plan",
@@ -129,7 +133,8 @@ if TYPE_CHECKING:
     from .dvh import DVH, DVHComparison, Metric, PlanningSystemDVH, Tolerance, compute_dvhs, parse_metric
     from .errors import IsodoseError
     from .geometry import rigid_matrix
-    from .model import Contour, DoseGrid, Plan, Registration, Structure, StructureSet
+    from .images import read_displacement_field
+    from .model import Contour, DeformableRegistration, DoseGrid, Plan, Registration, Structure, StructureSet
     from .recurrence import Criteria, RecurrenceCase, RecurrenceResult, classify_recurrence, classify_recurrences
     from .reirradiation import Course, PlanSum, accumulate, accumulated_dvhs, bed, eqd2
     from .voxelize import SamplingOptions

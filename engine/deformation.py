@@ -88,12 +88,14 @@ class Deformation:
 @dataclass(frozen=True)
 class MappedPoints:
     """Points carried through a deformation: where they land (NaN where the map leaves the field's grid), the
-    determinant of the map's Jacobian at each (the factor by which a volume there grows), and the largest
-    residual of the inversion (0 for a forward map)."""
+    map's Jacobian at each (``jacobian[n]`` the derivatives of the mapped point along x, y and z of the original
+    one) and its determinant (the factor by which a volume there grows), and the largest residual of the
+    inversion (0 for a forward map)."""
 
     points_mm: np.ndarray
     jacobian_det: np.ndarray
     residual_mm: float
+    jacobian: np.ndarray | None = None
 
     @property
     def outside_field(self) -> np.ndarray:
@@ -145,14 +147,14 @@ def map_points(deformation: Deformation, points_mm: np.ndarray, backend: Backend
     kernels = backend.kernels
     points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
     if not len(points):
-        return MappedPoints(np.empty((0, 3)), np.empty(0), 0.0)
+        return MappedPoints(np.empty((0, 3)), np.empty(0), 0.0, np.empty((0, 3, 3)))
     table = kernels.field_table([(registration.vectors_mm, registration.world_to_index())])
     if not deformation.inverse:
         mapped, jacobian = _forward(registration, table, kernels, points)
         with np.errstate(invalid="ignore"):
             det = np.linalg.det(np.nan_to_num(jacobian))
         det[~np.all(np.isfinite(mapped), axis=1)] = np.nan
-        return MappedPoints(mapped, det, 0.0)
+        return MappedPoints(mapped, det, 0.0, jacobian)
     pre_inverse = np.linalg.inv(registration.pre_matrix)
     target = points @ np.linalg.inv(registration.post_matrix)[:3, :3].T + np.linalg.inv(registration.post_matrix)[:3, 3]
     guess = target @ pre_inverse[:3, :3].T + pre_inverse[:3, 3]  # as if there were no deformation
@@ -173,8 +175,11 @@ def map_points(deformation: Deformation, points_mm: np.ndarray, backend: Backend
     guess[~found] = np.nan
     with np.errstate(invalid="ignore", divide="ignore"):
         det = 1.0 / np.linalg.det(np.nan_to_num(jacobian))
+        inverse_jacobian = np.full_like(jacobian, np.nan)
+        invertible = found & np.isfinite(det) & (det != 0)
+        inverse_jacobian[invertible] = np.linalg.inv(jacobian[invertible])
     det[~found] = np.nan
-    return MappedPoints(guess, det, float(residual.max()) if len(residual) else 0.0)
+    return MappedPoints(guess, det, float(residual.max()) if len(residual) else 0.0, inverse_jacobian)
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,10 +207,13 @@ def slab_thickness_mm(request: DeformedRequest) -> float:
     return 0.5 * min(float(s) for s in spacing)
 
 
-def structure_points(request: DeformedRequest, backend: Backend) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def structure_points(
+    request: DeformedRequest, backend: Backend
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each structure's weighted points in its own frame: the covered part of each cell of its planes, cut along z
-    into slabs no thicker than :func:`slab_thickness_mm`. Returns the points ``(n, 3)``, their volumes (mm^3) and
-    the structure of each."""
+    into slabs no thicker than :func:`slab_thickness_mm`. Returns the points ``(n, 3)``, their volumes (mm^3), the
+    structure of each, and the covariance of each point's region ``(n, 3, 3)`` (the covered part of its cell in
+    x and y, a uniform slab in z)."""
     plan = request.plan
     kernels = backend.kernels
     cells = kernels.to_host(
@@ -226,7 +234,7 @@ def structure_points(request: DeformedRequest, backend: Backend) -> tuple[np.nda
     cells = np.asarray(cells, dtype=np.float64).reshape(-1, 6)
     thickness = slab_thickness_mm(request)
     plane_structure = plan.plane_structure()
-    points, volumes, owners = [], [], []
+    points, volumes, owners, spreads = [], [], [], []
     for p in range(len(plan.plane_nx)):
         plane_cells = cells[plan.plane_cell_start[p] : plan.plane_cell_start[p + 1]]
         covered = plane_cells[plane_cells[:, 0] > 0]
@@ -240,9 +248,33 @@ def structure_points(request: DeformedRequest, backend: Backend) -> tuple[np.nda
         points.append(np.column_stack([xy, np.tile(z, len(covered))]))
         volumes.append(np.repeat(covered[:, 0] * dz, n_slabs))
         owners.append(np.full(len(covered) * n_slabs, plane_structure[p], dtype=np.int64))
+        covariance = np.zeros((len(covered), 3, 3))
+        covariance[:, 0, 0], covariance[:, 0, 1], covariance[:, 1, 1] = covered[:, 3], covered[:, 4], covered[:, 5]
+        covariance[:, 1, 0] = covered[:, 4]
+        covariance[:, 2, 2] = dz * dz / 12.0
+        spreads.append(np.repeat(covariance, n_slabs, axis=0))
     if not points:
-        return np.empty((0, 3)), np.empty(0), np.empty(0, dtype=np.int64)
-    return np.concatenate(points), np.concatenate(volumes), np.concatenate(owners)
+        return np.empty((0, 3)), np.empty(0), np.empty(0, dtype=np.int64), np.empty((0, 3, 3))
+    return np.concatenate(points), np.concatenate(volumes), np.concatenate(owners), np.concatenate(spreads)
+
+
+def _spread_widths(
+    batch: GridBatch, grid_index: int, mapped: np.ndarray, jacobian: np.ndarray, covariance: np.ndarray, step: float
+) -> np.ndarray:
+    """The width of the uniform distribution with the variance of the (locally linear) dose over each sample's
+    region once mapped, as the rigid kernels spread theirs: the dose gradient ``g`` at the mapped point (central
+    differences of the trilinear dose), carried back by the map's Jacobian ``J``, over the region's covariance
+    ``C``: ``sqrt(12 (J^T g)^T C (J^T g))``. Without it, a sample would put all its volume on one side of an
+    isodose that cuts its cell (half a cell's bias across the isodose's section)."""
+    n = len(mapped)
+    offsets = step * np.eye(3)
+    probes = (mapped[:, None, :] + np.concatenate([offsets, -offsets])[None, :, :]).reshape(-1, 3)
+    values = batch.dose_at(probes, np.full(len(probes), grid_index)).reshape(n, 6)
+    gradient = (values[:, :3] - values[:, 3:]) / (2.0 * step)
+    gradient = np.where(np.isfinite(gradient), gradient, 0.0)  # at the grid's edge: no spread
+    local = np.einsum("nij,ni->nj", np.nan_to_num(jacobian), gradient)  # J^T g
+    variance = np.einsum("ni,nij,nj->n", local, covariance, local)
+    return np.sqrt(12.0 * np.maximum(variance, 0.0))
 
 
 def sample_deformed(
@@ -255,13 +287,14 @@ def sample_deformed(
     n = plan.n_structures
     n_bins = options.dose_bins
     bin_width = histogram_bin_width(request.grid, n_bins, request.dose_range())
-    points, volumes, owners = structure_points(request, backend)
+    points, volumes, owners, covariance = structure_points(request, backend)
     mapped = map_points(request.deformation, points, backend)
+    source = request.deformation.registration.source or "the registration"
+    notes: list[str] = []
     if mapped.residual_mm > INVERSION_WARNING_MM:
-        log.warning(
-            "%s: the inverse of the deformation is found only to %.3g mm at some samples (the field folds there)",
-            request.deformation.registration.source or "the registration",
-            mapped.residual_mm,
+        notes.append(
+            f"{source}: the inverse of the deformation is found only to {mapped.residual_mm:.3g} mm at some samples "
+            "(the field folds there)"
         )
     off_field = mapped.outside_field
     weights = np.where(off_field, volumes, volumes * np.abs(np.nan_to_num(mapped.jacobian_det, nan=1.0)))
@@ -270,6 +303,13 @@ def sample_deformed(
     if (~off_field).any():
         dose[~off_field] = batch.dose_at(mapped.points_mm[~off_field], np.full(int((~off_field).sum()), grid_index))
     inside = np.isfinite(dose)
+    widths = np.zeros(len(points))
+    if inside.any():
+        assert mapped.jacobian is not None
+        step = 0.05 * min(request.grid.spacing_mm)
+        widths[inside] = _spread_widths(
+            batch, grid_index, mapped.points_mm[inside], mapped.jacobian[inside], covariance[inside], step
+        )
     hist = np.zeros((n, n_bins))
     sums = np.zeros((n, 6))
     dmin = np.full(n, np.nan)
@@ -279,9 +319,7 @@ def sample_deformed(
         held = mine & inside
         if held.any():
             hist[s] = backend.kernels.to_host(
-                backend.kernels.accumulate_histogram(
-                    dose[held], weights[held], np.zeros(int(held.sum())), bin_width, n_bins
-                )
+                backend.kernels.accumulate_histogram(dose[held], weights[held], widths[held], bin_width, n_bins)
             )
             dmin[s], dmax[s] = float(dose[held].min()), float(dose[held].max())
         sums[s, 0] = weights[held].sum()
@@ -291,11 +329,9 @@ def sample_deformed(
         sums[s, 3:6] = (weights[placed, None] * mapped.points_mm[placed]).sum(axis=0)
         lost = float(volumes[mine & off_field].sum())
         if lost > 0:
-            log.warning(
-                "ROI %s: %.3f cc of it map outside the deformation's grid (%s): counted as outside the dose grid",
-                plan.names[s],
-                lost / 1000.0,
-                request.deformation.registration.source or "the registration",
+            notes.append(
+                f"ROI {plan.names[s]}: {lost / 1000.0:.3f} cc of it map outside the deformation's grid ({source}): "
+                "counted as outside the dose grid"
             )
     if options.extremes == "vertices" and len(plan.vertex_points):
         _vertex_extremes(request, backend, batch, grid_index, sums, dmin, dmax)
@@ -313,6 +349,7 @@ def sample_deformed(
         centroid_mm=centroid,
         backend=backend.name,
         device=backend.device,
+        warnings=tuple(notes),
     )
 
 

@@ -1029,6 +1029,7 @@ def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: Struc
             xyz(centroid) if np.all(np.isfinite(centroid)) else None,
         )
         messages = list(_warnings_of(structure))
+        messages += [w for w in samples.warnings if f"ROI {structure.name}:" in w or "ROI " not in w.split(":")[0]]
         if structure.is_empty:
             messages.append(f"ROI {structure.name} has no contours: reported as empty")
         elif not dvh.has_dose:

@@ -41,6 +41,9 @@ class StructureSamples:
     centroid_mm: np.ndarray
     backend: str
     device: str
+    #: What sampling found to warn about, one message per structure or fewer (a deformation that does not cover
+    #: a structure, say); they reach the DVHs made from these samples (:func:`isodose.dvh.dvhs_from_samples`).
+    warnings: tuple[str, ...] = ()
 
 
 def dose_range_gy(grid: DoseGrid) -> tuple[float, float]:
