@@ -13,9 +13,9 @@ Which way the map runs. A :class:`~isodose.model.DeformableRegistration` carries
 into its source frame (PS3.3 C.20.3.1.1; an ITK field, fixed into moving). Where the registered frame is Vr's
 (the follow-up frame), each sample is carried forward. Where it is the planning frame (the usual export of a
 planning system: the planning CT fixed, the follow-up image deformed onto it), the map is inverted point by point:
-the planning point ``p`` whose image is Vr's sample ``q`` solves ``post (pre p + d(p)) = q``, found by the
-fixed-point iteration ``p <- pre^-1 (post^-1 q - d(p))`` (which converges wherever the field's gradient is a
-contraction, as it is for any registration that does not fold), and the volume scales by ``1 / det J(p)``. The
+the planning point ``p`` whose image is Vr's sample ``q`` solves ``post (pre p + d(p)) = q``, found by Newton's
+method in the ``invert_displacement_many`` kernel (from ``pre^-1 post^-1 q``, a step halved while it would leave
+the field's grid; it converges wherever the field does not fold), and the volume scales by ``1 / det J(p)``. The
 largest residual ``|F(p) - q|`` is reported with the result. Inverting per sample is chosen over pulling the
 planning frame back (testing which planning points land inside Vr) because it keeps Vr sampled in its own frame by
 the same exact coverage as every other structure, whatever the direction of the field.
@@ -41,10 +41,7 @@ from .voxelize import SamplingOptions, SamplingPlan
 
 log = logging.getLogger(__name__)
 
-#: Iterations of the fixed-point inversion at most, and the residual (mm) it stops at.
-INVERSION_ITERATIONS = 100
-INVERSION_TOLERANCE_MM = 1e-6
-#: A residual above this (mm) after the iterations is a warning: the field is not invertible there.
+#: A residual above this (mm) after the inversion is a warning: the field is not invertible there.
 INVERSION_WARNING_MM = 0.01
 
 
@@ -83,6 +80,49 @@ class Deformation:
             f"frame {structure_frame} to the dose's {dose_frame}",
             path=registration.source or None,
         )
+
+
+#: A structure mapped through a deformation is sampled with this share of the in-plane cells a rigid sampling
+#: aims for (``SamplingOptions.target_cells``): each cell is also cut into slabs along z and mapped on its own, and
+#: its dose is spread over its mapped region, so the closed-form checks hold with these coarser cells.
+DEFORMED_CELL_SHARE = 0.03
+#: ... and as many more scanlines per row of cells (coverage is exact along x and sampled along y: coarser cells
+#: need more lines for the same area).
+DEFORMED_SCANLINE_FACTOR = 4
+
+
+def deformed_options(options: SamplingOptions) -> SamplingOptions:
+    """The sampling options of a structure mapped through a deformation (see :data:`DEFORMED_CELL_SHARE`)."""
+    return replace(
+        options,
+        target_cells=max(1, int(options.target_cells * DEFORMED_CELL_SHARE)),
+        scanlines=options.scanlines * DEFORMED_SCANLINE_FACTOR,
+    )
+
+
+def _det3(m: np.ndarray) -> np.ndarray:
+    """Determinants of ``(n, 3, 3)`` matrices, by the rule of Sarrus (quicker than LAPACK for small matrices)."""
+    return (
+        m[:, 0, 0] * (m[:, 1, 1] * m[:, 2, 2] - m[:, 1, 2] * m[:, 2, 1])
+        - m[:, 0, 1] * (m[:, 1, 0] * m[:, 2, 2] - m[:, 1, 2] * m[:, 2, 0])
+        + m[:, 0, 2] * (m[:, 1, 0] * m[:, 2, 1] - m[:, 1, 1] * m[:, 2, 0])
+    )
+
+
+def _inv3(m: np.ndarray, det: np.ndarray) -> np.ndarray:
+    """Inverses of ``(n, 3, 3)`` matrices from their cofactors (NaN where ``det`` is 0)."""
+    cof = np.empty_like(m)
+    cof[:, 0, 0] = m[:, 1, 1] * m[:, 2, 2] - m[:, 1, 2] * m[:, 2, 1]
+    cof[:, 0, 1] = m[:, 0, 2] * m[:, 2, 1] - m[:, 0, 1] * m[:, 2, 2]
+    cof[:, 0, 2] = m[:, 0, 1] * m[:, 1, 2] - m[:, 0, 2] * m[:, 1, 1]
+    cof[:, 1, 0] = m[:, 1, 2] * m[:, 2, 0] - m[:, 1, 0] * m[:, 2, 2]
+    cof[:, 1, 1] = m[:, 0, 0] * m[:, 2, 2] - m[:, 0, 2] * m[:, 2, 0]
+    cof[:, 1, 2] = m[:, 0, 2] * m[:, 1, 0] - m[:, 0, 0] * m[:, 1, 2]
+    cof[:, 2, 0] = m[:, 1, 0] * m[:, 2, 1] - m[:, 1, 1] * m[:, 2, 0]
+    cof[:, 2, 1] = m[:, 0, 1] * m[:, 2, 0] - m[:, 0, 0] * m[:, 2, 1]
+    cof[:, 2, 2] = m[:, 0, 0] * m[:, 1, 1] - m[:, 0, 1] * m[:, 1, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cof / np.where(det == 0, np.nan, det)[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -151,35 +191,29 @@ def map_points(deformation: Deformation, points_mm: np.ndarray, backend: Backend
     table = kernels.field_table([(registration.vectors_mm, registration.world_to_index())])
     if not deformation.inverse:
         mapped, jacobian = _forward(registration, table, kernels, points)
-        with np.errstate(invalid="ignore"):
-            det = np.linalg.det(np.nan_to_num(jacobian))
-        det[~np.all(np.isfinite(mapped), axis=1)] = np.nan
+        det = _det3(jacobian)  # NaN where the map leaves the field's grid
         return MappedPoints(mapped, det, 0.0, jacobian)
-    pre_inverse = np.linalg.inv(registration.pre_matrix)
-    target = points @ np.linalg.inv(registration.post_matrix)[:3, :3].T + np.linalg.inv(registration.post_matrix)[:3, 3]
-    guess = target @ pre_inverse[:3, :3].T + pre_inverse[:3, 3]  # as if there were no deformation
-    active = np.ones(len(points), dtype=bool)
-    for _ in range(INVERSION_ITERATIONS):
-        where = np.flatnonzero(active)
-        if not len(where):
-            break
-        displacement, _ = kernels.displace_many(table, guess[where], np.zeros(len(where), dtype=np.int64))
-        step = (target[where] - displacement) @ pre_inverse[:3, :3].T + pre_inverse[:3, 3]
-        lost = ~np.all(np.isfinite(step), axis=1)
-        change = np.linalg.norm(np.where(lost[:, None], 0.0, step - guess[where]), axis=1)
-        guess[where] = np.where(lost[:, None], np.nan, step)
-        active[where[lost | (change < INVERSION_TOLERANCE_MM)]] = False
-    image, jacobian = _forward(registration, table, kernels, guess)
-    found = np.all(np.isfinite(image), axis=1)
-    residual = np.linalg.norm(image[found] - points[found], axis=1)
-    guess[~found] = np.nan
+    # The inverse: the planning point p with post (pre p + d(p)) = q, i.e. pre p + d(p) = post^-1 q (Newton's
+    # method, in the kernel), and the Jacobian of the inverse map, J_F(p)^-1.
+    post_inverse = np.linalg.inv(registration.post_matrix)
+    targets = points @ post_inverse[:3, :3].T + post_inverse[:3, 3]
+    found_points, gradient, residual = kernels.invert_displacement_many(
+        table,
+        targets,
+        np.zeros(len(points), dtype=np.int64),
+        registration.pre_matrix[None],
+        np.linalg.inv(registration.pre_matrix)[None],
+    )
+    found = np.all(np.isfinite(found_points), axis=1)
+    jacobian = registration.post_matrix[:3, :3] @ (registration.pre_matrix[:3, :3][None, :, :] + gradient)
+    forward_det = _det3(jacobian)  # NaN where no point was found
+    inverse_jacobian = _inv3(jacobian, forward_det)
     with np.errstate(invalid="ignore", divide="ignore"):
-        det = 1.0 / np.linalg.det(np.nan_to_num(jacobian))
-        inverse_jacobian = np.full_like(jacobian, np.nan)
-        invertible = found & np.isfinite(det) & (det != 0)
-        inverse_jacobian[invertible] = np.linalg.inv(jacobian[invertible])
-    det[~found] = np.nan
-    return MappedPoints(guess, det, float(residual.max()) if len(residual) else 0.0, inverse_jacobian)
+        det = np.where(forward_det != 0, 1.0 / forward_det, np.nan)
+    # The residual in the structure's frame: post scales the one the kernel stops at.
+    scale = float(np.linalg.norm(registration.post_matrix[:3, :3], 2))
+    worst = float(np.nanmax(residual)) * scale if found.any() else 0.0
+    return MappedPoints(found_points, det, worst, inverse_jacobian)
 
 
 @dataclass(frozen=True, eq=False)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .deformation import Deformation, DeformedRequest, sample_requests
+from .deformation import Deformation, DeformedRequest, deformed_options, sample_requests
 from .dispatch import Backend, resolve_backend
 from .dvh import (
     DVH,
@@ -344,7 +344,9 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
     vr_request: SamplingRequest | DeformedRequest
     if isinstance(registration, DeformableRegistration):
         deformation = Deformation.between(registration, source.frame_of_reference_uid, dose.frame_of_reference_uid)
-        plan = plan_sampling([vr_structure], dose, options, common_plane_spacing_mm(source.structures))
+        plan = plan_sampling(
+            [vr_structure], dose, deformed_options(options), common_plane_spacing_mm(source.structures)
+        )
         vr_request = DeformedRequest(plan, dose, deformation)
         kind, registered = registration.kind, True
     else:

@@ -50,7 +50,17 @@ structure_plane_start, structure_transform, bin_width, n_bins, n_chunks) -> (his
     fractional grid index) put where the kernels read them once; then each point's displacement by trilinear
     interpolation of its field's vectors, and the Jacobian of the displacement (each component's derivatives
     along x, y, z), NaN outside the box of the field's grid points.
+``invert_displacement_many(table, targets, point_field, pre, pre_inverse) -> (points, jacobian, residual)``
+    The inverse: for each target ``t``, the point ``p`` with ``pre p + d(p) = t`` by Newton's method from
+    ``pre^-1 t`` (steps halved where one would leave the grid), the Jacobian of ``d`` there and the residual
+    ``|pre p + d(p) - t|``; NaN where no point inside the grid is found.
 """
+
+#: Newton iterations of ``invert_displacement_many`` at most, the residual (mm) they stop at, and the halvings of a
+#: step that would leave the field's grid.
+INVERSION_ITERATIONS = 50
+INVERSION_TOLERANCE_MM = 1e-7
+INVERSION_HALVINGS = 8
 
 #: Columns of the ``cells`` array made by ``polygon_coverage``.
 CELL_COLUMNS = ("area_mm2", "centroid_x_mm", "centroid_y_mm", "var_xx_mm2", "var_xy_mm2", "var_yy_mm2")

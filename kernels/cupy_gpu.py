@@ -163,6 +163,31 @@ class GpuKernels:
             )
         return self.to_host(displacement).reshape(n, 3), self.to_host(jacobian).reshape(n, 3, 3)
 
+    def invert_displacement_many(self, table: FieldTable, targets, point_field, pre, pre_inverse):
+        """Newton's inverse of each target in its own field (see ``numpy_ref.invert_displacement``)."""
+        targets = self.to_device(np.asarray(targets, dtype=np.float64).reshape(-1, 3), np.float64)
+        n = int(targets.shape[0])
+        points = self.xp.empty(3 * n, dtype=np.float64)
+        jacobian = self.xp.empty(9 * n, dtype=np.float64)
+        residual = self.xp.empty(n, dtype=np.float64)
+        if n:
+            self.launch(
+                "invert_kernel",
+                n,
+                [
+                    *table.args(),
+                    self.to_device(point_field, np.int64),
+                    targets,
+                    self.to_device(np.asarray(pre, dtype=np.float64).reshape(-1, 16), np.float64),
+                    self.to_device(np.asarray(pre_inverse, dtype=np.float64).reshape(-1, 16), np.float64),
+                    np.int64(n),
+                    points,
+                    jacobian,
+                    residual,
+                ],
+            )
+        return self.to_host(points).reshape(n, 3), self.to_host(jacobian).reshape(n, 3, 3), self.to_host(residual)
+
     # -- kernels ----------------------------------------------------------------------------------------------
     def trilinear(self, dose, origin, spacing, points):
         points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
@@ -571,3 +596,7 @@ def field_table(fields) -> FieldTable:
 
 def displace_many(table, points, point_field):
     return _instance().displace_many(table, points, point_field)
+
+
+def invert_displacement_many(table, targets, point_field, pre, pre_inverse):
+    return _instance().invert_displacement_many(table, targets, point_field, pre, pre_inverse)

@@ -170,3 +170,28 @@ def displace_many(
         vectors, matrix = table.fields[int(point_field[start])]
         displacement[start:end], jacobian[start:end] = displace(vectors, matrix, points[start:end])
     return displacement, jacobian
+
+
+def invert_displacement_many(
+    invert: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]],
+    table: HostFieldTable,
+    targets: Any,
+    point_field: Any,
+    pre: Any,
+    pre_inverse: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``invert`` of each target in its field of ``table``: one call per run of targets sharing a field."""
+    targets = np.asarray(targets, dtype=np.float64).reshape(-1, 3)
+    point_field = np.asarray(point_field, dtype=np.int64).reshape(-1)
+    pre = np.asarray(pre, dtype=np.float64).reshape(-1, 4, 4)
+    pre_inverse = np.asarray(pre_inverse, dtype=np.float64).reshape(-1, 4, 4)
+    points = np.empty((len(targets), 3))
+    jacobian = np.empty((len(targets), 3, 3))
+    residual = np.empty(len(targets))
+    for start, end in _runs(point_field[:, None]):
+        f = int(point_field[start])
+        vectors, matrix = table.fields[f]
+        points[start:end], jacobian[start:end], residual[start:end] = invert(
+            vectors, matrix, targets[start:end], pre[f], pre_inverse[f]
+        )
+    return points, jacobian, residual

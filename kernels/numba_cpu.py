@@ -15,7 +15,15 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import GRID_EPSILON, MIN_CELLS_PER_CHUNK, SINGLE_VOXEL_HALF_WIDTH, host
+from . import (
+    GRID_EPSILON,
+    INVERSION_HALVINGS,
+    INVERSION_ITERATIONS,
+    INVERSION_TOLERANCE_MM,
+    MIN_CELLS_PER_CHUNK,
+    SINGLE_VOXEL_HALF_WIDTH,
+    host,
+)
 from .host import (  # noqa: F401  (capabilities and host arrays shared by the CPU backends)
     BYTES_PER_CELL,
     PREFERS_MERGED_REQUESTS,
@@ -911,3 +919,140 @@ def displace(vectors, world_to_index, points):
 
 def displace_many(table, points, point_field):
     return host.displace_many(displace, table, points, point_field)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _field_at(vectors, matrix, px, py, pz, out_d, out_j):
+    """The displacement and its Jacobian at one point into ``out_d`` (3) and ``out_j`` (3x3); False outside."""
+    nz, ny, nx = vectors.shape[0], vectors.shape[1], vectors.shape[2]
+    fi = matrix[0, 0] * px + matrix[0, 1] * py + matrix[0, 2] * pz + matrix[0, 3]
+    fj = matrix[1, 0] * px + matrix[1, 1] * py + matrix[1, 2] * pz + matrix[1, 3]
+    fk = matrix[2, 0] * px + matrix[2, 1] * py + matrix[2, 2] * pz + matrix[2, 3]
+    i, tx, inside_x = _grid_coordinate(fi, 0.0, 1.0, nx)
+    j, ty, inside_y = _grid_coordinate(fj, 0.0, 1.0, ny)
+    k, tz, inside_z = _grid_coordinate(fk, 0.0, 1.0, nz)
+    if not (inside_x and inside_y and inside_z):
+        return False
+    for c in range(3):
+        value, gi, gj, gk = _interpolate(vectors[:, :, :, c], i, j, k, tx, ty, tz, 1.0, 1.0, 1.0)
+        out_d[c] = value
+        for b in range(3):
+            out_j[c, b] = gi * matrix[0, b] + gj * matrix[1, b] + gk * matrix[2, b]
+    return True
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _solve3(a, b, out):
+    """``out = a^-1 b`` for a 3x3 ``a`` (Cramer's rule); False when ``a`` is singular."""
+    det = (
+        a[0, 0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
+        - a[0, 1] * (a[1, 0] * a[2, 2] - a[1, 2] * a[2, 0])
+        + a[0, 2] * (a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0])
+    )
+    if det == 0.0 or not np.isfinite(det):
+        return False
+    out[0] = (
+        b[0] * (a[1, 1] * a[2, 2] - a[1, 2] * a[2, 1])
+        - a[0, 1] * (b[1] * a[2, 2] - a[1, 2] * b[2])
+        + a[0, 2] * (b[1] * a[2, 1] - a[1, 1] * b[2])
+    ) / det
+    out[1] = (
+        a[0, 0] * (b[1] * a[2, 2] - a[1, 2] * b[2])
+        - b[0] * (a[1, 0] * a[2, 2] - a[1, 2] * a[2, 0])
+        + a[0, 2] * (a[1, 0] * b[2] - b[1] * a[2, 0])
+    ) / det
+    out[2] = (
+        a[0, 0] * (a[1, 1] * b[2] - b[1] * a[2, 1])
+        - a[0, 1] * (a[1, 0] * b[2] - b[1] * a[2, 0])
+        + b[0] * (a[1, 0] * a[2, 1] - a[1, 1] * a[2, 0])
+    ) / det
+    return True
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _invert(vectors, matrix, targets, pre, pre_inverse, points, jacobian, residual):
+    for n in prange(targets.shape[0]):
+        d = np.empty(3)
+        g = np.empty((3, 3))
+        trial_d = np.empty(3)
+        trial_g = np.empty((3, 3))
+        mismatch = np.empty(3)
+        step = np.empty(3)
+        a = np.empty((3, 3))
+        p = np.empty(3)
+        trial = np.empty(3)
+        for r in range(3):
+            p[r] = (
+                pre_inverse[r, 0] * targets[n, 0]
+                + pre_inverse[r, 1] * targets[n, 1]
+                + pre_inverse[r, 2] * targets[n, 2]
+                + pre_inverse[r, 3]
+            )
+        ok = _field_at(vectors, matrix, p[0], p[1], p[2], d, g)
+        size = np.inf
+        for _ in range(INVERSION_ITERATIONS + 1):
+            if not ok:
+                break
+            for r in range(3):
+                mismatch[r] = pre[r, 0] * p[0] + pre[r, 1] * p[1] + pre[r, 2] * p[2] + pre[r, 3] + d[r] - targets[n, r]
+            size = math.sqrt(mismatch[0] ** 2 + mismatch[1] ** 2 + mismatch[2] ** 2)
+            if size <= INVERSION_TOLERANCE_MM:
+                break
+            for r in range(3):
+                for c in range(3):
+                    a[r, c] = pre[r, c] + g[r, c]
+            if not _solve3(a, mismatch, step):
+                ok = False
+                break
+            scale = 1.0
+            moved = False
+            for _h in range(INVERSION_HALVINGS + 1):
+                for r in range(3):
+                    trial[r] = p[r] - scale * step[r]
+                if _field_at(vectors, matrix, trial[0], trial[1], trial[2], trial_d, trial_g):
+                    moved = True
+                    break
+                scale *= 0.5
+            if not moved:
+                ok = False
+                break
+            for r in range(3):
+                p[r] = trial[r]
+                d[r] = trial_d[r]
+                for c in range(3):
+                    g[r, c] = trial_g[r, c]
+        if ok:
+            for r in range(3):
+                points[n, r] = p[r]
+                for c in range(3):
+                    jacobian[n, r, c] = g[r, c]
+            residual[n] = size
+        else:
+            for r in range(3):
+                points[n, r] = np.nan
+                for c in range(3):
+                    jacobian[n, r, c] = np.nan
+            residual[n] = np.nan
+
+
+@_one_thread_at_a_time
+def invert_displacement(vectors, world_to_index, targets, pre, pre_inverse):
+    targets = _f64(targets).reshape(-1, 3)
+    n = targets.shape[0]
+    points, jacobian, residual = np.empty((n, 3)), np.empty((n, 3, 3)), np.empty(n)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    _invert(
+        vectors,
+        _f64(world_to_index).reshape(4, 4),
+        targets,
+        _f64(pre).reshape(4, 4),
+        _f64(pre_inverse).reshape(4, 4),
+        points,
+        jacobian,
+        residual,
+    )
+    return points, jacobian, residual
+
+
+def invert_displacement_many(table, targets, point_field, pre, pre_inverse):
+    return host.invert_displacement_many(invert_displacement, table, targets, point_field, pre, pre_inverse)

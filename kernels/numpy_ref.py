@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import GRID_EPSILON, SINGLE_VOXEL_HALF_WIDTH, host
+from . import (
+    GRID_EPSILON,
+    INVERSION_HALVINGS,
+    INVERSION_ITERATIONS,
+    INVERSION_TOLERANCE_MM,
+    SINGLE_VOXEL_HALF_WIDTH,
+    host,
+)
 from .host import (  # noqa: F401  (capabilities and host arrays shared by the CPU backends)
     BYTES_PER_CELL,
     PREFERS_MERGED_REQUESTS,
@@ -415,3 +422,50 @@ def displace(vectors, world_to_index, points):
 
 def displace_many(table, points, point_field):
     return host.displace_many(displace, table, points, point_field)
+
+
+def invert_displacement(vectors, world_to_index, targets, pre, pre_inverse):
+    """Newton's method for ``pre p + d(p) = t`` at each target (see the package docstring): each step
+    ``p <- p - J^-1 G`` with ``G = pre p + d(p) - t`` and ``J = pre + grad d``, halved while it would leave the
+    field's grid."""
+    targets = np.asarray(targets, dtype=np.float64).reshape(-1, 3)
+    pre = np.asarray(pre, dtype=np.float64).reshape(4, 4)
+    pre_inverse = np.asarray(pre_inverse, dtype=np.float64).reshape(4, 4)
+    n = len(targets)
+    points = targets @ pre_inverse[:3, :3].T + pre_inverse[:3, 3]
+    displacement, gradient = displace(vectors, world_to_index, points)
+    lost = ~np.all(np.isfinite(displacement), axis=1)
+    residual = np.full(n, np.inf)
+    for _ in range(INVERSION_ITERATIONS):
+        mismatch = points @ pre[:3, :3].T + pre[:3, 3] + displacement - targets
+        residual = np.where(lost, np.nan, np.linalg.norm(mismatch, axis=1))
+        active = ~lost & (residual > INVERSION_TOLERANCE_MM)
+        if not active.any():
+            break
+        where = np.flatnonzero(active)
+        jacobian = pre[:3, :3][None] + gradient[where]
+        try:
+            step = np.linalg.solve(jacobian, mismatch[where][:, :, None])[:, :, 0]
+        except np.linalg.LinAlgError:
+            step = np.stack([np.linalg.lstsq(j, m, rcond=None)[0] for j, m in zip(jacobian, mismatch[where])])
+        scale = np.ones(len(where))
+        for _ in range(INVERSION_HALVINGS + 1):
+            trial = points[where] - scale[:, None] * step
+            trial_displacement, trial_gradient = displace(vectors, world_to_index, trial)
+            outside = ~np.all(np.isfinite(trial_displacement), axis=1)
+            if not outside.any():
+                break
+            scale = np.where(outside, 0.5 * scale, scale)
+        points[where] = np.where(outside[:, None], points[where], trial)
+        displacement[where] = np.where(outside[:, None], displacement[where], trial_displacement)
+        gradient[where] = np.where(outside[:, None, None], gradient[where], trial_gradient)
+        lost[where] |= outside
+    mismatch = points @ pre[:3, :3].T + pre[:3, 3] + displacement - targets
+    residual = np.linalg.norm(mismatch, axis=1)
+    points[lost] = np.nan
+    gradient[lost] = np.nan
+    return points, gradient, np.where(lost, np.nan, residual)
+
+
+def invert_displacement_many(table, targets, point_field, pre, pre_inverse):
+    return host.invert_displacement_many(invert_displacement, table, targets, point_field, pre, pre_inverse)

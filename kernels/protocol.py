@@ -41,6 +41,7 @@ KERNELS = (
     "cell_histograms_many",
     "field_table",
     "displace_many",
+    "invert_displacement_many",
 )
 
 
@@ -174,4 +175,13 @@ class Kernels(Protocol):
         """The displacement ``(n, 3)`` and its Jacobian ``(n, 3, 3)`` (each component's derivatives along x, y, z)
         at each point in its own field of ``table`` (``point_field[n]``), by trilinear interpolation of the
         vectors; NaN outside the box of the field's grid points."""
+        ...
+
+    def invert_displacement_many(
+        self, table: Any, targets: Any, point_field: Any, pre: Any, pre_inverse: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each target ``t`` in its own field of ``table``: the point ``p`` with ``pre p + d(p) = t`` (Newton's
+        method from ``pre^-1 t``; ``pre[f]`` and ``pre_inverse[f]`` the field's 4x4 and its inverse), the
+        Jacobian of ``d`` at ``p`` ``(n, 3, 3)``, and the residual ``|pre p + d(p) - t|`` (mm); NaN where the
+        iteration leaves the field's grid."""
         ...

@@ -137,13 +137,14 @@ def test_the_same_answer_comes_from_the_equivalent_matrix():
     assert as_matrix.inside_isodose_pct == pytest.approx(as_field.inside_isodose_pct, abs=1e-4)
     unmoved = classify(zero)  # no deformation at all: the deformable path's numbers are the rigid path's
     identity = classify(Registration(PLAN, {FOLLOW_UP: np.eye(4)}))
-    assert unmoved.inside_isodose_pct == pytest.approx(identity.inside_isodose_pct, abs=1e-9)
-    assert unmoved.recurrence_volume_cc == pytest.approx(identity.recurrence_volume_cc, rel=1e-12)
+    # (sampled more coarsely in the plane: deformation.DEFORMED_CELL_SHARE)
+    assert unmoved.inside_isodose_pct == pytest.approx(identity.inside_isodose_pct, abs=0.05)
+    assert unmoved.recurrence_volume_cc == pytest.approx(identity.recurrence_volume_cc, rel=2e-4)
     shift = np.array([2.0, -3.0, 1.5])
     translated = classify(field_registration(lambda p: p + shift, FOLLOW_UP, PLAN))
     rigid = classify(Registration(PLAN, {FOLLOW_UP: rigid_matrix(translation_mm=tuple(shift))}))
     assert rigid.registration_kind == "rigid"
-    assert translated.recurrence_volume_cc == pytest.approx(rigid.recurrence_volume_cc, rel=1e-6)
+    assert translated.recurrence_volume_cc == pytest.approx(rigid.recurrence_volume_cc, rel=2e-4)
     assert translated.inside_isodose_pct == pytest.approx(rigid.inside_isodose_pct, abs=0.3)
     assert translated.class_volume == rigid.class_volume and translated.class_centroid == rigid.class_centroid
 

@@ -16,6 +16,9 @@
 #define GRID_EPSILON 1e-6
 #define SINGLE_VOXEL_HALF_WIDTH 0.5
 #define MAX_CROSSINGS 128
+#define INVERSION_ITERATIONS 50
+#define INVERSION_TOLERANCE_MM 1e-7
+#define INVERSION_HALVINGS 8
 #define ISODOSE_NAN __longlong_as_double(0x7ff8000000000000LL)
 #define ISODOSE_INF __longlong_as_double(0x7ff0000000000000LL)
 
@@ -458,4 +461,99 @@ extern "C" __global__ void displace_kernel(const float* __restrict__ vectors, co
         displacement[3 * n + c] = interpolate_component(v, c, nz, nx, ny, i, j, k, tx, ty, tz, &gi, &gj, &gk);
         for (int b = 0; b < 3; ++b) jacobian[9 * n + 3 * c + b] = gi * m[b] + gj * m[4 + b] + gk * m[8 + b];
     }
+}
+
+// The displacement (d[3]) and its Jacobian (g[9], row major) of field f at one point; false outside its grid.
+__device__ __forceinline__ bool field_at(const float* __restrict__ v, const double* __restrict__ m, int nz, int ny,
+                                         int nx, double px, double py, double pz, double* d, double* g) {
+    double fi = m[0] * px + m[1] * py + m[2] * pz + m[3];
+    double fj = m[4] * px + m[5] * py + m[6] * pz + m[7];
+    double fk = m[8] * px + m[9] * py + m[10] * pz + m[11];
+    int i, j, k;
+    double tx, ty, tz;
+    if (!(grid_coordinate(fi, 0.0, 1.0, nx, &i, &tx) && grid_coordinate(fj, 0.0, 1.0, ny, &j, &ty) &&
+          grid_coordinate(fk, 0.0, 1.0, nz, &k, &tz)))
+        return false;
+    for (int c = 0; c < 3; ++c) {
+        double gi, gj, gk;
+        d[c] = interpolate_component(v, c, nz, nx, ny, i, j, k, tx, ty, tz, &gi, &gj, &gk);
+        for (int b = 0; b < 3; ++b) g[3 * c + b] = gi * m[b] + gj * m[4 + b] + gk * m[8 + b];
+    }
+    return true;
+}
+
+// x = a^-1 y for a 3x3 a (row major), by Cramer's rule; false when a is singular.
+__device__ __forceinline__ bool solve3(const double* a, const double* y, double* x) {
+    double det = a[0] * (a[4] * a[8] - a[5] * a[7]) - a[1] * (a[3] * a[8] - a[5] * a[6]) +
+                 a[2] * (a[3] * a[7] - a[4] * a[6]);
+    if (det == 0.0 || !isfinite(det)) return false;
+    x[0] = (y[0] * (a[4] * a[8] - a[5] * a[7]) - a[1] * (y[1] * a[8] - a[5] * y[2]) +
+            a[2] * (y[1] * a[7] - a[4] * y[2])) / det;
+    x[1] = (a[0] * (y[1] * a[8] - a[5] * y[2]) - y[0] * (a[3] * a[8] - a[5] * a[6]) +
+            a[2] * (a[3] * y[2] - y[1] * a[6])) / det;
+    x[2] = (a[0] * (a[4] * y[2] - y[1] * a[7]) - a[1] * (a[3] * y[2] - y[1] * a[6]) +
+            y[0] * (a[3] * a[7] - a[4] * a[6])) / det;
+    return true;
+}
+
+// ------------------------------------------------------------------------------------------------------
+// The inverse of a field: one thread per target t, in the field point_field[n], solving pre p + d(p) = t by
+// Newton's method from pre^-1 t, a step halved while it would leave the grid; pre and pre_inverse hold 16 values
+// (row major) per field. Out: p (3), the Jacobian of d at p (9) and the residual |pre p + d(p) - t|; NaN where
+// no point inside the grid is found.
+// ------------------------------------------------------------------------------------------------------
+extern "C" __global__ void invert_kernel(const float* __restrict__ vectors, const long long* __restrict__ field_offset,
+                                         const int* __restrict__ field_shape, const double* __restrict__ field_matrix,
+                                         const long long* __restrict__ point_field,
+                                         const double* __restrict__ targets, const double* __restrict__ pre,
+                                         const double* __restrict__ pre_inverse, long long n_points,
+                                         double* __restrict__ points, double* __restrict__ jacobian,
+                                         double* __restrict__ residual) {
+    long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= n_points) return;
+    long long f = point_field[n];
+    const double* m = field_matrix + 12 * f;
+    const double* a0 = pre + 16 * f;
+    const double* ai = pre_inverse + 16 * f;
+    int nz = field_shape[3 * f], ny = field_shape[3 * f + 1], nx = field_shape[3 * f + 2];
+    const float* v = vectors + field_offset[f];
+    const double* t = targets + 3 * n;
+    double p[3], d[3], g[9], trial[3], td[3], tg[9], mismatch[3], step[3], a[9];
+    for (int r = 0; r < 3; ++r) p[r] = ai[4 * r] * t[0] + ai[4 * r + 1] * t[1] + ai[4 * r + 2] * t[2] + ai[4 * r + 3];
+    bool ok = field_at(v, m, nz, ny, nx, p[0], p[1], p[2], d, g);
+    double size = ISODOSE_INF;
+    for (int iteration = 0; iteration <= INVERSION_ITERATIONS && ok; ++iteration) {
+        for (int r = 0; r < 3; ++r)
+            mismatch[r] = a0[4 * r] * p[0] + a0[4 * r + 1] * p[1] + a0[4 * r + 2] * p[2] + a0[4 * r + 3] + d[r] - t[r];
+        size = sqrt(mismatch[0] * mismatch[0] + mismatch[1] * mismatch[1] + mismatch[2] * mismatch[2]);
+        if (size <= INVERSION_TOLERANCE_MM) break;
+        for (int r = 0; r < 3; ++r)
+            for (int c = 0; c < 3; ++c) a[3 * r + c] = a0[4 * r + c] + g[3 * r + c];
+        if (!solve3(a, mismatch, step)) {
+            ok = false;
+            break;
+        }
+        double scale = 1.0;
+        bool moved = false;
+        for (int h = 0; h <= INVERSION_HALVINGS; ++h) {
+            for (int r = 0; r < 3; ++r) trial[r] = p[r] - scale * step[r];
+            if (field_at(v, m, nz, ny, nx, trial[0], trial[1], trial[2], td, tg)) {
+                moved = true;
+                break;
+            }
+            scale *= 0.5;
+        }
+        if (!moved) {
+            ok = false;
+            break;
+        }
+        for (int r = 0; r < 3; ++r) {
+            p[r] = trial[r];
+            d[r] = td[r];
+        }
+        for (int r = 0; r < 9; ++r) g[r] = tg[r];
+    }
+    for (int r = 0; r < 3; ++r) points[3 * n + r] = ok ? p[r] : ISODOSE_NAN;
+    for (int r = 0; r < 9; ++r) jacobian[9 * n + r] = ok ? g[r] : ISODOSE_NAN;
+    residual[n] = ok ? size : ISODOSE_NAN;
 }

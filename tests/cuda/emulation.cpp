@@ -62,3 +62,13 @@ extern "C" void emulate_displace_kernel(unsigned grid, unsigned block, const flo
                    displace_kernel(vectors, field_offset, field_shape, field_matrix, point_field, points, n_points,
                                    displacement, jacobian));
 }
+
+extern "C" void emulate_invert_kernel(unsigned grid, unsigned block, const float* vectors,
+                                      const long long* field_offset, const int* field_shape,
+                                      const double* field_matrix, const long long* point_field, const double* targets,
+                                      const double* pre, const double* pre_inverse, long long n_points,
+                                      double* points, double* jacobian, double* residual) {
+    EMULATE_LAUNCH(grid, block,
+                   invert_kernel(vectors, field_offset, field_shape, field_matrix, point_field, targets, pre,
+                                 pre_inverse, n_points, points, jacobian, residual));
+}
