@@ -384,6 +384,7 @@ def sample_deformed(
         backend=backend.name,
         device=backend.device,
         warnings=tuple(notes),
+        inversion_residual_mm=mapped.residual_mm if request.deformation.inverse else math.nan,
     )
 
 

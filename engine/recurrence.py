@@ -118,6 +118,9 @@ class RecurrenceResult:
         displacement field image), or "" when Vr is in the planning frame.
     registration_file : str
         The registration's file ("" when none, or built in Python).
+    registration_residual_mm : float
+        Where Vr was carried through the inverse of a deformation, the largest residual of the inversion (mm): how
+        far the mapped samples' images lie from Vr's samples; NaN otherwise.
     recurrence_volume_cc, recurrence_outside_dose_cc : float
         Vr's volume, and the part of it outside the dose grid (counted as outside the isodose), cc.
     inside_isodose_pct : float
@@ -171,6 +174,7 @@ class RecurrenceResult:
     recurrence_dvh: DVH = field(repr=False)
     registration_kind: str = ""
     registration_file: str = ""
+    registration_residual_mm: float = math.nan
     #: DVHs of the planning ROIs named in the target metrics.
     roi_dvhs: dict[str, DVH] = field(repr=False, default_factory=dict)
     backend: str = ""
@@ -186,6 +190,7 @@ class RecurrenceResult:
             "recurrence_registered": self.registered,
             "registration_kind": self.registration_kind,
             "registration_file": self.registration_file,
+            "registration_residual_mm": self.registration_residual_mm,
             "prescription_gy": self.prescription_gy,
             "isodose_gy": self.isodose_gy,
             "recurrence_volume_cc": self.recurrence_volume_cc,
@@ -448,6 +453,7 @@ def _finish(
         recurrence_dvh=vr,
         registration_kind=prepared.registration_kind,
         registration_file=prepared.registration_file,
+        registration_residual_mm=samples.inversion_residual_mm,
         roi_dvhs=roi_dvhs,
         backend=samples.backend,
         device=samples.device,

@@ -44,6 +44,9 @@ class StructureSamples:
     #: What sampling found to warn about, one message per structure or fewer (a deformation that does not cover
     #: a structure, say); they reach the DVHs made from these samples (:func:`isodose.dvh.dvhs_from_samples`).
     warnings: tuple[str, ...] = ()
+    #: Where the samples were carried through the inverse of a deformation, the largest residual of the inversion
+    #: (mm); NaN otherwise.
+    inversion_residual_mm: float = math.nan
 
 
 def dose_range_gy(grid: DoseGrid) -> tuple[float, float]:

@@ -121,6 +121,10 @@ def test_an_affine_field_maps_a_sphere_onto_the_sphere_of_known_radius(stored):
     assert result.inside_isodose_pct == pytest.approx(cap_share_pct(centre[1], radius, 0.95 * PRESCRIPTION), abs=0.3)
     assert np.allclose(result.centroid_mm, centre, atol=0.05)
     assert result.registration_kind == "dicom" and result.registered and not result.warnings
+    if stored == "planning to follow-up":
+        assert result.registration_residual_mm < 1e-6 and "registration_residual_mm" in result.record()
+    else:
+        assert math.isnan(result.registration_residual_mm)
 
 
 def test_the_same_answer_comes_from_the_equivalent_matrix():
@@ -147,6 +151,20 @@ def test_the_same_answer_comes_from_the_equivalent_matrix():
     assert translated.recurrence_volume_cc == pytest.approx(rigid.recurrence_volume_cc, rel=2e-4)
     assert translated.inside_isodose_pct == pytest.approx(rigid.inside_isodose_pct, abs=0.3)
     assert translated.class_volume == rigid.class_volume and translated.class_centroid == rigid.class_centroid
+
+
+def test_the_standards_order_matrices_and_offsets():
+    """PS3.3 C.20.3.1.1: the pre-deformation matrix first, then the offsets, then the post-deformation matrix,
+    F(p) = post (pre p + d). With pre a scaling by 1.2, d a constant 5 mm along x and post a shift of 2 mm along y,
+    Vr's centre c goes to 1.2 c + (5, 2, 0); another order would put it elsewhere (1.2 (c + d) + post: 1 mm off)."""
+    pre = np.diag([1.2, 1.2, 1.2, 1.0])
+    post = rigid_matrix(translation_mm=(0.0, 2.0, 0.0))
+    offsets = field_registration(lambda p: p + np.array([5.0, 0.0, 0.0]), FOLLOW_UP, PLAN)
+    registration = DeformableRegistration(**{**offsets.__dict__, "pre_matrix": pre, "post_matrix": post})
+    result = classify(registration)
+    assert np.allclose(result.centroid_mm, 1.2 * CENTRE + np.array([5.0, 2.0, 0.0]), atol=0.05)
+    unmapped = classify(Registration(PLAN, {FOLLOW_UP: np.eye(4)})).recurrence_volume_cc
+    assert result.recurrence_volume_cc == pytest.approx(1.2**3 * unmapped, rel=2e-4)
 
 
 AMPLITUDE, WAVELENGTH = 1.5, 24.0  # a sinusoidal displacement along x: |grad| < 0.4, invertible
