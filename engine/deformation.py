@@ -244,11 +244,17 @@ def slab_thickness_mm(request: DeformedRequest) -> float:
 def structure_points(
     request: DeformedRequest, backend: Backend
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`plan_points` of a deformed request, its slabs no thicker than :func:`slab_thickness_mm`."""
+    return plan_points(request.plan, backend, slab_thickness_mm(request))
+
+
+def plan_points(
+    plan: SamplingPlan, backend: Backend, thickness: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Each structure's weighted points in its own frame: the covered part of each cell of its planes, cut along z
-    into slabs no thicker than :func:`slab_thickness_mm`. Returns the points ``(n, 3)``, their volumes (mm^3), the
+    into slabs no thicker than ``thickness`` (mm). Returns the points ``(n, 3)``, their volumes (mm^3), the
     structure of each, and the covariance of each point's region ``(n, 3, 3)`` (the covered part of its cell in
     x and y, a uniform slab in z)."""
-    plan = request.plan
     kernels = backend.kernels
     cells = kernels.to_host(
         kernels.polygon_coverage(
@@ -266,7 +272,6 @@ def structure_points(
         )
     )
     cells = np.asarray(cells, dtype=np.float64).reshape(-1, 6)
-    thickness = slab_thickness_mm(request)
     plane_structure = plan.plane_structure()
     points, volumes, owners, spreads = [], [], [], []
     for p in range(len(plan.plane_nx)):
@@ -292,7 +297,7 @@ def structure_points(
     return np.concatenate(points), np.concatenate(volumes), np.concatenate(owners), np.concatenate(spreads)
 
 
-def _spread_widths(
+def spread_widths(
     batch: GridBatch, grid_index: int, mapped: np.ndarray, jacobian: np.ndarray, covariance: np.ndarray, step: float
 ) -> np.ndarray:
     """The width of the uniform distribution with the variance of the (locally linear) dose over each sample's
@@ -341,7 +346,7 @@ def sample_deformed(
     if inside.any():
         assert mapped.jacobian is not None
         step = 0.05 * min(request.grid.spacing_mm)
-        widths[inside] = _spread_widths(
+        widths[inside] = spread_widths(
             batch, grid_index, mapped.points_mm[inside], mapped.jacobian[inside], covariance[inside], step
         )
     hist = np.zeros((n, n_bins))

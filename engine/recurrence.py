@@ -43,6 +43,7 @@ from .geometry import (
 )
 from .model import DeformableRegistration, DoseGrid, Registration, Structure, StructureSet
 from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy
+from .uncertainty import Uncertainty, UncertaintyRequest, UncertaintyResult, classify_draws
 from .voxelize import SamplingOptions, plan_sampling
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,9 @@ class RecurrenceResult:
     registration_residual_mm : float
         Where Vr was carried through the inverse of a deformation, the largest residual of the inversion (mm): how
         far the mapped samples' images lie from Vr's samples; NaN otherwise.
+    uncertainty : UncertaintyResult or None
+        The classification under registration uncertainty, where it was asked for
+        (:class:`~isodose.uncertainty.Uncertainty`).
     recurrence_volume_cc, recurrence_outside_dose_cc : float
         Vr's volume, and the part of it outside the dose grid (counted as outside the isodose), cc.
     inside_isodose_pct : float
@@ -175,6 +179,7 @@ class RecurrenceResult:
     registration_kind: str = ""
     registration_file: str = ""
     registration_residual_mm: float = math.nan
+    uncertainty: UncertaintyResult | None = field(repr=False, default=None)
     #: DVHs of the planning ROIs named in the target metrics.
     roi_dvhs: dict[str, DVH] = field(repr=False, default_factory=dict)
     backend: str = ""
@@ -206,6 +211,8 @@ class RecurrenceResult:
         }
         out.update(self.metrics)
         out.update(self.target_metrics)
+        if self.uncertainty is not None:
+            out.update(self.uncertainty.record())
         out["backend"] = self.backend
         out["device"] = self.device
         return out
@@ -260,6 +267,10 @@ class RecurrenceCase:
     target_metrics: Sequence[str | RoiMetric] = ()
     criteria: Criteria | None = None
     require_targets: bool = False
+    #: Registration errors to classify the case under (draws of perturbed mappings), and the key its draws are
+    #: drawn with (a cohort gives each case's id, so that a case's draws do not depend on the others).
+    uncertainty: Uncertainty | None = None
+    uncertainty_key: str = ""
 
     def __post_init__(self) -> None:
         # Structures may be given as a plain sequence, as compute_dvhs takes them.
@@ -294,6 +305,8 @@ class PreparedRecurrence:
     #: How Vr was mapped (see :attr:`RecurrenceResult.registration_kind`), and the registration's file.
     registration_kind: str = ""
     registration_file: str = ""
+    #: The case's draws, planned, where uncertainty was asked for.
+    uncertainty: UncertaintyRequest | None = None
 
 
 def prepare_recurrence(
@@ -347,20 +360,30 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
     registration = case.registration if follow_up is not None else None
     kind = ""
     vr_request: SamplingRequest | DeformedRequest
+    mapping: np.ndarray | Deformation | None
     if isinstance(registration, DeformableRegistration):
         deformation = Deformation.between(registration, source.frame_of_reference_uid, dose.frame_of_reference_uid)
         plan = plan_sampling(
             [vr_structure], dose, deformed_options(options), common_plane_spacing_mm(source.structures)
         )
         vr_request = DeformedRequest(plan, dose, deformation)
-        kind, registered = registration.kind, True
+        kind, registered, mapping = registration.kind, True, deformation
     else:
         transform = recurrence_transform(dose, source, registration) if follow_up is not None else None
         _, vr_request = dvh_request(
             dose, source, [vr_structure.name], options=options, check_frame=transform is None, transform=transform
         )
-        registered = transform is not None
+        registered, mapping = transform is not None, transform
         kind = "rigid" if registered else ""
+    uncertainty = None
+    if case.uncertainty is not None:
+        uncertainty = UncertaintyRequest(
+            _uncertainty_plan(vr_structure, source, dose, case.uncertainty, options),
+            dose,
+            mapping,
+            case.uncertainty,
+            case.uncertainty_key,
+        )
     requests: list[SamplingRequest | DeformedRequest] = [vr_request]
 
     vr_metrics = [parse_metric(m) for m in RECURRENCE_METRICS]
@@ -408,7 +431,21 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         targets,
         registration_kind=kind,
         registration_file=(registration.source if registration is not None and kind else ""),
+        uncertainty=uncertainty,
     )
+
+
+def _uncertainty_plan(
+    vr: Structure, structures: StructureSet, dose: DoseGrid, uncertainty: Uncertainty, options: SamplingOptions
+):
+    """Vr's sampling plan for its draws: about ``uncertainty.samples`` points in all (in-plane cells times the
+    slabs each plane is cut into, half the dose grid's finest spacing thick), with four times the scanlines."""
+    spacing = common_plane_spacing_mm(structures.structures) or dose.spacing_mm[2]
+    slabs = max(1, math.ceil(spacing / (0.5 * min(dose.spacing_mm)) - 1e-9))
+    coarse = replace(
+        options, target_cells=max(16, uncertainty.samples // slabs), scanlines=options.scanlines * 4, supersampling=None
+    )
+    return plan_sampling([vr], dose, coarse, common_plane_spacing_mm(structures.structures))
 
 
 def _sampled_dvhs(prepared: PreparedRecurrence, samples: Sequence[StructureSamples]) -> tuple[DVH, dict[str, DVH]]:
@@ -478,6 +515,7 @@ def classify_recurrence(
     target_metrics: Sequence[str | RoiMetric] = (),
     criteria: Criteria | None = None,
     require_targets: bool = False,
+    uncertainty: Uncertainty | None = None,
     options: SamplingOptions | None = None,
     backend: str | Backend | None = None,
 ) -> RecurrenceResult:
@@ -510,6 +548,9 @@ def classify_recurrence(
     require_targets : bool
         Refuse a case whose target metrics or targets name an ROI the planning set lacks; by default the case is
         classified all the same, those metrics null, with a warning naming the ROI.
+    uncertainty : Uncertainty, optional
+        Registration errors to classify the case under as well (``result.uncertainty``): the probability of each
+        class, percentiles, stability (see :mod:`isodose.uncertainty`).
     options : SamplingOptions, optional
         How finely the structures are sampled.
     backend : str or Backend, optional
@@ -546,6 +587,7 @@ def classify_recurrence(
         target_metrics,
         criteria,
         require_targets,
+        uncertainty,
     )
     [result] = classify_recurrences([case], options=options, backend=backend)
     if isinstance(result, Exception):
@@ -640,6 +682,7 @@ def classify_prepared(
             except IsodoseError as exc:
                 results[i] = exc
         warnings[i] += messages
+    _with_uncertainty(ready, results, warnings, chosen, batch)
     finished: list[RecurrenceResult | IsodoseError] = []
     for i, result in enumerate(results):
         assert result is not None  # every case is prepared, failed or finished by now
@@ -649,3 +692,45 @@ def classify_prepared(
             result.warnings = tuple(warnings[i])
         finished.append(result)
     return finished
+
+
+def _with_uncertainty(
+    ready: dict[int, PreparedRecurrence],
+    results: list[RecurrenceResult | IsodoseError | None],
+    warnings: dict[int, list[str]],
+    backend: Backend,
+    batch: GridBatch,
+) -> None:
+    """The draws of every classified case that asked for them, in one call of the kernels; their results replace
+    the cases' own (a failure of the draws fails the case, with its reason)."""
+    chosen = [i for i, p in ready.items() if p.uncertainty is not None and isinstance(results[i], RecurrenceResult)]
+    if not chosen:
+        return
+
+    def volume_class(criteria: Criteria):
+        return lambda share: np.where(share >= criteria.in_field_pct, 0, np.where(share >= criteria.marginal_pct, 1, 2))
+
+    def centroid_class(criteria: Criteria, prescription_gy: float):
+        level = criteria.centroid_isodose_pct / 100.0 * prescription_gy
+        return lambda dose, in_target: np.where(np.isfinite(dose) & (dose >= level), 0, np.where(in_target, 1, 2))
+
+    with collect_warnings() as messages:
+        try:
+            drawn = classify_draws(
+                [ready[i].uncertainty for i in chosen],  # type: ignore[misc]
+                [results[i] for i in chosen],
+                [ready[i].targets for i in chosen],
+                [volume_class(ready[i].criteria) for i in chosen],
+                [centroid_class(ready[i].criteria, ready[i].prescription_gy) for i in chosen],
+                backend,
+                batch,
+            )
+        except IsodoseError as exc:
+            for i in chosen:
+                results[i] = IsodoseError(f"the draws of its uncertainty failed: {exc}")
+            return
+    for i, outcome in zip(chosen, drawn):
+        result = results[i]
+        assert isinstance(result, RecurrenceResult)
+        results[i] = replace(result, uncertainty=outcome)
+        warnings[i] += messages

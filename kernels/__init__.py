@@ -54,6 +54,10 @@ structure_plane_start, structure_transform, bin_width, n_bins, n_chunks) -> (his
     The inverse: for each target ``t``, the point ``p`` with ``pre p + d(p) = t`` by Newton's method from
     ``pre^-1 t`` (steps halved where one would leave the grid), the Jacobian of ``d`` there and the residual
     ``|pre p + d(p) - t|``; NaN where no point inside the grid is found.
+``moved_doses_many(table, points, point_grid, case_point_start, transforms, case_transform_start) -> doses``
+    For perturbations of many cases in one call: the trilinear dose at each of a case's points moved by each of
+    its rigid 4x4 transforms (points and transforms given case after case); flat, each case's block
+    ``(transforms, points)``.
 """
 
 #: Newton iterations of ``invert_displacement_many`` at most, the residual (mm) they stop at, and the halvings of a

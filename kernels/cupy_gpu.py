@@ -188,6 +188,35 @@ class GpuKernels:
             )
         return self.to_host(points).reshape(n, 3), self.to_host(jacobian).reshape(n, 3, 3), self.to_host(residual)
 
+    def moved_doses_many(
+        self, table: GridTable, points, point_grid, case_point_start, transforms, case_transform_start
+    ):
+        """Doses at each case's points moved by each of its transforms, in one launch (see the CUDA source)."""
+        starts = np.asarray(case_point_start, dtype=np.int64)
+        transform_starts = np.asarray(case_transform_start, dtype=np.int64)
+        sizes = np.diff(starts) * np.diff(transform_starts)
+        out_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        n = int(out_start[-1])
+        out = self.xp.empty(n, dtype=np.float64)
+        if n:
+            self.launch(
+                "moved_doses_kernel",
+                n,
+                [
+                    *table.args(),
+                    self.to_device(np.asarray(points, dtype=np.float64).reshape(-1, 3), np.float64),
+                    self.to_device(point_grid, np.int64),
+                    self.to_device(starts, np.int64),
+                    self.to_device(np.asarray(transforms, dtype=np.float64).reshape(-1, 16), np.float64),
+                    self.to_device(transform_starts, np.int64),
+                    self.to_device(out_start, np.int64),
+                    np.int64(len(starts) - 1),
+                    np.int64(n),
+                    out,
+                ],
+            )
+        return self.to_host(out)
+
     # -- kernels ----------------------------------------------------------------------------------------------
     def trilinear(self, dose, origin, spacing, points):
         points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
@@ -600,3 +629,7 @@ def displace_many(table, points, point_field):
 
 def invert_displacement_many(table, targets, point_field, pre, pre_inverse):
     return _instance().invert_displacement_many(table, targets, point_field, pre, pre_inverse)
+
+
+def moved_doses_many(table, points, point_grid, case_point_start, transforms, case_transform_start):
+    return _instance().moved_doses_many(table, points, point_grid, case_point_start, transforms, case_transform_start)

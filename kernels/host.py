@@ -195,3 +195,31 @@ def invert_displacement_many(
             vectors, matrix, targets[start:end], pre[f], pre_inverse[f]
         )
     return points, jacobian, residual
+
+
+def moved_doses_many(
+    moved_doses: Callable[..., np.ndarray],
+    table: HostGridTable,
+    points: Any,
+    point_grid: Any,
+    case_point_start: Any,
+    transforms: Any,
+    case_transform_start: Any,
+) -> np.ndarray:
+    """``moved_doses(dose, origin, spacing, points, transforms) -> (transforms, points)`` of each case (its points
+    in one grid at a time), laid end to end as the protocol says."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    point_grid = np.asarray(point_grid, dtype=np.int64).reshape(-1)
+    transforms = np.asarray(transforms, dtype=np.float64).reshape(-1, 4, 4)
+    starts = np.asarray(case_point_start, dtype=np.int64)
+    transform_starts = np.asarray(case_transform_start, dtype=np.int64)
+    blocks = []
+    for c in range(len(starts) - 1):
+        a, b = int(starts[c]), int(starts[c + 1])
+        moves = transforms[transform_starts[c] : transform_starts[c + 1]]
+        block = np.empty((len(moves), b - a))
+        for start, end in _runs(point_grid[a:b, None]):
+            grid = table.grids[int(point_grid[a + start])]
+            block[:, start:end] = moved_doses(*grid, points[a + start : a + end], moves)
+        blocks.append(block.reshape(-1))
+    return np.concatenate(blocks) if blocks else np.empty(0)

@@ -1056,3 +1056,44 @@ def invert_displacement(vectors, world_to_index, targets, pre, pre_inverse):
 
 def invert_displacement_many(table, targets, point_field, pre, pre_inverse):
     return host.invert_displacement_many(invert_displacement, table, targets, point_field, pre, pre_inverse)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Perturbations
+# --------------------------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True, error_model="numpy")
+def _moved_doses(dose, origin, spacing, points, transforms, out):
+    n_points = points.shape[0]
+    for item in prange(transforms.shape[0] * n_points):
+        d = item // n_points
+        i = item - d * n_points
+        m = transforms[d]
+        px, py, pz = points[i, 0], points[i, 1], points[i, 2]
+        value, _, _, _, _ = _trilinear_point(
+            dose,
+            origin[0],
+            origin[1],
+            origin[2],
+            spacing[0],
+            spacing[1],
+            spacing[2],
+            m[0, 0] * px + m[0, 1] * py + m[0, 2] * pz + m[0, 3],
+            m[1, 0] * px + m[1, 1] * py + m[1, 2] * pz + m[1, 3],
+            m[2, 0] * px + m[2, 1] * py + m[2, 2] * pz + m[2, 3],
+        )
+        out[d, i] = value
+
+
+@_one_thread_at_a_time
+def moved_doses(dose, origin, spacing, points, transforms):
+    points = _f64(points).reshape(-1, 3)
+    transforms = _f64(transforms).reshape(-1, 4, 4)
+    out = np.empty((transforms.shape[0], points.shape[0]))
+    _moved_doses(_float_array(dose), _f64(origin), _f64(spacing), points, transforms, out)
+    return out
+
+
+def moved_doses_many(table, points, point_grid, case_point_start, transforms, case_transform_start):
+    return host.moved_doses_many(
+        moved_doses, table, points, point_grid, case_point_start, transforms, case_transform_start
+    )

@@ -469,3 +469,22 @@ def invert_displacement(vectors, world_to_index, targets, pre, pre_inverse):
 
 def invert_displacement_many(table, targets, point_field, pre, pre_inverse):
     return host.invert_displacement_many(invert_displacement, table, targets, point_field, pre, pre_inverse)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Perturbations
+# --------------------------------------------------------------------------------------------------------
+def moved_doses(dose, origin, spacing, points, transforms):
+    """The trilinear dose at ``points`` moved by each rigid 4x4 of ``transforms``: ``(transforms, points)``."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    transforms = np.asarray(transforms, dtype=np.float64).reshape(-1, 4, 4)
+    out = np.empty((len(transforms), len(points)))
+    for d, matrix in enumerate(transforms):
+        out[d] = trilinear(dose, origin, spacing, points @ matrix[:3, :3].T + matrix[:3, 3])
+    return out
+
+
+def moved_doses_many(table, points, point_grid, case_point_start, transforms, case_transform_start):
+    return host.moved_doses_many(
+        moved_doses, table, points, point_grid, case_point_start, transforms, case_transform_start
+    )

@@ -42,6 +42,7 @@ KERNELS = (
     "field_table",
     "displace_many",
     "invert_displacement_many",
+    "moved_doses_many",
 )
 
 
@@ -184,4 +185,20 @@ class Kernels(Protocol):
         method from ``pre^-1 t``; ``pre[f]`` and ``pre_inverse[f]`` the field's 4x4 and its inverse), the
         Jacobian of ``d`` at ``p`` ``(n, 3, 3)``, and the residual ``|pre p + d(p) - t|`` (mm); NaN where the
         iteration leaves the field's grid."""
+        ...
+
+    # -- perturbations -----------------------------------------------------------------------------------------
+    def moved_doses_many(
+        self,
+        table: Any,
+        points: Any,
+        point_grid: Any,
+        case_point_start: Any,
+        transforms: Any,
+        case_transform_start: Any,
+    ) -> np.ndarray:
+        """The dose at each point of each case moved by each of its case's rigid 4x4 transforms, in the point's
+        grid of ``table``: case ``c``'s points ``case_point_start[c]:...`` and transforms
+        ``case_transform_start[c]:...``; the result is flat, case by case, each case's block ``(transforms,
+        points)`` row by row; NaN outside the grid."""
         ...

@@ -27,6 +27,7 @@ LAYERS = {
     "sampling": 3,
     "deformation": 3,
     "dvh": 4,
+    "uncertainty": 4,
     "recurrence": 4,
     "reirradiation": 4,
     "validation": 4,

@@ -342,7 +342,7 @@ def test_every_launch_is_checked_against_the_kernel_parameters(gpu):
     the check); it refuses what would reach a real kernel wrongly."""
     parameters = kernel_parameters(SOURCE.read_text())
     launched = set(re.findall(r'self\.launch\(\s*"(\w+)"', open(cupy_gpu.__file__).read()))
-    assert launched == set(parameters) and len(launched) == 7
+    assert launched == set(parameters) and len(launched) == 8
     n = 10
     values, delta = gpu.xp.asarray(np.linspace(0.0, 9.0, n)), gpu.xp.zeros(5, np.int64)
     good = [values, gpu.xp.asarray(np.ones(n)), gpu.xp.zeros(n), np.int64(n), np.float64(1.0), np.int32(4), delta]

@@ -52,6 +52,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "(by default: classified all the same, those metrics null, with a warning)",
     )
     options.add_criteria(parser)
+    options.add_uncertainty(parser)
     options.add_format(parser)
     options.add_sampling(parser)
     parser.set_defaults(func=run)
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise IsodoseError("--field-fixed says how the --registration field image was computed; give both")
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
     criteria = options.criteria(args)
+    uncertainty = options.uncertainty(args)
     backend = select_backend(args.backend)
     with collect_warnings() as warnings:
         plan = options.plan(args)
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         target_metrics=roi_metrics,
         criteria=criteria,
         require_targets=args.require_targets,
+        uncertainty=uncertainty,
         options=options.sampling_options(args),
         backend=backend,
     )

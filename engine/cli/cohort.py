@@ -73,6 +73,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="run on a Dask cluster of --workers processes started on this machine",
     )
     options.add_criteria(run_parser)
+    options.add_uncertainty(run_parser)
     options.add_sampling(run_parser)
     run_parser.set_defaults(func=run)
 
@@ -98,6 +99,7 @@ def run_settings(args: argparse.Namespace):
         relative_dose_reference_gy=args.relative_dose_reference_gy,
         allow_mismatch=args.allow_mismatch,
         require_targets=args.require_targets,
+        uncertainty=options.uncertainty(args),
     )
 
 
@@ -163,6 +165,7 @@ def report(args: argparse.Namespace) -> int:
             "patterns": cohort.patterns,
             "summaries": [s.__dict__ for s in cohort.summaries],
             "warnings": [{"case_id": c, "warnings": messages} for c, messages in cohort.warnings],
+            "uncertainty": {method: u.__dict__ for method, u in cohort.uncertainty.items()},
         }
         sys.stdout.write(json.dumps(document, indent=2, default=lambda v: None) + "\n")
     elif args.format == "csv":  # the failure patterns, one row per method and class

@@ -195,3 +195,61 @@ def dvh_step(args: argparse.Namespace) -> float:
     if not (math.isfinite(args.dvh_step) and args.dvh_step > 0):
         raise IsodoseError(f"--dvh-step must be a positive dose in Gy, not {args.dvh_step}")
     return args.dvh_step
+
+
+def add_uncertainty(parser: argparse.ArgumentParser) -> None:
+    """``--uncertainty-translation-mm``, ``--uncertainty-rotation-deg``, ``--draws``, ``--seed`` and
+    ``--stable-level``: classification under registration uncertainty."""
+    group = parser.add_argument_group("classification under registration uncertainty")
+    group.add_argument(
+        "--uncertainty-translation-mm",
+        type=float,
+        nargs="+",
+        metavar="SD",
+        help="standard deviation of the registration's translation, mm: one value, or three (x y z)",
+    )
+    group.add_argument(
+        "--uncertainty-rotation-deg",
+        type=float,
+        nargs="+",
+        metavar="SD",
+        help="standard deviation of its rotation about Vr's centroid, degrees: one value, or three (x y z)",
+    )
+    group.add_argument("--draws", type=int, default=None, metavar="N", help="perturbed mappings per case (1000)")
+    group.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the draws (0)")
+    group.add_argument(
+        "--stable-level",
+        type=float,
+        default=None,
+        metavar="PCT",
+        help="a class is stable when it holds at least this share of the draws (95)",
+    )
+
+
+def uncertainty(args: argparse.Namespace):
+    """The :class:`~isodose.uncertainty.Uncertainty` the options ask for, or None when none of them is given."""
+    given = [
+        args.uncertainty_translation_mm,
+        args.uncertainty_rotation_deg,
+        args.draws,
+        args.seed,
+        args.stable_level,
+    ]
+    if all(v is None for v in given):
+        return None
+    from ..uncertainty import Uncertainty
+
+    def triple(values, name):
+        if values is None:
+            return (0.0, 0.0, 0.0)
+        if len(values) not in (1, 3):
+            raise IsodoseError(f"{name} takes one value or three (x y z), not {len(values)}")
+        return tuple(values) * 3 if len(values) == 1 else tuple(values)
+
+    return Uncertainty(
+        translation_sd_mm=triple(args.uncertainty_translation_mm, "--uncertainty-translation-mm"),
+        rotation_sd_deg=triple(args.uncertainty_rotation_deg, "--uncertainty-rotation-deg"),
+        draws=1000 if args.draws is None else args.draws,
+        seed=0 if args.seed is None else args.seed,
+        stable_pct=95.0 if args.stable_level is None else args.stable_level,
+    )

@@ -21,6 +21,7 @@ import numpy as np
 from .. import __version__
 from ..formatting import shown, text_table
 from ..recurrence import CLASSES, RECURRENCE_METRICS
+from ..uncertainty import CohortUncertainty, cohort_uncertainty
 from .store import ResultStore
 
 #: Cases whose warnings the text report lists (the HTML report lists them all).
@@ -53,6 +54,8 @@ class CohortReport:
     table_columns: list[str]
     #: The cases whose results hold warnings (failed ones too), with those warnings.
     warnings: list[tuple[str, list[str]]] = field(default_factory=list)
+    #: Under registration uncertainty (where the run asked for it): the cohort's summary by each method.
+    uncertainty: dict[str, CohortUncertainty] = field(default_factory=dict)
 
     @property
     def n_ok(self) -> int:
@@ -106,7 +109,43 @@ def build_report(store: ResultStore) -> CohortReport:
         "class_centroid",
     ]
     warnings = [(e["case_id"], list(e.get("warnings") or [])) for e in entries if e.get("warnings")]
-    return CohortReport(store.path, settings, ok, failed, patterns, summaries, recurrence_roi, columns, warnings)
+    uncertainty = _uncertainty(ok, settings)
+    if uncertainty:
+        columns += ["p_volume_in_field_pct", "class_volume_stable"]
+    return CohortReport(
+        store.path, settings, ok, failed, patterns, summaries, recurrence_roi, columns, warnings, uncertainty
+    )
+
+
+def _uncertainty(ok: list[dict], settings: dict) -> dict[str, CohortUncertainty]:
+    """The cohort's classes under uncertainty, by each method, from the cases' probabilities."""
+    drawn = [e for e in ok if "p_volume_in_field_pct" in e["record"]]
+    if not drawn:
+        return {}
+    seed = int(settings.get("uncertainty", {}).get("seed", 0))
+    out = {}
+    for method in ("volume", "centroid"):
+        probabilities = np.array(
+            [[_numeric(e["record"].get(f"p_{method}_{c.replace('-', '_')}_pct")) for c in CLASSES] for e in drawn]
+        )
+        stable = [bool(e["record"].get(f"class_{method}_stable")) for e in drawn]
+        out[method] = cohort_uncertainty(
+            [e["case_id"] for e in drawn], np.nan_to_num(probabilities), stable, method=method, seed=seed
+        )
+    return out
+
+
+def uncertainty_rows(report: CohortReport) -> list[list[str]]:
+    """Per class: the expected count and the 95% interval of its share, by each method."""
+    rows = []
+    for c in CLASSES:
+        row = [c]
+        for method in ("volume", "centroid"):
+            summary = report.uncertainty[method]
+            low, high = summary.share_interval_pct[c]
+            row.append(f"{summary.expected_counts[c]:.1f} ({low:.1f}-{high:.1f}%)")
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -142,6 +181,19 @@ def format_text(report: CohortReport) -> str:
             ],
         )
     )
+    if report.uncertainty:
+        volume = report.uncertainty["volume"]
+        parts += [
+            "",
+            f"Under registration uncertainty ({volume.cases} cases): expected count of each class (95% interval of "
+            "its share, from the cases' uncertainty and the cohort's sampling)",
+        ]
+        parts.append(text_table(["class", "volume method", "point of origin"], uncertainty_rows(report)))
+        parts.append(
+            f"unstable cases (volume method): {len(volume.unstable)}"
+            + (f": {', '.join(volume.unstable[:20])}" if volume.unstable else "")
+            + (" ..." if len(volume.unstable) > 20 else "")
+        )
     if report.failed:
         parts += ["", "Failed cases"]
         parts += [f"  {case_id}: {error}" for case_id, error in report.failed]
@@ -211,6 +263,36 @@ def _inside_figure(values: list[float], criteria: dict):
     return figure
 
 
+def _probability_figure(cases: list[dict]):
+    """Each case's class probabilities by the volume method, as stacked bars, the cases sorted by their share of
+    Vr inside the isodose."""
+    import matplotlib.pyplot as plt
+
+    drawn = sorted(
+        (e for e in cases if "p_volume_in_field_pct" in e["record"]),
+        key=lambda e: _numeric(e["record"].get("inside_isodose_pct")),
+    )
+    figure, axis = plt.subplots(figsize=(10.0, 3.4))
+    x = np.arange(len(drawn))
+    bottom = np.zeros(len(drawn))
+    for c, colour in zip(CLASSES, ("#238b45", "#fe9929", "#cb181d")):
+        values = np.array([_numeric(e["record"].get(f"p_volume_{c.replace('-', '_')}_pct")) for e in drawn])
+        axis.bar(x, values, bottom=bottom, width=1.0, color=colour, label=c, linewidth=0)
+        bottom += np.nan_to_num(values)
+    unstable = [k for k, e in enumerate(drawn) if not e["record"].get("class_volume_stable")]
+    if unstable:
+        axis.plot(unstable, [103] * len(unstable), "v", color="#222222", ms=4, label="unstable")
+    axis.set(
+        xlabel="cases, by their share of Vr inside the isodose",
+        ylabel="probability (%)",
+        ylim=(0, 108),
+        xlim=(-0.5, len(drawn) - 0.5),
+        title="Class by the volume method under registration uncertainty",
+    )
+    axis.legend(fontsize=8, loc="lower right", ncol=4)
+    return figure
+
+
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -276,9 +358,44 @@ def write_html(report: CohortReport, store: ResultStore, path: str | Path) -> Pa
             "class_volume": "class (volume)",
             "class_centroid": "class (point of origin)",
             "case_id": "case",
+            "p_volume_in_field_pct": "P in-field (%)",
+            "class_volume_stable": "stable",
         }.get(c, c)
         for c in report.table_columns
     ]
+    uncertainty_section = ""
+    if report.uncertainty:
+        figure = _probability_figure(report.cases)
+        image = f'<img alt="class probabilities of each case" src="data:image/png;base64,{_png(figure)}">'
+        plt.close(figure)
+        volume = report.uncertainty["volume"]
+        unstable = (
+            _html_table(
+                ["case", "P in-field %", "P marginal %", "P out-field %", "Vr inside isodose %"],
+                [
+                    [
+                        e["case_id"],
+                        *(shown(e["record"].get(f"p_volume_{c.replace('-', '_')}_pct"), 1) for c in CLASSES),
+                        shown(e["record"].get("inside_isodose_pct"), 1),
+                    ]
+                    for e in report.cases
+                    if e["case_id"] in set(volume.unstable)
+                ],
+            )
+            if volume.unstable
+            else "<p>None.</p>"
+        )
+        u = report.settings.get("uncertainty", {})
+        uncertainty_section = f"""<h2>Under registration uncertainty</h2>
+<p class="small">{u.get("draws")} draws per case of rigid errors (translation SD {u.get("translation_sd_mm")} mm,
+rotation SD {u.get("rotation_sd_deg")} degrees, seed {u.get("seed")}). Expected count of each class, and the 95%
+interval of its share from a two-level bootstrap (cases resampled, each case's class drawn from its
+probabilities). A class is stable when it holds at least {u.get("stable_pct")}% of a case's draws.</p>
+{_html_table(["class", "volume method", "point of origin"], uncertainty_rows(report))}
+{image}
+<h3>Unstable cases (volume method): {len(volume.unstable)}</h3>
+{unstable}
+"""
     failed = _html_table(["case", "error"], [[c, e] for c, e in report.failed]) if report.failed else "<p>None.</p>"
     warned = (
         _html_table(["case", "warning"], [[c, m] for c, messages in report.warnings for m in messages])
@@ -305,6 +422,7 @@ img {{ max-width: 100%; margin: 0.3em; }}
 <h2>Failure patterns</h2>
 {pattern_table}
 {sections[0]}
+{uncertainty_section}
 <h2>Cohort DVHs</h2>
 <p class="small">Cumulative DVHs (% of each structure's volume inside the dose grid): median, 25th-75th and
 5th-95th percentiles over the classified cases.</p>

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..recurrence import Criteria
+from ..uncertainty import Uncertainty
 from ..voxelize import SamplingOptions
 
 
@@ -34,6 +35,8 @@ class RunSettings:
     require_targets : bool
         Fail a case whose target metrics name an ROI its planning set lacks; by default the case is classified,
         those metrics null, with a warning.
+    uncertainty : Uncertainty, optional
+        Classify each case under registration uncertainty too (each case's draws from the seed and its id).
 
     The last two decide which cases fail, not the numbers of the others, so they are not part of the settings a
     store keeps (and a store may be resumed with other choices of them).
@@ -53,6 +56,7 @@ class RunSettings:
     relative_dose_reference_gy: float | None = None
     allow_mismatch: bool = False
     require_targets: bool = False
+    uncertainty: Uncertainty | None = None
 
     def as_dict(self) -> dict:
         """The settings as the store keeps them (JSON values)."""
@@ -68,6 +72,7 @@ class RunSettings:
                 if self.relative_dose_reference_gy is None
                 else {"relative_dose_reference_gy": self.relative_dose_reference_gy}
             ),
+            **({} if self.uncertainty is None else {"uncertainty": self.uncertainty.as_dict()}),
         }
 
 

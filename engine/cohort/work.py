@@ -253,6 +253,8 @@ def _recurrence_case(inputs: CaseInputs, settings: RunSettings):
         settings.target_metrics,
         settings.criteria,
         settings.require_targets,
+        settings.uncertainty,
+        inputs.case.case_id,
     )
 
 

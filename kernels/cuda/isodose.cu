@@ -557,3 +557,32 @@ extern "C" __global__ void invert_kernel(const float* __restrict__ vectors, cons
     for (int r = 0; r < 9; ++r) jacobian[9 * n + r] = ok ? g[r] : ISODOSE_NAN;
     residual[n] = ok ? size : ISODOSE_NAN;
 }
+
+// ------------------------------------------------------------------------------------------------------
+// moved doses: perturbations of many cases in one launch. Case c's points are points[case_point_start[c]..] (each
+// in its grid point_grid[i] of the table), its rigid 4x4 transforms (row major) transforms[16 case_transform_start
+// [c]..]; its block of out starts at out_start[c] and is (transforms, points), row by row. One thread per value.
+// ------------------------------------------------------------------------------------------------------
+extern "C" __global__ void moved_doses_kernel(const float* __restrict__ doses, const long long* __restrict__ grid_offset,
+                                              const int* __restrict__ grid_shape,
+                                              const double* __restrict__ grid_geometry,
+                                              const double* __restrict__ points,
+                                              const long long* __restrict__ point_grid,
+                                              const long long* __restrict__ case_point_start,
+                                              const double* __restrict__ transforms,
+                                              const long long* __restrict__ case_transform_start,
+                                              const long long* __restrict__ out_start, long long n_cases,
+                                              long long n_out, double* __restrict__ out) {
+    long long n = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= n_out) return;
+    long long c = upper_bound(out_start, n_cases, n);
+    long long n_points = case_point_start[c + 1] - case_point_start[c];
+    long long offset = n - out_start[c];
+    long long d = offset / n_points;
+    long long i = case_point_start[c] + (offset - d * n_points);
+    const double* m = transforms + 16 * (case_transform_start[c] + d);
+    double px = points[3 * i], py = points[3 * i + 1], pz = points[3 * i + 2];
+    Grid g = grid_at(doses, grid_offset, grid_shape, grid_geometry, point_grid[i]);
+    out[n] = trilinear_at(g, m[0] * px + m[1] * py + m[2] * pz + m[3], m[4] * px + m[5] * py + m[6] * pz + m[7],
+                          m[8] * px + m[9] * py + m[10] * pz + m[11]);
+}

@@ -72,3 +72,16 @@ extern "C" void emulate_invert_kernel(unsigned grid, unsigned block, const float
                    invert_kernel(vectors, field_offset, field_shape, field_matrix, point_field, targets, pre,
                                  pre_inverse, n_points, points, jacobian, residual));
 }
+
+extern "C" void emulate_moved_doses_kernel(unsigned grid, unsigned block, const float* doses,
+                                           const long long* grid_offset, const int* grid_shape,
+                                           const double* grid_geometry, const double* points,
+                                           const long long* point_grid, const long long* case_point_start,
+                                           const double* transforms, const long long* case_transform_start,
+                                           const long long* out_start, long long n_cases, long long n_out,
+                                           double* out) {
+    EMULATE_LAUNCH(grid, block,
+                   moved_doses_kernel(doses, grid_offset, grid_shape, grid_geometry, points, point_grid,
+                                      case_point_start, transforms, case_transform_start, out_start, n_cases, n_out,
+                                      out));
+}
