@@ -56,6 +56,7 @@ gpu-check:
 	mkdir -p $(GPU_OUT)
 	-$(PYTHON) -m pytest tests -m gpu -rA --junitxml=$(GPU_OUT)/gpu-tests.xml
 	-$(PYTHON) -m pytest benchmarks/test_bench_gpu.py benchmarks/test_bench_kernels.py benchmarks/test_bench_dvh.py \
+		benchmarks/test_bench_uncertainty.py \
 		--benchmark-enable --benchmark-only --benchmark-json=$(GPU_OUT)/results.json
 	$(PYTHON) benchmarks/report.py $(GPU_OUT)/results.json --out $(GPU_OUT) --tests $(GPU_OUT)/gpu-tests.xml \
 		--command "make gpu-check"

@@ -71,11 +71,16 @@ _EXPORTS = {
     "Tolerance": "dvh",
     "AuditSettings": "cohort.audit",
     "run_audit": "cohort.audit",
+    "Uncertainty": "uncertainty",
+    "UncertaintyResult": "uncertainty",
+    "CohortUncertainty": "uncertainty",
+    "cohort_uncertainty": "uncertainty",
 }
 
 __all__ = [
     "AuditResult",
     "AuditSettings",
+    "CohortUncertainty",
     "Contour",
     "Course",
     "Criteria",
@@ -97,6 +102,8 @@ __all__ = [
     "Structure",
     "StructureSet",
     "Tolerance",
+    "Uncertainty",
+    "UncertaintyResult",
     "accumulate",
     "accumulated_dvhs",
     "audit_dvhs",
@@ -105,6 +112,7 @@ __all__ = [
     "bed",
     "classify_recurrence",
     "classify_recurrences",
+    "cohort_uncertainty",
     "compute_dvhs",
     "eqd2",
     "parse_metric",
@@ -137,6 +145,7 @@ if TYPE_CHECKING:
     from .model import Contour, DeformableRegistration, DoseGrid, Plan, Registration, Structure, StructureSet
     from .recurrence import Criteria, RecurrenceCase, RecurrenceResult, classify_recurrence, classify_recurrences
     from .reirradiation import Course, PlanSum, accumulate, accumulated_dvhs, bed, eqd2
+    from .uncertainty import CohortUncertainty, Uncertainty, UncertaintyResult, cohort_uncertainty
     from .voxelize import SamplingOptions
 
 

@@ -206,20 +206,27 @@ def moved_doses_many(
     transforms: Any,
     case_transform_start: Any,
 ) -> np.ndarray:
-    """``moved_doses(dose, origin, spacing, points, transforms) -> (transforms, points)`` of each case (its points
-    in one grid at a time), laid end to end as the protocol says."""
+    """``moved_doses(dose, origin, spacing, points, transforms, out) -> out`` of each case (its points in one grid at
+    a time, ``out`` of shape ``(transforms, points)``), laid end to end as the protocol says. A case whose points lie
+    in one grid is written in place into the result."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     point_grid = np.asarray(point_grid, dtype=np.int64).reshape(-1)
     transforms = np.asarray(transforms, dtype=np.float64).reshape(-1, 4, 4)
     starts = np.asarray(case_point_start, dtype=np.int64)
     transform_starts = np.asarray(case_transform_start, dtype=np.int64)
-    blocks = []
+    sizes = np.diff(starts) * np.diff(transform_starts)
+    result = np.empty(int(sizes.sum()))
+    offset = 0
     for c in range(len(starts) - 1):
         a, b = int(starts[c]), int(starts[c + 1])
         moves = transforms[transform_starts[c] : transform_starts[c + 1]]
-        block = np.empty((len(moves), b - a))
-        for start, end in _runs(point_grid[a:b, None]):
+        block = result[offset : offset + int(sizes[c])].reshape(len(moves), b - a)
+        offset += int(sizes[c])
+        runs = list(_runs(point_grid[a:b, None]))
+        for start, end in runs:
             grid = table.grids[int(point_grid[a + start])]
-            block[:, start:end] = moved_doses(*grid, points[a + start : a + end], moves)
-        blocks.append(block.reshape(-1))
-    return np.concatenate(blocks) if blocks else np.empty(0)
+            if len(runs) == 1:
+                moved_doses(*grid, points[a:b], moves, block)
+            else:
+                block[:, start:end] = moved_doses(*grid, points[a + start : a + end], moves, None)
+    return result

@@ -1085,10 +1085,11 @@ def _moved_doses(dose, origin, spacing, points, transforms, out):
 
 
 @_one_thread_at_a_time
-def moved_doses(dose, origin, spacing, points, transforms):
+def moved_doses(dose, origin, spacing, points, transforms, out=None):
     points = _f64(points).reshape(-1, 3)
     transforms = _f64(transforms).reshape(-1, 4, 4)
-    out = np.empty((transforms.shape[0], points.shape[0]))
+    if out is None:
+        out = np.empty((transforms.shape[0], points.shape[0]))
     _moved_doses(_float_array(dose), _f64(origin), _f64(spacing), points, transforms, out)
     return out
 

@@ -474,11 +474,13 @@ def invert_displacement_many(table, targets, point_field, pre, pre_inverse):
 # --------------------------------------------------------------------------------------------------------
 # Perturbations
 # --------------------------------------------------------------------------------------------------------
-def moved_doses(dose, origin, spacing, points, transforms):
-    """The trilinear dose at ``points`` moved by each rigid 4x4 of ``transforms``: ``(transforms, points)``."""
+def moved_doses(dose, origin, spacing, points, transforms, out=None):
+    """The trilinear dose at ``points`` moved by each rigid 4x4 of ``transforms``: ``(transforms, points)``, into
+    ``out`` where given."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     transforms = np.asarray(transforms, dtype=np.float64).reshape(-1, 4, 4)
-    out = np.empty((len(transforms), len(points)))
+    if out is None:
+        out = np.empty((len(transforms), len(points)))
     for d, matrix in enumerate(transforms):
         out[d] = trilinear(dose, origin, spacing, points @ matrix[:3, :3].T + matrix[:3, 3])
     return out

@@ -9,8 +9,6 @@ import csv
 import io
 import json
 import math
-import shutil
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +26,8 @@ from isodose.dvh import PlanningSystemDVH, Tolerance, compute_dvhs
 from isodose.errors import DicomReadError, InputMismatchError
 from isodose.phantoms import example_case, example_truths, reported_dvh
 from isodose.voxelize import SamplingOptions
+
+from .browser import screenshot
 
 
 def run(capsys, *argv):
@@ -386,10 +386,6 @@ def test_the_command_line_refuses_what_does_not_fit_in_one_line(tmp_path, capsys
         assert code == 2 and err.count("\n") == 1 and message in err, (argv, err)
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def test_the_html_shows_both_curves_of_each_roi_in_a_browser(tmp_path, capsys):
     rd, rs, rp = write_audited_case(tmp_path, shifted={"Cord": 5.0})
     page = tmp_path / "audit.html"
@@ -400,28 +396,7 @@ def test_the_html_shows_both_curves_of_each_roi_in_a_browser(tmp_path, capsys):
     text = page.read_text()
     assert text.count("<img") == 3 and "data:image/png;base64," in text and "NO</td>" in text
     assert "http://" not in text and "https://" not in text  # self-contained
-    browser = chromium()
-    if browser is None:
-        pytest.skip("no Chromium to look at the page with")
-    shot = tmp_path / "audit.png"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--disable-gpu",
-            "--no-sandbox",
-            "--hide-scrollbars",
-            f"--screenshot={shot}",
-            "--window-size=1200,1600",
-            page.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    import matplotlib.image
-
-    pixels = matplotlib.image.imread(shot)[..., :3]
+    pixels = screenshot(page, tmp_path / "audit.png")
     # The planning system's curves (black), isodose's (blue and red) are drawn: pixels of each colour are there.
     blue = (pixels[..., 2] > 0.6) & (pixels[..., 0] < 0.3)
     red = (pixels[..., 0] > 0.7) & (pixels[..., 1] < 0.3) & (pixels[..., 2] < 0.3)

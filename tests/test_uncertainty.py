@@ -24,6 +24,8 @@ from isodose.model import StructureSet
 from isodose.phantoms import LinearField, Sphere, contour_shape
 from isodose.uncertainty import CLASSES, Uncertainty, cohort_uncertainty
 
+from .browser import colour_pixels, screenshot
+
 FRAME = "1.2.826.0.1.3680043.8.498.300"
 FIELD = LinearField(60.0, (0.0, -1.0, 0.0), (0.0, 0.0, 0.0))  # 60 Gy at y = 0, 1 Gy/mm less towards +y
 PRESCRIPTION = 60.0  # the 95% isodose, 57 Gy, is the plane y = 3 mm
@@ -252,6 +254,9 @@ def test_a_cohort_run_keeps_the_probabilities_and_reports_the_unstable_cases(tmp
     assert "Under registration uncertainty (5 cases)" in text and "unstable cases (volume method): " in text
     html = out.with_suffix(".html").read_text()
     assert "Under registration uncertainty" in html and "class probabilities of each case" in html and "P2" in html
+    # As a person sees it: the figure's in-field (green) and marginal (orange) bars are on the page.
+    pixels = screenshot(out.with_suffix(".html"), tmp_path / "report.png", size=(1200, 5000))
+    assert colour_pixels(pixels, (0x23, 0x8B, 0x45)) > 2000 and colour_pixels(pixels, (0xFE, 0x99, 0x29)) > 500
     code, js, _ = run(capsys, "cohort", "report", out, "--format", "json")
     summary = json.loads(js)["uncertainty"]["volume"]
     assert summary["cases"] == 5 and "P2" in summary["unstable"]
