@@ -648,8 +648,15 @@ def classify_prepared(
     options = next(iter(ready.values())).options if ready else SamplingOptions()
     if any(p.options != options for p in ready.values()):
         raise IsodoseError("cases sampled together need the same sampling options")
-    # The cases' grids go where the backend computes once, for their samples and for the doses at their centroids.
-    batch = GridBatch.of([r.grid for r in requests], chosen)
+    # The cases' grids go where the backend computes once, for their samples and for the doses at their centroids
+    # (inside Vr's box). A grid is cropped to the box of its requests' samples, unless a case reads it elsewhere
+    # too: through a deformation (its samples are placed only while sampling) or in its draws of uncertainty.
+    extents = [
+        r.extent_mm() if isinstance(r, SamplingRequest) and p.uncertainty is None else None
+        for p in ready.values()
+        for r in p.requests
+    ]
+    batch = GridBatch.of([r.grid for r in requests], chosen, extents)
     try:
         samples = sample_requests(requests, chosen, options, grids=batch)
     except IsodoseError:

@@ -104,33 +104,137 @@ class SamplingRequest:
             return np.broadcast_to(np.eye(4), (n, 4, 4))
         return np.ascontiguousarray(self.transforms, dtype=np.float64).reshape(n, 4, 4)
 
+    def extent_mm(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The box (lowest and highest x, y, z, in the grid's frame) holding every point at which sampling this
+        request reads the grid: its planes' cells and its contours' vertices, moved by their transforms. None
+        when it has no planes."""
+        return plan_extent_mm(self.plan, self.structure_transforms())
+
+
+def plan_extent_mm(plan: SamplingPlan, transforms: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The box (lowest and highest x, y, z) holding every cell and vertex of ``plan``, each structure's moved by
+    its rigid 4x4 of ``transforms`` into the grid's frame; None for a plan without planes."""
+    if not len(plan.plane_nx):
+        return None
+    x0, y0 = plan.plane_x0_mm, plan.plane_y0_mm
+    boxes = np.stack(
+        [
+            np.stack([x0, y0, plan.plane_z_lo_mm], axis=1),
+            np.stack(
+                [x0 + plan.plane_nx * plan.plane_hx_mm, y0 + plan.plane_ny * plan.plane_hy_mm, plan.plane_z_hi_mm], 1
+            ),
+        ],
+        axis=1,
+    )  # (planes, low/high, xyz)
+    owners = plan.plane_structure()
+    lows, highs = [], []
+    for s in np.unique(owners):
+        planes = boxes[owners == s]
+        low, high = planes[:, 0].min(axis=0), planes[:, 1].max(axis=0)
+        vertices = plan.vertex_points[plan.vertex_structure_start[s] : plan.vertex_structure_start[s + 1]]
+        if len(vertices):
+            low, high = np.minimum(low, vertices.min(axis=0)), np.maximum(high, vertices.max(axis=0))
+        corners = np.array(
+            [[(low, high)[a][0], (low, high)[b][1], (low, high)[c][2]] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+        )
+        moved = transform_points(transforms[s], corners)  # a rigid map of a box lies in the box of its corners
+        lows.append(moved.min(axis=0))
+        highs.append(moved.max(axis=0))
+    return np.min(lows, axis=0), np.max(highs, axis=0)
+
+
+def _grid_key(grid: DoseGrid) -> tuple:
+    """What makes two grids the same for the kernels: one dose array at one place."""
+    return (id(grid.dose_gy), tuple(map(float, grid.origin_mm)), tuple(map(float, grid.spacing_mm)))
+
+
+def crop_window(grid: DoseGrid, low_mm: np.ndarray, high_mm: np.ndarray) -> tuple[slice, slice, slice]:
+    """The ``(z, y, x)`` slices of ``grid`` that hold every voxel the trilinear interpolant reads at points of the
+    box ``[low_mm, high_mm]``, with one voxel more on each side: interpolating in the cropped grid gives the
+    whole grid's doses there, and a point outside the whole grid is outside the crop too. An axis keeps at least
+    two voxels (one where the grid has one), so that no axis becomes a single-voxel slab."""
+    shape = grid.dose_gy.shape  # (z, y, x)
+    windows = []
+    for axis, n in zip((2, 1, 0), shape):
+        if n == 1:
+            windows.append(slice(0, 1))
+            continue
+        origin, step = float(grid.origin_mm[axis]), float(grid.spacing_mm[axis])
+        f_low, f_high = (float(low_mm[axis]) - origin) / step, (float(high_mm[axis]) - origin) / step
+        first = int(np.clip(math.floor(f_low) - 1, 0, n - 2))
+        last = int(np.clip(math.floor(f_high) + 2, first + 1, n - 1))
+        windows.append(slice(first, last + 1))
+    z, y, x = windows  # in the array's order
+    return z, y, x
+
 
 @dataclass(frozen=True, eq=False)
 class GridBatch:
     """The distinct dose grids of a batch of requests, put where the backend computes once for the whole batch
-    (on a GPU: each copied to the device once), to sample them and to interpolate points in them."""
+    (on a GPU: each copied to the device once), to sample them and to interpolate points in them.
+
+    Grids are distinct by their dose array and geometry: several ``DoseGrid`` objects over one array (the cases
+    of one plan) are one grid of the batch. On a backend whose ``grid_table`` copies the grids (``COPIES_GRIDS``:
+    the GPU), a grid whose every use is known (:meth:`of` with extents) is copied cropped to the box of its
+    uses: the doses at any point of that box are the whole grid's."""
 
     grids: tuple[DoseGrid, ...]
     #: The backend's table of the grids (see :meth:`isodose.kernels.protocol.Kernels.grid_table`).
     table: object
     backend: Backend
+    #: Each grid's window in its dose array, ``(z, y, x)`` slices (the whole grid where it is not cropped).
+    windows: tuple[tuple[slice, slice, slice], ...] = ()
 
     @classmethod
-    def of(cls, grids: Sequence[DoseGrid], backend: Backend) -> GridBatch:
-        """The batch of ``grids``, each distinct grid object once, in the order first met."""
-        distinct = list({id(grid): grid for grid in grids}.values())
-        table = backend.kernels.grid_table(
-            [
-                (g.dose_gy, np.asarray(g.origin_mm, dtype=np.float64), np.asarray(g.spacing_mm, dtype=np.float64))
-                for g in distinct
-            ]
-        )
-        return cls(tuple(distinct), table, backend)
+    def of(
+        cls,
+        grids: Sequence[DoseGrid],
+        backend: Backend,
+        extents: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
+    ) -> GridBatch:
+        """The batch of ``grids``, each distinct grid once, in the order first met.
+
+        ``extents`` (one per grid, in the grid's frame) bound every point at which the batch will read each
+        grid: a box ``(low, high)``, or None where a use is not known in advance (then that grid is whole).
+        Without them, every grid is whole."""
+        distinct: dict[tuple, DoseGrid] = {}
+        boxes: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
+        known = extents is not None and backend.kernels.COPIES_GRIDS
+        for k, grid in enumerate(grids):
+            key = _grid_key(grid)
+            distinct.setdefault(key, grid)
+            box = extents[k] if known and extents is not None else None
+            if box is None or not (np.all(np.isfinite(box[0])) and np.all(np.isfinite(box[1]))):
+                boxes[key] = None
+            elif key not in boxes:
+                boxes[key] = (np.asarray(box[0], dtype=np.float64), np.asarray(box[1], dtype=np.float64))
+            elif boxes[key] is not None:
+                low, high = boxes[key]  # type: ignore[misc]
+                boxes[key] = (np.minimum(low, box[0]), np.maximum(high, box[1]))
+        entries = []
+        windows = []
+        for key, g in distinct.items():
+            nz, ny, nx = g.dose_gy.shape
+            whole = (slice(0, nz), slice(0, ny), slice(0, nx))
+            box = boxes.get(key)
+            window = crop_window(g, *box) if box is not None else whole
+            origin = np.asarray(g.origin_mm, dtype=np.float64)
+            spacing = np.asarray(g.spacing_mm, dtype=np.float64)
+            if window == whole:
+                entries.append((g.dose_gy, origin, spacing))
+            else:
+                z, y, x = window
+                shift = np.array([x.start, y.start, z.start], dtype=np.float64) * spacing
+                entries.append((g.dose_gy[window], origin + shift, spacing))
+            windows.append(window)
+        table = backend.kernels.grid_table(entries)
+        return cls(tuple(distinct.values()), table, backend, tuple(windows))
 
     def index(self, grid: DoseGrid) -> int:
         """The position of ``grid`` in the batch (a ValueError for a grid not in it)."""
+        key = _grid_key(grid)
         for k, candidate in enumerate(self.grids):
-            if candidate is grid:
+            if candidate is grid or _grid_key(candidate) == key:
                 return k
         raise ValueError("this dose grid is not part of the batch")
 
@@ -171,7 +275,11 @@ def sample_many(
     grids when the caller has put them on the backend already (to interpolate points in them afterwards).
     """
     requests = list(requests)
-    batch = grids if grids is not None else GridBatch.of([r.grid for r in requests], backend)
+    batch = (
+        grids
+        if grids is not None
+        else GridBatch.of([r.grid for r in requests], backend, [r.extent_mm() for r in requests])
+    )
     if len(requests) > 1 and backend.kernels.PREFERS_MERGED_REQUESTS:
         return _sample(requests, backend, options, batch)
     return [_sample([request], backend, options, batch)[0] for request in requests]

@@ -33,6 +33,8 @@ POSITION_VOLUME_SCALE = 2.0**20
 BYTES_PER_CELL = 64
 #: The structures of many requests, each in its own grid, are sampled in one launch.
 PREFERS_MERGED_REQUESTS = True
+#: ``grid_table`` copies the grids to the device: the engine crops each to the box of what samples it.
+COPIES_GRIDS = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,6 +75,7 @@ class GpuKernels:
     NAME = NAME
     BYTES_PER_CELL = BYTES_PER_CELL
     PREFERS_MERGED_REQUESTS = PREFERS_MERGED_REQUESTS
+    COPIES_GRIDS = COPIES_GRIDS
 
     def __init__(self, xp, launch, device: str):
         self.xp = xp

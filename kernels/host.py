@@ -18,6 +18,8 @@ import numpy as np
 BYTES_PER_CELL = 64
 #: Requests of many grids are sampled one at a time on the CPU.
 PREFERS_MERGED_REQUESTS = False
+#: The CPU backends read dose grids where they are: a grid table holds the arrays themselves, not copies.
+COPIES_GRIDS = False
 
 
 def out_of_memory_errors() -> tuple[type[BaseException], ...]:

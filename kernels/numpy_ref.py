@@ -17,6 +17,7 @@ from . import (
 )
 from .host import (  # noqa: F401  (capabilities and host arrays shared by the CPU backends)
     BYTES_PER_CELL,
+    COPIES_GRIDS,
     PREFERS_MERGED_REQUESTS,
     asarray,
     check_courses,

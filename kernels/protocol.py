@@ -23,6 +23,7 @@ CAPABILITIES = (
     "NAME",
     "BYTES_PER_CELL",
     "PREFERS_MERGED_REQUESTS",
+    "COPIES_GRIDS",
     "device_name",
     "out_of_memory_errors",
     "free_memory_bytes",
@@ -57,6 +58,9 @@ class Kernels(Protocol):
     #: Whether many requests, each in its own dose grid, are best sampled as one merged plan (one launch on a
     #: GPU); the CPU backends take them one at a time.
     PREFERS_MERGED_REQUESTS: bool
+    #: Whether ``grid_table`` copies the grids (to a device) rather than holding the arrays given: the engine then
+    #: crops each grid to the box of the points that will read it, so that fewer bytes are copied.
+    COPIES_GRIDS: bool
 
     # -- capabilities ---------------------------------------------------------------------------------------
     def device_name(self) -> str:

@@ -380,13 +380,16 @@ def test_the_cupy_backend_reports_the_resources_of_its_compiled_kernels():
     assert kernels.kernel_resources("cell_histograms_kernel") == {"registers": 152, "local_bytes": 0}
 
 
+@pytest.mark.parametrize("cuda", [12, 13])
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
-def test_cuda_source_compiles_with_nvrtc(arch):
+def test_cuda_source_compiles_with_nvrtc(arch, cuda):
+    """With each CUDA version's NVRTC (the test extra installs both wheels): CuPy compiles the source with the
+    NVRTC of its own CUDA (cupy-cuda12x or cupy-cuda13x)."""
     from .cuda.nvrtc import compile_to_ptx, load_nvrtc
 
-    nvrtc = load_nvrtc()
+    nvrtc = load_nvrtc(cuda)
     if nvrtc is None:
-        pytest.skip("NVRTC (nvidia-cuda-nvrtc-cu12) is not installed")
+        pytest.skip(f"NVRTC of CUDA {cuda} is not installed (the test extra installs it on Linux x86_64)")
     compiled, log = compile_to_ptx(nvrtc, SOURCE.read_text(), arch)
     assert compiled and log == "", log
     broken, log = compile_to_ptx(nvrtc, SOURCE.read_text().replace("double half =", "double half ="[:-2]), arch)

@@ -11,7 +11,7 @@ from isodose.kernels import cupy_gpu, numba_cpu, numpy_ref
 from isodose.kernels.protocol import CAPABILITIES, KERNELS, Kernels
 
 MEMBERS = CAPABILITIES + KERNELS
-CONSTANTS = ("NAME", "BYTES_PER_CELL", "PREFERS_MERGED_REQUESTS")
+CONSTANTS = ("NAME", "BYTES_PER_CELL", "PREFERS_MERGED_REQUESTS", "COPIES_GRIDS")
 
 
 def _protocol_signature(name: str) -> inspect.Signature:
@@ -53,6 +53,7 @@ def test_the_constants_have_their_types(backend_kernels):
     assert isinstance(backend_kernels.NAME, str) and backend_kernels.NAME
     assert isinstance(backend_kernels.BYTES_PER_CELL, int) and backend_kernels.BYTES_PER_CELL > 0
     assert isinstance(backend_kernels.PREFERS_MERGED_REQUESTS, bool)
+    assert isinstance(backend_kernels.COPIES_GRIDS, bool)
 
 
 def test_a_point_with_a_nan_coordinate_is_outside_the_grid_on_every_backend(backend_kernels):

@@ -48,6 +48,28 @@ class DeviceClock:
 CLOCK = DeviceClock()
 
 
+class Traffic:
+    """What crosses between host and device, as a GPU would carry it: copies to the device (``asarray`` of host
+    data) and to the host (``get``), with their bytes, and synchronisations (every copy to the host, and every
+    value read off the device with ``float``, ``int`` or ``bool``, waits for the device's work to finish)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.to_device_bytes = 0
+        self.to_device_copies = 0
+        self.to_host_bytes = 0
+        self.to_host_copies = 0
+        self.syncs = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+TRAFFIC = Traffic()
+
+
 def _unwrap(value, where: str):
     """The NumPy data of device arrays inside ``value`` (nested in lists and tuples); host arrays refused."""
     if isinstance(value, DeviceArray):
@@ -89,21 +111,27 @@ class DeviceArray:
     # -- transfers --------------------------------------------------------------------------------------------
     @CLOCK
     def get(self) -> np.ndarray:
+        TRAFFIC.to_host_bytes += self.data.nbytes
+        TRAFFIC.to_host_copies += 1
+        TRAFFIC.syncs += 1
         return self.data.copy()
 
     def __array__(self, dtype=None, copy=None):
         raise TypeError(IMPLICIT)
 
     def __float__(self) -> float:
+        TRAFFIC.syncs += 1
         return float(self.data)
 
     def __int__(self) -> int:
+        TRAFFIC.syncs += 1
         return int(self.data)
 
     def __index__(self) -> int:
         return self.data.__index__()
 
     def __bool__(self) -> bool:
+        TRAFFIC.syncs += 1
         return bool(self.data)
 
     def __repr__(self) -> str:
@@ -180,7 +208,10 @@ class DeviceModule:
         """To the device (a copy of host data), or a device array as ``dtype``."""
         if isinstance(array, DeviceArray):
             return array if dtype is None or array.dtype == dtype else array.astype(dtype)
-        return DeviceArray(np.array(array, dtype=dtype))
+        data = np.array(array, dtype=dtype)
+        TRAFFIC.to_device_bytes += data.nbytes
+        TRAFFIC.to_device_copies += 1
+        return DeviceArray(data)
 
     @staticmethod
     @CLOCK

@@ -1,23 +1,53 @@
-"""Compile CUDA source to PTX with NVRTC through ctypes (the nvidia-cuda-nvrtc wheel; no GPU, no CuPy)."""
+"""Compile CUDA source to PTX with NVRTC through ctypes (the NVRTC wheels; no GPU, no CuPy).
+
+Two wheels carry NVRTC: CUDA 12's ``nvidia-cuda-nvrtc-cu12`` (``nvidia/cuda_nvrtc/lib/libnvrtc.so.12``) and CUDA
+13's ``nvidia-cuda-nvrtc`` 13 (``nvidia/cu13/lib/libnvrtc.so.13``). Each ``libnvrtc`` loads its
+``libnvrtc-builtins`` at compile time; loaded by path, it finds it only when that library is already loaded
+with RTLD_GLOBAL, so it is loaded first.
+"""
 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
+import re
+import sys
+from pathlib import Path
+
+#: Where each CUDA major version's wheel puts its libraries, under a ``nvidia`` folder of sys.path.
+LAYOUTS = {12: "cuda_nvrtc/lib", 13: "cu13/lib"}
 
 
-def load_nvrtc():
-    """The NVRTC library, or None where it is not installed."""
-    try:
-        spec = importlib.util.find_spec("nvidia.cuda_nvrtc")
-    except (ImportError, ValueError):
+def nvrtc_libraries() -> dict[int, Path]:
+    """``{CUDA major version: path of libnvrtc}`` for each NVRTC wheel installed."""
+    found: dict[int, Path] = {}
+    for entry in sys.path:
+        for major, layout in LAYOUTS.items():
+            library = Path(entry or ".") / "nvidia" / layout / f"libnvrtc.so.{major}"
+            if major not in found and library.is_file():
+                found[major] = library
+    return found
+
+
+def load_nvrtc(major: int | None = None):
+    """The NVRTC library of CUDA ``major`` (the newest installed when None), or None where it is not installed."""
+    libraries = nvrtc_libraries()
+    if not libraries:
         return None
-    if spec is None or not spec.submodule_search_locations:
+    major = max(libraries) if major is None else major
+    if major not in libraries:
         return None
-    lib_dir = os.path.join(list(spec.submodule_search_locations)[0], "lib")
-    names = sorted(n for n in os.listdir(lib_dir) if n.startswith("libnvrtc.so")) if os.path.isdir(lib_dir) else []
-    return ctypes.CDLL(os.path.join(lib_dir, names[0])) if names else None
+    library = libraries[major]
+    builtins = sorted(
+        (
+            p
+            for p in library.parent.glob(f"libnvrtc-builtins.so.{major}*")
+            if re.fullmatch(rf"libnvrtc-builtins\.so\.{major}(\.\d+)*", p.name)
+        ),
+        key=lambda p: p.name,
+    )
+    for builtin in builtins[-1:]:
+        ctypes.CDLL(str(builtin), mode=ctypes.RTLD_GLOBAL)
+    return ctypes.CDLL(str(library))
 
 
 def compile_to_ptx(nvrtc, source: str, arch: str = "compute_80") -> tuple[bool, str]:

@@ -1,0 +1,139 @@
+"""What crosses between host and device on the GPU backend, counted by the emulated device (tests/cuda): each
+distinct dose grid copied once per batch, cropped to the box of the structures that sample it, the results
+unchanged; and the synchronisations of a batch a small constant, whatever the number of cases."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from isodose.dispatch import Backend
+from isodose.model import DoseGrid, StructureSet
+from isodose.phantoms import LinearField, Sphere, contour_shape, head_neck_case
+from isodose.recurrence import RecurrenceCase, classify_recurrences
+from isodose.sampling import GridBatch, crop_window
+
+from .cuda.device import TRAFFIC
+
+TARGET_METRICS = ("GTV:volume", "CTV60:D98", "CTV54:D95")
+
+
+@pytest.fixture(scope="module")
+def case():
+    """The head-and-neck case (a 19.2 MB grid) with a 5 cc Vr across PTV70's edge, and its targets."""
+    grid, structures = head_neck_case()
+    ptv = structures.get("PTV70")
+    points = np.concatenate([c.points_mm for c in ptv.contours])
+    z = float(np.mean([c.z_mm for c in ptv.contours]))
+    radius = (5000.0 * 3 / (4 * math.pi)) ** (1 / 3)
+    vr = contour_shape(Sphere((float(points[:, 0].max()), float(points[:, 1].mean()), z), radius), "Vr", 99, 2.0)
+    chosen = [structures.get(name) for name in ("GTV", "PTV70", "CTV60", "CTV54")]
+    return grid, StructureSet((*chosen, vr), structures.frame_of_reference_uid)
+
+
+def classify(backend, grids, structures):
+    TRAFFIC.reset()
+    cases = [RecurrenceCase(g, structures, "Vr", 70.0, target_metrics=TARGET_METRICS) for g in grids]
+    results = classify_recurrences(cases, backend=backend)
+    return results, TRAFFIC.snapshot()
+
+
+def whole_grids(gpu):
+    """The same host code with cropping off (as if its grid tables held the arrays given)."""
+    uncropped = type(gpu)(gpu.xp, gpu.launch, gpu.device)
+    uncropped.COPIES_GRIDS = False
+    return Backend("cupy (emulated, whole grids)", gpu.device, uncropped)
+
+
+def assert_same_results(a, b):
+    for x, y in zip(a, b):
+        assert x.class_volume == y.class_volume and x.class_centroid == y.class_centroid
+        assert x.inside_isodose_pct == pytest.approx(y.inside_isodose_pct, rel=1e-9, abs=1e-9)
+        assert x.centroid_dose_gy == pytest.approx(y.centroid_dose_gy, rel=1e-9)
+        for name, value in x.metrics.items():
+            assert value == pytest.approx(y.metrics[name], rel=1e-9, abs=1e-9), name
+        for name, value in x.target_metrics.items():
+            assert value == pytest.approx(y.target_metrics[name], rel=1e-9, abs=1e-9), name
+
+
+def test_a_grid_is_copied_once_per_batch_and_cropped_to_its_structures(emulated_gpu, case):
+    grid, structures = case
+    backend = Backend("cupy (emulated)", emulated_gpu.device, emulated_gpu)
+    whole, whole_traffic = classify(whole_grids(emulated_gpu), [grid], structures)
+    cropped, cropped_traffic = classify(backend, [grid], structures)
+    assert_same_results(cropped, whole)
+    assert whole_traffic["to_device_bytes"] > grid.dose_gy.nbytes  # the whole grid, and the plans
+    # The structures' box plus a voxel is a small part of the grid: 20.2 MB a case become 1.4 MB.
+    assert cropped_traffic["to_device_bytes"] < whole_traffic["to_device_bytes"] / 10
+    # Four cases of one plan, each with its own DoseGrid object over the one dose array: one copy of the grid.
+    grids = [replace(grid) for _ in range(4)]
+    four, four_traffic = classify(backend, grids, structures)
+    assert_same_results(four, cropped * 4)
+    plans = whole_traffic["to_device_bytes"] - grid.dose_gy.nbytes  # a case's plans and small arrays
+    crop = cropped_traffic["to_device_bytes"] - plans  # its grid's crop: 1.9% of the grid here
+    assert crop < 0.03 * grid.dose_gy.nbytes
+    assert four_traffic["to_device_bytes"] == pytest.approx(crop + 4 * plans, rel=1e-3)
+    # Syncs and copies per batch do not grow with the cases of the batch.
+    assert four_traffic["syncs"] == cropped_traffic["syncs"] <= 8
+    assert four_traffic["to_device_copies"] == cropped_traffic["to_device_copies"]
+
+
+def test_grids_read_elsewhere_too_are_copied_whole(emulated_gpu, case):
+    """Cases with draws of uncertainty read their grid wherever the draws move Vr: not cropped."""
+    from isodose.uncertainty import Uncertainty
+
+    grid, structures = case
+    backend = Backend("cupy (emulated)", emulated_gpu.device, emulated_gpu)
+    TRAFFIC.reset()
+    u = Uncertainty(translation_sd_mm=2.0, draws=10, seed=0)
+    classify_recurrences([RecurrenceCase(grid, structures, "Vr", 70.0, uncertainty=u)], backend=backend)
+    assert TRAFFIC.to_device_bytes > grid.dose_gy.nbytes
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.37, -1.6])
+def test_the_crop_interpolates_as_the_whole_grid_everywhere_in_its_box(shift):
+    field = LinearField(60.0, (0.3, -1.0, 0.2), (0.0, 0.0, 0.0))
+    grid = field.grid((-20.0, -30.0, -10.0), (2.0, 2.5, 3.0), (12, 25, 17), "1.2.3")
+    rng = np.random.default_rng(3)
+    grid = replace(grid, dose_gy=(grid.dose_gy * (1 + 0.1 * rng.random(grid.dose_gy.shape))).astype(np.float32))
+    low, high = np.array([-7.3 + shift, -12.0, -4.1]), np.array([5.2, 8.8 + shift, 14.9])
+    z, y, x = crop_window(grid, low, high)
+    assert (z.stop - z.start, y.stop - y.start, x.stop - x.start) < grid.dose_gy.shape
+    crop = DoseGrid(
+        grid.dose_gy[z, y, x],
+        tuple(np.asarray(grid.origin_mm) + np.array([x.start, y.start, z.start]) * np.asarray(grid.spacing_mm)),
+        grid.spacing_mm,
+        grid.frame_of_reference_uid,
+    )
+    from isodose.kernels import numpy_ref
+
+    points = low + rng.random((5000, 3)) * (high - low)
+    whole = numpy_ref.trilinear(grid.dose_gy, grid.origin_mm, grid.spacing_mm, points)
+    cropped = numpy_ref.trilinear(crop.dose_gy, crop.origin_mm, crop.spacing_mm, points)
+    np.testing.assert_allclose(cropped, whole, rtol=1e-12, atol=1e-12)
+    assert np.isfinite(whole).all()
+
+
+def test_a_crop_keeps_two_voxels_an_axis_and_a_single_voxel_axis_as_it_is():
+    grid = LinearField(60.0, (0.0, -1.0, 0.0), (0.0, 0.0, 0.0)).grid((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (1, 10, 10), "x")
+    z, y, x = crop_window(grid, np.array([4.2, 4.2, 0.0]), np.array([4.3, 4.3, 0.0]))
+    assert (z, y, x) == (slice(0, 1), slice(3, 7), slice(3, 7))
+    # A box beyond the grid: two voxels at its edge (every point of the box is outside either way).
+    z, y, x = crop_window(grid, np.array([50.0, -9.0, 0.0]), np.array([60.0, -8.0, 0.0]))
+    assert (y, x) == (slice(0, 2), slice(8, 10))
+
+
+def test_without_extents_or_on_a_cpu_backend_grids_stay_whole(emulated_gpu, case):
+    grid, _ = case
+    box = (np.array([0.0, 0.0, 0.0]), np.array([10.0, 10.0, 10.0]))
+    backend = Backend("cupy (emulated)", emulated_gpu.device, emulated_gpu)
+    assert GridBatch.of([grid], backend).windows == (tuple(slice(0, n) for n in grid.dose_gy.shape),)
+    assert GridBatch.of([grid], backend, [box]).windows != (tuple(slice(0, n) for n in grid.dose_gy.shape),)
+    assert GridBatch.of([grid, grid], backend, [box, None]).windows == (tuple(slice(0, n) for n in grid.dose_gy.shape),)
+    from isodose.dispatch import select_backend
+
+    numba = GridBatch.of([grid], select_backend("numba"), [box])
+    assert numba.windows == (tuple(slice(0, n) for n in grid.dose_gy.shape),)
