@@ -1,7 +1,7 @@
 """GPU benchmarks (marked gpu: they run only where a CUDA device is usable).
 
 - Kernel: sampling plus DVH accumulation over a large batch of cells, as GB/s of cell data read, beside the
-  device-to-device copy rate measured in the same run.
+  device-to-device copy rate measured in the same run; each variant of cell_histograms_kernel side by side.
 - Cohort: recurrence classifications per second from data already in memory, on cupy and on numba (all CPU
   cores) in the same run; and end to end from DICOM with reading workers feeding the GPU.
 """
@@ -27,10 +27,15 @@ pytestmark = pytest.mark.gpu
 SETTINGS = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
 
 
-def test_kernel_bandwidth(benchmark):
+@pytest.mark.parametrize("variant", ["default", "warp", "bounds", "block128", "warp,block128"])
+def test_kernel_bandwidth(benchmark, variant):
+    """Each variant of cell_histograms_kernel (kernels/cupy_gpu.py VARIANTS) side by side, with its results
+    checked against the default's, bit for bit."""
     import cupy
 
-    gpu = select_backend("cupy").kernels
+    from isodose.kernels import cupy_gpu
+
+    gpu = select_backend("cupy").kernels if variant == "default" else cupy_gpu.build(cupy_gpu.variant_names(variant))
     grid, structures = head_neck_case()
     options = SamplingOptions(supersampling=8)  # a large batch: millions of cells
     plan = plan_sampling(structures.structures, grid, options)
@@ -70,7 +75,11 @@ def test_kernel_bandwidth(benchmark):
         cupy.cuda.Device().synchronize()
         return result
 
-    run()
+    result = run()
+    if variant != "default":
+        expected = select_backend("cupy").kernels.cell_histograms(*args)
+        for got, want in zip(result, expected):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     benchmark.group = "GPU kernel"
     benchmark.pedantic(run, rounds=10, iterations=1)
     source = cupy.ones(2**28, dtype=np.float32)  # 1 GiB
@@ -86,6 +95,7 @@ def test_kernel_bandwidth(benchmark):
     resources = gpu.kernel_resources("cell_histograms_kernel")  # its registers bound the threads an SM holds
     benchmark.extra_info.update(
         device=select_backend("cupy").device,
+        variant=variant,
         cells=int(cells.shape[0]),
         cell_data_gbs=round(cell_gbs, 1),
         device_copy_gbs=round(copy_gbs, 1),
@@ -154,3 +164,32 @@ def test_end_to_end_from_dicom(benchmark, in_memory_cases, tmp_path, backend):
     summary = benchmark.pedantic(run, rounds=2, iterations=1)
     assert summary.failed == 0
     benchmark.extra_info.update(per_second=round(len(inputs) / benchmark.stats.stats.median, 1))
+
+
+@pytest.mark.parametrize("memory", ["pageable", "pinned"])
+def test_copy_of_a_head_and_neck_grid_to_the_device(benchmark, memory):
+    """The 19.2 MB float32 grid of the head-and-neck case copied to the device from ordinary (pageable) host memory
+    and from pinned memory: what staging copies through pinned memory would gain."""
+    import cupy
+
+    grid, _ = head_neck_case()
+    host = np.ascontiguousarray(grid.dose_gy, dtype=np.float32)
+    if memory == "pinned":
+        buffer = cupy.cuda.alloc_pinned_memory(host.nbytes)
+        staged = np.frombuffer(buffer, dtype=host.dtype, count=host.size).reshape(host.shape)
+        staged[...] = host
+        host = staged
+    device = cupy.empty(host.shape, dtype=host.dtype)
+
+    def run():
+        device.set(host)
+        cupy.cuda.Device().synchronize()
+
+    run()
+    benchmark.group = "a head-and-neck grid to the device"
+    benchmark.pedantic(run, rounds=20, iterations=1)
+    benchmark.extra_info.update(
+        memory=memory,
+        megabytes=round(host.nbytes / 1e6, 1),
+        gbs=round(host.nbytes / benchmark.stats.stats.median / 1e9, 1),
+    )

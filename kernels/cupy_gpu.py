@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -457,6 +458,8 @@ class _CupyKernels(GpuKernels):
     def __init__(self, xp, launch, device: str, module):
         super().__init__(xp, launch, device)
         self.module = module
+        #: The variants of ``cell_histograms_kernel`` this instance was built with (see ``VARIANTS``).
+        self.variants: tuple[str, ...] = ()
 
     def out_of_memory_errors(self) -> tuple[type[BaseException], ...]:
         return (MemoryError, self.xp.cuda.memory.OutOfMemoryError)
@@ -472,16 +475,55 @@ class _CupyKernels(GpuKernels):
         return {"registers": int(function.num_regs), "local_bytes": int(function.local_size_bytes)}
 
 
-@functools.cache
-def _instance() -> _CupyKernels:
+#: Variants of ``cell_histograms_kernel`` to measure on a device, by name: the compile options and the threads a
+#: block of that kernel each takes. The default (none) is the kernel as measured so far; ``ISODOSE_CUDA_VARIANT``
+#: (names separated by commas) builds the backend with others. Every variant gives the same bits (integer sums).
+VARIANTS: dict[str, tuple[tuple[str, ...], int | None]] = {
+    # The per-cell sums and extremes of a warp's lanes that share a structure summed with shuffles, one atomic per
+    # warp and value (about 4 million atomics a head-and-neck case on the same eight addresses a structure, else).
+    "warp": (("-DISODOSE_WARP_SUMS=1",), None),
+    # At most 128 registers a thread (152 without), so that an SM holds two blocks of 256.
+    "bounds": (("-DISODOSE_CELL_BOUNDS=__launch_bounds__(256, 2)",), None),
+    # Blocks of 128 threads: finer occupancy steps at 152 registers a thread.
+    "block128": ((), 128),
+}
+
+
+def variant_names(text: str | None) -> tuple[str, ...]:
+    """The variants named in ``text`` (an ``ISODOSE_CUDA_VARIANT`` value); a ValueError names an unknown one."""
+    names = tuple(n.strip() for n in (text or "").split(",") if n.strip())
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"ISODOSE_CUDA_VARIANT: unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
+    return names
+
+
+def build(variants: tuple[str, ...] = ()) -> _CupyKernels:
+    """The CuPy backend's kernels compiled on this device, with ``variants`` of ``cell_histograms_kernel``."""
     cupy = _cupy()
-    module = cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17",))
+    options = ["-std=c++17"]
+    blocks = {}
+    for name in variant_names(",".join(variants)):
+        extra, block = VARIANTS[name]
+        options += extra
+        if block is not None:
+            blocks["cell_histograms_kernel"] = block
+    module = cupy.RawModule(code=SOURCE.read_text(), options=tuple(options))
 
     def launch(name: str, n_threads: int, args) -> None:
         function = module.get_function(name)
-        function((math.ceil(n_threads / BLOCK),), (BLOCK,), tuple(args))
+        block = blocks.get(name, BLOCK)
+        function((math.ceil(n_threads / block),), (block,), tuple(args))
 
-    return _CupyKernels(cupy, launch, device_name(), module)
+    device = device_name() + (f" (variants {', '.join(variants)})" if variants else "")
+    kernels = _CupyKernels(cupy, launch, device, module)
+    kernels.variants = tuple(variants)
+    return kernels
+
+
+@functools.cache
+def _instance() -> _CupyKernels:
+    return build(variant_names(os.environ.get("ISODOSE_CUDA_VARIANT")))
 
 
 def device_name() -> str:

@@ -99,6 +99,34 @@ def test_a_worker_killed_mid_run_loses_nothing(cohort, reference, client, tmp_pa
     assert _records(out) == reference
 
 
+def test_batches_of_cases_a_task_give_the_same_store_and_a_killed_worker_loses_nothing(
+    cohort, reference, client, tmp_path
+):
+    """Tasks of four cases each, as GPU workers get them (here on CPU workers, which classify a batch case by
+    case): the same records, and a worker killed mid-batch has its batch run again elsewhere, every case stored
+    exactly once."""
+    out = tmp_path / "batches.h5"
+    stored: Counter[str] = Counter()
+    killed: dict[str, object] = {}
+
+    def kill_a_busy_worker(entry):
+        stored[entry["case_id"]] += 1
+        if len(stored) == 4 and not killed:
+            busy = [address for address, keys in client.processing().items() if keys]
+            assert busy, "no batch in flight to interrupt"
+            pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+            os.kill(pid, signal.SIGKILL)
+            killed.update(address=busy[0], at=len(stored))
+
+    summary = run_cohort(cohort, out, settings=SETTINGS, client=client, dask_batch_size=4, on_result=kill_a_busy_worker)
+    assert killed and killed["at"] < N_CASES
+    assert (summary.processed, summary.failed) == (N_CASES, 0)
+    assert sorted(stored.values()) == [1] * N_CASES
+    assert _records(out) == reference
+    # CPU workers alone: one case a task unless asked.
+    assert on_dask.batch_size_for(client, None, 32) == 1
+
+
 def test_a_stopped_client_resumes_without_redoing_finished_cases(cohort, reference, cluster, tmp_path):
     out = tmp_path / "stopped.h5"
     first: list[str] = []

@@ -132,3 +132,23 @@ def test_plan_sums_stay_on_the_device_and_match_numba(gpu_backend):
         {"case": reirradiation_record(*courses, gtv, registration=registration, backend="numba")},
         {"case": reirradiation_record(*courses, gtv, registration=registration, backend=gpu_backend)},
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["warp", "bounds", "block128", "warp,block128"])
+def test_every_kernel_variant_gives_the_defaults_bits(variant):
+    """The variants of cell_histograms_kernel (see cupy_gpu.VARIANTS) on the head-and-neck case: the same
+    histograms and statistics, bit for bit, as the default kernel (the sums are integers)."""
+    from isodose.kernels import cupy_gpu
+    from isodose.sampling import GridBatch, SamplingRequest, sample_many
+    from isodose.voxelize import SamplingOptions, plan_sampling
+
+    grid, structures = head_neck_case()
+    options = SamplingOptions()
+    plan = plan_sampling(structures.structures, grid, options)
+    default = Backend("cupy", "default", cupy_gpu.build())
+    changed = Backend("cupy", variant, cupy_gpu.build(cupy_gpu.variant_names(variant)))
+    [a] = sample_many([SamplingRequest(plan, grid)], default, options, GridBatch.of([grid], default))
+    [b] = sample_many([SamplingRequest(plan, grid)], changed, options, GridBatch.of([grid], changed))
+    for field in ("hist_mm3", "inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy", "centroid_mm"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)

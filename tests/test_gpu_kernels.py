@@ -396,6 +396,28 @@ def test_cuda_source_compiles_with_nvrtc(arch, cuda):
     assert not broken and "error" in log
 
 
+@pytest.mark.parametrize("cuda", [12, 13])
+@pytest.mark.parametrize("variant", sorted(cupy_gpu.VARIANTS))
+def test_every_kernel_variant_compiles_with_nvrtc(variant, cuda):
+    """The variants of cell_histograms_kernel (warp sums need warp intrinsics: they run only on a GPU, where the
+    gpu tests check that each gives the default's bits; here they are compiled)."""
+    from .cuda.nvrtc import compile_to_ptx, load_nvrtc
+
+    nvrtc = load_nvrtc(cuda)
+    if nvrtc is None:
+        pytest.skip(f"NVRTC of CUDA {cuda} is not installed")
+    options, _ = cupy_gpu.VARIANTS[variant]
+    compiled, log = compile_to_ptx(nvrtc, SOURCE.read_text(), "compute_90", options)
+    assert compiled and log == "", log
+
+
+def test_variant_names_are_checked():
+    assert cupy_gpu.variant_names(" warp, block128 ") == ("warp", "block128")
+    assert cupy_gpu.variant_names("") == () and cupy_gpu.variant_names(None) == ()
+    with pytest.raises(ValueError, match="unknown variant 'fast' \\(known: warp, bounds, block128\\)"):
+        cupy_gpu.variant_names("warp,fast")
+
+
 # --- the dispatcher's test launch, and memory ---------------------------------------------------------------
 class _Wrapped:
     """A kernel module that behaves like another one, but for what a test changes."""

@@ -130,6 +130,35 @@ def process_case_on_worker(case: Case, settings, backend=None) -> CaseEntry:
     return on_worker(case, partial(process_case, settings=settings, backend=backend))
 
 
+def process_batch_on_worker(cases: list[Case], settings, backend=None) -> list[CaseEntry]:
+    """A Dask task of a GPU worker: read a batch of cases and classify them together (one merged sampling plan, one
+    launch per step, as a local GPU run does); each failed case's error names the worker."""
+    from .work import process_batch
+
+    entries = process_batch(cases, settings, backend)
+    for entry in entries:
+        if entry["status"] != "ok":
+            entry["error"] = f"{entry['error']} (on worker {worker_address()})"
+    return entries
+
+
+def worker_prefers_batches(backend=None) -> bool:
+    """On a worker: whether its backend samples many cases in one launch (a GPU: CuPy on a dask-cuda worker)."""
+    from ..dispatch import resolve_backend
+
+    return bool(resolve_backend(backend).kernels.PREFERS_MERGED_REQUESTS)
+
+
+def batch_size_for(client, backend, batch_size: int) -> int:
+    """``batch_size`` where a worker of the cluster computes on a GPU (its backend prefers merged requests), else
+    1: CPU workers take one case a task, which balances their load best. A worker that cannot say counts as a CPU."""
+    try:
+        answers = client.run(worker_prefers_batches, backend)
+    except Exception:  # a worker that cannot load isodose fails its cases with their own errors later
+        return 1
+    return max(1, int(batch_size)) if any(answers.values()) else 1
+
+
 def _task_failure(exc: BaseException) -> str:
     name = type(exc).__name__
     if name == "KilledWorker":
@@ -141,18 +170,27 @@ class DaskCluster:
     """The workers of the cluster that ``client`` (a ``distributed.Client``) is connected to: one task per case,
     at most ``max_in_flight`` at a time (by default ``IN_FLIGHT_PER_THREAD`` per worker thread, as the cluster
     grows or shrinks), each case finished and handed on as it arrives. On any exception here (Ctrl-C included)
-    the tasks in flight are cancelled; the entries already handed on are kept."""
+    the tasks in flight are cancelled; the entries already handed on are kept.
 
-    def __init__(self, client, max_in_flight: int | None = None):
+    With ``batch_size`` above 1 and a ``batch_task`` (``batch_task(cases) -> entries``, one per case in order),
+    each task is a batch of that many cases (for GPU workers: one launch per batch); its entries are still handed
+    on one case at a time. A batch whose worker dies is run again whole elsewhere, and its cases stored once, when
+    it finishes."""
+
+    def __init__(self, client, max_in_flight: int | None = None, batch_size: int = 1, batch_task=None):
         self.client = client
         self.max_in_flight = max_in_flight
+        self.batch_size = max(1, int(batch_size)) if batch_task is not None else 1
+        self.batch_task = batch_task
 
     def run(self, todo: Sequence[Case], task: Task, finish: Finish, on_entries: OnEntries) -> None:
         distributed = _distributed()
         client = self.client
         run_id = uuid.uuid4().hex[:12]
-        queue = list(reversed(todo))
-        in_flight: dict[object, Case] = {}
+        size = self.batch_size
+        batches = [list(todo[k : k + size]) for k in range(0, len(todo), size)]
+        queue = list(reversed(batches))
+        in_flight: dict[object, list[Case]] = {}
         completed = distributed.as_completed()
         threads: dict[str, float] = {"count": 0, "asked": -math.inf}
 
@@ -166,22 +204,28 @@ class DaskCluster:
         def top_up() -> None:
             room = limit() - len(in_flight)
             while queue and room > 0:
-                case = queue.pop()
-                future = client.submit(task, case, key=f"isodose-case-{case.case_id}-{run_id}", pure=False)
-                in_flight[future] = case
+                batch = queue.pop()
+                if size == 1:
+                    [case] = batch
+                    future = client.submit(task, case, key=f"isodose-case-{case.case_id}-{run_id}", pure=False)
+                else:
+                    key = f"isodose-batch-{batch[0].case_id}-{run_id}"
+                    future = client.submit(self.batch_task, batch, key=key, pure=False)
+                in_flight[future] = batch
                 completed.add(future)
                 room -= 1
 
         top_up()
         try:
             for future in completed:
-                case = in_flight.pop(future)
+                batch = in_flight.pop(future)
                 try:
-                    value = future.result()
+                    values = [future.result()] if size == 1 else list(future.result())
                 except Exception as exc:  # the task itself failed (task code turns case errors into entries)
-                    value = error_entry(case.case_id, _task_failure(exc))
+                    values = [error_entry(case.case_id, _task_failure(exc)) for case in batch]
                 future.release()
-                on_entries(finish([(case, value)]))
+                for case, value in zip(batch, values, strict=True):
+                    on_entries(finish([(case, value)]))
                 top_up()
         except BaseException:
             client.cancel(list(in_flight))

@@ -85,6 +85,7 @@ def run_cohort(
     pipelined: bool | None = None,
     batch_size: int = 32,
     client=None,
+    dask_batch_size: int | None = None,
     on_result: Callable[[CaseEntry], None] | None = None,
     on_progress: Callable[[RunProgress], None] | None = None,
 ) -> RunSummary:
@@ -117,9 +118,11 @@ def run_cohort(
     pipelined : bool, optional
         Whether workers read and this process computes (default: with the cupy backend).
     batch_size : int
-        Cases sampled together in the pipelined arrangement.
+        Cases sampled together in the pipelined arrangement, and in one task of a Dask GPU worker.
     client : distributed.Client, optional
         Run on this Dask cluster.
+    dask_batch_size : int, optional
+        Cases in one Dask task (default: ``batch_size`` where a worker computes on a GPU, else 1).
     on_result : callable, optional
         Called with each case's entry once it is stored.
     on_progress : callable, optional
@@ -160,7 +163,9 @@ def run_cohort(
         cases,
         out,
         store_settings=settings.as_dict(),
-        arrange=lambda todo: _arrangement(todo, settings, workers, backend, pipelined, batch_size, client),
+        arrange=lambda todo: _arrangement(
+            todo, settings, workers, backend, pipelined, batch_size, client, dask_batch_size
+        ),
         on_result=on_result,
         on_progress=on_progress,
     )
@@ -328,11 +333,21 @@ def _arrangement(
     pipelined: bool | None,
     batch_size: int,
     client,
+    dask_batch_size: int | None = None,
 ) -> Arrangement:
     """The arrangement of a recurrence cohort's run (see :func:`run_cohort`)."""
     classify = functools.partial(process_case, settings=settings)
     if client is not None:
-        return per_case_arrangement(todo, classify, workers, backend, client)
+        from .distributed import DaskCluster, batch_size_for, process_batch_on_worker
+
+        arrangement = per_case_arrangement(todo, classify, workers, backend, client)
+        name = _for_workers(backend)
+        size = dask_batch_size if dask_batch_size is not None else batch_size_for(client, name, batch_size)
+        if size > 1:  # GPU workers: a batch of cases a task
+            batch_task = functools.partial(process_batch_on_worker, settings=settings, backend=name)
+            executor = DaskCluster(client, batch_size=size, batch_task=batch_task)
+            return Arrangement(executor, arrangement.task, arrangement.finish)
+        return arrangement
     n_workers = default_workers(workers)
     if pipelined is None:  # a backend that samples many cases in one launch (a GPU) is fed by reading workers
         pipelined = resolve_backend(backend).kernels.PREFERS_MERGED_REQUESTS and n_workers > 1

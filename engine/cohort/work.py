@@ -340,6 +340,15 @@ def process_case(case: Case, settings: RunSettings, backend=None) -> CaseEntry:
     return classify_inputs(inputs, settings, backend) if isinstance(inputs, CaseInputs) else inputs
 
 
+def process_batch(cases: list[Case], settings: RunSettings, backend=None) -> list[CaseEntry]:
+    """Read cases and classify them as one batch (one merged sampling plan on a GPU), in order; never raises for a
+    bad case (a case that cannot be read gets its error entry, the others are classified)."""
+    read = [read_case(case, settings) for case in cases]
+    inputs = [r for r in read if isinstance(r, CaseInputs)]
+    entries = iter(classify_batch(inputs, settings, backend) if inputs else [])
+    return [next(entries) if isinstance(r, CaseInputs) else r for r in read]
+
+
 def classify_received(items: list[tuple[Case, object]], settings: RunSettings, backend=None) -> list[CaseEntry]:
     """The GPU arrangement's finishing: the values reading workers sent (:func:`read_and_send`) received here
     (their dose grids mapped from shared memory) and classified as one batch; entries pass through."""

@@ -306,6 +306,46 @@ __device__ __forceinline__ long long upper_bound(const long long* __restrict__ s
     return lo;
 }
 
+// The per-cell sums and extremes of cell_histograms_kernel added to structure s's: one thread's atomics (the default),
+// or, with ISODOSE_WARP_SUMS, those of the lanes of a warp that share a structure summed first (__match_any_sync and
+// shuffles) and added by one lane with one atomic a value. The sums are integers, so either gives the same bits. The
+// warp variant needs every lane of a warp to reach it, and warp intrinsics: it runs only on a GPU.
+#ifndef ISODOSE_WARP_SUMS
+#define ISODOSE_WARP_SUMS 0
+#endif
+// Launch bounds of cell_histograms_kernel: none by default; a build may define it, e.g. __launch_bounds__(256, 2).
+#ifndef ISODOSE_CELL_BOUNDS
+#define ISODOSE_CELL_BOUNDS
+#endif
+
+__device__ __forceinline__ void add_cell_stats(i64* __restrict__ stats_fixed, u64* __restrict__ extremes, long long s,
+                                               const i64* sums, u64 low_bits, u64 high_bits) {
+    i64* stats = stats_fixed + 6 * s;
+    for (int v = 0; v < 6; ++v) {
+        if (sums[v] != 0) atomicAdd((u64*)&stats[v], (u64)sums[v]);
+    }
+    if (low_bits != 0x7FF0000000000000ULL) atomicMin(&extremes[2 * s], low_bits);
+    if (high_bits != 0) atomicMax(&extremes[2 * s + 1], high_bits);
+}
+
+#if ISODOSE_WARP_SUMS
+__device__ __forceinline__ void add_cell_stats_warp(i64* __restrict__ stats_fixed, u64* __restrict__ extremes,
+                                                    long long s, const i64* sums, u64 low_bits, u64 high_bits) {
+    unsigned group = __match_any_sync(0xFFFFFFFFu, s);
+    if (s < 0) return;  // lanes without a cell form their own group, and add nothing
+    i64 total[6] = {0, 0, 0, 0, 0, 0};
+    u64 low = 0x7FF0000000000000ULL, high = 0;
+    for (unsigned rest = group; rest; rest &= rest - 1) {
+        int lane = __ffs(rest) - 1;
+        for (int v = 0; v < 6; ++v) total[v] += __shfl_sync(group, sums[v], lane);
+        u64 l = __shfl_sync(group, low_bits, lane), h = __shfl_sync(group, high_bits, lane);
+        low = l < low ? l : low;
+        high = h > high ? h : high;
+    }
+    if ((threadIdx.x & 31) == (unsigned)(__ffs(group) - 1)) add_cell_stats(stats_fixed, extremes, s, total, low, high);
+}
+#endif
+
 // ------------------------------------------------------------------------------------------------------
 // cell_histograms: one thread per cell. It walks the cell's slab in pieces (split at the dose planes when
 // the structure's transform keeps z axial, else in pieces of at most half a voxel), moves each sample into
@@ -315,7 +355,7 @@ __device__ __forceinline__ long long upper_bound(const long long* __restrict__ s
 //   stats_fixed[s, 0..5]: inside volume, outside volume, dose x volume, x, y, z x volume
 //   extremes[s, 0..1]:    bits of Dmin and Dmax
 // ------------------------------------------------------------------------------------------------------
-extern "C" __global__ void cell_histograms_kernel(
+extern "C" __global__ void ISODOSE_CELL_BOUNDS cell_histograms_kernel(
     const float* __restrict__ doses, const long long* __restrict__ grid_offset, const int* __restrict__ grid_shape,
     const double* __restrict__ grid_geometry, const double* __restrict__ cells, long long n_cells,
     const long long* __restrict__ plane_cell_start, long long n_planes, const double* __restrict__ plane_z_lo,
@@ -324,81 +364,91 @@ extern "C" __global__ void cell_histograms_kernel(
     const double* __restrict__ structure_inverse_bin_width, int n_bins, i64* __restrict__ delta,
     i64* __restrict__ stats_fixed, u64* __restrict__ extremes) {
     long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= n_cells) return;
-    double area = cells[6 * c];
-    if (area <= 0.0) return;
-    long long p = upper_bound(plane_cell_start, n_planes, c);
-    long long s = upper_bound(structure_plane_start, n_structures, p);
-    const double* m = structure_transform + 16 * s;
-    Grid g = grid_at(doses, grid_offset, grid_shape, grid_geometry, structure_grid[s]);
-    const float* dose = g.dose;
-    const int nz = g.nz, ny = g.ny, nx = g.nx;
-    const double ox = g.ox, oy = g.oy, oz = g.oz, sx = g.sx, sy = g.sy, sz = g.sz;
-    const double inverse_bin_width = structure_inverse_bin_width[s];
-    bool axial = m[8] == 0.0 && m[9] == 0.0 && m[10] == 1.0;
-    double cx = cells[6 * c + 1], cy = cells[6 * c + 2];
-    double vxx = cells[6 * c + 3], vxy = cells[6 * c + 4], vyy = cells[6 * c + 5];
-    double z_end = plane_z_hi[p], z_a = plane_z_lo[p];
-    double uniform_piece = 0.5 * fmin(sx, fmin(sy, sz));
-    long long n_uniform = (long long)ceil((z_end - z_a) / uniform_piece - 1e-9);
-    if (n_uniform < 1) n_uniform = 1;
-    double uniform_dz = (z_end - z_a) / n_uniform;
-    i64* structure_delta = delta + s * (long long)(n_bins + 1);
-    double inside_sum = 0, outside_sum = 0, dose_sum = 0, x_sum = 0, y_sum = 0, z_sum = 0;
-    double dmin = ISODOSE_INF, dmax = -ISODOSE_INF;
-    while (z_a < z_end) {
-        double z_b;
-        if (axial) {
-            double shifted = z_a + m[11];
-            z_b = fmin(oz + (floor((shifted - oz) / sz + 1e-9) + 1.0) * sz - m[11], z_end);
-        } else {
-            z_b = fmin(z_a + uniform_dz, z_end);
-            if (z_end - z_b < 1e-9 * uniform_dz) z_b = z_end;
+    // A thread without a cell (past the end, or of no area) adds nothing; with warp sums it still takes part in
+    // its warp's reduction, so it does not return.
+    long long s = -1;
+    i64 sums[6] = {0, 0, 0, 0, 0, 0};
+    u64 low_bits = 0x7FF0000000000000ULL, high_bits = 0;  // +inf and +0.0: the extremes' identities
+    double area = c < n_cells ? cells[6 * c] : 0.0;
+    if (area > 0.0) {
+        long long p = upper_bound(plane_cell_start, n_planes, c);
+        s = upper_bound(structure_plane_start, n_structures, p);
+        const double* m = structure_transform + 16 * s;
+        Grid g = grid_at(doses, grid_offset, grid_shape, grid_geometry, structure_grid[s]);
+        const float* dose = g.dose;
+        const int nz = g.nz, ny = g.ny, nx = g.nx;
+        const double ox = g.ox, oy = g.oy, oz = g.oz, sx = g.sx, sy = g.sy, sz = g.sz;
+        const double inverse_bin_width = structure_inverse_bin_width[s];
+        bool axial = m[8] == 0.0 && m[9] == 0.0 && m[10] == 1.0;
+        double cx = cells[6 * c + 1], cy = cells[6 * c + 2];
+        double vxx = cells[6 * c + 3], vxy = cells[6 * c + 4], vyy = cells[6 * c + 5];
+        double z_end = plane_z_hi[p], z_a = plane_z_lo[p];
+        double uniform_piece = 0.5 * fmin(sx, fmin(sy, sz));
+        long long n_uniform = (long long)ceil((z_end - z_a) / uniform_piece - 1e-9);
+        if (n_uniform < 1) n_uniform = 1;
+        double uniform_dz = (z_end - z_a) / n_uniform;
+        i64* structure_delta = delta + s * (long long)(n_bins + 1);
+        double inside_sum = 0, outside_sum = 0, dose_sum = 0, x_sum = 0, y_sum = 0, z_sum = 0;
+        double dmin = ISODOSE_INF, dmax = -ISODOSE_INF;
+        while (z_a < z_end) {
+            double z_b;
+            if (axial) {
+                double shifted = z_a + m[11];
+                z_b = fmin(oz + (floor((shifted - oz) / sz + 1e-9) + 1.0) * sz - m[11], z_end);
+            } else {
+                z_b = fmin(z_a + uniform_dz, z_end);
+                if (z_end - z_b < 1e-9 * uniform_dz) z_b = z_end;
+            }
+            double dz = z_b - z_a;
+            double z_local = 0.5 * (z_a + z_b);
+            z_a = z_b;
+            double weight = area * dz;
+            double px = m[0] * cx + m[1] * cy + m[2] * z_local + m[3];
+            double py = m[4] * cx + m[5] * cy + m[6] * z_local + m[7];
+            double pz = axial ? z_local + m[11] : m[8] * cx + m[9] * cy + m[10] * z_local + m[11];
+            x_sum += weight * px;
+            y_sum += weight * py;
+            z_sum += weight * pz;
+            int i, j, k;
+            double tx, ty, tz, gx, gy, gz;
+            if (!(grid_coordinate(px, ox, sx, nx, &i, &tx) && grid_coordinate(py, oy, sy, ny, &j, &ty) &&
+                  grid_coordinate(pz, oz, sz, nz, &k, &tz))) {
+                outside_sum += weight;
+                continue;
+            }
+            double value = interpolate(dose, nz, nx, ny, i, j, k, tx, ty, tz, sx, sy, sz, &gx, &gy, &gz);
+            // Not negative, and never -0.0: the extremes are kept with integer atomics on the doubles' bits, which
+            // order as the values only for +0.0 and up (the bits of -0.0 beat those of every positive dose).
+            if (!(value > 0.0)) value = 0.0;
+            // Gradient in the structure's own frame (R^T g), for the variance over the sample's region.
+            double lx = m[0] * gx + m[4] * gy + m[8] * gz;
+            double ly = m[1] * gx + m[5] * gy + m[9] * gz;
+            double lz = m[2] * gx + m[6] * gy + m[10] * gz;
+            double variance = lx * lx * vxx + 2.0 * lx * ly * vxy + ly * ly * vyy + lz * lz * dz * dz / 12.0;
+            deposit(structure_delta, value, sqrt(12.0 * fmax(variance, 0.0)), weight, inverse_bin_width, n_bins);
+            inside_sum += weight;
+            dose_sum += weight * value;
+            dmin = fmin(dmin, value);
+            dmax = fmax(dmax, value);
         }
-        double dz = z_b - z_a;
-        double z_local = 0.5 * (z_a + z_b);
-        z_a = z_b;
-        double weight = area * dz;
-        double px = m[0] * cx + m[1] * cy + m[2] * z_local + m[3];
-        double py = m[4] * cx + m[5] * cy + m[6] * z_local + m[7];
-        double pz = axial ? z_local + m[11] : m[8] * cx + m[9] * cy + m[10] * z_local + m[11];
-        x_sum += weight * px;
-        y_sum += weight * py;
-        z_sum += weight * pz;
-        int i, j, k;
-        double tx, ty, tz, gx, gy, gz;
-        if (!(grid_coordinate(px, ox, sx, nx, &i, &tx) && grid_coordinate(py, oy, sy, ny, &j, &ty) &&
-              grid_coordinate(pz, oz, sz, nz, &k, &tz))) {
-            outside_sum += weight;
-            continue;
+        // Each sum rounded to fixed point once per cell: integer sums then give the same bits in any order.
+        sums[0] = (i64)llrint(inside_sum * VOLUME_SCALE);
+        sums[1] = (i64)llrint(outside_sum * VOLUME_SCALE);
+        sums[2] = (i64)llrint(dose_sum * DOSE_VOLUME_SCALE);
+        sums[3] = (i64)llrint(x_sum * POSITION_VOLUME_SCALE);
+        sums[4] = (i64)llrint(y_sum * POSITION_VOLUME_SCALE);
+        sums[5] = (i64)llrint(z_sum * POSITION_VOLUME_SCALE);
+        if (inside_sum > 0) {
+            // Non-negative doubles order as their bit patterns do.
+            low_bits = (u64)__double_as_longlong(dmin);
+            high_bits = (u64)__double_as_longlong(dmax);
         }
-        double value = interpolate(dose, nz, nx, ny, i, j, k, tx, ty, tz, sx, sy, sz, &gx, &gy, &gz);
-        // Not negative, and never -0.0: the extremes are kept with integer atomics on the doubles' bits, which order
-        // as the values only for +0.0 and up (the bits of -0.0 beat those of every positive dose).
-        if (!(value > 0.0)) value = 0.0;
-        // Gradient in the structure's own frame (R^T g), for the variance over the sample's region.
-        double lx = m[0] * gx + m[4] * gy + m[8] * gz;
-        double ly = m[1] * gx + m[5] * gy + m[9] * gz;
-        double lz = m[2] * gx + m[6] * gy + m[10] * gz;
-        double variance = lx * lx * vxx + 2.0 * lx * ly * vxy + ly * ly * vyy + lz * lz * dz * dz / 12.0;
-        deposit(structure_delta, value, sqrt(12.0 * fmax(variance, 0.0)), weight, inverse_bin_width, n_bins);
-        inside_sum += weight;
-        dose_sum += weight * value;
-        dmin = fmin(dmin, value);
-        dmax = fmax(dmax, value);
     }
-    i64* stats = stats_fixed + 6 * s;
-    add_fixed(&stats[0], inside_sum, VOLUME_SCALE);
-    add_fixed(&stats[1], outside_sum, VOLUME_SCALE);
-    add_fixed(&stats[2], dose_sum, DOSE_VOLUME_SCALE);
-    add_fixed(&stats[3], x_sum, POSITION_VOLUME_SCALE);
-    add_fixed(&stats[4], y_sum, POSITION_VOLUME_SCALE);
-    add_fixed(&stats[5], z_sum, POSITION_VOLUME_SCALE);
-    if (inside_sum > 0) {
-        // Non-negative doubles order as their bit patterns do.
-        atomicMin(&extremes[2 * s], (u64)__double_as_longlong(dmin));
-        atomicMax(&extremes[2 * s + 1], (u64)__double_as_longlong(dmax));
-    }
+#if ISODOSE_WARP_SUMS
+    add_cell_stats_warp(stats_fixed, extremes, s, sums, low_bits, high_bits);
+#else
+    if (s >= 0) add_cell_stats(stats_fixed, extremes, s, sums, low_bits, high_bits);
+#endif
 }
 
 // ------------------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ _PARAMETER_TYPES = {
 def kernel_parameters(source: str) -> dict[str, list[tuple[str, np.dtype, bool]]]:
     """``{kernel: [(parameter, dtype, is_pointer), ...]}`` for each ``extern "C" __global__`` kernel."""
     kernels = {}
-    for match in re.finditer(r'extern "C" __global__ void (\w+)\((.*?)\)\s*\{', source, re.S):
+    for match in re.finditer(r'extern "C" __global__ void (?:[A-Z_]+ )?(\w+)\((.*?)\)\s*\{', source, re.S):
         parameters = []
         for declaration in match.group(2).split(","):
             words = declaration.replace("__restrict__", " ").replace("const", " ").replace("*", " * ").split()

@@ -50,13 +50,14 @@ def load_nvrtc(major: int | None = None):
     return ctypes.CDLL(str(library))
 
 
-def compile_to_ptx(nvrtc, source: str, arch: str = "compute_80") -> tuple[bool, str]:
-    """(compiled, log) for ``source``."""
+def compile_to_ptx(nvrtc, source: str, arch: str = "compute_80", extra: tuple[str, ...] = ()) -> tuple[bool, str]:
+    """(compiled, log) for ``source``, with ``extra`` options (``-D...``) after the architecture and standard."""
     program = ctypes.c_void_p()
     if nvrtc.nvrtcCreateProgram(ctypes.byref(program), source.encode(), b"isodose.cu", 0, None, None) != 0:
         return False, "nvrtcCreateProgram failed"
-    options = (ctypes.c_char_p * 2)(f"--gpu-architecture={arch}".encode(), b"-std=c++17")
-    result = nvrtc.nvrtcCompileProgram(program, 2, options)
+    given = [f"--gpu-architecture={arch}", "-std=c++17", *extra]
+    options = (ctypes.c_char_p * len(given))(*(o.encode() for o in given))
+    result = nvrtc.nvrtcCompileProgram(program, len(given), options)
     size = ctypes.c_size_t()
     nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
     log = ctypes.create_string_buffer(max(size.value, 1))
