@@ -80,6 +80,25 @@ def add_parser(commands) -> argparse.ArgumentParser:
     report_parser = actions.add_parser("report", help="failure-pattern table, metric summaries and HTML report")
     report_parser.add_argument("results", metavar="RESULTS.h5")
     report_parser.add_argument("--html", metavar="FILE", help="HTML report (default: RESULTS.html)")
+    report_parser.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="cross-tabulate the classes against a manifest column (a covariate), with its test (repeatable)",
+    )
+    report_parser.add_argument(
+        "--categorical", action="append", default=[], metavar="COLUMN", help="take a --by column as categories"
+    )
+    report_parser.add_argument(
+        "--continuous", action="append", default=[], metavar="COLUMN", help="take a --by column as numbers"
+    )
+    report_parser.add_argument(
+        "--table",
+        metavar="FILE",
+        help="the per-case table in the papers' layout: FILE.csv, FILE.md (Markdown) or FILE.tex (LaTeX, booktabs)",
+    )
+    report_parser.add_argument("--figures", metavar="DIR", help="each figure also as SVG and as a 300-dpi PNG in DIR")
     options.add_format(report_parser)
     report_parser.set_defaults(func=report)
     return parser
@@ -150,12 +169,21 @@ def run(args: argparse.Namespace) -> int:
 
 def report(args: argparse.Namespace) -> int:
     from ..cohort.report import METHODS, build_report, format_text, write_html
+    from ..cohort.statistics import TABLE_FORMATS, paper_columns, paper_table
     from ..cohort.store import ResultStore
     from ..recurrence import CLASSES
 
     html_path = output_file(args.html if args.html else Path(args.results).with_suffix(".html"), "--html")
+    table_path = None
+    if args.table:
+        table_path = output_file(args.table, "--table")
+        if table_path.suffix.lower() not in TABLE_FORMATS:
+            raise IsodoseError("--table needs a .csv, .md or .tex file", path=args.table)
+    both = set(args.categorical) & set(args.continuous)
+    if both:
+        raise IsodoseError(f"--categorical and --continuous both name {sorted(both)[0]!r}")
     store = ResultStore.open(args.results, create=False)
-    cohort = build_report(store)
+    cohort = build_report(store, by=args.by, categorical=args.categorical, continuous=args.continuous)
     if args.format == "json":
         document = {
             "store": str(cohort.store),
@@ -166,6 +194,18 @@ def report(args: argparse.Namespace) -> int:
             "summaries": [s.__dict__ for s in cohort.summaries],
             "warnings": [{"case_id": c, "warnings": messages} for c, messages in cohort.warnings],
             "uncertainty": {method: u.__dict__ for method, u in cohort.uncertainty.items()},
+            "by_class": {
+                method: [
+                    {"quantity": s.label, "key": s.key, "p_kruskal_wallis": s.p_value}
+                    | {c: d.__dict__ for c, d in s.by_class.items()}
+                    for s in stats
+                ]
+                for method, stats in cohort.class_stats.items()
+            },
+            "covariates": {
+                method: [_covariate_json(r) for r in results] for method, results in cohort.covariates.items()
+            },
+            "notes": cohort.notes,
         }
         sys.stdout.write(json.dumps(document, indent=2, default=lambda v: None) + "\n")
     elif args.format == "csv":  # the failure patterns, one row per method and class
@@ -177,6 +217,34 @@ def report(args: argparse.Namespace) -> int:
         sys.stdout.write(csv_text(["method", "class", "cases", "cases_pct"], rows))
     else:
         print(format_text(cohort))
-    write_html(cohort, store, html_path)
-    print(f"HTML report: {html_path}", file=sys.stdout if args.format == "table" else sys.stderr)
+    write_html(cohort, store, html_path, figures=args.figures)
+    said = sys.stdout if args.format == "table" else sys.stderr
+    print(f"HTML report: {html_path}", file=said)
+    if table_path is not None:
+        text = paper_table(cohort.cases, paper_columns(cohort.settings), TABLE_FORMATS[table_path.suffix.lower()])
+        table_path.write_text(text, encoding="utf-8")
+        print(f"table: {table_path}", file=said)
+    if args.figures:
+        print(f"figures (SVG and 300-dpi PNG): {args.figures}", file=said)
     return 0
+
+
+def _covariate_json(result) -> dict:
+    from ..cohort.statistics import CrossTable
+
+    if isinstance(result, CrossTable):
+        return {
+            "column": result.column,
+            "kind": "categorical",
+            "categories": list(result.categories),
+            "counts": result.counts.tolist(),
+            "test": result.test,
+            "p_value": result.p_value,
+        }
+    return {
+        "column": result.key,
+        "kind": "continuous",
+        "test": "Kruskal-Wallis",
+        "p_value": result.p_value,
+        "by_class": {c: d.__dict__ for c, d in result.by_class.items()},
+    }

@@ -46,6 +46,38 @@ MANIFEST_COLUMNS = (
     "recurrence_structures",
     "registration",
 )
+#: Keys of a case's record that isodose writes itself: a manifest's own column (a covariate) may not take them.
+RESERVED_RECORD_KEYS = frozenset(
+    {
+        "recurrence_roi",
+        "recurrence_registered",
+        "registration_kind",
+        "registration_file",
+        "registration_residual_mm",
+        "prescription_gy",
+        "isodose_gy",
+        "recurrence_volume_cc",
+        "recurrence_outside_dose_cc",
+        "inside_isodose_pct",
+        "centroid_x_mm",
+        "centroid_y_mm",
+        "centroid_z_mm",
+        "centroid_dose_gy",
+        "centroid_targets",
+        "backend",
+        "device",
+        "warnings",
+        "status",
+        "error",
+        "V95%",
+        "D95",
+        "D98",
+        "D100",
+        "Dmean",
+        "Dmax",
+        "uncertainty_draws",
+    }
+)
 #: Optional columns for re-irradiated cases: the first course's fractions (else read from its plan), and the
 #: second course's RTDOSE, fractions (or plan) and the registration of its frame to the first's.
 SECOND_COURSE_COLUMNS = ("fractions", "second_dose", "second_fractions", "second_plan", "second_registration")
@@ -72,6 +104,9 @@ class Case:
     extra_doses: tuple[Path, ...] = ()
     #: Why the case could not be assembled (folder input); the run records it as a failed case.
     problem: str = ""
+    #: The manifest's other columns for this case (clinical covariates: T stage, age, centre...), ``(name, value)``
+    #: pairs as written; they go into the case's record.
+    covariates: tuple[tuple[str, str], ...] = ()
     files: tuple[Path, ...] = field(default=(), compare=False)
 
 
@@ -96,8 +131,10 @@ def input_fingerprint(case: Case) -> dict:
     values = {
         f.name: getattr(case, f.name)
         for f in fields(Case)
-        if f.name not in INPUT_FILES and f.name not in ("case_id", "files", "extra_doses")
+        if f.name not in INPUT_FILES and f.name not in ("case_id", "files", "extra_doses", "covariates")
     }
+    if case.covariates:  # a covariate corrected since is stored anew (its case computed again)
+        values["covariates"] = dict(case.covariates)
     files: dict[str, list[int] | None] = {}
     named = [(name, getattr(case, name)) for name in INPUT_FILES]
     named += [(f"extra_dose_{k + 1}", path) for k, path in enumerate(case.extra_doses)]
@@ -163,6 +200,17 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
     if missing:
         raise ManifestError(f"missing column(s) {', '.join(missing)}; expected {','.join(MANIFEST_COLUMNS)}", path=path)
     base = path.parent
+    known = {*MANIFEST_COLUMNS, *SECOND_COURSE_COLUMNS, "registration_fixed"}
+    covariates = [h for h in header if h and h not in known]
+    for name in covariates:
+        if name in RESERVED_RECORD_KEYS or ":" in name or name.startswith(("p_", "se_", "class_")):
+            raise ManifestError(
+                f"column {name!r} would be read as one of isodose's results; rename it (a clinical covariate's column "
+                "needs a name of its own, without ':')",
+                path=path,
+            )
+    if len(set(covariates)) != len(covariates):
+        raise ManifestError("a column name repeats", path=path)
     cases: list[Case] = []
     seen: dict[str, int] = {}
     for line, raw in enumerate(reader, start=2):
@@ -234,6 +282,7 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
                 second_plan=resolve(second["second_plan"]),
                 second_registration=resolve(second["second_registration"]),
                 problem=problem,
+                covariates=tuple((name, row.get(name, "")) for name in covariates),
             )
         )
     if not cases:

@@ -13,15 +13,26 @@ import io
 import math
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..errors import IsodoseError
 from ..formatting import shown, text_table
 from ..recurrence import CLASSES, RECURRENCE_METRICS
 from ..uncertainty import CohortUncertainty, cohort_uncertainty
+from .statistics import (
+    ClassStatistics,
+    CrossTable,
+    class_statistics,
+    compare_across_classes,
+    cross_tabulate,
+    is_continuous,
+    unit_of,
+)
 from .store import ResultStore
 
 #: Cases whose warnings the text report lists (the HTML report lists them all).
@@ -40,6 +51,7 @@ class MetricSummary:
     sd: float
     minimum: float
     maximum: float
+    unit: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,14 @@ class CohortReport:
     warnings: list[tuple[str, list[str]]] = field(default_factory=list)
     #: Under registration uncertainty (where the run asked for it): the cohort's summary by each method.
     uncertainty: dict[str, CohortUncertainty] = field(default_factory=dict)
+    #: Every Vr and target metric in each class, by each method (the record key of its class).
+    class_stats: dict[str, list[ClassStatistics]] = field(default_factory=dict)
+    #: The covariates asked for (``by``), by each method: cross-tables (categorical) or class statistics.
+    covariates: dict[str, list[CrossTable | ClassStatistics]] = field(default_factory=dict)
+    #: Notes on what the tables show (rows shown once, tests used).
+    notes: list[str] = field(default_factory=list)
+    #: The recurrence ROIs of the classified cases, each case's own (Vr is labelled by them all).
+    recurrence_rois: tuple[str, ...] = ()
 
     @property
     def n_ok(self) -> int:
@@ -71,15 +91,40 @@ def _numeric(value) -> float:
         return math.nan
 
 
-def _summary(structure: str, metric: str, values: list[float]) -> MetricSummary | None:
+def _summary(structure: str, metric: str, values: list[float], unit: str = "") -> MetricSummary | None:
     data = np.array([v for v in values if math.isfinite(v)])
     if not len(data):
         return None
     sd = float(np.std(data, ddof=1)) if len(data) > 1 else math.nan
-    return MetricSummary(structure, metric, len(data), float(data.mean()), sd, float(data.min()), float(data.max()))
+    return MetricSummary(
+        structure, metric, len(data), float(data.mean()), sd, float(data.min()), float(data.max()), unit
+    )
 
 
-def build_report(store: ResultStore) -> CohortReport:
+#: Labels of Vr's record keys in the reports.
+VR_LABELS = {
+    "recurrence_volume_cc": "volume",
+    "inside_isodose_pct": "inside the isodose",
+    "centroid_dose_gy": "centroid dose",
+}
+
+
+def vr_label(recurrence_rois: Sequence[str]) -> str:
+    """Vr's label in summaries: its ROI name where every case's is the same, else the names of all of them."""
+    if len(recurrence_rois) == 1:
+        return f"{recurrence_rois[0]} (Vr)"
+    shown_names = ", ".join(recurrence_rois[:4]) + (", ..." if len(recurrence_rois) > 4 else "")
+    return f"Vr ({shown_names})" if recurrence_rois else "Vr"
+
+
+def build_report(
+    store: ResultStore,
+    by: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    continuous: Sequence[str] = (),
+) -> CohortReport:
+    """The report of a store's cases; ``by`` names covariates (manifest columns kept in the records) to compare
+    with the classes, detected as categorical or continuous unless named in ``categorical`` or ``continuous``."""
     entries = store.cases()
     ok = [e for e in entries if e["status"] == "ok"]
     failed = [(e["case_id"], e.get("error", "")) for e in entries if e["status"] != "ok"]
@@ -87,17 +132,56 @@ def build_report(store: ResultStore) -> CohortReport:
     settings = store.settings
     roi_metrics = list(settings.get("target_metrics", []))
     vr_metrics = list(RECURRENCE_METRICS) + [m for m in settings.get("metrics", []) if m not in RECURRENCE_METRICS]
-    recurrence_roi = ok[0]["record"].get("recurrence_roi", "Recurrence") if ok else "Recurrence"
+    recurrence_rois = tuple(sorted({str(e["record"].get("recurrence_roi", "Recurrence")) for e in ok}))
+    recurrence_roi = recurrence_rois[0] if len(recurrence_rois) == 1 else "Vr"
+    label = vr_label(recurrence_rois)
+    notes = []
+    criteria = settings.get("criteria", {})
+    if float(criteria.get("isodose_pct", 95.0)) == 95.0 and "V95%" in vr_metrics:
+        # V95% (of the prescription) and the share inside the 95% isodose are one number under these criteria.
+        vr_metrics.remove("V95%")
+        notes.append(
+            "V95% of Vr is the share of Vr inside the 95% isodose under these criteria: shown once, as 'inside the "
+            "isodose'."
+        )
     summaries = []
+    quantities: list[tuple[str, str]] = []
     for key in (*RECURRENCE_KEYS, *vr_metrics):
-        s = _summary(f"{recurrence_roi} (Vr)", key, [_numeric(e["record"].get(key)) for e in ok])
+        unit = unit_of(key)
+        name = VR_LABELS.get(key, key)
+        s = _summary(label, name, [_numeric(e["record"].get(key)) for e in ok], unit)
         if s:
             summaries.append(s)
+        quantities.append((f"Vr {name} ({unit})" if unit else f"Vr {name}", key))
     for key in roi_metrics:
         roi, _, metric = key.rpartition(":")
-        s = _summary(roi, metric, [_numeric(e["record"].get(key)) for e in ok])
+        unit = unit_of(key)
+        s = _summary(roi, metric, [_numeric(e["record"].get(key)) for e in ok], unit)
         if s:
             summaries.append(s)
+        quantities.append((f"{key} ({unit})" if unit else key, key))
+    class_stats = {method: class_statistics(ok, quantities, method) for method, _ in METHODS}
+    covariate_results: dict[str, list[CrossTable | ClassStatistics]] = {method: [] for method, _ in METHODS}
+    known = {k for e in ok for k in e["record"]}
+    for column in by:
+        if column not in known:
+            raise IsodoseError(
+                f"no column {column!r} in the cases' records (a manifest's own columns are kept: "
+                f"{', '.join(sorted(_covariate_names(ok))) or 'none in this store'})",
+                path=store.path,
+            )
+        values = [str(e["record"].get(column, "")) for e in ok]
+        continuous_column = column in continuous or (column not in categorical and is_continuous(values))
+        for method, _ in METHODS:
+            covariate_results[method].append(
+                compare_across_classes(ok, column, method) if continuous_column else cross_tabulate(ok, column, method)
+            )
+    if by:
+        notes.append(
+            "Categorical columns against the classes: Pearson's chi-square where every expected count is at least 5, "
+            "else Fisher's exact test; continuous columns and every metric across the classes: Kruskal-Wallis "
+            "(scipy.stats)."
+        )
     columns = [
         "case_id",
         *roi_metrics,
@@ -113,8 +197,35 @@ def build_report(store: ResultStore) -> CohortReport:
     if uncertainty:
         columns += ["p_volume_in_field_pct", "class_volume_stable"]
     return CohortReport(
-        store.path, settings, ok, failed, patterns, summaries, recurrence_roi, columns, warnings, uncertainty
+        store.path,
+        settings,
+        ok,
+        failed,
+        patterns,
+        summaries,
+        recurrence_roi,
+        columns,
+        warnings,
+        uncertainty,
+        class_stats,
+        {m: v for m, v in covariate_results.items() if v},
+        notes,
+        recurrence_rois,
     )
+
+
+def _covariate_names(ok: list[dict]) -> set[str]:
+    from .cases import RESERVED_RECORD_KEYS
+
+    return {
+        k
+        for e in ok
+        for k in e["record"]
+        if k not in RESERVED_RECORD_KEYS
+        and ":" not in k
+        and not k.startswith(("p_", "se_", "class_"))
+        and not k.endswith(("_p2_5", "_p50", "_p97_5"))
+    }
 
 
 def _uncertainty(ok: list[dict], settings: dict) -> dict[str, CohortUncertainty]:
@@ -163,6 +274,69 @@ def pattern_rows(report: CohortReport) -> list[list[str]]:
     return rows
 
 
+SUMMARY_HEADER = ["structure", "metric", "unit", "n", "mean", "SD", "min", "max"]
+
+
+def summary_rows(report: CohortReport) -> list[list[str]]:
+    return [
+        [s.structure, s.metric, s.unit, str(s.n), shown(s.mean), shown(s.sd), shown(s.minimum), shown(s.maximum)]
+        for s in report.summaries
+    ]
+
+
+CLASS_HEADER = ["quantity", "class", "n", "mean ± SD", "median [IQR]", "range", "p (Kruskal-Wallis)"]
+
+
+def _p(value: float) -> str:
+    if not math.isfinite(value):
+        return "-"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def class_rows(statistics: Sequence[ClassStatistics]) -> list[list[str]]:
+    """Each quantity's rows, one per class with cases, its p-value on its first row."""
+    rows = []
+    for s in statistics:
+        first = True
+        for c in CLASSES:
+            d = s.by_class[c]
+            if not d.n:
+                continue
+            rows.append([s.label if first else "", c, *d.cells(), _p(s.p_value) if first else ""])
+            first = False
+    return rows
+
+
+def cross_rows(table: CrossTable) -> tuple[list[str], list[list[str]]]:
+    header = [table.column, *CLASSES, "cases"]
+    rows = [
+        [category, *(str(int(n)) for n in table.counts[k]), str(int(table.counts[k].sum()))]
+        for k, category in enumerate(table.categories)
+    ]
+    return header, rows
+
+
+def covariate_parts(report: CohortReport) -> list[tuple[str, list[str], list[list[str]], str]]:
+    """``(title, header, rows, test line)`` of each covariate by each method."""
+    parts = []
+    for method, label in METHODS:
+        for result in report.covariates.get(method, []):
+            if isinstance(result, CrossTable):
+                header, rows = cross_rows(result)
+                test = f"{result.test}: p = {_p(result.p_value)}" if result.test else "no test (one row or column)"
+                parts.append((f"{result.column} by class ({label})", header, rows, test))
+            else:
+                parts.append(
+                    (
+                        f"{result.label} by class ({label})",
+                        CLASS_HEADER,
+                        class_rows([result]),
+                        f"Kruskal-Wallis: p = {_p(result.p_value)}",
+                    )
+                )
+    return parts
+
+
 def format_text(report: CohortReport) -> str:
     parts = [
         f"{report.store}: {report.n_ok + len(report.failed)} cases, {report.n_ok} classified, "
@@ -172,15 +346,15 @@ def format_text(report: CohortReport) -> str:
     parts.append("Failure patterns")
     parts.append(text_table(["class", *(label for _, label in METHODS)], pattern_rows(report)))
     parts += ["", "Metric summaries (mean, SD, range over the classified cases)"]
-    parts.append(
-        text_table(
-            ["structure", "metric", "n", "mean", "SD", "min", "max"],
-            [
-                [s.structure, s.metric, str(s.n), shown(s.mean), shown(s.sd), shown(s.minimum), shown(s.maximum)]
-                for s in report.summaries
-            ],
-        )
-    )
+    parts.append(text_table(SUMMARY_HEADER, summary_rows(report)))
+    for method, label in METHODS:
+        if report.class_stats.get(method) and report.n_ok:
+            parts += ["", f"By class ({label}): n, mean ± SD, median [interquartile range], range"]
+            parts.append(text_table(CLASS_HEADER, class_rows(report.class_stats[method])))
+    for title, header, rows, test in covariate_parts(report):
+        parts += ["", title, text_table(header, rows), test]
+    if report.notes:
+        parts += [""] + [f"Note: {note}" for note in report.notes]
     if report.uncertainty:
         volume = report.uncertainty["volume"]
         parts += [
@@ -215,7 +389,53 @@ def _png(figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _dvh_band_figure(curves: list[dict], roi: str):
+#: The colours of the classes in the figures.
+CLASS_COLOURS = {"in-field": "#238b45", "marginal": "#fe9929", "out-field": "#cb181d"}
+
+
+def _relative_curves(curves: list[dict], doses: np.ndarray) -> np.ndarray:
+    relative = []
+    for c in curves:
+        values = np.asarray(c["cumulative_cc"], dtype=np.float64)
+        if not len(values) or values[0] <= 0:
+            continue
+        own = c["step_gy"] * np.arange(len(values))
+        relative.append(100.0 * np.interp(doses, own, values, right=0.0) / values[0])
+    return np.array(relative).reshape(-1, len(doses))
+
+
+def _mark_levels(axis, levels: Sequence[tuple[float, str]]) -> None:
+    """The prescription and the reference isodose as dashed vertical lines, labelled."""
+    for (dose, text), style in zip(levels, ("--", ":")):
+        if math.isfinite(dose):
+            axis.axvline(dose, color="#333333", ls=style, lw=1.1, label=text.strip())
+
+
+def _vr_bands_figure(curves_by_class: dict[str, list[dict]], label: str, levels):
+    """Vr's DVH bands, one per class (median and interquartile band), with the prescription and isodose marked."""
+    import matplotlib.pyplot as plt
+
+    every = [c for curves in curves_by_class.values() for c in curves]
+    step = min(c["step_gy"] for c in every)
+    top = max(c["step_gy"] * (len(c["cumulative_cc"]) - 1) for c in every)
+    doses = np.arange(0.0, top + step, step)
+    figure, axis = plt.subplots(figsize=(6.2, 3.6))
+    for c in CLASSES:
+        pct = _relative_curves(curves_by_class.get(c, []), doses)
+        if not len(pct):
+            continue
+        p25, p50, p75 = np.percentile(pct, [25, 50, 75], axis=0)
+        colour = CLASS_COLOURS[c]
+        axis.fill_between(doses, p25, p75, color=colour, alpha=0.25, linewidth=0)
+        axis.plot(doses, p50, color=colour, lw=1.8, label=f"{c} ({len(pct)}): median, IQR")
+    _mark_levels(axis, levels)
+    axis.set(xlabel="dose (Gy)", ylabel="volume (%)", title=f"{label}, by class (volume method)", ylim=(0, 108))
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
+    return figure
+
+
+def _dvh_band_figure(curves: list[dict], roi: str, levels=()):
     import matplotlib.pyplot as plt
 
     step = min(c["step_gy"] for c in curves)
@@ -234,9 +454,10 @@ def _dvh_band_figure(curves: list[dict], roi: str):
     axis.fill_between(doses, p5, p95, color="#9ecae1", alpha=0.6, label="5th-95th percentile")
     axis.fill_between(doses, p25, p75, color="#4292c6", alpha=0.7, label="25th-75th percentile")
     axis.plot(doses, p50, color="#08306b", lw=1.5, label="median")
-    axis.set(xlabel="dose (Gy)", ylabel="volume (%)", title=f"{roi}: {len(curves_pct)} cases", ylim=(0, 102))
+    _mark_levels(axis, levels)
+    axis.set(xlabel="dose (Gy)", ylabel="volume (%)", title=f"{roi}: {len(curves_pct)} cases", ylim=(0, 108))
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="lower left")
+    axis.legend(loc="lower left")
     return figure
 
 
@@ -260,6 +481,9 @@ def _inside_figure(values: list[float], criteria: dict):
         title="Where recurrences lay in the planned dose",
     )
     axis.grid(alpha=0.3, axis="y")
+    from matplotlib.ticker import MaxNLocator
+
+    axis.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of cases
     return figure
 
 
@@ -314,37 +538,95 @@ def describe_settings(settings: dict) -> str:
     return "; ".join(parts)
 
 
-def write_html(report: CohortReport, store: ResultStore, path: str | Path) -> Path:
-    """Write the self-contained HTML report."""
+def _file_name(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text).strip("_") or "figure"
+
+
+def _levels(report: CohortReport) -> list[tuple[float, str]]:
+    """The prescription and reference isodose to mark on the DVH plots: the cases' own where they share them,
+    else their medians."""
+    marks = []
+    for key, name in (("prescription_gy", "prescription"), ("isodose_gy", "isodose")):
+        values = sorted({_numeric(e["record"].get(key)) for e in report.cases} - {math.nan})
+        values = [v for v in values if math.isfinite(v)]
+        if values:
+            median = float(np.median(values))
+            marks.append((median, f"{name} {median:g} Gy " if len(values) == 1 else f"median {name} {median:g} Gy "))
+    return marks
+
+
+#: Font sizes of the report's figures: readable when a 6-inch figure is printed at a column's width (3.5 in).
+FIGURE_FONTS: dict = {"font.size": 12, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 10}
+
+
+def write_html(report: CohortReport, store: ResultStore, path: str | Path, figures: str | Path | None = None) -> Path:
+    """Write the self-contained HTML report; with ``figures``, each figure also as SVG and as a 300-dpi PNG there."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
+    with plt.rc_context(FIGURE_FONTS):
+        return _write_html(report, store, Path(path), figures)
+
+
+def _write_html(report: CohortReport, store: ResultStore, path: Path, figures: str | Path | None) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure_dir = Path(figures) if figures is not None else None
+    if figure_dir is not None:
+        figure_dir.mkdir(parents=True, exist_ok=True)
+
+    def emit(figure, name: str, alt: str) -> str:
+        if figure_dir is not None:
+            figure.savefig(figure_dir / f"{_file_name(name)}.svg", bbox_inches="tight")
+            figure.savefig(figure_dir / f"{_file_name(name)}.png", dpi=300, bbox_inches="tight")
+        image = f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(figure)}">'
+        plt.close(figure)
+        return image
+
     criteria = report.settings.get("criteria", {"isodose_pct": 95.0, "in_field_pct": 95.0, "marginal_pct": 20.0})
     sections = []
-    figure = _inside_figure([_numeric(e["record"].get("inside_isodose_pct")) for e in report.cases], criteria)
-    sections.append(f'<img alt="distribution of Vr inside the isodose" src="data:image/png;base64,{_png(figure)}">')
-    plt.close(figure)
+    inside = [_numeric(e["record"].get("inside_isodose_pct")) for e in report.cases]
+    if any(math.isfinite(v) for v in inside):
+        figure = _inside_figure(inside, criteria)
+        sections.append(emit(figure, "inside_isodose", "distribution of Vr inside the isodose"))
+    else:
+        sections.append('<p class="empty">No case was classified: there is no distribution to show.</p>')
     by_roi: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    ok_ids = {e["case_id"] for e in report.cases}
+    ok = {e["case_id"]: e for e in report.cases}
+    vr_by_class: dict[str, list[dict]] = defaultdict(list)
     for curve in store.dvh_curves():
-        if curve["case_id"] in ok_ids:
+        entry = ok.get(curve["case_id"])
+        if entry is None:
+            continue
+        if curve["role"] == "recurrence":  # every case's Vr, whatever its ROI's name, in the band of its class
+            vr_by_class[str(entry["record"].get("class_volume"))].append(curve)
+        else:
             by_roi[(curve["role"], curve["roi"])].append(curve)
+    levels = _levels(report)
     dvh_images = []
-    for (role, roi), curves in sorted(by_roi.items(), key=lambda item: (item[0][0] != "recurrence", item[0][1])):
-        figure = _dvh_band_figure(curves, f"{roi} (Vr)" if role == "recurrence" else roi)
-        dvh_images.append(f'<img alt="DVH band of {html.escape(roi)}" src="data:image/png;base64,{_png(figure)}">')
-        plt.close(figure)
+    label = vr_label(report.recurrence_rois)
+    if vr_by_class:
+        dvh_images.append(
+            emit(_vr_bands_figure(vr_by_class, label, levels), "dvh_vr_by_class", f"DVH bands of {label}")
+        )
+    for (_, roi), curves in sorted(by_roi.items(), key=lambda item: item[0][1]):
+        dvh_images.append(emit(_dvh_band_figure(curves, roi, levels), f"dvh_{roi}", f"DVH band of {roi}"))
+    if not dvh_images:
+        dvh_images.append('<p class="empty">No DVH curves were stored for the classified cases.</p>')
     pattern_table = _html_table(["class", *(label for _, label in METHODS)], pattern_rows(report))
-    summary_table = _html_table(
-        ["structure", "metric", "n", "mean", "SD", "min", "max"],
-        [
-            [s.structure, s.metric, str(s.n), shown(s.mean), shown(s.sd), shown(s.minimum), shown(s.maximum)]
-            for s in report.summaries
-        ],
+    summary_table = _html_table(SUMMARY_HEADER, summary_rows(report))
+    class_tables = "".join(
+        f"<h3>By class ({method_label})</h3>" + _html_table(CLASS_HEADER, class_rows(report.class_stats[method]))
+        for method, method_label in METHODS
+        if report.class_stats.get(method) and report.n_ok
     )
+    covariate_tables = "".join(
+        f'<h3>{html.escape(title)}</h3>{_html_table(header, rows)}<p class="small">{html.escape(test)}</p>'
+        for title, header, rows, test in covariate_parts(report)
+    )
+    notes = "".join(f'<p class="small">Note: {html.escape(note)}</p>' for note in report.notes)
     case_rows = [
         [shown(e["record"].get(c, e["case_id"] if c == "case_id" else None)) for c in report.table_columns]
         for e in report.cases
@@ -365,9 +647,7 @@ def write_html(report: CohortReport, store: ResultStore, path: str | Path) -> Pa
     ]
     uncertainty_section = ""
     if report.uncertainty:
-        figure = _probability_figure(report.cases)
-        image = f'<img alt="class probabilities of each case" src="data:image/png;base64,{_png(figure)}">'
-        plt.close(figure)
+        image = emit(_probability_figure(report.cases), "class_probabilities", "class probabilities of each case")
         volume = report.uncertainty["volume"]
         unstable = (
             _html_table(
@@ -415,6 +695,7 @@ img {{ max-width: 100%; margin: 0.3em; }}
 .grid {{ display: flex; flex-wrap: wrap; }}
 .grid img {{ width: 48%; }}
 .small {{ color: #666; font-size: 0.85em; }}
+.empty {{ color: #444; font-style: italic; padding: 1em; border: 1px dashed #bbb; }}
 </style></head><body>
 <h1>Recurrence failure patterns</h1>
 <p class="small">{html.escape(str(report.store))}: {report.n_ok + len(report.failed)} cases, {report.n_ok} classified,
@@ -424,11 +705,15 @@ img {{ max-width: 100%; margin: 0.3em; }}
 {sections[0]}
 {uncertainty_section}
 <h2>Cohort DVHs</h2>
-<p class="small">Cumulative DVHs (% of each structure's volume inside the dose grid): median, 25th-75th and
-5th-95th percentiles over the classified cases.</p>
+<p class="small">Cumulative DVHs (% of each structure's volume inside the dose grid). Vr: the median and
+interquartile band of each class. Each other structure: median, 25th-75th and 5th-95th percentiles over the
+classified cases. Dashed: the prescription; dotted: the reference isodose.</p>
 <div class="grid">{"".join(dvh_images)}</div>
 <h2>Metric summaries</h2>
 {summary_table}
+{class_tables}
+{covariate_tables}
+{notes}
 <h2>Cases</h2>
 {_html_table(headers, case_rows)}
 <h2>Failed cases</h2>

@@ -213,6 +213,10 @@ def run_cases(
 
         def record(entries: list[CaseEntry]) -> None:
             nonlocal failed, done
+            for entry in entries:  # the manifest's clinical covariates go with each case's results
+                case = by_id.get(entry["case_id"])
+                if case is not None and case.covariates and isinstance(entry.get("record"), dict):
+                    entry["record"].update(case.covariates)
             store.append_many(entries)  # durably, before anything is reported
             for entry in entries:
                 done += 1
