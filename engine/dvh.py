@@ -1032,6 +1032,8 @@ def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: Struc
         messages += [w for w in samples.warnings if f"ROI {structure.name}:" in w or "ROI " not in w.split(":")[0]]
         if structure.is_empty:
             messages.append(f"ROI {structure.name} has no contours: reported as empty")
+        elif dvh.volume_cc <= 0 and dvh.volume_outside_dose_cc <= 0:
+            messages.append(f"ROI {structure.name} encloses no volume: its contours have no area")
         elif not dvh.has_dose:
             messages.append(f"ROI {structure.name} lies wholly outside the dose grid")
         elif dvh.volume_outside_dose_cc > 0:

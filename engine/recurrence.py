@@ -461,6 +461,12 @@ def _finish(
     """Classify one case from its DVHs and the dose at Vr's centroid."""
     criteria = prepared.criteria
     prescription_gy = prepared.prescription_gy
+    if vr.volume_cc <= 0 and vr.volume_outside_dose_cc <= 0:  # never a class for a recurrence of no volume
+        raise StructureError(
+            "encloses no volume: its contours have no area (all points equal, or a polygon that doubles back on "
+            "itself), so there is no recurrence to classify",
+            obj=f"the recurrence ROI {vr.name!r}",
+        )
     isodose_gy = criteria.isodose_pct / 100.0 * prescription_gy
     inside_cc = float(vr.volume_at_dose_cc(isodose_gy)) if vr.has_dose else 0.0
     inside_pct = 100.0 * inside_cc / vr.volume_cc if vr.volume_cc > 0 else 0.0

@@ -182,6 +182,11 @@ def report(args: argparse.Namespace) -> int:
     both = set(args.categorical) & set(args.continuous)
     if both:
         raise IsodoseError(f"--categorical and --continuous both name {sorted(both)[0]!r}")
+    for output, option in ((html_path, "--html"), (table_path, "--table")):
+        if output is not None:
+            ResultStore.check_not_ours(output, args.results, option)
+    if args.figures:
+        ResultStore.check_not_ours(args.figures, args.results, "--figures")
     store = ResultStore.open(args.results, create=False)
     cohort = build_report(store, by=args.by, categorical=args.categorical, continuous=args.continuous)
     if args.format == "json":

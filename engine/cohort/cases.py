@@ -336,6 +336,7 @@ def discover_cases(
             if len(planning_frames) > 1:
                 case_id = f"{case_id}_{n + 1}"
             cases.append(_assemble(case_id, frame, items, recurrence_roi, prescription_gy))
+    cases = unique_case_ids(cases, folder)
     if several:
         log.warning(
             "%s: %d patient(s) with several planning frames, each frame a case of its own (%s); for "
@@ -649,7 +650,32 @@ def discover_audit_cases(folder: str | Path) -> list[Case]:
                 problem=problem,
             )
         )
-    return cases
+    return unique_case_ids(cases, folder)
+
+
+def unique_case_ids(cases: list[Case], folder: Path) -> list[Case]:
+    """The cases with ids made unique: a patient ``P`` with two planning frames gives ``P_1`` and ``P_2``, and a
+    patient whose ID is ``P_1`` would clash with the first; a later case whose id is taken gets ``-2`` (``-3``...)
+    after it, with a warning naming it, so that no result replaces another's."""
+    taken: set[str] = set()
+    renamed = []
+    out = []
+    for case in cases:
+        case_id = case.case_id
+        if case_id in taken:
+            k = 2
+            while f"{case.case_id}-{k}" in taken or any(c.case_id == f"{case.case_id}-{k}" for c in cases):
+                k += 1
+            case_id = f"{case.case_id}-{k}"
+            renamed.append(f"{case.case_id} -> {case_id} ({case.dose.name if case.dose else 'no RTDOSE'})")
+            case = replace(case, case_id=case_id)
+        taken.add(case_id)
+        out.append(case)
+    if renamed:
+        log.warning(
+            "%s: %d case id(s) were taken by another case and renamed: %s", folder, len(renamed), "; ".join(renamed)
+        )
+    return out
 
 
 def load_audit_cases(source: str | Path) -> list[Case]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import StoreError
+
+log = logging.getLogger(__name__)
 
 
 def _json_default(value):
@@ -103,18 +106,37 @@ def read(journal: Path) -> tuple[dict | None, dict[str, dict]]:
     entries: dict[str, dict] = {}
     if not journal.exists():
         return None, entries
-    with journal.open("r", encoding="utf-8") as handle:
+    skipped = 0
+    with journal.open("r", encoding="utf-8", errors="replace") as handle:
         for line in handle:
             if not line.endswith("\n"):
                 break  # cut short by a crash: that case will be redone
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
+                skipped += bool(line.strip())
                 continue
-            if "case_id" in entry:
-                entries[entry["case_id"]] = entry
-            elif "settings" in entry:
+            if not isinstance(entry, dict):
+                skipped += 1
+            elif "case_id" in entry:
+                if (
+                    isinstance(entry["case_id"], str)
+                    and entry.get("status") in ("ok", "error")
+                    and isinstance(entry.get("record", {}), dict)
+                ):
+                    entries[entry["case_id"]] = entry
+                else:
+                    skipped += 1
+            elif isinstance(entry.get("settings"), dict):
                 settings = entry["settings"]
+            else:
+                skipped += 1
+    if skipped:
+        log.warning(
+            "%s: %d line(s) are not cases' entries (cut short, or damaged): skipped, their cases redone",
+            journal,
+            skipped,
+        )
     return settings, entries
 
 
@@ -128,9 +150,15 @@ def start_journal(journal: Path, settings: dict) -> None:
 def append_lines(journal: Path, lines: list[str], failure: str = "cannot append to the journal") -> None:
     """Append ``lines`` (each ending in a newline) and sync them to disk: a StoreError naming the journal when
     the disk refuses."""
+    data = "".join(lines).encode("utf-8")
     try:
-        with journal.open("a", encoding="utf-8") as handle:
-            handle.write("".join(lines))
+        with journal.open("a+b") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            if end:
+                handle.seek(end - 1)
+                if handle.read(1) != b"\n":  # a line cut short by a crash: the next begins on a line of its own
+                    data = b"\n" + data
+            handle.write(data)  # appended at the end whatever the position
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:

@@ -124,6 +124,29 @@ class ResultStore:
         self.close()
 
     # -- opening --------------------------------------------------------------------------------------------
+    @staticmethod
+    def companions(path: str | Path) -> dict[str, Path]:
+        """The files a store at ``path`` keeps beside it: its journal, writer lock, table (CSV) and temporary file."""
+        path = Path(path)
+        return {
+            "journal": path.with_name(path.name + ".journal"),
+            "lock": path.with_name(path.name + ".lock"),
+            "table": path.with_suffix(".csv"),
+            "temporary file": path.with_name(path.name + ".tmp"),
+        }
+
+    @classmethod
+    def check_not_ours(cls, output: str | Path, store: str | Path, option: str) -> None:
+        """Refuse an output file (``option``'s) that is the store at ``store`` or one of its companions: writing it
+        would destroy results."""
+        target = Path(output).resolve()
+        owned = {"store": Path(store), **cls.companions(store)}
+        for what, path in owned.items():
+            if path.resolve() == target:
+                raise StoreError(
+                    f"{option} would write over the {what} of the results store {Path(store)}", path=output
+                )
+
     @classmethod
     def open(cls, path: str | Path, settings: dict | None = None, *, create: bool = True) -> ResultStore:
         """Open (or, with ``create``, start) the store at ``path``.
@@ -154,6 +177,12 @@ class ResultStore:
         if path.is_dir():
             raise StoreError("is a folder: the results go into a file, such as RESULTS.h5 inside it", path=path)
         lock = None
+        if create and path.suffix.lower() == ".csv":  # its table (RESULTS.csv) would be the store itself
+            raise StoreError(
+                "ends in .csv: the store's table is written beside it as NAME.csv and would replace the store; "
+                "name the store RESULTS.h5 (its table is then RESULTS.csv)",
+                path=path,
+            )
         if create:
             cls._check_writable(path)
             lock = WriterLock.acquire(path)  # before reading, so that what is read is not changing
@@ -172,6 +201,13 @@ class ResultStore:
             stored_settings, records = cls._read_hdf5_records(path)
         journal = path.with_name(path.name + ".journal")
         journal_settings, journal_entries = read_journal(journal)
+        if stored_settings is None and journal_settings is None and journal_entries:
+            raise StoreError(
+                f"its journal holds {len(journal_entries)} case(s) but no settings, and the store's HDF5 file is "
+                "missing: the settings those cases were computed with are unknown; restore the HDF5 file, or write to "
+                "another --out",
+                path=path,
+            )
         stored_settings = stored_settings or journal_settings
         for case_id, entry in journal_entries.items():
             records[case_id] = light(entry)
@@ -340,6 +376,10 @@ class ResultStore:
         if not entries:
             return
         lines, records = zip(*(encode_line(entry) for entry in entries))
+        if not self.journal.exists() or self.journal.stat().st_size == 0:
+            # Every journal starts with its settings, so that it never stands without them (after a
+            # consolidation emptied the last one, with the HDF5 file lost since, say).
+            start_journal(self.journal, self.settings)
         append_lines(self.journal, list(lines))
         for record in records:
             self._records[record["case_id"]] = record

@@ -692,7 +692,14 @@ def read_structures(path: PathType) -> StructureSet:
     frames: dict[int, str] = {}
     for item in rois:
         number = int(_required(item, "ROINumber", path, "StructureSetROISequence item"))
-        names[number] = str(item.get("ROIName", "") or f"ROI {number}").strip()
+        name = str(item.get("ROIName", "") or f"ROI {number}").strip()
+        if number in names:  # their contours could not be told apart: merged, one would become a hole in the other
+            raise StructureError(
+                f"ROIs {names[number]!r} and {name!r} share ROINumber {number}: each ROI needs a number of its own "
+                "(their contours cannot be told apart)",
+                path=path,
+            )
+        names[number] = name
         frames[number] = str(item.get("ReferencedFrameOfReferenceUID", "") or "")
     interpreted: dict[int, str] = {}
     for item in ds.get("RTROIObservationsSequence") or []:

@@ -1,0 +1,198 @@
+"""Careless and hostile use: outputs that would destroy results, damaged journals, stores without their settings.
+Each test fails without its fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from isodose.cli import main
+from isodose.cohort.cases import read_manifest
+from isodose.cohort.settings import RunSettings
+from isodose.cohort.store import ResultStore
+from isodose.cohort.work import process_case
+from isodose.errors import StoreError
+
+SETTINGS = RunSettings(target_metrics=("GTV:volume",))
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def cohort(generated_cohort):
+    return generated_cohort(4, 7)
+
+
+@pytest.fixture(scope="module")
+def entries(cohort):
+    return [process_case(case, SETTINGS) for case in read_manifest(cohort)[:3]]
+
+
+def test_a_store_whose_table_would_replace_it_is_refused(cohort, tmp_path, capsys):
+    """--out results.csv: the store's table (NAME.csv) would be written over the store itself."""
+    out = tmp_path / "results.csv"
+    code, _, err = run(capsys, "cohort", "run", cohort, "--out", out, "--workers", "1", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "ends in .csv" in err
+    assert not out.exists()
+
+
+def test_a_report_never_writes_over_its_store_or_its_companions(cohort, tmp_path, capsys):
+    store = tmp_path / "results.html"  # a store named like its own report
+    code, _, err = run(capsys, "cohort", "run", cohort, "--out", store, "--workers", "1", "--no-progress")
+    assert code == 0, err
+    before = store.read_bytes()
+    for argv, what in (
+        ([], "the store"),  # the report's default, RESULTS.html, is the store here
+        (["--html", tmp_path / "results.csv"], "the table"),
+        (["--html", tmp_path / "x.html", "--table", tmp_path / "results.csv"], "the table"),
+        (["--html", tmp_path / "results.html.journal"], "the journal"),
+        (["--html", tmp_path / "x.html", "--figures", store], "the store"),
+    ):
+        code, _, err = run(capsys, "cohort", "report", store, *argv)
+        assert code == 2 and err.count("\n") == 1 and f"would write over {what}" in err, (argv, err)
+    assert store.read_bytes() == before
+    assert ResultStore.open(store, create=False).finished()
+
+
+def test_a_torn_journal_line_does_not_take_the_next_case_with_it(entries, tmp_path):
+    out = tmp_path / "r.h5"
+    with ResultStore.open(out, SETTINGS.as_dict()) as store:
+        store.append(entries[0])
+        with store.journal.open("a") as handle:  # a crash mid-line (or a full disk)
+            handle.write('{"case_id": "' + entries[1]["case_id"] + '", "status": "ok", "rec')
+    with ResultStore.open(out, SETTINGS.as_dict()) as store:
+        assert store.finished() == {entries[0]["case_id"]}
+        store.append(entries[2])
+    with ResultStore.open(out, SETTINGS.as_dict()) as store:
+        assert store.finished() == {entries[0]["case_id"], entries[2]["case_id"]}
+        curves = {c["case_id"] for c in store.dvh_curves()}
+        assert entries[2]["case_id"] in curves  # held as finished, and with its DVH curves
+        store.consolidate()
+        assert entries[2]["case_id"] in {c["case_id"] for c in store.dvh_curves()}
+
+
+def test_journal_lines_that_are_not_entries_are_skipped_with_a_warning(entries, tmp_path, caplog):
+    out = tmp_path / "r.h5"
+    with ResultStore.open(out, SETTINGS.as_dict()) as store:
+        store.append(entries[0])
+        with store.journal.open("a") as handle:
+            handle.write(
+                "123\nnull\n[1, 2]\n"
+                + json.dumps({"case_id": "X"})
+                + "\n"
+                + json.dumps({"case_id": 5, "status": "ok"})
+                + "\n"
+            )
+        store.append(entries[1])
+    with caplog.at_level("WARNING"):
+        store = ResultStore.open(out, create=False)
+    assert store.finished() == {entries[0]["case_id"], entries[1]["case_id"]}
+    assert "5 line(s) are not cases' entries" in caplog.text
+
+
+def test_every_journal_carries_its_settings(entries, tmp_path, capsys):
+    """A journal written after a consolidation starts with the settings; with the HDF5 file lost, a run with
+    other settings is refused instead of adopting the cases."""
+    out = tmp_path / "r.h5"
+    with ResultStore.open(out, SETTINGS.as_dict()) as store:
+        store.append(entries[0])
+        store.consolidate()  # the journal is emptied
+        store.append(entries[1])
+    first = json.loads(out.with_name("r.h5.journal").read_text().splitlines()[0])
+    assert first["settings"] == SETTINGS.as_dict()
+    out.unlink()  # the HDF5 file lost
+    other = RunSettings(target_metrics=("GTV:volume", "CTV60:D98")).as_dict()
+    with pytest.raises(StoreError, match="other settings"):
+        ResultStore.open(out, other)
+    # A journal of an earlier version without its settings line, and no HDF5 file: refused, not adopted.
+    journal = out.with_name("r.h5.journal")
+    journal.write_text("\n".join(journal.read_text().splitlines()[1:]) + "\n")
+    with pytest.raises(StoreError, match="no settings, and the store's HDF5 file is missing"):
+        ResultStore.open(out, other)
+
+
+def write_planned_frame(folder, patient: str, frame: str) -> None:
+    from isodose.dicom.write import new_uid, write_dose, write_plan, write_structures
+    from isodose.phantoms import LinearField, Sphere, contour_shape
+
+    folder.mkdir(parents=True)
+    dose = LinearField(60.0, (0.0, -1.0, 0.0), (0.0, 0.0, 0.0)).grid((-20.0,) * 3, (2.5,) * 3, (17,) * 3, frame)
+    vr = contour_shape(Sphere((0.0, 0.0, 0.0), 5.0), "Recurrence", 1, 2.5)
+    uid = new_uid()
+    write_dose(dose, folder / "RD.dcm", patient_id=patient, frame_of_reference_uid=frame, referenced_plan_uid=uid)
+    write_structures([vr], folder / "RS.dcm", patient_id=patient, frame_of_reference_uid=frame)
+    write_plan(
+        folder / "RP.dcm",
+        prescription_gy=60.0,
+        number_of_fractions=30,
+        patient_id=patient,
+        frame_of_reference_uid=frame,
+        sop_instance_uid=uid,
+    )
+
+
+def test_folder_discovery_never_gives_two_cases_one_id(tmp_path, caplog):
+    """Patient P with two planning frames gives P_1 and P_2; a patient whose ID is P_1 took one of them."""
+    from isodose.cohort.cases import discover_cases
+
+    root = "1.2.826.0.1.3680043.8.498.77"
+    write_planned_frame(tmp_path / "a", "P", root + "1")
+    write_planned_frame(tmp_path / "b", "P", root + "2")
+    write_planned_frame(tmp_path / "c", "P_1", root + "3")
+    with caplog.at_level("WARNING"):
+        cases = discover_cases(tmp_path, "Recurrence")
+    ids = [c.case_id for c in cases]
+    assert len(ids) == len(set(ids)) == 3 and {"P_1", "P_2"} <= set(ids)
+    assert "were taken by another case and renamed" in caplog.text and "P_1 -> P_1-2" in caplog.text
+
+
+def test_two_rois_sharing_a_number_are_an_error_naming_both(tmp_path, capsys):
+    import pydicom
+
+    from isodose.dicom.read import read_structures
+    from isodose.dicom.write import write_structures
+    from isodose.errors import StructureError
+    from isodose.phantoms import Sphere, contour_shape
+
+    frame = "1.2.826.0.1.3680043.8.498.781"
+    big = contour_shape(Sphere((0.0, 0.0, 0.0), 10.0), "Parotid_L", 1, 2.5)
+    small = contour_shape(Sphere((0.0, 0.0, 0.0), 4.0), "GTV", 2, 2.5)
+    path = write_structures([big, small], tmp_path / "RS.dcm", frame_of_reference_uid=frame)
+    ds = pydicom.dcmread(path)
+    ds.StructureSetROISequence[1].ROINumber = 1
+    ds.ROIContourSequence[1].ReferencedROINumber = 1
+    ds.save_as(path)
+    with pytest.raises(StructureError, match="ROIs 'Parotid_L' and 'GTV' share ROINumber 1"):
+        read_structures(path)
+
+
+@pytest.mark.parametrize(
+    "points",
+    [[[1.0, 1.0]] * 4, [[0.0, 0.0], [5.0, 0.0], [5.0, 5.0], [5.0, 0.0]]],
+    ids=["all points equal", "doubling back"],
+)
+def test_a_recurrence_enclosing_no_area_is_an_error_never_a_class(tmp_path, capsys, points):
+    import numpy as np
+
+    from isodose.dicom.write import write_dose, write_structures
+    from isodose.model import Contour, Structure
+    from isodose.phantoms import LinearField, Sphere, contour_shape
+
+    frame = "1.2.826.0.1.3680043.8.498.782"
+    dose = LinearField(60.0, (0.0, -1.0, 0.0), (0.0, 0.0, 0.0)).grid((-20.0,) * 3, (2.5,) * 3, (17,) * 3, frame)
+    ptv = contour_shape(Sphere((0.0, 0.0, 0.0), 8.0), "PTV", 1, 2.5)
+    vr = Structure("Vr", 2, tuple(Contour(np.array(points), z) for z in (-2.5, 0.0, 2.5)))
+    rd = write_dose(dose, tmp_path / "RD.dcm", frame_of_reference_uid=frame)
+    rs = write_structures([ptv, vr], tmp_path / "RS.dcm", frame_of_reference_uid=frame)
+    code, out, err = run(
+        capsys, "classify", "--dose", rd, "--structures", rs, "--recurrence", "Vr", "--prescription", "60"
+    )
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("isodose: error:") and "encloses no volume" in last, (out, err)
+    assert "Traceback" not in err
+    assert "in-field" not in out and "out-field" not in out
