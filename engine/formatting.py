@@ -2,7 +2,9 @@
 
 - :func:`json_number`: a number for a JSON document (None where it is not finite, as JSON has no NaN);
 - :func:`shown` and :func:`text_table`: cells and aligned tables for the terminal;
-- :func:`csv_cell` and :func:`csv_text`: cells and whole documents for CSV files.
+- :func:`csv_cell` and :func:`csv_text`: cells and whole documents for CSV files (text that a spreadsheet would
+  run as a formula gets a leading apostrophe: :func:`csv_safe`);
+- :func:`terminal_safe`: control characters escaped in what reaches a terminal.
 """
 
 from __future__ import annotations
@@ -24,6 +26,38 @@ def json_number(value: float | None, digits: int = 6) -> float | None:
     return round(float(value), digits)
 
 
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``...): a case id or ROI name
+    cannot clear or recolour a terminal, or forge lines of a table.
+
+    >>> terminal_safe("GTV\\x1b[2J\\nforged")
+    'GTV\\\\x1b[2J\\\\nforged'
+    """
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+#: The first characters that make a spreadsheet read a cell as a formula (OWASP's list).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text: str) -> str:
+    """A text cell a spreadsheet will not run: one starting like a formula (``=``, ``+``, ``-``, ``@``, tab or
+    carriage return) gets a leading apostrophe, as OWASP advises; numbers (``-1.5``) are left as they are.
+
+    >>> csv_safe("=HYPERLINK(1)"), csv_safe("-1.5"), csv_safe("GTV")
+    ("'=HYPERLINK(1)", '-1.5', 'GTV')
+    """
+    if not text.startswith(FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+    except ValueError:
+        return "'" + text
+    return text
+
+
 def shown(value: object, digits: int = 2) -> str:
     """A table cell for the terminal: floats to ``digits`` decimals, ``-`` where there is no value, lists
     joined by commas.
@@ -36,8 +70,8 @@ def shown(value: object, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
-    return str(value)
+        return terminal_safe(", ".join(str(v) for v in value))
+    return terminal_safe(str(value))
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 2) -> str:
@@ -50,7 +84,8 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: 
     PTV      70.12
     Cord         -
     """
-    text = [[str(h) for h in header]] + [[c if isinstance(c, str) else shown(c, digits) for c in row] for row in rows]
+    text = [[terminal_safe(str(h)) for h in header]]
+    text += [[terminal_safe(c) if isinstance(c, str) else shown(c, digits) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in text) for i in range(len(header))]
     lines = []
     for n, row in enumerate(text):
@@ -73,9 +108,11 @@ def csv_cell(value: object) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     if isinstance(value, list | tuple):
-        return ";".join(str(v) for v in value)
+        return csv_safe(";".join(str(v) for v in value))
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return csv_safe(value)
     return str(value)
 
 

@@ -196,3 +196,70 @@ def test_a_recurrence_enclosing_no_area_is_an_error_never_a_class(tmp_path, caps
     assert code == 2 and last.startswith("isodose: error:") and "encloses no volume" in last, (out, err)
     assert "Traceback" not in err
     assert "in-field" not in out and "out-field" not in out
+
+
+def test_control_characters_never_reach_the_terminal_and_formulas_never_reach_a_spreadsheet(tmp_path, capsys):
+    import csv
+    import os
+
+    from isodose.dicom.write import write_example_case
+    from isodose.formatting import csv_safe, terminal_safe, text_table
+
+    assert "\x1b" not in text_table(["ROI"], [["GTV\x1b[2J"]]) and "\\x1b[2J" in text_table(["ROI"], [["GTV\x1b[2J"]])
+    assert "\n" not in terminal_safe("a\nforged line")
+    assert csv_safe("=cmd|'/C calc'!A0") == "'=cmd|'/C calc'!A0" and csv_safe("@SUM(A1)") == "'@SUM(A1)"
+    assert csv_safe("-2.5") == "-2.5" and csv_safe("-CTV") == "'-CTV"
+    rd, rs, rp = write_example_case(tmp_path)
+    import pydicom
+
+    ds = pydicom.dcmread(rs)
+    ds.StructureSetROISequence[0].ROIName = '=HYPERLINK("x")\x1b[31m'
+    ds.save_as(rs)
+    curves = tmp_path / "curves.csv"
+    code, out, err = run(capsys, "dvh", "--dose", rd, "--structures", rs, "--dvh-out", curves)
+    assert code == 0, err
+    assert "\x1b" not in out and "\\x1b[31m" in out
+    code, out, _ = run(capsys, "dvh", "--dose", rd, "--structures", rs, "--format", "csv")
+    rows = list(csv.reader(out.splitlines()))
+    assert any(cell.startswith("'=HYPERLINK") for row in rows for cell in row)
+    assert not any(cell.startswith("=") for row in rows for cell in row)
+    names = {row[0] for row in csv.reader(curves.read_text().splitlines()[1:])}
+    assert all(not n.startswith("=") for n in names) and any(n.startswith("'=") for n in names)
+    assert os.path.exists(curves)
+
+
+def test_tex_in_an_roi_name_is_plotted_as_text(tmp_path):
+    from isodose.cohort.report import FIGURE_FONTS
+
+    assert FIGURE_FONTS["text.parse_math"] is False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(FIGURE_FONTS):
+        figure, axis = plt.subplots()
+        axis.set_title("GTV $\\frac{$ broken")  # an invalid $...$ pair: an error if parsed as mathtext
+        figure.savefig(tmp_path / "t.png")
+        plt.close(figure)
+
+
+def test_fifos_and_devices_are_refused_as_inputs_and_dvh_steps_bounded(tmp_path, capsys):
+    import os
+
+    from isodose.dicom.write import write_example_case
+
+    rd, rs, rp = write_example_case(tmp_path)
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)
+    code, _, err = run(capsys, "dvh", "--dose", fifo, "--structures", rs)
+    assert code == 2 and err.count("\n") == 1 and "not a regular file" in err
+    code, _, err = run(capsys, "dvh", "--dose", "/dev/zero", "--structures", rs)
+    assert code == 2 and err.count("\n") == 1 and "not a regular file" in err
+    code, _, err = run(capsys, "cohort", "run", fifo, "--out", tmp_path / "r.h5", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "not a regular file" in err
+    for step in ("1e-300", "1e-6"):
+        code, _, err = run(
+            capsys, "dvh", "--dose", rd, "--structures", rs, "--dvh-out", tmp_path / "c.csv", "--dvh-step", step
+        )
+        assert code == 2 and err.count("\n") == 1 and "the finest step is 0.001 Gy" in err

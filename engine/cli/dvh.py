@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import IsodoseError, OutputError, collect_warnings
-from ..formatting import csv_text, text_table
+from ..formatting import csv_safe, csv_text, text_table
 from ..outputs import output_file
 from . import options
 
@@ -69,7 +69,9 @@ def write_dvh_curves(dvhs, path: str | Path, step_gy: float) -> Path:
                 relative = 100.0 * cumulative / d.dose_volume_cc
                 differential = np.append(cumulative[:-1] - cumulative[1:], 0.0)
                 for row in zip(doses, cumulative, relative, differential):
-                    writer.writerow([d.name, "" if d.number is None else d.number] + [f"{v:.6g}" for v in row])
+                    writer.writerow(
+                        [csv_safe(d.name), "" if d.number is None else d.number] + [f"{v:.6g}" for v in row]
+                    )
     except OSError as exc:
         raise OutputError(f"cannot be written ({exc.strerror or exc})", path=path, obj="--dvh-out") from exc
     return path

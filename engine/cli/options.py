@@ -191,9 +191,17 @@ def split_metrics(texts: Sequence[str] | None) -> tuple[list[str], list[str]]:
     return plain, of_roi
 
 
+#: The finest DVH step a command takes (Gy): 100,000 points a curve for a 100 Gy maximum.
+MIN_DVH_STEP_GY = 0.001
+
+
 def dvh_step(args: argparse.Namespace) -> float:
     if not (math.isfinite(args.dvh_step) and args.dvh_step > 0):
         raise IsodoseError(f"--dvh-step must be a positive dose in Gy, not {args.dvh_step}")
+    if args.dvh_step < MIN_DVH_STEP_GY:
+        raise IsodoseError(
+            f"--dvh-step {args.dvh_step:g} Gy gives too many points a curve; the finest step is {MIN_DVH_STEP_GY:g} Gy"
+        )
     return args.dvh_step
 
 

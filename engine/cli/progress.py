@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ..formatting import terminal_safe
+
 
 class ProgressBar:
     """A one-line progress report on a stream (stderr): rewritten in place on a terminal, every 10% otherwise.
@@ -71,4 +73,4 @@ def print_summary(summary) -> None:
             shown = ", ".join(ids[:FAILED_IDS_SHOWN]) + (
                 f", and {len(ids) - FAILED_IDS_SHOWN} more" if len(ids) > FAILED_IDS_SHOWN else ""
             )
-            print(f"  {len(ids)} x {reason}: {shown}")
+            print(f"  {len(ids)} x {terminal_safe(reason)}: {terminal_safe(shown)}")

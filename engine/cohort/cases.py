@@ -175,6 +175,8 @@ def read_manifest(path: str | Path) -> list[Case]:
 
 def manifest_text(path: Path) -> str:
     """A manifest's text, read as UTF-8: a DICOM file, or a file of another encoding, is refused naming it."""
+    if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or a device would be read without end
+        raise ManifestError("is not a regular file (a pipe or a device?), not a manifest", path=path)
     try:
         data = path.read_bytes()
     except OSError as exc:

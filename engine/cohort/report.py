@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import IsodoseError
-from ..formatting import shown, text_table
+from ..formatting import shown, terminal_safe, text_table
 from ..recurrence import CLASSES, RECURRENCE_METRICS
 from ..uncertainty import CohortUncertainty, cohort_uncertainty
 from .statistics import (
@@ -365,16 +365,16 @@ def format_text(report: CohortReport) -> str:
         parts.append(text_table(["class", "volume method", "point of origin"], uncertainty_rows(report)))
         parts.append(
             f"unstable cases (volume method): {len(volume.unstable)}"
-            + (f": {', '.join(volume.unstable[:20])}" if volume.unstable else "")
+            + (f": {terminal_safe(', '.join(volume.unstable[:20]))}" if volume.unstable else "")
             + (" ..." if len(volume.unstable) > 20 else "")
         )
     if report.failed:
         parts += ["", "Failed cases"]
-        parts += [f"  {case_id}: {error}" for case_id, error in report.failed]
+        parts += [f"  {terminal_safe(case_id)}: {terminal_safe(error)}" for case_id, error in report.failed]
     if report.warnings:
         parts += ["", f"Warnings ({len(report.warnings)} cases; all of them in the HTML report and the table)"]
         for case_id, messages in report.warnings[:WARNED_CASES_SHOWN]:
-            parts += [f"  {case_id}: {message}" for message in messages]
+            parts += [f"  {terminal_safe(case_id)}: {terminal_safe(message)}" for message in messages]
         if len(report.warnings) > WARNED_CASES_SHOWN:
             parts.append(f"  ... and {len(report.warnings) - WARNED_CASES_SHOWN} more cases")
     return "\n".join(parts)
@@ -556,7 +556,15 @@ def _levels(report: CohortReport) -> list[tuple[float, str]]:
 
 
 #: Font sizes of the report's figures: readable when a 6-inch figure is printed at a column's width (3.5 in).
-FIGURE_FONTS: dict = {"font.size": 12, "axes.titlesize": 12, "axes.labelsize": 12, "legend.fontsize": 10}
+#: Names (ROIs, case ids) are plotted as plain text: ``$...$`` in a name is not TeX (mathtext would fail on an
+#: invalid pair, and render a valid one as math).
+FIGURE_FONTS: dict = {
+    "font.size": 12,
+    "axes.titlesize": 12,
+    "axes.labelsize": 12,
+    "legend.fontsize": 10,
+    "text.parse_math": False,
+}
 
 
 def write_html(report: CohortReport, store: ResultStore, path: str | Path, figures: str | Path | None = None) -> Path:
@@ -774,7 +782,8 @@ def write_audit_html(result, path: str | Path, title: str = "isodose against the
     path = Path(path)
     images = []
     for structure in result.structures[:AUDIT_FIGURES]:
-        figure = _audit_figure(structure)
+        with plt.rc_context({"text.parse_math": False}):  # ROI names as plain text, never TeX
+            figure = _audit_figure(structure)
         images.append(f'<img alt="DVHs of {html.escape(structure.name)}" src="data:image/png;base64,{_png(figure)}">')
         plt.close(figure)
     header = ["ROI", "end cap", "size", "value", "planning system", "isodose", "difference %", "within"]

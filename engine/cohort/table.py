@@ -37,7 +37,14 @@ def write_table(entries: Sequence[dict], path: str | Path) -> Path:
             for e in entries:
                 record = e.get("record", {})
                 warnings = WARNING_SEPARATOR.join(e.get("warnings", []))
-                writer.writerow([e["case_id"], e.get("error", ""), *(csv_cell(record.get(k)) for k in keys), warnings])
+                writer.writerow(
+                    [
+                        csv_cell(e["case_id"]),
+                        csv_cell(e.get("error", "")),
+                        *(csv_cell(record.get(k)) for k in keys),
+                        csv_cell(warnings),
+                    ]
+                )
         os.replace(tmp, path)
     except OSError as exc:
         raise StoreError(f"cannot write the table ({exc.strerror or exc})", path=path) from exc
@@ -61,7 +68,9 @@ def write_rows_table(entries: Sequence[dict], path: str | Path) -> Path:
             for e in entries:
                 rows = e.get("rows") or [{}]
                 for row in rows:
-                    writer.writerow([e["case_id"], e.get("error", ""), *(csv_cell(row.get(k)) for k in keys)])
+                    writer.writerow(
+                        [csv_cell(e["case_id"]), csv_cell(e.get("error", "")), *(csv_cell(row.get(k)) for k in keys)]
+                    )
         os.replace(tmp, path)
     except OSError as exc:
         raise StoreError(f"cannot write the table ({exc.strerror or exc})", path=path) from exc

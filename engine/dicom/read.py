@@ -159,6 +159,8 @@ def read_dataset(
         raise DicomReadError("no such file", path=path)
     if os.path.isdir(path):
         raise DicomReadError("is a folder, not a DICOM file", path=path)
+    if not os.path.isfile(path):  # a FIFO or a device would be read without end
+        raise DicomReadError("is not a regular file (a pipe or a device?), not a DICOM file", path=path)
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except InvalidDicomError:
