@@ -127,6 +127,8 @@ _PLANE_WARNINGS: weakref.WeakKeyDictionary[Structure, tuple[str, ...]] = weakref
 _PLANE_Z: weakref.WeakKeyDictionary[Structure, np.ndarray] = weakref.WeakKeyDictionary()
 
 
+#: Contours of one plane whose z differ by more than this (mm) were distinct planes, merged by the plane tolerance.
+MERGED_PLANES_MM = 0.001
 #: Two rings of one plane whose sorted vertices agree within this (mm) are the same contour twice.
 DUPLICATE_TOLERANCE_MM = 1e-6
 
@@ -149,6 +151,14 @@ def _checked_planes(structure: Structure) -> list[ContourPlane]:
     _check_contours(structure)
     planes = []
     repeats, crossing = [], []
+    ordered, starts, plane_z = (
+        _plane_groups(structure.contours, PLANE_TOLERANCE_MM) if structure.contours else ([], [0], [])
+    )
+    merged = [
+        (plane_z[k], b - a)
+        for k, (a, b) in enumerate(zip(starts[:-1], starts[1:]))
+        if b - a > 1 and ordered[b - 1].z_mm - ordered[a].z_mm > MERGED_PLANES_MM
+    ]
     for plane in group_planes(structure.contours):
         rings: list[np.ndarray] = []
         for ring in plane.rings:
@@ -166,6 +176,13 @@ def _checked_planes(structure: Structure) -> list[ContourPlane]:
             f"{where}ROI {structure.name!r}: {len(repeats)} contour(s) repeat another of their plane (first at "
             f"z = {repeats[0]:g} mm); the repeats are ignored, since by the even-odd rule a contour drawn twice "
             "would cancel itself"
+        )
+    if merged:
+        messages.append(
+            f"{where}ROI {structure.name!r}: contours less than {PLANE_TOLERANCE_MM:g} mm apart in z were merged "
+            f"into one plane at {len(merged)} place(s) (first at z = {merged[0][0]:g} mm, {merged[0][1]} contours): "
+            "within a plane the even-odd rule makes overlapping contours holes in each other, so the volume may be far too "
+            "small; give each plane's contours one z"
         )
     if crossing:
         messages.append(

@@ -263,3 +263,83 @@ def test_fifos_and_devices_are_refused_as_inputs_and_dvh_steps_bounded(tmp_path,
             capsys, "dvh", "--dose", rd, "--structures", rs, "--dvh-out", tmp_path / "c.csv", "--dvh-step", step
         )
         assert code == 2 and err.count("\n") == 1 and "the finest step is 0.001 Gy" in err
+
+
+def test_folder_discovery_follows_linked_patients_and_stops_at_link_loops(tmp_path):
+    from isodose.cohort.cases import discover_cases
+
+    root = "1.2.826.0.1.3680043.8.498.79"
+    elsewhere = tmp_path / "elsewhere"
+    write_planned_frame(elsewhere / "A", "A", root + "1")
+    cohort = tmp_path / "cohort"
+    write_planned_frame(cohort / "B", "B", root + "2")
+    (cohort / "A").symlink_to(elsewhere / "A", target_is_directory=True)
+    (cohort / "B" / "loop").symlink_to(cohort, target_is_directory=True)  # a loop back to the top
+    cases = discover_cases(cohort, "Recurrence")
+    assert sorted(c.case_id for c in cases) == ["A", "B"]
+
+
+def test_a_manifest_row_with_more_fields_than_its_header(tmp_path, cohort, capsys):
+    text = cohort.read_text().splitlines()
+    trailing = tmp_path / "trailing.csv"  # a trailing comma on a row, as spreadsheets write: harmless
+    trailing.write_text(text[0] + "\n" + text[1] + ",\n")
+    from isodose.cohort.cases import read_manifest
+
+    [case] = read_manifest(trailing)
+    more = tmp_path / "more.csv"
+    more.write_text(text[0] + "\n" + text[1] + ",surplus\n")
+    code, _, err = run(capsys, "cohort", "run", more, "--out", tmp_path / "r.h5", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "line 2: has 9 fields where the header has 8" in err, err
+    assert case.case_id
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "is empty"),
+        ("{not json", "not JSON"),
+        ('{"id": "x"}', "gives no scheduler address"),
+        ("[1]", "no scheduler address"),
+    ],
+)
+def test_a_bad_scheduler_file_is_a_one_line_error(tmp_path, cohort, capsys, text, message):
+    pytest.importorskip("distributed")
+    path = tmp_path / "scheduler.json"
+    path.write_text(text)
+    code, _, err = run(
+        capsys, "cohort", "run", cohort, "--out", tmp_path / "r.h5", "--scheduler-file", path, "--no-progress"
+    )
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_a_figures_folder_in_the_way_of_a_file_is_a_one_line_error(cohort, tmp_path, capsys):
+    store = tmp_path / "r.h5"
+    code, _, err = run(capsys, "cohort", "run", cohort, "--out", store, "--workers", "1", "--no-progress")
+    assert code == 0, err
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for figures in (a_file, a_file / "figures"):
+        code, _, err = run(capsys, "cohort", "report", store, "--figures", figures)
+        assert code == 2 and err.count("\n") == 1 and "--figures" in err and "internal error" not in err, err
+
+
+def test_contours_merged_by_the_plane_tolerance_are_warned_of(tmp_path):
+    """A 10 mm sphere contoured every 0.001 mm: its planes, closer than the plane tolerance, merge and halve its
+    volume by the even-odd rule; the DVH says so."""
+    import math
+
+    import numpy as np
+
+    from isodose.dvh import compute_dvhs
+    from isodose.model import Contour, Structure
+    from isodose.phantoms import LinearField
+
+    dose = LinearField(60.0, (0.0, -1.0, 0.0), (0.0, 0.0, 0.0)).grid((-20.0,) * 3, (2.5,) * 3, (17,) * 3, "1.2.3")
+    angles = np.linspace(0, 2 * math.pi, 64, endpoint=False)
+    contours = []
+    for z in np.arange(-9.9995, 10.0, 0.001):
+        r = math.sqrt(max(100.0 - z * z, 0.0))
+        if r > 0.05:
+            contours.append(Contour(np.column_stack([r * np.cos(angles), r * np.sin(angles)]), float(z)))
+    [dvh] = compute_dvhs(dose, [Structure("Sphere", 1, tuple(contours))], backend="numpy")
+    assert any("were merged into one plane" in w for w in dvh.warnings), dvh.warnings

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import IsodoseError
 from ..formatting import csv_text
-from ..outputs import output_file
+from ..outputs import output_file, output_folder
 from . import options
 from .exit_codes import EXIT_EVERY_CASE_FAILED
 from .progress import ProgressBar, print_summary
@@ -187,6 +187,7 @@ def report(args: argparse.Namespace) -> int:
             ResultStore.check_not_ours(output, args.results, option)
     if args.figures:
         ResultStore.check_not_ours(args.figures, args.results, "--figures")
+        output_folder(args.figures, "--figures")
     store = ResultStore.open(args.results, create=False)
     cohort = build_report(store, by=args.by, categorical=args.categorical, continuous=args.continuous)
     if args.format == "json":

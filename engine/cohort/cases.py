@@ -216,6 +216,13 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
     cases: list[Case] = []
     seen: dict[str, int] = {}
     for line, raw in enumerate(reader, start=2):
+        extra = raw.pop(None, None)  # fields beyond the header's: a trailing comma, as spreadsheets write, is harmless
+        if extra and any(str(v).strip() for v in extra):
+            raise ManifestError(
+                f"has {len(header) + len(extra)} fields where the header has {len(header)}",
+                path=path,
+                obj=f"line {line}",
+            )
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
         if not any(row.values()):
             continue
@@ -302,6 +309,25 @@ def _has_roi(header: _Header, roi: str) -> bool:
     return any(name == roi or name.casefold() == roi.casefold() for name in header.rois)
 
 
+def files_under(folder: Path) -> list[Path]:
+    """The regular files under ``folder``, sorted, hidden files left out. Symbolic links to folders are followed
+    (patients linked into a cohort's folder are part of it), each real folder once, so that a link loop ends."""
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+    for root, folders, names in os.walk(folder, followlinks=True):
+        status = os.stat(root)
+        if (status.st_dev, status.st_ino) in seen:  # reached again through a link: a loop, or a second link
+            folders[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        folders.sort()
+        for name in names:
+            path = Path(root) / name
+            if not name.startswith(".") and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
 def discover_cases(
     folder: str | Path, recurrence_roi: str, prescription_gy: float | None = None, second_courses: bool = False
 ) -> list[Case]:
@@ -310,13 +336,7 @@ def discover_cases(
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError("is not a folder", path=folder)
-    headers = [
-        h
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
-        for h in [read_header(p)]
-        if h is not None
-    ]
+    headers = [h for p in files_under(folder) for h in [read_header(p)] if h is not None]
     if not any(h.modality == "RTDOSE" for h in headers):
         raise ManifestError("holds no RTDOSE file, so no case", path=folder)
     by_patient: dict[str, list[_Header]] = defaultdict(list)
@@ -552,6 +572,13 @@ def read_audit_manifest(path: str | Path) -> list[Case]:
         cases: list[Case] = []
         seen: dict[str, int] = {}
         for line, raw in enumerate(reader, start=2):
+            extra = raw.pop(None, None)
+            if extra and any(str(v).strip() for v in extra):
+                raise ManifestError(
+                    f"has {len(header) + len(extra)} fields where the header has {len(header)}",
+                    path=path,
+                    obj=f"line {line}",
+                )
             row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
             if not any(row.values()):
                 continue
@@ -602,13 +629,7 @@ def discover_audit_cases(folder: str | Path) -> list[Case]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError("is not a folder", path=folder)
-    headers = [
-        h
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
-        for h in [read_header(p)]
-        if h is not None
-    ]
+    headers = [h for p in files_under(folder) for h in [read_header(p)] if h is not None]
     doses = [h for h in headers if h.modality == "RTDOSE" and h.has_dvhs]
     without = sum(h.modality == "RTDOSE" and not h.has_dvhs for h in headers)
     if without and doses:

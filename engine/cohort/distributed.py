@@ -84,8 +84,8 @@ def dask_client(
                 f"cannot start a local Dask cluster of {n} workers ({type(exc).__name__}: {exc})"
             ) from exc
     else:
-        if scheduler_file is not None and not Path(scheduler_file).is_file():
-            raise DistributedError("no such scheduler file", path=scheduler_file)
+        if scheduler_file is not None:
+            _check_scheduler_file(Path(scheduler_file))
         where = scheduler or scheduler_file
         try:
             if scheduler_file is not None:
@@ -100,6 +100,21 @@ def dask_client(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _check_scheduler_file(path: Path) -> None:
+    """A scheduler file (``dask scheduler --scheduler-file``) is a JSON object with the scheduler's address."""
+    import json
+
+    if not path.is_file():
+        raise DistributedError("no such scheduler file", path=path)
+    try:
+        described = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        what = "is empty" if path.stat().st_size == 0 else f"is not a scheduler file (not JSON: {exc})"
+        raise DistributedError(what, path=path) from exc
+    if not isinstance(described, dict) or not isinstance(described.get("address"), str) or not described["address"]:
+        raise DistributedError("is not a scheduler file: it gives no scheduler address", path=path)
 
 
 def worker_address() -> str:
