@@ -181,8 +181,8 @@ def _checked_planes(structure: Structure) -> list[ContourPlane]:
         messages.append(
             f"{where}ROI {structure.name!r}: contours less than {PLANE_TOLERANCE_MM:g} mm apart in z were merged "
             f"into one plane at {len(merged)} place(s) (first at z = {merged[0][0]:g} mm, {merged[0][1]} contours): "
-            "within a plane the even-odd rule makes overlapping contours holes in each other, so the volume may be far too "
-            "small; give each plane's contours one z"
+            "within a plane the even-odd rule makes overlapping contours holes in each other, so the volume may be "
+            "far too small; give each plane's contours one z"
         )
     if crossing:
         messages.append(
