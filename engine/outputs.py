@@ -90,3 +90,30 @@ def output_folder(path: str | PathLike[str], option: str = "") -> Path:
     except OSError as exc:
         raise OutputError(f"cannot be created ({exc.strerror or exc})", path=path, obj=obj) from exc
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def private_temporary(path: str | PathLike[str]) -> Path:
+    """A new, empty file beside ``path`` (``NAME.XXXXXXXX.tmp``) to write and then rename over it: of a name no one
+    can foresee and created by this process alone (O_EXCL), so that a symbolic link planted in the output folder
+    cannot make a run write over another file; with the permissions a file made plainly would have.
+
+    >>> import tempfile
+    >>> tmp = private_temporary(f"{tempfile.mkdtemp()}/results.h5")
+    >>> tmp.name.startswith("results.h5.") and tmp.name.endswith(".tmp"), tmp.stat().st_size
+    (True, 0)
+    """
+    import tempfile
+
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(name)

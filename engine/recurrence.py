@@ -469,7 +469,9 @@ def _finish(
         )
     isodose_gy = criteria.isodose_pct / 100.0 * prescription_gy
     inside_cc = float(vr.volume_at_dose_cc(isodose_gy)) if vr.has_dose else 0.0
-    inside_pct = 100.0 * inside_cc / vr.volume_cc if vr.volume_cc > 0 else 0.0
+    # A share, so never above 100% (the volume at the isodose and Vr's volume are sums of the same samples, and may
+    # differ in their last bit).
+    inside_pct = min(100.0, 100.0 * inside_cc / vr.volume_cc) if vr.volume_cc > 0 else 0.0
 
     centroid = _centroid(vr)
     holding = tuple(name for name, planes in prepared.targets if planes.contain(centroid)[0])

@@ -343,3 +343,40 @@ def test_contours_merged_by_the_plane_tolerance_are_warned_of(tmp_path):
             contours.append(Contour(np.column_stack([r * np.cos(angles), r * np.sin(angles)]), float(z)))
     [dvh] = compute_dvhs(dose, [Structure("Sphere", 1, tuple(contours))], backend="numpy")
     assert any("were merged into one plane" in w for w in dvh.warnings), dvh.warnings
+
+
+def test_links_planted_at_the_stores_fixed_names_are_never_written_through(entries, tmp_path):
+    import os
+    import stat
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "r.h5"
+    (tmp_path / "r.h5.tmp").symlink_to(victim)  # an earlier version wrote its HDF5 file here, then renamed it
+    (tmp_path / "r.csv.tmp").symlink_to(victim)
+    with ResultStore.open(out, SETTINGS.as_dict()) as store:
+        store.append(entries[0])
+        store.consolidate()
+        store.write_table()
+    assert victim.read_text() == "keep me"
+    assert ResultStore.open(out, create=False).finished() == {entries[0]["case_id"]}
+    mode = stat.S_IMODE(os.stat(out).st_mode)
+    assert mode & 0o044 == 0o044 & ~_umask()  # the permissions a plainly made file has
+    other = tmp_path / "s.h5"
+    (tmp_path / "s.h5.lock").symlink_to(victim)
+    with pytest.raises(StoreError, match="lock file is a symbolic link"):
+        ResultStore.open(other, SETTINGS.as_dict())
+    (tmp_path / "s.h5.lock").unlink()
+    (tmp_path / "s.h5.journal").symlink_to(victim)
+    with pytest.raises(StoreError):
+        with ResultStore.open(other, SETTINGS.as_dict()) as store:
+            store.append(entries[0])
+    assert victim.read_text() == "keep me"
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -187,7 +187,8 @@ def test_the_papers_table_in_csv_markdown_and_latex(cohort):
     assert markdown[0].startswith("| case | GTV:volume |") and markdown[1].startswith("|:---|---:|")
     latex = paper_table(report.cases, columns, "latex")
     assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
-    assert "Vr V95\\% (\\%)" in latex and latex.count("\\\\\n") == N_CASES + 1
+    assert "Vr inside isodose (\\%)" in latex and "V95" not in latex  # one number under these criteria: once
+    assert latex.count("\\\\\n") == N_CASES + 1
 
 
 def test_cli_report_by_a_column_with_a_table_and_figures(cohort, tmp_path, capsys):
@@ -278,3 +279,34 @@ def test_the_report_in_a_browser_loads_without_errors_and_every_figure_has_a_siz
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert not console, console
     assert math.isfinite(len(sizes))
+
+
+def test_missing_values_are_left_out_and_counted_and_result_columns_are_not_covariates(cohort, tmp_path, capsys):
+    _, out, _ = cohort
+
+    def blanks(entry, k):
+        if k % 7 == 0:
+            entry["record"]["T_stage"] = ""
+            entry["record"]["age"] = "NA"
+
+    store = synthetic_store(out, tmp_path / "blanks.h5", blanks)
+    report = build_report(store, by=["T_stage", "age"])
+    by = {(r.column if hasattr(r, "column") else r.key): r for r in report.covariates["class_volume"]}
+    blank = sum(1 for k in range(N_CASES) if k % 7 == 0)
+    assert by["T_stage"].missing == blank and int(by["T_stage"].counts.sum()) == N_CASES - blank
+    assert sum(d.n for d in by["age"].by_class.values()) == N_CASES - blank  # NA is missing: age stays continuous
+    text = format_text(report)
+    assert f"{blank} case(s) without a value left out" in text and "(no value)" in text and "p = < " not in text
+    for column in ("D95", "class_volume", "backend", "CTV60:D98"):
+        with pytest.raises(Exception, match="names one of isodose's results"):
+            build_report(store, by=[column])
+    assert all(float(r["inside_isodose_pct"]) <= 100.0 for r in csv_rows(out))  # a share, never above 100%
+
+
+def test_a_manifest_column_named_like_a_metric_is_refused(cohort, tmp_path, capsys):
+    manifest, _, _ = cohort
+    lines = manifest.read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text(lines[0] + ",V20Gy\n" + lines[1] + ",x\n")
+    code, _, err = run(capsys, "cohort", "run", bad, "--out", tmp_path / "r.h5", "--no-progress")
+    assert code == 2 and err.count("\n") == 1 and "column 'V20Gy' would be read as one of isodose's results" in err

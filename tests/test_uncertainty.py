@@ -265,3 +265,12 @@ def test_a_cohort_run_keeps_the_probabilities_and_reports_the_unstable_cases(tmp
         capsys, "cohort", "run", folder, "--out", out, "--recurrence-roi", "Vr", "--no-progress", "--draws", "100"
     )
     assert code == 2 and "uncertainty" in err
+
+
+def test_draws_without_an_error_to_draw_are_refused(tmp_path, capsys):
+    rd, rs, rp = write_case(tmp_path, -4.0, "P")
+    for extra in (["--draws", "1000"], ["--stable-level", "90"], ["--seed", "3"]):
+        code, _, err = run(
+            capsys, "classify", "--dose", rd, "--structures", rs, "--plan", rp, "--recurrence", "Vr", *extra
+        )
+        assert code == 2 and err.count("\n") == 1 and "need the registration's error" in err, err

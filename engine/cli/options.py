@@ -245,6 +245,11 @@ def uncertainty(args: argparse.Namespace):
     ]
     if all(v is None for v in given):
         return None
+    if args.uncertainty_translation_mm is None and args.uncertainty_rotation_deg is None:
+        raise IsodoseError(
+            "--draws, --seed and --stable-level need the registration's error: give --uncertainty-translation-mm "
+            "or --uncertainty-rotation-deg (0 for none)"
+        )
     from ..uncertainty import Uncertainty
 
     def triple(values, name):

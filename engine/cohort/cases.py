@@ -78,6 +78,23 @@ RESERVED_RECORD_KEYS = frozenset(
         "uncertainty_draws",
     }
 )
+def is_result_key(name: str) -> bool:
+    """Whether ``name`` is, or could be, a key isodose writes into a case's record: its own keys, a metric
+    (``D95``, ``V20Gy``, ``D2cc``...), a target metric (``ROI:METRIC``), or a key of draws and classes."""
+    from ..dvh import parse_metric
+    from ..errors import IsodoseError
+
+    if name in RESERVED_RECORD_KEYS or ":" in name or name.startswith(("p_", "se_", "class_", "course")):
+        return True
+    if name.endswith(("_p2_5", "_p50", "_p97_5")) or name.startswith("risk_"):
+        return True
+    try:
+        parse_metric(name)
+    except (IsodoseError, ValueError):
+        return False
+    return True
+
+
 #: Optional columns for re-irradiated cases: the first course's fractions (else read from its plan), and the
 #: second course's RTDOSE, fractions (or plan) and the registration of its frame to the first's.
 SECOND_COURSE_COLUMNS = ("fractions", "second_dose", "second_fractions", "second_plan", "second_registration")
@@ -205,14 +222,15 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
     known = {*MANIFEST_COLUMNS, *SECOND_COURSE_COLUMNS, "registration_fixed"}
     covariates = [h for h in header if h and h not in known]
     for name in covariates:
-        if name in RESERVED_RECORD_KEYS or ":" in name or name.startswith(("p_", "se_", "class_")):
+        if is_result_key(name):
             raise ManifestError(
                 f"column {name!r} would be read as one of isodose's results; rename it (a clinical covariate's column "
                 "needs a name of its own, without ':')",
                 path=path,
             )
-    if len(set(covariates)) != len(covariates):
-        raise ManifestError("a column name repeats", path=path)
+    repeated = sorted({name for name in covariates if covariates.count(name) > 1})
+    if repeated:
+        raise ManifestError(f"the column {repeated[0]!r} repeats", path=path)
     cases: list[Case] = []
     seen: dict[str, int] = {}
     for line, raw in enumerate(reader, start=2):

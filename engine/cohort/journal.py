@@ -152,7 +152,9 @@ def append_lines(journal: Path, lines: list[str], failure: str = "cannot append 
     the disk refuses."""
     data = "".join(lines).encode("utf-8")
     try:
-        with journal.open("a+b") as handle:
+        # Never through a symbolic link planted at the journal's name.
+        fd = os.open(journal, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "a+b") as handle:
             end = handle.seek(0, os.SEEK_END)
             if end:
                 handle.seek(end - 1)

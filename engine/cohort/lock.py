@@ -36,8 +36,11 @@ class WriterLock:
         except ImportError:  # pragma: no cover - not POSIX: no lock, as on file systems without locks
             return cls(path, None)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Never through a symbolic link: one planted at the lock's name could make a run write another file.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreError("the lock file is a symbolic link; remove it", path=path) from exc
             raise StoreError(f"cannot create the lock file ({exc.strerror or exc})", path=path) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

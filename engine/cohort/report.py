@@ -163,7 +163,15 @@ def build_report(
     class_stats = {method: class_statistics(ok, quantities, method) for method, _ in METHODS}
     covariate_results: dict[str, list[CrossTable | ClassStatistics]] = {method: [] for method, _ in METHODS}
     known = {k for e in ok for k in e["record"]}
+    from .cases import is_result_key
+
     for column in by:
+        if is_result_key(column):
+            raise IsodoseError(
+                f"--by {column!r} names one of isodose's results; --by takes a column of the manifest (a clinical "
+                f"covariate: {', '.join(sorted(_covariate_names(ok))) or 'none in this store'})",
+                path=store.path,
+            )
         if column not in known:
             raise IsodoseError(
                 f"no column {column!r} in the cases' records (a manifest's own columns are kept: "
@@ -192,6 +200,8 @@ def build_report(
         "class_volume",
         "class_centroid",
     ]
+    if "V95%" not in vr_metrics:  # one number with the share inside under these criteria: shown once
+        columns.remove("V95%")
     warnings = [(e["case_id"], list(e.get("warnings") or [])) for e in entries if e.get("warnings")]
     uncertainty = _uncertainty(ok, settings)
     if uncertainty:
@@ -215,17 +225,9 @@ def build_report(
 
 
 def _covariate_names(ok: list[dict]) -> set[str]:
-    from .cases import RESERVED_RECORD_KEYS
+    from .cases import is_result_key
 
-    return {
-        k
-        for e in ok
-        for k in e["record"]
-        if k not in RESERVED_RECORD_KEYS
-        and ":" not in k
-        and not k.startswith(("p_", "se_", "class_"))
-        and not k.endswith(("_p2_5", "_p50", "_p97_5"))
-    }
+    return {k for e in ok for k in e["record"] if not is_result_key(k)}
 
 
 def _uncertainty(ok: list[dict], settings: dict) -> dict[str, CohortUncertainty]:
@@ -254,7 +256,8 @@ def uncertainty_rows(report: CohortReport) -> list[list[str]]:
         for method in ("volume", "centroid"):
             summary = report.uncertainty[method]
             low, high = summary.share_interval_pct[c]
-            row.append(f"{summary.expected_counts[c]:.1f} ({low:.1f}-{high:.1f}%)")
+            share = 100.0 * summary.expected_counts[c] / summary.cases if summary.cases else math.nan
+            row.append(f"{summary.expected_counts[c]:.1f} cases, {share:.1f}% (95% interval {low:.1f}-{high:.1f}%)")
         rows.append(row)
     return rows
 
@@ -313,7 +316,15 @@ def cross_rows(table: CrossTable) -> tuple[list[str], list[list[str]]]:
         [category, *(str(int(n)) for n in table.counts[k]), str(int(table.counts[k].sum()))]
         for k, category in enumerate(table.categories)
     ]
+    if table.missing:
+        rows.append(["(no value)", *([""] * len(CLASSES)), str(table.missing)])
     return header, rows
+
+
+def _p_text(value: float) -> str:
+    """``p = 0.123``, or ``p < 0.001``."""
+    text = _p(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def covariate_parts(report: CohortReport) -> list[tuple[str, list[str], list[list[str]], str]]:
@@ -323,17 +334,17 @@ def covariate_parts(report: CohortReport) -> list[tuple[str, list[str], list[lis
         for result in report.covariates.get(method, []):
             if isinstance(result, CrossTable):
                 header, rows = cross_rows(result)
-                test = f"{result.test}: p = {_p(result.p_value)}" if result.test else "no test (one row or column)"
+                test = f"{result.test}: {_p_text(result.p_value)}" if result.test else "no test (one row or column)"
+                if result.missing:
+                    test += f"; {result.missing} case(s) without a value left out"
                 parts.append((f"{result.column} by class ({label})", header, rows, test))
             else:
-                parts.append(
-                    (
-                        f"{result.label} by class ({label})",
-                        CLASS_HEADER,
-                        class_rows([result]),
-                        f"Kruskal-Wallis: p = {_p(result.p_value)}",
-                    )
-                )
+                counted = sum(d.n for d in result.by_class.values())
+                classified = sum(report.patterns[method].values())
+                test = f"Kruskal-Wallis: {_p_text(result.p_value)}"
+                if classified > counted:
+                    test += f"; {classified - counted} case(s) without a value left out"
+                parts.append((f"{result.label} by class ({label})", CLASS_HEADER, class_rows([result]), test))
     return parts
 
 
@@ -466,7 +477,10 @@ def _inside_figure(values: list[float], criteria: dict):
 
     figure, axis = plt.subplots(figsize=(6.2, 3.2))
     axis.hist(
-        [v for v in values if math.isfinite(v)], bins=list(np.linspace(0, 100, 41)), color="#6a51a3", edgecolor="white"
+        np.clip([v for v in values if math.isfinite(v)], 0.0, 100.0),  # every case in a bin, 100% in the last
+        bins=list(np.linspace(0, 100, 41)),
+        color="#6a51a3",
+        edgecolor="white",
     )
     top = axis.get_ylim()[1] * 0.95
     for threshold, text, align in (
@@ -507,13 +521,13 @@ def _probability_figure(cases: list[dict]):
     if unstable:
         axis.plot(unstable, [103] * len(unstable), "v", color="#222222", ms=4, label="unstable")
     axis.set(
-        xlabel="cases, by their share of Vr inside the isodose",
+        xlabel="case number, the cases sorted by their share of Vr inside the isodose",
         ylabel="probability (%)",
         ylim=(0, 108),
         xlim=(-0.5, len(drawn) - 0.5),
         title="Class by the volume method under registration uncertainty",
     )
-    axis.legend(fontsize=8, loc="lower right", ncol=4)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4, frameon=False)
     return figure
 
 

@@ -216,7 +216,9 @@ def run_cases(
             for entry in entries:  # the manifest's clinical covariates go with each case's results
                 case = by_id.get(entry["case_id"])
                 if case is not None and case.covariates and isinstance(entry.get("record"), dict):
-                    entry["record"].update(case.covariates)
+                    record = entry["record"]
+                    for name, value in case.covariates:
+                        record.setdefault(name, value)  # never in place of a result
             store.append_many(entries)  # durably, before anything is reported
             for entry in entries:
                 done += 1

@@ -152,11 +152,19 @@ def _scipy_stats():
     return scipy.stats
 
 
+#: Values of a covariate that mean "not known" (compared without case): left out of its tests, and counted.
+MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "none", "null", "missing", "unknown", "?", "-", "."})
+
+
+def is_missing(value) -> bool:
+    return value is None or str(value).strip().lower() in MISSING_VALUES
+
+
 def is_continuous(values: Sequence[str]) -> bool:
-    """Whether a column's values are continuous: every non-empty one a number, and at least
-    ``CONTINUOUS_MIN_DISTINCT`` distinct ones (fewer distinct numbers, such as 0/1 or stages 1 to 4, are
-    categories)."""
-    given = [v for v in values if str(v).strip()]
+    """Whether a column's values are continuous: every one that is given (not missing: empty, ``NA``...) a
+    number, and at least ``CONTINUOUS_MIN_DISTINCT`` distinct ones (fewer distinct numbers, such as 0/1 or stages
+    1 to 4, are categories)."""
+    given = [v for v in values if not is_missing(v)]
     numbers = [numeric(v) for v in given]
     return bool(given) and all(math.isfinite(v) for v in numbers) and len(set(numbers)) >= CONTINUOUS_MIN_DISTINCT
 
@@ -171,6 +179,8 @@ class CrossTable:
     counts: np.ndarray  # (categories, classes)
     test: str  # "chi-square", "Fisher's exact" or "" (no test: one row or column, or no SciPy)
     p_value: float
+    #: Classified cases without a value in the column (left out of the table's test).
+    missing: int = 0
 
 
 def cross_tabulate(cases: Sequence[dict], column: str, method: str) -> CrossTable:
@@ -178,24 +188,29 @@ def cross_tabulate(cases: Sequence[dict], column: str, method: str) -> CrossTabl
     where every expected count is at least 5, else Fisher's exact), over the classes and categories that occur.
     Cases without a value in the column are left out."""
     values = [str(e["record"].get(column, "")).strip() for e in cases]
-    categories = tuple(sorted({v for v in values if v}, key=_natural))
+    categories = tuple(sorted({v for v in values if not is_missing(v)}, key=_natural))
     counts = np.zeros((len(categories), len(CLASSES)), dtype=np.int64)
+    missing = 0
     for value, e in zip(values, cases):
-        if value and e["record"].get(method) in CLASSES:
+        if e["record"].get(method) not in CLASSES:
+            continue
+        if is_missing(value):
+            missing += 1
+        else:
             counts[categories.index(value), CLASSES.index(e["record"][method])] += 1
     table = counts[counts.sum(axis=1) > 0][:, counts.sum(axis=0) > 0]
     test, p = "", math.nan
     stats = _scipy_stats()
     if stats is not None and table.shape[0] >= 2 and table.shape[1] >= 2:
-        expected = stats.contingency.expected_freq(table)
+        expected = np.asarray(stats.contingency.expected_freq(table), dtype=np.float64)
         if np.all(expected >= 5):
             test, p = "chi-square", float(stats.chi2_contingency(table, correction=False).pvalue)
         elif table.shape == (2, 2):
             test, p = "Fisher's exact", float(stats.fisher_exact(table).pvalue)
         else:  # r x c: the probability of the tables at least as extreme, by Monte Carlo from a fixed seed
             test = f"Fisher's exact (Monte Carlo, {FISHER_RESAMPLES:,} tables)"
-            p = float(stats.fisher_exact(table, method=fisher_method()).pvalue)
-    return CrossTable(column, method, categories, counts, test, p)
+            p = float(np.ravel(stats.fisher_exact(table, method=fisher_method()).pvalue)[0])
+    return CrossTable(column, method, categories, counts, test, p, missing)
 
 
 def _natural(text: str):
@@ -206,8 +221,13 @@ def _natural(text: str):
 
 
 def compare_across_classes(cases: Sequence[dict], column: str, method: str) -> ClassStatistics:
-    """A continuous column (a covariate such as age) described in each class of ``method``, with Kruskal-Wallis."""
-    [statistics] = class_statistics(cases, [(column, column)], method)
+    """A continuous column (a covariate such as age) described in each class of ``method``, with Kruskal-Wallis;
+    missing values (empty, ``NA``...) are left out."""
+    cleaned = []
+    for e in cases:
+        value = e["record"].get(column)
+        cleaned.append({**e, "record": {**e["record"], column: math.nan if is_missing(value) else value}})
+    [statistics] = class_statistics(cleaned, [(column, column)], method)
     return statistics
 
 
@@ -219,7 +239,8 @@ TABLE_FORMATS = {".csv": "csv", ".md": "markdown", ".tex": "latex"}
 
 def paper_columns(settings: dict) -> list[tuple[str, str]]:
     """``(header, record key)`` of the per-case table: the case, each target metric by its name as given, Vr's
-    volume, V95% and D100, the share inside the isodose, and both classes."""
+    volume, V95% (where it is not the share inside the isodose) and D100, the share inside the isodose, and both
+    classes."""
     columns = [("case", "case_id")]
     columns += [(m, m) for m in settings.get("target_metrics", [])]
     columns += [
@@ -230,6 +251,9 @@ def paper_columns(settings: dict) -> list[tuple[str, str]]:
         ("class (volume)", "class_volume"),
         ("class (point of origin)", "class_centroid"),
     ]
+    if float(settings.get("criteria", {}).get("isodose_pct", 95.0)) == 95.0:
+        # V95% of Vr is the share inside the 95% isodose under these criteria: one column, not two.
+        columns = [(h, k) for h, k in columns if k != "V95%"]
     return columns
 
 

@@ -38,6 +38,7 @@ import numpy as np
 from .. import __version__
 from ..errors import StoreError
 from ..formatting import csv_cell
+from ..outputs import private_temporary
 from .entries import CaseEntry
 from .journal import append_lines, curve_values, encode_line, light, start_journal
 from .journal import read as read_journal
@@ -132,7 +133,7 @@ class ResultStore:
             "journal": path.with_name(path.name + ".journal"),
             "lock": path.with_name(path.name + ".lock"),
             "table": path.with_suffix(".csv"),
-            "temporary file": path.with_name(path.name + ".tmp"),
+            "temporary file": path.with_name(path.name + ".tmp"),  # an earlier version's fixed name
         }
 
     @classmethod
@@ -391,9 +392,11 @@ class ResultStore:
         """Write every case into a new HDF5 file, rename it over the old one, then empty the journal."""
         import h5py
 
-        tmp = self.path.with_name(self.path.name + ".tmp")
         entries = self.cases()
         curves = self.dvh_curves()
+        # A temporary file of a name no one can foresee, made by this process (O_EXCL): a link planted at a fixed
+        # name in the output folder cannot make the run write over another file.
+        tmp = private_temporary(self.path)
         try:
             with h5py.File(tmp, "w") as f:
                 f.attrs["format"] = FORMAT

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import StoreError
 from ..formatting import csv_cell
+from ..outputs import private_temporary
 
 
 def record_keys(entries: Iterable[dict]) -> list[str]:
@@ -24,12 +25,19 @@ def record_keys(entries: Iterable[dict]) -> list[str]:
 WARNING_SEPARATOR = " | "
 
 
+def _temporary(path: Path) -> Path:
+    try:
+        return private_temporary(path)
+    except OSError as exc:
+        raise StoreError(f"cannot write the table ({exc.strerror or exc})", path=path) from exc
+
+
 def write_table(entries: Sequence[dict], path: str | Path) -> Path:
     """Write the entries as a CSV with ``case_id``, ``error``, the records' keys and ``warnings`` (written whole,
     then renamed into place, so that a reader never sees half a table)."""
     path = Path(path)
     keys = record_keys(entries)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temporary(path)
     try:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
@@ -60,7 +68,7 @@ def write_rows_table(entries: Sequence[dict], path: str | Path) -> Path:
         for row in e.get("rows", []):
             for k in row:
                 keys.setdefault(k, None)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _temporary(path)
     try:
         with tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
