@@ -78,6 +78,8 @@ RESERVED_RECORD_KEYS = frozenset(
         "uncertainty_draws",
     }
 )
+
+
 def is_result_key(name: str) -> bool:
     """Whether ``name`` is, or could be, a key isodose writes into a case's record: its own keys, a metric
     (``D95``, ``V20Gy``, ``D2cc``...), a target metric (``ROI:METRIC``), or a key of draws and classes."""
