@@ -31,6 +31,7 @@ from .statistics import (
     compare_across_classes,
     cross_tabulate,
     is_continuous,
+    numeric,
     unit_of,
 )
 from .store import ResultStore
@@ -80,15 +81,6 @@ class CohortReport:
     @property
     def n_ok(self) -> int:
         return len(self.cases)
-
-
-def _numeric(value) -> float:
-    if isinstance(value, bool) or value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _summary(structure: str, metric: str, values: list[float], unit: str = "") -> MetricSummary | None:
@@ -149,14 +141,14 @@ def build_report(
     for key in (*RECURRENCE_KEYS, *vr_metrics):
         unit = unit_of(key)
         name = VR_LABELS.get(key, key)
-        s = _summary(label, name, [_numeric(e["record"].get(key)) for e in ok], unit)
+        s = _summary(label, name, [numeric(e["record"].get(key)) for e in ok], unit)
         if s:
             summaries.append(s)
         quantities.append((f"Vr {name} ({unit})" if unit else f"Vr {name}", key))
     for key in roi_metrics:
         roi, _, metric = key.rpartition(":")
         unit = unit_of(key)
-        s = _summary(roi, metric, [_numeric(e["record"].get(key)) for e in ok], unit)
+        s = _summary(roi, metric, [numeric(e["record"].get(key)) for e in ok], unit)
         if s:
             summaries.append(s)
         quantities.append((f"{key} ({unit})" if unit else key, key))
@@ -239,7 +231,7 @@ def _uncertainty(ok: list[dict], settings: dict) -> dict[str, CohortUncertainty]
     out = {}
     for method in ("volume", "centroid"):
         probabilities = np.array(
-            [[_numeric(e["record"].get(f"p_{method}_{c.replace('-', '_')}_pct")) for c in CLASSES] for e in drawn]
+            [[numeric(e["record"].get(f"p_{method}_{c.replace('-', '_')}_pct")) for c in CLASSES] for e in drawn]
         )
         stable = [bool(e["record"].get(f"class_{method}_stable")) for e in drawn]
         out[method] = cohort_uncertainty(
@@ -452,14 +444,7 @@ def _dvh_band_figure(curves: list[dict], roi: str, levels=()):
     step = min(c["step_gy"] for c in curves)
     top = max(c["step_gy"] * (len(c["cumulative_cc"]) - 1) for c in curves)
     doses = np.arange(0.0, top + step, step)
-    relative = []
-    for c in curves:
-        values = np.asarray(c["cumulative_cc"], dtype=np.float64)
-        if not len(values) or values[0] <= 0:
-            continue
-        own = c["step_gy"] * np.arange(len(values))
-        relative.append(100.0 * np.interp(doses, own, values, right=0.0) / values[0])
-    curves_pct = np.array(relative)
+    curves_pct = _relative_curves(curves, doses)
     figure, axis = plt.subplots(figsize=(6.2, 3.4))
     p5, p25, p50, p75, p95 = np.percentile(curves_pct, [5, 25, 50, 75, 95], axis=0)
     axis.fill_between(doses, p5, p95, color="#9ecae1", alpha=0.6, label="5th-95th percentile")
@@ -508,13 +493,13 @@ def _probability_figure(cases: list[dict]):
 
     drawn = sorted(
         (e for e in cases if "p_volume_in_field_pct" in e["record"]),
-        key=lambda e: _numeric(e["record"].get("inside_isodose_pct")),
+        key=lambda e: numeric(e["record"].get("inside_isodose_pct")),
     )
     figure, axis = plt.subplots(figsize=(10.0, 3.4))
     x = np.arange(len(drawn))
     bottom = np.zeros(len(drawn))
     for c, colour in zip(CLASSES, ("#238b45", "#fe9929", "#cb181d")):
-        values = np.array([_numeric(e["record"].get(f"p_volume_{c.replace('-', '_')}_pct")) for e in drawn])
+        values = np.array([numeric(e["record"].get(f"p_volume_{c.replace('-', '_')}_pct")) for e in drawn])
         axis.bar(x, values, bottom=bottom, width=1.0, color=colour, label=c, linewidth=0)
         bottom += np.nan_to_num(values)
     unstable = [k for k, e in enumerate(drawn) if not e["record"].get("class_volume_stable")]
@@ -561,7 +546,7 @@ def _levels(report: CohortReport) -> list[tuple[float, str]]:
     else their medians."""
     marks = []
     for key, name in (("prescription_gy", "prescription"), ("isodose_gy", "isodose")):
-        values = sorted({_numeric(e["record"].get(key)) for e in report.cases} - {math.nan})
+        values = sorted({numeric(e["record"].get(key)) for e in report.cases} - {math.nan})
         values = [v for v in values if math.isfinite(v)]
         if values:
             median = float(np.median(values))
@@ -609,7 +594,7 @@ def _write_html(report: CohortReport, store: ResultStore, path: Path, figures: s
 
     criteria = report.settings.get("criteria", {"isodose_pct": 95.0, "in_field_pct": 95.0, "marginal_pct": 20.0})
     sections = []
-    inside = [_numeric(e["record"].get("inside_isodose_pct")) for e in report.cases]
+    inside = [numeric(e["record"].get("inside_isodose_pct")) for e in report.cases]
     if any(math.isfinite(v) for v in inside):
         figure = _inside_figure(inside, criteria)
         sections.append(emit(figure, "inside_isodose", "distribution of Vr inside the isodose"))

@@ -98,6 +98,7 @@ class Description:
 
 
 def numeric(value) -> float:
+    """A record's value as a float: NaN for None, booleans and text that is not a number."""
     if isinstance(value, bool) or value is None:
         return math.nan
     try:
