@@ -380,3 +380,47 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_a_signal_mid_run_stops_the_workers_and_keeps_finished_cases(generated_cohort, tmp_path, signame):
+    """The command and its worker processes end within seconds of the signal: a caller reading its output to the
+    end is not left waiting for workers still running; a Ctrl-C at the terminal (SIGINT to the whole process
+    group, workers included) prints one line, not a traceback per worker."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cohort = generated_cohort(150, 5)
+    out = tmp_path / "r.h5"
+    command = [sys.executable, "-m", "isodose.cli", "cohort", "run", cohort, "--out", out, "--workers", "2"]
+    proc = subprocess.Popen(
+        [str(c) for c in command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job is
+    )
+    time.sleep(5.0)  # the workers have started (and are loading isodose or computing)
+    os.killpg(proc.pid, getattr(signal, signame))  # as a terminal or a job scheduler signals a job
+    started = time.monotonic()
+    stdout, stderr = proc.communicate(timeout=30)  # EOF on the pipes: no worker holds them open
+    assert time.monotonic() - started < 15
+    assert proc.returncode in (130, 128 + getattr(signal, signame)), (proc.returncode, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert stderr.count("isodose: ") <= 2, stderr  # the stop's line (and perhaps a warning)
+    left = True
+    deadline = time.monotonic() + 10.0
+    while left and time.monotonic() < deadline:  # nothing of the process group is left 10 s after
+        try:
+            os.killpg(proc.pid, 0)
+            left_over = subprocess.run(
+                ["ps", "-o", "pid,stat,args", "-g", str(proc.pid)], capture_output=True, text=True
+            )
+            time.sleep(0.5)
+        except ProcessLookupError:
+            left = False
+    assert not left, left_over.stdout

@@ -75,6 +75,27 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is, so that it stops as on Ctrl-C: finished cases kept, worker
+    processes stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Stopped` in the console command."""
+    import signal
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: this process's arguments) and return its exit status."""
     parser = build_parser()
@@ -87,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IsodoseError as exc:
         print(f"isodose: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Stopped as exc:
+        import signal
+
+        print(f"isodose: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("isodose: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -116,6 +142,7 @@ def console() -> None:
     ``gc.freeze``); every file it wrote is closed by then. :func:`main`, for embedding, changes nothing.
     """
     gc.set_threshold(CONSOLE_GC_THRESHOLD)
+    stop_on_signals()
     try:
         code = main()
     finally:

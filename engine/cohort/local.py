@@ -8,9 +8,12 @@ a fresh pool.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures import ProcessPoolExecutor as _Pool
@@ -52,6 +55,36 @@ def _init_worker(threads: int, log_level: int) -> None:
         pass
 
 
+#: Signals a terminal or a job scheduler sends a whole job (its process group): workers leave them to this process.
+_STOPPING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _interrupts_left_to_this_process():
+    """Ctrl-C, SIGTERM and SIGHUP blocked while helper processes may be started (workers, multiprocessing's
+    resource tracker): they inherit the blocked signals, so a signal sent to the whole job reaches this process
+    alone, which stops them itself, rather than each worker printing its own traceback or dying under a batch still
+    being written. Here a signal that comes meanwhile waits, and is delivered when the block ends: none is lost."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _stop_workers(pool: _Pool) -> None:
+    """Kill the pool's worker processes (the stopping signals are blocked in them) and wait for them to go."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=5)
+
+
 class ProcessPool:
     """``workers`` spawned processes, each computing with ``threads`` Numba threads.
 
@@ -68,6 +101,10 @@ class ProcessPool:
     def run(self, todo: Sequence[Case], task: Task, finish: Finish, on_entries: OnEntries) -> None:
         level = logging.getLogger("isodose").getEffectiveLevel()
         context = multiprocessing.get_context("spawn")
+        with _interrupts_left_to_this_process():  # the resource tracker, started once, leaves signals to us too
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()
         queue = list(reversed(todo))
         ready: list[tuple[Case, Any]] = []
 
@@ -86,7 +123,8 @@ class ProcessPool:
                     while queue or in_flight:
                         while queue and len(in_flight) < IN_FLIGHT_PER_WORKER * self.workers:
                             case = queue.pop()
-                            in_flight[pool.submit(task, case)] = case
+                            with _interrupts_left_to_this_process():  # a worker started now ignores Ctrl-C
+                                in_flight[pool.submit(task, case)] = case
                         finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                         for future in finished:
                             case = in_flight.pop(future)
@@ -113,6 +151,9 @@ class ProcessPool:
                             )
                     flush()
                 except BaseException:
+                    # Ctrl-C, SIGTERM: the workers are stopped too, so that none is left running (holding the
+                    # command's output open) after the command has ended.
+                    _stop_workers(pool)
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
         flush()
