@@ -242,11 +242,11 @@ def test_a_dose_grid_too_large_for_memory_is_refused_with_the_figures(tmp_path, 
     import isodose.dicom.read as reader
 
     path = write_dose(random_grid, tmp_path / "rd.dcm")
-    monkeypatch.setattr(reader, "_available_memory_bytes", lambda: 2000)
+    monkeypatch.setattr(reader, "_available_memory_bytes", lambda: (2000, "available on this machine"))
     with pytest.raises(
         DoseGridError,
         match=r"rd.dcm: dose grid of 6 x 7 x 8 voxels needs about 5.4 kB to read, "
-        r"more than the 2.0 kB of memory available",
+        r"more than the 2.0 kB of memory available on this machine",
     ):
         read_dose(path)
     monkeypatch.setattr(reader, "_available_memory_bytes", lambda: None)  # cannot be told: read it

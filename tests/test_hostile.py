@@ -424,3 +424,61 @@ def test_a_signal_mid_run_stops_the_workers_and_keeps_finished_cases(generated_c
         except ProcessLookupError:
             left = False
     assert not left, left_over.stdout
+
+
+def test_a_report_read_while_the_run_consolidates_keeps_every_curve(entries, tmp_path):
+    out = tmp_path / "r.h5"
+    with ResultStore.open(out, SETTINGS.as_dict()) as writer:
+        writer.append(entries[0])
+        writer.consolidate()
+        writer.append_many(entries[1:])  # in the journal
+        reader = ResultStore.open(out, create=False)  # a report opens the store...
+        writer.consolidate()  # ...the run consolidates...
+        curves = {c["case_id"] for c in reader.dvh_curves()}  # ...and the report reads the curves
+    assert curves == {e["case_id"] for e in entries}
+
+
+def test_a_damaged_dvh_group_is_reported_and_the_records_kept(entries, tmp_path, capsys, caplog):
+    import h5py
+
+    out = tmp_path / "r.h5"
+    with ResultStore.open(out, SETTINGS.as_dict()) as store:
+        store.append_many(entries)
+        store.consolidate()
+    with h5py.File(out, "a") as f:
+        del f["dvh/cumulative_cc"]
+    with caplog.at_level("WARNING"):
+        store = ResultStore.open(out, create=False)
+        assert store.dvh_curves() == [] and len(store.finished()) == len(entries)
+    assert "its DVH curves cannot be read" in caplog.text
+    code, text, err = run(capsys, "cohort", "report", out, "--html", tmp_path / "r.html")
+    assert code == 0 and f"{len(entries)} classified" in text and "cannot be read" in err, err
+
+
+def test_the_memory_check_honours_the_address_space_limit(tmp_path):
+    """Under ``ulimit -v`` a dose grid larger than the limit allows is refused with the figures, not a MemoryError
+    (the machine's MemAvailable alone would have let it through)."""
+    import subprocess
+    import sys
+
+    import pydicom
+
+    from isodose.dicom.write import write_example_case
+
+    rd, _, _ = write_example_case(tmp_path)
+    ds = pydicom.dcmread(rd)
+    ds.NumberOfFrames, ds.Rows, ds.Columns = 400, 512, 512  # 105 M voxels: some 1.3 GB to read
+    ds.GridFrameOffsetVector = [float(k) for k in range(400)]
+    ds.save_as(rd)
+    script = (
+        "import resource, sys\n"
+        "from isodose.dicom.read import read_dose\n"
+        "size = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (size + 600 * 2**20, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    read_dose(sys.argv[1])\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(rd)], capture_output=True, text=True, timeout=120)
+    assert "DoseGridError" in done.stdout and "address-space limit" in done.stdout, (done.stdout, done.stderr)

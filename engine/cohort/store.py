@@ -328,9 +328,15 @@ class ResultStore:
         return len(self._records)
 
     def dvh_curves(self) -> list[dict]:
-        """Every stored DVH: dicts of ``case_id``, ``roi``, ``role``, ``step_gy`` and ``cumulative_cc``."""
-        curves = [c for c in self._hdf5_curves() if c["case_id"] not in self._journal_ids]
+        """Every stored DVH: dicts of ``case_id``, ``roi``, ``role``, ``step_gy`` and ``cumulative_cc``.
+
+        One consistent snapshot, even while another process consolidates the store: the journal is read first,
+        then the HDF5 file, whose curves count only for cases that journal does not hold. A consolidation in
+        between has put the journal's cases into the new HDF5 file (read whole), and one after it changes nothing
+        read. Curves that cannot be read (a damaged ``/dvh`` group) are left out with a warning naming the file;
+        the cases' records stay."""
         _, journal_entries = read_journal(self.journal)
+        curves = [c for c in self._hdf5_curves() if c["case_id"] not in journal_entries]
         for case_id, entry in journal_entries.items():
             for roi, curve in entry.get("dvhs", {}).items():
                 curves.append(
@@ -349,6 +355,18 @@ class ResultStore:
 
         if not self.path.exists():
             return []
+        try:
+            return self._read_hdf5_curves(h5py)
+        except (KeyError, OSError, ValueError, IndexError, TypeError) as exc:
+            log.warning(
+                "%s: its DVH curves cannot be read (%s: %s); going on without them (every case's record is kept)",
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+            return []
+
+    def _read_hdf5_curves(self, h5py) -> list[dict]:
         with h5py.File(self.path, "r") as f:
             ids = _decoded(f["cases/case_id"][()])
             dvh = f["dvh"]

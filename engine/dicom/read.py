@@ -59,8 +59,16 @@ DEFERRED_BYTES = 1 << 20
 READ_BYTES_PER_VOXEL = 8
 
 
-def _available_memory_bytes() -> int | None:
-    """Memory the system can give without swapping (MemAvailable), or None where it cannot be told."""
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            text = handle.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def _system_available() -> int | None:
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
@@ -74,6 +82,63 @@ def _available_memory_bytes() -> int | None:
         return None
 
 
+def _cgroup_available() -> int | None:
+    """What this process's control group (a container's, a job's) still allows: its limit less its use."""
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[0] == "0" and parts[1] == "":  # cgroup v2
+            folder = "/sys/fs/cgroup" + parts[2].rstrip("/")
+            limit, used = _read_int(folder + "/memory.max"), _read_int(folder + "/memory.current")
+            if limit is not None:
+                return max(0, limit - (used or 0))
+    limit = _read_int("/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v1
+    if limit is not None and limit < 1 << 60:
+        return max(0, limit - (_read_int("/sys/fs/cgroup/memory/memory.usage_in_bytes") or 0))
+    return None
+
+
+def _address_space_available() -> int | None:
+    """What RLIMIT_AS (``ulimit -v``) still allows this process: the limit less its address space now."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, ValueError):
+        return None
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return None
+    size = 0
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmSize:"):
+                    size = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(0, soft - size)
+
+
+def _available_memory_bytes() -> tuple[int, str] | None:
+    """The memory this process can have now without swapping, and what bounds it: the system's (MemAvailable),
+    its control group's limit, or its address-space limit (RLIMIT_AS), whichever is least; None where none can be
+    told."""
+    bounds = [
+        (value, name)
+        for value, name in (
+            (_system_available(), "available on this machine"),
+            (_cgroup_available(), "left under this process's cgroup memory limit"),
+            (_address_space_available(), "left under this process's address-space limit (ulimit -v)"),
+        )
+        if value is not None
+    ]
+    return min(bounds) if bounds else None
+
+
 def _size(n_bytes: float) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n_bytes >= scale:
@@ -85,11 +150,12 @@ def _check_memory(frames: int, rows: int, columns: int, bits: int, path: PathTyp
     """Refuse, with the figures, a dose grid that cannot be read into the memory available now."""
     voxels = frames * rows * columns
     needed = voxels * (max(bits, 8) // 8 * 2 + READ_BYTES_PER_VOXEL)  # the stored pixels, decoded, then the dose
-    available = _available_memory_bytes()
-    if available is not None and needed > available:
+    bound = _available_memory_bytes()
+    if bound is not None and needed > bound[0]:
+        available, what = bound
         raise DoseGridError(
             f"dose grid of {frames} x {rows} x {columns} voxels needs about {_size(needed)} to read, more than the "
-            f"{_size(available)} of memory available",
+            f"{_size(available)} of memory {what}",
             path=path,
         )
 
