@@ -482,3 +482,19 @@ def test_the_memory_check_honours_the_address_space_limit(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", script, str(rd)], capture_output=True, text=True, timeout=120)
     assert "DoseGridError" in done.stdout and "address-space limit" in done.stdout, (done.stdout, done.stderr)
+
+
+def test_output_paths_that_are_folders_or_lie_under_a_file_are_one_line_errors(tmp_path, capsys):
+    from isodose.dicom.write import write_example_case
+
+    rd, rs, _ = write_example_case(tmp_path)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for argv in (
+        ["demo", "--cases", "2", "--out", a_file],
+        ["dvh", "--dose", rd, "--structures", rs, "--dvh-out", tmp_path],
+        ["dvh", "--dose", rd, "--structures", rs, "--dvh-out", a_file / "curves.csv"],
+        ["phantom", "--out", a_file / "x"],
+    ):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and "internal error" not in err, (argv, err)

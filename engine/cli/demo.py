@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import IsodoseError
+from ..outputs import output_folder
 from . import options
 from .progress import ProgressBar, print_summary
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cases < 1:
         raise IsodoseError(f"--cases must be at least 1, not {args.cases}")
     check_workers(args.workers)
-    out = Path(args.out)
+    out = output_folder(args.out, "--out")
     workers = default_workers(args.workers)
     cohort = out / "cohort"
     results = out / "results.h5"
