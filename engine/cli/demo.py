@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from pathlib import Path
 
 from ..errors import IsodoseError
 from ..outputs import output_folder
