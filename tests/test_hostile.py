@@ -392,6 +392,7 @@ def test_a_signal_mid_run_stops_the_workers_and_keeps_finished_cases(generated_c
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
     cohort = generated_cohort(150, 5)
@@ -399,16 +400,30 @@ def test_a_signal_mid_run_stops_the_workers_and_keeps_finished_cases(generated_c
     command = [sys.executable, "-m", "isodose.cli", "cohort", "run", cohort, "--out", out, "--workers", "2"]
     proc = subprocess.Popen(
         [str(c) for c in command],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's job is
     )
-    time.sleep(5.0)  # the workers have started (and are loading isodose or computing)
+    lines: list[str] = []
+    running = threading.Event()
+
+    def read() -> None:  # to the end of the pipe: it ends only when no process holds it open
+        for line in proc.stderr:
+            lines.append(line)
+            if "/150 cases" in line and not line.startswith("[" + "#" * 24):
+                running.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert running.wait(timeout=120), "".join(lines)  # the workers have started and finished a first case
     os.killpg(proc.pid, getattr(signal, signame))  # as a terminal or a job scheduler signals a job
     started = time.monotonic()
-    stdout, stderr = proc.communicate(timeout=30)  # EOF on the pipes: no worker holds them open
+    proc.wait(timeout=30)
+    reader.join(timeout=15)
+    assert not reader.is_alive(), "a process still holds the command's output open"
     assert time.monotonic() - started < 15
+    stderr = "".join(lines)
     assert proc.returncode in (130, 128 + getattr(signal, signame)), (proc.returncode, stderr)
     assert "Traceback" not in stderr, stderr
     assert stderr.count("isodose: ") <= 2, stderr  # the stop's line (and perhaps a warning)
