@@ -184,6 +184,8 @@ class GridBatch:
     backend: Backend
     #: Each grid's window in its dose array, ``(z, y, x)`` slices (the whole grid where it is not cropped).
     windows: tuple[tuple[slice, slice, slice], ...] = ()
+    #: Each grid's key (its dose array and geometry), in the order of ``grids``.
+    keys: tuple[tuple, ...] = ()
 
     @classmethod
     def of(
@@ -228,15 +230,17 @@ class GridBatch:
                 entries.append((g.dose_gy[window], origin + shift, spacing))
             windows.append(window)
         table = backend.kernels.grid_table(entries)
-        return cls(tuple(distinct.values()), table, backend, tuple(windows))
+        return cls(tuple(distinct.values()), table, backend, tuple(windows), tuple(distinct))
 
     def index(self, grid: DoseGrid) -> int:
         """The position of ``grid`` in the batch (a ValueError for a grid not in it)."""
-        key = _grid_key(grid)
         for k, candidate in enumerate(self.grids):
-            if candidate is grid or _grid_key(candidate) == key:
+            if candidate is grid:
                 return k
-        raise ValueError("this dose grid is not part of the batch")
+        try:
+            return self.keys.index(_grid_key(grid))
+        except ValueError:
+            raise ValueError("this dose grid is not part of the batch") from None
 
     def dose_at(self, points_mm: np.ndarray, point_grid: np.ndarray) -> np.ndarray:
         """The trilinear dose (Gy) at each ``(x, y, z)`` point in its grid of the batch (``point_grid[n]``), NaN

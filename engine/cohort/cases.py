@@ -700,6 +700,7 @@ def unique_case_ids(cases: list[Case], folder: Path) -> list[Case]:
     """The cases with ids made unique: a patient ``P`` with two planning frames gives ``P_1`` and ``P_2``, and a
     patient whose ID is ``P_1`` would clash with the first; a later case whose id is taken gets ``-2`` (``-3``...)
     after it, with a warning naming it, so that no result replaces another's."""
+    given = {c.case_id for c in cases}
     taken: set[str] = set()
     renamed = []
     out = []
@@ -707,7 +708,7 @@ def unique_case_ids(cases: list[Case], folder: Path) -> list[Case]:
         case_id = case.case_id
         if case_id in taken:
             k = 2
-            while f"{case.case_id}-{k}" in taken or any(c.case_id == f"{case.case_id}-{k}" for c in cases):
+            while f"{case.case_id}-{k}" in taken or f"{case.case_id}-{k}" in given:
                 k += 1
             case_id = f"{case.case_id}-{k}"
             renamed.append(f"{case.case_id} -> {case_id} ({case.dose.name if case.dose else 'no RTDOSE'})")

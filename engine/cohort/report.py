@@ -546,8 +546,7 @@ def _levels(report: CohortReport) -> list[tuple[float, str]]:
     else their medians."""
     marks = []
     for key, name in (("prescription_gy", "prescription"), ("isodose_gy", "isodose")):
-        values = sorted({numeric(e["record"].get(key)) for e in report.cases} - {math.nan})
-        values = [v for v in values if math.isfinite(v)]
+        values = sorted({v for e in report.cases if math.isfinite(v := numeric(e["record"].get(key)))})
         if values:
             median = float(np.median(values))
             marks.append((median, f"{name} {median:g} Gy " if len(values) == 1 else f"median {name} {median:g} Gy "))

@@ -106,7 +106,7 @@ class ResultStore:
         lock: WriterLock | None = None,
     ):
         self.path = path
-        self.journal = path.with_name(path.name + ".journal")
+        self.journal = self.companions(path)["journal"]
         self.settings = settings
         self._records = records
         self._journal_ids = journal_ids
@@ -200,7 +200,7 @@ class ResultStore:
         stored_settings = None
         if path.exists():
             stored_settings, records = cls._read_hdf5_records(path)
-        journal = path.with_name(path.name + ".journal")
+        journal = cls.companions(path)["journal"]
         journal_settings, journal_entries = read_journal(journal)
         if stored_settings is None and journal_settings is None and journal_entries:
             raise StoreError(
