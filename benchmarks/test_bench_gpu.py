@@ -27,7 +27,7 @@ pytestmark = pytest.mark.gpu
 SETTINGS = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "CTV54:D95"))
 
 
-@pytest.mark.parametrize("variant", ["default", "warp", "bounds", "block128", "warp,block128"])
+@pytest.mark.parametrize("variant", ["default", "warp", "bounds", "block128", "shared", "warp,block128", "warp,shared"])
 def test_kernel_bandwidth(benchmark, variant):
     """Each variant of cell_histograms_kernel (kernels/cupy_gpu.py VARIANTS) side by side, with its results
     checked against the default's, bit for bit."""

@@ -486,6 +486,9 @@ VARIANTS: dict[str, tuple[tuple[str, ...], int | None]] = {
     "bounds": (("-DISODOSE_CELL_BOUNDS=__launch_bounds__(256, 2)",), None),
     # Blocks of 128 threads: finer occupancy steps at 152 registers a thread.
     "block128": ((), 128),
+    # A block whose cells all belong to one structure sums its deposits in a window of 2,049 bins in shared memory
+    # and its statistics there too, then adds them to the structure's: one global atomic a bin and value a block.
+    "shared": (("-DISODOSE_SHARED_HISTOGRAM=1",), None),
 }
 
 
@@ -498,17 +501,23 @@ def variant_names(text: str | None) -> tuple[str, ...]:
     return names
 
 
-def build(variants: tuple[str, ...] = ()) -> _CupyKernels:
-    """The CuPy backend's kernels compiled on this device, with ``variants`` of ``cell_histograms_kernel``."""
-    cupy = _cupy()
-    options = ["-std=c++17"]
+def variant_build(variants: tuple[str, ...] = ()) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The compile options and the block size of each kernel whose block is not ``BLOCK``, for ``variants``."""
+    options: list[str] = []
     blocks = {}
     for name in variant_names(",".join(variants)):
         extra, block = VARIANTS[name]
         options += extra
         if block is not None:
             blocks["cell_histograms_kernel"] = block
-    module = cupy.RawModule(code=SOURCE.read_text(), options=tuple(options))
+    return tuple(options), blocks
+
+
+def build(variants: tuple[str, ...] = ()) -> _CupyKernels:
+    """The CuPy backend's kernels compiled on this device, with ``variants`` of ``cell_histograms_kernel``."""
+    cupy = _cupy()
+    options, blocks = variant_build(variants)
+    module = cupy.RawModule(code=SOURCE.read_text(), options=("-std=c++17", *options))
 
     def launch(name: str, n_threads: int, args) -> None:
         function = module.get_function(name)

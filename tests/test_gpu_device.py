@@ -135,7 +135,7 @@ def test_plan_sums_stay_on_the_device_and_match_numba(gpu_backend):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["warp", "bounds", "block128", "warp,block128"])
+@pytest.mark.parametrize("variant", ["warp", "bounds", "block128", "shared", "warp,block128", "warp,shared"])
 def test_every_kernel_variant_gives_the_defaults_bits(variant):
     """The variants of cell_histograms_kernel (see cupy_gpu.VARIANTS) on the head-and-neck case: the same
     histograms and statistics, bit for bit, as the default kernel (the sums are integers)."""

@@ -399,8 +399,8 @@ def test_cuda_source_compiles_with_nvrtc(arch, cuda):
 @pytest.mark.parametrize("cuda", [12, 13])
 @pytest.mark.parametrize("variant", sorted(cupy_gpu.VARIANTS))
 def test_every_kernel_variant_compiles_with_nvrtc(variant, cuda):
-    """The variants of cell_histograms_kernel (warp sums need warp intrinsics: they run only on a GPU, where the
-    gpu tests check that each gives the default's bits; here they are compiled)."""
+    """The variants of cell_histograms_kernel compile for the device (their bits are checked in the emulation's
+    cooperative launches below, and on a GPU by the gpu tests)."""
     from .cuda.nvrtc import compile_to_ptx, load_nvrtc
 
     nvrtc = load_nvrtc(cuda)
@@ -411,10 +411,99 @@ def test_every_kernel_variant_compiles_with_nvrtc(variant, cuda):
     assert compiled and log == "", log
 
 
+@pytest.mark.parametrize("variant", [*sorted(cupy_gpu.VARIANTS), "warp,shared,block128"])
+def test_every_kernel_variant_gives_the_defaults_bits_in_the_emulation(variant, emulated_gpu, tmp_path, rng):
+    """Each variant of cell_histograms_kernel run in the emulation (the warp intrinsics, barriers and shared memory
+    of warp sums and shared histograms in its cooperative launches, lanes in lockstep): the same histograms and
+    statistics, bit for bit, as the default kernel, with structures that share blocks and ones that fill them, in
+    the dose grid's frame and tilted."""
+    from .cuda.emulated import build, emulated_kernels
+
+    names = cupy_gpu.variant_names(variant)
+    changed = emulated_kernels(build(tmp_path, names), names)
+    assert changed.device.endswith(f"(variants {', '.join(names)})")
+    _, grid = linear_grid(gradient=(0.4, -0.9, 0.7))
+    structures = _awkward_structures(rng)[:3] + [
+        contour_shape(Sphere((1, 2, 3), 12.0), "sphere", 5, 2.5),
+        contour_shape(Shell((0, 0, 0), 14.0, 6.0), "shell", 6, 3.0),
+    ]
+    plan = plan_sampling(structures, grid, SamplingOptions(target_cells=3000))
+    cells = _coverage(numpy_ref, plan)
+    for transforms in (None, np.stack([rigid(rng, tilt=True) for _ in structures])):
+        hist, stats = _histograms(emulated_gpu, plan, grid, cells, transforms=transforms)
+        variant_hist, variant_stats = _histograms(changed, plan, grid, cells, transforms=transforms)
+        assert hist.any() and np.array_equal(hist, variant_hist)
+        assert np.array_equal(stats, variant_stats, equal_nan=True)
+
+
+COOPERATIVE_PROGRAM = r"""
+#include "emulation.h"
+#include <stdio.h>
+// Barriers and shared memory: each thread writes its slot, then reads its neighbour's, which only a barrier orders.
+__global__ void neighbours(long long* out) {
+    __shared__ long long slots[64];
+    slots[threadIdx.x] = 100 * blockIdx.x + threadIdx.x;
+    __syncthreads();
+    out[64 * blockIdx.x + threadIdx.x] = slots[(threadIdx.x + 1) % blockDim.x];
+}
+// Warp intrinsics: lanes grouped by parity, each group's sum by shuffles within the group.
+__global__ void group_sums(long long* out) {
+    unsigned group = __match_any_sync(0xFFFFFFFFu, (long long)(threadIdx.x & 1));
+    long long sum = 0;
+    for (unsigned rest = group; rest; rest &= rest - 1) sum += __shfl_sync(group, (long long)threadIdx.x, __ffs(rest) - 1);
+    out[threadIdx.x] = sum;
+}
+__global__ void outside_mask(long long* out) {
+    unsigned group = __match_any_sync(0xFFFFFFFFu, (long long)(threadIdx.x & 1));
+    out[threadIdx.x] = __shfl_sync(group, (long long)threadIdx.x, (threadIdx.x + 1) & 31);
+}
+int main(int argc, char** argv) {
+    long long out[128];
+    EMULATE_COOPERATIVE_LAUNCH(2, 64, neighbours(out));
+    for (int b = 0; b < 2; ++b)
+        for (int t = 0; t < 64; ++t)
+            if (out[64 * b + t] != 100 * b + (t + 1) % 64) return 1;
+    EMULATE_COOPERATIVE_LAUNCH(1, 64, group_sums(out));
+    for (int t = 0; t < 64; ++t) {
+        long long base = t & ~31, expected = 0;
+        for (int k = t & 1; k < 32; k += 2) expected += base + k;
+        if (out[t] != expected) return 2;
+    }
+    printf("ok\n");
+    fflush(stdout);
+    if (argc > 1) EMULATE_COOPERATIVE_LAUNCH(1, 32, outside_mask(out));
+    return 0;
+}
+"""
+
+
+def test_the_cooperative_emulation_keeps_lanes_in_lockstep_and_refuses_undefined_intrinsics(tmp_path):
+    """The emulation's cooperative launches (tests/cuda/emulation.h) on kernels of known results: a barrier orders
+    shared memory between threads, __match_any_sync groups lanes and __shfl_sync reads within a group; a shuffle
+    the hardware would leave undefined (from a lane outside the mask) stops the launch with its reason."""
+    import shutil
+    import subprocess
+
+    from .cuda.emulated import HERE
+
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    source = tmp_path / "cooperative.cpp"
+    source.write_text(COOPERATIVE_PROGRAM)
+    program = tmp_path / "cooperative"
+    subprocess.run([compiler, "-std=c++17", "-I", str(HERE), "-o", str(program), str(source)], check=True)
+    good = subprocess.run([str(program)], capture_output=True, text=True)
+    assert (good.returncode, good.stdout) == (0, "ok\n")
+    bad = subprocess.run([str(program), "undefined"], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stdout == "ok\n"
+    assert "a shuffle from a lane outside its mask" in bad.stderr
+
+
 def test_variant_names_are_checked():
     assert cupy_gpu.variant_names(" warp, block128 ") == ("warp", "block128")
     assert cupy_gpu.variant_names("") == () and cupy_gpu.variant_names(None) == ()
-    with pytest.raises(ValueError, match="unknown variant 'fast' \\(known: warp, bounds, block128\\)"):
+    with pytest.raises(ValueError, match="unknown variant 'fast' \\(known: warp, bounds, block128, shared\\)"):
         cupy_gpu.variant_names("warp,fast")
 
 

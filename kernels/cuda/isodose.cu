@@ -250,12 +250,38 @@ extern "C" __global__ void coverage_kernel(const double* __restrict__ vertices, 
     }
 }
 
+// Shared-memory histograms (a variant of cell_histograms_kernel, see below): a block whose cells all belong to one
+// structure adds its deposits to a window of SHARED_BINS + 1 bins in shared memory, and then the window to the
+// structure's histogram in global memory.
+#ifndef ISODOSE_SHARED_HISTOGRAM
+#define ISODOSE_SHARED_HISTOGRAM 0
+#endif
+#define SHARED_BINS 2048
+
+// Where deposits go: bins of a histogram of differences in global memory, or, for bins inside a block's window
+// (window not null), that window in shared memory. Integer sums: either way gives the same bits.
+struct Bins {
+    i64* delta;
+    i64* window;
+    int window_low;
+    __device__ __forceinline__ void add(int k, i64 amount) const {
+        if (window) {
+            unsigned offset = (unsigned)(k - window_low);
+            if (offset <= SHARED_BINS) {
+                atomicAdd((u64*)&window[offset], (u64)amount);
+                return;
+            }
+        }
+        atomicAdd((u64*)&delta[k], (u64)amount);
+    }
+};
+
 // ------------------------------------------------------------------------------------------------------
 // Uniform deposit of `weight` over [value - width/2, value + width/2] into a histogram of differences (see
 // numpy_ref.deposit_differences), in fixed point: the four parts sum to exactly zero, so the density comes
 // back to zero after every deposit whatever the rounding.
 // ------------------------------------------------------------------------------------------------------
-__device__ __forceinline__ void deposit(i64* __restrict__ delta, double value, double width, double weight,
+__device__ __forceinline__ void deposit(const Bins& bins, double value, double width, double weight,
                                         double inverse_bin_width, int n_bins) {
     double half = 0.5 * width * inverse_bin_width;
     double centre = value * inverse_bin_width;
@@ -273,8 +299,8 @@ __device__ __forceinline__ void deposit(i64* __restrict__ delta, double value, d
     if (kb > n_bins - 1) kb = n_bins - 1;
     i64 total = (i64)llrint(weight * VOLUME_SCALE);
     if (ka == kb) {
-        atomicAdd((u64*)&delta[ka], (u64)total);
-        atomicAdd((u64*)&delta[ka + 1], (u64)(-total));
+        bins.add(ka, total);
+        bins.add(ka + 1, -total);
         return;
     }
     double s = weight / (hi - lo) * VOLUME_SCALE;
@@ -282,10 +308,10 @@ __device__ __forceinline__ void deposit(i64* __restrict__ delta, double value, d
     i64 a2 = (i64)llrint(s * (lo - ka));
     i64 b1 = (i64)llrint(s * (kb + 1 - hi));
     i64 b2 = a1 + a2 - b1;
-    atomicAdd((u64*)&delta[ka], (u64)a1);
-    atomicAdd((u64*)&delta[ka + 1], (u64)a2);
-    atomicAdd((u64*)&delta[kb], (u64)(-b1));
-    atomicAdd((u64*)&delta[kb + 1], (u64)(-b2));
+    bins.add(ka, a1);
+    bins.add(ka + 1, a2);
+    bins.add(kb, -b1);
+    bins.add(kb + 1, -b2);
 }
 
 extern "C" __global__ void histogram_kernel(const double* __restrict__ values, const double* __restrict__ weights,
@@ -293,7 +319,7 @@ extern "C" __global__ void histogram_kernel(const double* __restrict__ values, c
                                             int n_bins, i64* __restrict__ delta) {
     long long m = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (m >= n) return;
-    deposit(delta, values[m], widths[m], weights[m], inverse_bin_width, n_bins);
+    deposit(Bins{delta, nullptr, 0}, values[m], widths[m], weights[m], inverse_bin_width, n_bins);
 }
 
 __device__ __forceinline__ long long upper_bound(const long long* __restrict__ starts, long long count, long long x) {
@@ -318,8 +344,8 @@ __device__ __forceinline__ long long upper_bound(const long long* __restrict__ s
 #define ISODOSE_CELL_BOUNDS
 #endif
 
-__device__ __forceinline__ void add_cell_stats(i64* __restrict__ stats_fixed, u64* __restrict__ extremes, long long s,
-                                               const i64* sums, u64 low_bits, u64 high_bits) {
+__device__ __forceinline__ void add_cell_stats(i64* stats_fixed, u64* extremes, long long s, const i64* sums,
+                                               u64 low_bits, u64 high_bits) {
     i64* stats = stats_fixed + 6 * s;
     for (int v = 0; v < 6; ++v) {
         if (sums[v] != 0) atomicAdd((u64*)&stats[v], (u64)sums[v]);
@@ -329,8 +355,9 @@ __device__ __forceinline__ void add_cell_stats(i64* __restrict__ stats_fixed, u6
 }
 
 #if ISODOSE_WARP_SUMS
-__device__ __forceinline__ void add_cell_stats_warp(i64* __restrict__ stats_fixed, u64* __restrict__ extremes,
-                                                    long long s, const i64* sums, u64 low_bits, u64 high_bits) {
+// Structure s's sums go to slot `slot` of stats_fixed and extremes (s itself, or 0 for a block's shared sums).
+__device__ __forceinline__ void add_cell_stats_warp(i64* stats_fixed, u64* extremes, long long s, long long slot,
+                                                    const i64* sums, u64 low_bits, u64 high_bits) {
     unsigned group = __match_any_sync(0xFFFFFFFFu, s);
     if (s < 0) return;  // lanes without a cell form their own group, and add nothing
     i64 total[6] = {0, 0, 0, 0, 0, 0};
@@ -342,7 +369,8 @@ __device__ __forceinline__ void add_cell_stats_warp(i64* __restrict__ stats_fixe
         low = l < low ? l : low;
         high = h > high ? h : high;
     }
-    if ((threadIdx.x & 31) == (unsigned)(__ffs(group) - 1)) add_cell_stats(stats_fixed, extremes, s, total, low, high);
+    if ((threadIdx.x & 31) == (unsigned)(__ffs(group) - 1))
+        add_cell_stats(stats_fixed, extremes, slot, total, low, high);
 }
 #endif
 
@@ -354,7 +382,39 @@ __device__ __forceinline__ void add_cell_stats_warp(i64* __restrict__ stats_fixe
 // of 1 / structure_inverse_bin_width[s] Gy). Statistics per structure (fixed point, see the top):
 //   stats_fixed[s, 0..5]: inside volume, outside volume, dose x volume, x, y, z x volume
 //   extremes[s, 0..1]:    bits of Dmin and Dmax
+// With ISODOSE_SHARED_HISTOGRAM, a block whose cells all belong to one structure sums its deposits in shared memory,
+// in a window of bins around the dose at its first cell (deposits outside the window go to global memory as
+// before), and its statistics too; then adds both to the structure's, one atomic a bin. Every thread of a block then
+// reaches its barriers: it runs on a GPU, or in the emulation's cooperative launches.
 // ------------------------------------------------------------------------------------------------------
+#if ISODOSE_SHARED_HISTOGRAM
+// The structure every cell of this block belongs to (-1 when there are several), and the lowest bin of its window.
+__device__ __forceinline__ void block_structure_window(
+    const float* __restrict__ doses, const long long* __restrict__ grid_offset, const int* __restrict__ grid_shape,
+    const double* __restrict__ grid_geometry, const double* __restrict__ cells, long long n_cells,
+    const long long* __restrict__ plane_cell_start, long long n_planes, const double* __restrict__ plane_z_lo,
+    const double* __restrict__ plane_z_hi, const long long* __restrict__ structure_plane_start, long long n_structures,
+    const long long* __restrict__ structure_grid, const double* __restrict__ structure_transform,
+    const double* __restrict__ structure_inverse_bin_width, long long* structure, int* window_low) {
+    long long first = (long long)blockIdx.x * blockDim.x;
+    long long last = first + blockDim.x - 1 < n_cells - 1 ? first + blockDim.x - 1 : n_cells - 1;
+    *structure = -1;
+    *window_low = 0;
+    if (first >= n_cells) return;
+    long long p = upper_bound(plane_cell_start, n_planes, first);
+    long long s = upper_bound(structure_plane_start, n_structures, p);
+    if (upper_bound(structure_plane_start, n_structures, upper_bound(plane_cell_start, n_planes, last)) != s) return;
+    *structure = s;
+    const double* m = structure_transform + 16 * s;
+    double cx = cells[6 * first + 1], cy = cells[6 * first + 2], cz = 0.5 * (plane_z_lo[p] + plane_z_hi[p]);
+    double value = trilinear_at(grid_at(doses, grid_offset, grid_shape, grid_geometry, structure_grid[s]),
+                                m[0] * cx + m[1] * cy + m[2] * cz + m[3], m[4] * cx + m[5] * cy + m[6] * cz + m[7],
+                                m[8] * cx + m[9] * cy + m[10] * cz + m[11]);
+    double centre = value * structure_inverse_bin_width[s];  // NaN outside the grid: the window starts at 0
+    *window_low = centre > 0.5 * SHARED_BINS ? (int)fmin(centre - 0.5 * SHARED_BINS, 2147483647.0 - SHARED_BINS) : 0;
+}
+#endif
+
 extern "C" __global__ void ISODOSE_CELL_BOUNDS cell_histograms_kernel(
     const float* __restrict__ doses, const long long* __restrict__ grid_offset, const int* __restrict__ grid_shape,
     const double* __restrict__ grid_geometry, const double* __restrict__ cells, long long n_cells,
@@ -369,6 +429,23 @@ extern "C" __global__ void ISODOSE_CELL_BOUNDS cell_histograms_kernel(
     long long s = -1;
     i64 sums[6] = {0, 0, 0, 0, 0, 0};
     u64 low_bits = 0x7FF0000000000000ULL, high_bits = 0;  // +inf and +0.0: the extremes' identities
+#if ISODOSE_SHARED_HISTOGRAM
+    __shared__ i64 window[SHARED_BINS + 1];
+    __shared__ i64 block_sums[6];
+    __shared__ u64 block_extremes[2];
+    __shared__ long long block_structure;
+    __shared__ int window_low;
+    if (threadIdx.x == 0) {
+        block_structure_window(doses, grid_offset, grid_shape, grid_geometry, cells, n_cells, plane_cell_start,
+                               n_planes, plane_z_lo, plane_z_hi, structure_plane_start, n_structures, structure_grid,
+                               structure_transform, structure_inverse_bin_width, &block_structure, &window_low);
+        block_extremes[0] = 0x7FF0000000000000ULL;
+        block_extremes[1] = 0;
+    }
+    for (unsigned k = threadIdx.x; k <= SHARED_BINS; k += blockDim.x) window[k] = 0;
+    if (threadIdx.x < 6) block_sums[threadIdx.x] = 0;
+    __syncthreads();
+#endif
     double area = c < n_cells ? cells[6 * c] : 0.0;
     if (area > 0.0) {
         long long p = upper_bound(plane_cell_start, n_planes, c);
@@ -387,7 +464,13 @@ extern "C" __global__ void ISODOSE_CELL_BOUNDS cell_histograms_kernel(
         long long n_uniform = (long long)ceil((z_end - z_a) / uniform_piece - 1e-9);
         if (n_uniform < 1) n_uniform = 1;
         double uniform_dz = (z_end - z_a) / n_uniform;
-        i64* structure_delta = delta + s * (long long)(n_bins + 1);
+        Bins bins{delta + s * (long long)(n_bins + 1), nullptr, 0};
+#if ISODOSE_SHARED_HISTOGRAM
+        if (block_structure >= 0) {
+            bins.window = window;
+            bins.window_low = window_low;
+        }
+#endif
         double inside_sum = 0, outside_sum = 0, dose_sum = 0, x_sum = 0, y_sum = 0, z_sum = 0;
         double dmin = ISODOSE_INF, dmax = -ISODOSE_INF;
         while (z_a < z_end) {
@@ -425,7 +508,7 @@ extern "C" __global__ void ISODOSE_CELL_BOUNDS cell_histograms_kernel(
             double ly = m[1] * gx + m[5] * gy + m[9] * gz;
             double lz = m[2] * gx + m[6] * gy + m[10] * gz;
             double variance = lx * lx * vxx + 2.0 * lx * ly * vxy + ly * ly * vyy + lz * lz * dz * dz / 12.0;
-            deposit(structure_delta, value, sqrt(12.0 * fmax(variance, 0.0)), weight, inverse_bin_width, n_bins);
+            deposit(bins, value, sqrt(12.0 * fmax(variance, 0.0)), weight, inverse_bin_width, n_bins);
             inside_sum += weight;
             dose_sum += weight * value;
             dmin = fmin(dmin, value);
@@ -444,10 +527,32 @@ extern "C" __global__ void ISODOSE_CELL_BOUNDS cell_histograms_kernel(
             high_bits = (u64)__double_as_longlong(dmax);
         }
     }
+    i64* stats_target = stats_fixed;
+    u64* extremes_target = extremes;
+    long long slot = s;
+#if ISODOSE_SHARED_HISTOGRAM
+    if (block_structure >= 0) {  // the block's own sums, added to the structure's once below
+        stats_target = block_sums;
+        extremes_target = block_extremes;
+        slot = 0;
+    }
+#endif
 #if ISODOSE_WARP_SUMS
-    add_cell_stats_warp(stats_fixed, extremes, s, sums, low_bits, high_bits);
+    add_cell_stats_warp(stats_target, extremes_target, s, slot, sums, low_bits, high_bits);
 #else
-    if (s >= 0) add_cell_stats(stats_fixed, extremes, s, sums, low_bits, high_bits);
+    if (s >= 0) add_cell_stats(stats_target, extremes_target, slot, sums, low_bits, high_bits);
+#endif
+#if ISODOSE_SHARED_HISTOGRAM
+    __syncthreads();
+    if (block_structure >= 0) {
+        i64* structure_delta = delta + block_structure * (long long)(n_bins + 1);
+        for (unsigned k = threadIdx.x; k <= SHARED_BINS; k += blockDim.x) {
+            long long bin = (long long)window_low + k;
+            if (window[k] != 0 && bin <= n_bins) atomicAdd((u64*)&structure_delta[bin], (u64)window[k]);
+        }
+        if (threadIdx.x == 0)
+            add_cell_stats(stats_fixed, extremes, block_structure, block_sums, block_extremes[0], block_extremes[1]);
+    }
 #endif
 }
 

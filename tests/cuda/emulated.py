@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from isodose.kernels.cupy_gpu import BLOCK, SOURCE, GpuKernels
+from isodose.kernels.cupy_gpu import BLOCK, SOURCE, GpuKernels, variant_build
 
 from .device import DeviceArray, xp
 
@@ -73,12 +73,14 @@ def _describe(arg) -> str:
     return type(arg).__name__
 
 
-def build(out_dir: Path) -> Path | None:
-    """Compile the emulated kernels into a shared library; None when there is no C++ compiler."""
+def build(out_dir: Path, variants: tuple[str, ...] = ()) -> Path | None:
+    """Compile the emulated kernels, with ``variants`` of cell_histograms_kernel (see ``cupy_gpu.VARIANTS``), into a
+    shared library; None when there is no C++ compiler."""
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         return None
-    library = out_dir / "isodose_emulated.so"
+    options, _ = variant_build(variants)
+    library = out_dir / ("isodose_emulated" + "".join(f"_{v}" for v in variants) + ".so")
     subprocess.run(
         [
             compiler,
@@ -88,6 +90,7 @@ def build(out_dir: Path) -> Path | None:
             "-fPIC",
             "-Wall",
             "-Werror",
+            *options,
             "-o",
             str(library),
             str(HERE / "emulation.cpp"),
@@ -99,9 +102,11 @@ def build(out_dir: Path) -> Path | None:
     return library
 
 
-def emulated_kernels(library: Path) -> GpuKernels:
+def emulated_kernels(library: Path, variants: tuple[str, ...] = ()) -> GpuKernels:
+    """The GPU backend over ``library`` (built by :func:`build` with the same ``variants``)."""
     lib = ctypes.CDLL(str(library))
     signatures = kernel_parameters(SOURCE.read_text())
+    _, blocks = variant_build(variants)
 
     def launch(name: str, n_threads: int, args) -> None:
         check_arguments(name, signatures[name], args)
@@ -112,6 +117,8 @@ def emulated_kernels(library: Path) -> GpuKernels:
                 converted.append(ctypes.c_void_p(arg.data.ctypes.data))
             else:
                 converted.append(_SCALARS[np.asarray(arg).dtype](arg))
-        getattr(lib, f"emulate_{name}")(ctypes.c_uint(math.ceil(n_threads / BLOCK)), ctypes.c_uint(BLOCK), *converted)
+        block = blocks.get(name, BLOCK)
+        getattr(lib, f"emulate_{name}")(ctypes.c_uint(math.ceil(n_threads / block)), ctypes.c_uint(block), *converted)
 
-    return GpuKernels(xp, launch, "CUDA kernels emulated on the CPU")
+    variant = f" (variants {', '.join(variants)})" if variants else ""
+    return GpuKernels(xp, launch, "CUDA kernels emulated on the CPU" + variant)

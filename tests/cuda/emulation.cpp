@@ -46,7 +46,12 @@ extern "C" void emulate_cell_histograms_kernel(
     long long n_structures, const long long* structure_grid, const double* structure_transform,
     const double* structure_inverse_bin_width, int n_bins, long long* delta, long long* stats_fixed,
     unsigned long long* extremes) {
-    EMULATE_LAUNCH(grid, block,
+#if ISODOSE_WARP_SUMS || ISODOSE_SHARED_HISTOGRAM  // variants whose threads synchronise
+#define EMULATE_CELL_LAUNCH EMULATE_COOPERATIVE_LAUNCH
+#else
+#define EMULATE_CELL_LAUNCH EMULATE_LAUNCH
+#endif
+    EMULATE_CELL_LAUNCH(grid, block,
                    cell_histograms_kernel(doses, grid_offset, grid_shape, grid_geometry, cells, n_cells,
                                           plane_cell_start, n_planes, plane_z_lo, plane_z_hi, structure_plane_start,
                                           n_structures, structure_grid, structure_transform,
