@@ -450,7 +450,8 @@ __global__ void neighbours(long long* out) {
 __global__ void group_sums(long long* out) {
     unsigned group = __match_any_sync(0xFFFFFFFFu, (long long)(threadIdx.x & 1));
     long long sum = 0;
-    for (unsigned rest = group; rest; rest &= rest - 1) sum += __shfl_sync(group, (long long)threadIdx.x, __ffs(rest) - 1);
+    for (unsigned rest = group; rest; rest &= rest - 1)
+        sum += __shfl_sync(group, (long long)threadIdx.x, __ffs(rest) - 1);
     out[threadIdx.x] = sum;
 }
 __global__ void outside_mask(long long* out) {
