@@ -640,12 +640,31 @@ def classify_recurrences(
     return classify_prepared([prepare_recurrence(case, options) for case in cases], backend=backend)
 
 
+def batch_grids(prepared: Sequence[PreparedRecurrence | IsodoseError], backend: Backend) -> GridBatch:
+    """The dose grids of prepared cases put where ``backend`` computes, as :func:`classify_prepared` reads them.
+
+    Each grid is cropped to the box of its requests' samples, unless a case reads it elsewhere too: through a
+    deformation (its samples are placed only while sampling) or in its draws of uncertainty. On a GPU the copy
+    overlaps what the device is computing meanwhile: a caller may put the next batch's grids there first."""
+    ready = [p for p in prepared if isinstance(p, PreparedRecurrence)]
+    extents = [
+        r.extent_mm() if isinstance(r, SamplingRequest) and p.uncertainty is None else None
+        for p in ready
+        for r in p.requests
+    ]
+    return GridBatch.of([r.grid for p in ready for r in p.requests], backend, extents)
+
+
 def classify_prepared(
-    prepared: Sequence[PreparedRecurrence | IsodoseError], *, backend: str | Backend | None = None
+    prepared: Sequence[PreparedRecurrence | IsodoseError],
+    *,
+    backend: str | Backend | None = None,
+    grids: GridBatch | None = None,
 ) -> list[RecurrenceResult | IsodoseError]:
     """:func:`classify_recurrences` of cases already prepared (by :func:`prepare_recurrence`, here or in other
     processes): their samples in one :func:`~isodose.sampling.sample_many`, then each case finished. Errors
-    from preparing come back as they are."""
+    from preparing come back as they are. ``grids`` are the cases' grids as :func:`batch_grids` put them on the
+    backend, when the caller has done that already."""
     chosen = resolve_backend(backend)
     results: list[RecurrenceResult | IsodoseError | None] = [
         p if isinstance(p, IsodoseError) else None for p in prepared
@@ -656,15 +675,8 @@ def classify_prepared(
     options = next(iter(ready.values())).options if ready else SamplingOptions()
     if any(p.options != options for p in ready.values()):
         raise IsodoseError("cases sampled together need the same sampling options")
-    # The cases' grids go where the backend computes once, for their samples and for the doses at their centroids
-    # (inside Vr's box). A grid is cropped to the box of its requests' samples, unless a case reads it elsewhere
-    # too: through a deformation (its samples are placed only while sampling) or in its draws of uncertainty.
-    extents = [
-        r.extent_mm() if isinstance(r, SamplingRequest) and p.uncertainty is None else None
-        for p in ready.values()
-        for r in p.requests
-    ]
-    batch = GridBatch.of([r.grid for r in requests], chosen, extents)
+    # The cases' grids go where the backend computes once, for their samples and for the doses at their centroids.
+    batch = grids if grids is not None else batch_grids(prepared, chosen)
     try:
         samples = sample_requests(requests, chosen, options, grids=batch)
     except IsodoseError:

@@ -114,33 +114,18 @@ class SamplingRequest:
 def plan_extent_mm(plan: SamplingPlan, transforms: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """The box (lowest and highest x, y, z) holding every cell and vertex of ``plan``, each structure's moved by
     its rigid 4x4 of ``transforms`` into the grid's frame; None for a plan without planes."""
-    if not len(plan.plane_nx):
+    with_planes = np.nonzero(np.isfinite(plan.structure_box_mm[:, 0, 0]))[0]
+    if not len(with_planes):
         return None
-    x0, y0 = plan.plane_x0_mm, plan.plane_y0_mm
-    boxes = np.stack(
-        [
-            np.stack([x0, y0, plan.plane_z_lo_mm], axis=1),
-            np.stack(
-                [x0 + plan.plane_nx * plan.plane_hx_mm, y0 + plan.plane_ny * plan.plane_hy_mm, plan.plane_z_hi_mm], 1
-            ),
-        ],
-        axis=1,
-    )  # (planes, low/high, xyz)
-    owners = plan.plane_structure()
-    lows, highs = [], []
-    for s in np.unique(owners):
-        planes = boxes[owners == s]
-        low, high = planes[:, 0].min(axis=0), planes[:, 1].max(axis=0)
-        vertices = plan.vertex_points[plan.vertex_structure_start[s] : plan.vertex_structure_start[s + 1]]
-        if len(vertices):
-            low, high = np.minimum(low, vertices.min(axis=0)), np.maximum(high, vertices.max(axis=0))
-        corners = np.array(
-            [[(low, high)[a][0], (low, high)[b][1], (low, high)[c][2]] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
-        )
-        moved = transform_points(transforms[s], corners)  # a rigid map of a box lies in the box of its corners
-        lows.append(moved.min(axis=0))
-        highs.append(moved.max(axis=0))
-    return np.min(lows, axis=0), np.max(highs, axis=0)
+    low, high = plan.structure_box_mm[with_planes, 0], plan.structure_box_mm[with_planes, 1]
+    moved = np.asarray(transforms)[with_planes]
+    if np.all(moved == np.eye(4)):  # most structures are in the grid's frame
+        return low.min(axis=0), high.max(axis=0)
+    # A rigid map of a box lies in the box of its eight corners.
+    pick = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)])  # (8, xyz): low 0 or high 1
+    corners = np.where(pick[None] == 0, low[:, None, :], high[:, None, :])  # (structures, 8, xyz)
+    mapped = np.einsum("sij,skj->ski", moved[:, :3, :3], corners) + moved[:, None, :3, 3]
+    return mapped.min(axis=(0, 1)), mapped.max(axis=(0, 1))
 
 
 def _grid_key(grid: DoseGrid) -> tuple:
@@ -322,6 +307,7 @@ def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
                 "plane_z_lo_mm",
                 "plane_z_hi_mm",
                 "supersampling",
+                "structure_box_mm",
             )
         },
         structure_plane_start=starts("structure_plane_start"),
@@ -360,7 +346,7 @@ def _sample(
             options.chunks,
         )
 
-    hist = np.zeros((n_structures, n_bins))
+    hist: np.ndarray | None = None  # (n_structures, n_bins), made by the first batch
     sums = np.zeros((n_structures, 6))  # inside, outside, dose x volume, x, y, z x volume
     dmin = np.full(n_structures, np.inf)
     dmax = np.full(n_structures, -np.inf)
@@ -373,6 +359,7 @@ def _sample(
         max_cells = max(1, min(max_cells, int(0.5 * free / kernels.BYTES_PER_CELL)))
 
     def run_batch(first: int, end: int) -> None:
+        nonlocal hist
         cell_start = plan.plane_cell_start[first : end + 1]
         ring_start = plan.plane_ring_start[first : end + 1]
         vertex_start = plan.ring_start[ring_start[0] : ring_start[-1] + 1]
@@ -420,13 +407,22 @@ def _sample(
         batch_stats = np.asarray(batch_stats)
         # The structures present are consecutive unless an empty one lies between: then a view, added in place.
         rows = slice(present[0], present[-1] + 1) if present[-1] - present[0] + 1 == len(present) else present
-        hist[rows] += batch_hist
+        if hist is None and len(present) == n_structures and batch_hist.dtype == np.float64:
+            # The first batch holds every structure (the common case: it holds all of them): its histograms as
+            # they came, rather than added to zeros (a batch of 32 cases has 20 MB of them).
+            hist = batch_hist if batch_hist.flags.writeable else batch_hist.copy()
+        else:
+            if hist is None:
+                hist = np.zeros((n_structures, n_bins))
+            hist[rows] += batch_hist
         sums[rows] += batch_stats[:, [0, 1, 2, 5, 6, 7]]
         dmin[rows] = np.fmin(dmin[rows], batch_stats[:, 3])
         dmax[rows] = np.fmax(dmax[rows], batch_stats[:, 4])
 
     for first, end in plan.batches(max_cells):
         run_batch(first, end)
+    if hist is None:  # no planes
+        hist = np.zeros((n_structures, n_bins))
 
     if len(plan.vertex_points):
         vertex_start = plan.vertex_structure_start

@@ -101,6 +101,36 @@ class SamplingOptions:
             raise IsodoseError("min_supersampling must not exceed max_supersampling")
 
 
+def _structure_boxes(plan: SamplingPlan) -> np.ndarray:
+    """:attr:`SamplingPlan.structure_box_mm` of ``plan``."""
+    boxes = np.full((plan.n_structures, 2, 3), np.nan)
+    plane_start = np.asarray(plan.structure_plane_start)
+    with_planes = np.nonzero(np.diff(plane_start) > 0)[0]
+    if not len(with_planes):
+        return boxes
+    plane_low = np.stack([plan.plane_x0_mm, plan.plane_y0_mm, plan.plane_z_lo_mm], axis=1)
+    plane_high = np.stack(
+        [
+            plan.plane_x0_mm + plan.plane_nx * plan.plane_hx_mm,
+            plan.plane_y0_mm + plan.plane_ny * plan.plane_hy_mm,
+            plan.plane_z_hi_mm,
+        ],
+        axis=1,
+    )
+    # Structures own consecutive planes, and their vertices in the same order.
+    low = np.minimum.reduceat(plane_low, plane_start[with_planes], axis=0)
+    high = np.maximum.reduceat(plane_high, plane_start[with_planes], axis=0)
+    vertex_start = np.asarray(plan.vertex_structure_start)
+    has_vertices = np.diff(vertex_start)[with_planes] > 0
+    if has_vertices.any():
+        starts = vertex_start[with_planes[has_vertices]]
+        low[has_vertices] = np.minimum(low[has_vertices], np.minimum.reduceat(plan.vertex_points, starts, axis=0))
+        high[has_vertices] = np.maximum(high[has_vertices], np.maximum.reduceat(plan.vertex_points, starts, axis=0))
+    boxes[with_planes, 0] = low
+    boxes[with_planes, 1] = high
+    return boxes
+
+
 @dataclass(frozen=True, eq=False)
 class SamplingPlan:
     """Flat arrays describing the rings, planes and lattice windows of a list of structures.
@@ -132,6 +162,13 @@ class SamplingPlan:
     vertex_structure_start: np.ndarray
     supersampling: np.ndarray
     scanlines: int
+    #: Each structure's box, ``[[low x, y, z], [high x, y, z]]``, holding its planes' cells and its vertices; NaN
+    #: for a structure without planes. Computed from the rest when not given.
+    structure_box_mm: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.structure_box_mm is None:
+            object.__setattr__(self, "structure_box_mm", _structure_boxes(self))
 
     @property
     def n_structures(self) -> int:

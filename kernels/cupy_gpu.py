@@ -18,6 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,10 @@ class GridTable:
     shapes: object
     geometry: object
     n_grids: int
+    #: Where the table was copied to the device asynchronously: the event its copy records (kernels that read the
+    #: table wait for it on the device, not on the host), and the host staging buffer, kept until then.
+    ready: object = None
+    staging: object = None
 
     def args(self) -> list:
         return [self.doses, self.offsets, self.shapes, self.geometry]
@@ -106,10 +111,30 @@ class GpuKernels:
         """``array`` on the device as ``dtype`` (no copy when it is there already)."""
         return self.to_device(array, dtype)
 
+    # -- staged copies: one buffer a table, copied while the device computes -------------------------------------
+    def staging_buffer(self, nbytes: int) -> np.ndarray:
+        """A host buffer of ``nbytes`` bytes to copy to the device from (page-locked on a GPU)."""
+        return np.empty(nbytes, dtype=np.uint8)
+
+    def copy_staged(self, host: np.ndarray):
+        """``host`` (a :meth:`staging_buffer`) copied to the device: ``(device bytes, ready)``, where ``ready`` is
+        what a kernel reading them waits for (None: the copy is done already)."""
+        return self.xp.asarray(host), None
+
+    def wait_ready(self, table) -> list:
+        """The arguments of ``table`` for a kernel, once the kernels' stream waits for the table's copy."""
+        return table.args()
+
     def grid_table(self, grids) -> GridTable:
-        """Put dose grids ``[(dose, origin, spacing), ...]`` on the device as one table (see the CUDA source): a
-        grid already there as float32 is used as it is, any other is copied."""
+        """Put dose grids ``[(dose, origin, spacing), ...]`` on the device as one table (see the CUDA source).
+
+        Grids on the host (the engine's, cropped) are written into one staging buffer with the table's offsets,
+        shapes and geometry, as float32, and that buffer is copied in one copy: on a GPU from page-locked memory on
+        a stream of its own, so that it overlaps the kernels already running (of the batch before); the kernels
+        that read the table wait for it on the device. A grid already on the device as float32 is used as it is."""
         grids = list(grids)
+        if grids and not any(isinstance(dose, self.xp.ndarray) for dose, _, _ in grids):
+            return self._staged_grid_table(grids)
         parts = [self.to_device(dose, np.float32) for dose, _, _ in grids]
         shapes = [part.shape for part in parts]
         doses = parts[0].reshape(-1) if len(parts) == 1 else self.xp.concatenate([p.reshape(-1) for p in parts])
@@ -122,6 +147,34 @@ class GpuKernels:
             self.to_device(np.array(shapes, dtype=np.int32).reshape(-1, 3), np.int32),
             self.to_device(geometry.reshape(-1, 6), np.float64),
             len(grids),
+        )
+
+    def _staged_grid_table(self, grids) -> GridTable:
+        shapes = [tuple(int(n) for n in np.shape(dose)) for dose, _, _ in grids]
+        sizes = [math.prod(shape) for shape in shapes]
+        n_grids, n_values = len(grids), sum(sizes)
+        # Layout: float32 doses, then int64 offsets, float64 geometry and int32 shapes, each at a multiple of 8.
+        starts = np.cumsum([0, -(-4 * n_values // 8) * 8, 8 * n_grids, 48 * n_grids, -(-12 * n_grids // 8) * 8])
+        host = self.staging_buffer(int(starts[-1]))
+        values = host[: 4 * n_values].view(np.float32)
+        offset = 0
+        for (dose, _, _), size, shape in zip(grids, sizes, shapes):
+            np.copyto(values[offset : offset + size].reshape(shape), dose, casting="same_kind")
+            offset += size
+        host[starts[1] : starts[2]].view(np.int64)[:] = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        geometry = host[starts[2] : starts[3]].view(np.float64).reshape(n_grids, 6)
+        for k, (_, origin, spacing) in enumerate(grids):
+            geometry[k] = [*map(float, origin), *map(float, spacing)]
+        host[starts[3] : starts[3] + 12 * n_grids].view(np.int32)[:] = np.asarray(shapes, dtype=np.int32).reshape(-1)
+        device, ready = self.copy_staged(host)
+        return GridTable(
+            device[: 4 * n_values].view(np.float32),
+            device[starts[1] : starts[2]].view(np.int64),
+            device[starts[3] : starts[3] + 12 * n_grids].view(np.int32),
+            device[starts[2] : starts[3]].view(np.float64),
+            n_grids,
+            ready,
+            host,
         )
 
     def field_table(self, fields) -> FieldTable:
@@ -157,7 +210,7 @@ class GpuKernels:
                 "displace_kernel",
                 n,
                 [
-                    *table.args(),
+                    *self.wait_ready(table),
                     self.to_device(point_field, np.int64),
                     points,
                     np.int64(n),
@@ -179,7 +232,7 @@ class GpuKernels:
                 "invert_kernel",
                 n,
                 [
-                    *table.args(),
+                    *self.wait_ready(table),
                     self.to_device(point_field, np.int64),
                     targets,
                     self.to_device(np.asarray(pre, dtype=np.float64).reshape(-1, 16), np.float64),
@@ -207,7 +260,7 @@ class GpuKernels:
                 "moved_doses_kernel",
                 n,
                 [
-                    *table.args(),
+                    *self.wait_ready(table),
                     self.to_device(np.asarray(points, dtype=np.float64).reshape(-1, 3), np.float64),
                     self.to_device(point_grid, np.int64),
                     self.to_device(starts, np.int64),
@@ -235,7 +288,9 @@ class GpuKernels:
         out = self.xp.empty(n, dtype=np.float64)
         if n:
             self.launch(
-                "trilinear_kernel", n, [*table.args(), self.to_device(point_grid, np.int64), points, np.int64(n), out]
+                "trilinear_kernel",
+                n,
+                [*self.wait_ready(table), self.to_device(point_grid, np.int64), points, np.int64(n), out],
             )
         return self.to_host(out)
 
@@ -250,7 +305,7 @@ class GpuKernels:
                 "resample_kernel",
                 n,
                 [
-                    *self.grid_table([(dose, origin, spacing)]).args(),
+                    *self.wait_ready(self.grid_table([(dose, origin, spacing)])),
                     self.to_device(lattice, np.float64),
                     np.int64(onto_shape[1]),
                     np.int64(onto_shape[2]),
@@ -413,7 +468,7 @@ class GpuKernels:
                 "cell_histograms_kernel",
                 n_cells,
                 [
-                    *table.args(),
+                    *self.wait_ready(table),
                     cells,
                     np.int64(n_cells),
                     self.to_device(plane_cell_start, np.int64),
@@ -461,8 +516,30 @@ class _CupyKernels(GpuKernels):
         #: The variants of ``cell_histograms_kernel`` this instance was built with (see ``VARIANTS``).
         self.variants: tuple[str, ...] = ()
 
+        self._copy_stream: Any = None
+
     def out_of_memory_errors(self) -> tuple[type[BaseException], ...]:
         return (MemoryError, self.xp.cuda.memory.OutOfMemoryError)
+
+    def staging_buffer(self, nbytes: int) -> np.ndarray:
+        import cupyx
+
+        return cupyx.empty_pinned((nbytes,), dtype=np.uint8)  # from CuPy's pool of page-locked memory
+
+    def copy_staged(self, host: np.ndarray):
+        # A stream that does not wait for the default one (where the kernels run), so the copy overlaps them.
+        if self._copy_stream is None:
+            self._copy_stream = self.xp.cuda.Stream(non_blocking=True)
+        stream = self._copy_stream
+        device = self.xp.empty(host.shape, dtype=np.uint8)
+        device.set(host, stream=stream)
+        return device, stream.record()
+
+    def wait_ready(self, table) -> list:
+        ready = getattr(table, "ready", None)
+        if ready is not None:
+            self.xp.cuda.get_current_stream().wait_event(ready)
+        return table.args()
 
     def free_memory_bytes(self) -> int | None:
         free, _ = self.xp.cuda.Device().mem_info

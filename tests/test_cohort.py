@@ -989,3 +989,39 @@ def test_a_backend_object_reaches_worker_processes_by_its_name(cohort, tmp_path)
     hand_made = Backend("mine", "a tool's own", numba_cpu)
     with pytest.raises(IsodoseError, match="'mine' was made by hand, and cannot be sent to worker processes"):
         run_cohort(cohort, tmp_path / "s.h5", settings=SETTINGS, workers=2, cases=cases, backend=hand_made)
+
+
+def test_a_staged_finish_stages_each_batch_before_completing_the_one_before():
+    """The local pool with a finish in two steps (the GPU arrangement's): batch k + 1 is staged (its copies to the
+    device started) before batch k is completed (its kernels run), every case is completed exactly once, and the
+    last batch is completed when the queue runs dry."""
+    from isodose.cohort.cases import Case
+    from isodose.cohort.execution import StagedFinish
+    from isodose.cohort.local import ProcessPool
+
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    class Recording:
+        def __call__(self, items):
+            raise AssertionError("a staged finish is staged and completed, not called")
+
+        def stage(self, items):
+            ids = tuple(case.case_id for case, _ in items)
+            calls.append(("stage", ids))
+            return items
+
+        def complete(self, staged):
+            calls.append(("complete", tuple(case.case_id for case, _ in staged)))
+            return [{"case_id": case.case_id, "value": value} for case, value in staged]
+
+    assert isinstance(Recording(), StagedFinish)
+    todo = [Case(f"c{i}", None, None, "Vr") for i in range(9)]
+    stored: list[dict] = []
+    ProcessPool(2, batch_size=2).run(todo, repr, Recording(), stored.extend)
+    assert sorted(e["case_id"] for e in stored) == sorted(c.case_id for c in todo)
+    assert all(e["value"] == repr(case) for e, case in zip(sorted(stored, key=lambda e: e["case_id"]), todo))
+    staged = [ids for kind, ids in calls if kind == "stage"]
+    assert [ids for kind, ids in calls if kind == "complete"] == staged  # each batch once, in order
+    assert len(staged) >= 3
+    for k in range(1, len(staged)):  # batch k staged before batch k - 1 completed
+        assert calls.index(("stage", staged[k])) < calls.index(("complete", staged[k - 1]))

@@ -152,3 +152,22 @@ def test_every_kernel_variant_gives_the_defaults_bits(variant):
     [b] = sample_many([SamplingRequest(plan, grid)], changed, options, GridBatch.of([grid], changed))
     for field in ("hist_mm3", "inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy", "centroid_mm"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+
+
+@pytest.mark.gpu
+def test_a_batchs_grids_are_staged_in_page_locked_memory_and_copied_on_a_stream_of_their_own():
+    """On the device, a batch's grid table is copied from page-locked memory on a stream that does not wait for
+    the kernels' (its event is what they wait for), and interpolates as the NumPy reference does."""
+    import cupy
+
+    from isodose.kernels import numpy_ref
+    from isodose.sampling import GridBatch
+
+    gpu = select_backend("cupy")
+    grid, _ = head_neck_case()
+    batch = GridBatch.of([grid], gpu)
+    assert isinstance(batch.table.ready, cupy.cuda.Event)
+    assert isinstance(batch.table.staging.base, cupy.cuda.PinnedMemoryPointer)
+    points = np.random.default_rng(2).uniform(-60, 60, (1000, 3)) + np.asarray(grid.origin_mm) + 60
+    expected = numpy_ref.trilinear(grid.dose_gy.astype(np.float32), grid.origin_mm, grid.spacing_mm, points)
+    np.testing.assert_allclose(batch.dose_at(points, np.zeros(1000, np.int64)), expected, rtol=1e-12, equal_nan=True)

@@ -137,3 +137,71 @@ def test_without_extents_or_on_a_cpu_backend_grids_stay_whole(emulated_gpu, case
 
     numba = GridBatch.of([grid], select_backend("numba"), [box])
     assert numba.windows == (tuple(slice(0, n) for n in grid.dose_gy.shape),)
+
+
+def test_a_batchs_grids_and_their_table_go_to_the_device_in_one_copy(emulated_gpu):
+    """Every grid of a batch, with the table's offsets, shapes and geometry, written into one staging buffer
+    (page-locked on a GPU) and copied once, as float32: the bytes of the grids and a few more, and the doses
+    the kernels read those of each grid."""
+    field = LinearField(60.0, (0.3, -1.0, 0.2), (0.0, 0.0, 0.0))
+    grids = [
+        field.grid((-20.0, -30.0, -10.0), (2.0, 2.5, 3.0), (12, 25, 17), "1.2.3"),
+        field.grid((-5.0, 0.0, 4.0), (1.0, 1.5, 2.0), (7, 9, 11), "1.2.3"),
+        replace(field.grid((0.0, 0.0, 0.0), (3.0, 3.0, 3.0), (5, 6, 4), "1.2.3"), dose_gy=np.ones((5, 6, 4))),
+    ]
+    backend = Backend("cupy (emulated)", emulated_gpu.device, emulated_gpu)
+    TRAFFIC.reset()
+    batch = GridBatch.of(grids, backend)
+    values = sum(g.dose_gy.size for g in grids)
+    assert TRAFFIC.to_device_copies == 1
+    assert 4 * values <= TRAFFIC.to_device_bytes <= 4 * values + 8 + (8 + 48 + 12) * len(grids) + 8
+    rng = np.random.default_rng(5)
+    point_grid = rng.integers(0, 3, 400)
+    # Points across each grid's box and a little beyond (NaN there).
+    low = np.array([g.origin_mm for g in grids])[point_grid]
+    size = np.array([np.asarray(g.spacing_mm) * (np.array(g.dose_gy.shape[::-1]) - 1) for g in grids])[point_grid]
+    points = low + rng.uniform(-0.1, 1.1, (400, 3)) * size
+    from isodose.kernels import numpy_ref
+
+    expected = [
+        numpy_ref.trilinear(grids[g].dose_gy.astype(np.float32), grids[g].origin_mm, grids[g].spacing_mm, [p])[0]
+        for g, p in zip(point_grid, points)
+    ]
+    np.testing.assert_allclose(batch.dose_at(points, point_grid), expected, rtol=1e-12, equal_nan=True)
+    assert 200 < np.isfinite(expected).sum() < 400
+
+
+def test_a_plans_extent_holds_every_cell_and_vertex_as_moved():
+    """The box of a plan's planes and vertices, each structure's moved by its own rigid transform, against every
+    corner of every plane and every vertex moved one by one; structures without planes add nothing."""
+    from isodose.geometry import transform_points
+    from isodose.sampling import plan_extent_mm
+    from isodose.voxelize import SamplingOptions, plan_sampling
+
+    from .test_kernels import rigid
+
+    grid, structures = head_neck_case()
+    chosen = [*(structures.get(name) for name in ("GTV", "PTV70")), replace(structures.get("CTV60"), contours=())]
+    chosen.append(structures.get("CTV54"))
+    plan = plan_sampling(chosen, grid, SamplingOptions(target_cells=20000))
+    rng = np.random.default_rng(4)
+    for transforms in (np.broadcast_to(np.eye(4), (4, 4, 4)), np.stack([rigid(rng, tilt=True) for _ in range(4)])):
+        points = []
+        owners = plan.plane_structure()
+        for p in range(len(plan.plane_nx)):
+            x = (plan.plane_x0_mm[p], plan.plane_x0_mm[p] + plan.plane_nx[p] * plan.plane_hx_mm[p])
+            y = (plan.plane_y0_mm[p], plan.plane_y0_mm[p] + plan.plane_ny[p] * plan.plane_hy_mm[p])
+            z = (plan.plane_z_lo_mm[p], plan.plane_z_hi_mm[p])
+            corners = np.array([[a, b, c] for a in x for b in y for c in z])
+            points.append(transform_points(transforms[owners[p]], corners))
+        for s in range(4):
+            vertices = plan.vertex_points[plan.vertex_structure_start[s] : plan.vertex_structure_start[s + 1]]
+            points.append(transform_points(transforms[s], vertices))
+        every = np.concatenate(points)
+        low, high = plan_extent_mm(plan, transforms)
+        if np.all(transforms == np.eye(4)):  # exact where nothing moves
+            np.testing.assert_array_equal(low, every.min(axis=0))
+            np.testing.assert_array_equal(high, every.max(axis=0))
+        else:  # each structure's box moved holds its points, and is no larger than its corners' box
+            assert np.all(low <= every.min(axis=0) + 1e-9) and np.all(high >= every.max(axis=0) - 1e-9)
+            assert np.all(high - low < 1.8 * (every.max(axis=0) - every.min(axis=0)))

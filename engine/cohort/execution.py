@@ -15,7 +15,7 @@ None of them loses a case: a task that fails, or a worker that dies, gives the c
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .cases import Case
 from .entries import CaseEntry
@@ -26,6 +26,19 @@ Task = Callable[[Case], Any]
 Finish = Callable[[list[tuple[Case, Any]]], list[CaseEntry]]
 #: Receives entries as they are finished (the orchestration stores them at once).
 OnEntries = Callable[[list[CaseEntry]], None]
+
+
+@runtime_checkable
+class StagedFinish(Protocol):
+    """A :data:`Finish` in two steps, which an executor may overlap: ``stage`` a batch (receive it, start its
+    copies to the device), then ``complete`` it (compute its entries). An executor that knows it stages each batch
+    before it completes the batch before; one that does not calls it as a Finish."""
+
+    def __call__(self, items: list[tuple[Case, Any]]) -> list[CaseEntry]: ...
+
+    def stage(self, items: list[tuple[Case, Any]]) -> Any: ...
+
+    def complete(self, staged: Any) -> list[CaseEntry]: ...
 
 
 def entries_as_they_are(items: list[tuple[Case, Any]]) -> list[CaseEntry]:

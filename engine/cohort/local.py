@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import IsodoseError
 from .cases import Case
 from .entries import error_entry
-from .execution import Finish, OnEntries, Task
+from .execution import Finish, OnEntries, StagedFinish, Task
 
 #: Tasks in flight per worker process: one running, one waiting.
 IN_FLIGHT_PER_WORKER = 2
@@ -107,12 +107,22 @@ class ProcessPool:
             resource_tracker.ensure_running()
         queue = list(reversed(todo))
         ready: list[tuple[Case, Any]] = []
+        # A finish in two steps (see isodose.cohort.execution.StagedFinish): each batch is staged before the one
+        # before it is completed, so that its copies to the device overlap that batch's kernels.
+        staged_finish = finish if isinstance(finish, StagedFinish) else None
+        pending: list[Any] = []
 
-        def flush() -> None:
+        def flush(last: bool = False) -> None:
             batch = ready[:]
             ready.clear()
+            if staged_finish is None:
+                if batch:
+                    on_entries(finish(batch))
+                return
             if batch:
-                on_entries(finish(batch))
+                pending.append(staged_finish.stage(batch))
+            while len(pending) > (0 if last else 1):
+                on_entries(staged_finish.complete(pending.pop(0)))
 
         while queue:
             with _Pool(
@@ -156,4 +166,4 @@ class ProcessPool:
                     _stop_workers(pool)
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
-        flush()
+        flush(last=True)

@@ -26,7 +26,7 @@ from .execution import Executor, Finish, InProcess, Task, entries_as_they_are
 from .local import ProcessPool, check_workers, default_workers, threads_per_worker
 from .settings import RunSettings
 from .store import ResultStore
-from .work import classify_received, process_case, read_and_send
+from .work import ReceivedBatches, process_case, read_and_send
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def _arrangement(
     # Reading workers read and plan; this process samples (for a GPU, which one process drives) and finishes.
     # The cases' dose grids come through shared memory.
     task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid())
-    finish: Finish = functools.partial(classify_received, settings=settings, backend=backend)
+    finish: Finish = ReceivedBatches(settings, backend)
     return Arrangement(ProcessPool(min(n_workers, len(todo)), 1, max(1, batch_size)), task, finish, hands_over=True)
 
 

@@ -20,6 +20,7 @@ from .entries import CaseEntry, StoredCurve, Timings, error_entry
 from .settings import RunSettings
 
 if TYPE_CHECKING:
+    from ..dispatch import Backend
     from ..model import DoseGrid, Registration, StructureSet
     from ..recurrence import PreparedRecurrence
     from ..reirradiation import Course
@@ -285,16 +286,17 @@ def read_and_send(case: Case, settings: RunSettings, receiver_pid: int):
     return send(read_and_prepare(case, settings), receiver_pid)
 
 
-def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None) -> list[CaseEntry]:
+def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None, grids=None) -> list[CaseEntry]:
     """Classify cases already read, sampled together (one merged plan on a GPU); never raises for a bad case.
 
     Cases prepared where they were read (:func:`read_and_prepare`) are not prepared again. Each case's compute
     time is its share of the batch's, plus its preparing elsewhere. Each entry keeps its own case's warnings; when
-    the batch itself fails, every case gets the error and the warnings logged meanwhile."""
+    the batch itself fails, every case gets the error and the warnings logged meanwhile. ``grids``: the batch's
+    dose grids already on the backend (:func:`isodose.recurrence.batch_grids` of its prepared cases)."""
     started = time.perf_counter()
     with collect_warnings() as messages:
         try:
-            entries = _classify(batch, settings, backend, started)
+            entries = _classify(batch, settings, backend, started, grids)
         except Exception as exc:
             error = case_failure(exc, ",".join(i.case.case_id for i in batch))
             entries = [error_entry(i.case.case_id, error, Timings(read_s=i.read_s), messages) for i in batch]
@@ -305,14 +307,14 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None)
     return entries
 
 
-def _classify(batch: list[CaseInputs], settings: RunSettings, backend, started: float) -> list[CaseEntry]:
+def _classify(batch: list[CaseInputs], settings: RunSettings, backend, started: float, grids=None) -> list[CaseEntry]:
     from ..recurrence import classify_prepared, prepare_recurrence
 
     prepared = [
         i.prepared if i.prepared is not None else prepare_recurrence(_recurrence_case(i, settings), settings.options)
         for i in batch
     ]
-    results = classify_prepared(prepared, backend=backend)
+    results = classify_prepared(prepared, backend=backend, grids=grids)
     share = (time.perf_counter() - started) / max(len(batch), 1)
     entries = []
     for inputs, result in zip(batch, results):
@@ -349,19 +351,54 @@ def process_batch(cases: list[Case], settings: RunSettings, backend=None) -> lis
     return [next(entries) if isinstance(r, CaseInputs) else r for r in read]
 
 
-def classify_received(items: list[tuple[Case, object]], settings: RunSettings, backend=None) -> list[CaseEntry]:
-    """The GPU arrangement's finishing: the values reading workers sent (:func:`read_and_send`) received here
-    (their dose grids mapped from shared memory) and classified as one batch; entries pass through."""
-    from . import handover
+@dataclass
+class StagedBatch:
+    """A batch of the GPU arrangement received, with its dose grids on their way to the device."""
 
-    received: list[CaseInputs | CaseEntry] = []
-    for case, sent in items:
-        try:
-            received.append(handover.receive(sent))  # type: ignore[arg-type]
-        except OSError as exc:
-            received.append(
-                error_entry(case.case_id, f"the case's data from its reading worker was lost on the way ({exc})")
-            )
-    read = [inputs for inputs in received if isinstance(inputs, CaseInputs)]
-    entries = iter(classify_batch(read, settings, backend) if read else [])
-    return [next(entries) if isinstance(inputs, CaseInputs) else inputs for inputs in received]
+    received: list[CaseInputs | CaseEntry]
+    grids: object = None
+
+
+@dataclass(frozen=True)
+class ReceivedBatches:
+    """The GPU arrangement's finishing: the values reading workers sent (:func:`read_and_send`) received here
+    (their dose grids mapped from shared memory) and classified as one batch; entries pass through.
+
+    It is done in two steps, so that an executor can overlap them: :meth:`stage` receives a batch and starts its
+    grids' copy to the device, :meth:`complete` classifies it. The executor stages the next batch before it
+    completes the one before, so that the next batch's copies run while this one's kernels do. Called as a
+    :data:`~isodose.cohort.execution.Finish`, it does both at once."""
+
+    settings: RunSettings
+    backend: str | Backend | None = None
+
+    def __call__(self, items: list[tuple[Case, object]]) -> list[CaseEntry]:
+        return self.complete(self.stage(items))
+
+    def stage(self, items: list[tuple[Case, object]]) -> StagedBatch:
+        from ..dispatch import resolve_backend
+        from ..recurrence import batch_grids
+        from . import handover
+
+        received: list[CaseInputs | CaseEntry] = []
+        for case, sent in items:
+            try:
+                received.append(handover.receive(sent))  # type: ignore[arg-type]
+            except OSError as exc:
+                received.append(
+                    error_entry(case.case_id, f"the case's data from its reading worker was lost on the way ({exc})")
+                )
+        read = [inputs for inputs in received if isinstance(inputs, CaseInputs)]
+        grids = None
+        prepared = [inputs.prepared for inputs in read if inputs.prepared is not None]
+        if read and len(prepared) == len(read):
+            try:
+                grids = batch_grids(prepared, resolve_backend(self.backend))
+            except Exception:  # classifying the batch meets the same failure, and reports it for its cases
+                grids = None
+        return StagedBatch(received, grids)
+
+    def complete(self, staged: StagedBatch) -> list[CaseEntry]:
+        read = [inputs for inputs in staged.received if isinstance(inputs, CaseInputs)]
+        entries = iter(classify_batch(read, self.settings, self.backend, staged.grids) if read else [])
+        return [next(entries) if isinstance(inputs, CaseInputs) else inputs for inputs in staged.received]
