@@ -127,8 +127,54 @@ class Contour:
 
 
 @dataclass(frozen=True, eq=False)
+class LabelMask:
+    """One structure of a label image: each voxel a box of the image's own geometry, weighted by its value (1 or 0
+    for a binary mask or a label of a multi-label map, the fraction for a probability or partial-volume map).
+
+    Parameters
+    ----------
+    weights : ndarray
+        ``(nz, ny, nx)`` weights in [0, 1], as float32.
+    origin_mm, spacing_mm : tuple of float
+        The centre of voxel ``(0, 0, 0)`` and the voxel size along the image's axes (positive), in mm.
+    direction : ndarray
+        ``3 x 3``, orthonormal: column ``a`` is the patient direction of index axis ``a`` (x, y, z), as ITK gives it
+        (LPS). A voxel ``(i, j, k)`` is centred at ``origin + direction @ (i sx, j sy, k sz)``.
+
+    Examples
+    --------
+    >>> mask = LabelMask(np.ones((2, 3, 4), np.float32), (0.0, 0.0, 0.0), (1.0, 1.0, 2.0), np.eye(3))
+    >>> mask.volume_cc, mask.is_axial
+    (0.048, True)
+    """
+
+    weights: np.ndarray
+    origin_mm: tuple[float, float, float]
+    spacing_mm: tuple[float, float, float]
+    direction: np.ndarray
+
+    @property
+    def volume_cc(self) -> float:
+        """The weighted volume of its voxels."""
+        return float(np.sum(self.weights, dtype=np.float64)) * float(np.prod(self.spacing_mm)) / 1000.0
+
+    @property
+    def is_axial(self) -> bool:
+        """Whether its axes are the patient's x, y and z, in that order and sense."""
+        return bool(np.array_equal(np.asarray(self.direction, dtype=np.float64), np.eye(3)))
+
+    def index_to_patient(self) -> np.ndarray:
+        """The 4 x 4 taking ``index * spacing`` (mm along the image's axes) to patient coordinates."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = np.asarray(self.direction, dtype=np.float64)
+        matrix[:3, 3] = self.origin_mm
+        return matrix
+
+
+@dataclass(frozen=True, eq=False)
 class Structure:
-    """An ROI: its closed planar contours (holes and islands by the even-odd rule within a plane).
+    """An ROI: its closed planar contours (holes and islands by the even-odd rule within a plane), or a label
+    image's voxels (``mask``).
 
     Parameters
     ----------
@@ -159,9 +205,13 @@ class Structure:
     source: str = ""
     #: RTROIInterpretedType (GTV, CTV, PTV, ORGAN, ...), upper case; empty when the file gives none.
     interpreted_type: str = ""
+    #: A structure of a label image: its voxels, in place of contours.
+    mask: LabelMask | None = None
 
     @property
     def is_empty(self) -> bool:
+        if self.mask is not None:
+            return not bool(np.any(self.mask.weights > 0))
         return len(self.contours) == 0
 
     @property

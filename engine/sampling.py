@@ -23,7 +23,7 @@ from .dispatch import Backend
 from .errors import DoseGridError, IsodoseError
 from .geometry import transform_points
 from .model import DoseGrid
-from .voxelize import SamplingOptions, SamplingPlan
+from .voxelize import SamplingOptions, SamplingPlan, mask_cells
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,10 +99,14 @@ class SamplingRequest:
         return dose_range_gy(self.grid)
 
     def structure_transforms(self) -> np.ndarray:
+        """Each structure's rigid 4x4 from its plan coordinates into the grid's frame: its transform after its
+        frame (the identity for contours; a label image's axes for its structures)."""
         n = self.plan.n_structures
+        frame = self.plan.structure_frame
         if self.transforms is None:
-            return np.broadcast_to(np.eye(4), (n, 4, 4))
-        return np.ascontiguousarray(self.transforms, dtype=np.float64).reshape(n, 4, 4)
+            return frame if np.any(frame != np.eye(4)) else np.broadcast_to(np.eye(4), (n, 4, 4))
+        transforms = np.ascontiguousarray(self.transforms, dtype=np.float64).reshape(n, 4, 4)
+        return transforms @ frame
 
     def extent_mm(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The box (lowest and highest x, y, z, in the grid's frame) holding every point at which sampling this
@@ -274,6 +278,33 @@ def sample_many(
     return [_sample([request], backend, options, batch)[0] for request in requests]
 
 
+def plan_cells(kernels, plan: SamplingPlan, first: int, end: int):
+    """The cells of planes ``first:end`` of ``plan`` where the backend computes: contours' covered by the coverage
+    kernel, label images' weighted voxels (:func:`~isodose.voxelize.mask_cells`) written in their place."""
+    cell_start = plan.plane_cell_start[first : end + 1]
+    ring_start = plan.plane_ring_start[first : end + 1]
+    vertex_start = plan.ring_start[ring_start[0] : ring_start[-1] + 1]
+    cells = kernels.polygon_coverage(
+        plan.vertices[vertex_start[0] : vertex_start[-1]],
+        vertex_start - vertex_start[0],
+        ring_start - ring_start[0],
+        cell_start - cell_start[0],
+        plan.plane_x0_mm[first:end],
+        plan.plane_y0_mm[first:end],
+        plan.plane_nx[first:end],
+        plan.plane_ny[first:end],
+        plan.plane_hx_mm[first:end],
+        plan.plane_hy_mm[first:end],
+        plan.scanlines,
+    )
+    if plan.has_masks:
+        planes, parts = mask_cells(plan, first, end)
+        for p, part in zip(planes, parts):
+            start = int(plan.plane_cell_start[p] - cell_start[0])
+            cells[start : start + len(part)] = kernels.asarray(part)
+    return cells
+
+
 def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
     """One plan holding the structures of all ``plans``, in order (their offsets shifted)."""
     if len(plans) == 1:
@@ -308,8 +339,12 @@ def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
                 "plane_z_hi_mm",
                 "supersampling",
                 "structure_box_mm",
+                "structure_frame",
+                "mask_weights",
+                "plane_mask_m",
             )
         },
+        plane_weight_start=starts("plane_weight_start"),
         structure_plane_start=starts("structure_plane_start"),
         vertex_points=np.concatenate([p.vertex_points for p in plans]),
         vertex_structure_start=starts("vertex_structure_start"),
@@ -361,26 +396,12 @@ def _sample(
     def run_batch(first: int, end: int) -> None:
         nonlocal hist
         cell_start = plan.plane_cell_start[first : end + 1]
-        ring_start = plan.plane_ring_start[first : end + 1]
-        vertex_start = plan.ring_start[ring_start[0] : ring_start[-1] + 1]
         # The structures present in this batch, and where each one's planes start within it.
         owners = plane_structure[first:end]
         present, first_plane = np.unique(owners, return_index=True)
         structure_start = np.append(first_plane, end - first)
         try:
-            cells = kernels.polygon_coverage(
-                plan.vertices[vertex_start[0] : vertex_start[-1]],
-                vertex_start - vertex_start[0],
-                ring_start - ring_start[0],
-                cell_start - cell_start[0],
-                plan.plane_x0_mm[first:end],
-                plan.plane_y0_mm[first:end],
-                plan.plane_nx[first:end],
-                plan.plane_ny[first:end],
-                plan.plane_hx_mm[first:end],
-                plan.plane_hy_mm[first:end],
-                plan.scanlines,
-            )
+            cells = plan_cells(kernels, plan, first, end)
             batch_hist, batch_stats = histograms(
                 cells,
                 cell_start - cell_start[0],

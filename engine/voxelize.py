@@ -165,10 +165,34 @@ class SamplingPlan:
     #: Each structure's box, ``[[low x, y, z], [high x, y, z]]``, holding its planes' cells and its vertices; NaN
     #: for a structure without planes. Computed from the rest when not given.
     structure_box_mm: np.ndarray = None  # type: ignore[assignment]
+    #: Each structure's frame: the 4 x 4 taking its plan coordinates to patient coordinates (the identity for
+    #: contours; a label image's index axes, scaled, for one of its structures that is not axial).
+    structure_frame: np.ndarray = None  # type: ignore[assignment]
+    #: Planes of label images (see :class:`~isodose.model.LabelMask`): plane ``p``'s voxel weights are
+    #: ``mask_weights[plane_weight_start[p]:plane_weight_start[p + 1]]``, row by row, each voxel split into
+    #: ``plane_mask_m[p]`` by ``plane_mask_m[p]`` cells of its window; ``plane_mask_m[p]`` is 0 for contours' planes.
+    mask_weights: np.ndarray = None  # type: ignore[assignment]
+    plane_weight_start: np.ndarray = None  # type: ignore[assignment]
+    plane_mask_m: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        n_planes = len(self.plane_nx)
+        defaults = {
+            "structure_frame": lambda: np.broadcast_to(np.eye(4), (self.n_structures, 4, 4)).copy(),
+            "mask_weights": lambda: np.empty(0),
+            "plane_weight_start": lambda: np.zeros(n_planes + 1, dtype=np.int64),
+            "plane_mask_m": lambda: np.zeros(n_planes, dtype=np.int64),
+        }
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default())
         if self.structure_box_mm is None:
             object.__setattr__(self, "structure_box_mm", _structure_boxes(self))
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether any of its planes is a label image's."""
+        return bool(np.any(self.plane_mask_m > 0))
 
     @property
     def n_structures(self) -> int:
@@ -222,6 +246,91 @@ def _supersampling(total_area_mm2: float, grid: DoseGrid, options: SamplingOptio
     return int(min(max(m, options.min_supersampling), options.max_supersampling))
 
 
+@dataclass(frozen=True)
+class _MaskPlanes:
+    frame: np.ndarray
+    m: int
+    z_lo: np.ndarray
+    z_hi: np.ndarray
+    windows: list[tuple[float, float, int, int, float, float]]
+    weights: list[np.ndarray]
+    #: Corners of the first and last weighted voxel of every row (for Dmin and Dmax: in a linear field a box's
+    #: extremes are at its corners), in plan coordinates.
+    corners: np.ndarray
+
+
+def _mask_planes(structure: Structure, grid: DoseGrid, options: SamplingOptions) -> _MaskPlanes:
+    """The planes of a label image's structure: one per slice holding weight, its window the box of the slice's
+    weighted voxels, each voxel split into ``m`` by ``m`` cells. Plan coordinates are the image's index times its
+    spacing (the frame maps them to patient coordinates), shifted to patient coordinates for an axial image (then
+    the frame is the identity, as for contours)."""
+    mask = structure.mask
+    assert mask is not None
+    weights = np.asarray(mask.weights)
+    sx, sy, sz = (float(v) for v in mask.spacing_mm)
+    frame = mask.index_to_patient()
+    shift = np.zeros(3)
+    if mask.is_axial:
+        shift, frame = np.asarray(mask.origin_mm, dtype=np.float64), np.eye(4)
+    slices = np.flatnonzero(np.any(weights > 0, axis=(1, 2)))
+    if not len(slices):
+        return _MaskPlanes(frame, 0, np.empty(0), np.empty(0), [], [], np.empty((0, 3)))
+    # The cells' size as contours' would get for this area, never larger than a voxel (a voxel's weight is even).
+    area_mm2 = float(np.sum(weights[slices] > 0)) * sx * sy
+    m_contours = _supersampling(area_mm2, grid, options)
+    step = min(grid.spacing_mm[0], grid.spacing_mm[1]) / m_contours
+    m = max(1, math.ceil(max(sx, sy) / step - 1e-9)) if options.supersampling is None else options.supersampling
+    windows, plane_weights, corners = [], [], []
+    for k in slices:
+        held = weights[k] > 0
+        row_j = np.flatnonzero(held.any(axis=1))
+        ends = np.concatenate([held[row_j].argmax(axis=1), held.shape[1] - 1 - held[row_j, ::-1].argmax(axis=1)])
+        js = np.concatenate([row_j, row_j])
+        for di in (-0.5, 0.5):
+            for dj in (-0.5, 0.5):
+                for dk in (-0.5, 0.5):
+                    corners.append(np.stack([(ends + di) * sx, (js + dj) * sy, np.full(len(js), (k + dk) * sz)], 1))
+        rows = np.flatnonzero(np.any(weights[k] > 0, axis=1))
+        columns = np.flatnonzero(np.any(weights[k] > 0, axis=0))
+        j0, j1, i0, i1 = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+        nx, ny = (i1 - i0) * m, (j1 - j0) * m
+        if nx * ny > options.max_cells_per_plane:
+            raise StructureError(
+                f"slice {int(k)} of the label image needs {nx * ny:,} cells at supersampling {m} (at most "
+                f"{options.max_cells_per_plane:,}); lower the supersampling",
+                path=structure.source or None,
+                obj=f"ROI {structure.name!r}",
+            )
+        windows.append((shift[0] + (i0 - 0.5) * sx, shift[1] + (j0 - 0.5) * sy, nx, ny, sx / m, sy / m))
+        plane_weights.append(np.ascontiguousarray(weights[k, j0:j1, i0:i1], dtype=np.float64).reshape(-1))
+    z = shift[2] + slices * sz
+    return _MaskPlanes(frame, m, z - 0.5 * sz, z + 0.5 * sz, windows, plane_weights, np.concatenate(corners) + shift)
+
+
+def mask_cells(plan: SamplingPlan, first: int, end: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The cells of the label image planes among planes ``first:end`` of ``plan``, as the coverage kernel gives
+    contours' (area, centroid, second moments about it), and their planes: each voxel's ``m`` by ``m`` cells
+    weighted by its value, each cell's centroid at its centre and its moments those of a uniform square."""
+    planes = first + np.flatnonzero(plan.plane_mask_m[first:end] > 0)
+    parts = []
+    for p in planes:
+        m, nx, ny = int(plan.plane_mask_m[p]), int(plan.plane_nx[p]), int(plan.plane_ny[p])
+        hx, hy = float(plan.plane_hx_mm[p]), float(plan.plane_hy_mm[p])
+        voxels = plan.mask_weights[plan.plane_weight_start[p] : plan.plane_weight_start[p + 1]].reshape(
+            ny // m, nx // m
+        )
+        weight = np.repeat(np.repeat(voxels, m, axis=0), m, axis=1).reshape(-1)
+        cells = np.empty((nx * ny, 6))
+        cells[:, 0] = weight * (hx * hy)
+        cells[:, 1] = np.tile(plan.plane_x0_mm[p] + (np.arange(nx) + 0.5) * hx, ny)
+        cells[:, 2] = np.repeat(plan.plane_y0_mm[p] + (np.arange(ny) + 0.5) * hy, nx)
+        cells[:, 3] = hx * hx / 12.0
+        cells[:, 4] = 0.0
+        cells[:, 5] = hy * hy / 12.0
+        parts.append(cells)
+    return planes, parts
+
+
 def plan_sampling(
     structures: Sequence[Structure],
     grid: DoseGrid,
@@ -248,8 +357,32 @@ def plan_sampling(
     vertex_points: list[np.ndarray] = []
     vertex_counts: list[int] = []
     supersampling: list[int] = []
+    frames: list[np.ndarray] = []
+    mask_weights: list[np.ndarray] = []
+    plane_weight_counts: list[int] = []
+    plane_mask_m: list[int] = []
 
     for structure in structures:
+        if structure.mask is not None:
+            mask_plan = _mask_planes(structure, grid, options)
+            frames.append(mask_plan.frame)
+            planes_per_structure.append(len(mask_plan.z_lo))
+            if options.extremes == "vertices":
+                vertex_points.append(mask_plan.corners)
+                vertex_counts.append(len(mask_plan.corners))
+            else:
+                vertex_counts.append(0)
+            supersampling.append(mask_plan.m)
+            if len(mask_plan.z_lo):
+                z_lo_all.append(mask_plan.z_lo)
+                z_hi_all.append(mask_plan.z_hi)
+                windows.extend(mask_plan.windows)
+                plane_ring_counts.extend([0] * len(mask_plan.z_lo))
+                mask_weights.extend(mask_plan.weights)
+                plane_weight_counts.extend(w.size for w in mask_plan.weights)
+                plane_mask_m.extend([mask_plan.m] * len(mask_plan.z_lo))
+            continue
+        frames.append(np.eye(4))
         planes = structure_planes(structure)
         planes_per_structure.append(len(planes))
         if not planes:
@@ -285,6 +418,8 @@ def plan_sampling(
                 obj=f"ROI {structure.name!r}",
             )
         windows.extend(zip(gx0 + ix0 * hx, gy0 + iy0 * hy, nx, ny, [hx] * len(planes), [hy] * len(planes)))
+        plane_weight_counts.extend([0] * len(planes))
+        plane_mask_m.extend([0] * len(planes))
         rings.extend(structure_rings)
         plane_ring_counts.extend(len(plane.rings) for plane in planes)
         # The vertices of each plane at the bottom and at the top of its slab (for Dmin and Dmax).
@@ -331,4 +466,8 @@ def plan_sampling(
         vertex_structure_start=starts(vertex_counts),
         supersampling=np.array(supersampling, dtype=np.int64),
         scanlines=options.scanlines,
+        structure_frame=np.array(frames, dtype=np.float64).reshape(-1, 4, 4),
+        mask_weights=np.concatenate(mask_weights) if mask_weights else np.empty(0),
+        plane_weight_start=starts(plane_weight_counts),
+        plane_mask_m=np.array(plane_mask_m, dtype=np.int64),
     )

@@ -1,4 +1,4 @@
-"""``isodose dvh``: DVHs and metrics of the ROIs of an RTDOSE and an RTSTRUCT."""
+"""``isodose dvh``: DVHs and metrics of the ROIs of an RTDOSE and an RTSTRUCT (or a label image)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from . import options
 def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("dvh", help="DVHs and metrics of ROIs from RTDOSE + RTSTRUCT")
     options.add_dose(parser)
-    parser.add_argument("--structures", required=True, help="RTSTRUCT file")
+    options.add_structures(parser)
     parser.add_argument(
         "--roi", action="append", metavar="NAME", help="ROI to compute, by name or number (repeat; default: all)"
     )
@@ -103,7 +103,6 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dicom.read import read_structures
     from ..dispatch import select_backend
     from ..dvh import compute_dvhs, parse_metrics
     from ..provenance import check_inputs, check_whole_course
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     backend = select_backend(args.backend)
     with collect_warnings() as warnings:
         dose, beams = options.read_dose(args, backend)
-        structures = read_structures(args.structures)
+        structures = options.read_structures(args.structures, args.labels)
         check_inputs(dose, [structures], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch)
         check_whole_course(dose, strict=False)
     dvhs = compute_dvhs(dose, structures, args.roi or None, options=options.sampling_options(args), backend=backend)

@@ -266,3 +266,29 @@ def uncertainty(args: argparse.Namespace):
         seed=0 if args.seed is None else args.seed,
         stable_pct=95.0 if args.stable_level is None else args.stable_level,
     )
+
+
+def add_structures(parser: argparse.ArgumentParser, help_text: str = "RTSTRUCT file") -> None:
+    parser.add_argument(
+        "--structures",
+        required=True,
+        help=f"{help_text}, or a label image (.nii, .nii.gz, .nrrd, .mha: a mask, a multi-label map, a fractional map)",
+    )
+    parser.add_argument(
+        "--labels",
+        metavar="FILE",
+        help='names of a label image\'s labels: JSON {"1": "GTV", ...} or CSV rows label,name',
+    )
+
+
+def read_structures(path, labels=None, frame_of_reference_uid: str = ""):
+    """An RTSTRUCT, or a label image's structures (named by ``labels``, a JSON or CSV file)."""
+    from ..labels import is_label_image, read_label_image
+
+    if is_label_image(path):
+        return read_label_image(path, names=labels, frame_of_reference_uid=frame_of_reference_uid)
+    if labels:
+        raise IsodoseError(f"--labels names the labels of a label image; {path} is not one (.nii, .nrrd, .mha)")
+    from ..dicom.read import read_structures as read_rtstruct
+
+    return read_rtstruct(path)
