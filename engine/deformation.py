@@ -36,7 +36,7 @@ import numpy as np
 from .dispatch import Backend
 from .errors import RegistrationError
 from .model import DeformableRegistration, DoseGrid
-from .sampling import GridBatch, SamplingRequest, StructureSamples, histogram_bin_width, sample_many
+from .sampling import GridBatch, SamplingRequest, StructureSamples, histogram_bin_width, plan_cells, sample_many
 from .voxelize import SamplingOptions, SamplingPlan
 
 log = logging.getLogger(__name__)
@@ -251,26 +251,13 @@ def structure_points(
 def plan_points(
     plan: SamplingPlan, backend: Backend, thickness: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Each structure's weighted points in its own frame: the covered part of each cell of its planes, cut along z
-    into slabs no thicker than ``thickness`` (mm). Returns the points ``(n, 3)``, their volumes (mm^3), the
-    structure of each, and the covariance of each point's region ``(n, 3, 3)`` (the covered part of its cell in
-    x and y, a uniform slab in z)."""
+    """Each structure's weighted points in the patient coordinates of its structure set: the covered part of each
+    cell of its planes (a label image's weighted voxels' cells), cut along z into slabs no thicker than
+    ``thickness`` (mm). Returns the points ``(n, 3)``, their volumes (mm^3), the structure of each, and the
+    covariance of each point's region ``(n, 3, 3)`` (the covered part of its cell in x and y, a uniform slab in z;
+    turned with the structure's frame where that is oblique)."""
     kernels = backend.kernels
-    cells = kernels.to_host(
-        kernels.polygon_coverage(
-            plan.vertices,
-            plan.ring_start,
-            plan.plane_ring_start,
-            plan.plane_cell_start,
-            plan.plane_x0_mm,
-            plan.plane_y0_mm,
-            plan.plane_nx,
-            plan.plane_ny,
-            plan.plane_hx_mm,
-            plan.plane_hy_mm,
-            plan.scanlines,
-        )
-    )
+    cells = kernels.to_host(plan_cells(kernels, plan, 0, len(plan.plane_nx)))
     cells = np.asarray(cells, dtype=np.float64).reshape(-1, 6)
     plane_structure = plan.plane_structure()
     points, volumes, owners, spreads = [], [], [], []
@@ -294,7 +281,13 @@ def plan_points(
         spreads.append(np.repeat(covariance, n_slabs, axis=0))
     if not points:
         return np.empty((0, 3)), np.empty(0), np.empty(0, dtype=np.int64), np.empty((0, 3, 3))
-    return np.concatenate(points), np.concatenate(volumes), np.concatenate(owners), np.concatenate(spreads)
+    every, owner, spread = np.concatenate(points), np.concatenate(owners), np.concatenate(spreads)
+    for s in np.flatnonzero(np.any(plan.structure_frame != np.eye(4), axis=(1, 2))):  # label images not axial
+        mine = owner == s
+        frame = plan.structure_frame[s]
+        every[mine] = every[mine] @ frame[:3, :3].T + frame[:3, 3]
+        spread[mine] = frame[:3, :3] @ spread[mine] @ frame[:3, :3].T
+    return every, np.concatenate(volumes), owner, spread
 
 
 def spread_widths(

@@ -237,3 +237,94 @@ def test_the_dvh_command_takes_a_label_image_and_its_names(tmp_path, write_phant
 def document_warnings(capsys) -> list[str]:
     document = json.loads(capsys.readouterr().out)
     return [w for s in document["structures"] for w in s["warnings"]]
+
+
+def _box_as_mask_and_contours(corner, voxels, spacing, frame=""):
+    """One box recurrence as a label image and as contours (a square on every voxel slice: the same slabs)."""
+    from isodose.model import Contour, StructureSet
+
+    nx, ny, nz = voxels
+    sx, sy, sz = spacing
+    values = np.ones((nz, ny, nx), np.float32)
+    values = np.pad(values, 1)
+    origin = np.asarray(corner) - np.asarray(spacing) * 0.5  # voxel (1, 1, 1) starts at the corner
+    mask = LabelMask(values, tuple(origin), spacing, np.eye(3))
+    x0, y0, z0 = corner
+    square = np.array([[x0, y0], [x0 + nx * sx, y0], [x0 + nx * sx, y0 + ny * sy], [x0, y0 + ny * sy]])
+    contours = tuple(Contour(square, z0 + (k + 0.5) * sz) for k in range(nz))
+    as_mask = StructureSet((Structure("Vr", 1, mask=mask, frame_of_reference_uid=frame),), frame)
+    as_contours = StructureSet((Structure("Vr", 1, contours, frame),), frame)
+    return as_mask, as_contours
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_a_recurrence_mask_classifies_as_the_same_recurrence_drawn_as_contours(registered):
+    """A box recurrence straddling the 95% isodose, as a mask and as contours on the same slabs: the same class,
+    volume and share inside; in the planning frame, and in a follow-up frame through a rigid registration."""
+    from isodose.geometry import rigid_matrix
+    from isodose.model import Registration
+    from isodose.phantoms import example_case
+    from isodose.recurrence import classify_recurrence
+
+    dose, structures = example_case()
+    shift = np.array([4.0, -3.0, 5.0]) if registered else np.zeros(3)
+    corner = np.array([8.0, -6.0, -5.0]) - shift  # in the follow-up frame: the registration moves it by shift
+    frame = "1.2.826.0.1.9" if registered else ""
+    as_mask, as_contours = _box_as_mask_and_contours(corner, (8, 6, 4), (1.5, 2.0, 2.5), frame)
+    registration = (
+        Registration(dose.frame_of_reference_uid, {frame: rigid_matrix(translation_mm=tuple(shift))})
+        if registered
+        else None
+    )
+    results = [
+        classify_recurrence(dose, structures, "Vr", 70.0, recurrence_structures=s, registration=registration)
+        for s in (as_mask, as_contours)
+    ]
+    mask_result, contour_result = results
+    assert mask_result.registered is registered
+    assert mask_result.class_volume == contour_result.class_volume
+    assert mask_result.recurrence_volume_cc == pytest.approx(1.44, rel=1e-9)
+    assert mask_result.recurrence_volume_cc == pytest.approx(contour_result.recurrence_volume_cc, rel=1e-6)
+    assert 5 < mask_result.inside_isodose_pct < 95
+    assert mask_result.inside_isodose_pct == pytest.approx(contour_result.inside_isodose_pct, abs=0.05)
+    assert mask_result.centroid_dose_gy == pytest.approx(contour_result.centroid_dose_gy, abs=1e-3)
+
+
+def test_the_classify_command_takes_the_recurrence_as_a_mask(tmp_path, capsys):
+    """``isodose classify --recurrence-mask rois.nrrd --recurrence-label 2``, as a user types it: the record of the
+    mask's label as Python gives it, named by --recurrence; and each misuse of the options a one-line error."""
+    from isodose.cli import main
+    from isodose.dicom.write import write_dose, write_structures
+    from isodose.phantoms import example_case
+    from isodose.recurrence import classify_recurrence
+
+    dose, structures = example_case()
+    rd = write_dose(dose, tmp_path / "RD.dcm", frame_of_reference_uid=structures.frame_of_reference_uid)
+    rs = write_structures(structures, tmp_path / "RS.dcm")
+    values = np.zeros((12, 12, 16), np.uint8)
+    values[2:6, 3:9, 2:10] = 1
+    values[6:10, 2:8, 6:14] = 2
+    path = write_label_image(tmp_path / "rois.nrrd", values, origin_mm=(2.0, -9.0, -8.0), spacing_mm=(1.5, 2.0, 2.5))
+    base = ["classify", "--dose", str(rd), "--structures", str(rs), "--prescription", "70", "--format", "json"]
+    assert main([*base, "--recurrence-mask", str(path), "--recurrence-label", "2", "--recurrence", "Vr2"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    vr = read_label_image(path, labels=[2])
+    expected = classify_recurrence(dose, structures, "label 2", 70.0, recurrence_structures=vr)
+    assert record["recurrence_roi"] == "Vr2" and record["class_volume"] == expected.class_volume
+    assert record["inside_isodose_pct"] == pytest.approx(expected.inside_isodose_pct, abs=1e-4)
+    assert record["recurrence_volume_cc"] == pytest.approx(expected.recurrence_volume_cc, abs=1e-3)
+    for extra, message in [
+        ([], "holds labels 1, 2; say which is the recurrence with --recurrence-label N"),
+        (
+            ["--recurrence-structures", str(rs)],
+            "give the recurrence as --recurrence-structures or as --recurrence-mask",
+        ),
+        (["--recurrence-label", "7"], "holds no voxel of label 7 (its labels: 1, 2)"),
+    ]:
+        assert main([*base, "--recurrence-mask", str(path), *extra]) == 2
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1, error
+    assert main([*base, "--recurrence", "Recurrence", "--recurrence-label", "2"]) == 2
+    assert "--recurrence-label picks a label of --recurrence-mask" in capsys.readouterr().err
+    assert main(base) == 2
+    assert "give the recurrence: --recurrence ROI, or --recurrence-mask FILE" in capsys.readouterr().err

@@ -15,7 +15,23 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("classify", help="classify one recurrence by the volume and point-of-origin methods")
     options.add_dose(parser, "planning RTDOSE")
     parser.add_argument("--structures", required=True, help="planning RTSTRUCT")
-    parser.add_argument("--recurrence", required=True, metavar="ROI", help="the recurrence ROI (Vr)")
+    parser.add_argument(
+        "--recurrence",
+        metavar="ROI",
+        help="the recurrence ROI (Vr); with --recurrence-mask, its name (default: the mask's)",
+    )
+    parser.add_argument(
+        "--recurrence-mask",
+        metavar="FILE",
+        help="the recurrence as a label image (.nii, .nii.gz, .nrrd, .mha: a mask, a label map or a fractional map), "
+        "in the planning frame, or in the follow-up frame with --registration",
+    )
+    parser.add_argument(
+        "--recurrence-label",
+        type=int,
+        metavar="N",
+        help="the recurrence's label in --recurrence-mask (default: its only label)",
+    )
     parser.add_argument(
         "--recurrence-structures",
         metavar="RS2.dcm",
@@ -66,8 +82,14 @@ def run(args: argparse.Namespace) -> int:
     from ..provenance import check_inputs, check_whole_course
     from ..recurrence import classify_recurrence
 
-    if args.registration and not args.recurrence_structures:
-        raise IsodoseError("--registration maps --recurrence-structures; give both")
+    if not args.recurrence and not args.recurrence_mask:
+        raise IsodoseError("give the recurrence: --recurrence ROI, or --recurrence-mask FILE")
+    if args.recurrence_mask and args.recurrence_structures:
+        raise IsodoseError("give the recurrence as --recurrence-structures or as --recurrence-mask, not both")
+    if args.recurrence_label is not None and not args.recurrence_mask:
+        raise IsodoseError("--recurrence-label picks a label of --recurrence-mask; give both")
+    if args.registration and not (args.recurrence_structures or args.recurrence_mask):
+        raise IsodoseError("--registration maps --recurrence-structures (or --recurrence-mask); give both")
     if args.field_fixed and not args.registration:
         raise IsodoseError("--field-fixed says how the --registration field image was computed; give both")
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
@@ -86,13 +108,18 @@ def run(args: argparse.Namespace) -> int:
             read_case_registration(
                 args.registration,
                 planning_frame_uid=dose.frame_of_reference_uid,
-                follow_up_frame_uid=follow_up.frame_of_reference_uid if follow_up is not None else "",
+                follow_up_frame_uid=(follow_up.frame_of_reference_uid if follow_up is not None else options.MASK_FRAME),
                 field_fixed=args.field_fixed,
                 patient_id=dose.patient_id,
             )
             if args.registration
             else None
         )
+        recurrence = args.recurrence
+        if args.recurrence_mask:
+            follow_up, recurrence = options.recurrence_mask(
+                args.recurrence_mask, args.recurrence_label, args.recurrence, registration, dose.frame_of_reference_uid
+            )
         check_inputs(
             dose, [structures, follow_up, registration], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch
         )
@@ -100,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     result = classify_recurrence(
         dose,
         structures,
-        args.recurrence,
+        recurrence,
         prescription,
         recurrence_structures=follow_up,
         registration=registration,
