@@ -293,3 +293,60 @@ def write_label_image(
     image.SetDirection(tuple(float(v) for v in matrix.ravel()))
     sitk.WriteImage(image, str(path), True)
     return path
+
+
+#: The frame of reference a recurrence mask is given when a displacement field image maps it (an image names none).
+MASK_FRAME = "the recurrence mask's frame"
+
+
+def read_structure_file(path: str | PathLike[str], names: str | PathLike[str] | None = None) -> StructureSet:
+    """The structures of a file: an RTSTRUCT, or a label image (by its suffix) named by ``names``."""
+    if is_label_image(path):
+        return read_label_image(path, names=names)
+    if names:
+        raise StructureError(
+            "is not a label image (.nii, .nii.gz, .nrrd, .mha): label names are for a label image's labels", path=path
+        )
+    from .dicom.read import read_structures
+
+    return read_structures(path)
+
+
+def read_recurrence_mask(
+    path: str | PathLike[str],
+    label: int | None,
+    name: str | None,
+    registration,
+    dose_frame: str,
+    label_option: str = "its label",
+) -> tuple[StructureSet, str]:
+    """The recurrence as a label image: ``(its structure set, its ROI's name)``, ``name`` if given, else the label's;
+    ``label`` picks one label of a multi-label map (``label_option`` says where the user names it, for the error).
+
+    Its frame is the dose's without a ``registration``; else the registration's frame other than the dose's (an
+    image names none), :data:`MASK_FRAME` for a displacement field image read with that follow-up frame."""
+    from dataclasses import replace
+
+    from .model import DeformableRegistration, Registration
+
+    frame = ""
+    if isinstance(registration, DeformableRegistration):
+        frames = {registration.registered_frame_uid, registration.source_frame_uid} - {dose_frame}
+        frame = frames.pop() if len(frames) == 1 else MASK_FRAME
+    elif isinstance(registration, Registration):
+        others = sorted({registration.frame_of_reference_uid, *registration.matrices} - {dose_frame})
+        if len(others) != 1:
+            raise StructureError(
+                f"the registration relates {len(others)} frames besides the dose's, so the frame of this recurrence "
+                "mask (an image names none) cannot be told",
+                path=path,
+            )
+        frame = others[0]
+    masks = read_label_image(path, labels=[label] if label is not None else None, frame_of_reference_uid=frame)
+    if len(masks.structures) > 1:
+        labels = ", ".join(str(s.number) for s in masks.structures)
+        raise StructureError(f"holds labels {labels}; say which is the recurrence with {label_option}", path=path)
+    [vr] = masks.structures
+    if name:
+        vr = replace(vr, name=name)
+    return StructureSet((vr,), frame, masks.source), vr.name

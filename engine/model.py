@@ -163,6 +163,24 @@ class LabelMask:
         """Whether its axes are the patient's x, y and z, in that order and sense."""
         return bool(np.array_equal(np.asarray(self.direction, dtype=np.float64), np.eye(3)))
 
+    def contain(self, points_mm: np.ndarray) -> np.ndarray:
+        """Which ``(x, y, z)`` points lie in a voxel of weight at least one half (a fractional map's points more
+        likely in than out), for the point-of-origin test.
+
+        >>> mask = LabelMask(np.ones((1, 1, 2), np.float32) * [1.0, 0.2], (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), np.eye(3))
+        >>> mask.contain(np.array([[0.2, 0.1, 0.0], [1.2, 0.0, 0.0], [0.0, 0.0, 0.7]])).tolist()
+        [True, False, False]
+        """
+        points = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+        local = (points - np.asarray(self.origin_mm)) @ np.asarray(self.direction, dtype=np.float64)
+        index = np.floor(local / np.asarray(self.spacing_mm) + 0.5).astype(np.int64)  # (i, j, k)
+        shape = np.array(self.weights.shape[::-1])
+        inside = np.all((index >= 0) & (index < shape), axis=1) & np.all(np.isfinite(points), axis=1)
+        held = np.zeros(len(points), dtype=bool)
+        i, j, k = index[inside].T
+        held[inside] = self.weights[k, j, i] >= 0.5
+        return held
+
     def index_to_patient(self) -> np.ndarray:
         """The 4 x 4 taking ``index * spacing`` (mm along the image's axes) to patient coordinates."""
         matrix = np.eye(4)

@@ -41,7 +41,7 @@ from .geometry import (
     registration_matrix,
     structure_planes,
 )
-from .model import DeformableRegistration, DoseGrid, Registration, Structure, StructureSet
+from .model import DeformableRegistration, DoseGrid, LabelMask, Registration, Structure, StructureSet
 from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy
 from .uncertainty import Uncertainty, UncertaintyRequest, UncertaintyResult, classify_draws
 from .voxelize import SamplingOptions, plan_sampling
@@ -299,7 +299,7 @@ class PreparedRecurrence:
     roi_metrics: tuple[tuple[RoiMetric, str | None], ...]
     vr_metrics: tuple[Metric, ...]
     #: Each target's name and planes (with their slabs), for the point-of-origin method.
-    targets: tuple[tuple[str, PackedPlanes], ...] = ()
+    targets: tuple[tuple[str, PackedPlanes | LabelMask], ...] = ()
     #: What was logged while preparing.
     warnings: tuple[str, ...] = ()
     #: How Vr was mapped (see :attr:`RecurrenceResult.registration_kind`), and the registration's file.
@@ -412,7 +412,8 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         ]
     spacing_mm = common_plane_spacing_mm(structures.structures)
     targets = tuple(
-        (s.name, PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm)) for s in target_structures
+        (s.name, s.mask if s.mask is not None else PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm))
+        for s in target_structures
     )
     # The grid's dose range, scanned here once (where cases are read, in a cohort run), not where they are sampled.
     dose_range = dose_range_gy(dose)

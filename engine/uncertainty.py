@@ -34,7 +34,7 @@ from .deformation import Deformation, map_points, plan_points, spread_widths
 from .dispatch import Backend
 from .errors import IsodoseError
 from .geometry import PackedPlanes, transform_points
-from .model import DoseGrid
+from .model import DoseGrid, LabelMask
 from .sampling import GridBatch
 from .voxelize import SamplingPlan
 
@@ -322,7 +322,7 @@ def _inside_share(doses: np.ndarray, samples: _Samples, isodose_gy: float) -> np
 def classify_draws(
     requests: Sequence[UncertaintyRequest],
     deterministic: Sequence,
-    targets: Sequence[Sequence[tuple[str, PackedPlanes]]],
+    targets: Sequence[Sequence[tuple[str, PackedPlanes | LabelMask]]],
     volume_class: Sequence[Callable[[np.ndarray], np.ndarray]],
     centroid_class: Sequence[Callable[[np.ndarray, np.ndarray], np.ndarray]],
     backend: Backend,
@@ -336,7 +336,7 @@ def classify_draws(
         One per case.
     deterministic : sequence of RecurrenceResult
         Each case's deterministic classification (the draws are anchored to it).
-    targets : sequence of sequence of (str, PackedPlanes)
+    targets : sequence of sequence of (str, PackedPlanes or LabelMask)
         Each case's targets of the point-of-origin method.
     volume_class, centroid_class : sequence of callable
         Each case's classes, vectorised: the class index (0 in-field, 1 marginal, 2 out-field) of inside shares,

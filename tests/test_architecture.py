@@ -22,6 +22,7 @@ LAYERS = {
     "phantoms": 1,
     "dicom": 1,
     "images": 1,
+    "labels": 1,
     "dispatch": 2,
     "voxelize": 3,
     "sampling": 3,

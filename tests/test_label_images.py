@@ -328,3 +328,76 @@ def test_the_classify_command_takes_the_recurrence_as_a_mask(tmp_path, capsys):
     assert "--recurrence-label picks a label of --recurrence-mask" in capsys.readouterr().err
     assert main(base) == 2
     assert "give the recurrence: --recurrence ROI, or --recurrence-mask FILE" in capsys.readouterr().err
+
+
+def test_a_cohort_manifest_takes_recurrence_masks_and_label_images_of_planning_structures(tmp_path):
+    """Manifest columns: ``recurrence_mask`` and ``recurrence_label`` (the recurrence as a label image, its name
+    from recurrence_roi or the label's), and ``labels`` (the names of a label image given as ``structures``, whose
+    targets hold the centroid by their voxels); each record as Python classifies the case, and bad rows refused."""
+    import csv
+
+    from isodose.cohort.cases import read_manifest
+    from isodose.cohort.runner import run_cohort
+    from isodose.cohort.store import ResultStore
+    from isodose.dicom.write import write_dose, write_structures
+    from isodose.errors import ManifestError
+    from isodose.phantoms import example_case
+    from isodose.recurrence import classify_recurrence
+
+    dose, structures = example_case()
+    rd = write_dose(dose, tmp_path / "RD.dcm", frame_of_reference_uid=structures.frame_of_reference_uid)
+    write_structures(structures, tmp_path / "RS.dcm")
+    values = np.zeros((12, 12, 16), np.uint8)
+    values[2:6, 3:9, 2:10] = 1
+    values[6:10, 2:8, 6:14] = 2
+    write_label_image(tmp_path / "vr.nrrd", values, origin_mm=(2.0, -9.0, -8.0), spacing_mm=(1.5, 2.0, 2.5))
+    planning = np.zeros((50, 50, 50), np.uint8)
+    planning[5:45, 5:45, 5:45] = 1  # a PTV around the recurrence (labels of one map never overlap)
+    planning[40:48, 2:10, 2:10] = 2  # an organ
+    write_label_image(tmp_path / "plan.nii.gz", planning, origin_mm=(-25.0, -25.0, -25.0))
+    (tmp_path / "names.json").write_text(json.dumps({"1": "PTV", "2": "Cord"}))
+    rows = [
+        {"case_id": "mask", "dose": rd.name, "structures": "RS.dcm", "recurrence_roi": "", "recurrence_mask": "vr.nrrd",
+         "recurrence_label": "2", "labels": ""},
+        {"case_id": "labels", "dose": rd.name, "structures": "plan.nii.gz", "recurrence_roi": "Vr",
+         "recurrence_mask": "vr.nrrd", "recurrence_label": "2", "labels": "names.json"},
+    ]  # fmt: skip
+    manifest = tmp_path / "manifest.csv"
+    columns = ["case_id", "dose", "structures", "plan", "prescription_gy", "recurrence_roi", "recurrence_structures"]
+    columns += ["registration", "recurrence_mask", "recurrence_label", "labels"]
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows([{**row, "prescription_gy": "70"} for row in rows])
+    run_cohort(manifest, tmp_path / "out.h5", workers=1, backend="numba")
+    records = {e["case_id"]: e for e in ResultStore.open(tmp_path / "out.h5", create=False).cases()}
+    assert {k: e["status"] for k, e in records.items()} == {"mask": "ok", "labels": "ok"}
+    expected = {
+        "mask": classify_recurrence(
+            dose, structures, "label 2", 70.0, recurrence_structures=read_label_image(tmp_path / "vr.nrrd", labels=[2])
+        ),
+        "labels": classify_recurrence(
+            dose,
+            read_label_image(tmp_path / "plan.nii.gz", names=tmp_path / "names.json"),
+            "label 2",
+            70.0,
+            recurrence_structures=read_label_image(tmp_path / "vr.nrrd", labels=[2]),
+        ),
+    }
+    for case_id, result in expected.items():
+        record = records[case_id]["record"]
+        assert record["recurrence_roi"] == {"mask": "label 2", "labels": "Vr"}[case_id]
+        assert record["class_volume"] == result.class_volume and record["class_centroid"] == result.class_centroid
+        assert record["inside_isodose_pct"] == pytest.approx(result.inside_isodose_pct, abs=1e-6)
+    assert expected["labels"].centroid_targets == ("PTV",)  # the recurrence's centroid lies in the PTV's voxels
+    for change, message in [
+        ({"recurrence_structures": "RS.dcm"}, "recurrence_structures or as recurrence_mask, not both"),
+        ({"recurrence_mask": "", "recurrence_roi": "Vr"}, "a recurrence_label needs a recurrence_mask"),
+        ({"recurrence_label": "two"}, "recurrence_label 'two' is not a label"),
+    ]:
+        with manifest.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerow({**rows[0], "prescription_gy": "70", **change})
+        with pytest.raises(ManifestError, match=message):
+            read_manifest(manifest)

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..dicom.read import read_structures
     from ..dispatch import select_backend
     from ..images import read_case_registration
+    from ..labels import MASK_FRAME, read_recurrence_mask
     from ..provenance import check_inputs, check_whole_course
     from ..recurrence import classify_recurrence
 
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             read_case_registration(
                 args.registration,
                 planning_frame_uid=dose.frame_of_reference_uid,
-                follow_up_frame_uid=(follow_up.frame_of_reference_uid if follow_up is not None else options.MASK_FRAME),
+                follow_up_frame_uid=(follow_up.frame_of_reference_uid if follow_up is not None else MASK_FRAME),
                 field_fixed=args.field_fixed,
                 patient_id=dose.patient_id,
             )
@@ -117,8 +118,13 @@ def run(args: argparse.Namespace) -> int:
         )
         recurrence = args.recurrence
         if args.recurrence_mask:
-            follow_up, recurrence = options.recurrence_mask(
-                args.recurrence_mask, args.recurrence_label, args.recurrence, registration, dose.frame_of_reference_uid
+            follow_up, recurrence = read_recurrence_mask(
+                args.recurrence_mask,
+                args.recurrence_label,
+                args.recurrence,
+                registration,
+                dose.frame_of_reference_uid,
+                "--recurrence-label N",
             )
         check_inputs(
             dose, [structures, follow_up, registration], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch

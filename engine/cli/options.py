@@ -281,50 +281,10 @@ def add_structures(parser: argparse.ArgumentParser, help_text: str = "RTSTRUCT f
     )
 
 
-def read_structures(path, labels=None, frame_of_reference_uid: str = ""):
+def read_structures(path, labels=None):
     """An RTSTRUCT, or a label image's structures (named by ``labels``, a JSON or CSV file)."""
-    from ..labels import is_label_image, read_label_image
+    from ..labels import is_label_image, read_structure_file
 
-    if is_label_image(path):
-        return read_label_image(path, names=labels, frame_of_reference_uid=frame_of_reference_uid)
-    if labels:
+    if labels and not is_label_image(path):
         raise IsodoseError(f"--labels names the labels of a label image; {path} is not one (.nii, .nrrd, .mha)")
-    from ..dicom.read import read_structures as read_rtstruct
-
-    return read_rtstruct(path)
-
-
-#: The frame of reference a recurrence mask is given when a displacement field image maps it (an image names none).
-MASK_FRAME = "the recurrence mask's frame"
-
-
-def recurrence_mask(path, label: int | None, name: str | None, registration, dose_frame: str):
-    """The recurrence as a label image: ``(its structure set, its ROI's name)``. Its frame is the dose's without a
-    registration, else the registration's other frame (an image names none)."""
-    from dataclasses import replace
-
-    from ..labels import read_label_image
-    from ..model import DeformableRegistration, Registration, StructureSet
-
-    frame = ""
-    if isinstance(registration, DeformableRegistration):
-        frames = {registration.registered_frame_uid, registration.source_frame_uid} - {dose_frame}
-        frame = frames.pop() if len(frames) == 1 else MASK_FRAME
-    elif isinstance(registration, Registration):
-        others = sorted({registration.frame_of_reference_uid, *registration.matrices} - {dose_frame})
-        if len(others) != 1:
-            raise IsodoseError(
-                f"{registration.source or 'the registration'}: it relates {len(others)} frames besides the dose's, "
-                "so the frame of the recurrence mask (an image names none) cannot be told"
-            )
-        frame = others[0]
-    masks = read_label_image(path, labels=[label] if label is not None else None, frame_of_reference_uid=frame)
-    if len(masks.structures) > 1:
-        raise IsodoseError(
-            f"{path}: holds labels {', '.join(str(s.number) for s in masks.structures)}; say which is the recurrence "
-            "with --recurrence-label N"
-        )
-    [vr] = masks.structures
-    if name:
-        vr = replace(vr, name=name)
-    return StructureSet((vr,), frame, masks.source), vr.name
+    return read_structure_file(path, labels)

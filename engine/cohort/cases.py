@@ -119,6 +119,11 @@ class Case:
     second_registration: Path | None = None
     #: For a displacement field image as ``registration``: which image was fixed (``planning`` or ``follow-up``).
     registration_fixed: str | None = None
+    #: The recurrence as a label image (in place of ``recurrence_structures``), and its label in a multi-label map.
+    recurrence_mask: Path | None = None
+    recurrence_label: int | None = None
+    #: The names of the labels of ``structures`` when that is a label image (a JSON or CSV table).
+    labels: Path | None = None
     #: Further RTDOSE files summed with ``dose``: the other beams (or fractions) of its plan.
     extra_doses: tuple[Path, ...] = ()
     #: Why the case could not be assembled (folder input); the run records it as a failed case.
@@ -139,7 +144,14 @@ INPUT_FILES = (
     "second_dose",
     "second_plan",
     "second_registration",
+    "recurrence_mask",
+    "labels",
 )
+#: Optional columns for label images: the recurrence as a mask (and its label), the names of a label image's labels.
+LABEL_COLUMNS = ("recurrence_mask", "recurrence_label", "labels")
+#: Fields of a case that its fingerprint holds only when set (added since stores were first written: a store of
+#: cases without them resumes as it was).
+_FINGERPRINT_IF_SET = ("recurrence_label",)
 
 
 def input_fingerprint(case: Case) -> dict:
@@ -150,7 +162,9 @@ def input_fingerprint(case: Case) -> dict:
     values = {
         f.name: getattr(case, f.name)
         for f in fields(Case)
-        if f.name not in INPUT_FILES and f.name not in ("case_id", "files", "extra_doses", "covariates")
+        if f.name not in INPUT_FILES
+        and f.name not in ("case_id", "files", "extra_doses", "covariates")
+        and not (f.name in _FINGERPRINT_IF_SET and getattr(case, f.name) is None)
     }
     if case.covariates:  # a covariate corrected since is stored anew (its case computed again)
         values["covariates"] = dict(case.covariates)
@@ -221,7 +235,7 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
     if missing:
         raise ManifestError(f"missing column(s) {', '.join(missing)}; expected {','.join(MANIFEST_COLUMNS)}", path=path)
     base = path.parent
-    known = {*MANIFEST_COLUMNS, *SECOND_COURSE_COLUMNS, "registration_fixed"}
+    known = {*MANIFEST_COLUMNS, *SECOND_COURSE_COLUMNS, *LABEL_COLUMNS, "registration_fixed"}
     covariates = [h for h in header if h and h not in known]
     for name in covariates:
         if is_result_key(name):
@@ -253,9 +267,25 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
         if case_id in seen:
             raise ManifestError(f"case_id {case_id!r} repeats line {seen[case_id]}", path=path, obj=obj)
         seen[case_id] = line
-        for column in ("dose", "structures", "recurrence_roi"):
+        mask = row.get("recurrence_mask", "")
+        for column in ("dose", "structures") if mask else ("dose", "structures", "recurrence_roi"):
             if not row[column]:
                 raise ManifestError(f"{column} is empty", path=path, obj=f"{obj} ({case_id})")
+        if mask and row["recurrence_structures"]:
+            raise ManifestError(
+                "give the recurrence as recurrence_structures or as recurrence_mask, not both",
+                path=path,
+                obj=f"{obj} ({case_id})",
+            )
+        label_text = row.get("recurrence_label", "")
+        if label_text and not mask:
+            raise ManifestError("a recurrence_label needs a recurrence_mask", path=path, obj=f"{obj} ({case_id})")
+        if label_text and not (label_text.isdigit() and int(label_text) > 0):
+            raise ManifestError(
+                f"recurrence_label {label_text!r} is not a label (a whole number above 0)",
+                path=path,
+                obj=f"{obj} ({case_id})",
+            )
         prescription = None
         if row["prescription_gy"]:
             try:
@@ -269,8 +299,10 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
                     obj=f"{obj} ({case_id})",
                 )
         problem = "" if prescription is not None or row["plan"] else "the manifest gives no plan and no prescription_gy"
-        if row["registration"] and not row["recurrence_structures"]:
-            raise ManifestError("a registration needs recurrence_structures", path=path, obj=f"{obj} ({case_id})")
+        if row["registration"] and not (row["recurrence_structures"] or mask):
+            raise ManifestError(
+                "a registration needs recurrence_structures (or a recurrence_mask)", path=path, obj=f"{obj} ({case_id})"
+            )
         fixed = row.get("registration_fixed", "") or None
         if fixed is not None and fixed not in ("planning", "follow-up"):
             raise ManifestError(
@@ -305,6 +337,9 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
                 recurrence_structures=resolve(row["recurrence_structures"]),
                 registration=resolve(row["registration"]),
                 registration_fixed=fixed,
+                recurrence_mask=resolve(mask),
+                recurrence_label=int(label_text) if label_text else None,
+                labels=resolve(row.get("labels", "")),
                 fractions=_fractions(row, "fractions", path, where),
                 second_dose=resolve(second["second_dose"]),
                 second_fractions=_fractions(row, "second_fractions", path, where),

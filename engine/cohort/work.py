@@ -75,6 +75,7 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
     files may go on (see :mod:`isodose.provenance`)."""
     from ..dicom.read import read_plan, read_structures
     from ..images import read_case_registration
+    from ..labels import MASK_FRAME, read_recurrence_mask, read_structure_file
     from ..provenance import check_inputs, check_whole_course
 
     settings = settings or RunSettings()
@@ -86,7 +87,7 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
                 raise IsodoseError(case.problem)
             assert case.dose is not None and case.structures is not None  # a case without them has its problem
             dose, beams = _read_doses([case.dose, *case.extra_doses], settings)
-            structures = read_structures(case.structures)
+            structures = read_structure_file(case.structures, case.labels)
             plan = read_plan(case.plan) if case.plan else None
             prescription = case.prescription_gy
             if prescription is None:
@@ -98,13 +99,27 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
                 read_case_registration(
                     case.registration,
                     planning_frame_uid=dose.frame_of_reference_uid,
-                    follow_up_frame_uid=follow_up.frame_of_reference_uid if follow_up is not None else "",
+                    follow_up_frame_uid=(
+                        follow_up.frame_of_reference_uid
+                        if follow_up is not None
+                        else (MASK_FRAME if case.recurrence_mask else "")
+                    ),
                     field_fixed=case.registration_fixed,
                     patient_id=dose.patient_id,
                 )
                 if case.registration
                 else None
             )
+            if case.recurrence_mask:
+                follow_up, name = read_recurrence_mask(
+                    case.recurrence_mask,
+                    case.recurrence_label,
+                    case.recurrence_roi,
+                    registration,
+                    dose.frame_of_reference_uid,
+                    "the manifest's recurrence_label",
+                )
+                case = replace(case, recurrence_roi=name)
             check_inputs(
                 dose,
                 [structures, follow_up, registration],
