@@ -207,20 +207,8 @@ def read_label_image(
     spacing = tuple(float(v) for v in image.GetSpacing())
 
     def mask(weights: np.ndarray) -> LabelMask:
-        """The weights cropped to the box of their voxels inside (a label of a large map is a small part of it)."""
-        inside = weights > 0
-        box = []
-        for axis in range(3):
-            held = np.flatnonzero(np.any(inside, axis=tuple(a for a in range(3) if a != axis)))
-            box.append(slice(int(held[0]), int(held[-1]) + 1))
-        corner = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64) * spacing
-        shifted = np.asarray(origin) + direction @ corner
-        return LabelMask(
-            np.ascontiguousarray(weights[tuple(box)], dtype=np.float32),
-            (float(shifted[0]), float(shifted[1]), float(shifted[2])),
-            spacing,  # type: ignore[arg-type]
-            direction,
-        )
+        whole = LabelMask(np.asarray(weights, dtype=np.float32), origin, spacing, direction)  # type: ignore[arg-type]
+        return whole.cropped().with_increasing_axes()
 
     integral = values.dtype.kind in "iub" or bool(np.all(values == np.round(values)))
     structures: list[Structure] = []
@@ -300,15 +288,21 @@ MASK_FRAME = "the recurrence mask's frame"
 
 
 def read_structure_file(path: str | PathLike[str], names: str | PathLike[str] | None = None) -> StructureSet:
-    """The structures of a file: an RTSTRUCT, or a label image (by its suffix) named by ``names``."""
+    """The structures of a file: an RTSTRUCT, a DICOM SEG (:func:`isodose.dicom.seg.read_segmentation`), or a label
+    image (by its suffix) named by ``names``."""
     if is_label_image(path):
         return read_label_image(path, names=names)
     if names:
         raise StructureError(
             "is not a label image (.nii, .nii.gz, .nrrd, .mha): label names are for a label image's labels", path=path
         )
-    from .dicom.read import read_structures
+    from .dicom.read import read_header, read_structures
 
+    header = read_header(Path(path)) if Path(path).is_file() else None
+    if header is not None and header.modality == "SEG":
+        from .dicom.seg import read_segmentation
+
+        return read_segmentation(path)
     return read_structures(path)
 
 

@@ -163,6 +163,34 @@ class LabelMask:
         """Whether its axes are the patient's x, y and z, in that order and sense."""
         return bool(np.array_equal(np.asarray(self.direction, dtype=np.float64), np.eye(3)))
 
+    def cropped(self) -> LabelMask:
+        """The same mask cropped to the box of its voxels of weight above 0 (a label of a large map is a small part
+        of it), its origin moved along its own axes; itself when nothing is to be cut (or nothing is inside)."""
+        inside = np.asarray(self.weights) > 0
+        if not inside.any():
+            return self
+        box = []
+        for axis in range(3):
+            held = np.flatnonzero(np.any(inside, axis=tuple(a for a in range(3) if a != axis)))
+            box.append(slice(int(held[0]), int(held[-1]) + 1))
+        if all(b.start == 0 and b.stop == n for b, n in zip(box, inside.shape)):
+            return self
+        corner = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64) * np.asarray(self.spacing_mm)
+        shifted = np.asarray(self.origin_mm, dtype=np.float64) + np.asarray(self.direction, dtype=np.float64) @ corner
+        return LabelMask(np.ascontiguousarray(self.weights[tuple(box)]), xyz(shifted), self.spacing_mm, self.direction)
+
+    def with_increasing_axes(self) -> LabelMask:
+        """The same voxels with every axis that runs against a patient axis turned around (slices stored from head to
+        feet, say), so that a mask whose axes are the patient's up to their sense becomes axial; itself otherwise."""
+        direction = np.asarray(self.direction, dtype=np.float64)
+        if not np.array_equal(np.abs(direction), np.eye(3)) or np.all(np.diag(direction) > 0):
+            return self
+        flips = np.diag(direction) < 0  # along x, y, z
+        extent = (np.array(self.weights.shape[::-1]) - 1) * np.asarray(self.spacing_mm)
+        origin = np.asarray(self.origin_mm, dtype=np.float64) - np.where(flips, extent, 0.0)
+        weights = np.flip(self.weights, axis=tuple(2 - a for a in range(3) if flips[a]))
+        return LabelMask(np.ascontiguousarray(weights), xyz(origin), self.spacing_mm, np.eye(3))
+
     def contain(self, points_mm: np.ndarray) -> np.ndarray:
         """Which ``(x, y, z)`` points lie in a voxel of weight at least one half (a fractional map's points more
         likely in than out), for the point-of-origin test.

@@ -8,8 +8,9 @@ manifest's prescription wins).
 
 Folder: every DICOM file under it is read (headers only) and sorted by patient and frame of reference. Each
 frame of reference holding an RTDOSE is a planning frame, hence a case, with the RTSTRUCT and RTPLAN of the
-same frame. The recurrence ROI is taken from the planning RTSTRUCT, or else from an RTSTRUCT of another frame
-of the same patient together with a spatial registration (REG) relating the two frames. A case that cannot
+same frame. The recurrence ROI is taken from the planning RTSTRUCT, or from a segmentation (SEG: its segments
+are structures too) of the planning frame beside it, or else from an RTSTRUCT or SEG of another frame of the
+same patient together with a spatial registration (REG) relating the two frames. A case that cannot
 be assembled unambiguously is kept, with the reason, so that the run records it as failed.
 
 Re-irradiated patients in a folder (``second_courses=True``): a patient with two planning frames is one case
@@ -147,6 +148,8 @@ INPUT_FILES = (
     "recurrence_mask",
     "labels",
 )
+#: Files whose items are structures: RTSTRUCT (contours) and SEG (segments, as label images).
+STRUCTURE_MODALITIES = ("RTSTRUCT", "SEG")
 #: Optional columns for label images: the recurrence as a mask (and its label), the names of a label image's labels.
 LABEL_COLUMNS = ("recurrence_mask", "recurrence_label", "labels")
 #: Fields of a case that its fingerprint holds only when set (added since stores were first written: a store of
@@ -492,13 +495,18 @@ def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescrip
             if plans
             else f"no RTPLAN in frame of reference {frame}; give --prescription"
         )
-    structure_sets = [h for h in in_frame if h.modality == "RTSTRUCT"]
+    structure_sets = [h for h in in_frame if h.modality in STRUCTURE_MODALITIES]
     holding = [h for h in structure_sets if _has_roi(h, roi)]
-    structures, structure_problem = _pick(holding or structure_sets, "RTSTRUCT", frame)
-    problem = problem or structure_problem
+    contoured = [h for h in structure_sets if h.modality == "RTSTRUCT"]
     recurrence_structures = registration = None
+    if len(holding) == 1 and holding[0].modality == "SEG" and len(contoured) == 1:
+        # The recurrence segmented (SEG) on the planning frame beside the planning contours: both are read.
+        structures, structure_problem, recurrence_structures = contoured[0], "", holding[0]
+    else:
+        structures, structure_problem = _pick(holding or structure_sets, "RTSTRUCT", frame)
+    problem = problem or structure_problem
     if not holding and not problem:
-        follow_up = [h for h in items if h.modality == "RTSTRUCT" and h.frame != frame and _has_roi(h, roi)]
+        follow_up = [h for h in items if h.modality in STRUCTURE_MODALITIES and h.frame != frame and _has_roi(h, roi)]
         if not follow_up:
             problem = f"no ROI named {roi!r} in any structure set of patient {items[0].patient!r}"
         elif len(follow_up) > 1:

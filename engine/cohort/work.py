@@ -73,7 +73,7 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
     """Read one case's files (an error entry when they cannot be read, or do not belong together), keeping the
     warnings logged meanwhile. ``settings`` give the reference dose of relative doses and whether mismatched
     files may go on (see :mod:`isodose.provenance`)."""
-    from ..dicom.read import read_plan, read_structures
+    from ..dicom.read import read_plan
     from ..images import read_case_registration
     from ..labels import MASK_FRAME, read_recurrence_mask, read_structure_file
     from ..provenance import check_inputs, check_whole_course
@@ -94,7 +94,7 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
                 prescription = plan.prescription_gy if plan is not None else None
                 if prescription is None:
                     raise IsodoseError("the plan holds no prescription; give prescription_gy", path=case.plan)
-            follow_up = read_structures(case.recurrence_structures) if case.recurrence_structures else None
+            follow_up = read_structure_file(case.recurrence_structures) if case.recurrence_structures else None
             registration = (
                 read_case_registration(
                     case.registration,

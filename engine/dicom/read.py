@@ -1095,6 +1095,7 @@ _HEADER_TAGS = [
     "DoseType",
     "ReferencedRTPlanSequence",
     "StructureSetROISequence",
+    "SegmentSequence",
     "ReferencedFrameOfReferenceSequence",
     "RegistrationSequence",
     "DeformableRegistrationSequence",
@@ -1169,7 +1170,7 @@ def _is_not_dicom(path: Path) -> bool:
 
 def _header_of(ds, path: Path) -> FileHeader | None:
     modality = str(ds.get("Modality", "") or "")
-    if modality not in ("RTDOSE", "RTSTRUCT", "RTPLAN", "REG"):
+    if modality not in ("RTDOSE", "RTSTRUCT", "RTPLAN", "REG", "SEG"):
         return None
     frame = str(ds.get("FrameOfReferenceUID", "") or "")
     if modality == "RTSTRUCT" and not frame:
@@ -1192,6 +1193,8 @@ def _header_of(ds, path: Path) -> FileHeader | None:
         )
     elif modality == "RTSTRUCT":
         header.rois = tuple(str(r.get("ROIName", "")).strip() for r in ds.get("StructureSetROISequence") or [])
+    elif modality == "SEG":  # a segmentation's segments are structures, as an RTSTRUCT's ROIs
+        header.rois = tuple(str(r.get("SegmentLabel", "")).strip() for r in ds.get("SegmentSequence") or [])
     elif modality == "REG":
         header.registered_frames = tuple(
             str(r.get("FrameOfReferenceUID", "")) for r in ds.get("RegistrationSequence") or []
