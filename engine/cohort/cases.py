@@ -498,7 +498,9 @@ def _assemble(case_id: str, frame: str, items: list[_Header], roi: str, prescrip
     structure_sets = [h for h in in_frame if h.modality in STRUCTURE_MODALITIES]
     holding = [h for h in structure_sets if _has_roi(h, roi)]
     contoured = [h for h in structure_sets if h.modality == "RTSTRUCT"]
-    recurrence_structures = registration = None
+    recurrence_structures: _Header | None = None
+    registration: _Header | None = None
+    structures: _Header | None
     if len(holding) == 1 and holding[0].modality == "SEG" and len(contoured) == 1:
         # The recurrence segmented (SEG) on the planning frame beside the planning contours: both are read.
         structures, structure_problem, recurrence_structures = contoured[0], "", holding[0]
