@@ -29,6 +29,7 @@ LAYERS = {
     "deformation": 3,
     "dvh": 4,
     "uncertainty": 4,
+    "mapped": 4,
     "recurrence": 4,
     "reirradiation": 4,
     "validation": 4,

@@ -67,6 +67,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="refuse the case when a target metric or target names an ROI the planning set lacks "
         "(by default: classified all the same, those metrics null, with a warning)",
     )
+    parser.add_argument(
+        "--export-recurrence",
+        metavar="RS_mapped.dcm",
+        help="write the recurrence as mapped onto the planning frame as an RTSTRUCT (contours on the dose grid's "
+        "planes), to view on the planning CT",
+    )
     options.add_criteria(parser)
     options.add_uncertainty(parser)
     options.add_format(parser)
@@ -93,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
         raise IsodoseError("--registration maps --recurrence-structures (or --recurrence-mask); give both")
     if args.field_fixed and not args.registration:
         raise IsodoseError("--field-fixed says how the --registration field image was computed; give both")
+    if args.export_recurrence:
+        from ..outputs import output_file
+
+        output_file(args.export_recurrence, "--export-recurrence")
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
     criteria = options.criteria(args)
     uncertainty = options.uncertainty(args)
@@ -147,6 +157,18 @@ def run(args: argparse.Namespace) -> int:
         backend=backend,
     )
     record = {key: (json_number(v) if isinstance(v, float) else v) for key, v in result.record().items()}
+    if args.export_recurrence:
+        from ..mapped import export_recurrence
+
+        export_recurrence(
+            args.export_recurrence,
+            dose,
+            structures,
+            recurrence,
+            recurrence_structures=follow_up,
+            registration=registration,
+            backend=backend,
+        )
     record["warnings"] = list(dict.fromkeys([*warnings, *result.warnings]))
     if args.format == "json":
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
