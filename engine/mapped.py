@@ -63,14 +63,16 @@ def mapped_recurrence(
         raise IsodoseError(f"the recurrence ROI {vr.name!r} is empty: there is nothing to export")
     vr_frame, dose_frame = source.frame_of_reference_uid, dose.frame_of_reference_uid
     same_frame = recurrence_structures is None or not vr_frame or not dose_frame or vr_frame == dose_frame
+    to_plan: Deformation | np.ndarray | None
+    from_plan: Deformation | np.ndarray | None
     if same_frame:
         to_plan = from_plan = None
     elif isinstance(registration, DeformableRegistration):
         to_plan = Deformation.between(registration, vr_frame, dose_frame)
         from_plan = Deformation.between(registration, dose_frame, vr_frame)
     elif isinstance(registration, Registration):
-        to_plan = registration_matrix(registration, vr_frame, dose_frame)
-        from_plan = np.linalg.inv(to_plan)
+        matrix = registration_matrix(registration, vr_frame, dose_frame)
+        to_plan, from_plan = matrix, np.linalg.inv(matrix)
     else:
         raise IsodoseError(
             f"the recurrence is in frame of reference {vr_frame} and the dose in {dose_frame}: a registration is needed"
