@@ -207,8 +207,23 @@ def read_label_image(
     spacing = tuple(float(v) for v in image.GetSpacing())
 
     def mask(weights: np.ndarray) -> LabelMask:
-        whole = LabelMask(np.asarray(weights, dtype=np.float32), origin, spacing, direction)  # type: ignore[arg-type]
-        return whole.cropped().with_increasing_axes()
+        """The structure's voxels cropped to the box of those inside, before they become float32 weights (a label
+        of a large map is a small part of it)."""
+        inside = weights > 0
+        box = tuple(
+            slice(int(held[0]), int(held[-1]) + 1)
+            for axis in range(3)
+            for held in [np.flatnonzero(np.any(inside, axis=tuple(a for a in range(3) if a != axis)))]
+        )
+        corner = np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64) * np.asarray(spacing)
+        shifted = np.asarray(origin) + direction @ corner
+        cropped = LabelMask(
+            np.ascontiguousarray(weights[box], dtype=np.float32),
+            (float(shifted[0]), float(shifted[1]), float(shifted[2])),
+            spacing,  # type: ignore[arg-type]
+            direction,
+        )
+        return cropped.with_increasing_axes()
 
     integral = values.dtype.kind in "iub" or bool(np.all(values == np.round(values)))
     structures: list[Structure] = []

@@ -280,7 +280,11 @@ def sample_many(
 
 def plan_cells(kernels, plan: SamplingPlan, first: int, end: int):
     """The cells of planes ``first:end`` of ``plan`` where the backend computes: contours' covered by the coverage
-    kernel, label images' weighted voxels (:func:`~isodose.voxelize.mask_cells`) written in their place."""
+    kernel, label images' weighted voxels (:func:`~isodose.voxelize.mask_cells`) written in their place; planes that
+    are all label images' need no coverage kernel."""
+    masks = plan.plane_mask_m[first:end] > 0
+    if masks.all():
+        return kernels.asarray(mask_cells(plan, first, end))
     cell_start = plan.plane_cell_start[first : end + 1]
     ring_start = plan.plane_ring_start[first : end + 1]
     vertex_start = plan.ring_start[ring_start[0] : ring_start[-1] + 1]
@@ -297,11 +301,9 @@ def plan_cells(kernels, plan: SamplingPlan, first: int, end: int):
         plan.plane_hy_mm[first:end],
         plan.scanlines,
     )
-    if plan.has_masks:
-        planes, parts = mask_cells(plan, first, end)
-        for p, part in zip(planes, parts):
-            start = int(plan.plane_cell_start[p] - cell_start[0])
-            cells[start : start + len(part)] = kernels.asarray(part)
+    for p in first + np.flatnonzero(masks):  # label images' planes among contours'
+        rows = slice(int(plan.plane_cell_start[p] - cell_start[0]), int(plan.plane_cell_start[p + 1] - cell_start[0]))
+        cells[rows] = kernels.asarray(mask_cells(plan, p, p + 1))
     return cells
 
 

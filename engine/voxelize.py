@@ -280,55 +280,77 @@ def _mask_planes(structure: Structure, grid: DoseGrid, options: SamplingOptions)
     m_contours = _supersampling(area_mm2, grid, options)
     step = min(grid.spacing_mm[0], grid.spacing_mm[1]) / m_contours
     m = max(1, math.ceil(max(sx, sy) / step - 1e-9)) if options.supersampling is None else options.supersampling
-    windows, plane_weights, corners = [], [], []
-    for k in slices:
-        held = weights[k] > 0
-        row_j = np.flatnonzero(held.any(axis=1))
-        ends = np.concatenate([held[row_j].argmax(axis=1), held.shape[1] - 1 - held[row_j, ::-1].argmax(axis=1)])
-        js = np.concatenate([row_j, row_j])
-        for di in (-0.5, 0.5):
-            for dj in (-0.5, 0.5):
-                for dk in (-0.5, 0.5):
-                    corners.append(np.stack([(ends + di) * sx, (js + dj) * sy, np.full(len(js), (k + dk) * sz)], 1))
-        rows = np.flatnonzero(np.any(weights[k] > 0, axis=1))
-        columns = np.flatnonzero(np.any(weights[k] > 0, axis=0))
-        j0, j1, i0, i1 = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
-        nx, ny = (i1 - i0) * m, (j1 - j0) * m
-        if nx * ny > options.max_cells_per_plane:
-            raise StructureError(
-                f"slice {int(k)} of the label image needs {nx * ny:,} cells at supersampling {m} (at most "
-                f"{options.max_cells_per_plane:,}); lower the supersampling",
-                path=structure.source or None,
-                obj=f"ROI {structure.name!r}",
-            )
-        windows.append((shift[0] + (i0 - 0.5) * sx, shift[1] + (j0 - 0.5) * sy, nx, ny, sx / m, sy / m))
-        plane_weights.append(np.ascontiguousarray(weights[k, j0:j1, i0:i1], dtype=np.float64).reshape(-1))
+    held = weights[slices] > 0  # (slices, rows, columns)
+    rows_held, columns_held = held.any(axis=2), held.any(axis=1)
+    j0 = rows_held.argmax(axis=1)
+    j1 = held.shape[1] - rows_held[:, ::-1].argmax(axis=1)
+    i0 = columns_held.argmax(axis=1)
+    i1 = held.shape[2] - columns_held[:, ::-1].argmax(axis=1)
+    nx, ny = (i1 - i0) * m, (j1 - j0) * m
+    too_big = np.flatnonzero(nx * ny > options.max_cells_per_plane)
+    if len(too_big):
+        k = int(too_big[0])
+        raise StructureError(
+            f"slice {int(slices[k])} of the label image needs {int(nx[k] * ny[k]):,} cells at supersampling {m} (at "
+            f"most {options.max_cells_per_plane:,}); lower the supersampling",
+            path=structure.source or None,
+            obj=f"ROI {structure.name!r}",
+        )
+    windows = list(
+        zip(
+            shift[0] + (i0 - 0.5) * sx,
+            shift[1] + (j0 - 0.5) * sy,
+            nx,
+            ny,
+            [sx / m] * len(slices),
+            [sy / m] * len(slices),
+        )
+    )
+    plane_weights = [
+        np.ascontiguousarray(weights[k, j0[n] : j1[n], i0[n] : i1[n]], dtype=np.float64).reshape(-1)
+        for n, k in enumerate(slices)
+    ]
+    # The first and last weighted voxel of every row of every slice, and their corners at both faces.
+    plane, row = np.nonzero(rows_held)
+    first = held[plane, row].argmax(axis=1)
+    last = held.shape[2] - 1 - held[plane, row, ::-1].argmax(axis=1)
+    ends = np.concatenate([first, last]).astype(np.float64)
+    js = np.concatenate([row, row]).astype(np.float64)
+    ks = np.concatenate([slices[plane], slices[plane]]).astype(np.float64)
+    corners = [
+        np.stack([(ends + di) * sx, (js + dj) * sy, (ks + dk) * sz], axis=1)
+        for di in (-0.5, 0.5)
+        for dj in (-0.5, 0.5)
+        for dk in (-0.5, 0.5)
+    ]
     z = shift[2] + slices * sz
     return _MaskPlanes(frame, m, z - 0.5 * sz, z + 0.5 * sz, windows, plane_weights, np.concatenate(corners) + shift)
 
 
-def mask_cells(plan: SamplingPlan, first: int, end: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def mask_cells(plan: SamplingPlan, first: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
     """The cells of the label image planes among planes ``first:end`` of ``plan``, as the coverage kernel gives
-    contours' (area, centroid, second moments about it), and their planes: each voxel's ``m`` by ``m`` cells
-    weighted by its value, each cell's centroid at its centre and its moments those of a uniform square."""
-    planes = first + np.flatnonzero(plan.plane_mask_m[first:end] > 0)
-    parts = []
-    for p in planes:
+    contours' (area, centroid, second moments about it): each voxel's ``m`` by ``m`` cells weighted by its value, each
+    cell's centroid at its centre and its moments those of a uniform square. They are written into ``out`` (the
+    cells of planes ``first:end``, ``(n, 6)``: other planes' rows are left as they are), a new array by default."""
+    cell_start = plan.plane_cell_start
+    if out is None:
+        out = np.zeros((int(cell_start[end] - cell_start[first]), 6))
+    for p in first + np.flatnonzero(plan.plane_mask_m[first:end] > 0):
         m, nx, ny = int(plan.plane_mask_m[p]), int(plan.plane_nx[p]), int(plan.plane_ny[p])
         hx, hy = float(plan.plane_hx_mm[p]), float(plan.plane_hy_mm[p])
         voxels = plan.mask_weights[plan.plane_weight_start[p] : plan.plane_weight_start[p + 1]].reshape(
             ny // m, nx // m
         )
-        weight = np.repeat(np.repeat(voxels, m, axis=0), m, axis=1).reshape(-1)
-        cells = np.empty((nx * ny, 6))
-        cells[:, 0] = weight * (hx * hy)
-        cells[:, 1] = np.tile(plan.plane_x0_mm[p] + (np.arange(nx) + 0.5) * hx, ny)
-        cells[:, 2] = np.repeat(plan.plane_y0_mm[p] + (np.arange(ny) + 0.5) * hy, nx)
+        cells = out[int(cell_start[p] - cell_start[first]) : int(cell_start[p + 1] - cell_start[first])]
+        by_row = cells.reshape(ny // m, m, nx // m, m, 6)  # voxel row, cell row in it, voxel column, cell column
+        by_row[..., 0] = (voxels * (hx * hy))[:, None, :, None]
+        grid = cells.reshape(ny, nx, 6)
+        grid[..., 1] = plan.plane_x0_mm[p] + (np.arange(nx) + 0.5) * hx
+        grid[..., 2] = (plan.plane_y0_mm[p] + (np.arange(ny) + 0.5) * hy)[:, None]
         cells[:, 3] = hx * hx / 12.0
         cells[:, 4] = 0.0
         cells[:, 5] = hy * hy / 12.0
-        parts.append(cells)
-    return planes, parts
+    return out
 
 
 def plan_sampling(
