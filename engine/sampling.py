@@ -303,7 +303,7 @@ def plan_cells(kernels, plan: SamplingPlan, first: int, end: int):
     )
     for p in first + np.flatnonzero(masks):  # label images' planes among contours'
         rows = slice(int(plan.plane_cell_start[p] - cell_start[0]), int(plan.plane_cell_start[p + 1] - cell_start[0]))
-        cells[rows] = kernels.asarray(mask_cells(plan, p, p + 1))
+        cells[rows] = kernels.asarray(mask_cells(plan, int(p), int(p) + 1))
     return cells
 
 

@@ -280,8 +280,8 @@ def _mask_planes(structure: Structure, grid: DoseGrid, options: SamplingOptions)
     m_contours = _supersampling(area_mm2, grid, options)
     step = min(grid.spacing_mm[0], grid.spacing_mm[1]) / m_contours
     m = max(1, math.ceil(max(sx, sy) / step - 1e-9)) if options.supersampling is None else options.supersampling
-    held = weights[slices] > 0  # (slices, rows, columns)
-    rows_held, columns_held = held.any(axis=2), held.any(axis=1)
+    held = np.asarray(weights[slices] > 0)  # (slices, rows, columns)
+    rows_held, columns_held = np.asarray(held.any(axis=2)), np.asarray(held.any(axis=1))
     j0 = rows_held.argmax(axis=1)
     j1 = held.shape[1] - rows_held[:, ::-1].argmax(axis=1)
     i0 = columns_held.argmax(axis=1)
