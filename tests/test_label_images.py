@@ -401,3 +401,21 @@ def test_a_cohort_manifest_takes_recurrence_masks_and_label_images_of_planning_s
             writer.writerow({**rows[0], "prescription_gy": "70", **change})
         with pytest.raises(ManifestError, match=message):
             read_manifest(manifest)
+
+
+def test_contours_and_label_images_sampled_together_give_what_each_gives_alone(grid, emulated_gpu):
+    """A structure set mixing contours and label images (one batch holding planes of both kinds): each DVH that of
+    its structure alone, on every backend."""
+    from isodose.phantoms import contour_shape
+
+    mixed = [
+        contour_shape(Sphere((1.0, 2.0, 3.0), 9.0), "sphere", 1, 2.5),
+        Structure("box", 2, mask=box_mask(rotation(0.5, 0.3), True)),
+        contour_shape(Sphere((-12.0, -5.0, 0.0), 6.0), "small", 3, 2.0),
+        Structure("axial", 4, mask=box_mask()),
+    ]
+    gpu = Backend("cupy (emulated)", emulated_gpu.device, emulated_gpu)
+    for backend in ("numpy", "numba", gpu):
+        together = compute_dvhs(grid, mixed, backend=backend)
+        alone = [compute_dvhs(grid, [s], backend=backend)[0] for s in mixed]
+        assert_same_dvhs(alone, together)
