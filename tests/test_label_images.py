@@ -14,7 +14,7 @@ import pytest
 from isodose.dispatch import Backend
 from isodose.dvh import compute_dvhs
 from isodose.errors import StructureError
-from isodose.model import LabelMask, Structure
+from isodose.model import LabelMask, Structure, StructureSet
 from isodose.phantoms import LinearField, Sphere, mask_truth, shape_truth
 
 from .test_backends_agree import assert_same_dvhs
@@ -419,3 +419,38 @@ def test_contours_and_label_images_sampled_together_give_what_each_gives_alone(g
         together = compute_dvhs(grid, mixed, backend=backend)
         alone = [compute_dvhs(grid, [s], backend=backend)[0] for s in mixed]
         assert_same_dvhs(alone, together)
+
+
+def test_a_recurrence_mask_through_a_deformation_and_under_uncertainty_matches_its_contours():
+    """The box recurrence as a mask and as contours on the follow-up frame, carried through the deformable tests'
+    affine field (stored planning to follow-up), and then with draws of registration uncertainty: the same class,
+    volume and share inside, and the same share of in-field draws."""
+    from isodose.recurrence import classify_recurrence
+    from isodose.uncertainty import Uncertainty
+
+    from .test_deformable import FOLLOW_UP, PRESCRIPTION, affine_inverse, field_registration, planning
+
+    dose, structures = planning()
+    as_mask, as_contours = _box_as_mask_and_contours((-2.0, -4.0, -3.0), (8, 6, 4), (1.5, 2.0, 2.5), FOLLOW_UP)
+    registration = field_registration(affine_inverse, structures.frame_of_reference_uid, FOLLOW_UP)
+    mask_result, contour_result = (
+        classify_recurrence(dose, structures, "Vr", PRESCRIPTION, recurrence_structures=s, registration=registration)
+        for s in (as_mask, as_contours)
+    )
+    assert mask_result.registration_kind == "dicom" and mask_result.class_volume == contour_result.class_volume
+    # The field scales volumes by 1.2^3: the mask's is exact, the contours' (coarser cells through a deformation)
+    # within 0.3%.
+    assert mask_result.recurrence_volume_cc == pytest.approx(1.44 * 1.2**3, rel=1e-5)
+    assert mask_result.recurrence_volume_cc == pytest.approx(contour_result.recurrence_volume_cc, rel=5e-3)
+    assert mask_result.inside_isodose_pct == pytest.approx(contour_result.inside_isodose_pct, abs=0.3)
+    assert 5 < mask_result.inside_isodose_pct < 95
+    uncertainty = Uncertainty(translation_sd_mm=2.0, draws=200, seed=4)
+    mask_draws, contour_draws = (
+        classify_recurrence(
+            dose, structures, "Vr", PRESCRIPTION, recurrence_structures=s, uncertainty=uncertainty
+        ).uncertainty
+        for s in (StructureSet(as_mask.structures), StructureSet(as_contours.structures))
+    )
+    for name, probability in contour_draws.volume_probability_pct.items():
+        assert mask_draws.volume_probability_pct[name] == pytest.approx(probability, abs=3.0), name
+    assert 0 < contour_draws.volume_probability_pct["marginal"] < 100
