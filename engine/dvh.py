@@ -987,7 +987,15 @@ def compute_dvhs(
     selected, request = dvh_request(
         dose, structures, rois, options=options, check_frame=check_frame, transform=transform
     )
-    [samples] = sample_many([request], chosen_backend, options)
+    return request_dvhs(selected, request, chosen_backend, options)
+
+
+def request_dvhs(
+    selected: Sequence[Structure], request: SamplingRequest, backend: str | Backend | None, options: SamplingOptions
+) -> list[DVH]:
+    """The DVHs of the structures of a :func:`dvh_request` (``selected``, in the order of its plan): its samples
+    through the backend, then each structure's DVH."""
+    [samples] = sample_many([request], resolve_backend(backend), options)
     return dvhs_from_samples(selected, samples)
 
 

@@ -1,18 +1,26 @@
-"""Compiled polygon tests that the engine runs on the host, whatever the backend: not backend kernels.
+"""Polygon tests that the engine runs on the host, whatever the backend: not backend kernels.
 
 - :func:`ring_crosses_itself` checks every ring of a structure once, when its planes are first grouped;
-- :func:`points_in_packed_planes` tests a few points (a recurrence's centroid) against each target, once per
-  case and target.
+- :func:`points_in_packed_planes` tests points (a recurrence's centroid, or those of its draws) against each
+  target, once per case and target.
 
-Both are compiled with Numba (cached on disk) because a ring holds thousands of vertices and a cohort asks
-these questions thousands of times; they load only what they need, not the backend kernels of
-``isodose.kernels.numba_cpu``.
+Large inputs are tested by functions compiled with Numba (cached on disk), because a ring holds thousands of
+vertices and a cohort asks these questions thousands of times; they load only what they need, not the backend
+kernels of ``isodose.kernels.numba_cpu``. Small inputs (a ring of a few hundred vertices, a few points) are tested
+with NumPy, which gives the same answers (the same arithmetic, in the same order) without loading Numba at all: a
+command that computes little with the NumPy backend then never pays Numba's start-up (about half a second).
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from numba import njit
+
+#: Rings with at most this many vertices are tested with NumPy (all pairs of edges at once), longer ones compiled.
+SMALL_RING = 400
+#: At most this many points are tested with NumPy, more compiled.
+SMALL_POINTS = 32
 
 
 def _float64(a):
@@ -23,71 +31,69 @@ def _int64(a):
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _side(ax, ay, bx, by, cx, cy):
-    """Sign of the turn a -> b -> c: 1 left, -1 right, 0 collinear."""
+@functools.cache
+def _compiled():
+    """The compiled tests (:mod:`isodose.compiled_polygons`), imported on first use: ``(ring_crosses, points_in)``."""
+    from . import compiled_polygons
+
+    return compiled_polygons.ring_crosses_itself, compiled_polygons.points_in_packed_planes
+
+
+def _sides(ax, ay, bx, by, cx, cy):
+    """The compiled `_side` of arrays (the same arithmetic)."""
     cross = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-    return 1 if cross > 0 else (-1 if cross < 0 else 0)
+    return np.sign(cross)
 
 
-@njit(cache=True, error_model="numpy")
-def _ring_crosses_itself(points):
+def _ring_crosses_itself_numpy(points: np.ndarray) -> bool:
+    """The compiled test's answer for a small ring: every pair of edges whose y ranges meet, at once."""
     n = points.shape[0]
     if n < 4:
         return False
-    y_low = np.empty(n)
-    y_high = np.empty(n)
-    for i in range(n):
-        j = (i + 1) % n
-        y_low[i] = min(points[i, 1], points[j, 1])
-        y_high[i] = max(points[i, 1], points[j, 1])
-    order = np.argsort(y_low)
-    for a in range(n):
-        i = order[a]
-        i1 = (i + 1) % n
-        if points[i, 0] == points[i1, 0] and points[i, 1] == points[i1, 1]:
-            continue  # a repeated vertex: no edge
-        for b in range(a + 1, n):
-            j = order[b]
-            if y_low[j] > y_high[i]:
-                break  # edges sorted by their lowest y: none further up can meet edge i
-            j1 = (j + 1) % n
-            if j == i1 or i == j1 or (points[j, 0] == points[j1, 0] and points[j, 1] == points[j1, 1]):
-                continue  # neighbours share a vertex
-            d1 = _side(points[i, 0], points[i, 1], points[i1, 0], points[i1, 1], points[j, 0], points[j, 1])
-            d2 = _side(points[i, 0], points[i, 1], points[i1, 0], points[i1, 1], points[j1, 0], points[j1, 1])
-            d3 = _side(points[j, 0], points[j, 1], points[j1, 0], points[j1, 1], points[i, 0], points[i, 1])
-            d4 = _side(points[j, 0], points[j, 1], points[j1, 0], points[j1, 1], points[i1, 0], points[i1, 1])
-            if d1 * d2 < 0 and d3 * d4 < 0:
-                return True
-    return False
+    following = np.roll(points, -1, axis=0)
+    x0, y0, x1, y1 = points[:, 0], points[:, 1], following[:, 0], following[:, 1]
+    y_low, y_high = np.minimum(y0, y1), np.maximum(y0, y1)
+    degenerate = (x0 == x1) & (y0 == y1)  # a repeated vertex: no edge
+    i, j = np.triu_indices(n, 1)
+    index = np.arange(n)
+    keep = ~degenerate[i] & ~degenerate[j] & (y_low[j] <= y_high[i]) & (y_low[i] <= y_high[j])
+    keep &= (j != (i + 1) % n) & (i != (index[j] + 1) % n)  # neighbours share a vertex
+    i, j = i[keep], j[keep]
+    d1 = _sides(x0[i], y0[i], x1[i], y1[i], x0[j], y0[j])
+    d2 = _sides(x0[i], y0[i], x1[i], y1[i], x1[j], y1[j])
+    d3 = _sides(x0[j], y0[j], x1[j], y1[j], x0[i], y0[i])
+    d4 = _sides(x0[j], y0[j], x1[j], y1[j], x1[i], y1[i])
+    return bool(np.any((d1 * d2 < 0) & (d3 * d4 < 0)))
 
 
 def ring_crosses_itself(points) -> bool:
     """Whether two non-neighbouring edges of a closed ring cross (a proper crossing; touching is not)."""
-    return bool(_ring_crosses_itself(_float64(points).reshape(-1, 2)))
+    ring = _float64(points).reshape(-1, 2)
+    if ring.shape[0] <= SMALL_RING:
+        return _ring_crosses_itself_numpy(ring)
+    return bool(_compiled()[0](ring))
 
 
-@njit(cache=True)
-def _points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_start, vertices, points, out):
+def _points_in_packed_planes_numpy(slab_lo, slab_hi, plane_ring_start, ring_vertex_start, vertices, points, out):
+    """The compiled test's answer for a few points: each point's plane, its edges at once."""
     for n in range(points.shape[0]):
-        px, py, pz = points[n, 0], points[n, 1], points[n, 2]
+        px, py, pz = points[n]
         out[n] = False
         if not (pz >= slab_lo[0]) or not (pz < slab_hi[-1]):  # NaN too
             continue
-        p = np.searchsorted(slab_lo, pz, side="right") - 1  # the last slab starting at or below z
+        p = int(np.searchsorted(slab_lo, pz, side="right")) - 1
         if not pz < slab_hi[p]:
             continue
         crossings = 0
         for r in range(plane_ring_start[p], plane_ring_start[p + 1]):
             a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
-            for e in range(a0, a1):
-                f = e + 1 if e + 1 < a1 else a0
-                x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
-                if y1 == y2:
-                    continue
-                if ((y1 <= py and py < y2) or (y2 <= py and py < y1)) and px < x1 + (py - y1) * ((x2 - x1) / (y2 - y1)):
-                    crossings += 1
+            ring = vertices[a0:a1]
+            following = np.roll(ring, -1, axis=0)
+            x1, y1, x2, y2 = ring[:, 0], ring[:, 1], following[:, 0], following[:, 1]
+            spans = ((y1 <= py) & (py < y2)) | ((y2 <= py) & (py < y1))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                left = px < x1 + (py - y1) * ((x2 - x1) / (y2 - y1))
+            crossings += int(np.count_nonzero(spans & left & (y1 != y2)))
         out[n] = crossings % 2 == 1
 
 
@@ -98,7 +104,8 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
     points = _float64(points).reshape(-1, 3)
     out = np.zeros(len(points), dtype=np.bool_)
     if len(slab_lo) and len(points):
-        _points_in_packed_planes(
+        test = _points_in_packed_planes_numpy if len(points) <= SMALL_POINTS else _compiled()[1]
+        test(
             _float64(slab_lo),
             _float64(slab_hi),
             _int64(plane_ring_start),

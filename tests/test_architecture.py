@@ -18,6 +18,7 @@ LAYERS = {
     "provenance": 1,
     "outputs": 1,
     "polygons": 1,
+    "compiled_polygons": 1,
     "geometry": 1,
     "phantoms": 1,
     "dicom": 1,

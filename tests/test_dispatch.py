@@ -45,3 +45,28 @@ def test_kernel_modules_share_their_signatures():
     for name in ("trilinear", "polygon_coverage", "accumulate_histogram", "cell_histograms"):
         reference = inspect.signature(getattr(numpy_ref, name))
         assert inspect.signature(getattr(numba_cpu, name)).parameters.keys() == reference.parameters.keys(), name
+
+
+def test_a_small_one_off_computation_takes_numpy_until_a_compiled_backend_is_loaded():
+    """``select_backend_for_work``: in a fresh process, ``auto`` with little work is NumPy (loading Numba would cost
+    more than it saves) and with much work is what ``auto`` picks; a named backend, or ``$ISODOSE_BACKEND``, is kept;
+    once Numba's kernels are loaded, small work takes them too."""
+    import subprocess
+    import sys
+
+    code = """
+import os, sys
+from isodose.dispatch import SMALL_WORK_CELLS, select_backend, select_backend_for_work
+small = select_backend_for_work(None, 1000).name
+named = select_backend_for_work("numba", 1000).name
+os.environ["ISODOSE_BACKEND"] = "numba"
+from_env = select_backend_for_work(None, 1000).name
+del os.environ["ISODOSE_BACKEND"]
+large = select_backend_for_work("auto", SMALL_WORK_CELLS + 1).name
+after = select_backend_for_work(None, 1000).name
+print(small, named, from_env, large, after, select_backend().name)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    small, named, from_env, large, after, auto = done.stdout.split()
+    assert (small, named, from_env) == ("numpy", "numba", "numba")
+    assert large == after == auto  # what auto picks here (numba where it runs)

@@ -14,7 +14,7 @@ from . import options
 def add_parser(commands) -> argparse.ArgumentParser:
     parser = commands.add_parser("classify", help="classify one recurrence by the volume and point-of-origin methods")
     options.add_dose(parser, "planning RTDOSE")
-    parser.add_argument("--structures", required=True, help="planning RTSTRUCT")
+    options.add_structures(parser, "planning RTSTRUCT (or SEG)")
     parser.add_argument(
         "--recurrence",
         metavar="ROI",
@@ -35,7 +35,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--recurrence-structures",
         metavar="RS2.dcm",
-        help="RTSTRUCT drawn on follow-up imaging holding the recurrence ROI",
+        help="RTSTRUCT (or SEG) drawn on follow-up imaging holding the recurrence ROI",
     )
     parser.add_argument(
         "--registration",
@@ -82,12 +82,11 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dicom.read import read_structures
-    from ..dispatch import select_backend
+    from ..dispatch import SMALL_WORK_CELLS, select_backend_for_work
     from ..images import read_case_registration
-    from ..labels import MASK_FRAME, read_recurrence_mask
+    from ..labels import MASK_FRAME, read_recurrence_mask, read_structure_file
     from ..provenance import check_inputs, check_whole_course
-    from ..recurrence import classify_recurrence
+    from ..recurrence import RecurrenceCase, classify_prepared, prepare_recurrence
 
     if not args.recurrence and not args.recurrence_mask:
         raise IsodoseError("give the recurrence: --recurrence ROI, or --recurrence-mask FILE")
@@ -106,15 +105,14 @@ def run(args: argparse.Namespace) -> int:
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
     criteria = options.criteria(args)
     uncertainty = options.uncertainty(args)
-    backend = select_backend(args.backend)
     with collect_warnings() as warnings:
         plan = options.plan(args)
         prescription = options.prescription(args, plan)
         if prescription is None:
             raise IsodoseError("classification needs the prescription: give --prescription GY or --plan RP.dcm")
-        dose, beams = options.read_dose(args, backend)
-        structures = read_structures(args.structures)
-        follow_up = read_structures(args.recurrence_structures) if args.recurrence_structures else None
+        dose, beams = options.read_dose(args, select_backend_for_work(args.backend, 0))  # a sum is memory-bound
+        structures = options.read_structures(args.structures, args.labels)
+        follow_up = read_structure_file(args.recurrence_structures) if args.recurrence_structures else None
         registration = (
             read_case_registration(
                 args.registration,
@@ -140,22 +138,30 @@ def run(args: argparse.Namespace) -> int:
             dose, [structures, follow_up, registration], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch
         )
         check_whole_course(dose, strict=True)
-    result = classify_recurrence(
+    case = RecurrenceCase(
         dose,
         structures,
         recurrence,
         prescription,
-        recurrence_structures=follow_up,
-        registration=registration,
-        targets=args.target,
-        metrics=vr_metrics,
-        target_metrics=roi_metrics,
-        criteria=criteria,
-        require_targets=args.require_targets,
-        uncertainty=uncertainty,
-        options=options.sampling_options(args),
-        backend=backend,
+        follow_up,
+        registration,
+        args.target,
+        vr_metrics,
+        roi_metrics,
+        criteria,
+        args.require_targets,
+        uncertainty,
     )
+    prepared = prepare_recurrence(case, options.sampling_options(args))
+    if isinstance(prepared, IsodoseError):
+        raise prepared
+    # A small one-off case is quicker with NumPy than loading the compiled kernels (unless --backend says); draws of
+    # uncertainty are not small.
+    cells = sum(r.plan.n_cells for r in prepared.requests) if uncertainty is None else SMALL_WORK_CELLS + 1
+    backend = select_backend_for_work(args.backend, cells)
+    [result] = classify_prepared([prepared], backend=backend)
+    if isinstance(result, IsodoseError):
+        raise result
     record = {key: (json_number(v) if isinstance(v, float) else v) for key, v in result.record().items()}
     if args.export_recurrence:
         from ..mapped import export_recurrence

@@ -103,8 +103,8 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dispatch import select_backend
-    from ..dvh import compute_dvhs, parse_metrics
+    from ..dispatch import select_backend_for_work
+    from ..dvh import dvh_request, parse_metrics, request_dvhs
     from ..provenance import check_inputs, check_whole_course
 
     metrics = parse_metrics(args.metric or [])
@@ -116,13 +116,16 @@ def run(args: argparse.Namespace) -> int:
     step = options.dvh_step(args) if args.dvh_out else None
     if args.dvh_out:
         output_file(args.dvh_out, "--dvh-out")
-    backend = select_backend(args.backend)
     with collect_warnings() as warnings:
-        dose, beams = options.read_dose(args, backend)
+        dose, beams = options.read_dose(args, select_backend_for_work(args.backend, 0))  # a sum is memory-bound
         structures = options.read_structures(args.structures, args.labels)
         check_inputs(dose, [structures], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch)
         check_whole_course(dose, strict=False)
-    dvhs = compute_dvhs(dose, structures, args.roi or None, options=options.sampling_options(args), backend=backend)
+    sampling = options.sampling_options(args)
+    selected, request = dvh_request(dose, structures, args.roi or None, options=sampling)
+    # A small one-off computation is quicker with NumPy than loading the compiled kernels (unless --backend says).
+    backend = select_backend_for_work(args.backend, request.plan.n_cells)
+    dvhs = request_dvhs(selected, request, backend, sampling)
     document = dvh_document(dvhs, metrics, prescription, backend)
     document["warnings"] = list(warnings)
     document["dose_file"] = " ".join(str(p) for p in args.dose)

@@ -1,0 +1,65 @@
+"""The host's polygon tests (isodose.polygons): their NumPy halves (small inputs, no Numba loaded) give the compiled
+halves' answers, on random rings with crossings, repeated vertices, collinear and touching edges."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from isodose import compiled_polygons, polygons
+from isodose.geometry import PackedPlanes, structure_planes
+from isodose.phantoms import Shell, Sphere, contour_shape
+
+coordinates = st.integers(-4, 4).map(float)  # a coarse lattice: many collinear, touching and repeated vertices
+rings = st.lists(st.tuples(coordinates, coordinates), min_size=3, max_size=14).map(np.array)
+
+
+@settings(max_examples=400, deadline=None)
+@given(rings)
+def test_the_numpy_ring_test_answers_as_the_compiled_one(ring):
+    assert polygons._ring_crosses_itself_numpy(ring) == compiled_polygons.ring_crosses_itself(ring)
+
+
+def test_a_long_ring_goes_to_the_compiled_test_and_a_short_one_does_not(monkeypatch):
+    star = np.array([[np.cos(t), np.sin(t)] for t in np.linspace(0, 4 * np.pi, 5, endpoint=False)])  # a pentagram
+    circle = np.array([[np.cos(t), np.sin(t)] for t in np.linspace(0, 2 * np.pi, 2 * polygons.SMALL_RING)])
+    assert polygons.ring_crosses_itself(star) and not polygons.ring_crosses_itself(circle[:-1])
+    monkeypatch.setattr(polygons, "_compiled", lambda: pytest.fail("a short ring needs no compiled test"))
+    assert polygons.ring_crosses_itself(star)
+
+
+def test_the_numpy_point_test_answers_as_the_compiled_one():
+    rng = np.random.default_rng(2)
+    shapes = [
+        contour_shape(Sphere((1, 2, 3), 12.0), "s", 1, 2.5),
+        contour_shape(Shell((0, 0, 0), 14.0, 6.0), "h", 2, 3),
+    ]
+    for shape in shapes:
+        packed = PackedPlanes.of(structure_planes(shape))
+        points = rng.uniform(-16, 16, (polygons.SMALL_POINTS, 3))
+        points[0] = np.nan
+        points[1, :2] = packed.vertices_mm[0]  # on a vertex
+        args = (packed.slab_lo_mm, packed.slab_hi_mm, packed.plane_ring_start, packed.ring_vertex_start)
+        small, compiled = np.zeros(len(points), bool), np.zeros(len(points), bool)
+        polygons._points_in_packed_planes_numpy(*args, packed.vertices_mm, points, small)
+        compiled_polygons.points_in_packed_planes(*args, packed.vertices_mm, points, compiled)
+        assert np.array_equal(small, compiled) and 0 < small.sum() < len(points)
+
+
+def test_a_small_dvh_with_the_numpy_backend_never_loads_numba(write_phantom):
+    rd, rs, _ = write_phantom(Sphere((0.0, 0.0, 0.0), 8.0))
+    code = f"""
+import sys
+from isodose.dicom.read import read_dose, read_structures
+from isodose.dvh import compute_dvhs
+[dvh] = compute_dvhs(read_dose({str(rd)!r}), read_structures({str(rs)!r}), backend="numpy")
+assert dvh.volume_cc > 2, dvh
+print("numba" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
