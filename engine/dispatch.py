@@ -3,7 +3,9 @@
 Order of precedence: an explicit ``backend=`` argument, else the ``ISODOSE_BACKEND`` environment variable,
 else ``auto``, which takes CuPy when a CUDA device is usable and a test launch on it gives the reference's
 answers, else Numba, else NumPy. Asking for a backend that cannot run here is a
-:class:`~isodose.errors.BackendError`, never a crash, and ``auto`` never fails.
+:class:`~isodose.errors.BackendError`, never a crash, and ``auto`` never fails. A one-off command that computes
+little (:func:`select_backend_for_work`: ``isodose dvh`` and ``isodose classify``) takes NumPy under ``auto``,
+since loading the compiled kernels would cost it more than they save.
 """
 
 from __future__ import annotations
