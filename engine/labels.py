@@ -302,9 +302,10 @@ def write_label_image(
 MASK_FRAME = "the recurrence mask's frame"
 
 
-def read_structure_file(path: str | PathLike[str], names: str | PathLike[str] | None = None) -> StructureSet:
-    """The structures of a file: an RTSTRUCT, a DICOM SEG (:func:`isodose.dicom.seg.read_segmentation`), or a label
-    image (by its suffix) named by ``names``."""
+def read_structure_file(path: str | PathLike[str], names: str | PathLike[str] | None = None, rois=None) -> StructureSet:
+    """The structures of a file: an RTSTRUCT (``rois`` says which ROIs' contours to read: see
+    :func:`isodose.dicom.read.read_structures`), a DICOM SEG (:func:`isodose.dicom.seg.read_segmentation`), or a
+    label image (by its suffix) named by ``names``."""
     if is_label_image(path):
         return read_label_image(path, names=names)
     if names:
@@ -318,7 +319,7 @@ def read_structure_file(path: str | PathLike[str], names: str | PathLike[str] | 
         from .dicom.seg import read_segmentation
 
         return read_segmentation(path)
-    return read_structures(path)
+    return read_structures(path, rois)
 
 
 def read_recurrence_mask(

@@ -1025,3 +1025,22 @@ def test_a_staged_finish_stages_each_batch_before_completing_the_one_before():
     assert len(staged) >= 3
     for k in range(1, len(staged)):  # batch k staged before batch k - 1 completed
         assert calls.index(("stage", staged[k])) < calls.index(("complete", staged[k - 1]))
+
+
+def test_a_case_reads_only_the_rois_its_classification_uses_and_classifies_as_with_all(cohort, monkeypatch):
+    """A cohort's case parses the contours of its recurrence, its targets and its target metrics' ROIs only (the
+    other ROIs listed without contours): the records are those of reading every ROI."""
+    from isodose.cohort import work
+    from isodose.cohort.settings import RunSettings
+
+    settings = RunSettings(target_metrics=("GTV:volume", "CTV60:D98", "brainstem:Dmax"))
+    cases = read_manifest(cohort)[:6]
+    selective = [work.classify_inputs(work.read_case(c, settings), settings, "numba") for c in cases]
+    inputs = work.read_case(cases[0], settings)
+    read = {s.name for s in inputs.structures.structures if s.contours}
+    assert {"GTV", "CTV60", "BrainStem"} <= read
+    assert read < set(inputs.structures.names)  # some organs left unread
+    monkeypatch.setattr(work, "_rois_needed", lambda case, settings: None)
+    everything = [work.classify_inputs(work.read_case(c, settings), settings, "numba") for c in cases]
+    for a, b in zip(selective, everything):
+        assert a["status"] == b["status"] == "ok" and a["record"] == b["record"]

@@ -69,6 +69,35 @@ def case_failure(exc: Exception, case_ids: str) -> str:
     return f"internal error: {type(exc).__name__}: {exc}"
 
 
+TARGET_TYPES = ("GTV", "CTV", "PTV", "ITV")
+
+
+def _rois_needed(case: Case, settings: RunSettings):
+    """Which planning ROIs a case's classification reads (``rois(name, interpreted_type)``, for
+    :func:`isodose.dicom.read.read_structures`): the recurrence, the targets of the point-of-origin method (every
+    GTV, CTV and PTV unless the settings name them) and the ROIs of the target metrics. None (all of them) for a
+    re-irradiated case, or where an ROI is named by a number."""
+    from ..dvh import parse_roi_metric
+
+    named = [case.recurrence_roi, *(parse_roi_metric(m).roi for m in settings.target_metrics)]
+    named += list(settings.targets or ())
+    if case.second_dose is not None or any(name.strip().isdigit() for name in named):
+        return None
+    wanted = {name.strip().casefold() for name in named}
+    every_target = settings.targets is None
+
+    def needed(name: str, interpreted_type: str) -> bool:
+        if name.strip().casefold() in wanted:
+            return True
+        if not every_target:
+            return False
+        if interpreted_type:
+            return interpreted_type in TARGET_TYPES
+        return name.strip().upper().startswith(TARGET_TYPES)
+
+    return needed
+
+
 def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | CaseEntry:
     """Read one case's files (an error entry when they cannot be read, or do not belong together), keeping the
     warnings logged meanwhile. ``settings`` give the reference dose of relative doses and whether mismatched
@@ -87,7 +116,7 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
                 raise IsodoseError(case.problem)
             assert case.dose is not None and case.structures is not None  # a case without them has its problem
             dose, beams = _read_doses([case.dose, *case.extra_doses], settings)
-            structures = read_structure_file(case.structures, case.labels)
+            structures = read_structure_file(case.structures, case.labels, rois=_rois_needed(case, settings))
             plan = read_plan(case.plan) if case.plan else None
             prescription = case.prescription_gy
             if prescription is None:

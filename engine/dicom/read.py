@@ -721,7 +721,7 @@ def _contour(item, path: PathType, roi: str, index: int) -> Contour | None:
 
 
 @_reader
-def read_structures(path: PathType) -> StructureSet:
+def read_structures(path: PathType, rois: Callable[[str, str], bool] | None = None) -> StructureSet:
     """Read an RTSTRUCT: every ROI by name and number, with its CLOSED_PLANAR contours.
 
     POINT and OPEN contours are skipped with a warning; ROIs without contours are kept, empty.
@@ -730,6 +730,10 @@ def read_structures(path: PathType) -> StructureSet:
     ----------
     path : str or path
         The RTSTRUCT file.
+    rois : callable, optional
+        ``rois(name, interpreted_type)`` says which ROIs' contours to read (a cohort's case reads only those its
+        classification uses: the others are listed, by name and number, without contours, and their contours are
+        neither parsed nor checked). All of them by default.
 
     Returns
     -------
@@ -753,12 +757,12 @@ def read_structures(path: PathType) -> StructureSet:
     (['PTV', 'Cord', 'Recurrence'], 'PTV')
     """
     ds = read_dataset(path, "RTSTRUCT")
-    rois = ds.get("StructureSetROISequence") or []
-    if not rois:
+    roi_items = ds.get("StructureSetROISequence") or []
+    if not roi_items:
         raise StructureError("StructureSetROISequence is missing or empty", path=path)
     names: dict[int, str] = {}
     frames: dict[int, str] = {}
-    for item in rois:
+    for item in roi_items:
         number = int(_required(item, "ROINumber", path, "StructureSetROISequence item"))
         name = str(item.get("ROIName", "") or f"ROI {number}").strip()
         if number in names:  # their contours could not be told apart: merged, one would become a hole in the other
@@ -779,6 +783,8 @@ def read_structures(path: PathType) -> StructureSet:
         number = int(_required(item, "ReferencedROINumber", path, "ROIContourSequence item"))
         if number not in names:
             raise StructureError(f"ROIContourSequence refers to ROI number {number}, which is not defined", path=path)
+        if rois is not None and not rois(names[number], interpreted.get(number, "")):
+            continue  # not asked for: its contours stay unparsed
         for index, contour_item in enumerate(item.get("ContourSequence") or []):
             contour = _contour(contour_item, path, names[number], index)
             if contour is not None:
