@@ -29,6 +29,7 @@ def test_a_long_ring_goes_to_the_compiled_test_and_a_short_one_does_not(monkeypa
     star = np.array([[np.cos(t), np.sin(t)] for t in np.linspace(0, 4 * np.pi, 5, endpoint=False)])  # a pentagram
     circle = np.array([[np.cos(t), np.sin(t)] for t in np.linspace(0, 2 * np.pi, 2 * polygons.SMALL_RING)])
     assert polygons.ring_crosses_itself(star) and not polygons.ring_crosses_itself(circle[:-1])
+    monkeypatch.setattr(polygons, "_numba_loaded", lambda: False)
     monkeypatch.setattr(polygons, "_compiled", lambda: pytest.fail("a short ring needs no compiled test"))
     assert polygons.ring_crosses_itself(star)
 
