@@ -219,7 +219,46 @@ class Slab:
     sign: float  # +1 for a solid ring, -1 for a hole
 
 
-class SlabTruth:
+class _ClosedForm:
+    """What a closed-form DVH derives from its ``volume_mm3``, ``volume_below(dose)`` and ``_extremes()``."""
+
+    @property
+    def volume_mm3(self) -> float:
+        raise NotImplementedError
+
+    def volume_below(self, dose) -> np.ndarray:
+        raise NotImplementedError
+
+    def _extremes(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def volume_above(self, dose) -> np.ndarray:
+        return self.volume_mm3 - self.volume_below(dose)
+
+    @property
+    def dmin_gy(self) -> float:
+        return self._extremes()[0]
+
+    @property
+    def dmax_gy(self) -> float:
+        return self._extremes()[1]
+
+    def dose_at_volume_mm3(self, volume_mm3: float) -> float:
+        """The dose received by the hottest ``volume_mm3``, by bisection on the closed form."""
+        lo, hi = self._extremes()
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            if self.volume_above(mid) > volume_mm3:
+                lo = mid
+            else:
+                hi = mid
+        return 0.5 * (lo + hi)
+
+    def dose_at_percent(self, percent: float) -> float:
+        return self.dose_at_volume_mm3(percent / 100.0 * self.volume_mm3)
+
+
+class SlabTruth(_ClosedForm):
     """Exact DVH of a stack of disc slabs (holes subtracted) in a linear field."""
 
     def __init__(self, slabs: Sequence[Slab], field: LinearField, centre_xy: tuple[float, float]):
@@ -258,9 +297,6 @@ class SlabTruth:
                 below = (self.g_perp / self.g_z) * (_area_below_integral(t_a, r) - _area_below_integral(t_b, r))
         return np.sum(self.sign * below, axis=-1)
 
-    def volume_above(self, dose) -> np.ndarray:
-        return self.volume_mm3 - self.volume_below(dose)
-
     @property
     def dmean_gy(self) -> float:
         volume = self.sign * math.pi * self.radius**2 * (self.z_hi - self.z_lo)
@@ -273,30 +309,8 @@ class SlabTruth:
         reach = self.g_perp * np.concatenate([self.radius[solid], self.radius[solid]])
         return float(np.min(axis - reach)), float(np.max(axis + reach))
 
-    @property
-    def dmin_gy(self) -> float:
-        return self._extremes()[0]
 
-    @property
-    def dmax_gy(self) -> float:
-        return self._extremes()[1]
-
-    def dose_at_volume_mm3(self, volume_mm3: float) -> float:
-        """The dose received by the hottest ``volume_mm3``, by bisection on the closed form."""
-        lo, hi = self._extremes()
-        for _ in range(64):
-            mid = 0.5 * (lo + hi)
-            if self.volume_above(mid) > volume_mm3:
-                lo = mid
-            else:
-                hi = mid
-        return 0.5 * (lo + hi)
-
-    def dose_at_percent(self, percent: float) -> float:
-        return self.dose_at_volume_mm3(percent / 100.0 * self.volume_mm3)
-
-
-class BoxesTruth:
+class BoxesTruth(_ClosedForm):
     """Exact DVH of weighted boxes in a linear field: the voxelised shape a label image describes (each voxel a box
     of its own geometry, weighted by its value), or any union of disjoint boxes.
 
@@ -346,9 +360,6 @@ class BoxesTruth:
         del widths
         return np.sum(self.volumes * fraction, axis=-1)
 
-    def volume_above(self, dose) -> np.ndarray:
-        return self.volume_mm3 - self.volume_below(dose)
-
     @property
     def dmean_gy(self) -> float:
         return float(np.sum(self.volumes * (self.low + 0.5 * self.widths.sum(axis=1))) / self.volume_mm3)
@@ -356,28 +367,6 @@ class BoxesTruth:
     def _extremes(self) -> tuple[float, float]:
         held = self.weight > 0
         return float(self.low[held].min()), float((self.low + self.widths.sum(axis=1))[held].max())
-
-    @property
-    def dmin_gy(self) -> float:
-        return self._extremes()[0]
-
-    @property
-    def dmax_gy(self) -> float:
-        return self._extremes()[1]
-
-    def dose_at_volume_mm3(self, volume_mm3: float) -> float:
-        """The dose received by the hottest ``volume_mm3``, by bisection on the closed form."""
-        lo, hi = self._extremes()
-        for _ in range(64):
-            mid = 0.5 * (lo + hi)
-            if self.volume_above(mid) > volume_mm3:
-                lo = mid
-            else:
-                hi = mid
-        return 0.5 * (lo + hi)
-
-    def dose_at_percent(self, percent: float) -> float:
-        return self.dose_at_volume_mm3(percent / 100.0 * self.volume_mm3)
 
 
 def mask_truth(mask, field: LinearField) -> BoxesTruth:
