@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RegistrationError
+from .errors import IsodoseError, RegistrationError
 from .model import DeformableRegistration
 
 #: File names that are displacement field images rather than DICOM.
@@ -43,6 +43,26 @@ def _simpleitk():
             "reading a displacement field image needs SimpleITK: pip install 'isodose[images]'"
         ) from exc
     return SimpleITK
+
+
+def read_image(sitk, path: Path, error: type[IsodoseError], what: str, components: int, expected: str):
+    """The 3-D image of ``components`` values per voxel at ``path``, read with ``sitk`` (SimpleITK); else an
+    ``error`` naming the file: no such file (``what`` it should be), one SimpleITK cannot read, or another shape
+    (``expected`` says which)."""
+    if not path.is_file():
+        raise error(f"no such {what}", path=path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise error(f"cannot be read as an image ({first})", path=path) from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != components:
+        raise error(
+            f"is a {image.GetDimension()}-D image of {image.GetNumberOfComponentsPerPixel()} component(s) per voxel; "
+            f"{expected}",
+            path=path,
+        )
+    return image
 
 
 def read_displacement_field(
@@ -85,19 +105,14 @@ def read_displacement_field(
     """
     sitk = _simpleitk()
     path = Path(path)
-    if not path.is_file():
-        raise RegistrationError("no such displacement field image", path=path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise RegistrationError(f"cannot be read as an image ({first})", path=path) from exc
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 3:
-        raise RegistrationError(
-            f"is a {image.GetDimension()}-D image of {image.GetNumberOfComponentsPerPixel()} component(s) per voxel; "
-            "a displacement field is 3-D with 3 components",
-            path=path,
-        )
+    image = read_image(
+        sitk,
+        path,
+        RegistrationError,
+        "displacement field image",
+        3,
+        "a displacement field is 3-D with 3 components",
+    )
     vectors = sitk.GetArrayFromImage(image).astype(np.float32)  # (nz, ny, nx, 3), as ITK holds it: LPS, mm
     if not np.all(np.isfinite(vectors)):
         raise RegistrationError("holds vectors that are not finite", path=path)

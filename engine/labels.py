@@ -177,21 +177,11 @@ def read_label_image(
     >>> rois.names, round(rois.get("GTV").mask.volume_cc, 3)
     (['GTV', 'Cord'], 0.024)
     """
+    from .images import read_image
+
     path = Path(path)
     sitk = _simpleitk(path)
-    if not path.is_file():
-        raise StructureError("no such label image", path=path)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise StructureError(f"cannot be read as an image ({first})", path=path) from exc
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise StructureError(
-            f"is a {image.GetDimension()}-D image of {image.GetNumberOfComponentsPerPixel()} component(s) per voxel; "
-            "a label image is 3-D with one value per voxel",
-            path=path,
-        )
+    image = read_image(sitk, path, StructureError, "label image", 1, "a label image is 3-D with one value per voxel")
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     if not np.allclose(direction.T @ direction, np.eye(3), atol=ORTHONORMAL_TOLERANCE):
         raise StructureError(
