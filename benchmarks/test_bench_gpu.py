@@ -50,7 +50,7 @@ def test_kernel_bandwidth(benchmark, variant):
         plan.plane_ny,
         plan.plane_hx_mm,
         plan.plane_hy_mm,
-        plan.scanlines,
+        plan.plane_scanlines,
     )
     transforms = np.broadcast_to(np.eye(4), (plan.n_structures, 4, 4))
     bin_width = histogram_bin_width(grid, options.dose_bins)

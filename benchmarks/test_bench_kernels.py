@@ -58,7 +58,7 @@ def _coverage_args(plan):
         plan.plane_ny,
         plan.plane_hx_mm,
         plan.plane_hy_mm,
-        plan.scanlines,
+        plan.plane_scanlines,
     )
 
 

@@ -383,6 +383,8 @@ def sample_deformed(
         device=backend.device,
         warnings=tuple(notes),
         inversion_residual_mm=mapped.residual_mm if request.deformation.inverse else math.nan,
+        cells=plan.structure_cells(),
+        supersampling=plan.supersampling,
     )
 
 

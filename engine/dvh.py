@@ -202,6 +202,9 @@ class DVH:
     warnings : tuple of str
         What was warned about this structure while it was sampled: contours repeated in their plane or crossing
         themselves, part of it outside the dose grid, no contours.
+    cells, supersampling : int
+        The in-plane cells its sampling chose (summed over its planes) and the cells per dose-voxel side (see
+        :class:`~isodose.voxelize.SamplingOptions`); 0 where not known.
 
     Examples
     --------
@@ -228,6 +231,10 @@ class DVH:
     centroid_mm: tuple[float, float, float] | None = None
     #: What was warned about this structure: its contours (repeated, crossing), the dose grid not reaching it.
     warnings: tuple[str, ...] = ()
+    #: The in-plane cells its sampling used (over all its planes) and its supersampling (cells per dose-voxel side);
+    #: 0 where not known (a DVH read from a file, or made from a histogram).
+    cells: int = 0
+    supersampling: int = 0
 
     @property
     def dose_volume_cc(self) -> float:
@@ -436,6 +443,8 @@ class DVH:
             "dmean_gy": json_number(self.dmean_gy),
             "dmax_gy": json_number(self.dmax_gy),
             "metrics": {text: json_number(value) for text, value in values.items()},
+            "cells": self.cells,
+            "supersampling": self.supersampling,
             "warnings": list(self.warnings),
         }
 
@@ -1051,5 +1060,12 @@ def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: Struc
             )
         for message in messages[len(_warnings_of(structure)) :]:  # those of its contours were logged already
             log.warning("%s", message)
-        dvhs.append(replace(dvh, warnings=tuple(messages)))
+        dvhs.append(
+            replace(
+                dvh,
+                warnings=tuple(messages),
+                cells=int(samples.cells[s]) if samples.cells is not None else 0,
+                supersampling=int(samples.supersampling[s]) if samples.supersampling is not None else 0,
+            )
+        )
     return dvhs

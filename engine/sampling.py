@@ -47,6 +47,10 @@ class StructureSamples:
     #: Where the samples were carried through the inverse of a deformation, the largest residual of the inversion
     #: (mm); NaN otherwise.
     inversion_residual_mm: float = math.nan
+    #: Each structure's in-plane cells (its planes' lattice windows, summed) and its supersampling (cells per dose
+    #: voxel side), as its plan chose them; None where not known.
+    cells: np.ndarray | None = None
+    supersampling: np.ndarray | None = None
 
 
 def dose_range_gy(grid: DoseGrid) -> tuple[float, float]:
@@ -299,7 +303,7 @@ def plan_cells(kernels, plan: SamplingPlan, first: int, end: int):
         plan.plane_ny[first:end],
         plan.plane_hx_mm[first:end],
         plan.plane_hy_mm[first:end],
-        plan.scanlines,
+        plan.plane_scanlines[first:end],
     )
     for p in first + np.flatnonzero(masks):  # label images' planes among contours'
         rows = slice(int(plan.plane_cell_start[p] - cell_start[0]), int(plan.plane_cell_start[p + 1] - cell_start[0]))
@@ -311,8 +315,6 @@ def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
     """One plan holding the structures of all ``plans``, in order (their offsets shifted)."""
     if len(plans) == 1:
         return plans[0]
-    if len({p.scanlines for p in plans}) > 1:
-        raise IsodoseError("plans with different scanlines cannot be sampled together")
 
     def starts(name: str) -> np.ndarray:
         arrays = [getattr(p, name) for p in plans]
@@ -344,13 +346,13 @@ def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
                 "structure_frame",
                 "mask_weights",
                 "plane_mask_m",
+                "plane_scanlines",
             )
         },
         plane_weight_start=starts("plane_weight_start"),
         structure_plane_start=starts("structure_plane_start"),
         vertex_points=np.concatenate([p.vertex_points for p in plans]),
         vertex_structure_start=starts("vertex_structure_start"),
-        scanlines=plans[0].scanlines,
     )
 
 
@@ -472,6 +474,7 @@ def _sample(
     volume = sums[:, 0] + sums[:, 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = np.where(volume[:, None] > 0, sums[:, 3:6] / volume[:, None], np.nan)
+    cells = plan.structure_cells()
     results = []
     bounds = np.cumsum([0, *counts])
     for r, (first, end) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -488,6 +491,8 @@ def _sample(
                 centroid_mm=centroid[part],
                 backend=backend.name,
                 device=backend.device,
+                cells=cells[part],
+                supersampling=plan.supersampling[part],
             )
         )
     return results

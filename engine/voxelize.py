@@ -5,10 +5,19 @@ grid (their edges fall on the lines through the voxel centres) and are ``dx/m`` 
 is the in-plane supersampling; the coverage kernel measures how much of each cell the even-odd interior
 of the rings covers. Each plane's slab (see :mod:`isodose.geometry`) gives its extent along z.
 
-The supersampling adapts to the structure: ``m`` is chosen so that a structure gets about ``target_cells``
-covered cells (summed over its planes), within ``[min_supersampling, max_supersampling]``. Small
-structures therefore get fine cells and large ones coarse cells, so that both are accurate and the cost
-stays near-constant per structure. A fixed ``supersampling`` overrides this.
+The supersampling adapts to the structure, by what its metrics need:
+
+- the dose: a cell's dose is spread over the variance of the linear dose across its covered part, so the
+  sampling error of a DVH falls with cells per dose voxel; ``voxel_supersampling`` cells per voxel side suffice;
+- its shape: a structure of a few voxels still gets at least ``min_cells`` cells (summed over its planes);
+- and never more than about ``target_cells`` cells: large structures get coarse cells (one to a few per voxel
+  side), so that the cost stays bounded.
+
+So ``m = min(m(target_cells), max(voxel_supersampling, m(min_cells)))`` within ``[min_supersampling,
+max_supersampling]``, where ``m(n)`` gives the structure about ``n`` cells. The volume comes from the scanlines
+(coverage is exact along x and sampled along y): a structure whose cells are coarser than ``m(target_cells)``
+gets that many times more scanlines per row, so that its lines lie as close as ``m(target_cells)`` cells' would
+and its volume is as exact. A fixed ``supersampling`` overrides all this (with ``scanlines`` as given).
 """
 
 from __future__ import annotations
@@ -36,11 +45,17 @@ class SamplingOptions:
     supersampling : int, optional
         Cells per dose-voxel side in-plane; None (the default) adapts it to each structure's size.
     target_cells : int
-        With adaptive supersampling, the number of in-plane cells (over all planes) to aim for per structure.
+        With adaptive supersampling, the most in-plane cells (over all planes) a structure gets, about.
+    voxel_supersampling : int
+        With adaptive supersampling, the cells per dose-voxel side that suffice for the dose: a structure is
+        sampled no finer than this unless its shape needs ``min_cells``.
+    min_cells : int
+        With adaptive supersampling, the fewest in-plane cells (over all planes) a structure gets, about.
     min_supersampling, max_supersampling : int
         The bounds of the adaptive supersampling.
     scanlines : int
-        Scanlines per row of cells: coverage is exact along x and sampled at this many lines along y.
+        Scanlines per row of cells: coverage is exact along x and sampled at this many lines along y (more for a
+        structure whose cells are coarser than ``target_cells`` would make them; see the module's text).
     end_cap : str
         End-caps of each contiguous piece of a structure: ``half`` a plane spacing (the default), or ``none``.
     extremes : str
@@ -74,6 +89,8 @@ class SamplingOptions:
 
     supersampling: int | None = None
     target_cells: int = 100_000
+    voxel_supersampling: int = 8
+    min_cells: int = 2_000
     min_supersampling: int = 1
     max_supersampling: int = 200
     scanlines: int = 2
@@ -161,7 +178,8 @@ class SamplingPlan:
     vertex_points: np.ndarray
     vertex_structure_start: np.ndarray
     supersampling: np.ndarray
-    scanlines: int
+    #: Scanlines per row of cells of each plane (a label image's planes need none; they hold its count).
+    plane_scanlines: np.ndarray
     #: Each structure's box, ``[[low x, y, z], [high x, y, z]]``, holding its planes' cells and its vertices; NaN
     #: for a structure without planes. Computed from the rest when not given.
     structure_box_mm: np.ndarray = None  # type: ignore[assignment]
@@ -214,6 +232,12 @@ class SamplingPlan:
             yield start, end
             start = end
 
+    def structure_cells(self) -> np.ndarray:
+        """Each structure's in-plane cells: the cells of its planes' lattice windows, summed (int64)."""
+        counts = np.zeros(self.n_structures, dtype=np.int64)
+        np.add.at(counts, self.plane_structure(), self.plane_nx * self.plane_ny)
+        return counts
+
     def plane_structure(self) -> np.ndarray:
         """The structure index of each plane."""
         counts = np.diff(self.structure_plane_start)
@@ -235,15 +259,23 @@ def _area_estimates_mm2(points: np.ndarray, ring_start: np.ndarray) -> np.ndarra
     return np.maximum(shoelace, 0.25 * extent[:, 0] * extent[:, 1])
 
 
-def _supersampling(total_area_mm2: float, grid: DoseGrid, options: SamplingOptions) -> int:
+def _supersampling(total_area_mm2: float, grid: DoseGrid, options: SamplingOptions) -> tuple[int, int]:
+    """The in-plane supersampling of a structure of ``total_area_mm2`` (over its planes) and its scanlines per row
+    of cells (see the module's text)."""
     if options.supersampling is not None:
-        return options.supersampling
-    voxel_side = min(grid.spacing_mm[0], grid.spacing_mm[1])
+        return options.supersampling, options.scanlines
     if total_area_mm2 <= 0:
-        return options.max_supersampling
-    wanted_step = math.sqrt(total_area_mm2 / options.target_cells)
-    m = math.ceil(voxel_side / wanted_step)
-    return int(min(max(m, options.min_supersampling), options.max_supersampling))
+        return options.max_supersampling, options.scanlines
+    voxel_side = min(grid.spacing_mm[0], grid.spacing_mm[1])
+
+    def for_cells(cells: int) -> int:
+        m = math.ceil(voxel_side / math.sqrt(total_area_mm2 / cells))
+        return int(min(max(m, options.min_supersampling), options.max_supersampling))
+
+    finest = for_cells(options.target_cells)
+    m = min(finest, max(for_cells(options.min_cells), options.voxel_supersampling))
+    m = int(min(max(m, options.min_supersampling), options.max_supersampling))
+    return m, options.scanlines * math.ceil(finest / m)
 
 
 @dataclass(frozen=True)
@@ -277,7 +309,7 @@ def _mask_planes(structure: Structure, grid: DoseGrid, options: SamplingOptions)
         return _MaskPlanes(frame, 0, np.empty(0), np.empty(0), [], [], np.empty((0, 3)))
     # The cells' size as contours' would get for this area, never larger than a voxel (a voxel's weight is even).
     area_mm2 = float(np.sum(weights[slices] > 0)) * sx * sy
-    m_contours = _supersampling(area_mm2, grid, options)
+    m_contours, _ = _supersampling(area_mm2, grid, options)
     step = min(grid.spacing_mm[0], grid.spacing_mm[1]) / m_contours
     m = max(1, math.ceil(max(sx, sy) / step - 1e-9)) if options.supersampling is None else options.supersampling
     held = np.asarray(weights[slices] > 0)  # (slices, rows, columns)
@@ -383,6 +415,7 @@ def plan_sampling(
     mask_weights: list[np.ndarray] = []
     plane_weight_counts: list[int] = []
     plane_mask_m: list[int] = []
+    plane_scanlines: list[int] = []
 
     for structure in structures:
         if structure.mask is not None:
@@ -403,6 +436,7 @@ def plan_sampling(
                 mask_weights.extend(mask_plan.weights)
                 plane_weight_counts.extend(w.size for w in mask_plan.weights)
                 plane_mask_m.extend([mask_plan.m] * len(mask_plan.z_lo))
+                plane_scanlines.extend([options.scanlines] * len(mask_plan.z_lo))
             continue
         frames.append(np.eye(4))
         planes = structure_planes(structure)
@@ -418,8 +452,9 @@ def plan_sampling(
         points = np.concatenate(structure_rings)
         ring_start = np.zeros(len(structure_rings) + 1, dtype=np.int64)
         np.cumsum([len(r) for r in structure_rings], out=ring_start[1:])
-        m = _supersampling(float(_area_estimates_mm2(points, ring_start).sum()), grid, options)
+        m, scanlines = _supersampling(float(_area_estimates_mm2(points, ring_start).sum()), grid, options)
         supersampling.append(m)
+        plane_scanlines.extend([scanlines] * len(planes))
         hx, hy = dx / m, dy / m
         # Each plane's bounding box, hence its window of cells on the grid's lattice refined m times.
         plane_first = ring_start[np.cumsum([0] + [len(plane.rings) for plane in planes[:-1]])]
@@ -487,7 +522,7 @@ def plan_sampling(
         vertex_points=np.vstack(vertex_points) if vertex_points else np.empty((0, 3)),
         vertex_structure_start=starts(vertex_counts),
         supersampling=np.array(supersampling, dtype=np.int64),
-        scanlines=options.scanlines,
+        plane_scanlines=np.array(plane_scanlines, dtype=np.int64),
         structure_frame=np.array(frames, dtype=np.float64).reshape(-1, 4, 4),
         mask_weights=np.concatenate(mask_weights) if mask_weights else np.empty(0),
         plane_weight_start=starts(plane_weight_counts),

@@ -29,8 +29,8 @@ Kernels
 plane_nx, plane_ny, plane_hx, plane_hy, scanlines) -> cells``
     For each plane, the area of the even-odd interior of its rings inside each cell of its lattice window
     (``plane_nx`` by ``plane_ny`` cells of ``plane_hx`` by ``plane_hy`` mm from ``(plane_x0, plane_y0)``,
-    row by row), exact along x and sampled by ``scanlines`` lines per row along y, with the centroid and
-    covariance of the covered part (see ``CELL_COLUMNS``).
+    row by row), exact along x and sampled by ``scanlines`` lines per row along y (one count for every
+    plane, or one per plane), with the centroid and covariance of the covered part (see ``CELL_COLUMNS``).
 ``accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks) -> hist``
     Histogram in which each value spreads its weight uniformly over ``[value - width/2, value + width/2]``.
 ``cell_histograms(dose, origin, spacing, cells, plane_cell_start, plane_z_lo, plane_z_hi,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import numpy_ref
+from . import host, numpy_ref
 
 NAME = "cupy"
 SOURCE = Path(__file__).with_name("cuda") / "isodose.cu"
@@ -337,6 +337,7 @@ class GpuKernels:
         xp = self.xp
         plane_ny = np.asarray(plane_ny, dtype=np.int64)
         n_planes = len(plane_ny)
+        counts = host.plane_scanlines(scanlines, n_planes)
         n_rows = int(plane_ny.sum())
         row_plane = np.repeat(np.arange(n_planes, dtype=np.int64), plane_ny)
         row_start = np.concatenate([[0], np.cumsum(plane_ny)[:-1]]).astype(np.int64)
@@ -360,7 +361,7 @@ class GpuKernels:
                     self.to_device(row_plane, np.int64),
                     self.to_device(row_in_plane, np.int64),
                     np.int64(n_rows),
-                    np.int32(scanlines),
+                    self.to_device(counts, np.int32),
                     cells,
                     overflow,
                 ],
@@ -381,7 +382,7 @@ class GpuKernels:
                 [plane_ny[p]],
                 [plane_hx[p]],
                 [plane_hy[p]],
-                scanlines,
+                int(counts[p]),
             )
             cells[int(plane_cell_start[p]) : int(plane_cell_start[p + 1])] = self.to_device(plane_cells, np.float64)
         return cells

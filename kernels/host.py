@@ -40,6 +40,20 @@ def to_host(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
+def plane_scanlines(scanlines: Any, n_planes: int) -> np.ndarray:
+    """The scanlines of each of ``n_planes`` planes (int64) from ``scanlines``: one count for all of them, or
+    one per plane. ValueError for a count below 1 or a number of counts that is not ``n_planes``."""
+    counts = np.asarray(scanlines)
+    if counts.ndim == 0:
+        counts = np.full(n_planes, int(counts), dtype=np.int64)
+    counts = counts.astype(np.int64, copy=False).reshape(-1)
+    if len(counts) != n_planes:
+        raise ValueError(f"{len(counts)} scanline counts for {n_planes} planes")
+    if len(counts) and counts.min() < 1:
+        raise ValueError("every plane needs at least one scanline")
+    return np.ascontiguousarray(counts)
+
+
 def check_courses(doses: Sequence[Any], weights: Sequence[float], fractions: Sequence[int]) -> None:
     """ValueError unless there is at least one dose, all of one shape, each with a weight and a fraction count."""
     if not len(doses) or len(weights) != len(doses) or len(fractions) != len(doses):

@@ -368,11 +368,12 @@ def _plane_coverage(
     plane_ny,
     plane_hx,
     plane_hy,
-    scanlines,
+    plane_scanlines,
     p,
     cells,
 ):
     """The cells of plane ``p``."""
+    scanlines = plane_scanlines[p]
     nx = plane_nx[p]
     ny = plane_ny[p]
     hx = plane_hx[p]
@@ -408,7 +409,7 @@ def _polygon_coverage(
     plane_ny,
     plane_hx,
     plane_hy,
-    scanlines,
+    plane_scanlines,
     lane_start,
     lane_planes,
     cells,
@@ -426,7 +427,7 @@ def _polygon_coverage(
                 plane_ny,
                 plane_hx,
                 plane_hy,
-                scanlines,
+                plane_scanlines,
                 lane_planes[q],
                 cells,
             )
@@ -464,7 +465,7 @@ def polygon_coverage(
             _i64(plane_ny),
             _f64(plane_hx),
             _f64(plane_hy),
-            int(scanlines),
+            host.plane_scanlines(scanlines, len(plane_nx)),
             lane_start,
             lane_planes,
             cells,

@@ -178,18 +178,20 @@ def polygon_coverage(
 ):
     vertices = np.asarray(vertices, dtype=np.float64)
     cells = np.zeros((int(plane_cell_start[-1]), 6))
+    counts = host.plane_scanlines(scanlines, len(plane_nx))
     for p in range(len(plane_nx)):
+        scanlines_p = int(counts[p])
         nx, ny = int(plane_nx[p]), int(plane_ny[p])
         hx, hy = float(plane_hx[p]), float(plane_hy[p])
         x0, y0 = float(plane_x0[p]), float(plane_y0[p])
         edges = _plane_edges(vertices, ring_start, plane_ring_start[p], plane_ring_start[p + 1])
-        band = hy / scanlines
+        band = hy / scanlines_p
         cell_left = x0 + hx * np.arange(nx)
         cell_centre_x = cell_left + 0.5 * hx
         moments = np.zeros((ny, nx, 6))
         for j in range(ny):
             row_centre = y0 + (j + 0.5) * hy
-            for t in range(scanlines):
+            for t in range(scanlines_p):
                 y = y0 + j * hy + (t + 0.5) * band
                 xs = _crossings(edges, y)
                 spans = xs[: len(xs) // 2 * 2].reshape(-1, 2)

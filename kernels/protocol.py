@@ -112,9 +112,10 @@ class Kernels(Protocol):
         plane_ny: Any,
         plane_hx: Any,
         plane_hy: Any,
-        scanlines: int,
+        scanlines: Any,
     ) -> Any:
-        """Area, centroid and covariance of the even-odd interior of each plane's rings in each of its cells."""
+        """Area, centroid and covariance of the even-odd interior of each plane's rings in each of its cells;
+        ``scanlines`` per row of cells, one count for every plane or one per plane."""
         ...
 
     def accumulate_histogram(

@@ -26,7 +26,7 @@ def _problem():
         plane_ny=np.array([6, 6]),
         plane_hx=np.array([0.95, 0.95]),
         plane_hy=np.array([0.95, 0.95]),
-        scanlines=2,
+        scanlines=np.array([2, 3]),
     )
     slabs = dict(
         plane_z_lo=np.array([1.0, 4.0]), plane_z_hi=np.array([4.0, 6.5]), structure_plane_start=np.array([0, 1, 2])

@@ -16,8 +16,8 @@ from isodose.dicom.read import read_dose, read_structures
 from isodose.dvh import compute_dvhs
 from isodose.errors import DoseGridError
 from isodose.model import DoseGrid, Structure
-from isodose.phantoms import Cone, Cylinder, Shell, Sphere, contour_shape, shape_truth, slab_truth
-from isodose.voxelize import SamplingOptions
+from isodose.phantoms import Cone, Cylinder, Shell, Sphere, contour_shape, head_neck_case, shape_truth, slab_truth
+from isodose.voxelize import SamplingOptions, plan_sampling
 
 from .conftest import linear_grid
 
@@ -283,3 +283,41 @@ def test_a_structure_with_no_volume_inside_the_grid_takes_no_dose_from_its_verti
     assert math.isnan(samples.dmin_gy[0]) and math.isnan(samples.dmax_gy[0])
     [dvh] = compute_dvhs(grid, [box], backend=backend)
     assert not dvh.has_dose and math.isnan(dvh.dmax_gy)
+
+
+def test_cells_follow_what_the_metrics_need(write_phantom):
+    """Small structures get a fixed number of cells per dose-voxel side (and at least ``min_cells``) rather than
+    ``target_cells``; their scanlines lie as close as the finer cells' would, so volumes stay as exact. The cells
+    chosen are reported with each DVH, and the metrics meet the closed form either way."""
+    adaptive = SamplingOptions()
+    finest = SamplingOptions(voxel_supersampling=adaptive.max_supersampling, min_cells=adaptive.target_cells)
+    for shape_name in ("small sphere (0.1 cc)", "sphere"):
+        rd, rs, field = write_phantom(SHAPES[shape_name], gradient=FIELDS["oblique"], spacing_mm=2.5)
+        dose, structures = read_dose(rd), read_structures(rs)
+        truth = slab_truth(SHAPES[shape_name], field, 2.5)
+        [chosen] = compute_dvhs(dose, structures, backend="numba", options=adaptive)
+        [fine] = compute_dvhs(dose, structures, backend="numba", options=finest)
+        for dvh in (chosen, fine):
+            _compare(dvh, truth, volume_rtol=2e-4, dose_atol=0.02)
+        [plan_chosen, plan_fine] = (plan_sampling(list(structures.structures), dose, o) for o in (adaptive, finest))
+        assert (chosen.cells, chosen.supersampling) == (plan_chosen.structure_cells()[0], plan_chosen.supersampling[0])
+        assert (fine.cells, fine.supersampling) == (plan_fine.structure_cells()[0], plan_fine.supersampling[0])
+        assert chosen.supersampling < fine.supersampling
+        if shape_name == "sphere":  # 14 cc: the cells per voxel side the dose needs
+            assert chosen.supersampling == adaptive.voxel_supersampling and chosen.cells < fine.cells / 1.5
+        else:  # 0.1 cc: finer, for its shape: 2,000 cells or so instead of 100,000
+            assert adaptive.voxel_supersampling < chosen.supersampling and chosen.cells < fine.cells / 10
+            assert chosen.cells >= adaptive.min_cells  # its area over the cells' is about min_cells; windows hold more
+        lines_mm = plan_chosen.plane_hy_mm / plan_chosen.plane_scanlines
+        assert np.all(lines_mm <= plan_fine.plane_hy_mm / plan_fine.plane_scanlines + 1e-12)
+    # Large structures already get fewer cells per voxel side than the dose needs: as before.
+    grid, head_neck = head_neck_case()
+    ctv = [head_neck.get("CTV54")]
+    plan_chosen, plan_fine = (plan_sampling(ctv, grid, o) for o in (adaptive, finest))
+    assert plan_chosen.supersampling[0] == plan_fine.supersampling[0] < adaptive.voxel_supersampling
+    assert set(plan_chosen.plane_scanlines) == {adaptive.scanlines}
+    [fixed] = compute_dvhs(dose, structures, backend="numba", options=SamplingOptions(supersampling=3))
+    assert fixed.supersampling == 3
+    assert set(plan_sampling(list(structures.structures), dose, SamplingOptions(supersampling=3)).plane_scanlines) == {
+        2
+    }

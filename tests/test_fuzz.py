@@ -200,7 +200,7 @@ def test_any_rings_give_finite_dvhs_and_numba_covers_them_as_the_reference(plane
         plane_ny=plan.plane_ny,
         plane_hx=plan.plane_hx_mm,
         plane_hy=plan.plane_hy_mm,
-        scanlines=plan.scanlines,
+        scanlines=plan.plane_scanlines,
     )
     expected = numpy_ref.polygon_coverage(**geometry)
     got = numba_cpu.polygon_coverage(**geometry)

@@ -5,6 +5,7 @@ where NVRTC is installed. On a machine with a GPU, the tests marked gpu run the 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -94,6 +95,9 @@ def test_coverage_including_planes_too_crowded_for_a_thread(gpu, rng):
     comb += [(30.0, -10.0)]
     structures = _awkward_structures(rng) + [Structure("comb", 9, (Contour(np.array(comb), 0.0),))]
     plan = plan_sampling(structures, grid, SamplingOptions(supersampling=5, scanlines=3))
+    np.testing.assert_allclose(gpu.to_host(_coverage(gpu, plan)), _coverage(numpy_ref, plan), rtol=1e-9, atol=1e-9)
+    # Scanlines per plane, the crowded plane's included.
+    plan = replace(plan, plane_scanlines=1 + np.arange(len(plan.plane_nx)) % 4)
     np.testing.assert_allclose(gpu.to_host(_coverage(gpu, plan)), _coverage(numpy_ref, plan), rtol=1e-9, atol=1e-9)
 
 
@@ -209,10 +213,13 @@ def test_many_cases_in_one_launch_match_each_case_alone(gpu, rng):
         alone = sample_structures(request.plan, request.grid, numba, options, request.transforms)
         assert merged.bin_width_gy == alone.bin_width_gy
         np.testing.assert_allclose(merged.hist_mm3, alone.hist_mm3, rtol=1e-6, atol=1e-6)
-        for name in ("inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy", "centroid_mm"):
+        for name in ("inside_mm3", "outside_mm3", "dose_volume_sum", "dmin_gy", "dmax_gy"):
             np.testing.assert_allclose(
                 getattr(merged, name), getattr(alone, name), rtol=1e-7, atol=1e-6, equal_nan=True, err_msg=name
             )
+        # The device sums position x volume in fixed point (2^-20 mm mm^3 a sample): the interior cells of a piece
+        # of slab repeat one rounding, so a 0.1 cc structure's centroid may move by a few 1e-6 mm.
+        np.testing.assert_allclose(merged.centroid_mm, alone.centroid_mm, rtol=0, atol=1e-5, err_msg="centroid_mm")
 
 
 @pytest.mark.parametrize("tilt", [False, True])

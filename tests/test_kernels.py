@@ -31,7 +31,7 @@ def _coverage(kernels, plan):
         plan.plane_ny,
         plan.plane_hx_mm,
         plan.plane_hy_mm,
-        plan.scanlines,
+        plan.plane_scanlines,
     )
 
 
@@ -190,6 +190,39 @@ def test_coverage_matches_reference_on_awkward_polygons(kernels, rng):
     got = _coverage(kernels, plan)
     assert expected[:, 0].sum() > 0
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kernels", [numpy_ref, *COMPILED])
+def test_coverage_with_scanlines_per_plane_is_each_plane_alone(kernels, rng):
+    """Scanlines given per plane: each plane's cells are those of a call with its count for every plane."""
+    _, grid = linear_grid()
+    plan = plan_sampling(_awkward_structures(rng), grid, SamplingOptions(supersampling=5, scanlines=3))
+    counts = 1 + np.arange(len(plan.plane_nx)) % 4
+    got = kernels.polygon_coverage(*_coverage_geometry(plan), counts)
+    for count in np.unique(counts):
+        alone = kernels.polygon_coverage(*_coverage_geometry(plan), int(count))
+        for p in np.flatnonzero(counts == count):
+            rows = slice(plan.plane_cell_start[p], plan.plane_cell_start[p + 1])
+            np.testing.assert_array_equal(got[rows], alone[rows])
+    with pytest.raises(ValueError, match="scanline counts for"):
+        kernels.polygon_coverage(*_coverage_geometry(plan), counts[:-1])
+    with pytest.raises(ValueError, match="at least one scanline"):
+        kernels.polygon_coverage(*_coverage_geometry(plan), counts * 0)
+
+
+def _coverage_geometry(plan):
+    return (
+        plan.vertices,
+        plan.ring_start,
+        plan.plane_ring_start,
+        plan.plane_cell_start,
+        plan.plane_x0_mm,
+        plan.plane_y0_mm,
+        plan.plane_nx,
+        plan.plane_ny,
+        plan.plane_hx_mm,
+        plan.plane_hy_mm,
+    )
 
 
 def test_coverage_area_equals_polygon_area(rng):

@@ -88,9 +88,10 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
     for s in document["structures"]:
         rows.append([s["name"], *(s[k] for k in keys), *(s["metrics"][m.text] for m in metrics)])
     if fmt == "csv":
-        header = ["name", "number", *keys, *(m.text for m in metrics), "warnings"]
+        header = ["name", "number", *keys, *(m.text for m in metrics), "cells", "supersampling", "warnings"]
         csv_rows = [
-            [row[0], s["number"], *row[1:], " | ".join(s["warnings"])] for row, s in zip(rows, document["structures"])
+            [row[0], s["number"], *row[1:], s["cells"], s["supersampling"], " | ".join(s["warnings"])]
+            for row, s in zip(rows, document["structures"])
         ]
         out.write(csv_text(header, csv_rows))
         return

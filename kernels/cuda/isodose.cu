@@ -162,13 +162,15 @@ extern "C" __global__ void coverage_kernel(const double* __restrict__ vertices, 
                                            const double* __restrict__ plane_hx, const double* __restrict__ plane_hy,
                                            const long long* __restrict__ row_plane,
                                            const long long* __restrict__ row_in_plane, long long n_rows,
-                                           int scanlines, double* __restrict__ cells, int* __restrict__ overflow) {
+                                           const int* __restrict__ plane_scanlines, double* __restrict__ cells,
+                                           int* __restrict__ overflow) {
     long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= n_rows) return;
     long long p = row_plane[row];
     long long j = row_in_plane[row];
     long long nx = plane_nx[p];
     double x0 = plane_x0[p], y0 = plane_y0[p], hx = plane_hx[p], hy = plane_hy[p];
+    int scanlines = plane_scanlines[p];
     double band = hy / scanlines;
     double row_centre = y0 + (j + 0.5) * hy;
     double* out = cells + 6 * (plane_cell_start[p] + j * nx);

@@ -25,11 +25,11 @@ extern "C" void emulate_coverage_kernel(unsigned grid, unsigned block, const dou
                                         const long long* plane_cell_start, const double* plane_x0,
                                         const double* plane_y0, const long long* plane_nx, const double* plane_hx,
                                         const double* plane_hy, const long long* row_plane,
-                                        const long long* row_in_plane, long long n_rows, int scanlines,
-                                        double* cells, int* overflow) {
+                                        const long long* row_in_plane, long long n_rows,
+                                        const int* plane_scanlines, double* cells, int* overflow) {
     EMULATE_LAUNCH(grid, block,
                    coverage_kernel(vertices, ring_start, plane_ring_start, plane_cell_start, plane_x0, plane_y0,
-                                   plane_nx, plane_hx, plane_hy, row_plane, row_in_plane, n_rows, scanlines, cells,
+                                   plane_nx, plane_hx, plane_hy, row_plane, row_in_plane, n_rows, plane_scanlines, cells,
                                    overflow));
 }
 
