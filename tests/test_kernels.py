@@ -20,7 +20,12 @@ COMPILED = [numba_cpu]
 
 
 def _coverage(kernels, plan):
-    return kernels.polygon_coverage(
+    return kernels.polygon_coverage(*_coverage_geometry(plan), plan.plane_scanlines)
+
+
+def _coverage_geometry(plan):
+    """The arguments of ``polygon_coverage`` that ``plan`` gives, all but the scanlines."""
+    return (
         plan.vertices,
         plan.ring_start,
         plan.plane_ring_start,
@@ -31,7 +36,6 @@ def _coverage(kernels, plan):
         plan.plane_ny,
         plan.plane_hx_mm,
         plan.plane_hy_mm,
-        plan.plane_scanlines,
     )
 
 
@@ -208,21 +212,6 @@ def test_coverage_with_scanlines_per_plane_is_each_plane_alone(kernels, rng):
         kernels.polygon_coverage(*_coverage_geometry(plan), counts[:-1])
     with pytest.raises(ValueError, match="at least one scanline"):
         kernels.polygon_coverage(*_coverage_geometry(plan), counts * 0)
-
-
-def _coverage_geometry(plan):
-    return (
-        plan.vertices,
-        plan.ring_start,
-        plan.plane_ring_start,
-        plan.plane_cell_start,
-        plan.plane_x0_mm,
-        plan.plane_y0_mm,
-        plan.plane_nx,
-        plan.plane_ny,
-        plan.plane_hx_mm,
-        plan.plane_hy_mm,
-    )
 
 
 def test_coverage_area_equals_polygon_area(rng):
