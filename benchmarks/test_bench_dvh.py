@@ -65,7 +65,9 @@ SMALL_ROIS = ("GTV", "BrainStem", "SpinalCord", "Larynx", "Eye_L", "OpticNerve_L
 #: The cells rule before cells followed what a structure's metrics need: about 100,000 cells every structure.
 RULES = {
     "by need (default)": SamplingOptions(),
-    "about 100,000 each": SamplingOptions(voxel_supersampling=200, min_cells=100_000),
+    "about 100,000 each": SamplingOptions(
+        target_cells=100_000, scanline_cells=None, voxel_supersampling=200, min_cells=100_000
+    ),
 }
 
 

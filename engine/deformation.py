@@ -82,10 +82,11 @@ class Deformation:
         )
 
 
-#: A structure mapped through a deformation is sampled with this share of the in-plane cells a rigid sampling
-#: aims for (``SamplingOptions.target_cells``): each cell is also cut into slabs along z and mapped on its own, and
-#: its dose is spread over its mapped region, so the closed-form checks hold with these coarser cells.
-DEFORMED_CELL_SHARE = 0.03
+#: A structure mapped through a deformation is sampled with this share of the most in-plane cells a rigid sampling
+#: gives a structure (``SamplingOptions.target_cells``; 3,000 of the default 50,000), whatever its size: each cell is
+#: also cut into slabs along z and mapped on its own, and its dose is spread over its mapped region, so the
+#: closed-form checks hold with these coarser cells.
+DEFORMED_CELL_SHARE = 0.06
 #: ... and as many more scanlines per row of cells (coverage is exact along x and sampled along y: coarser cells
 #: need more lines for the same area).
 DEFORMED_SCANLINE_FACTOR = 4
@@ -96,6 +97,7 @@ def deformed_options(options: SamplingOptions) -> SamplingOptions:
     return replace(
         options,
         target_cells=max(1, int(options.target_cells * DEFORMED_CELL_SHARE)),
+        scanline_cells=None,
         scanlines=options.scanlines * DEFORMED_SCANLINE_FACTOR,
     )
 

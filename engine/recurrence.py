@@ -444,7 +444,11 @@ def _uncertainty_plan(
     spacing = common_plane_spacing_mm(structures.structures) or dose.spacing_mm[2]
     slabs = max(1, math.ceil(spacing / (0.5 * min(dose.spacing_mm)) - 1e-9))
     coarse = replace(
-        options, target_cells=max(16, uncertainty.samples // slabs), scanlines=options.scanlines * 4, supersampling=None
+        options,
+        target_cells=max(16, uncertainty.samples // slabs),
+        scanline_cells=None,
+        scanlines=options.scanlines * 4,
+        supersampling=None,
     )
     return plan_sampling([vr], dose, coarse, common_plane_spacing_mm(structures.structures))
 

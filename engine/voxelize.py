@@ -15,9 +15,10 @@ The supersampling adapts to the structure, by what its metrics need:
 
 So ``m = min(m(target_cells), max(voxel_supersampling, m(min_cells)))`` within ``[min_supersampling,
 max_supersampling]``, where ``m(n)`` gives the structure about ``n`` cells. The volume comes from the scanlines
-(coverage is exact along x and sampled along y): a structure whose cells are coarser than ``m(target_cells)``
-gets that many times more scanlines per row, so that its lines lie as close as ``m(target_cells)`` cells' would
-and its volume is as exact. A fixed ``supersampling`` overrides all this (with ``scanlines`` as given).
+(coverage is exact along x and sampled along y): a structure whose cells are coarser than ``m(scanline_cells)``
+gets that many times more scanlines per row, so that its lines lie as close as ``m(scanline_cells)`` cells' would
+and its volume is as exact (``scanline_cells`` None: ``target_cells``). A fixed ``supersampling`` overrides all
+this (with ``scanlines`` as given).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class SamplingOptions:
         Cells per dose-voxel side in-plane; None (the default) adapts it to each structure's size.
     target_cells : int
         With adaptive supersampling, the most in-plane cells (over all planes) a structure gets, about.
+    scanline_cells : int or None
+        With adaptive supersampling, a structure's scanlines lie as close as they would with this many cells (two
+        scanlines a row): its volume is as exact as theirs. None: ``target_cells``.
     voxel_supersampling : int
         With adaptive supersampling, the cells per dose-voxel side that suffice for the dose: a structure is
         sampled no finer than this unless its shape needs ``min_cells``.
@@ -88,7 +92,8 @@ class SamplingOptions:
     """
 
     supersampling: int | None = None
-    target_cells: int = 100_000
+    target_cells: int = 50_000
+    scanline_cells: int | None = 100_000
     voxel_supersampling: int = 8
     min_cells: int = 2_000
     min_supersampling: int = 1
@@ -110,7 +115,7 @@ class SamplingOptions:
             elif f.name == "extremes":
                 if value not in EXTREMES:
                     raise IsodoseError(f"extremes must be one of {', '.join(EXTREMES)}, not {value!r}")
-            elif f.name == "supersampling" and value is None:
+            elif f.name in ("supersampling", "scanline_cells") and value is None:
                 continue
             elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise IsodoseError(f"sampling option {f.name} must be a positive integer, not {value!r}")
@@ -272,10 +277,10 @@ def _supersampling(total_area_mm2: float, grid: DoseGrid, options: SamplingOptio
         m = math.ceil(voxel_side / math.sqrt(total_area_mm2 / cells))
         return int(min(max(m, options.min_supersampling), options.max_supersampling))
 
-    finest = for_cells(options.target_cells)
-    m = min(finest, max(for_cells(options.min_cells), options.voxel_supersampling))
+    lines = for_cells(options.scanline_cells or options.target_cells)
+    m = min(for_cells(options.target_cells), max(for_cells(options.min_cells), options.voxel_supersampling))
     m = int(min(max(m, options.min_supersampling), options.max_supersampling))
-    return m, options.scanlines * math.ceil(finest / m)
+    return m, options.scanlines * max(1, math.ceil(lines / m))
 
 
 @dataclass(frozen=True)

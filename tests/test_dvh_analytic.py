@@ -290,7 +290,9 @@ def test_cells_follow_what_the_metrics_need(write_phantom):
     ``target_cells``; their scanlines lie as close as the finer cells' would, so volumes stay as exact. The cells
     chosen are reported with each DVH, and the metrics meet the closed form either way."""
     adaptive = SamplingOptions()
-    finest = SamplingOptions(voxel_supersampling=adaptive.max_supersampling, min_cells=adaptive.target_cells)
+    finest = SamplingOptions(
+        target_cells=100_000, voxel_supersampling=adaptive.max_supersampling, min_cells=100_000, scanline_cells=None
+    )
     for shape_name in ("small sphere (0.1 cc)", "sphere"):
         rd, rs, field = write_phantom(SHAPES[shape_name], gradient=FIELDS["oblique"], spacing_mm=2.5)
         dose, structures = read_dose(rd), read_structures(rs)
@@ -310,12 +312,17 @@ def test_cells_follow_what_the_metrics_need(write_phantom):
             assert chosen.cells >= adaptive.min_cells  # its area over the cells' is about min_cells; windows hold more
         lines_mm = plan_chosen.plane_hy_mm / plan_chosen.plane_scanlines
         assert np.all(lines_mm <= plan_fine.plane_hy_mm / plan_fine.plane_scanlines + 1e-12)
-    # Large structures already get fewer cells per voxel side than the dose needs: as before.
+    # Large structures get at most target_cells cells, a few per voxel side, with the scanlines of scanline_cells.
     grid, head_neck = head_neck_case()
-    ctv = [head_neck.get("CTV54")]
+    ctv = [head_neck.get("CTV60")]
     plan_chosen, plan_fine = (plan_sampling(ctv, grid, o) for o in (adaptive, finest))
-    assert plan_chosen.supersampling[0] == plan_fine.supersampling[0] < adaptive.voxel_supersampling
-    assert set(plan_chosen.plane_scanlines) == {adaptive.scanlines}
+    assert plan_chosen.supersampling[0] < plan_fine.supersampling[0] < adaptive.voxel_supersampling
+    assert plan_chosen.structure_cells()[0] < plan_fine.structure_cells()[0]
+    lines_mm = plan_chosen.plane_hy_mm / plan_chosen.plane_scanlines
+    assert np.all(lines_mm <= plan_fine.plane_hy_mm / plan_fine.plane_scanlines + 1e-12)
+    # Without scanline_cells, lines follow the cells (two a row at the cap), as with a cap of their own.
+    own = plan_sampling(ctv, grid, SamplingOptions(scanline_cells=None))
+    assert set(own.plane_scanlines) == {adaptive.scanlines}
     [fixed] = compute_dvhs(dose, structures, backend="numba", options=SamplingOptions(supersampling=3))
     assert fixed.supersampling == 3
     assert set(plan_sampling(list(structures.structures), dose, SamplingOptions(supersampling=3)).plane_scanlines) == {
