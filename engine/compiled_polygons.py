@@ -6,6 +6,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .kernels import numba_target
+
+numba_target.set_up()
+
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _side(ax, ay, bx, by, cx, cy):

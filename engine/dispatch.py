@@ -182,6 +182,16 @@ def resolve_backend(backend: str | Backend | None = None) -> Backend:
     return backend if isinstance(backend, Backend) else select_backend(backend)
 
 
+def for_one_command() -> None:
+    """Set the process up for one command that ends when it returns (the ``isodose`` command does): Numba's CPU
+    target, where the command loads it, is then set up without SciPy's BLAS, which no kernel uses (130 to
+    190 ms of a one-off command where SciPy is installed; see :mod:`isodose.kernels.numba_target`). A program
+    embedding isodose does not call it, and keeps Numba's own behaviour."""
+    from .kernels import numba_target
+
+    numba_target.WITHOUT_SCIPY_BLAS = True
+
+
 def cuda_usable() -> bool:
     """Whether CuPy imports and sees a CUDA device (without compiling or testing anything)."""
     try:

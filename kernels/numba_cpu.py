@@ -23,6 +23,7 @@ from . import (
     MIN_CELLS_PER_CHUNK,
     SINGLE_VOXEL_HALF_WIDTH,
     host,
+    numba_target,
 )
 from .host import (  # noqa: F401  (capabilities and host arrays shared by the CPU backends)
     BYTES_PER_CELL,
@@ -38,6 +39,8 @@ from .host import (  # noqa: F401  (capabilities and host arrays shared by the C
 )
 
 NAME = "numba"
+
+numba_target.set_up()
 
 
 def device_name() -> str:

@@ -70,3 +70,32 @@ print(small, named, from_env, large, after, select_backend().name)
     small, named, from_env, large, after, auto = done.stdout.split()
     assert (small, named, from_env) == ("numpy", "numba", "numba")
     assert large == after == auto  # what auto picks here (numba where it runs)
+
+
+@pytest.mark.parametrize("one_command", [True, False])
+def test_a_command_sets_numba_up_without_scipy_blas_and_scipy_still_works(one_command):
+    """``for_one_command`` (the ``isodose`` command's): Numba's CPU target is set up without importing SciPy's
+    BLAS, the kernels compute as before, and SciPy's BLAS and statistics import and work afterwards. Without it
+    (a program embedding isodose), Numba keeps its own behaviour and imports SciPy's BLAS."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("scipy")
+    code = f"""
+import sys
+import numpy as np
+from isodose import dispatch
+if {one_command}:
+    dispatch.for_one_command()
+kernels = dispatch.select_backend("numba").kernels
+blas_at_set_up = "scipy.linalg" in sys.modules
+values = kernels.trilinear(np.arange(8.0).reshape(2, 2, 2), np.zeros(3), np.ones(3), np.array([[0.5, 0.5, 0.5]]))
+assert abs(float(values[0]) - 3.5) < 1e-12, values
+import scipy.linalg.cython_blas
+from scipy import linalg, stats
+assert abs(linalg.det(np.eye(3) * 2.0) - 8.0) < 1e-12
+assert stats.kruskal([1, 2, 3], [4, 5, 6]).pvalue < 0.1
+print(blas_at_set_up)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(not one_command), done.stderr

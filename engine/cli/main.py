@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .. import __version__, dispatch
 from ..errors import IsodoseError
 from . import accumulate, audit, backends, classify, cohort, demo, dvh, phantom, validate
 from .exit_codes import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR
@@ -139,8 +139,11 @@ def console() -> None:
     lowering registries). The collector's default thresholds walk them again and again during the run, and
     the interpreter's last collection walks them once more at exit: about a quarter of a one-case command's
     wall time. The command therefore collects less often and freezes what is left before exiting (see
-    ``gc.freeze``); every file it wrote is closed by then. :func:`main`, for embedding, changes nothing.
+    ``gc.freeze``); every file it wrote is closed by then. Numba's CPU target, where the command loads it, is set
+    up without SciPy's BLAS, which the kernels do not use (:func:`isodose.dispatch.for_one_command`). :func:`main`,
+    for embedding, changes neither.
     """
+    dispatch.for_one_command()
     gc.set_threshold(CONSOLE_GC_THRESHOLD)
     stop_on_signals()
     try:
