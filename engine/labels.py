@@ -302,10 +302,9 @@ def read_structure_file(path: str | PathLike[str], names: str | PathLike[str] | 
         raise StructureError(
             "is not a label image (.nii, .nii.gz, .nrrd, .mha): label names are for a label image's labels", path=path
         )
-    from .dicom.read import read_header, read_structures
+    from .dicom.read import read_modality, read_structures
 
-    header = read_header(Path(path)) if Path(path).is_file() else None
-    if header is not None and header.modality == "SEG":
+    if Path(path).is_file() and read_modality(Path(path)) == "SEG":
         from .dicom.seg import read_segmentation
 
         return read_segmentation(path)

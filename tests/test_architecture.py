@@ -19,6 +19,7 @@ LAYERS = {
     "outputs": 1,
     "polygons": 1,
     "compiled_polygons": 1,
+    "compiled_decimals": 1,
     "geometry": 1,
     "phantoms": 1,
     "dicom": 1,

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
 from isodose.dicom.read import read_dose, read_plan, read_structures
@@ -318,3 +320,117 @@ def test_rois_without_contours_or_outside_the_grid_are_reported_with_a_warning(c
     assert not dvhs["Far"].has_dose and dvhs["Far"].volume_outside_dose_cc == pytest.approx(dvhs["Far"].volume_cc)
     assert math.isnan(dvhs["Far"].dmean_gy) and math.isnan(dvhs["Far"].metric("D95"))
     assert dvhs["Empty"].volume_cc == 0 and not dvhs["Empty"].has_dose
+
+
+# ContourData parsed by compiled code (isodose.compiled_decimals) where Numba is loaded: Python's values, bit for bit.
+def _python_values(raw: bytes):
+    try:
+        return np.array([float(v) for v in raw.split(b"\\")])
+    except ValueError:
+        return None
+
+
+def _same_bits(a, b) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.int64), b.view(np.int64))
+
+
+_DS_FORMATS = ["{:.1f}", "{:.4f}", "{:.6g}", "{:.15g}", "{:.16g}", "{!r}", "{:e}", "{:.3E}", "{:+.2f}", " {:.5f} "]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.floats(-1e4, 1e4, allow_nan=False),
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.integers(-(10**17), 10**17).map(float),
+            ),
+            st.sampled_from(_DS_FORMATS),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_compiled_decimals_give_pythons_values_bit_for_bit(values):
+    from isodose.compiled_decimals import parse_decimal_strings
+
+    raw = "\\".join(fmt.format(v) for v, fmt in values).encode()
+    parsed = parse_decimal_strings(raw)
+    if parsed is not None:  # None: outside the exact fast path, parsed by Python instead
+        assert _same_bits(parsed, _python_values(raw)), raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"1.5\\-2\\3e2",
+        b" -0 \\+0.000\\1.\\.5\\1E+05\\2.5e-3 ",
+        b"-123.4567\\0.1\\0.2\\0.3\\00012.50\\123456789012345",
+        b"1e22\\-1e-22\\4.94e-3",
+    ],
+)
+def test_compiled_decimals_take_what_ds_holds(raw):
+    from isodose.compiled_decimals import parse_decimal_strings
+
+    parsed = parse_decimal_strings(raw)
+    assert parsed is not None and _same_bits(parsed, _python_values(raw))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"nan", b"inf", b"1e23", b"1234567890123456", b"1\\\\2", b"1 5", b"1e", b"-", b".", b"1_0", b"\t1"]
+    + [b"1.5\x00", b""],
+)
+def test_compiled_decimals_leave_anything_else_to_python(raw):
+    from isodose.compiled_decimals import parse_decimal_strings
+
+    assert parse_decimal_strings(raw) is None
+
+
+def test_structures_read_the_same_with_compiled_decimals_or_without(monkeypatch, nelms_path):
+    """A real structure set (the Nelms set's, as published) and a generated one read to the same coordinates, bit for
+    bit, whether ContourData goes through the compiled parser or Python's; a damaged value is the same error."""
+    import numba  # noqa: F401  (loaded: the compiled parser is taken)
+
+    import isodose.compiled_decimals as compiled_decimals
+    import isodose.dicom.read as reader
+
+    calls = []
+    parse = compiled_decimals.parse_decimal_strings
+    monkeypatch.setattr(compiled_decimals, "parse_decimal_strings", lambda raw: calls.append(raw) or parse(raw))
+    files = [nelms_path / "structures" / "Sphere_10_0.dcm", nelms_path / "structures" / "Cylinder_10_0.dcm"]
+
+    def coordinates(path):
+        return [c.points_mm for s in read_structures(path).structures for c in s.contours]
+
+    compiled = {path: coordinates(path) for path in files}
+    assert sum(len(c) for c in compiled.values()) > 10 and len(calls) > 10
+    monkeypatch.setattr(reader, "COMPILED_DECIMALS_MIN_BYTES", 10**12)
+    for path in files:
+        assert all(_same_bits(a, b) for a, b in zip(compiled[path], coordinates(path), strict=True))
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+@pytest.mark.parametrize(
+    ("bad", "message"), [(b"12.5x", "ContourData is not numeric"), (b"nan  ", "ContourData holds non-finite values")]
+)
+def test_damaged_contour_data_is_one_error_either_way(tmp_path, monkeypatch, compiled, bad, message):
+    import numba  # noqa: F401  (loaded: the compiled parser is taken unless turned off)
+
+    import isodose.dicom.read as reader
+
+    path = _structure_file(tmp_path)
+    ds = pydicom.dcmread(path)
+    item = ds.ROIContourSequence[1].ContourSequence[0]
+    values = [f"{float(v):.4f}" for v in item.ContourData]
+    values[4] = "99999"  # a marker of five characters, replaced in the file's bytes below
+    item.ContourData = values
+    ds.save_as(path)
+    data = path.read_bytes()
+    assert data.count(b"\\99999\\") == 1
+    path.write_bytes(data.replace(b"\\99999\\", b"\\" + bad + b"\\"))
+    if not compiled:
+        monkeypatch.setattr(reader, "COMPILED_DECIMALS_MIN_BYTES", 10**12)
+    with pytest.raises(DicomReadError, match=f"ROI 'Cord' contour 0: {message}"):
+        read_structures(path)
