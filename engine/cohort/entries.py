@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
+import numpy as np
+
 #: A case's outcome: classified, or stopped by an error (recorded with its reason, retried on the next run).
 Status = Literal["ok", "error"]
 
@@ -25,7 +27,8 @@ class StoredCurve(TypedDict):
 
     role: Literal["recurrence", "roi"]
     step_gy: float
-    cumulative_cc: list[float]
+    #: float64, one value a step from 0 Gy (an array; a list where read back from an older journal or from JSON).
+    cumulative_cc: np.ndarray | list[float]
 
 
 class _Entry(TypedDict):

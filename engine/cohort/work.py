@@ -28,9 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _curve(dvh, step_gy: float) -> list[float]:
+def _curve(dvh, step_gy: float) -> np.ndarray:
+    """A DVH's stored curve: its volumes (cc, to 1e-5) at every ``step_gy``, as an array (the journal, the store and
+    the pipes of worker processes take arrays far quicker than lists of numbers)."""
     doses = dvh.dose_steps_gy(step_gy)
-    return np.round(np.asarray(dvh.cumulative(doses), dtype=np.float64), 5).tolist()
+    return np.round(np.asarray(dvh.cumulative(doses), dtype=np.float64), 5)
 
 
 @dataclass(frozen=True, eq=False)
@@ -336,7 +338,12 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None,
     Cases prepared where they were read (:func:`read_and_prepare`) are not prepared again. Each case's compute
     time is its share of the batch's, plus its preparing elsewhere. Each entry keeps its own case's warnings; when
     the batch itself fails, every case gets the error and the warnings logged meanwhile. ``grids``: the batch's
-    dose grids already on the backend (:func:`isodose.recurrence.batch_grids` of its prepared cases)."""
+    dose grids already on the backend (:func:`isodose.recurrence.batch_grids` of its prepared cases). Cases'
+    centroids are tested against their targets by the compiled host tests (:func:`isodose.polygons.prefer_compiled`),
+    also in a process that drives a GPU and loads no compiled kernels otherwise."""
+    from ..polygons import prefer_compiled
+
+    prefer_compiled()
     started = time.perf_counter()
     with collect_warnings() as messages:
         try:
