@@ -78,6 +78,22 @@ def dicompyler_python() -> Path:
     return python
 
 
+def isodose_own_python() -> Path:
+    """The interpreter of an environment holding this checkout of isodose and its dependencies alone (no extras,
+    not editable), as a user's ``pip install isodose`` would: the whole process is timed there as well as in the
+    development environment, whose test and docs extras (SciPy, requests...) lengthen every import. isodose is
+    reinstalled on every run, so that it is the checkout's."""
+    env = ROOT / ".bench" / "isodose" / "venv"
+    python = env / "bin" / "python"
+    if not python.is_file():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT)], check=True)
+    else:
+        reinstall = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(ROOT)]
+        subprocess.run(reinstall, check=True)
+    return python
+
+
 def example_patient(python: Path) -> Path:
     """The example patient of dicompyler-core's source distribution (RTDOSE, RTSTRUCT, RTPLAN)."""
     folder = WORK / "example_data"
@@ -330,8 +346,18 @@ def write_report(data: dict, jobs: list[Job]) -> None:
         "warm-up run) | "
         f"{totals['isodose_process_s']:.2f} s | {totals['dicompyler_process_s']:.2f} s | "
         f"{totals['dicompyler_process_s'] / totals['isodose_process_s']:.1f}x |",
+    ]
+    if totals.get("isodose_own_env_process_s"):
+        lines.append(
+            "| same, isodose in an environment of its own dependencies alone (as dicompyler-core is) | "
+            f"{totals['isodose_own_env_process_s']:.2f} s | {totals['dicompyler_process_s']:.2f} s | "
+            f"{totals['dicompyler_process_s'] / totals['isodose_own_env_process_s']:.1f}x |"
+        )
+    lines += [
         "",
-        f"isodose process: `{data['isodose_process_command']}`; dicompyler-core process: the worker's `--all` mode.",
+        f"isodose process: `{data['isodose_process_command']}` (in the development environment, with the test and "
+        "docs extras, and in `.bench/isodose`, where `pip install .` put isodose and its dependencies alone); "
+        "dicompyler-core process: the worker's `--all` mode.",
         "",
     ]
     lines += _structure_table(by_dataset["example"], iso, dc)
@@ -401,6 +427,8 @@ def main() -> int:
         "--format",
         "json",
     ]
+    own_python = isodose_own_python()
+    own_cli = [str(own_python.with_name("isodose")), *isodose_cli[1:]]
     dicompyler_pydicom = subprocess.run(
         [str(python), "-c", "import pydicom; print(pydicom.__version__)"], check=True, capture_output=True, text=True
     ).stdout.strip()
@@ -423,6 +451,7 @@ def main() -> int:
             "isodose_compute_s": isodose_all_rois_seconds(example / "rtdose.dcm", example / "rtss.dcm", args.repeats),
             "dicompyler_default_s": sum(dc[j.id].get("seconds", 0.0) for j in example_jobs),
             "isodose_process_s": process_seconds(isodose_cli, args.process_repeats),
+            "isodose_own_env_process_s": process_seconds(own_cli, args.process_repeats),
             "dicompyler_process_s": process_seconds(
                 [str(python), str(WORKER), "--all", str(example / "rtdose.dcm"), str(example / "rtss.dcm")],
                 args.process_repeats,
