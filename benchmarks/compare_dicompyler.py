@@ -81,13 +81,17 @@ def dicompyler_python() -> Path:
 def isodose_own_python() -> Path:
     """The interpreter of an environment holding this checkout of isodose and its dependencies alone (no extras,
     not editable), as a user's ``pip install isodose`` would: the whole process is timed there as well as in the
-    development environment, whose test and docs extras (SciPy, requests...) lengthen every import. isodose is
-    reinstalled on every run, so that it is the checkout's."""
+    development environment, whose test and docs extras (SciPy, requests...) lengthen every import. It is made
+    anew when ``pyproject.toml`` changes (its dependencies with it); isodose itself is reinstalled on every run,
+    so that it is the checkout's (pip builds it from the checkout, which needs the network for its build tools)."""
     env = ROOT / ".bench" / "isodose" / "venv"
     python = env / "bin" / "python"
-    if not python.is_file():
+    stamp = env / ".pyproject"
+    wanted = (ROOT / "pyproject.toml").read_text()
+    if not (stamp.is_file() and stamp.read_text() == wanted):
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT)], check=True)
+        stamp.write_text(wanted)
     else:
         reinstall = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(ROOT)]
         subprocess.run(reinstall, check=True)

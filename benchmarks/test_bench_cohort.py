@@ -152,6 +152,9 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     library = build(tmp_path_factory.mktemp("cuda"))
     if library is None:
         pytest.skip("no C++ compiler to build the emulated kernels")
+    from isodose.polygons import prefer_compiled
+
+    prefer_compiled()  # as the GPU arrangement's process does (ReceivedBatches.stage)
     emulated = emulated_kernels(library)
     gpu = GpuKernels(DeviceModule(), CLOCK(emulated.launch), emulated.device)
     backend = Backend("cupy (emulated)", gpu.device, gpu)

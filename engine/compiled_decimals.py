@@ -1,7 +1,7 @@
 """DICOM decimal strings (DS) parsed by compiled code (Numba, cached on disk): what reading a structure set spends
 most of its time on, since its ContourData holds hundreds of thousands of coordinates and Python parses them one by
-one (about 0.2 us each). Imported only where Numba is loaded already (:func:`isodose.dicom.read` decides), so that
-reading never loads Numba by itself.
+one (about 0.2 us each). Imported only where Numba is loaded already (``isodose.dicom.read._compiled_decimals``
+decides), so that reading never loads Numba by itself.
 
 Every value it returns is the one Python's ``float`` gives for the same text, bit for bit: it takes only the values
 whose decimal significand has at most 15 digits and whose decimal exponent is at most 22 in size, for which the
@@ -23,7 +23,8 @@ numba_target.set_up()
 #: 10**0 .. 10**22, each an exact double.
 _POWERS_OF_TEN = np.array([float(10**k) for k in range(23)])
 _MAX_DIGITS = 15
-_BACKSLASH, _SPACE, _PLUS, _MINUS, _POINT, _ZERO, _NINE, _UPPER_E, _LOWER_E = 92, 32, 43, 45, 46, 48, 57, 69, 101
+_BACKSLASH, _SPACE, _PLUS, _MINUS, _POINT = ord("\\"), ord(" "), ord("+"), ord("-"), ord(".")
+_ZERO, _NINE, _UPPER_E, _LOWER_E = ord("0"), ord("9"), ord("E"), ord("e")
 
 
 @njit(cache=True, error_model="numpy")
@@ -57,6 +58,8 @@ def _parse(text, powers, out):
             c = text[k]
             if _ZERO <= c <= _NINE:
                 seen_digit = True
+                # Zeros before the first other digit are not significant: they only move the point (0.05 is
+                # 5 x 10^-2); every digit from the first other one on counts, zeros included (100.5 is 1005 x 10^-1).
                 if significand == 0 and c == _ZERO:
                     if seen_point:
                         exponent -= 1
@@ -84,16 +87,16 @@ def _parse(text, powers, out):
                 k += 1
             if k == end:
                 return -1
-            written = 0
+            exponent_written = 0
             while k < end:
                 c = text[k]
                 if c < _ZERO or c > _NINE:
                     return -1
-                written = written * 10 + (c - _ZERO)
-                if written > 1000:
+                exponent_written = exponent_written * 10 + (c - _ZERO)
+                if exponent_written > 1000:
                     return -1
                 k += 1
-            exponent += -written if exponent_negative else written
+            exponent += -exponent_written if exponent_negative else exponent_written
         if significand == 0:
             value = 0.0
         elif exponent >= 0:

@@ -9,7 +9,9 @@ vertices and a cohort asks these questions thousands of times; they load only wh
 kernels of ``isodose.kernels.numba_cpu``. Small inputs (a ring of a few hundred vertices, a few points) are tested
 with NumPy where Numba is not loaded yet, which gives the same answers (the same arithmetic) without loading it: a
 command that computes little with the NumPy backend then never pays Numba's start-up (about half a second). Once
-Numba is loaded (a compiled backend), every input takes the compiled tests, which are far quicker.
+Numba is loaded (a compiled backend), or where a process has said it will ask these questions many times
+(:func:`prefer_compiled`: the process that drives a GPU in a cohort run), every input takes the compiled tests,
+which are far quicker.
 """
 
 from __future__ import annotations
@@ -29,15 +31,16 @@ _prefer_compiled = False
 
 
 def prefer_compiled() -> None:
-    """Take the compiled tests for every input from now on in this process, loading Numba if it is not loaded yet:
-    for work that asks these questions many times (a cohort's cases), where its start-up (about half a second,
-    once) is soon repaid (a case's targets are tested in a few microseconds rather than some 30 each)."""
+    """Take the compiled tests for every input from now on in this process (the first test then loads Numba, if
+    nothing has yet): for a process that asks these questions many times without loading a compiled backend (the
+    one driving a GPU in a cohort run), where Numba's start-up (about half a second, once) is soon repaid: a case's
+    targets are tested in some 20 us rather than 150. The answers are the same either way."""
     global _prefer_compiled
     _prefer_compiled = True
 
 
-def _numba_loaded() -> bool:
-    """Whether to take the compiled tests for small inputs: Numba is imported in this process already (a compiled
+def _take_compiled() -> bool:
+    """Whether small inputs take the compiled tests too: Numba is imported in this process already (a compiled
     backend, say; then they cost nothing more to load, and are quicker), or :func:`prefer_compiled` was called."""
     import sys
 
@@ -90,7 +93,7 @@ def _ring_crosses_itself_numpy(points: np.ndarray) -> bool:
 def ring_crosses_itself(points) -> bool:
     """Whether two non-neighbouring edges of a closed ring cross (a proper crossing; touching is not)."""
     ring = _float64(points).reshape(-1, 2)
-    if ring.shape[0] <= SMALL_RING and not _numba_loaded():
+    if ring.shape[0] <= SMALL_RING and not _take_compiled():
         return _ring_crosses_itself_numpy(ring)
     return bool(_compiled()[0](ring))
 
@@ -125,7 +128,7 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
     points = _float64(points).reshape(-1, 3)
     out = np.zeros(len(points), dtype=np.bool_)
     if len(slab_lo) and len(points):
-        small = len(points) <= SMALL_POINTS and not _numba_loaded()
+        small = len(points) <= SMALL_POINTS and not _take_compiled()
         test = _points_in_packed_planes_numpy if small else _compiled()[1]
         test(
             _float64(slab_lo),

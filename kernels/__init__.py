@@ -3,7 +3,8 @@ signatures and meaning.
 
 - ``protocol``: the contract, as a ``typing.Protocol``; the engine calls backends through it alone.
 - ``numpy_ref``: the readable float64 reference every other backend is tested against.
-- ``numba_cpu``: parallel, compiled once and cached on disk.
+- ``numba_cpu``: parallel, compiled once and cached on disk; ``numba_target`` sets Numba's CPU target up for it
+  (and for the engine's compiled host code) once per process.
 - ``cupy_gpu``: the CUDA kernels of ``cuda/isodose.cu`` through CuPy.
 - ``host``: what the two CPU backends share (host arrays, and the batched calls as loops over grids).
 - ``selftest``: the small problem the dispatcher has a backend solve before it trusts it.

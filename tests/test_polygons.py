@@ -29,7 +29,7 @@ def test_a_long_ring_goes_to_the_compiled_test_and_a_short_one_does_not(monkeypa
     star = np.array([[np.cos(t), np.sin(t)] for t in np.linspace(0, 4 * np.pi, 5, endpoint=False)])  # a pentagram
     circle = np.array([[np.cos(t), np.sin(t)] for t in np.linspace(0, 2 * np.pi, 2 * polygons.SMALL_RING)])
     assert polygons.ring_crosses_itself(star) and not polygons.ring_crosses_itself(circle[:-1])
-    monkeypatch.setattr(polygons, "_numba_loaded", lambda: False)
+    monkeypatch.setattr(polygons, "_take_compiled", lambda: False)
     monkeypatch.setattr(polygons, "_compiled", lambda: pytest.fail("a short ring needs no compiled test"))
     assert polygons.ring_crosses_itself(star)
 
@@ -64,3 +64,36 @@ print("numba" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_a_process_that_prefers_compiled_tests_takes_them_for_small_inputs_too():
+    """``prefer_compiled`` (the process driving a GPU in a cohort run, which loads no compiled kernels): a small
+    input takes the compiled tests (and so loads Numba), with the same answer; without it, NumPy's."""
+    code = """
+import sys
+import numpy as np
+from isodose import polygons
+if sys.argv[1] == "prefer":
+    polygons.prefer_compiled()
+square = np.array([[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0]])
+inside = polygons.points_in_packed_planes(
+    np.array([-1.0]), np.array([1.0]), np.array([0, 1]), np.array([0, 4]), square, np.array([[1.0, 1.0, 0.0]])
+)
+print(bool(inside[0]), "numba" in sys.modules)
+"""
+    runs = {
+        how: subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True)
+        for how in ("prefer", "not")
+    }
+    assert runs["prefer"].stdout.split() == ["True", "True"], runs["prefer"].stderr
+    assert runs["not"].stdout.split() == ["True", "False"], runs["not"].stderr
+
+
+def test_the_gpu_arrangement_prefers_the_compiled_host_tests(monkeypatch):
+    from isodose import polygons
+    from isodose.cohort.settings import RunSettings
+    from isodose.cohort.work import ReceivedBatches
+
+    monkeypatch.setattr(polygons, "_prefer_compiled", False)
+    assert ReceivedBatches(RunSettings(), "numpy").stage([]).received == []
+    assert polygons._prefer_compiled

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .. import __version__, dispatch
+from .. import __version__
 from ..errors import IsodoseError
 from . import accumulate, audit, backends, classify, cohort, demo, dvh, phantom, validate
 from .exit_codes import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR
@@ -143,6 +143,8 @@ def console() -> None:
     up without SciPy's BLAS, which the kernels do not use (:func:`isodose.dispatch.for_one_command`). :func:`main`,
     for embedding, changes neither.
     """
+    from .. import dispatch  # here, not at the top: --help and --version import no NumPy
+
     dispatch.for_one_command()
     gc.set_threshold(CONSOLE_GC_THRESHOLD)
     stop_on_signals()

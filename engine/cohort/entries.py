@@ -27,7 +27,8 @@ class StoredCurve(TypedDict):
 
     role: Literal["recurrence", "roi"]
     step_gy: float
-    #: float64, one value a step from 0 Gy (an array; a list where read back from an older journal or from JSON).
+    #: The volumes, one a step from 0 Gy: a float64 array as a case's work makes it (a list only in an entry built
+    #: from JSON, as the oldest journals wrote it).
     cumulative_cc: np.ndarray | list[float]
 
 

@@ -124,7 +124,8 @@ def run_cohort(
     dask_batch_size : int, optional
         Cases in one Dask task (default: ``batch_size`` where a worker computes on a GPU, else 1).
     on_result : callable, optional
-        Called with each case's entry once it is stored.
+        Called with each case's entry once it is stored (its curves' volumes are NumPy arrays: give
+        ``json.dumps`` a ``default`` that turns them into lists).
     on_progress : callable, optional
         Called with a :class:`RunProgress` at the start and after each stored batch.
 
