@@ -16,9 +16,12 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import BackendError
-from .kernels.protocol import Kernels
+
+if TYPE_CHECKING:  # not at run time: the command line imports this module before NumPy is needed
+    from .kernels.protocol import Kernels
 
 log = logging.getLogger(__name__)
 

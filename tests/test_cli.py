@@ -206,3 +206,21 @@ def test_console_script_is_installed():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "isodose.cli:run" in result.stdout
+
+
+def test_help_and_version_answer_without_importing_numpy():
+    """``isodose --help`` and ``--version`` answer at once: the console command imports nothing heavy before its
+    arguments are parsed (the command's own modules import NumPy, Numba and pydicom when they run)."""
+    code = """
+import sys
+from isodose.cli.main import console
+sys.argv = ["isodose", sys.argv[1]]
+try:
+    console()
+except SystemExit:
+    pass
+print("numpy" in sys.modules, "numba" in sys.modules, "pydicom" in sys.modules, file=sys.stderr)
+"""
+    for flag in ("--help", "--version"):
+        done = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True)
+        assert done.stderr.split()[-3:] == ["False", "False", "False"], (flag, done.stderr)
