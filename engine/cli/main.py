@@ -60,13 +60,16 @@ def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
-    """The ``isodose`` logger's messages on stderr, as ``isodose: LEVEL: message``."""
+    """The ``isodose`` logger's messages on stderr, as ``isodose: LEVEL: message``. ``quiet`` hides warnings on the
+    terminal only: the logger still passes them on (at least WARNING, here and in worker processes), so that they
+    are kept with the results they concern, in every output and store."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("isodose: %(levelname)s: %(message)s"))
+    handler.setLevel(level)
     root = logging.getLogger("isodose")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(min(level, logging.WARNING))
     root.propagate = False
 
 
