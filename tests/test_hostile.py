@@ -513,3 +513,16 @@ def test_output_paths_that_are_folders_or_lie_under_a_file_are_one_line_errors(t
     ):
         code, _, err = run(capsys, *argv)
         assert code == 2 and err.count("\n") == 1 and "internal error" not in err, (argv, err)
+
+
+def test_a_store_whose_table_would_replace_the_manifest_is_refused(cohort, tmp_path, capsys):
+    """cohort.csv with --out cohort.h5: the results table (cohort.csv beside the store) would be written over the
+    manifest; refused before any work, the manifest left as it was."""
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(cohort.read_text().replace("cases/", f"{cohort.parent}/cases/"))
+    before = manifest.read_bytes()
+    out = tmp_path / "cohort.h5"
+    code, _, err = run(capsys, "cohort", "run", manifest, "--out", out, "--workers", "1", "--no-progress")
+    assert code == 2 and err.count("\n") == 1
+    assert "cohort.csv: the results table (cohort.csv, beside the store cohort.h5) would be written over" in err
+    assert manifest.read_bytes() == before and not out.exists()

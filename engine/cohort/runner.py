@@ -158,6 +158,7 @@ def run_cohort(
     """
     settings = settings or RunSettings()
     check_workers(workers)
+    not_over_the_manifest(source, out)
     if cases is None:
         cases = load_cases(source, recurrence_roi, prescription_gy, second_courses)
     return run_cases(
@@ -170,6 +171,21 @@ def run_cohort(
         on_result=on_result,
         on_progress=on_progress,
     )
+
+
+def not_over_the_manifest(source: str | Path, out: str | Path) -> None:
+    """Refuse a store ``out`` that is, or keeps beside it, the manifest ``source`` itself: ``cohort.csv`` with
+    ``--out cohort.h5`` would write the results table (``cohort.csv``) over the manifest."""
+    source = Path(source)
+    if not source.is_file():
+        return
+    for what, path in {"store": Path(out), **ResultStore.companions(out)}.items():
+        if path.resolve() == source.resolve():
+            raise IsodoseError(
+                f"the results {what} ({path.name}, beside the store {Path(out).name}) would be written over the "
+                "manifest itself: give the store another name",
+                path=source,
+            )
 
 
 def run_cases(
