@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from isodose.cli import main
@@ -506,6 +507,17 @@ def test_quiet_and_verbose_work_after_the_command_too(tmp_path, capsys):
     assert run(capsys, "dvh", "--dose", rd, "--structures", rs, "-q")[2] == ""
     assert "isodose: DEBUG:" in run(capsys, "dvh", "--dose", rd, "--structures", rs, "-vv", "--backend", "auto")[2]
     assert run(capsys, "-q", "dvh", "--dose", rd, "--structures", rs)[2] == ""
+    # Quiet hides warnings on the terminal, never in the results: the JSON and CSV keep them.
+    rd, rs, rp = write_case(tmp_path)
+    classify = ["classify", "--dose", rd, "--structures", rs, "--plan", rp, "--recurrence", "Recurrence"]
+    classify += ["--metric", "Nope:D95"]
+    code, out, err = run(capsys, "-q", *classify, "--format", "json")
+    assert code == 0 and err == ""
+    [warning] = json.loads(out)["warnings"]
+    assert "no ROI 'Nope'" in warning and "Nope:D95 is left out" in warning
+    code, out, err = run(capsys, *classify, "-q", "--format", "csv")
+    [row] = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and err == "" and "no ROI 'Nope'" in row["warnings"]
 
 
 def test_every_command_that_prints_results_offers_table_json_and_csv(tmp_path, capsys):
@@ -728,3 +740,25 @@ def test_small_messages_a_user_met(tmp_path, capsys, caplog):
     ds.save_as(rd)
     code, _, err = run(capsys, "classify", "--dose", rd, "--structures", rs, "--plan", rp, "--recurrence", "Recurrence")
     assert code == 2 and "DoseType is ERROR" in err and "beam" not in err and "give the plan's dose" in err
+
+
+def test_every_files_warnings_go_with_the_dvhs_in_json_and_csv(tmp_path, capsys):
+    """The plan's warnings (read before the dose) and the dose's are the document's in JSON, and in CSV every row's:
+    a table of DVHs never loses what was warned about its inputs."""
+    import copy
+
+    rd, rs, rp = write_case(tmp_path, summation="FRACTION")
+    plan = pydicom.dcmread(rp)
+    second = copy.deepcopy(plan.DoseReferenceSequence[0])
+    second.TargetPrescriptionDose = 60.0
+    plan.DoseReferenceSequence.append(second)
+    plan.save_as(rp)
+    dvh = ["dvh", "--dose", rd, "--structures", rs, "--plan", rp]
+    code, out, _ = run(capsys, *dvh, "--format", "json")
+    warnings = json.loads(out)["warnings"]
+    assert code == 0 and any("2 target prescriptions" in w for w in warnings)
+    assert any("FRACTION" in w for w in warnings)
+    code, out, _ = run(capsys, *dvh, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and rows
+    assert all("2 target prescriptions" in r["warnings"] and "FRACTION" in r["warnings"] for r in rows)

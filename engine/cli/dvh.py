@@ -90,7 +90,14 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
     if fmt == "csv":
         header = ["name", "number", *keys, *(m.text for m in metrics), "cells", "supersampling", "warnings"]
         csv_rows = [
-            [row[0], s["number"], *row[1:], s["cells"], s["supersampling"], " | ".join(s["warnings"])]
+            [
+                row[0],
+                s["number"],
+                *row[1:],
+                s["cells"],
+                s["supersampling"],
+                " | ".join(document["warnings"] + s["warnings"]),
+            ]
             for row, s in zip(rows, document["structures"])
         ]
         out.write(csv_text(header, csv_rows))
@@ -109,15 +116,15 @@ def run(args: argparse.Namespace) -> int:
     from ..provenance import check_inputs, check_whole_course
 
     metrics = parse_metrics(args.metric or [])
-    plan = options.plan(args)
-    prescription = options.prescription(args, plan)
-    for m in metrics:
-        if m.needs_prescription and prescription is None:
-            raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
     step = options.dvh_step(args) if args.dvh_out else None
     if args.dvh_out:
         output_file(args.dvh_out, "--dvh-out")
-    with collect_warnings() as warnings:
+    with collect_warnings() as warnings:  # every file's warnings, the plan's too, go with the results
+        plan = options.plan(args)
+        prescription = options.prescription(args, plan)
+        for m in metrics:
+            if m.needs_prescription and prescription is None:
+                raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
         dose, beams = options.read_dose(args, select_backend_for_work(args.backend, 0))  # a sum is memory-bound
         structures = options.read_structures(args.structures, args.labels)
         check_inputs(dose, [structures], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch)
