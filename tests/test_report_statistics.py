@@ -174,6 +174,22 @@ def test_v95_and_the_share_inside_are_shown_once_with_a_note(cohort, tmp_path):
     assert unit_of("CTV60:D98") == "Gy" and unit_of("GTV:volume") == "cc" and unit_of("V95%") == "%"
 
 
+def test_v95_and_the_share_inside_are_both_shown_where_part_of_a_vr_lies_outside_the_grid(cohort, tmp_path):
+    """V95% is a share of the part of Vr inside the dose grid, the share inside the isodose a share of all of Vr:
+    where one case's Vr lies partly outside the grid they differ, and the report shows both and says why."""
+    _, out, _ = cohort
+
+    def outside(entry, k):
+        if k == 0:
+            entry["record"]["recurrence_outside_dose_cc"] = 0.5
+
+    report = build_report(synthetic_store(out, tmp_path / "r.h5", outside))
+    metrics = [s.metric for s in report.summaries if s.structure.endswith("(Vr)")]
+    assert "V95%" in metrics and "inside the isodose" in metrics
+    assert not any("shown once" in note for note in report.notes)
+    assert any("differ for the 1 case(s) with part of Vr outside the grid" in note for note in report.notes)
+
+
 def test_the_papers_table_in_csv_markdown_and_latex(cohort):
     _, out, _ = cohort
     report = build_report(ResultStore.open(out, create=False))

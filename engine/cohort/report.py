@@ -129,13 +129,23 @@ def build_report(
     label = vr_label(recurrence_rois)
     notes = []
     criteria = settings.get("criteria", {})
+    # V95% (of the prescription) and the share inside the 95% isodose are one number under these criteria, unless
+    # part of a Vr lies outside the dose grid: V95% is a share of the part inside it, the share inside the isodose
+    # a share of all of Vr.
+    partly_outside = sum(1 for e in ok if numeric(e["record"].get("recurrence_outside_dose_cc")) > 0)
     if float(criteria.get("isodose_pct", 95.0)) == 95.0 and "V95%" in vr_metrics:
-        # V95% (of the prescription) and the share inside the 95% isodose are one number under these criteria.
-        vr_metrics.remove("V95%")
-        notes.append(
-            "V95% of Vr is the share of Vr inside the 95% isodose under these criteria: shown once, as 'inside the "
-            "isodose'."
-        )
+        if not partly_outside:
+            vr_metrics.remove("V95%")
+            notes.append(
+                "V95% of Vr is the share of Vr inside the 95% isodose under these criteria: shown once, as 'inside "
+                "the isodose'."
+            )
+        else:
+            notes.append(
+                f"V95% of Vr is a share of the part of Vr inside the dose grid, 'inside the isodose' a share of all of "
+                f"Vr: they differ for the {partly_outside} case(s) with part of Vr outside the grid, and both are "
+                "shown."
+            )
     summaries = []
     quantities: list[tuple[str, str]] = []
     for key in (*RECURRENCE_KEYS, *vr_metrics):
