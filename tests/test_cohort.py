@@ -336,6 +336,8 @@ def test_a_finished_case_whose_inputs_changed_is_computed_again(cohort, tmp_path
     )
     records = {e["case_id"]: e["record"] for e in ResultStore.open(out, create=False).cases()}
     assert records[cases[2].case_id]["prescription_gy"] == 66.0
+    warned = {e["case_id"]: e["warnings"] for e in ResultStore.open(out, create=False).cases()}
+    assert any("the manifest's prescription_gy, 66 Gy, is used, not the plan's" in w for w in warned[cases[2].case_id])
     assert records[cases[1].case_id] == stored[cases[1].case_id]["record"]  # same content, same numbers
     fourth = run_cohort(manifest, out, settings=SETTINGS, workers=1, cases=changed)
     assert (fourth.processed, fourth.skipped) == (0, 3)

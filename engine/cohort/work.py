@@ -125,6 +125,13 @@ def read_case(case: Case, settings: RunSettings | None = None) -> CaseInputs | C
                 prescription = plan.prescription_gy if plan is not None else None
                 if prescription is None:
                     raise IsodoseError("the plan holds no prescription; give prescription_gy", path=case.plan)
+            elif plan is not None and plan.prescription_gy is not None and plan.prescription_gy != prescription:
+                log.warning(
+                    "%s: the manifest's prescription_gy, %g Gy, is used, not the plan's %g Gy",
+                    case.plan,
+                    prescription,
+                    plan.prescription_gy,
+                )
             follow_up = read_structure_file(case.recurrence_structures) if case.recurrence_structures else None
             registration = (
                 read_case_registration(
