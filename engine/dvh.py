@@ -912,7 +912,8 @@ def _select_structures(
         return list(structure_set.structures)
     if isinstance(rois, str | int):  # one ROI (a string would otherwise be taken letter by letter)
         rois = [rois]
-    return [structure_set.get(r) for r in rois]
+    # An ROI asked for twice (by name and by number, say) is computed and reported once, where first asked for.
+    return list({id(s): s for s in (structure_set.get(r) for r in rois)}.values())
 
 
 def dvh_request(

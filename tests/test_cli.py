@@ -224,3 +224,17 @@ print("numpy" in sys.modules, "numba" in sys.modules, "pydicom" in sys.modules, 
     for flag in ("--help", "--version"):
         done = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True)
         assert done.stderr.split()[-3:] == ["False", "False", "False"], (flag, done.stderr)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dvh", "--dose", "RD.dcm", "--prescription", "14", "--plan", "RP.dcm"],
+        ["nonsense"],
+        ["dvh", "--dose", "RD.dcm"],
+    ],
+)
+def test_a_usage_error_is_one_line_with_where_to_read_more(argv):
+    done = subprocess.run([sys.executable, "-m", "isodose.cli", *argv], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+    assert "error:" in done.stderr and "--help)" in done.stderr and "usage:" not in done.stderr

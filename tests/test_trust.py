@@ -762,3 +762,32 @@ def test_every_files_warnings_go_with_the_dvhs_in_json_and_csv(tmp_path, capsys)
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and rows
     assert all("2 target prescriptions" in r["warnings"] and "FRACTION" in r["warnings"] for r in rows)
+
+
+def test_a_reference_dose_for_a_dose_in_gy_is_warned_about_and_repeated_rois_are_computed_once(tmp_path, capsys):
+    rd, rs, _ = write_case(tmp_path)
+    code, out, _ = run(
+        capsys,
+        "dvh",
+        "--dose",
+        rd,
+        "--structures",
+        rs,
+        "--relative-dose-reference-gy",
+        "50",
+        "--roi",
+        "PTV",
+        "--roi",
+        "ptv",
+        "--roi",
+        read_structures(rs).get("PTV").number,
+        "--roi",
+        "Cord",
+        "--format",
+        "json",
+    )
+    document = json.loads(out)
+    assert code == 0 and [s["name"] for s in document["structures"]] == ["PTV", "Cord"]
+    assert any(
+        "DoseUnits is GY: the reference dose of relative dose (50 Gy) is not used" in w for w in document["warnings"]
+    )

@@ -13,6 +13,7 @@ import gc
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from .. import __version__
 from ..errors import IsodoseError
@@ -23,8 +24,16 @@ from .exit_codes import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USE
 COMMANDS = (dvh, audit, validate, accumulate, classify, cohort, demo, phantom, backends)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with usage errors on one line, as every other error of the command line: the problem and
+    where to read more, not the usage block (the commands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="isodose", description="Dose-volume engine for radiotherapy research.")
+    parser = _Parser(prog="isodose", description="Dose-volume engine for radiotherapy research.")
     parser.add_argument("--version", action="version", version=f"isodose {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")

@@ -87,7 +87,7 @@ def read_dose(args: argparse.Namespace, backend=None):
     from ..dicom.read import read_dose as read_file
     from ..reirradiation import sum_doses
 
-    doses = [read_file(path, args.relative_dose_reference_gy) for path in args.dose]
+    doses = [read_file(path, args.relative_dose_reference_gy, warn_unused_reference=True) for path in args.dose]
     beams = sum(d.summation_type == "BEAM" for d in doses) if len(doses) > 1 else 0
     return sum_doses(doses, backend=backend), beams
 

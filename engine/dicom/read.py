@@ -298,7 +298,9 @@ RELATIVE_FRACTION_MAX = 2.0
 
 
 @_reader
-def read_dose(path: PathType, relative_reference_gy: float | None = None) -> DoseGrid:
+def read_dose(
+    path: PathType, relative_reference_gy: float | None = None, *, warn_unused_reference: bool = False
+) -> DoseGrid:
     """Read an RTDOSE file into a :class:`DoseGrid` in Gy, re-ordered so that indices increase along x, y
     and z.
 
@@ -318,6 +320,9 @@ def read_dose(path: PathType, relative_reference_gy: float | None = None) -> Dos
         For DoseUnits RELATIVE: the dose (Gy) of 100%. Relative values whose maximum is at most 2 are read as
         fractions (1.0 = 100%), larger ones as percentages, with a warning saying which. Without it, RELATIVE
         dose is refused.
+    warn_unused_reference : bool
+        Warn when ``relative_reference_gy`` is given for a dose in Gy, which does not use it (a command given one
+        file; a cohort's setting, for its relative doses, is silently not used by the others).
 
     Returns
     -------
@@ -347,8 +352,8 @@ def read_dose(path: PathType, relative_reference_gy: float | None = None) -> Dos
     units = str(_required(ds, "DoseUnits", path)).strip().upper()
     if units == "RELATIVE" and relative_reference_gy is None:
         raise DoseUnitsError(
-            "DoseUnits is RELATIVE, not GY; give the dose of 100% to read it (--relative-dose-reference-gy GY, "
-            "or relative_reference_gy=)",
+            "DoseUnits is RELATIVE, not GY; give the dose of 100% to read it (on the command line "
+            "--relative-dose-reference-gy GY)",
             path=path,
         )
     if units not in ("GY", "RELATIVE"):
@@ -361,6 +366,10 @@ def read_dose(path: PathType, relative_reference_gy: float | None = None) -> Dos
         raise DoseUnitsError(
             f"the reference dose of relative dose must be a positive dose in Gy, not {relative_reference_gy}",
             path=path,
+        )
+    if units == "GY" and relative_reference_gy is not None and warn_unused_reference:
+        log.warning(
+            "%s: DoseUnits is GY: the reference dose of relative dose (%g Gy) is not used", path, relative_reference_gy
         )
     rows = int(_required(ds, "Rows", path))
     columns = int(_required(ds, "Columns", path))
