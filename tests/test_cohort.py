@@ -484,7 +484,7 @@ def test_cli_classify_json(cohort, capsys):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("case_id,dose,structures\nA,rd.dcm,rs.dcm\n", "missing column"),
+        ("case_id,dose,structures\nA,rd.dcm,rs.dcm\n", r"missing column\(s\) recurrence_roi; a manifest has"),
         (
             "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
             "A,rd.dcm,rs.dcm,,70,Vr,,\nA,rd.dcm,rs.dcm,,70,Vr,,\n",
@@ -507,6 +507,18 @@ def test_manifest_errors(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ManifestError, match=message):
         read_manifest(path)
+
+
+def test_a_manifest_may_leave_out_the_columns_it_leaves_empty(tmp_path):
+    path = tmp_path / "manifest.csv"
+    path.write_text("case_id,dose,structures,recurrence_roi,prescription_gy,T_stage\nA,rd.dcm,rs.dcm,GTVr,70,T3\n")
+    [case] = read_manifest(path)
+    assert (case.case_id, case.recurrence_roi, case.prescription_gy) == ("A", "GTVr", 70.0)
+    assert case.plan is None and case.recurrence_structures is None and case.registration is None
+    assert case.problem == ""
+    path.write_text("case_id,dose,structures,recurrence_roi\nA,rd.dcm,rs.dcm,GTVr\n")
+    [case] = read_manifest(path)
+    assert case.problem == "the manifest gives no plan and no prescription_gy"
 
 
 def test_manifests_in_other_encodings(tmp_path):

@@ -47,6 +47,9 @@ MANIFEST_COLUMNS = (
     "recurrence_structures",
     "registration",
 )
+#: The columns a manifest must have (``recurrence_roi`` too, unless it gives the recurrence as ``recurrence_mask``);
+#: the others of :data:`MANIFEST_COLUMNS` may be left out, as if empty.
+REQUIRED_MANIFEST_COLUMNS = ("case_id", "dose", "structures")
 #: Keys of a case's record that isodose writes itself: a manifest's own column (a covariate) may not take them.
 RESERVED_RECORD_KEYS = frozenset(
     {
@@ -234,9 +237,14 @@ def manifest_text(path: Path) -> str:
 
 def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
     header = [h.strip() for h in reader.fieldnames or []]
-    missing = [c for c in MANIFEST_COLUMNS if c not in header]
+    required = [*REQUIRED_MANIFEST_COLUMNS, *(() if "recurrence_mask" in header else ("recurrence_roi",))]
+    missing = [c for c in required if c not in header]
     if missing:
-        raise ManifestError(f"missing column(s) {', '.join(missing)}; expected {','.join(MANIFEST_COLUMNS)}", path=path)
+        raise ManifestError(
+            f"missing column(s) {', '.join(missing)}; a manifest has {','.join(MANIFEST_COLUMNS)} (case_id, dose, "
+            "structures and recurrence_roi at least; the others may be left out)",
+            path=path,
+        )
     base = path.parent
     known = {*MANIFEST_COLUMNS, *SECOND_COURSE_COLUMNS, *LABEL_COLUMNS, "registration_fixed"}
     covariates = [h for h in header if h and h not in known]
@@ -263,6 +271,8 @@ def _manifest_cases(reader: csv.DictReader, path: Path) -> list[Case]:
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
         if not any(row.values()):
             continue
+        for column in MANIFEST_COLUMNS:  # a column left out is empty in every row
+            row.setdefault(column, "")
         obj = f"line {line}"
         case_id = row["case_id"]
         if not case_id:
