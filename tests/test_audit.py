@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom import dcmread
 
@@ -23,7 +24,7 @@ from isodose.cohort.store import ResultStore
 from isodose.dicom.read import read_dose, read_reported_dvhs, read_structures
 from isodose.dicom.write import new_uid, write_dose, write_plan, write_structures
 from isodose.dvh import PlanningSystemDVH, Tolerance, compute_dvhs
-from isodose.errors import DicomReadError, InputMismatchError
+from isodose.errors import DicomReadError, InputMismatchError, IsodoseError
 from isodose.phantoms import example_case, example_truths, reported_dvh
 from isodose.voxelize import SamplingOptions
 
@@ -268,6 +269,13 @@ def test_rois_by_name_and_an_roi_the_planning_system_did_not_report(tmp_path):
     reported = [d for d in read_dose_dvhs(rd, structures) if d.name != "Cord"]
     with pytest.raises(Exception, match="reported no DVH of ROI 'Cord'"):
         audit_dvhs(grid, structures, reported, rois=["Cord"])
+    # The same from the files: the ROI named, not "every item was skipped".
+    ds = pydicom.dcmread(rd)
+    cord = read_structures(rs).get("Cord").number
+    ds.DVHSequence = [item for item in ds.DVHSequence if item.DVHReferencedROISequence[0].ReferencedROINumber != cord]
+    ds.save_as(rd)
+    with pytest.raises(IsodoseError, match="reported no DVH of ROI 'Cord'"):
+        audit_files(rd, rs, rp, rois=["Cord"])
 
 
 # --------------------------------------------------------------------------------------------------------
