@@ -898,8 +898,9 @@ def check_frame_of_reference(dose: DoseGrid, structures: StructureSet) -> None:
     a, b = dose.frame_of_reference_uid, structures.frame_of_reference_uid
     if a and b and a != b:
         raise FrameOfReferenceError(
-            f"frame of reference {b} differs from the dose's {a} ({dose.source or 'dose'}); "
-            "map the structures with a registration first",
+            f"frame of reference {b} differs from the dose's {a} ({dose.source or 'dose'}): these structures were "
+            "drawn on another image; give those of the dose's planning image (a follow-up's recurrence is mapped "
+            "by classify --recurrence-structures with --registration)",
             path=structures.source or None,
         )
 

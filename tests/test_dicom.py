@@ -204,7 +204,7 @@ def test_frames_of_reference_must_match(tmp_path):
     rs = read_structures(_structure_file(tmp_path))
     compute_dvhs(grid, rs, ["Cord"])
     other = DoseGrid(grid.dose_gy, grid.origin_mm, grid.spacing_mm, "9.9.9", "rd.dcm")
-    with pytest.raises(FrameOfReferenceError, match="rs.dcm.*differs from the dose's 9.9.9"):
+    with pytest.raises(FrameOfReferenceError, match="rs.dcm.*differs from the dose's 9.9.9.*drawn on another image"):
         compute_dvhs(other, rs, ["Cord"])
 
 
