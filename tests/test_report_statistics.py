@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from isodose.cli import main
-from isodose.cohort.report import build_report, format_text, write_html
+from isodose.cohort.report import build_report, curves_by_figure, format_text, write_html
 from isodose.cohort.runner import run_cohort
 from isodose.cohort.settings import RunSettings
 from isodose.cohort.statistics import paper_columns, paper_table, unit_of
@@ -188,6 +188,32 @@ def test_v95_and_the_share_inside_are_both_shown_where_part_of_a_vr_lies_outside
     assert "V95%" in metrics and "inside the isodose" in metrics
     assert not any("shown once" in note for note in report.notes)
     assert any("differ for the 1 case(s) with part of Vr outside the grid" in note for note in report.notes)
+
+
+def test_a_vr_that_is_itself_a_target_metrics_roi_counts_in_that_rois_figure(cohort, tmp_path):
+    """A case whose recurrence is the planning ROI of a target metric stores that curve once, as Vr's: the ROI's
+    figure counts it as it counts the other cases' curves of that ROI (the figure said a case fewer than the tables).
+    A Vr mapped from another frame is another structure, and does not count there."""
+    _, out, _ = cohort
+    stored: dict[str, dict] = {}
+    for c in ResultStore.open(out, create=False).dvh_curves():
+        curve = {"role": c["role"], "step_gy": c["step_gy"], "cumulative_cc": c["cumulative_cc"]}
+        stored.setdefault(c["case_id"], {})[c["roi"]] = curve
+
+    def vr_is_ctv60(entry, k):
+        entry["dvhs"] = dict(stored[entry["case_id"]])
+        if k < 2:
+            vr = entry["dvhs"].pop(entry["record"]["recurrence_roi"])
+            entry["dvhs"]["CTV60"] = vr  # in place of CTV60's own curve, which is the same one
+            entry["record"]["recurrence_roi"] = "CTV60"
+            entry["record"]["recurrence_registered"] = k == 1
+
+    store = synthetic_store(out, tmp_path / "r.h5", vr_is_ctv60)
+    report = build_report(store)
+    vr_by_class, by_roi = curves_by_figure(report, store.dvh_curves())
+    assert sum(len(c) for c in vr_by_class.values()) == report.n_ok
+    assert len(by_roi[("roi", "CTV60")]) == report.n_ok - 1  # all but the registered case's
+    assert len(by_roi[("roi", "CTV54")]) == report.n_ok
 
 
 def test_the_papers_table_in_csv_markdown_and_latex(cohort):

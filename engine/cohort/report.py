@@ -575,6 +575,29 @@ FIGURE_FONTS: dict = {
 }
 
 
+def curves_by_figure(
+    report: CohortReport, curves: Sequence[dict]
+) -> tuple[dict[str, list[dict]], dict[tuple[str, str], list[dict]]]:
+    """The classified cases' stored curves as the report's DVH figures take them: every case's Vr by its class, and
+    each other ROI's curves by ROI. A case whose Vr is itself the planning ROI of a target metric (not mapped from
+    another frame) stores that curve once, as Vr's: it counts in that ROI's figure too."""
+    ok = {e["case_id"]: e for e in report.cases}
+    target_rois = {str(m).split(":", 1)[0].strip().casefold() for m in report.settings.get("target_metrics", [])}
+    vr_by_class: dict[str, list[dict]] = defaultdict(list)
+    by_roi: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for curve in curves:
+        entry = ok.get(curve["case_id"])
+        if entry is None:
+            continue
+        if curve["role"] == "recurrence":  # every case's Vr, whatever its ROI's name, in the band of its class
+            vr_by_class[str(entry["record"].get("class_volume"))].append(curve)
+            if not entry["record"].get("recurrence_registered") and str(curve["roi"]).casefold() in target_rois:
+                by_roi[("roi", curve["roi"])].append(curve)
+        else:
+            by_roi[(curve["role"], curve["roi"])].append(curve)
+    return vr_by_class, by_roi
+
+
 def write_html(report: CohortReport, store: ResultStore, path: str | Path, figures: str | Path | None = None) -> Path:
     """Write the self-contained HTML report; with ``figures``, each figure also as SVG and as a 300-dpi PNG there."""
     import matplotlib
@@ -609,17 +632,7 @@ def _write_html(report: CohortReport, store: ResultStore, path: Path, figures: s
         sections.append(emit(figure, "inside_isodose", "distribution of Vr inside the isodose"))
     else:
         sections.append('<p class="empty">No case was classified: there is no distribution to show.</p>')
-    by_roi: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    ok = {e["case_id"]: e for e in report.cases}
-    vr_by_class: dict[str, list[dict]] = defaultdict(list)
-    for curve in store.dvh_curves():
-        entry = ok.get(curve["case_id"])
-        if entry is None:
-            continue
-        if curve["role"] == "recurrence":  # every case's Vr, whatever its ROI's name, in the band of its class
-            vr_by_class[str(entry["record"].get("class_volume"))].append(curve)
-        else:
-            by_roi[(curve["role"], curve["roi"])].append(curve)
+    vr_by_class, by_roi = curves_by_figure(report, store.dvh_curves())
     levels = _levels(report)
     dvh_images = []
     label = vr_label(report.recurrence_rois)
