@@ -177,15 +177,13 @@ def not_over_the_manifest(source: str | Path, out: str | Path) -> None:
     """Refuse a store ``out`` that is, or keeps beside it, the manifest ``source`` itself: ``cohort.csv`` with
     ``--out cohort.h5`` would write the results table (``cohort.csv``) over the manifest."""
     source = Path(source)
-    if not source.is_file():
-        return
-    for what, path in {"store": Path(out), **ResultStore.companions(out)}.items():
-        if path.resolve() == source.resolve():
-            raise IsodoseError(
-                f"the results {what} ({path.name}, beside the store {Path(out).name}) would be written over the "
-                "manifest itself: give the store another name",
-                path=source,
-            )
+    what = ResultStore.owned(source, out) if source.is_file() else None
+    if what is not None:
+        raise IsodoseError(
+            f"the results {what} ({source.name}, beside the store {Path(out).name}) would be written over the "
+            "manifest itself: give the store another name",
+            path=source,
+        )
 
 
 def run_cases(

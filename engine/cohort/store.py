@@ -137,16 +137,21 @@ class ResultStore:
         }
 
     @classmethod
+    def owned(cls, path: str | Path, store: str | Path) -> str | None:
+        """Which of the files of the store at ``store`` ``path`` is (``store``, or a companion's name), or None."""
+        target = Path(path).resolve()
+        return next(
+            (what for what, own in {"store": Path(store), **cls.companions(store)}.items() if own.resolve() == target),
+            None,
+        )
+
+    @classmethod
     def check_not_ours(cls, output: str | Path, store: str | Path, option: str) -> None:
         """Refuse an output file (``option``'s) that is the store at ``store`` or one of its companions: writing it
         would destroy results."""
-        target = Path(output).resolve()
-        owned = {"store": Path(store), **cls.companions(store)}
-        for what, path in owned.items():
-            if path.resolve() == target:
-                raise StoreError(
-                    f"{option} would write over the {what} of the results store {Path(store)}", path=output
-                )
+        what = cls.owned(output, store)
+        if what is not None:
+            raise StoreError(f"{option} would write over the {what} of the results store {Path(store)}", path=output)
 
     @classmethod
     def open(cls, path: str | Path, settings: dict | None = None, *, create: bool = True) -> ResultStore:
