@@ -434,3 +434,114 @@ def test_damaged_contour_data_is_one_error_either_way(tmp_path, monkeypatch, com
         monkeypatch.setattr(reader, "COMPILED_DECIMALS_MIN_BYTES", 10**12)
     with pytest.raises(DicomReadError, match=f"ROI 'Cord' contour 0: {message}"):
         read_structures(path)
+
+
+# A ContourSequence walked from its bytes (isodose.dicom.items) where pydicom has not parsed it: the contours pydicom's
+# items give, in every encoding the walker takes, and pydicom's own reading of any other.
+def _encoded_contour_set(tmp_path, transfer_syntax, undefined_items: bool, undefined_nested: bool):
+    """The generated structure set, with a POINT contour added and each contour item holding a ContourImageSequence,
+    saved in ``transfer_syntax`` with its contour items and their nested sequences of defined or undefined length
+    (each ContourSequence of defined length, so that pydicom leaves its bytes unparsed until asked)."""
+    path = _structure_file(tmp_path)
+    ds = pydicom.dcmread(path)
+    point = Dataset()
+    point.ContourGeometricType = "POINT"
+    point.NumberOfContourPoints = 1
+    point.ContourData = [1.0, 2.0, 0.0]
+    ds.ROIContourSequence[1].ContourSequence.append(point)
+    for roi in ds.ROIContourSequence:
+        roi["ContourSequence"].is_undefined_length = False
+        for item in roi.ContourSequence:
+            image = Dataset()
+            image.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+            image.ReferencedSOPInstanceUID = "1.2.3.4"
+            item.ContourImageSequence = [image]
+            item["ContourImageSequence"].is_undefined_length = undefined_nested
+            item.is_undefined_length_sequence_item = undefined_items
+            image.is_undefined_length_sequence_item = undefined_nested
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    pydicom.dcmwrite(
+        path,
+        ds,
+        implicit_vr=transfer_syntax.is_implicit_VR,
+        little_endian=transfer_syntax.is_little_endian,
+        force_encoding=True,
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ExplicitVRBigEndian],
+    ids=["implicit", "explicit", "big-endian"],
+)
+@pytest.mark.parametrize("undefined_items", [False, True], ids=["items-defined", "items-undefined"])
+@pytest.mark.parametrize("undefined_nested", [False, True], ids=["nested-defined", "nested-undefined"])
+def test_contour_sequences_walked_from_their_bytes_read_as_pydicoms_items(
+    tmp_path, monkeypatch, caplog, transfer_syntax, undefined_items, undefined_nested
+):
+    import isodose.dicom.read as reader
+
+    path = _encoded_contour_set(tmp_path, transfer_syntax, undefined_items, undefined_nested)
+    walk = reader._contours_from_bytes
+    walked = []
+    monkeypatch.setattr(reader, "_contours_from_bytes", lambda item: walked.append(walk(item)) or walked[-1])
+    with caplog.at_level(logging.WARNING, logger="isodose"):
+        fast = read_structures(path)
+    fast_log, _ = caplog.text, caplog.clear()
+    monkeypatch.setattr(reader, "_contours_from_bytes", lambda item: None)
+    with caplog.at_level(logging.WARNING, logger="isodose"):
+        slow = read_structures(path)
+    little_endian = transfer_syntax != pydicom.uid.ExplicitVRBigEndian
+    assert len(walked) == 3 and all((w is not None) == little_endian for w in walked)
+    assert fast_log == caplog.text and fast_log.count("POINT contour skipped") == 1
+    assert fast.names == slow.names == ["Shell", "Cord", "Empty"]
+    for a, b in zip(fast.structures, slow.structures, strict=True):
+        assert len(a.contours) == len(b.contours) > 0 or a.name == "Empty"
+        for c, d in zip(a.contours, b.contours, strict=True):
+            assert c.z_mm == d.z_mm and _same_bits(c.points_mm, d.points_mm)
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One element in explicit VR little endian (a short VR's 2-byte length)."""
+    import struct
+
+    return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr + struct.pack("<H", len(value)) + value
+
+
+def _item(content: bytes, length: int | None = None) -> bytes:
+    import struct
+
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(content) if length is None else length) + content
+
+
+_KIND = _element(0x30060042, b"CS", b"CLOSED_PLANAR ")
+_DATA = _element(0x30060050, b"DS", b"0\\0\\0\\1\\0\\0\\0\\1\\0 ")
+
+
+@pytest.mark.parametrize(
+    ("raw", "items"),
+    [
+        (_item(_KIND + _DATA), 1),
+        (_item(_KIND + _DATA) * 3, 3),
+        (b"", 0),
+        (_item(_KIND + _DATA) + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", 1),  # a sequence delimiter kept with the value
+        (_item(_KIND + _DATA) + b"\x00\x00\x00\x00", None),  # bytes between items
+        (_item(_KIND + _DATA)[:-3], None),  # truncated
+        (_item(_KIND + _KIND + _DATA), None),  # an element twice in one item
+        (_item(_KIND + _DATA, length=len(_KIND) + 4), None),  # ContourData runs past its item
+        (_item(_KIND.replace(b"CS", b"cs") + _DATA), None),  # not a VR: an implicit VR switch, left to pydicom
+        (_element(0x30060042, b"CS", b"AB"), None),  # an element where an item belongs
+        (_item(_KIND + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"), None),  # an item delimiter in an item of defined length
+    ],
+    ids=["one", "three", "empty", "delimiter", "between", "truncated", "twice", "overrun", "vr", "no-item", "stray"],
+)
+def test_the_contour_walker_takes_only_plain_encodings(raw, items):
+    from isodose.dicom.items import sequence_items
+
+    walked = sequence_items(raw, implicit_vr=False)
+    if items is None:
+        assert walked is None
+    else:
+        assert walked is not None and len(walked) == items
+        assert all(item[0x30060042] == b"CLOSED_PLANAR " and item[0x30060050].startswith(b"0\\0") for item in walked)

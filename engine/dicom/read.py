@@ -703,6 +703,22 @@ def _compiled_decimals(raw: bytes) -> np.ndarray | None:
     return parse_decimal_strings(raw)
 
 
+def _contour_values(raw: bytes | None, path: PathType, obj: str) -> np.ndarray:
+    """ContourData's values from the bytes of the element's value."""
+    if not raw:
+        raise DicomReadError("required tag ContourData is missing", path=path, obj=obj)
+    values = _compiled_decimals(raw)
+    if values is not None:
+        return values  # finite: the compiled parser takes no NaN, infinity or exponent that overflows
+    try:
+        values = np.array(raw.split(b"\\"), dtype=np.float64)
+    except ValueError as exc:
+        raise DicomReadError(f"ContourData is not numeric ({exc})", path=path, obj=obj) from exc
+    if not np.all(np.isfinite(values)):
+        raise DicomReadError("ContourData holds non-finite values", path=path, obj=obj)
+    return values
+
+
 def _contour_data(item, path: PathType, obj: str) -> np.ndarray:
     """ContourData as floats, parsed from the element's bytes when pydicom has not converted it yet (a
     structure set holds hundreds of thousands of coordinates, and converting each one by one is slow)."""
@@ -712,20 +728,12 @@ def _contour_data(item, path: PathType, obj: str) -> np.ndarray:
     if element is None or element.value in (None, b"", ""):
         raise DicomReadError("required tag ContourData is missing", path=path, obj=obj)
     if isinstance(element, RawDataElement) and isinstance(element.value, bytes):
-        values = _compiled_decimals(element.value)
-        if values is None:
-            try:
-                values = np.array(element.value.split(b"\\"), dtype=np.float64)
-            except ValueError as exc:
-                raise DicomReadError(f"ContourData is not numeric ({exc})", path=path, obj=obj) from exc
-        if not np.all(np.isfinite(values)):
-            raise DicomReadError("ContourData holds non-finite values", path=path, obj=obj)
-        return values
+        return _contour_values(element.value, path, obj)
     return _floats(element.value, "ContourData", None, path, obj)
 
 
-#: ContourGeometricType's tag: read from the element's bytes where pydicom has not converted it (one per contour).
-_CONTOUR_GEOMETRIC_TYPE = 0x30060042
+#: The tags of an ROI's ContourSequence, and of a contour's ContourGeometricType and ContourData.
+_CONTOUR_SEQUENCE, _CONTOUR_GEOMETRIC_TYPE, _CONTOUR_DATA = 0x30060040, 0x30060042, 0x30060050
 
 
 def _geometric_type(item) -> str:
@@ -745,15 +753,46 @@ def _geometric_type(item) -> str:
     return str(item.get("ContourGeometricType", "") or "").strip().upper()
 
 
-def _contour(item, path: PathType, roi: str, index: int) -> Contour | None:
-    kind = _geometric_type(item)
+def _contours_from_bytes(roi_item) -> list[tuple[str, bytes | None]] | None:
+    """Each contour of an ROIContourSequence item as (ContourGeometricType, the bytes of ContourData), its
+    ContourSequence walked from the element's bytes (:mod:`isodose.dicom.items`), where pydicom has not parsed it
+    yet: as :func:`_geometric_type` and :func:`_contour_data` read them from pydicom's items, without building one.
+    None where pydicom has parsed it, or where the encoding is one the walker leaves to pydicom."""
+    from pydicom.dataelem import RawDataElement
+
+    from .items import sequence_items
+
+    if _CONTOUR_SEQUENCE not in roi_item:
+        return []  # an ROI without contours
+    element = roi_item.get_item(_CONTOUR_SEQUENCE)
+    if not isinstance(element, RawDataElement) and not element.value:
+        return []  # an empty sequence, which pydicom gives as one
+    if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes) or not element.is_little_endian:
+        return None
+    items = sequence_items(element.value, element.is_implicit_VR)
+    if items is None:
+        return None
+    contours = []
+    for item in items:
+        kind, data = item.get(_CONTOUR_GEOMETRIC_TYPE, b""), item.get(_CONTOUR_DATA, b"")
+        if kind is None or data is None:  # of undefined length: not what these elements are
+            return None
+        try:
+            contours.append((kind.decode("ascii").strip(" \x00").upper(), data))
+        except UnicodeDecodeError:
+            return None  # as pydicom reads it
+    return contours
+
+
+def _contour(kind: str, values: Callable[[str], np.ndarray], path: PathType, roi: str, index: int) -> Contour | None:
+    """One contour of ``roi`` from its ContourGeometricType and ``values(obj)``, its ContourData as floats."""
     obj = f"ROI {roi!r} contour {index}"
     if kind != "CLOSED_PLANAR":
         log.warning(
             "%s: %s: %s contour skipped (only CLOSED_PLANAR contours enclose a volume)", path, obj, kind or "untyped"
         )
         return None
-    data = _contour_data(item, path, obj)
+    data = values(obj)
     if len(data) % 3:
         raise StructureError(f"ContourData has {len(data)} values, not a multiple of 3", path=path, obj=obj)
     points = data.reshape(-1, 3)
@@ -833,10 +872,24 @@ def read_structures(path: PathType, rois: Callable[[str, str], bool] | None = No
             raise StructureError(f"ROIContourSequence refers to ROI number {number}, which is not defined", path=path)
         if rois is not None and not rois(names[number], interpreted.get(number, "")):
             continue  # not asked for: its contours stay unparsed
-        for index, contour_item in enumerate(item.get("ContourSequence") or []):
-            contour = _contour(contour_item, path, names[number], index)
-            if contour is not None:
-                contours[number].append(contour)
+        walked = _contours_from_bytes(item)
+        if walked is not None:
+            found = [
+                _contour(kind, functools.partial(_contour_values, data, path), path, names[number], index)
+                for index, (kind, data) in enumerate(walked)
+            ]
+        else:
+            found = [
+                _contour(
+                    _geometric_type(contour_item),
+                    functools.partial(_contour_data, contour_item, path),
+                    path,
+                    names[number],
+                    index,
+                )
+                for index, contour_item in enumerate(item.get("ContourSequence") or [])
+            ]
+        contours[number] += [contour for contour in found if contour is not None]
     frame_uid = ""
     referenced = ds.get("ReferencedFrameOfReferenceSequence") or []
     if referenced:
