@@ -480,12 +480,15 @@ def _encoded_contour_set(tmp_path, transfer_syntax, undefined_items: bool, undef
 def test_contour_sequences_walked_from_their_bytes_read_as_pydicoms_items(
     tmp_path, monkeypatch, caplog, transfer_syntax, undefined_items, undefined_nested
 ):
+    import numba  # noqa: F401  (loaded: an ROI of plain contours is parsed in one compiled call)
+
     import isodose.dicom.read as reader
 
     path = _encoded_contour_set(tmp_path, transfer_syntax, undefined_items, undefined_nested)
-    walk = reader._contours_from_bytes
-    walked = []
+    walk, at_once = reader._contours_from_bytes, reader._plain_contours
+    walked, plain = [], []
     monkeypatch.setattr(reader, "_contours_from_bytes", lambda item: walked.append(walk(item)) or walked[-1])
+    monkeypatch.setattr(reader, "_plain_contours", lambda contours: plain.append(at_once(contours)) or plain[-1])
     with caplog.at_level(logging.WARNING, logger="isodose"):
         fast = read_structures(path)
     fast_log, _ = caplog.text, caplog.clear()
@@ -494,6 +497,9 @@ def test_contour_sequences_walked_from_their_bytes_read_as_pydicoms_items(
         slow = read_structures(path)
     little_endian = transfer_syntax != pydicom.uid.ExplicitVRBigEndian
     assert len(walked) == 3 and all((w is not None) == little_endian for w in walked)
+    # Shell's contours at once; Cord's, which hold a POINT contour, one by one; Empty has none.
+    at_once_counts = [len(slow.get("Shell").contours), None, 0] if little_endian else []
+    assert [None if p is None else len(p) for p in plain] == at_once_counts
     assert fast_log == caplog.text and fast_log.count("POINT contour skipped") == 1
     assert fast.names == slow.names == ["Shell", "Cord", "Empty"]
     for a, b in zip(fast.structures, slow.structures, strict=True):

@@ -784,6 +784,34 @@ def _contours_from_bytes(roi_item) -> list[tuple[str, bytes | None]] | None:
     return contours
 
 
+def _plain_contours(walked: list[tuple[str, bytes | None]]) -> list[Contour] | None:
+    """An ROI's contours (walked from the bytes of its ContourSequence) all at once, their ContourData parsed in one
+    compiled call, where every one is a CLOSED_PLANAR polygon of at least three points in one axial plane and every
+    value is within the compiled parser's exact path: the contours :func:`_contour` gives one by one, bit for bit.
+    None otherwise, or where Numba is not loaded: then they are read one by one, with their warnings and errors."""
+    if not walked:
+        return []
+    datas = [data for kind, data in walked if kind == "CLOSED_PLANAR" and data]
+    if len(datas) < len(walked):
+        return None
+    counts = np.array([data.count(b"\\") + 1 for data in datas])
+    if np.any(counts % 3) or np.any(counts < 9):
+        return None
+    values = _compiled_decimals(b"\\".join(datas))
+    if values is None or len(values) != counts.sum():
+        return None
+    points = values.reshape(-1, 3)
+    bounds = np.concatenate([[0], np.cumsum(counts // 3)])
+    z = np.ascontiguousarray(points[:, 2])
+    spread = np.maximum.reduceat(z, bounds[:-1]) - np.minimum.reduceat(z, bounds[:-1])
+    if np.any(spread > PLANE_TOLERANCE_MM):
+        return None
+    xy = np.ascontiguousarray(points[:, :2])
+    ends = bounds.tolist()
+    # Each plane's z as :func:`_contour` takes it (its own sum, in NumPy's order of adding), so bit for bit the same.
+    return [Contour(points_mm=xy[a:b], z_mm=float(z[a:b].sum()) / (b - a)) for a, b in zip(ends[:-1], ends[1:])]
+
+
 def _contour(kind: str, values: Callable[[str], np.ndarray], path: PathType, roi: str, index: int) -> Contour | None:
     """One contour of ``roi`` from its ContourGeometricType and ``values(obj)``, its ContourData as floats."""
     obj = f"ROI {roi!r} contour {index}"
@@ -873,7 +901,10 @@ def read_structures(path: PathType, rois: Callable[[str, str], bool] | None = No
         if rois is not None and not rois(names[number], interpreted.get(number, "")):
             continue  # not asked for: its contours stay unparsed
         walked = _contours_from_bytes(item)
-        if walked is not None:
+        at_once = _plain_contours(walked) if walked is not None else None
+        if at_once is not None:
+            found = at_once
+        elif walked is not None:
             found = [
                 _contour(kind, functools.partial(_contour_values, data, path), path, names[number], index)
                 for index, (kind, data) in enumerate(walked)
