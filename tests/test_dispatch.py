@@ -99,3 +99,33 @@ print(blas_at_set_up)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == str(not one_command), done.stderr
+
+
+def _scipy_blas_after_a_kernel() -> bool:
+    """In a cohort worker: whether SciPy's BLAS is imported once a compiled kernel has run."""
+    import sys
+
+    import numpy as np
+
+    from isodose import dispatch
+
+    dispatch.select_backend("numba").kernels.trilinear(
+        np.arange(8.0).reshape(2, 2, 2), np.zeros(3), np.ones(3), np.array([[0.5, 0.5, 0.5]])
+    )
+    return "scipy.linalg" in sys.modules
+
+
+def test_cohort_workers_set_numba_up_as_the_command_does():
+    """A local cohort run's worker processes run isodose's work alone, and set Numba up without SciPy's BLAS, as the
+    ``isodose`` command does (``for_one_command``)."""
+    import logging
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from isodose.cohort.local import _init_worker
+
+    pytest.importorskip("scipy")
+    with ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(1, logging.WARNING)
+    ) as pool:
+        assert pool.submit(_scipy_blas_after_a_kernel).result() is False

@@ -46,6 +46,9 @@ def threads_per_worker(workers: int) -> int:
 
 
 def _init_worker(threads: int, log_level: int) -> None:
+    from ..dispatch import for_one_command
+
+    for_one_command()  # a worker runs isodose's work alone, as the command does: Numba set up without SciPy's BLAS
     logging.getLogger("isodose").setLevel(log_level)
     try:
         import numba
