@@ -551,3 +551,17 @@ def test_the_contour_walker_takes_only_plain_encodings(raw, items):
     else:
         assert walked is not None and len(walked) == items
         assert all(item[0x30060042] == b"CLOSED_PLANAR " and item[0x30060050].startswith(b"0\\0") for item in walked)
+
+
+@given(st.binary(max_size=200), st.booleans(), st.integers(0, 199), st.binary(min_size=1, max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_the_contour_walker_never_raises_on_damaged_bytes(noise, implicit, at, patch):
+    """Whatever the bytes (noise, or a plain encoding with some of its bytes overwritten), the walker gives items or
+    None (pydicom then reads the sequence), never an exception of its own."""
+    from isodose.dicom.items import sequence_items
+
+    for raw in (noise, _item(_KIND + _DATA) * 2, _item(_KIND + _DATA, length=0xFFFFFFFF) + _item(_DATA)):
+        damaged = raw[:at] + patch + raw[at + len(patch) :]
+        for candidate in (raw, damaged):
+            walked = sequence_items(candidate, implicit_vr=implicit)
+            assert walked is None or all(isinstance(item, dict) for item in walked)
