@@ -7,10 +7,10 @@ implementations of Python and NumPy, and among them ``numba.np.arraymath``, whic
 one-off command's wall time on the 2-core machine of the benchmarks, for kernels that use no BLAS.
 
 :func:`set_up` sets the target up at once, and where :data:`WITHOUT_SCIPY_BLAS` is true (the ``isodose`` command
-sets it, before any thread starts; a program embedding isodose keeps Numba's own behaviour) it does so with that
-one import declined, so that Numba's ``np.correlate`` and ``np.convolve`` of floats compiled later in the process
-take their own loop rather than BLAS. Nothing else changes: SciPy, and ``scipy.linalg.cython_blas`` itself,
-import as usual after.
+and a local cohort run's worker processes set it, before any thread starts; a program embedding isodose keeps
+Numba's own behaviour) it does so with that one import declined, so that Numba's ``np.correlate`` and
+``np.convolve`` of floats compiled later in the process take their own loop rather than BLAS. Nothing else changes:
+SciPy, and ``scipy.linalg.cython_blas`` itself, import as usual after.
 """
 
 from __future__ import annotations

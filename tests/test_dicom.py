@@ -508,11 +508,17 @@ def test_contour_sequences_walked_from_their_bytes_read_as_pydicoms_items(
             assert c.z_mm == d.z_mm and _same_bits(c.points_mm, d.points_mm)
 
 
-def _element(tag: int, vr: bytes, value: bytes) -> bytes:
-    """One element in explicit VR little endian (a short VR's 2-byte length)."""
+def _element(tag: int, vr: bytes, value: bytes, implicit: bool = False, length: int | None = None) -> bytes:
+    """One element, little endian: explicit VR (a short VR's 2-byte length, a long one's 4-byte) or implicit."""
     import struct
 
-    return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr + struct.pack("<H", len(value)) + value
+    size = len(value) if length is None else length
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    if implicit:
+        return head + struct.pack("<I", size) + value
+    if vr in (b"SQ", b"OB", b"UN", b"UT"):
+        return head + vr + b"\0\0" + struct.pack("<I", size) + value
+    return head + vr + struct.pack("<H", size) + value
 
 
 def _item(content: bytes, length: int | None = None) -> bytes:
@@ -521,36 +527,128 @@ def _item(content: bytes, length: int | None = None) -> bytes:
     return struct.pack("<HHI", 0xFFFE, 0xE000, len(content) if length is None else length) + content
 
 
-_KIND = _element(0x30060042, b"CS", b"CLOSED_PLANAR ")
-_DATA = _element(0x30060050, b"DS", b"0\\0\\0\\1\\0\\0\\0\\1\\0 ")
+_UNDEFINED = 0xFFFFFFFF
+_ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
+def _contour_item(implicit: bool, *extra: bytes) -> bytes:
+    kind = _element(0x30060042, b"CS", b"CLOSED_PLANAR ", implicit)
+    data = _element(0x30060050, b"DS", b"0\\0\\0\\1\\0\\0\\0\\1\\0 ", implicit)
+    return b"".join(extra) + kind + data
+
+
+def _image_sequence(implicit: bool, content: bytes) -> bytes:
+    """A ContourImageSequence of undefined length holding one item of undefined length with ``content``."""
+    return _element(0x30060016, b"SQ", _item(content, _UNDEFINED) + _ITEM_END + _SEQUENCE_END, implicit, _UNDEFINED)
+
+
+def _nested(implicit: bool, depth: int) -> bytes:
+    """Sequences of undefined length nested ``depth`` deep (private, so that implicit VR reads them as sequences)."""
+    inner = b""
+    for _ in range(depth):
+        inner = _element(0x00091010, b"SQ", _item(inner, _UNDEFINED) + _ITEM_END + _SEQUENCE_END, implicit, _UNDEFINED)
+    return inner
+
+
+def _uid(implicit: bool) -> bytes:
+    return _element(0x00081155, b"UI", b"1.2.3.4\0", implicit)
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 @pytest.mark.parametrize(
-    ("raw", "items"),
+    ("make", "items"),
     [
-        (_item(_KIND + _DATA), 1),
-        (_item(_KIND + _DATA) * 3, 3),
-        (b"", 0),
-        (_item(_KIND + _DATA) + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", 1),  # a sequence delimiter kept with the value
-        (_item(_KIND + _DATA) + b"\x00\x00\x00\x00", None),  # bytes between items
-        (_item(_KIND + _DATA)[:-3], None),  # truncated
-        (_item(_KIND + _KIND + _DATA), None),  # an element twice in one item
-        (_item(_KIND + _DATA, length=len(_KIND) + 4), None),  # ContourData runs past its item
-        (_item(_KIND.replace(b"CS", b"cs") + _DATA), None),  # not a VR: an implicit VR switch, left to pydicom
-        (_element(0x30060042, b"CS", b"AB"), None),  # an element where an item belongs
-        (_item(_KIND + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"), None),  # an item delimiter in an item of defined length
+        (lambda v: _item(_contour_item(v)), 1),
+        (lambda v: _item(_contour_item(v)) * 3, 3),
+        (lambda v: b"", 0),
+        (lambda v: _item(_contour_item(v), _UNDEFINED) + _ITEM_END, 1),  # an item of undefined length
+        (lambda v: _item(_contour_item(v, _image_sequence(v, _uid(v)))), 1),  # a nested sequence of undefined length
+        (lambda v: _item(_contour_item(v, _nested(v, 8))), 1),
+        (lambda v: _item(_contour_item(v)) + _SEQUENCE_END, 1),  # a sequence delimiter kept with the value
+        (lambda v: _item(_contour_item(v)) + b"\0\0\0\0", None),  # bytes between items
+        (lambda v: _item(_contour_item(v))[:-3], None),  # truncated
+        (lambda v: _item(_contour_item(v, _element(0x30060042, b"CS", b"POINT ", v))), None),  # an element twice
+        (lambda v: _item(_contour_item(v), length=len(_contour_item(v)) - 4), None),  # ContourData runs past its item
+        (lambda v: _element(0x30060042, b"CS", b"AB", v), None),  # an element where an item belongs
+        (lambda v: _item(_contour_item(v) + _ITEM_END), None),  # an item delimiter in an item of defined length
+        # A nested item of defined length whose element runs past it (pydicom reads such an element whole).
+        (lambda v: _item(_contour_item(v, _image_sequence(v, b"")[:-24] + _item(_uid(v)[:8], 8) + _SEQUENCE_END)), None),
+        (lambda v: _item(_contour_item(v, _element(0x00080005, b"CS", b"ISO_IR 999", v))), None),  # a character set
+        (lambda v: _item(_contour_item(v), _UNDEFINED) + _ITEM_END[:4] + b"OB\0\0", None),  # a delimiter of length
+        (lambda v: _item(_contour_item(v, _nested(v, 40))), None),  # nested too deep
+        (lambda v: _item(_contour_item(v, _nested(v, 2000))), None),  # far too deep: still no exception
     ],
-    ids=["one", "three", "empty", "delimiter", "between", "truncated", "twice", "overrun", "vr", "no-item", "stray"],
+    ids=[
+        "one",
+        "three",
+        "empty",
+        "undefined-item",
+        "nested",
+        "nested-8",
+        "delimiter",
+        "between",
+        "truncated",
+        "twice",
+        "overrun",
+        "no-item",
+        "stray",
+        "nested-overrun",
+        "character-set",
+        "delimiter-length",
+        "deep",
+        "very-deep",
+    ],
 )
-def test_the_contour_walker_takes_only_plain_encodings(raw, items):
+def test_the_contour_walker_takes_only_plain_encodings(make, items, implicit):
     from isodose.dicom.items import sequence_items
 
-    walked = sequence_items(raw, implicit_vr=False)
+    walked = sequence_items(make(implicit), implicit_vr=implicit)
     if items is None:
         assert walked is None
     else:
         assert walked is not None and len(walked) == items
         assert all(item[0x30060042] == b"CLOSED_PLANAR " and item[0x30060050].startswith(b"0\\0") for item in walked)
+
+
+@pytest.mark.parametrize(
+    ("raw", "implicit"),
+    [
+        (_item(_element(0x30060046, b"IS", _item(b"", _UNDEFINED) + _ITEM_END, True, _UNDEFINED)), True),
+        (_item(_element(0x30060046, b"UT", _item(b"", _UNDEFINED) + _ITEM_END, False, _UNDEFINED)), False),
+        (_item(_element(0x00091010, b"UN", b"1234", True, _UNDEFINED)), True),  # private, but not items
+        (_item(_contour_item(False, _element(0x00080005, b"CS", b"ISO_IR 100"))), False),
+    ],
+    ids=["public-not-a-sequence", "explicit-not-sq-or-un", "private-not-items", "character-set"],
+)
+def test_the_contour_walker_leaves_undefined_lengths_pydicom_reads_otherwise(raw, implicit):
+    """Elements of undefined length that pydicom reads up to a delimiter rather than as a sequence, and a Specific
+    Character Set (which pydicom converts, with a warning where it is unknown), are left to pydicom."""
+    from isodose.dicom.items import sequence_items
+
+    assert sequence_items(raw, implicit_vr=implicit) is None
+
+
+def test_a_contour_sequence_pydicom_would_not_read_as_one_is_read_as_before(tmp_path, monkeypatch):
+    """A ContourSequence written with VR OB (pydicom keeps its bytes as bytes) reads as it did before the walker: the
+    same outcome either way, here an error."""
+    import isodose.dicom.read as reader
+
+    path = _structure_file(tmp_path)
+    data = path.read_bytes()
+    tag = b"\x06\x30\x40\x00SQ"
+    assert data.count(tag) == 3  # each ROI's, the empty one's too
+    path.write_bytes(data.replace(tag, b"\x06\x30\x40\x00OB"))
+
+    def outcome():
+        try:
+            return [len(s.contours) for s in read_structures(path).structures]
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    walked = outcome()
+    monkeypatch.setattr(reader, "_contours_from_bytes", lambda item: None)
+    assert walked == outcome() and "malformed DICOM" in walked
 
 
 @given(st.binary(max_size=200), st.booleans(), st.integers(0, 199), st.binary(min_size=1, max_size=4))
@@ -560,7 +658,13 @@ def test_the_contour_walker_never_raises_on_damaged_bytes(noise, implicit, at, p
     None (pydicom then reads the sequence), never an exception of its own."""
     from isodose.dicom.items import sequence_items
 
-    for raw in (noise, _item(_KIND + _DATA) * 2, _item(_KIND + _DATA, length=0xFFFFFFFF) + _item(_DATA)):
+    plain = _contour_item(implicit)
+    for raw in (
+        noise,
+        _item(plain) * 2,
+        _item(plain, _UNDEFINED) + _item(plain),
+        _item(_contour_item(implicit, _nested(implicit, 3))),
+    ):
         damaged = raw[:at] + patch + raw[at + len(patch) :]
         for candidate in (raw, damaged):
             walked = sequence_items(candidate, implicit_vr=implicit)

@@ -2,10 +2,13 @@
 ``dicom.read`` uses for a structure set's ContourSequence, which holds one item per contour (hundreds per ROI),
 where building a pydicom dataset for each item costs more than reading its coordinates.
 
-It reads only the plain encodings: little endian, implicit or explicit VR, items and nested sequences of defined
-or undefined length. Anything else (big endian, an element running past its item, a VR that is not two capital
-letters, an item holding an element twice, bytes between items) makes it give up on the whole sequence, and the
-caller reads it through pydicom as before, with pydicom's own handling and errors. No pydicom here.
+It reads only the plain encodings of little-endian bytes (the caller checks the byte order): implicit or explicit
+VR, items and nested sequences of defined or undefined length. Wherever pydicom could read the same bytes otherwise,
+it gives up on the whole sequence, and the caller reads it through pydicom as before, with pydicom's own handling,
+warnings and errors: an element running past its item, a VR that is not two capital letters (pydicom switches to
+implicit VR there), an item holding an element twice or a Specific Character Set, a delimiter whose length is not 0,
+an element of undefined length that pydicom would not read as a sequence, bytes between items, sequences nested
+deeper than :data:`MAX_DEPTH`. No pydicom here.
 """
 
 from __future__ import annotations
@@ -17,95 +20,130 @@ ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2, table 7.1-1).
 LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
+#: Specific Character Set: converted by pydicom as it reads an item (with a warning for an unknown one).
+SPECIFIC_CHARACTER_SET = 0x00080005
+#: The public sequences a contour item may hold (ContourImageSequence): in implicit VR, pydicom reads an element of
+#: undefined length as a sequence where its dictionary says it is one (or where a private one's value starts with an
+#: item), and reads any other up to a delimiter, which this walker leaves to it.
+KNOWN_SEQUENCES = frozenset({0x30060016})
+#: Sequences nested deeper than this are left to pydicom.
+MAX_DEPTH = 16
 
 
-class _Unusual(Exception):
-    """An encoding this walker leaves to pydicom."""
+class _LeaveToPydicom(Exception):
+    """An encoding this walker does not read: the caller reads the sequence through pydicom."""
 
 
 def _header(raw: bytes, pos: int, implicit: bool) -> tuple[int, bytes, int, int]:
-    """The element starting at ``pos``: its tag, VR (b"" where the encoding gives none), value length and the
-    position of its value."""
+    """The element starting at ``pos``: its tag, VR (b"" where the encoding gives none), value length and where its
+    value starts. Items and delimiters (group FFFE) carry no VR in either encoding."""
     if pos + 8 > len(raw):
-        raise _Unusual
+        raise _LeaveToPydicom
     group, element, length = unpack_from("<HHI", raw, pos)
     tag = group << 16 | element
-    if implicit or group == 0xFFFE:  # items and delimiters carry no VR in either encoding
+    if implicit or group == 0xFFFE:
         return tag, b"", length, pos + 8
     vr = raw[pos + 4 : pos + 6]
     if not (0x41 <= vr[0] <= 0x5A and 0x41 <= vr[1] <= 0x5A):
-        raise _Unusual
+        raise _LeaveToPydicom
     if vr in LONG_VRS:
         if pos + 12 > len(raw):
-            raise _Unusual
+            raise _LeaveToPydicom
         return tag, vr, unpack_from("<I", raw, pos + 8)[0], pos + 12
     return tag, vr, length >> 16, pos + 8  # the 2-byte length after the VR
 
 
-def _elements(raw: bytes, pos: int, stop: int | None, implicit: bool) -> tuple[dict[int, bytes | None], int]:
+def _delimiter(raw: bytes, pos: int) -> tuple[int, int, int]:
+    """The item or delimiter starting at ``pos``: its tag, length and where its value starts. A delimiter's length
+    must be 0 (PS3.5 7.5): pydicom reads any other as an element of explicit VR."""
+    tag, _, length, value_at = _header(raw, pos, True)  # an item's header is the same in either encoding
+    if tag in (ITEM_END, SEQUENCE_END) and length != 0:
+        raise _LeaveToPydicom
+    return tag, length, value_at
+
+
+def _elements(
+    raw: bytes, pos: int, stop: int | None, implicit: bool, depth: int
+) -> tuple[dict[int, bytes | None], int]:
     """The elements of one item from ``pos``: to ``stop`` (an item of defined length) or to its Item Delimitation
-    Item (``stop`` None); and the position after them. An element of undefined length (a nested sequence) is
-    skipped, and given as None."""
+    Item (``stop`` None); and the position after them. A nested sequence of undefined length is checked and skipped,
+    and given as None."""
     elements: dict[int, bytes | None] = {}
     end = len(raw) if stop is None else stop
     while True:
         if stop is not None and pos == stop:
             return elements, pos
-        tag, vr, length, value = _header(raw, pos, implicit)
+        tag, vr, length, value_at = _header(raw, pos, implicit)
         if tag == ITEM_END and stop is None:
-            return elements, value
-        if tag >> 16 == 0xFFFE or tag in elements:
-            raise _Unusual
+            if length != 0:
+                raise _LeaveToPydicom
+            return elements, value_at
+        if tag >> 16 == 0xFFFE or tag in elements or tag == SPECIFIC_CHARACTER_SET:
+            raise _LeaveToPydicom
         if length == UNDEFINED_LENGTH:
-            if not (implicit or vr in (b"SQ", b"UN")):
-                raise _Unusual
+            if not _read_as_sequence(raw, tag, vr, value_at, implicit):
+                raise _LeaveToPydicom
             elements[tag] = None
-            pos = _skip_sequence(raw, value, implicit)
+            pos = _skip_sequence(raw, value_at, implicit, depth + 1)
             if pos > end:
-                raise _Unusual
+                raise _LeaveToPydicom
         else:
-            if value + length > end:
-                raise _Unusual
-            elements[tag] = raw[value : value + length]
-            pos = value + length
+            if value_at + length > end:
+                raise _LeaveToPydicom
+            elements[tag] = raw[value_at : value_at + length]
+            pos = value_at + length
 
 
-def _skip_sequence(raw: bytes, pos: int, implicit: bool) -> int:
-    """The position after a sequence of undefined length whose first item starts at ``pos``."""
+def _read_as_sequence(raw: bytes, tag: int, vr: bytes, value_at: int, implicit: bool) -> bool:
+    """Whether pydicom reads an element of undefined length as a sequence: in explicit VR one of VR SQ or UN; in
+    implicit VR a sequence its dictionary knows (of those a contour item holds), or a private element whose value
+    starts with an item."""
+    if not implicit:
+        return vr in (b"SQ", b"UN")
+    if tag in KNOWN_SEQUENCES:
+        return True
+    return bool(tag >> 16 & 1) and value_at + 4 <= len(raw) and unpack_from("<HH", raw, value_at) == (0xFFFE, 0xE000)
+
+
+def _skip_sequence(raw: bytes, pos: int, implicit: bool, depth: int) -> int:
+    """The position after a sequence of undefined length whose first item starts at ``pos``; each of its items is
+    walked as pydicom would read it (its elements within it, their lengths, nothing twice)."""
+    if depth > MAX_DEPTH:
+        raise _LeaveToPydicom
     while True:
-        tag, _, length, value = _header(raw, pos, True)
+        tag, length, value_at = _delimiter(raw, pos)
         if tag == SEQUENCE_END:
-            return value
+            return value_at
         if tag != ITEM:
-            raise _Unusual
+            raise _LeaveToPydicom
         if length == UNDEFINED_LENGTH:
-            _, pos = _elements(raw, value, None, implicit)
-        elif value + length > len(raw):
-            raise _Unusual
+            _, pos = _elements(raw, value_at, None, implicit, depth)
+        elif value_at + length > len(raw):
+            raise _LeaveToPydicom
         else:
-            pos = value + length
+            _, pos = _elements(raw, value_at, value_at + length, implicit, depth)
 
 
 def sequence_items(raw: bytes, implicit_vr: bool) -> list[dict[int, bytes | None]] | None:
     """The items of a sequence whose value is ``raw`` (little endian, the VR implicit or explicit): each item's
     elements by tag (``0x30060050`` for ContourData), as the bytes of their values (None for a nested sequence
-    of undefined length). None where the encoding is anything but the plain ones the module's text lists."""
+    of undefined length). None where the encoding is one the module's text leaves to pydicom."""
     items = []
     pos = 0
     try:
         while pos < len(raw):
-            tag, _, length, value = _header(raw, pos, True)
-            if tag == SEQUENCE_END and value == len(raw):  # a delimiter kept with the value
+            tag, length, value_at = _delimiter(raw, pos)
+            if tag == SEQUENCE_END and value_at == len(raw):  # a delimiter kept with the value
                 break
             if tag != ITEM:
                 return None
             if length == UNDEFINED_LENGTH:
-                item, pos = _elements(raw, value, None, implicit_vr)
-            elif value + length > len(raw):
+                item, pos = _elements(raw, value_at, None, implicit_vr, 0)
+            elif value_at + length > len(raw):
                 return None
             else:
-                item, pos = _elements(raw, value, value + length, implicit_vr)
+                item, pos = _elements(raw, value_at, value_at + length, implicit_vr, 0)
             items.append(item)
-    except _Unusual:
+    except _LeaveToPydicom:
         return None
     return items

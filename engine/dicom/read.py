@@ -703,7 +703,7 @@ def _compiled_decimals(raw: bytes) -> np.ndarray | None:
     return parse_decimal_strings(raw)
 
 
-def _contour_values(raw: bytes | None, path: PathType, obj: str) -> np.ndarray:
+def _contour_values(raw: bytes, path: PathType, obj: str) -> np.ndarray:
     """ContourData's values from the bytes of the element's value."""
     if not raw:
         raise DicomReadError("required tag ContourData is missing", path=path, obj=obj)
@@ -753,7 +753,7 @@ def _geometric_type(item) -> str:
     return str(item.get("ContourGeometricType", "") or "").strip().upper()
 
 
-def _contours_from_bytes(roi_item) -> list[tuple[str, bytes | None]] | None:
+def _contours_from_bytes(roi_item) -> list[tuple[str, bytes]] | None:
     """Each contour of an ROIContourSequence item as (ContourGeometricType, the bytes of ContourData), its
     ContourSequence walked from the element's bytes (:mod:`isodose.dicom.items`), where pydicom has not parsed it
     yet: as :func:`_geometric_type` and :func:`_contour_data` read them from pydicom's items, without building one.
@@ -765,10 +765,12 @@ def _contours_from_bytes(roi_item) -> list[tuple[str, bytes | None]] | None:
     if _CONTOUR_SEQUENCE not in roi_item:
         return []  # an ROI without contours
     element = roi_item.get_item(_CONTOUR_SEQUENCE)
-    if not isinstance(element, RawDataElement) and not element.value:
-        return []  # an empty sequence, which pydicom gives as one
-    if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes) or not element.is_little_endian:
-        return None
+    if not isinstance(element, RawDataElement):
+        # Parsed by pydicom already (a sequence of undefined length is parsed as the file is read): only an empty
+        # one is taken here; the items of any other are read as pydicom gave them.
+        return [] if not element.value else None
+    if element.VR not in (None, "SQ") or not isinstance(element.value, bytes) or not element.is_little_endian:
+        return None  # bytes pydicom would not read as a sequence (VR OB, say), or big endian: as pydicom reads them
     items = sequence_items(element.value, element.is_implicit_VR)
     if items is None:
         return None
@@ -784,11 +786,12 @@ def _contours_from_bytes(roi_item) -> list[tuple[str, bytes | None]] | None:
     return contours
 
 
-def _plain_contours(walked: list[tuple[str, bytes | None]]) -> list[Contour] | None:
+def _plain_contours(walked: list[tuple[str, bytes]]) -> list[Contour] | None:
     """An ROI's contours (walked from the bytes of its ContourSequence) all at once, their ContourData parsed in one
     compiled call, where every one is a CLOSED_PLANAR polygon of at least three points in one axial plane and every
-    value is within the compiled parser's exact path: the contours :func:`_contour` gives one by one, bit for bit.
-    None otherwise, or where Numba is not loaded: then they are read one by one, with their warnings and errors."""
+    value is within the compiled parser's exact path: the contours :func:`_contour` gives one by one, bit for bit
+    (each contour's points are a view of one array of the ROI's). None otherwise, or where Numba is not loaded: then
+    they are read one by one, with their warnings and errors."""
     if not walked:
         return []
     datas = [data for kind, data in walked if kind == "CLOSED_PLANAR" and data]
@@ -797,19 +800,41 @@ def _plain_contours(walked: list[tuple[str, bytes | None]]) -> list[Contour] | N
     counts = np.array([data.count(b"\\") + 1 for data in datas])
     if np.any(counts % 3) or np.any(counts < 9):
         return None
+    # The parser reads each value alike wherever it stands (spaces around it, no empty value), so joined they are
+    # the values each contour's own bytes give, as many as the counts say.
     values = _compiled_decimals(b"\\".join(datas))
-    if values is None or len(values) != counts.sum():
+    if values is None:
         return None
     points = values.reshape(-1, 3)
     bounds = np.concatenate([[0], np.cumsum(counts // 3)])
-    z = np.ascontiguousarray(points[:, 2])
+    z = points[:, 2]  # strided, as in _contour, so that each plane's sum adds in the same order
     spread = np.maximum.reduceat(z, bounds[:-1]) - np.minimum.reduceat(z, bounds[:-1])
     if np.any(spread > PLANE_TOLERANCE_MM):
         return None
     xy = np.ascontiguousarray(points[:, :2])
     ends = bounds.tolist()
-    # Each plane's z as :func:`_contour` takes it (its own sum, in NumPy's order of adding), so bit for bit the same.
     return [Contour(points_mm=xy[a:b], z_mm=float(z[a:b].sum()) / (b - a)) for a, b in zip(ends[:-1], ends[1:])]
+
+
+def _roi_contours(roi_item, path: PathType, roi: str) -> list[Contour]:
+    """The contours of one ROIContourSequence item: all at once where they are plain (:func:`_plain_contours`); else
+    one by one (:func:`_contour`), from the bytes of its ContourSequence (:func:`_contours_from_bytes`) or, where
+    the walker leaves them to pydicom, from pydicom's items. Either way the same contours, warnings and errors."""
+    walked = _contours_from_bytes(roi_item)
+    if walked is None:
+        found = [
+            _contour(_geometric_type(item), functools.partial(_contour_data, item, path), path, roi, index)
+            for index, item in enumerate(roi_item.get("ContourSequence") or [])
+        ]
+    else:
+        at_once = _plain_contours(walked)
+        if at_once is not None:
+            return at_once
+        found = [
+            _contour(kind, functools.partial(_contour_values, data, path), path, roi, index)
+            for index, (kind, data) in enumerate(walked)
+        ]
+    return [contour for contour in found if contour is not None]
 
 
 def _contour(kind: str, values: Callable[[str], np.ndarray], path: PathType, roi: str, index: int) -> Contour | None:
@@ -900,27 +925,7 @@ def read_structures(path: PathType, rois: Callable[[str, str], bool] | None = No
             raise StructureError(f"ROIContourSequence refers to ROI number {number}, which is not defined", path=path)
         if rois is not None and not rois(names[number], interpreted.get(number, "")):
             continue  # not asked for: its contours stay unparsed
-        walked = _contours_from_bytes(item)
-        at_once = _plain_contours(walked) if walked is not None else None
-        if at_once is not None:
-            found = at_once
-        elif walked is not None:
-            found = [
-                _contour(kind, functools.partial(_contour_values, data, path), path, names[number], index)
-                for index, (kind, data) in enumerate(walked)
-            ]
-        else:
-            found = [
-                _contour(
-                    _geometric_type(contour_item),
-                    functools.partial(_contour_data, contour_item, path),
-                    path,
-                    names[number],
-                    index,
-                )
-                for index, contour_item in enumerate(item.get("ContourSequence") or [])
-            ]
-        contours[number] += [contour for contour in found if contour is not None]
+        contours[number] += _roi_contours(item, path, names[number])
     frame_uid = ""
     referenced = ds.get("ReferencedFrameOfReferenceSequence") or []
     if referenced:
