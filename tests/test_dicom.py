@@ -551,6 +551,13 @@ def _nested(implicit: bool, depth: int) -> bytes:
     return inner
 
 
+def _nested_overrun(implicit: bool) -> bytes:
+    """A ContourImageSequence of undefined length whose item, of defined length, holds an element running past it
+    (pydicom reads such an element whole)."""
+    header = _image_sequence(implicit, b"")[:-24]
+    return header + _item(_uid(implicit)[:8], 8) + _SEQUENCE_END
+
+
 def _uid(implicit: bool) -> bytes:
     return _element(0x00081155, b"UI", b"1.2.3.4\0", implicit)
 
@@ -572,8 +579,7 @@ def _uid(implicit: bool) -> bytes:
         (lambda v: _item(_contour_item(v), length=len(_contour_item(v)) - 4), None),  # ContourData runs past its item
         (lambda v: _element(0x30060042, b"CS", b"AB", v), None),  # an element where an item belongs
         (lambda v: _item(_contour_item(v) + _ITEM_END), None),  # an item delimiter in an item of defined length
-        # A nested item of defined length whose element runs past it (pydicom reads such an element whole).
-        (lambda v: _item(_contour_item(v, _image_sequence(v, b"")[:-24] + _item(_uid(v)[:8], 8) + _SEQUENCE_END)), None),
+        (lambda v: _item(_contour_item(v, _nested_overrun(v))), None),
         (lambda v: _item(_contour_item(v, _element(0x00080005, b"CS", b"ISO_IR 999", v))), None),  # a character set
         (lambda v: _item(_contour_item(v), _UNDEFINED) + _ITEM_END[:4] + b"OB\0\0", None),  # a delimiter of length
         (lambda v: _item(_contour_item(v, _nested(v, 40))), None),  # nested too deep
