@@ -66,8 +66,8 @@ def _elements(
     raw: bytes, pos: int, stop: int | None, implicit: bool, depth: int
 ) -> tuple[dict[int, bytes | None], int]:
     """The elements of one item from ``pos``: to ``stop`` (an item of defined length) or to its Item Delimitation
-    Item (``stop`` None); and the position after them. A nested sequence of undefined length is checked and skipped,
-    and given as None."""
+    Item (``stop`` None); and the position after them. A nested sequence of undefined length is walked (to check
+    it) and given as None."""
     elements: dict[int, bytes | None] = {}
     end = len(raw) if stop is None else stop
     while True:
@@ -84,7 +84,7 @@ def _elements(
             if not _read_as_sequence(raw, tag, vr, value_at, implicit):
                 raise _LeaveToPydicom
             elements[tag] = None
-            pos = _skip_sequence(raw, value_at, implicit, depth + 1)
+            _, pos = _items(raw, value_at, implicit, depth + 1, delimited=True)
             if pos > end:
                 raise _LeaveToPydicom
         else:
@@ -105,45 +105,37 @@ def _read_as_sequence(raw: bytes, tag: int, vr: bytes, value_at: int, implicit: 
     return bool(tag >> 16 & 1) and value_at + 4 <= len(raw) and unpack_from("<HH", raw, value_at) == (0xFFFE, 0xE000)
 
 
-def _skip_sequence(raw: bytes, pos: int, implicit: bool, depth: int) -> int:
-    """The position after a sequence of undefined length whose first item starts at ``pos``; each of its items is
-    walked as pydicom would read it (its elements within it, their lengths, nothing twice)."""
+def _items(
+    raw: bytes, pos: int, implicit: bool, depth: int, delimited: bool
+) -> tuple[list[dict[int, bytes | None]], int]:
+    """The items of a sequence from ``pos``, each walked as pydicom would read it (its elements within it, their
+    lengths, nothing twice), and the position after them: up to the Sequence Delimitation Item of a sequence of
+    undefined length (``delimited``), or to the end of ``raw``, a sequence's whole value (which may keep that
+    delimiter at its end)."""
     if depth > MAX_DEPTH:
         raise _LeaveToPydicom
-    while True:
+    items: list[dict[int, bytes | None]] = []
+    while delimited or pos < len(raw):
         tag, length, value_at = _delimiter(raw, pos)
-        if tag == SEQUENCE_END:
-            return value_at
+        if tag == SEQUENCE_END and (delimited or value_at == len(raw)):
+            return items, value_at
         if tag != ITEM:
             raise _LeaveToPydicom
         if length == UNDEFINED_LENGTH:
-            _, pos = _elements(raw, value_at, None, implicit, depth)
+            item, pos = _elements(raw, value_at, None, implicit, depth)
         elif value_at + length > len(raw):
             raise _LeaveToPydicom
         else:
-            _, pos = _elements(raw, value_at, value_at + length, implicit, depth)
+            item, pos = _elements(raw, value_at, value_at + length, implicit, depth)
+        items.append(item)
+    return items, pos
 
 
 def sequence_items(raw: bytes, implicit_vr: bool) -> list[dict[int, bytes | None]] | None:
     """The items of a sequence whose value is ``raw`` (little endian, the VR implicit or explicit): each item's
     elements by tag (``0x30060050`` for ContourData), as the bytes of their values (None for a nested sequence
     of undefined length). None where the encoding is one the module's text leaves to pydicom."""
-    items = []
-    pos = 0
     try:
-        while pos < len(raw):
-            tag, length, value_at = _delimiter(raw, pos)
-            if tag == SEQUENCE_END and value_at == len(raw):  # a delimiter kept with the value
-                break
-            if tag != ITEM:
-                return None
-            if length == UNDEFINED_LENGTH:
-                item, pos = _elements(raw, value_at, None, implicit_vr, 0)
-            elif value_at + length > len(raw):
-                return None
-            else:
-                item, pos = _elements(raw, value_at, value_at + length, implicit_vr, 0)
-            items.append(item)
+        return _items(raw, 0, implicit_vr, 0, delimited=False)[0]
     except _LeaveToPydicom:
         return None
-    return items

@@ -736,6 +736,15 @@ def _contour_data(item, path: PathType, obj: str) -> np.ndarray:
 _CONTOUR_SEQUENCE, _CONTOUR_GEOMETRIC_TYPE, _CONTOUR_DATA = 0x30060040, 0x30060042, 0x30060050
 
 
+def _code_string(raw: bytes) -> str | None:
+    """A code string (ContourGeometricType) read from its bytes, upper case: ASCII padded with spaces (or a NUL);
+    None where they are not ASCII (then as pydicom reads them)."""
+    try:
+        return raw.decode("ascii").strip(" \x00").upper()
+    except UnicodeDecodeError:
+        return None
+
+
 def _geometric_type(item) -> str:
     """A contour's ContourGeometricType, upper case ("" when missing): from the element's bytes where pydicom has not
     converted them yet (a code string is ASCII, padded with spaces), else as pydicom gives it."""
@@ -746,10 +755,9 @@ def _geometric_type(item) -> str:
         return ""
     value = element.value
     if isinstance(element, RawDataElement) and isinstance(value, bytes):
-        try:
-            return value.decode("ascii").strip(" \x00").upper()
-        except UnicodeDecodeError:
-            pass  # not ASCII: as pydicom reads it
+        kind = _code_string(value)
+        if kind is not None:
+            return kind
     return str(item.get("ContourGeometricType", "") or "").strip().upper()
 
 
@@ -776,13 +784,13 @@ def _contours_from_bytes(roi_item) -> list[tuple[str, bytes]] | None:
         return None
     contours = []
     for item in items:
-        kind, data = item.get(_CONTOUR_GEOMETRIC_TYPE, b""), item.get(_CONTOUR_DATA, b"")
-        if kind is None or data is None:  # of undefined length: not what these elements are
+        raw_kind, data = item.get(_CONTOUR_GEOMETRIC_TYPE, b""), item.get(_CONTOUR_DATA, b"")
+        if raw_kind is None or data is None:  # of undefined length: not what these elements are
             return None
-        try:
-            contours.append((kind.decode("ascii").strip(" \x00").upper(), data))
-        except UnicodeDecodeError:
-            return None  # as pydicom reads it
+        kind = _code_string(raw_kind)
+        if kind is None:
+            return None  # not ASCII: as pydicom reads it
+        contours.append((kind, data))
     return contours
 
 
