@@ -248,7 +248,9 @@ def course_sum(doses, weights, fractions, alpha_beta=None):
 # Polygon coverage
 # --------------------------------------------------------------------------------------------------------
 @njit(cache=True, error_model="numpy")
-def _plane_moments(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, hx, hy, scanlines, moments):
+def _plane_cells(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, hx, hy, scanlines, cells):
+    """The cells of one plane's window, row by row: each row's moments summed over its scanlines in a buffer of
+    the row's own (kept in cache), then finished into ``cells``."""
     n_edges = ring_start[end_ring] - ring_start[first_ring]
     xs = np.empty(max(n_edges, 1))
     band = hy / scanlines
@@ -291,7 +293,9 @@ def _plane_moments(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, h
     for r in range(first_ring, end_ring):
         for e in range(ring_start[r], ring_start[r + 1]):
             edge_next[e - base] = e + 1 if e + 1 < ring_start[r + 1] else ring_start[r]
+    moments = np.empty((nx, 6))
     for j in range(ny):
+        moments[:] = 0.0
         row_centre = y0 + (j + 0.5) * hy
         for t in range(scanlines):
             y = y0 + j * hy + (t + 0.5) * band
@@ -326,37 +330,37 @@ def _plane_moments(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, h
                         continue
                     length = hi - lo
                     xm = 0.5 * (lo + hi) - (left + 0.5 * hx)
-                    c = j * nx + i
-                    moments[c, 0] += length
-                    moments[c, 1] += length * xm
-                    moments[c, 2] += length * dy
-                    moments[c, 3] += length * (xm * xm + length * length / 12.0)
-                    moments[c, 4] += length * xm * dy
-                    moments[c, 5] += length * (dy * dy + band * band / 12.0)
+                    moments[i, 0] += length
+                    moments[i, 1] += length * xm
+                    moments[i, 2] += length * dy
+                    moments[i, 3] += length * (xm * xm + length * length / 12.0)
+                    moments[i, 4] += length * xm * dy
+                    moments[i, 5] += length * (dy * dy + band * band / 12.0)
+        _finish_row(moments, x0, y0 + (j + 0.5) * hy, hx, band, cells[j * nx : (j + 1) * nx])
 
 
-@njit(cache=True, error_model="numpy")
-def _finish_moments(moments, x0, y0, nx, hx, hy, band, cells):
-    for c in range(moments.shape[0]):
-        centre_x = x0 + (c % nx + 0.5) * hx
-        centre_y = y0 + (c // nx + 0.5) * hy
-        length = moments[c, 0]
+@njit(cache=True, inline="always", error_model="numpy")
+def _finish_row(moments, x0, centre_y, hx, band, cells):
+    """One row's cells from its moments: area, centroid, second moments about the centroid."""
+    for i in range(moments.shape[0]):
+        centre_x = x0 + (i + 0.5) * hx
+        length = moments[i, 0]
         if length > 0:
-            mx = moments[c, 1] / length
-            my = moments[c, 2] / length
-            cells[c, 0] = length * band
-            cells[c, 1] = centre_x + mx
-            cells[c, 2] = centre_y + my
-            cells[c, 3] = max(moments[c, 3] / length - mx * mx, 0.0)
-            cells[c, 4] = moments[c, 4] / length - mx * my
-            cells[c, 5] = max(moments[c, 5] / length - my * my, 0.0)
+            mx = moments[i, 1] / length
+            my = moments[i, 2] / length
+            cells[i, 0] = length * band
+            cells[i, 1] = centre_x + mx
+            cells[i, 2] = centre_y + my
+            cells[i, 3] = max(moments[i, 3] / length - mx * mx, 0.0)
+            cells[i, 4] = moments[i, 4] / length - mx * my
+            cells[i, 5] = max(moments[i, 5] / length - my * my, 0.0)
         else:
-            cells[c, 0] = 0.0
-            cells[c, 1] = centre_x
-            cells[c, 2] = centre_y
-            cells[c, 3] = 0.0
-            cells[c, 4] = 0.0
-            cells[c, 5] = 0.0
+            cells[i, 0] = 0.0
+            cells[i, 1] = centre_x
+            cells[i, 2] = centre_y
+            cells[i, 3] = 0.0
+            cells[i, 4] = 0.0
+            cells[i, 5] = 0.0
 
 
 @njit(cache=True, error_model="numpy")
@@ -381,8 +385,8 @@ def _plane_coverage(
     ny = plane_ny[p]
     hx = plane_hx[p]
     hy = plane_hy[p]
-    moments = np.zeros((nx * ny, 6))
-    _plane_moments(
+    c0 = plane_cell_start[p]
+    _plane_cells(
         vertices,
         ring_start,
         plane_ring_start[p],
@@ -394,10 +398,8 @@ def _plane_coverage(
         hx,
         hy,
         scanlines,
-        moments,
+        cells[c0 : c0 + nx * ny],
     )
-    c0 = plane_cell_start[p]
-    _finish_moments(moments, plane_x0[p], plane_y0[p], nx, hx, hy, hy / scanlines, cells[c0 : c0 + nx * ny])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
