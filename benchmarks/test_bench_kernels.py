@@ -2,7 +2,8 @@
 
 - Kernels (numpy, numba; cupy where a GPU is usable): polygon coverage, sampling with DVH accumulation
   (``cell_histograms``), trilinear interpolation, resampling a grid onto another and summing courses (plan
-  sums), histogram accumulation, on a 30 mm sphere in a linear field.
+  sums), histogram accumulation, on a 30 mm sphere in a linear field; polygon coverage of one large plane
+  (numba; cupy where a GPU is usable).
 - Scaling (numba, DVHs end to end from structures in memory): dose grid size, number of structures,
   structure size. The cohort benchmark (test_bench_cohort.py) scales over the number of cases.
 
@@ -91,6 +92,26 @@ def test_kernel_coverage(benchmark, problem, backend_name):
         backend.kernels.polygon_coverage,
         _coverage_args(plan),
         cells=plan.n_cells,
+    )
+
+
+@pytest.mark.parametrize("backend_name", ["numba", pytest.param("cupy", marks=pytest.mark.gpu)])
+def test_kernel_coverage_of_a_large_plane(benchmark, backend_name):
+    """One plane of 4 million cells (a disc of 99 mm radius in a window of 2000 x 2000 cells of 0.1 mm, as a
+    body contour gets at a fine supersampling): where the cost is memory, not polygons."""
+    n = 2000
+    t = np.linspace(0.0, 2.0 * np.pi, 400, endpoint=False)
+    vertices = np.stack([100.0 + 99.0 * np.cos(t), 100.0 + 99.0 * np.sin(t)], axis=1)
+    args = (vertices, np.array([0, 400]), np.array([0, 1]), np.array([0, n * n]), np.array([0.0]), np.array([0.0]))
+    args += (np.array([n]), np.array([n]), np.array([0.1]), np.array([0.1]), np.array([2]))
+    backend = select_backend(backend_name)
+    _time_kernel(
+        benchmark,
+        backend,
+        "kernel: polygon coverage, one large plane",
+        backend.kernels.polygon_coverage,
+        args,
+        cells=n * n,
     )
 
 

@@ -421,3 +421,41 @@ def test_numba_kernels_may_be_called_from_many_threads_at_once():
         [sys.executable, "-c", _THREADS_AT_ONCE], env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+_LARGE_PLANE = """
+import resource
+import numpy as np
+from isodose.kernels import numba_cpu
+
+t = np.linspace(0.0, 2.0 * np.pi, 400, endpoint=False)
+vertices = np.stack([50.0 + 49.0 * np.cos(t), 50.0 + 49.0 * np.sin(t)], axis=1)
+
+
+def coverage(n):  # one plane: a disc in a window of n x n cells of 0.1 mm
+    return numba_cpu.polygon_coverage(
+        vertices, np.array([0, 400]), np.array([0, 1]), np.array([0, n * n]), np.array([0.0]), np.array([0.0]),
+        np.array([n]), np.array([n]), np.array([100.0 / n]), np.array([100.0 / n]), np.array([2]),
+    )
+
+
+coverage(4)  # loaded from the cache (or compiled) on a tiny window
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+cells = coverage(1000)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(grown / cells.nbytes, cells[:, 0].sum())
+"""
+
+
+def test_coverage_of_a_large_plane_needs_little_memory_besides_its_cells():
+    """A plane's moments are summed row by row, not in a second array of the whole window: the peak memory of
+    covering a window of a million cells grows by its cells (48 MB) and little else (a second array would double
+    it). Measured in a process of its own, whose peak no other test has raised."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _LARGE_PLANE], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ratio, area = (float(v) for v in done.stdout.split())
+    assert area == pytest.approx(math.pi * 49.0**2, rel=1e-3)  # the disc, whatever the memory
+    assert ratio < 1.4, ratio
