@@ -1,6 +1,6 @@
 """DVHs of all ROIs of a head-and-neck-sized case, on each backend (files already read, kernels compiled),
-and the re-irradiation plan sum of that case. Run with ``make bench``; compare medians measured side by side
-in one run."""
+the re-irradiation plan sum of that case, and reading its files. Run with ``make bench``; compare medians
+measured side by side in one run."""
 
 from __future__ import annotations
 
@@ -26,6 +26,32 @@ def test_head_and_neck_all_rois(benchmark, head_neck, backend_name, rounds):
         compute_dvhs, args=(grid, structures), kwargs={"backend": backend}, rounds=rounds, iterations=1
     )
     assert len(dvhs) == 20 and all(d.has_dose for d in dvhs)
+
+
+@pytest.mark.parametrize("what", ["RTDOSE", "RTSTRUCT"])
+def test_reading_head_and_neck_files(benchmark, head_neck, tmp_path_factory, what):
+    """Reading the case from DICOM (the files in the page cache): its RTDOSE (200 x 200 x 120, 32-bit pixels,
+    19 MB), or its RTSTRUCT (20 ROIs) with every ROI's contours."""
+    from isodose.dicom.read import read_dose, read_structures
+    from isodose.dicom.write import write_dose, write_structures
+
+    grid, structures = head_neck
+    folder = tmp_path_factory.mktemp("head-and-neck-files")
+    if what == "RTDOSE":
+        path, read = write_dose(grid, folder / "rd.dcm"), read_dose
+    else:
+        path, read = (
+            write_structures(structures, folder / "rs.dcm", frame_of_reference_uid=grid.frame_of_reference_uid),
+            read_structures,
+        )
+    read(path)  # the file into the page cache, the readers imported
+    benchmark.group = "head-and-neck case, reading its files"
+    benchmark.extra_info["file_mb"] = round(path.stat().st_size / 1e6, 1)
+    result = benchmark.pedantic(read, args=(path,), rounds=10, iterations=1)
+    if what == "RTDOSE":
+        assert result.shape == grid.shape
+    else:
+        assert len(result.structures) == 20
 
 
 def _second_course(grid: DoseGrid) -> tuple[Course, Registration]:

@@ -255,6 +255,111 @@ def test_a_dose_grid_too_large_for_memory_is_refused_with_the_figures(tmp_path, 
     np.testing.assert_allclose(read_dose(path).dose_gy, random_grid.dose_gy, rtol=1e-6)
 
 
+def _restored(path, syntax=None, signed=False, stored=None, frames_more=0, **changes):
+    """An RTDOSE re-stored: in transfer syntax ``syntax`` (its pixels encoded to match), with signed pixels, with
+    BitsStored ``stored``, with ``frames_more`` frames of pixel data more (or fewer) than its grid has."""
+    from pydicom.uid import ExplicitVRBigEndian, RLELossless
+
+    ds = pydicom.dcmread(path)
+    pixels = ds.pixel_array
+    bits = int(ds.BitsAllocated)
+    if signed:  # halved, and a negative value (which a dose may not hold) where signed=="negative"
+        ds.PixelRepresentation = 1
+        pixels = (pixels // 2).astype(f"<i{bits // 8}")
+        if signed == "negative":
+            pixels[1, 2, 3] = -5
+    if frames_more > 0:
+        pixels = np.concatenate([pixels, pixels[:frames_more]])
+    elif frames_more < 0:
+        pixels = pixels[:frames_more]
+    if stored is not None:
+        ds.BitsStored, ds.HighBit = stored, stored - 1
+        pixels = pixels % (1 << stored)
+    for key, value in changes.items():
+        setattr(ds, key, value) if value is not None else delattr(ds, key)
+    big = syntax == ExplicitVRBigEndian
+    ds.PixelData = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder(">" if big else "<")).tobytes()
+    if syntax == RLELossless:
+        ds.compress(RLELossless, np.ascontiguousarray(pixels))
+    elif syntax is not None:
+        ds.file_meta.TransferSyntaxUID = syntax
+    if big:
+        pydicom.dcmwrite(path, ds, implicit_vr=False, little_endian=False, force_encoding=True)
+    else:
+        ds.save_as(path)
+    return path
+
+
+def _read_both_ways(path, monkeypatch, caplog):
+    """read_dose's outcome (the grid's bytes and geometry, or the error) and log, with isodose's reading of
+    native pixels and with pydicom's decoding alone; and whether the native reading took the pixels."""
+    import isodose.dicom.read as reader
+
+    native = reader._native_pixels
+    taken = []
+
+    def spy(*args):
+        taken.append(native(*args))
+        return taken[-1]
+
+    outcomes = []
+    for pixels in (spy, lambda *args: None):
+        monkeypatch.setattr(reader, "_native_pixels", pixels)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="isodose"):
+            try:
+                grid = read_dose(path)
+                outcome = (grid.dose_gy.dtype, grid.dose_gy.tobytes(), grid.origin_mm, grid.spacing_mm)
+            except IsodoseError as exc:
+                outcome = (type(exc), str(exc))
+        outcomes.append((outcome, caplog.text))
+    return outcomes[0], outcomes[1], bool(taken) and taken[0] is not None
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"], ids=["implicit", "explicit"])
+@pytest.mark.parametrize("bits", [16, 32])
+@pytest.mark.parametrize("signed", [False, True, "negative"], ids=["unsigned", "signed", "negative"])
+def test_native_pixels_are_read_as_pydicom_decodes_them(
+    tmp_path, random_grid, monkeypatch, caplog, syntax, bits, signed
+):
+    """Little-endian pixels of 16 or 32 bits are taken as they lie in the file, without pydicom's decoding: the
+    same grid, bit for bit (or, for a negative value, the same error)."""
+    path = _restored(write_dose(random_grid, tmp_path / "rd.dcm", bits=bits), syntax=syntax, signed=signed)
+    native, decoded, taken = _read_both_ways(path, monkeypatch, caplog)
+    assert taken
+    assert native == decoded
+    if signed == "negative":
+        assert native[0][0] is DoseGridError and "negative values" in native[0][1]
+    else:
+        np.testing.assert_allclose(read_dose(path).dose_gy, random_grid.dose_gy / (2 if signed else 1), atol=0.01)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"syntax": "1.2.840.10008.1.2.2"},  # explicit VR big endian
+        {"syntax": "1.2.840.10008.1.2.5"},  # RLE lossless
+        {"stored": 12},  # not every bit stored
+        {"frames_more": -1},  # pixel data a frame short
+        {"frames_more": 1},  # a frame too many
+        {"PhotometricInterpretation": None},
+        {"PhotometricInterpretation": "MONOCHROME1"},
+        {"SamplesPerPixel": None},
+        {"PixelRepresentation": None},
+        {"signed": True},  # signed: read natively (the control)
+    ],
+    ids=str,
+)
+def test_other_pixels_are_left_to_pydicom(tmp_path, random_grid, monkeypatch, caplog, change):
+    """Whatever isodose would not read exactly as pydicom does (another encoding, bits not all stored, a length
+    not the grid's, an element missing or unusual) is decoded by pydicom: the same grid, or the same error and log,
+    either way."""
+    path = _restored(write_dose(random_grid, tmp_path / "rd.dcm", bits=16), **change)
+    native, decoded, taken = _read_both_ways(path, monkeypatch, caplog)
+    assert taken == (change.get("signed") is True)
+    assert native == decoded
+
+
 def _float_dose(path, values):
     """Re-store an RTDOSE's pixels as FloatPixelData (32-bit floats), as some systems write them."""
     ds = pydicom.dcmread(path)

@@ -297,6 +297,39 @@ def _axis_of(direction: np.ndarray, name: str, path: PathType) -> tuple[int, int
 RELATIVE_FRACTION_MAX = 2.0
 
 
+#: Transfer syntaxes whose pixel data lies in the file as it is used: native (uncompressed) little endian.
+NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _native_pixels(ds, frames: int, rows: int, columns: int) -> np.ndarray | None:
+    """An RTDOSE's pixels as they lie in its file, without pydicom's decoding (which copies them, and for a
+    head-and-neck grid takes several times as long as reading them), where that gives exactly what pydicom would:
+    native little-endian integers of 16 or 32 bits, every bit stored, one sample of MONOCHROME2, and exactly the
+    bytes the grid needs. None for anything else, which pydicom decodes (with its warnings and errors)."""
+    try:  # any doubt (a damaged element among these, say) is pydicom's to settle
+        meta = getattr(ds, "file_meta", None)
+        syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+        if syntax not in NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+            return None
+        bits = ds.get("BitsAllocated")
+        representation = ds.get("PixelRepresentation")
+        if (
+            bits not in (16, 32)
+            or ds.get("BitsStored") != bits
+            or representation not in (0, 1)
+            or ds.get("SamplesPerPixel") != 1
+            or str(ds.get("PhotometricInterpretation", "") or "").strip() != "MONOCHROME2"
+        ):
+            return None
+        data = ds.PixelData
+    except Exception:
+        return None
+    if not isinstance(data, bytes) or len(data) != frames * rows * columns * (bits // 8):
+        return None
+    kind = "i" if representation == 1 else "u"
+    return np.frombuffer(data, dtype=f"<{kind}{bits // 8}").reshape(frames, rows, columns)
+
+
 @_reader
 def read_dose(
     path: PathType, relative_reference_gy: float | None = None, *, warn_unused_reference: bool = False
@@ -394,21 +427,24 @@ def read_dose(
     offsets = _floats(_required(ds, "GridFrameOffsetVector", path), "GridFrameOffsetVector", frames, path)
     _check_memory(frames, rows, columns, int(ds.get("BitsAllocated", 32) or 32), path)
 
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:
-        raise DicomReadError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})", path=path) from exc
+    pixels = _native_pixels(ds, frames, rows, columns)
+    if pixels is None:
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:
+            raise DicomReadError(f"pixel data cannot be decoded ({type(exc).__name__}: {exc})", path=path) from exc
     expected_shape = (frames, rows, columns)
     if pixels.shape != expected_shape:
         raise DicomReadError(f"pixel data has shape {pixels.shape}, expected {expected_shape}", path=path)
     dose = np.empty(pixels.shape, dtype=np.float32)
     for frame in range(frames):  # in float64 frame by frame, kept in float32: no whole float64 copy
-        dose[frame] = pixels[frame].astype(np.float64) * scaling
+        np.multiply(pixels[frame], scaling, out=dose[frame], dtype=np.float64, casting="unsafe")
     del pixels
-    if not np.all(np.isfinite(dose)):
+    lowest, highest = float(dose.min()), float(dose.max())  # NaN anywhere makes both NaN
+    if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise DoseGridError("dose holds NaN or infinite values", path=path)
-    if dose.min() < 0:
-        raise DoseGridError(f"dose holds negative values (down to {dose.min():.4g} Gy)", path=path)
+    if lowest < 0:
+        raise DoseGridError(f"dose holds negative values (down to {lowest:.4g} Gy)", path=path)
     if units == "RELATIVE":
         assert relative_reference_gy is not None
         top = float(dose.max())
