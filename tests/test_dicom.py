@@ -337,18 +337,20 @@ def test_native_pixels_are_read_as_pydicom_decodes_them(
 @pytest.mark.parametrize(
     "change",
     [
-        {"syntax": "1.2.840.10008.1.2.2"},  # explicit VR big endian
-        {"syntax": "1.2.840.10008.1.2.5"},  # RLE lossless
-        {"stored": 12},  # not every bit stored
-        {"frames_more": -1},  # pixel data a frame short
-        {"frames_more": 1},  # a frame too many
-        {"PhotometricInterpretation": None},
-        {"PhotometricInterpretation": "MONOCHROME1"},
-        {"SamplesPerPixel": None},
-        {"PixelRepresentation": None},
-        {"signed": True},  # signed: read natively (the control)
+        pytest.param({"syntax": "1.2.840.10008.1.2.2"}, id="big-endian"),
+        pytest.param({"syntax": "1.2.840.10008.1.2.5"}, id="RLE"),
+        pytest.param({"stored": 12}, id="12-of-16-bits-stored"),
+        pytest.param({"frames_more": -1}, id="a-frame-short"),
+        pytest.param({"frames_more": 1}, id="a-frame-too-many"),
+        pytest.param({"PhotometricInterpretation": None}, id="no-PhotometricInterpretation"),
+        pytest.param({"PhotometricInterpretation": "MONOCHROME1"}, id="MONOCHROME1"),
+        pytest.param({"PhotometricInterpretation": " MONOCHROME2"}, id="leading-space"),
+        pytest.param({"SamplesPerPixel": None}, id="no-SamplesPerPixel"),
+        pytest.param({"PixelRepresentation": None}, id="no-PixelRepresentation"),
+        pytest.param({"FloatPixelData": np.zeros(6 * 7 * 8, dtype="<f4").tobytes()}, id="float-pixels-beside"),
+        pytest.param({"ExtendedOffsetTable": bytes(8), "ExtendedOffsetTableLengths": bytes(8)}, id="offset-table"),
+        pytest.param({"signed": True}, id="signed-read-natively"),  # the control
     ],
-    ids=str,
 )
 def test_other_pixels_are_left_to_pydicom(tmp_path, random_grid, monkeypatch, caplog, change):
     """Whatever isodose would not read exactly as pydicom does (another encoding, bits not all stored, a length

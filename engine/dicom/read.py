@@ -311,6 +311,10 @@ def _native_pixels(ds, frames: int, rows: int, columns: int) -> np.ndarray | Non
         syntax = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
         if syntax not in NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
             return None
+        # Float pixels beside the integer ones (which pydicom refuses) or an offset table (meant for encapsulated
+        # data, which pydicom checks) are pydicom's to judge.
+        if any(keyword in ds for keyword in ("FloatPixelData", "DoubleFloatPixelData", "ExtendedOffsetTable")):
+            return None
         bits = ds.get("BitsAllocated")
         representation = ds.get("PixelRepresentation")
         if (
@@ -318,7 +322,8 @@ def _native_pixels(ds, frames: int, rows: int, columns: int) -> np.ndarray | Non
             or ds.get("BitsStored") != bits
             or representation not in (0, 1)
             or ds.get("SamplesPerPixel") != 1
-            or str(ds.get("PhotometricInterpretation", "") or "").strip() != "MONOCHROME2"
+            or ds.get("PhotometricInterpretation") != "MONOCHROME2"  # as pydicom takes it: no leading space
+            or not (0 < rows <= 0xFFFF and 0 < columns <= 0xFFFF)  # as US values hold them
         ):
             return None
         data = ds.PixelData
@@ -437,8 +442,10 @@ def read_dose(
     if pixels.shape != expected_shape:
         raise DicomReadError(f"pixel data has shape {pixels.shape}, expected {expected_shape}", path=path)
     dose = np.empty(pixels.shape, dtype=np.float32)
+    in_float64 = np.empty(pixels.shape[1:], dtype=np.float64)
     for frame in range(frames):  # in float64 frame by frame, kept in float32: no whole float64 copy
-        np.multiply(pixels[frame], scaling, out=dose[frame], dtype=np.float64, casting="unsafe")
+        np.multiply(pixels[frame], scaling, out=in_float64, dtype=np.float64)
+        dose[frame] = in_float64
     del pixels
     lowest, highest = float(dose.min()), float(dose.max())  # NaN anywhere makes both NaN
     if not (math.isfinite(lowest) and math.isfinite(highest)):
