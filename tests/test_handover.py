@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import mmap
 import multiprocessing
 import os
 import pickle
@@ -51,6 +52,26 @@ def test_large_arrays_travel_through_one_block_whose_name_goes_on_arrival():
     assert not got["grid"].dose_gy.flags.owndata  # a view of the block, not a copy
     got["grid"].dose_gy[0, 0, 0] = -1.0  # writable, and private to this process
     assert got["grid"].dose_gy[0, 0, 0] == -1.0
+
+
+def test_arrays_of_a_page_or_more_travel_through_the_block_and_smaller_ones_in_the_pickle():
+    """A planned case's arrays are mostly of a few pages (its plans, its targets' planes): they go through the
+    block with its dose grid, not through the pipe; an array under a page is not worth a place in the block."""
+    value = {"under a page": np.arange(511.0), "a page": np.arange(512.0), "two pages": np.arange(1024.0)}
+    sent = handover.send(value, os.getpid())
+    assert [size for _, size in sent.layout] == [4096, 8192]
+    assert len(sent.data) < 4096 + 1024  # the array under a page, and the pickle's own bytes
+    got = handover.receive(pickle.loads(pickle.dumps(sent)))
+    for key, array in value.items():
+        np.testing.assert_array_equal(got[key], array)
+
+    def in_block(array):  # a view of the shared block's mapping
+        base = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+
+    assert [in_block(got[key]) for key in value] == [False, True, True]
 
 
 def test_without_room_or_without_shared_memory_the_value_is_pickled_whole(monkeypatch, caplog):

@@ -3,8 +3,8 @@
 A result of a worker process comes back through a pipe and is unpickled by the receiving process: for a
 head-and-neck dose grid (about 20 MB) that is some 20 ms of the receiver's CPU per case (measured in
 ``benchmarks/test_bench_cohort.py``), several times what classifying the case takes it, and in the GPU
-arrangement one process receives every case. So the worker puts the large arrays of what it sends (pickle
-protocol 5's out-of-band buffers) into one shared-memory block, and pipes only the rest; the receiver maps the
+arrangement one process receives every case. So the worker puts the arrays of what it sends (pickle protocol 5's
+out-of-band buffers of a page or more) into one shared-memory block, and pipes only the rest; the receiver maps the
 block and unpickles the arrays in place, without copying them, and removes the block's name at once (the memory
 goes when the last array using it does).
 
@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 SHM = Path("/dev/shm")
 PREFIX = "isodose-"
-#: Buffers at least this large travel through shared memory; smaller ones are pickled with the rest.
-MIN_SHARED_BYTES = 256 * 1024
+#: Buffers at least this large (a page) travel through shared memory; smaller ones are pickled with the rest. A
+#: planned case's arrays (its sampling plans, its targets' planes: about 0.42 MB of a generated cohort case, in some
+#: ten arrays of a page or more) then arrive as views of the block too, rather than copied through the pipe and again
+#: out of the pickle: 21 kB through the pipe a case rather than 444 kB.
+MIN_SHARED_BYTES = 4096
 ALIGN = 64
 _counter = itertools.count()
 _refusal_reported = False  # whether this process has warned that shared memory refused a block
