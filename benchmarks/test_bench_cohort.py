@@ -1,6 +1,6 @@
 """A cohort run on N generated cases (N = 100, 1000), from DICOM on disk to the HDF5 store: cases per
 second, and the share of each case's time spent reading DICOM against computing; the same on a local Dask
-cluster; and the host side of the GPU arrangement. Run with ``make bench``."""
+cluster; and the host side of the GPU arrangement, in one process and in a pipelined run. Run with ``make bench``."""
 
 from __future__ import annotations
 
@@ -209,4 +209,56 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
         cases=len(cases),
         **{f"{name}_ms_per_case": value for name, value in medians.items()},
         host_bound_cases_per_second=round(1000.0 / medians["host"], 1),
+    )
+
+
+def test_host_work_of_a_pipelined_run(benchmark, cohorts, tmp_path_factory):
+    """The GPU arrangement end to end, as ``cohort run`` does it: reading workers (one per core) read, plan and
+    hand over the 100-case cohort's cases, and this process samples them on the emulated device in batches of 32,
+    finishes and stores them (``run_cohort(..., pipelined=True)``). ``host_ms_per_case`` is this process's CPU time
+    (all its threads: the pool's and its pipes' included) less the emulated device's time, per case: what
+    the benchmark above leaves out (the pool, the pipes, the run's own start and end) is in it. The reading workers
+    share the machine's cores with this process, which a machine with fewer cores than readers plus one feels."""
+    import resource
+    import tempfile
+    from pathlib import Path
+
+    from isodose.dispatch import Backend
+    from isodose.kernels.cupy_gpu import GpuKernels
+    from tests.cuda.device import CLOCK, DeviceModule
+    from tests.cuda.emulated import build, emulated_kernels
+
+    library = build(tmp_path_factory.mktemp("cuda-pipelined"))
+    if library is None:
+        pytest.skip("no C++ compiler to build the emulated kernels")
+    emulated = emulated_kernels(library)
+    gpu = GpuKernels(DeviceModule(), CLOCK(emulated.launch), emulated.device)
+    backend = Backend("cupy (emulated)", gpu.device, gpu)
+    stores = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
+    counter = itertools.count()
+    host_ms: list[float] = []
+
+    def run():
+        CLOCK.seconds = 0.0
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        summary = run_cohort(
+            cohorts[100],
+            stores / f"run{next(counter)}.h5",
+            settings=SETTINGS,
+            workers=WORKERS,
+            backend=backend,
+            pipelined=True,
+        )
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        host_ms.append(1000.0 * (cpu - CLOCK.seconds) / summary.processed)
+        return summary
+
+    run()  # the emulation built, Numba's host tests loaded
+    host_ms.clear()
+    benchmark.group = "GPU arrangement on emulated kernels: a pipelined run, host work per case"
+    summary = benchmark.pedantic(run, rounds=2, iterations=1)
+    assert summary.failed == 0 and summary.processed == 100
+    benchmark.extra_info.update(
+        cases=100, workers=WORKERS, batch=32, host_ms_per_case=round(float(np.median(host_ms)), 2)
     )
