@@ -128,6 +128,22 @@ def test_receiving_head_and_neck_sized_cases_from_reading_workers(benchmark, thr
     )
 
 
+def _emulated_gpu(tmp_path_factory):
+    """The GPU backend over the CPU emulation of its kernels (tests/cuda), the emulated device's work timed by
+    ``tests.cuda.device.CLOCK`` so that the host-work benchmarks can leave it out; skips without a C++ compiler."""
+    from isodose.dispatch import Backend
+    from isodose.kernels.cupy_gpu import GpuKernels
+    from tests.cuda.device import CLOCK, DeviceModule
+    from tests.cuda.emulated import build, emulated_kernels
+
+    library = build(tmp_path_factory.mktemp("cuda"))
+    if library is None:
+        pytest.skip("no C++ compiler to build the emulated kernels")
+    emulated = emulated_kernels(library)
+    gpu = GpuKernels(DeviceModule(), CLOCK(emulated.launch), emulated.device)
+    return Backend("cupy (emulated)", gpu.device, gpu)
+
+
 @pytest.mark.parametrize(("batch", "planned_by_readers"), [(1, False), (32, False), (32, True)])
 def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, batch, planned_by_readers):
     """What the process that drives a GPU does per case besides the device's work, in batches of ``batch``
@@ -144,20 +160,11 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     from isodose.cohort import handover
     from isodose.cohort.cases import read_manifest
     from isodose.cohort.work import classify_batch, read_and_send, read_case
-    from isodose.dispatch import Backend
-    from isodose.kernels.cupy_gpu import GpuKernels
-    from tests.cuda.device import CLOCK, DeviceModule
-    from tests.cuda.emulated import build, emulated_kernels
-
-    library = build(tmp_path_factory.mktemp("cuda"))
-    if library is None:
-        pytest.skip("no C++ compiler to build the emulated kernels")
     from isodose.polygons import prefer_compiled
+    from tests.cuda.device import CLOCK
 
+    backend = _emulated_gpu(tmp_path_factory)
     prefer_compiled()  # as the GPU arrangement's process does (ReceivedBatches.stage)
-    emulated = emulated_kernels(library)
-    gpu = GpuKernels(DeviceModule(), CLOCK(emulated.launch), emulated.device)
-    backend = Backend("cupy (emulated)", gpu.device, gpu)
     cases = read_manifest(cohorts[100])[:40]
     stores = tmp_path_factory.mktemp("host-work-stores")
     counter = itertools.count()
@@ -220,21 +227,11 @@ def test_host_work_of_a_pipelined_run(benchmark, cohorts, tmp_path_factory):
     the benchmark above leaves out (the pool, the pipes, the run's own start and end) is in it. The reading workers
     share the machine's cores with this process, which a machine with fewer cores than readers plus one feels."""
     import resource
-    import tempfile
-    from pathlib import Path
 
-    from isodose.dispatch import Backend
-    from isodose.kernels.cupy_gpu import GpuKernels
-    from tests.cuda.device import CLOCK, DeviceModule
-    from tests.cuda.emulated import build, emulated_kernels
+    from tests.cuda.device import CLOCK
 
-    library = build(tmp_path_factory.mktemp("cuda-pipelined"))
-    if library is None:
-        pytest.skip("no C++ compiler to build the emulated kernels")
-    emulated = emulated_kernels(library)
-    gpu = GpuKernels(DeviceModule(), CLOCK(emulated.launch), emulated.device)
-    backend = Backend("cupy (emulated)", gpu.device, gpu)
-    stores = Path(tempfile.mkdtemp(dir=tmp_path_factory.getbasetemp()))
+    backend = _emulated_gpu(tmp_path_factory)
+    stores = tmp_path_factory.mktemp("pipelined-stores")
     counter = itertools.count()
     host_ms: list[float] = []
 

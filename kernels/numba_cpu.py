@@ -336,7 +336,7 @@ def _plane_cells(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, hx,
                     moments[i, 3] += length * (xm * xm + length * length / 12.0)
                     moments[i, 4] += length * xm * dy
                     moments[i, 5] += length * (dy * dy + band * band / 12.0)
-        _finish_row(moments, x0, y0 + (j + 0.5) * hy, hx, band, cells[j * nx : (j + 1) * nx])
+        _finish_row(moments, x0, row_centre, hx, band, cells[j * nx : (j + 1) * nx])
 
 
 @njit(cache=True, inline="always", error_model="numpy")

@@ -454,7 +454,7 @@ def read_dose(
         raise DoseGridError(f"dose holds negative values (down to {lowest:.4g} Gy)", path=path)
     if units == "RELATIVE":
         assert relative_reference_gy is not None
-        top = float(dose.max())
+        top = highest  # the maximum, before the reference scales it
         fraction = top <= RELATIVE_FRACTION_MAX
         dose *= np.float32(relative_reference_gy if fraction else relative_reference_gy / 100.0)
         log.warning(
