@@ -1063,3 +1063,34 @@ def test_a_case_reads_only_the_rois_its_classification_uses_and_classifies_as_wi
     everything = [work.classify_inputs(work.read_case(c, settings), settings, "numba") for c in cases]
     for a, b in zip(selective, everything):
         assert a["status"] == b["status"] == "ok" and a["record"] == b["record"]
+
+
+def test_a_recurrence_named_like_a_planning_roi_keeps_both_curves(cohort, tmp_path):
+    """A follow-up structure set's recurrence may bear the name of a planning ROI (a "CTV54" contoured again at
+    recurrence): the store keeps the recurrence's curve and the planning ROI's, each with its role, rather than
+    one in place of the other."""
+    import pydicom
+
+    from isodose.cohort.work import process_case
+
+    case = next(c for c in read_manifest(cohort) if c.recurrence_structures)
+    follow_up = pydicom.dcmread(case.recurrence_structures)
+    for item in follow_up.StructureSetROISequence:
+        if item.ROIName == case.recurrence_roi:
+            item.ROIName = "CTV54"
+    renamed = tmp_path / "follow_up.dcm"
+    follow_up.save_as(renamed)
+    settings = replace(SETTINGS, target_metrics=("CTV54:D95",))
+    entry = process_case(replace(case, recurrence_structures=renamed, recurrence_roi="CTV54"), settings)
+    assert entry["status"] == "ok", entry["error"]
+    with ResultStore.open(tmp_path / "r.h5", settings.as_dict()) as store:
+        store.append(entry)
+        curves = {(c["roi"], c["role"]): c["cumulative_cc"] for c in store.dvh_curves()}
+    assert set(curves) == {("CTV54", "recurrence"), ("CTV54", "roi")}
+    record = entry["record"]
+    # Each curve is its own structure's: the recurrence's starts at its volume, the planning CTV54's at its own.
+    assert curves[("CTV54", "recurrence")][0] == pytest.approx(record["recurrence_volume_cc"], rel=1e-5)
+    assert curves[("CTV54", "roi")][0] > 5 * curves[("CTV54", "recurrence")][0]
+    store = ResultStore.open(tmp_path / "r.h5", create=False)
+    store.consolidate()
+    assert {(c["roi"], c["role"]) for c in store.dvh_curves()} == {("CTV54", "recurrence"), ("CTV54", "roi")}

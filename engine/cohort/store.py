@@ -347,7 +347,7 @@ class ResultStore:
                 curves.append(
                     {
                         "case_id": case_id,
-                        "roi": roi,
+                        "roi": curve.get("roi", roi),
                         "role": curve.get("role", "roi"),
                         "step_gy": float(curve["step_gy"]),
                         "cumulative_cc": curve_values(curve),

@@ -266,19 +266,34 @@ def _with_reirradiation(inputs: CaseInputs, entry: CaseEntry, settings: RunSetti
     return entry
 
 
+def planning_curve_key(name: str) -> str:
+    """The key in an entry's ``dvhs`` of the curve of planning ROI ``name`` where a recurrence mapped from another
+    frame bears that name too (the curve names its ROI itself: ``roi``)."""
+    return f"{name} (planning ROI)"
+
+
 def ok_entry(case_id: str, result, settings: RunSettings, timings: Timings) -> CaseEntry:
     """The store's entry of one classified case."""
-    dvhs = {result.recurrence_dvh.name: ("recurrence", result.recurrence_dvh)}
-    dvhs.update({name: ("roi", d) for name, d in result.roi_dvhs.items() if name not in dvhs})
-    curves = {
-        name: StoredCurve(
+    vr = result.recurrence_dvh
+    dvhs = {vr.name: ("recurrence", vr)}
+    for name, d in result.roi_dvhs.items():
+        if name not in dvhs:
+            dvhs[name] = ("roi", d)
+        elif result.registered:  # a planning ROI named like the recurrence mapped onto it: another structure
+            dvhs[planning_curve_key(name)] = ("roi", d)
+        # else the recurrence is that planning ROI itself: its curve is stored once, as the recurrence's
+    curves = {}
+    for key, (role, d) in dvhs.items():
+        if not d.has_dose:
+            continue
+        curve = StoredCurve(
             role="recurrence" if role == "recurrence" else "roi",
             step_gy=settings.dvh_step_gy,
             cumulative_cc=_curve(d, settings.dvh_step_gy),
         )
-        for name, (role, d) in dvhs.items()
-        if d.has_dose
-    }
+        if key != d.name:
+            curve["roi"] = d.name
+        curves[key] = curve
     return {
         "case_id": case_id,
         "status": "ok",
