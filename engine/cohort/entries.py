@@ -6,7 +6,7 @@ a :class:`~typing.TypedDict` so that every room of the cohort package agrees on 
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 
@@ -22,17 +22,22 @@ class Timings(TypedDict, total=False):
     total_s: float
 
 
-class StoredCurve(TypedDict):
-    """A cumulative DVH as a case's entry holds it: volumes (cc) receiving at least ``k * step_gy``."""
+class _Curve(TypedDict):
+    """The keys every :class:`StoredCurve` has."""
 
     role: Literal["recurrence", "roi"]
     step_gy: float
     #: The volumes, one a step from 0 Gy: a float64 array as a case's work makes it (a list only in an entry built
     #: from JSON, as the oldest journals wrote it).
     cumulative_cc: np.ndarray | list[float]
+
+
+class StoredCurve(_Curve, total=False):
+    """A cumulative DVH as a case's entry holds it: volumes (cc) receiving at least ``k * step_gy``."""
+
     #: The ROI's name, where it is not the curve's key in the entry's ``dvhs``: a planning ROI that bears the name of
     #: a recurrence mapped from another frame (both curves are kept, the recurrence's under the name).
-    roi: NotRequired[str]
+    roi: str
 
 
 class _Entry(TypedDict):
