@@ -112,6 +112,58 @@ def test_truncated_file(tmp_path, random_grid):
         read_dose(path)
 
 
+def _defined_length_structure_set(tmp_path):
+    """An RTSTRUCT of three spheres whose sequences have defined lengths, as planning systems write them."""
+    from pydicom.filewriter import dcmwrite
+
+    shapes = [contour_shape(Sphere((0, 0, 0), r), f"S{r}", n, 2.0) for n, r in enumerate((5, 8, 12), start=1)]
+    path = write_structures(shapes, tmp_path / "rs_undefined.dcm")
+    ds = pydicom.dcmread(path)
+    for element in ds.iterall():
+        if element.VR == "SQ":
+            element.is_undefined_length = False
+    defined = tmp_path / "rs.dcm"
+    dcmwrite(defined, ds, enforce_file_format=True)
+    return defined
+
+
+def test_a_file_cut_inside_a_sequence_of_defined_length_is_truncated(tmp_path):
+    """pydicom reads a file that ends inside an element of defined length without an error, keeping the bytes that
+    are there: an RTSTRUCT cut inside its RTROIObservationsSequence would lose its ROIs' types, one cut inside its
+    ROIContourSequence its last ROIs' contours. Either is a one-line error naming the file and the element."""
+    path = _defined_length_structure_set(tmp_path)
+    data = path.read_bytes()
+    whole = read_structures(path)
+    assert len(whole.structures) == 3 and all(s.contours for s in whole.structures)  # as written: read whole
+    observations = data.index(b"\x06\x30\x80\x00")  # (3006,0080) RTROIObservationsSequence, explicit VR
+    contours = data.index(b"\x06\x30\x39\x00")  # (3006,0039) ROIContourSequence
+    for cut, element in ((observations + 40, "RTROIObservationsSequence"), (contours + 500, "ROIContourSequence")):
+        cut_short = tmp_path / f"cut{cut}.dcm"
+        cut_short.write_bytes(data[:cut])
+        with pytest.raises(DicomReadError) as caught:
+            read_structures(cut_short)
+        message = str(caught.value)
+        assert "\n" not in message and f"cut{cut}.dcm" in message, message
+        assert f"truncated: the file ends at byte {cut:,}, inside {element}" in message, message
+
+
+def test_pydicom_truncated_files_are_errors_and_a_deflated_file_is_not(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    from isodose.dicom.read import read_dataset
+
+    with pytest.raises(DicomReadError, match=r"rtplan_truncated\.dcm: truncated: .* inside BeamSequence"):
+        read_plan(get_testdata_file("rtplan_truncated.dcm"))
+    with pytest.raises(DicomReadError, match=r"MR_truncated\.dcm: truncated: .* inside PixelData"):
+        read_dataset(get_testdata_file("MR_truncated.dcm"))
+    deflated = get_testdata_file("image_dfl.dcm")
+    assert read_dataset(deflated).Rows > 0  # its elements lie in the inflated stream, not at their file offsets
+    cut = tmp_path / "image_dfl.dcm"
+    cut.write_bytes(open(deflated, "rb").read()[:3000])
+    with pytest.raises(DicomReadError, match=r"image_dfl\.dcm: unreadable or truncated DICOM"):
+        read_dataset(cut)
+
+
 def test_wrong_modality(tmp_path):
     path = write_structures([contour_shape(Sphere((0, 0, 0), 5), "s", 1, 2.0)], tmp_path / "rs.dcm")
     with pytest.raises(DicomReadError, match="modality is RTSTRUCT, expected RTDOSE"):

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -237,13 +238,45 @@ def read_dataset(
             raise DicomReadError(f"not a DICOM file ({exc})", path=path) from exc
         if "SOPClassUID" not in ds and "Modality" not in ds:
             raise DicomReadError("not a DICOM file", path=path) from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError, zlib.error) as exc:
         raise DicomReadError(f"unreadable or truncated DICOM ({type(exc).__name__}: {exc})", path=path) from exc
+    _check_not_cut_short(ds, path)
     if modality is not None:
         found = str(ds.get("Modality", "") or "")
         if found != modality:
             raise DicomReadError(f"modality is {found or 'missing'}, expected {modality}", path=path)
     return ds
+
+
+def _check_not_cut_short(ds, path: PathType) -> None:
+    """A file that ends inside an element's value is an error. pydicom reads such a file without one where the
+    element has a defined length: it takes the bytes that are there (a sequence then loses its last items, an
+    RTSTRUCT its RTROIObservationsSequence, and with it the types of its ROIs)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return  # read from the inflated stream, not the file: a cut there is zlib's error, raised while reading
+    size = os.path.getsize(path)
+    for tag in ds._dict:  # the elements as read, before any is converted
+        element = ds._dict[tag]
+        if not isinstance(element, RawDataElement) or element.length == UNDEFINED_LENGTH:
+            continue
+        end = element.value_tell + element.length
+        if end > size:
+            from pydicom.datadict import keyword_for_tag
+
+            name = keyword_for_tag(tag) or "an element"
+            raise DicomReadError(
+                f"truncated: the file ends at byte {size:,}, inside {name} {tag} (its value needs up to byte "
+                f"{end:,}); copy the file again",
+                path=path,
+            )
+
+
+#: The length DICOM gives an element whose value ends with a delimiter.
+UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def _text(ds, keyword: str) -> str:
