@@ -3,6 +3,8 @@ enough to need them, so that a command that computes little never loads Numba.""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -72,3 +74,71 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
                 if ((y1 <= py and py < y2) or (y2 <= py and py < y1)) and px < x1 + (py - y1) * ((x2 - x1) / (y2 - y1)):
                     crossings += 1
         out[n] = crossings % 2 == 1
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _first_at_or_above(value, origin, step, n):
+    """The first of the ``n`` grid coordinates ``origin + i * step`` at or above ``value`` (``n`` where none)."""
+    i = math.ceil((value - origin) / step) if math.isfinite(value) else (0 if value < 0 else n)
+    i = min(max(i, 0), n)
+    while i > 0 and origin + (i - 1) * step >= value:
+        i -= 1
+    while i < n and origin + i * step < value:
+        i += 1
+    return i
+
+
+@njit(cache=True, error_model="numpy")
+def grid_extremes_in_planes(
+    p_first, p_end, slab_lo, slab_hi, plane_ring_start, ring_vertex_start, vertices, dose, origin, spacing, out
+):
+    nz, ny, nx = dose.shape
+    ox, oy, oz = origin[0], origin[1], origin[2]
+    sx, sy, sz = spacing[0], spacing[1], spacing[2]
+    lo = np.inf
+    hi = -np.inf
+    crossings = np.empty(0)
+    for p in range(p_first, p_end):
+        r0, r1 = plane_ring_start[p], plane_ring_start[p + 1]
+        if r0 == r1:
+            continue
+        k_a = _first_at_or_above(slab_lo[p], oz, sz, nz)
+        k_b = _first_at_or_above(slab_hi[p], oz, sz, nz)
+        if k_a >= k_b:
+            continue
+        v0, v1 = ring_vertex_start[r0], ring_vertex_start[r1]
+        y_min = np.inf
+        y_max = -np.inf
+        for v in range(v0, v1):
+            y_min = min(y_min, vertices[v, 1])
+            y_max = max(y_max, vertices[v, 1])
+        if crossings.shape[0] < v1 - v0:
+            crossings = np.empty(v1 - v0)
+        for j in range(_first_at_or_above(y_min, oy, sy, ny), _first_at_or_above(y_max, oy, sy, ny)):
+            py = oy + j * sy
+            n = 0
+            for r in range(r0, r1):
+                a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
+                for e in range(a0, a1):
+                    f = e + 1 if e + 1 < a1 else a0
+                    x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
+                    if y1 == y2:
+                        continue
+                    if (y1 <= py and py < y2) or (y2 <= py and py < y1):
+                        crossings[n] = x1 + (py - y1) * ((x2 - x1) / (y2 - y1))
+                        n += 1
+            if n == 0:
+                continue
+            row = np.sort(crossings[:n])
+            # A point is inside where an odd number of crossings lie to its right: [row[t-1], row[t]) for n-t odd.
+            for t in range(n - 1, -1, -2):
+                left = row[t - 1] if t >= 1 else -np.inf
+                i_a = _first_at_or_above(left, ox, sx, nx)
+                i_b = _first_at_or_above(row[t], ox, sx, nx)
+                for i in range(i_a, i_b):
+                    for k in range(k_a, k_b):
+                        value = dose[k, j, i]
+                        lo = min(lo, value)
+                        hi = max(hi, value)
+    out[0] = lo
+    out[1] = hi

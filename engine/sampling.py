@@ -8,7 +8,8 @@ half of its free memory), so that memory stays bounded for any structure; a batc
 memory is split in two and retried, never left partial. Batches and chunks depend only on the input (and
 the memory at hand), so results do not depend on the machine's thread count. Dmin and Dmax also take the dose
 at every contour vertex on both faces of its slab, so that extremes on the surface are not missed between
-interior samples.
+interior samples, and at every point of the dose grid inside the structure, so that a hot or cold voxel inside
+it is not missed either.
 """
 
 from __future__ import annotations
@@ -311,6 +312,46 @@ def plan_cells(kernels, plan: SamplingPlan, first: int, end: int):
     return cells
 
 
+def _grid_point_extremes(
+    plan: SamplingPlan,
+    grids: Sequence[DoseGrid],
+    to_host,
+    transforms: np.ndarray,
+    sums: np.ndarray,
+    dmin: np.ndarray,
+    dmax: np.ndarray,
+) -> None:
+    """Dmin and Dmax (in place) over the dose grid's own points inside each structure too, so that an extreme
+    inside a structure, a hot spot at a voxel, is not missed between its samples (which lie at the centres of cells,
+    not at the grid's points) nor left to its contours' vertices (which see its surface alone). Structures whose
+    contours are in the grid's frame (an identity transform), with volume inside the grid; their contour planes,
+    not the planes of label images (whose corners are among the vertices already). A grid on a device (a sum of
+    courses) is searched in a copy on the host, taken once."""
+    from .polygons import grid_extremes_in_planes
+
+    identity = np.all(transforms == np.eye(4), axis=(1, 2))
+    on_host: dict[int, np.ndarray] = {}
+    for s in np.nonzero(identity & (sums[:, 0] > 0))[0]:
+        grid = grids[s]
+        if id(grid) not in on_host:
+            on_host[id(grid)] = np.asarray(to_host(grid.dose_gy))
+        low, high = grid_extremes_in_planes(
+            plan.structure_plane_start[s],
+            plan.structure_plane_start[s + 1],
+            plan.plane_z_lo_mm,
+            plan.plane_z_hi_mm,
+            plan.plane_ring_start,
+            plan.ring_start,
+            plan.vertices,
+            on_host[id(grid)],
+            grid.origin_mm,
+            grid.spacing_mm,
+        )
+        if low <= high:
+            dmin[s] = min(dmin[s], low)
+            dmax[s] = max(dmax[s], high)
+
+
 def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
     """One plan holding the structures of all ``plans``, in order (their offsets shifted)."""
     if len(plans) == 1:
@@ -468,6 +509,10 @@ def _sample(
         rows = with_vertices[update]
         dmin[rows] = np.minimum(dmin[rows], low[update])
         dmax[rows] = np.maximum(dmax[rows], high[update])
+
+    if options.extremes == "vertices":
+        grids = [requests[r].grid for r in structure_request]
+        _grid_point_extremes(plan, grids, kernels.to_host, transforms, sums, dmin, dmax)
 
     dmin[~np.isfinite(dmin)] = np.nan
     dmax[~np.isfinite(dmax)] = np.nan

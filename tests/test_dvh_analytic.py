@@ -328,3 +328,22 @@ def test_cells_follow_what_the_metrics_need(write_phantom):
     assert set(plan_sampling(list(structures.structures), dose, SamplingOptions(supersampling=3)).plane_scanlines) == {
         2
     }
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_hot_and_a_cold_voxel_inside_a_structure_are_its_dmax_and_dmin(backend):
+    """A hot spot at one voxel deep inside a structure: the samples (at cells' centres, between the grid's points)
+    and the contours' vertices (on its surface) all miss it, and only the grid's own points inside find it. Dmax is
+    that voxel's dose, and Dmin the cold one's, exactly; taking the samples alone (``extremes="samples"``, as
+    systems that sample voxels' centres do not) gives less."""
+    origin, spacing = (-40.0, -40.0, -40.0), (2.5, 2.5, 2.5)
+    dose = np.full((33, 33, 33), 5.0, dtype=np.float32)
+    dose[16, 16, 16] = 10.0  # the grid point (0, 0, 0)
+    dose[16, 17, 18] = 1.0  # (5, 2.5, 0)
+    grid = DoseGrid(dose, origin, spacing, "1.2.3.4")
+    sphere = contour_shape(Sphere((0.6, 0.3, 0.4), 15.0), "S", 1, 2.5)
+    [dvh] = compute_dvhs(grid, [sphere], backend=backend)
+    assert (dvh.dmin_gy, dvh.dmax_gy) == (1.0, 10.0)
+    [sampled] = compute_dvhs(grid, [sphere], backend=backend, options=SamplingOptions(extremes="samples"))
+    assert 5.0 < sampled.dmax_gy < 9.0 and 1.0 < sampled.dmin_gy < 5.0
+    assert dvh.metric("D50") == pytest.approx(sampled.metric("D50"), abs=1e-9)

@@ -97,3 +97,54 @@ def test_the_gpu_arrangement_prefers_the_compiled_host_tests(monkeypatch):
     monkeypatch.setattr(polygons, "_prefer_compiled", False)
     assert ReceivedBatches(RunSettings(), "numpy").stage([]).received == []
     assert polygons._prefer_compiled
+
+
+def _grid_point_brute_force(packed: PackedPlanes, dose: np.ndarray, origin, spacing) -> tuple[float, float]:
+    """The extremes of ``dose`` over its grid points inside, each point tested alone (the point test)."""
+    nz, ny, nx = dose.shape
+    axes = [origin[a] + np.arange(n) * spacing[a] for a, n in enumerate((nx, ny, nz))]
+    zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+    inside = packed.contain(np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1))
+    values = dose.ravel()[inside]
+    return (float(values.min()), float(values.max())) if len(values) else (np.inf, -np.inf)
+
+
+@pytest.mark.parametrize(
+    "shape, origin",
+    [
+        (contour_shape(Sphere((1, 2, 3), 12.0), "s", 1, 2.5), (-20.0, -20.0, -20.0)),
+        (contour_shape(Sphere((1, 2, 3), 12.0), "s", 1, 2.5), (-19.3, -20.6, -21.1)),
+        (contour_shape(Shell((0, 0, 0), 14.0, 6.0), "h", 2, 3), (-20.0, -20.0, -20.0)),  # a hole in its rings
+        (contour_shape(Sphere((0, 0, 0), 1.0), "tiny", 3, 2.5), (-20.0, -20.0, -20.0)),  # between grid points
+    ],
+    ids=["sphere", "sphere-offset", "shell", "tiny"],
+)
+def test_grid_extremes_inside_a_structure_are_those_of_the_points_it_contains(shape, origin):
+    """The scanline search of a structure's grid points (compiled, and NumPy's) finds the extremes that testing each
+    grid point alone finds, on a random dose: holes, grid points on contour vertices and edges (the sphere's
+    vertices lie on the 2.5 mm grid's lines), a structure between grid points."""
+    rng = np.random.default_rng(7)
+    dose = rng.uniform(0, 70, (17, 17, 17)).astype(np.float32)
+    spacing = (2.5, 2.5, 2.5)
+    packed = PackedPlanes.of(structure_planes(shape))
+    expected = _grid_point_brute_force(packed, dose, origin, spacing)
+    args = (
+        0,
+        len(packed.slab_lo_mm),
+        packed.slab_lo_mm,
+        packed.slab_hi_mm,
+        packed.plane_ring_start,
+        packed.ring_vertex_start,
+        packed.vertices_mm,
+        dose,
+        np.array(origin),
+        np.array(spacing),
+    )
+    small, compiled = np.empty(2), np.empty(2)
+    polygons._grid_extremes_numpy(*args, small)
+    compiled_polygons.grid_extremes_in_planes(*args, compiled)
+    assert tuple(small) == tuple(compiled) == expected
+    if shape.name == "tiny":
+        assert expected == (np.inf, -np.inf)
+    else:
+        assert expected[0] < expected[1]

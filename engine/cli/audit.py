@@ -76,7 +76,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--extremes",
         default="vertices",
         choices=("vertices", "samples"),
-        help="isodose's Dmin and Dmax over the samples and the contours' vertices (default), or the samples alone",
+        help="isodose's Dmin and Dmax over the samples, the contours' vertices and the dose grid's points inside "
+        "(default), or the samples alone",
     )
     parser.set_defaults(func=run)
     return parser

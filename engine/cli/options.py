@@ -43,7 +43,8 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
         "--extremes",
         default="vertices",
         choices=("vertices", "samples"),
-        help="Dmin and Dmax over the sampled volume and the contours' vertices (default), or the samples alone",
+        help="Dmin and Dmax over the sampled volume, the contours' vertices and the dose grid's points inside "
+        "(default), or the samples alone",
     )
 
 
