@@ -96,6 +96,10 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: 
     return "\n".join(lines)
 
 
+#: Separates warnings where several share one cell or line (their messages hold ``;`` and ``,`` themselves).
+WARNING_SEPARATOR = " | "
+
+
 def csv_cell(value: object) -> str:
     """A CSV cell: empty where there is no value, lists joined by ``;``, booleans as ``true``/``false``, numbers
     in full precision (the shortest text that reads back as the same float).

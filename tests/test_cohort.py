@@ -1094,3 +1094,19 @@ def test_a_recurrence_named_like_a_planning_roi_keeps_both_curves(cohort, tmp_pa
     store = ResultStore.open(tmp_path / "r.h5", create=False)
     store.consolidate()
     assert {(c["roi"], c["role"]) for c in store.dvh_curves()} == {("CTV54", "recurrence"), ("CTV54", "roi")}
+
+
+def test_cli_classify_csv_keeps_each_warning_whole(cohort, capsys):
+    """Warnings hold ``;`` themselves ("no ROI 'X'; the structure set has: ..."): the CSV's warnings cell joins them
+    with `` | ``, as the cohort table and ``dvh --format csv`` do, so that splitting it gives each one back whole."""
+    row = next(r for r in csv.DictReader(cohort.open()) if not r["registration"])
+    base = cohort.parent
+    argv = ["classify", "--dose", str(base / row["dose"]), "--structures", str(base / row["structures"])]
+    argv += ["--recurrence", row["recurrence_roi"], "--prescription", "70"]
+    argv += ["--metric", "CTV99:D95", "--metric", "PTV99:D95"]
+    assert main([*argv, "--format", "json"]) == 0
+    messages = json.loads(capsys.readouterr().out)["warnings"]
+    assert len(messages) >= 2 and all(";" in m for m in messages[:2]), messages
+    assert main([*argv, "--format", "csv"]) == 0
+    [record] = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert record["warnings"].split(" | ") == messages

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import IsodoseError, collect_warnings
-from ..formatting import csv_text, json_number, shown
+from ..formatting import WARNING_SEPARATOR, csv_text, json_number, shown
 from . import options
 
 
@@ -180,11 +180,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
         return 0
     if args.format == "csv":
-        sys.stdout.write(csv_text(list(record), [list(record.values())]))
+        row = {**record, "warnings": WARNING_SEPARATOR.join(str(w) for w in record["warnings"])}
+        sys.stdout.write(csv_text(list(row), [list(row.values())]))
         return 0
     width = max(len(k) for k in record)
     for key, value in record.items():
         if key == "warnings":
-            value = " | ".join(str(w) for w in value) if isinstance(value, list) and value else "-"
+            value = WARNING_SEPARATOR.join(str(w) for w in value) if isinstance(value, list) and value else "-"
         print(f"{key.ljust(width)}  {value if isinstance(value, float) else shown(value)}")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import IsodoseError, OutputError, collect_warnings
-from ..formatting import csv_safe, csv_text, text_table
+from ..formatting import WARNING_SEPARATOR, csv_safe, csv_text, text_table
 from ..outputs import output_file
 from . import options
 
@@ -96,7 +96,7 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
                 *row[1:],
                 s["cells"],
                 s["supersampling"],
-                " | ".join(document["warnings"] + s["warnings"]),
+                WARNING_SEPARATOR.join(document["warnings"] + s["warnings"]),
             ]
             for row, s in zip(rows, document["structures"])
         ]

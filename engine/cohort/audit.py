@@ -22,6 +22,7 @@ from typing import Any
 from ..dispatch import Backend
 from ..dvh import Tolerance
 from ..errors import IsodoseError, collect_warnings
+from ..formatting import WARNING_SEPARATOR
 from ..voxelize import SamplingOptions
 from .cases import Case, input_fingerprint, load_audit_cases
 from .entries import CaseEntry, Timings, error_entry
@@ -133,7 +134,8 @@ def audit_case(case: Case, settings: AuditSettings, backend: str | Backend | Non
         "warnings": list(dict.fromkeys([*messages, *result.warnings])),
         "inputs": fingerprint,
         "rows": [
-            {"dose_file": str(case.dose), **row, "case_warnings": " | ".join(result.warnings)} for row in result.rows()
+            {"dose_file": str(case.dose), **row, "case_warnings": WARNING_SEPARATOR.join(result.warnings)}
+            for row in result.rows()
         ],
     }
 

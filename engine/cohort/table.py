@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import StoreError
-from ..formatting import csv_cell
+from ..formatting import WARNING_SEPARATOR, csv_cell
 from ..outputs import private_temporary
 
 
@@ -19,10 +19,6 @@ def record_keys(entries: Iterable[dict]) -> list[str]:
         for k in e.get("record", {}):
             keys.setdefault(k, None)
     return list(keys)
-
-
-#: Separates a case's warnings in its ``warnings`` cell.
-WARNING_SEPARATOR = " | "
 
 
 def _temporary(path: Path) -> Path:
