@@ -404,6 +404,13 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         target_structures = [
             s for s in structures.structures if s.is_target and not s.is_empty and s is not vr_structure
         ]
+        if not target_structures:
+            log.warning(
+                "%s: no GTV, CTV, ITV or PTV with contours among the planning ROIs (by RTROIInterpretedType, else by "
+                "the start of the name): no target can hold the recurrence's centroid, so the point-of-origin class "
+                "is in-field or out-field only; name the targets (--target ROI)",
+                structures.source or "the planning structures",
+            )
     else:
         target_structures = [
             structures.get(name)

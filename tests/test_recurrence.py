@@ -275,3 +275,18 @@ def test_the_warnings_kept_with_a_result_are_its_own_when_cases_run_in_threads()
     for thread in threads:
         thread.join(20)
     assert kept == {"first": ["a warning of the first case"], "second": ["a warning of the second case"]}
+
+
+def test_planning_rois_without_a_target_are_said_so():
+    """No GTV, CTV, ITV or PTV among the planning ROIs (their types lost, say): the centroid has no target to be in,
+    so the point-of-origin class can only be in-field or out-field; a warning goes with the result."""
+    vr = contour_shape(Sphere((-10.0, 1.3, -0.7), 8.0), "Vr", 1, 1.0)
+    cord = contour_shape(Sphere((0.0, 0.0, 0.0), 30.0), "Breast", 2, 2.0)
+    structures = StructureSet((vr, Structure(cord.name, cord.number, cord.contours, interpreted_type="ORGAN")), FRAME)
+    result = classify_recurrence(GRID, structures, "Vr", RX, backend="numba")
+    assert result.class_centroid == "out-field" and result.centroid_targets == ()
+    assert any("no GTV, CTV, ITV or PTV" in w and "--target" in w for w in result.warnings), result.warnings
+    named = classify_recurrence(GRID, structures, "Vr", RX, targets=["Breast"], backend="numba")
+    assert named.class_centroid == "marginal" and not any("no GTV" in w for w in named.warnings)
+    with_targets = classify_recurrence(GRID, planning_set((-10.0, 1.3, -0.7)), "Vr", RX)
+    assert not any("no GTV" in w for w in with_targets.warnings)
