@@ -511,6 +511,10 @@ def test_quiet_and_verbose_work_after_the_command_too(tmp_path, capsys):
     rd, rs, rp = write_case(tmp_path)
     classify = ["classify", "--dose", rd, "--structures", rs, "--plan", rp, "--recurrence", "Recurrence"]
     classify += ["--metric", "Nope:D95"]
+    # One case typed by hand: an ROI name that is not there is refused, since a typo would change the results.
+    code, out, err = run(capsys, "-q", *classify, "--format", "json")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "no ROI 'Nope'" in err
+    classify += ["--allow-missing-targets"]
     code, out, err = run(capsys, "-q", *classify, "--format", "json")
     assert code == 0 and err == ""
     [warning] = json.loads(out)["warnings"]

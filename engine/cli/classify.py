@@ -61,12 +61,22 @@ def add_parser(commands) -> argparse.ArgumentParser:
         metavar="M",
         help="extra metric of Vr (D2cc...) or of a planning ROI as ROI:METRIC (CTV60:D98)",
     )
-    parser.add_argument(
+    missing = parser.add_mutually_exclusive_group()
+    missing.add_argument(
+        "--allow-missing-targets",
+        action="store_false",
+        dest="require_targets",
+        help="classify the case all the same where a --target or an ROI:METRIC names an ROI the planning set lacks: "
+        "that target left out and those metrics null, with a warning (by default one case typed here is refused, "
+        "as a name mistyped would change its class; a cohort run goes on by default)",
+    )
+    missing.add_argument(
         "--require-targets",
         action="store_true",
-        help="refuse the case when a target metric or target names an ROI the planning set lacks "
-        "(by default: classified all the same, those metrics null, with a warning)",
+        dest="require_targets",
+        help="refuse the case when a --target or an ROI:METRIC names an ROI the planning set lacks (the default)",
     )
+    parser.set_defaults(require_targets=True)
     parser.add_argument(
         "--export-recurrence",
         metavar="RS_mapped.dcm",
