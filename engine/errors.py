@@ -145,3 +145,26 @@ def collect_warnings() -> Iterator[list[str]]:
         yield collector.messages
     finally:
         logger.removeHandler(collector)
+
+
+_case_work = threading.local()
+
+
+@contextmanager
+def off_the_terminal() -> Iterator[None]:
+    """Cases' work, in this thread: what it logs is kept with each case's result (:func:`collect_warnings`) and
+    not shown on the terminal by the command (:func:`shown_on_terminal`), wherever the case is computed: in a
+    worker process, whose logging reaches no terminal, or in the command's own process (one worker, or the one
+    driving a GPU). The command says how many cases have warnings instead."""
+    depth = getattr(_case_work, "depth", 0)
+    _case_work.depth = depth + 1
+    try:
+        yield
+    finally:
+        _case_work.depth = depth
+
+
+def shown_on_terminal(record: logging.LogRecord) -> bool:
+    """Whether the command shows ``record`` on the terminal: not where it was logged by cases' work
+    (:func:`off_the_terminal`; a logging filter runs in the thread that logs)."""
+    return getattr(_case_work, "depth", 0) == 0

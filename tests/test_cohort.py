@@ -1110,3 +1110,18 @@ def test_cli_classify_csv_keeps_each_warning_whole(cohort, capsys):
     assert main([*argv, "--format", "csv"]) == 0
     [record] = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert record["warnings"].split(" | ") == messages
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cohort_run_keeps_cases_warnings_off_the_terminal_and_counts_them(cohort, tmp_path, capsys, workers):
+    """A case's warnings go with its result, and the terminal shows them alike whatever the number of workers: not
+    one by one (from worker processes they never reached it, and in this process they came without their case's
+    id), but as a count in the summary."""
+    out = tmp_path / "r.h5"
+    argv = ["cohort", "run", str(cohort), "--out", str(out), "--workers", workers, "--no-progress"]
+    assert main([*argv, "--metric", "Nope:D95"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" not in captured.err, captured.err
+    assert f"{N_CASES} of the cases processed have warnings" in captured.out
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert len(rows) == N_CASES and all("no ROI 'Nope'" in row["warnings"] for row in rows)

@@ -479,7 +479,7 @@ def test_a_run_ends_with_the_failed_cases_by_reason_and_exits_4_when_every_case_
     )
     code, out, _ = run(capsys, "cohort", "run", manifest, "--out", tmp_path / "r.h5", "--workers", "1", "--no-progress")
     assert code == 4
-    assert "failed cases, by reason (3 in all" in out and "3 x RD.dcm: no such file: c0, c1, c2" in out
+    assert "failed cases, by reason (3 in all" in out and "3 x RD.dcm: no such file (cases c0, c1, c2)" in out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -668,7 +668,7 @@ def test_a_manifest_row_without_plan_or_prescription_fails_that_case_alone(tmp_p
         f"good,{rd},{rs},{rp},,Recurrence,,\nbare,{rd},{rs},,,Recurrence,,\n"
     )
     code, out, _ = run(capsys, "cohort", "run", manifest, "--out", tmp_path / "r.h5", "--workers", "1", "--no-progress")
-    assert code == 0 and "1 x the manifest gives no plan and no prescription_gy: bare" in out
+    assert code == 0 and "1 x the manifest gives no plan and no prescription_gy (case bare)" in out
 
 
 def test_a_rerun_that_leaves_some_cases_failed_and_others_done_exits_0(tmp_path, capsys):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from .. import __version__
-from ..errors import IsodoseError
+from ..errors import IsodoseError, shown_on_terminal
 from . import accumulate, audit, backends, classify, cohort, demo, dvh, phantom, validate
 from .exit_codes import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR
 
@@ -76,6 +76,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("isodose: %(levelname)s: %(message)s"))
     handler.setLevel(level)
+    handler.addFilter(shown_on_terminal)  # a cohort's cases' warnings go with their results, not here
     root = logging.getLogger("isodose")
     root.handlers[:] = [handler]
     root.setLevel(min(level, logging.WARNING))

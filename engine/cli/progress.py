@@ -63,14 +63,20 @@ FAILED_IDS_SHOWN = 5
 def print_summary(summary) -> None:
     rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
     print(
-        f"{summary.cases} cases: {summary.processed} processed ({summary.failed} failed), {summary.skipped} already "
-        f"done; {summary.seconds:.1f} s ({rate:.1f} cases/s)"
+        f"{summary.cases} case{'' if summary.cases == 1 else 's'}: {summary.processed} processed ({summary.failed} "
+        f"failed), {summary.skipped} already done; {summary.seconds:.1f} s ({rate:.1f} cases/s)"
     )
     print(f"results: {summary.store}; table: {summary.table}")
+    if summary.with_warnings:
+        print(
+            f"{summary.with_warnings} of the cases processed {'has' if summary.with_warnings == 1 else 'have'} "
+            "warnings: each case's are in the store and in the table's warnings column"
+        )
     if summary.failures:
         print(f"failed cases, by reason ({summary.failed} in all; each case's error is in the store and the table):")
         for reason, ids in summary.failures.items():
             shown = ", ".join(ids[:FAILED_IDS_SHOWN]) + (
                 f", and {len(ids) - FAILED_IDS_SHOWN} more" if len(ids) > FAILED_IDS_SHOWN else ""
             )
-            print(f"  {len(ids)} x {terminal_safe(reason)}: {terminal_safe(shown)}")
+            label = "case" if len(ids) == 1 else "cases"
+            print(f"  {len(ids)} x {terminal_safe(reason)} ({label} {terminal_safe(shown)})")

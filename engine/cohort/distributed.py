@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import DistributedError
+from ..errors import DistributedError, off_the_terminal
 from .cases import Case
 from .entries import CaseEntry, error_entry
 from .execution import Finish, OnEntries, Task
@@ -240,7 +240,9 @@ class DaskCluster:
                     values = [error_entry(case.case_id, _task_failure(exc)) for case in batch]
                 future.release()
                 for case, value in zip(batch, values, strict=True):
-                    on_entries(finish([(case, value)]))
+                    with off_the_terminal():  # its warnings go with its result
+                        entries = finish([(case, value)])
+                    on_entries(entries)
                 top_up()
         except BaseException:
             client.cancel(list(in_flight))

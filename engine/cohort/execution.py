@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import off_the_terminal
 from .cases import Case
 from .entries import CaseEntry
 
@@ -59,4 +60,6 @@ class InProcess:
 
     def run(self, todo: Sequence[Case], task: Task, finish: Finish, on_entries: OnEntries) -> None:
         for case in todo:
-            on_entries(finish([(case, task(case))]))
+            with off_the_terminal():  # each case's warnings go with its result, as from a worker process
+                entries = finish([(case, task(case))])
+            on_entries(entries)

@@ -20,7 +20,7 @@ from concurrent.futures import ProcessPoolExecutor as _Pool
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..errors import IsodoseError
+from ..errors import IsodoseError, off_the_terminal
 from .cases import Case
 from .entries import error_entry
 from .execution import Finish, OnEntries, StagedFinish, Task
@@ -120,12 +120,17 @@ class ProcessPool:
             ready.clear()
             if staged_finish is None:
                 if batch:
-                    on_entries(finish(batch))
+                    with off_the_terminal():  # cases' warnings go with their results (the GPU's in this process)
+                        entries = finish(batch)
+                    on_entries(entries)
                 return
             if batch:
-                pending.append(staged_finish.stage(batch))
+                with off_the_terminal():
+                    pending.append(staged_finish.stage(batch))
             while len(pending) > (0 if last else 1):
-                on_entries(staged_finish.complete(pending.pop(0)))
+                with off_the_terminal():
+                    entries = staged_finish.complete(pending.pop(0))
+                on_entries(entries)
 
         while queue:
             with _Pool(

@@ -45,6 +45,8 @@ class RunSummary:
     #: The cases this run saw fail, grouped by reason (their file paths shortened to the file names, so that one
     #: problem of many cases is one group), the largest group first.
     failures: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The cases this run processed whose entries hold warnings (failed or not).
+    with_warnings: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,9 +227,10 @@ def run_cases(
 
         by_id = {c.case_id: c for c in todo}
         reasons: dict[str, list[str]] = {}
+        with_warnings = 0
 
         def record(entries: list[CaseEntry]) -> None:
-            nonlocal failed, done
+            nonlocal failed, done, with_warnings
             for entry in entries:  # the manifest's clinical covariates go with each case's results
                 case = by_id.get(entry["case_id"])
                 if case is not None and case.covariates and isinstance(entry.get("record"), dict):
@@ -237,6 +240,7 @@ def run_cases(
             store.append_many(entries)  # durably, before anything is reported
             for entry in entries:
                 done += 1
+                with_warnings += bool(entry.get("warnings"))
                 if entry["status"] != "ok":
                     failed += 1
                     reason = failure_reason(entry["error"], by_id.get(entry["case_id"]))
@@ -267,7 +271,15 @@ def run_cases(
         table = write_table(store) if write_table is not None else store.write_table()
     failures = {r: tuple(ids) for r, ids in sorted(reasons.items(), key=lambda item: -len(item[1]))}
     return RunSummary(
-        len(all_cases), skipped, len(todo), failed, time.perf_counter() - run_started, store.path, table, failures
+        len(all_cases),
+        skipped,
+        len(todo),
+        failed,
+        time.perf_counter() - run_started,
+        store.path,
+        table,
+        failures,
+        with_warnings,
     )
 
 
