@@ -427,6 +427,7 @@ def test_a_signal_mid_run_stops_the_workers_and_keeps_finished_cases(generated_c
     assert proc.returncode in (130, 128 + getattr(signal, signame)), (proc.returncode, stderr)
     assert "Traceback" not in stderr, stderr
     assert stderr.count("isodose: ") <= 2, stderr  # the stop's line (and perhaps a warning)
+    assert f"the cases finished are kept in {out}: the same command goes on from there" in stderr, stderr
     left = True
     deadline = time.monotonic() + 10.0
     while left and time.monotonic() < deadline:  # nothing of the process group is left 10 s after

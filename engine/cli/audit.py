@@ -214,6 +214,7 @@ def run_archive(args: argparse.Namespace) -> int:
     check_workers(args.workers)
     output_file(args.out, "--out")
     _not_over_another_file(Path(args.out), Path(args.source))
+    args.on_interrupt = f"the cases finished are kept in {args.out}: the same command goes on from there"
     settings = AuditSettings(
         metrics=tuple(args.metric or ()),
         end_caps=end_caps_of(args.end_cap),

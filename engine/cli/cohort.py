@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.out).is_dir():  # a folder is refused by the store, with what to give instead
         output_file(args.out, "--out")
     settings = run_settings(args)
+    args.on_interrupt = f"the cases finished are kept in {args.out}: the same command goes on from there"
     bar = ProgressBar(enabled=not args.no_progress)
     start = functools.partial(
         run_cohort,

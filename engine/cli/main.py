@@ -124,10 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Stopped as exc:
         import signal
 
-        print(f"isodose: stopped by {signal.Signals(exc.signum).name}", file=sys.stderr)
+        hint = getattr(args, "on_interrupt", None)
+        print(f"isodose: stopped by {signal.Signals(exc.signum).name}{f'; {hint}' if hint else ''}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print("isodose: interrupted", file=sys.stderr)
+        hint = getattr(args, "on_interrupt", None)
+        print(f"isodose: interrupted{f'; {hint}' if hint else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into head, say
         return EXIT_OK
