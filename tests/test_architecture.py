@@ -38,6 +38,7 @@ LAYERS = {
     "audit": 4,
     "cohort": 5,
     "cli": 6,
+    "__main__": 6,
 }
 
 

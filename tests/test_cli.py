@@ -238,3 +238,9 @@ def test_a_usage_error_is_one_line_with_where_to_read_more(argv):
     done = subprocess.run([sys.executable, "-m", "isodose.cli", *argv], capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
     assert "error:" in done.stderr and "--help)" in done.stderr and "usage:" not in done.stderr
+
+
+@pytest.mark.parametrize("module", ["isodose", "isodose.cli"])
+def test_python_dash_m_runs_the_command(module):
+    done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("isodose "), (done.stdout, done.stderr)
