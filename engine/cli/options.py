@@ -269,7 +269,7 @@ def uncertainty(args: argparse.Namespace):
     )
 
 
-def add_structures(parser: argparse.ArgumentParser, help_text: str = "RTSTRUCT file") -> None:
+def add_structures(parser: argparse.ArgumentParser, help_text: str = "RTSTRUCT or SEG file") -> None:
     parser.add_argument(
         "--structures",
         required=True,
