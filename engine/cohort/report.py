@@ -526,9 +526,27 @@ def _probability_figure(cases: list[dict]):
     return figure
 
 
+def _numeric(cell: str) -> bool:
+    """Whether a table cell reads as a number (a percentage, a count, an interval's bound): right-aligned."""
+    text = cell.strip().rstrip("%").replace(",", "")
+    try:
+        float(text)
+    except ValueError:
+        return text in ("", "-")
+    return True
+
+
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    """A table whose numbers are right-aligned and whose text (errors, warnings, names) reads from the left."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(c)}</td>" if _numeric(c) else f'<td class="text">{html.escape(c)}</td>' for c in row
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -718,7 +736,7 @@ probabilities). A class is stable when it holds at least {u.get("stable_pct")}% 
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.85em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
+th:first-child, td:first-child, td.text {{ text-align: left; }}
 th {{ background: #f0f0f0; }}
 img {{ max-width: 100%; margin: 0.3em; }}
 .grid {{ display: flex; flex-wrap: wrap; }}
@@ -847,7 +865,7 @@ def write_audit_html(result, path: str | Path, title: str = "isodose against the
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.85em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
+th:first-child, td:first-child, td.text {{ text-align: left; }}
 th {{ background: #f0f0f0; }}
 img {{ max-width: 100%; margin: 0.3em; }}
 .grid {{ display: flex; flex-wrap: wrap; }}
