@@ -97,7 +97,6 @@ def grid_extremes_in_planes(
     sx, sy, sz = spacing[0], spacing[1], spacing[2]
     lo = np.inf
     hi = -np.inf
-    crossings = np.empty(0)
     for p in range(p_first, p_end):
         r0, r1 = plane_ring_start[p], plane_ring_start[p + 1]
         if r0 == r1:
@@ -112,31 +111,53 @@ def grid_extremes_in_planes(
         for v in range(v0, v1):
             y_min = min(y_min, vertices[v, 1])
             y_max = max(y_max, vertices[v, 1])
-        if crossings.shape[0] < v1 - v0:
-            crossings = np.empty(v1 - v0)
-        for j in range(_first_at_or_above(y_min, oy, sy, ny), _first_at_or_above(y_max, oy, sy, ny)):
-            py = oy + j * sy
-            n = 0
-            for r in range(r0, r1):
-                a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
-                for e in range(a0, a1):
-                    f = e + 1 if e + 1 < a1 else a0
-                    x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
-                    if y1 == y2:
-                        continue
-                    if (y1 <= py and py < y2) or (y2 <= py and py < y1):
-                        crossings[n] = x1 + (py - y1) * ((x2 - x1) / (y2 - y1))
-                        n += 1
+        j_first = _first_at_or_above(y_min, oy, sy, ny)
+        n_rows = _first_at_or_above(y_max, oy, sy, ny) - j_first
+        if n_rows <= 0:
+            continue
+        # Each edge crosses the rows whose y lies in [its lower y, its upper y): counted, then placed row by row.
+        row_start = np.zeros(n_rows + 1, dtype=np.int64)
+        for r in range(r0, r1):
+            a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
+            for e in range(a0, a1):
+                f = e + 1 if e + 1 < a1 else a0
+                y1, y2 = vertices[e, 1], vertices[f, 1]
+                if y1 == y2:
+                    continue
+                ja = _first_at_or_above(min(y1, y2), oy, sy, ny) - j_first
+                jb = _first_at_or_above(max(y1, y2), oy, sy, ny) - j_first
+                for row in range(max(ja, 0), min(jb, n_rows)):
+                    row_start[row + 1] += 1
+        for row in range(n_rows):
+            row_start[row + 1] += row_start[row]
+        crossings = np.empty(row_start[n_rows])
+        filled = row_start[:n_rows].copy()
+        for r in range(r0, r1):
+            a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
+            for e in range(a0, a1):
+                f = e + 1 if e + 1 < a1 else a0
+                x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
+                if y1 == y2:
+                    continue
+                ja = _first_at_or_above(min(y1, y2), oy, sy, ny) - j_first
+                jb = _first_at_or_above(max(y1, y2), oy, sy, ny) - j_first
+                for row in range(max(ja, 0), min(jb, n_rows)):
+                    py = oy + (j_first + row) * sy
+                    crossings[filled[row]] = x1 + (py - y1) * ((x2 - x1) / (y2 - y1))
+                    filled[row] += 1
+        for row in range(n_rows):
+            n = row_start[row + 1] - row_start[row]
             if n == 0:
                 continue
-            row = np.sort(crossings[:n])
-            # A point is inside where an odd number of crossings lie to its right: [row[t-1], row[t]) for n-t odd.
+            j = j_first + row
+            xs = np.sort(crossings[row_start[row] : row_start[row + 1]])
+            # A point is inside where an odd number of crossings lie to its right: [xs[t-1], xs[t]) for n-t odd.
             for t in range(n - 1, -1, -2):
-                left = row[t - 1] if t >= 1 else -np.inf
+                left = xs[t - 1] if t >= 1 else -np.inf
                 i_a = _first_at_or_above(left, ox, sx, nx)
-                i_b = _first_at_or_above(row[t], ox, sx, nx)
-                for i in range(i_a, i_b):
-                    for k in range(k_a, k_b):
+                i_b = _first_at_or_above(xs[t], ox, sx, nx)
+                for k in range(k_a, k_b):
+                    for i in range(i_a, i_b):
                         value = dose[k, j, i]
                         lo = min(lo, value)
                         hi = max(hi, value)
