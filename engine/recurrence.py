@@ -422,9 +422,12 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         (s.name, s.mask if s.mask is not None else PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm))
         for s in target_structures
     )
-    # The grid's dose range, scanned here once (where cases are read, in a cohort run), not where they are sampled.
+    # The grid's dose range, scanned here once (where cases are read, in a cohort run), not where they are sampled;
+    # and the grid's extremes inside each structure (for Dmin and Dmax), searched here too.
     dose_range = dose_range_gy(dose)
     requests = [r.with_dose_range(dose_range) for r in requests]
+    if options.extremes == "vertices":
+        requests = [r.with_grid_extremes() if isinstance(r, SamplingRequest) else r for r in requests]
     return PreparedRecurrence(
         dose,
         float(prescription_gy),

@@ -90,6 +90,21 @@ class SamplingRequest:
     #: that reads and plans, so that the one that samples need not scan the grid again). Used only while that
     #: grid is the request's own: a copy of the request onto another grid scans the other grid.
     known_dose_range: tuple[DoseGrid, float, float] | None = None
+    #: ``(grid, extremes)``: :meth:`grid_extremes` taken where the request was made (by a process that reads and
+    #: plans: the one driving a GPU then need not search the grid), used only while that grid is the request's own.
+    known_grid_extremes: tuple[DoseGrid, np.ndarray] | None = None
+
+    def with_grid_extremes(self) -> SamplingRequest:
+        """This request with :meth:`grid_extremes` taken now."""
+        return replace(self, known_grid_extremes=(self.grid, self.grid_extremes()))
+
+    def grid_extremes(self, to_host=np.asarray) -> np.ndarray:
+        """Each structure's lowest and highest dose at the grid's own points inside it, ``(n_structures, 2)``, for
+        its Dmin and Dmax (see :func:`grid_point_extremes`); ``to_host`` brings a grid on a device to the host."""
+        known = self.known_grid_extremes
+        if known is not None and known[0] is self.grid:
+            return known[1]
+        return grid_point_extremes(self.plan, self.structure_transforms(), self.grid, to_host)
 
     def with_dose_range(self, dose_range: tuple[float, float] | None = None) -> SamplingRequest:
         """This request with its grid's dose range known: ``dose_range`` (the grid's :func:`dose_range_gy`,
@@ -312,30 +327,22 @@ def plan_cells(kernels, plan: SamplingPlan, first: int, end: int):
     return cells
 
 
-def _grid_point_extremes(
-    plan: SamplingPlan,
-    grids: Sequence[DoseGrid],
-    to_host,
-    transforms: np.ndarray,
-    sums: np.ndarray,
-    dmin: np.ndarray,
-    dmax: np.ndarray,
-) -> None:
-    """Dmin and Dmax (in place) over the dose grid's own points inside each structure too, so that an extreme
-    inside a structure, a hot spot at a voxel, is not missed between its samples (which lie at the centres of cells,
-    not at the grid's points) nor left to its contours' vertices (which see its surface alone). Structures whose
-    contours are in the grid's frame (an identity transform), with volume inside the grid; their contour planes,
-    not the planes of label images (whose corners are among the vertices already). A grid on a device (a sum of
-    courses) is searched in a copy on the host, taken once."""
+def grid_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: DoseGrid, to_host=np.asarray) -> np.ndarray:
+    """Each structure's lowest and highest dose at the dose grid's own points inside it, ``(n_structures, 2)``
+    (``inf, -inf`` where none lies inside, or where it is not searched): for Dmin and Dmax, so that an extreme inside
+    a structure, a hot spot at a voxel, is not missed between its samples (which lie at the centres of cells,
+    between the grid's points) nor left to its contours' vertices (which see its surface alone). Structures whose
+    contours are in the grid's frame (an identity transform); their contour planes, not the planes of label images
+    (whose corners are among the vertices already). ``to_host`` brings a grid on a device to the host (once)."""
     from .polygons import grid_extremes_in_planes
 
-    identity = np.all(transforms == np.eye(4), axis=(1, 2))
-    on_host: dict[int, np.ndarray] = {}
-    for s in np.nonzero(identity & (sums[:, 0] > 0))[0]:
-        grid = grids[s]
-        if id(grid) not in on_host:
-            on_host[id(grid)] = np.asarray(to_host(grid.dose_gy))
-        low, high = grid_extremes_in_planes(
+    extremes = np.tile([np.inf, -np.inf], (plan.n_structures, 1))
+    identity = np.nonzero(np.all(np.asarray(transforms) == np.eye(4), axis=(1, 2)))[0]
+    if not len(identity):
+        return extremes
+    dose = np.asarray(to_host(grid.dose_gy))
+    for s in identity:
+        extremes[s] = grid_extremes_in_planes(
             plan.structure_plane_start[s],
             plan.structure_plane_start[s + 1],
             plan.plane_z_lo_mm,
@@ -343,13 +350,11 @@ def _grid_point_extremes(
             plan.plane_ring_start,
             plan.ring_start,
             plan.vertices,
-            on_host[id(grid)],
+            dose,
             grid.origin_mm,
             grid.spacing_mm,
         )
-        if low <= high:
-            dmin[s] = min(dmin[s], low)
-            dmax[s] = max(dmax[s], high)
+    return extremes
 
 
 def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:
@@ -510,9 +515,12 @@ def _sample(
         dmin[rows] = np.minimum(dmin[rows], low[update])
         dmax[rows] = np.maximum(dmax[rows], high[update])
 
-    if options.extremes == "vertices":
-        grids = [requests[r].grid for r in structure_request]
-        _grid_point_extremes(plan, grids, kernels.to_host, transforms, sums, dmin, dmax)
+    if options.extremes == "vertices":  # the grid's own points inside each structure (with volume inside) too
+        at_points = np.concatenate([r.grid_extremes(kernels.to_host) for r in requests]) if requests else None
+        if at_points is not None:
+            rows = np.nonzero(sums[:, 0] > 0)[0]
+            dmin[rows] = np.minimum(dmin[rows], at_points[rows, 0])
+            dmax[rows] = np.maximum(dmax[rows], at_points[rows, 1])
 
     dmin[~np.isfinite(dmin)] = np.nan
     dmax[~np.isfinite(dmax)] = np.nan

@@ -290,3 +290,25 @@ def test_planning_rois_without_a_target_are_said_so():
     assert named.class_centroid == "marginal" and not any("no GTV" in w for w in named.warnings)
     with_targets = classify_recurrence(GRID, planning_set((-10.0, 1.3, -0.7)), "Vr", RX)
     assert not any("no GTV" in w for w in with_targets.warnings)
+
+
+def test_a_prepared_case_carries_its_grid_extremes_so_the_sampling_process_need_not_search(monkeypatch):
+    """Where cases are read and planned (a cohort's reading workers), each structure's extremes at the grid's points
+    are searched there, with the dose range: the process that samples (the one driving a GPU) uses them as they
+    came, and the results are those of a case searched where it is sampled."""
+    import pickle
+
+    from isodose import sampling
+    from isodose.recurrence import RecurrenceCase, classify_prepared, prepare_recurrence
+
+    case = RecurrenceCase(GRID, planning_set((-2.0, 1.3, -0.7)), "Vr", RX, target_metrics=("PTV:D95",))
+    prepared = pickle.loads(pickle.dumps(prepare_recurrence(case)))  # as it travels from a reading worker
+    assert all(r.known_grid_extremes is not None for r in prepared.requests)
+    expected = classify_recurrence(GRID, case.structures, "Vr", RX, target_metrics=("PTV:D95",))
+
+    def searched(*args, **kwargs):
+        raise AssertionError("the grid was searched again where the case is sampled")
+
+    monkeypatch.setattr(sampling, "grid_point_extremes", searched)
+    [result] = classify_prepared([prepared])
+    assert result.record() == expected.record()
