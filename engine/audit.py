@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .dispatch import Backend, resolve_backend
 from .dvh import DVH, RELATIVE_FRACTION_MAX, DVHComparison, PlanningSystemDVH, Tolerance, compute_dvhs, parse_metrics
 from .errors import IsodoseError, MetricError, collect_warnings
-from .formatting import json_number
+from .formatting import WARNING_SEPARATOR, json_number
 from .model import DoseGrid, StructureSet
 from .voxelize import SamplingOptions
 
@@ -240,7 +240,7 @@ class StructureAudit:
             row["outside_tolerance"] = " ".join(c.outside_tolerance)
             row["agrees"] = c.agrees
             row["better_end_cap"] = self.better_end_cap or ""
-            row["warnings"] = " | ".join(self.warnings)
+            row["warnings"] = WARNING_SEPARATOR.join(self.warnings)
             rows.append(row)
         return rows
 

@@ -141,9 +141,11 @@ def collect_warnings() -> Iterator[list[str]]:
     collector = _Collector()
     logger = logging.getLogger("isodose")
     logger.addHandler(collector)
+    _case_work.collecting = getattr(_case_work, "collecting", 0) + 1
     try:
         yield collector.messages
     finally:
+        _case_work.collecting -= 1
         logger.removeHandler(collector)
 
 
@@ -152,7 +154,7 @@ _case_work = threading.local()
 
 @contextmanager
 def off_the_terminal() -> Iterator[None]:
-    """Cases' work, in this thread: what it logs is kept with each case's result (:func:`collect_warnings`) and
+    """Cases' work, in this thread: the warnings it keeps with each case's result (:func:`collect_warnings`) are
     not shown on the terminal by the command (:func:`shown_on_terminal`), wherever the case is computed: in a
     worker process, whose logging reaches no terminal, or in the command's own process (one worker, or the one
     driving a GPU). The command says how many cases have warnings instead."""
@@ -165,6 +167,8 @@ def off_the_terminal() -> Iterator[None]:
 
 
 def shown_on_terminal(record: logging.LogRecord) -> bool:
-    """Whether the command shows ``record`` on the terminal: not where it was logged by cases' work
-    (:func:`off_the_terminal`; a logging filter runs in the thread that logs)."""
-    return getattr(_case_work, "depth", 0) == 0
+    """Whether the command shows ``record`` on the terminal: not a warning (or worse) that cases' work logged
+    (:func:`off_the_terminal`) where :func:`collect_warnings` keeps it with a result; everything else, debugging
+    output and warnings no case keeps among them, is shown (a logging filter runs in the thread that logs)."""
+    kept = getattr(_case_work, "depth", 0) > 0 and getattr(_case_work, "collecting", 0) > 0
+    return not (kept and record.levelno >= logging.WARNING)

@@ -332,8 +332,9 @@ def grid_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: DoseGr
     (``inf, -inf`` where none lies inside, or where it is not searched): for Dmin and Dmax, so that an extreme inside
     a structure, a hot spot at a voxel, is not missed between its samples (which lie at the centres of cells,
     between the grid's points) nor left to its contours' vertices (which see its surface alone). Structures whose
-    contours are in the grid's frame (an identity transform); their contour planes, not the planes of label images
-    (whose corners are among the vertices already). ``to_host`` brings a grid on a device to the host (once)."""
+    contours are in the grid's frame (an identity transform), their contour planes: not structures mapped by a
+    registration, nor the planes of label images (sampled at their voxels' centres). ``to_host`` brings a grid on a
+    device to the host (once)."""
     from .polygons import grid_extremes_in_planes
 
     extremes = np.tile([np.inf, -np.inf], (plan.n_structures, 1))
@@ -354,7 +355,7 @@ def grid_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: DoseGr
             grid.origin_mm,
             grid.spacing_mm,
         )
-    return extremes
+    return extremes + 0.0  # a grid's -0.0 is a dose of 0.0
 
 
 def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:

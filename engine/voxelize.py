@@ -64,9 +64,10 @@ class SamplingOptions:
         End-caps of each contiguous piece of a structure: ``half`` a plane spacing (the default), or ``none``.
     extremes : str
         Where Dmin and Dmax are taken: ``vertices`` (the default) over the sampled volume, the dose at every
-        contour vertex on both faces of its slab and at every point of the dose grid inside the structure (one whose
-        contours are in the grid's frame), so that an extreme on its surface, or at a voxel within it, is not missed
-        between samples; or ``samples``, over the sampled volume alone.
+        contour vertex on both faces of its slab and at every point of the dose grid inside the structure (a
+        contoured one in the grid's frame: not a label image's, nor one mapped by a registration), so that an
+        extreme on its surface, or at a voxel within it, is not missed between samples; or ``samples``, over the
+        sampled volume alone.
     dose_bins : int
         Bins of the dose histogram, spanning 0 to the grid's maximum dose.
     max_cells_per_batch : int

@@ -1041,7 +1041,9 @@ def test_a_staged_finish_stages_each_batch_before_completing_the_one_before():
     assert all(e["value"] == repr(case) for e, case in zip(sorted(stored, key=lambda e: e["case_id"]), todo))
     staged = [ids for kind, ids in calls if kind == "stage"]
     assert [ids for kind, ids in calls if kind == "complete"] == staged  # each batch once, in order
-    assert len(staged) >= 3
+    # At least two batches whatever the timing (a batch is finished once two cases are ready, and at most four are
+    # ever in flight); how many more depends on how the results arrive (fewer on a loaded machine).
+    assert len(staged) >= 2
     for k in range(1, len(staged)):  # batch k staged before batch k - 1 completed
         assert calls.index(("stage", staged[k])) < calls.index(("complete", staged[k - 1]))
 
@@ -1065,19 +1067,28 @@ def test_a_case_reads_only_the_rois_its_classification_uses_and_classifies_as_wi
         assert a["status"] == b["status"] == "ok" and a["record"] == b["record"]
 
 
-def test_a_recurrence_named_like_a_planning_roi_keeps_both_curves(cohort, tmp_path):
+@pytest.mark.parametrize("registered", [True, False], ids=["registered", "in-the-planning-frame"])
+def test_a_recurrence_named_like_a_planning_roi_keeps_both_curves(cohort, tmp_path, registered):
     """A follow-up structure set's recurrence may bear the name of a planning ROI (a "CTV54" contoured again at
-    recurrence): the store keeps the recurrence's curve and the planning ROI's, each with its role, rather than
-    one in place of the other."""
+    recurrence), whether it is mapped by a registration or drawn in the planning frame already: the store keeps the
+    recurrence's curve and the planning ROI's, each with its role, rather than one in place of the other; the
+    report's figure of CTV54 holds the planning ROI's alone."""
     import pydicom
 
     from isodose.cohort.work import process_case
+    from isodose.dicom.read import read_dose
 
     case = next(c for c in read_manifest(cohort) if c.recurrence_structures)
     follow_up = pydicom.dcmread(case.recurrence_structures)
     for item in follow_up.StructureSetROISequence:
         if item.ROIName == case.recurrence_roi:
             item.ROIName = "CTV54"
+    if not registered:  # drawn in the planning frame: no registration
+        frame = read_dose(case.dose).frame_of_reference_uid
+        follow_up.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = frame
+        for item in follow_up.StructureSetROISequence:
+            item.ReferencedFrameOfReferenceUID = frame
+        case = replace(case, registration=None)
     renamed = tmp_path / "follow_up.dcm"
     follow_up.save_as(renamed)
     settings = replace(SETTINGS, target_metrics=("CTV54:D95",))
@@ -1091,9 +1102,15 @@ def test_a_recurrence_named_like_a_planning_roi_keeps_both_curves(cohort, tmp_pa
     # Each curve is its own structure's: the recurrence's starts at its volume, the planning CTV54's at its own.
     assert curves[("CTV54", "recurrence")][0] == pytest.approx(record["recurrence_volume_cc"], rel=1e-5)
     assert curves[("CTV54", "roi")][0] > 5 * curves[("CTV54", "recurrence")][0]
+    assert entry["record"]["recurrence_registered"] is registered
     store = ResultStore.open(tmp_path / "r.h5", create=False)
     store.consolidate()
     assert {(c["roi"], c["role"]) for c in store.dvh_curves()} == {("CTV54", "recurrence"), ("CTV54", "roi")}
+    from isodose.cohort.report import curves_by_figure
+
+    _, by_roi = curves_by_figure(build_report(store), store.dvh_curves())
+    [planning] = by_roi[("roi", "CTV54")]
+    assert planning["cumulative_cc"][0] == pytest.approx(curves[("CTV54", "roi")][0])
 
 
 def test_cli_classify_csv_keeps_each_warning_whole(cohort, capsys):
@@ -1125,3 +1142,24 @@ def test_cohort_run_keeps_cases_warnings_off_the_terminal_and_counts_them(cohort
     assert f"{N_CASES} of the cases processed have warnings" in captured.out
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert len(rows) == N_CASES and all("no ROI 'Nope'" in row["warnings"] for row in rows)
+
+
+def test_only_warnings_kept_with_a_case_are_kept_off_the_terminal():
+    """Inside a cohort's case work, a warning that a case keeps (logged where its warnings are collected) is not
+    shown on the terminal; debugging output (a failed case's traceback with -vv) and a warning no case keeps (the
+    run's own, from the process that receives cases) are."""
+    from isodose.errors import collect_warnings, off_the_terminal, shown_on_terminal
+
+    def record(level):
+        return logging.LogRecord("isodose.test", level, __file__, 1, "message", None, None)
+
+    assert shown_on_terminal(record(logging.WARNING))
+    with off_the_terminal():
+        assert shown_on_terminal(record(logging.WARNING))  # no case keeps it
+        with collect_warnings():
+            assert not shown_on_terminal(record(logging.WARNING))
+            assert not shown_on_terminal(record(logging.ERROR))
+            assert shown_on_terminal(record(logging.DEBUG)) and shown_on_terminal(record(logging.INFO))
+        assert shown_on_terminal(record(logging.WARNING))
+    with collect_warnings():  # a single case's command: its warnings are shown and kept
+        assert shown_on_terminal(record(logging.WARNING))

@@ -85,9 +85,10 @@ def test_a_worker_killed_mid_run_loses_nothing(cohort, reference, client, tmp_pa
 
     def kill_a_busy_worker(entry):
         stored[entry["case_id"]] += 1
-        if len(stored) == 2 and not killed:
+        if len(stored) >= 2 and not killed:
             busy = [address for address, keys in client.processing().items() if keys]
-            assert busy, "no task in flight to interrupt"
+            if not busy:  # every task in flight finished already (a loaded machine): try at a later case
+                return
             pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
             os.kill(pid, signal.SIGKILL)
             killed.update(address=busy[0], at=len(stored))

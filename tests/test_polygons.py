@@ -121,8 +121,8 @@ def _grid_point_brute_force(packed: PackedPlanes, dose: np.ndarray, origin, spac
 )
 def test_grid_extremes_inside_a_structure_are_those_of_the_points_it_contains(shape, origin):
     """The scanline search of a structure's grid points (compiled, and NumPy's) finds the extremes that testing each
-    grid point alone finds, on a random dose: holes, grid points on contour vertices and edges (the sphere's
-    vertices lie on the 2.5 mm grid's lines), a structure between grid points."""
+    grid point alone finds, on a random dose over contoured solids: a sphere on and off the grid's lattice, a shell
+    (a hole in its rings, some vertices on a grid row), a structure between grid points."""
     rng = np.random.default_rng(7)
     dose = rng.uniform(0, 70, (17, 17, 17)).astype(np.float32)
     spacing = (2.5, 2.5, 2.5)
@@ -148,3 +148,33 @@ def test_grid_extremes_inside_a_structure_are_those_of_the_points_it_contains(sh
         assert expected == (np.inf, -np.inf)
     else:
         assert expected[0] < expected[1]
+
+
+def test_grid_extremes_see_every_grid_point_the_point_test_sees():
+    """Point by point: a dose of 1 at one grid point and 0 elsewhere, for every grid point, on rings whose vertices
+    lie on grid points and half-points (edges through grid points, along grid lines and diagonals), a hole, a ring
+    crossing itself, and slabs whose faces lie on grid planes: the search finds that point (Dmax 1) exactly where
+    testing it alone says it is inside, compiled and with NumPy."""
+    rng = np.random.default_rng(11)
+    shape, origin, spacing = (4, 7, 8), np.array([0.0, 0.0, 0.0]), np.array([1.0, 1.0, 1.0])
+    for _ in range(12):
+        rings = [rng.integers(0, 14, (int(rng.integers(3, 8)), 2)) / 2.0 for _ in range(int(rng.integers(1, 3)))]
+        vertices = np.vstack(rings)
+        packed = PackedPlanes(
+            slab_lo_mm=np.array([0.0, 2.0]),
+            slab_hi_mm=np.array([2.0, 3.5]),
+            plane_ring_start=np.array([0, len(rings), 2 * len(rings)]),
+            ring_vertex_start=np.cumsum([0, *[len(r) for r in rings], *[len(r) for r in rings]]),
+            vertices_mm=np.vstack([vertices, vertices]),
+        )
+        args = (packed.slab_lo_mm, packed.slab_hi_mm, packed.plane_ring_start, packed.ring_vertex_start)
+        for flat in range(int(np.prod(shape))):
+            k, j, i = np.unravel_index(flat, shape)
+            dose = np.zeros(shape, np.float32)
+            dose[k, j, i] = 1.0
+            inside = packed.contain(np.array([[i * 1.0, j * 1.0, k * 1.0]]))[0]
+            small, compiled = np.empty(2), np.empty(2)
+            call = (0, 2, *args, packed.vertices_mm, dose, origin, spacing)
+            polygons._grid_extremes_numpy(*call, small)
+            compiled_polygons.grid_extremes_in_planes(*call, compiled)
+            assert small[1] == compiled[1] and (small[1] == 1.0) == inside, (flat, inside, small, compiled)

@@ -185,12 +185,13 @@ def run(args: argparse.Namespace) -> int:
             registration=registration,
             backend=backend,
         )
-    record["warnings"] = list(dict.fromkeys([*warnings, *result.warnings]))
+    messages = list(dict.fromkeys([*warnings, *result.warnings]))
+    record["warnings"] = messages
     if args.format == "json":
         sys.stdout.write(json.dumps(record, indent=2) + "\n")
         return 0
     if args.format == "csv":
-        row = {**record, "warnings": WARNING_SEPARATOR.join(str(w) for w in record["warnings"])}
+        row = {**record, "warnings": WARNING_SEPARATOR.join(messages)}
         sys.stdout.write(csv_text(list(row), [list(row.values())]))
         return 0
     width = max(len(k) for k in record)

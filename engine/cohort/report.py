@@ -601,6 +601,8 @@ def curves_by_figure(
     another frame) stores that curve once, as Vr's: it counts in that ROI's figure too."""
     ok = {e["case_id"]: e for e in report.cases}
     target_rois = {str(m).split(":", 1)[0].strip().casefold() for m in report.settings.get("target_metrics", [])}
+    # A case whose planning ROI has a curve of its own (its recurrence, named alike, came from elsewhere).
+    own_roi_curve = {(c["case_id"], str(c["roi"]).casefold()) for c in curves if c["role"] != "recurrence"}
     vr_by_class: dict[str, list[dict]] = defaultdict(list)
     by_roi: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for curve in curves:
@@ -609,7 +611,12 @@ def curves_by_figure(
             continue
         if curve["role"] == "recurrence":  # every case's Vr, whatever its ROI's name, in the band of its class
             vr_by_class[str(entry["record"].get("class_volume"))].append(curve)
-            if not entry["record"].get("recurrence_registered") and str(curve["roi"]).casefold() in target_rois:
+            roi = str(curve["roi"]).casefold()
+            if (
+                not entry["record"].get("recurrence_registered")
+                and roi in target_rois
+                and (curve["case_id"], roi) not in own_roi_curve
+            ):
                 by_roi[("roi", curve["roi"])].append(curve)
         else:
             by_roi[(curve["role"], curve["roi"])].append(curve)

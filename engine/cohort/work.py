@@ -272,14 +272,18 @@ def planning_curve_key(name: str) -> str:
     return f"{name} (planning ROI)"
 
 
-def ok_entry(case_id: str, result, settings: RunSettings, timings: Timings) -> CaseEntry:
-    """The store's entry of one classified case."""
+def ok_entry(
+    case_id: str, result, settings: RunSettings, timings: Timings, recurrence_apart: bool | None = None
+) -> CaseEntry:
+    """The store's entry of one classified case. ``recurrence_apart``: whether the recurrence came from a structure
+    set or image of its own (a follow-up's), not from the planning ROIs (by default: whether it was registered)."""
     vr = result.recurrence_dvh
+    apart = result.registered if recurrence_apart is None else recurrence_apart
     dvhs = {vr.name: ("recurrence", vr)}
     for name, d in result.roi_dvhs.items():
         if name not in dvhs:
             dvhs[name] = ("roi", d)
-        elif result.registered:  # a planning ROI named like the recurrence mapped onto it: another structure
+        elif apart:  # a planning ROI named like the recurrence, which came from elsewhere: another structure
             dvhs[planning_curve_key(name)] = ("roi", d)
         # else the recurrence is that planning ROI itself: its curve is stored once, as the recurrence's
     curves = {}
@@ -368,9 +372,12 @@ def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None,
         except Exception as exc:
             error = case_failure(exc, ",".join(i.case.case_id for i in batch))
             entries = [error_entry(i.case.case_id, error, Timings(read_s=i.read_s), messages) for i in batch]
+    # What the batch logged besides its cases' own warnings (each case keeps its own) concerns all its cases.
+    kept = {m for entry in entries for m in entry["warnings"]}
+    for_all = [m for m in dict.fromkeys(messages) if m not in kept]
     for inputs, entry in zip(batch, entries):
         entry["inputs"] = inputs.fingerprint
-        entry["warnings"] = list(inputs.warnings) + entry["warnings"]
+        entry["warnings"] = list(dict.fromkeys([*inputs.warnings, *entry["warnings"], *for_all]))
         entry["timings"]["total_s"] = inputs.read_s + inputs.prepare_s + time.perf_counter() - started
     return entries
 
@@ -389,12 +396,12 @@ def _classify(batch: list[CaseInputs], settings: RunSettings, backend, started: 
         timing = Timings(read_s=inputs.read_s, compute_s=share + inputs.prepare_s)
         if isinstance(result, Exception):
             entries.append(error_entry(inputs.case.case_id, str(result), timing, list(result.warnings)))
-        elif inputs.courses is not None:
-            entries.append(
-                _with_reirradiation(inputs, ok_entry(inputs.case.case_id, result, settings, timing), settings, backend)
-            )
         else:
-            entries.append(ok_entry(inputs.case.case_id, result, settings, timing))
+            apart = bool(inputs.case.recurrence_structures or inputs.case.recurrence_mask)
+            entry = ok_entry(inputs.case.case_id, result, settings, timing, apart)
+            if inputs.courses is not None:
+                entry = _with_reirradiation(inputs, entry, settings, backend)
+            entries.append(entry)
     return entries
 
 
