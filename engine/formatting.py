@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Sequence
 
 
@@ -74,9 +75,28 @@ def shown(value: object, digits: int = 2) -> str:
     return terminal_safe(str(value))
 
 
+_NOT_WORDS = re.compile(r"nan|inf|(?<=\d)[eE](?=[+-]?\d)")
+
+
+def reads_as_text(cell: str) -> bool:
+    """Whether a table cell holds words (a class, an ROI, an error) rather than numbers: counts, percentages,
+    intervals, ``< 0.001``, ``12.3 ± 4.5``, ``29 (82.9%)`` and ``-`` for none read as numbers.
+
+    >>> reads_as_text("in-field"), reads_as_text("< 0.001"), reads_as_text("29 (82.9%)"), reads_as_text("1e-05")
+    (True, False, False, False)
+    """
+    return bool(re.search(r"[A-Za-z]", _NOT_WORDS.sub("", cell)))
+
+
+def text_columns(rows: Sequence[Sequence[str]], n_columns: int) -> list[bool]:
+    """For each column, whether it reads from the left: the first always, any other whose cells hold words
+    (:func:`reads_as_text`); numbers read from the right."""
+    return [i == 0 or any(reads_as_text(str(row[i])) for row in rows) for i in range(n_columns)]
+
+
 def text_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 2) -> str:
-    """Columns aligned (the first to the left, the others to the right), with a rule under the header; cells
-    as :func:`shown` writes them.
+    """Columns aligned (the first and those of words to the left, those of numbers to the right: see
+    :func:`text_columns`), with a rule under the header; cells as :func:`shown` writes them.
 
     >>> print(text_table(["ROI", "Dmean Gy"], [["PTV", 70.123], ["Cord", float("nan")]]))
     ROI   Dmean Gy
@@ -87,9 +107,10 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: 
     text = [[terminal_safe(str(h)) for h in header]]
     text += [[terminal_safe(c) if isinstance(c, str) else shown(c, digits) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in text) for i in range(len(header))]
+    left = text_columns(text[1:], len(header))
     lines = []
     for n, row in enumerate(text):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [c.ljust(w) if words else c.rjust(w) for c, w, words in zip(row, widths, left)]
         lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))

@@ -352,3 +352,17 @@ def test_a_manifest_column_named_like_a_metric_is_refused(cohort, tmp_path, caps
     bad.write_text(lines[0] + ",V20Gy\n" + lines[1] + ",x\n")
     code, _, err = run(capsys, "cohort", "run", bad, "--out", tmp_path / "r.h5", "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "column 'V20Gy' would be read as one of isodose's results" in err
+
+
+def test_columns_of_words_read_from_the_left_and_columns_of_numbers_from_the_right():
+    from isodose.cohort.report import _html_table
+    from isodose.formatting import text_table
+
+    rows = [["Vr volume (cc)", "in-field", "17", "3.60 ± 1.18", "< 0.001"], ["", "out-field", "2", "4.63 ± -", "0.353"]]
+    header = ["quantity", "class", "n", "mean ± SD", "p"]
+    table = _html_table(header, rows)
+    assert '<th class="text">class</th>' in table and '<td class="text">out-field</td>' in table
+    assert "<th>p</th>" in table and "<td>&lt; 0.001</td>" in table and "<td>3.60 ± 1.18</td>" in table
+    lines = text_table(header, rows).splitlines()
+    assert lines[2].index("in-field") == lines[3].index("out-field")  # words: from the left
+    assert lines[2].index("< 0.001") + len("< 0.001") == lines[3].index("0.353") + len("0.353")  # numbers: right

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import IsodoseError
-from ..formatting import shown, terminal_safe, text_table
+from ..formatting import shown, terminal_safe, text_columns, text_table
 from ..recurrence import CLASSES, RECURRENCE_METRICS
 from ..uncertainty import CohortUncertainty, cohort_uncertainty
 from .statistics import (
@@ -526,27 +526,16 @@ def _probability_figure(cases: list[dict]):
     return figure
 
 
-def _numeric(cell: str) -> bool:
-    """Whether a table cell reads as a number (a percentage, a count, an interval's bound): right-aligned."""
-    text = cell.strip().rstrip("%").replace(",", "")
-    try:
-        float(text)
-    except ValueError:
-        return text in ("", "-")
-    return True
-
-
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    """A table whose numbers are right-aligned and whose text (errors, warnings, names) reads from the left."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{html.escape(c)}</td>" if _numeric(c) else f'<td class="text">{html.escape(c)}</td>' for c in row
-        )
-        + "</tr>"
-        for row in rows
-    )
+    """A table whose columns of words (classes, errors, warnings, names) read from the left, header and cells alike,
+    and whose columns of numbers read from the right (see :func:`isodose.formatting.text_columns`)."""
+    left = text_columns(rows, len(header))
+
+    def cell(tag: str, text: str, words: bool) -> str:
+        return f'<{tag} class="text">{html.escape(text)}</{tag}>' if words else f"<{tag}>{html.escape(text)}</{tag}>"
+
+    head = "".join(cell("th", h, words) for h, words in zip(header, left))
+    body = "".join("<tr>" + "".join(cell("td", c, w) for c, w in zip(row, left)) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -743,7 +732,7 @@ probabilities). A class is stable when it holds at least {u.get("stable_pct")}% 
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.85em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
-th:first-child, td:first-child, td.text {{ text-align: left; }}
+th.text, td.text {{ text-align: left; }}
 th {{ background: #f0f0f0; }}
 img {{ max-width: 100%; margin: 0.3em; }}
 .grid {{ display: flex; flex-wrap: wrap; }}
@@ -872,7 +861,7 @@ def write_audit_html(result, path: str | Path, title: str = "isodose against the
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.85em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
-th:first-child, td:first-child, td.text {{ text-align: left; }}
+th.text, td.text {{ text-align: left; }}
 th {{ background: #f0f0f0; }}
 img {{ max-width: 100%; margin: 0.3em; }}
 .grid {{ display: flex; flex-wrap: wrap; }}
