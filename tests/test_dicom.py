@@ -147,6 +147,21 @@ def test_a_file_cut_inside_a_sequence_of_defined_length_is_truncated(tmp_path):
         assert f"truncated: the file ends at byte {cut:,}, inside {element}" in message, message
 
 
+def test_a_file_cut_between_elements_is_an_error_where_it_lacks_what_it_must_hold(tmp_path):
+    """A cut that falls between two elements leaves no element short: an RTSTRUCT cut before its ROIContourSequence
+    (required; an ROI without contours has an item of its own) would read as ROIs without contours, and a file cut
+    inside its header holds no data set at all. Both are one-line errors naming the file, not empty results."""
+    path = _defined_length_structure_set(tmp_path)
+    data = path.read_bytes()
+    cut = tmp_path / "rs_cut.dcm"
+    cut.write_bytes(data[: data.index(b"\x06\x30\x39\x00")])  # just before (3006,0039) ROIContourSequence
+    with pytest.raises(StructureError, match=r"rs_cut\.dcm: ROIContourSequence is missing: the file holds no contours"):
+        read_structures(cut)
+    cut.write_bytes(data[:200])  # the preamble, DICM and part of the file meta information
+    with pytest.raises(DicomReadError, match=r"rs_cut\.dcm: holds no data set after its file meta information"):
+        read_structures(cut)
+
+
 def test_pydicom_truncated_files_are_errors_and_a_deflated_file_is_not(tmp_path):
     from pydicom.data import get_testdata_file
 

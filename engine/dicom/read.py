@@ -241,6 +241,10 @@ def read_dataset(
     except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError, zlib.error) as exc:
         raise DicomReadError(f"unreadable or truncated DICOM ({type(exc).__name__}: {exc})", path=path) from exc
     _check_not_cut_short(ds, path)
+    if not len(ds):
+        raise DicomReadError(
+            "holds no data set after its file meta information (a file cut short? copy it again)", path=path
+        )
     if modality is not None:
         found = str(ds.get("Modality", "") or "")
         if found != modality:
@@ -984,6 +988,10 @@ def read_structures(path: PathType, rois: Callable[[str, str], bool] | None = No
     roi_items = ds.get("StructureSetROISequence") or []
     if not roi_items:
         raise StructureError("StructureSetROISequence is missing or empty", path=path)
+    if "ROIContourSequence" not in ds:  # required (type 1): ROIs without contours have items of their own
+        raise StructureError(
+            "ROIContourSequence is missing: the file holds no contours (a file cut short before them?)", path=path
+        )
     names: dict[int, str] = {}
     frames: dict[int, str] = {}
     for item in roi_items:
