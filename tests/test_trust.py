@@ -671,6 +671,20 @@ def test_a_manifest_row_without_plan_or_prescription_fails_that_case_alone(tmp_p
     assert code == 0 and "1 x the manifest gives no plan and no prescription_gy (case bare)" in out
 
 
+def test_the_summary_names_a_single_failed_cases_file_whole(tmp_path, capsys):
+    """Failures are grouped by reason with their files' paths shortened to the files' names (every case has an
+    RD.dcm), so that one problem of many cases is one line; a reason of one case shows its error whole."""
+    rd, rs, rp = write_case(tmp_path)
+    missing = tmp_path / "nope" / "RD.dcm"
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(
+        "case_id,dose,structures,plan,prescription_gy,recurrence_roi,recurrence_structures,registration\n"
+        f"good,{rd},{rs},{rp},,Recurrence,,\nbad,{missing},{rs},{rp},,Recurrence,,\n"
+    )
+    code, out, _ = run(capsys, "cohort", "run", manifest, "--out", tmp_path / "r.h5", "--workers", "1", "--no-progress")
+    assert code == 0 and f"1 x {missing}: no such file (case bad)" in out, out
+
+
 def test_a_rerun_that_leaves_some_cases_failed_and_others_done_exits_0(tmp_path, capsys):
     """Exit status 4 says that no case of the cohort has a result; a second run that retries the failed cases of a
     cohort whose other cases are done is not that."""

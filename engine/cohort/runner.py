@@ -43,7 +43,7 @@ class RunSummary:
     store: Path
     table: Path
     #: The cases this run saw fail, grouped by reason (their file paths shortened to the file names, so that one
-    #: problem of many cases is one group), the largest group first.
+    #: problem of many cases is one group; a reason of one case is its error whole), the largest group first.
     failures: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: The cases this run processed whose entries hold warnings (failed or not).
     with_warnings: int = 0
@@ -227,6 +227,7 @@ def run_cases(
 
         by_id = {c.case_id: c for c in todo}
         reasons: dict[str, list[str]] = {}
+        first_error: dict[str, str] = {}  # each reason's first case's error, whole
         with_warnings = 0
 
         def record(entries: list[CaseEntry]) -> None:
@@ -245,6 +246,7 @@ def run_cases(
                     failed += 1
                     reason = failure_reason(entry["error"], by_id.get(entry["case_id"]))
                     reasons.setdefault(reason, []).append(entry["case_id"])
+                    first_error.setdefault(reason, entry["error"])
                 if on_result is not None:
                     on_result(entry)
             report()
@@ -269,7 +271,11 @@ def run_cases(
         if store.pending:
             store.consolidate()
         table = write_table(store) if write_table is not None else store.write_table()
-    failures = {r: tuple(ids) for r, ids in sorted(reasons.items(), key=lambda item: -len(item[1]))}
+    # A reason of one case is its error whole (its file's full path): a shortened path names it for many cases only.
+    failures = {
+        (first_error[r] if len(ids) == 1 else r): tuple(ids)
+        for r, ids in sorted(reasons.items(), key=lambda item: -len(item[1]))
+    }
     return RunSummary(
         len(all_cases),
         skipped,
