@@ -283,6 +283,28 @@ def test_plan_prescription_and_fractions(tmp_path):
     assert bare.prescription_gy is None and bare.number_of_fractions is None
 
 
+def test_a_plan_cut_short_between_its_elements_says_so(tmp_path, caplog):
+    """A plan without its FractionGroupSequence, or whose fraction group names beams it does not hold, reads (its
+    prescription is before them) with a warning naming the file: a per-beam dose could not be told from it."""
+    whole = write_plan(tmp_path / "rp.dcm", prescription_gy=70.0, number_of_fractions=33, number_of_beams=2)
+    with caplog.at_level(logging.WARNING, logger="isodose"):
+        assert read_plan(whole).beam_numbers == (1, 2)
+    assert "cut short" not in caplog.text
+    ds = pydicom.dcmread(whole)
+    del ds.BeamSequence
+    ds.save_as(tmp_path / "no_beams.dcm")
+    del ds.FractionGroupSequence
+    ds.save_as(tmp_path / "no_groups.dcm")
+    for name, message in (
+        ("no_beams.dcm", "the plan's fraction group names 2 beam(s), but the plan holds no BeamSequence"),
+        ("no_groups.dcm", "the plan has no FractionGroupSequence, so its fractions and beams are unknown"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="isodose"):
+            assert read_plan(tmp_path / name).prescription_gy == 70.0
+        assert f"{name}: {message}" in caplog.text
+
+
 def test_nelms_files_read_as_published(nelms_path):
     grid = read_dose(nelms_path / "dose_grids" / "Linear_SupInf_2mm_Aligned.dcm")
     assert grid.shape == (25, 25, 25) and grid.origin_mm == (-24.0, -24.0, -24.0)

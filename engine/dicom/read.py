@@ -1097,12 +1097,25 @@ def read_plan(path: PathType) -> Plan:
         )
     fractions = beams = None
     groups = ds.get("FractionGroupSequence") or []
+    if not groups:
+        log.warning(
+            "%s: the plan has no FractionGroupSequence, so its fractions and beams are unknown (a plan cut short?): "
+            "a per-beam or per-fraction dose cannot be told from the plan's whole",
+            path,
+        )
     if groups and groups[0].get("NumberOfFractionsPlanned") not in (None, ""):
         fractions = int(groups[0].NumberOfFractionsPlanned)
         if fractions < 1:
             raise PlanError(f"NumberOfFractionsPlanned is {fractions}", path=path)
     if groups and groups[0].get("NumberOfBeams") not in (None, ""):
         beams = int(groups[0].NumberOfBeams)
+        if beams > 0 and not (ds.get("BeamSequence") or ds.get("IonBeamSequence")):
+            log.warning(
+                "%s: the plan's fraction group names %d beam(s), but the plan holds no BeamSequence (a plan cut "
+                "short?)",
+                path,
+                beams,
+            )
     beam_numbers = _beam_numbers(groups[0].get("ReferencedBeamSequence") if groups else None)
     doses = [r.prescription_gy for r in references if r.prescription_gy is not None]
     if len(set(doses)) > 1:

@@ -424,6 +424,16 @@ def write_plan(
                 beam.ReferencedBeamNumber = number
                 beams.append(beam)
             group.ReferencedBeamSequence = beams
+            described = []
+            for number in range(1, number_of_beams + 1):
+                beam = Dataset()
+                beam.BeamNumber = number
+                beam.BeamName = f"Beam {number}"
+                beam.BeamType = "DYNAMIC"
+                beam.RadiationType = "PHOTON"
+                beam.TreatmentDeliveryType = "TREATMENT"
+                described.append(beam)
+            ds.BeamSequence = described
         ds.FractionGroupSequence = [group]
     return _save(ds, path)
 
