@@ -331,10 +331,10 @@ def grid_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: DoseGr
     """Each structure's lowest and highest dose at the dose grid's own points inside it, ``(n_structures, 2)``
     (``inf, -inf`` where none lies inside, or where it is not searched): for Dmin and Dmax, so that an extreme inside
     a structure, a hot spot at a voxel, is not missed between its samples (which lie at the centres of cells,
-    between the grid's points) nor left to its contours' vertices (which see its surface alone). Structures whose
-    contours are in the grid's frame (an identity transform), their contour planes: not structures mapped by a
-    registration, nor the planes of label images (sampled at their voxels' centres). ``to_host`` brings a grid on a
-    device to the host (once)."""
+    between the grid's points) nor left to its contours' vertices (which see its surface alone). Structures in the
+    grid's frame (an identity transform): the grid's points inside their contours, and inside the weighted voxels of
+    an axial label image's planes; not structures mapped by a registration, nor an oblique label image's. ``to_host``
+    brings a grid on a device to the host (once)."""
     from .polygons import grid_extremes_in_planes
 
     extremes = np.tile([np.inf, -np.inf], (plan.n_structures, 1))
@@ -343,7 +343,11 @@ def grid_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: DoseGr
         return extremes
     dose = np.asarray(to_host(grid.dose_gy))
     for s in identity:
-        extremes[s] = grid_extremes_in_planes(
+        for p in range(int(plan.structure_plane_start[s]), int(plan.structure_plane_start[s + 1])):
+            if plan.plane_mask_m[p] > 0:
+                low, high = _mask_plane_extremes(plan, p, dose, grid.origin_mm, grid.spacing_mm)
+                extremes[s] = min(extremes[s, 0], low), max(extremes[s, 1], high)
+        low, high = grid_extremes_in_planes(
             plan.structure_plane_start[s],
             plan.structure_plane_start[s + 1],
             plan.plane_z_lo_mm,
@@ -355,7 +359,38 @@ def grid_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: DoseGr
             grid.origin_mm,
             grid.spacing_mm,
         )
+        extremes[s] = min(extremes[s, 0], low), max(extremes[s, 1], high)
     return extremes + 0.0  # a grid's -0.0 is a dose of 0.0
+
+
+def _mask_plane_extremes(plan: SamplingPlan, p: int, dose: np.ndarray, origin, spacing) -> tuple[float, float]:
+    """The lowest and highest of ``dose`` at the grid's points inside the weighted voxels of plane ``p``, a label
+    image's plane in the grid's frame (its window's voxels, ``[edge, edge + voxel)`` along x and y, and its slab
+    ``[z_lo, z_hi)``): ``(inf, -inf)`` where none lies inside."""
+    nz, ny, nx = dose.shape
+    m = int(plan.plane_mask_m[p])
+    voxel_x, voxel_y = m * float(plan.plane_hx_mm[p]), m * float(plan.plane_hy_mm[p])
+    columns, rows = int(plan.plane_nx[p]) // m, int(plan.plane_ny[p]) // m
+    weights = plan.mask_weights[plan.plane_weight_start[p] : plan.plane_weight_start[p + 1]].reshape(rows, columns)
+    x0, y0 = float(plan.plane_x0_mm[p]), float(plan.plane_y0_mm[p])
+
+    def lattice(o: float, step: float, n: int, lo: float, hi: float) -> np.ndarray:
+        index = np.arange(n)
+        at = o + index * step
+        return index[(at >= lo) & (at < hi)]
+
+    ks = lattice(origin[2], spacing[2], nz, float(plan.plane_z_lo_mm[p]), float(plan.plane_z_hi_mm[p]))
+    js = lattice(origin[1], spacing[1], ny, y0, y0 + rows * voxel_y)
+    i_s = lattice(origin[0], spacing[0], nx, x0, x0 + columns * voxel_x)
+    if not (len(ks) and len(js) and len(i_s)):
+        return math.inf, -math.inf
+    row = np.minimum(((origin[1] + js * spacing[1] - y0) // voxel_y).astype(np.int64), rows - 1)
+    column = np.minimum(((origin[0] + i_s * spacing[0] - x0) // voxel_x).astype(np.int64), columns - 1)
+    held = weights[row[:, None], column[None, :]] > 0  # (grid rows, grid columns) inside a weighted voxel
+    if not held.any():
+        return math.inf, -math.inf
+    values = dose[np.ix_(ks, js, i_s)][:, held]
+    return float(values.min()), float(values.max())
 
 
 def merge_plans(plans: Sequence[SamplingPlan]) -> SamplingPlan:

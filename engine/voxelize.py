@@ -64,8 +64,8 @@ class SamplingOptions:
         End-caps of each contiguous piece of a structure: ``half`` a plane spacing (the default), or ``none``.
     extremes : str
         Where Dmin and Dmax are taken: ``vertices`` (the default) over the sampled volume, the dose at every
-        contour vertex on both faces of its slab and at every point of the dose grid inside the structure (a
-        contoured one in the grid's frame: not a label image's, nor one mapped by a registration), so that an
+        contour vertex on both faces of its slab and at every point of the dose grid inside the structure (one in
+        the grid's frame: not one mapped by a registration, nor an oblique label image's), so that an
         extreme on its surface, or at a voxel within it, is not missed between samples; or ``samples``, over the
         sampled volume alone.
     dose_bins : int

@@ -454,3 +454,26 @@ def test_a_recurrence_mask_through_a_deformation_and_under_uncertainty_matches_i
     for name, probability in contour_draws.volume_probability_pct.items():
         assert mask_draws.volume_probability_pct[name] == pytest.approx(probability, abs=3.0), name
     assert 0 < contour_draws.volume_probability_pct["marginal"] < 100
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_hot_and_a_cold_voxel_inside_a_mask_are_its_dmax_and_dmin(backend):
+    """An axial label image's structure takes the dose grid's points inside its weighted voxels for its Dmin and Dmax,
+    as contours do: its samples (at its cells' centres, never on the grid's points here) miss a hot spot at one point
+    of the dose grid, and its rows' end corners see its surface alone. A hotter point far outside it is no part of
+    it."""
+    from isodose.model import DoseGrid
+
+    dose = np.full((21, 21, 21), 5.0, dtype=np.float32)
+    dose[10, 10, 10] = 10.0  # the grid point (0, 0, 0): a corner of the mask's voxels, inside one of them
+    dose[10, 11, 12] = 1.0  # (4, 2, 0)
+    dose[1, 1, 1] = 50.0  # (-18, -18, -18), far outside
+    grid = DoseGrid(dose, (-20.0, -20.0, -20.0), (2.0, 2.0, 2.0), "1.2.3.4")
+    mask = LabelMask(np.ones((20, 20, 20), np.float32), (-9.5, -9.5, -9.5), (1.0, 1.0, 1.0), np.eye(3))
+    structure = Structure("Box", 1, (), frame_of_reference_uid="1.2.3.4", mask=mask)
+    [dvh] = compute_dvhs(grid, [structure], backend=backend)
+    assert (dvh.dmin_gy, dvh.dmax_gy) == (1.0, 10.0)
+    from isodose.voxelize import SamplingOptions
+
+    [sampled] = compute_dvhs(grid, [structure], backend=backend, options=SamplingOptions(extremes="samples"))
+    assert 5.0 < sampled.dmax_gy < 9.0 and 1.0 < sampled.dmin_gy < 5.0
