@@ -3,12 +3,11 @@ enough to need them, so that a command that computes little never loads Numba.""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
 from .kernels import numba_target
+from .model import first_grid_index_at_or_above
 
 numba_target.set_up()
 
@@ -76,16 +75,8 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
         out[n] = crossings % 2 == 1
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _first_at_or_above(value, origin, step, n):
-    """The first of the ``n`` grid coordinates ``origin + i * step`` at or above ``value`` (``n`` where none)."""
-    i = math.ceil((value - origin) / step) if math.isfinite(value) else (0 if value < 0 else n)
-    i = min(max(i, 0), n)
-    while i > 0 and origin + (i - 1) * step >= value:
-        i -= 1
-    while i < n and origin + i * step < value:
-        i += 1
-    return i
+#: The grid index search of :mod:`isodose.model`, compiled as it is.
+_first_at_or_above = njit(cache=True, inline="always", error_model="numpy")(first_grid_index_at_or_above)
 
 
 @njit(cache=True, error_model="numpy")
@@ -115,7 +106,12 @@ def grid_extremes_in_planes(
         n_rows = _first_at_or_above(y_max, oy, sy, ny) - j_first
         if n_rows <= 0:
             continue
-        # Each edge crosses the rows whose y lies in [its lower y, its upper y): counted, then placed row by row.
+        # Each edge crosses the rows whose y lies in [its lower y, its upper y): its rows found once, the crossings
+        # counted per row, then placed row by row.
+        edge_from = np.empty(v1 - v0, dtype=np.int64)
+        edge_to = np.empty(v1 - v0, dtype=np.int64)
+        edge_rows = np.empty((v1 - v0, 2), dtype=np.int64)
+        n_edges = 0
         row_start = np.zeros(n_rows + 1, dtype=np.int64)
         for r in range(r0, r1):
             a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
@@ -124,27 +120,26 @@ def grid_extremes_in_planes(
                 y1, y2 = vertices[e, 1], vertices[f, 1]
                 if y1 == y2:
                     continue
-                ja = _first_at_or_above(min(y1, y2), oy, sy, ny) - j_first
-                jb = _first_at_or_above(max(y1, y2), oy, sy, ny) - j_first
-                for row in range(max(ja, 0), min(jb, n_rows)):
+                ja = max(_first_at_or_above(min(y1, y2), oy, sy, ny) - j_first, 0)
+                jb = min(_first_at_or_above(max(y1, y2), oy, sy, ny) - j_first, n_rows)
+                if ja >= jb:
+                    continue
+                edge_from[n_edges], edge_to[n_edges] = e, f
+                edge_rows[n_edges, 0], edge_rows[n_edges, 1] = ja, jb
+                n_edges += 1
+                for row in range(ja, jb):
                     row_start[row + 1] += 1
         for row in range(n_rows):
             row_start[row + 1] += row_start[row]
         crossings = np.empty(row_start[n_rows])
         filled = row_start[:n_rows].copy()
-        for r in range(r0, r1):
-            a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
-            for e in range(a0, a1):
-                f = e + 1 if e + 1 < a1 else a0
-                x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
-                if y1 == y2:
-                    continue
-                ja = _first_at_or_above(min(y1, y2), oy, sy, ny) - j_first
-                jb = _first_at_or_above(max(y1, y2), oy, sy, ny) - j_first
-                for row in range(max(ja, 0), min(jb, n_rows)):
-                    py = oy + (j_first + row) * sy
-                    crossings[filled[row]] = x1 + (py - y1) * ((x2 - x1) / (y2 - y1))
-                    filled[row] += 1
+        for q in range(n_edges):
+            e, f = edge_from[q], edge_to[q]
+            x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
+            for row in range(edge_rows[q, 0], edge_rows[q, 1]):
+                py = oy + (j_first + row) * sy
+                crossings[filled[row]] = x1 + (py - y1) * ((x2 - x1) / (y2 - y1))
+                filled[row] += 1
         for row in range(n_rows):
             n = row_start[row + 1] - row_start[row]
             if n == 0:

@@ -7,6 +7,7 @@ from, so that every kernel can assume positive spacing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,23 @@ def xyz(values) -> tuple[float, float, float]:
     """
     x, y, z = (float(v) for v in values)
     return x, y, z
+
+
+def first_grid_index_at_or_above(value: float, origin: float, step: float, n: int) -> int:
+    """The first of the ``n`` grid coordinates ``origin + i * step`` at or above ``value`` (``n`` where none),
+    exactly as that expression computes them: grid points in ``[lo, hi)`` are those of indices from this for ``lo``
+    up to this for ``hi``. Plain Python, compiled as it is by the compiled host code.
+
+    >>> first_grid_index_at_or_above(1.0, 0.0, 0.5, 10), first_grid_index_at_or_above(1.1, 0.0, 0.5, 10)
+    (2, 3)
+    """
+    i = math.ceil((value - origin) / step) if math.isfinite(value) else (0 if value < 0 else n)
+    i = min(max(i, 0), n)
+    while i > 0 and origin + (i - 1) * step >= value:
+        i -= 1
+    while i < n and origin + i * step < value:
+        i += 1
+    return i
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,9 +19,10 @@ which are far quicker.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
+
+from .model import first_grid_index_at_or_above as _first_at_or_above
 
 #: Where Numba is not loaded yet, rings with at most this many vertices are tested with NumPy (all pairs of edges at
 #: once: 0.1 ms for 50 vertices, 0.5 ms for 200, where the compiled test takes 2 to 7 us), longer ones compiled.
@@ -152,17 +153,6 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
             out,
         )
     return out
-
-
-def _first_at_or_above(value: float, origin: float, step: float, n: int) -> int:
-    """The first of the ``n`` grid coordinates ``origin + i * step`` at or above ``value`` (``n`` where none)."""
-    i = math.ceil((value - origin) / step) if math.isfinite(value) else (0 if value < 0 else n)
-    i = min(max(i, 0), n)
-    while i > 0 and origin + (i - 1) * step >= value:
-        i -= 1
-    while i < n and origin + i * step < value:
-        i += 1
-    return i
 
 
 def _grid_extremes_numpy(

@@ -23,7 +23,7 @@ import numpy as np
 from .dispatch import Backend
 from .errors import DoseGridError, IsodoseError
 from .geometry import transform_points
-from .model import DoseGrid
+from .model import DoseGrid, first_grid_index_at_or_above
 from .voxelize import SamplingOptions, SamplingPlan, mask_cells
 
 
@@ -375,9 +375,8 @@ def _mask_plane_extremes(plan: SamplingPlan, p: int, dose: np.ndarray, origin, s
     x0, y0 = float(plan.plane_x0_mm[p]), float(plan.plane_y0_mm[p])
 
     def lattice(o: float, step: float, n: int, lo: float, hi: float) -> np.ndarray:
-        index = np.arange(n)
-        at = o + index * step
-        return index[(at >= lo) & (at < hi)]
+        """The indices of the grid coordinates ``o + index * step`` in ``[lo, hi)``."""
+        return np.arange(first_grid_index_at_or_above(lo, o, step, n), first_grid_index_at_or_above(hi, o, step, n))
 
     ks = lattice(origin[2], spacing[2], nz, float(plan.plane_z_lo_mm[p]), float(plan.plane_z_hi_mm[p]))
     js = lattice(origin[1], spacing[1], ny, y0, y0 + rows * voxel_y)
