@@ -294,8 +294,14 @@ def _plane_cells(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, hx,
         for e in range(ring_start[r], ring_start[r + 1]):
             edge_next[e - base] = e + 1 if e + 1 < ring_start[r + 1] else ring_start[r]
     moments = np.empty((nx, 6))
+    # The cells strictly inside a scanline's span are covered from side to side: for them the row keeps, as
+    # differences along it, the number of such scanlines and the sums of their offsets and squared offsets,
+    # and adds their moments once, when the row is finished. Only the span's end cells are cut.
+    inner = np.empty((nx + 1, 3))
     for j in range(ny):
         moments[:] = 0.0
+        inner[:] = 0.0
+        any_inner = False
         row_centre = y0 + (j + 0.5) * hy
         for t in range(scanlines):
             y = y0 + j * hy + (t + 0.5) * band
@@ -322,21 +328,59 @@ def _plane_cells(vertices, ring_start, first_ring, end_ring, x0, y0, nx, ny, hx,
                 span_hi = xs[q + 1]
                 ia = max(int(math.floor((span_lo - x0) / hx)), 0)
                 ib = min(int(math.floor((span_hi - x0) / hx)), nx - 1)
-                for i in range(ia, ib + 1):
-                    left = x0 + hx * i
-                    lo = max(span_lo, left)
-                    hi = min(span_hi, left + hx)
-                    if hi <= lo:
-                        continue
-                    length = hi - lo
-                    xm = 0.5 * (lo + hi) - (left + 0.5 * hx)
-                    moments[i, 0] += length
-                    moments[i, 1] += length * xm
-                    moments[i, 2] += length * dy
-                    moments[i, 3] += length * (xm * xm + length * length / 12.0)
-                    moments[i, 4] += length * xm * dy
-                    moments[i, 5] += length * (dy * dy + band * band / 12.0)
+                if ia > ib:
+                    continue
+                _add_span_piece(moments, ia, span_lo, span_hi, x0, hx, dy, band)
+                if ib > ia:
+                    _add_span_piece(moments, ib, span_lo, span_hi, x0, hx, dy, band)
+                if ib - ia >= 2:
+                    inner[ia + 1, 0] += 1.0
+                    inner[ia + 1, 1] += dy
+                    inner[ia + 1, 2] += dy * dy
+                    inner[ib, 0] -= 1.0
+                    inner[ib, 1] -= dy
+                    inner[ib, 2] -= dy * dy
+                    any_inner = True
+        if any_inner:
+            _add_inner_cells(moments, inner, hx, band)
         _finish_row(moments, x0, row_centre, hx, band, cells[j * nx : (j + 1) * nx])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _add_span_piece(moments, i, span_lo, span_hi, x0, hx, dy, band):
+    """The moments of the piece of the span [span_lo, span_hi] on a scanline at offset ``dy`` that lies in
+    cell ``i`` of the row."""
+    left = x0 + hx * i
+    lo = max(span_lo, left)
+    hi = min(span_hi, left + hx)
+    if hi <= lo:
+        return
+    length = hi - lo
+    xm = 0.5 * (lo + hi) - (left + 0.5 * hx)
+    moments[i, 0] += length
+    moments[i, 1] += length * xm
+    moments[i, 2] += length * dy
+    moments[i, 3] += length * (xm * xm + length * length / 12.0)
+    moments[i, 4] += length * xm * dy
+    moments[i, 5] += length * (dy * dy + band * band / 12.0)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _add_inner_cells(moments, inner, hx, band):
+    """The moments of the cells that scanlines cross from side to side (a piece of length ``hx`` centred on the
+    cell), from the row's differences ``inner`` (see :func:`_plane_cells`)."""
+    count = 0.0
+    offset_sum = 0.0
+    square_sum = 0.0
+    for i in range(moments.shape[0]):
+        count += inner[i, 0]
+        offset_sum += inner[i, 1]
+        square_sum += inner[i, 2]
+        if count > 0.5:
+            moments[i, 0] += hx * count
+            moments[i, 2] += hx * offset_sum
+            moments[i, 3] += count * hx * (hx * hx / 12.0)
+            moments[i, 5] += hx * (square_sum + count * (band * band / 12.0))
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -482,8 +526,8 @@ def polygon_coverage(
 # Histogram accumulation
 # --------------------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always", error_model="numpy")
-def _deposit(delta, row, value, width, weight, inverse_bin_width, n_bins):
-    """Uniform deposit of ``weight`` over [value - width/2, value + width/2] into ``delta[row]``; see
+def _deposit_row(delta, value, width, weight, inverse_bin_width, n_bins):
+    """Uniform deposit of ``weight`` over [value - width/2, value + width/2] into the differences ``delta``; see
     numpy_ref.deposit_differences (which divides by the bin width where this multiplies by its inverse)."""
     half = 0.5 * width * inverse_bin_width
     centre = value * inverse_bin_width
@@ -498,14 +542,14 @@ def _deposit(delta, row, value, width, weight, inverse_bin_width, n_bins):
     ka = min(int(lo), n_bins - 1)
     kb = min(int(hi), n_bins - 1)
     if ka == kb:  # within one bin: all of it there, whatever the spread
-        delta[row, ka] += weight
-        delta[row, ka + 1] -= weight
+        delta[ka] += weight
+        delta[ka + 1] -= weight
         return
     s = weight / (hi - lo)
-    delta[row, ka] += s * (ka + 1 - lo)
-    delta[row, ka + 1] += s * (lo - ka)
-    delta[row, kb] -= s * (kb + 1 - hi)
-    delta[row, kb + 1] -= s * (hi - kb)
+    delta[ka] += s * (ka + 1 - lo)
+    delta[ka + 1] += s * (lo - ka)
+    delta[kb] -= s * (kb + 1 - hi)
+    delta[kb + 1] -= s * (hi - kb)
 
 
 @njit(cache=True, error_model="numpy")
@@ -520,7 +564,7 @@ def _accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks):
     partial = np.zeros((k_total, n_bins + 1))
     for k in prange(k_total):
         for m in range(n * k // k_total, n * (k + 1) // k_total):
-            _deposit(partial, k, values[m], widths[m], weights[m], 1.0 / bin_width, n_bins)
+            _deposit_row(partial[k], values[m], widths[m], weights[m], 1.0 / bin_width, n_bins)
     delta = np.zeros(n_bins + 1)
     for k in range(k_total):
         delta += partial[k]
@@ -541,42 +585,6 @@ def accumulate_histogram(values, weights, widths, bin_width, n_bins, n_chunks=64
 def _next_grid_plane(z, grid_z0, grid_dz):
     """The first dose plane above z (see numpy_ref.slab_pieces)."""
     return grid_z0 + (math.floor((z - grid_z0) / grid_dz + 1e-9) + 1.0) * grid_dz
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _accumulate_sample(
-    dose,
-    partial,
-    item,
-    i,
-    j,
-    k,
-    tx,
-    ty,
-    tz,
-    sx,
-    sy,
-    sz,
-    rotation,
-    vxx,
-    vxy,
-    vyy,
-    dz,
-    weight,
-    inverse_bin_width,
-    n_bins,
-):
-    """Interpolate at one sample, spread it (variance of the linear dose over its region, taken in the
-    structure's own frame) and deposit it. Returns the dose."""
-    value, gx, gy, gz = _interpolate(dose, i, j, k, tx, ty, tz, sx, sy, sz)
-    # Gradient in the structure's frame: R^T g.
-    lx = rotation[0] * gx + rotation[3] * gy + rotation[6] * gz
-    ly = rotation[1] * gx + rotation[4] * gy + rotation[7] * gz
-    lz = rotation[2] * gx + rotation[5] * gy + rotation[8] * gz
-    variance = lx * lx * vxx + 2.0 * lx * ly * vxy + ly * ly * vyy + lz * lz * dz * dz / 12.0
-    width = math.sqrt(12.0 * max(variance, 0.0))
-    _deposit(partial, item, value, width, weight, inverse_bin_width, n_bins)
-    return value
 
 
 @njit(cache=True, error_model="numpy")
@@ -614,11 +622,22 @@ def _sample_item(
     part_stats,
 ):
     """Sample one work item (a chunk of one structure's cells) into its own row of ``partial`` and
-    ``part_stats``."""
+    ``part_stats``: each cell's slab piece by piece, interpolated at its centroid with the trilinear gradient,
+    spread by the variance of the linear dose over the piece (taken in the structure's own frame) and
+    deposited."""
     inverse_bin_width = 1.0 / bin_width
     nz, ny, nx = dose.shape
+    # The grid as one flat array: a voxel cell's eight corners at fixed offsets from its first (along an axis
+    # of a single voxel, that voxel is its own neighbour), so that consecutive samples in one voxel cell
+    # (neighbouring cells of a row, about one in two) reuse its corners.
+    flat = dose.reshape(-1)
+    di = 1 if nx > 1 else 0
+    dj = nx if ny > 1 else 0
+    dk = nx * ny if nz > 1 else 0
+    delta = partial[item]
     ox, oy, oz = origin[0], origin[1], origin[2]
     sx, sy, sz = spacing[0], spacing[1], spacing[2]
+    inverse_sx, inverse_sy, inverse_sz = 1.0 / sx, 1.0 / sy, 1.0 / sz
     uniform_piece = 0.5 * min(sx, min(sy, sz))
     s = np.searchsorted(item_start, item, side="right") - 1
     k = item - item_start[s]
@@ -629,14 +648,16 @@ def _sample_item(
     n_cells = plane_cell_start[p_end] - c_first
     a = c_first + n_cells * k // k_total
     b = c_first + n_cells * (k + 1) // k_total
-    # The rotation row by row, as scalars: loads from an array could not be kept in registers across the
-    # histogram's stores (the compiler cannot rule out aliasing).
+    # The rotation as scalars: loads from an array could not be kept in registers across the histogram's
+    # stores (the compiler cannot rule out aliasing).
     m = structure_transform[s]
-    rotation = (m[0, 0], m[0, 1], m[0, 2], m[1, 0], m[1, 1], m[1, 2], m[2, 0], m[2, 1], m[2, 2])
-    t0 = structure_transform[s, 0, 3]
-    t1 = structure_transform[s, 1, 3]
-    t2 = structure_transform[s, 2, 3]
-    axial = rotation[6] == 0.0 and rotation[7] == 0.0 and rotation[8] == 1.0
+    r0, r1, r2 = m[0, 0], m[0, 1], m[0, 2]
+    r3, r4, r5 = m[1, 0], m[1, 1], m[1, 2]
+    r6, r7, r8 = m[2, 0], m[2, 1], m[2, 2]
+    t0 = m[0, 3]
+    t1 = m[1, 3]
+    t2 = m[2, 3]
+    axial = r6 == 0.0 and r7 == 0.0 and r8 == 1.0
     p = p_first
     while plane_cell_start[p + 1] <= a:
         p += 1
@@ -648,6 +669,8 @@ def _sample_item(
     z_sum = 0.0
     dmin = np.inf
     dmax = -np.inf
+    corner = -1  # the flat index of the voxel cell whose corners c000 ... c111 hold
+    c000 = c001 = c010 = c011 = c100 = c101 = c110 = c111 = 0.0
     # Plane by plane, piece by piece through the slab, cell by cell: for axial transforms the z part of
     # the interpolation is shared by every cell of a piece.
     while p < p_end and plane_cell_start[p] < b:
@@ -665,6 +688,7 @@ def _sample_item(
                 if z_end - z_b < 1e-9 * uniform_dz:
                     z_b = z_end
             dz = z_b - z_a
+            z_variance = dz * dz / 12.0
             z_local = 0.5 * (z_a + z_b)
             z_a = z_b
             kz, tz, inside_z = _grid_coordinate(z_local + t2, oz, sz, nz)
@@ -675,12 +699,12 @@ def _sample_item(
                 weight = area * dz
                 cx = cells[c, 1]
                 cy = cells[c, 2]
-                px = rotation[0] * cx + rotation[1] * cy + rotation[2] * z_local + t0
-                py = rotation[3] * cx + rotation[4] * cy + rotation[5] * z_local + t1
+                px = r0 * cx + r1 * cy + r2 * z_local + t0
+                py = r3 * cx + r4 * cy + r5 * z_local + t1
                 if axial:
                     pz = z_local + t2
                 else:
-                    pz = rotation[6] * cx + rotation[7] * cy + rotation[8] * z_local + t2
+                    pz = r6 * cx + r7 * cy + r8 * z_local + t2
                     kz, tz, inside_z = _grid_coordinate(pz, oz, sz, nz)
                 x_sum += weight * px
                 y_sum += weight * py
@@ -690,28 +714,38 @@ def _sample_item(
                 if not (inside_x and inside_y and inside_z):
                     outside_sum += weight
                     continue
-                value = _accumulate_sample(
-                    dose,
-                    partial,
-                    item,
-                    i,
-                    j,
-                    kz,
-                    tx,
-                    ty,
-                    tz,
-                    sx,
-                    sy,
-                    sz,
-                    rotation,
-                    cells[c, 3],
-                    cells[c, 4],
-                    cells[c, 5],
-                    dz,
-                    weight,
-                    inverse_bin_width,
-                    n_bins,
-                )
+                first = (kz * ny + j) * nx + i
+                if first != corner:
+                    corner = first
+                    c000 = np.float64(flat[first])
+                    c001 = np.float64(flat[first + di])
+                    c010 = np.float64(flat[first + dj])
+                    c011 = np.float64(flat[first + dj + di])
+                    c100 = np.float64(flat[first + dk])
+                    c101 = np.float64(flat[first + dk + di])
+                    c110 = np.float64(flat[first + dk + dj])
+                    c111 = np.float64(flat[first + dk + dj + di])
+                # The interpolant and its gradient (as _interpolate computes them).
+                c00 = c000 + tx * (c001 - c000)
+                c01 = c010 + tx * (c011 - c010)
+                c10 = c100 + tx * (c101 - c100)
+                c11 = c110 + tx * (c111 - c110)
+                c0 = c00 + ty * (c01 - c00)
+                c1 = c10 + ty * (c11 - c10)
+                value = c0 + tz * (c1 - c0)
+                dx0 = (1 - ty) * (c001 - c000) + ty * (c011 - c010)
+                dx1 = (1 - ty) * (c101 - c100) + ty * (c111 - c110)
+                gx = ((1 - tz) * dx0 + tz * dx1) * inverse_sx
+                gy = ((1 - tz) * (c01 - c00) + tz * (c11 - c10)) * inverse_sy
+                gz = (c1 - c0) * inverse_sz
+                # The gradient in the structure's frame (R^T g) against the cell's second moments.
+                lx = r0 * gx + r3 * gy + r6 * gz
+                ly = r1 * gx + r4 * gy + r7 * gz
+                lz = r2 * gx + r5 * gy + r8 * gz
+                variance = lx * lx * cells[c, 3] + 2.0 * lx * ly * cells[c, 4] + ly * ly * cells[c, 5]
+                variance += lz * lz * z_variance
+                width = math.sqrt(12.0 * max(variance, 0.0))
+                _deposit_row(delta, value, width, weight, inverse_bin_width, n_bins)
                 inside_sum += weight
                 dose_sum += weight * value
                 dmin = min(dmin, value)

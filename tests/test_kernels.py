@@ -214,6 +214,55 @@ def test_coverage_with_scanlines_per_plane_is_each_plane_alone(kernels, rng):
         kernels.polygon_coverage(*_coverage_geometry(plan), counts * 0)
 
 
+@pytest.mark.parametrize("kernels", COMPILED)
+def test_coverage_matches_reference_where_windows_cut_spans(kernels):
+    """Windows that cut a plane's polygons (spans running past the window on either side, or lying wholly
+    beside it), spans inside one cell, and span ends on cell edges: the cells covered from side to side and the
+    cut ones as the reference computes them."""
+    square = np.array([[-10.0, -10.0], [10.0, -10.0], [10.0, 10.0], [-10.0, 10.0]])
+    sliver = np.array([[0.1, -3.0], [0.3, -3.0], [0.3, 3.0], [0.1, 3.0]])  # narrower than a cell
+    edges = np.array([[-4.0, -4.0], [4.0, -4.0], [4.0, 4.0], [-4.0, 4.0]])  # ends on cell edges
+    diamond = np.array([[0.0, -9.0], [9.0, 0.0], [0.0, 9.0], [-9.0, 0.0]])
+    planes = [
+        ((square,), (-4.0, -4.0, 8, 8)),  # inside the square: every span passes both sides
+        ((square,), (5.0, -4.0, 10, 8)),  # the square's right side cuts it
+        ((square,), (12.0, -4.0, 5, 8)),  # wholly right of the square
+        ((square,), (-20.0, -4.0, 5, 8)),  # wholly left of it
+        ((sliver,), (-2.0, -4.0, 8, 8)),
+        ((edges,), (-6.0, -6.0, 12, 12)),
+        ((diamond, sliver), (-9.5, -9.5, 19, 19)),  # a hole cut by the sliver: spans with inner ends
+    ]
+    vertices, ring_start, plane_ring_start = [], [0], [0]
+    x0, y0, nx, ny = [], [], [], []
+    for rings, (px, py, pnx, pny) in planes:
+        for ring in rings:
+            vertices.append(ring)
+            ring_start.append(ring_start[-1] + len(ring))
+        plane_ring_start.append(len(ring_start) - 1)
+        x0.append(px)
+        y0.append(py)
+        nx.append(pnx)
+        ny.append(pny)
+    nx, ny = np.array(nx), np.array(ny)
+    args = (
+        np.concatenate(vertices),
+        np.array(ring_start),
+        np.array(plane_ring_start),
+        np.concatenate(([0], np.cumsum(nx * ny))),
+        np.array(x0),
+        np.array(y0),
+        nx,
+        ny,
+        np.full(len(planes), 1.0),
+        np.full(len(planes), 1.0),
+    )
+    for scanlines in (1, 3):
+        expected = numpy_ref.polygon_coverage(*args, scanlines)
+        got = kernels.polygon_coverage(*args, scanlines)
+        assert expected[:, 0].sum() > 0
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_coverage_area_equals_polygon_area(rng):
     _, grid = linear_grid()
     for scanlines in (1, 2, 4):
