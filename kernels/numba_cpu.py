@@ -40,6 +40,9 @@ from .host import (  # noqa: F401  (capabilities and host arrays shared by the C
 
 NAME = "numba"
 
+#: Samples whose deposits wait to be made together (see :func:`_sample_item`).
+DEPOSIT_RUN = 256
+
 numba_target.set_up()
 
 
@@ -552,6 +555,13 @@ def _deposit_row(delta, value, width, weight, inverse_bin_width, n_bins):
     delta[kb + 1] -= s * (hi - kb)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _deposit_run(delta, values, widths, weights, n, inverse_bin_width, n_bins):
+    """The first ``n`` deposits of a run (see :func:`_sample_item`), in their order."""
+    for q in range(n):
+        _deposit_row(delta, values[q], widths[q], weights[q], inverse_bin_width, n_bins)
+
+
 @njit(cache=True, error_model="numpy")
 def _chunk_count(n_items, n_chunks):
     return max(1, min(n_chunks, n_items // MIN_CELLS_PER_CHUNK))
@@ -669,6 +679,12 @@ def _sample_item(
     z_sum = 0.0
     dmin = np.inf
     dmax = -np.inf
+    # Deposits wait in a run of DEPOSIT_RUN samples and are made in their order: the loop that interpolates then
+    # holds no stores to the histogram, and its samples overlap in the processor (bit for bit the same sums).
+    run_value = np.empty(DEPOSIT_RUN)
+    run_width = np.empty(DEPOSIT_RUN)
+    run_weight = np.empty(DEPOSIT_RUN)
+    n_run = 0
     corner = -1  # the flat index of the voxel cell whose corners c000 ... c111 hold
     c000 = c001 = c010 = c011 = c100 = c101 = c110 = c111 = 0.0
     # Plane by plane, piece by piece through the slab, cell by cell: for axial transforms the z part of
@@ -745,12 +761,19 @@ def _sample_item(
                 variance = lx * lx * cells[c, 3] + 2.0 * lx * ly * cells[c, 4] + ly * ly * cells[c, 5]
                 variance += lz * lz * z_variance
                 width = math.sqrt(12.0 * max(variance, 0.0))
-                _deposit_row(delta, value, width, weight, inverse_bin_width, n_bins)
+                run_value[n_run] = value
+                run_width[n_run] = width
+                run_weight[n_run] = weight
+                n_run += 1
+                if n_run == DEPOSIT_RUN:
+                    _deposit_run(delta, run_value, run_width, run_weight, n_run, inverse_bin_width, n_bins)
+                    n_run = 0
                 inside_sum += weight
                 dose_sum += weight * value
                 dmin = min(dmin, value)
                 dmax = max(dmax, value)
         p += 1
+    _deposit_run(delta, run_value, run_width, run_weight, n_run, inverse_bin_width, n_bins)
     part_stats[item, 0] = inside_sum
     part_stats[item, 1] = outside_sum
     part_stats[item, 2] = dose_sum
