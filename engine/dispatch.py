@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -88,6 +89,18 @@ def _device_after_selftest(kernels: Kernels, name: str) -> str:
 
 _LOADERS = {"numpy": _load_numpy, "numba": _load_numba, "cupy": _load_cupy}
 
+#: The backends that compute on the host: their kernels share the capabilities of :mod:`isodose.kernels.host`.
+HOST_BACKENDS = ("numba", "numpy")
+
+
+def _requested(name: str | None) -> str:
+    """The backend asked for: ``name``, else ``$ISODOSE_BACKEND``, else ``auto`` (BackendError for another)."""
+    requested = (name or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if requested not in CHOICES:
+        source = "backend" if name else ENV_VAR
+        raise BackendError(f"{source} must be one of {', '.join(CHOICES)}, not {requested!r}")
+    return requested
+
 
 @functools.cache
 def _load(name: str) -> Backend:
@@ -118,10 +131,7 @@ def select_backend(name: str | None = None) -> Backend:
     >>> backend.name, backend.device
     ('numpy', 'cpu, 1 thread')
     """
-    requested = (name or os.environ.get(ENV_VAR) or "auto").strip().lower()
-    if requested not in CHOICES:
-        source = "backend" if name else ENV_VAR
-        raise BackendError(f"{source} must be one of {', '.join(CHOICES)}, not {requested!r}")
+    requested = _requested(name)
     if requested != "auto":
         return _load(requested)
     for candidate in BACKENDS:
@@ -150,7 +160,7 @@ def select_backend_for_work(name: str | None, cells: int) -> Backend:
     >>> select_backend_for_work("numpy", 10**9).name
     'numpy'
     """
-    requested = (name or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    requested = _requested(name)
     compiled_loaded = any(f"isodose.kernels.{module}" in sys.modules for module in ("numba_cpu", "cupy_gpu"))
     if requested == "auto" and cells <= SMALL_WORK_CELLS and not compiled_loaded:
         log.debug("auto backend: numpy for a small one-off computation (%d cells)", cells)
@@ -226,3 +236,29 @@ def available_backends() -> dict[str, str]:
         except BackendError as exc:
             report[candidate] = f"unavailable: {exc.problem}"
     return report
+
+
+def samples_cases_together(backend: str | Backend | None = None) -> bool:
+    """Whether ``backend`` (as :func:`resolve_backend` takes it) samples many cases in one launch, as a GPU does
+    (its kernels' ``PREFERS_MERGED_REQUESTS``): a cohort run then has workers read and one process compute. Found
+    without loading a host backend, whose kernels never do (a process that only hands cases to workers need not
+    load Numba); ``auto`` loads CuPy where it would take it.
+
+    >>> samples_cases_together("numba")
+    False
+    """
+    if isinstance(backend, Backend):
+        return bool(backend.kernels.PREFERS_MERGED_REQUESTS)
+    requested = _requested(backend)
+    if requested == "auto":
+        try:
+            return bool(_load("cupy").kernels.PREFERS_MERGED_REQUESTS)
+        except BackendError:
+            requested = "numpy"  # a host backend: Numba where it loads, else NumPy
+    elif requested == "numba" and importlib.util.find_spec("numba") is None:
+        raise BackendError("the numba backend is not available: Numba is not installed")
+    if requested in HOST_BACKENDS:
+        from .kernels import host
+
+        return bool(host.PREFERS_MERGED_REQUESTS)
+    return bool(_load(requested).kernels.PREFERS_MERGED_REQUESTS)

@@ -1,5 +1,10 @@
 """Numba CPU backend: the reference kernels compiled, parallel over planes, points and chunks of cells.
 
+Two kernels take a shorter road to the reference's function, equal to it within rounding (``tests/test_kernels.py``):
+coverage adds the cells that a scanline's span crosses from side to side once per row, as differences along it,
+and cuts only the span's end cells; sampling reuses a voxel cell's corners for consecutive samples in it and makes
+its deposits in runs, in their order.
+
 Compiled functions are cached on disk (``cache=True``), so only the first run on a machine pays for
 compilation. Results do not depend on the number of threads: every parallel loop writes disjoint outputs
 or its own partial sums, and partial sums are combined in a fixed order.

@@ -129,3 +129,46 @@ def test_cohort_workers_set_numba_up_as_the_command_does():
         1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(1, logging.WARNING)
     ) as pool:
         assert pool.submit(_scipy_blas_after_a_kernel).result() is False
+
+
+def test_whether_a_backend_samples_cases_together_is_found_without_loading_a_host_backend():
+    """``samples_cases_together``: False for the host backends, named or picked by ``auto`` on a machine without a
+    usable GPU, without Numba loaded (a cohort run's process that hands cases to workers never computes); a cohort
+    run with workers leaves Numba unloaded in that process; bad names are the usual errors."""
+    import subprocess
+    import sys
+
+    if cuda_usable():
+        pytest.skip("auto takes the GPU here")
+    code = """
+import sys
+from isodose.dispatch import samples_cases_together
+from isodose.cohort.cases import Case
+from isodose.cohort.local import ProcessPool
+from isodose.cohort.runner import _arrangement
+from isodose.cohort.settings import RunSettings
+todo = [Case(str(k), None, None, "Vr") for k in range(3)]
+arrangement = _arrangement(todo, RunSettings(), 2, None, None, 32, None)
+print(samples_cases_together(), samples_cases_together("numba"), samples_cases_together("numpy"))
+print(type(arrangement.executor) is ProcessPool, arrangement.hands_over, "numba" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False", "False", "True", "False", "False"]
+
+
+def test_samples_cases_together_follows_the_backends_kernels(monkeypatch):
+    from isodose import dispatch
+    from isodose.kernels import numpy_ref
+
+    class Merging:
+        PREFERS_MERGED_REQUESTS = True
+
+    gpu_like = dispatch.Backend("cupy", "a device", Merging)  # type: ignore[arg-type]
+    assert dispatch.samples_cases_together(gpu_like) is True
+    assert dispatch.samples_cases_together(dispatch.Backend("numpy", "cpu", numpy_ref)) is False
+    monkeypatch.setattr(dispatch, "_load", lambda name: gpu_like if name == "cupy" else pytest.fail(name))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert dispatch.samples_cases_together() is True  # auto takes the GPU where one loads
+    assert dispatch.samples_cases_together("cupy") is True
+    with pytest.raises(BackendError, match="must be one of"):
+        dispatch.samples_cases_together("fortran")

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..dispatch import BACKENDS, Backend, resolve_backend
+from ..dispatch import BACKENDS, Backend, samples_cases_together
 from ..errors import IsodoseError
 from .cases import Case, input_fingerprint, load_cases
 from .entries import CaseEntry
@@ -389,7 +389,7 @@ def _arrangement(
         return arrangement
     n_workers = default_workers(workers)
     if pipelined is None:  # a backend that samples many cases in one launch (a GPU) is fed by reading workers
-        pipelined = resolve_backend(backend).kernels.PREFERS_MERGED_REQUESTS and n_workers > 1
+        pipelined = samples_cases_together(backend) and n_workers > 1
     if not pipelined or n_workers == 1 or len(todo) <= 1:
         return per_case_arrangement(todo, classify, workers, backend)
     # Reading workers read and plan; this process samples (for a GPU, which one process drives) and finishes.
