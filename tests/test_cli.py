@@ -108,6 +108,22 @@ def test_dvh_roi_selection_plan_and_formats(case, capsys, tmp_path):
     assert sum(float(r["differential_cc"]) for r in ptv) == pytest.approx(float(ptv[0]["cumulative_cc"]), rel=1e-6)
 
 
+def test_dvh_out_names_the_rois_it_has_no_curve_for(case, capsys, tmp_path):
+    """An ROI without contours is reported as empty, and the curves file, which has no curve for it, says so."""
+    import pydicom
+
+    rd, rs, _ = case
+    ds = pydicom.dcmread(rs)
+    ds.ROIContourSequence = [item for item in ds.ROIContourSequence if item.ReferencedROINumber != 2]  # Cord
+    emptied = tmp_path / "RS-without-cord.dcm"
+    ds.save_as(emptied)
+    curves = tmp_path / "curves.csv"
+    code, _, err = run(capsys, "dvh", "--dose", rd, "--structures", emptied, "--dvh-out", curves)
+    assert code == 0, err
+    assert {row["name"] for row in csv.DictReader(curves.open())} == {"PTV"}
+    assert f"{curves}: no curve for ROI 'Cord': it holds no dose" in err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import sys
 from pathlib import Path
 
 from .. import __version__
 from ..errors import IsodoseError, OutputError, collect_warnings
-from ..formatting import WARNING_SEPARATOR, csv_safe, csv_text, text_table
+from ..formatting import WARNING_SEPARATOR, csv_safe, csv_text, terminal_safe, text_table
 from ..outputs import output_file
 from . import options
 
@@ -52,7 +53,8 @@ CURVE_COLUMNS = ("name", "number", "dose_gy", "cumulative_cc", "cumulative_pct",
 
 
 def write_dvh_curves(dvhs, path: str | Path, step_gy: float) -> Path:
-    """Cumulative and differential DVHs of every structure, one row per structure and dose step."""
+    """Cumulative and differential DVHs of every structure, one row per structure and dose step. A structure that
+    holds no dose (no contours, or none inside the dose grid) has no curve, and a warning names it."""
     import numpy as np
 
     highest = max((d for d in dvhs if d.has_dose), key=lambda d: d.dmax_gy, default=None)
@@ -74,6 +76,13 @@ def write_dvh_curves(dvhs, path: str | Path, step_gy: float) -> Path:
                     )
     except OSError as exc:
         raise OutputError(f"cannot be written ({exc.strerror or exc})", path=path, obj="--dvh-out") from exc
+    left_out = [d.name for d in dvhs if not d.has_dose]
+    if left_out:
+        names = ", ".join(repr(terminal_safe(name)) for name in left_out)
+        what = f"ROI {names}: it holds" if len(left_out) == 1 else f"ROIs {names}: they hold"
+        logging.getLogger(__name__).warning(
+            "%s: no curve for %s no dose (no contours, or none inside the dose grid)", path, what
+        )
     return path
 
 
