@@ -59,6 +59,22 @@ def csv_safe(text: str) -> str:
     return text
 
 
+def json_safe(value):
+    """``value`` with every float that is not finite (NaN, infinities) made None, through dicts, lists and tuples, as
+    JSON's null: JSON has no NaN (Python's ``json`` would write a bare ``NaN``, which strict readers refuse).
+
+    >>> json_safe({"sd": float("nan"), "values": [1.0, float("inf")]})
+    {'sd': None, 'values': [1.0, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def shown(value: object, digits: int = 2) -> str:
     """A table cell for the terminal: floats to ``digits`` decimals, ``-`` where there is no value, lists
     joined by commas.

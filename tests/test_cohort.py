@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -385,6 +386,34 @@ def test_reports(results, tmp_path):
     page = write_html(report, store, tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 1 + 4  # V95% distribution, DVH bands of Vr and 3 ROIs
     assert "marginal" in page and "CTV60:D98" in page and "<table>" in page
+
+
+def test_a_target_metric_without_any_value_keeps_its_row_and_the_json_stays_json(cohort, tmp_path, capsys):
+    """A target metric whose ROI no case's planning structures hold: its summary row stays, with n = 0 and no
+    numbers, a note says why, and the report's JSON has null where a number is missing (no bare NaN)."""
+    import io
+
+    first = cohort.parent / "first-case.csv"  # beside the manifest, whose paths are relative to its folder
+    first.write_text("".join(list(io.StringIO(cohort.read_text()))[:2]))  # the header and one case: SD is NaN
+    out = tmp_path / "r.h5"
+    settings = RunSettings(target_metrics=("CTV60:D98", "PTV99:D95"))
+    assert run_cohort(first, out, settings=settings, workers=1).failed == 0
+    report = build_report(ResultStore.open(out, create=False))
+    rows = {(s.structure, s.metric): s for s in report.summaries}
+    assert rows[("PTV99", "D95")].n == 0 and math.isnan(rows[("PTV99", "D95")].mean)
+    assert rows[("CTV60", "D98")].n == 1
+    assert any(note.startswith("PTV99:D95 has no value in any classified case") for note in report.notes)
+    assert "PTV99" in format_text(report)
+    code = main(["cohort", "report", str(out), "--format", "json", "--html", str(tmp_path / "r.html")])
+    assert code == 0
+
+    def no_nan(constant):
+        raise AssertionError(f"{constant} in the JSON")
+
+    document = json.loads(capsys.readouterr().out, parse_constant=no_nan)
+    summaries = {(s["structure"], s["metric"]): s for s in document["summaries"]}
+    assert summaries[("PTV99", "D95")]["n"] == 0 and summaries[("PTV99", "D95")]["mean"] is None
+    assert summaries[("CTV60", "D98")]["SD" if "SD" in summaries[("CTV60", "D98")] else "sd"] is None
 
 
 @pytest.mark.slow

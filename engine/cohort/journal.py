@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import StoreError
+from ..formatting import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def to_json(value) -> str:
     try:
         return json.dumps(value, default=_json_default, allow_nan=False)
     except ValueError:
-        return json.dumps(_clean(value), default=_json_default, allow_nan=False)
+        return json.dumps(json_safe(value), default=_json_default, allow_nan=False)
 
 
 #: Older journals wrote curves rounded to 1e-5 cc as integers (``cumulative_cc_x1e5``); they still read.
@@ -82,17 +82,6 @@ def encode_line(entry: Mapping[str, Any]) -> tuple[str, dict]:
     else:
         line = light_json
     return line + "\n", json.loads(light_json)
-
-
-def _clean(value):
-    """JSON-safe scalars: NaN and infinities become None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def light(entry: Mapping[str, Any]) -> dict:

@@ -83,10 +83,12 @@ class CohortReport:
         return len(self.cases)
 
 
-def _summary(structure: str, metric: str, values: list[float], unit: str = "") -> MetricSummary | None:
+def _summary(structure: str, metric: str, values: list[float], unit: str = "") -> MetricSummary:
+    """The summary of a quantity's finite values; one without any (a target metric whose ROI no case holds, say)
+    keeps its row, with n = 0, so that it does not drop out of the report unseen."""
     data = np.array([v for v in values if math.isfinite(v)])
     if not len(data):
-        return None
+        return MetricSummary(structure, metric, 0, math.nan, math.nan, math.nan, math.nan, unit)
     sd = float(np.std(data, ddof=1)) if len(data) > 1 else math.nan
     return MetricSummary(
         structure, metric, len(data), float(data.mean()), sd, float(data.min()), float(data.max()), unit
@@ -151,16 +153,17 @@ def build_report(
     for key in (*RECURRENCE_KEYS, *vr_metrics):
         unit = unit_of(key)
         name = VR_LABELS.get(key, key)
-        s = _summary(label, name, [numeric(e["record"].get(key)) for e in ok], unit)
-        if s:
-            summaries.append(s)
+        summaries.append(_summary(label, name, [numeric(e["record"].get(key)) for e in ok], unit))
         quantities.append((f"Vr {name} ({unit})" if unit else f"Vr {name}", key))
     for key in roi_metrics:
         roi, _, metric = key.rpartition(":")
         unit = unit_of(key)
-        s = _summary(roi, metric, [numeric(e["record"].get(key)) for e in ok], unit)
-        if s:
-            summaries.append(s)
+        summaries.append(_summary(roi, metric, [numeric(e["record"].get(key)) for e in ok], unit))
+        if ok and not summaries[-1].n:
+            notes.append(
+                f"{key} has no value in any classified case: the ROI {roi!r} is missing, empty or outside the dose "
+                "grid in every case's planning structures (each case's warnings say which)."
+            )
         quantities.append((f"{key} ({unit})" if unit else key, key))
     class_stats = {method: class_statistics(ok, quantities, method) for method, _ in METHODS}
     covariate_results: dict[str, list[CrossTable | ClassStatistics]] = {method: [] for method, _ in METHODS}
