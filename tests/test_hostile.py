@@ -279,6 +279,29 @@ def test_folder_discovery_follows_linked_patients_and_stops_at_link_loops(tmp_pa
     assert sorted(c.case_id for c in cases) == ["A", "B"]
 
 
+def test_folder_discovery_says_what_it_found_and_left_out(tmp_path, caplog, capsys):
+    """Discovery counts a folder's files: the RT ones by modality, and those it leaves out (images, other files);
+    a folder with no RTDOSE says so on one line with what it holds."""
+    import logging
+
+    from isodose.cohort.cases import discover_cases
+
+    cohort = tmp_path / "cohort"
+    write_planned_frame(cohort / "A", "A", "1.2.826.0.1.3680043.8.498.791")
+    (cohort / "A" / "notes.txt").write_text("not DICOM")
+    (cohort / "A" / "CT.1.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)  # a DICOM file, not an RT one
+    with caplog.at_level(logging.INFO, logger="isodose"):
+        [case] = discover_cases(cohort, "Recurrence")
+    assert case.case_id == "A"
+    assert "5 file(s): 1 RTDOSE, 1 RTSTRUCT, 1 RTPLAN; 2 other file(s)" in caplog.text
+    only_images = tmp_path / "images"
+    only_images.mkdir()
+    (only_images / "notes.txt").write_text("not DICOM")
+    code, _, err = run(capsys, "cohort", "run", only_images, "--out", tmp_path / "r.h5", "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "holds no RTDOSE file, so no case (1 file(s): none of them RT)" in err
+
+
 def test_a_manifest_row_with_more_fields_than_its_header(tmp_path, cohort, capsys):
     text = cohort.read_text().splitlines()
     trailing = tmp_path / "trailing.csv"  # a trailing comma on a row, as spreadsheets write: harmless

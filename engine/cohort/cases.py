@@ -27,7 +27,7 @@ import io
 import logging
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -396,6 +396,19 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def _files_found(n_files: int, headers: list[_Header]) -> str:
+    """What a folder holds, as discovery sees it: its files, the RT files among them by modality, and the others
+    (images, other DICOM, files that are not DICOM), which it leaves out."""
+    if not n_files:
+        return "no files"
+    counts = Counter(h.modality for h in headers)
+    rt = ", ".join(f"{counts[m]} {m}" for m in ("RTDOSE", "RTSTRUCT", "RTPLAN", "REG", "SEG") if counts[m])
+    others = n_files - len(headers)
+    return f"{n_files} file(s): {rt or 'none of them RT'}" + (
+        f"; {others} other file(s) (images, other DICOM, not DICOM) left out" if others and rt else ""
+    )
+
+
 def discover_cases(
     folder: str | Path, recurrence_roi: str, prescription_gy: float | None = None, second_courses: bool = False
 ) -> list[Case]:
@@ -404,9 +417,12 @@ def discover_cases(
     folder = Path(folder)
     if not folder.is_dir():
         raise ManifestError("is not a folder", path=folder)
-    headers = [h for p in files_under(folder) for h in [read_header(p)] if h is not None]
+    files = files_under(folder)
+    headers = [h for p in files for h in [read_header(p)] if h is not None]
+    found = _files_found(len(files), headers)
     if not any(h.modality == "RTDOSE" for h in headers):
-        raise ManifestError("holds no RTDOSE file, so no case", path=folder)
+        raise ManifestError(f"holds no RTDOSE file, so no case ({found})", path=folder)
+    log.info("%s: %s", folder, found)
     by_patient: dict[str, list[_Header]] = defaultdict(list)
     for h in headers:
         by_patient[h.patient].append(h)

@@ -177,18 +177,27 @@ _WARNINGS_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
+def _caught_warnings() -> Iterator[list[warnings.WarningMessage]]:
+    """The warnings raised inside the block, caught (not shown) into the list it gives."""
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def _log_warnings(path: PathType, caught: list[warnings.WarningMessage]) -> None:
+    for message in dict.fromkeys(_one_line(str(w.message)) for w in caught):
+        log.warning("%s: %s", path, message)
+
+
+@contextlib.contextmanager
 def pydicom_warnings(path: PathType) -> Iterator[None]:
     """Catch the warnings raised inside the block (pydicom's, about values that break the standard) and log each
     once, naming the file, through isodose's logger: so that they reach the result they concern, not stderr."""
-    with _WARNINGS_LOCK:
-        caught: list[warnings.WarningMessage] = []
+    with _caught_warnings() as caught:
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                yield
+            yield
         finally:  # logged however the block ends: the warnings may explain a failure
-            for message in dict.fromkeys(_one_line(str(w.message)) for w in caught):
-                log.warning("%s: %s", path, message)
+            _log_warnings(path, caught)
 
 
 def _reader(read: Callable[..., T]) -> Callable[..., T]:
@@ -1394,10 +1403,14 @@ def read_modality(path: Path) -> str:
 
 def read_header(path: Path) -> FileHeader | None:
     """The header of an RT file, or None for a file that is not one (or cannot be read: warned about, since a
-    case missing that file then fails with the reason). pydicom's warnings about the file are logged as
-    isodose's, naming it."""
-    with pydicom_warnings(path):
-        return _read_header(path)
+    case missing that file then fails with the reason). pydicom's warnings about an RT file are logged as
+    isodose's, naming it; those about any other file (a CT image's odd values, a text file read as DICOM) concern
+    no case, and are dropped."""
+    with _caught_warnings() as caught:
+        header = _read_header(path)
+    if header is not None:
+        _log_warnings(path, caught)
+    return header
 
 
 def _read_header(path: Path) -> FileHeader | None:
