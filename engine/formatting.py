@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -73,6 +74,17 @@ def json_safe(value):
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
+
+
+def json_document(value) -> str:
+    """``value`` as an indented JSON document, with null where a number is missing (see :func:`json_safe`).
+
+    >>> print(json_document({"Dmax": float("nan")}))
+    {
+      "Dmax": null
+    }
+    """
+    return json.dumps(json_safe(value), indent=2, allow_nan=False)
 
 
 def shown(value: object, digits: int = 2) -> str:

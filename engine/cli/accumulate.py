@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import IsodoseError, collect_warnings
-from ..formatting import csv_text, json_number, text_table
+from ..formatting import csv_text, json_document, json_number, text_table
 from . import options
 
 
@@ -169,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         ],
     }
     if args.format == "json":
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        sys.stdout.write(json_document(report) + "\n")
         return 0
     if args.format == "csv":
         keys = ["dmin_gy", "dmean_gy", "dmax_gy"]

@@ -4,14 +4,13 @@ a whole archive."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 from .. import __version__
 from ..errors import IsodoseError, collect_warnings
-from ..formatting import csv_text, text_table
+from ..formatting import csv_text, json_document, text_table
 from ..outputs import output_file
 from . import options
 from .exit_codes import EXIT_EVERY_CASE_FAILED
@@ -143,7 +142,7 @@ def run_file(args: argparse.Namespace) -> int:
     )
     document["warnings"] = list(dict.fromkeys([*warnings, *document["warnings"]]))
     if args.format == "json":
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.write(json_document(document) + "\n")
     elif args.format == "csv":
         rows = result.rows()
         header = list(rows[0]) if rows else ["name"]
@@ -232,7 +231,7 @@ def run_archive(args: argparse.Namespace) -> int:
         bar.finish()
     archive = archive_summary(ResultStore.open(summary.store, create=False), ["D95", *(args.metric or ())])
     if args.format == "json":
-        sys.stdout.write(json.dumps(archive, indent=2) + "\n")
+        sys.stdout.write(json_document(archive) + "\n")
     elif args.format == "csv":
         print_summary_csv(archive, sys.stdout)
     else:

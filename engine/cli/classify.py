@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..errors import IsodoseError, collect_warnings
-from ..formatting import WARNING_SEPARATOR, csv_text, json_number, shown
+from ..formatting import WARNING_SEPARATOR, csv_text, json_document, json_number, shown
 from . import options
 
 
@@ -188,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     messages = list(dict.fromkeys([*warnings, *result.warnings]))
     record["warnings"] = messages
     if args.format == "json":
-        sys.stdout.write(json.dumps(record, indent=2) + "\n")
+        sys.stdout.write(json_document(record) + "\n")
         return 0
     if args.format == "csv":
         row = {**record, "warnings": WARNING_SEPARATOR.join(messages)}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import IsodoseError, OutputError, collect_warnings
-from ..formatting import WARNING_SEPARATOR, csv_safe, csv_text, terminal_safe, text_table
+from ..formatting import WARNING_SEPARATOR, csv_safe, csv_text, json_document, terminal_safe, text_table
 from ..outputs import output_file
 from . import options
 
@@ -87,10 +87,9 @@ def write_dvh_curves(dvhs, path: str | Path, step_gy: float) -> Path:
 
 
 def print_report(document: dict, metrics, fmt: str, out) -> None:
-    import json
 
     if fmt == "json":
-        out.write(json.dumps(document, indent=2) + "\n")
+        out.write(json_document(document) + "\n")
         return
     keys = ["volume_cc", "volume_outside_dose_cc", "dmin_gy", "dmean_gy", "dmax_gy"]
     rows = []
