@@ -172,3 +172,19 @@ def test_samples_cases_together_follows_the_backends_kernels(monkeypatch):
     assert dispatch.samples_cases_together("cupy") is True
     with pytest.raises(BackendError, match="must be one of"):
         dispatch.samples_cases_together("fortran")
+
+
+def test_the_host_backends_share_the_host_capabilities():
+    """``samples_cases_together`` answers for the host backends from ``kernels/host.py`` without loading them: each
+    one's kernels must say the same."""
+    import importlib
+
+    from isodose import dispatch
+    from isodose.kernels import host
+
+    modules = {"numba": "isodose.kernels.numba_cpu", "numpy": "isodose.kernels.numpy_ref"}
+    assert set(dispatch.HOST_BACKENDS) == set(modules)
+    for name in dispatch.HOST_BACKENDS:
+        kernels = importlib.import_module(modules[name])
+        assert kernels.PREFERS_MERGED_REQUESTS == host.PREFERS_MERGED_REQUESTS, name
+        assert kernels.COPIES_GRIDS == host.COPIES_GRIDS, name

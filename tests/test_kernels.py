@@ -10,7 +10,7 @@ import pytest
 
 from isodose.geometry import rigid_matrix
 from isodose.kernels import numba_cpu, numpy_ref
-from isodose.model import Contour, Structure
+from isodose.model import Contour, DoseGrid, Structure
 from isodose.phantoms import Cone, Shell, Sphere, contour_shape
 from isodose.voxelize import SamplingOptions, plan_sampling
 
@@ -364,6 +364,27 @@ def test_cell_histograms_match_reference(kernels, rng):
     assert np.isnan(stats[6, 3]) and stats[6, 0] == 0  # empty
     assert stats[7, 1] > 0 and stats[7, 0] > 0  # partly outside the grid
     np.testing.assert_allclose(hist.sum(axis=1), stats[:, 0], rtol=1e-9)
+
+
+@pytest.mark.parametrize("kernels", COMPILED)
+@pytest.mark.parametrize("shape", [(1, 9, 11), (9, 1, 11), (9, 11, 1), (2, 9, 11), (9, 2, 11), (9, 11, 2), (1, 1, 11)])
+def test_cell_histograms_match_reference_on_grids_of_one_or_two_voxels_along_an_axis(kernels, rng, shape):
+    """An axis of one voxel is its own neighbour, an axis of two has one voxel cell: a dose that is not linear,
+    so that a sample reading a wrong neighbour changes the histogram, not only its mean."""
+    spacing = (2.5, 2.5, 2.5)
+    origin = tuple(-0.5 * (n - 1) * h for n, h in zip(shape[::-1], spacing))
+    grid = DoseGrid(60.0 * rng.random(shape), origin, spacing, "1.2.3.4")
+    structures = [
+        contour_shape(Sphere((0.0, 0.0, 0.0), 6.0), "sphere", 1, 1.25),
+        contour_shape(Cone((1.0, -1.0, 0.0), 4.0, 5.0), "cone", 2, 1.0),
+    ]
+    plan = plan_sampling(structures, grid, SamplingOptions(target_cells=20000))
+    cells = _coverage(numpy_ref, plan)
+    expected_hist, expected_stats = _histograms(numpy_ref, plan, grid, cells)
+    hist, stats = _histograms(kernels, plan, grid, cells)
+    assert expected_stats[:, 0].min() > 0  # each samples the grid
+    np.testing.assert_allclose(hist, expected_hist, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(stats, expected_stats, rtol=1e-9, atol=1e-6, equal_nan=True)
 
 
 @pytest.mark.parametrize("kernels", COMPILED)
