@@ -279,6 +279,30 @@ def test_folder_discovery_follows_linked_patients_and_stops_at_link_loops(tmp_pa
     assert sorted(c.case_id for c in cases) == ["A", "B"]
 
 
+def _write_odd_image(path) -> None:
+    """A CT image whose header says explicit VR and whose data set is written in implicit VR: pydicom reads it
+    with a warning."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CT", "A"
+    with open(path, "wb") as handle:
+        handle.write(b"\0" * 128 + b"DICM")
+        fp = DicomFileLike(handle)
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        fp.is_implicit_VR = True
+        write_dataset(fp, ds)
+
+
 def test_folder_discovery_says_what_it_found_and_left_out(tmp_path, caplog, capsys):
     """Discovery counts a folder's files: the RT ones by modality, and those it leaves out (images, other files);
     a folder with no RTDOSE says so on one line with what it holds."""
@@ -289,11 +313,14 @@ def test_folder_discovery_says_what_it_found_and_left_out(tmp_path, caplog, caps
     cohort = tmp_path / "cohort"
     write_planned_frame(cohort / "A", "A", "1.2.826.0.1.3680043.8.498.791")
     (cohort / "A" / "notes.txt").write_text("not DICOM")
-    (cohort / "A" / "CT.1.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)  # a DICOM file, not an RT one
-    with caplog.at_level(logging.INFO, logger="isodose"):
+    _write_odd_image(cohort / "A" / "CT.1.dcm")  # not an RT file, and pydicom warns as it reads it
+    with caplog.at_level(logging.DEBUG, logger="isodose"):
         [case] = discover_cases(cohort, "Recurrence")
     assert case.case_id == "A"
     assert "5 file(s): 1 RTDOSE, 1 RTSTRUCT, 1 RTPLAN; 2 other file(s)" in caplog.text
+    assert "CT.1.dcm: left out" in caplog.text and "notes.txt: left out" in caplog.text  # named at debug level
+    isodose_warnings = [r for r in caplog.records if r.name.startswith("isodose") and r.levelno >= logging.WARNING]
+    assert not isodose_warnings, [r.getMessage() for r in isodose_warnings]  # the image's warning concerns no case
     only_images = tmp_path / "images"
     only_images.mkdir()
     (only_images / "notes.txt").write_text("not DICOM")

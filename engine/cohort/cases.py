@@ -418,7 +418,13 @@ def discover_cases(
     if not folder.is_dir():
         raise ManifestError("is not a folder", path=folder)
     files = files_under(folder)
-    headers = [h for p in files for h in [read_header(p)] if h is not None]
+    headers = []
+    for path in files:
+        header = read_header(path)
+        if header is None:
+            log.debug("%s: left out: not an RT file (DICOM RTDOSE, RTSTRUCT, RTPLAN, REG or SEG)", path)
+        else:
+            headers.append(header)
     found = _files_found(len(files), headers)
     if not any(h.modality == "RTDOSE" for h in headers):
         raise ManifestError(f"holds no RTDOSE file, so no case ({found})", path=folder)
