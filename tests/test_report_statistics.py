@@ -220,17 +220,19 @@ def test_the_papers_table_in_csv_markdown_and_latex(cohort):
     _, out, _ = cohort
     report = build_report(ResultStore.open(out, create=False))
     columns = paper_columns(report.settings)
-    assert [h for h, _ in columns][:4] == ["case", "GTV:volume", "CTV60:D98", "CTV54:D95"]
+    assert [h for h, _ in columns][:4] == ["case", "GTV:volume (cc)", "CTV60:D98 (Gy)", "CTV54:D95 (Gy)"]
     as_csv = list(csv.reader(paper_table(report.cases, columns, "csv").splitlines()))
-    assert len(as_csv) == N_CASES + 1 and as_csv[0][1] == "GTV:volume"
+    assert len(as_csv) == N_CASES + 1 and as_csv[0][1] == "GTV:volume (cc)"
     first = report.cases[0]
     assert float(as_csv[1][2]) == pytest.approx(first["record"]["CTV60:D98"], abs=0.005)
     markdown = paper_table(report.cases, columns, "markdown").splitlines()
-    assert markdown[0].startswith("| case | GTV:volume |") and markdown[1].startswith("|:---|---:|")
+    assert markdown[0].startswith("| case | GTV:volume (cc) |") and markdown[1].startswith("|:---|---:|")
+    assert markdown[1].endswith("|:---|:---|")  # the classes, words, read from the left
     latex = paper_table(report.cases, columns, "latex")
     assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
     assert "Vr inside isodose (\\%)" in latex and "V95" not in latex  # one number under these criteria: once
     assert latex.count("\\\\\n") == N_CASES + 1
+    assert "\\begin{tabular}{l" + "r" * (len(columns) - 3) + "ll}" in latex
 
 
 def test_cli_report_by_a_column_with_a_table_and_figures(cohort, tmp_path, capsys):

@@ -61,10 +61,10 @@ FAILED_IDS_SHOWN = 5
 
 
 def print_summary(summary) -> None:
-    rate = summary.processed / summary.seconds if summary.seconds > 0 else 0.0
+    rate = f" ({summary.processed / summary.seconds:.1f} cases/s)" if summary.processed and summary.seconds > 0 else ""
     print(
         f"{summary.cases} case{'' if summary.cases == 1 else 's'}: {summary.processed} processed ({summary.failed} "
-        f"failed), {summary.skipped} already done; {summary.seconds:.1f} s ({rate:.1f} cases/s)"
+        f"failed), {summary.skipped} already done; {summary.seconds:.1f} s{rate}"
     )
     print(f"results: {summary.store}; table: {summary.table}")
     if summary.with_warnings:

@@ -388,11 +388,13 @@ def format_text(report: CohortReport) -> str:
         parts += ["", "Failed cases"]
         parts += [f"  {terminal_safe(case_id)}: {terminal_safe(error)}" for case_id, error in report.failed]
     if report.warnings:
-        parts += ["", f"Warnings ({len(report.warnings)} cases; all of them in the HTML report and the table)"]
+        n = len(report.warnings)
+        parts += ["", f"Warnings ({n} case{'' if n == 1 else 's'}; all of them in the HTML report and the table)"]
         for case_id, messages in report.warnings[:WARNED_CASES_SHOWN]:
             parts += [f"  {terminal_safe(case_id)}: {terminal_safe(message)}" for message in messages]
         if len(report.warnings) > WARNED_CASES_SHOWN:
-            parts.append(f"  ... and {len(report.warnings) - WARNED_CASES_SHOWN} more cases")
+            more = len(report.warnings) - WARNED_CASES_SHOWN
+            parts.append(f"  ... and {more} more case{'' if more == 1 else 's'}")
     return "\n".join(parts)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import IsodoseError
+from ..formatting import text_columns
 from ..recurrence import CLASSES
 
 #: Tables an r x c Fisher's exact test draws (from a fixed seed: the same report gives the same p-value).
@@ -91,7 +92,7 @@ class Description:
 
         return [
             str(self.n),
-            f"{f(self.mean)} ± {f(self.sd)}",
+            f"{f(self.mean)} ± {f(self.sd)}" if math.isfinite(self.sd) else f(self.mean),  # one value: no SD
             f"{f(self.median)} [{f(self.q1)}-{f(self.q3)}]",
             f"{f(self.minimum)}-{f(self.maximum)}",
         ]
@@ -239,11 +240,12 @@ TABLE_FORMATS = {".csv": "csv", ".md": "markdown", ".tex": "latex"}
 
 
 def paper_columns(settings: dict) -> list[tuple[str, str]]:
-    """``(header, record key)`` of the per-case table: the case, each target metric by its name as given, Vr's
+    """``(header, record key)`` of the per-case table: the case, each target metric by its name as given (and its
+    unit), Vr's
     volume, V95% (where it is not the share inside the isodose) and D100, the share inside the isodose, and both
     classes."""
     columns = [("case", "case_id")]
-    columns += [(m, m) for m in settings.get("target_metrics", [])]
+    columns += [(f"{m} ({unit_of(m)})" if unit_of(m) else m, m) for m in settings.get("target_metrics", [])]
     columns += [
         ("Vr volume (cc)", "recurrence_volume_cc"),
         ("Vr V95% (%)", "V95%"),
@@ -284,12 +286,12 @@ def paper_table(cases: Sequence[dict], columns: Sequence[tuple[str, str]], fmt: 
             return cell.replace("|", "\\|")
 
         lines = ["| " + " | ".join(md(h) for h in headers) + " |"]
-        lines.append("|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|")
+        lines.append("|" + "|".join(":---" if text else "---:" for text in text_columns(rows, len(headers))) + "|")
         lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         lines = [
-            "\\begin{tabular}{l" + "r" * (len(headers) - 1) + "}",
+            "\\begin{tabular}{" + "".join("l" if text else "r" for text in text_columns(rows, len(headers))) + "}",
             "\\toprule",
             " & ".join(_latex(h) for h in headers) + " \\\\",
             "\\midrule",
