@@ -83,6 +83,11 @@ class CohortReport:
         return len(self.cases)
 
 
+def _cases(n: int) -> str:
+    """``1 case``, ``2 cases``."""
+    return f"{n} case" if n == 1 else f"{n} cases"
+
+
 def _summary(structure: str, metric: str, values: list[float], unit: str = "") -> MetricSummary:
     """The summary of a quantity's finite values; one without any (a target metric whose ROI no case holds, say)
     keeps its row, with n = 0, so that it does not drop out of the report unseen."""
@@ -355,7 +360,7 @@ def covariate_parts(report: CohortReport) -> list[tuple[str, list[str], list[lis
 
 def format_text(report: CohortReport) -> str:
     parts = [
-        f"{report.store}: {report.n_ok + len(report.failed)} cases, {report.n_ok} classified, "
+        f"{report.store}: {_cases(report.n_ok + len(report.failed))}, {report.n_ok} classified, "
         f"{len(report.failed)} failed",
         "",
     ]
@@ -375,7 +380,7 @@ def format_text(report: CohortReport) -> str:
         volume = report.uncertainty["volume"]
         parts += [
             "",
-            f"Under registration uncertainty ({volume.cases} cases): expected count of each class (95% interval of "
+            f"Under registration uncertainty ({_cases(volume.cases)}): expected count of each class (95% interval of "
             "its share, from the cases' uncertainty and the cohort's sampling)",
         ]
         parts.append(text_table(["class", "volume method", "point of origin"], uncertainty_rows(report)))
@@ -466,7 +471,7 @@ def _dvh_band_figure(curves: list[dict], roi: str, levels=()):
     axis.fill_between(doses, p25, p75, color="#4292c6", alpha=0.7, label="25th-75th percentile")
     axis.plot(doses, p50, color="#08306b", lw=1.5, label="median")
     _mark_levels(axis, levels)
-    axis.set(xlabel="dose (Gy)", ylabel="volume (%)", title=f"{roi}: {len(curves_pct)} cases", ylim=(0, 108))
+    axis.set(xlabel="dose (Gy)", ylabel="volume (%)", title=f"{roi}: {_cases(len(curves_pct))}", ylim=(0, 108))
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left")
     return figure
@@ -746,7 +751,7 @@ img {{ max-width: 100%; margin: 0.3em; }}
 .empty {{ color: #444; font-style: italic; padding: 1em; border: 1px dashed #bbb; }}
 </style></head><body>
 <h1>Recurrence failure patterns</h1>
-<p class="small">{html.escape(str(report.store))}: {report.n_ok + len(report.failed)} cases, {report.n_ok} classified,
+<p class="small">{html.escape(str(report.store))}: {_cases(report.n_ok + len(report.failed))}, {report.n_ok} classified,
 {len(report.failed)} failed. isodose {__version__}, {time.strftime("%Y-%m-%d %H:%M")}. Settings: {settings}.</p>
 <h2>Failure patterns</h2>
 {pattern_table}
