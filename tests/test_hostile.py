@@ -329,6 +329,19 @@ def test_folder_discovery_says_what_it_found_and_left_out(tmp_path, caplog, caps
     assert "holds no RTDOSE file, so no case (1 file(s): none of them RT)" in err
 
 
+def test_cases_given_by_a_relative_path_name_their_files_whole(tmp_path, monkeypatch):
+    """A folder or manifest given relative to where the run starts: the cases' paths are absolute (with '..'
+    folded), so that the errors and warnings stored with their results name their files wherever they are read."""
+    from isodose.cohort.cases import load_cases
+
+    write_planned_frame(tmp_path / "cohort" / "A", "A", "1.2.826.0.1.3680043.8.498.792")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    [case] = load_cases("../cohort", "Recurrence")
+    assert case.dose is not None and case.dose.is_absolute() and ".." not in case.dose.parts
+    assert case.dose == tmp_path / "cohort" / "A" / "RD.dcm"
+
+
 def test_a_manifest_row_with_more_fields_than_its_header(tmp_path, cohort, capsys):
     text = cohort.read_text().splitlines()
     trailing = tmp_path / "trailing.csv"  # a trailing comma on a row, as spreadsheets write: harmless

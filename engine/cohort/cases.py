@@ -628,8 +628,9 @@ def load_cases(
     second_courses: bool = False,
 ) -> list[Case]:
     """The cases of a manifest (a file) or of a folder of DICOM exports (see :func:`discover_cases` for
-    ``second_courses``)."""
-    source = Path(source)
+    ``second_courses``). Their paths are absolute, so that the errors and warnings stored with their results name
+    their files wherever the store is read from."""
+    source = Path(os.path.abspath(source))  # ".." folded, links kept as given
     if source.is_dir():
         return discover_cases(source, recurrence_roi, prescription_gy, second_courses)
     if not source.exists():
