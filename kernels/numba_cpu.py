@@ -644,7 +644,7 @@ def _sample_item(
     nz, ny, nx = dose.shape
     # The grid as one flat array: a voxel cell's eight corners at fixed offsets from its first (along an axis
     # of a single voxel, that voxel is its own neighbour), so that consecutive samples in one voxel cell
-    # (neighbouring cells of a row, about one in two) reuse its corners.
+    # (neighbouring cells of a row, m to a voxel side at supersampling m) reuse its corners.
     flat = dose.reshape(-1)
     di = 1 if nx > 1 else 0
     dj = nx if ny > 1 else 0
