@@ -130,14 +130,26 @@ def _interpolate(dose, i, j, k, tx, ty, tz, sx, sy, sz):
     i1 = i + 1 if nx > 1 else i
     j1 = j + 1 if ny > 1 else j
     k1 = k + 1 if nz > 1 else k
-    c000 = np.float64(dose[k, j, i])
-    c001 = np.float64(dose[k, j, i1])
-    c010 = np.float64(dose[k, j1, i])
-    c011 = np.float64(dose[k, j1, i1])
-    c100 = np.float64(dose[k1, j, i])
-    c101 = np.float64(dose[k1, j, i1])
-    c110 = np.float64(dose[k1, j1, i])
-    c111 = np.float64(dose[k1, j1, i1])
+    value, dx, dy, dz = _interpolate_corners(
+        np.float64(dose[k, j, i]),
+        np.float64(dose[k, j, i1]),
+        np.float64(dose[k, j1, i]),
+        np.float64(dose[k, j1, i1]),
+        np.float64(dose[k1, j, i]),
+        np.float64(dose[k1, j, i1]),
+        np.float64(dose[k1, j1, i]),
+        np.float64(dose[k1, j1, i1]),
+        tx,
+        ty,
+        tz,
+    )
+    return value, dx / sx, dy / sy, dz / sz
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _interpolate_corners(c000, c001, c010, c011, c100, c101, c110, c111, tx, ty, tz):
+    """(value, dx, dy, dz) of the trilinear interpolant of a voxel cell's corners (``c`` z, y, x: ``c001`` the next
+    voxel along x) at fractions (tx, ty, tz), its gradient per voxel (to be divided by the spacing)."""
     c00 = c000 + tx * (c001 - c000)
     c01 = c010 + tx * (c011 - c010)
     c10 = c100 + tx * (c101 - c100)
@@ -147,10 +159,9 @@ def _interpolate(dose, i, j, k, tx, ty, tz, sx, sy, sz):
     value = c0 + tz * (c1 - c0)
     dx0 = (1 - ty) * (c001 - c000) + ty * (c011 - c010)
     dx1 = (1 - ty) * (c101 - c100) + ty * (c111 - c110)
-    gx = ((1 - tz) * dx0 + tz * dx1) / sx
-    gy = ((1 - tz) * (c01 - c00) + tz * (c11 - c10)) / sy
-    gz = (c1 - c0) / sz
-    return value, gx, gy, gz
+    dx = (1 - tz) * dx0 + tz * dx1
+    dy = (1 - tz) * (c01 - c00) + tz * (c11 - c10)
+    return value, dx, dy, c1 - c0
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -746,19 +757,12 @@ def _sample_item(
                     c101 = np.float64(flat[first + dk + di])
                     c110 = np.float64(flat[first + dk + dj])
                     c111 = np.float64(flat[first + dk + dj + di])
-                # The interpolant and its gradient (as _interpolate computes them).
-                c00 = c000 + tx * (c001 - c000)
-                c01 = c010 + tx * (c011 - c010)
-                c10 = c100 + tx * (c101 - c100)
-                c11 = c110 + tx * (c111 - c110)
-                c0 = c00 + ty * (c01 - c00)
-                c1 = c10 + ty * (c11 - c10)
-                value = c0 + tz * (c1 - c0)
-                dx0 = (1 - ty) * (c001 - c000) + ty * (c011 - c010)
-                dx1 = (1 - ty) * (c101 - c100) + ty * (c111 - c110)
-                gx = ((1 - tz) * dx0 + tz * dx1) * inverse_sx
-                gy = ((1 - tz) * (c01 - c00) + tz * (c11 - c10)) * inverse_sy
-                gz = (c1 - c0) * inverse_sz
+                value, per_x, per_y, per_z = _interpolate_corners(
+                    c000, c001, c010, c011, c100, c101, c110, c111, tx, ty, tz
+                )
+                gx = per_x * inverse_sx  # the gradient per mm
+                gy = per_y * inverse_sy
+                gz = per_z * inverse_sz
                 # The gradient in the structure's frame (R^T g) against the cell's second moments.
                 lx = r0 * gx + r3 * gy + r6 * gz
                 ly = r1 * gx + r4 * gy + r7 * gz
