@@ -159,9 +159,9 @@ def process_batch_on_worker(cases: list[Case], settings, backend=None) -> list[C
 
 def worker_prefers_batches(backend=None) -> bool:
     """On a worker: whether its backend samples many cases in one launch (a GPU: CuPy on a dask-cuda worker)."""
-    from ..dispatch import resolve_backend
+    from ..dispatch import samples_cases_together
 
-    return bool(resolve_backend(backend).kernels.PREFERS_MERGED_REQUESTS)
+    return samples_cases_together(backend)
 
 
 def batch_size_for(client, backend, batch_size: int) -> int:
