@@ -76,15 +76,16 @@ def json_safe(value):
     return value
 
 
-def json_document(value) -> str:
-    """``value`` as an indented JSON document, with null where a number is missing (see :func:`json_safe`).
+def json_document(value, default=None) -> str:
+    """``value`` as an indented JSON document, with null where a number is missing (see :func:`json_safe`);
+    ``default`` as :func:`json.dumps` takes it, for values JSON does not hold.
 
     >>> print(json_document({"Dmax": float("nan")}))
     {
       "Dmax": null
     }
     """
-    return json.dumps(json_safe(value), indent=2, allow_nan=False)
+    return json.dumps(json_safe(value), indent=2, allow_nan=False, default=default)
 
 
 def shown(value: object, digits: int = 2) -> str:

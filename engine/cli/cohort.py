@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from pathlib import Path
 
 from ..errors import IsodoseError
-from ..formatting import csv_text, json_safe
+from ..formatting import csv_text, json_document
 from ..outputs import output_file, output_folder
 from . import options
 from .exit_codes import EXIT_EVERY_CASE_FAILED
@@ -214,7 +213,7 @@ def report(args: argparse.Namespace) -> int:
             },
             "notes": cohort.notes,
         }
-        sys.stdout.write(json.dumps(json_safe(document), indent=2, default=lambda v: None, allow_nan=False) + "\n")
+        sys.stdout.write(json_document(document, default=lambda v: None) + "\n")
     elif args.format == "csv":  # the failure patterns, one row per method and class
         rows = [
             [label, c, cohort.patterns[key][c], 100.0 * cohort.patterns[key][c] / cohort.n_ok if cohort.n_ok else None]

@@ -87,7 +87,6 @@ def write_dvh_curves(dvhs, path: str | Path, step_gy: float) -> Path:
 
 
 def print_report(document: dict, metrics, fmt: str, out) -> None:
-
     if fmt == "json":
         out.write(json_document(document) + "\n")
         return
