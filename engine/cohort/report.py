@@ -83,9 +83,9 @@ class CohortReport:
         return len(self.cases)
 
 
-def _cases(n: int) -> str:
-    """``1 case``, ``2 cases``."""
-    return f"{n} case" if n == 1 else f"{n} cases"
+def _cases(n: int, kind: str = "") -> str:
+    """``1 case``, ``2 cases``; ``2 more cases`` with ``kind="more"``."""
+    return f"{n} {kind + ' ' if kind else ''}case{'' if n == 1 else 's'}"
 
 
 def _summary(structure: str, metric: str, values: list[float], unit: str = "") -> MetricSummary:
@@ -393,13 +393,11 @@ def format_text(report: CohortReport) -> str:
         parts += ["", "Failed cases"]
         parts += [f"  {terminal_safe(case_id)}: {terminal_safe(error)}" for case_id, error in report.failed]
     if report.warnings:
-        n = len(report.warnings)
-        parts += ["", f"Warnings ({n} case{'' if n == 1 else 's'}; all of them in the HTML report and the table)"]
+        parts += ["", f"Warnings ({_cases(len(report.warnings))}; all of them in the HTML report and the table)"]
         for case_id, messages in report.warnings[:WARNED_CASES_SHOWN]:
             parts += [f"  {terminal_safe(case_id)}: {terminal_safe(message)}" for message in messages]
         if len(report.warnings) > WARNED_CASES_SHOWN:
-            more = len(report.warnings) - WARNED_CASES_SHOWN
-            parts.append(f"  ... and {more} more case{'' if more == 1 else 's'}")
+            parts.append(f"  ... and {_cases(len(report.warnings) - WARNED_CASES_SHOWN, 'more')}")
     return "\n".join(parts)
 
 
