@@ -168,6 +168,23 @@ def select_backend_for_work(name: str | None, cells: int) -> Backend:
     return select_backend(name)
 
 
+#: The module of each compiled backend's kernels: importing it is what loading the backend costs.
+_COMPILED_MODULES = {"numba": "isodose.kernels.numba_cpu", "cupy": "isodose.kernels.cupy_gpu"}
+
+
+def loads_compiled_kernels(name: str | None) -> bool:
+    """Whether :func:`select_backend` with ``name`` is sure to load compiled kernels that this process has not
+    loaded yet: ``numba`` or ``cupy`` asked for (by ``name`` or ``$ISODOSE_BACKEND``) and not loaded. ``auto`` is
+    not sure to (a one-off command's small computation takes NumPy). A one-off command reads its files meanwhile
+    (:mod:`isodose.cli.readahead`).
+
+    >>> loads_compiled_kernels("numpy")
+    False
+    """
+    module = _COMPILED_MODULES.get(_requested(name))
+    return module is not None and module not in sys.modules
+
+
 def resolve_backend(backend: str | Backend | None = None) -> Backend:
     """The backend to compute with: the one way engine code turns its ``backend=`` argument into a backend.
 

@@ -8,6 +8,7 @@ import sys
 from ..errors import IsodoseError, collect_warnings
 from ..formatting import WARNING_SEPARATOR, csv_text, json_document, json_number, shown
 from . import options
+from .readahead import Reads, reading
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -91,11 +92,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dispatch import SMALL_WORK_CELLS, select_backend_for_work
-    from ..images import read_case_registration
-    from ..labels import MASK_FRAME, read_recurrence_mask, read_structure_file
-    from ..provenance import check_inputs, check_whole_course
-    from ..recurrence import RecurrenceCase, classify_prepared, prepare_recurrence
+    from ..dispatch import loads_compiled_kernels
 
     if not args.recurrence and not args.recurrence_mask:
         raise IsodoseError("give the recurrence: --recurrence ROI, or --recurrence-mask FILE")
@@ -111,17 +108,36 @@ def run(args: argparse.Namespace) -> int:
         from ..outputs import output_file
 
         output_file(args.export_recurrence, "--export-recurrence")
+    reads = (
+        lambda: options.plan(args),
+        lambda: options.read_dose_files(args),
+        lambda: options.read_structures(args.structures, args.labels),
+        lambda: options.read_structures(args.recurrence_structures) if args.recurrence_structures else None,
+    )
+    # Where the kernels are to be loaded, a helper reads the files meanwhile (isodose.cli.readahead).
+    with reading(reads, ahead=loads_compiled_kernels(args.backend)) as files:
+        return _classify(args, files)
+
+
+def _classify(args: argparse.Namespace, files: Reads) -> int:
+    from ..dispatch import SMALL_WORK_CELLS, select_backend_for_work
+    from ..images import read_case_registration
+    from ..labels import MASK_FRAME, read_recurrence_mask
+    from ..provenance import check_inputs, check_whole_course
+    from ..recurrence import RecurrenceCase, classify_prepared, prepare_recurrence
+
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
     criteria = options.criteria(args)
     uncertainty = options.uncertainty(args)
     with collect_warnings() as warnings:
-        plan = options.plan(args)
+        summing = select_backend_for_work(args.backend, 0)  # a sum is memory-bound
+        plan = files.next()
         prescription = options.prescription(args, plan)
         if prescription is None:
             raise IsodoseError("classification needs the prescription: give --prescription GY or --plan RP.dcm")
-        dose, beams = options.read_dose(args, select_backend_for_work(args.backend, 0))  # a sum is memory-bound
-        structures = options.read_structures(args.structures, args.labels)
-        follow_up = read_structure_file(args.recurrence_structures) if args.recurrence_structures else None
+        dose, beams = options.sum_dose(files.next(), summing)
+        structures = files.next()
+        follow_up = files.next()
         registration = (
             read_case_registration(
                 args.registration,

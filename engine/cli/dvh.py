@@ -13,6 +13,7 @@ from ..errors import IsodoseError, OutputError, collect_warnings
 from ..formatting import WARNING_SEPARATOR, csv_safe, csv_text, json_document, terminal_safe, text_table
 from ..outputs import output_file
 from . import options
+from .readahead import reading
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -118,24 +119,33 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dispatch import select_backend_for_work
-    from ..dvh import dvh_request, parse_metrics, request_dvhs
-    from ..provenance import check_inputs, check_whole_course
+    from ..dispatch import loads_compiled_kernels, select_backend_for_work
 
-    metrics = parse_metrics(args.metric or [])
     step = options.dvh_step(args) if args.dvh_out else None
     if args.dvh_out:
         output_file(args.dvh_out, "--dvh-out")
-    with collect_warnings() as warnings:  # every file's warnings, the plan's too, go with the results
-        plan = options.plan(args)
-        prescription = options.prescription(args, plan)
-        for m in metrics:
-            if m.needs_prescription and prescription is None:
-                raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
-        dose, beams = options.read_dose(args, select_backend_for_work(args.backend, 0))  # a sum is memory-bound
-        structures = options.read_structures(args.structures, args.labels)
-        check_inputs(dose, [structures], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch)
-        check_whole_course(dose, strict=False)
+    reads = (
+        lambda: options.plan(args),
+        lambda: options.read_dose_files(args),
+        lambda: options.read_structures(args.structures, args.labels),
+    )
+    # Where the kernels are to be loaded, a helper reads the files meanwhile (isodose.cli.readahead).
+    with reading(reads, ahead=loads_compiled_kernels(args.backend)) as files:
+        from ..dvh import dvh_request, parse_metrics, request_dvhs
+        from ..provenance import check_inputs, check_whole_course
+
+        metrics = parse_metrics(args.metric or [])
+        with collect_warnings() as warnings:  # every file's warnings, the plan's too, go with the results
+            summing = select_backend_for_work(args.backend, 0)  # a sum is memory-bound
+            plan = files.next()
+            prescription = options.prescription(args, plan)
+            for m in metrics:
+                if m.needs_prescription and prescription is None:
+                    raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
+            dose, beams = options.sum_dose(files.next(), summing)
+            structures = files.next()
+            check_inputs(dose, [structures], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch)
+            check_whole_course(dose, strict=False)
     sampling = options.sampling_options(args)
     selected, request = dvh_request(dose, structures, args.roi or None, options=sampling)
     # A small one-off computation is quicker with NumPy than loading the compiled kernels (unless --backend says).

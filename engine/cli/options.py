@@ -85,10 +85,21 @@ def add_allow_mismatch(parser: argparse.ArgumentParser) -> None:
 def read_dose(args: argparse.Namespace, backend=None):
     """The dose of ``--dose``: one file read, or several (one plan's beams or fractions) read and summed on the
     first one's grid. Returns the dose and how many per-beam doses it sums (0 when read whole)."""
+    return sum_dose(read_dose_files(args), backend)
+
+
+def read_dose_files(args: argparse.Namespace) -> list:
+    """Each file of ``--dose``, read."""
     from ..dicom.read import read_dose as read_file
+
+    return [read_file(path, args.relative_dose_reference_gy, warn_unused_reference=True) for path in args.dose]
+
+
+def sum_dose(doses: list, backend=None):
+    """The files of ``--dose`` read (:func:`read_dose_files`), summed on the first one's grid where there are
+    several: the dose and how many per-beam doses it sums (0 when read whole)."""
     from ..reirradiation import sum_doses
 
-    doses = [read_file(path, args.relative_dose_reference_gy, warn_unused_reference=True) for path in args.dose]
     beams = sum(d.summation_type == "BEAM" for d in doses) if len(doses) > 1 else 0
     return sum_doses(doses, backend=backend), beams
 

@@ -1,0 +1,178 @@
+"""A one-off command's files read in a helper process while the command loads its compiled kernels.
+
+Loading Numba's kernels (importing Numba, setting up its CPU target) or CuPy's takes a one-off command about half a
+second, and reading its files (importing pydicom, parsing them) most of the rest; in one process the one waits for
+the other. Where the command is sure to load compiled kernels (:func:`isodose.dispatch.loads_compiled_kernels`:
+``--backend numba`` or ``cupy``) and the process can fork at no risk (Linux, one thread), :func:`reading` forks a
+helper that reads the files in their order while the command loads the kernels. For each read the helper sends
+back its value (pickled) and the log records it made, or the :class:`~isodose.errors.IsodoseError` it raised;
+the command logs those records as its own, at the point where it would have read the file itself, so that its
+warnings are shown and kept with the results as before, and raises the error there. Anything else (the helper
+failing in another way, killed, or a value that cannot be pickled) falls back to reading in the command's own
+process. Elsewhere, or with ``ISODOSE_READ_AHEAD=0``, each read is simply made when the command asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+
+from ..errors import IsodoseError
+
+#: Set to 0 to read in the command's own process.
+ENV_VAR = "ISODOSE_READ_AHEAD"
+
+log = logging.getLogger(__name__)
+
+
+def possible() -> bool:
+    """Whether this process can fork a reading helper at no risk: on Linux (a fork elsewhere may break system
+    libraries), with one thread (none of a library's either: a lock another thread held would stay held in the
+    helper), and not turned off by ``ISODOSE_READ_AHEAD=0``."""
+    if not sys.platform.startswith("linux") or os.environ.get(ENV_VAR, "1").strip() == "0":
+        return False
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+class _Records(logging.Handler):
+    """The helper's log records, kept to be sent rather than shown."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg = record.getMessage()  # formatted here: the arguments need not pickle
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+        self.records.append(record)
+
+    def take(self) -> list[logging.LogRecord]:
+        taken, self.records = self.records, []
+        return taken
+
+
+def _help(reads: Sequence[Callable[[], Any]], out: BinaryIO) -> None:
+    """The helper's work: each read in order, until one does not give a value, and then their outcomes sent (a
+    pipe holds little: sending each at once would wait for the command to take it before the next read)."""
+    records = _Records()
+    logger = logging.getLogger("isodose")
+    logger.handlers[:] = [records]
+    logger.propagate = False
+    messages = []
+    for read in reads:
+        try:
+            outcome: tuple[str, Any] = ("value", read())
+        except IsodoseError as exc:
+            outcome = ("error", exc)
+        except Exception as exc:
+            outcome = ("failed", f"{type(exc).__name__}: {exc}")
+        try:
+            message = pickle.dumps((outcome, records.take()), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # a value or an error that does not pickle: the command reads it itself
+            message = pickle.dumps((("failed", f"not sent: {exc}"), []), protocol=pickle.HIGHEST_PROTOCOL)
+        messages.append(message)
+        if outcome[0] != "value":
+            break
+    for message in messages:
+        out.write(message)
+    out.flush()
+
+
+class Reads:
+    """The reads of :func:`reading`, each made once, in order, by :meth:`next`."""
+
+    def __init__(self, reads: Sequence[Callable[[], Any]]) -> None:
+        self._reads = list(reads)
+        self._next = 0
+        self._helper: int | None = None  # the helper's process id while it runs
+        self._pipe: BinaryIO | None = None
+        #: Whether a helper was started to read them.
+        self.ahead = False
+
+    def _start(self) -> None:
+        read_end, write_end = os.pipe()
+        for stream in (sys.stdout, sys.stderr):  # nothing buffered here is written twice
+            stream.flush()
+        pid = os.fork()
+        if pid == 0:  # the helper
+            status = 0
+            try:
+                os.close(read_end)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it at once; the command says so
+                with os.fdopen(write_end, "wb") as out:
+                    _help(self._reads, out)
+            except BaseException:
+                status = 1
+            finally:
+                os._exit(status)  # no exit handlers of the command's, no buffers of its flushed twice
+        os.close(write_end)
+        self._helper = pid
+        self.ahead = True
+        self._pipe = os.fdopen(read_end, "rb")
+        log.debug("reading %d input(s) in helper process %d while the kernels load", len(self._reads), pid)
+
+    def _stop(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+        if self._helper is not None:
+            try:
+                os.kill(self._helper, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self._helper, 0)
+            self._helper = None  # later reads are made here
+
+    def next(self) -> Any:
+        """The next read's value, or its error raised, with the log records its reading made logged here."""
+        index = self._next
+        if index >= len(self._reads):
+            raise IndexError("every read was made")
+        self._next += 1
+        if self._pipe is not None:
+            try:
+                (kind, payload), records = pickle.load(self._pipe)
+            except Exception as exc:  # the helper died or was killed: read here
+                log.debug("reading helper gave nothing for read %d (%s): reading here", index, exc)
+                self._stop()
+            else:
+                if kind == "failed":  # read here, where the failure shows as it would (records not doubled)
+                    log.debug("reading helper failed on read %d (%s): reading here", index, payload)
+                    self._stop()
+                else:
+                    here = threading.current_thread()
+                    for record in records:
+                        record.process, record.thread, record.threadName = os.getpid(), here.ident, here.name
+                        logging.getLogger(record.name).handle(record)
+                    if kind == "error":
+                        self._stop()
+                        raise payload
+                    return payload
+        return self._reads[index]()
+
+
+@contextmanager
+def reading(reads: Sequence[Callable[[], Any]], *, ahead: bool) -> Iterator[Reads]:
+    """The command's ``reads`` (callables without arguments, each returning what it read), given back in order by
+    the :class:`Reads` yielded. With ``ahead`` (and :func:`possible`), a helper process starts making them at once,
+    while the block goes on (loading the kernels); otherwise each is made when asked for. The helper is stopped
+    when the block ends, whatever is left unread."""
+    reads_ = Reads(reads)
+    if ahead and reads and possible():
+        reads_._start()
+    try:
+        yield reads_
+    finally:
+        reads_._stop()

@@ -1,0 +1,179 @@
+"""A one-off command's files read in a helper process while it loads the kernels (isodose.cli.readahead): the same
+values, log records, errors and output as reading them in the command's own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from isodose.cli import readahead
+from isodose.dicom.write import write_dose, write_plan, write_structures
+from isodose.model import Structure
+from isodose.phantoms import Sphere, contour_shape
+
+from .conftest import linear_grid
+
+SCENARIOS = Path(__file__).with_name("readahead_scenarios.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper is forked on Linux only")
+
+
+def scenario(name: str, tmp_path: Path, **env: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(SCENARIOS), name, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_helper_reads_in_order_and_its_records_are_logged_here(tmp_path):
+    out = scenario("values", tmp_path)
+    assert out["ahead"] and out["values"] == [[1, "helper"], [2, "helper"], 3]
+    assert out["third read"] == "helper"
+    # every record of the helper's, debug included, logged in the command's process and thread, in order, once
+    said, *shown = out["shown"]
+    assert said[0] == "DEBUG" and said[1].startswith("reading 3 input(s) in helper process")
+    assert shown == [
+        ["DEBUG", "debug 1", True],
+        ["WARNING", "warning 1 from helper", True],
+        ["DEBUG", "debug 2", True],
+        ["WARNING", "warning 2 from helper", True],
+    ]
+    assert out["warnings"] == ["warning 1 from helper", "warning 2 from helper"]  # kept with the results
+    assert out["helper left"] is False
+
+
+def test_an_error_of_the_helper_is_raised_here_as_it_was_and_stops_the_reading(tmp_path):
+    out = scenario("error", tmp_path)
+    assert out["values"] == [[1, "helper"]]
+    assert out["error"] == ["StructureError", "RS.dcm", "ROI 'GTV'", "has no contours"]
+    assert out["warnings"] == ["warning 1 from helper", "before the error"]
+    assert out["third read"] is None  # the reads after an error are not made
+    assert out["helper left"] is False
+
+
+@pytest.mark.parametrize("name", ["failure", "killed", "unpicklable"])
+def test_a_read_the_helper_cannot_send_is_made_here(tmp_path, name):
+    """A helper failing otherwise than with an IsodoseError, killed, or with a value that does not pickle: that read
+    and the ones after it are made in the command's own process (a bug then shows there, as it would have)."""
+    out = scenario(name, tmp_path)
+    if name == "failure":
+        assert out["values"] == [[1, "helper"], "here", [3, "here"]]
+        assert out["warnings"] == ["warning 1 from helper", "warning 3 from here"]
+    else:
+        assert out["values"] == ["here", [2, "here"]]
+        assert out["warnings"] == ["warning 2 from here"]  # not doubled by the helper's
+    assert out["helper left"] is False
+
+
+def test_the_helper_is_stopped_when_the_command_stops_before_reading(tmp_path):
+    out = scenario("stopped", tmp_path)
+    assert out["ahead"] and out["raised"] == "RuntimeError: the command stopped before reading"
+    assert out["helper left"] is False and out["warnings"] == []
+
+
+def test_turned_off_the_reads_are_made_here(tmp_path):
+    out = scenario("values", tmp_path, ISODOSE_READ_AHEAD="0")
+    assert not out["ahead"] and out["helper"] is None
+    assert out["values"] == [[1, "here"], [2, "here"], 3] and out["third read"] == "here"
+
+
+def test_not_in_a_process_with_threads():
+    """The test process runs threads (Numba's, pytest's): no helper is forked from it."""
+    import threading
+
+    started = threading.Event()
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (started.set(), done.wait(10)))
+    thread.start()
+    try:
+        started.wait(10)
+        assert not readahead.possible()
+        with readahead.reading([lambda: os.getpid()], ahead=True) as files:
+            assert not files.ahead and files.next() == os.getpid()
+    finally:
+        done.set()
+        thread.join()
+
+
+def _command(tmp_path: Path, *extra: str, read_ahead: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "isodose", "-v", *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "ISODOSE_READ_AHEAD": read_ahead},
+    )
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A phantom whose reading warns (an ROI without contours), with a plan holding the prescription."""
+    folder = tmp_path_factory.mktemp("readahead-case")
+    _, grid = linear_grid(gradient=(0.3, -0.8, 0.5), frame_uid="1.2.3")
+    structures = [
+        contour_shape(Sphere((0.0, 0.0, 0.0), 12.0), "PTV", 1, 2.0),
+        Structure(name="Empty", number=2, contours=()),
+    ]
+    write_dose(grid, folder / "RD.dcm")
+    write_structures(structures, folder / "RS.dcm", frame_of_reference_uid="1.2.3")
+    write_plan(folder / "RP.dcm", prescription_gy=100.0, number_of_fractions=30)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["dvh", "classify"])
+def test_the_command_prints_the_same_with_the_files_read_ahead(case, tmp_path, command):
+    """``--backend numba`` in a fresh process (where the helper reads the files): the same output, warnings and
+    exit status as with the files read in the command's own process. Reading the dose warns (a relative dose's
+    reference given for a dose in Gy), and the warning is kept with the results."""
+    files = ["--dose", str(case / "RD.dcm"), "--structures", str(case / "RS.dcm"), "--plan", str(case / "RP.dcm")]
+    files += ["--relative-dose-reference-gy", "70"]
+    if command == "dvh":
+        argv = ["dvh", *files, "--metric", "D95", "--metric", "V95%", "--format", "json"]
+    else:
+        argv = ["classify", *files, "--recurrence", "PTV", "--format", "json"]
+    outputs = [_command(tmp_path, *argv, "--backend", "numba", read_ahead=v) for v in ("1", "0")]
+    ahead, here = outputs
+    assert ahead.returncode == here.returncode == 0, (ahead.stderr, here.stderr)
+    assert ahead.stdout == here.stdout
+    assert ahead.stderr == here.stderr
+    warnings = json.loads(ahead.stdout)["warnings"]
+    assert any("relative" in w for w in warnings) and all(w in ahead.stderr for w in warnings)
+
+
+@pytest.mark.slow
+def test_an_error_in_the_files_read_ahead_is_the_same_one_line(case, tmp_path):
+    bad = tmp_path / "RD.dcm"
+    bad.write_bytes(b"not DICOM at all")
+    argv = ["dvh", "--dose", str(bad), "--structures", str(case / "RS.dcm"), "--backend", "numba"]
+    ahead, here = (_command(tmp_path, *argv, read_ahead=v) for v in ("1", "0"))
+    assert ahead.returncode == here.returncode == 2
+    assert ahead.stderr == here.stderr and "Traceback" not in ahead.stderr
+    assert ahead.stderr.splitlines()[-1] == f"isodose: error: {bad}: not a DICOM file"
+
+
+def test_errors_pickle_with_their_parts():
+    """What the helper sends back: an IsodoseError with its file, object, problem and kept warnings."""
+    import pickle
+
+    from isodose.errors import DoseGridError
+
+    error = DoseGridError("has no pixels", path="RD.dcm", obj="frame 3")
+    error.warnings = ("a warning",)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is DoseGridError and str(again) == str(error)
+    assert (again.path, again.obj, again.problem) == ("RD.dcm", "frame 3", "has no pixels")
+    assert again.warnings == ("a warning",)
