@@ -236,16 +236,18 @@ def isodose_all_rois_seconds(rtdose: Path, rtss: Path, repeats: int) -> float:
     return statistics.median(times)
 
 
-def process_seconds(command: list[str], repeats: int) -> float:
-    """Median wall time of ``repeats`` runs of ``command``, after one unmeasured run (which brings its files
-    into the page cache)."""
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def process_seconds(commands: dict[str, list[str]], repeats: int) -> dict[str, float]:
+    """Median wall time of each of ``commands`` over ``repeats`` rounds, after one unmeasured round (which brings
+    their files into the page cache). Each round runs every command once, in turn, so that a machine whose speed
+    drifts during the run slows them alike and their ratios hold."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for round_ in range(repeats + 1):
+        for name, command in commands.items():
+            started = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if round_:
+                times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -346,8 +348,8 @@ def write_report(data: dict, jobs: list[Job]) -> None:
             f"{totals['dicompyler_interpolated_s'] / totals['isodose_compute_s']:.0f}x |"
         )
     lines += [
-        f"| whole process: interpreter, imports, reading, all ROIs (median of {data['process_repeats']} after a "
-        "warm-up run) | "
+        f"| whole process: interpreter, imports, reading, all ROIs (median of {data['process_repeats']} rounds after a "
+        "warm-up round, each process once in each, in turn) | "
         f"{totals['isodose_process_s']:.2f} s | {totals['dicompyler_process_s']:.2f} s | "
         f"{totals['dicompyler_process_s'] / totals['isodose_process_s']:.1f}x |",
     ]
@@ -356,6 +358,13 @@ def write_report(data: dict, jobs: list[Job]) -> None:
             "| same, isodose in an environment of its own dependencies alone (as dicompyler-core is) | "
             f"{totals['isodose_own_env_process_s']:.2f} s | {totals['dicompyler_process_s']:.2f} s | "
             f"{totals['dicompyler_process_s'] / totals['isodose_own_env_process_s']:.1f}x |"
+        )
+    if totals.get("isodose_own_env_read_here_process_s"):
+        lines.append(
+            "| same, with the files read in isodose's own process (`ISODOSE_READ_AHEAD=0`) rather than beside the "
+            f"kernels' loading | {totals['isodose_own_env_read_here_process_s']:.2f} s | "
+            f"{totals['dicompyler_process_s']:.2f} s | "
+            f"{totals['dicompyler_process_s'] / totals['isodose_own_env_read_here_process_s']:.1f}x |"
         )
     lines += [
         "",
@@ -399,7 +408,7 @@ def main() -> int:
     )
     parser.add_argument("--nelms", type=Path, default=ROOT.parent / "shared" / "validation" / "nelms2015")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--process-repeats", type=int, default=7)
+    parser.add_argument("--process-repeats", type=int, default=11)
     args = parser.parse_args()
 
     import numba
@@ -436,6 +445,13 @@ def main() -> int:
     dicompyler_pydicom = subprocess.run(
         [str(python), "-c", "import pydicom; print(pydicom.__version__)"], check=True, capture_output=True, text=True
     ).stdout.strip()
+    print("whole processes...", file=sys.stderr)
+    dicompyler_cli = [str(python), str(WORKER), "--all", str(example / "rtdose.dcm"), str(example / "rtss.dcm")]
+    # the files read in isodose's own process too, as before it read them beside loading the kernels
+    read_here = ["env", "ISODOSE_READ_AHEAD=0", *own_cli]
+    commands = {"isodose": isodose_cli, "isodose_own_env": own_cli, "read_here": read_here}
+    commands["dicompyler"] = dicompyler_cli
+    processes = process_seconds(commands, args.process_repeats)
     data = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
@@ -454,12 +470,10 @@ def main() -> int:
         "totals": {
             "isodose_compute_s": isodose_all_rois_seconds(example / "rtdose.dcm", example / "rtss.dcm", args.repeats),
             "dicompyler_default_s": sum(dc[j.id].get("seconds", 0.0) for j in example_jobs),
-            "isodose_process_s": process_seconds(isodose_cli, args.process_repeats),
-            "isodose_own_env_process_s": process_seconds(own_cli, args.process_repeats),
-            "dicompyler_process_s": process_seconds(
-                [str(python), str(WORKER), "--all", str(example / "rtdose.dcm"), str(example / "rtss.dcm")],
-                args.process_repeats,
-            ),
+            "isodose_process_s": processes["isodose"],
+            "isodose_own_env_process_s": processes["isodose_own_env"],
+            "isodose_own_env_read_here_process_s": processes["read_here"],
+            "dicompyler_process_s": processes["dicompyler"],
         },
         "jobs": [
             {
