@@ -236,15 +236,17 @@ def isodose_all_rois_seconds(rtdose: Path, rtss: Path, repeats: int) -> float:
     return statistics.median(times)
 
 
-def process_seconds(commands: dict[str, list[str]], repeats: int) -> dict[str, float]:
-    """Median wall time of each of ``commands`` over ``repeats`` rounds, after one unmeasured round (which brings
-    their files into the page cache). Each round runs every command once, in turn, so that a machine whose speed
-    drifts during the run slows them alike and their ratios hold."""
+def process_seconds(commands: dict[str, list[str]], repeats: int, env: dict[str, dict[str, str]]) -> dict[str, float]:
+    """Median wall time of each of ``commands`` (with ``env[name]`` added to its environment, where given) over
+    ``repeats`` rounds, after one unmeasured round (which brings their files into the page cache). Each round runs
+    every command once, in turn, so that a machine whose speed drifts during the run slows them alike and their
+    ratios hold."""
     times: dict[str, list[float]] = {name: [] for name in commands}
     for round_ in range(repeats + 1):
         for name, command in commands.items():
+            environment = {**os.environ, **env.get(name, {})}
             started = time.perf_counter()
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
             if round_:
                 times[name].append(time.perf_counter() - started)
     return {name: statistics.median(values) for name, values in times.items()}
@@ -448,10 +450,9 @@ def main() -> int:
     print("whole processes...", file=sys.stderr)
     dicompyler_cli = [str(python), str(WORKER), "--all", str(example / "rtdose.dcm"), str(example / "rtss.dcm")]
     # the files read in isodose's own process too, as before it read them beside loading the kernels
-    read_here = ["env", "ISODOSE_READ_AHEAD=0", *own_cli]
-    commands = {"isodose": isodose_cli, "isodose_own_env": own_cli, "read_here": read_here}
+    commands = {"isodose": isodose_cli, "isodose_own_env": own_cli, "read_here": own_cli}
     commands["dicompyler"] = dicompyler_cli
-    processes = process_seconds(commands, args.process_repeats)
+    processes = process_seconds(commands, args.process_repeats, {"read_here": {"ISODOSE_READ_AHEAD": "0"}})
     data = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",

@@ -145,6 +145,10 @@ def select_backend(name: str | None = None) -> Backend:
     raise BackendError("no backend can run on this machine")  # pragma: no cover - numpy always can
 
 
+#: The module of each compiled backend's kernels: importing it is what loading the backend costs.
+_COMPILED_MODULES = {"numba": "isodose.kernels.numba_cpu", "cupy": "isodose.kernels.cupy_gpu"}
+
+
 #: A one-off computation of at most this many sampled cells takes NumPy when the backend is ``auto`` and no compiled
 #: backend is loaded in the process yet (:func:`select_backend_for_work`): loading Numba and its cached kernels costs
 #: about half a second on the 2-core machine of the benchmarks, while NumPy's reference samples 100,000 cells in
@@ -161,27 +165,26 @@ def select_backend_for_work(name: str | None, cells: int) -> Backend:
     'numpy'
     """
     requested = _requested(name)
-    compiled_loaded = any(f"isodose.kernels.{module}" in sys.modules for module in ("numba_cpu", "cupy_gpu"))
+    compiled_loaded = any(module in sys.modules for module in _COMPILED_MODULES.values())
     if requested == "auto" and cells <= SMALL_WORK_CELLS and not compiled_loaded:
         log.debug("auto backend: numpy for a small one-off computation (%d cells)", cells)
         return _load("numpy")
     return select_backend(name)
 
 
-#: The module of each compiled backend's kernels: importing it is what loading the backend costs.
-_COMPILED_MODULES = {"numba": "isodose.kernels.numba_cpu", "cupy": "isodose.kernels.cupy_gpu"}
-
-
 def loads_compiled_kernels(name: str | None) -> bool:
-    """Whether :func:`select_backend` with ``name`` is sure to load compiled kernels that this process has not
-    loaded yet: ``numba`` or ``cupy`` asked for (by ``name`` or ``$ISODOSE_BACKEND``) and not loaded. ``auto`` is
-    not sure to (a one-off command's small computation takes NumPy). A one-off command reads its files meanwhile
-    (:mod:`isodose.cli.readahead`).
+    """Whether :func:`select_backend` with ``name`` will try to load compiled kernels that this process has not
+    loaded yet: ``numba`` or ``cupy`` asked for (by ``name`` or ``$ISODOSE_BACKEND``) and not loaded. ``auto`` may
+    not (a one-off command's small computation takes NumPy), and an unknown name is :func:`select_backend`'s error,
+    not this one's. A one-off command reads its files meanwhile (:mod:`isodose.cli.readahead`).
 
     >>> loads_compiled_kernels("numpy")
     False
     """
-    module = _COMPILED_MODULES.get(_requested(name))
+    try:
+        module = _COMPILED_MODULES.get(_requested(name))
+    except BackendError:
+        return False
     return module is not None and module not in sys.modules
 
 

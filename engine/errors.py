@@ -50,17 +50,6 @@ class IsodoseError(Exception):
         self.obj = obj
         super().__init__(": ".join(part for part in (self.path, self.obj, problem) if part))
 
-    def __reduce__(self):
-        """Pickled with its parts and the warnings it keeps (an error raised in another process, a cohort's worker
-        or a command's reading helper, is raised again here as it was)."""
-        return _rebuild_error, (type(self), self.problem, self.path, self.obj, dict(self.__dict__))
-
-
-def _rebuild_error(cls: type[IsodoseError], problem: str, path: str | None, obj: str | None, state: dict):
-    error = cls(problem, path=path, obj=obj)
-    error.__dict__.update(state)
-    return error
-
 
 class DicomReadError(IsodoseError):
     """A file that is not DICOM, is truncated, has the wrong modality or lacks a required tag."""

@@ -8,8 +8,10 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
+from isodose.cli import readahead
 from isodose.cli.readahead import reading
 from isodose.errors import StructureError, collect_warnings
 
@@ -67,7 +69,17 @@ def main(name: str, folder: Path) -> dict:
 
     def error():
         log.warning("before the error")
-        raise StructureError("has no contours", path="RS.dcm", obj="ROI 'GTV'")
+        raise StructureError(f"has no contours (read {where()})", path="RS.dcm", obj="ROI 'GTV'")
+
+    def slow():
+        if where() == "helper":
+            time.sleep(600)
+        return where()
+
+    def printing():
+        print("helper|", end="")
+        sys.stdout.flush()
+        return where()
 
     reads = {
         "values": [warned(1), warned(2), third],
@@ -75,14 +87,32 @@ def main(name: str, folder: Path) -> dict:
         "failure": [warned(1), failing, warned(3)],
         "killed": [killed, warned(2)],
         "unpicklable": [unpicklable, warned(2)],
-    }[name if name != "stopped" else "values"]
+        "slow": [slow],
+        "printing": [printing],
+    }.get(name, [warned(1), warned(2), third])
+    inputs: list = []
+    if name == "large":  # a sparse file: larger than MAX_BYTES on paper only
+        big = folder / "large.dcm"
+        with open(big, "wb") as handle:
+            handle.truncate(readahead.MAX_BYTES + 1)
+        inputs = [None, big]
+    if name == "no fork":
+
+        def no_fork():
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+        os.fork = no_fork
+    if name == "printing":
+        sys.stdout.write("before|")  # buffered (stdout is a pipe) when the helper is forked
     out: dict = {}
     try:
-        with collect_warnings() as warnings, reading(reads, ahead=True) as files:
+        with collect_warnings() as warnings, reading(reads, ahead=True, inputs=inputs) as files:
             out["ahead"] = files.ahead
             out["helper"] = files._helper
-            if name == "stopped":
+            if name in ("stopped", "slow"):
                 raise RuntimeError("the command stopped before reading")
+            if name == "ignored":  # the system reaps the helper now: it cannot be waited for
+                signal.signal(signal.SIGCHLD, signal.SIG_IGN)
             for _ in reads:
                 out.setdefault("values", []).append(files.next())
     except StructureError as exc:
@@ -102,4 +132,4 @@ def main(name: str, folder: Path) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]))))
+    print("\n" + json.dumps(main(sys.argv[1], Path(sys.argv[2]))))

@@ -24,17 +24,20 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper is forked on Linux only")
 
 
-def scenario(name: str, tmp_path: Path, **env: str) -> dict:
+def scenario(name: str, tmp_path: Path, *, timeout: float = 120, preexec_fn=None, **env: str) -> dict:
+    """Runs the scenario in a fresh process; what it printed before its JSON is under "printed"."""
     done = subprocess.run(
         [sys.executable, str(SCENARIOS), name, str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         cwd=ROOT,
         env={**os.environ, **env},
+        preexec_fn=preexec_fn,
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    printed, _, document = done.stdout.rstrip("\n").rpartition("\n")
+    return {**json.loads(document), "printed": printed.rstrip("\n")}
 
 
 def test_the_helper_reads_in_order_and_its_records_are_logged_here(tmp_path):
@@ -57,7 +60,7 @@ def test_the_helper_reads_in_order_and_its_records_are_logged_here(tmp_path):
 def test_an_error_of_the_helper_is_raised_here_as_it_was_and_stops_the_reading(tmp_path):
     out = scenario("error", tmp_path)
     assert out["values"] == [[1, "helper"]]
-    assert out["error"] == ["StructureError", "RS.dcm", "ROI 'GTV'", "has no contours"]
+    assert out["error"] == ["StructureError", "RS.dcm", "ROI 'GTV'", "has no contours (read helper)"]
     assert out["warnings"] == ["warning 1 from helper", "before the error"]
     assert out["third read"] is None  # the reads after an error are not made
     assert out["helper left"] is False
@@ -77,14 +80,42 @@ def test_a_read_the_helper_cannot_send_is_made_here(tmp_path, name):
     assert out["helper left"] is False
 
 
-def test_the_helper_is_stopped_when_the_command_stops_before_reading(tmp_path):
-    out = scenario("stopped", tmp_path)
+@pytest.mark.parametrize("name", ["stopped", "slow"])
+def test_the_helper_is_stopped_when_the_command_stops_before_reading(tmp_path, name):
+    """Stopped, not waited for: the "slow" helper would read for ten minutes (the scenario's time-out is 60 s)."""
+    out = scenario(name, tmp_path, timeout=60)
     assert out["ahead"] and out["raised"] == "RuntimeError: the command stopped before reading"
     assert out["helper left"] is False and out["warnings"] == []
 
 
-def test_turned_off_the_reads_are_made_here(tmp_path):
-    out = scenario("values", tmp_path, ISODOSE_READ_AHEAD="0")
+def test_a_helper_the_system_reaps_is_not_waited_for(tmp_path):
+    """SIGCHLD ignored once the helper runs: the system reaps it, and stopping it is no error."""
+    out = scenario("ignored", tmp_path)
+    assert out["ahead"] and out["values"] == [[1, "helper"], [2, "helper"], 3] and out["helper left"] is False
+
+
+@pytest.mark.parametrize("name", ["no fork", "large", "sigchld ignored"])
+def test_without_a_helper_the_reads_are_made_here(tmp_path, name):
+    """No helper to be had (fork fails), inputs larger than MAX_BYTES, or SIGCHLD ignored from the start (the
+    helper could not be waited for): the same reads, made in the command's own process."""
+    import signal
+
+    ignore = (lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN)) if name == "sigchld ignored" else None
+    out = scenario(name, tmp_path, preexec_fn=ignore)
+    assert not out["ahead"] and out["helper"] is None
+    assert out["values"] == [[1, "here"], [2, "here"], 3]
+    assert out["warnings"] == ["warning 1 from here", "warning 2 from here"]
+
+
+def test_what_the_command_printed_before_the_fork_is_printed_once(tmp_path):
+    out = scenario("printing", tmp_path, PYTHONUNBUFFERED="")  # stdout buffered, as it is in a pipe by default
+    assert out["ahead"] and out["values"] == ["helper"]
+    assert out["printed"] == "before|helper|"
+
+
+@pytest.mark.parametrize("off", ["0", "off", "False"])
+def test_turned_off_the_reads_are_made_here(tmp_path, off):
+    out = scenario("values", tmp_path, ISODOSE_READ_AHEAD=off)
     assert not out["ahead"] and out["helper"] is None
     assert out["values"] == [[1, "here"], [2, "here"], 3] and out["third read"] == "here"
 
@@ -107,15 +138,26 @@ def test_not_in_a_process_with_threads():
         thread.join()
 
 
-def _command(tmp_path: Path, *extra: str, read_ahead: str) -> subprocess.CompletedProcess:
+HELPER_LINE = "isodose: DEBUG: reading {} input(s) in helper process "
+
+
+def _command(*argv: str, read_ahead: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "isodose", "-v", *extra],
+        [sys.executable, "-m", "isodose", *argv],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=ROOT,
-        env={**os.environ, "ISODOSE_READ_AHEAD": read_ahead},
+        env={**os.environ, "ISODOSE_READ_AHEAD": read_ahead, **env},
     )
+
+
+def _without_helper_line(stderr: str, n_reads: int) -> str:
+    """stderr less the one line that says a helper reads (there must be one)."""
+    lines = stderr.splitlines(keepends=True)
+    said = [line for line in lines if line.startswith(HELPER_LINE.format(n_reads))]
+    assert len(said) == 1, stderr
+    return "".join(line for line in lines if line not in said)
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +187,10 @@ def test_the_command_prints_the_same_with_the_files_read_ahead(case, tmp_path, c
         argv = ["dvh", *files, "--metric", "D95", "--metric", "V95%", "--format", "json"]
     else:
         argv = ["classify", *files, "--recurrence", "PTV", "--format", "json"]
-    outputs = [_command(tmp_path, *argv, "--backend", "numba", read_ahead=v) for v in ("1", "0")]
-    ahead, here = outputs
+    ahead, here = (_command("-vv", *argv, "--backend", "numba", read_ahead=v) for v in ("1", "0"))
     assert ahead.returncode == here.returncode == 0, (ahead.stderr, here.stderr)
     assert ahead.stdout == here.stdout
-    assert ahead.stderr == here.stderr
+    assert _without_helper_line(ahead.stderr, 3 if command == "dvh" else 4) == here.stderr
     warnings = json.loads(ahead.stdout)["warnings"]
     assert any("relative" in w for w in warnings) and all(w in ahead.stderr for w in warnings)
 
@@ -158,15 +199,40 @@ def test_the_command_prints_the_same_with_the_files_read_ahead(case, tmp_path, c
 def test_an_error_in_the_files_read_ahead_is_the_same_one_line(case, tmp_path):
     bad = tmp_path / "RD.dcm"
     bad.write_bytes(b"not DICOM at all")
-    argv = ["dvh", "--dose", str(bad), "--structures", str(case / "RS.dcm"), "--backend", "numba"]
-    ahead, here = (_command(tmp_path, *argv, read_ahead=v) for v in ("1", "0"))
+    argv = ["-vv", "dvh", "--dose", str(bad), "--structures", str(case / "RS.dcm"), "--backend", "numba"]
+    ahead, here = (_command(*argv, read_ahead=v) for v in ("1", "0"))
     assert ahead.returncode == here.returncode == 2
-    assert ahead.stderr == here.stderr and "Traceback" not in ahead.stderr
+    assert _without_helper_line(ahead.stderr, 3) == here.stderr and "Traceback" not in ahead.stderr
     assert ahead.stderr.splitlines()[-1] == f"isodose: error: {bad}: not a DICOM file"
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        # the plan's error before the backend's (cupy cannot run here, or can: the plan's error comes first)
+        (["dvh", "--plan", "{text}", "--backend", "cupy"], {}, "not a DICOM file"),
+        (["dvh", "--metric", "V95%", "--backend", "cupy"], {}, "metric V95% needs a prescription"),
+        (["classify", "--recurrence", "PTV", "--backend", "cupy"], {}, "classification needs the prescription"),
+        # a metric's error before the backend named in the environment, or the --dvh-out folder's
+        (["dvh", "--metric", "Q7"], {"ISODOSE_BACKEND": "bogus"}, "Q7"),
+        (["dvh", "--metric", "Q7", "--backend", "numba", "--dvh-out", "{missing}/c.csv"], {}, "Q7"),
+    ],
+)
+def test_errors_come_in_the_same_order_with_the_files_read_ahead(case, tmp_path, argv, env, message):
+    text = tmp_path / "notes.txt"
+    text.write_text("not DICOM")
+    argv = [a.format(text=text, missing=tmp_path / "missing") for a in argv]
+    argv[1:1] = ["--dose", str(case / "RD.dcm"), "--structures", str(case / "RS.dcm")]
+    ahead, here = (_command(*argv, read_ahead=v, **env) for v in ("1", "0"))
+    assert ahead.returncode == here.returncode == 2, (ahead.stderr, here.stderr)
+    assert ahead.stderr == here.stderr
+    last = ahead.stderr.splitlines()[-1]
+    assert last.startswith("isodose: error:") and message in last, ahead.stderr
+
+
 def test_errors_pickle_with_their_parts():
-    """What the helper sends back: an IsodoseError with its file, object, problem and kept warnings."""
+    """What the helper sends back, and the command raises again: an IsodoseError of its class, with its file, object,
+    problem and kept warnings."""
     import pickle
 
     from isodose.errors import DoseGridError

@@ -114,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
         lambda: options.read_structures(args.structures, args.labels),
         lambda: options.read_structures(args.recurrence_structures) if args.recurrence_structures else None,
     )
+    inputs = [args.plan, *args.dose, args.structures, args.recurrence_structures]
     # Where the kernels are to be loaded, a helper reads the files meanwhile (isodose.cli.readahead).
-    with reading(reads, ahead=loads_compiled_kernels(args.backend)) as files:
+    with reading(reads, ahead=loads_compiled_kernels(args.backend), inputs=inputs) as files:
         return _classify(args, files)
 
 
@@ -129,13 +130,14 @@ def _classify(args: argparse.Namespace, files: Reads) -> int:
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
     criteria = options.criteria(args)
     uncertainty = options.uncertainty(args)
+    # a sum is memory-bound; loaded now while the helper reads, and its error (if any) raised where it was
+    summing = files.meanwhile(lambda: select_backend_for_work(args.backend, 0))
     with collect_warnings() as warnings:
-        summing = select_backend_for_work(args.backend, 0)  # a sum is memory-bound
         plan = files.next()
         prescription = options.prescription(args, plan)
         if prescription is None:
             raise IsodoseError("classification needs the prescription: give --prescription GY or --plan RP.dcm")
-        dose, beams = options.sum_dose(files.next(), summing)
+        dose, beams = options.sum_dose(files.next(), summing())
         structures = files.next()
         follow_up = files.next()
         registration = (

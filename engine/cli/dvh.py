@@ -119,30 +119,33 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dispatch import loads_compiled_kernels, select_backend_for_work
+    from ..dispatch import loads_compiled_kernels
 
-    step = options.dvh_step(args) if args.dvh_out else None
-    if args.dvh_out:
-        output_file(args.dvh_out, "--dvh-out")
     reads = (
         lambda: options.plan(args),
         lambda: options.read_dose_files(args),
         lambda: options.read_structures(args.structures, args.labels),
     )
+    inputs = [args.plan, *args.dose, args.structures]
     # Where the kernels are to be loaded, a helper reads the files meanwhile (isodose.cli.readahead).
-    with reading(reads, ahead=loads_compiled_kernels(args.backend)) as files:
+    with reading(reads, ahead=loads_compiled_kernels(args.backend), inputs=inputs) as files:
+        from ..dispatch import select_backend_for_work
         from ..dvh import dvh_request, parse_metrics, request_dvhs
         from ..provenance import check_inputs, check_whole_course
 
         metrics = parse_metrics(args.metric or [])
+        step = options.dvh_step(args) if args.dvh_out else None
+        if args.dvh_out:
+            output_file(args.dvh_out, "--dvh-out")
+        # a sum is memory-bound; loaded now while the helper reads, and its error (if any) raised where it was
+        summing = files.meanwhile(lambda: select_backend_for_work(args.backend, 0))
         with collect_warnings() as warnings:  # every file's warnings, the plan's too, go with the results
-            summing = select_backend_for_work(args.backend, 0)  # a sum is memory-bound
             plan = files.next()
             prescription = options.prescription(args, plan)
             for m in metrics:
                 if m.needs_prescription and prescription is None:
                     raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
-            dose, beams = options.sum_dose(files.next(), summing)
+            dose, beams = options.sum_dose(files.next(), summing())
             structures = files.next()
             check_inputs(dose, [structures], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch)
             check_whole_course(dose, strict=False)

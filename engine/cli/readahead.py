@@ -8,8 +8,14 @@ helper that reads the files in their order while the command loads the kernels. 
 back its value (pickled) and the log records it made, or the :class:`~isodose.errors.IsodoseError` it raised;
 the command logs those records as its own, at the point where it would have read the file itself, so that its
 warnings are shown and kept with the results as before, and raises the error there. Anything else (the helper
-failing in another way, killed, or a value that cannot be pickled) falls back to reading in the command's own
-process. Elsewhere, or with ``ISODOSE_READ_AHEAD=0``, each read is simply made when the command asks for it.
+failing in another way, killed, a value that cannot be pickled, or no helper to be had) falls back to reading in
+the command's own process. Elsewhere, for inputs larger than :data:`MAX_BYTES`, or with ``ISODOSE_READ_AHEAD=0``,
+each read is simply made when the command asks for it.
+
+What the command does meanwhile that may fail (loading a backend that cannot run here) is held back by
+:meth:`Reads.meanwhile` until the point where the command did it before, so that a user meets the errors in the same
+order either way. Only the ``isodose`` logger's records travel: another library's output while reading (Python's
+last-resort handler, a C library's) is printed by the helper as it comes.
 """
 
 from __future__ import annotations
@@ -22,26 +28,47 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from ..errors import IsodoseError
 
-#: Set to 0 to read in the command's own process.
+#: Set to 0 (or false, no, off) to read in the command's own process.
 ENV_VAR = "ISODOSE_READ_AHEAD"
+#: Inputs larger than this together are read in the command's own process: the helper's pickled copy of what it read
+#: and the command's own would double the memory they take, for a gain that reading so much makes small.
+MAX_BYTES = 256 * 2**20
+OFF = ("0", "false", "no", "off")
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def possible() -> bool:
     """Whether this process can fork a reading helper at no risk: on Linux (a fork elsewhere may break system
     libraries), with one thread (none of a library's either: a lock another thread held would stay held in the
-    helper), and not turned off by ``ISODOSE_READ_AHEAD=0``."""
-    if not sys.platform.startswith("linux") or os.environ.get(ENV_VAR, "1").strip() == "0":
+    helper), with SIGCHLD not ignored (the helper is then reaped by the system, and cannot be waited for), and not
+    turned off by ``ISODOSE_READ_AHEAD=0``."""
+    if not sys.platform.startswith("linux") or os.environ.get(ENV_VAR, "1").strip().lower() in OFF:
+        return False
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
         return False
     try:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return False
+
+
+def _small(inputs: Sequence[str | os.PathLike[str] | None]) -> bool:
+    """Whether the files ``inputs`` (None for none) hold at most :data:`MAX_BYTES` together (a file that cannot be
+    looked at counts for nothing: its reader says what is wrong with it)."""
+    total = 0
+    for path in inputs:
+        if path is not None:
+            try:
+                total += os.path.getsize(path)
+            except OSError:
+                pass
+    return total <= MAX_BYTES
 
 
 class _Records(logging.Handler):
@@ -102,15 +129,26 @@ class Reads:
         self.ahead = False
 
     def _start(self) -> None:
-        read_end, write_end = os.pipe()
         for stream in (sys.stdout, sys.stderr):  # nothing buffered here is written twice
             stream.flush()
-        pid = os.fork()
+        try:
+            read_end, write_end = os.pipe()
+        except OSError as exc:  # no file descriptors left: read here
+            log.debug("no reading helper (%s): reading here", exc)
+            return
+        try:
+            pid = os.fork()
+        except OSError as exc:  # no processes or memory left: read here
+            os.close(read_end)
+            os.close(write_end)
+            log.debug("no reading helper (%s): reading here", exc)
+            return
         if pid == 0:  # the helper
             status = 0
             try:
                 os.close(read_end)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it at once; the command says so
+                if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it at once; the command says so
                 with os.fdopen(write_end, "wb") as out:
                     _help(self._reads, out)
             except BaseException:
@@ -130,10 +168,27 @@ class Reads:
         if self._helper is not None:
             try:
                 os.kill(self._helper, signal.SIGKILL)
-            except ProcessLookupError:
+                os.waitpid(self._helper, 0)
+            except (ProcessLookupError, ChildProcessError):  # reaped already (by the system, if SIGCHLD was ignored)
                 pass
-            os.waitpid(self._helper, 0)
             self._helper = None  # later reads are made here
+
+    def meanwhile(self, work: Callable[[], T]) -> Callable[[], T]:
+        """``work`` done now where a helper reads (loading the kernels while it does), else when the returned
+        callable is called; either way its value is returned, or the IsodoseError it raised raised, by that call:
+        at the point where the command did that work before reading ahead, so that errors come in the same order."""
+        if not self.ahead:
+            return work
+        try:
+            value = work()
+        except IsodoseError as exc:
+            error = exc
+
+            def raise_it() -> T:
+                raise error
+
+            return raise_it
+        return lambda: value
 
     def next(self) -> Any:
         """The next read's value, or its error raised, with the log records its reading made logged here."""
@@ -164,15 +219,17 @@ class Reads:
 
 
 @contextmanager
-def reading(reads: Sequence[Callable[[], Any]], *, ahead: bool) -> Iterator[Reads]:
+def reading(
+    reads: Sequence[Callable[[], Any]], *, ahead: bool, inputs: Sequence[str | os.PathLike[str] | None] = ()
+) -> Iterator[Reads]:
     """The command's ``reads`` (callables without arguments, each returning what it read), given back in order by
-    the :class:`Reads` yielded. With ``ahead`` (and :func:`possible`), a helper process starts making them at once,
-    while the block goes on (loading the kernels); otherwise each is made when asked for. The helper is stopped
-    when the block ends, whatever is left unread."""
+    the :class:`Reads` yielded. With ``ahead`` (and :func:`possible`, and the files ``inputs`` they read small
+    enough), a helper process starts making them at once, while the block goes on (loading the kernels); otherwise
+    each is made when asked for. The helper is stopped when the block ends, whatever is left unread."""
     reads_ = Reads(reads)
-    if ahead and reads and possible():
-        reads_._start()
     try:
+        if ahead and reads and possible() and _small(inputs):
+            reads_._start()
         yield reads_
     finally:
         reads_._stop()
