@@ -2,7 +2,7 @@
 
 Loading Numba's kernels (importing Numba, setting up its CPU target) or CuPy's takes a one-off command about half a
 second, and reading its files (importing pydicom, parsing them) most of the rest; in one process the one waits for
-the other. Where the command is sure to load compiled kernels (:func:`isodose.dispatch.loads_compiled_kernels`:
+the other. Where the command asks for compiled kernels (:func:`isodose.dispatch.loads_compiled_kernels`:
 ``--backend numba`` or ``cupy``) and the process can fork at no risk (Linux, one thread), :func:`reading` forks a
 helper that reads the files in their order while the command loads the kernels. For each read the helper sends
 back its value (pickled) and the log records it made, or the :class:`~isodose.errors.IsodoseError` it raised;
@@ -174,9 +174,10 @@ class Reads:
             self._helper = None  # later reads are made here
 
     def meanwhile(self, work: Callable[[], T]) -> Callable[[], T]:
-        """``work`` done now where a helper reads (loading the kernels while it does), else when the returned
-        callable is called; either way its value is returned, or the IsodoseError it raised raised, by that call:
-        at the point where the command did that work before reading ahead, so that errors come in the same order."""
+        """A callable that gives ``work``'s value, or raises the IsodoseError it raised, where the command calls it:
+        at the point where the command did that work before reading ahead, so that errors come in the same order.
+        Where a helper reads, ``work`` is done at once (loading the kernels while the helper reads), else when the
+        callable is called."""
         if not self.ahead:
             return work
         try:
