@@ -174,6 +174,31 @@ def test_v95_and_the_share_inside_are_shown_once_with_a_note(cohort, tmp_path):
     assert unit_of("CTV60:D98") == "Gy" and unit_of("GTV:volume") == "cc" and unit_of("V95%") == "%"
 
 
+@pytest.mark.parametrize(
+    ("key", "unit"),
+    [
+        ("CTV60:V20Gy", "%"),  # a share of the volume, as the metric grammar says (not cc)
+        ("V20Gy", "%"),
+        ("CTV60:V20Gy_cc", "cc"),
+        ("V95%_cc", "cc"),
+        ("PTV:D2cc", "Gy"),
+        ("Dmean", "Gy"),
+        ("PTV:HI", ""),
+        ("recurrence_volume_cc", "cc"),
+        ("inside_isodose_pct", "%"),
+        ("centroid_dose_gy", "Gy"),
+        ("Dose_level", ""),  # a covariate, not a metric
+    ],
+)
+def test_units_are_the_metric_grammar_s(key, unit):
+    from isodose.dvh import parse_metric
+
+    assert unit_of(key) == unit
+    metric = key.rpartition(":")[2]
+    if unit and not metric.lower().endswith(("_pct", "_gy")) and not metric.startswith(("recurrence", "inside")):
+        assert parse_metric(metric).result_unit == unit
+
+
 def test_v95_and_the_share_inside_are_both_shown_where_part_of_a_vr_lies_outside_the_grid(cohort, tmp_path):
     """V95% is a share of the part of Vr inside the dose grid, the share inside the isodose a share of all of Vr:
     where one case's Vr lies partly outside the grid they differ, and the report shows both and says why."""

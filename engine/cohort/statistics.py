@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import IsodoseError
+from ..dvh import parse_metric
+from ..errors import IsodoseError, MetricError
 from ..formatting import text_columns
 from ..recurrence import CLASSES
 
@@ -45,17 +46,21 @@ CONTINUOUS_MIN_DISTINCT = 6
 
 
 def unit_of(key: str) -> str:
-    """The unit of a record key or metric: ``cc``, ``%``, ``Gy`` or empty."""
+    """The unit of a record key (``recurrence_volume_cc``, ``inside_isodose_pct``, ``centroid_dose_gy``) or of a
+    metric (``D98``, ``CTV60:V20Gy``: its :attr:`~isodose.dvh.Metric.result_unit`): ``cc``, ``%``, ``Gy``, or empty
+    for anything else (HI, a covariate).
+
+    >>> [unit_of(k) for k in ("recurrence_volume_cc", "CTV60:D98", "V20Gy", "V20Gy_cc", "GTV:volume", "HI", "age")]
+    ['cc', 'Gy', '%', 'cc', 'cc', '', '']
+    """
     name = key.rpartition(":")[2]
-    if name.endswith("_cc") or name == "volume":
-        return "cc"
-    if name.endswith("_pct") or (name.startswith("V") and name.endswith("%")):
-        return "%"
-    if name.endswith("_gy") or name.startswith("D"):
-        return "Gy"
-    if name.startswith("V"):
-        return "%" if name.endswith("%") else "cc"
-    return ""
+    for suffix, unit in (("_cc", "cc"), ("_pct", "%"), ("_gy", "Gy")):
+        if name.lower().endswith(suffix):
+            return unit
+    try:
+        return parse_metric(name).result_unit
+    except MetricError:
+        return ""
 
 
 @dataclass(frozen=True)
