@@ -230,6 +230,21 @@ def test_errors_come_in_the_same_order_with_the_files_read_ahead(case, tmp_path,
     assert last.startswith("isodose: error:") and message in last, ahead.stderr
 
 
+def test_the_backend_s_error_comes_before_the_dose_s(case, tmp_path):
+    """As before the files were read ahead: the backend is chosen (for a sum of doses) before the dose is read, so
+    that an unusable --backend cupy is the error, not the unreadable dose."""
+    from isodose.dispatch import cuda_usable
+
+    if cuda_usable():
+        pytest.skip("CuPy can run here: --backend cupy is no error")
+    bad = tmp_path / "RD.dcm"
+    bad.write_bytes(b"not DICOM at all")
+    argv = ["dvh", "--dose", str(bad), "--structures", str(case / "RS.dcm"), "--backend", "cupy"]
+    ahead, here = (_command(*argv, read_ahead=v) for v in ("1", "0"))
+    assert ahead.returncode == here.returncode == 2 and ahead.stderr == here.stderr
+    assert ahead.stderr.splitlines()[-1].startswith("isodose: error: the cupy backend"), ahead.stderr
+
+
 def test_errors_pickle_with_their_parts():
     """What the helper sends back, and the command raises again: an IsodoseError of its class, with its file, object,
     problem and kept warnings."""

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         lambda: options.read_structures(args.recurrence_structures) if args.recurrence_structures else None,
     )
     inputs = [args.plan, *args.dose, args.structures, args.recurrence_structures]
-    # Where the kernels are to be loaded, a helper reads the files meanwhile (isodose.cli.readahead).
+    # Where the kernels are to be loaded, a helper reads these files meanwhile (isodose.cli.readahead); the
+    # registration and a recurrence mask, whose reading needs the dose's frame, are read here after them.
     with reading(reads, ahead=loads_compiled_kernels(args.backend), inputs=inputs) as files:
         return _classify(args, files)
 
@@ -130,14 +131,16 @@ def _classify(args: argparse.Namespace, files: Reads) -> int:
     vr_metrics, roi_metrics = options.split_metrics(args.metric)
     criteria = options.criteria(args)
     uncertainty = options.uncertainty(args)
-    # a sum is memory-bound; loaded now while the helper reads, and its error (if any) raised where it was
-    summing = files.meanwhile(lambda: select_backend_for_work(args.backend, 0))
+    # the backend of a sum of doses (0 cells: auto takes NumPy, a sum being memory-bound); numba or cupy load now,
+    # while the helper reads, and an error of theirs is raised where it was before the files were read ahead
+    sum_backend = files.meanwhile(lambda: select_backend_for_work(args.backend, 0))
     with collect_warnings() as warnings:
         plan = files.next()
         prescription = options.prescription(args, plan)
         if prescription is None:
             raise IsodoseError("classification needs the prescription: give --prescription GY or --plan RP.dcm")
-        dose, beams = options.sum_dose(files.next(), summing())
+        summing = sum_backend()  # before the dose is read, as it always was
+        dose, beams = options.sum_dose(files.next(), summing)
         structures = files.next()
         follow_up = files.next()
         registration = (

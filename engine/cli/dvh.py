@@ -27,7 +27,8 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--metric",
         action="append",
         metavar="M",
-        help="metric to report (repeat): D95, D2cc, V20Gy, V20Gy_cc, V95%%, Dmean, Dmin, Dmax, HI",
+        help="metric to report (repeat): D95 (D95%%), D2cc, V20Gy, V20Gy_cc, V95%%, V95%%_cc, Dmean, Dmin, Dmax, HI, "
+        "volume",
     )
     options.add_prescription(parser)
     options.add_format(parser)
@@ -137,15 +138,17 @@ def run(args: argparse.Namespace) -> int:
         step = options.dvh_step(args) if args.dvh_out else None
         if args.dvh_out:
             output_file(args.dvh_out, "--dvh-out")
-        # a sum is memory-bound; loaded now while the helper reads, and its error (if any) raised where it was
-        summing = files.meanwhile(lambda: select_backend_for_work(args.backend, 0))
+        # the backend of a sum of doses (0 cells: auto takes NumPy, a sum being memory-bound); numba or cupy load now,
+        # while the helper reads, and an error of theirs is raised where it was before the files were read ahead
+        sum_backend = files.meanwhile(lambda: select_backend_for_work(args.backend, 0))
         with collect_warnings() as warnings:  # every file's warnings, the plan's too, go with the results
             plan = files.next()
             prescription = options.prescription(args, plan)
             for m in metrics:
                 if m.needs_prescription and prescription is None:
                     raise IsodoseError(f"metric {m.text} needs a prescription: give --prescription GY or --plan RP.dcm")
-            dose, beams = options.sum_dose(files.next(), summing())
+            summing = sum_backend()  # before the dose is read, as it always was
+            dose, beams = options.sum_dose(files.next(), summing)
             structures = files.next()
             check_inputs(dose, [structures], plan, beam_doses=beams, allow_mismatch=args.allow_mismatch)
             check_whole_course(dose, strict=False)
@@ -160,6 +163,6 @@ def run(args: argparse.Namespace) -> int:
     document["structure_file"] = str(args.structures)
     document["plan_file"] = str(args.plan) if args.plan else None
     print_report(document, metrics, args.format, sys.stdout)
-    if args.dvh_out and step is not None:
+    if step is not None:
         write_dvh_curves(dvhs, args.dvh_out, step)
     return 0

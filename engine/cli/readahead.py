@@ -4,8 +4,10 @@ Loading Numba's kernels (importing Numba, setting up its CPU target) or CuPy's t
 second, and reading its files (importing pydicom, parsing them) most of the rest; in one process the one waits for
 the other. Where the command asks for compiled kernels (:func:`isodose.dispatch.loads_compiled_kernels`:
 ``--backend numba`` or ``cupy``) and the process can fork at no risk (Linux, one thread), :func:`reading` forks a
-helper that reads the files in their order while the command loads the kernels. For each read the helper sends
-back its value (pickled) and the log records it made, or the :class:`~isodose.errors.IsodoseError` it raised;
+helper that reads the files in their order while the command loads the kernels. Once it has made them all (or
+met an error), the helper sends back, for each read, its value (pickled) and the log records it made, or the
+:class:`~isodose.errors.IsodoseError` it raised (a pipe holds little: sent one by one, each would wait for the command
+to take it before the next read began);
 the command logs those records as its own, at the point where it would have read the file itself, so that its
 warnings are shown and kept with the results as before, and raises the error there. Anything else (the helper
 failing in another way, killed, a value that cannot be pickled, or no helper to be had) falls back to reading in
