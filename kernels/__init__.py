@@ -7,7 +7,7 @@ signatures and meaning.
   (and for the engine's compiled host code) once per process.
 - ``cupy_gpu``: the CUDA kernels of ``cuda/isodose.cu`` through CuPy.
 - ``host``: what the two CPU backends share (host arrays, and the batched calls as loops over grids).
-- ``selftest``: the small problem the dispatcher has a backend solve before it trusts it.
+- ``selftest``: the small problem the dispatcher has the CuPy backend solve on its device before it trusts it.
 
 The kernels know nothing of DICOM, files or the engine's classes: arrays and scalars in, arrays out.
 Coordinates are in mm, doses in Gy, arrays indexed ``(z, y, x)``, points given as ``(x, y, z)``.

@@ -1,5 +1,6 @@
-"""A small problem every backend must solve as the NumPy reference does: the dispatcher runs it before it
-trusts a backend it has not used yet (a GPU whose driver, compiler or memory fails is then skipped)."""
+"""A small problem a backend must solve as the NumPy reference does: the dispatcher runs it on the CuPy backend
+before it trusts it (a GPU whose driver, compiler or memory fails is then skipped); the test suite runs it on
+every backend."""
 
 from __future__ import annotations
 

@@ -193,3 +193,27 @@ def test_only_the_dicom_package_touches_pydicom():
                 else []
             )
             assert not any(n.split(".")[0] == "pydicom" for n in names), f"{path.relative_to(ROOT)}:{node.lineno}"
+
+
+def test_the_architecture_page_names_every_module():
+    """The page is the map: every module file of the package and the kernels is named in it (the packages'
+    ``__init__.py`` files that only hold a docstring and re-exports excepted)."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    quiet_packages = {"engine/cli/__init__.py", "engine/cohort/__init__.py", "engine/dicom/__init__.py"}
+    unnamed = []
+    for path in sorted([*(ROOT / "engine").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative in quiet_packages or "__pycache__" in relative:
+            continue
+        name = relative.removeprefix("engine/")
+        if f"`{name}`" not in page:
+            unnamed.append(name)
+    assert not unnamed, f"docs/architecture.md does not name {unnamed}"
+
+
+def test_commands_write_json_through_json_document():
+    """Every command's JSON is strict (null where a number is missing): written by formatting.json_document."""
+    offenders = [
+        path.name for path in sorted((ROOT / "engine" / "cli").glob("*.py")) if "json.dumps(" in path.read_text()
+    ]
+    assert not offenders

@@ -1,5 +1,5 @@
 """The ``isodose`` command line: the parser and entry points in :mod:`.main`, shared options in :mod:`.options`,
-and one module per command (``dvh``, ``classify``, ``accumulate``, ``cohort``, ``validate``, ``demo``,
+and one module per command (``dvh``, ``audit``, ``classify``, ``accumulate``, ``cohort``, ``validate``, ``demo``,
 ``phantom``, ``backends``), each with ``add_parser`` and ``run``.
 
 >>> from isodose.cli import main

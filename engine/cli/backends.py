@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..formatting import csv_text
+from ..formatting import csv_text, json_document
 from . import options
 
 
@@ -24,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [[name, not device.startswith("unavailable"), device, name == chosen] for name, device in report.items()]
     if args.format == "json":
         keys = ["name", "usable", "device", "auto"]
-        print(json.dumps({"backends": [dict(zip(keys, row)) for row in rows], "auto": chosen}, indent=2))
+        print(json_document({"backends": [dict(zip(keys, row)) for row in rows], "auto": chosen}))
     elif args.format == "csv":
         print(csv_text(["name", "usable", "device", "auto"], rows), end="")
     else:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 from ..errors import OutputError, ValidationDataError
-from ..formatting import csv_text, json_number, text_table
+from ..formatting import csv_text, json_document, json_number, text_table
 from . import options
 
 #: Where the Nelms set is looked for when no PATH is given.
@@ -73,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         by_spacing.setdefault(v.case.plane_spacing, []).append(v)
     if args.format == "json":
         print(
-            json.dumps(
+            json_document(
                 {
                     "backend": backend.name,
                     "device": backend.device,
@@ -93,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
                         for v in values
                     ],
                 },
-                indent=2,
             )
         )
         return 0
