@@ -20,10 +20,10 @@ from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 from .dispatch import Backend, resolve_backend
-from .dvh import DVH, RELATIVE_FRACTION_MAX, DVHComparison, PlanningSystemDVH, Tolerance, compute_dvhs, parse_metrics
+from .dvh import DVH, DVHComparison, PlanningSystemDVH, Tolerance, compute_dvhs, parse_metrics
 from .errors import IsodoseError, MetricError, collect_warnings
 from .formatting import WARNING_SEPARATOR, json_number
-from .model import DoseGrid, StructureSet
+from .model import RELATIVE_FRACTION_MAX, DoseGrid, StructureSet
 from .voxelize import SamplingOptions
 
 if TYPE_CHECKING:

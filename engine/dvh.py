@@ -40,7 +40,7 @@ from .dispatch import Backend, resolve_backend
 from .errors import DoseUnitsError, FrameOfReferenceError, MetricError
 from .formatting import json_number
 from .geometry import check_dose_grid, check_rigid, common_plane_spacing_mm, structure_warnings
-from .model import DoseGrid, ReportedDVH, Structure, StructureSet, xyz
+from .model import RELATIVE_FRACTION_MAX, DoseGrid, ReportedDVH, Structure, StructureSet, xyz
 from .sampling import SamplingRequest, StructureSamples, sample_many
 from .voxelize import SamplingOptions, plan_sampling
 
@@ -665,9 +665,6 @@ def dvh_from_histogram(
     )
 
 
-#: Relative DVH doses whose largest bin edge is at most this are fractions of the normalization dose, above it
-#: percentages (as for relative dose grids).
-RELATIVE_FRACTION_MAX = 2.0
 #: A reported DVHMeanDose fits its curve within this share of the curve's mean (or a bin): loose enough for a mean
 #: computed from the dose grid rather than from the binned curve, tight enough to catch a unit that is not the one
 #: DoseUnits says (a % of the prescription differs from Gy by its factor).

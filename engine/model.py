@@ -496,6 +496,10 @@ class DeformableRegistration:
         return matrix
 
 
+#: Relative doses (DoseUnits RELATIVE) whose largest value is at most this are fractions of the reference dose
+#: (1.0 = 100%), above it percentages: of a dose grid's pixels, or of a DVH's largest bin edge.
+RELATIVE_FRACTION_MAX = 2.0
+
 #: DVHType values of an RTDOSE's DVH Sequence (PS3.3 C.8.8.4).
 DVH_TYPES = ("CUMULATIVE", "DIFFERENTIAL", "NATURAL")
 #: DVHVolumeUnits values: cc, % of the ROI's volume, and volume per unit of u = dose^-3/2 (natural DVHs).

@@ -215,11 +215,6 @@ class SamplingPlan:
             object.__setattr__(self, "structure_box_mm", _structure_boxes(self))
 
     @property
-    def has_masks(self) -> bool:
-        """Whether any of its planes is a label image's."""
-        return bool(np.any(self.plane_mask_m > 0))
-
-    @property
     def n_structures(self) -> int:
         return len(self.names)
 

@@ -82,12 +82,6 @@ def add_allow_mismatch(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_dose(args: argparse.Namespace, backend=None):
-    """The dose of ``--dose``: one file read, or several (one plan's beams or fractions) read and summed on the
-    first one's grid. Returns the dose and how many per-beam doses it sums (0 when read whole)."""
-    return sum_dose(read_dose_files(args), backend)
-
-
 def read_dose_files(args: argparse.Namespace) -> list:
     """Each file of ``--dose``, read."""
     from ..dicom.read import read_dose as read_file

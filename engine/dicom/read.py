@@ -1,4 +1,7 @@
-"""Readers of RTDOSE, RTSTRUCT and RTPLAN: validate, then return plain model objects.
+"""Readers of RTDOSE (its DVH Sequence too), RTSTRUCT, RTPLAN and spatial registrations (REG), and of the headers
+that folder discovery sorts files by: validate, then return plain model objects. Before a dose grid is decoded, the
+memory it needs is checked against what the process may have (the system's, its control group's and its
+address-space limit).
 
 This package is the only place that touches pydicom. Every problem is an :class:`~isodose.errors.IsodoseError`
 naming the file, the object and the problem.
@@ -36,6 +39,7 @@ from ..geometry import PLANE_TOLERANCE_MM, check_rigid
 from ..model import (
     DVH_TYPES,
     DVH_VOLUME_UNITS,
+    RELATIVE_FRACTION_MAX,
     Contour,
     DeformableRegistration,
     DoseGrid,
@@ -339,8 +343,6 @@ def _axis_of(direction: np.ndarray, name: str, path: PathType) -> tuple[int, int
 # --------------------------------------------------------------------------------------------------------
 # RTDOSE
 # --------------------------------------------------------------------------------------------------------
-#: Relative doses whose maximum is at most this are fractions (1.0 = 100%); above it, percentages.
-RELATIVE_FRACTION_MAX = 2.0
 
 
 #: Transfer syntaxes whose pixel data lies in the file as it is used: native (uncompressed) little endian.
