@@ -21,8 +21,10 @@ import numpy as np
 from .errors import IsodoseError, RegistrationError
 from .model import DeformableRegistration
 
+#: The suffixes of the image files SimpleITK reads here: displacement fields, and label images (``labels``).
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
 #: File names that are displacement field images rather than DICOM.
-FIELD_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+FIELD_SUFFIXES = IMAGE_SUFFIXES
 
 
 def is_field_image(path: str | PathLike[str]) -> bool:

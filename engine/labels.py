@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StructureError
+from .images import IMAGE_SUFFIXES
 from .model import LabelMask, Structure, StructureSet
 
-#: File names that are label images (by their suffix).
-LABEL_SUFFIXES = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+#: File names that are label images (by their suffix): the image files SimpleITK reads.
+LABEL_SUFFIXES = IMAGE_SUFFIXES
 #: How far from orthonormal a direction matrix may be (ITK writes them to about 1e-6).
 ORTHONORMAL_TOLERANCE = 1e-4
 #: How far outside [0, 1] a fractional map's value may be (rounding of a float image).
