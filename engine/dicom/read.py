@@ -435,6 +435,28 @@ def read_dose(
     ((21, 21, 21), (3.0, 3.0, 3.0), 100.0)
     """
     ds = read_dataset(path, "RTDOSE", defer_size=DEFERRED_BYTES)  # pixels: once their memory is known
+    units = _dose_units(ds, path, relative_reference_gy, warn_unused_reference)
+    header = _grid_header(ds, path)
+    dose = _dose_values(ds, path, header, units, relative_reference_gy)
+    dose, origin, spacing = _in_zyx_order(dose, header, path)
+    return DoseGrid(
+        dose_gy=dose,
+        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+        spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
+        source=str(path),
+        patient_id=_text(ds, "PatientID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        referenced_plan_uid=_referenced_plan(ds),
+        summation_type=_text(ds, "DoseSummationType").upper(),
+        dose_type=_text(ds, "DoseType").upper(),
+        referenced_beam_numbers=_referenced_beams(ds),
+    )
+
+
+def _dose_units(ds, path: PathType, relative_reference_gy: float | None, warn_unused_reference: bool) -> str:
+    """The RTDOSE's DoseUnits, ``GY`` or ``RELATIVE`` (refused without the dose of 100%, ``relative_reference_gy``);
+    anything else refused."""
     units = str(_required(ds, "DoseUnits", path)).strip().upper()
     if units == "RELATIVE" and relative_reference_gy is None:
         raise DoseUnitsError(
@@ -457,6 +479,24 @@ def read_dose(
         log.warning(
             "%s: DoseUnits is GY: the reference dose of relative dose (%g Gy) is not used", path, relative_reference_gy
         )
+    return units
+
+
+@dataclass(frozen=True)
+class _GridHeader:
+    """What an RTDOSE says of its grid, checked: its frames, rows and columns, their spacing and place."""
+
+    frames: int
+    rows: int
+    columns: int
+    pixel_spacing: np.ndarray
+    position: np.ndarray
+    orientation: np.ndarray
+    scaling: float
+    offsets: np.ndarray
+
+
+def _grid_header(ds, path: PathType) -> _GridHeader:
     rows = int(_required(ds, "Rows", path))
     columns = int(_required(ds, "Columns", path))
     pixel_spacing = _floats(_required(ds, "PixelSpacing", path), "PixelSpacing", 2, path)
@@ -478,6 +518,15 @@ def read_dose(
             path=path,
         )
     offsets = _floats(_required(ds, "GridFrameOffsetVector", path), "GridFrameOffsetVector", frames, path)
+    return _GridHeader(frames, rows, columns, pixel_spacing, position, orientation, scaling, offsets)
+
+
+def _dose_values(
+    ds, path: PathType, header: _GridHeader, units: str, relative_reference_gy: float | None
+) -> np.ndarray:
+    """The dose (Gy, float32) in the file's (frame, row, column) order: its pixels decoded (once their memory is
+    known to be there) and scaled, checked finite and not negative, and a relative dose scaled to Gy."""
+    frames, rows, columns = header.frames, header.rows, header.columns
     _check_memory(frames, rows, columns, int(ds.get("BitsAllocated", 32) or 32), path)
 
     pixels = _native_pixels(ds, frames, rows, columns)
@@ -492,7 +541,7 @@ def read_dose(
     dose = np.empty(pixels.shape, dtype=np.float32)
     in_float64 = np.empty(pixels.shape[1:], dtype=np.float64)
     for frame in range(frames):  # in float64 frame by frame, kept in float32: no whole float64 copy
-        np.multiply(pixels[frame], scaling, out=in_float64, dtype=np.float64)
+        np.multiply(pixels[frame], header.scaling, out=in_float64, dtype=np.float64)
         dose[frame] = in_float64
     del pixels
     lowest, highest = float(dose.min()), float(dose.max())  # NaN anywhere makes both NaN
@@ -513,7 +562,13 @@ def read_dose(
             top,
             "1.0" if fraction else "100",
         )
+    return dose
 
+
+def _in_zyx_order(dose: np.ndarray, header: _GridHeader, path: PathType) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The dose re-ordered so that its indices increase along z, y and x, with its origin and spacing (mm, x y z):
+    the file's axes found from its orientation, and its frames' positions from GridFrameOffsetVector."""
+    orientation, position, offsets = header.orientation, header.position, header.offsets
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
     row_axis = _axis_of(row_dir, "row", path)
@@ -521,7 +576,30 @@ def read_dose(
     normal_axis = _axis_of(normal, "normal", path)
     if len({row_axis[0], col_axis[0], normal_axis[0]}) != 3:
         raise DoseGridError("ImageOrientationPatient row and column directions are parallel", path=path)
+    frame_step = _frame_step(offsets, position, orientation, normal_axis, path)
 
+    # Array axes (frame, row, column) and, for each, the patient axis, direction sign and spacing.
+    array_axes = [
+        (normal_axis[0], normal_axis[1] * (1 if frame_step > 0 else -1), abs(frame_step)),
+        (col_axis[0], col_axis[1], float(header.pixel_spacing[0])),  # between rows: along the column direction
+        (row_axis[0], row_axis[1], float(header.pixel_spacing[1])),  # between columns: along the row direction
+    ]
+    origin = np.array(position, dtype=np.float64)
+    spacing = np.zeros(3)
+    for a, (patient_axis, sign, step) in enumerate(array_axes):
+        spacing[patient_axis] = step
+        if sign < 0:
+            dose = np.flip(dose, axis=a)
+            origin[patient_axis] -= step * (dose.shape[a] - 1)
+    # Put the array in (z, y, x) order: array axis for patient axis 2 first, then 1, then 0.
+    order = [next(a for a, (axis, _, _) in enumerate(array_axes) if axis == target) for target in (2, 1, 0)]
+    return np.ascontiguousarray(np.transpose(dose, order)), origin, spacing
+
+
+def _frame_step(
+    offsets: np.ndarray, position: np.ndarray, orientation: np.ndarray, normal_axis: tuple[int, int], path: PathType
+) -> float:
+    """The step (mm) between frames along the slice normal, from GridFrameOffsetVector, which must be uniform."""
     # Frame positions along the normal: relative offsets (first value 0) or, for the identity orientation,
     # absolute patient z (first value equal to ImagePositionPatient z). See DICOM PS3.3 C.8.8.3.2. Absolute z with
     # a slice normal along -z (feet-first, prone) is outside the standard but unambiguous: z runs against the
@@ -559,36 +637,7 @@ def read_dose(
             "non-uniform dose grids are not supported",
             path=path,
         )
-
-    # Array axes (frame, row, column) and, for each, the patient axis, direction sign and spacing.
-    array_axes = [
-        (normal_axis[0], normal_axis[1] * (1 if frame_step > 0 else -1), abs(frame_step)),
-        (col_axis[0], col_axis[1], float(pixel_spacing[0])),  # between rows: along the column direction
-        (row_axis[0], row_axis[1], float(pixel_spacing[1])),  # between columns: along the row direction
-    ]
-    origin = np.array(position, dtype=np.float64)
-    spacing = np.zeros(3)
-    for a, (patient_axis, sign, step) in enumerate(array_axes):
-        spacing[patient_axis] = step
-        if sign < 0:
-            dose = np.flip(dose, axis=a)
-            origin[patient_axis] -= step * (dose.shape[a] - 1)
-    # Put the array in (z, y, x) order: array axis for patient axis 2 first, then 1, then 0.
-    order = [next(a for a, (axis, _, _) in enumerate(array_axes) if axis == target) for target in (2, 1, 0)]
-    dose = np.ascontiguousarray(np.transpose(dose, order))
-    return DoseGrid(
-        dose_gy=dose,
-        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
-        spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
-        source=str(path),
-        patient_id=_text(ds, "PatientID"),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        referenced_plan_uid=_referenced_plan(ds),
-        summation_type=_text(ds, "DoseSummationType").upper(),
-        dose_type=_text(ds, "DoseType").upper(),
-        referenced_beam_numbers=_referenced_beams(ds),
-    )
+    return frame_step
 
 
 def _beam_numbers(sequence) -> tuple[int, ...]:
