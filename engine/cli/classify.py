@@ -8,7 +8,7 @@ import sys
 from ..errors import IsodoseError, collect_warnings
 from ..formatting import WARNING_SEPARATOR, csv_text, json_document, json_number, shown
 from . import options
-from .readahead import Reads, reading
+from .readahead import Reads
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -92,8 +92,6 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dispatch import loads_compiled_kernels
-
     if not args.recurrence and not args.recurrence_mask:
         raise IsodoseError("give the recurrence: --recurrence ROI, or --recurrence-mask FILE")
     if args.recurrence_mask and args.recurrence_structures:
@@ -108,16 +106,9 @@ def run(args: argparse.Namespace) -> int:
         from ..outputs import output_file
 
         output_file(args.export_recurrence, "--export-recurrence")
-    reads = (
-        lambda: options.plan(args),
-        lambda: options.read_dose_files(args),
-        lambda: options.read_structures(args.structures, args.labels),
-        lambda: options.read_structures(args.recurrence_structures) if args.recurrence_structures else None,
-    )
-    inputs = [args.plan, *args.dose, args.structures, args.recurrence_structures]
     # Where the kernels are to be loaded, a helper reads these files meanwhile (isodose.cli.readahead); the
     # registration and a recurrence mask, whose reading needs the dose's frame, are read here after them.
-    with reading(reads, ahead=loads_compiled_kernels(args.backend), inputs=inputs) as files:
+    with options.read_ahead(args, follow_up=True) as files:
         return _classify(args, files)
 
 

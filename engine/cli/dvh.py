@@ -13,7 +13,6 @@ from ..errors import IsodoseError, OutputError, collect_warnings
 from ..formatting import WARNING_SEPARATOR, csv_safe, csv_text, json_document, terminal_safe, text_table
 from ..outputs import output_file
 from . import options
-from .readahead import reading
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -120,16 +119,8 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..dispatch import loads_compiled_kernels
-
-    reads = (
-        lambda: options.plan(args),
-        lambda: options.read_dose_files(args),
-        lambda: options.read_structures(args.structures, args.labels),
-    )
-    inputs = [args.plan, *args.dose, args.structures]
     # Where the kernels are to be loaded, a helper reads the files meanwhile (isodose.cli.readahead).
-    with reading(reads, ahead=loads_compiled_kernels(args.backend), inputs=inputs) as files:
+    with options.read_ahead(args) as files:
         from ..dispatch import select_backend_for_work
         from ..dvh import dvh_request, parse_metrics, request_dvhs
         from ..provenance import check_inputs, check_whole_course

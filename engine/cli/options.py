@@ -89,6 +89,22 @@ def read_dose_files(args: argparse.Namespace) -> list:
     return [read_file(path, args.relative_dose_reference_gy, warn_unused_reference=True) for path in args.dose]
 
 
+def read_ahead(args: argparse.Namespace, *, follow_up: bool = False):
+    """The files a one-off command reads first, given back in order by :func:`isodose.cli.readahead.reading`: the
+    RTPLAN of ``--plan`` (None without one), the files of ``--dose`` (:func:`read_dose_files`), the structures of
+    ``--structures``, and with ``follow_up`` those of ``--recurrence-structures`` (None without them). Where the
+    command will load compiled kernels, a helper process reads them meanwhile."""
+    from ..dispatch import loads_compiled_kernels
+    from .readahead import reading
+
+    reads = [lambda: plan(args), lambda: read_dose_files(args), lambda: read_structures(args.structures, args.labels)]
+    inputs = [args.plan, *args.dose, args.structures]
+    if follow_up:
+        reads.append(lambda: read_structures(args.recurrence_structures) if args.recurrence_structures else None)
+        inputs.append(args.recurrence_structures)
+    return reading(reads, ahead=loads_compiled_kernels(args.backend), inputs=inputs)
+
+
 def sum_dose(doses: list, backend=None):
     """The files of ``--dose`` read (:func:`read_dose_files`), summed on the first one's grid where there are
     several: the dose and how many per-beam doses it sums (0 when read whole)."""
