@@ -104,11 +104,13 @@ def main(name: str, folder: Path) -> dict:
         os.fork = no_fork
     if name == "printing":
         sys.stdout.write("before|")  # buffered (stdout is a pipe) when the helper is forked
-    out: dict = {}
+    out: dict = {"numpy before": "numpy" in sys.modules}
     try:
         with collect_warnings() as warnings, reading(reads, ahead=True, inputs=inputs) as files:
             out["ahead"] = files.ahead
             out["helper"] = files._helper
+            out["numpy imported"] = "numpy" in sys.modules
+            out["blas threads var"] = os.environ.get(readahead.BLAS_THREADS_VAR)
             if name in ("stopped", "slow"):
                 raise RuntimeError("the command stopped before reading")
             if name == "ignored":  # the system reaps the helper now: it cannot be waited for

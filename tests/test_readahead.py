@@ -113,6 +113,24 @@ def test_what_the_command_printed_before_the_fork_is_printed_once(tmp_path):
     assert out["printed"] == "before|helper|"
 
 
+def test_numpy_is_imported_once_before_the_fork_without_blas_threads(tmp_path):
+    """The command and the helper both need NumPy: it is imported before the fork, its BLAS (OpenBLAS in NumPy's
+    wheels, which starts its threads as it loads) at one thread, so that the process can still be forked, and the
+    environment is left as it was: a thread count the user set stays set, and none is set where none was."""
+    out = scenario("values", tmp_path)
+    assert not out["numpy before"] and out["numpy imported"]
+    assert out["ahead"] and out["values"] == [[1, "helper"], [2, "helper"], 3]
+    assert out["blas threads var"] is None
+    out = scenario("values", tmp_path, **{readahead.BLAS_THREADS_VAR: "4"})
+    assert out["ahead"] and out["values"] == [[1, "helper"], [2, "helper"], 3]
+    assert out["blas threads var"] == "4"
+
+
+def test_numpy_is_not_imported_where_no_helper_is_forked(tmp_path):
+    out = scenario("values", tmp_path, ISODOSE_READ_AHEAD="0")
+    assert not out["ahead"] and not out["numpy imported"]
+
+
 @pytest.mark.parametrize("off", ["0", "off", "False"])
 def test_turned_off_the_reads_are_made_here(tmp_path, off):
     out = scenario("values", tmp_path, ISODOSE_READ_AHEAD=off)

@@ -4,15 +4,14 @@ Loading Numba's kernels (importing Numba, setting up its CPU target) or CuPy's t
 second, and reading its files (importing pydicom, parsing them) most of the rest; in one process the one waits for
 the other. Where the command asks for compiled kernels (:func:`isodose.dispatch.loads_compiled_kernels`:
 ``--backend numba`` or ``cupy``) and the process can fork at no risk (Linux, one thread), :func:`reading` forks a
-helper that reads the files in their order while the command loads the kernels. Once it has made them all (or
-met an error), the helper sends back, for each read, its value (pickled) and the log records it made, or the
-:class:`~isodose.errors.IsodoseError` it raised (a pipe holds little: sent one by one, each would wait for the command
-to take it before the next read began);
-the command logs those records as its own, at the point where it would have read the file itself, so that its
-warnings are shown and kept with the results as before, and raises the error there. Anything else (the helper
-failing in another way, killed, a value that cannot be pickled, or no helper to be had) falls back to reading in
-the command's own process. Elsewhere, for inputs larger than :data:`MAX_BYTES`, or with ``ISODOSE_READ_AHEAD=0``,
-each read is simply made when the command asks for it.
+helper (NumPy imported first, as both need it) that reads the files in their order while the command loads the
+kernels. Once it has made them all (or met an error), the helper sends back, for each read, its value (pickled) and
+the log records it made, or the :class:`~isodose.errors.IsodoseError` it raised (a pipe holds little: sent one by
+one, each would wait for the command to take it before the next read began); the command logs those records as its
+own, at the point where it would have read the file itself, so that its warnings are shown and kept with the results
+as before, and raises the error there. Anything else (the helper failing in another way, killed, a value that cannot
+be pickled, or no helper to be had) falls back to reading in the command's own process. Elsewhere, for inputs larger
+than :data:`MAX_BYTES`, or with ``ISODOSE_READ_AHEAD=0``, each read is simply made when the command asks for it.
 
 What the command does meanwhile that may fail (loading a backend that cannot run here) is held back by
 :meth:`Reads.meanwhile` until the point where the command did it before, so that a user meets the errors in the same
@@ -58,6 +57,31 @@ def possible() -> bool:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return False
+
+
+#: OpenBLAS's thread count (read once, as it loads) while NumPy is imported before the fork (:func:`_numpy_first`).
+BLAS_THREADS_VAR = "OPENBLAS_NUM_THREADS"
+
+
+def _numpy_first() -> None:
+    """NumPy imported before the helper is forked, where it is not yet: the command and the helper both need it, and
+    imported once it is not imported twice at the same time (about 80 ms of the helper's way to its first read on the
+    2-core machine of the benchmarks, which then ends before the command needs the files). OpenBLAS, NumPy's BLAS in
+    its wheels, starts its threads as it loads, and a process with threads is not forked (:func:`possible`): it is
+    loaded with :data:`BLAS_THREADS_VAR` at 1, so that it starts none, and the environment is left as it was. The
+    command's arithmetic that BLAS does is on 3 x 3 and 4 x 4 matrices, which threads do not speed up. Where NumPy
+    was imported already, or starts threads all the same (another BLAS), :func:`possible` decides as before."""
+    if "numpy" in sys.modules:
+        return
+    before = os.environ.get(BLAS_THREADS_VAR)
+    os.environ[BLAS_THREADS_VAR] = "1"
+    try:
+        import numpy  # noqa: F401
+    finally:
+        if before is None:
+            del os.environ[BLAS_THREADS_VAR]
+        else:
+            os.environ[BLAS_THREADS_VAR] = before
 
 
 def _small(inputs: Sequence[str | os.PathLike[str] | None]) -> bool:
@@ -227,12 +251,16 @@ def reading(
 ) -> Iterator[Reads]:
     """The command's ``reads`` (callables without arguments, each returning what it read), given back in order by
     the :class:`Reads` yielded. With ``ahead`` (and :func:`possible`, and the files ``inputs`` they read small
-    enough), a helper process starts making them at once, while the block goes on (loading the kernels); otherwise
+    enough), NumPy is imported (:func:`_numpy_first`) and a helper process starts making them at once, while the
+    block goes on (loading the kernels); otherwise
     each is made when asked for. The helper is stopped when the block ends, whatever is left unread."""
     reads_ = Reads(reads)
     try:
-        if ahead and reads and possible() and _small(inputs):
-            reads_._start()
+        if ahead and reads and _small(inputs):
+            if possible():  # NumPy is imported before the fork only where there will be one
+                _numpy_first()
+            if possible():  # still one thread
+                reads_._start()
         yield reads_
     finally:
         reads_._stop()
