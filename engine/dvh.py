@@ -98,6 +98,11 @@ class Metric:
         return ""
 
     @property
+    def needs_dose(self) -> bool:
+        """Whether the metric's value depends on the dose: all but ``volume``."""
+        return not (self.kind == "statistic" and self.statistic == "volume")
+
+    @property
     def needs_prescription(self) -> bool:
         """Whether the metric's value depends on the prescription (V95%)."""
         return self.kind == "volume_at_dose" and self.dose_unit == "pct_rx"

@@ -42,9 +42,9 @@ from .geometry import (
     structure_planes,
 )
 from .model import DeformableRegistration, DoseGrid, LabelMask, Registration, Structure, StructureSet
-from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy
+from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy, merge_plans
 from .uncertainty import Uncertainty, UncertaintyRequest, UncertaintyResult, classify_draws
-from .voxelize import SamplingOptions, plan_sampling
+from .voxelize import SamplingOptions, plan_sampling, volume_options
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class RecurrenceResult:
     target_metrics : dict of str to float
         Each ``ROI:METRIC`` asked for.
     recurrence_dvh : DVH
-        Vr's DVH; ``roi_dvhs`` those of the ROIs of the target metrics.
+        Vr's DVH; ``roi_dvhs`` those of the ROIs of the target metrics, but of an ROI asked only for its volume.
     backend, device : str
         What computed it.
     warnings : tuple of str
@@ -180,7 +180,8 @@ class RecurrenceResult:
     registration_file: str = ""
     registration_residual_mm: float = math.nan
     uncertainty: UncertaintyResult | None = field(repr=False, default=None)
-    #: DVHs of the planning ROIs named in the target metrics.
+    #: DVHs of the planning ROIs named in the target metrics, but those asked only for their volume (whose dose is
+    #: sampled coarsely: see :func:`isodose.voxelize.volume_options`).
     roi_dvhs: dict[str, DVH] = field(repr=False, default_factory=dict)
     backend: str = ""
     device: str = ""
@@ -307,6 +308,8 @@ class PreparedRecurrence:
     registration_file: str = ""
     #: The case's draws, planned, where uncertainty was asked for.
     uncertainty: UncertaintyRequest | None = None
+    #: The ROIs of the target metrics asked only for their volume: sampled for it alone, so no DVH of theirs is kept.
+    volume_only: tuple[str, ...] = ()
 
 
 def prepare_recurrence(
@@ -396,10 +399,21 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         _target_roi(structures, m.roi, f"the target metric {m.text}", case.require_targets) for m in roi_metrics
     ]
     roi_names = list(dict.fromkeys(name for name in metric_rois if name is not None))
+    # An ROI asked only for its volume is sampled for its volume alone (voxelize.volume_options), and keeps no curve.
+    with_dose = {name for m, name in zip(roi_metrics, metric_rois) if name is not None and m.metric.needs_dose}
+    volume_only = tuple(name for name in roi_names if name not in with_dose)
     roi_structures: list[Structure] = []
     if roi_names:
-        roi_structures, roi_request = dvh_request(dose, structures, roi_names, options=options)
-        requests.append(roi_request)
+        made = [
+            dvh_request(dose, structures, names, options=sampled_with)
+            for names, sampled_with in (
+                ([name for name in roi_names if name in with_dose], options),
+                (list(volume_only), volume_options(options)),
+            )
+            if names
+        ]
+        roi_structures = [s for selected, _ in made for s in selected]
+        requests.append(SamplingRequest(merge_plans([request.plan for _, request in made]), dose))
     if case.targets is None:
         target_structures = [
             s for s in structures.structures if s.is_target and not s.is_empty and s is not vr_structure
@@ -443,6 +457,7 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         registration_kind=kind,
         registration_file=(registration.source if registration is not None and kind else ""),
         uncertainty=uncertainty,
+        volume_only=volume_only,
     )
 
 
@@ -514,7 +529,7 @@ def _finish(
         registration_kind=prepared.registration_kind,
         registration_file=prepared.registration_file,
         registration_residual_mm=samples.inversion_residual_mm,
-        roi_dvhs=roi_dvhs,
+        roi_dvhs={name: d for name, d in roi_dvhs.items() if name not in prepared.volume_only},
         backend=samples.backend,
         device=samples.device,
     )

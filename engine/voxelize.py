@@ -17,15 +17,16 @@ So ``m = min(m(target_cells), max(voxel_supersampling, m(min_cells)))`` within `
 max_supersampling]``, where ``m(n)`` gives the structure about ``n`` cells. The volume comes from the scanlines
 (coverage is exact along x and sampled along y): a structure whose cells are coarser than ``m(scanline_cells)``
 gets that many times more scanlines per row, so that its lines lie as close as ``m(scanline_cells)`` cells' would
-and its volume is as exact (``scanline_cells`` None: ``target_cells``). A fixed ``supersampling`` overrides all
-this (with ``scanlines`` as given).
+and its volume is as exact (``scanline_cells`` None: ``target_cells``). A structure whose volume alone is wanted
+(an ROI of a classification asked only for its volume) is planned with :func:`volume_options`: no cells per voxel
+side for the dose. A fixed ``supersampling`` overrides all this (with ``scanlines`` as given).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -259,6 +260,14 @@ def _area_estimates_mm2(points: np.ndarray, ring_start: np.ndarray) -> np.ndarra
     shoelace = 0.5 * np.abs(np.add.reduceat(x * y[following] - y * x[following], first))
     extent = np.maximum.reduceat(points, first) - np.minimum.reduceat(points, first)
     return np.maximum(shoelace, 0.25 * extent[:, 0] * extent[:, 1])
+
+
+def volume_options(options: SamplingOptions) -> SamplingOptions:
+    """``options`` for structures whose volume alone is wanted (an ROI asked only for its volume): no cells per
+    voxel side for the dose (``voxel_supersampling`` 1), so that a structure gets as few cells as its shape needs
+    (``min_cells``), and its scanlines lie as close as ever (see the module's text): its volume is as exact, its
+    dose sampled coarsely. A fixed ``supersampling`` stays as it is."""
+    return replace(options, voxel_supersampling=1)
 
 
 def _supersampling(total_area_mm2: float, grid: DoseGrid, options: SamplingOptions) -> tuple[int, int]:

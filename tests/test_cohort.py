@@ -78,7 +78,7 @@ def test_store_layout_and_flat_table(results):
         assert f["cases/columns/inside_isodose_pct"].dtype == np.float64
         roles = {v.decode() for v in f["dvh/role"][()]}
         assert roles == {"recurrence", "roi"}
-        assert len(f["dvh/case"]) == N_CASES * 4  # Vr, GTV, CTV60, CTV54
+        assert len(f["dvh/case"]) == N_CASES * 3  # Vr, CTV60, CTV54 (GTV, asked only for its volume, keeps none)
         assert np.all(f["cases/compute_s"][()] > 0)
     table = out.with_suffix(".csv")
     rows = list(csv.DictReader(table.open()))
@@ -384,7 +384,8 @@ def test_reports(results, tmp_path):
     metrics = {(s.structure, s.metric) for s in report.summaries}
     assert ("CTV60", "D98") in metrics and ("Recurrence (Vr)", "D100") in metrics
     page = write_html(report, store, tmp_path / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 1 + 4  # V95% distribution, DVH bands of Vr and 3 ROIs
+    # V95% distribution, DVH bands of Vr and of CTV60 and CTV54 (none of GTV, asked only for its volume)
+    assert page.count("data:image/png;base64,") == 1 + 3
     assert "marginal" in page and "CTV60:D98" in page and "<table>" in page
 
 
@@ -1140,6 +1141,26 @@ def test_a_recurrence_named_like_a_planning_roi_keeps_both_curves(cohort, tmp_pa
     _, by_roi = curves_by_figure(build_report(store), store.dvh_curves())
     [planning] = by_roi[("roi", "CTV54")]
     assert planning["cumulative_cc"][0] == pytest.approx(curves[("CTV54", "roi")][0])
+
+
+def test_an_roi_asked_only_for_its_volume_keeps_no_curve_and_has_no_figure(cohort, tmp_path):
+    """GTV asked only for its volume is sampled for it alone: its entry keeps no curve of it, and the report draws no
+    figure of it, even from a store of an earlier version, which kept one."""
+    from isodose.cohort.report import curves_by_figure
+    from isodose.cohort.work import process_case
+
+    first, second = [c for c in read_manifest(cohort) if not c.recurrence_structures][:2]
+    settings = replace(SETTINGS, target_metrics=("GTV:volume", "CTV60:D98"))
+    entries = [process_case(first, settings), process_case(second, settings)]
+    assert all(e["status"] == "ok" for e in entries)
+    assert set(entries[0]["dvhs"]) == {first.recurrence_roi, "CTV60"} and entries[0]["record"]["GTV:volume"] > 0
+    entries[1]["dvhs"]["GTV"] = dict(entries[1]["dvhs"]["CTV60"])  # as an earlier version kept it
+    with ResultStore.open(tmp_path / "r.h5", settings.as_dict()) as store:
+        store.append_many(entries)
+    store = ResultStore.open(tmp_path / "r.h5", create=False)
+    assert ("GTV", "roi") in {(c["roi"], c["role"]) for c in store.dvh_curves()}
+    _, by_roi = curves_by_figure(build_report(store), store.dvh_curves())
+    assert set(by_roi) == {("roi", "CTV60")} and len(by_roi[("roi", "CTV60")]) == 2
 
 
 def test_cli_classify_csv_keeps_each_warning_whole(cohort, capsys):

@@ -140,3 +140,9 @@ def test_empty_structures_have_undefined_metrics():
     empty = dvh_from_histogram("e", np.zeros(10), 1.0, 0.0, 0.0, 0.0, math.nan, math.nan)
     assert not empty.has_dose and empty.volume_cc == 0.0
     assert all(math.isnan(v) for v in empty.metrics(["D95", "Dmean", "V20Gy", "HI"]).values())
+
+
+def test_which_metrics_need_the_dose_and_the_prescription():
+    texts = ("volume", "VOLUME", "D95", "D2cc", "V20Gy", "V95%_cc", "Dmean", "Dmin", "Dmax", "HI")
+    assert [parse_metric(t).needs_dose for t in texts] == [False, False] + [True] * 8
+    assert [parse_metric(t).needs_prescription for t in texts] == [False] * 5 + [True] + [False] * 4

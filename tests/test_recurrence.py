@@ -14,7 +14,7 @@ from isodose.errors import IsodoseError, RegistrationError, RoiNotFoundError, St
 from isodose.geometry import invert_rigid, transform_points
 from isodose.model import Structure, StructureSet
 from isodose.phantoms import LinearField, Sphere, contour_shape, shape_truth, slab_truth
-from isodose.recurrence import Criteria, classify_recurrence
+from isodose.recurrence import Criteria, RecurrenceCase, classify_recurrence, prepare_recurrence
 
 from .test_kernels import rigid
 
@@ -145,6 +145,35 @@ def test_target_metrics_and_extra_metrics():
         classify_recurrence(
             GRID, planning_set((0.5, 0.0, 0.0)), "Vr", RX, target_metrics=["CTV:D98"], require_targets=True
         )
+
+
+def test_an_roi_asked_only_for_its_volume_is_sampled_for_it_alone():
+    """An ROI whose only target metric is its volume gets the cells its shape needs rather than 8 per voxel side
+    for the dose: its volume as exact (the closed form's, to the tolerance of one sampled for its dose too), no DVH of
+    it kept (none was asked for), and Vr's sampling, its metrics and the classes unchanged."""
+    node = Sphere((5.0, 0.0, 0.0), 6.0)
+    shape = contour_shape(node, "Node", 3, 1.0)
+    planning = planning_set(
+        (0.5, 0.0, 0.0), extra=(Structure(shape.name, 3, shape.contours, interpreted_type="ORGAN"),)
+    )
+    truth_cc = slab_truth(node, FIELD, 1.0).volume_mm3 / 1000
+    with_dose = classify_recurrence(GRID, planning, "Vr", RX, target_metrics=["Node:Dmean", "Node:volume"])
+    alone = classify_recurrence(GRID, planning, "Vr", RX, target_metrics=["Node:volume"])
+    assert with_dose.target_metrics["Node:volume"] == pytest.approx(truth_cc, rel=2e-4)
+    assert alone.target_metrics["Node:volume"] == pytest.approx(truth_cc, rel=2e-4)
+    assert "Node" in with_dose.roi_dvhs and alone.roi_dvhs == {}
+    assert alone.metrics == with_dose.metrics and alone.inside_isodose_pct == with_dose.inside_isodose_pct
+    assert (alone.class_volume, alone.class_centroid) == (with_dose.class_volume, with_dose.class_centroid)
+
+    def node_cells(target_metrics):
+        prepared = prepare_recurrence(RecurrenceCase(GRID, planning, "Vr", RX, target_metrics=target_metrics))
+        [node_plan] = [r.plan for r in prepared.requests[1:]]
+        return int(node_plan.structure_cells()[node_plan.names.index("Node")]), prepared.volume_only
+
+    cells_with_dose, none = node_cells(["Node:Dmean", "Node:volume"])
+    cells_alone, volume_only = node_cells(["Node:volume"])
+    assert none == () and volume_only == ("Node",)
+    assert cells_alone * 4 < cells_with_dose
 
 
 def test_a_target_metric_of_a_missing_roi_is_null_with_a_warning_and_the_case_classified():

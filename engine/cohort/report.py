@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..dvh import parse_roi_metric
 from ..errors import IsodoseError
 from ..formatting import shown, terminal_safe, text_columns, text_table
 from ..recurrence import CLASSES, RECURRENCE_METRICS
@@ -594,10 +595,15 @@ def curves_by_figure(
     report: CohortReport, curves: Sequence[dict]
 ) -> tuple[dict[str, list[dict]], dict[tuple[str, str], list[dict]]]:
     """The classified cases' stored curves as the report's DVH figures take them: every case's Vr by its class, and
-    each other ROI's curves by ROI. A case whose Vr is itself the planning ROI of a target metric (not mapped from
-    another frame) stores that curve once, as Vr's: it counts in that ROI's figure too."""
+    the curves of each ROI of a target metric of the dose by ROI (an ROI asked only for its volume has no figure: a
+    store of an earlier version may hold its curves). A case whose Vr is itself the planning ROI of such a metric (not
+    mapped from another frame) stores that curve once, as Vr's: it counts in that ROI's figure too."""
     ok = {e["case_id"]: e for e in report.cases}
-    target_rois = {str(m).split(":", 1)[0].strip().casefold() for m in report.settings.get("target_metrics", [])}
+    target_rois = set()
+    for text in report.settings.get("target_metrics", []):
+        metric = parse_roi_metric(str(text))
+        if metric.metric.needs_dose:
+            target_rois.add(metric.roi.casefold())
     # A case whose planning ROI has a curve of its own (its recurrence, named alike, came from elsewhere).
     own_roi_curve = {(c["case_id"], str(c["roi"]).casefold()) for c in curves if c["role"] != "recurrence"}
     vr_by_class: dict[str, list[dict]] = defaultdict(list)
@@ -615,7 +621,7 @@ def curves_by_figure(
                 and (curve["case_id"], roi) not in own_roi_curve
             ):
                 by_roi[("roi", curve["roi"])].append(curve)
-        else:
+        elif str(curve["roi"]).casefold() in target_rois:
             by_roi[(curve["role"], curve["roi"])].append(curve)
     return vr_by_class, by_roi
 
