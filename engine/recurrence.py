@@ -399,8 +399,11 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         _target_roi(structures, m.roi, f"the target metric {m.text}", case.require_targets) for m in roi_metrics
     ]
     roi_names = list(dict.fromkeys(name for name in metric_rois if name is not None))
-    # An ROI asked only for its volume is sampled for its volume alone (voxelize.volume_options), and keeps no curve.
+    # An ROI asked only for its volume is sampled for its volume alone (voxelize.volume_options), and keeps no curve;
+    # but not Vr's own ROI, whose volume is Vr's (the same number twice in a record).
     with_dose = {name for m, name in zip(roi_metrics, metric_rois) if name is not None and m.metric.needs_dose}
+    if follow_up is None:
+        with_dose.add(vr_structure.name)
     volume_only = tuple(name for name in roi_names if name not in with_dose)
     roi_structures: list[Structure] = []
     if roi_names:

@@ -1144,23 +1144,29 @@ def test_a_recurrence_named_like_a_planning_roi_keeps_both_curves(cohort, tmp_pa
 
 
 def test_an_roi_asked_only_for_its_volume_keeps_no_curve_and_has_no_figure(cohort, tmp_path):
-    """GTV asked only for its volume is sampled for it alone: its entry keeps no curve of it, and the report draws no
-    figure of it, even from a store of an earlier version, which kept one."""
+    """GTV asked only for its volume is sampled for it alone: its volume as exact as with a metric of its dose too,
+    the other metrics the same, no curve of it kept, and no figure of it in the report, even from a store of an
+    earlier version, which kept one. An ROI named by its number (CTV54 is ROI 7) keeps its curve and its figure."""
     from isodose.cohort.report import curves_by_figure
     from isodose.cohort.work import process_case
 
     first, second = [c for c in read_manifest(cohort) if not c.recurrence_structures][:2]
-    settings = replace(SETTINGS, target_metrics=("GTV:volume", "CTV60:D98"))
+    settings = replace(SETTINGS, target_metrics=("GTV:volume", "CTV60:D98", "7:D95"))
     entries = [process_case(first, settings), process_case(second, settings)]
-    assert all(e["status"] == "ok" for e in entries)
-    assert set(entries[0]["dvhs"]) == {first.recurrence_roi, "CTV60"} and entries[0]["record"]["GTV:volume"] > 0
+    with_dose = process_case(first, replace(settings, target_metrics=("GTV:volume", "GTV:D95", "CTV60:D98", "7:D95")))
+    assert all(e["status"] == "ok" for e in [*entries, with_dose])
+    assert set(entries[0]["dvhs"]) == {first.recurrence_roi, "CTV60", "CTV54"}
+    assert "GTV" in with_dose["dvhs"]
+    record, reference = entries[0]["record"], with_dose["record"]
+    assert record["GTV:volume"] == pytest.approx(reference["GTV:volume"], rel=2e-4)
+    assert record["CTV60:D98"] == reference["CTV60:D98"] and record["7:D95"] == reference["7:D95"]
     entries[1]["dvhs"]["GTV"] = dict(entries[1]["dvhs"]["CTV60"])  # as an earlier version kept it
     with ResultStore.open(tmp_path / "r.h5", settings.as_dict()) as store:
         store.append_many(entries)
     store = ResultStore.open(tmp_path / "r.h5", create=False)
     assert ("GTV", "roi") in {(c["roi"], c["role"]) for c in store.dvh_curves()}
     _, by_roi = curves_by_figure(build_report(store), store.dvh_curves())
-    assert set(by_roi) == {("roi", "CTV60")} and len(by_roi[("roi", "CTV60")]) == 2
+    assert set(by_roi) == {("roi", "CTV60"), ("roi", "CTV54")} and len(by_roi[("roi", "CTV60")]) == 2
 
 
 def test_cli_classify_csv_keeps_each_warning_whole(cohort, capsys):

@@ -24,15 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper is forked on Linux only")
 
 
-def scenario(name: str, tmp_path: Path, *, timeout: float = 120, preexec_fn=None, **env: str) -> dict:
-    """Runs the scenario in a fresh process; what it printed before its JSON is under "printed"."""
+def scenario(name: str, tmp_path: Path, *, timeout: float = 120, preexec_fn=None, **env: str | None) -> dict:
+    """Runs the scenario in a fresh process (``env`` added to this one's environment, a None removing a variable);
+    what it printed before its JSON is under "printed"."""
+    environment = {**os.environ, **env}
     done = subprocess.run(
         [sys.executable, str(SCENARIOS), name, str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={key: value for key, value in environment.items() if value is not None},
         preexec_fn=preexec_fn,
     )
     assert done.returncode == 0, done.stderr
@@ -117,13 +119,28 @@ def test_numpy_is_imported_once_before_the_fork_without_blas_threads(tmp_path):
     """The command and the helper both need NumPy: it is imported before the fork, its BLAS (OpenBLAS in NumPy's
     wheels, which starts its threads as it loads) at one thread, so that the process can still be forked, and the
     environment is left as it was: a thread count the user set stays set, and none is set where none was."""
-    out = scenario("values", tmp_path)
+    out = scenario("values", tmp_path, **{readahead.BLAS_THREADS_VAR: None})
     assert not out["numpy before"] and out["numpy imported"]
     assert out["ahead"] and out["values"] == [[1, "helper"], [2, "helper"], 3]
     assert out["blas threads var"] is None
     out = scenario("values", tmp_path, **{readahead.BLAS_THREADS_VAR: "4"})
     assert out["ahead"] and out["values"] == [[1, "helper"], [2, "helper"], 3]
     assert out["blas threads var"] == "4"
+
+
+def test_no_helper_where_numpy_starts_threads_as_it_loads(tmp_path):
+    """A NumPy whose BLAS starts threads as it loads, whatever OpenBLAS's variable says (a stand-in that starts one):
+    no helper is forked from a process with threads, and the reads are made here."""
+    stand_in = tmp_path / "site" / "numpy"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(
+        "import threading\nthreading.Thread(target=threading.Event().wait, daemon=True).start()\n"
+    )
+    path = os.pathsep.join(filter(None, [str(stand_in.parent), os.environ.get("PYTHONPATH")]))
+    out = scenario("values", tmp_path, PYTHONPATH=path)
+    assert out["numpy imported"] and not out["ahead"] and out["helper"] is None
+    assert out["values"] == [[1, "here"], [2, "here"], 3]
+    assert ["DEBUG", "NumPy started threads as it loaded: no reading helper, reading here", True] in out["shown"]
 
 
 def test_numpy_is_not_imported_where_no_helper_is_forked(tmp_path):

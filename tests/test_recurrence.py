@@ -174,6 +174,9 @@ def test_an_roi_asked_only_for_its_volume_is_sampled_for_it_alone():
     cells_alone, volume_only = node_cells(["Node:volume"])
     assert none == () and volume_only == ("Node",)
     assert cells_alone * 4 < cells_with_dose
+    # Vr's own ROI asked for its volume is sampled as Vr is: one volume, not two a little apart
+    own = classify_recurrence(GRID, planning, "Vr", RX, target_metrics=["Vr:volume"])
+    assert own.target_metrics["Vr:volume"] == own.recurrence_volume_cc and "Vr" in own.roi_dvhs
 
 
 def test_a_target_metric_of_a_missing_roi_is_null_with_a_warning_and_the_case_classified():

@@ -68,9 +68,10 @@ def _numpy_first() -> None:
     imported once it is not imported twice at the same time (about 80 ms of the helper's way to its first read on the
     2-core machine of the benchmarks, which then ends before the command needs the files). OpenBLAS, NumPy's BLAS in
     its wheels, starts its threads as it loads, and a process with threads is not forked (:func:`possible`): it is
-    loaded with :data:`BLAS_THREADS_VAR` at 1, so that it starts none, and the environment is left as it was. The
-    command's arithmetic that BLAS does is on 3 x 3 and 4 x 4 matrices, which threads do not speed up. Where NumPy
-    was imported already, or starts threads all the same (another BLAS), :func:`possible` decides as before."""
+    loaded with :data:`BLAS_THREADS_VAR` at 1, whatever the environment says, so that it starts none, and the
+    environment is then left as it was (OpenBLAS keeps one thread for the rest of the command, whose arithmetic that
+    BLAS does is on 3 x 3 and 4 x 4 matrices, which threads do not speed up). Where NumPy starts threads all the same
+    (another BLAS that starts them as it loads), no helper is forked and the command reads its files itself."""
     if "numpy" in sys.modules:
         return
     before = os.environ.get(BLAS_THREADS_VAR)
@@ -259,8 +260,10 @@ def reading(
         if ahead and reads and _small(inputs):
             if possible():  # NumPy is imported before the fork only where there will be one
                 _numpy_first()
-            if possible():  # still one thread
-                reads_._start()
+                if possible():  # still one thread
+                    reads_._start()
+                else:
+                    log.debug("NumPy started threads as it loaded: no reading helper, reading here")
         yield reads_
     finally:
         reads_._stop()

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..dvh import parse_roi_metric
-from ..errors import IsodoseError
+from ..dvh import parse_metric
+from ..errors import IsodoseError, MetricError
 from ..formatting import shown, terminal_safe, text_columns, text_table
 from ..recurrence import CLASSES, RECURRENCE_METRICS
 from ..uncertainty import CohortUncertainty, cohort_uncertainty
@@ -595,15 +595,21 @@ def curves_by_figure(
     report: CohortReport, curves: Sequence[dict]
 ) -> tuple[dict[str, list[dict]], dict[tuple[str, str], list[dict]]]:
     """The classified cases' stored curves as the report's DVH figures take them: every case's Vr by its class, and
-    the curves of each ROI of a target metric of the dose by ROI (an ROI asked only for its volume has no figure: a
-    store of an earlier version may hold its curves). A case whose Vr is itself the planning ROI of such a metric (not
-    mapped from another frame) stores that curve once, as Vr's: it counts in that ROI's figure too."""
+    each other ROI's curves by ROI, but those of an ROI asked only for its volume (which keeps none, though a store of
+    an earlier version may hold some). A case whose Vr is itself the planning ROI of a target metric (not mapped from
+    another frame) stores that curve once, as Vr's: it counts in that ROI's figure too."""
     ok = {e["case_id"]: e for e in report.cases}
-    target_rois = set()
+    target_rois, with_dose = set(), set()
     for text in report.settings.get("target_metrics", []):
-        metric = parse_roi_metric(str(text))
-        if metric.metric.needs_dose:
-            target_rois.add(metric.roi.casefold())
+        roi, _, metric = str(text).strip().rpartition(":")
+        target_rois.add(roi.strip().casefold())
+        try:
+            needs_dose = parse_metric(metric).needs_dose
+        except MetricError:  # a metric this version does not know: its ROI's curves are drawn, as they were
+            needs_dose = True
+        if needs_dose:
+            with_dose.add(roi.strip().casefold())
+    volume_only = target_rois - with_dose
     # A case whose planning ROI has a curve of its own (its recurrence, named alike, came from elsewhere).
     own_roi_curve = {(c["case_id"], str(c["roi"]).casefold()) for c in curves if c["role"] != "recurrence"}
     vr_by_class: dict[str, list[dict]] = defaultdict(list)
@@ -618,10 +624,11 @@ def curves_by_figure(
             if (
                 not entry["record"].get("recurrence_registered")
                 and roi in target_rois
+                and roi not in volume_only
                 and (curve["case_id"], roi) not in own_roi_curve
             ):
                 by_roi[("roi", curve["roi"])].append(curve)
-        elif str(curve["roi"]).casefold() in target_rois:
+        elif str(curve["roi"]).casefold() not in volume_only:
             by_roi[(curve["role"], curve["roi"])].append(curve)
     return vr_by_class, by_roi
 
