@@ -771,7 +771,8 @@ img {{ max-width: 100%; margin: 0.3em; }}
 <h2>Cohort DVHs</h2>
 <p class="small">Cumulative DVHs (% of each structure's volume inside the dose grid). Vr: the median and
 interquartile band of each class. Each other structure: median, 25th-75th and 5th-95th percentiles over the
-classified cases. Dashed: the prescription; dotted: the reference isodose.</p>
+classified cases (an ROI asked only for its volume has no DVH). Dashed: the prescription; dotted: the reference
+isodose.</p>
 <div class="grid">{"".join(dvh_images)}</div>
 <h2>Metric summaries</h2>
 {summary_table}
