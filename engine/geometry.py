@@ -159,16 +159,17 @@ def _checked_planes(structure: Structure) -> list[ContourPlane]:
         for k, (a, b) in enumerate(zip(starts[:-1], starts[1:]))
         if b - a > 1 and ordered[b - 1].z_mm - ordered[a].z_mm > MERGED_PLANES_MM
     ]
-    for plane in group_planes(structure.contours):
+    for z_mm, a, b in zip(plane_z, starts[:-1], starts[1:]):  # the planes of group_planes, grouped once
         rings: list[np.ndarray] = []
-        for ring in plane.rings:
+        for contour in ordered[a:b]:
+            ring = contour.points_mm
             if any(_same_ring(ring, kept) for kept in rings):
-                repeats.append(plane.z_mm)
+                repeats.append(z_mm)
                 continue
             if ring_crosses_itself(ring):
-                crossing.append(plane.z_mm)
+                crossing.append(z_mm)
             rings.append(ring)
-        planes.append(ContourPlane(plane.z_mm, tuple(rings)))
+        planes.append(ContourPlane(z_mm, tuple(rings)))
     where = f"{structure.source}: " if structure.source else ""
     messages = []
     if repeats:
