@@ -253,8 +253,8 @@ def reading(
     """The command's ``reads`` (callables without arguments, each returning what it read), given back in order by
     the :class:`Reads` yielded. With ``ahead`` (and :func:`possible`, and the files ``inputs`` they read small
     enough), NumPy is imported (:func:`_numpy_first`) and a helper process starts making them at once, while the
-    block goes on (loading the kernels); otherwise
-    each is made when asked for. The helper is stopped when the block ends, whatever is left unread."""
+    block goes on (loading the kernels); otherwise each is made when asked for. The helper is stopped when the block
+    ends, whatever is left unread."""
     reads_ = Reads(reads)
     try:
         if ahead and reads and _small(inputs):
