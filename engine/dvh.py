@@ -927,16 +927,18 @@ def dvh_request(
     options: SamplingOptions | None = None,
     check_frame: bool = True,
     transform: np.ndarray | None = None,
+    volume_only: bool = False,
 ) -> tuple[list[Structure], SamplingRequest]:
     """The chosen structures and their sampling request (what :func:`compute_dvhs` samples); for batching
-    many cases into one :func:`isodose.sampling.sample_many`."""
+    many cases into one :func:`isodose.sampling.sample_many`. ``volume_only``: see
+    :func:`isodose.voxelize.plan_sampling`."""
     options = options or SamplingOptions()
     check_dose_grid(dose)
     if isinstance(structures, StructureSet) and check_frame and transform is None:
         check_frame_of_reference(dose, structures)
     selected = _select_structures(structures, rois)
     all_structures = structures.structures if isinstance(structures, StructureSet) else structures
-    plan = plan_sampling(selected, dose, options, common_plane_spacing_mm(all_structures))
+    plan = plan_sampling(selected, dose, options, common_plane_spacing_mm(all_structures), volume_only=volume_only)
     transforms = None
     if transform is not None:
         matrix = check_rigid(transform, "the structures' transform")

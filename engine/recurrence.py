@@ -44,7 +44,7 @@ from .geometry import (
 from .model import DeformableRegistration, DoseGrid, LabelMask, Registration, Structure, StructureSet
 from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy, merge_plans
 from .uncertainty import Uncertainty, UncertaintyRequest, UncertaintyResult, classify_draws
-from .voxelize import SamplingOptions, plan_sampling, volume_options
+from .voxelize import SamplingOptions, plan_sampling
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class RecurrenceResult:
     registration_residual_mm: float = math.nan
     uncertainty: UncertaintyResult | None = field(repr=False, default=None)
     #: DVHs of the planning ROIs named in the target metrics, but those asked only for their volume (whose dose is
-    #: sampled coarsely: see :func:`isodose.voxelize.volume_options`).
+    #: sampled coarsely: see :func:`isodose.voxelize.plan_sampling`).
     roi_dvhs: dict[str, DVH] = field(repr=False, default_factory=dict)
     backend: str = ""
     device: str = ""
@@ -399,8 +399,8 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         _target_roi(structures, m.roi, f"the target metric {m.text}", case.require_targets) for m in roi_metrics
     ]
     roi_names = list(dict.fromkeys(name for name in metric_rois if name is not None))
-    # An ROI asked only for its volume is sampled for its volume alone (voxelize.volume_options), and keeps no curve;
-    # but not Vr's own ROI, whose volume is Vr's (the same number twice in a record).
+    # An ROI asked only for its volume is sampled for its volume alone (plan_sampling's volume_only), and keeps no
+    # curve; but not Vr's own ROI, which is sampled as Vr is (its volume and Vr's one number in a record).
     with_dose = {name for m, name in zip(roi_metrics, metric_rois) if name is not None and m.metric.needs_dose}
     if follow_up is None:
         with_dose.add(vr_structure.name)
@@ -408,11 +408,8 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
     roi_structures: list[Structure] = []
     if roi_names:
         made = [
-            dvh_request(dose, structures, names, options=sampled_with)
-            for names, sampled_with in (
-                ([name for name in roi_names if name in with_dose], options),
-                (list(volume_only), volume_options(options)),
-            )
+            dvh_request(dose, structures, names, options=options, volume_only=alone)
+            for names, alone in (([name for name in roi_names if name in with_dose], False), (list(volume_only), True))
             if names
         ]
         roi_structures = [s for selected, _ in made for s in selected]

@@ -18,15 +18,17 @@ max_supersampling]``, where ``m(n)`` gives the structure about ``n`` cells. The 
 (coverage is exact along x and sampled along y): a structure whose cells are coarser than ``m(scanline_cells)``
 gets that many times more scanlines per row, so that its lines lie as close as ``m(scanline_cells)`` cells' would
 and its volume is as exact (``scanline_cells`` None: ``target_cells``). A structure whose volume alone is wanted
-(an ROI of a classification asked only for its volume) is planned with :func:`volume_options`: no cells per voxel
-side for the dose. A fixed ``supersampling`` overrides all this (with ``scanlines`` as given).
+(``plan_sampling(..., volume_only=True)``: an ROI of a classification asked only for its volume) gets no cells per
+voxel side for the dose, only what its shape needs, and as many more scanlines a row, which lie on the very lines
+it would have had: its volume is the same. A fixed ``supersampling`` overrides all this (with ``scanlines`` as
+given).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -262,17 +264,13 @@ def _area_estimates_mm2(points: np.ndarray, ring_start: np.ndarray) -> np.ndarra
     return np.maximum(shoelace, 0.25 * extent[:, 0] * extent[:, 1])
 
 
-def volume_options(options: SamplingOptions) -> SamplingOptions:
-    """``options`` for structures whose volume alone is wanted (an ROI asked only for its volume): no cells per
-    voxel side for the dose (``voxel_supersampling`` 1), so that a structure gets as few cells as its shape needs
-    (``min_cells``), and its scanlines lie as close as ever (see the module's text): its volume is as exact, its
-    dose sampled coarsely. A fixed ``supersampling`` stays as it is."""
-    return replace(options, voxel_supersampling=1)
-
-
-def _supersampling(total_area_mm2: float, grid: DoseGrid, options: SamplingOptions) -> tuple[int, int]:
+def _supersampling(
+    total_area_mm2: float, grid: DoseGrid, options: SamplingOptions, volume_only: bool = False
+) -> tuple[int, int]:
     """The in-plane supersampling of a structure of ``total_area_mm2`` (over its planes) and its scanlines per row
-    of cells (see the module's text)."""
+    of cells (see the module's text). With ``volume_only``, the fewest cells per voxel side that its shape needs
+    (``min_cells``, within ``target_cells``) and that divide the lines per voxel row it would have otherwise, with as
+    many more scanlines: the very same lines, so the same volume (to rounding), its dose sampled coarsely."""
     if options.supersampling is not None:
         return options.supersampling, options.scanlines
     if total_area_mm2 <= 0:
@@ -286,7 +284,15 @@ def _supersampling(total_area_mm2: float, grid: DoseGrid, options: SamplingOptio
     lines = for_cells(options.scanline_cells or options.target_cells)
     m = min(for_cells(options.target_cells), max(for_cells(options.min_cells), options.voxel_supersampling))
     m = int(min(max(m, options.min_supersampling), options.max_supersampling))
-    return m, options.scanlines * max(1, math.ceil(lines / m))
+    scanlines = options.scanlines * max(1, math.ceil(lines / m))
+    if not volume_only:
+        return m, scanlines
+    # A scanline lies at (i + 1/2) / (m * scanlines) of a voxel row wherever the window starts (see _plane_cells):
+    # any m' dividing m * scanlines, with m * scanlines / m' scanlines, draws the same lines. m itself is one.
+    per_voxel_row = m * scanlines
+    fewest = min(for_cells(options.target_cells), for_cells(options.min_cells))
+    coarse = next(d for d in range(fewest, m + 1) if per_voxel_row % d == 0)
+    return coarse, per_voxel_row // coarse
 
 
 @dataclass(frozen=True)
@@ -401,11 +407,16 @@ def plan_sampling(
     grid: DoseGrid,
     options: SamplingOptions | None = None,
     fallback_spacing_mm: float | None = None,
+    *,
+    volume_only: bool = False,
 ) -> SamplingPlan:
     """Build the sampling plan of ``structures`` on the lattice of ``grid``.
 
     ``fallback_spacing_mm`` is the plane spacing used for the end-caps of single-plane structures; by
-    default the median plane spacing of ``structures``, else the dose grid's z spacing.
+    default the median plane spacing of ``structures``, else the dose grid's z spacing. With ``volume_only`` (the
+    structures' volume alone is wanted: an ROI of a classification asked only for its volume), contours get as few
+    cells as their shape needs, on the same scanlines as otherwise: the same volume, the dose sampled coarsely (a
+    label image's structures are planned as ever).
     """
     options = options or SamplingOptions()
     if fallback_spacing_mm is None:
@@ -463,7 +474,7 @@ def plan_sampling(
         points = np.concatenate(structure_rings)
         ring_start = np.zeros(len(structure_rings) + 1, dtype=np.int64)
         np.cumsum([len(r) for r in structure_rings], out=ring_start[1:])
-        m, scanlines = _supersampling(float(_area_estimates_mm2(points, ring_start).sum()), grid, options)
+        m, scanlines = _supersampling(float(_area_estimates_mm2(points, ring_start).sum()), grid, options, volume_only)
         supersampling.append(m)
         plane_scanlines.extend([scanlines] * len(planes))
         hx, hy = dx / m, dy / m

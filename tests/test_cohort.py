@@ -1144,9 +1144,10 @@ def test_a_recurrence_named_like_a_planning_roi_keeps_both_curves(cohort, tmp_pa
 
 
 def test_an_roi_asked_only_for_its_volume_keeps_no_curve_and_has_no_figure(cohort, tmp_path):
-    """GTV asked only for its volume is sampled for it alone: its volume as exact as with a metric of its dose too,
-    the other metrics the same, no curve of it kept, and no figure of it in the report, even from a store of an
-    earlier version, which kept one. An ROI named by its number (CTV54 is ROI 7) keeps its curve and its figure."""
+    """GTV asked only for its volume is sampled for it alone: its volume the same as with a metric of its dose too
+    (to rounding), the other metrics the same, no curve of it kept, and no figure of it in the report, even from a
+    store of an earlier version, which kept one. An ROI named by its number (CTV54 is ROI 7) keeps its curve and its
+    figure."""
     from isodose.cohort.report import curves_by_figure
     from isodose.cohort.work import process_case
 
@@ -1158,7 +1159,7 @@ def test_an_roi_asked_only_for_its_volume_keeps_no_curve_and_has_no_figure(cohor
     assert set(entries[0]["dvhs"]) == {first.recurrence_roi, "CTV60", "CTV54"}
     assert "GTV" in with_dose["dvhs"]
     record, reference = entries[0]["record"], with_dose["record"]
-    assert record["GTV:volume"] == pytest.approx(reference["GTV:volume"], rel=2e-4)
+    assert record["GTV:volume"] == pytest.approx(reference["GTV:volume"], rel=1e-12)
     assert record["CTV60:D98"] == reference["CTV60:D98"] and record["7:D95"] == reference["7:D95"]
     entries[1]["dvhs"]["GTV"] = dict(entries[1]["dvhs"]["CTV60"])  # as an earlier version kept it
     with ResultStore.open(tmp_path / "r.h5", settings.as_dict()) as store:
