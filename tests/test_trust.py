@@ -480,6 +480,8 @@ def test_a_run_ends_with_the_failed_cases_by_reason_and_exits_4_when_every_case_
     code, out, _ = run(capsys, "cohort", "run", manifest, "--out", tmp_path / "r.h5", "--workers", "1", "--no-progress")
     assert code == 4
     assert "failed cases, by reason (3 in all" in out and "3 x RD.dcm: no such file (cases c0, c1, c2)" in out
+    # the paths the reason shortened, in full for its first case, so that a wrong folder shows
+    assert f"    the first, c0: {tmp_path / 'missing0' / 'RD.dcm'}: no such file" in out, out
 
 
 # --------------------------------------------------------------------------------------------------------

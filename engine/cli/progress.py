@@ -80,3 +80,6 @@ def print_summary(summary) -> None:
             )
             label = "case" if len(ids) == 1 else "cases"
             print(f"  {len(ids)} x {terminal_safe(reason)} ({label} {terminal_safe(shown)})")
+            first = summary.first_errors.get(reason)
+            if first:  # the paths the reason shortened, as the first of these cases gave them
+                print(f"    the first, {terminal_safe(ids[0])}: {terminal_safe(first)}")

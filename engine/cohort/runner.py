@@ -47,6 +47,8 @@ class RunSummary:
     failures: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: The cases this run processed whose entries hold warnings (failed or not).
     with_warnings: int = 0
+    #: The first case's error whole, by reason, where the reason shortened it (the paths it names, in full).
+    first_errors: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,7 @@ def run_cases(
         table,
         failures,
         with_warnings,
+        {r: first_error[r] for r, ids in reasons.items() if len(ids) > 1 and first_error[r] != r},
     )
 
 
