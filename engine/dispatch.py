@@ -156,10 +156,11 @@ _COMPILED_MODULES = {"numba": "isodose.kernels.numba_cpu", "cupy": "isodose.kern
 SMALL_WORK_CELLS = 400_000
 
 
-def select_backend_for_work(name: str | None, cells: int) -> Backend:
+def select_backend_for_work(name: str | None, cells: int, what: str = "") -> Backend:
     """:func:`select_backend` for a one-off computation of ``cells`` sampled cells (a command's): where it would
     take ``auto``, a computation of at most :data:`SMALL_WORK_CELLS` cells takes NumPy unless Numba's or CuPy's
     kernels are loaded in this process already, since loading them would cost more than the computation saves.
+    ``what`` names the computation in the debug log (``summing the doses``, say).
 
     >>> select_backend_for_work("numpy", 10**9).name
     'numpy'
@@ -167,7 +168,7 @@ def select_backend_for_work(name: str | None, cells: int) -> Backend:
     requested = _requested(name)
     compiled_loaded = any(module in sys.modules for module in _COMPILED_MODULES.values())
     if requested == "auto" and cells <= SMALL_WORK_CELLS and not compiled_loaded:
-        log.debug("auto backend: numpy for a small one-off computation (%d cells)", cells)
+        log.debug("auto backend: numpy for %s (%d cells)", what or "a small one-off computation", cells)
         return _load("numpy")
     return select_backend(name)
 

@@ -129,6 +129,7 @@ def test_dvh_out_names_the_rois_it_has_no_curve_for(case, capsys, tmp_path):
     [
         (["--roi", "GTV"], "no ROI 'GTV'"),
         (["--metric", "D95x"], "unknown metric 'D95x'"),
+        (["--metric", "Spinal Cord:D2cc"], "for one ROI, give --roi 'Spinal Cord' --metric D2cc"),
         (["--metric", "V95%"], "needs a prescription"),
         (["--prescription", "-3"], "--prescription must be a positive dose"),
         (["--dvh-out", "curves.csv", "--dvh-step", "-1"], "--dvh-step must be a positive dose in Gy, not -1.0"),

@@ -124,7 +124,7 @@ def _classify(args: argparse.Namespace, files: Reads) -> int:
     uncertainty = options.uncertainty(args)
     # the backend of a sum of doses (0 cells: auto takes NumPy, a sum being memory-bound); numba or cupy load now,
     # while the helper reads, and an error of theirs is raised where it was before the files were read ahead
-    sum_backend = files.meanwhile(lambda: select_backend_for_work(args.backend, 0))
+    sum_backend = files.meanwhile(lambda: select_backend_for_work(args.backend, 0, "summing the doses, if several"))
     with collect_warnings() as warnings:
         plan = files.next()
         prescription = options.prescription(args, plan)
@@ -179,7 +179,7 @@ def _classify(args: argparse.Namespace, files: Reads) -> int:
     # A small one-off case is quicker with NumPy than loading the compiled kernels (unless --backend says); draws of
     # uncertainty are not small.
     cells = sum(r.plan.n_cells for r in prepared.requests) if uncertainty is None else SMALL_WORK_CELLS + 1
-    backend = select_backend_for_work(args.backend, cells)
+    backend = select_backend_for_work(args.backend, cells, "the classification")
     [result] = classify_prepared([prepared], backend=backend)
     if isinstance(result, IsodoseError):
         raise result

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 from .. import __version__
-from ..errors import IsodoseError, OutputError, collect_warnings
+from ..errors import IsodoseError, MetricError, OutputError, collect_warnings
 from ..formatting import WARNING_SEPARATOR, csv_safe, csv_text, json_document, terminal_safe, text_table
 from ..outputs import output_file
 from . import options
@@ -125,13 +126,21 @@ def run(args: argparse.Namespace) -> int:
         from ..dvh import dvh_request, parse_metrics, request_dvhs
         from ..provenance import check_inputs, check_whole_course
 
+        for text in args.metric or []:  # ROI:METRIC is classify's and cohort's form; dvh's metrics apply to each ROI
+            roi, colon, metric = text.rpartition(":")
+            if colon and roi.strip():
+                raise MetricError(
+                    f"{text!r} names an ROI: dvh gives each metric for every ROI it reports; for one ROI, give "
+                    f"--roi {shlex.quote(roi.strip())} --metric {shlex.quote(metric.strip())}",
+                    obj="metric",
+                )
         metrics = parse_metrics(args.metric or [])
         step = options.dvh_step(args) if args.dvh_out else None
         if args.dvh_out:
             output_file(args.dvh_out, "--dvh-out")
         # the backend of a sum of doses (0 cells: auto takes NumPy, a sum being memory-bound); numba or cupy load now,
         # while the helper reads, and an error of theirs is raised where it was before the files were read ahead
-        sum_backend = files.meanwhile(lambda: select_backend_for_work(args.backend, 0))
+        sum_backend = files.meanwhile(lambda: select_backend_for_work(args.backend, 0, "summing the doses, if several"))
         with collect_warnings() as warnings:  # every file's warnings, the plan's too, go with the results
             plan = files.next()
             prescription = options.prescription(args, plan)
@@ -146,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = options.sampling_options(args)
     selected, request = dvh_request(dose, structures, args.roi or None, options=sampling)
     # A small one-off computation is quicker with NumPy than loading the compiled kernels (unless --backend says).
-    backend = select_backend_for_work(args.backend, request.plan.n_cells)
+    backend = select_backend_for_work(args.backend, request.plan.n_cells, "the DVHs")
     dvhs = request_dvhs(selected, request, backend, sampling)
     document = dvh_document(dvhs, metrics, prescription, backend)
     document["warnings"] = list(warnings)
