@@ -102,6 +102,10 @@ def test_dvh_roi_selection_plan_and_formats(case, capsys, tmp_path):
     )
     assert code == 0 and "PTV" in out and "backend:" in out
     table = list(csv.DictReader(curves.open()))
+    # the table names each metric asked for with its unit, as its other columns (the CSV and JSON keep the text)
+    code, out, _ = run(capsys, "dvh", "--dose", rd, "--structures", rs, *"--metric D95 --metric V20Gy".split())
+    header = out.splitlines()[1].split()
+    assert code == 0 and header[-4:] == ["D95", "(Gy)", "V20Gy", "(%)"]
     assert set(table[0]) == {"name", "number", "dose_gy", "cumulative_cc", "cumulative_pct", "differential_cc"}
     ptv = [r for r in table if r["name"] == "PTV"]
     assert float(ptv[0]["cumulative_pct"]) == pytest.approx(100.0)

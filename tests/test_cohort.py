@@ -387,6 +387,8 @@ def test_reports(results, tmp_path):
     # V95% distribution, DVH bands of Vr and of CTV60 and CTV54 (none of GTV, asked only for its volume)
     assert page.count("data:image/png;base64,") == 1 + 3
     assert "marginal" in page and "CTV60:D98" in page and "<table>" in page
+    # the cases' table names each target metric with its unit, as the other tables do
+    assert "<th>GTV:volume (cc)</th>" in page and "<th>CTV60:D98 (Gy)</th>" in page
 
 
 def test_a_target_metric_without_any_value_keeps_its_row_and_the_json_stays_json(cohort, tmp_path, capsys):

@@ -115,7 +115,8 @@ def print_report(document: dict, metrics, fmt: str, out) -> None:
     if document["prescription_gy"]:
         out.write(f"   prescription: {document['prescription_gy']:g} Gy")
     out.write("\n")
-    pretty = ["ROI", "Volume cc", "Outside cc", "Dmin Gy", "Dmean Gy", "Dmax Gy"] + [m.text for m in metrics]
+    pretty = ["ROI", "Volume cc", "Outside cc", "Dmin Gy", "Dmean Gy", "Dmax Gy"]
+    pretty += [f"{m.text} ({m.result_unit})" if m.result_unit else m.text for m in metrics]  # each with its unit
     out.write(text_table(pretty, rows) + "\n")
 
 

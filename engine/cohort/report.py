@@ -706,7 +706,7 @@ def _write_html(report: CohortReport, store: ResultStore, path: Path, figures: s
             "case_id": "case",
             "p_volume_in_field_pct": "P in-field (%)",
             "class_volume_stable": "stable",
-        }.get(c, c)
+        }.get(c, f"{c} ({unit_of(c)})" if ":" in c and unit_of(c) else c)  # a target metric with its unit
         for c in report.table_columns
     ]
     uncertainty_section = ""
