@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -188,6 +189,20 @@ def test_a_dose_difference_is_refused_in_classify(tmp_path, capsys):
         capsys, "classify", "--dose", rd, "--structures", rs, "--prescription", "70", "--recurrence", "Recurrence"
     )
     assert code == 2 and "DoseType is ERROR" in err
+
+
+def test_classify_s_table_names_each_metric_with_its_unit(tmp_path, capsys):
+    """The table (not the JSON or CSV, which keep the keys) shows each metric's unit, as the other keys carry theirs."""
+    rd, rs, _ = write_case(tmp_path)
+    common = ["classify", "--dose", rd, "--structures", rs, "--prescription", "70", "--recurrence", "Recurrence"]
+    code, out, err = run(capsys, *common, "--metric", "D2cc", "--metric", "PTV:volume", "--metric", "PTV:V95%")
+    assert code == 0, err
+    labels = [re.split(r"\s{2,}", line)[0] for line in out.splitlines()]
+    assert {"V95% (%)", "D95 (Gy)", "D2cc (Gy)", "PTV:volume (cc)", "PTV:V95% (%)", "recurrence_volume_cc"} <= set(
+        labels
+    )
+    code, out, _ = run(capsys, *common, "--metric", "PTV:volume", "--format", "json")
+    assert "PTV:volume" in json.loads(out)
 
 
 def write_beams(folder: Path, weights=(0.25, 0.35, 0.4), other_grid_for_last=True):

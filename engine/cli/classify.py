@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _classify(args: argparse.Namespace, files: Reads) -> int:
     from ..dispatch import SMALL_WORK_CELLS, select_backend_for_work
+    from ..dvh import parse_metric, parse_roi_metric
     from ..images import read_case_registration
     from ..labels import MASK_FRAME, read_recurrence_mask
     from ..provenance import check_inputs, check_whole_course
@@ -205,9 +206,13 @@ def _classify(args: argparse.Namespace, files: Reads) -> int:
         row = {**record, "warnings": WARNING_SEPARATOR.join(messages)}
         sys.stdout.write(csv_text(list(row), [list(row.values())]))
         return 0
-    width = max(len(k) for k in record)
+    # The metrics with their units (the other keys carry theirs in their names, as in the JSON and CSV).
+    units = {text: parse_metric(text).result_unit for text in result.metrics}
+    units |= {text: parse_roi_metric(text).metric.result_unit for text in result.target_metrics}
+    labels = {key: f"{key} ({units[key]})" if units.get(key) else key for key in record}
+    width = max(len(label) for label in labels.values())
     for key, value in record.items():
         if key == "warnings":
             value = WARNING_SEPARATOR.join(str(w) for w in value) if isinstance(value, list) and value else "-"
-        print(f"{key.ljust(width)}  {value if isinstance(value, float) else shown(value)}")
+        print(f"{labels[key].ljust(width)}  {value if isinstance(value, float) else shown(value)}")
     return 0
