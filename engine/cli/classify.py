@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace, files: Reads) -> int:
+    from ..cohort.statistics import unit_of
     from ..dispatch import SMALL_WORK_CELLS, select_backend_for_work
-    from ..dvh import parse_metric, parse_roi_metric
     from ..images import read_case_registration
     from ..labels import MASK_FRAME, read_recurrence_mask
     from ..provenance import check_inputs, check_whole_course
@@ -207,8 +207,7 @@ def _classify(args: argparse.Namespace, files: Reads) -> int:
         sys.stdout.write(csv_text(list(row), [list(row.values())]))
         return 0
     # The metrics with their units (the other keys carry theirs in their names, as in the JSON and CSV).
-    units = {text: parse_metric(text).result_unit for text in result.metrics}
-    units |= {text: parse_roi_metric(text).metric.result_unit for text in result.target_metrics}
+    units = {key: unit_of(key) for key in (*result.metrics, *result.target_metrics)}
     labels = {key: f"{key} ({units[key]})" if units.get(key) else key for key in record}
     width = max(len(label) for label in labels.values())
     for key, value in record.items():
