@@ -218,13 +218,14 @@ def resolve_backend(backend: str | Backend | None = None) -> Backend:
 
 def for_one_command() -> None:
     """Set the process up for one command that ends when it returns (the ``isodose`` command does): Numba's CPU
-    target, where the command loads it, is then set up without SciPy's BLAS, which no kernel uses (130 to
-    190 ms of a one-off command where SciPy is installed; see :mod:`isodose.kernels.numba_target`). The worker
-    processes of a local cohort run, which run isodose's work alone, call it too. A program embedding isodose does
-    not call it, and keeps Numba's own behaviour. Call it before any thread starts."""
+    target, where the command loads it, is set up for loading cached functions only, and in whole only if
+    something compiles, without SciPy's BLAS either way, which no kernel uses (about 150 ms of a one-off command's
+    wall time, and 130 to 190 ms more where SciPy is installed; see :mod:`isodose.kernels.numba_target`). The
+    worker processes of a local cohort run, which run isodose's work alone, call it too. A program embedding
+    isodose does not call it, and keeps Numba's own behaviour. Call it before any thread starts."""
     from .kernels import numba_target
 
-    numba_target.WITHOUT_SCIPY_BLAS = True
+    numba_target.FOR_ONE_COMMAND = True
 
 
 def cuda_usable() -> bool:

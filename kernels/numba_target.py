@@ -1,47 +1,127 @@
 """Numba's CPU target, set up once per process before the first compiled function is called.
 
-Numba sets up its CPU target on the first call of any compiled function, cached or not: it imports its
-implementations of Python and NumPy, and among them ``numba.np.arraymath``, which imports SciPy's BLAS
-(``scipy.linalg.cython_blas``, and with it all of ``scipy.linalg``) only to see whether its ``np.correlate`` and
-``np.convolve`` may call BLAS. Where SciPy is installed that import is most of the set-up: 130 to 190 ms of a
-one-off command's wall time on the 2-core machine of the benchmarks, for kernels that use no BLAS.
+Numba sets up its CPU target on the first call of any compiled function, cached or not (its ``refresh``): it
+imports its implementations of Python and NumPy (about 80 modules) and registers each of them with its typing and
+lowering contexts. Only compiling needs them: a function loaded from the disk cache is machine code already, which
+needs Numba's runtime and the symbols its code calls, not the implementations it was compiled from. On the 2-core
+machine of the benchmarks the set-up is 150 to 160 ms of a one-off command's wall time, about a quarter of it; and
+among those implementations ``numba.np.arraymath`` imports SciPy's BLAS (``scipy.linalg.cython_blas``, and with it
+all of ``scipy.linalg``) only to see whether its ``np.correlate`` and ``np.convolve`` may call BLAS, another 130 to
+190 ms where SciPy is installed.
 
-:func:`set_up` sets the target up at once, and where :data:`WITHOUT_SCIPY_BLAS` is true (the ``isodose`` command
-and a local cohort run's worker processes set it, before any thread starts; a program embedding isodose keeps
-Numba's own behaviour) it does so with that one import declined, so that Numba's ``np.correlate`` and
-``np.convolve`` of floats compiled later in the process take their own loop rather than BLAS. Nothing else changes:
-SciPy, and ``scipy.linalg.cython_blas`` itself, import as usual after.
+:func:`set_up` prepares the target. Where :data:`FOR_ONE_COMMAND` is true (the ``isodose`` command and a local
+cohort run's worker processes set it, before any thread starts; a program embedding isodose keeps Numba's own
+behaviour), it does so in two steps:
+
+- **loading from the cache** (a refresh that Numba's cache asks for as it loads a function) starts Numba's runtime
+  and registers the symbols that loaded code may call, and nothing more;
+- **compiling** (any other refresh: Numba's compiler asks for one before it compiles, and its lowering when it
+  meets a function it has no definition of) sets the target up as Numba does, with SciPy's BLAS declined where it is
+  not imported yet and no other thread runs, so that Numba's ``np.correlate`` and ``np.convolve`` of floats
+  compiled later in the process take their own loop rather than BLAS (SciPy, and ``scipy.linalg.cython_blas``
+  itself, import as usual after).
+
+Which refresh is which is told by its caller, ``numba.core.caching.Cache.load_overload``; a Numba that no longer
+has it gets the whole set-up at once, as before. Whatever the set-up, the functions called compute the same: the
+tests load every kernel in processes of both kinds and compare what they compute (``tests/test_numba_target.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
 
-#: Whether :func:`set_up` declines SciPy's BLAS while Numba sets up its target (see the module docstring).
-WITHOUT_SCIPY_BLAS = False
+#: Whether :func:`set_up` sets the target up in two steps, loading and compiling (see the module docstring).
+FOR_ONE_COMMAND = False
 
 _BLAS_MODULE = "scipy.linalg.cython_blas"
 
 
 @functools.cache
 def set_up() -> None:
-    """Set Numba's CPU target up now (once per process), without SciPy's BLAS where :data:`WITHOUT_SCIPY_BLAS`
-    is true, SciPy's BLAS is not imported yet and no other thread runs (the import is declined for the whole
-    process while the target is set up, so that another thread importing SciPy then would fail).
+    """Set Numba's CPU target up (once per process): where :data:`FOR_ONE_COMMAND` is true and Numba's cache
+    loads its functions as this module knows, for loading first and for compiling when something compiles;
+    otherwise at once, as Numba does on its first call.
 
     It holds Numba's compiler lock, as Numba does when it sets the target up itself: a thread loading a compiled
     function meanwhile waits for it."""
     from numba.core.compiler_lock import global_compiler_lock
     from numba.core.registry import cpu_target
 
+    context = cpu_target.target_context
     with global_compiler_lock:
-        decline = WITHOUT_SCIPY_BLAS and _BLAS_MODULE not in sys.modules and threading.active_count() == 1
-        if decline:
-            sys.modules[_BLAS_MODULE] = None  # type: ignore[assignment]  # an import of it raises ImportError
-        try:
-            cpu_target.target_context.refresh()
-        finally:
-            if decline and sys.modules.get(_BLAS_MODULE, ...) is None:
-                del sys.modules[_BLAS_MODULE]
+        loading = _cache_loading_code() if FOR_ONE_COMMAND else None
+        if loading is None:
+            _full_refresh(context, decline_blas=FOR_ONE_COMMAND)
+        else:
+            context.refresh = functools.partial(_refresh, context, loading)
+
+
+def loads_only() -> bool:
+    """Whether this process's CPU target is still set up for loading cached functions only (nothing compiled)."""
+    from numba.core.registry import cpu_target
+
+    return isinstance(cpu_target.target_context.__dict__.get("refresh"), functools.partial)
+
+
+def _cache_loading_code():
+    """The code of the method with which Numba's cache loads a function and refreshes the target first, or None."""
+    try:
+        from numba.core.caching import Cache
+    except ImportError:  # pragma: no cover - a Numba laid out otherwise
+        return None
+    code = getattr(getattr(Cache, "load_overload", None), "__code__", None)
+    return code if code is not None and "refresh" in code.co_names else None
+
+
+def _refresh(context, loading, *args, **kwargs) -> None:
+    """The target's refresh in a process set up in two steps: what loading needs when the cache loads, the whole
+    set-up (once; the method is then Numba's own again) when anything else asks."""
+    if sys._getframe(1).f_code is loading:
+        _for_loading(context)
+        return
+    del context.refresh  # the class's method from now on
+    _full_refresh(context, decline_blas=True)
+
+
+@functools.cache
+def _for_loading(context) -> None:
+    """What a function loaded from the cache needs of the target: Numba's runtime (its allocator, which the
+    loaded code calls), and the symbols that Numba's implementations register with LLVM as they are imported
+    (``numba.cpython.hashing``'s hash secret is the one). The context already holds the C helpers and math
+    functions, and a parallel function starts Numba's threads itself as it is loaded.
+
+    Loading a function imports the modules whose compiled helpers it holds, ``numba.np.arraymath`` among them for
+    every kernel of isodose's that sums or sorts: it is imported here first, with SciPy's BLAS declined as in the
+    whole set-up."""
+    from numba.core.runtime import rtsys
+    from numba.cpython import hashing  # noqa: F401
+
+    rtsys.initialize(context)
+    with _blas_declined():
+        from numba.np import arraymath  # noqa: F401
+
+
+def _full_refresh(context, decline_blas: bool) -> None:
+    """Numba's own set-up of the target, with SciPy's BLAS declined where ``decline_blas`` is true."""
+    if not decline_blas:
+        context.refresh()
+        return
+    with _blas_declined():
+        context.refresh()
+
+
+@contextlib.contextmanager
+def _blas_declined():
+    """SciPy's BLAS declined meanwhile where it is not imported yet and no other thread runs (the import is
+    declined for the whole process, so that another thread importing SciPy then would fail)."""
+    decline = _BLAS_MODULE not in sys.modules and threading.active_count() == 1
+    if decline:
+        sys.modules[_BLAS_MODULE] = None  # type: ignore[assignment]  # an import of it raises ImportError
+    try:
+        yield
+    finally:
+        if decline and sys.modules.get(_BLAS_MODULE, ...) is None:
+            del sys.modules[_BLAS_MODULE]
