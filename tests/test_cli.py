@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -265,3 +266,43 @@ def test_a_usage_error_is_one_line_with_where_to_read_more(argv):
 def test_python_dash_m_runs_the_command(module):
     done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("isodose "), (done.stdout, done.stderr)
+
+
+def test_the_console_command_ends_with_its_status_its_output_flushed_and_exit_handlers_run(tmp_path):
+    """The console command ends its process without the interpreter's teardown (``main.leave``): with the
+    command's exit status, its buffered output written, and the process's exit handlers run."""
+    code = """
+import atexit, sys
+atexit.register(lambda: print("exit handler ran", file=sys.stderr))
+sys.argv = ["isodose", *sys.argv[1:]]
+from isodose.cli.main import console
+console()
+print("not reached", file=sys.stderr)
+"""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}  # stdout buffered in a pipe
+    ok = subprocess.run([sys.executable, "-c", code, "backends"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and "numpy" in ok.stdout, (ok.stdout, ok.stderr)
+    assert ok.stderr.strip().endswith("exit handler ran") and "not reached" not in ok.stderr
+    missing = tmp_path / "missing.dcm"
+    bad = subprocess.run(
+        [sys.executable, "-c", code, "dvh", "--dose", str(missing), "--structures", str(missing)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode == 2 and "isodose: error:" in bad.stderr and "exit handler ran" in bad.stderr, bad.stderr
+
+
+def test_the_console_command_waits_for_threads_left_running_as_the_interpreter_does():
+    code = """
+import sys, threading, time
+def late():
+    time.sleep(0.3)
+    print("thread finished", file=sys.stderr)
+threading.Thread(target=late).start()
+sys.argv = ["isodose", "--version"]
+from isodose.cli.main import leave
+leave(0)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and "thread finished" in done.stderr, done.stderr
