@@ -57,6 +57,7 @@ def set_up() -> None:
             _full_refresh(context, decline_blas=FOR_ONE_COMMAND)
         else:
             context.refresh = functools.partial(_refresh, context, loading)
+            _for_loading(context)
 
 
 def loads_only() -> bool:
@@ -86,22 +87,35 @@ def _refresh(context, loading, *args, **kwargs) -> None:
     _full_refresh(context, decline_blas=True)
 
 
+#: Numba's implementations whose compiled helpers isodose's kernels hold (array creation and indexing, builtins,
+#: reductions, sorting): loading a kernel imports each, to rebuild the helper's environment.
+_HELD_BY_KERNELS = (
+    "numba.cpython.builtins",
+    "numba.np.numpy_support",
+    "numba.np.arrayobj",
+    "numba.np.arraymath",
+    "numba.misc.quicksort",
+)
+
+
 @functools.cache
 def _for_loading(context) -> None:
-    """What a function loaded from the cache needs of the target: Numba's runtime (its allocator, which the
-    loaded code calls), and the symbols that Numba's implementations register with LLVM as they are imported
-    (``numba.cpython.hashing``'s hash secret is the one). The context already holds the C helpers and math
-    functions, and a parallel function starts Numba's threads itself as it is loaded.
+    """What functions loaded from the cache need of the target: Numba's runtime (its allocator, which loaded
+    code calls), the symbols that Numba's implementations register with LLVM as they are imported
+    (``numba.cpython.hashing``'s hash secret is the one), and the implementations whose helpers the kernels hold
+    (:data:`_HELD_BY_KERNELS`), imported with SciPy's BLAS declined as in the whole set-up (``numba.np.arraymath``
+    asks for it). The context already holds the C helpers and math functions, and a parallel function starts
+    Numba's threads itself as it is loaded. Done when the target is set up, before the command's inputs are read
+    in (a reading helper reads them meanwhile), rather than on the first load, after."""
+    import importlib
 
-    Loading a function imports the modules whose compiled helpers it holds, ``numba.np.arraymath`` among them for
-    every kernel of isodose's that sums or sorts: it is imported here first, with SciPy's BLAS declined as in the
-    whole set-up."""
     from numba.core.runtime import rtsys
     from numba.cpython import hashing  # noqa: F401
 
     rtsys.initialize(context)
     with _blas_declined():
-        from numba.np import arraymath  # noqa: F401
+        for name in _HELD_BY_KERNELS:
+            importlib.import_module(name)
 
 
 def _full_refresh(context, decline_blas: bool) -> None:

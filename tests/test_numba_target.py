@@ -25,7 +25,15 @@ from isodose.kernels import numba_target
 from isodose.compiled_polygons import ring_crosses_itself
 from isodose.dvh import compute_dvhs
 from isodose.phantoms import head_neck_case
+import numba.core.environment as environment
+rebuilt = set()
+rebuild = environment._rebuild_env
+def spy(module, *args):  # the module of each helper's environment that loading rebuilds
+    rebuilt.add(module)
+    return rebuild(module, *args)
+environment._rebuild_env = spy
 backend = dispatch.select_backend("numba")
+at_set_up = set(sys.modules)
 dose, structures = head_neck_case((40, 72, 72), 6.0, 6.0)
 dvhs = compute_dvhs(dose, structures, backend=backend)
 kernels = backend.kernels
@@ -39,6 +47,7 @@ print(json.dumps({{
     "course_sum": kernels.course_sum((cube, 2 * cube), (1.0, 1.0), (5, 10), 3.0).tolist(),
     "rings": [bool(ring_crosses_itself(square)), bool(ring_crosses_itself(bow_tie))],
     "loads_only": numba_target.loads_only(),
+    "imported_by_loads": sorted(m for m in rebuilt if m.startswith("numba.") and m not in at_set_up),
     "scipy_blas": "scipy.linalg" in sys.modules,
 }}))
 """
@@ -58,13 +67,15 @@ def test_the_installed_numba_loads_as_this_module_knows():
 
 def test_kernels_loaded_for_one_command_compute_as_after_numbas_whole_set_up():
     """The same work, bit for bit, in a process set up as Numba does and in one set up for one command, where
-    every function came from the cache (nothing was compiled, so the target was never set up in whole) and
-    SciPy's BLAS was never imported."""
+    every function came from the cache (nothing was compiled, so the target was never set up in whole), SciPy's
+    BLAS was never imported, and the implementations whose helpers the kernels hold were imported with the
+    target's set-up, not as the kernels loaded."""
     whole = _run(WORK.format(one_command=False))  # fills the cache, where it was empty, for the next one
     one_command = _run(WORK.format(one_command=True))
     assert one_command.pop("loads_only") is True
     assert whole.pop("loads_only") is False
     assert one_command.pop("scipy_blas") is False
+    assert one_command["imported_by_loads"] == []  # all imported as the target was set up, before any read
     whole.pop("scipy_blas")
     assert one_command == whole
     assert whole["rings"] == [False, True]
