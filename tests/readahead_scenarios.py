@@ -81,8 +81,19 @@ def main(name: str, folder: Path) -> dict:
         sys.stdout.flush()
         return where()
 
+    def arrays(seed):
+        def read():
+            import numpy as np
+
+            big = np.random.default_rng(seed).random((100, 3001))  # 2.4 MB: through the shared file
+            return {"big": big, "strided": big[:, ::7], "small": big[0, :10].copy(), "where": where()}
+
+        return read
+
     reads = {
         "values": [warned(1), warned(2), third],
+        "arrays": [arrays(1), warned(2), arrays(3)],
+        "arrays without a shared file": [arrays(1), warned(2), arrays(3)],
         "error": [warned(1), error, third],
         "failure": [warned(1), failing, warned(3)],
         "killed": [killed, warned(2)],
@@ -102,6 +113,8 @@ def main(name: str, folder: Path) -> dict:
             raise BlockingIOError(11, "Resource temporarily unavailable")
 
         os.fork = no_fork
+    if name == "arrays without a shared file":
+        del os.memfd_create
     if name == "printing":
         sys.stdout.write("before|")  # buffered (stdout is a pipe) when the helper is forked
     out: dict = {"numpy before": "numpy" in sys.modules}
@@ -117,6 +130,8 @@ def main(name: str, folder: Path) -> dict:
                 signal.signal(signal.SIGCHLD, signal.SIG_IGN)
             for _ in reads:
                 out.setdefault("values", []).append(files.next())
+            if name.startswith("arrays"):
+                out["values"] = [_described(value, seed) for value, seed in zip(out["values"], (1, None, 3))]
     except StructureError as exc:
         out["error"] = [type(exc).__name__, exc.path, exc.obj, exc.problem]
     except (ValueError, RuntimeError) as exc:
@@ -131,6 +146,30 @@ def main(name: str, folder: Path) -> dict:
         except ProcessLookupError:
             out["helper left"] = False
     return out
+
+
+def _described(value, seed):
+    """What a read of the arrays scenarios gave: whether each array is what was read, and mapped from the shared
+    file rather than copied, and whether the command may write to it."""
+    if seed is None:
+        return value
+    import mmap
+
+    import numpy as np
+
+    expected = np.random.default_rng(seed).random((100, 3001))
+
+    def mapped(array):
+        while isinstance(array.base, np.ndarray):
+            array = array.base
+        return isinstance(array.base, memoryview) and isinstance(array.base.obj, mmap.mmap)
+
+    described = {"where": value["where"]}
+    for key, want in (("big", expected), ("strided", expected[:, ::7]), ("small", expected[0, :10])):
+        array = value[key]
+        described[key] = [bool(np.array_equal(array, want)), mapped(array), bool(array.flags.writeable)]
+    value["big"][0, 0] = -1.0  # the command's own copy of the page
+    return described
 
 
 if __name__ == "__main__":

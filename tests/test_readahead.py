@@ -293,3 +293,41 @@ def test_errors_pickle_with_their_parts():
     assert type(again) is DoseGridError and str(again) == str(error)
     assert (again.path, again.obj, again.problem) == ("RD.dcm", "frame 3", "has no pixels")
     assert again.warnings == ("a warning",)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_large_arrays_come_through_a_shared_file_mapped_and_writable(tmp_path, shared):
+    """A read's large contiguous arrays (a dose grid's voxels) come through a file in memory that the command maps
+    rather than copies, equal to what was read and writable (copy on write); small and strided ones come through
+    the pipe, and so does everything where the system gives no such file."""
+    out = scenario("arrays" if shared else "arrays without a shared file", tmp_path)
+    assert out["ahead"]
+    first, second, third = out["values"]
+    assert second == [2, "helper"]
+    for value in (first, third):
+        assert value["where"] == "helper"
+        assert value["big"] == [True, shared, True]
+        assert value["strided"] == [True, False, True]
+        assert value["small"] == [True, False, True]
+
+
+def test_the_shared_file_holds_each_buffer_aligned_after_the_last(tmp_path):
+    """The helper's side of the shared file, in this process: each large buffer written at the next multiple of
+    SPILL_ALIGNMENT after the last, the rest pickled; the command's side gives the values back."""
+    import numpy as np
+
+    with open(tmp_path / "spill", "w+b") as handle:
+        spill = readahead._Spill(handle.fileno())
+        values = [np.arange(9_001.0), np.arange(10, dtype=np.int16), np.ones((200, 51), dtype=np.float32)]
+        first = spill.message(values)
+        spans_first = list(spill.spans)
+        second = spill.message({"again": np.full(70_001, 7, dtype=np.uint8)})
+        spans_second = list(spill.spans)
+        import pickle
+
+        assert spans_first == [(0, 72_008)] and spans_second == [(72_064, 70_001)]  # 40_800 bytes stay in band
+        back = readahead._unspilled(pickle.loads(first), handle.fileno())
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(back, values))
+        assert np.array_equal(readahead._unspilled(pickle.loads(second), handle.fileno())["again"], np.full(70_001, 7))
+        third = spill.message(np.arange(3.0) + 0.5)
+        assert spill.spans == [] and np.array_equal(readahead._unspilled(pickle.loads(third), None), [0.5, 1.5, 2.5])

@@ -7,7 +7,9 @@ the other. Where the command asks for compiled kernels (:func:`isodose.dispatch.
 helper (NumPy imported first, as both need it) that reads the files in their order while the command loads the
 kernels. Once it has made them all (or met an error), the helper sends back, for each read, its value (pickled) and
 the log records it made, or the :class:`~isodose.errors.IsodoseError` it raised (a pipe holds little: sent one by
-one, each would wait for the command to take it before the next read began); the command logs those records as its
+one, each would wait for the command to take it before the next read began). The large buffers of the values (a
+dose grid's voxels) go through a file in memory that both processes share (:func:`_spill_file`), which the
+command maps rather than copies: only the rest travels through the pipe; the command logs those records as its
 own, at the point where it would have read the file itself, so that its warnings are shown and kept with the results
 as before, and raises the error there. Anything else (the helper failing in another way, killed, a value that cannot
 be pickled, or no helper to be had) falls back to reading in the command's own process. Elsewhere, for inputs larger
@@ -22,6 +24,7 @@ last-resort handler, a C library's) is printed by the helper as it comes.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import pickle
 import signal
@@ -39,6 +42,10 @@ ENV_VAR = "ISODOSE_READ_AHEAD"
 #: and the command's own would double the memory they take, for a gain that reading so much makes small.
 MAX_BYTES = 256 * 2**20
 OFF = ("0", "false", "no", "off")
+#: Buffers of a value this large or larger go through the shared file rather than the pipe (see :func:`_spill_file`).
+SPILL_BYTES = 64 * 2**10
+#: Where each buffer starts in the shared file: a multiple of this (NumPy's arrays are then aligned as it likes).
+SPILL_ALIGNMENT = 64
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -117,13 +124,78 @@ class _Records(logging.Handler):
         return taken
 
 
-def _help(reads: Sequence[Callable[[], Any]], out: BinaryIO) -> None:
+def _spill_file() -> int | None:
+    """A file in memory (``memfd_create``) that the helper, forked after it is made, writes its values' large
+    buffers into, and the command maps (copy on write: what the command changes stays its own), so that a dose grid
+    is neither copied through the pipe nor unpickled; None where the system has none to give (the values then
+    travel whole through the pipe)."""
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return None
+    try:
+        return create("isodose-read-ahead", getattr(os, "MFD_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+class _Spill:
+    """The helper's side of the shared file: pickle's ``buffer_callback``, which writes each large contiguous buffer
+    at the file's end and keeps where (its offset and length), and keeps the rest in the pickle."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.end = 0
+        self.spans: list[tuple[int, int]] = []
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        if self.fd is None:
+            return True
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: pickled in the message
+            return True
+        if raw.nbytes < SPILL_BYTES:
+            return True
+        offset = -(-self.end // SPILL_ALIGNMENT) * SPILL_ALIGNMENT
+        written = 0
+        while written < raw.nbytes:
+            written += os.pwrite(self.fd, raw[written:], offset + written)
+        self.spans.append((offset, raw.nbytes))
+        self.end = offset + raw.nbytes
+        return False
+
+    def message(self, value: Any) -> bytes:
+        """``value`` pickled with its large buffers written to the shared file: the pickle and where they are."""
+        self.spans = []
+        try:
+            payload = pickle.dumps(value, protocol=5, buffer_callback=self)
+        except BaseException:
+            self.spans = []
+            raise
+        return pickle.dumps((payload, self.spans), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unspilled(message: tuple[bytes, list[tuple[int, int]]], fd: int | None) -> Any:
+    """A message of the helper's unpickled, its large buffers mapped from the shared file ``fd``."""
+    payload, spans = message
+    if not spans:
+        return pickle.loads(payload)
+    if fd is None:
+        raise ValueError("a message refers to a shared file that is not there")
+    end = max(offset + length for offset, length in spans)
+    view = memoryview(mmap.mmap(fd, end, access=mmap.ACCESS_COPY))
+    return pickle.loads(payload, buffers=[view[offset : offset + length] for offset, length in spans])
+
+
+def _help(reads: Sequence[Callable[[], Any]], out: BinaryIO, spill: int | None = None) -> None:
     """The helper's work: each read in order, until one does not give a value, and then their outcomes sent (a
-    pipe holds little: sending each at once would wait for the command to take it before the next read)."""
+    pipe holds little: sending each at once would wait for the command to take it before the next read), their
+    large buffers written to the shared file ``spill`` (where there is one) as they are pickled."""
     records = _Records()
     logger = logging.getLogger("isodose")
     logger.handlers[:] = [records]
     logger.propagate = False
+    spilled = _Spill(spill)
     messages = []
     for read in reads:
         try:
@@ -133,9 +205,12 @@ def _help(reads: Sequence[Callable[[], Any]], out: BinaryIO) -> None:
         except Exception as exc:
             outcome = ("failed", f"{type(exc).__name__}: {exc}")
         try:
-            message = pickle.dumps((outcome, records.take()), protocol=pickle.HIGHEST_PROTOCOL)
+            message = spilled.message((outcome, records.take()))
         except Exception as exc:  # a value or an error that does not pickle: the command reads it itself
-            message = pickle.dumps((("failed", f"not sent: {exc}"), []), protocol=pickle.HIGHEST_PROTOCOL)
+            message = pickle.dumps(
+                (pickle.dumps((("failed", f"not sent: {exc}"), []), protocol=pickle.HIGHEST_PROTOCOL), []),
+                protocol=pickle.HIGHEST_PROTOCOL,
+            )
         messages.append(message)
         if outcome[0] != "value":
             break
@@ -152,6 +227,7 @@ class Reads:
         self._next = 0
         self._helper: int | None = None  # the helper's process id while it runs
         self._pipe: BinaryIO | None = None
+        self._spill: int | None = None  # the file in memory the helper writes large buffers to
         #: Whether a helper was started to read them.
         self.ahead = False
 
@@ -163,11 +239,13 @@ class Reads:
         except OSError as exc:  # no file descriptors left: read here
             log.debug("no reading helper (%s): reading here", exc)
             return
+        spill = _spill_file()
         try:
             pid = os.fork()
         except OSError as exc:  # no processes or memory left: read here
-            os.close(read_end)
-            os.close(write_end)
+            for fd in (read_end, write_end, spill):
+                if fd is not None:
+                    os.close(fd)
             log.debug("no reading helper (%s): reading here", exc)
             return
         if pid == 0:  # the helper
@@ -177,7 +255,7 @@ class Reads:
                 if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
                     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it at once; the command says so
                 with os.fdopen(write_end, "wb") as out:
-                    _help(self._reads, out)
+                    _help(self._reads, out, spill)
             except BaseException:
                 status = 1
             finally:
@@ -186,12 +264,16 @@ class Reads:
         self._helper = pid
         self.ahead = True
         self._pipe = os.fdopen(read_end, "rb")
+        self._spill = spill
         log.debug("reading %d input(s) in helper process %d while the kernels load", len(self._reads), pid)
 
     def _stop(self) -> None:
         if self._pipe is not None:
             self._pipe.close()
             self._pipe = None
+        if self._spill is not None:  # what was mapped from it stays
+            os.close(self._spill)
+            self._spill = None
         if self._helper is not None:
             try:
                 os.kill(self._helper, signal.SIGKILL)
@@ -226,7 +308,7 @@ class Reads:
         self._next += 1
         if self._pipe is not None:
             try:
-                (kind, payload), records = pickle.load(self._pipe)
+                (kind, payload), records = _unspilled(pickle.load(self._pipe), self._spill)
             except Exception as exc:  # the helper died or was killed: read here
                 log.debug("reading helper gave nothing for read %d (%s): reading here", index, exc)
                 self._stop()
