@@ -871,3 +871,112 @@ def test_the_contour_walker_never_raises_on_damaged_bytes(noise, implicit, at, p
         for candidate in (raw, damaged):
             walked = sequence_items(candidate, implicit_vr=implicit)
             assert walked is None or all(isinstance(item, dict) for item in walked)
+
+
+def _roi_table_file(tmp_path, transfer_syntax, change=None):
+    """A structure set whose ROI sequences are of defined length (so that pydicom leaves their bytes unparsed
+    until asked), ``change(ds)`` made to it first."""
+    path = _structure_file(tmp_path)
+    ds = pydicom.dcmread(path)
+    ds.RTROIObservationsSequence[0].RTROIInterpretedType = "ORGAN"
+    ds.StructureSetROISequence[1].ROIName = " Cord "
+    ds.StructureSetROISequence[2].ROIName = ""
+    ds.StructureSetROISequence[2].ReferencedFrameOfReferenceUID = "1.2.3.4"
+    if change is not None:
+        change(ds)
+    for keyword in ("StructureSetROISequence", "RTROIObservationsSequence"):
+        if keyword in ds:
+            ds[keyword].is_undefined_length = False
+            for item in ds[keyword].value:
+                item.is_undefined_length_sequence_item = False
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    pydicom.dcmwrite(
+        path,
+        ds,
+        implicit_vr=transfer_syntax.is_implicit_VR,
+        little_endian=transfer_syntax.is_little_endian,
+        force_encoding=True,
+    )
+    return path
+
+
+def _observation_without_a_number(ds):
+    item = Dataset()
+    item.ObservationNumber = 99
+    item.RTROIInterpretedType = "AVOIDANCE"
+    ds.RTROIObservationsSequence.append(item)
+
+
+def _charset(ds, name):
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.StructureSetROISequence[0].ROIName = name
+
+
+ROI_TABLE_CHANGES = {
+    "plain": (None, True),
+    "an observation without an ROI number": (_observation_without_a_number, True),
+    "a NUL-padded frame of reference": (
+        lambda ds: ds.StructureSetROISequence[0].__setitem__(
+            0x30060024, pydicom.DataElement(0x30060024, "UI", "1.2.3\x00")
+        ),
+        True,
+    ),
+    "a name outside ASCII": (lambda ds: _charset(ds, "Tumör"), False),
+    "a name of two values": (lambda ds: setattr(ds.StructureSetROISequence[0], "ROIName", ["Shell", "Outer"]), False),
+    "an ROI number with a decimal point": (
+        lambda ds: ds.StructureSetROISequence[0].__setitem__(0x30060022, pydicom.DataElement(0x30060022, "IS", "3.0")),
+        False,
+    ),
+    "an interpreted type in lower case": (
+        lambda ds: ds.RTROIObservationsSequence[1].__setitem__(
+            0x300600A4, pydicom.DataElement(0x300600A4, "CS", "ptv")
+        ),
+        False,
+    ),
+    "no observations": (lambda ds: delattr(ds, "RTROIObservationsSequence"), True),
+}
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ExplicitVRBigEndian],
+    ids=["implicit", "explicit", "big-endian"],
+)
+@pytest.mark.parametrize("change", list(ROI_TABLE_CHANGES))
+def test_roi_tables_read_from_their_bytes_as_from_pydicoms_items(
+    tmp_path, monkeypatch, caplog, transfer_syntax, change
+):
+    """Each ROI's number, name, frame of reference and interpreted type, read from the bytes of the ROI sequences'
+    items where every value is plain: the same as from pydicom's items, with the same warnings; anything else
+    (another character set, a name of two values, a value pydicom warns about, big endian) read through pydicom."""
+    import isodose.dicom.read as reader
+
+    edit, plain = ROI_TABLE_CHANGES[change]
+    path = _roi_table_file(tmp_path, transfer_syntax, edit)
+    from_bytes = reader._roi_table_from_bytes
+    taken: list = []
+    monkeypatch.setattr(reader, "_roi_table_from_bytes", lambda ds: taken.append(from_bytes(ds)) or taken[-1])
+    caplog.clear()  # pydicom's warnings as the file was made
+    with caplog.at_level(logging.WARNING):
+        fast = read_structures(path)
+    fast_log, _ = caplog.text, caplog.clear()
+    monkeypatch.setattr(reader, "_roi_table_from_bytes", lambda ds: None)
+    with caplog.at_level(logging.WARNING):
+        slow = read_structures(path)
+    little_endian = transfer_syntax != pydicom.uid.ExplicitVRBigEndian
+    assert (taken[0] is not None) == (plain and little_endian)
+    assert fast_log == caplog.text
+    described = [(s.number, s.name, s.frame_of_reference_uid, s.interpreted_type) for s in fast.structures]
+    assert described == [(s.number, s.name, s.frame_of_reference_uid, s.interpreted_type) for s in slow.structures]
+    assert [len(s.contours) for s in fast.structures] == [len(s.contours) for s in slow.structures]
+    if change == "plain":
+        assert [row[1:3] for row in described] == [("Shell", "1.2.3"), ("Cord", "1.2.3"), ("ROI 9", "1.2.3.4")]
+        assert "ORGAN" in [row[3] for row in described]
+
+
+def test_a_structure_set_without_roi_definitions_is_the_same_error(tmp_path):
+    path = _roi_table_file(
+        tmp_path, pydicom.uid.ExplicitVRLittleEndian, lambda ds: delattr(ds, "StructureSetROISequence")
+    )
+    with pytest.raises(StructureError, match="StructureSetROISequence is missing or empty"):
+        read_structures(path)

@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import warnings
@@ -901,25 +902,33 @@ def _geometric_type(item) -> str:
     return str(item.get("ContourGeometricType", "") or "").strip().upper()
 
 
-def _contours_from_bytes(roi_item) -> list[tuple[str, bytes]] | None:
-    """Each contour of an ROIContourSequence item as (ContourGeometricType, the bytes of ContourData), its
-    ContourSequence walked from the element's bytes (:mod:`isodose.dicom.items`), where pydicom has not parsed it
-    yet: as :func:`_geometric_type` and :func:`_contour_data` read them from pydicom's items, without building one.
-    None where pydicom has parsed it, or where the encoding is one the walker leaves to pydicom."""
+def _walked_sequence(container, tag: int) -> list[dict[int, bytes | None]] | None:
+    """The items of the sequence ``tag`` of a dataset or item, walked from the element's bytes
+    (:mod:`isodose.dicom.items`) where pydicom has not parsed it yet: each item's elements by tag, as the bytes of
+    their values. [] where the sequence is absent or parsed and empty; None where pydicom has parsed it, or where
+    the encoding is one the walker leaves to pydicom."""
     from pydicom.dataelem import RawDataElement
 
     from .items import sequence_items
 
-    if _CONTOUR_SEQUENCE not in roi_item:
-        return []  # an ROI without contours
-    element = roi_item.get_item(_CONTOUR_SEQUENCE)
+    if tag not in container:
+        return []
+    element = container.get_item(tag)
     if not isinstance(element, RawDataElement):
         # Parsed by pydicom already (a sequence of undefined length is parsed as the file is read): only an empty
         # one is taken here; the items of any other are read as pydicom gave them.
         return [] if not element.value else None
     if element.VR not in (None, "SQ") or not isinstance(element.value, bytes) or not element.is_little_endian:
         return None  # bytes pydicom would not read as a sequence (VR OB, say), or big endian: as pydicom reads them
-    items = sequence_items(element.value, element.is_implicit_VR)
+    return sequence_items(element.value, element.is_implicit_VR)
+
+
+def _contours_from_bytes(roi_item) -> list[tuple[str, bytes]] | None:
+    """Each contour of an ROIContourSequence item as (ContourGeometricType, the bytes of ContourData), its
+    ContourSequence walked from the element's bytes (:func:`_walked_sequence`), where pydicom has not parsed it
+    yet: as :func:`_geometric_type` and :func:`_contour_data` read them from pydicom's items, without building one.
+    None where pydicom has parsed it, or where the encoding is one the walker leaves to pydicom."""
+    items = _walked_sequence(roi_item, _CONTOUR_SEQUENCE)
     if items is None:
         return None
     contours = []
@@ -1008,6 +1017,87 @@ def _contour(kind: str, values: Callable[[str], np.ndarray], path: PathType, roi
     return Contour(points_mm=np.ascontiguousarray(points[:, :2]), z_mm=float(z.sum()) / len(z))  # z.mean(), quicker
 
 
+#: StructureSetROISequence and RTROIObservationsSequence, and the elements read from their items.
+_STRUCTURE_SET_ROI_SEQUENCE, _RT_ROI_OBSERVATIONS_SEQUENCE = 0x30060020, 0x30060080
+_ROI_NUMBER, _REFERENCED_FRAME_OF_REFERENCE_UID, _ROI_NAME = 0x30060022, 0x30060024, 0x30060026
+_REFERENCED_ROI_NUMBER, _RT_ROI_INTERPRETED_TYPE = 0x30060084, 0x300600A4
+#: The values taken from an item's bytes: those pydicom reads without a warning and converts to the same value
+#: (an IS of at most 12 characters; a UI of digits and points, at most 64; a CS of capitals, digits, spaces and
+#: underscores, at most 16; an LO of at most 64 printable ASCII characters and no backslash, one value).
+_PLAIN_IS = re.compile(r" *[+-]?[0-9]{1,11} *")
+_PLAIN_UI = re.compile(r"[0-9.]{0,64}")
+_PLAIN_CS = re.compile(r"[A-Z0-9 _]{0,16}")
+
+
+def _plain_ascii(raw: bytes | None) -> str | None:
+    """An element's bytes as printable ASCII text, its NUL padding dropped; None for anything else."""
+    if raw is None:
+        return None
+    body = raw.rstrip(b"\x00")
+    if not body.isascii():
+        return None
+    text = body.decode("ascii")
+    return text if text.isprintable() else None
+
+
+def _plain_value(raw: bytes | None, pattern: re.Pattern) -> str | None:
+    text = _plain_ascii(raw)
+    return text if text is not None and pattern.fullmatch(text) else None
+
+
+def _roi_table_from_bytes(ds) -> tuple[list[tuple[int, str, str]], dict[int, str]] | None:
+    """Each ROI's (number, name, ReferencedFrameOfReferenceUID) from StructureSetROISequence and each
+    RTROIInterpretedType by ROI number from RTROIObservationsSequence, read from the bytes of their items where
+    every value is plain (see :data:`_PLAIN_IS`): the values the reader takes from pydicom's items, without
+    building one per ROI. None where an ROI is not defined so, or anything is not plain: they are then read through
+    pydicom, with its warnings and the reader's errors."""
+    definitions = _walked_sequence(ds, _STRUCTURE_SET_ROI_SEQUENCE)
+    observations = _walked_sequence(ds, _RT_ROI_OBSERVATIONS_SEQUENCE)
+    if not definitions or observations is None:
+        return None
+    rois = []
+    for item in definitions:
+        number = _plain_value(item.get(_ROI_NUMBER), _PLAIN_IS)
+        name = _plain_ascii(item.get(_ROI_NAME, b""))
+        frame = _plain_value(item.get(_REFERENCED_FRAME_OF_REFERENCE_UID, b""), _PLAIN_UI)
+        if not number or name is None or len(name) > 64 or "\\" in name or frame is None:
+            return None
+        rois.append((int(number), name.strip() or f"ROI {int(number)}", frame.strip()))
+    interpreted: dict[int, str] = {}
+    for item in observations:
+        if _REFERENCED_ROI_NUMBER not in item:
+            continue
+        number = _plain_value(item[_REFERENCED_ROI_NUMBER], _PLAIN_IS)
+        kind = _plain_value(item.get(_RT_ROI_INTERPRETED_TYPE, b""), _PLAIN_CS)
+        if number is None or kind is None:
+            return None
+        if number.strip():
+            interpreted[int(number)] = kind.strip()
+    return rois, interpreted
+
+
+def _roi_table(ds, path: PathType) -> tuple[list[tuple[int, str, str]], dict[int, str]]:
+    """Each ROI's (number, name, ReferencedFrameOfReferenceUID), and each RTROIInterpretedType (upper case) by ROI
+    number: from the items' bytes where they are plain (:func:`_roi_table_from_bytes`), else from pydicom's."""
+    table = _roi_table_from_bytes(ds)
+    if table is not None:
+        return table
+    roi_items = ds.get("StructureSetROISequence") or []
+    if not roi_items:
+        raise StructureError("StructureSetROISequence is missing or empty", path=path)
+    rois = []
+    for item in roi_items:
+        number = int(_required(item, "ROINumber", path, "StructureSetROISequence item"))
+        name = str(item.get("ROIName", "") or f"ROI {number}").strip()
+        rois.append((number, name, str(item.get("ReferencedFrameOfReferenceUID", "") or "")))
+    interpreted: dict[int, str] = {}
+    for item in ds.get("RTROIObservationsSequence") or []:
+        number = item.get("ReferencedROINumber")
+        if number not in (None, ""):
+            interpreted[int(number)] = str(item.get("RTROIInterpretedType", "") or "").strip().upper()
+    return rois, interpreted
+
+
 @_reader
 def read_structures(path: PathType, rois: Callable[[str, str], bool] | None = None) -> StructureSet:
     """Read an RTSTRUCT: every ROI by name and number, with its CLOSED_PLANAR contours.
@@ -1045,18 +1135,14 @@ def read_structures(path: PathType, rois: Callable[[str, str], bool] | None = No
     (['PTV', 'Cord', 'Recurrence'], 'PTV')
     """
     ds = read_dataset(path, "RTSTRUCT")
-    roi_items = ds.get("StructureSetROISequence") or []
-    if not roi_items:
-        raise StructureError("StructureSetROISequence is missing or empty", path=path)
+    defined, interpreted = _roi_table(ds, path)
     if "ROIContourSequence" not in ds:  # required (type 1): ROIs without contours have items of their own
         raise StructureError(
             "ROIContourSequence is missing: the file holds no contours (a file cut short before them?)", path=path
         )
     names: dict[int, str] = {}
     frames: dict[int, str] = {}
-    for item in roi_items:
-        number = int(_required(item, "ROINumber", path, "StructureSetROISequence item"))
-        name = str(item.get("ROIName", "") or f"ROI {number}").strip()
+    for number, name, frame in defined:
         if number in names:  # their contours could not be told apart: merged, one would become a hole in the other
             raise StructureError(
                 f"ROIs {names[number]!r} and {name!r} share ROINumber {number}: each ROI needs a number of its own "
@@ -1064,12 +1150,7 @@ def read_structures(path: PathType, rois: Callable[[str, str], bool] | None = No
                 path=path,
             )
         names[number] = name
-        frames[number] = str(item.get("ReferencedFrameOfReferenceUID", "") or "")
-    interpreted: dict[int, str] = {}
-    for item in ds.get("RTROIObservationsSequence") or []:
-        number = item.get("ReferencedROINumber")
-        if number not in (None, ""):
-            interpreted[int(number)] = str(item.get("RTROIInterpretedType", "") or "").strip().upper()
+        frames[number] = frame
     contours: dict[int, list[Contour]] = {number: [] for number in names}
     for item in ds.get("ROIContourSequence") or []:
         number = int(_required(item, "ReferencedROINumber", path, "ROIContourSequence item"))
