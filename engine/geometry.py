@@ -211,11 +211,23 @@ def structure_planes(structure: Structure) -> list[ContourPlane]:
     return planes
 
 
+def median(values: np.ndarray) -> float:
+    """``np.median`` of a non-empty 1-D array, the same value bit for bit (the middle value, or the mean of the
+    middle two; NaN where any value is NaN), without the import of ``numpy.ma`` that ``np.median`` makes on its
+    first call (about 17 ms of a one-off command)."""
+    ordered = np.sort(values)  # NaNs last
+    n = len(ordered)
+    if np.isnan(ordered[-1]):
+        return float("nan")
+    middle = n // 2
+    return float(ordered[middle]) if n % 2 else float((ordered[middle - 1] + ordered[middle]) / 2)
+
+
 def nominal_spacing_mm(plane_z_mm: np.ndarray) -> float | None:
     """The typical distance between consecutive planes (their median), or None for a single plane."""
     if len(plane_z_mm) < 2:
         return None
-    return float(np.median(np.diff(plane_z_mm)))
+    return median(np.diff(plane_z_mm))
 
 
 def slab_bounds(
@@ -266,7 +278,7 @@ def common_plane_spacing_mm(structures: Sequence[Structure]) -> float | None:
         return None
     spacing = np.concatenate(spacings)
     spacing = spacing[np.isfinite(spacing)]  # planes of contours built in Python with a NaN z: not a spacing
-    return float(np.median(spacing)) if len(spacing) else None
+    return median(spacing) if len(spacing) else None
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ import logging
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from isodose import polygons
 from isodose.errors import IsodoseError, StructureError
@@ -230,3 +232,34 @@ def test_contours_made_in_python_are_checked(points, z, message):
     _, grid = linear_grid()
     with pytest.raises(StructureError, match=f"^made.dcm: ROI 'Made': a contour {message}"):
         plan_sampling([structure], grid, SamplingOptions())
+
+
+@given(
+    st.lists(st.floats(-1e300, 1e300) | st.just(float("nan")), min_size=1, max_size=40),
+)
+@settings(max_examples=300, deadline=None)
+def test_median_is_numpys_bit_for_bit(values):
+    from isodose.geometry import median
+
+    expected = np.median(np.array(values))
+    got = median(np.array(values))
+    assert (np.isnan(expected) and np.isnan(got)) or np.float64(got).tobytes() == np.float64(expected).tobytes()
+
+
+def test_plane_spacing_imports_no_masked_arrays():
+    """The median of plane spacings is found without ``numpy.ma``, which ``np.median`` imports on its first call."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from isodose.geometry import common_plane_spacing_mm, nominal_spacing_mm
+from isodose.model import Contour, Structure
+square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+rings = tuple(Contour(square, z) for z in (0.0, 2.5, 5.0, 10.0))
+print(common_plane_spacing_mm([Structure("A", 1, rings)]), nominal_spacing_mm(np.array([0.0, 3.0, 9.0])))
+print("numpy.ma" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2.5", "4.5", "False"]
