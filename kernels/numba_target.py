@@ -104,7 +104,8 @@ def _for_loading(context) -> None:
     code calls), the symbols that Numba's implementations register with LLVM as they are imported
     (``numba.cpython.hashing``'s hash secret is the one), and the implementations whose helpers the kernels hold
     (:data:`_HELD_BY_KERNELS`), imported with SciPy's BLAS declined as in the whole set-up (``numba.np.arraymath``
-    asks for it). The context already holds the C helpers and math functions, and a parallel function starts
+    asks for it); and ``numpy.ma``, which Numba imports to type the first array a compiled function is called with
+    (``np.ma``, 17 ms). The context already holds the C helpers and math functions, and a parallel function starts
     Numba's threads itself as it is loaded. Done when the target is set up, before the command's inputs are read
     in (a reading helper reads them meanwhile), rather than on the first load, after."""
     import importlib
@@ -116,6 +117,7 @@ def _for_loading(context) -> None:
     with _blas_declined():
         for name in _HELD_BY_KERNELS:
             importlib.import_module(name)
+    importlib.import_module("numpy.ma")  # Numba's typeof asks whether an array is a masked one, on the first call
 
 
 def _full_refresh(context, decline_blas: bool) -> None:

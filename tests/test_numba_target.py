@@ -48,6 +48,7 @@ print(json.dumps({{
     "rings": [bool(ring_crosses_itself(square)), bool(ring_crosses_itself(bow_tie))],
     "loads_only": numba_target.loads_only(),
     "imported_by_loads": sorted(m for m in rebuilt if m.startswith("numba.") and m not in at_set_up),
+    "imported_after_set_up": sorted(m for m in set(sys.modules) - at_set_up if m.startswith(("numba.", "numpy."))),
     "scipy_blas": "scipy.linalg" in sys.modules,
 }}))
 """
@@ -76,6 +77,8 @@ def test_kernels_loaded_for_one_command_compute_as_after_numbas_whole_set_up():
     assert whole.pop("loads_only") is False
     assert one_command.pop("scipy_blas") is False
     assert one_command["imported_by_loads"] == []  # all imported as the target was set up, before any read
+    assert one_command.pop("imported_after_set_up") == []  # nor anything else of Numba's or NumPy's
+    whole.pop("imported_after_set_up")
     whole.pop("scipy_blas")
     assert one_command == whole
     assert whole["rings"] == [False, True]
