@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 
 import numpy as np
 import pydicom
@@ -883,20 +884,24 @@ def _roi_table_file(tmp_path, transfer_syntax, change=None):
     ds.StructureSetROISequence[2].ROIName = ""
     ds.StructureSetROISequence[2].ReferencedFrameOfReferenceUID = "1.2.3.4"
     if change is not None:
-        change(ds)
+        with warnings.catch_warnings():  # pydicom's, about the odd values some changes make on purpose
+            warnings.simplefilter("ignore")
+            change(ds)
     for keyword in ("StructureSetROISequence", "RTROIObservationsSequence"):
         if keyword in ds:
             ds[keyword].is_undefined_length = False
             for item in ds[keyword].value:
                 item.is_undefined_length_sequence_item = False
     ds.file_meta.TransferSyntaxUID = transfer_syntax
-    pydicom.dcmwrite(
-        path,
-        ds,
-        implicit_vr=transfer_syntax.is_implicit_VR,
-        little_endian=transfer_syntax.is_little_endian,
-        force_encoding=True,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pydicom.dcmwrite(
+            path,
+            ds,
+            implicit_vr=transfer_syntax.is_implicit_VR,
+            little_endian=transfer_syntax.is_little_endian,
+            force_encoding=True,
+        )
     return path
 
 
