@@ -306,3 +306,24 @@ leave(0)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and "thread finished" in done.stderr, done.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_that_cannot_be_written_is_an_error_and_a_closed_output_is_not_a_traceback():
+    """The console command's output that cannot be written at its end (a full disk) is said on stderr, with
+    Python's own status for it (120), as it was at the interpreter's exit; a process started with its stdout closed
+    ends without a traceback."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}  # stdout buffered
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "isodose", "backends"], stdout=full, stderr=subprocess.PIPE, text=True, env=env
+        )
+    assert done.returncode == 120 and "isodose: error: the output could not be written" in done.stderr, done.stderr
+    closed = subprocess.run(
+        [sys.executable, "-m", "isodose", "backends"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert "Traceback" not in closed.stderr and closed.returncode == 0, closed.stderr

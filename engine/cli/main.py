@@ -175,7 +175,10 @@ def leave(code: int) -> NoReturn:
     every module and object, which nothing of the command needs (tens of milliseconds once Numba is loaded).
     What the interpreter does first is done here too, in its order: threads left running are waited for (and
     ``concurrent.futures``' pools shut down), the exit handlers run (logging's, multiprocessing's, h5py's), and
-    stdout and stderr are flushed."""
+    stdout and stderr are flushed. Output that cannot be written (a full disk) is an error, as it is at the
+    interpreter's exit, said on stderr (status 120, as Python's); a closed pipe (output piped into ``head``) or a
+    closed stream is not. C libraries' own exit handlers do not run (HDF5's closing of files left open among them):
+    every file the command writes is closed by the time it returns."""
     import atexit
     import os
     import threading
@@ -185,8 +188,24 @@ def leave(code: int) -> NoReturn:
         shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # closed when the process started (``>&-``)
+            continue
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (output piped into head, say) or a closed stream
+        except BrokenPipeError:  # output piped into head, say: what was wanted was written
             pass
+        except ValueError:  # closed by the command
+            pass
+        except OSError as exc:
+            if stream is sys.stdout:
+                try:
+                    print(f"isodose: error: the output could not be written ({exc.strerror or exc})", file=sys.stderr)
+                    sys.stderr.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+                code = code or EXIT_UNWRITTEN_OUTPUT
     os._exit(code)
+
+
+#: The exit status where the command's output could not be written at its end (a full disk): Python's own.
+EXIT_UNWRITTEN_OUTPUT = 120
