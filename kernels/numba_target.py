@@ -13,30 +13,39 @@ all of ``scipy.linalg``) only to see whether its ``np.correlate`` and ``np.convo
 cohort run's worker processes set it, before any thread starts; a program embedding isodose keeps Numba's own
 behaviour), it does so in two steps:
 
-- **loading from the cache** (a refresh that Numba's cache asks for as it loads a function) starts Numba's runtime
-  and registers the symbols that loaded code may call, and nothing more;
-- **compiling** (any other refresh: Numba's compiler asks for one before it compiles, and its lowering when it
-  meets a function it has no definition of) sets the target up as Numba does, with SciPy's BLAS declined where it is
-  not imported yet and no other thread runs, so that Numba's ``np.correlate`` and ``np.convolve`` of floats
-  compiled later in the process take their own loop rather than BLAS (SciPy, and ``scipy.linalg.cython_blas``
-  itself, import as usual after).
+- **loading a jitted function from the cache** (the refresh that Numba's cache asks for as a dispatcher loads one)
+  needs only what :func:`_for_loading` does once, as the target is set up, while a one-off command's helper reads
+  its files: start Numba's runtime, register the symbols that loaded code may call, and import the modules whose
+  compiled helpers the kernels hold and ``numpy.ma`` (see there);
+- **anything else** (Numba's compiler asks for a refresh before it compiles, its lowering when it meets a function
+  it has no definition of, and a ``vectorize`` ufunc that its cache loads builds its wrapper with the lowering
+  registries) first gets the target set up as Numba does, with SciPy's BLAS declined where it is not imported yet
+  and no other thread runs, so that Numba's ``np.correlate`` and ``np.convolve`` of floats compiled later in the
+  process take their own loop rather than BLAS (SciPy, and ``scipy.linalg.cython_blas`` itself, import as usual
+  after).
 
-Which refresh is which is told by its caller, ``numba.core.caching.Cache.load_overload``; a Numba that no longer
-has it gets the whole set-up at once, as before. Whatever the set-up, the functions called compute the same: the
-tests load every kernel in processes of both kinds and compare what they compute (``tests/test_numba_target.py``).
+Which refresh is which is told by its callers: ``numba.core.caching.Cache.load_overload`` called by
+``numba.core.dispatcher.Dispatcher.compile``. A Numba that has either no longer, or whose modules that
+:func:`_for_loading` imports cannot be imported, gets the whole set-up at once, as before. Whatever the set-up, the
+functions called compute the same: the tests load the kernels in processes of both kinds and compare what they
+compute, and load a cached ufunc after the kernels (``tests/test_numba_target.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import sys
 import threading
+from typing import Any
 
 #: Whether :func:`set_up` sets the target up in two steps, loading and compiling (see the module docstring).
 FOR_ONE_COMMAND = False
 
 _BLAS_MODULE = "scipy.linalg.cython_blas"
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -52,12 +61,17 @@ def set_up() -> None:
 
     context = cpu_target.target_context
     with global_compiler_lock:
-        loading = _cache_loading_code() if FOR_ONE_COMMAND else None
+        loading = _loading_codes() if FOR_ONE_COMMAND else None
+        if loading is not None:
+            try:
+                _for_loading(context)
+            except ImportError as exc:  # a Numba laid out otherwise: Numba's own set-up
+                log.debug("Numba's target set up in whole: %s", exc)
+                loading = None
         if loading is None:
             _full_refresh(context, decline_blas=FOR_ONE_COMMAND)
         else:
             context.refresh = functools.partial(_refresh, context, loading)
-            _for_loading(context)
 
 
 def loads_only() -> bool:
@@ -67,21 +81,27 @@ def loads_only() -> bool:
     return isinstance(cpu_target.target_context.__dict__.get("refresh"), functools.partial)
 
 
-def _cache_loading_code():
-    """The code of the method with which Numba's cache loads a function and refreshes the target first, or None."""
+def _loading_codes() -> tuple[Any, Any] | None:
+    """The code of the method with which Numba's cache loads a function (refreshing the target first) and of the
+    dispatcher's method that calls it, or None where Numba has them no longer."""
     try:
         from numba.core.caching import Cache
+        from numba.core.dispatcher import Dispatcher
     except ImportError:  # pragma: no cover - a Numba laid out otherwise
         return None
-    code = getattr(getattr(Cache, "load_overload", None), "__code__", None)
-    return code if code is not None and "refresh" in code.co_names else None
+    load = getattr(getattr(Cache, "load_overload", None), "__code__", None)
+    compile_ = getattr(getattr(Dispatcher, "compile", None), "__code__", None)
+    if load is None or compile_ is None or "refresh" not in load.co_names or "load_overload" not in compile_.co_names:
+        return None
+    return load, compile_
 
 
-def _refresh(context, loading, *args, **kwargs) -> None:
-    """The target's refresh in a process set up in two steps: what loading needs when the cache loads, the whole
-    set-up (once; the method is then Numba's own again) when anything else asks."""
-    if sys._getframe(1).f_code is loading:
-        _for_loading(context)
+def _refresh(context, loading: tuple[Any, Any], *args, **kwargs) -> None:
+    """The target's refresh in a process set up in two steps: nothing more where a dispatcher loads a function
+    from the cache (:func:`_for_loading` was done as the target was set up), the whole set-up (once; the method is
+    then Numba's own again) when anything else asks."""
+    caller = sys._getframe(1)
+    if caller.f_code is loading[0] and caller.f_back is not None and caller.f_back.f_code is loading[1]:
         return
     del context.refresh  # the class's method from now on
     _full_refresh(context, decline_blas=True)
