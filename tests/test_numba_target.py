@@ -47,7 +47,8 @@ print(json.dumps({{
     "dvhs": [[d.name, d.volume_cc] + [d.metric(m) for m in ("Dmin", "Dmean", "D95", "D2cc", "Dmax")] for d in dvhs],
     "trilinear": kernels.trilinear(cube, np.zeros(3), np.ones(3), points).tolist(),
     "course_sum": kernels.course_sum((cube, 2 * cube), (1.0, 1.0), (5, 10), 3.0).tolist(),
-    "resample": kernels.resample(cube, np.zeros(3), np.ones(3), np.full(3, 0.5), np.ones(3), (2, 2, 2), np.eye(4)).tolist(),
+    "resample": kernels.resample(cube, np.zeros(3), np.ones(3), np.full(3, 0.5), np.ones(3), (2, 2, 2), np.eye(4))
+    .tolist(),
     "moved": kernels.moved_doses(cube, np.zeros(3), np.ones(3), points, np.stack([np.eye(4)] * 3)).tolist(),
     "displaced": [a.tolist() for a in kernels.displace(np.full((3, 3, 3, 3), 0.25), np.eye(4), points)],
     "decimals": parse_decimal_strings(b"1.5\\\\-2.25 \\\\3e2\\\\0.000125").tolist(),
@@ -200,7 +201,8 @@ from isodose.kernels import numba_target
 numba_target._HELD_BY_KERNELS += ("numba.np.not_a_module_of_numbas",)
 backend = dispatch.select_backend("numba")
 from isodose.compiled_polygons import ring_crosses_itself
-values = backend.kernels.trilinear(np.arange(8.0).reshape(2, 2, 2), np.zeros(3), np.ones(3), np.array([[0.5, 0.5, 0.5]]))
+cube = np.arange(8.0).reshape(2, 2, 2)
+values = backend.kernels.trilinear(cube, np.zeros(3), np.ones(3), np.array([[0.5, 0.5, 0.5]]))
 square = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
 print(backend.name, numba_target.loads_only(), values.tolist(), bool(ring_crosses_itself(square)))
 """
