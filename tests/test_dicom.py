@@ -939,7 +939,42 @@ ROI_TABLE_CHANGES = {
         False,
     ),
     "no observations": (lambda ds: delattr(ds, "RTROIObservationsSequence"), True),
+    "a name of 65 characters": (lambda ds: setattr(ds.StructureSetROISequence[0], "ROIName", "N" * 65), False),
+    "an ROI number of 13 characters": (
+        lambda ds: ds.StructureSetROISequence[0].__setitem__(
+            0x30060022, pydicom.DataElement(0x30060022, "IS", "0000000000003")
+        ),
+        False,
+    ),
+    "an ROI number beyond 32 bits": (
+        lambda ds: ds.StructureSetROISequence[0].__setitem__(
+            0x30060022, pydicom.DataElement(0x30060022, "IS", "4294967299")
+        ),
+        False,
+    ),
+    "a frame of reference with a leading zero": (
+        lambda ds: setattr(ds.StructureSetROISequence[0], "ReferencedFrameOfReferenceUID", "1.02.3"),
+        False,
+    ),
+    "an ROI number written as US": (
+        lambda ds: ds.StructureSetROISequence[0].__setitem__(0x30060022, pydicom.DataElement(0x30060022, "US", 12593)),
+        "implicit",  # where its bytes are read as the dictionary's VR says, by pydicom too
+    ),
+    "an ROI name written as OB": (
+        lambda ds: ds.StructureSetROISequence[1].__setitem__(
+            0x30060026, pydicom.DataElement(0x30060026, "OB", b"PTV ")
+        ),
+        "implicit",  # where its bytes are read as the dictionary's VR says, by pydicom too
+    ),
 }
+
+
+def _read_or_error(path):
+    """The structures read from ``path``, or the error their reading raised, as text."""
+    try:
+        return read_structures(path)
+    except IsodoseError as exc:
+        return str(exc)
 
 
 @pytest.mark.parametrize(
@@ -963,14 +998,18 @@ def test_roi_tables_read_from_their_bytes_as_from_pydicoms_items(
     monkeypatch.setattr(reader, "_roi_table_from_bytes", lambda ds: taken.append(from_bytes(ds)) or taken[-1])
     caplog.clear()  # pydicom's warnings as the file was made
     with caplog.at_level(logging.WARNING):
-        fast = read_structures(path)
+        fast = _read_or_error(path)
     fast_log, _ = caplog.text, caplog.clear()
     monkeypatch.setattr(reader, "_roi_table_from_bytes", lambda ds: None)
     with caplog.at_level(logging.WARNING):
-        slow = read_structures(path)
+        slow = _read_or_error(path)
     little_endian = transfer_syntax != pydicom.uid.ExplicitVRBigEndian
+    plain = plain is True or (plain == "implicit" and transfer_syntax.is_implicit_VR)
     assert (taken[0] is not None) == (plain and little_endian)
     assert fast_log == caplog.text
+    if isinstance(slow, str):  # an error either way, the same one
+        assert fast == slow
+        return
     described = [(s.number, s.name, s.frame_of_reference_uid, s.interpreted_type) for s in fast.structures]
     assert described == [(s.number, s.name, s.frame_of_reference_uid, s.interpreted_type) for s in slow.structures]
     assert [len(s.contours) for s in fast.structures] == [len(s.contours) for s in slow.structures]

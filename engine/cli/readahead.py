@@ -182,9 +182,11 @@ def _unspilled(message: tuple[bytes, list[tuple[int, int]]], fd: int | None) -> 
         return pickle.loads(payload)
     if fd is None:
         raise ValueError("a message refers to a shared file that is not there")
+    start = min(offset for offset, _ in spans) // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
     end = max(offset + length for offset, length in spans)
-    view = memoryview(mmap.mmap(fd, end, access=mmap.ACCESS_COPY))
-    return pickle.loads(payload, buffers=[view[offset : offset + length] for offset, length in spans])
+    # Its own pages only: what an earlier message's values were is not kept alive with this one's.
+    view = memoryview(mmap.mmap(fd, end - start, access=mmap.ACCESS_COPY, offset=start))
+    return pickle.loads(payload, buffers=[view[offset - start : offset - start + length] for offset, length in spans])
 
 
 def _help(reads: Sequence[Callable[[], Any]], out: BinaryIO, spill: int | None = None) -> None:

@@ -63,11 +63,11 @@ def _delimiter(raw: bytes, pos: int) -> tuple[int, int, int]:
 
 
 def _elements(
-    raw: bytes, pos: int, stop: int | None, implicit: bool, depth: int
+    raw: bytes, pos: int, stop: int | None, implicit: bool, depth: int, vrs: dict[int, bytes] | None = None
 ) -> tuple[dict[int, bytes | None], int]:
     """The elements of one item from ``pos``: to ``stop`` (an item of defined length) or to its Item Delimitation
     Item (``stop`` None); and the position after them. A nested sequence of undefined length is walked (to check
-    it) and given as None."""
+    it) and given as None. Each element's VR (b"" in implicit VR) goes into ``vrs`` where one is given."""
     elements: dict[int, bytes | None] = {}
     end = len(raw) if stop is None else stop
     while True:
@@ -80,6 +80,8 @@ def _elements(
             return elements, value_at
         if tag >> 16 == 0xFFFE or tag in elements or tag == SPECIFIC_CHARACTER_SET:
             raise _LeaveToPydicom
+        if vrs is not None:
+            vrs[tag] = vr
         if length == UNDEFINED_LENGTH:
             if not _read_as_sequence(raw, tag, vr, value_at, implicit):
                 raise _LeaveToPydicom
@@ -106,12 +108,13 @@ def _read_as_sequence(raw: bytes, tag: int, vr: bytes, value_at: int, implicit: 
 
 
 def _items(
-    raw: bytes, pos: int, implicit: bool, depth: int, delimited: bool
+    raw: bytes, pos: int, implicit: bool, depth: int, delimited: bool, vrs: list[dict[int, bytes]] | None = None
 ) -> tuple[list[dict[int, bytes | None]], int]:
     """The items of a sequence from ``pos``, each walked as pydicom would read it (its elements within it, their
     lengths, nothing twice), and the position after them: up to the Sequence Delimitation Item of a sequence of
     undefined length (``delimited``), or to the end of ``raw``, a sequence's whole value (which may keep that
-    delimiter at its end)."""
+    delimiter at its end). The VRs of each item's elements go into ``vrs``, one dict per item, where it is given
+    (those of nested sequences' items are not kept)."""
     if depth > MAX_DEPTH:
         raise _LeaveToPydicom
     items: list[dict[int, bytes | None]] = []
@@ -121,21 +124,27 @@ def _items(
             return items, value_at
         if tag != ITEM:
             raise _LeaveToPydicom
+        item_vrs: dict[int, bytes] | None = None if vrs is None else {}
         if length == UNDEFINED_LENGTH:
-            item, pos = _elements(raw, value_at, None, implicit, depth)
+            item, pos = _elements(raw, value_at, None, implicit, depth, item_vrs)
         elif value_at + length > len(raw):
             raise _LeaveToPydicom
         else:
-            item, pos = _elements(raw, value_at, value_at + length, implicit, depth)
+            item, pos = _elements(raw, value_at, value_at + length, implicit, depth, item_vrs)
         items.append(item)
+        if vrs is not None and item_vrs is not None:
+            vrs.append(item_vrs)
     return items, pos
 
 
-def sequence_items(raw: bytes, implicit_vr: bool) -> list[dict[int, bytes | None]] | None:
+def sequence_items(
+    raw: bytes, implicit_vr: bool, vrs: list[dict[int, bytes]] | None = None
+) -> list[dict[int, bytes | None]] | None:
     """The items of a sequence whose value is ``raw`` (little endian, the VR implicit or explicit): each item's
     elements by tag (``0x30060050`` for ContourData), as the bytes of their values (None for a nested sequence
-    of undefined length). None where the encoding is one the module's text leaves to pydicom."""
+    of undefined length); each item's elements' VRs (b"" in implicit VR) appended to ``vrs`` where it is given.
+    None where the encoding is one the module's text leaves to pydicom."""
     try:
-        return _items(raw, 0, implicit_vr, 0, delimited=False)[0]
+        return _items(raw, 0, implicit_vr, 0, delimited=False, vrs=vrs)[0]
     except _LeaveToPydicom:
         return None

@@ -902,11 +902,13 @@ def _geometric_type(item) -> str:
     return str(item.get("ContourGeometricType", "") or "").strip().upper()
 
 
-def _walked_sequence(container, tag: int) -> list[dict[int, bytes | None]] | None:
+def _walked_sequence(
+    container, tag: int, vrs: list[dict[int, bytes]] | None = None
+) -> list[dict[int, bytes | None]] | None:
     """The items of the sequence ``tag`` of a dataset or item, walked from the element's bytes
     (:mod:`isodose.dicom.items`) where pydicom has not parsed it yet: each item's elements by tag, as the bytes of
-    their values. [] where the sequence is absent or parsed and empty; None where pydicom has parsed it, or where
-    the encoding is one the walker leaves to pydicom."""
+    their values (and their VRs into ``vrs``, where given). [] where the sequence is absent or parsed and empty;
+    None where pydicom has parsed it, or where the encoding is one the walker leaves to pydicom."""
     from pydicom.dataelem import RawDataElement
 
     from .items import sequence_items
@@ -920,7 +922,7 @@ def _walked_sequence(container, tag: int) -> list[dict[int, bytes | None]] | Non
         return [] if not element.value else None
     if element.VR not in (None, "SQ") or not isinstance(element.value, bytes) or not element.is_little_endian:
         return None  # bytes pydicom would not read as a sequence (VR OB, say), or big endian: as pydicom reads them
-    return sequence_items(element.value, element.is_implicit_VR)
+    return sequence_items(element.value, element.is_implicit_VR, vrs)
 
 
 def _contours_from_bytes(roi_item) -> list[tuple[str, bytes]] | None:
@@ -1021,12 +1023,17 @@ def _contour(kind: str, values: Callable[[str], np.ndarray], path: PathType, roi
 _STRUCTURE_SET_ROI_SEQUENCE, _RT_ROI_OBSERVATIONS_SEQUENCE = 0x30060020, 0x30060080
 _ROI_NUMBER, _REFERENCED_FRAME_OF_REFERENCE_UID, _ROI_NAME = 0x30060022, 0x30060024, 0x30060026
 _REFERENCED_ROI_NUMBER, _RT_ROI_INTERPRETED_TYPE = 0x30060084, 0x300600A4
-#: The values taken from an item's bytes: those pydicom reads without a warning and converts to the same value
-#: (an IS of at most 12 characters; a UI of digits and points, at most 64; a CS of capitals, digits, spaces and
-#: underscores, at most 16; an LO of at most 64 printable ASCII characters and no backslash, one value).
-_PLAIN_IS = re.compile(r" *[+-]?[0-9]{1,11} *")
-_PLAIN_UI = re.compile(r"[0-9.]{0,64}")
-_PLAIN_CS = re.compile(r"[A-Z0-9 _]{0,16}")
+#: The values taken from an item's bytes: those pydicom reads without a warning and converts to the same value,
+#: each of its VR (or UN, or implicit), its bytes (padding included) no longer than the VR allows: an IS of at most
+#: 12 bytes, within a 32-bit signed integer; a UI of at most 64, its components without leading zeros; a CS of
+#: capitals, digits, spaces and underscores, at most 16; an LO of at most 64 bytes of printable ASCII and no
+#: backslash (one value).
+_PLAIN_IS = re.compile(r" *[+-]?[0-9]+ *")
+_PLAIN_UI = re.compile(r"((0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*)?")
+_PLAIN_CS = re.compile(r"[A-Z0-9 _]*")
+_PLAIN_LO = re.compile(r"[^\\]*")
+#: By VR: the most bytes a value may have, and the pattern its text matches.
+_PLAIN = {b"IS": (12, _PLAIN_IS), b"UI": (64, _PLAIN_UI), b"CS": (16, _PLAIN_CS), b"LO": (64, _PLAIN_LO)}
 
 
 def _plain_ascii(raw: bytes | None) -> str | None:
@@ -1040,35 +1047,48 @@ def _plain_ascii(raw: bytes | None) -> str | None:
     return text if text.isprintable() else None
 
 
-def _plain_value(raw: bytes | None, pattern: re.Pattern) -> str | None:
+def _plain_value(item: dict, vrs: dict, tag: int, vr: bytes, default: bytes | None = None) -> str | None:
+    """The text of element ``tag`` of a walked item where it is a plain value of ``vr`` (see :data:`_PLAIN`):
+    written with that VR (or UN, or in implicit VR), no longer than the VR allows, of the VR's characters; None
+    otherwise. ``default`` stands for an element the item does not hold."""
+    raw = item.get(tag, default) if tag in item or default is not None else None
+    if raw is None or vrs.get(tag, vr) not in (vr, b"UN", b""):
+        return None
+    longest, pattern = _PLAIN[vr]
     text = _plain_ascii(raw)
-    return text if text is not None and pattern.fullmatch(text) else None
+    if len(raw) > longest or text is None or not pattern.fullmatch(text):
+        return None
+    if vr == b"IS" and text.strip() and not -(2**31) <= int(text) < 2**31:
+        return None
+    return text
 
 
 def _roi_table_from_bytes(ds) -> tuple[list[tuple[int, str, str]], dict[int, str]] | None:
     """Each ROI's (number, name, ReferencedFrameOfReferenceUID) from StructureSetROISequence and each
     RTROIInterpretedType by ROI number from RTROIObservationsSequence, read from the bytes of their items where
-    every value is plain (see :data:`_PLAIN_IS`): the values the reader takes from pydicom's items, without
-    building one per ROI. None where an ROI is not defined so, or anything is not plain: they are then read through
-    pydicom, with its warnings and the reader's errors."""
-    definitions = _walked_sequence(ds, _STRUCTURE_SET_ROI_SEQUENCE)
-    observations = _walked_sequence(ds, _RT_ROI_OBSERVATIONS_SEQUENCE)
+    every value is plain (see :data:`_PLAIN`): the values the reader takes from pydicom's items, without building one
+    per ROI. None where an ROI is not defined so, or anything is not plain: they are then read through pydicom, with
+    its warnings and the reader's errors."""
+    definition_vrs: list[dict[int, bytes]] = []
+    observation_vrs: list[dict[int, bytes]] = []
+    definitions = _walked_sequence(ds, _STRUCTURE_SET_ROI_SEQUENCE, definition_vrs)
+    observations = _walked_sequence(ds, _RT_ROI_OBSERVATIONS_SEQUENCE, observation_vrs)
     if not definitions or observations is None:
         return None
     rois = []
-    for item in definitions:
-        number = _plain_value(item.get(_ROI_NUMBER), _PLAIN_IS)
-        name = _plain_ascii(item.get(_ROI_NAME, b""))
-        frame = _plain_value(item.get(_REFERENCED_FRAME_OF_REFERENCE_UID, b""), _PLAIN_UI)
-        if not number or name is None or len(name) > 64 or "\\" in name or frame is None:
+    for item, vrs in zip(definitions, definition_vrs):
+        number = _plain_value(item, vrs, _ROI_NUMBER, b"IS")
+        name = _plain_value(item, vrs, _ROI_NAME, b"LO", b"")
+        frame = _plain_value(item, vrs, _REFERENCED_FRAME_OF_REFERENCE_UID, b"UI", b"")
+        if not number or not number.strip() or name is None or frame is None:
             return None
         rois.append((int(number), name.strip() or f"ROI {int(number)}", frame.strip()))
     interpreted: dict[int, str] = {}
-    for item in observations:
+    for item, vrs in zip(observations, observation_vrs):
         if _REFERENCED_ROI_NUMBER not in item:
             continue
-        number = _plain_value(item[_REFERENCED_ROI_NUMBER], _PLAIN_IS)
-        kind = _plain_value(item.get(_RT_ROI_INTERPRETED_TYPE, b""), _PLAIN_CS)
+        number = _plain_value(item, vrs, _REFERENCED_ROI_NUMBER, b"IS")
+        kind = _plain_value(item, vrs, _RT_ROI_INTERPRETED_TYPE, b"CS", b"")
         if number is None or kind is None:
             return None
         if number.strip():
