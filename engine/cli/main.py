@@ -18,7 +18,7 @@ from typing import NoReturn
 from .. import __version__
 from ..errors import IsodoseError, shown_on_terminal
 from . import accumulate, audit, backends, classify, cohort, demo, dvh, phantom, validate
-from .exit_codes import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USER_ERROR
+from .exit_codes import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNWRITTEN_OUTPUT, EXIT_USER_ERROR
 
 #: The command modules, in the order ``isodose --help`` lists them.
 COMMANDS = (dvh, audit, validate, accumulate, classify, cohort, demo, phantom, backends)
@@ -192,9 +192,7 @@ def leave(code: int) -> NoReturn:
             continue
         try:
             stream.flush()
-        except BrokenPipeError:  # output piped into head, say: what was wanted was written
-            pass
-        except ValueError:  # closed by the command
+        except (BrokenPipeError, ValueError):  # output piped into head, say (what was wanted was written), or closed
             pass
         except OSError as exc:
             if stream is sys.stdout:
@@ -205,7 +203,3 @@ def leave(code: int) -> NoReturn:
                     pass
                 code = code or EXIT_UNWRITTEN_OUTPUT
     os._exit(code)
-
-
-#: The exit status where the command's output could not be written at its end (a full disk): Python's own.
-EXIT_UNWRITTEN_OUTPUT = 120

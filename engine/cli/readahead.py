@@ -167,11 +167,7 @@ class _Spill:
     def message(self, value: Any) -> bytes:
         """``value`` pickled with its large buffers written to the shared file: the pickle and where they are."""
         self.spans = []
-        try:
-            payload = pickle.dumps(value, protocol=5, buffer_callback=self)
-        except BaseException:
-            self.spans = []
-            raise
+        payload = pickle.dumps(value, protocol=5, buffer_callback=self)
         return pickle.dumps((payload, self.spans), protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -209,10 +205,7 @@ def _help(reads: Sequence[Callable[[], Any]], out: BinaryIO, spill: int | None =
         try:
             message = spilled.message((outcome, records.take()))
         except Exception as exc:  # a value or an error that does not pickle: the command reads it itself
-            message = pickle.dumps(
-                (pickle.dumps((("failed", f"not sent: {exc}"), []), protocol=pickle.HIGHEST_PROTOCOL), []),
-                protocol=pickle.HIGHEST_PROTOCOL,
-            )
+            message = spilled.message((("failed", f"not sent: {exc}"), []))
         messages.append(message)
         if outcome[0] != "value":
             break

@@ -1051,7 +1051,7 @@ def _plain_value(item: dict, vrs: dict, tag: int, vr: bytes, default: bytes | No
     """The text of element ``tag`` of a walked item where it is a plain value of ``vr`` (see :data:`_PLAIN`):
     written with that VR (or UN, or in implicit VR), no longer than the VR allows, of the VR's characters; None
     otherwise. ``default`` stands for an element the item does not hold."""
-    raw = item.get(tag, default) if tag in item or default is not None else None
+    raw = item[tag] if tag in item else default
     if raw is None or vrs.get(tag, vr) not in (vr, b"UN", b""):
         return None
     longest, pattern = _PLAIN[vr]
