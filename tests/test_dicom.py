@@ -656,6 +656,12 @@ def _encoded_contour_set(tmp_path, transfer_syntax, undefined_items: bool, undef
             item["ContourImageSequence"].is_undefined_length = undefined_nested
             item.is_undefined_length_sequence_item = undefined_items
             image.is_undefined_length_sequence_item = undefined_nested
+    _write_in(ds, path, transfer_syntax)
+    return path
+
+
+def _write_in(ds, path, transfer_syntax) -> None:
+    """``ds`` written to ``path`` in ``transfer_syntax``, whatever the one it was read in."""
     ds.file_meta.TransferSyntaxUID = transfer_syntax
     pydicom.dcmwrite(
         path,
@@ -664,7 +670,6 @@ def _encoded_contour_set(tmp_path, transfer_syntax, undefined_items: bool, undef
         little_endian=transfer_syntax.is_little_endian,
         force_encoding=True,
     )
-    return path
 
 
 @pytest.mark.parametrize(
@@ -892,16 +897,9 @@ def _roi_table_file(tmp_path, transfer_syntax, change=None):
             ds[keyword].is_undefined_length = False
             for item in ds[keyword].value:
                 item.is_undefined_length_sequence_item = False
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pydicom.dcmwrite(
-            path,
-            ds,
-            implicit_vr=transfer_syntax.is_implicit_VR,
-            little_endian=transfer_syntax.is_little_endian,
-            force_encoding=True,
-        )
+        _write_in(ds, path, transfer_syntax)
     return path
 
 
