@@ -148,7 +148,9 @@ def _emulated_gpu(tmp_path_factory):
 def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, batch, planned_by_readers):
     """What the process that drives a GPU does per case besides the device's work, in batches of ``batch``
     cases: planning the sampling (unless the reading workers did, ``planned_by_readers``, as in a cohort run,
-    and then receiving what they send: :func:`~isodose.cohort.handover.receive`), merging plans, launching,
+    and then receiving what they send, :func:`~isodose.cohort.handover.receive`, each dose grid cut to the part
+    its case samples, and freeing it once the batch is stored, which gives its shared memory back to the system
+    from this process), merging plans, launching,
     building DVHs, classifying, and storing the results (one journal sync per batch). The device's work is
     emulated on the CPU (tests/cuda: kernels, copies, array operations, freeing arrays) and its time is left out
     (``device_ms_per_case``, not a GPU figure). ``host_ms_per_case`` bounds the rate at which that process can
@@ -171,8 +173,8 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     parts: dict[str, list[float]] = {"host": [], "handover": [], "classify": [], "store": [], "device": []}
 
     def fresh_inputs():  # read anew each round: no structure's planes are cached from an earlier one
-        if planned_by_readers:  # what the reading workers send
-            return ([read_and_send(case, SETTINGS, os.getpid()) for case in cases],), {}
+        if planned_by_readers:  # what the reading workers send (for a GPU: grids cropped, as run_cohort has them)
+            return ([read_and_send(case, SETTINGS, os.getpid(), crop=True) for case in cases],), {}
         return ([read_case(case) for case in cases],), {}
 
     def run(inputs):
@@ -194,6 +196,8 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
                 done = timed("classify", classify_batch, part, SETTINGS, backend)
                 timed("store", store.append_many, done)
                 entries += done
+                if planned_by_readers:  # the batch's arrays freed: their shared memory unmapped, its pages freed
+                    timed("handover", part.clear)
         device = CLOCK.seconds  # all of it inside classifying
         seconds["classify"] -= device
         for name, value in [*seconds.items(), ("device", device), ("host", sum(seconds.values()))]:

@@ -16,8 +16,9 @@ import importlib.util
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import BackendError
 
@@ -269,12 +270,28 @@ def samples_cases_together(backend: str | Backend | None = None) -> bool:
     >>> samples_cases_together("numba")
     False
     """
+    return _capability(backend, lambda kernels: kernels.PREFERS_MERGED_REQUESTS)
+
+
+def copies_grids(backend: str | Backend | None = None) -> bool:
+    """Whether ``backend`` copies the dose grids it samples to where it computes (its kernels' ``COPIES_GRIDS``: a
+    GPU), so that a grid is best cut to the part its samples read before it travels; found as
+    :func:`samples_cases_together` finds its answer.
+
+    >>> copies_grids("numpy")
+    False
+    """
+    return _capability(backend, lambda kernels: kernels.COPIES_GRIDS)
+
+
+def _capability(backend: str | Backend | None, capability: Callable[[Any], bool]) -> bool:
+    """``capability`` (a flag of the protocol) of ``backend``'s kernels, or of the host kernels' module."""
     if isinstance(backend, Backend):
-        return bool(backend.kernels.PREFERS_MERGED_REQUESTS)
+        return bool(capability(backend.kernels))
     requested = _requested(backend)
     if requested == "auto":
         try:
-            return bool(_load("cupy").kernels.PREFERS_MERGED_REQUESTS)
+            return bool(capability(_load("cupy").kernels))
         except BackendError:
             requested = "numpy"  # a host backend: Numba where it loads, else NumPy
     elif requested == "numba" and importlib.util.find_spec("numba") is None:
@@ -282,5 +299,5 @@ def samples_cases_together(backend: str | Backend | None = None) -> bool:
     if requested in HOST_BACKENDS:
         from .kernels import host
 
-        return bool(host.PREFERS_MERGED_REQUESTS)
-    return bool(_load(requested).kernels.PREFERS_MERGED_REQUESTS)
+        return bool(capability(host))
+    return bool(capability(_load(requested).kernels))

@@ -42,7 +42,15 @@ from .geometry import (
     structure_planes,
 )
 from .model import DeformableRegistration, DoseGrid, LabelMask, Registration, Structure, StructureSet
-from .sampling import GridBatch, SamplingRequest, StructureSamples, dose_range_gy, merge_plans
+from .sampling import (
+    GridBatch,
+    SamplingRequest,
+    StructureSamples,
+    crop_window,
+    cropped_grid,
+    dose_range_gy,
+    merge_plans,
+)
 from .uncertainty import Uncertainty, UncertaintyRequest, UncertaintyResult, classify_draws
 from .voxelize import SamplingOptions, plan_sampling
 
@@ -668,6 +676,31 @@ def classify_recurrences(
     """
     options = options or SamplingOptions()
     return classify_prepared([prepare_recurrence(case, options) for case in cases], backend=backend)
+
+
+def cropped_to_samples(prepared: PreparedRecurrence) -> PreparedRecurrence:
+    """``prepared`` with its dose grid cut to the part its sampling reads, as :func:`batch_grids` cuts it for a
+    backend that copies grids (the box of its requests' samples, one voxel more each side): what a reading worker
+    hands to the process driving a GPU, so that the rest of the grid is neither written to shared memory nor freed
+    by that process (a head-and-neck grid is some 38 MB as float64, its targets' box a few percent of it). The
+    same case where its grid is read elsewhere too (draws of uncertainty, a deformation) or where nothing is
+    sampled."""
+    requests = prepared.requests
+    if prepared.uncertainty is not None or not all(
+        isinstance(r, SamplingRequest) and r.grid is prepared.dose for r in requests
+    ):
+        return prepared
+    boxes = [r.extent_mm() for r in requests]  # type: ignore[union-attr]
+    if not boxes or any(
+        box is None or not (np.all(np.isfinite(box[0])) and np.all(np.isfinite(box[1]))) for box in boxes
+    ):
+        return prepared
+    low = np.min([box[0] for box in boxes], axis=0)  # type: ignore[index]
+    high = np.max([box[1] for box in boxes], axis=0)  # type: ignore[index]
+    grid = cropped_grid(prepared.dose, crop_window(prepared.dose, low, high))
+    if grid is prepared.dose:
+        return prepared
+    return replace(prepared, dose=grid, requests=tuple(r.on_crop(grid) for r in requests))  # type: ignore[union-attr]
 
 
 def batch_grids(prepared: Sequence[PreparedRecurrence | IsodoseError], backend: Backend) -> GridBatch:

@@ -14,6 +14,7 @@ it is not missed either.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -118,20 +119,48 @@ class SamplingRequest:
             return known[1], known[2]
         return dose_range_gy(self.grid)
 
+    def on_crop(self, grid: DoseGrid) -> SamplingRequest:
+        """This request reading ``grid``, a crop of its own grid that holds its :meth:`extent_mm` (see
+        :func:`cropped_grid`): it samples the same doses. What was taken of its own grid (dose range, extremes) and
+        of its plan comes along: the dose range stays the whole grid's, and so do its histograms' bins."""
+        low, high = self.dose_range()
+        extremes = self.known_grid_extremes
+        moved = replace(
+            self,
+            grid=grid,
+            known_dose_range=(grid, low, high),
+            known_grid_extremes=(grid, self.grid_extremes()) if extremes is not None else None,
+        )
+        for taken in ("_structure_transforms", "_extent_mm"):
+            if taken in self.__dict__:
+                moved.__dict__[taken] = self.__dict__[taken]
+        return moved
+
     def structure_transforms(self) -> np.ndarray:
         """Each structure's rigid 4x4 from its plan coordinates into the grid's frame: its transform after its
-        frame (the identity for contours; a label image's axes for its structures)."""
+        frame (the identity for contours; a label image's axes for its structures). Taken once a request (read
+        only): a request made by a reading worker brings it along."""
+        return self._structure_transforms
+
+    @functools.cached_property
+    def _structure_transforms(self) -> np.ndarray:
         n = self.plan.n_structures
         frame = self.plan.structure_frame
         if self.transforms is None:
             return frame if np.any(frame != np.eye(4)) else np.broadcast_to(np.eye(4), (n, 4, 4))
         transforms = np.ascontiguousarray(self.transforms, dtype=np.float64).reshape(n, 4, 4)
-        return transforms @ frame
+        moved = transforms @ frame
+        moved.flags.writeable = False
+        return moved
 
     def extent_mm(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The box (lowest and highest x, y, z, in the grid's frame) holding every point at which sampling this
         request reads the grid: its planes' cells and its contours' vertices, moved by their transforms. None
-        when it has no planes."""
+        when it has no planes. Taken once a request, as :meth:`structure_transforms` is."""
+        return self._extent_mm
+
+    @functools.cached_property
+    def _extent_mm(self) -> tuple[np.ndarray, np.ndarray] | None:
         return plan_extent_mm(self.plan, self.structure_transforms())
 
 
@@ -170,11 +199,32 @@ def crop_window(grid: DoseGrid, low_mm: np.ndarray, high_mm: np.ndarray) -> tupl
             continue
         origin, step = float(grid.origin_mm[axis]), float(grid.spacing_mm[axis])
         f_low, f_high = (float(low_mm[axis]) - origin) / step, (float(high_mm[axis]) - origin) / step
-        first = int(np.clip(math.floor(f_low) - 1, 0, n - 2))
-        last = int(np.clip(math.floor(f_high) + 2, first + 1, n - 1))
+        first = min(max(math.floor(f_low) - 1, 0), n - 2)
+        last = min(max(math.floor(f_high) + 2, first + 1), n - 1)
         windows.append(slice(first, last + 1))
     z, y, x = windows  # in the array's order
     return z, y, x
+
+
+def window_origin(grid: DoseGrid, window: tuple[slice, slice, slice]) -> np.ndarray:
+    """The ``(x, y, z)`` centre (mm) of the first voxel of ``window`` (``(z, y, x)`` slices) of ``grid``."""
+    z, y, x = window
+    spacing = np.asarray(grid.spacing_mm, dtype=np.float64)
+    shift = np.array([x.start, y.start, z.start], dtype=np.float64) * spacing
+    return np.asarray(grid.origin_mm, dtype=np.float64) + shift
+
+
+def cropped_grid(grid: DoseGrid, window: tuple[slice, slice, slice]) -> DoseGrid:
+    """``grid`` cut to ``window`` (its doses copied, contiguous), with the origin :class:`GridBatch` gives such a
+    crop; ``grid`` itself where the window is all of it."""
+    if all(part.start == 0 and part.stop == n for part, n in zip(window, grid.dose_gy.shape)):
+        return grid
+    origin = window_origin(grid, window)
+    return replace(
+        grid,
+        dose_gy=np.ascontiguousarray(grid.dose_gy[window]),
+        origin_mm=(float(origin[0]), float(origin[1]), float(origin[2])),
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -229,14 +279,11 @@ class GridBatch:
             whole = (slice(0, nz), slice(0, ny), slice(0, nx))
             box = boxes.get(key)
             window = crop_window(g, *box) if box is not None else whole
-            origin = np.asarray(g.origin_mm, dtype=np.float64)
             spacing = np.asarray(g.spacing_mm, dtype=np.float64)
             if window == whole:
-                entries.append((g.dose_gy, origin, spacing))
+                entries.append((g.dose_gy, np.asarray(g.origin_mm, dtype=np.float64), spacing))
             else:
-                z, y, x = window
-                shift = np.array([x.start, y.start, z.start], dtype=np.float64) * spacing
-                entries.append((g.dose_gy[window], origin + shift, spacing))
+                entries.append((g.dose_gy[window], window_origin(g, window), spacing))
             windows.append(window)
         table = backend.kernels.grid_table(entries)
         return cls(tuple(distinct.values()), table, backend, tuple(windows), tuple(distinct))

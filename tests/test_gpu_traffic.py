@@ -205,3 +205,43 @@ def test_a_plans_extent_holds_every_cell_and_vertex_as_moved():
         else:  # each structure's box moved holds its points, and is no larger than its corners' box
             assert np.all(low <= every.min(axis=0) + 1e-9) and np.all(high >= every.max(axis=0) - 1e-9)
             assert np.all(high - low < 1.8 * (every.max(axis=0) - every.min(axis=0)))
+
+
+def test_a_case_planned_for_a_gpu_travels_with_only_the_part_of_its_grid_that_it_samples(emulated_gpu, case):
+    """What a reading worker hands to the process driving a GPU (``cropped_to_samples``, pickled as the handover
+    pickles it): the grid's crop that batch_grids would copy (1.9% of the grid here), the extents and transforms
+    taken where it was planned, and the same results, bit for bit, from the same bytes on the device."""
+    import pickle
+
+    from isodose.recurrence import classify_prepared, cropped_to_samples, prepare_recurrence
+    from isodose.uncertainty import Uncertainty
+
+    grid, structures = case
+    backend = Backend("cupy (emulated)", emulated_gpu.device, emulated_gpu)
+    prepared = prepare_recurrence(RecurrenceCase(grid, structures, "Vr", 70.0, target_metrics=TARGET_METRICS))
+    cropped = pickle.loads(pickle.dumps(cropped_to_samples(prepared), protocol=5))
+    assert cropped.dose.dose_gy.nbytes < 0.03 * grid.dose_gy.nbytes
+    assert cropped.dose.dose_gy.flags.c_contiguous
+    assert all(r.grid is cropped.dose for r in cropped.requests)
+    for r in cropped.requests:  # taken by the worker: the whole grid's dose range, the plan's extent
+        assert {"_extent_mm", "_structure_transforms"} <= set(vars(r))
+        assert r.dose_range() == prepared.requests[0].dose_range()
+    # Its samples' doses, read from the crop, are the whole grid's (to the rounding of the crop's own origin).
+    low, high = cropped.requests[0].extent_mm()
+    points = np.random.default_rng(2).uniform(low, high, (500, 3))
+    batch = GridBatch.of([grid, cropped.dose], whole_grids(emulated_gpu))
+    np.testing.assert_allclose(batch.dose_at(points, np.ones(500)), batch.dose_at(points, np.zeros(500)), rtol=1e-12)
+    results = {}
+    for name, value in (("whole", prepared), ("cropped", cropped)):
+        TRAFFIC.reset()
+        [results[name]] = classify_prepared([value], backend=backend)
+        results[name + " bytes"] = TRAFFIC.to_device_bytes
+    assert results["cropped bytes"] == results["whole bytes"]
+    assert results["cropped"].record() == results["whole"].record()
+    vr_whole, vr_cropped = results["whole"].recurrence_dvh, results["cropped"].recurrence_dvh
+    np.testing.assert_array_equal(vr_cropped.cumulative_cc, vr_whole.cumulative_cc)
+    # Cases that read their grid elsewhere too keep it whole.
+    drawn = prepare_recurrence(
+        RecurrenceCase(grid, structures, "Vr", 70.0, uncertainty=Uncertainty(translation_sd_mm=2.0, draws=4, seed=0))
+    )
+    assert cropped_to_samples(drawn) is drawn

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..dispatch import BACKENDS, Backend, samples_cases_together
+from ..dispatch import BACKENDS, Backend, copies_grids, samples_cases_together
 from ..errors import IsodoseError
 from .cases import Case, input_fingerprint, load_cases
 from .entries import CaseEntry
@@ -396,8 +396,8 @@ def _arrangement(
     if not pipelined or n_workers == 1 or len(todo) <= 1:
         return per_case_arrangement(todo, classify, workers, backend)
     # Reading workers read and plan; this process samples (for a GPU, which one process drives) and finishes.
-    # The cases' dose grids come through shared memory.
-    task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid())
+    # The cases' dose grids come through shared memory: for a GPU, only the part that each case's sampling reads.
+    task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid(), crop=copies_grids(backend))
     finish: Finish = ReceivedBatches(settings, backend)
     return Arrangement(ProcessPool(min(n_workers, len(todo)), 1, max(1, batch_size)), task, finish, hands_over=True)
 

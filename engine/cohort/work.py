@@ -55,7 +55,8 @@ class CaseInputs:
     fingerprint: dict | None = None
     #: The case's classification prepared where it was read (a PreparedRecurrence or the IsodoseError that
     #: stopped it), and the seconds that took; None when the computing process prepares it. A prepared case
-    #: that is not re-irradiated no longer holds its structure sets and registration (they stay in the worker).
+    #: that is not re-irradiated no longer holds its structure sets and registration (they stay in the worker);
+    #: sent to a GPU, its ``dose`` is only the part of the grid its sampling reads (:func:`cropped_for_device`).
     prepared: PreparedRecurrence | IsodoseError | None = None
     prepare_s: float = 0.0
 
@@ -350,12 +351,32 @@ def prepare_inputs(inputs: CaseInputs, settings: RunSettings) -> CaseInputs:
     return inputs
 
 
-def read_and_send(case: Case, settings: RunSettings, receiver_pid: int):
+def read_and_send(case: Case, settings: RunSettings, receiver_pid: int, crop: bool = False):
     """:func:`read_and_prepare`, as a reading worker sends it to the process ``receiver_pid`` that drives the
-    GPU: its dose grids through shared memory (see :mod:`isodose.cohort.handover`)."""
+    GPU: its dose grids through shared memory (see :mod:`isodose.cohort.handover`). ``crop`` (for a backend that
+    copies grids, a GPU): only the part of the dose grid that the case's sampling reads is sent
+    (:func:`cropped_for_device`)."""
     from .handover import send
 
-    return send(read_and_prepare(case, settings), receiver_pid)
+    value = read_and_prepare(case, settings)
+    if crop and isinstance(value, CaseInputs):
+        value = cropped_for_device(value)
+    return send(value, receiver_pid)
+
+
+def cropped_for_device(inputs: CaseInputs) -> CaseInputs:
+    """A prepared case whose dose grid is then only the part its sampling reads
+    (:func:`isodose.recurrence.cropped_to_samples`), where nothing else of the grid is read afterwards (a
+    re-irradiated case sums its courses on the whole grid): the same classification and metrics, from fewer
+    bytes."""
+    from ..recurrence import PreparedRecurrence, cropped_to_samples
+
+    if inputs.courses is not None or not isinstance(inputs.prepared, PreparedRecurrence):
+        return inputs
+    prepared = cropped_to_samples(inputs.prepared)
+    if prepared is inputs.prepared:
+        return inputs
+    return replace(inputs, dose=prepared.dose, prepared=prepared)
 
 
 def classify_batch(batch: list[CaseInputs], settings: RunSettings, backend=None, grids=None) -> list[CaseEntry]:
