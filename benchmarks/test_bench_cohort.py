@@ -150,7 +150,8 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     cases: planning the sampling (unless the reading workers did, ``planned_by_readers``, as in a cohort run,
     and then receiving what they send, :func:`~isodose.cohort.handover.receive`, each dose grid cut to the part
     its case samples, and freeing it once the batch is stored, which gives its shared memory back to the system
-    from this process), merging plans, launching,
+    from this process; the rows of cases read here free nothing while timed: their inputs outlive the rounds),
+    merging plans, launching,
     building DVHs, classifying, and storing the results (one journal sync per batch). The device's work is
     emulated on the CPU (tests/cuda: kernels, copies, array operations, freeing arrays) and its time is left out
     (``device_ms_per_case``, not a GPU figure). ``host_ms_per_case`` bounds the rate at which that process can

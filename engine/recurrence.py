@@ -318,6 +318,9 @@ class PreparedRecurrence:
     uncertainty: UncertaintyRequest | None = None
     #: The ROIs of the target metrics asked only for their volume: sampled for it alone, so no DVH of theirs is kept.
     volume_only: tuple[str, ...] = ()
+    #: Whether ``dose`` is already the part of the grid that its sampling reads (:func:`cropped_to_samples`): it is
+    #: then used as it is, never cropped again (a second crop of a crop could move its origin by a rounding).
+    grid_cropped: bool = False
 
 
 def prepare_recurrence(
@@ -700,18 +703,20 @@ def cropped_to_samples(prepared: PreparedRecurrence) -> PreparedRecurrence:
     grid = cropped_grid(prepared.dose, crop_window(prepared.dose, low, high))
     if grid is prepared.dose:
         return prepared
-    return replace(prepared, dose=grid, requests=tuple(r.on_crop(grid) for r in requests))  # type: ignore[union-attr]
+    moved = tuple(r.on_crop(grid) for r in requests)  # type: ignore[union-attr]
+    return replace(prepared, dose=grid, requests=moved, grid_cropped=True)
 
 
 def batch_grids(prepared: Sequence[PreparedRecurrence | IsodoseError], backend: Backend) -> GridBatch:
     """The dose grids of prepared cases put where ``backend`` computes, as :func:`classify_prepared` reads them.
 
     Each grid is cropped to the box of its requests' samples, unless a case reads it elsewhere too: through a
-    deformation (its samples are placed only while sampling) or in its draws of uncertainty. On a GPU the copy
-    overlaps what the device is computing meanwhile: a caller may put the next batch's grids there first."""
+    deformation (its samples are placed only while sampling) or in its draws of uncertainty; a grid cropped already
+    (:func:`cropped_to_samples`) is used as it is. On a GPU the copy overlaps what the device is computing
+    meanwhile: a caller may put the next batch's grids there first."""
     ready = [p for p in prepared if isinstance(p, PreparedRecurrence)]
     extents = [
-        r.extent_mm() if isinstance(r, SamplingRequest) and p.uncertainty is None else None
+        r.extent_mm() if isinstance(r, SamplingRequest) and p.uncertainty is None and not p.grid_cropped else None
         for p in ready
         for r in p.requests
     ]

@@ -138,8 +138,8 @@ class SamplingRequest:
 
     def structure_transforms(self) -> np.ndarray:
         """Each structure's rigid 4x4 from its plan coordinates into the grid's frame: its transform after its
-        frame (the identity for contours; a label image's axes for its structures). Taken once a request (read
-        only): a request made by a reading worker brings it along."""
+        frame (the identity for contours; a label image's axes for its structures). Taken once a request, and
+        shared: never changed in place. A request made by a reading worker brings it along."""
         return self._structure_transforms
 
     @functools.cached_property
@@ -156,7 +156,7 @@ class SamplingRequest:
     def extent_mm(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The box (lowest and highest x, y, z, in the grid's frame) holding every point at which sampling this
         request reads the grid: its planes' cells and its contours' vertices, moved by their transforms. None
-        when it has no planes. Taken once a request, as :meth:`structure_transforms` is."""
+        when it has no planes. Taken once a request and shared, as :meth:`structure_transforms` is."""
         return self._extent_mm
 
     @functools.cached_property

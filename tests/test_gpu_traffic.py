@@ -245,3 +245,51 @@ def test_a_case_planned_for_a_gpu_travels_with_only_the_part_of_its_grid_that_it
         RecurrenceCase(grid, structures, "Vr", 70.0, uncertainty=Uncertainty(translation_sd_mm=2.0, draws=4, seed=0))
     )
     assert cropped_to_samples(drawn) is drawn
+
+
+def test_a_cohort_run_on_a_gpu_has_its_workers_send_cropped_grids(emulated_gpu, generated_cohort):
+    """The wiring of the crop in a cohort run: its reading workers' task crops for a backend that copies grids (and
+    for no other, nor where the backend cannot load); what a worker sends then holds one grid, the crop, that every
+    request and what was taken of it refer to, in fewer bytes of shared memory; the driving process copies that
+    crop as it is; and the entries are those of the whole grids, bit for bit."""
+    import os
+
+    from isodose.cohort import handover
+    from isodose.cohort.cases import read_manifest
+    from isodose.cohort.runner import _arrangement
+    from isodose.cohort.settings import RunSettings
+    from isodose.cohort.work import classify_batch, read_and_send
+    from isodose.recurrence import batch_grids
+
+    settings = RunSettings(target_metrics=TARGET_METRICS)
+    backend = Backend("cupy (emulated)", emulated_gpu.device, emulated_gpu)
+    cases = read_manifest(generated_cohort(8, 3))
+    for chosen, crops in ((backend, True), ("numpy", False), ("cupy", False)):
+        arrangement = _arrangement(cases, settings, 2, chosen, True, 4, None)
+        assert arrangement.task.keywords["crop"] is crops, chosen
+    entries, shared = {}, {}
+    try:
+        for crop in (False, True):
+            sent = [read_and_send(case, settings, os.getpid(), crop=crop) for case in cases]
+            shared[crop] = sum(nbytes for s in sent for _, nbytes in s.layout)
+            received = [handover.receive(s) for s in sent]
+            for inputs in received:
+                prepared = inputs.prepared
+                assert prepared.grid_cropped is crop
+                if crop:
+                    assert inputs.dose is prepared.dose
+                    for r in prepared.requests:
+                        assert r.grid is r.known_dose_range[0] is r.known_grid_extremes[0] is prepared.dose
+            if crop:  # the crop copied as it came
+                batch = batch_grids([i.prepared for i in received], backend)
+                assert all(w == tuple(slice(0, n) for n in g.dose_gy.shape) for w, g in zip(batch.windows, batch.grids))
+            entries[crop] = classify_batch(received, settings, backend)
+    finally:
+        handover.sweep(os.getpid())
+    assert shared[True] < 0.6 * shared[False]
+    for whole, cropped in zip(entries[False], entries[True]):
+        assert cropped["status"] == whole["status"] == "ok"
+        assert cropped["record"] == whole["record"]
+        assert cropped["dvhs"].keys() == whole["dvhs"].keys()
+        for key, curve in whole["dvhs"].items():
+            np.testing.assert_array_equal(cropped["dvhs"][key]["cumulative_cc"], curve["cumulative_cc"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..dispatch import BACKENDS, Backend, copies_grids, samples_cases_together
-from ..errors import IsodoseError
+from ..errors import BackendError, IsodoseError
 from .cases import Case, input_fingerprint, load_cases
 from .entries import CaseEntry
 from .execution import Executor, Finish, InProcess, Task, entries_as_they_are
@@ -397,7 +397,11 @@ def _arrangement(
         return per_case_arrangement(todo, classify, workers, backend)
     # Reading workers read and plan; this process samples (for a GPU, which one process drives) and finishes.
     # The cases' dose grids come through shared memory: for a GPU, only the part that each case's sampling reads.
-    task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid(), crop=copies_grids(backend))
+    try:
+        crop = copies_grids(backend)
+    except BackendError:  # a backend that cannot load: each case reports it, as it would without the crop
+        crop = False
+    task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid(), crop=crop)
     finish: Finish = ReceivedBatches(settings, backend)
     return Arrangement(ProcessPool(min(n_workers, len(todo)), 1, max(1, batch_size)), task, finish, hands_over=True)
 
