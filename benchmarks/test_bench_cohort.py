@@ -149,8 +149,9 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     """What the process that drives a GPU does per case besides the device's work, in batches of ``batch``
     cases: planning the sampling (unless the reading workers did, ``planned_by_readers``, as in a cohort run,
     and then receiving what they send, :func:`~isodose.cohort.handover.receive`, each dose grid cut to the part
-    its case samples, and freeing it once the batch is stored, which gives its shared memory back to the system
-    from this process; the rows of cases read here free nothing while timed: their inputs outlive the rounds),
+    its case samples, and letting go of it once the batch is stored: the workers hold the blocks they sent, so
+    that they, not this process, free their pages; the rows of cases read here free nothing while timed: their
+    inputs outlive the rounds),
     merging plans, launching,
     building DVHs, classifying, and storing the results (one journal sync per batch). The device's work is
     emulated on the CPU (tests/cuda: kernels, copies, array operations, freeing arrays) and its time is left out
@@ -174,8 +175,10 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     parts: dict[str, list[float]] = {"host": [], "handover": [], "classify": [], "store": [], "device": []}
 
     def fresh_inputs():  # read anew each round: no structure's planes are cached from an earlier one
-        if planned_by_readers:  # what the reading workers send (for a GPU: grids cropped, as run_cohort has them)
-            return ([read_and_send(case, SETTINGS, os.getpid(), crop=True) for case in cases],), {}
+        if planned_by_readers:  # what the reading workers send, as run_cohort has them for a GPU: grids cropped,
+            # and the blocks held open by the senders (here this process, between rounds, for the run's 2 workers)
+            hold = WORKERS * handover.blocks_to_hold(batch, WORKERS)
+            return ([read_and_send(case, SETTINGS, os.getpid(), crop=True, hold=hold) for case in cases],), {}
         return ([read_case(case) for case in cases],), {}
 
     def run(inputs):
@@ -197,7 +200,7 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
                 done = timed("classify", classify_batch, part, SETTINGS, backend)
                 timed("store", store.append_many, done)
                 entries += done
-                if planned_by_readers:  # the batch's arrays freed: their shared memory unmapped, its pages freed
+                if planned_by_readers:  # the batch's arrays let go of: their shared memory unmapped
                     timed("handover", part.clear)
         device = CLOCK.seconds  # all of it inside classifying
         seconds["classify"] -= device
@@ -213,6 +216,7 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
         entries = benchmark.pedantic(run, setup=fresh_inputs, rounds=3, iterations=1)
     finally:
         handover.sweep(os.getpid())
+        handover.release_held()
     assert all(e["status"] == "ok" for e in entries)
     medians = {name: round(float(np.median(values)), 2) for name, values in parts.items()}
     benchmark.extra_info.update(

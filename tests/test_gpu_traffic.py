@@ -267,6 +267,7 @@ def test_a_cohort_run_on_a_gpu_has_its_workers_send_cropped_grids(emulated_gpu, 
     for chosen, crops in ((backend, True), ("numpy", False), ("cupy", False)):
         arrangement = _arrangement(cases, settings, 2, chosen, True, 4, None)
         assert arrangement.task.keywords["crop"] is crops, chosen
+        assert arrangement.task.keywords["hold"] == handover.blocks_to_hold(4, 2)  # each reader's last blocks
     entries, shared = {}, {}
     try:
         for crop in (False, True):

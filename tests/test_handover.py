@@ -100,6 +100,55 @@ def test_without_room_or_without_shared_memory_the_value_is_pickled_whole(monkey
     np.testing.assert_array_equal(handover.receive(sent)["other"], value["other"])
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_a_sender_holds_its_last_blocks_open_so_that_it_frees_them_not_the_receiver(monkeypatch):
+    """With ``hold``, the sender keeps the descriptors of its last blocks (within HELD_BYTES), closing the oldest
+    as new ones come: while it holds a block, the receiver's letting go of it frees no pages (unmapping only), and
+    the values arrive the same whether the sender still holds their block or not."""
+    handover.release_held()
+    value = _value()
+    sent = [handover.send(value, os.getpid(), hold=2) for _ in range(3)]
+    held = [fd for fd, _ in handover._held]
+    assert len(held) == 2 and all(_is_open(fd) for fd in held)
+    for s in sent:
+        assert s.block is not None
+        got = handover.receive(s)
+        np.testing.assert_array_equal(got["grid"].dose_gy, value["grid"].dose_gy)
+    size = os.fstat(held[-1]).st_size  # the last block, its name gone: alive through the descriptor held
+    assert size >= value["grid"].dose_gy.nbytes and os.fstat(held[-1]).st_nlink == 0
+    assert handover.release_held() == 2 and not handover._held and not any(_is_open(fd) for fd in held)
+    # Without hold nothing stays open; within HELD_BYTES only what fits.
+    handover.receive(handover.send(value, os.getpid()))
+    assert not handover._held
+    monkeypatch.setattr(handover, "HELD_BYTES", int(1.5 * size))
+    for _ in range(3):
+        handover.receive(handover.send(value, os.getpid(), hold=5))
+    assert len(handover._held) == 1
+    # Short of room, the blocks held are given back first, and the block is written after all.
+    calls = []
+    fallocate = os.posix_fallocate
+
+    def full_once(fd, offset, length):
+        calls.append(len(handover._held))
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fallocate(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", full_once)
+    again = handover.send(value, os.getpid(), hold=5)
+    assert calls == [1, 0] and again.block is not None and not again.refused
+    np.testing.assert_array_equal(handover.receive(again)["other"], value["other"])
+    assert handover.release_held() == 1
+    assert handover.blocks_to_hold(32, 2) == 34 and handover.blocks_to_hold(32, 15) == 7
+
+
 def test_a_block_gone_before_arrival_is_an_error_and_blocks_left_behind_are_swept():
     sent = handover.send(_value(), os.getpid())
     (handover.SHM / sent.block).unlink()  # removed by someone else

@@ -8,6 +8,12 @@ out-of-band buffers of a page or more) into one shared-memory block, and pipes o
 block and unpickles the arrays in place, without copying them, and removes the block's name at once (the memory
 goes when the last array using it does).
 
+The pages of a block are freed by whoever lets go of it last, some 0.3 ms a MB: left to the receiver, that is the
+receiver's work, a quarter of its host work a case in the GPU arrangement. So a sender may keep the blocks it sent
+open for a while (``hold``): the receiver's dropping a block then only unmaps it, and the sender frees it when it
+closes it, later, as newer blocks come. A block the receiver still maps by then is freed by the receiver, as
+without holding; nothing depends on the timing but who does the work.
+
 This needs POSIX shared memory in ``/dev/shm`` (Linux). Where there is none, or not room for a block (it is
 reserved before it is written, so that a full ``/dev/shm`` is a fallback, not a crash), the value is pickled
 whole as before. Blocks are named after the receiving process (``isodose-<pid>-...``): a run removes what is
@@ -16,6 +22,7 @@ left of its own when it ends, and of runs whose process no longer exists when it
 
 from __future__ import annotations
 
+import collections
 import errno
 import itertools
 import logging
@@ -37,8 +44,11 @@ PREFIX = "isodose-"
 #: out of the pickle: 21 kB through the pipe a case rather than 444 kB.
 MIN_SHARED_BYTES = 4096
 ALIGN = 64
+#: The most bytes of blocks a sending process holds open (see :func:`send`'s ``hold``).
+HELD_BYTES = 32 * 2**20
 _counter = itertools.count()
 _refusal_reported = False  # whether this process has warned that shared memory refused a block
+_held: collections.deque[tuple[int, int]] = collections.deque()  # (fd, bytes) of blocks held open, oldest first
 
 
 @dataclass(frozen=True)
@@ -57,9 +67,11 @@ def available() -> bool:
     return sys.platform.startswith("linux") and SHM.is_dir() and os.access(SHM, os.W_OK)
 
 
-def send(value: object, receiver_pid: int) -> Sent:
+def send(value: object, receiver_pid: int, hold: int = 0) -> Sent:
     """``value`` ready to send to the process ``receiver_pid`` (see the module's text); never raises for want
-    of shared memory (it then pickles everything)."""
+    of shared memory (it then pickles everything). ``hold``: how many of the blocks it sent this process keeps
+    open (no more than :data:`HELD_BYTES` of them), closing the oldest as new ones come, so that it, not the
+    receiver, frees them; where shared memory is short, it closes them all and tries once more."""
     buffers: list[memoryview] = []
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -80,25 +92,59 @@ def send(value: object, receiver_pid: int) -> Sent:
         size += -(-raw.nbytes // ALIGN) * ALIGN
     name = f"{PREFIX}{receiver_pid}-{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:8]}"
     try:
-        _write_block(SHM / name, size, buffers, layout)
+        try:
+            fd = _write_block(SHM / name, size, buffers, layout)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or not _held:
+                raise
+            release_held()  # room held by this process's blocks sent before: given back, and one more try
+            fd = _write_block(SHM / name, size, buffers, layout)
     except OSError as exc:  # no room (or no shared memory after all): send it all through the pipe
         return Sent(pickle.dumps(value, protocol=5), refused=f"{exc.strerror or exc} for {size / 1e6:.1f} MB")
+    _hold(fd, size, hold)
     return Sent(data, name, tuple(layout))
 
 
-def _write_block(path: Path, size: int, buffers: list[memoryview], layout: list[tuple[int, int]]) -> None:
+def _write_block(path: Path, size: int, buffers: list[memoryview], layout: list[tuple[int, int]]) -> int:
+    """The block written, and an open descriptor of it."""
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
     try:
-        try:
-            os.posix_fallocate(fd, 0, size)  # tmpfs pages reserved now: ENOSPC here, never SIGBUS on writing
-            with mmap.mmap(fd, size) as block:
-                for raw, (offset, nbytes) in zip(buffers, layout):
-                    block[offset : offset + nbytes] = raw.cast("B")
-        finally:
-            os.close(fd)
+        os.posix_fallocate(fd, 0, size)  # tmpfs pages reserved now: ENOSPC here, never SIGBUS on writing
+        with mmap.mmap(fd, size) as block:
+            for raw, (offset, nbytes) in zip(buffers, layout):
+                block[offset : offset + nbytes] = raw.cast("B")
     except BaseException:
+        os.close(fd)
         path.unlink(missing_ok=True)
         raise
+    return fd
+
+
+def _hold(fd: int, size: int, hold: int) -> None:
+    """Keep ``fd`` (a block of ``size`` bytes just sent) open among the last ``hold`` blocks sent, within
+    :data:`HELD_BYTES`; close what falls out."""
+    _held.append((fd, size))
+    held = sum(nbytes for _, nbytes in _held)
+    while _held and (len(_held) > hold or held > HELD_BYTES):
+        oldest, nbytes = _held.popleft()
+        os.close(oldest)
+        held -= nbytes
+
+
+def blocks_to_hold(batch_size: int, senders: int) -> int:
+    """How many blocks each of ``senders`` processes holds (``hold``) so that, as a rule, the receiver has let go
+    of a block before its sender closes it: the receiver keeps up to two batches of ``batch_size`` cases (one being
+    completed, the next staged) and two cases a sender waiting."""
+    return -(-2 * max(1, batch_size) // max(1, senders)) + 2
+
+
+def release_held() -> int:
+    """Close every block this process holds open (see :func:`send`); returns how many."""
+    closed = 0
+    while _held:
+        os.close(_held.popleft()[0])
+        closed += 1
+    return closed
 
 
 def receive(sent: Sent | object) -> object:

@@ -401,9 +401,14 @@ def _arrangement(
         crop = copies_grids(backend)
     except BackendError:  # a backend that cannot load: each case reports it, as it would without the crop
         crop = False
-    task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid(), crop=crop)
+    from . import handover
+
+    readers = min(n_workers, len(todo))
+    # Each reader holds its last blocks open, so that it, not this process, frees their pages (handover's text).
+    hold = handover.blocks_to_hold(batch_size, readers)
+    task = functools.partial(read_and_send, settings=settings, receiver_pid=os.getpid(), crop=crop, hold=hold)
     finish: Finish = ReceivedBatches(settings, backend)
-    return Arrangement(ProcessPool(min(n_workers, len(todo)), 1, max(1, batch_size)), task, finish, hands_over=True)
+    return Arrangement(ProcessPool(readers, 1, max(1, batch_size)), task, finish, hands_over=True)
 
 
 def _for_workers(backend: str | Backend | None) -> str | None:

@@ -351,17 +351,17 @@ def prepare_inputs(inputs: CaseInputs, settings: RunSettings) -> CaseInputs:
     return inputs
 
 
-def read_and_send(case: Case, settings: RunSettings, receiver_pid: int, crop: bool = False):
+def read_and_send(case: Case, settings: RunSettings, receiver_pid: int, crop: bool = False, hold: int = 0):
     """:func:`read_and_prepare`, as a reading worker sends it to the process ``receiver_pid`` that drives the
-    GPU: its dose grids through shared memory (see :mod:`isodose.cohort.handover`). ``crop`` (for a backend that
-    copies grids, a GPU): only the part of the dose grid that the case's sampling reads is sent
-    (:func:`cropped_for_device`)."""
+    GPU: its dose grids through shared memory (see :mod:`isodose.cohort.handover`; this worker holds the last
+    ``hold`` blocks it sent, and so frees them itself). ``crop`` (for a backend that copies grids, a GPU): only the
+    part of the dose grid that the case's sampling reads is sent (:func:`cropped_for_device`)."""
     from .handover import send
 
     value = read_and_prepare(case, settings)
     if crop and isinstance(value, CaseInputs):
         value = cropped_for_device(value)
-    return send(value, receiver_pid)
+    return send(value, receiver_pid, hold)
 
 
 def cropped_for_device(inputs: CaseInputs) -> CaseInputs:
