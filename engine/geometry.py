@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import DoseGridError, RegistrationError, StructureError
 from .model import Contour, DoseGrid, Registration, Structure
+from .packing import reduce_packed
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,10 @@ class PackedPlanes:
     """A structure's planes and their slabs in flat arrays, to test points against (:meth:`contain`): a few
     buffers to pickle however many contours the structure has (a case planned in one process and finished in
     another), and a test that looks only at the plane whose slab holds the point."""
+
+    def __reduce__(self):
+        # Its small arrays in one buffer: much quicker to unpickle than one by one (see isodose.packing).
+        return reduce_packed(self)
 
     #: Each plane's slab (:func:`slab_bounds`: increasing, never overlapping), where its rings start in
     #: ``ring_vertex_start``, where each ring's vertices start in ``vertices_mm`` (both with a final end), and

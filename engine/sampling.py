@@ -580,8 +580,8 @@ def _sample(
     if len(plan.vertex_points):
         vertex_start = plan.vertex_structure_start
         vertex_counts = np.diff(vertex_start)
-        vertices = plan.vertex_points.copy()
         moved = ~np.all(transforms == np.eye(4), axis=(1, 2))  # most structures are in the grid's frame
+        vertices = plan.vertex_points.copy() if moved.any() else plan.vertex_points
         for s in np.nonzero(moved & (vertex_counts > 0))[0]:
             segment = slice(vertex_start[s], vertex_start[s + 1])
             vertices[segment] = transform_points(transforms[s], vertices[segment])

@@ -14,6 +14,7 @@ LAYERS = {
     "kernels": 0,
     "errors": 1,
     "formatting": 1,
+    "packing": 1,
     "model": 1,
     "provenance": 1,
     "outputs": 1,

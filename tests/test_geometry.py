@@ -116,7 +116,7 @@ def test_packed_planes_test_each_point_in_the_one_slab_that_holds_it():
     many = PackedPlanes.of([ContourPlane(float(k), (outer,) * 3) for k in range(200)])
     buffers = []
     pickle.dumps(many, protocol=5, buffer_callback=buffers.append)
-    assert len(buffers) == 5  # one per array, not one per ring
+    assert len(buffers) == 1  # its arrays in one buffer (isodose.packing), not one per ring
     assert not PackedPlanes.of([]).contain(points).any()
     structure = Structure("S", 1, tuple(Contour(ring, p.z_mm) for p in planes for ring in p.rings))
     np.testing.assert_array_equal(structure_contains(structure, points), expected)
@@ -155,6 +155,33 @@ def test_batches_cover_every_plane_once():
     assert batches[0][0] == 0 and batches[-1][1] == len(plan.plane_nx)
     assert all(a[1] == b[0] for a, b in zip(batches, batches[1:]))
     assert len(batches) >= 7
+
+
+def test_batches_are_the_longest_runs_of_planes_within_the_limit():
+    """Against the definition, plane by plane: a batch grows while the next plane still ends within ``max_cells``
+    of its first plane's start, and holds at least one plane (planes of no cells and planes larger than the limit
+    included)."""
+    from isodose.voxelize import SamplingPlan
+
+    def reference(starts, n_planes, max_cells):
+        start = 0
+        while start < n_planes:
+            end = start + 1
+            while end < n_planes and starts[end + 1] <= starts[start] + max_cells:
+                end += 1
+            yield start, end
+            start = end
+
+    rng = np.random.default_rng(11)
+    for _ in range(400):
+        n = int(rng.integers(1, 40))
+        counts = rng.integers(0, 50, n) * (rng.uniform(size=n) < 0.85)
+        starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        plan = object.__new__(SamplingPlan)  # only what batches() reads
+        object.__setattr__(plan, "plane_nx", np.ones(n, dtype=np.int64))
+        object.__setattr__(plan, "plane_cell_start", starts)
+        limit = int(rng.integers(1, 150))
+        assert list(plan.batches(limit)) == list(reference(starts, n, limit))
 
 
 def test_sampling_options_are_checked():
@@ -263,3 +290,50 @@ print("numpy.ma" in sys.modules)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["2.5", "4.5", "False"]
+
+
+def test_plans_and_planes_unpickle_their_small_arrays_as_views_of_one_buffer():
+    """A sampling plan and a target's planes (what a reading worker hands over) pickle their small arrays as one
+    buffer (isodose.packing): the same values, dtypes and shapes, 2-D and empty ones included, writable, with
+    every protocol; arrays larger than the limit, or not numeric, travel as NumPy pickles them."""
+    import pickle
+    from dataclasses import replace
+
+    from isodose.geometry import PackedPlanes, structure_planes
+    from isodose.packing import PACKED_MAX_BYTES
+    from isodose.phantoms import head_neck_case
+    from isodose.voxelize import SamplingOptions, plan_sampling
+
+    grid, structures = head_neck_case()
+    chosen = [structures.get(name) for name in ("GTV", "PTV70", "SpinalCord")]
+    plan = plan_sampling(chosen, grid, SamplingOptions(target_cells=20000))
+    planes = PackedPlanes.of(structure_planes(structures.get("PTV70")))
+    for original in (plan, planes):
+        names = [name for name, value in vars(original).items() if isinstance(value, np.ndarray)]
+        assert len(names) >= 5
+        for protocol in (2, 4, 5):
+            data = pickle.dumps(original, protocol=protocol)
+            copy = pickle.loads(data)
+            assert type(copy) is type(original) and vars(copy).keys() == vars(original).keys()
+            bases = {}
+            for name in names:
+                a, b = getattr(original, name), getattr(copy, name)
+                assert b.dtype == a.dtype and b.shape == a.shape, name
+                np.testing.assert_array_equal(b, a, err_msg=name)
+                assert b.flags.writeable or not b.size, name
+                if b.size and a.nbytes <= PACKED_MAX_BYTES:
+                    bases.setdefault(id(b.base), []).append(name)
+            assert len(bases) == 1, bases  # one buffer for all of them
+            others = {k: v for k, v in vars(original).items() if not isinstance(v, np.ndarray)}
+            assert {k: getattr(copy, k) for k in others} == others
+    # A large array (a label image's weights, say) and an object array are pickled as NumPy does.
+    big = replace(planes, vertices_mm=np.zeros((PACKED_MAX_BYTES // 16 + 1, 2)))
+    odd = replace(planes, slab_lo_mm=np.array([1.0, "a"], dtype=object))
+    for value, name in ((big, "vertices_mm"), (odd, "slab_lo_mm")):
+        copy = pickle.loads(pickle.dumps(value, protocol=5))
+        assert getattr(copy, name).dtype == getattr(value, name).dtype
+        np.testing.assert_array_equal(getattr(copy, name), getattr(value, name))
+        np.testing.assert_array_equal(copy.ring_vertex_start, value.ring_vertex_start)
+    # A non-contiguous array packs as its values.
+    strided = replace(planes, slab_hi_mm=np.arange(20.0)[::2])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(strided)).slab_hi_mm, np.arange(20.0)[::2])
