@@ -11,6 +11,7 @@ dtypes and shapes, writable where the buffer is (as NumPy's own unpickled arrays
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def reduce_packed(obj: object) -> tuple:
 
 def unpack(cls: type, state: dict, buffer: np.ndarray, layout: tuple) -> object:
     """The object :func:`reduce_packed` packed: its arrays views of ``buffer``."""
-    obj = object.__new__(cls)
+    obj: Any = object.__new__(cls)
     for name, dtype, shape, offset in layout:
         count = math.prod(shape)
         if count:
