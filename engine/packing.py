@@ -36,11 +36,14 @@ def reduce_packed(obj: object) -> tuple:
     buffer, the rest of its attributes as they are."""
     state = dict(vars(obj))
     layout = []
+    placed: dict[int, int] = {}  # id of an array -> its offset: an array held twice is packed once
     size = 0
     for name, value in state.items():
         if _packable(value):
-            layout.append((name, value.dtype.str, value.shape, size))
-            size += -(-value.nbytes // ALIGN) * ALIGN
+            if id(value) not in placed:
+                placed[id(value)] = size
+                size += -(-value.nbytes // ALIGN) * ALIGN
+            layout.append((name, value.dtype.str, value.shape, placed[id(value)]))
     buffer = np.zeros(size, dtype=np.uint8)
     for name, _, _, offset in layout:
         value = np.ascontiguousarray(state.pop(name)).reshape(-1).view(np.uint8)
@@ -51,11 +54,14 @@ def reduce_packed(obj: object) -> tuple:
 def unpack(cls: type, state: dict, buffer: np.ndarray, layout: tuple) -> object:
     """The object :func:`reduce_packed` packed: its arrays views of ``buffer``."""
     obj: Any = object.__new__(cls)
+    made: dict[int, np.ndarray] = {}  # offset -> array: an array held twice comes back as one
     for name, dtype, shape, offset in layout:
         count = math.prod(shape)
-        if count:
+        if offset in made and made[offset].dtype.str == dtype and made[offset].shape == shape:
+            state[name] = made[offset]
+        elif count:
             array = np.frombuffer(buffer, dtype, count, offset)
-            state[name] = array if len(shape) == 1 else array.reshape(shape)
+            state[name] = made[offset] = array if len(shape) == 1 else array.reshape(shape)
         else:
             state[name] = np.empty(shape, dtype=dtype)
     obj.__dict__.update(state)

@@ -334,6 +334,12 @@ def test_plans_and_planes_unpickle_their_small_arrays_as_views_of_one_buffer():
         assert getattr(copy, name).dtype == getattr(value, name).dtype
         np.testing.assert_array_equal(getattr(copy, name), getattr(value, name))
         np.testing.assert_array_equal(copy.ring_vertex_start, value.ring_vertex_start)
+    # An array held twice is packed once and comes back as one array.
+    twice = replace(planes, slab_hi_mm=planes.slab_lo_mm)
+    buffers = []
+    copy = pickle.loads(pickle.dumps(twice, protocol=5, buffer_callback=buffers.append), buffers=buffers)
+    assert copy.slab_hi_mm is copy.slab_lo_mm
+    assert buffers[0].raw().nbytes < pickle.PickleBuffer(pickle.dumps(planes, protocol=5)).raw().nbytes
     # A non-contiguous array packs as its values.
     strided = replace(planes, slab_hi_mm=np.arange(20.0)[::2])
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(strided)).slab_hi_mm, np.arange(20.0)[::2])

@@ -271,7 +271,8 @@ def test_a_cohort_run_on_a_gpu_has_its_workers_send_cropped_grids(emulated_gpu, 
     entries, shared = {}, {}
     try:
         for crop in (False, True):
-            sent = [read_and_send(case, settings, os.getpid(), crop=crop) for case in cases]
+            sent = [read_and_send(case, settings, os.getpid(), crop=crop, hold=3 if crop else 0) for case in cases]
+            assert len(handover._held) == (3 if crop else 0)  # the hold reaches the handover
             shared[crop] = sum(nbytes for s in sent for _, nbytes in s.layout)
             received = [handover.receive(s) for s in sent]
             for inputs in received:
@@ -287,6 +288,7 @@ def test_a_cohort_run_on_a_gpu_has_its_workers_send_cropped_grids(emulated_gpu, 
             entries[crop] = classify_batch(received, settings, backend)
     finally:
         handover.sweep(os.getpid())
+        handover.release_held()
     assert shared[True] < 0.6 * shared[False]
     for whole, cropped in zip(entries[False], entries[True]):
         assert cropped["status"] == whole["status"] == "ok"

@@ -114,9 +114,12 @@ def test_a_sender_holds_its_last_blocks_open_so_that_it_frees_them_not_the_recei
     the values arrive the same whether the sender still holds their block or not."""
     handover.release_held()
     value = _value()
-    sent = [handover.send(value, os.getpid(), hold=2) for _ in range(3)]
+    first = handover.send(value, os.getpid(), hold=2)
+    [(first_fd, _)] = handover._held
+    sent = [first] + [handover.send(value, os.getpid(), hold=2) for _ in range(2)]
     held = [fd for fd, _ in handover._held]
     assert len(held) == 2 and all(_is_open(fd) for fd in held)
+    assert first_fd not in held and not _is_open(first_fd)  # the oldest closed as a newer one came
     for s in sent:
         assert s.block is not None
         got = handover.receive(s)
@@ -131,6 +134,21 @@ def test_a_sender_holds_its_last_blocks_open_so_that_it_frees_them_not_the_recei
     for _ in range(3):
         handover.receive(handover.send(value, os.getpid(), hold=5))
     assert len(handover._held) == 1
+    # Never more than a quarter of what /dev/shm has free, nor more than HELD_BLOCKS blocks.
+    free = os.statvfs(handover.SHM)
+    monkeypatch.setattr(
+        os, "statvfs", lambda path: os.statvfs_result((*free[:4], 4 * size // free.f_frsize, *free[5:]))
+    )
+    handover.receive(handover.send(value, os.getpid(), hold=5))
+    assert len(handover._held) == 0
+    monkeypatch.undo()
+    monkeypatch.setattr(handover, "HELD_BLOCKS", 2)
+    for _ in range(4):
+        handover.receive(handover.send({"small": np.ones(2000)}, os.getpid(), hold=5))
+    assert len(handover._held) == 2
+    assert handover.release_held() == 2
+    monkeypatch.undo()
+    handover.receive(handover.send(value, os.getpid(), hold=5))
     # Short of room, the blocks held are given back first, and the block is written after all.
     calls = []
     fallocate = os.posix_fallocate
@@ -147,6 +165,16 @@ def test_a_sender_holds_its_last_blocks_open_so_that_it_frees_them_not_the_recei
     np.testing.assert_array_equal(handover.receive(again)["other"], value["other"])
     assert handover.release_held() == 1
     assert handover.blocks_to_hold(32, 2) == 34 and handover.blocks_to_hold(32, 15) == 7
+    assert handover.blocks_to_hold(500, 2) == handover.HELD_BLOCKS
+    # A forked child closes its copies of the descriptors held (the parent keeps its own).
+    handover.receive(handover.send(value, os.getpid(), hold=2))
+    [(fd, _)] = handover._held
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's)
+        os._exit(0 if not handover._held and not _is_open(fd) else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and _is_open(fd)
+    assert handover.release_held() == 1
 
 
 def test_a_block_gone_before_arrival_is_an_error_and_blocks_left_behind_are_swept():

@@ -44,8 +44,10 @@ PREFIX = "isodose-"
 #: out of the pickle: 21 kB through the pipe a case rather than 444 kB.
 MIN_SHARED_BYTES = 4096
 ALIGN = 64
-#: The most bytes of blocks a sending process holds open (see :func:`send`'s ``hold``).
+#: The most bytes of blocks a sending process holds open (see :func:`send`'s ``hold``), and never more than a
+#: quarter of what ``/dev/shm`` has free at the time; and the most blocks.
 HELD_BYTES = 32 * 2**20
+HELD_BLOCKS = 64
 _counter = itertools.count()
 _refusal_reported = False  # whether this process has warned that shared memory refused a block
 _held: collections.deque[tuple[int, int]] = collections.deque()  # (fd, bytes) of blocks held open, oldest first
@@ -122,10 +124,17 @@ def _write_block(path: Path, size: int, buffers: list[memoryview], layout: list[
 
 def _hold(fd: int, size: int, hold: int) -> None:
     """Keep ``fd`` (a block of ``size`` bytes just sent) open among the last ``hold`` blocks sent, within
-    :data:`HELD_BYTES`; close what falls out."""
+    :data:`HELD_BYTES` and :data:`HELD_BLOCKS`; close what falls out."""
     _held.append((fd, size))
     held = sum(nbytes for _, nbytes in _held)
-    while _held and (len(_held) > hold or held > HELD_BYTES):
+    budget = HELD_BYTES
+    if hold:
+        try:
+            stats = os.statvfs(SHM)
+            budget = min(budget, stats.f_bavail * stats.f_frsize // 4)
+        except OSError:
+            budget = 0
+    while _held and (len(_held) > min(hold, HELD_BLOCKS) or held > budget):
         oldest, nbytes = _held.popleft()
         os.close(oldest)
         held -= nbytes
@@ -135,7 +144,7 @@ def blocks_to_hold(batch_size: int, senders: int) -> int:
     """How many blocks each of ``senders`` processes holds (``hold``) so that, as a rule, the receiver has let go
     of a block before its sender closes it: the receiver keeps up to two batches of ``batch_size`` cases (one being
     completed, the next staged) and two cases a sender waiting."""
-    return -(-2 * max(1, batch_size) // max(1, senders)) + 2
+    return min(HELD_BLOCKS, -(-2 * max(1, batch_size) // max(1, senders)) + 2)
 
 
 def release_held() -> int:
@@ -145,6 +154,10 @@ def release_held() -> int:
         os.close(_held.popleft()[0])
         closed += 1
     return closed
+
+
+if hasattr(os, "register_at_fork"):  # a forked child holds nothing of its parent's: its copies are closed
+    os.register_at_fork(after_in_child=release_held)
 
 
 def receive(sent: Sent | object) -> object:
