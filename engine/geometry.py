@@ -221,7 +221,10 @@ def median(values: np.ndarray) -> float:
     if np.isnan(ordered[-1]):
         return float("nan")
     middle = n // 2
-    return float(ordered[middle]) if n % 2 else float((ordered[middle - 1] + ordered[middle]) / 2)
+    # As np.median's mean of the middle values, whose sum starts from 0.0: a zero's sign is that of 0.0 + x.
+    if n % 2:
+        return float(0.0 + ordered[middle])
+    return float((0.0 + ordered[middle - 1] + ordered[middle]) / 2)
 
 
 def nominal_spacing_mm(plane_z_mm: np.ndarray) -> float | None:
