@@ -685,9 +685,9 @@ def cropped_to_samples(prepared: PreparedRecurrence) -> PreparedRecurrence:
     """``prepared`` with its dose grid cut to the part its sampling reads, as :func:`batch_grids` cuts it for a
     backend that copies grids (the box of its requests' samples, one voxel more each side): what a reading worker
     hands to the process driving a GPU, so that the rest of the grid is neither written to shared memory nor freed
-    by that process (a head-and-neck grid is some 38 MB as float64, its targets' box a few percent of it). The
-    same case where its grid is read elsewhere too (draws of uncertainty, a deformation) or where nothing is
-    sampled."""
+    by that process (a head-and-neck grid is some 19 MB, the box of a recurrence and its targets a few percent of
+    it). The same case where its grid is read elsewhere too (draws of uncertainty, a deformation) or where nothing
+    is sampled."""
     requests = prepared.requests
     if prepared.uncertainty is not None or not all(
         isinstance(r, SamplingRequest) and r.grid is prepared.dose for r in requests
