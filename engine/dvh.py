@@ -640,20 +640,29 @@ def dvh_from_histogram(
     if not inside_mm3 > 0 or not math.isfinite(dmin_gy) or not math.isfinite(dmax_gy):
         return _empty_dvh(name, number, volume_cc, outside_cc, backend, centroid_mm)
     n_bins = len(hist_mm3)
-    mass = np.clip(np.asarray(hist_mm3, dtype=np.float64), 0.0, None)
+    hist = np.asarray(hist_mm3, dtype=np.float64)
     k_lo = min(int(dmin_gy / bin_width_gy), n_bins - 1)
     k_hi = min(int(dmax_gy / bin_width_gy), n_bins - 1)
-    folded = mass[k_lo : k_hi + 1].copy()
-    folded[0] += mass[:k_lo].sum()
-    folded[-1] += mass[k_hi + 1 :].sum()
+    # The mass in [k_lo, k_hi] (negative rounding clipped to 0), with the mass beyond folded in.
+    folded = np.clip(hist[k_lo : k_hi + 1], 0.0, None)
+    folded[0] += np.clip(hist[:k_lo], 0.0, None).sum()
+    folded[-1] += np.clip(hist[k_hi + 1 :], 0.0, None).sum()
     total = folded.sum()
     scale = inside_mm3 / total if total > 0 else 0.0
-    inner_edges = bin_width_gy * np.arange(k_lo + 1, k_hi + 1)
-    dose = np.concatenate([[dmin_gy], inner_edges, [dmax_gy]])
-    below = np.concatenate([[0.0], np.cumsum(folded) * scale])
-    below[-1] = inside_mm3
-    cumulative_cc = (inside_mm3 - below) / 1000.0
-    cumulative_cc[-1] = 0.0
+    n = len(folded)
+    # The bin edges from Dmin to Dmax, and the volume at or above each (cc), written in place: the same values as
+    # the array expressions, with fewer arrays made.
+    dose = np.empty(n + 1)
+    dose[0], dose[n] = dmin_gy, dmax_gy
+    np.multiply(bin_width_gy, np.arange(k_lo + 1, k_hi + 1), out=dose[1:n])
+    cumulative_cc = np.empty(n + 1)
+    cumulative_cc[0] = 0.0
+    np.cumsum(folded, out=cumulative_cc[1:])
+    np.multiply(cumulative_cc[1:], scale, out=cumulative_cc[1:])  # the volume below each edge (mm3)
+    cumulative_cc[n] = inside_mm3
+    np.subtract(inside_mm3, cumulative_cc, out=cumulative_cc)
+    np.divide(cumulative_cc, 1000.0, out=cumulative_cc)
+    cumulative_cc[n] = 0.0
     dmean = min(max(dose_volume_sum / inside_mm3, dmin_gy), dmax_gy)
     return DVH(
         name,

@@ -146,3 +146,36 @@ def test_which_metrics_need_the_dose_and_the_prescription():
     texts = ("volume", "VOLUME", "D95", "D2cc", "V20Gy", "V95%_cc", "Dmean", "Dmin", "Dmax", "HI")
     assert [parse_metric(t).needs_dose for t in texts] == [False, False] + [True] * 8
     assert [parse_metric(t).needs_prescription for t in texts] == [False] * 5 + [True] + [False] * 4
+
+
+def test_a_dvh_from_a_histogram_is_its_definition_bit_for_bit():
+    """The curve written in place is the definition written as array expressions, bit for bit: the mass in
+    [Dmin, Dmax]'s bins with what lies beyond folded in (negative rounding clipped to 0), the edges from Dmin to
+    Dmax, and the volume at or above each edge."""
+
+    def definition(hist, bin_width, inside, dmin, dmax):
+        mass = np.clip(hist, 0.0, None)
+        k_lo, k_hi = min(int(dmin / bin_width), len(hist) - 1), min(int(dmax / bin_width), len(hist) - 1)
+        folded = mass[k_lo : k_hi + 1].copy()
+        folded[0] += mass[:k_lo].sum()
+        folded[-1] += mass[k_hi + 1 :].sum()
+        total = folded.sum()
+        scale = inside / total if total > 0 else 0.0
+        dose = np.concatenate([[dmin], bin_width * np.arange(k_lo + 1, k_hi + 1), [dmax]])
+        below = np.concatenate([[0.0], np.cumsum(folded) * scale])
+        below[-1] = inside
+        cumulative = (inside - below) / 1000.0
+        cumulative[-1] = 0.0
+        return dose, cumulative
+
+    rng = np.random.default_rng(12)
+    for trial in range(300):
+        n = int(rng.choice([1, 2, 7, 300, 16384]))
+        hist = rng.uniform(-1e-9, 3.0, n) * (rng.uniform(size=n) < rng.uniform())
+        bin_width = float(rng.uniform(1e-3, 0.5))
+        dmin = float(rng.uniform(0.0, n * bin_width))
+        dmax = dmin if trial % 9 == 0 else float(rng.uniform(dmin, 1.2 * n * bin_width))
+        inside = float(rng.uniform(1.0, 5e5))
+        got = dvh_from_histogram("s", hist, bin_width, inside, 0.0, 40.0 * inside, dmin, dmax)
+        dose, cumulative = definition(hist, bin_width, inside, dmin, dmax)
+        assert got.dose_gy.tobytes() == dose.tobytes() and got.cumulative_cc.tobytes() == cumulative.tobytes()
