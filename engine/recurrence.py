@@ -50,6 +50,7 @@ from .sampling import (
     cropped_grid,
     dose_range_gy,
     merge_plans,
+    union_box,
 )
 from .uncertainty import Uncertainty, UncertaintyRequest, UncertaintyResult, classify_draws
 from .voxelize import SamplingOptions, plan_sampling
@@ -693,14 +694,10 @@ def cropped_to_samples(prepared: PreparedRecurrence) -> PreparedRecurrence:
         isinstance(r, SamplingRequest) and r.grid is prepared.dose for r in requests
     ):
         return prepared
-    boxes = [r.extent_mm() for r in requests]  # type: ignore[union-attr]
-    if not boxes or any(
-        box is None or not (np.all(np.isfinite(box[0])) and np.all(np.isfinite(box[1]))) for box in boxes
-    ):
+    box = union_box([r.extent_mm() for r in requests])  # type: ignore[union-attr]
+    if box is None:
         return prepared
-    low = np.min([box[0] for box in boxes], axis=0)  # type: ignore[index]
-    high = np.max([box[1] for box in boxes], axis=0)  # type: ignore[index]
-    grid = cropped_grid(prepared.dose, crop_window(prepared.dose, low, high))
+    grid = cropped_grid(prepared.dose, crop_window(prepared.dose, *box))
     if grid is prepared.dose:
         return prepared
     moved = tuple(r.on_crop(grid) for r in requests)  # type: ignore[union-attr]

@@ -206,6 +206,20 @@ def crop_window(grid: DoseGrid, low_mm: np.ndarray, high_mm: np.ndarray) -> tupl
     return z, y, x
 
 
+def union_box(
+    boxes: Sequence[tuple[np.ndarray, np.ndarray] | None],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The box ``(low, high)`` holding every box of ``boxes``; None where there is none, or where one is None (a use
+    not known in advance) or not finite."""
+    if not boxes or any(
+        box is None or not (np.all(np.isfinite(box[0])) and np.all(np.isfinite(box[1]))) for box in boxes
+    ):
+        return None
+    low = np.min(np.array([box[0] for box in boxes], dtype=np.float64), axis=0)  # type: ignore[index]
+    high = np.max(np.array([box[1] for box in boxes], dtype=np.float64), axis=0)  # type: ignore[index]
+    return low, high
+
+
 def window_origin(grid: DoseGrid, window: tuple[slice, slice, slice]) -> np.ndarray:
     """The ``(x, y, z)`` centre (mm) of the first voxel of ``window`` (``(z, y, x)`` slices) of ``grid``."""
     z, y, x = window
@@ -259,19 +273,13 @@ class GridBatch:
         grid: a box ``(low, high)``, or None where a use is not known in advance (then that grid is whole).
         Without them, every grid is whole."""
         distinct: dict[tuple, DoseGrid] = {}
-        boxes: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
+        uses: dict[tuple, list[tuple[np.ndarray, np.ndarray] | None]] = {}
         known = extents is not None and backend.kernels.COPIES_GRIDS
         for k, grid in enumerate(grids):
             key = _grid_key(grid)
             distinct.setdefault(key, grid)
-            box = extents[k] if known and extents is not None else None
-            if box is None or not (np.all(np.isfinite(box[0])) and np.all(np.isfinite(box[1]))):
-                boxes[key] = None
-            elif key not in boxes:
-                boxes[key] = (np.asarray(box[0], dtype=np.float64), np.asarray(box[1], dtype=np.float64))
-            elif boxes[key] is not None:
-                low, high = boxes[key]  # type: ignore[misc]
-                boxes[key] = (np.minimum(low, box[0]), np.maximum(high, box[1]))
+            uses.setdefault(key, []).append(extents[k] if known and extents is not None else None)
+        boxes = {key: union_box(boxes) for key, boxes in uses.items()}
         entries = []
         windows = []
         for key, g in distinct.items():
