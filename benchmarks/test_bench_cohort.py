@@ -164,7 +164,7 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     from isodose.cohort import handover
     from isodose.cohort.cases import read_manifest
     from isodose.cohort.work import classify_batch, read_and_send, read_case
-    from isodose.polygons import prefer_compiled
+    from isodose.compiled import prefer_compiled
     from tests.cuda.device import CLOCK
 
     backend = _emulated_gpu(tmp_path_factory)

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .compiled import take_compiled
 from .dispatch import Backend, resolve_backend
 from .errors import DoseUnitsError, FrameOfReferenceError, MetricError
 from .formatting import json_number
@@ -650,19 +651,23 @@ def dvh_from_histogram(
     total = folded.sum()
     scale = inside_mm3 / total if total > 0 else 0.0
     n = len(folded)
-    # The bin edges from Dmin to Dmax, and the volume at or above each (cc), written in place: the same values as
-    # the array expressions, with fewer arrays made.
+    # The bin edges from Dmin to Dmax, and the volume at or above each (cc).
     dose = np.empty(n + 1)
-    dose[0], dose[n] = dmin_gy, dmax_gy
-    np.multiply(bin_width_gy, np.arange(k_lo + 1, k_hi + 1), out=dose[1:n])
     cumulative_cc = np.empty(n + 1)
-    cumulative_cc[0] = 0.0
-    np.cumsum(folded, out=cumulative_cc[1:])
-    np.multiply(cumulative_cc[1:], scale, out=cumulative_cc[1:])  # the volume below each edge (mm3)
-    cumulative_cc[n] = inside_mm3
-    np.subtract(inside_mm3, cumulative_cc, out=cumulative_cc)
-    np.divide(cumulative_cc, 1000.0, out=cumulative_cc)
-    cumulative_cc[n] = 0.0
+    if take_compiled():  # the same values, in one pass
+        from .compiled_dvh import curve_knots
+
+        curve_knots(folded, k_lo, bin_width_gy, dmin_gy, dmax_gy, scale, inside_mm3, dose, cumulative_cc)
+    else:  # written in place: the same values as the array expressions, with fewer arrays made
+        dose[0], dose[n] = dmin_gy, dmax_gy
+        np.multiply(bin_width_gy, np.arange(k_lo + 1, k_hi + 1), out=dose[1:n])
+        cumulative_cc[0] = 0.0
+        np.cumsum(folded, out=cumulative_cc[1:])
+        np.multiply(cumulative_cc[1:], scale, out=cumulative_cc[1:])  # the volume below each edge (mm3)
+        cumulative_cc[n] = inside_mm3
+        np.subtract(inside_mm3, cumulative_cc, out=cumulative_cc)
+        np.divide(cumulative_cc, 1000.0, out=cumulative_cc)
+        cumulative_cc[n] = 0.0
     dmean = min(max(dose_volume_sum / inside_mm3, dmin_gy), dmax_gy)
     return DVH(
         name,

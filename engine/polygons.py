@@ -12,8 +12,8 @@ kernels of ``isodose.kernels.numba_cpu``. Small inputs (a ring of a few hundred 
 with NumPy where Numba is not loaded yet, which gives the same answers (the same arithmetic) without loading it: a
 command that computes little with the NumPy backend then never pays Numba's start-up (about half a second). Once
 Numba is loaded (a compiled backend), or where a process has said it will ask these questions many times
-(:func:`prefer_compiled`: the process that drives a GPU in a cohort run), every input takes the compiled tests,
-which are far quicker.
+(:func:`isodose.compiled.prefer_compiled`: the process that drives a GPU in a cohort run), every input takes the
+compiled tests, which are far quicker.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import functools
 
 import numpy as np
 
+from .compiled import take_compiled
 from .model import first_grid_index_at_or_above as _first_at_or_above
 
 #: Where Numba is not loaded yet, rings with at most this many vertices are tested with NumPy (all pairs of edges at
@@ -33,26 +34,6 @@ SMALL_POINTS = 32
 #: (0.1 to 0.3 ms for the small ROIs of dicompyler-core's example patient; its BODY, 2.5 s with NumPy, takes 12 ms
 #: compiled).
 SMALL_STRUCTURE_VERTICES = 4096
-
-
-_prefer_compiled = False
-
-
-def prefer_compiled() -> None:
-    """Take the compiled tests for every input from now on in this process (the first test then loads Numba, if
-    nothing has yet): for a process that asks these questions many times without loading a compiled backend (the
-    one driving a GPU in a cohort run), where Numba's start-up (about half a second, once) is soon repaid: a case's
-    targets are tested in some 20 us rather than 150. The answers are the same either way."""
-    global _prefer_compiled
-    _prefer_compiled = True
-
-
-def _take_compiled() -> bool:
-    """Whether small inputs take the compiled tests too: Numba is imported in this process already (a compiled
-    backend, say; then they cost nothing more to load, and are quicker), or :func:`prefer_compiled` was called."""
-    import sys
-
-    return _prefer_compiled or "numba" in sys.modules
 
 
 def _float64(a):
@@ -106,7 +87,7 @@ def _ring_crosses_itself_numpy(points: np.ndarray) -> bool:
 def ring_crosses_itself(points) -> bool:
     """Whether two non-neighbouring edges of a closed ring cross (a proper crossing; touching is not)."""
     ring = _float64(points).reshape(-1, 2)
-    if ring.shape[0] <= SMALL_RING and not _take_compiled():
+    if ring.shape[0] <= SMALL_RING and not take_compiled():
         return _ring_crosses_itself_numpy(ring)
     return bool(_compiled()[0](ring))
 
@@ -141,7 +122,7 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
     points = _float64(points).reshape(-1, 3)
     out = np.zeros(len(points), dtype=np.bool_)
     if len(slab_lo) and len(points):
-        small = len(points) <= SMALL_POINTS and not _take_compiled()
+        small = len(points) <= SMALL_POINTS and not take_compiled()
         test = _points_in_packed_planes_numpy if small else _compiled()[1]
         test(
             _float64(slab_lo),
@@ -209,7 +190,7 @@ def grid_extremes_in_planes(
     the same answer."""
     out = np.empty(2)
     vertex_count = int(ring_vertex_start[plane_ring_start[p_end]] - ring_vertex_start[plane_ring_start[p_first]])
-    small = vertex_count <= SMALL_STRUCTURE_VERTICES and not _take_compiled()
+    small = vertex_count <= SMALL_STRUCTURE_VERTICES and not take_compiled()
     test = _grid_extremes_numpy if small else _compiled()[2]
     test(
         int(p_first),

@@ -21,6 +21,8 @@ LAYERS = {
     "polygons": 1,
     "compiled_polygons": 1,
     "compiled_decimals": 1,
+    "compiled": 1,
+    "compiled_dvh": 1,
     "geometry": 1,
     "phantoms": 1,
     "dicom": 1,
@@ -160,7 +162,7 @@ def test_only_dispatch_names_the_backend_modules():
         # The protocol is the engine's view of every backend; numba_target sets Numba up for the engine's compiled
         # host code as for the numba backend, and only that code may name it.
         shared = {"isodose.kernels.protocol"}
-        if module in ("isodose.compiled_polygons", "isodose.compiled_decimals"):
+        if module in ("isodose.compiled_polygons", "isodose.compiled_decimals", "isodose.compiled_dvh"):
             shared.add("isodose.kernels.numba_target")
         named = {t for t in targets if t.startswith("isodose.kernels.") and t not in shared}
         assert not named, f"{module} imports {named}"

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from isodose import dvh as dvh_module
 from isodose.dvh import dvh_from_histogram, parse_metric
 from isodose.errors import MetricError
 
@@ -148,10 +149,12 @@ def test_which_metrics_need_the_dose_and_the_prescription():
     assert [parse_metric(t).needs_prescription for t in texts] == [False] * 5 + [True] + [False] * 4
 
 
-def test_a_dvh_from_a_histogram_is_its_definition_bit_for_bit():
-    """The curve written in place is the definition written as array expressions, bit for bit: the mass in
-    [Dmin, Dmax]'s bins with what lies beyond folded in (negative rounding clipped to 0), the edges from Dmin to
-    Dmax, and the volume at or above each edge."""
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "compiled"])
+def test_a_dvh_from_a_histogram_is_its_definition_bit_for_bit(monkeypatch, compiled):
+    """The curve written in place (with NumPy, or by the compiled code that a process preferring it takes) is the
+    definition written as array expressions, bit for bit: the mass in [Dmin, Dmax]'s bins with what lies beyond
+    folded in (negative rounding clipped to 0), the edges from Dmin to Dmax, and the volume at or above each edge."""
+    monkeypatch.setattr(dvh_module, "take_compiled", lambda: compiled)
 
     def definition(hist, bin_width, inside, dmin, dmax):
         mass = np.clip(hist, 0.0, None)

@@ -29,7 +29,7 @@ def test_a_long_ring_goes_to_the_compiled_test_and_a_short_one_does_not(monkeypa
     star = np.array([[np.cos(t), np.sin(t)] for t in np.linspace(0, 4 * np.pi, 5, endpoint=False)])  # a pentagram
     circle = np.array([[np.cos(t), np.sin(t)] for t in np.linspace(0, 2 * np.pi, 2 * polygons.SMALL_RING)])
     assert polygons.ring_crosses_itself(star) and not polygons.ring_crosses_itself(circle[:-1])
-    monkeypatch.setattr(polygons, "_take_compiled", lambda: False)
+    monkeypatch.setattr(polygons, "take_compiled", lambda: False)
     monkeypatch.setattr(polygons, "_compiled", lambda: pytest.fail("a short ring needs no compiled test"))
     assert polygons.ring_crosses_itself(star)
 
@@ -72,9 +72,9 @@ def test_a_process_that_prefers_compiled_tests_takes_them_for_small_inputs_too()
     code = """
 import sys
 import numpy as np
-from isodose import polygons
+from isodose import compiled, polygons
 if sys.argv[1] == "prefer":
-    polygons.prefer_compiled()
+    compiled.prefer_compiled()
 square = np.array([[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0]])
 inside = polygons.points_in_packed_planes(
     np.array([-1.0]), np.array([1.0]), np.array([0, 1]), np.array([0, 4]), square, np.array([[1.0, 1.0, 0.0]])
@@ -90,13 +90,13 @@ print(bool(inside[0]), "numba" in sys.modules)
 
 
 def test_the_gpu_arrangement_prefers_the_compiled_host_tests(monkeypatch):
-    from isodose import polygons
+    from isodose import compiled
     from isodose.cohort.settings import RunSettings
     from isodose.cohort.work import ReceivedBatches
 
-    monkeypatch.setattr(polygons, "_prefer_compiled", False)
+    monkeypatch.setattr(compiled, "_prefer_compiled", False)
     assert ReceivedBatches(RunSettings(), "numpy").stage([]).received == []
-    assert polygons._prefer_compiled
+    assert compiled._prefer_compiled
 
 
 def _grid_point_brute_force(packed: PackedPlanes, dose: np.ndarray, origin, spacing) -> tuple[float, float]:

@@ -442,7 +442,7 @@ def process_batch(cases: list[Case], settings: RunSettings, backend=None) -> lis
     """Read cases and classify them as one batch (one merged sampling plan on a GPU), in order; never raises for a
     bad case (a case that cannot be read gets its error entry, the others are classified). Batches are a GPU
     worker's: its cases' centroids are tested by the compiled host tests (see :class:`ReceivedBatches`)."""
-    from ..polygons import prefer_compiled
+    from ..compiled import prefer_compiled
 
     prefer_compiled()
     read = [read_case(case, settings) for case in cases]
@@ -477,7 +477,7 @@ class ReceivedBatches:
 
     def stage(self, items: list[tuple[Case, object]]) -> StagedBatch:
         from ..dispatch import resolve_backend
-        from ..polygons import prefer_compiled
+        from ..compiled import prefer_compiled
         from ..recurrence import batch_grids
         from . import handover
 
