@@ -476,8 +476,8 @@ class ReceivedBatches:
         return self.complete(self.stage(items))
 
     def stage(self, items: list[tuple[Case, object]]) -> StagedBatch:
-        from ..dispatch import resolve_backend
         from ..compiled import prefer_compiled
+        from ..dispatch import resolve_backend
         from ..recurrence import batch_grids
         from . import handover
 
