@@ -97,7 +97,11 @@ def appends(monkeypatch):
     return made
 
 
-def test_consolidations_on_the_way_append_and_give_what_writing_whole_gives(tmp_path, appends):
+@pytest.mark.parametrize("kept", [True, False], ids=["curves-kept", "curves-read-back"])
+def test_consolidations_on_the_way_append_and_give_what_writing_whole_gives(tmp_path, appends, monkeypatch, kept):
+    """... whether the journal's curves were kept as written, or are read back from it (beyond the bytes kept)."""
+    if not kept:
+        monkeypatch.setattr(store_module, "KEPT_CURVE_BYTES", 0)
     batches = _batches()
     with ResultStore.open(tmp_path / "whole.h5", SETTINGS) as whole:
         whole.append_many([e for batch in batches for e in batch])  # one consolidation, of a new file: whole
@@ -132,13 +136,13 @@ def test_a_case_redone_on_the_way_is_written_once(tmp_path, appends):
     stands once, with its last result."""
     with ResultStore.open(tmp_path / "r.h5", SETTINGS) as store:
         store.append_many([_entry(f"c{i}", {"a": float(i)}) for i in range(5)])
-        store.append_many([_entry("c1", {"a": 10.0}, curves=2), *(_entry(f"d{i}", {"a": 1.0}) for i in range(4))])
+        store.append_many([_entry("c1", {"a": 10.0}, curves=3), *(_entry(f"d{i}", {"a": 1.0}) for i in range(4))])
         assert store.pending == 0
     assert appends == []
     contents = _contents(tmp_path / "r.h5")
     assert contents["order"] == sorted(contents["order"]) and len(contents["order"]) == 9
     assert contents["rows"]["c1"]["columns/a"] == ("float64", 10.0)
-    assert [key for key in contents["curves"] if key[0] == "c1"] == [("c1", "ROI0"), ("c1", "ROI1")]
+    assert [key for key in contents["curves"] if key[0] == "c1"] == [("c1", "ROI0"), ("c1", "ROI1"), ("c1", "ROI2")]
 
 
 def test_a_file_this_store_did_not_write_is_written_whole_first(tmp_path, appends):
@@ -178,3 +182,17 @@ def test_an_append_that_fails_keeps_the_file_and_the_journal(tmp_path, appends, 
         assert store.pending == 0
     assert len(_contents(tmp_path / "r.h5")["order"]) == 15
     assert ResultStore.open(tmp_path / "r.h5", create=False).finished() == {f"{b}{i}" for b in "cde" for i in range(5)}
+
+
+def test_a_case_redone_within_the_journal_is_appended_with_its_last_result(tmp_path, appends):
+    with ResultStore.open(tmp_path / "r.h5", SETTINGS) as store:
+        store.append_many([_entry(f"c{i}", {"a": float(i)}) for i in range(5)])
+        store.append_many([_entry("d0", {"a": 1.0}), _entry("d1", {"a": 1.0})])
+        store.append_many([_entry("d1", {"a": 2.0}, curves=3), _entry("d2", {"a": 1.0}), _entry("d3", {"a": 1.0})])
+        assert store.pending == 4
+        store.append(_entry("d4", {"a": 1.0}))
+        assert store.pending == 0
+    assert appends == [True]
+    contents = _contents(tmp_path / "r.h5")
+    assert len(contents["order"]) == 10 and contents["rows"]["d1"]["columns/a"] == ("float64", 2.0)
+    assert [key for key in contents["curves"] if key[0] == "d1"] == [("d1", "ROI0"), ("d1", "ROI1"), ("d1", "ROI2")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,11 +46,13 @@ def to_json(value) -> str:
 CURVE_SCALE = 100_000
 
 
-def _journal_curves(dvhs: dict) -> dict:
+def _journal_curves(dvhs: dict) -> tuple[dict, dict[str, np.ndarray] | None]:
     """The curves as the journal writes them: each one's volumes as the float32 values the HDF5 file keeps
     (little-endian, base64, ``cumulative_cc_f32``), which is some ten times quicker to encode than as JSON
-    numbers and reads back exactly; values that are not finite become NaN, as JSON's null reads back."""
+    numbers and reads back exactly; values that are not finite become NaN, as JSON's null reads back. With the
+    values that each curve reads back as, by ROI (None where a curve is written otherwise)."""
     out = {}
+    stored: dict[str, np.ndarray] | None = {}
     for roi, curve in dvhs.items():
         try:
             values = np.array(curve["cumulative_cc"], dtype="<f4")  # a copy: the entry is left as it is
@@ -59,8 +62,12 @@ def _journal_curves(dvhs: dict) -> dict:
             values[~np.isfinite(values)] = np.nan
             curve = {k: v for k, v in curve.items() if k != "cumulative_cc"}
             curve["cumulative_cc_f32"] = base64.b64encode(values.tobytes()).decode("ascii")
+            if stored is not None:
+                stored[roi] = values.astype(np.float32)
+        else:
+            stored = None
         out[roi] = curve
-    return out
+    return out, stored
 
 
 def curve_values(curve: dict) -> np.ndarray:
@@ -72,16 +79,41 @@ def curve_values(curve: dict) -> np.ndarray:
     return np.asarray(curve["cumulative_cc"], dtype=np.float32)
 
 
-def encode_line(entry: Mapping[str, Any]) -> tuple[str, dict]:
-    """One case's journal line, and its entry without curves as it will read back from the journal. The
-    curves, most of the line, are encoded once and not decoded again."""
+def encode_line(entry: Mapping[str, Any]) -> tuple[str, dict, list[dict] | None]:
+    """One case's journal line; its entry without curves as it will read back from the journal; and its curves as
+    :func:`curve_list` reads them back (None where one is written otherwise than as float32 values). The curves,
+    most of the line, are encoded once and not decoded again."""
     light_json = to_json(light(entry))
+    curves: list[dict] | None = []
     if "dvhs" in entry:
+        written, values = _journal_curves(entry["dvhs"])
         light_keys = light_json[1:-1]
-        line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {to_json(_journal_curves(entry["dvhs"]))}}}'
+        line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {to_json(written)}}}'
+        plain = values is not None and all(
+            isinstance(c.get("roi", ""), str)
+            and isinstance(c.get("role", ""), str)
+            and isinstance(c.get("step_gy"), int | float)
+            and math.isfinite(c["step_gy"])
+            for c in written.values()
+        )  # then the texts and numbers read back as they are (JSON keeps a str, and a finite float exactly)
+        curves = curve_list({"dvhs": written}, values) if plain else None
     else:
         line = light_json
-    return line + "\n", json.loads(light_json)
+    return line + "\n", json.loads(light_json), curves
+
+
+def curve_list(entry: dict, values: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """A journal entry's curves: dicts of ``roi``, ``role``, ``step_gy`` and ``cumulative_cc`` (``values``: each
+    one's volumes by its key, where they are known already)."""
+    return [
+        {
+            "roi": curve.get("roi", roi),
+            "role": curve.get("role", "roi"),
+            "step_gy": float(curve["step_gy"]),
+            "cumulative_cc": values[roi] if values is not None else curve_values(curve),
+        }
+        for roi, curve in entry.get("dvhs", {}).items()
+    ]
 
 
 def light(entry: Mapping[str, Any]) -> dict:

@@ -45,7 +45,7 @@ from ..errors import StoreError
 from ..formatting import csv_cell
 from ..outputs import private_temporary
 from .entries import CaseEntry
-from .journal import append_lines, curve_values, encode_line, light, start_journal
+from .journal import append_lines, curve_list, encode_line, light, start_journal
 from .journal import read as read_journal
 from .lock import WriterLock
 from .table import record_keys, write_rows_table, write_table
@@ -57,6 +57,9 @@ MIN_CONSOLIDATE = 200
 #: Disk space set aside per case still to run: its journal line (record and DVH curves, typically 10 to
 #: 30 kB) and its share of the next consolidated HDF5 file, with room to spare.
 BYTES_PER_CASE = 128 * 1024
+#: The curves of the journal's cases kept in memory for the next consolidation, at most (some 6,000 cases of four
+#: curves); beyond, it reads them back from the journal.
+KEPT_CURVE_BYTES = 64 * 1024 * 1024
 
 
 def _strings(values: Iterable[str]):
@@ -119,6 +122,11 @@ class ResultStore:
         #: What this store last wrote into its HDF5 file, to append the journal's next cases to (None: not known,
         #: a file written before this store was opened; the next consolidation writes it whole).
         self._written: _Written | None = None
+        #: The curves of the journal's cases written by this store (see :meth:`_keep_curves`), and those it did not
+        #: keep.
+        self._kept: dict[str, list[dict]] = {}
+        self._kept_bytes = 0
+        self._unkept: set[str] = set(journal_ids)
 
     def close(self) -> None:
         """Let another run write this store (a store opened for writing holds it until then)."""
@@ -351,7 +359,7 @@ class ResultStore:
         _, journal_entries = read_journal(self.journal)
         curves = [c for c in self._hdf5_curves() if c["case_id"] not in journal_entries]
         for case_id, entry in journal_entries.items():
-            curves += [{"case_id": case_id, **curve} for curve in _journal_curve_list(entry)]
+            curves += [{"case_id": case_id, **curve} for curve in curve_list(entry)]
         return curves
 
     def _hdf5_curves(self) -> list[dict]:
@@ -398,17 +406,32 @@ class ResultStore:
         is held as stored until every line is on disk."""
         if not entries:
             return
-        lines, records = zip(*(encode_line(entry) for entry in entries))
+        lines, records, curves = zip(*(encode_line(entry) for entry in entries))
         if not self.journal.exists() or self.journal.stat().st_size == 0:
             # Every journal starts with its settings, so that it never stands without them (after a
             # consolidation emptied the last one, with the HDF5 file lost since, say).
             start_journal(self.journal, self.settings)
         append_lines(self.journal, list(lines))
-        for record in records:
+        for record, case_curves in zip(records, curves):
             self._records[record["case_id"]] = record
             self._journal_ids.add(record["case_id"])
+            self._keep_curves(record["case_id"], case_curves)
         if len(self._journal_ids) >= max(MIN_CONSOLIDATE, len(self._records) // 4):
             self.consolidate(whole=False)
+
+    def _keep_curves(self, case_id: str, curves: list[dict] | None) -> None:
+        """Keep the curves of a case just written to the journal, as they read back from it, for the next
+        consolidation to append without reading the journal again (up to ``KEPT_CURVE_BYTES`` in all)."""
+        size = sum(c["cumulative_cc"].nbytes for c in curves) if curves is not None else 0
+        if curves is None or self._kept_bytes + size > KEPT_CURVE_BYTES:
+            self._kept.pop(case_id, None)
+            self._unkept.add(case_id)
+            return
+        self._unkept.discard(case_id)
+        if case_id in self._kept:  # redone within the journal: its last curves
+            self._kept_bytes -= sum(c["cumulative_cc"].nbytes for c in self._kept[case_id])
+        self._kept[case_id] = curves
+        self._kept_bytes += size
 
     def consolidate(self, *, whole: bool = True) -> None:
         """Put the journal's cases into a new HDF5 file, rename it over the old one, then empty the journal.
@@ -460,6 +483,7 @@ class ResultStore:
         # cases already in the file, which readers collapse).
         self.journal.unlink(missing_ok=True)
         self._journal_ids = set()
+        self._kept, self._kept_bytes, self._unkept = {}, 0, set()
 
     def _appendable(self) -> bool:
         """Whether the journal's cases can be appended to the HDF5 file: this store wrote it last, and none of
@@ -482,7 +506,11 @@ class ResultStore:
             return None
         new_ids = sorted(self._journal_ids)
         entries = [self._records[i] for i in new_ids]
-        _, journal_entries = read_journal(self.journal)
+        if self._unkept & self._journal_ids:
+            _, journal_entries = read_journal(self.journal)
+            case_curves = {case_id: curve_list(journal_entries.get(case_id, {})) for case_id in new_ids}
+        else:  # each one's curves as the journal holds them, kept as they were written
+            case_curves = {case_id: self._kept.get(case_id, []) for case_id in new_ids}
         for key, values in _case_datasets(entries, rows="rows" in cases or any(e.get("rows") for e in entries)).items():
             if key in cases:
                 _extend(cases[key], values)
@@ -504,11 +532,7 @@ class ResultStore:
                 every = [self._records[i].get("record", {}).get(key) for i in order]
                 columns.create_dataset(name, data=_column_values(every, kinds[key]), **_GROWING)
         index = {case_id: n_old + k for k, case_id in enumerate(new_ids)}
-        curves = [
-            {"case_id": case_id, **curve}
-            for case_id in new_ids
-            for curve in _journal_curve_list(journal_entries.get(case_id, {}))
-        ]
+        curves = [{"case_id": case_id, **curve} for case_id in new_ids for curve in case_curves[case_id]]
         start = dvh["cumulative_cc"].shape[0]
         for key, values in _dvh_datasets(curves, index, start).items():
             _extend(dvh[key], values)
@@ -643,19 +667,6 @@ def _column_values(values: list, kind: str) -> np.ndarray:
     if kind == "number":
         return np.array([_number(v) for v in values], dtype=np.float64)
     return _strings(csv_cell(v) for v in values)
-
-
-def _journal_curve_list(entry: dict) -> list[dict]:
-    """A journal entry's curves: dicts of ``roi``, ``role``, ``step_gy`` and ``cumulative_cc``."""
-    return [
-        {
-            "roi": curve.get("roi", roi),
-            "role": curve.get("role", "roi"),
-            "step_gy": float(curve["step_gy"]),
-            "cumulative_cc": curve_values(curve),
-        }
-        for roi, curve in entry.get("dvhs", {}).items()
-    ]
 
 
 def _dvh_datasets(curves: list[dict], index: dict[str, int], start: int) -> dict[str, np.ndarray]:
