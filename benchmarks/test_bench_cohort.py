@@ -228,6 +228,53 @@ def test_host_work_of_the_gpu_arrangement(benchmark, cohorts, tmp_path_factory, 
     )
 
 
+def test_storing_results_at_cohort_scale(benchmark, cohorts, tmp_path_factory):
+    """What recording results costs the process that writes the store, per case, over a cohort of 3,200 cases
+    stored in batches of 32 (``ResultStore.append_many``: journal lines, and the consolidations of the journal into
+    the HDF5 file on the run's way), then the run's last consolidation (written whole): the entries are those of 32
+    cases of the 100-case cohort, repeated under other ids. The host-work rows above store 40 cases, too few for a
+    consolidation, which a cohort run meets every time the journal holds a quarter of the store."""
+    import time
+
+    from isodose.cohort.work import classify_batch, read_case
+
+    inputs = [read_case(case, SETTINGS) for case in read_manifest_rows(cohorts[100], 32)]
+    entries = classify_batch(inputs, SETTINGS, "numpy")
+    assert all(e["status"] == "ok" for e in entries)
+    stores = tmp_path_factory.mktemp("stores-at-scale")
+    counter = itertools.count()
+    batches = 100
+    parts: dict[str, list[float]] = {"journal_and_consolidations": [], "last_consolidation": []}
+
+    def run():
+        with ResultStore.open(stores / f"run{next(counter)}.h5", SETTINGS.as_dict()) as store:
+            started = time.perf_counter()
+            for b in range(batches):
+                store.append_many([{**e, "case_id": f"{b:04d}-{e['case_id']}"} for e in entries])
+            middle = time.perf_counter()
+            store.consolidate()
+            ended = time.perf_counter()
+        n = batches * len(entries)
+        parts["journal_and_consolidations"].append(1000.0 * (middle - started) / n)
+        parts["last_consolidation"].append(1000.0 * (ended - middle) / n)
+
+    benchmark.group = "storing results: a cohort of 3,200 cases, per case"
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    medians = {name: round(float(np.median(values)), 3) for name, values in parts.items()}
+    benchmark.extra_info.update(
+        cases=batches * len(entries),
+        batch=len(entries),
+        **{f"{name}_ms_per_case": value for name, value in medians.items()},
+        store_ms_per_case=round(sum(medians.values()), 3),
+    )
+
+
+def read_manifest_rows(manifest, n: int):
+    from isodose.cohort.cases import read_manifest
+
+    return read_manifest(manifest)[:n]
+
+
 def test_host_work_of_a_pipelined_run(benchmark, cohorts, tmp_path_factory):
     """The GPU arrangement end to end, as ``cohort run`` does it: reading workers (one per core) read, plan and
     hand over the 100-case cohort's cases, and this process samples them on the emulated device in batches of 32,
