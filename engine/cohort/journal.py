@@ -83,7 +83,12 @@ def encode_line(entry: Mapping[str, Any]) -> tuple[str, dict, list[dict] | None]
     """One case's journal line; its entry without curves as it will read back from the journal; and its curves as
     :func:`curve_list` reads them back (None where one is written otherwise than as float32 values). The curves,
     most of the line, are encoded once and not decoded again."""
-    light_json = to_json(light(entry))
+    plain = light(entry)
+    if isinstance(plain.get("record"), dict):  # its numbers that are not finite as null now: most records hold some
+        plain["record"] = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in plain["record"].items()
+        }
+    light_json = to_json(plain)
     curves: list[dict] | None = []
     if "dvhs" in entry:
         written, values = _journal_curves(entry["dvhs"])
