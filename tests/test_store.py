@@ -4,6 +4,7 @@ and give what writing the file whole gives (the order of the rows aside); anythi
 from __future__ import annotations
 
 import math
+import zlib
 
 import h5py
 import numpy as np
@@ -16,7 +17,7 @@ SETTINGS = {"kind": "test"}
 
 
 def _entry(case_id: str, record: dict, *, rows=None, curves: int = 1, status: str = "ok") -> dict:
-    rng = np.random.default_rng(abs(hash(case_id)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(case_id.encode()))
     entry = {
         "case_id": case_id,
         "status": status,
@@ -196,3 +197,70 @@ def test_a_case_redone_within_the_journal_is_appended_with_its_last_result(tmp_p
     contents = _contents(tmp_path / "r.h5")
     assert len(contents["order"]) == 10 and contents["rows"]["d1"]["columns/a"] == ("float64", 2.0)
     assert [key for key in contents["curves"] if key[0] == "d1"] == [("d1", "ROI0"), ("d1", "ROI1"), ("d1", "ROI2")]
+
+
+def test_a_run_whose_last_batch_was_consolidated_on_the_way_ends_with_the_file_whole(tmp_path, appends, monkeypatch):
+    """The end of a run writes the file whole (its rows in id order) even when its last batch left the journal empty:
+    ``appended`` says the file holds appended rows."""
+    from isodose.cohort.runner import run_cohort
+    from isodose.cohort.settings import RunSettings
+    from isodose.cohort.synthetic import generate_cohort
+
+    monkeypatch.setattr(store_module, "MIN_CONSOLIDATE", 2)
+    manifest = generate_cohort(tmp_path / "cohort", 4, seed=3)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")  # ids in reverse order
+    consolidations = []
+    consolidate = ResultStore.consolidate
+
+    def seen(self, *, whole=True):
+        consolidations.append((whole, self.pending))
+        consolidate(self, whole=whole)
+
+    monkeypatch.setattr(ResultStore, "consolidate", seen)
+    summary = run_cohort(manifest, tmp_path / "r.h5", settings=RunSettings(), workers=1)
+    assert summary.processed == 4 and summary.failed == 0
+    assert consolidations[-1] == (True, 0) and any(not whole for whole, _ in consolidations)
+    assert True in appends
+    order = _contents(tmp_path / "r.h5")["order"]
+    assert order == sorted(order) and len(order) == 4
+
+
+def test_record_keys_that_would_share_a_column_are_refused_in_one_line(tmp_path, appends):
+    with ResultStore.open(tmp_path / "r.h5", SETTINGS) as store:
+        store.append_many([_entry(f"c{i}", {"a/b": 1.0}) for i in range(5)])
+        with pytest.raises(StoreError, match="'a/b' and 'a_b' would both be stored as the column 'a_b'"):
+            store.append_many([_entry(f"d{i}", {"a_b": 2.0}) for i in range(5)])
+        assert store.pending == 5
+    with ResultStore.open(tmp_path / "whole.h5", SETTINGS) as store:
+        with pytest.raises(StoreError, match="would both be stored as the column 'a_b'"):
+            store.append_many([_entry("c0", {"a/b": 1.0}), *(_entry(f"d{i}", {"a_b": 2.0}) for i in range(4))])
+
+
+@pytest.mark.parametrize("odd", ["roi-key-not-text", "values-not-finite", "status-not-read-back"])
+def test_curves_kept_as_written_are_those_the_journal_reads_back(tmp_path, appends, odd):
+    """Curves that the journal writes otherwise, or entries it does not read back, are appended as the journal
+    holds them: the same file as one written whole."""
+
+    def odd_entry(case_id):
+        entry = _entry(case_id, {"a": 1.0})
+        if odd == "roi-key-not-text":
+            entry["dvhs"] = {7: {"role": "roi", "step_gy": 0.1, "cumulative_cc": np.arange(3.0)}}
+        elif odd == "values-not-finite":
+            entry["dvhs"]["ROI0"]["cumulative_cc"] = np.array([np.inf, -np.inf, np.nan, 2.0, -0.0])
+        else:
+            entry["status"] = "skipped"
+        return entry
+
+    batches = [
+        [_entry(f"c{i}", {"a": float(i)}) for i in range(5)],
+        [_entry("d0", {"a": 1.0}), odd_entry("d1"), *(_entry(f"d{i}", {"a": 1.0}) for i in range(2, 5))],
+    ]
+    with ResultStore.open(tmp_path / "appended.h5", SETTINGS) as store:
+        for batch in batches:
+            store.append_many(batch)
+    with ResultStore.open(tmp_path / "whole.h5", SETTINGS) as store:
+        store.append_many([e for batch in batches for e in batch])
+    assert appends == [True]
+    appended, whole = _contents(tmp_path / "appended.h5"), _contents(tmp_path / "whole.h5")
+    assert appended["rows"] == whole["rows"] and appended["curves"] == whole["curves"]

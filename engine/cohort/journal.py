@@ -83,28 +83,41 @@ def encode_line(entry: Mapping[str, Any]) -> tuple[str, dict, list[dict] | None]
     """One case's journal line; its entry without curves as it will read back from the journal; and its curves as
     :func:`curve_list` reads them back (None where one is written otherwise than as float32 values). The curves,
     most of the line, are encoded once and not decoded again."""
-    plain = light(entry)
-    if isinstance(plain.get("record"), dict):  # its numbers that are not finite as null now: most records hold some
-        plain["record"] = {
-            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in plain["record"].items()
+    without_curves = light(entry)
+    record = without_curves.get("record")
+    if isinstance(record, dict):  # its numbers that are not finite as null now: most records hold some
+        without_curves["record"] = {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
         }
-    light_json = to_json(plain)
-    curves: list[dict] | None = []
+    light_json = to_json(without_curves)
+    curves: list[dict] | None = [] if readable(entry) else None
     if "dvhs" in entry:
         written, values = _journal_curves(entry["dvhs"])
         light_keys = light_json[1:-1]
         line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {to_json(written)}}}'
+        # Its curves read back as they are where their texts and numbers are plain (JSON keeps a str, and a finite
+        # float exactly).
         plain = values is not None and all(
-            isinstance(c.get("roi", ""), str)
+            isinstance(roi, str)
+            and isinstance(c.get("roi", ""), str)
             and isinstance(c.get("role", ""), str)
             and isinstance(c.get("step_gy"), int | float)
             and math.isfinite(c["step_gy"])
-            for c in written.values()
-        )  # then the texts and numbers read back as they are (JSON keeps a str, and a finite float exactly)
-        curves = curve_list({"dvhs": written}, values) if plain else None
+            for roi, c in written.items()
+        )
+        curves = curve_list({"dvhs": written}, values) if plain and curves is not None else None
     else:
         line = light_json
     return line + "\n", json.loads(light_json), curves
+
+
+def readable(entry: Mapping[str, Any]) -> bool:
+    """Whether a case's entry is one that :func:`read` takes (else it skips its line)."""
+    return (
+        isinstance(entry.get("case_id"), str)
+        and entry.get("status") in ("ok", "error")
+        and isinstance(entry.get("record", {}), dict)
+    )
 
 
 def curve_list(entry: dict, values: dict[str, np.ndarray] | None = None) -> list[dict]:
@@ -145,11 +158,7 @@ def read(journal: Path) -> tuple[dict | None, dict[str, dict]]:
             if not isinstance(entry, dict):
                 skipped += 1
             elif "case_id" in entry:
-                if (
-                    isinstance(entry["case_id"], str)
-                    and entry.get("status") in ("ok", "error")
-                    and isinstance(entry.get("record", {}), dict)
-                ):
+                if readable(entry):
                     entries[entry["case_id"]] = entry
                 else:
                     skipped += 1

@@ -264,13 +264,14 @@ def run_cases(
                 if arrangement.hands_over:
                     handover.sweep(os.getpid())  # cases sent but never received (a run stopped midway)
         except BaseException:
-            if store.pending:  # keep what finished; a failure here must not hide the one that stopped the run
+            if store.pending or store.appended:  # keep what finished; a failure here must not hide the one that
+                # stopped the run
                 try:
                     store.consolidate()
                 except IsodoseError as exc:
                     log.warning("%s", exc)
             raise
-        if store.pending:
+        if store.pending or store.appended:  # the end of a run: the file written whole, in the order of the ids
             store.consolidate()
         table = write_table(store) if write_table is not None else store.write_table()
     # A reason of one case is its error whole (its file's full path): a shortened path names it for many cases only.

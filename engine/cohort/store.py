@@ -274,8 +274,6 @@ class ResultStore:
         """Refuse to start ``n_cases`` cases that the output's file system has no room to record: better an error
         now than a full disk after hours of work (a full disk mid-run stops the run at the case it could not
         write; the cases written before it are kept)."""
-        import shutil
-
         try:
             free = shutil.disk_usage(self.path.parent).free
         except OSError:
@@ -422,12 +420,13 @@ class ResultStore:
     def _keep_curves(self, case_id: str, curves: list[dict] | None) -> None:
         """Keep the curves of a case just written to the journal, as they read back from it, for the next
         consolidation to append without reading the journal again (up to ``KEPT_CURVE_BYTES`` in all)."""
+        if self._unkept:  # the next consolidation reads the journal back anyway
+            return
         size = sum(c["cumulative_cc"].nbytes for c in curves) if curves is not None else 0
         if curves is None or self._kept_bytes + size > KEPT_CURVE_BYTES:
-            self._kept.pop(case_id, None)
             self._unkept.add(case_id)
+            self._kept, self._kept_bytes = {}, 0
             return
-        self._unkept.discard(case_id)
         if case_id in self._kept:  # redone within the journal: its last curves
             self._kept_bytes -= sum(c["cumulative_cc"].nbytes for c in self._kept[case_id])
         self._kept[case_id] = curves
@@ -438,10 +437,10 @@ class ResultStore:
 
         ``whole`` (the default, and the end of a run): every case is written anew, in the order of their ids. Else
         (a run's consolidations on its way) the journal's cases are appended to a copy of the file that this store
-        wrote last, where they are all new to it: the copy costs the file system's copying, not the encoding and
-        compression of every case again, so that a case is encoded a bounded number of times however large the
-        cohort (the whole file, five times over on average, cost some 0.6 ms a case). Anything else (a file written
-        before this store was opened, a case of the journal already in the file) is written whole."""
+        wrote last, where they are all new to it: copying the file costs the file system's time, not the encoding
+        and compressing of its cases again. Written whole every time, each case would be encoded some five times
+        over a run (0.6 ms a case in all, against 0.2 for the appends). Anything else (a file written before this
+        store was opened, a case of the journal already in the file) is written whole."""
         import h5py
 
         # A temporary file of a name no one can foresee, made by this process (O_EXCL): a link planted at a fixed
@@ -467,16 +466,14 @@ class ResultStore:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
-        except OSError as exc:
-            self._written = None
+        except BaseException as exc:
+            self._written = None  # not known now: the next consolidation writes the file whole
             tmp.unlink(missing_ok=True)
-            raise StoreError(
-                f"cannot write the results ({exc.strerror or exc}); the journal keeps every finished case",
-                path=self.path,
-            ) from exc
-        except BaseException:
-            self._written = None
-            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise StoreError(
+                    f"cannot write the results ({exc.strerror or exc}); the journal keeps every finished case",
+                    path=self.path,
+                ) from exc
             raise
         self._written = written
         # The new file holds everything the journal held (a crash before this line only leaves duplicates of
@@ -493,8 +490,8 @@ class ResultStore:
 
     def _append_journal(self, f) -> _Written | None:
         """The journal's cases appended to ``f``, a copy of the file this store wrote last (in the order of their
-        ids, after its rows), giving the same datasets that writing it whole would, rows aside; None (``f``
-        untouched) where a dataset of ``f`` is not the one this store wrote."""
+        ids, after its rows), giving the same datasets that writing it whole would (the order of their rows aside);
+        None (``f`` untouched) where a dataset of ``f`` is not the one this store wrote."""
         written = self._written
         assert written is not None
         cases, dvh = f["cases"], f["dvh"]
@@ -506,7 +503,7 @@ class ResultStore:
             return None
         new_ids = sorted(self._journal_ids)
         entries = [self._records[i] for i in new_ids]
-        if self._unkept & self._journal_ids:
+        if self._unkept:
             _, journal_entries = read_journal(self.journal)
             case_curves = {case_id: curve_list(journal_entries.get(case_id, {})) for case_id in new_ids}
         else:  # each one's curves as the journal holds them, kept as they were written
@@ -519,11 +516,11 @@ class ResultStore:
         order = written.order + new_ids
         kinds = dict(written.kinds)
         columns = cases["columns"]
-        for key in record_keys([{"record": {k: None for k in written.kinds}}, *entries]):
+        names = _column_names(record_keys([{"record": {k: None for k in written.kinds}}, *entries]), self.path)
+        for key, name in names.items():
             values = [e.get("record", {}).get(key) for e in entries]
             before = kinds.get(key, "none")
             kinds[key] = _combined(before, _kind(values))
-            name = key.replace("/", "_")
             if key in written.kinds and _stored_as(before) == _stored_as(kinds[key]):
                 _extend(columns[name], _column_values(values, kinds[key]))
             else:  # new, or its values now stored otherwise: the whole column, from the records
@@ -538,25 +535,30 @@ class ResultStore:
             _extend(dvh[key], values)
         f.attrs["isodose_version"] = __version__
         f.attrs["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        return _Written(order, kinds)
+        return _Written(order, kinds, appended=True)
 
     @property
     def pending(self) -> int:
         """Cases in the journal, not yet in the HDF5 file."""
         return len(self._journal_ids)
 
-    @staticmethod
-    def _write_cases(f, entries: list[dict]) -> dict[str, str]:
+    @property
+    def appended(self) -> bool:
+        """Whether the HDF5 file holds cases appended on a run's way (in the order they were consolidated): the end
+        of a run then writes it whole."""
+        return self._written is not None and self._written.appended
+
+    def _write_cases(self, f, entries: list[dict]) -> dict[str, str]:
         """The ``cases`` group of ``entries``; what each record column holds (see :func:`_kind`)."""
         cases = f.create_group("cases")
         for key, values in _case_datasets(entries, rows=any(e.get("rows") for e in entries)).items():
             cases.create_dataset(key, data=values, **_GROWING)
         columns = cases.create_group("columns")
         kinds = {}
-        for key in record_keys(entries):
+        for key, name in _column_names(record_keys(entries), self.path).items():
             values = [e.get("record", {}).get(key) for e in entries]
             kinds[key] = _kind(values)
-            columns.create_dataset(key.replace("/", "_"), data=_column_values(values, kinds[key]), **_GROWING)
+            columns.create_dataset(name, data=_column_values(values, kinds[key]), **_GROWING)
         return kinds
 
     @staticmethod
@@ -592,6 +594,8 @@ class _Written:
 
     order: list[str]
     kinds: dict[str, str]
+    #: Whether cases were appended to the file rather than all written at once, in the order of their ids.
+    appended: bool = False
 
     @functools.cached_property
     def ids(self) -> frozenset[str]:
@@ -641,6 +645,23 @@ def _case_datasets(entries: list[dict], rows: bool) -> dict[str, np.ndarray]:
     for key in ("read_s", "compute_s", "total_s"):
         out[key] = np.array([_number(e.get("timings", {}).get(key)) for e in entries], dtype=np.float64)
     return out
+
+
+def _column_names(keys: list[str], path: Path) -> dict[str, str]:
+    """Each record key's column in /cases/columns (a ``/`` becomes ``_``); a StoreError where two keys would share
+    one."""
+    names: dict[str, str] = {}
+    keys_by_name: dict[str, str] = {}
+    for key in keys:
+        name = key.replace("/", "_")
+        if name in keys_by_name:
+            raise StoreError(
+                f"the record keys {keys_by_name[name]!r} and {key!r} would both be stored as the column {name!r}: "
+                "rename one (a manifest's column, say); the journal keeps every finished case",
+                path=path,
+            )
+        names[key], keys_by_name[name] = name, key
+    return names
 
 
 def _kind(values: list) -> str:
