@@ -518,11 +518,11 @@ class ResultStore:
         columns = cases["columns"]
         names = _column_names(record_keys([{"record": {k: None for k in written.kinds}}, *entries]), self.path)
         for key, name in names.items():
-            values = [e.get("record", {}).get(key) for e in entries]
+            in_column = [e.get("record", {}).get(key) for e in entries]
             before = kinds.get(key, "none")
-            kinds[key] = _combined(before, _kind(values))
+            kinds[key] = _combined(before, _kind(in_column))
             if key in written.kinds and _stored_as(before) == _stored_as(kinds[key]):
-                _extend(columns[name], _column_values(values, kinds[key]))
+                _extend(columns[name], _column_values(in_column, kinds[key]))
             else:  # new, or its values now stored otherwise: the whole column, from the records
                 if name in columns:
                     del columns[name]
@@ -556,9 +556,9 @@ class ResultStore:
         columns = cases.create_group("columns")
         kinds = {}
         for key, name in _column_names(record_keys(entries), self.path).items():
-            values = [e.get("record", {}).get(key) for e in entries]
-            kinds[key] = _kind(values)
-            columns.create_dataset(name, data=_column_values(values, kinds[key]), **_GROWING)
+            in_column = [e.get("record", {}).get(key) for e in entries]
+            kinds[key] = _kind(in_column)
+            columns.create_dataset(name, data=_column_values(in_column, kinds[key]), **_GROWING)
         return kinds
 
     @staticmethod
