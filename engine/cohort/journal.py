@@ -90,14 +90,17 @@ def encode_line(entry: Mapping[str, Any]) -> tuple[str, dict, list[dict] | None]
             k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()
         }
     light_json = to_json(without_curves)
-    curves: list[dict] | None = [] if readable(entry) else None
-    if "dvhs" in entry:
-        written, values = _journal_curves(entry["dvhs"])
-        light_keys = light_json[1:-1]
-        line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {to_json(written)}}}'
-        # Its curves read back as they are where their texts and numbers are plain (JSON keeps a str, and a finite
-        # float exactly).
-        plain = values is not None and all(
+    if "dvhs" not in entry:
+        return light_json + "\n", json.loads(light_json), [] if readable(entry) else None
+    written, values = _journal_curves(entry["dvhs"])
+    light_keys = light_json[1:-1]
+    line = "{" + light_keys + (", " if light_keys else "") + f'"dvhs": {to_json(written)}}}'
+    # Its curves read back as they are where the line reads back at all and their texts and numbers are plain (JSON
+    # keeps a str, and a finite float exactly).
+    plain = (
+        readable(entry)
+        and values is not None
+        and all(
             isinstance(roi, str)
             and isinstance(c.get("roi", ""), str)
             and isinstance(c.get("role", ""), str)
@@ -105,10 +108,8 @@ def encode_line(entry: Mapping[str, Any]) -> tuple[str, dict, list[dict] | None]
             and math.isfinite(c["step_gy"])
             for roi, c in written.items()
         )
-        curves = curve_list({"dvhs": written}, values) if plain and curves is not None else None
-    else:
-        line = light_json
-    return line + "\n", json.loads(light_json), curves
+    )
+    return line + "\n", json.loads(light_json), curve_list({"dvhs": written}, values) if plain else None
 
 
 def readable(entry: Mapping[str, Any]) -> bool:

@@ -264,8 +264,8 @@ def run_cases(
                 if arrangement.hands_over:
                     handover.sweep(os.getpid())  # cases sent but never received (a run stopped midway)
         except BaseException:
-            if store.pending or store.appended:  # keep what finished; a failure here must not hide the one that
-                # stopped the run
+            # Keep what finished (the file whole); a failure here must not hide the one that stopped the run.
+            if store.pending or store.appended:
                 try:
                     store.consolidate()
                 except IsodoseError as exc:

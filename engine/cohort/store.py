@@ -122,11 +122,10 @@ class ResultStore:
         #: What this store last wrote into its HDF5 file, to append the journal's next cases to (None: not known,
         #: a file written before this store was opened; the next consolidation writes it whole).
         self._written: _Written | None = None
-        #: The curves of the journal's cases written by this store (see :meth:`_keep_curves`), and those it did not
-        #: keep.
-        self._kept: dict[str, list[dict]] = {}
+        #: The curves of the journal's cases as written by this store (see :meth:`_keep_curves`); None where some
+        #: are not kept (a journal found on opening, say), and the next consolidation reads them back.
+        self._kept: dict[str, list[dict]] | None = None if journal_ids else {}
         self._kept_bytes = 0
-        self._unkept: set[str] = set(journal_ids)
 
     def close(self) -> None:
         """Let another run write this store (a store opened for writing holds it until then)."""
@@ -420,12 +419,11 @@ class ResultStore:
     def _keep_curves(self, case_id: str, curves: list[dict] | None) -> None:
         """Keep the curves of a case just written to the journal, as they read back from it, for the next
         consolidation to append without reading the journal again (up to ``KEPT_CURVE_BYTES`` in all)."""
-        if self._unkept:  # the next consolidation reads the journal back anyway
+        if self._kept is None:  # the next consolidation reads the journal back anyway
             return
         size = sum(c["cumulative_cc"].nbytes for c in curves) if curves is not None else 0
         if curves is None or self._kept_bytes + size > KEPT_CURVE_BYTES:
-            self._unkept.add(case_id)
-            self._kept, self._kept_bytes = {}, 0
+            self._kept, self._kept_bytes = None, 0
             return
         if case_id in self._kept:  # redone within the journal: its last curves
             self._kept_bytes -= sum(c["cumulative_cc"].nbytes for c in self._kept[case_id])
@@ -480,7 +478,7 @@ class ResultStore:
         # cases already in the file, which readers collapse).
         self.journal.unlink(missing_ok=True)
         self._journal_ids = set()
-        self._kept, self._kept_bytes, self._unkept = {}, 0, set()
+        self._kept, self._kept_bytes = {}, 0
 
     def _appendable(self) -> bool:
         """Whether the journal's cases can be appended to the HDF5 file: this store wrote it last, and none of
@@ -503,11 +501,12 @@ class ResultStore:
             return None
         new_ids = sorted(self._journal_ids)
         entries = [self._records[i] for i in new_ids]
-        if self._unkept:
+        kept = self._kept
+        if kept is None:
             _, journal_entries = read_journal(self.journal)
             case_curves = {case_id: curve_list(journal_entries.get(case_id, {})) for case_id in new_ids}
         else:  # each one's curves as the journal holds them, kept as they were written
-            case_curves = {case_id: self._kept.get(case_id, []) for case_id in new_ids}
+            case_curves = {case_id: kept.get(case_id, []) for case_id in new_ids}
         for key, values in _case_datasets(entries, rows="rows" in cases or any(e.get("rows") for e in entries)).items():
             if key in cases:
                 _extend(cases[key], values)
