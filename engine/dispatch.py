@@ -108,6 +108,16 @@ def _load(name: str) -> Backend:
     return _LOADERS[name]()
 
 
+def host_kernels() -> Kernels:
+    """The CPU kernels with which this process computes what is computed where cases are read (the doses at a
+    structure's contour vertices, say): the compiled ones where it takes compiled host code
+    (:func:`isodose.compiled.take_compiled`), NumPy's otherwise. Their interpolation gives the same numbers, bit for
+    bit (``tests/test_kernels.py``), so which one a process takes changes no result."""
+    from .compiled import take_compiled
+
+    return _load("numba" if take_compiled() else "numpy").kernels
+
+
 def select_backend(name: str | None = None) -> Backend:
     """The backend to compute with; see the module docstring for the order of precedence.
 

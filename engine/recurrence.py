@@ -449,11 +449,14 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
         for s in target_structures
     )
     # The grid's dose range, scanned here once (where cases are read, in a cohort run), not where they are sampled;
-    # and the grid's extremes inside each structure (for Dmin and Dmax), searched here too.
+    # and the grid's extremes inside each structure and at its contours' vertices (for Dmin and Dmax), taken here
+    # too, on the host.
     dose_range = dose_range_gy(dose)
     requests = [r.with_dose_range(dose_range) for r in requests]
     if options.extremes == "vertices":
-        requests = [r.with_grid_extremes() if isinstance(r, SamplingRequest) else r for r in requests]
+        requests = [
+            r.with_grid_extremes().with_vertex_extremes() if isinstance(r, SamplingRequest) else r for r in requests
+        ]
     return PreparedRecurrence(
         dose,
         float(prescription_gy),
@@ -700,7 +703,11 @@ def cropped_to_samples(prepared: PreparedRecurrence) -> PreparedRecurrence:
     grid = cropped_grid(prepared.dose, crop_window(prepared.dose, *box))
     if grid is prepared.dose:
         return prepared
-    moved = tuple(r.on_crop(grid) for r in requests)  # type: ignore[union-attr]
+    # What the requests' vertices were needed for where they are sampled (their doses' extremes) is known by now.
+    moved = tuple(
+        r.on_crop(grid).without_vertices() if r.known_vertex_extremes is not None else r.on_crop(grid)  # type: ignore[union-attr]
+        for r in requests
+    )
     return replace(prepared, dose=grid, requests=moved, grid_cropped=True)
 
 

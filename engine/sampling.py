@@ -94,10 +94,44 @@ class SamplingRequest:
     #: ``(grid, extremes)``: :meth:`grid_extremes` taken where the request was made (by a process that reads and
     #: plans: the one driving a GPU then need not search the grid), used only while that grid is the request's own.
     known_grid_extremes: tuple[DoseGrid, np.ndarray] | None = None
+    #: ``(grid, extremes)``: :meth:`vertex_extremes` taken where the request was made, used only while that grid is
+    #: the request's own (the one driving a GPU then neither interpolates the vertices nor receives them).
+    known_vertex_extremes: tuple[DoseGrid, np.ndarray] | None = None
+    #: Whether its plan's vertices were let go of (:meth:`without_vertices`): their extremes are then only known.
+    vertices_dropped: bool = False
 
     def with_grid_extremes(self) -> SamplingRequest:
         """This request with :meth:`grid_extremes` taken now."""
         return replace(self, known_grid_extremes=(self.grid, self.grid_extremes()))
+
+    def with_vertex_extremes(self) -> SamplingRequest:
+        """This request with :meth:`vertex_extremes` taken now."""
+        return replace(self, known_vertex_extremes=(self.grid, self.vertex_extremes()))
+
+    def vertex_extremes(self) -> np.ndarray:
+        """Each structure's lowest and highest dose at its contours' vertices, ``(n_structures, 2)`` (see
+        :func:`vertex_point_extremes`): as taken where the request was made, else now, on the host."""
+        known = self.known_vertex_extremes
+        if known is not None and known[0] is self.grid:
+            return known[1]
+        if self.vertices_dropped:
+            raise ValueError("the extremes at a request's vertices, let go of, are known only on its own grid")
+        return vertex_point_extremes(self.plan, self.structure_transforms(), self.grid)
+
+    def without_vertices(self) -> SamplingRequest:
+        """This request without its contours' vertices (its plan's ``vertex_points``), once their doses' extremes are
+        known (:meth:`with_vertex_extremes`): what is sent to the process that samples it needs them for nothing
+        else. What was taken of the request (its transforms, its extent) comes along."""
+        known = self.known_vertex_extremes
+        if known is None or known[0] is not self.grid:
+            raise ValueError("a request lets go of its vertices only once their extremes are known on its grid")
+        n = self.plan.n_structures
+        plan = replace(self.plan, vertex_points=np.empty((0, 3)), vertex_structure_start=np.zeros(n + 1, np.int64))
+        moved = replace(self, plan=plan, vertices_dropped=True)
+        for taken in ("_structure_transforms", "_extent_mm"):
+            if taken in self.__dict__:
+                moved.__dict__[taken] = self.__dict__[taken]
+        return moved
 
     def grid_extremes(self, to_host=np.asarray) -> np.ndarray:
         """Each structure's lowest and highest dose at the grid's own points inside it, ``(n_structures, 2)``, for
@@ -125,11 +159,13 @@ class SamplingRequest:
         of its plan comes along: the dose range stays the whole grid's, and so do its histograms' bins."""
         low, high = self.dose_range()
         extremes = self.known_grid_extremes
+        at_vertices = self.known_vertex_extremes
         moved = replace(
             self,
             grid=grid,
             known_dose_range=(grid, low, high),
             known_grid_extremes=(grid, self.grid_extremes()) if extremes is not None else None,
+            known_vertex_extremes=(grid, self.vertex_extremes()) if at_vertices is not None else None,
         )
         for taken in ("_structure_transforms", "_extent_mm"):
             if taken in self.__dict__:
@@ -418,6 +454,48 @@ def grid_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: DoseGr
     return extremes + 0.0  # a grid's -0.0 is a dose of 0.0
 
 
+def vertex_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: DoseGrid) -> np.ndarray:
+    """Each structure's lowest and highest dose at its contours' vertices on both faces of their slabs (moved by
+    ``transforms`` into the grid's frame) that lie inside the grid, ``(n_structures, 2)`` (``inf, -inf`` where none
+    does): for Dmin and Dmax, so that an extreme on a structure's surface is not missed between its samples. The
+    trilinear dose of the host's kernels (:func:`isodose.dispatch.host_kernels`), whichever backend then samples
+    the structures: where cases are read, in a cohort run."""
+    from .dispatch import host_kernels
+
+    extremes = np.tile([np.inf, -np.inf], (plan.n_structures, 1))
+    if not len(plan.vertex_points):
+        return extremes
+    vertex_start = np.asarray(plan.vertex_structure_start)
+    vertex_counts = np.diff(vertex_start)
+    transforms = np.asarray(transforms, dtype=np.float64).reshape(-1, 4, 4)
+    moved = ~np.all(transforms == np.eye(4), axis=(1, 2))  # most structures are in the grid's frame
+    vertices = plan.vertex_points.copy() if moved.any() else plan.vertex_points
+    for s in np.nonzero(moved & (vertex_counts > 0))[0]:
+        segment = slice(vertex_start[s], vertex_start[s + 1])
+        vertices[segment] = transform_points(transforms[s], vertices[segment])
+    dose = np.asarray(
+        host_kernels().trilinear(
+            grid.dose_gy,
+            np.asarray(grid.origin_mm, dtype=np.float64),
+            np.asarray(grid.spacing_mm, dtype=np.float64),
+            np.ascontiguousarray(vertices, dtype=np.float64),
+        ),
+        dtype=np.float64,
+    )
+    _segment_extremes(dose, vertex_start, vertex_counts, extremes)
+    return extremes
+
+
+def _segment_extremes(dose: np.ndarray, vertex_start: np.ndarray, vertex_counts: np.ndarray, out: np.ndarray) -> None:
+    """Into ``out`` (``(n_structures, 2)``, ``inf, -inf`` to begin with): each structure's lowest and highest of
+    ``dose`` over its vertices ``vertex_start[s]:...``, leaving out NaN (a vertex outside the grid)."""
+    finite = np.isfinite(dose)
+    with_vertices = np.nonzero(vertex_counts > 0)[0]
+    starts = vertex_start[with_vertices]
+    out[with_vertices, 0] = np.minimum.reduceat(np.where(finite, dose, np.inf), starts)
+    out[with_vertices, 1] = np.maximum.reduceat(np.where(finite, dose, -np.inf), starts)
+
+
 def _mask_plane_extremes(plan: SamplingPlan, p: int, dose: np.ndarray, origin, spacing) -> tuple[float, float]:
     """The lowest and highest of ``dose`` at the grid's points inside the weighted voxels of plane ``p``, a label
     image's plane in the grid's frame (its window's voxels, ``[edge, edge + voxel)`` along x and y, and its slab
@@ -585,25 +663,28 @@ def _sample(
     if hist is None:  # no planes
         hist = np.zeros((n_structures, n_bins))
 
-    if len(plan.vertex_points):
-        vertex_start = plan.vertex_structure_start
-        vertex_counts = np.diff(vertex_start)
-        moved = ~np.all(transforms == np.eye(4), axis=(1, 2))  # most structures are in the grid's frame
-        vertices = plan.vertex_points.copy() if moved.any() else plan.vertex_points
-        for s in np.nonzero(moved & (vertex_counts > 0))[0]:
-            segment = slice(vertex_start[s], vertex_start[s + 1])
-            vertices[segment] = transform_points(transforms[s], vertices[segment])
-        vertex_dose = batch.dose_at(vertices, np.repeat(structure_grid, vertex_counts))
-        # Each structure's extremes over its vertices inside the grid (NaN outside), where it has volume inside.
-        finite = np.isfinite(vertex_dose)
-        with_vertices = np.nonzero(vertex_counts > 0)[0]
-        starts = vertex_start[with_vertices]
-        low = np.minimum.reduceat(np.where(finite, vertex_dose, np.inf), starts)
-        high = np.maximum.reduceat(np.where(finite, vertex_dose, -np.inf), starts)
-        update = np.isfinite(low) & (sums[with_vertices, 0] > 0)
-        rows = with_vertices[update]
-        dmin[rows] = np.minimum(dmin[rows], low[update])
-        dmax[rows] = np.maximum(dmax[rows], high[update])
+    # Each structure's extremes over its contours' vertices inside the grid, where it has volume inside: as taken
+    # where the requests were made (a reading worker's, on the host), else here, in the batch's grids.
+    known_vertices = [r.known_vertex_extremes for r in requests]
+    if requests and all(k is not None and k[0] is r.grid for k, r in zip(known_vertices, requests)):
+        at_vertices = np.concatenate([k[1] for k in known_vertices if k is not None])
+    else:
+        if any(r.vertices_dropped for r in requests):
+            raise ValueError("a request whose vertices were let go of is sampled only on its own grid")
+        at_vertices = np.tile([np.inf, -np.inf], (n_structures, 1))
+        if len(plan.vertex_points):
+            vertex_start = plan.vertex_structure_start
+            vertex_counts = np.diff(vertex_start)
+            moved = ~np.all(transforms == np.eye(4), axis=(1, 2))  # most structures are in the grid's frame
+            vertices = plan.vertex_points.copy() if moved.any() else plan.vertex_points
+            for s in np.nonzero(moved & (vertex_counts > 0))[0]:
+                segment = slice(vertex_start[s], vertex_start[s + 1])
+                vertices[segment] = transform_points(transforms[s], vertices[segment])
+            vertex_dose = batch.dose_at(vertices, np.repeat(structure_grid, vertex_counts))
+            _segment_extremes(vertex_dose, vertex_start, vertex_counts, at_vertices)
+    rows = np.nonzero(sums[:, 0] > 0)[0]
+    dmin[rows] = np.minimum(dmin[rows], at_vertices[rows, 0])
+    dmax[rows] = np.maximum(dmax[rows], at_vertices[rows, 1])
 
     if options.extremes == "vertices":  # the grid's own points inside each structure (with volume inside) too
         at_points = np.concatenate([r.grid_extremes(kernels.to_host) for r in requests]) if requests else None

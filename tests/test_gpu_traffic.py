@@ -282,6 +282,8 @@ def test_a_cohort_run_on_a_gpu_has_its_workers_send_cropped_grids(emulated_gpu, 
                     assert inputs.dose is prepared.dose
                     for r in prepared.requests:
                         assert r.grid is r.known_dose_range[0] is r.known_grid_extremes[0] is prepared.dose
+                        # the doses at its vertices came with it, and the vertices stayed behind
+                        assert r.known_vertex_extremes[0] is prepared.dose and r.vertices_dropped
             if crop:  # the crop copied as it came
                 batch = batch_grids([i.prepared for i in received], backend)
                 assert all(w == tuple(slice(0, n) for n in g.dose_gy.shape) for w, g in zip(batch.windows, batch.grids))

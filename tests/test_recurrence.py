@@ -4,6 +4,7 @@ field, in the planning frame or drawn on a follow-up frame and mapped by a rigid
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -344,3 +345,64 @@ def test_a_prepared_case_carries_its_grid_extremes_so_the_sampling_process_need_
     monkeypatch.setattr(sampling, "grid_point_extremes", searched)
     [result] = classify_prepared([prepared])
     assert result.record() == expected.record()
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_a_prepared_case_carries_the_doses_at_its_vertices_which_change_no_result(tmp_path, rng, monkeypatch, backend):
+    """The extremes of the dose at each structure's contour vertices (for Dmin and Dmax) are taken where a case is
+    planned, on the host, and travel with it: the process that samples it neither interpolates the vertices nor,
+    once its grid is cropped for a device, receives them. On the CPU backends the results are those of the vertices
+    interpolated where they are sampled, bit for bit (with the Vr of a follow-up frame moved by a registration too)."""
+    import pickle
+
+    from isodose import sampling
+    from isodose.recurrence import classify_prepared, cropped_to_samples
+
+    matrix = rigid(rng, tilt=True, shift=(6.0, -4.0, 9.0))
+    centre_follow = transform_points(invert_rigid(matrix), np.array([-2.0, 1.3, -0.7]))[0]
+    vr_follow = contour_shape(Sphere(tuple(centre_follow), 8.0), "Vr", 1, 0.5)
+    rs2 = read_structures(write_structures([vr_follow], tmp_path / "rs2.dcm", frame_of_reference_uid=FOLLOW_UP))
+    reg = read_registration(
+        write_registration(tmp_path / "reg.dcm", registered_frame_uid=FRAME, source_frame_uid=FOLLOW_UP, matrix=matrix)
+    )
+    cases = [
+        RecurrenceCase(GRID, planning_set((-2.0, 1.3, -0.7)), "Vr", RX, target_metrics=("PTV:D95",)),
+        RecurrenceCase(GRID, planning_set((30.0, 30.0, 30.0)), "Vr", RX, rs2, reg, target_metrics=("PTV:D95",)),
+    ]
+    for case in cases:
+        prepared = prepare_recurrence(case)
+        assert all(r.known_vertex_extremes[0] is r.grid for r in prepared.requests)
+        unknown = replace(prepared, requests=tuple(replace(r, known_vertex_extremes=None) for r in prepared.requests))
+        [expected] = classify_prepared([unknown], backend=backend)  # interpolated where they are sampled
+        assert expected.registered is (case.registration is not None)
+        cropped = pickle.loads(pickle.dumps(cropped_to_samples(prepared)))  # as it travels to a GPU's process
+        assert cropped.grid_cropped and all(r.vertices_dropped for r in cropped.requests)
+        assert all(len(r.plan.vertex_points) == 0 for r in cropped.requests)
+
+        def interpolated(*args, **kwargs):
+            raise AssertionError("the vertices were interpolated again where the case is sampled")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(sampling, "vertex_point_extremes", interpolated)
+            [carried] = classify_prepared([prepared], backend=backend)
+            [sent] = classify_prepared([cropped], backend=backend)
+        got, want = carried.record(), expected.record()
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert value == got[key] or (isinstance(value, float) and math.isnan(value) and math.isnan(got[key])), key
+        # On its cropped grid (sampled about another origin: the same doses, to the last bits of the arithmetic).
+        numbers = {k for k, v in want.items() if isinstance(v, float)}
+        assert {k: v for k, v in sent.record().items() if k not in numbers} == {
+            k: v for k, v in want.items() if k not in numbers
+        }
+        assert {k: sent.record()[k] for k in numbers} == pytest.approx(
+            {k: want[k] for k in numbers}, rel=1e-12, abs=1e-12, nan_ok=True
+        )
+        # A request that let go of its vertices knows their doses only on its own grid.
+        request = cropped.requests[0]
+        with pytest.raises(ValueError, match="only on its own grid"):
+            replace(request, grid=GRID).vertex_extremes()
+        with pytest.raises(ValueError, match="only on its own grid"):
+            classify_prepared([replace(cropped, requests=(replace(request, grid=GRID), *cropped.requests[1:]))])
+        with pytest.raises(ValueError, match="once their extremes are known"):
+            unknown.requests[0].without_vertices()
