@@ -618,6 +618,63 @@ def test_pipelined_run_reads_in_workers_and_computes_here(cohort, results, tmp_p
     assert not list(handover.SHM.glob(f"{handover.PREFIX}{os.getpid()}-*"))  # every case's block went
 
 
+def test_a_long_run_spares_its_start_up_heap_from_the_collector(cohort, results, tmp_path, monkeypatch):
+    """A run of many cases freezes the heap of the process that writes its results once its first batch is stored
+    (Python's collector then looks only at what is made afterwards), and unfreezes it when it ends, even when it
+    stops on an error; a short run, or a program that froze its own heap, is left alone. The numbers are the same."""
+    import gc
+
+    from isodose.cohort import execution
+
+    seen: list[int] = []
+    monkeypatch.setattr(execution, "SPARE_HEAP_FROM_CASES", N_CASES)
+    out = tmp_path / "spared.h5"
+    summary = run_cohort(
+        cohort,
+        out,
+        settings=SETTINGS,
+        workers=2,
+        pipelined=True,
+        batch_size=4,
+        on_result=lambda entry: seen.append(gc.get_freeze_count()),
+    )
+    assert (summary.processed, summary.failed) == (N_CASES, 0)
+    first = seen.index(next(c for c in seen if c > 0))  # the first case stored after the first batch
+    assert 0 < first <= 4 and all(count > 0 for count in seen[first:]), seen
+    assert gc.get_freeze_count() == 0
+
+    def records(path):
+        return {
+            e["case_id"]: {k: v for k, v in e["record"].items() if k != "device"}
+            for e in ResultStore.open(path, create=False).cases()
+        }
+
+    assert records(out) == records(results[0])
+
+    def stop(entry):
+        if gc.get_freeze_count():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cohort(cohort, tmp_path / "stopped.h5", settings=SETTINGS, workers=1, on_result=stop)
+    assert gc.get_freeze_count() == 0
+    seen.clear()  # fewer cases than a run spares its heap from
+    run_cohort(
+        cohort,
+        tmp_path / "short.h5",
+        settings=SETTINGS,
+        workers=1,
+        cases=read_manifest(cohort)[:3],
+        on_result=lambda entry: seen.append(gc.get_freeze_count()),
+    )
+    assert seen == [0, 0, 0]
+    calls = []
+    monkeypatch.setattr(execution.gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(execution.gc, "get_freeze_count", lambda: 1)  # a program that froze its own heap
+    run_cohort(cohort, tmp_path / "own.h5", settings=SETTINGS, workers=1)
+    assert calls == []
+
+
 def _curves(entry) -> dict:
     """An entry's stored curves, comparable with ``==`` (their volumes are arrays)."""
     return {roi: (c["role"], c["step_gy"], np.asarray(c["cumulative_cc"]).tolist()) for roi, c in entry["dvhs"].items()}

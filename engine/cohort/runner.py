@@ -22,7 +22,7 @@ from ..dispatch import BACKENDS, Backend, copies_grids, samples_cases_together
 from ..errors import BackendError, IsodoseError
 from .cases import Case, input_fingerprint, load_cases
 from .entries import CaseEntry
-from .execution import Executor, Finish, InProcess, Task, entries_as_they_are
+from .execution import Executor, Finish, InProcess, SparedHeap, Task, entries_as_they_are
 from .local import ProcessPool, check_workers, default_workers, threads_per_worker
 from .settings import RunSettings
 from .store import ResultStore
@@ -231,6 +231,7 @@ def run_cases(
         reasons: dict[str, list[str]] = {}
         first_error: dict[str, str] = {}  # each reason's first case's error, whole
         with_warnings = 0
+        spared = SparedHeap(len(todo))
 
         def record(entries: list[CaseEntry]) -> None:
             nonlocal failed, done, with_warnings
@@ -252,6 +253,7 @@ def run_cases(
                 if on_result is not None:
                     on_result(entry)
             report()
+            spared.after_batch()
 
         try:
             if arrangement.hands_over:
@@ -261,6 +263,7 @@ def run_cases(
             try:
                 arrangement.executor.run(todo, arrangement.task, arrangement.finish, record)
             finally:
+                spared.release()
                 if arrangement.hands_over:
                     handover.sweep(os.getpid())  # cases sent but never received (a run stopped midway)
         except BaseException:
