@@ -87,6 +87,7 @@ class GpuKernels:
         self.xp = xp
         self.launch = launch
         self.device = device
+        self._staging = np.empty(0, dtype=np.uint8)
 
     # -- capabilities -----------------------------------------------------------------------------------------
     def device_name(self) -> str:
@@ -113,13 +114,20 @@ class GpuKernels:
 
     # -- staged copies: one buffer a table, copied while the device computes -------------------------------------
     def staging_buffer(self, nbytes: int) -> np.ndarray:
-        """A host buffer of ``nbytes`` bytes to copy to the device from (page-locked on a GPU)."""
-        return np.empty(nbytes, dtype=np.uint8)
+        """A host buffer of ``nbytes`` bytes to copy to the device from (page-locked on a GPU, from CuPy's pool of
+        it). Here one buffer, grown as needed and used again, as that pool's blocks are: :meth:`copy_staged` has
+        copied it by the time it returns, so the next table may overwrite it."""
+        if self._staging.nbytes < nbytes:
+            self._staging = np.empty(nbytes, dtype=np.uint8)
+        return self._staging[:nbytes]
 
     def copy_staged(self, host: np.ndarray):
         """``host`` (a :meth:`staging_buffer`) copied to the device: ``(device bytes, ready)``, where ``ready`` is
         what a kernel reading them waits for (None: the copy is done already)."""
-        return self.xp.asarray(host), None
+        device = self.xp.asarray(host)
+        if isinstance(device, np.ndarray) and np.shares_memory(device, host):  # an array module that is NumPy
+            device = device.copy()
+        return device, None
 
     def wait_ready(self, table) -> list:
         """The arguments of ``table`` for a kernel, once the kernels' stream waits for the table's copy."""

@@ -577,3 +577,25 @@ def test_batches_that_run_out_of_memory_are_split_and_retried(gpu):
         assert_same_dvhs(reference, compute_dvhs(grid, structures, backend=backend))
     with pytest.raises(IsodoseError, match="ROI 'sphere': not enough memory for one contour plane"):
         compute_dvhs(grid, structures, backend=Backend("tiny", "a tiny device", _limited(numba_cpu, 1000)))
+
+
+def test_a_staging_buffer_used_again_leaves_each_table_its_own_doses(emulated_gpu, rng):
+    """Grids are staged in one host buffer, used again for the next table as CuPy's pool of page-locked memory
+    uses its blocks again: a table copied before keeps its doses; and with NumPy as the array module (whose asarray
+    would not copy) a staged copy is a copy all the same."""
+    import numpy
+
+    gpu = GpuKernels(emulated_gpu.xp, emulated_gpu.launch, emulated_gpu.device)  # a buffer of its own
+    first = [(rng.uniform(0, 70, (4, 5, 6)).astype(np.float32), np.zeros(3), np.ones(3)) for _ in range(3)]
+    second = [(rng.uniform(0, 70, (6, 5, 4)).astype(np.float32), np.ones(3), np.ones(3)) for _ in range(2)]
+    tables = [gpu.grid_table(first), gpu.grid_table(second)]
+    assert tables[1].staging.ctypes.data == tables[0].staging.ctypes.data  # the same buffer, used again
+    for table, grids in zip(tables, (first, second)):
+        expected = np.concatenate([dose.reshape(-1) for dose, _, _ in grids])
+        np.testing.assert_array_equal(gpu.to_host(table.doses), expected)
+    on_numpy = GpuKernels(numpy, emulated_gpu.launch, "numpy")
+    buffer = on_numpy.staging_buffer(16)
+    buffer[:] = 1
+    copied, _ = on_numpy.copy_staged(buffer)
+    on_numpy.staging_buffer(16)[:] = 2
+    assert np.all(copied == 1)
