@@ -75,6 +75,30 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
         out[n] = crossings % 2 == 1
 
 
+@njit(cache=True)
+def point_in_plane_sets(slab_lo, slab_hi, plane_ring_start, ring_vertex_start, vertices, set_plane_start, point, out):
+    px, py, pz = point[0], point[1], point[2]
+    for k in range(set_plane_start.shape[0] - 1):
+        p0, p1 = set_plane_start[k], set_plane_start[k + 1]
+        out[k] = False
+        if p0 == p1 or not (pz >= slab_lo[p0]) or not (pz < slab_hi[p1 - 1]):  # NaN too
+            continue
+        p = p0 + np.searchsorted(slab_lo[p0:p1], pz, side="right") - 1  # the last slab of k starting at or below z
+        if not pz < slab_hi[p]:
+            continue
+        crossings = 0
+        for r in range(plane_ring_start[p], plane_ring_start[p + 1]):
+            a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
+            for e in range(a0, a1):
+                f = e + 1 if e + 1 < a1 else a0
+                x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
+                if y1 == y2:
+                    continue
+                if ((y1 <= py and py < y2) or (y2 <= py and py < y1)) and px < x1 + (py - y1) * ((x2 - x1) / (y2 - y1)):
+                    crossings += 1
+        out[k] = crossings % 2 == 1
+
+
 #: The grid index search of :mod:`isodose.model`, compiled as it is.
 _first_at_or_above = njit(cache=True, inline="always", error_model="numpy")(first_grid_index_at_or_above)
 

@@ -339,6 +339,70 @@ class PackedPlanes:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class PlaneSets:
+    """The planes of several structures (each a :class:`PackedPlanes`) joined in one set of flat arrays: a point
+    tested against them all in one call (:meth:`holding`), and one buffer to pickle rather than one a structure.
+    Structure ``k`` owns planes ``set_plane_start[k]:...``; its rings and vertices follow on from those before."""
+
+    def __reduce__(self):
+        return reduce_packed(self)
+
+    slab_lo_mm: np.ndarray
+    slab_hi_mm: np.ndarray
+    plane_ring_start: np.ndarray
+    ring_vertex_start: np.ndarray
+    vertices_mm: np.ndarray
+    set_plane_start: np.ndarray
+
+    @classmethod
+    def join(cls, planes: Sequence[PackedPlanes]) -> PlaneSets:
+        rings = np.cumsum([0] + [int(p.plane_ring_start[-1]) for p in planes])
+        vertices = np.cumsum([0] + [int(p.ring_vertex_start[-1]) for p in planes])
+        return cls(
+            slab_lo_mm=np.concatenate([[], *(p.slab_lo_mm for p in planes)]).astype(np.float64),
+            slab_hi_mm=np.concatenate([[], *(p.slab_hi_mm for p in planes)]).astype(np.float64),
+            plane_ring_start=np.concatenate(
+                [[0], *(p.plane_ring_start[1:] + shift for p, shift in zip(planes, rings))]
+            ).astype(np.int64),
+            ring_vertex_start=np.concatenate(
+                [[0], *(p.ring_vertex_start[1:] + shift for p, shift in zip(planes, vertices))]
+            ).astype(np.int64),
+            vertices_mm=np.concatenate([np.empty((0, 2)), *(p.vertices_mm.reshape(-1, 2) for p in planes)]),
+            set_plane_start=np.cumsum([0] + [len(p.slab_lo_mm) for p in planes], dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.set_plane_start) - 1
+
+    def holding(self, point_mm: np.ndarray) -> np.ndarray:
+        """Which of the structures hold the ``(x, y, z)`` point (see :meth:`PackedPlanes.contain`), one bool each."""
+        from .polygons import point_in_plane_sets
+
+        return point_in_plane_sets(
+            self.slab_lo_mm,
+            self.slab_hi_mm,
+            self.plane_ring_start,
+            self.ring_vertex_start,
+            self.vertices_mm,
+            self.set_plane_start,
+            point_mm,
+        )
+
+    def __getitem__(self, k: int) -> PackedPlanes:
+        """Structure ``k``'s planes on their own (copies of its part)."""
+        p0, p1 = int(self.set_plane_start[k]), int(self.set_plane_start[k + 1])
+        r0, r1 = int(self.plane_ring_start[p0]), int(self.plane_ring_start[p1])
+        v0, v1 = int(self.ring_vertex_start[r0]), int(self.ring_vertex_start[r1])
+        return PackedPlanes(
+            slab_lo_mm=self.slab_lo_mm[p0:p1].copy(),
+            slab_hi_mm=self.slab_hi_mm[p0:p1].copy(),
+            plane_ring_start=self.plane_ring_start[p0 : p1 + 1] - r0,
+            ring_vertex_start=self.ring_vertex_start[r0 : r1 + 1] - v0,
+            vertices_mm=self.vertices_mm[v0:v1].copy(),
+        )
+
+
 # --------------------------------------------------------------------------------------------------------
 # Rigid transforms
 # --------------------------------------------------------------------------------------------------------

@@ -47,13 +47,14 @@ def _int64(a):
 @functools.cache
 def _compiled():
     """The compiled tests (:mod:`isodose.compiled_polygons`), imported on first use: ``(ring_crosses, points_in,
-    grid_extremes)``."""
+    grid_extremes, point_in_sets)``."""
     from . import compiled_polygons
 
     return (
         compiled_polygons.ring_crosses_itself,
         compiled_polygons.points_in_packed_planes,
         compiled_polygons.grid_extremes_in_planes,
+        compiled_polygons.point_in_plane_sets,
     )
 
 
@@ -133,6 +134,40 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
             points,
             out,
         )
+    return out
+
+
+def point_in_plane_sets(
+    slab_lo, slab_hi, plane_ring_start, ring_vertex_start, vertices, set_plane_start, point
+) -> np.ndarray:
+    """Which of several structures' planes packed together (see ``isodose.geometry.PlaneSets``) hold the ``(x, y,
+    z)`` point, one bool a structure: for each, the test of :func:`points_in_packed_planes` against its planes
+    ``set_plane_start[k]:...`` (compiled, in one call, where compiled code is taken)."""
+    point = _float64(point).reshape(3)
+    n_sets = len(set_plane_start) - 1
+    out = np.zeros(max(n_sets, 0), dtype=np.bool_)
+    if n_sets <= 0:
+        return out
+    arrays = (
+        _float64(slab_lo),
+        _float64(slab_hi),
+        _int64(plane_ring_start),
+        _int64(ring_vertex_start),
+        _float64(vertices).reshape(-1, 2),
+        _int64(set_plane_start),
+    )
+    if take_compiled():
+        _compiled()[3](*arrays, point, out)
+        return out
+    lo, hi, ring_start, vertex_start, xy, starts = arrays
+    held = np.zeros(1, dtype=np.bool_)
+    for k in range(n_sets):
+        p0, p1 = int(starts[k]), int(starts[k + 1])
+        if p0 < p1:
+            _points_in_packed_planes_numpy(
+                lo[p0:p1], hi[p0:p1], ring_start[p0 : p1 + 1], vertex_start, xy, point.reshape(1, 3), held
+            )
+            out[k] = held[0]
     return out
 
 

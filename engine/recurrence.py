@@ -37,6 +37,7 @@ from .dvh import (
 from .errors import IsodoseError, RegistrationError, RoiNotFoundError, StructureError, collect_warnings
 from .geometry import (
     PackedPlanes,
+    PlaneSets,
     common_plane_spacing_mm,
     registration_matrix,
     structure_planes,
@@ -291,6 +292,46 @@ class RecurrenceCase:
 
 
 @dataclass(frozen=True, eq=False)
+class Targets:
+    """The targets of a prepared case's point-of-origin method, in order: their names, and the planes of those that
+    are contoured joined in one :class:`~isodose.geometry.PlaneSets` (one test of a centroid against them all, one
+    buffer to pickle), or a label image's mask. Iterated, ``(name, planes or mask)`` for each."""
+
+    names: tuple[str, ...] = ()
+    #: The contoured targets' planes, in their order among ``names``; None where none is contoured.
+    planes: PlaneSets | None = None
+    #: Each target's label mask, or None where it is contoured.
+    masks: tuple[LabelMask | None, ...] = ()
+
+    @classmethod
+    def of(cls, targets: Sequence[tuple[str, PackedPlanes | LabelMask]]) -> Targets:
+        contoured = [shape for _, shape in targets if isinstance(shape, PackedPlanes)]
+        return cls(
+            tuple(name for name, _ in targets),
+            PlaneSets.join(contoured) if contoured else None,
+            tuple(None if isinstance(shape, PackedPlanes) else shape for _, shape in targets),
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self):
+        planes = iter(range(len(self.planes))) if self.planes is not None else iter(())
+        for name, mask in zip(self.names, self.masks):
+            yield name, (mask if mask is not None else self.planes[next(planes)])  # type: ignore[index]
+
+    def holding(self, point_mm: np.ndarray) -> tuple[str, ...]:
+        """The names of the targets that hold the ``(x, y, z)`` point, in order."""
+        point = np.asarray(point_mm, dtype=np.float64).reshape(1, 3)
+        in_planes = iter(self.planes.holding(point) if self.planes is not None else ())
+        return tuple(
+            name
+            for name, mask in zip(self.names, self.masks)
+            if (next(in_planes) if mask is None else bool(mask.contain(point)[0]))
+        )
+
+
+@dataclass(frozen=True, eq=False)
 class PreparedRecurrence:
     """A classification whose inputs are checked and whose sampling is planned, waiting for its samples: all
     the work before the kernels (:func:`prepare_recurrence`). It holds only what finishing needs, not the
@@ -308,8 +349,8 @@ class PreparedRecurrence:
     #: Each target metric with the name of its ROI in the structure set (metrics keep the text asked for).
     roi_metrics: tuple[tuple[RoiMetric, str | None], ...]
     vr_metrics: tuple[Metric, ...]
-    #: Each target's name and planes (with their slabs), for the point-of-origin method.
-    targets: tuple[tuple[str, PackedPlanes | LabelMask], ...] = ()
+    #: The targets of the point-of-origin method: each one's name and planes (with their slabs) or mask.
+    targets: Targets = field(default_factory=Targets)
     #: What was logged while preparing.
     warnings: tuple[str, ...] = ()
     #: How Vr was mapped (see :attr:`RecurrenceResult.registration_kind`), and the registration's file.
@@ -444,9 +485,14 @@ def _prepare(case: RecurrenceCase, options: SamplingOptions) -> PreparedRecurren
             if _target_roi(structures, name, "a target of the point-of-origin method", case.require_targets) is not None
         ]
     spacing_mm = common_plane_spacing_mm(structures.structures)
-    targets = tuple(
-        (s.name, s.mask if s.mask is not None else PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm))
-        for s in target_structures
+    targets = Targets.of(
+        [
+            (
+                s.name,
+                s.mask if s.mask is not None else PackedPlanes.of(structure_planes(s), options.end_cap, spacing_mm),
+            )
+            for s in target_structures
+        ]
     )
     # The grid's dose range, scanned here once (where cases are read, in a cohort run), not where they are sampled;
     # and the grid's extremes inside each structure and at its contours' vertices (for Dmin and Dmax), taken here
@@ -519,7 +565,7 @@ def _finish(
     inside_pct = min(100.0, 100.0 * inside_cc / vr.volume_cc) if vr.volume_cc > 0 else 0.0
 
     centroid = _centroid(vr)
-    holding = tuple(name for name, planes in prepared.targets if planes.contain(centroid)[0])
+    holding = prepared.targets.holding(centroid)
     metric_values = {m.text: float(vr.metric(m, prescription_gy)) for m in prepared.vr_metrics}
     target_values = {
         m.text: float(roi_dvhs[roi].metric(m.metric, prescription_gy)) if roi is not None else math.nan

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -322,7 +322,7 @@ def _inside_share(doses: np.ndarray, samples: _Samples, isodose_gy: float) -> np
 def classify_draws(
     requests: Sequence[UncertaintyRequest],
     deterministic: Sequence,
-    targets: Sequence[Sequence[tuple[str, PackedPlanes | LabelMask]]],
+    targets: Sequence[Iterable[tuple[str, PackedPlanes | LabelMask]]],
     volume_class: Sequence[Callable[[np.ndarray], np.ndarray]],
     centroid_class: Sequence[Callable[[np.ndarray, np.ndarray], np.ndarray]],
     backend: Backend,
@@ -336,7 +336,7 @@ def classify_draws(
         One per case.
     deterministic : sequence of RecurrenceResult
         Each case's deterministic classification (the draws are anchored to it).
-    targets : sequence of sequence of (str, PackedPlanes or LabelMask)
+    targets : sequence of iterables of (str, PackedPlanes or LabelMask)
         Each case's targets of the point-of-origin method.
     volume_class, centroid_class : sequence of callable
         Each case's classes, vectorised: the class index (0 in-field, 1 marginal, 2 out-field) of inside shares,

@@ -52,6 +52,40 @@ def test_the_numpy_point_test_answers_as_the_compiled_one():
         assert np.array_equal(small, compiled) and 0 < small.sum() < len(points)
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["numpy", "compiled"])
+def test_structures_joined_hold_a_point_as_each_does_alone(monkeypatch, compiled):
+    """A case's targets joined (``PlaneSets``: one call tests a centroid against them all, one buffer travels) answer
+    for each point as each target's own planes do, with NumPy and compiled; each comes back whole on its own, and
+    through a pickle."""
+    import pickle
+
+    from isodose.geometry import PlaneSets
+
+    monkeypatch.setattr(polygons, "take_compiled", lambda: compiled)
+    rng = np.random.default_rng(5)
+    shapes = [
+        contour_shape(Sphere((1, 2, 3), 12.0), "s", 1, 2.5),
+        contour_shape(Shell((0, 0, 0), 14.0, 6.0), "h", 2, 3),
+        contour_shape(Sphere((-6, 4, -9), 5.0), "t", 3, 1.0),
+    ]
+    alone = [PackedPlanes.of(structure_planes(shape)) for shape in shapes]
+    empty = PackedPlanes.of([])
+    for planes in (alone, [alone[1], empty, alone[0], alone[2]], [empty], []):
+        joined = pickle.loads(pickle.dumps(PlaneSets.join(planes)))
+        assert len(joined) == len(planes)
+        for k, one in enumerate(planes):
+            part = joined[k]
+            for name in ("slab_lo_mm", "slab_hi_mm", "plane_ring_start", "ring_vertex_start", "vertices_mm"):
+                assert np.array_equal(getattr(part, name), getattr(one, name)), name
+        points = rng.uniform(-18, 18, (300, 3))
+        points[0] = np.nan
+        points[1, :2], points[1, 2] = alone[0].vertices_mm[0], alone[0].slab_lo_mm[0]  # on a vertex, a slab's face
+        for point in points:
+            expected = [bool(one.contain(point)[0]) if len(one.slab_lo_mm) else False for one in planes]
+            assert joined.holding(point).tolist() == expected
+    assert any(PlaneSets.join(alone).holding(p).any() for p in points)
+
+
 def test_a_small_dvh_with_the_numpy_backend_never_loads_numba(write_phantom):
     rd, rs, _ = write_phantom(Sphere((0.0, 0.0, 0.0), 8.0))
     code = f"""

@@ -406,3 +406,36 @@ def test_a_prepared_case_carries_the_doses_at_its_vertices_which_change_no_resul
             classify_prepared([replace(cropped, requests=(replace(request, grid=GRID), *cropped.requests[1:]))])
         with pytest.raises(ValueError, match="once their extremes are known"):
             unknown.requests[0].without_vertices()
+
+
+def test_a_prepared_cases_targets_test_a_point_against_planes_and_masks_in_their_order():
+    """The point-of-origin method's targets of a prepared case: contoured ones joined (one test for them all), label
+    masks apart, names in order; iterated, each with its own planes or mask (as the draws of uncertainty use them)."""
+    import pickle
+
+    from isodose.geometry import PackedPlanes, structure_planes
+    from isodose.recurrence import Targets
+
+    big = PackedPlanes.of(structure_planes(contour_shape(Sphere((0.0, 0.0, 0.0), 20.0), "PTV", 1, 2.0)))
+    small = PackedPlanes.of(structure_planes(contour_shape(Sphere((5.0, 0.0, 0.0), 4.0), "GTV", 2, 1.0)))
+    box = Box((-30, -30, -1), (30, 30, 1))
+    targets = pickle.loads(pickle.dumps(Targets.of([("PTV", big), ("slab", box), ("GTV", small)])))
+    assert [name for name, _ in targets] == ["PTV", "slab", "GTV"] and len(targets) == 3
+    shapes = dict(iter(targets))
+    assert isinstance(shapes["slab"], Box) and np.array_equal(shapes["GTV"].vertices_mm, small.vertices_mm)
+    assert targets.holding(np.array([5.0, 0.0, 0.2])) == ("PTV", "slab", "GTV")
+    assert targets.holding(np.array([5.0, 0.0, 3.0])) == ("PTV", "GTV")
+    assert targets.holding(np.array([-15.0, 0.0, 0.0])) == ("PTV", "slab")
+    assert targets.holding(np.array([25.0, 25.0, 5.0])) == ()
+    assert Targets().holding(np.zeros(3)) == () and list(Targets()) == []
+
+
+class Box:
+    """A label mask's test, as the targets use it: inside a box."""
+
+    def __init__(self, low, high):
+        self.low, self.high = np.asarray(low), np.asarray(high)
+
+    def contain(self, points):
+        points = np.asarray(points).reshape(-1, 3)
+        return np.all((points >= self.low) & (points < self.high), axis=1)
