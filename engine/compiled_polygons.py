@@ -52,6 +52,23 @@ def ring_crosses_itself(points):
     return False
 
 
+@njit(cache=True, inline="always")
+def _inside_plane(plane_ring_start, ring_vertex_start, vertices, p, px, py):
+    """Whether ``(px, py)`` lies inside plane ``p``'s rings: the even-odd count of their edges crossed by the ray
+    towards +x, each edge half-open in y."""
+    crossings = 0
+    for r in range(plane_ring_start[p], plane_ring_start[p + 1]):
+        a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
+        for e in range(a0, a1):
+            f = e + 1 if e + 1 < a1 else a0
+            x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
+            if y1 == y2:
+                continue
+            if ((y1 <= py and py < y2) or (y2 <= py and py < y1)) and px < x1 + (py - y1) * ((x2 - x1) / (y2 - y1)):
+                crossings += 1
+    return crossings % 2 == 1
+
+
 @njit(cache=True)
 def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_start, vertices, points, out):
     for n in range(points.shape[0]):
@@ -62,17 +79,7 @@ def points_in_packed_planes(slab_lo, slab_hi, plane_ring_start, ring_vertex_star
         p = np.searchsorted(slab_lo, pz, side="right") - 1  # the last slab starting at or below z
         if not pz < slab_hi[p]:
             continue
-        crossings = 0
-        for r in range(plane_ring_start[p], plane_ring_start[p + 1]):
-            a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
-            for e in range(a0, a1):
-                f = e + 1 if e + 1 < a1 else a0
-                x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
-                if y1 == y2:
-                    continue
-                if ((y1 <= py and py < y2) or (y2 <= py and py < y1)) and px < x1 + (py - y1) * ((x2 - x1) / (y2 - y1)):
-                    crossings += 1
-        out[n] = crossings % 2 == 1
+        out[n] = _inside_plane(plane_ring_start, ring_vertex_start, vertices, p, px, py)
 
 
 @njit(cache=True)
@@ -86,17 +93,7 @@ def point_in_plane_sets(slab_lo, slab_hi, plane_ring_start, ring_vertex_start, v
         p = p0 + np.searchsorted(slab_lo[p0:p1], pz, side="right") - 1  # the last slab of k starting at or below z
         if not pz < slab_hi[p]:
             continue
-        crossings = 0
-        for r in range(plane_ring_start[p], plane_ring_start[p + 1]):
-            a0, a1 = ring_vertex_start[r], ring_vertex_start[r + 1]
-            for e in range(a0, a1):
-                f = e + 1 if e + 1 < a1 else a0
-                x1, y1, x2, y2 = vertices[e, 0], vertices[e, 1], vertices[f, 0], vertices[f, 1]
-                if y1 == y2:
-                    continue
-                if ((y1 <= py and py < y2) or (y2 <= py and py < y1)) and px < x1 + (py - y1) * ((x2 - x1) / (y2 - y1)):
-                    crossings += 1
-        out[k] = crossings % 2 == 1
+        out[k] = _inside_plane(plane_ring_start, ring_vertex_start, vertices, p, px, py)
 
 
 #: The grid index search of :mod:`isodose.model`, compiled as it is.
