@@ -629,12 +629,14 @@ def dvh_from_histogram(
     backend: str = "",
     number: int | None = None,
     centroid_mm: tuple[float, float, float] | None = None,
+    span: tuple[int, int] | None = None,
 ) -> DVH:
     """Build a DVH from an accumulated histogram and the exact sums of its samples.
 
     The histogram's mass outside [Dmin, Dmax] (the spread of samples at the extremes) is folded into the
     bins holding Dmin and Dmax, and the bins holding them are cut at Dmin and Dmax, so that the curve
-    starts at exactly Dmin and ends at exactly Dmax.
+    starts at exactly Dmin and ends at exactly Dmax. ``span``: the first and last bins that hold mass, where known
+    (the bins outside hold exactly nothing, and are not read).
     """
     volume_cc = float(inside_mm3 + outside_mm3) / 1000.0
     outside_cc = float(outside_mm3) / 1000.0
@@ -646,8 +648,11 @@ def dvh_from_histogram(
     k_hi = min(int(dmax_gy / bin_width_gy), n_bins - 1)
     # The mass in [k_lo, k_hi] (negative rounding clipped to 0), with the mass beyond folded in.
     folded = np.clip(hist[k_lo : k_hi + 1], 0.0, None)
-    folded[0] += np.clip(hist[:k_lo], 0.0, None).sum()
-    folded[-1] += np.clip(hist[k_hi + 1 :], 0.0, None).sum()
+    first, last = (0, n_bins - 1) if span is None else (max(int(span[0]), 0), min(int(span[1]), n_bins - 1))
+    if first < k_lo:
+        folded[0] += np.clip(hist[first:k_lo], 0.0, None).sum()
+    if last > k_hi:
+        folded[-1] += np.clip(hist[k_hi + 1 : last + 1], 0.0, None).sum()
     total = folded.sum()
     scale = inside_mm3 / total if total > 0 else 0.0
     n = len(folded)
@@ -1064,6 +1069,7 @@ def dvhs_from_samples(structures: Sequence[Structure | RoiLabel], samples: Struc
             samples.backend,
             structure.number,
             xyz(centroid) if np.all(np.isfinite(centroid)) else None,
+            span=(samples.hist_span[s, 0], samples.hist_span[s, 1]) if samples.hist_span is not None else None,
         )
         messages = list(_warnings_of(structure))
         messages += [w for w in samples.warnings if f"ROI {structure.name}:" in w or "ROI " not in w.split(":")[0]]

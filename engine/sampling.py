@@ -53,6 +53,9 @@ class StructureSamples:
     #: voxel side), as its plan chose them; None where not known.
     cells: np.ndarray | None = None
     supersampling: np.ndarray | None = None
+    #: Each structure's first and last bin of ``hist_mm3`` that hold mass, ``(n_structures, 2)``, where the backend
+    #: found them (the bins outside hold exactly nothing); None where not known (every bin is then read).
+    hist_span: np.ndarray | None = None
 
 
 def dose_range_gy(grid: DoseGrid) -> tuple[float, float]:
@@ -600,6 +603,8 @@ def _sample(
         )
 
     hist: np.ndarray | None = None  # (n_structures, n_bins), made by the first batch
+    # The first and last bins with mass, where every batch's kernels said (else None).
+    span: np.ndarray | None = np.tile(np.array([n_bins, -1], dtype=np.int64), (n_structures, 1))
     sums = np.zeros((n_structures, 6))  # inside, outside, dose x volume, x, y, z x volume
     dmin = np.full(n_structures, np.inf)
     dmax = np.full(n_structures, -np.inf)
@@ -612,7 +617,7 @@ def _sample(
         max_cells = max(1, min(max_cells, int(0.5 * free / kernels.BYTES_PER_CELL)))
 
     def run_batch(first: int, end: int) -> None:
-        nonlocal hist
+        nonlocal hist, span
         cell_start = plan.plane_cell_start[first : end + 1]
         # The structures present in this batch, and where each one's planes start within it.
         owners = plane_structure[first:end]
@@ -657,6 +662,11 @@ def _sample(
         sums[rows] += batch_stats[:, [0, 1, 2, 5, 6, 7]]
         dmin[rows] = np.fmin(dmin[rows], batch_stats[:, 3])
         dmax[rows] = np.fmax(dmax[rows], batch_stats[:, 4])
+        if span is not None and batch_stats.shape[1] >= 10:
+            span[rows, 0] = np.minimum(span[rows, 0], batch_stats[:, 8].astype(np.int64))
+            span[rows, 1] = np.maximum(span[rows, 1], batch_stats[:, 9].astype(np.int64))
+        else:
+            span = None
 
     for first, end in plan.batches(max_cells):
         run_batch(first, end)
@@ -717,6 +727,7 @@ def _sample(
                 device=backend.device,
                 cells=cells[part],
                 supersampling=plan.supersampling[part],
+                hist_span=span[part] if span is not None else None,
             )
         )
     return results

@@ -495,11 +495,25 @@ class GpuKernels:
                     extremes,
                 ],
             )
-        hist = self.to_host(xp.cumsum(delta, axis=1)[:, :n_bins] / VOLUME_SCALE)  # converted on the device
-        fixed = self.to_host(stats_fixed).astype(np.float64)
+        counts = xp.cumsum(delta, axis=1)[:, :n_bins]  # fixed point: a bin with no mass holds exactly 0
+        hist = self.to_host(counts / VOLUME_SCALE)  # converted on the device
+        # The first and the last bin with mass, found on the device and brought with the sums: the host then
+        # reads only those bins of the histograms (a structure's doses span a few thousand of their 16,384).
+        bins = xp.arange(int(n_bins), dtype=np.int64)
+        held = counts != 0
+        spans = xp.concatenate(
+            [
+                stats_fixed,
+                xp.where(held, bins, np.int64(n_bins)).min(axis=1).reshape(-1, 1),
+                xp.where(held, bins, np.int64(-1)).max(axis=1).reshape(-1, 1),
+            ],
+            axis=1,
+        )
+        fixed = self.to_host(spans).astype(np.float64)
         bounds = self.to_host(extremes).view(np.float64)
         inside = fixed[:, 0] / VOLUME_SCALE
-        stats = np.empty((n_structures, 8))
+        stats = np.empty((n_structures, 10))
+        stats[:, 8:10] = fixed[:, 6:8]
         stats[:, 0] = inside
         stats[:, 1] = fixed[:, 1] / VOLUME_SCALE
         stats[:, 2] = fixed[:, 2] / DOSE_VOLUME_SCALE

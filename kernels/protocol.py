@@ -167,7 +167,9 @@ class Kernels(Protocol):
         n_chunks: int,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``cell_histograms`` of structures in many grids: structure ``s`` in grid ``structure_grid[s]`` of
-        ``table``, into bins of ``structure_bin_width[s]`` Gy."""
+        ``table``, into bins of ``structure_bin_width[s]`` Gy. A backend that finds them at no cost (the GPU, on
+        the device) may add two columns to the statistics: the first and the last bin of each structure's histogram
+        that hold mass (``n_bins`` and -1 where none does); the bins outside them hold exactly nothing."""
         ...
 
     # -- displacement fields --------------------------------------------------------------------------------

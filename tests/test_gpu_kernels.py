@@ -129,8 +129,13 @@ def test_cell_histograms(gpu, rng, transformed):
     # Volumes and sums to 1e-6 (each cell's sums are rounded once); centroids to a micrometre.
     np.testing.assert_allclose(stats[:, :5], expected_stats[:, :5], rtol=1e-6, atol=1e-9, equal_nan=True)
     volume = np.maximum(stats[:, 0] + stats[:, 1], 1e-300)
-    np.testing.assert_allclose(stats[:, 5:] / volume[:, None], expected_stats[:, 5:] / volume[:, None], atol=1e-3)
+    np.testing.assert_allclose(stats[:, 5:8] / volume[:, None], expected_stats[:, 5:] / volume[:, None], atol=1e-3)
     assert np.isnan(stats[6, 3]) and stats[6, 0] == 0
+    # The first and last bins with mass, found on the device: outside them the histograms hold exactly nothing.
+    assert stats.shape[1] == 10
+    for s, (first, last) in enumerate(stats[:, 8:10].astype(int)):
+        held = np.flatnonzero(hist[s])
+        assert (first, last) == ((held[0], held[-1]) if len(held) else (hist.shape[1], -1)), s
 
 
 def test_dvhs_through_the_gpu_host_code_match_numba(gpu, rng):

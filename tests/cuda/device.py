@@ -242,5 +242,16 @@ class DeviceModule:
     def cumsum(array, axis=None) -> DeviceArray:
         return DeviceArray(np.cumsum(_unwrap(array, "cumsum"), axis=axis))
 
+    @staticmethod
+    @CLOCK
+    def arange(*args, dtype=None) -> DeviceArray:
+        return DeviceArray(np.arange(*args, dtype=dtype))
+
+    @staticmethod
+    @CLOCK
+    def where(condition, x, y) -> DeviceArray:
+        """As CuPy's: device arrays and scalars (a host array is refused)."""
+        return DeviceArray(np.where(*_unwrap((condition, x, y), "where")))
+
 
 xp = DeviceModule()
