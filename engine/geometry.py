@@ -391,6 +391,9 @@ class PlaneSets:
 
     def __getitem__(self, k: int) -> PackedPlanes:
         """Structure ``k``'s planes on their own (copies of its part)."""
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"structure {k} of {len(self)}")
+        k %= len(self)
         p0, p1 = int(self.set_plane_start[k]), int(self.set_plane_start[k + 1])
         r0, r1 = int(self.plane_ring_start[p0]), int(self.plane_ring_start[p1])
         v0, v1 = int(self.ring_vertex_start[r0]), int(self.ring_vertex_start[r1])

@@ -94,29 +94,54 @@ class SamplingRequest:
     #: that reads and plans, so that the one that samples need not scan the grid again). Used only while that
     #: grid is the request's own: a copy of the request onto another grid scans the other grid.
     known_dose_range: tuple[DoseGrid, float, float] | None = None
-    #: ``(grid, extremes)``: :meth:`grid_extremes` taken where the request was made (by a process that reads and
-    #: plans: the one driving a GPU then need not search the grid), used only while that grid is the request's own.
-    known_grid_extremes: tuple[DoseGrid, np.ndarray] | None = None
-    #: ``(grid, extremes)``: :meth:`vertex_extremes` taken where the request was made, used only while that grid is
-    #: the request's own (the one driving a GPU then neither interpolates the vertices nor receives them).
-    known_vertex_extremes: tuple[DoseGrid, np.ndarray] | None = None
+    #: ``(grid, extremes, (plan, transforms))``: :meth:`grid_extremes` taken where the request was made (by a process
+    #: that reads and plans: the one driving a GPU then need not search the grid), used only while that grid, plan
+    #: and transforms are the request's own (see :meth:`known`).
+    known_grid_extremes: tuple[DoseGrid, np.ndarray, tuple] | None = None
+    #: ``(grid, extremes, (plan, transforms))``: :meth:`vertex_extremes` taken where the request was made, used only
+    #: while they are the request's own (the one driving a GPU then neither interpolates the vertices nor receives
+    #: them).
+    known_vertex_extremes: tuple[DoseGrid, np.ndarray, tuple] | None = None
     #: Whether its plan's vertices were let go of (:meth:`without_vertices`): their extremes are then only known.
     vertices_dropped: bool = False
 
+    def known(self, taken: tuple | None) -> np.ndarray | None:
+        """The value of ``taken`` (``known_grid_extremes`` or ``known_vertex_extremes``) where it was taken of this
+        request's own grid, plan and transforms (a copy of the request with another of them takes it anew); else
+        None."""
+        if taken is None or taken[0] is not self.grid:
+            return None
+        plan, transforms = taken[2]
+        return taken[1] if plan is self.plan and transforms is self.transforms else None
+
+    def _taken(self, value: np.ndarray, grid: DoseGrid | None = None, plan: SamplingPlan | None = None) -> tuple:
+        return (
+            self.grid if grid is None else grid,
+            value,
+            (self.plan if plan is None else plan, self.transforms),
+        )
+
     def with_grid_extremes(self) -> SamplingRequest:
         """This request with :meth:`grid_extremes` taken now."""
-        return replace(self, known_grid_extremes=(self.grid, self.grid_extremes()))
+        return self._keeping(replace(self, known_grid_extremes=self._taken(self.grid_extremes())))
 
     def with_vertex_extremes(self) -> SamplingRequest:
         """This request with :meth:`vertex_extremes` taken now."""
-        return replace(self, known_vertex_extremes=(self.grid, self.vertex_extremes()))
+        return self._keeping(replace(self, known_vertex_extremes=self._taken(self.vertex_extremes())))
+
+    def _keeping(self, moved: SamplingRequest) -> SamplingRequest:
+        """``moved`` (a copy of this request) with what was taken of this one's plan and transforms."""
+        for taken in ("_structure_transforms", "_extent_mm"):
+            if taken in self.__dict__:
+                moved.__dict__[taken] = self.__dict__[taken]
+        return moved
 
     def vertex_extremes(self) -> np.ndarray:
         """Each structure's lowest and highest dose at its contours' vertices, ``(n_structures, 2)`` (see
         :func:`vertex_point_extremes`): as taken where the request was made, else now, on the host."""
-        known = self.known_vertex_extremes
-        if known is not None and known[0] is self.grid:
-            return known[1]
+        known = self.known(self.known_vertex_extremes)
+        if known is not None:
+            return known
         if self.vertices_dropped:
             raise ValueError("the extremes at a request's vertices, let go of, are known only on its own grid")
         return vertex_point_extremes(self.plan, self.structure_transforms(), self.grid)
@@ -125,23 +150,28 @@ class SamplingRequest:
         """This request without its contours' vertices (its plan's ``vertex_points``), once their doses' extremes are
         known (:meth:`with_vertex_extremes`): what is sent to the process that samples it needs them for nothing
         else. What was taken of the request (its transforms, its extent) comes along."""
-        known = self.known_vertex_extremes
-        if known is None or known[0] is not self.grid:
+        known = self.known(self.known_vertex_extremes)
+        if known is None:
             raise ValueError("a request lets go of its vertices only once their extremes are known on its grid")
         n = self.plan.n_structures
         plan = replace(self.plan, vertex_points=np.empty((0, 3)), vertex_structure_start=np.zeros(n + 1, np.int64))
-        moved = replace(self, plan=plan, vertices_dropped=True)
-        for taken in ("_structure_transforms", "_extent_mm"):
-            if taken in self.__dict__:
-                moved.__dict__[taken] = self.__dict__[taken]
-        return moved
+        grid_extremes = self.known(self.known_grid_extremes)
+        return self._keeping(
+            replace(
+                self,
+                plan=plan,
+                vertices_dropped=True,
+                known_vertex_extremes=self._taken(known, plan=plan),
+                known_grid_extremes=self._taken(grid_extremes, plan=plan) if grid_extremes is not None else None,
+            )
+        )
 
     def grid_extremes(self, to_host=np.asarray) -> np.ndarray:
         """Each structure's lowest and highest dose at the grid's own points inside it, ``(n_structures, 2)``, for
         its Dmin and Dmax (see :func:`grid_point_extremes`); ``to_host`` brings a grid on a device to the host."""
-        known = self.known_grid_extremes
-        if known is not None and known[0] is self.grid:
-            return known[1]
+        known = self.known(self.known_grid_extremes)
+        if known is not None:
+            return known
         return grid_point_extremes(self.plan, self.structure_transforms(), self.grid, to_host)
 
     def with_dose_range(self, dose_range: tuple[float, float] | None = None) -> SamplingRequest:
@@ -167,13 +197,10 @@ class SamplingRequest:
             self,
             grid=grid,
             known_dose_range=(grid, low, high),
-            known_grid_extremes=(grid, self.grid_extremes()) if extremes is not None else None,
-            known_vertex_extremes=(grid, self.vertex_extremes()) if at_vertices is not None else None,
+            known_grid_extremes=self._taken(self.grid_extremes(), grid) if extremes is not None else None,
+            known_vertex_extremes=self._taken(self.vertex_extremes(), grid) if at_vertices is not None else None,
         )
-        for taken in ("_structure_transforms", "_extent_mm"):
-            if taken in self.__dict__:
-                moved.__dict__[taken] = self.__dict__[taken]
-        return moved
+        return self._keeping(moved)
 
     def structure_transforms(self) -> np.ndarray:
         """Each structure's rigid 4x4 from its plan coordinates into the grid's frame: its transform after its
@@ -675,23 +702,24 @@ def _sample(
 
     # Each structure's extremes over its contours' vertices inside the grid, where it has volume inside: as taken
     # where the requests were made (a reading worker's, on the host), else here, in the batch's grids.
-    known_vertices = [r.known_vertex_extremes for r in requests]
-    if requests and all(k is not None and k[0] is r.grid for k, r in zip(known_vertices, requests)):
-        at_vertices = np.concatenate([k[1] for k in known_vertices if k is not None])
-    else:
-        if any(r.vertices_dropped for r in requests):
-            raise ValueError("a request whose vertices were let go of is sampled only on its own grid")
-        at_vertices = np.tile([np.inf, -np.inf], (n_structures, 1))
-        if len(plan.vertex_points):
-            vertex_start = plan.vertex_structure_start
-            vertex_counts = np.diff(vertex_start)
-            moved = ~np.all(transforms == np.eye(4), axis=(1, 2))  # most structures are in the grid's frame
-            vertices = plan.vertex_points.copy() if moved.any() else plan.vertex_points
-            for s in np.nonzero(moved & (vertex_counts > 0))[0]:
-                segment = slice(vertex_start[s], vertex_start[s + 1])
-                vertices[segment] = transform_points(transforms[s], vertices[segment])
-            vertex_dose = batch.dose_at(vertices, np.repeat(structure_grid, vertex_counts))
-            _segment_extremes(vertex_dose, vertex_start, vertex_counts, at_vertices)
+    known_vertices = [r.known(r.known_vertex_extremes) for r in requests]
+    if any(k is None and r.vertices_dropped for k, r in zip(known_vertices, requests)):
+        raise ValueError("a request whose vertices were let go of is sampled only on its own grid")
+    at_vertices = np.tile([np.inf, -np.inf], (n_structures, 1))
+    if any(k is None for k in known_vertices) and len(plan.vertex_points):
+        vertex_start = plan.vertex_structure_start
+        vertex_counts = np.diff(vertex_start)
+        moved = ~np.all(transforms == np.eye(4), axis=(1, 2))  # most structures are in the grid's frame
+        vertices = plan.vertex_points.copy() if moved.any() else plan.vertex_points
+        for s in np.nonzero(moved & (vertex_counts > 0))[0]:
+            segment = slice(vertex_start[s], vertex_start[s + 1])
+            vertices[segment] = transform_points(transforms[s], vertices[segment])
+        vertex_dose = batch.dose_at(vertices, np.repeat(structure_grid, vertex_counts))
+        _segment_extremes(vertex_dose, vertex_start, vertex_counts, at_vertices)
+    request_start = np.cumsum([0, *counts])
+    for r, known in enumerate(known_vertices):
+        if known is not None:
+            at_vertices[request_start[r] : request_start[r + 1]] = known
     rows = np.nonzero(sums[:, 0] > 0)[0]
     dmin[rows] = np.minimum(dmin[rows], at_vertices[rows, 0])
     dmax[rows] = np.maximum(dmax[rows], at_vertices[rows, 1])

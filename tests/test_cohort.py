@@ -668,6 +668,11 @@ def test_a_long_run_spares_its_start_up_heap_from_the_collector(cohort, results,
         on_result=lambda entry: seen.append(gc.get_freeze_count()),
     )
     assert seen == [0, 0, 0]
+    spared = execution.SparedHeap(10, from_cases=1)
+    spared.after_batch()
+    spared.release()
+    spared.after_batch()  # a batch after the run's end (none comes today) freezes nothing again
+    assert gc.get_freeze_count() == 0
     calls = []
     monkeypatch.setattr(execution.gc, "freeze", lambda: calls.append("freeze"))
     monkeypatch.setattr(execution.gc, "get_freeze_count", lambda: 1)  # a program that froze its own heap

@@ -84,6 +84,10 @@ def test_structures_joined_hold_a_point_as_each_does_alone(monkeypatch, compiled
             expected = [bool(one.contain(point)[0]) if len(one.slab_lo_mm) else False for one in planes]
             assert joined.holding(point).tolist() == expected
     assert any(PlaneSets.join(alone).holding(p).any() for p in points)
+    joined = PlaneSets.join(alone)
+    assert np.array_equal(joined[-1].vertices_mm, alone[-1].vertices_mm)
+    with pytest.raises(IndexError):
+        joined[len(alone)]
 
 
 def test_a_small_dvh_with_the_numpy_backend_never_loads_numba(write_phantom):

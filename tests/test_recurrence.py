@@ -406,6 +406,38 @@ def test_a_prepared_case_carries_the_doses_at_its_vertices_which_change_no_resul
             classify_prepared([replace(cropped, requests=(replace(request, grid=GRID), *cropped.requests[1:]))])
         with pytest.raises(ValueError, match="once their extremes are known"):
             unknown.requests[0].without_vertices()
+        # Cases whose vertices' extremes are known sampled with one whose are not: each as alone.
+        for mixed in classify_prepared([prepared, unknown], backend=backend):
+            got = mixed.record()
+            for key, value in want.items():
+                same = value == got[key] or (isinstance(value, float) and math.isnan(value) and math.isnan(got[key]))
+                assert same, key
+
+
+def test_what_a_request_took_of_its_grid_is_taken_anew_for_other_transforms_or_plans():
+    """The extremes a request took of its grid (at its vertices, inside its structures) hold for its own grid, plan
+    and transforms: a copy of it with the structures moved, or another plan, takes them anew rather than reusing
+    them (a sphere moved 15 mm along the gradient has its Dmin 15 Gy higher)."""
+    from isodose.geometry import rigid_matrix
+    from isodose.recurrence import prepare_recurrence
+    from isodose.sampling import vertex_point_extremes
+
+    prepared = prepare_recurrence(RecurrenceCase(GRID, planning_set((-2.0, 1.3, -0.7)), "Vr", RX))
+    request = prepared.requests[0]
+    assert request.known(request.known_vertex_extremes) is request.known_vertex_extremes[1]
+    shift = rigid_matrix(translation_mm=(15.0, 0.0, 0.0))
+    moved = replace(request, transforms=np.broadcast_to(shift, (request.plan.n_structures, 4, 4)).copy())
+    assert moved.known(moved.known_vertex_extremes) is None and moved.known(moved.known_grid_extremes) is None
+    expected = vertex_point_extremes(moved.plan, moved.structure_transforms(), moved.grid)
+    assert np.array_equal(moved.vertex_extremes(), expected)
+    assert moved.vertex_extremes()[0, 0] == pytest.approx(request.vertex_extremes()[0, 0] + 15.0)
+    other_plan = replace(request, plan=replace(request.plan))
+    assert other_plan.known(other_plan.known_vertex_extremes) is None
+    dropped = request.without_vertices()
+    assert dropped.known(dropped.known_vertex_extremes) is request.known_vertex_extremes[1]
+    assert dropped.known(dropped.known_grid_extremes) is request.known_grid_extremes[1]
+    with pytest.raises(ValueError, match="only on its own grid"):
+        replace(dropped, transforms=moved.transforms).vertex_extremes()
 
 
 def test_a_prepared_cases_targets_test_a_point_against_planes_and_masks_in_their_order():

@@ -94,3 +94,4 @@ class SparedHeap:
         if self.frozen:
             gc.unfreeze()
             self.frozen = False
+        self.wanted = False  # once the run is over, never again
