@@ -750,11 +750,9 @@ def cropped_to_samples(prepared: PreparedRecurrence) -> PreparedRecurrence:
     if grid is prepared.dose:
         return prepared
     # What the requests' vertices were needed for where they are sampled (their doses' extremes) is known by now.
-    moved = tuple(
-        r.on_crop(grid).without_vertices() if r.known_vertex_extremes is not None else r.on_crop(grid)  # type: ignore[union-attr]
-        for r in requests
-    )
-    return replace(prepared, dose=grid, requests=moved, grid_cropped=True)
+    moved = [r.on_crop(grid) for r in requests]  # type: ignore[union-attr]
+    kept = tuple(r.without_vertices() if r.known(r.known_vertex_extremes) is not None else r for r in moved)
+    return replace(prepared, dose=grid, requests=kept, grid_cropped=True)
 
 
 def batch_grids(prepared: Sequence[PreparedRecurrence | IsodoseError], backend: Backend) -> GridBatch:

@@ -496,13 +496,7 @@ def vertex_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: Dose
     if not len(plan.vertex_points):
         return extremes
     vertex_start = np.asarray(plan.vertex_structure_start)
-    vertex_counts = np.diff(vertex_start)
-    transforms = np.asarray(transforms, dtype=np.float64).reshape(-1, 4, 4)
-    moved = ~np.all(transforms == np.eye(4), axis=(1, 2))  # most structures are in the grid's frame
-    vertices = plan.vertex_points.copy() if moved.any() else plan.vertex_points
-    for s in np.nonzero(moved & (vertex_counts > 0))[0]:
-        segment = slice(vertex_start[s], vertex_start[s + 1])
-        vertices[segment] = transform_points(transforms[s], vertices[segment])
+    vertices = _vertices_in_grid_frame(plan, np.asarray(transforms, dtype=np.float64).reshape(-1, 4, 4))
     dose = np.asarray(
         host_kernels().trilinear(
             grid.dose_gy,
@@ -512,8 +506,22 @@ def vertex_point_extremes(plan: SamplingPlan, transforms: np.ndarray, grid: Dose
         ),
         dtype=np.float64,
     )
-    _segment_extremes(dose, vertex_start, vertex_counts, extremes)
+    _segment_extremes(dose, vertex_start, np.diff(vertex_start), extremes)
     return extremes
+
+
+def _vertices_in_grid_frame(plan: SamplingPlan, transforms: np.ndarray) -> np.ndarray:
+    """``plan``'s contour vertices, each structure's moved by its 4x4 of ``transforms`` into the grid's frame (the
+    plan's own array where none moves: most structures are in the grid's frame)."""
+    vertex_start = plan.vertex_structure_start
+    moved = ~np.all(transforms == np.eye(4), axis=(1, 2))
+    if not moved.any():
+        return plan.vertex_points
+    vertices = plan.vertex_points.copy()
+    for s in np.nonzero(moved & (np.diff(vertex_start) > 0))[0]:
+        segment = slice(vertex_start[s], vertex_start[s + 1])
+        vertices[segment] = transform_points(transforms[s], vertices[segment])
+    return vertices
 
 
 def _segment_extremes(dose: np.ndarray, vertex_start: np.ndarray, vertex_counts: np.ndarray, out: np.ndarray) -> None:
@@ -709,11 +717,7 @@ def _sample(
     if any(k is None for k in known_vertices) and len(plan.vertex_points):
         vertex_start = plan.vertex_structure_start
         vertex_counts = np.diff(vertex_start)
-        moved = ~np.all(transforms == np.eye(4), axis=(1, 2))  # most structures are in the grid's frame
-        vertices = plan.vertex_points.copy() if moved.any() else plan.vertex_points
-        for s in np.nonzero(moved & (vertex_counts > 0))[0]:
-            segment = slice(vertex_start[s], vertex_start[s + 1])
-            vertices[segment] = transform_points(transforms[s], vertices[segment])
+        vertices = _vertices_in_grid_frame(plan, transforms)
         vertex_dose = batch.dose_at(vertices, np.repeat(structure_grid, vertex_counts))
         _segment_extremes(vertex_dose, vertex_start, vertex_counts, at_vertices)
     request_start = np.cumsum([0, *counts])
